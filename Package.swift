@@ -1,0 +1,79 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "strata",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "strata", targets: ["strata"]),
+        .library(name: "TierStore", targets: ["TierStore"]),
+        .library(name: "Placer", targets: ["Placer"]),
+        .library(name: "Frontend", targets: ["Frontend"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.0"),
+    ],
+    targets: [
+        // C stays at the edge: fork/exec with a parent-death signal, process groups.
+        .target(name: "CStrataProcess"),
+
+        // The storage tiers (host RAM, NVMe, remote). Only its configuration exists so far.
+        .target(name: "TierStore"),
+
+        // Pure placement decisions: events in, actions out, injected clock. No I/O.
+        .target(name: "Placer"),
+
+        // The HTTP face: OpenAI-compatible gateway, admin endpoints, metrics endpoint.
+        .target(
+            name: "Frontend",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+
+        // The wiring: config file → typed structs, the runtime supervisor that carries out the
+        // Placer's actions, and the services. Only this target knows all three modules.
+        .target(
+            name: "StrataDaemon",
+            dependencies: [
+                "TierStore", "Placer", "Frontend", "CStrataProcess",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        .executableTarget(
+            name: "strata",
+            dependencies: [
+                "StrataDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "PlacerTests", dependencies: ["Placer"]),
+        .testTarget(
+            name: "FrontendTests",
+            dependencies: [
+                "Frontend",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
+        .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore"]),
+    ]
+)

@@ -1,0 +1,30 @@
+#ifndef STRATA_PROCESS_H
+#define STRATA_PROCESS_H
+
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Starts `path` with `argv` and `envp` (both NULL-terminated) as the leader of a new process
+/// group, with stdin from /dev/null and stdout/stderr appended to `log_fd`. The child gets
+/// SIGKILL when the daemon dies (PR_SET_PDEATHSIG), also on SIGKILL of the daemon. The fork
+/// happens on one long-lived thread, because the parent-death signal fires when the *thread*
+/// that forked exits, and pool threads come and go.
+/// Returns the pid, or -errno on failure (including an exec failure in the child).
+pid_t strata_spawn(const char *path, char *const argv[], char *const envp[], int log_fd);
+
+/// Sends `signal` to the whole process group led by `pid`. Returns 0 or -errno.
+int strata_kill_group(pid_t pid, int signal);
+
+/// Waits for `pid` to exit. Returns 0 and fills `status_out` (raw wait status) or -errno.
+int strata_wait(pid_t pid, int *status_out);
+
+/// Decodes a raw wait status: exit code if it exited (and *signaled = 0), else the signal.
+int strata_wait_decode(int status, int *signaled);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,42 @@
+import Foundation
+import Hummingbird
+import NIOCore
+
+extension Gateway {
+    func addAdminRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/admin/models") { request, _ in
+            try authorizeAdmin(request)
+            let status = await backend.adminStatus()
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+            return Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: try encoder.encode(status))))
+        }
+        router.post("/admin/models/:name/load") { request, context in
+            try authorizeAdmin(request)
+            let name = try context.parameters.require("name")
+            try await backend.load(model: name)
+            return jsonResponse(["model": name, "action": "load", "accepted": true], status: .accepted)
+        }
+        router.post("/admin/models/:name/unload") { request, context in
+            try authorizeAdmin(request)
+            let name = try context.parameters.require("name")
+            try await backend.unload(model: name)
+            return jsonResponse(["model": name, "action": "unload", "accepted": true], status: .accepted)
+        }
+    }
+
+    func authorizeAdmin(_ request: Request) throws {
+        guard let adminKey = configuration.adminKey else {
+            guard configuration.adminOpenWithoutKey else {
+                throw GatewayError(status: .forbidden, type: "invalid_request_error", code: "admin_disabled",
+                                   message: "Admin endpoints are closed: set STRATA_ADMIN_KEY (auth.admin_key_env) to use them")
+            }
+            return
+        }
+        guard let token = bearerToken(request), token == adminKey else {
+            throw GatewayError.unauthorized("Admin endpoints need Authorization: Bearer <admin key>")
+        }
+    }
+}

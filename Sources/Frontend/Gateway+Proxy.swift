@@ -1,0 +1,161 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NIOHTTP1
+
+extension Gateway {
+    /// Relays one OpenAI request: validates it, waits for a lease on a ready upstream, forwards
+    /// the body untouched (only `model` may be renamed), and streams the answer back as it comes.
+    func proxy(_ request: Request, context: BasicRequestContext, endpoint: Endpoint) async throws -> Response {
+        let started = ContinuousClock.now
+        var request = request
+        try authorize(request)
+
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: configuration.maxBodyBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
+            throw GatewayError(
+                status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
+                message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
+        }
+        let parsed = try parseBody(body, endpoint: endpoint)
+
+        let lease: UpstreamLease
+        do {
+            lease = try await backend.acquire(model: parsed.model)
+        } catch let error as GatewayError {
+            metrics.rejected(model: parsed.model, endpoint: endpoint, code: error.code)
+            throw error
+        }
+        let admitted = ContinuousClock.now
+
+        var upstreamRequest = HTTPClientRequest(url: lease.baseURL + endpoint.suffix)
+        upstreamRequest.method = .POST
+        upstreamRequest.headers.add(name: "Content-Type", value: "application/json")
+        upstreamRequest.headers.add(name: "Accept", value: parsed.stream ? "text/event-stream" : "application/json")
+        for (name, value) in lease.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
+        upstreamRequest.body = .bytes(try rewriteModel(body, parsed: parsed, upstreamModel: lease.upstreamModel))
+
+        let upstreamResponse: HTTPClientResponse
+        do {
+            upstreamResponse = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
+        } catch {
+            lease.release()
+            metrics.rejected(model: parsed.model, endpoint: endpoint, code: "runtime_failed")
+            if Task.isCancelled { throw CancellationError() }
+            throw GatewayError.badGateway("The runtime for '\(parsed.model)' did not answer: \(describe(error))")
+        }
+
+        let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
+        let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
+        let observer = RequestObserver(
+            metrics: metrics, model: parsed.model, endpoint: endpoint, started: started, admitted: admitted,
+            statusCode: status.code)
+
+        if parsed.stream && contentType.hasPrefix("text/event-stream") {
+            let logger = self.logger
+            let upstreamLabel = lease.upstreamLabel
+            let headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache"]
+            return Response(
+                status: status, headers: headers,
+                body: ResponseBody { writer in
+                    defer { lease.release() }
+                    do {
+                        for try await chunk in upstreamResponse.body {
+                            observer.streamed(chunk)
+                            try await writer.write(chunk)
+                        }
+                    } catch {
+                        if Task.isCancelled || error is CancellationError {
+                            observer.finish(outcome: "cancelled")
+                            throw error
+                        }
+                        // Headers are out; the clean error is an SSE error event, then the end.
+                        logger.warning("stream from \(upstreamLabel) broke: \(describe(error))")
+                        observer.finish(outcome: "runtime_failed")
+                        try await writer.write(GatewayError.badGateway(
+                            "The runtime for '\(parsed.model)' failed mid-stream: \(describe(error))").sseEvent)
+                        try await writer.finish(nil)
+                        return
+                    }
+                    observer.finish(outcome: "ok")
+                    try await writer.finish(nil)
+                })
+        }
+
+        // Non-streaming: buffer the answer; a client that goes away cancels the upstream request.
+        let collected: ByteBuffer
+        do {
+            defer { lease.release() }
+            collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
+        } catch {
+            observer.finish(outcome: "runtime_failed")
+            if Task.isCancelled { throw CancellationError() }
+            throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
+        }
+        observer.completed(collected)
+        return Response(
+            status: status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: collected))
+    }
+
+    struct ParsedBody {
+        var json: [String: Any]
+        var model: String
+        var stream: Bool
+    }
+
+    func parseBody(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {
+        guard body.readableBytes > 0 else {
+            throw GatewayError.badRequest("Request body is empty; expected a JSON object", code: "invalid_json")
+        }
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed])
+        } catch {
+            throw GatewayError.badRequest("Request body is not valid JSON: \(describe(error))", code: "invalid_json")
+        }
+        guard let json = object as? [String: Any] else {
+            throw GatewayError.badRequest("Request body must be a JSON object", code: "invalid_json")
+        }
+        guard let modelValue = json["model"] else {
+            throw GatewayError.badRequest("Missing required field 'model'", code: "missing_field")
+        }
+        guard let model = modelValue as? String, !model.isEmpty else {
+            throw GatewayError.badRequest("Field 'model' must be a non-empty string", code: "invalid_field")
+        }
+        guard let required = json[endpoint.requiredField], !(required is NSNull) else {
+            throw GatewayError.badRequest("Missing required field '\(endpoint.requiredField)'", code: "missing_field")
+        }
+        if endpoint == .chatCompletions {
+            guard let messages = required as? [Any], !messages.isEmpty else {
+                throw GatewayError.badRequest("Field 'messages' must be a non-empty array", code: "invalid_field")
+            }
+        }
+        var stream = false
+        if let value = json["stream"], !(value is NSNull) {
+            guard let flag = value as? Bool else {
+                throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field")
+            }
+            stream = flag
+        }
+        return ParsedBody(json: json, model: model, stream: stream)
+    }
+
+    /// Forwards the client's bytes as they are unless the upstream knows the model by another name.
+    func rewriteModel(_ body: ByteBuffer, parsed: ParsedBody, upstreamModel: String?) throws -> ByteBuffer {
+        guard let upstreamModel, upstreamModel != parsed.model else { return body }
+        var json = parsed.json
+        json["model"] = upstreamModel
+        return ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
+    }
+}
+
+func describe(_ error: any Error) -> String {
+    if let error = error as? HTTPClientError { return String(describing: error) }
+    let text = String(describing: error)
+    return text.count > 300 ? String(text.prefix(300)) + "…" : text
+}

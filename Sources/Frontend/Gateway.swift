@@ -1,0 +1,144 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+
+/// Settings of the HTTP face, built by the executable from the config file.
+public struct GatewayConfiguration: Sendable {
+    /// Accepted `Authorization: Bearer` keys for `/v1`; empty means no key is needed.
+    public var apiKeys: Set<String>
+    /// Bearer key for `/admin`; nil with `adminOpenWithoutKey` false means admin is closed.
+    public var adminKey: String?
+    /// Whether `/admin` is open when no admin key is set (the daemon allows it on loopback only).
+    public var adminOpenWithoutKey: Bool
+    public var maxBodyBytes: Int
+    public var upstreamTimeout: Duration
+    /// Most bytes of a non-streaming upstream response the gateway will buffer.
+    public var maxResponseBytes: Int
+
+    public init(
+        apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
+        maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20
+    ) {
+        self.apiKeys = apiKeys
+        self.adminKey = adminKey
+        self.adminOpenWithoutKey = adminOpenWithoutKey
+        self.maxBodyBytes = maxBodyBytes
+        self.upstreamTimeout = upstreamTimeout
+        self.maxResponseBytes = maxResponseBytes
+    }
+}
+
+/// The OpenAI-compatible gateway: routes, auth, limits, streaming proxy, metrics.
+public struct Gateway: Sendable {
+    public let configuration: GatewayConfiguration
+    let backend: any ModelBackend
+    let httpClient: HTTPClient
+    let logger: Logger
+    let metrics: GatewayMetrics
+    /// Renders `/metrics` (the executable owns the Prometheus registry).
+    let renderMetrics: @Sendable () -> String
+    /// Whether the daemon can take requests (for `/ready`).
+    let isReady: @Sendable () -> Bool
+
+    public init(
+        configuration: GatewayConfiguration, backend: any ModelBackend, httpClient: HTTPClient, logger: Logger,
+        renderMetrics: @escaping @Sendable () -> String = { "" }, isReady: @escaping @Sendable () -> Bool = { true }
+    ) {
+        self.configuration = configuration
+        self.backend = backend
+        self.httpClient = httpClient
+        self.logger = logger
+        self.metrics = GatewayMetrics()
+        self.renderMetrics = renderMetrics
+        self.isReady = isReady
+    }
+
+    public func buildRouter() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: ErrorMiddleware())
+
+        router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
+        router.get("/ready") { _, _ in
+            guard isReady() else {
+                throw GatewayError.unavailable("Strata is starting or stopping", code: "not_ready", retryAfterSeconds: 1)
+            }
+            return jsonResponse(["status": "ready"])
+        }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: renderMetrics())))
+        }
+
+        router.get("/v1/models") { request, _ in
+            try authorize(request)
+            let models = await backend.listModels()
+            return jsonResponse([
+                "object": "list",
+                "data": models.map { ["id": $0.id, "object": "model", "created": 0, "owned_by": $0.ownedBy, "status": $0.status] },
+            ])
+        }
+        for endpoint in Endpoint.allCases {
+            router.post(RouterPath(endpoint.path)) { request, context in
+                try await proxy(request, context: context, endpoint: endpoint)
+            }
+        }
+        addAdminRoutes(to: router)
+        return router
+    }
+
+    func authorize(_ request: Request) throws {
+        guard !configuration.apiKeys.isEmpty else { return }
+        guard let key = bearerToken(request) else {
+            throw GatewayError.unauthorized("Missing API key: send Authorization: Bearer YOUR_KEY")
+        }
+        guard configuration.apiKeys.contains(key) else { throw GatewayError.unauthorized("Invalid API key") }
+    }
+
+    func bearerToken(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization] else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+    }
+}
+
+/// The OpenAI endpoints the gateway relays, and the field each requires beside `model`.
+enum Endpoint: String, CaseIterable, Sendable {
+    case chatCompletions
+    case completions
+    case embeddings
+
+    var path: String {
+        switch self {
+        case .chatCompletions: "/v1/chat/completions"
+        case .completions: "/v1/completions"
+        case .embeddings: "/v1/embeddings"
+        }
+    }
+    /// Appended to a lease's base URL, which ends in `/v1`.
+    var suffix: String { String(path.dropFirst(3)) }
+    var requiredField: String {
+        switch self {
+        case .chatCompletions: "messages"
+        case .completions: "prompt"
+        case .embeddings: "input"
+        }
+    }
+    var label: String {
+        switch self {
+        case .chatCompletions: "chat"
+        case .completions: "completions"
+        case .embeddings: "embeddings"
+        }
+    }
+}
+
+func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    return Response(
+        status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}

@@ -1,0 +1,87 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Every error the gateway answers with, OpenAI-shaped: `{"error":{"message","type","code"}}`.
+/// The one place where failures become HTTP responses.
+public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var status: HTTPResponse.Status
+    public var type: String
+    public var code: String
+    public var message: String
+    public var retryAfterSeconds: Int?
+
+    public init(status: HTTPResponse.Status, type: String, code: String, message: String, retryAfterSeconds: Int? = nil) {
+        self.status = status
+        self.type = type
+        self.code = code
+        self.message = message
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    public var description: String { "\(status.code) \(code): \(message)" }
+
+    public static func badRequest(_ message: String, code: String = "invalid_request") -> GatewayError {
+        GatewayError(status: .badRequest, type: "invalid_request_error", code: code, message: message)
+    }
+    public static func unauthorized(_ message: String) -> GatewayError {
+        GatewayError(status: .unauthorized, type: "invalid_request_error", code: "invalid_api_key", message: message)
+    }
+    public static func modelNotFound(_ model: String) -> GatewayError {
+        GatewayError(status: .notFound, type: "invalid_request_error", code: "model_not_found",
+                     message: "The model '\(model)' does not exist. GET /v1/models lists the models this server has.")
+    }
+    public static func unavailable(_ message: String, code: String, retryAfterSeconds: Int) -> GatewayError {
+        GatewayError(status: .serviceUnavailable, type: "server_error", code: code, message: message,
+                     retryAfterSeconds: retryAfterSeconds)
+    }
+    public static func badGateway(_ message: String, code: String = "runtime_failed") -> GatewayError {
+        GatewayError(status: .badGateway, type: "server_error", code: code, message: message)
+    }
+
+    var jsonBody: [String: Any] {
+        ["error": ["message": message, "type": type, "code": code, "param": NSNull()]]
+    }
+
+    /// The SSE event that ends a stream which broke after its headers were sent.
+    var sseEvent: ByteBuffer {
+        let data = (try? JSONSerialization.data(withJSONObject: jsonBody, options: [.sortedKeys])) ?? Data()
+        var buffer = ByteBuffer(string: "data: ")
+        buffer.writeBytes(data)
+        buffer.writeString("\n\n")
+        return buffer
+    }
+
+    func response() -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
+        let data = (try? JSONSerialization.data(withJSONObject: jsonBody, options: [.sortedKeys])) ?? Data()
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Turns anything thrown below it into an OpenAI-shaped response.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        do {
+            return try await next(request, context)
+        } catch let error as GatewayError {
+            return error.response()
+        } catch let error as HTTPError {
+            switch error.status {
+            case .notFound:
+                return GatewayError(status: .notFound, type: "invalid_request_error", code: "not_found",
+                                    message: "No route for \(request.method) \(request.uri.path)").response()
+            case .contentTooLarge:
+                return GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
+                                    message: error.body ?? "Request body is too large").response()
+            default:
+                return GatewayError(status: error.status, type: "invalid_request_error", code: "http_\(error.status.code)",
+                                    message: error.body ?? error.status.reasonPhrase).response()
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Gateway metrics through swift-metrics; the executable picks the backend (Prometheus).
+/// Names carry the `strata_` prefix; durations are recorded in nanoseconds and exported in seconds.
+struct GatewayMetrics: Sendable {
+    func rejected(model: String, endpoint: Endpoint, code: String) {
+        let model = model.isEmpty ? "-" : model
+        Counter(label: "strata_requests_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", code)])
+            .increment()
+        Counter(label: "strata_request_errors_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("code", code)])
+            .increment()
+    }
+}
+
+/// Follows one admitted request to its end and records it exactly once.
+final class RequestObserver: Sendable {
+    private struct State {
+        var firstChunkAt: ContinuousClock.Instant?
+        var finished = false
+        var tail = ""
+    }
+    let model: String
+    let endpoint: Endpoint
+    let started: ContinuousClock.Instant
+    let statusCode: Int
+    private let state = NIOLockedValueBox(State())
+
+    init(metrics: GatewayMetrics, model: String, endpoint: Endpoint, started: ContinuousClock.Instant,
+         admitted: ContinuousClock.Instant, statusCode: Int) {
+        self.model = model
+        self.endpoint = endpoint
+        self.started = started
+        self.statusCode = statusCode
+        Metrics.Timer(label: "strata_queue_wait_seconds", dimensions: [("model", model)])
+            .record(duration: admitted - started)
+    }
+
+    /// A chunk of an SSE stream went to the client.
+    func streamed(_ chunk: ByteBuffer) {
+        let first = state.withLockedValue { state -> Bool in
+            // Keep only the end of the stream: the usage object comes in the last event.
+            state.tail = String(String(state.tail + String(buffer: chunk)).suffix(8192))
+            guard state.firstChunkAt == nil else { return false }
+            state.firstChunkAt = .now
+            return true
+        }
+        if first {
+            Metrics.Timer(label: "strata_time_to_first_token_seconds", dimensions: [("model", model)])
+                .record(duration: ContinuousClock.now - started)
+        }
+    }
+
+    func completed(_ body: ByteBuffer) {
+        if let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] {
+            recordUsage(json["usage"])
+        }
+        finish(outcome: statusCode < 400 ? "ok" : "upstream_\(statusCode)")
+    }
+
+    func finish(outcome: String) {
+        let tail: String? = state.withLockedValue { state in
+            guard !state.finished else { return nil }
+            state.finished = true
+            return state.tail
+        }
+        guard let tail else { return }
+        if let tail = Optional(tail), !tail.isEmpty {
+            for line in tail.split(separator: "\n").reversed() where line.hasPrefix("data: {") && line.contains("\"usage\"") {
+                if let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any],
+                    !(json["usage"] is NSNull)
+                {
+                    recordUsage(json["usage"])
+                    break
+                }
+            }
+        }
+        let finalOutcome = outcome == "ok" && statusCode >= 400 ? "upstream_\(statusCode)" : outcome
+        Counter(label: "strata_requests_total",
+                dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", finalOutcome)]).increment()
+        if finalOutcome != "ok" {
+            Counter(label: "strata_request_errors_total",
+                    dimensions: [("model", model), ("endpoint", endpoint.label), ("code", finalOutcome)]).increment()
+        }
+        Metrics.Timer(label: "strata_request_duration_seconds", dimensions: [("model", model), ("endpoint", endpoint.label)])
+            .record(duration: ContinuousClock.now - started)
+    }
+
+    private func recordUsage(_ value: Any?) {
+        guard let usage = value as? [String: Any] else { return }
+        for (field, kind) in [("prompt_tokens", "prompt"), ("completion_tokens", "completion")] {
+            if let count = (usage[field] as? NSNumber)?.int64Value, count > 0 {
+                Counter(label: "strata_tokens_total", dimensions: [("model", model), ("kind", kind)]).increment(by: count)
+            }
+        }
+    }
+}

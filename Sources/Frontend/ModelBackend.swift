@@ -1,0 +1,104 @@
+import NIOConcurrencyHelpers
+
+/// What the gateway needs from whoever manages models: a list, and a lease on an upstream that
+/// can serve a model right now. The daemon implements it over the Placer and the supervisor;
+/// tests implement it with fakes.
+public protocol ModelBackend: Sendable {
+    /// Every configured model, with its status (stopped, loading, ready, failed).
+    func listModels() async -> [ModelListing]
+    /// Waits until `model` can serve (loading or swapping it in if needed), then hands out an
+    /// upstream. Throws `GatewayError` (404 unknown model, 503 not ready in time, 502 failed).
+    /// Cancelling the calling task withdraws the request.
+    func acquire(model: String) async throws -> UpstreamLease
+    /// Admin: detailed state of models and runtimes, as a JSON-encodable value.
+    func adminStatus() async -> AdminStatus
+    func load(model: String) async throws
+    func unload(model: String) async throws
+}
+
+public struct ModelListing: Sendable, Equatable {
+    public var id: String
+    public var status: String
+    public var ownedBy: String
+
+    public init(id: String, status: String, ownedBy: String = "strata") {
+        self.id = id
+        self.status = status
+        self.ownedBy = ownedBy
+    }
+}
+
+/// The right to send one request to one upstream. `release()` must follow when the request is
+/// over (response complete, error, or client gone); it runs at most once, and at the latest
+/// when the lease is dropped.
+public final class UpstreamLease: Sendable {
+    /// Base that endpoint suffixes (`/chat/completions`) are appended to, e.g. `http://127.0.0.1:41235/v1`.
+    public let baseURL: String
+    /// Extra headers for the upstream (an `Authorization` for a provider API).
+    public let headers: [(String, String)]
+    /// Model name to put in the body instead of the client's, if the upstream calls it otherwise.
+    public let upstreamModel: String?
+    /// Which replica or runtime instance serves this lease, for logs and metrics.
+    public let upstreamLabel: String
+    private let onRelease: NIOLockedValueBox<(@Sendable () -> Void)?>
+
+    public init(
+        baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
+        onRelease: @escaping @Sendable () -> Void
+    ) {
+        self.baseURL = baseURL
+        self.headers = headers
+        self.upstreamModel = upstreamModel
+        self.upstreamLabel = upstreamLabel.isEmpty ? baseURL : upstreamLabel
+        self.onRelease = NIOLockedValueBox(onRelease)
+    }
+
+    public func release() {
+        let action = onRelease.withLockedValue { action in
+            defer { action = nil }
+            return action
+        }
+        action?()
+    }
+
+    deinit { release() }
+}
+
+public struct AdminStatus: Sendable, Codable, Equatable {
+    public struct Model: Sendable, Codable, Equatable {
+        public var name: String
+        public var status: String
+        public var phase: String
+        public var runtime: String?
+        public var device: String?
+        public var memory_bytes: UInt64?
+        public var in_flight: Int
+        public var waiting: Int
+        public var loads: Int
+        public var pid: Int32?
+        public var upstream: String?
+        public var last_error: String?
+
+        public init(name: String, status: String, phase: String, runtime: String?, device: String?, memory_bytes: UInt64?,
+                    in_flight: Int, waiting: Int, loads: Int, pid: Int32?, upstream: String?, last_error: String?) {
+            self.name = name; self.status = status; self.phase = phase; self.runtime = runtime; self.device = device
+            self.memory_bytes = memory_bytes; self.in_flight = in_flight; self.waiting = waiting; self.loads = loads
+            self.pid = pid; self.upstream = upstream; self.last_error = last_error
+        }
+    }
+    public struct Device: Sendable, Codable, Equatable {
+        public var name: String
+        public var budget_bytes: UInt64
+        public var used_bytes: UInt64
+        public init(name: String, budget_bytes: UInt64, used_bytes: UInt64) {
+            self.name = name; self.budget_bytes = budget_bytes; self.used_bytes = used_bytes
+        }
+    }
+    public var models: [Model]
+    public var devices: [Device]
+
+    public init(models: [Model], devices: [Device]) {
+        self.models = models
+        self.devices = devices
+    }
+}

@@ -1,0 +1,72 @@
+/// Where a managed model's runtime is in its life.
+public enum ModelPhase: Sendable, Equatable {
+    case stopped
+    /// Spawned, waiting for its health check to pass.
+    case starting(since: Duration)
+    case ready
+    /// Ready, but chosen to be stopped once its in-flight requests finish; new requests wait.
+    case draining(reason: StopReason)
+    /// Stop issued; memory counts as used until the process is gone.
+    case stopping(reason: StopReason)
+    /// Last start or run failed; no restart before `retryAt`.
+    case failed(retryAt: Duration, detail: String)
+
+    /// The four states users see in `/v1/models`.
+    public var publicStatus: String {
+        switch self {
+        case .stopped, .stopping: "stopped"
+        case .starting: "loading"
+        case .ready, .draining: "ready"
+        case .failed: "failed"
+        }
+    }
+
+    /// Whether the runtime process may exist and hold its memory.
+    var holdsMemory: Bool {
+        switch self {
+        case .starting, .ready, .draining, .stopping: true
+        case .stopped, .failed: false
+        }
+    }
+}
+
+struct Waiter: Equatable {
+    /// nil for an operator's load request, which has no client behind it.
+    var id: RequestID?
+    var arrived: Duration
+    var deadline: Duration
+}
+
+/// The Placer's book on one model. Public read-only views come through `ModelSnapshot`.
+struct ModelState {
+    let spec: ModelSpec
+    var phase: ModelPhase = .stopped
+    var inFlight: Set<RequestID> = []
+    var waiters: [Waiter] = []
+    var lastUsed: Duration = .zero
+    var consecutiveFailures = 0
+    /// Set by an operator unload: keep draining until stopped even if nobody needs the memory.
+    var operatorDrain = false
+    var loads = 0
+}
+
+/// A read-only view for status endpoints and tests.
+public struct ModelSnapshot: Sendable, Equatable {
+    public var name: String
+    public var device: String
+    public var memoryBytes: UInt64
+    public var phase: ModelPhase
+    public var inFlight: Int
+    public var waiting: Int
+    public var lastUsed: Duration
+    public var consecutiveFailures: Int
+    public var loads: Int
+    public var pinned: Bool
+}
+
+public struct DeviceSnapshot: Sendable, Equatable {
+    public var name: String
+    public var budgetBytes: UInt64
+    /// Memory of every model whose runtime may exist (starting, ready, draining, stopping).
+    public var usedBytes: UInt64
+}

@@ -1,0 +1,140 @@
+/// Decides which managed models run, which wait and which are stopped. Pure: it does no I/O and
+/// reads no clock; the driver passes each event with the current time (a monotonic duration
+/// since any fixed origin) and carries out the returned actions in order.
+///
+/// Invariants, checked by the simulation tests:
+/// - per device, the memory of models that may hold it never exceeds the budget;
+/// - a model with requests in flight is never stopped by a decision of the Placer;
+/// - at most one runtime per model exists at a time (start only from stopped or failed);
+/// - every request is eventually admitted or rejected (the queue timeout bounds the wait).
+public struct Placer: Sendable {
+    public private(set) var configuration: PlacerConfiguration
+    var models: [String: ModelState] = [:]
+    /// Which model each admitted or waiting request belongs to.
+    var requestModel: [RequestID: String] = [:]
+
+    public init(configuration: PlacerConfiguration) {
+        self.configuration = configuration
+        for spec in configuration.models {
+            precondition(
+                configuration.devices.contains { $0.name == spec.device },
+                "model \(spec.name) names unknown device \(spec.device)")
+            models[spec.name] = ModelState(spec: spec)
+        }
+    }
+
+    public mutating func handle(_ event: PlacerEvent, now: Duration) -> [PlacerAction] {
+        var actions: [PlacerAction] = []
+        switch event {
+        case .request(let id, let name):
+            guard var state = models[name] else {
+                return [.reject(id, model: name, .unknownModel)]
+            }
+            if case .ready = state.phase {
+                state.inFlight.insert(id)
+                state.lastUsed = now
+                models[name] = state
+                requestModel[id] = name
+                return [.admit(id, model: name)]
+            }
+            if state.waiters.count >= state.spec.maxQueued {
+                return [.reject(id, model: name, .queueFull(limit: state.spec.maxQueued))]
+            }
+            state.waiters.append(Waiter(id: id, arrived: now, deadline: now + configuration.queueTimeout))
+            models[name] = state
+            requestModel[id] = name
+
+        case .cancel(let id):
+            if let name = requestModel[id], var state = models[name],
+                let index = state.waiters.firstIndex(where: { $0.id == id })
+            {
+                state.waiters.remove(at: index)
+                models[name] = state
+                requestModel[id] = nil
+            }
+
+        case .finished(let id):
+            if let name = requestModel.removeValue(forKey: id) {
+                models[name]?.inFlight.remove(id)
+                models[name]?.lastUsed = now
+            }
+
+        case .runtimeReady(let name):
+            guard var state = models[name], case .starting = state.phase else { break }
+            state.phase = .ready
+            state.consecutiveFailures = 0
+            state.loads += 1
+            state.lastUsed = now
+            models[name] = state
+
+        case .runtimeExited(let name, let detail):
+            guard var state = models[name] else { break }
+            switch state.phase {
+            case .stopping(let reason):
+                if reason == .loadTimeout {
+                    state.phase = failure(&state, now: now, detail: detail)
+                } else {
+                    state.phase = .stopped
+                }
+                state.operatorDrain = false
+            case .starting, .ready, .draining:
+                // Died on its own: waiting requests learn why now rather than at their deadline.
+                state.phase = failure(&state, now: now, detail: detail)
+                state.operatorDrain = false
+                for waiter in state.waiters {
+                    if let id = waiter.id {
+                        actions.append(.reject(id, model: name, .runtimeFailed(detail: detail)))
+                        requestModel[id] = nil
+                    }
+                }
+                state.waiters.removeAll()
+            case .stopped, .failed:
+                break
+            }
+            models[name] = state
+
+        case .load(let name):
+            guard var state = models[name] else { break }
+            switch state.phase {
+            case .ready, .starting: break
+            default:
+                if !state.waiters.contains(where: { $0.id == nil }) {
+                    state.waiters.append(Waiter(id: nil, arrived: now, deadline: now + configuration.queueTimeout))
+                }
+            }
+            state.operatorDrain = false
+            models[name] = state
+
+        case .unload(let name):
+            guard var state = models[name] else { break }
+            state.waiters.removeAll { $0.id == nil }
+            switch state.phase {
+            case .ready, .draining:
+                state.phase = .draining(reason: .operatorRequest)
+                state.operatorDrain = true
+            case .starting:
+                state.phase = .stopping(reason: .operatorRequest)
+                actions.append(.stop(model: name, reason: .operatorRequest))
+            case .failed:
+                state.phase = .stopped
+            case .stopped, .stopping:
+                break
+            }
+            models[name] = state
+
+        case .tick:
+            break
+        }
+        actions += reconcile(now: now)
+        return actions
+    }
+
+    private func failure(_ state: inout ModelState, now: Duration, detail: String) -> ModelPhase {
+        state.consecutiveFailures += 1
+        var backoff = configuration.restartBackoffInitial
+        for _ in 1..<state.consecutiveFailures where backoff < configuration.restartBackoffMax {
+            backoff = backoff * 2
+        }
+        return .failed(retryAt: now + min(backoff, configuration.restartBackoffMax), detail: detail)
+    }
+}

@@ -1,0 +1,210 @@
+import Foundation
+import Yams
+
+extension ConfigLoader {
+    static let defaultLlamaServer = "${STRATA_CACHE:-~/.cache/strata}/bin/llama-server"
+
+    static func runtimes(_ reader: ConfigReader, _ node: Node?, environment: [String: String]) throws
+        -> [String: RuntimeConfiguration]
+    {
+        guard let node else {
+            let binary = reader.expandTilde(try reader.expand(defaultLlamaServer, at: "runtimes", node: nil))
+            return ["llama": RuntimeConfiguration(
+                name: "llama", kindName: "llama-server", kind: .llamaServer(binary: binary, args: []),
+                healthPath: "/health", environment: [:])]
+        }
+        guard case .mapping(let mapping) = node else {
+            throw reader.fail("runtimes", node, "expected a mapping from runtime name to its settings, found \(reader.describe(node))")
+        }
+        var result: [String: RuntimeConfiguration] = [:]
+        for (nameNode, value) in mapping {
+            let name = try reader.string(nameNode, at: "runtimes")
+            let key = "runtimes.\(name)"
+            let map = try reader.mapping(
+                value, at: key, allowed: ["kind", "binary", "args", "command", "health", "env", "url", "api_key_env"])
+            guard let kindNode = map["kind"] else {
+                throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
+            }
+            let kindName = try reader.string(kindNode, at: "\(key).kind")
+            func reject(_ field: String) throws {
+                if let node = map[field] {
+                    throw reader.fail("\(key).\(field)", node, "not used by runtimes of kind \(kindName)")
+                }
+            }
+            let kind: RuntimeConfiguration.Kind
+            switch kindName {
+            case "llama-server":
+                try reject("command"); try reject("url"); try reject("api_key_env")
+                let binary = try map["binary"].map { try reader.path($0, at: "\(key).binary") }
+                    ?? reader.expandTilde(try reader.expand(defaultLlamaServer, at: key, node: value))
+                let args = try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
+                kind = .llamaServer(binary: binary, args: args)
+            case "command", "vllm", "sglang":
+                try reject("binary"); try reject("url"); try reject("api_key_env")
+                var argv: [String]
+                if let commandNode = map["command"] {
+                    argv = try reader.strings(commandNode, at: "\(key).command")
+                } else if kindName == "vllm" {
+                    argv = ["vllm", "serve", "${MODEL_PATH}", "--host", "${HOST}", "--port", "${PORT}",
+                            "--served-model-name", "${MODEL_NAME}"]
+                } else if kindName == "sglang" {
+                    argv = ["python3", "-m", "sglang.launch_server", "--model-path", "${MODEL_PATH}", "--host", "${HOST}",
+                            "--port", "${PORT}", "--served-model-name", "${MODEL_NAME}"]
+                } else {
+                    throw reader.fail(key, value, "missing key 'command' (a list: program and arguments, with ${PORT} and ${MODEL_PATH} placeholders)")
+                }
+                argv += try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
+                guard let program = argv.first, !program.isEmpty else {
+                    throw reader.fail("\(key).command", map["command"], "expected at least the program to run")
+                }
+                guard argv.contains(where: { $0.contains("${PORT}") }) else {
+                    throw reader.fail("\(key).command", map["command"] ?? value, "must pass ${PORT} to the runtime so Strata can reach it")
+                }
+                argv[0] = reader.expandTilde(program)
+                kind = .command(argv: argv)
+            case "upstream":
+                try reject("binary"); try reject("command"); try reject("args")
+                guard let urlNode = map["url"] else { throw reader.fail(key, value, "missing key 'url'") }
+                let url = try reader.string(urlNode, at: "\(key).url")
+                guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
+                    throw reader.fail("\(key).url", urlNode, "'\(url)' is not an http(s) URL")
+                }
+                var apiKey: String?
+                if let envNode = map["api_key_env"] {
+                    let envName = try reader.string(envNode, at: "\(key).api_key_env")
+                    apiKey = environment[envName].flatMap { $0.isEmpty ? nil : $0 }
+                }
+                kind = .upstream(url: url.hasSuffix("/") ? String(url.dropLast()) : url, apiKey: apiKey)
+            default:
+                throw reader.fail("\(key).kind", kindNode, "'\(kindName)' is not a runtime kind (expected llama-server, vllm, sglang, command or upstream)")
+            }
+            var health = "/health"
+            if let v = map["health"] {
+                health = try reader.string(v, at: "\(key).health")
+                guard health.hasPrefix("/") else { throw reader.fail("\(key).health", v, "'\(health)' must be a path starting with /") }
+            }
+            var env: [String: String] = [:]
+            if let envNode = map["env"] {
+                guard case .mapping(let pairs) = envNode else {
+                    throw reader.fail("\(key).env", envNode, "expected a mapping of variable names to values")
+                }
+                for (k, v) in pairs {
+                    let name = try reader.string(k, at: "\(key).env")
+                    env[name] = try reader.string(v, at: "\(key).env.\(name)")
+                }
+            }
+            result[name] = RuntimeConfiguration(name: name, kindName: kindName, kind: kind, healthPath: health, environment: env)
+        }
+        return result
+    }
+
+    static func models(_ reader: ConfigReader, _ node: Node?, config: StrataConfiguration) throws -> [ModelConfiguration] {
+        guard let node else { return [] }
+        var models: [ModelConfiguration] = []
+        for (index, item) in try reader.sequence(node, at: "models").enumerated() {
+            let key = "models[\(index)]"
+            let map = try reader.mapping(
+                item, at: key,
+                allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model"])
+            guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
+            let name = try reader.string(nameNode, at: "\(key).name")
+            guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" }) else {
+                throw reader.fail("\(key).name", nameNode, "'\(name)' is not a model name (non-empty, no spaces or slashes)")
+            }
+            guard !models.contains(where: { $0.name == name }) else {
+                throw reader.fail("\(key).name", nameNode, "model '\(name)' is defined twice")
+            }
+            let key2 = "models[\(index)] (\(name))"
+            var device = config.devices[0].name
+            if let v = map["device"] {
+                device = try reader.string(v, at: "\(key2).device")
+                guard config.devices.contains(where: { $0.name == device }) else {
+                    throw reader.fail("\(key2).device", v, "unknown device '\(device)' (defined: \(config.devices.map(\.name).joined(separator: ", ")))")
+                }
+            }
+            let ttl: Duration? = try map["ttl"].flatMap { node in
+                if (try? reader.string(node, at: "\(key2).ttl")) == "never" { return nil }
+                return try reader.duration(node, at: "\(key2).ttl")
+            }
+            let pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false
+            var memory: UInt64 = 0
+            var declared = false
+            if let v = map["memory"] {
+                memory = try reader.size(v, at: "\(key2).memory")
+                declared = true
+            }
+
+            let serving: ModelConfiguration.Serving
+            if let upstreamsNode = map["upstreams"] {
+                for field in ["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"] where map[field] != nil {
+                    throw reader.fail("\(key2).\(field)", map[field], "not allowed together with 'upstreams' (replicas Strata does not start)")
+                }
+                let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
+                guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
+                for (i, url) in urls.enumerated() {
+                    guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
+                        throw reader.fail("\(key2).upstreams[\(i)]", upstreamsNode, "'\(url)' is not an http(s) URL")
+                    }
+                }
+                serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+            } else {
+                let runtimeName = try map["runtime"].map { try reader.string($0, at: "\(key2).runtime") }
+                    ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
+                guard let runtime = config.runtimes[runtimeName] else {
+                    throw reader.fail("\(key2).runtime", map["runtime"] ?? item,
+                        runtimeName.isEmpty ? "missing key 'runtime' (or 'upstreams')"
+                            : "unknown runtime '\(runtimeName)' (defined: \(config.runtimes.keys.sorted().joined(separator: ", ")))")
+                }
+                if runtime.isManaged {
+                    try rejectField(reader, map, "upstream_model", key2, "only for runtimes of kind upstream")
+                    guard let sourceNode = map["source"] else { throw reader.fail(key2, item, "missing key 'source' (the weights, file:///path or a path)") }
+                    let path = try modelPath(reader, sourceNode, at: "\(key2).source")
+                    if !declared {
+                        // No declared footprint: weights plus a quarter for KV cache and buffers.
+                        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
+                        memory = size + size / 4
+                    }
+                    let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
+                    serving = .managed(runtime: runtimeName, modelPath: path, args: args)
+                } else {
+                    for field in ["source", "args", "memory", "ttl", "pin"] {
+                        try rejectField(reader, map, field, key2, "not used with an upstream runtime (Strata does not load it)")
+                    }
+                    let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
+                    serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
+                }
+            }
+            if case .managed = serving, let budget = config.devices.first(where: { $0.name == device })?.memoryBytes,
+                memory > budget
+            {
+                throw reader.fail("\(key2).memory", map["memory"] ?? item,
+                    "model needs \(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
+            }
+            models.append(ModelConfiguration(
+                name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
+                ttl: ttl, pinned: pinned))
+        }
+        return models
+    }
+
+    private static func rejectField(_ reader: ConfigReader, _ map: [String: Node], _ field: String, _ key: String, _ why: String) throws {
+        if let node = map[field] { throw reader.fail("\(key).\(field)", node, why) }
+    }
+
+    static func modelPath(_ reader: ConfigReader, _ node: Node, at key: String) throws -> String {
+        let source = try reader.string(node, at: key)
+        var path = source
+        if source.hasPrefix("file://") {
+            path = String(source.dropFirst("file://".count))
+        } else if let scheme = source.range(of: "://") {
+            let name = source[..<scheme.lowerBound]
+            throw reader.fail(key, node, "'\(source)': \(name):// sources are not supported yet (expected file:///path or a path)")
+        }
+        path = reader.expandTilde(path)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+            throw reader.fail(key, node, "'\(source)': no such file \(path)")
+        }
+        return path
+    }
+}

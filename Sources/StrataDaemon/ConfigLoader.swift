@@ -1,0 +1,194 @@
+import Foundation
+import Placer
+import TierStore
+import Yams
+
+/// Reads the config file once into typed, validated structs.
+public enum ConfigLoader {
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws -> StrataConfiguration
+    {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(key: "", line: nil, message: "cannot read \(path): \(error.localizedDescription)")
+        }
+        return try parse(yaml: text, environment: environment)
+    }
+
+    public static func parse(yaml: String, environment: [String: String]) throws -> StrataConfiguration {
+        let root: Node
+        do {
+            root = try Yams.compose(yaml: yaml) ?? .mapping([])
+        } catch {
+            throw ConfigError(key: "", line: nil, message: "not valid YAML: \(error)")
+        }
+        if case .scalar(let scalar) = root, scalar.string.isEmpty {
+            return try parse(root: .mapping([]), environment: environment)
+        }
+        return try parse(root: root, environment: environment)
+    }
+
+    static func parse(root: Node, environment: [String: String]) throws -> StrataConfiguration {
+        let reader = ConfigReader(environment: environment)
+        let top = try reader.mapping(
+            root, at: "",
+            allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "devices",
+                      "runtimes", "models"])
+
+        var config = StrataConfiguration(
+            listen: ListenAddress(host: "127.0.0.1", port: 8080),
+            logLevel: "info",
+            stateDirectory: "./var/strata",
+            auth: AuthConfiguration(apiKeys: [], adminKey: nil),
+            gateway: GatewayLimits(maxBodyBytes: 32 << 20, upstreamTimeout: .seconds(600)),
+            supervisor: SupervisorSettings(
+                loadTimeout: .seconds(120), queueTimeout: .seconds(120), stopTimeout: .seconds(10), maxQueued: 256,
+                restartBackoff: .seconds(1), restartBackoffMax: .seconds(30), healthInterval: .milliseconds(100)),
+            tiers: TierConfiguration(host: TierConfiguration.defaultHost, nvme: TierConfiguration.defaultNVMe),
+            devices: [],
+            runtimes: [:],
+            models: [])
+
+        if let node = top["listen"] { config.listen = try listenAddress(reader, node) }
+        if let node = top["log_level"] {
+            let level = try reader.string(node, at: "log_level")
+            let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+            guard levels.contains(level) else {
+                throw reader.fail("log_level", node, "'\(level)' is not a log level (expected one of: \(levels.joined(separator: ", ")))")
+            }
+            config.logLevel = level
+        }
+        if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") }
+        config.auth = try auth(reader, top["auth"])
+        if let node = top["gateway"] {
+            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout"])
+            if let value = map["max_body"] {
+                let bytes = try reader.size(value, at: "gateway.max_body")
+                guard bytes >= 1024, bytes <= 1 << 32 else {
+                    throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
+                }
+                config.gateway.maxBodyBytes = Int(bytes)
+            }
+            if let value = map["upstream_timeout"] {
+                config.gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
+            }
+        }
+        if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) }
+        if let node = top["tiers"] { config.tiers = try tiers(reader, node) }
+        config.devices = try devices(reader, top["devices"], environment: environment)
+        config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
+        config.models = try models(reader, top["models"], config: config)
+        return config
+    }
+
+    static func listenAddress(_ reader: ConfigReader, _ node: Node) throws -> ListenAddress {
+        let text = try reader.string(node, at: "listen")
+        let expected = "expected HOST:PORT such as 127.0.0.1:8080 or [::1]:8080"
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = text[text.index(after: text.startIndex)..<close]
+            let after = text[text.index(after: close)...]
+            guard after.hasPrefix(":") else { throw reader.fail("listen", node, "'\(text)': \(expected)") }
+            portText = after.dropFirst()
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        } else {
+            throw reader.fail("listen", node, "'\(text)': \(expected)")
+        }
+        if host.isEmpty { host = "127.0.0.1" }
+        guard let port = Int(portText), (1...65535).contains(port) else {
+            throw reader.fail("listen", node, "'\(text)': port must be 1...65535 (\(expected))")
+        }
+        return ListenAddress(host: String(host), port: port)
+    }
+
+    static func auth(_ reader: ConfigReader, _ node: Node?) throws -> AuthConfiguration {
+        var keysEnv = "STRATA_API_KEYS"
+        var adminEnv = "STRATA_ADMIN_KEY"
+        if let node {
+            let map = try reader.mapping(node, at: "auth", allowed: ["api_keys_env", "admin_key_env"])
+            if let value = map["api_keys_env"] { keysEnv = try reader.string(value, at: "auth.api_keys_env") }
+            if let value = map["admin_key_env"] { adminEnv = try reader.string(value, at: "auth.admin_key_env") }
+        }
+        let keys = (reader.environment[keysEnv] ?? "")
+            .split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
+            .map(String.init)
+        let admin = reader.environment[adminEnv].flatMap { $0.isEmpty ? nil : $0 }
+        return AuthConfiguration(apiKeys: Set(keys), adminKey: admin)
+    }
+
+    static func supervisor(_ reader: ConfigReader, _ node: Node, defaults: SupervisorSettings) throws
+        -> SupervisorSettings
+    {
+        var settings = defaults
+        let map = try reader.mapping(
+            node, at: "supervisor",
+            allowed: ["load_timeout", "queue_timeout", "stop_timeout", "max_queued", "restart_backoff",
+                      "restart_backoff_max", "health_interval"])
+        if let v = map["load_timeout"] { settings.loadTimeout = try reader.duration(v, at: "supervisor.load_timeout") }
+        if let v = map["queue_timeout"] { settings.queueTimeout = try reader.duration(v, at: "supervisor.queue_timeout") }
+        if let v = map["stop_timeout"] { settings.stopTimeout = try reader.duration(v, at: "supervisor.stop_timeout") }
+        if let v = map["max_queued"] { settings.maxQueued = try reader.integer(v, at: "supervisor.max_queued", range: 1...100_000) }
+        if let v = map["restart_backoff"] { settings.restartBackoff = try reader.duration(v, at: "supervisor.restart_backoff") }
+        if let v = map["restart_backoff_max"] {
+            settings.restartBackoffMax = try reader.duration(v, at: "supervisor.restart_backoff_max")
+        }
+        if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "supervisor.health_interval") }
+        guard settings.restartBackoffMax >= settings.restartBackoff else {
+            throw reader.fail("supervisor.restart_backoff_max", map["restart_backoff_max"], "must be at least restart_backoff")
+        }
+        return settings
+    }
+
+    static func tiers(_ reader: ConfigReader, _ node: Node) throws -> TierConfiguration {
+        let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme"])
+        func tier(_ name: String, _ defaults: TierConfiguration.Tier) throws -> TierConfiguration.Tier {
+            guard let node = map[name] else { return defaults }
+            let key = "tiers.\(name)"
+            let fields = try reader.mapping(node, at: key, allowed: ["dir", "budget"])
+            var tier = defaults
+            if let v = fields["dir"] { tier.directory = try reader.path(v, at: "\(key).dir") }
+            if let v = fields["budget"] { tier.budgetBytes = try reader.size(v, at: "\(key).budget") }
+            return tier
+        }
+        return TierConfiguration(
+            host: try tier("host", TierConfiguration.defaultHost), nvme: try tier("nvme", TierConfiguration.defaultNVMe))
+    }
+
+    static func devices(_ reader: ConfigReader, _ node: Node?, environment: [String: String]) throws
+        -> [DeviceConfiguration]
+    {
+        guard let node else {
+            // Sane default: one CPU device with 80% of the machine's memory.
+            let total = ProcessInfo.processInfo.physicalMemory
+            return [DeviceConfiguration(name: "cpu", kind: .cpu, memoryBytes: total / 10 * 8)]
+        }
+        var devices: [DeviceConfiguration] = []
+        for (index, item) in try reader.sequence(node, at: "devices").enumerated() {
+            let key = "devices[\(index)]"
+            let map = try reader.mapping(item, at: key, allowed: ["name", "kind", "memory"])
+            guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
+            let name = try reader.string(nameNode, at: "\(key).name")
+            guard !devices.contains(where: { $0.name == name }) else {
+                throw reader.fail("\(key).name", nameNode, "device '\(name)' is defined twice")
+            }
+            var kind = DeviceConfiguration.Kind.cpu
+            if let v = map["kind"] {
+                let text = try reader.string(v, at: "\(key).kind")
+                guard let parsed = DeviceConfiguration.Kind(rawValue: text) else {
+                    throw reader.fail("\(key).kind", v, "'\(text)' is not a device kind (expected cpu, gpu or unified)")
+                }
+                kind = parsed
+            }
+            guard let memoryNode = map["memory"] else { throw reader.fail(key, item, "missing key 'memory'") }
+            let memory = try reader.size(memoryNode, at: "\(key).memory")
+            devices.append(DeviceConfiguration(name: name, kind: kind, memoryBytes: memory))
+        }
+        guard !devices.isEmpty else { throw reader.fail("devices", node, "expected at least one device") }
+        return devices
+    }
+}

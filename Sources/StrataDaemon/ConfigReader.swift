@@ -1,0 +1,141 @@
+import Foundation
+import Yams
+
+/// Walks a YAML tree with the key path at hand, so every error names the key, the value and
+/// what was expected. Expands `${VAR}` / `${VAR:-default}` from the environment (names in
+/// `placeholders` are left for the supervisor) and a leading `~` in paths.
+struct ConfigReader {
+    var environment: [String: String]
+    var placeholders: Set<String> = ["PORT", "HOST", "MODEL_PATH", "MODEL_NAME"]
+
+    func fail(_ key: String, _ node: Node?, _ message: String) -> ConfigError {
+        ConfigError(key: key, line: node?.mark.map { $0.line }, message: message)
+    }
+
+    /// A mapping whose keys must all be in `allowed`.
+    func mapping(_ node: Node, at key: String, allowed: [String]) throws -> [String: Node] {
+        guard case .mapping(let mapping) = node else {
+            throw fail(key, node, "expected a mapping with keys \(allowed.joined(separator: ", ")), found \(describe(node))")
+        }
+        var result: [String: Node] = [:]
+        for (keyNode, value) in mapping {
+            let name = keyNode.string ?? ""
+            let path = key.isEmpty ? name : "\(key).\(name)"
+            guard allowed.contains(name) else {
+                throw fail(path, keyNode, "unknown key '\(name)' (expected one of: \(allowed.joined(separator: ", ")))")
+            }
+            guard result[name] == nil else { throw fail(path, keyNode, "key appears twice") }
+            result[name] = value
+        }
+        return result
+    }
+
+    func sequence(_ node: Node, at key: String) throws -> [Node] {
+        guard case .sequence(let sequence) = node else {
+            throw fail(key, node, "expected a list, found \(describe(node))")
+        }
+        return Array(sequence)
+    }
+
+    func string(_ node: Node, at key: String) throws -> String {
+        guard case .scalar(let scalar) = node else {
+            throw fail(key, node, "expected a string, found \(describe(node))")
+        }
+        return try expand(scalar.string, at: key, node: node)
+    }
+
+    func strings(_ node: Node, at key: String) throws -> [String] {
+        try sequence(node, at: key).enumerated().map { try string($1, at: "\(key)[\($0)]") }
+    }
+
+    func path(_ node: Node, at key: String) throws -> String {
+        let value = try string(node, at: key)
+        guard !value.isEmpty else { throw fail(key, node, "expected a path, found an empty string") }
+        return expandTilde(value)
+    }
+
+    func expandTilde(_ value: String) -> String {
+        guard value == "~" || value.hasPrefix("~/") else { return value }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        return home + value.dropFirst()
+    }
+
+    func bool(_ node: Node, at key: String) throws -> Bool {
+        switch try string(node, at: key).lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        case let other: throw fail(key, node, "'\(other)' is not a boolean (expected true or false)")
+        }
+    }
+
+    func integer(_ node: Node, at key: String, range: ClosedRange<Int>) throws -> Int {
+        let text = try string(node, at: key)
+        guard let value = Int(text), range.contains(value) else {
+            throw fail(key, node, "'\(text)' is not an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    func size(_ node: Node, at key: String) throws -> UInt64 {
+        let text = try string(node, at: key)
+        switch ConfigUnits.parseSize(text) {
+        case .success(let bytes): return bytes
+        case .failure(let why): throw fail(key, node, "'\(text)' is not a size: \(why)")
+        }
+    }
+
+    func duration(_ node: Node, at key: String) throws -> Duration {
+        let text = try string(node, at: key)
+        switch ConfigUnits.parseDuration(text) {
+        case .success(let duration) where duration > .zero: return duration
+        case .success: throw fail(key, node, "'\(text)' must be longer than zero")
+        case .failure(let why): throw fail(key, node, "'\(text)' is not a duration: \(why)")
+        }
+    }
+
+    /// Replaces `${NAME}` and `${NAME:-default}` with environment values.
+    func expand(_ text: String, at key: String, node: Node?) throws -> String {
+        guard text.contains("${") else { return text }
+        var output = ""
+        var rest = Substring(text)
+        while let start = rest.range(of: "${") {
+            output += rest[..<start.lowerBound]
+            guard let end = rest[start.upperBound...].firstIndex(of: "}") else {
+                throw fail(key, node, "'\(text)' has an unclosed ${")
+            }
+            let body = rest[start.upperBound..<end]
+            let name: Substring
+            let fallback: Substring?
+            if let sep = body.range(of: ":-") {
+                name = body[..<sep.lowerBound]
+                fallback = body[sep.upperBound...]
+            } else {
+                name = body
+                fallback = nil
+            }
+            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw fail(key, node, "'${\(body)}' is not a valid variable reference (expected ${NAME} or ${NAME:-default})")
+            }
+            if placeholders.contains(String(name)) && fallback == nil {
+                output += "${\(name)}"
+            } else if let value = environment[String(name)], !value.isEmpty {
+                output += value
+            } else if let fallback {
+                output += fallback
+            } else {
+                throw fail(key, node, "environment variable \(name) is not set (write ${\(name):-default} for a default)")
+            }
+            rest = rest[rest.index(after: end)...]
+        }
+        return output + rest
+    }
+
+    func describe(_ node: Node) -> String {
+        switch node {
+        case .scalar(let scalar): "'\(scalar.string)'"
+        case .mapping: "a mapping"
+        case .sequence: "a list"
+        case .alias: "an alias"
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import AsyncHTTPClient
+import Foundation
+import Frontend
+import Hummingbird
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Wires the modules together and runs them as services: the model controller first, the HTTP
+/// server last, so SIGTERM stops taking requests, drains those in flight, then stops runtimes.
+public enum Daemon {
+    public static func run(
+        config: StrataConfiguration, logger: Logger, renderMetrics: @escaping @Sendable () -> String,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws {
+        try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        if !config.listen.isLoopback && config.auth.apiKeys.isEmpty {
+            logger.warning("listening on \(config.listen) without API keys: anyone who can reach it can use it (set STRATA_API_KEYS)")
+        }
+
+        var clientConfiguration = HTTPClient.Configuration()
+        clientConfiguration.timeout = .init(connect: .seconds(5))
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        clientConfiguration.decompression = .disabled
+        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+
+        let controller = ModelController(config: config, httpClient: httpClient, logger: logger)
+        let ready = ReadyFlag()
+        let gateway = Gateway(
+            configuration: GatewayConfiguration(
+                apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
+                adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
+                upstreamTimeout: config.gateway.upstreamTimeout),
+            backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
+            isReady: { ready.value })
+
+        let app = Application(
+            router: gateway.buildRouter(),
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: "strata"),
+            onServerRunning: { channel in
+                ready.set(true)
+                let port = channel.localAddress?.port ?? config.listen.port
+                logger.info("strata listening on \(config.listen.host):\(port), \(config.models.count) model(s) configured")
+                await onListening(port)
+            },
+            logger: logger)
+
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: ControllerService(controller: controller, ready: ready)),
+                    .init(service: app),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            try? await httpClient.shutdown()
+            throw error
+        }
+        try await httpClient.shutdown()
+    }
+}
+
+/// Runs the controller's clock and, on shutdown, stops every runtime.
+struct ControllerService: Service {
+    let controller: ModelController
+    let ready: ReadyFlag
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await cancelWhenGracefulShutdown {
+                await controller.runTicks()
+            }
+        } onGracefulShutdown: {
+            ready.set(false)
+        }
+        await controller.shutdown()
+    }
+}
+
+final class ReadyFlag: Sendable {
+    private let box = NIOLockedValueBox(false)
+    var value: Bool { box.withLockedValue { $0 } }
+    func set(_ value: Bool) { box.withLockedValue { $0 = value } }
+}
+
+import NIOConcurrencyHelpers

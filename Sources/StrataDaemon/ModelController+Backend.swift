@@ -1,0 +1,100 @@
+import Foundation
+import Frontend
+import Placer
+
+extension ModelController: ModelBackend {
+    public func listModels() async -> [ModelListing] {
+        config.models.map { model in
+            switch model.serving {
+            case .managed:
+                ModelListing(id: model.name, status: placer.snapshot(of: model.name)?.phase.publicStatus ?? "stopped")
+            case .upstream, .replicas:
+                ModelListing(id: model.name, status: "ready")
+            }
+        }
+    }
+
+    public func acquire(model: String) async throws -> UpstreamLease {
+        guard let modelConfig = config.models.first(where: { $0.name == model }) else {
+            throw GatewayError.modelNotFound(model)
+        }
+        if shuttingDown {
+            throw GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5)
+        }
+        switch modelConfig.serving {
+        case .managed:
+            return try await acquireManaged(model: model)
+        case .upstream(let runtimeName, let upstreamModel):
+            guard let runtime = config.runtimes[runtimeName], case .upstream(let url, let apiKey) = runtime.kind else {
+                throw GatewayError.badGateway("runtime '\(runtimeName)' is not an upstream")
+            }
+            let headers = apiKey.map { [("Authorization", "Bearer \($0)")] } ?? []
+            return UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: runtimeName) {}
+        case .replicas(let urls):
+            // Replicas Strata does not start: round-robin until prefix-affinity routing lands.
+            let index = roundRobin[model, default: 0]
+            roundRobin[model] = (index + 1) % urls.count
+            return UpstreamLease(baseURL: urls[index] + "/v1", upstreamLabel: urls[index]) {}
+        }
+    }
+
+    public func adminStatus() async -> AdminStatus {
+        let models = config.models.map { model -> AdminStatus.Model in
+            switch model.serving {
+            case .managed(let runtime, _, _):
+                let snapshot = placer.snapshot(of: model.name)
+                let instance = instances[model.name]
+                return AdminStatus.Model(
+                    name: model.name, status: snapshot?.phase.publicStatus ?? "stopped",
+                    phase: snapshot.map { Self.describe($0.phase) } ?? "stopped", runtime: runtime, device: model.device,
+                    memory_bytes: model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
+                    loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
+                    upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[model.name])
+            case .upstream(let runtime, _):
+                let url: String? = if case .upstream(let url, _) = config.runtimes[runtime]?.kind { url } else { nil }
+                return AdminStatus.Model(
+                    name: model.name, status: "ready", phase: "upstream", runtime: runtime, device: nil, memory_bytes: nil,
+                    in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: url, last_error: nil)
+            case .replicas(let urls):
+                return AdminStatus.Model(
+                    name: model.name, status: "ready", phase: "replicas", runtime: nil, device: nil, memory_bytes: nil,
+                    in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil)
+            }
+        }
+        let devices = placer.deviceSnapshots.map {
+            AdminStatus.Device(name: $0.name, budget_bytes: $0.budgetBytes, used_bytes: $0.usedBytes)
+        }
+        return AdminStatus(models: models, devices: devices)
+    }
+
+    public func load(model: String) async throws {
+        try requireManaged(model)
+        send(.load(model: model))
+    }
+
+    public func unload(model: String) async throws {
+        try requireManaged(model)
+        send(.unload(model: model))
+    }
+
+    private func requireManaged(_ model: String) throws {
+        guard let modelConfig = config.models.first(where: { $0.name == model }) else {
+            throw GatewayError.modelNotFound(model)
+        }
+        guard case .managed = modelConfig.serving else {
+            throw GatewayError.badRequest("'\(model)' is served by an upstream Strata does not start; it cannot be loaded or unloaded",
+                                          code: "not_managed")
+        }
+    }
+
+    static func describe(_ phase: ModelPhase) -> String {
+        switch phase {
+        case .stopped: "stopped"
+        case .starting: "starting"
+        case .ready: "ready"
+        case .draining(let reason): "draining (\(reason))"
+        case .stopping(let reason): "stopping (\(reason))"
+        case .failed(_, let detail): "failed: \(detail)"
+        }
+    }
+}

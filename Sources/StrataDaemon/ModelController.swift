@@ -1,0 +1,312 @@
+import AsyncHTTPClient
+import Foundation
+import Frontend
+import Glibc
+import Logging
+import Metrics
+import NIOCore
+import Placer
+
+/// Carries out the Placer's decisions: spawns and stops runtime processes, checks their health,
+/// and admits or rejects waiting requests. All Placer events pass through this actor, so the
+/// Placer sees them in one order.
+public actor ModelController {
+    struct Instance {
+        var id: UInt64
+        var process: RuntimeProcess
+        var startedAt: ContinuousClock.Instant
+        var healthTask: Task<Void, Never>?
+        var killTask: Task<Void, Never>?
+    }
+
+    let config: StrataConfiguration
+    let httpClient: HTTPClient
+    let logger: Logger
+    let clock = ContinuousClock()
+    let origin: ContinuousClock.Instant
+    var placer: Placer
+    var waiting: [RequestID: CheckedContinuation<String, any Error>] = [:]
+    var cancelledEarly: Set<RequestID> = []
+    var instances: [String: Instance] = [:]
+    var lastError: [String: String] = [:]
+    var nextRequestID: RequestID = 1
+    var nextInstanceID: UInt64 = 1
+    var roundRobin: [String: Int] = [:]
+    var shuttingDown = false
+
+    public init(config: StrataConfiguration, httpClient: HTTPClient, logger: Logger) {
+        self.config = config
+        self.httpClient = httpClient
+        self.logger = logger
+        self.origin = clock.now
+        self.placer = Placer(configuration: config.placerConfiguration)
+    }
+
+    var now: Duration { clock.now - origin }
+
+    /// Feeds one event to the Placer and carries out what it decides.
+    func send(_ event: PlacerEvent) {
+        let actions = placer.handle(event, now: now)
+        for action in actions { perform(action) }
+    }
+
+    private func perform(_ action: PlacerAction) {
+        switch action {
+        case .start(let model):
+            start(model)
+        case .stop(let model, let reason):
+            stop(model, reason: reason)
+        case .admit(let id, let model):
+            guard let continuation = waiting.removeValue(forKey: id) else {
+                // The client left between decision and admission: give the slot back.
+                send(.finished(id))
+                return
+            }
+            guard let instance = instances[model] else {
+                continuation.resume(throwing: GatewayError.badGateway("runtime for '\(model)' vanished"))
+                send(.finished(id))
+                return
+            }
+            continuation.resume(returning: "http://127.0.0.1:\(instance.process.port)/v1")
+        case .reject(let id, let model, let rejection):
+            waiting.removeValue(forKey: id)?.resume(throwing: Self.gatewayError(rejection, model: model))
+        }
+    }
+
+    // MARK: Requests
+
+    func acquireManaged(model: String) async throws -> UpstreamLease {
+        let id = nextRequestID
+        nextRequestID += 1
+        let baseURL: String = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if cancelledEarly.remove(id) != nil {
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                waiting[id] = continuation
+                send(.request(id, model: model))
+            }
+        } onCancel: {
+            Task { await self.cancelWaiting(id) }
+        }
+        return UpstreamLease(baseURL: baseURL, upstreamLabel: "\(model)@\(baseURL)") { [weak self] in
+            guard let self else { return }
+            Task { await self.send(.finished(id)) }
+        }
+    }
+
+    private func cancelWaiting(_ id: RequestID) {
+        guard let continuation = waiting.removeValue(forKey: id) else {
+            if id >= nextRequestID - 1 { cancelledEarly.insert(id) }
+            return
+        }
+        continuation.resume(throwing: CancellationError())
+        send(.cancel(id))
+    }
+
+    static func gatewayError(_ rejection: Rejection, model: String) -> GatewayError {
+        switch rejection {
+        case .unknownModel:
+            return .modelNotFound(model)
+        case .queueFull(let limit):
+            return .unavailable(
+                "Too many requests are waiting for '\(model)' (limit \(limit), supervisor.max_queued)",
+                code: "queue_full", retryAfterSeconds: 1)
+        case .timedOut(let waited, let retryAfter):
+            return .unavailable(
+                "'\(model)' did not become ready within \(waited.seconds)s (supervisor.queue_timeout)",
+                code: "model_not_ready", retryAfterSeconds: max(1, Int(retryAfter.seconds.rounded(.up))))
+        case .doesNotFit(let need, let device, let budget, let pinned):
+            return .unavailable(
+                "'\(model)' needs \(ConfigUnits.formatBytes(need)) on device '\(device)', whose budget is "
+                    + "\(ConfigUnits.formatBytes(budget)) with \(ConfigUnits.formatBytes(pinned)) held by pinned models",
+                code: "insufficient_memory", retryAfterSeconds: 30)
+        case .runtimeFailed(let detail):
+            return .badGateway("The runtime for '\(model)' failed: \(detail)")
+        }
+    }
+
+    // MARK: Runtime processes
+
+    private func start(_ model: String) {
+        guard let modelConfig = config.models.first(where: { $0.name == model }),
+            case .managed(let runtimeName, let modelPath, let modelArgs) = modelConfig.serving,
+            let runtime = config.runtimes[runtimeName]
+        else {
+            send(.runtimeExited(model: model, detail: "no managed runtime configured"))
+            return
+        }
+        let process: RuntimeProcess
+        do {
+            let port = try RuntimeProcess.freePort()
+            let argv = Self.commandLine(runtime: runtime, model: model, modelPath: modelPath, modelArgs: modelArgs, port: port)
+            var environment = ProcessInfo.processInfo.environment
+            environment.merge(runtime.environment) { $1 }
+            let logPath = "\(config.stateDirectory)/logs/\(model).log"
+            process = try RuntimeProcess.spawn(argv: argv, environment: environment, port: port, logPath: logPath)
+            logger.info("starting runtime", metadata: [
+                "model": "\(model)", "pid": "\(process.pid)", "port": "\(port)", "log": "\(logPath)"])
+        } catch {
+            lastError[model] = "\(error)"
+            logger.error("cannot start runtime", metadata: ["model": "\(model)", "error": "\(error)"])
+            Counter(label: "strata_loads_total", dimensions: [("model", model), ("result", "failed")]).increment()
+            send(.runtimeExited(model: model, detail: "\(error)"))
+            return
+        }
+        let id = nextInstanceID
+        nextInstanceID += 1
+        var instance = Instance(id: id, process: process, startedAt: clock.now)
+        instance.healthTask = Task { [healthURL = "http://127.0.0.1:\(process.port)\(runtime.healthPath)"] in
+            await self.pollHealth(model: model, instanceID: id, url: healthURL)
+        }
+        instances[model] = instance
+        Task {
+            let how = await process.waitForExit()
+            await self.exited(model: model, instanceID: id, how: how)
+        }
+    }
+
+    static func commandLine(runtime: RuntimeConfiguration, model: String, modelPath: String, modelArgs: [String], port: Int)
+        -> [String]
+    {
+        let argv: [String]
+        switch runtime.kind {
+        case .llamaServer(let binary, let args):
+            argv = [binary, "--model", modelPath, "--host", "127.0.0.1", "--port", "${PORT}", "--alias", model] + args + modelArgs
+        case .command(let template):
+            argv = template + modelArgs
+        case .upstream:
+            argv = []
+        }
+        return argv.map {
+            $0.replacingOccurrences(of: "${PORT}", with: String(port))
+                .replacingOccurrences(of: "${HOST}", with: "127.0.0.1")
+                .replacingOccurrences(of: "${MODEL_PATH}", with: modelPath)
+                .replacingOccurrences(of: "${MODEL_NAME}", with: model)
+        }
+    }
+
+    private func pollHealth(model: String, instanceID: UInt64, url: String) async {
+        while !Task.isCancelled {
+            var request = HTTPClientRequest(url: url)
+            request.method = .GET
+            if let response = try? await httpClient.execute(request, timeout: .seconds(2)) {
+                _ = try? await response.body.collect(upTo: 1 << 20)
+                if response.status == .ok {
+                    healthy(model: model, instanceID: instanceID)
+                    return
+                }
+            }
+            try? await Task.sleep(for: config.supervisor.healthInterval)
+        }
+    }
+
+    private func healthy(model: String, instanceID: UInt64) {
+        guard let instance = instances[model], instance.id == instanceID else { return }
+        let seconds = (clock.now - instance.startedAt).seconds
+        logger.info("runtime ready", metadata: ["model": "\(model)", "load_seconds": "\(String(format: "%.2f", seconds))"])
+        Counter(label: "strata_loads_total", dimensions: [("model", model), ("result", "ok")]).increment()
+        Metrics.Timer(label: "strata_load_duration_seconds", dimensions: [("model", model)])
+            .record(duration: clock.now - instance.startedAt)
+        lastError[model] = nil
+        send(.runtimeReady(model: model))
+    }
+
+    private func exited(model: String, instanceID: UInt64, how: String) {
+        guard let instance = instances[model], instance.id == instanceID else { return }
+        instance.healthTask?.cancel()
+        instance.killTask?.cancel()
+        instances[model] = nil
+        let phase = placer.snapshot(of: model)?.phase
+        var detail = how
+        var expected = shuttingDown
+        if case .stopping = phase { expected = true }
+        if expected {
+            logger.info("runtime stopped", metadata: ["model": "\(model)", "how": "\(how)"])
+        } else {
+            let tail = instance.process.logTail()
+            detail = "\(how)" + (tail.isEmpty ? "" : "; log \(instance.process.logPath): \(tail)")
+            lastError[model] = detail
+            logger.error("runtime died", metadata: ["model": "\(model)", "how": "\(how)", "log": "\(instance.process.logPath)"])
+            if case .starting = phase {
+                Counter(label: "strata_loads_total", dimensions: [("model", model), ("result", "failed")]).increment()
+            } else {
+                Counter(label: "strata_runtime_crashes_total", dimensions: [("model", model)]).increment()
+            }
+        }
+        send(.runtimeExited(model: model, detail: detail))
+    }
+
+    private func stop(_ model: String, reason: StopReason) {
+        guard var instance = instances[model] else {
+            send(.runtimeExited(model: model, detail: "not running"))
+            return
+        }
+        logger.info("stopping runtime", metadata: ["model": "\(model)", "reason": "\(reason)"])
+        if reason == .loadTimeout {
+            lastError[model] = "did not become healthy within \(config.supervisor.loadTimeout.seconds)s; log \(instance.process.logPath): \(instance.process.logTail())"
+        }
+        Counter(label: "strata_unloads_total", dimensions: [("model", model), ("reason", reason.metricLabel)]).increment()
+        instance.healthTask?.cancel()
+        instance.process.signalGroup(SIGTERM)
+        let grace = config.supervisor.stopTimeout
+        let process = instance.process
+        instance.killTask = Task {
+            try? await Task.sleep(for: grace)
+            if !Task.isCancelled { process.signalGroup(SIGKILL) }
+        }
+        instances[model] = instance
+    }
+
+    // MARK: Lifecycle
+
+    /// Drives deadlines and TTLs until cancelled.
+    func runTicks() async {
+        while !Task.isCancelled && !shuttingDown {
+            try? await Task.sleep(for: .milliseconds(200))
+            send(.tick)
+        }
+    }
+
+    /// Stops every runtime: SIGTERM, then SIGKILL after the stop timeout; returns when all are gone.
+    func shutdown() async {
+        shuttingDown = true
+        for (id, continuation) in waiting {
+            continuation.resume(throwing: GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5))
+            _ = id
+        }
+        waiting.removeAll()
+        for name in instances.keys.sorted() {
+            logger.info("stopping runtime for shutdown", metadata: ["model": "\(name)"])
+            instances[name]?.healthTask?.cancel()
+            instances[name]?.process.signalGroup(SIGTERM)
+        }
+        let deadline = clock.now + config.supervisor.stopTimeout
+        while !instances.isEmpty && clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for instance in instances.values { instance.process.signalGroup(SIGKILL) }
+        while !instances.isEmpty {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+extension StopReason {
+    var metricLabel: String {
+        switch self {
+        case .idle: "idle"
+        case .evicted: "evicted"
+        case .operatorRequest: "operator"
+        case .loadTimeout: "load_timeout"
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) / 1e18
+    }
+}

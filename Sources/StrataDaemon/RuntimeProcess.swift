@@ -1,0 +1,110 @@
+import CStrataProcess
+import Foundation
+import Glibc
+
+/// One runtime process: spawned as its own process group with a parent-death signal, output
+/// appended to a log file. Signals go to the whole group.
+struct RuntimeProcess: Sendable {
+    let pid: pid_t
+    let port: Int
+    let logPath: String
+
+    struct SpawnError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static func spawn(argv: [String], environment: [String: String], port: Int, logPath: String) throws -> RuntimeProcess {
+        guard let program = argv.first, let path = resolveExecutable(program) else {
+            throw SpawnError(description: "cannot find executable '\(argv.first ?? "")' (not a file, or not on PATH)")
+        }
+        let directory = (logPath as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard logFD >= 0 else {
+            throw SpawnError(description: "cannot open log file \(logPath): \(String(cString: strerror(errno)))")
+        }
+        defer { close(logFD) }
+        let banner = "\n--- strata: starting \(argv.joined(separator: " ")) at \(Date()) ---\n"
+        _ = banner.withCString { write(logFD, $0, strlen($0)) }
+
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        let pid = strata_spawn(path, cArgv, cEnv, logFD)
+        guard pid > 0 else {
+            throw SpawnError(description: "cannot start \(path): \(String(cString: strerror(-pid)))")
+        }
+        return RuntimeProcess(pid: pid, port: port, logPath: logPath)
+    }
+
+    func signalGroup(_ signal: Int32) {
+        _ = strata_kill_group(pid, signal)
+    }
+
+    /// Waits on a dedicated thread (waitpid blocks) and returns a description of how it ended.
+    func waitForExit() async -> String {
+        let pid = self.pid
+        return await withCheckedContinuation { continuation in
+            let thread = Thread {
+                var status: Int32 = 0
+                let result = strata_wait(pid, &status)
+                guard result == 0 else {
+                    continuation.resume(returning: "wait failed: \(String(cString: strerror(-result)))")
+                    return
+                }
+                var signaled: Int32 = 0
+                let value = strata_wait_decode(status, &signaled)
+                continuation.resume(returning: signaled != 0 ? "killed by signal \(value)" : "exited with code \(value)")
+            }
+            thread.name = "strata-wait-\(pid)"
+            thread.start()
+        }
+    }
+
+    /// The last lines of the runtime's log, to put beside an error.
+    func logTail(lines: Int = 3) -> String {
+        guard let handle = FileHandle(forReadingAtPath: logPath) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: size > 2048 ? size - 2048 : 0)
+        let data = (try? handle.readToEnd()) ?? Data()
+        let text = String(decoding: data, as: UTF8.self)
+        return text.split(separator: "\n").suffix(lines).joined(separator: " | ")
+    }
+
+    static func resolveExecutable(_ program: String) -> String? {
+        if program.contains("/") {
+            return FileManager.default.isExecutableFile(atPath: program) ? program : nil
+        }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/\(program)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// A free TCP port on loopback, from the kernel's ephemeral range.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SpawnError(description: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw SpawnError(description: "bind: \(String(cString: strerror(errno)))") }
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw SpawnError(description: "getsockname: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

@@ -1,0 +1,49 @@
+import AsyncHTTPClient
+import Foundation
+import Frontend
+import NIOCore
+
+/// `strata status`: asks a running daemon for its models and prints a table.
+public enum StatusClient {
+    public static func fetch(baseURL: String, adminKey: String?, json: Bool) async throws -> String {
+        var request = HTTPClientRequest(url: baseURL + "/admin/models")
+        if let adminKey { request.headers.add(name: "Authorization", value: "Bearer \(adminKey)") }
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
+        } catch {
+            throw StatusError(message: "cannot reach Strata at \(baseURL): \(error)")
+        }
+        let body = try await response.body.collect(upTo: 16 << 20)
+        guard response.status == .ok else {
+            throw StatusError(message: "\(baseURL) answered \(response.status.code): \(String(buffer: body))")
+        }
+        if json { return String(buffer: body) }
+        let status = try JSONDecoder().decode(AdminStatus.self, from: Data(body.readableBytesView))
+        var rows = [["MODEL", "STATUS", "PHASE", "IN-FLIGHT", "WAITING", "LOADS", "MEMORY", "UPSTREAM"]]
+        for model in status.models {
+            rows.append([
+                model.name, model.status, model.phase, String(model.in_flight), String(model.waiting), String(model.loads),
+                model.memory_bytes.map(ConfigUnits.formatBytes) ?? "-", model.upstream ?? "-",
+            ])
+        }
+        var lines = table(rows)
+        for device in status.devices {
+            lines.append("device \(device.name): \(ConfigUnits.formatBytes(device.used_bytes)) of \(ConfigUnits.formatBytes(device.budget_bytes)) in use")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func table(_ rows: [[String]]) -> [String] {
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    struct StatusError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+}

@@ -1,0 +1,119 @@
+import Placer
+import TierStore
+
+/// The whole configuration, read once from the YAML file by `ConfigLoader` and validated.
+/// Defaults are documented in config/strata.example.yaml.
+public struct StrataConfiguration: Sendable {
+    public var listen: ListenAddress
+    public var logLevel: String
+    /// Where runtime logs and other daemon state are written.
+    public var stateDirectory: String
+    public var auth: AuthConfiguration
+    public var gateway: GatewayLimits
+    public var supervisor: SupervisorSettings
+    public var tiers: TierConfiguration
+    public var devices: [DeviceConfiguration]
+    public var runtimes: [String: RuntimeConfiguration]
+    public var models: [ModelConfiguration]
+}
+
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public var isLoopback: Bool {
+        host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct AuthConfiguration: Sendable {
+    /// Keys accepted as `Authorization: Bearer KEY`; empty means no key is needed.
+    public var apiKeys: Set<String>
+    /// Key for `/admin`; nil means admin endpoints are open on loopback and closed elsewhere.
+    public var adminKey: String?
+}
+
+public struct GatewayLimits: Sendable {
+    public var maxBodyBytes: Int
+    /// Longest the gateway waits for a runtime's response headers once a request is sent.
+    public var upstreamTimeout: Duration
+}
+
+public struct SupervisorSettings: Sendable {
+    public var loadTimeout: Duration
+    public var queueTimeout: Duration
+    public var stopTimeout: Duration
+    public var maxQueued: Int
+    public var restartBackoff: Duration
+    public var restartBackoffMax: Duration
+    public var healthInterval: Duration
+}
+
+public struct DeviceConfiguration: Sendable, Equatable {
+    public enum Kind: String, Sendable { case cpu, gpu, unified }
+    public var name: String
+    public var kind: Kind
+    public var memoryBytes: UInt64
+}
+
+public struct RuntimeConfiguration: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// llama.cpp's llama-server; Strata adds --model, --host, --port and --alias.
+        case llamaServer(binary: String, args: [String])
+        /// Any command line with ${PORT}, ${HOST}, ${MODEL_PATH}, ${MODEL_NAME} placeholders;
+        /// also used for `vllm` and `sglang`, which come with a default command.
+        case command(argv: [String])
+        /// An OpenAI-compatible server Strata does not start (a provider API, a remote host).
+        case upstream(url: String, apiKey: String?)
+    }
+
+    public var name: String
+    public var kindName: String
+    public var kind: Kind
+    public var healthPath: String
+    public var environment: [String: String]
+
+    public var isManaged: Bool {
+        if case .upstream = kind { return false }
+        return true
+    }
+}
+
+public struct ModelConfiguration: Sendable, Equatable {
+    public enum Serving: Sendable, Equatable {
+        /// Strata starts `runtime` with the weights at `modelPath`.
+        case managed(runtime: String, modelPath: String, args: [String])
+        /// Served by an upstream runtime (provider API), optionally under another model name.
+        case upstream(runtime: String, upstreamModel: String?)
+        /// Replicas Strata does not start.
+        case replicas([String])
+    }
+
+    public var name: String
+    public var serving: Serving
+    public var device: String
+    public var memoryBytes: UInt64
+    public var memoryDeclared: Bool
+    public var ttl: Duration?
+    public var pinned: Bool
+}
+
+extension StrataConfiguration {
+    /// The Placer's view: devices and the models whose runtimes Strata manages.
+    public var placerConfiguration: PlacerConfiguration {
+        PlacerConfiguration(
+            devices: devices.map { DeviceSpec(name: $0.name, memoryBytes: $0.memoryBytes) },
+            models: models.compactMap { model in
+                guard case .managed = model.serving else { return nil }
+                return ModelSpec(
+                    name: model.name, device: model.device, memoryBytes: model.memoryBytes,
+                    ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued)
+            },
+            loadTimeout: supervisor.loadTimeout,
+            queueTimeout: supervisor.queueTimeout,
+            restartBackoffInitial: supervisor.restartBackoff,
+            restartBackoffMax: supervisor.restartBackoffMax)
+    }
+}

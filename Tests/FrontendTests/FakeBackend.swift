@@ -1,0 +1,35 @@
+import Frontend
+import NIOConcurrencyHelpers
+
+/// A fake model backend for gateway unit tests: one model `m` served by a fake upstream.
+final class FakeBackend: ModelBackend, Sendable {
+    let upstreamPort: Int
+    private let counters = NIOLockedValueBox((acquired: 0, released: 0))
+
+    init(upstreamPort: Int) {
+        self.upstreamPort = upstreamPort
+    }
+
+    var acquired: Int { counters.withLockedValue { $0.acquired } }
+    var released: Int { counters.withLockedValue { $0.released } }
+
+    func listModels() async -> [ModelListing] { [ModelListing(id: "m", status: "ready")] }
+
+    func acquire(model: String) async throws -> UpstreamLease {
+        switch model {
+        case "m":
+            counters.withLockedValue { $0.acquired += 1 }
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in
+                counters.withLockedValue { $0.released += 1 }
+            }
+        case "busy":
+            throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
+        default:
+            throw GatewayError.modelNotFound(model)
+        }
+    }
+
+    func adminStatus() async -> AdminStatus { AdminStatus(models: [], devices: []) }
+    func load(model: String) async throws {}
+    func unload(model: String) async throws {}
+}

@@ -1,0 +1,202 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Testing
+@testable import Frontend
+
+/// The gateway against a fake upstream (a small Hummingbird server standing in for a runtime)
+/// and a fake backend. The real runtime is exercised by the integration suite.
+struct GatewayTests {
+    /// Fake upstream: echoes the request body as JSON, or streams SSE events; `/v1/completions`
+    /// breaks its stream after one event.
+    static func fakeUpstream() -> Application<RouterResponder<BasicRequestContext>> {
+        let router = Router()
+        router.post("/v1/chat/completions") { request, _ -> Response in
+            var request = request
+            let body = try await request.collectBody(upTo: 1 << 20)
+            let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] ?? [:]
+            if json["stream"] as? Bool == true {
+                return Response(
+                    status: .ok, headers: [.contentType: "text/event-stream"],
+                    body: ResponseBody { writer in
+                        for i in 0..<3 {
+                            try await writer.write(ByteBuffer(string: "data: {\"i\":\(i)}\n\n"))
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                        try await writer.finish(nil)
+                    })
+            }
+            var echo = ByteBuffer(string: "{\"echo\":")
+            echo.writeImmutableBuffer(body)
+            echo.writeString(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}")
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: echo))
+        }
+        router.post("/v1/completions") { _, _ -> Response in
+            Response(
+                status: .ok, headers: [.contentType: "text/event-stream"],
+                body: ResponseBody { writer in
+                    try await writer.write(ByteBuffer(string: "data: {\"i\":0}\n\n"))
+                    throw CancellationError()   // the runtime dies mid-stream
+                })
+        }
+        return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+    }
+
+    static func withGateway(
+        _ configuration: GatewayConfiguration = GatewayConfiguration(),
+        _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
+    ) async throws {
+        try await fakeUpstream().test(.live) { upstream in
+            let backend = FakeBackend(upstreamPort: upstream.port!)
+            let gateway = Gateway(
+                configuration: configuration, backend: backend, httpClient: .shared, logger: Logger(label: "test"))
+            let app = Application(router: gateway.buildRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await app.test(.live) { client in try await body(client, backend) }
+        }
+    }
+
+    static func errorCode(_ response: TestResponse) throws -> String? {
+        let json = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: Any]
+        let error = json?["error"] as? [String: Any]
+        #expect(error?["message"] as? String != nil, "OpenAI-shaped error has a message")
+        #expect(error?["type"] as? String != nil, "OpenAI-shaped error has a type")
+        return error?["code"] as? String
+    }
+
+    @Test func bodyIsForwardedByteForByteAndLeaseReleased() async throws {
+        try await Self.withGateway { client, backend in
+            // unknown fields and tool definitions must pass through untouched, key order included
+            let sent = #"{"zeta":1,"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"x_custom":{"a":[1,2]}}"#
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                body: ByteBuffer(string: sent))
+            #expect(response.status == .ok)
+            let text = String(buffer: response.body)
+            #expect(text.hasPrefix("{\"echo\":" + sent + ","))
+            #expect(backend.acquired == 1)
+            #expect(backend.released == 1)
+        }
+    }
+
+    @Test func sseStreamIsRelayedChunkByChunk() async throws {
+        try await Self.withGateway { client, backend in
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
+            request.method = .POST
+            request.body = .bytes(ByteBuffer(string: #"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            #expect(response.status == .ok)
+            #expect(response.headers.first(name: "content-type") == "text/event-stream")
+            var chunks: [String] = []
+            for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
+            // Upstream pauses 20 ms between events, so a relay that buffers would deliver one chunk.
+            #expect(chunks.count >= 3, "got \(chunks)")
+            #expect(chunks.joined() == "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: {\"i\":2}\n\ndata: [DONE]\n\n")
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(backend.released == 1)
+        }
+    }
+
+    @Test func streamBrokenByRuntimeEndsWithSSEErrorEvent() async throws {
+        try await Self.withGateway { client, backend in
+            let response = try await client.execute(
+                uri: "/v1/completions", method: .post, headers: [:],
+                body: ByteBuffer(string: #"{"model":"m","stream":true,"prompt":"x"}"#))
+            let text = String(buffer: response.body)
+            #expect(text.hasPrefix("data: {\"i\":0}\n\n"))
+            #expect(text.contains("\"code\":\"runtime_failed\""), "got \(text)")
+            #expect(backend.released == 1)
+        }
+    }
+
+    @Test(arguments: [
+        ("not json", "invalid_json"),
+        ("[1,2]", "invalid_json"),
+        ("", "invalid_json"),
+        (#"{"messages":[{"role":"user","content":"x"}]}"#, "missing_field"),
+        (#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, "invalid_field"),
+        (#"{"model":"m"}"#, "missing_field"),
+        (#"{"model":"m","messages":[]}"#, "invalid_field"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "invalid_field"),
+    ])
+    func badRequestsGet400WithReason(body: String, code: String) async throws {
+        try await Self.withGateway { client, backend in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: body))
+            #expect(response.status == .badRequest)
+            #expect(try Self.errorCode(response) == code)
+            #expect(backend.acquired == 0, "a bad request must not reach a model")
+        }
+    }
+
+    @Test func unknownModel404AndNotReady503WithRetryAfter() async throws {
+        try await Self.withGateway { client, _ in
+            let missing = try await client.execute(
+                uri: "/v1/embeddings", method: .post, headers: [:], body: ByteBuffer(string: #"{"model":"nope","input":"x"}"#))
+            #expect(missing.status == .notFound)
+            #expect(try Self.errorCode(missing) == "model_not_found")
+
+            let busy = try await client.execute(
+                uri: "/v1/completions", method: .post, headers: [:], body: ByteBuffer(string: #"{"model":"busy","prompt":"x"}"#))
+            #expect(busy.status == .serviceUnavailable)
+            #expect(busy.headers[.retryAfter] == "7")
+
+            let route = try await client.execute(uri: "/v1/nothing", method: .get, headers: [:])
+            #expect(route.status == .notFound)
+            #expect(try Self.errorCode(route) == "not_found")
+        }
+    }
+
+    @Test func oversizedBodyGets413() async throws {
+        try await Self.withGateway(GatewayConfiguration(maxBodyBytes: 1024)) { client, backend in
+            let big = #"{"model":"m","messages":[{"role":"user","content":""# + String(repeating: "x", count: 4096) + #""}]}"#
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: big))
+            #expect(response.status == .contentTooLarge)
+            #expect(try Self.errorCode(response) == "request_too_large")
+            #expect(backend.acquired == 0)
+        }
+    }
+
+    @Test func apiKeysAndAdminKeyAreEnforced() async throws {
+        let configuration = GatewayConfiguration(apiKeys: ["k1"], adminKey: "adm")
+        try await Self.withGateway(configuration) { client, _ in
+            let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+            let none = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: body)
+            #expect(none.status == .unauthorized)
+            #expect(try Self.errorCode(none) == "invalid_api_key")
+            let wrong = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer k2"], body: body)
+            #expect(wrong.status == .unauthorized)
+            let right = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer k1"], body: body)
+            #expect(right.status == .ok)
+            let models = try await client.execute(uri: "/v1/models", method: .get, headers: [:])
+            #expect(models.status == .unauthorized)
+
+            // the API key is not an admin key
+            let admin = try await client.execute(uri: "/admin/models", method: .get, headers: [.authorization: "Bearer k1"])
+            #expect(admin.status == .unauthorized)
+            let adminOK = try await client.execute(uri: "/admin/models", method: .get, headers: [.authorization: "Bearer adm"])
+            #expect(adminOK.status == .ok)
+            // health needs no key
+            let health = try await client.execute(uri: "/health", method: .get, headers: [:])
+            #expect(health.status == .ok)
+        }
+    }
+
+    @Test func adminIsClosedWithoutKeyUnlessOpenedForLoopback() async throws {
+        try await Self.withGateway(GatewayConfiguration(adminOpenWithoutKey: false)) { client, _ in
+            let response = try await client.execute(uri: "/admin/models", method: .get, headers: [:])
+            #expect(response.status == .forbidden)
+        }
+        try await Self.withGateway(GatewayConfiguration(adminOpenWithoutKey: true)) { client, _ in
+            let response = try await client.execute(uri: "/admin/models", method: .get, headers: [:])
+            #expect(response.status == .ok)
+        }
+    }
+}

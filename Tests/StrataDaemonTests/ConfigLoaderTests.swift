@@ -1,0 +1,165 @@
+import Foundation
+import Placer
+import Testing
+@testable import StrataDaemon
+
+struct ConfigLoaderTests {
+    /// A weights file the configs can point at.
+    static let modelFile: String = {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-config-test-\(getpid()).gguf").path
+        FileManager.default.createFile(atPath: path, contents: Data(count: 4000))
+        return path
+    }()
+    static let env = ["HOME": "/home/u", "STRATA_CACHE": "/cache", "MODEL": modelFile]
+
+    static func parse(_ yaml: String, env: [String: String] = env) throws -> StrataConfiguration {
+        try ConfigLoader.parse(yaml: yaml, environment: env)
+    }
+
+    /// Asserts that `yaml` is refused with an error naming `key` and containing every fragment.
+    static func expectError(_ yaml: String, key: String, _ fragments: String..., env: [String: String] = env,
+                            sourceLocation: SourceLocation = #_sourceLocation) {
+        do {
+            _ = try parse(yaml, env: env)
+            Issue.record("expected an error at \(key)", sourceLocation: sourceLocation)
+        } catch let error as ConfigError {
+            #expect(error.key == key, "\(error)", sourceLocation: sourceLocation)
+            for fragment in fragments {
+                #expect(error.description.contains(fragment), "'\(fragment)' missing from: \(error)", sourceLocation: sourceLocation)
+            }
+        } catch {
+            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func emptyFileGivesDefaults() throws {
+        let config = try Self.parse("")
+        #expect(config.listen == ListenAddress(host: "127.0.0.1", port: 8080))
+        #expect(config.devices.count == 1 && config.devices[0].name == "cpu")
+        #expect(config.runtimes["llama"]?.kind == .llamaServer(binary: "/cache/bin/llama-server", args: []))
+        #expect(config.models.isEmpty)
+        #expect(config.supervisor.loadTimeout == .seconds(120))
+        #expect(config.gateway.maxBodyBytes == 32 << 20)
+    }
+
+    @Test func fullConfigParses() throws {
+        let config = try Self.parse("""
+            listen: "[::1]:9090"
+            auth: { api_keys_env: MY_KEYS, admin_key_env: MY_ADMIN }
+            gateway: { max_body: 1MiB, upstream_timeout: 30s }
+            supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h }
+            tiers: { host: { dir: ~/shm, budget: 2GiB }, nvme: { budget: 1TB } }
+            devices: [ { name: cpu, kind: cpu, memory: 1GiB }, { name: gpu0, kind: gpu, memory: 24GiB } ]
+            runtimes:
+              llama: { kind: llama-server, binary: ~/bin/llama-server, args: ["-c", "2048"] }
+              custom: { kind: command, command: ["srv", "--port", "${PORT}", "--m", "${MODEL_PATH}"], health: /ok }
+              openai: { kind: upstream, url: "https://api.example.com/v1/", api_key_env: OPENAI_KEY }
+            models:
+              - { name: a, source: "file://${MODEL}", runtime: llama, memory: 400MiB, ttl: 15m, pin: true }
+              - { name: b, source: "${MODEL}", runtime: custom, device: gpu0 }
+              - { name: c, runtime: openai, upstream_model: gpt-x }
+              - { name: d, upstreams: ["http://127.0.0.1:18301", "http://127.0.0.1:18302/"] }
+            """, env: Self.env.merging(["MY_KEYS": "k1,k2", "MY_ADMIN": "adm", "OPENAI_KEY": "sk"]) { $1 })
+        #expect(config.listen == ListenAddress(host: "::1", port: 9090))
+        #expect(config.auth.apiKeys == ["k1", "k2"])
+        #expect(config.auth.adminKey == "adm")
+        #expect(config.gateway.maxBodyBytes == 1 << 20)
+        #expect(config.supervisor.restartBackoff == .milliseconds(500))
+        #expect(config.tiers.host.directory == "/home/u/shm")
+        #expect(config.tiers.nvme.budgetBytes == 1_000_000_000_000)
+        #expect(config.runtimes["llama"]?.kind == .llamaServer(binary: "/home/u/bin/llama-server", args: ["-c", "2048"]))
+        #expect(config.runtimes["custom"]?.kind == .command(argv: ["srv", "--port", "${PORT}", "--m", "${MODEL_PATH}"]))
+        #expect(config.runtimes["custom"]?.healthPath == "/ok")
+        #expect(config.runtimes["openai"]?.kind == .upstream(url: "https://api.example.com/v1", apiKey: "sk"))
+        #expect(config.models[0].serving == .managed(runtime: "llama", modelPath: Self.modelFile, args: []))
+        #expect(config.models[0].memoryBytes == 400 << 20 && config.models[0].pinned && config.models[0].ttl == .seconds(900))
+        // undeclared memory: file size + 25%
+        #expect(config.models[1].memoryBytes == 5000 && !config.models[1].memoryDeclared && config.models[1].device == "gpu0")
+        #expect(config.models[2].serving == .upstream(runtime: "openai", upstreamModel: "gpt-x"))
+        #expect(config.models[3].serving == .replicas(["http://127.0.0.1:18301", "http://127.0.0.1:18302"]))
+        // Only managed models reach the Placer.
+        #expect(config.placerConfiguration.models.map(\.name) == ["a", "b"])
+    }
+
+    @Test func unknownKeysAreErrors() {
+        Self.expectError("lisen: 1.2.3.4:80", key: "lisen", "unknown key 'lisen'", "listen")
+        Self.expectError("supervisor: { load_timeot: 1s }", key: "supervisor.load_timeot", "unknown key")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", memroy: 1GiB } ]", key: "models[0].memroy", "unknown key 'memroy'")
+    }
+
+    @Test func badValuesNameKeyValueAndExpectation() {
+        Self.expectError("listen: localhost", key: "listen", "'localhost'", "HOST:PORT")
+        Self.expectError("listen: 127.0.0.1:99999", key: "listen", "port must be 1...65535")
+        Self.expectError("devices: [ { name: cpu, memory: 12 zonks } ]", key: "devices[0].memory", "'12 zonks'", "unknown unit")
+        Self.expectError("devices: [ { name: cpu, memory: 12G } ]", key: "devices[0].memory", "ambiguous", "GiB")
+        Self.expectError("devices: [ { name: cpu, kind: tpu, memory: 1GiB } ]", key: "devices[0].kind", "'tpu'", "cpu, gpu or unified")
+        Self.expectError("supervisor: { queue_timeout: soon }", key: "supervisor.queue_timeout", "'soon'", "30s")
+        Self.expectError("supervisor: { max_queued: -3 }", key: "supervisor.max_queued", "'-3'", "integer")
+        Self.expectError("log_level: loud", key: "log_level", "'loud'", "debug")
+        Self.expectError("gateway: { max_body: 10B }", key: "gateway.max_body", "1KiB")
+        Self.expectError("runtimes: { x: { kind: docker } }", key: "runtimes.x.kind", "'docker'", "llama-server")
+        Self.expectError("runtimes: { x: { kind: command, command: [srv] } }", key: "runtimes.x.command", "${PORT}")
+        Self.expectError("runtimes: { x: { kind: upstream, url: ftp://h } }", key: "runtimes.x.url", "http(s) URL")
+        Self.expectError("runtimes: { x: { kind: llama-server, url: http://h } }", key: "runtimes.x.url", "not used")
+    }
+
+    @Test func modelErrors() {
+        Self.expectError("models: [ { source: x } ]", key: "models[0]", "missing key 'name'")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", runtime: nope } ]", key: "models[0] (a).runtime",
+                         "unknown runtime 'nope'", "llama")
+        Self.expectError("models: [ { name: a, source: /no/such/file.gguf } ]", key: "models[0] (a).source", "no such file")
+        Self.expectError("models: [ { name: a, source: \"s3://b/k\" } ]", key: "models[0] (a).source", "not supported yet")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", ttl: 0s } ]", key: "models[0] (a).ttl", "longer than zero")
+        Self.expectError("""
+            devices: [ { name: cpu, memory: 100MiB } ]
+            models: [ { name: a, source: "${MODEL}", memory: 1GiB } ]
+            """, key: "models[0] (a).memory", "needs 1GiB", "device 'cpu' has 100MiB")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\" }, { name: a, source: \"${MODEL}\" } ]",
+                         key: "models[1].name", "defined twice")
+        Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], ttl: 1m } ]", key: "models[0] (a).ttl", "not allowed together")
+        Self.expectError("models: [ { name: a, upstreams: [] } ]", key: "models[0] (a).upstreams", "at least one")
+        Self.expectError("models: [ { name: \"a b\", source: x } ]", key: "models[0].name", "no spaces")
+    }
+
+    @Test func environmentExpansion() throws {
+        Self.expectError("state_dir: ${NOPE}", key: "state_dir", "NOPE is not set")
+        Self.expectError("state_dir: ${NOPE", key: "state_dir", "unclosed")
+        let config = try Self.parse("state_dir: ${NOPE:-~/state}/x")
+        #expect(config.stateDirectory == "/home/u/state/x")
+        // runtime placeholders are kept for the supervisor, other variables expand
+        let withCommand = try Self.parse("runtimes: { c: { kind: command, command: [\"${STRATA_CACHE}/srv\", \"${PORT}\"] } }")
+        #expect(withCommand.runtimes["c"]?.kind == .command(argv: ["/cache/srv", "${PORT}"]))
+    }
+
+    @Test func invalidYAMLIsAClearError() {
+        #expect(throws: ConfigError.self) { try Self.parse("listen: [unclosed") }
+        Self.expectError("- just\n- a list", key: "", "expected a mapping")
+    }
+
+    @Test func sizesAndDurations() {
+        #expect(try ConfigUnits.parseSize("400MiB").get() == 400 << 20)
+        #expect(try ConfigUnits.parseSize("1.5GiB").get() == 3 << 29)
+        #expect(try ConfigUnits.parseSize("10KB").get() == 10_000)
+        #expect(try ConfigUnits.parseSize("512").get() == 512)
+        #expect(try ConfigUnits.parseDuration("1h30m").get() == .seconds(5400))
+        #expect(try ConfigUnits.parseDuration("250ms").get() == .milliseconds(250))
+        #expect((try? ConfigUnits.parseDuration("15").get()) == nil)
+        #expect(ConfigUnits.formatBytes(400 << 20) == "400MiB")
+        #expect(ConfigUnits.formatBytes(3 << 29) == "1.5GiB")
+    }
+
+    @Test func shippedConfigsAreValid() throws {
+        // The repository's own config files, against a fake cache holding the model file.
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cache-\(getpid())")
+        try FileManager.default.createDirectory(at: cache.appendingPathComponent("models"), withIntermediateDirectories: true)
+        FileManager.default.createFile(
+            atPath: cache.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path, contents: Data(count: 10))
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for file in ["config/strata.yaml", "config/strata.example.yaml"] {
+            let config = try ConfigLoader.load(
+                path: root.appendingPathComponent(file).path, environment: ["HOME": "/home/u", "STRATA_CACHE": cache.path])
+            #expect(config.models.first?.name == "smollm2", "\(file)")
+            #expect(config.listen.isLoopback, "\(file) must bind to loopback")
+        }
+    }
+}

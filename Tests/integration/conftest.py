@@ -1,0 +1,183 @@
+"""Integration fixtures: the real `strata` daemon in front of the real llama-server.
+
+Everything binds to 127.0.0.1; every daemon a test starts is stopped at teardown, and every
+runtime it started is checked to be gone.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("STRATA_CACHE", Path.home() / ".cache" / "strata"))
+MODEL = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA = CACHE / "bin" / "llama-server"
+REPO = Path(__file__).resolve().parents[2]
+STRATA = Path(os.environ.get("STRATA_BIN", REPO / ".build" / "debug" / "strata"))
+API_KEY = "test-key-1"
+ADMIN_KEY = "admin-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is as good as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, tmp: Path, config: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp
+        self.config_path = tmp / "strata.yaml"
+        self.config_path.write_text(config.replace("@PORT@", str(self.port)).replace("@STATE@", str(tmp / "state")))
+        self.log_path = tmp / "strata.log"
+        self.env = {**os.environ, "STRATA_API_KEYS": API_KEY, "STRATA_ADMIN_KEY": ADMIN_KEY, **(env or {})}
+        self.proc = None
+        self.seen_pids: set[int] = set()
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(STRATA), "serve", "--config", str(self.config_path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        wait_for(self._ready, 30, what=f"strata /ready (log {self.log_path})")
+        return self
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"strata exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+        try:
+            return self.get("/ready")[0] == 200
+        except OSError:
+            return False
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout=60):
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, headers=headers)
+
+    def admin(self) -> dict:
+        status, body, _ = self.get("/admin/models", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert status == 200, body
+        data = json.loads(body)
+        by_name = {m["name"]: m for m in data["models"]}
+        for m in data["models"]:
+            if m.get("pid"):
+                self.seen_pids.add(m["pid"])
+        return by_name
+
+    def model(self, name: str) -> dict:
+        return self.admin()[name]
+
+    def client(self, **kw):
+        import openai
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", API_KEY), max_retries=0, **kw)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def assert_runtimes_gone(self, timeout=10):
+        for pid in self.seen_pids:
+            wait_for(lambda: not pid_alive(pid), timeout, what=f"runtime pid {pid} to exit")
+
+
+def config(models: str, extra: str = "") -> str:
+    return f"""
+listen: 127.0.0.1:@PORT@
+state_dir: @STATE@
+log_level: info
+gateway: {{ max_body: 64KiB }}
+supervisor: {{ load_timeout: 60s, queue_timeout: 90s, stop_timeout: 5s, restart_backoff: 200ms, restart_backoff_max: 2s }}
+devices: [ {{ name: cpu, kind: cpu, memory: 600MiB }} ]
+runtimes:
+  llama: {{ kind: llama-server, binary: "{LLAMA}", args: ["-c", "2048", "--threads", "1", "--parallel", "2"] }}
+{extra}
+models:
+{models}
+"""
+
+
+TWO_MODELS = f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 400MiB, ttl: 10m }}
+  - {{ name: smollm2-b, source: "file://{MODEL}", runtime: llama, memory: 400MiB, ttl: 10m }}
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prerequisites():
+    for path in (STRATA, LLAMA, MODEL):
+        if not path.exists():
+            pytest.exit(f"missing {path}: run `make test` (it builds and installs everything)", returncode=2)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """Two models (the same GGUF under two names) with a memory budget for one."""
+    d = Daemon(tmp_path_factory.mktemp("strata"), config(TWO_MODELS)).start()
+    yield d
+    d.admin()
+    assert d.stop() == 0, d.log_path.read_text()[-3000:]
+    d.assert_runtimes_gone()
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    started = []
+
+    def make(cfg: str, env=None, start=True):
+        directory = tmp_path / f"d{len(started)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        d = Daemon(directory, cfg, env)
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        d.stop()
+        d.assert_runtimes_gone()

@@ -1,0 +1,208 @@
+"""The gateway through the official openai client, against real llama-server runtimes."""
+import json
+import signal
+import threading
+import time
+
+import openai
+import pytest
+
+from conftest import API_KEY, ADMIN_KEY, wait_for, pid_alive
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def test_models_list_shows_every_model_with_status(daemon):
+    models = daemon.client().models.list()
+    by_id = {m.id: m for m in models.data}
+    assert set(by_id) == {"smollm2", "smollm2-b"}
+    for m in by_id.values():
+        assert m.model_extra["status"] in {"stopped", "loading", "ready", "failed"}
+
+
+def test_chat_completion_returns_the_models_answer(daemon):
+    r = daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=16, temperature=0)
+    text = r.choices[0].message.content
+    assert isinstance(text, str) and text.strip(), r
+    assert "paris" in text.lower(), text
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    assert daemon.model("smollm2")["status"] == "ready"
+    by_id = {m.id: m.model_extra["status"] for m in daemon.client().models.list().data}
+    assert by_id["smollm2"] == "ready"
+
+
+def test_streaming_chat_relays_chunks(daemon):
+    stream = daemon.client().chat.completions.create(
+        model="smollm2", messages=MESSAGES, max_tokens=24, temperature=0, stream=True)
+    pieces, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert len(pieces) > 2, pieces
+    assert "".join(pieces).strip()
+    assert finish in {"stop", "length"}
+
+
+def test_completions_endpoint(daemon):
+    r = daemon.client().completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.choices[0].text.strip()
+
+
+def test_unknown_fields_pass_through(daemon):
+    # llama-server accepts fields it does not know; the gateway must not drop or reject them
+    status, body, _ = daemon.request("POST", "/v1/chat/completions", {
+        "model": "smollm2", "messages": MESSAGES, "max_tokens": 4, "x_vendor_extension": {"a": [1, 2]},
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}],
+    }, headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert status == 200, body
+    assert json.loads(body)["choices"]
+
+
+def test_bad_key_is_401(daemon):
+    with pytest.raises(openai.AuthenticationError) as e:
+        daemon.client(api_key="wrong").chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    assert e.value.status_code == 401
+    assert e.value.body["code"] == "invalid_api_key"
+
+
+def test_unknown_model_is_404(daemon):
+    with pytest.raises(openai.NotFoundError) as e:
+        daemon.client().chat.completions.create(model="gpt-nope", messages=MESSAGES, max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    assert "gpt-nope" in e.value.body["message"]
+
+
+def test_bad_json_and_missing_fields_are_400(daemon):
+    h = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    status, body, _ = daemon.request("POST", "/v1/chat/completions", b"{not json", headers=h)
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+    status, body, _ = daemon.request("POST", "/v1/chat/completions", {"messages": MESSAGES}, headers=h)
+    assert status == 400 and "'model'" in json.loads(body)["error"]["message"]
+    with pytest.raises(openai.BadRequestError):
+        daemon.client().chat.completions.create(model="smollm2", messages=[], max_tokens=2)
+
+
+def test_oversized_body_is_413(daemon):
+    big = "word " * 20000   # 100 KB > gateway.max_body 64 KiB
+    with pytest.raises(openai.APIStatusError) as e:
+        daemon.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": big}], max_tokens=2)
+    assert e.value.status_code == 413
+    assert e.value.body["code"] == "request_too_large"
+
+
+def test_embeddings_are_relayed(make_daemon):
+    from conftest import config, MODEL
+    d = make_daemon(config(f"""
+  - {{ name: embed, source: "file://{MODEL}", runtime: llama, memory: 400MiB, args: ["--embeddings", "--pooling", "mean"] }}
+"""))
+    r = d.client().embeddings.create(model="embed", input=["hello world", "bonjour"])
+    assert len(r.data) == 2
+    assert len(r.data[0].embedding) > 100
+    assert r.data[0].embedding != r.data[1].embedding
+
+
+def test_swaps_under_load_lose_no_request(daemon):
+    """Budget for one model, requests for two interleaved from four clients: every one succeeds."""
+    before = daemon.admin()
+    errors, answers = [], []
+    client = daemon.client(timeout=120)
+
+    def worker(i):
+        for j in range(5):
+            model = "smollm2" if (i + j) % 2 == 0 else "smollm2-b"
+            try:
+                stream = (i % 2 == 0)
+                r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=6, stream=stream)
+                if stream:
+                    text = "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+                else:
+                    text = r.choices[0].message.content
+                answers.append((model, text))
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(f"{model}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert len(answers) == 20
+    after = daemon.admin()
+    swaps = sum(after[m]["loads"] - before[m]["loads"] for m in after)
+    assert swaps >= 2, f"expected the one-model budget to force swaps: {before} -> {after}"
+    # the budget held: never both resident
+    assert sum(1 for m in after.values() if m["status"] in {"ready", "loading"}) <= 1
+
+
+def test_runtime_killed_mid_stream_gives_clean_error_then_restarts(daemon):
+    client = daemon.client(timeout=120)
+    client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = daemon.model("smollm2")["pid"]
+    assert pid and pid_alive(pid)
+    stream = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
+        max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
+    got = 0
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            got += 1
+            if got == 3:
+                import os
+                os.kill(pid, signal.SIGKILL)
+    assert got >= 3
+    assert "mid-stream" in str(e.value) or "runtime" in str(e.value).lower()
+    wait_for(lambda: daemon.model("smollm2")["pid"] != pid, 10, what="dead runtime forgotten")
+    # the next request restarts it (after the backoff) and is answered
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=4)
+    assert r.choices[0].message.content is not None
+    m = daemon.model("smollm2")
+    assert m["status"] == "ready" and m["pid"] != pid
+
+
+def test_client_disconnect_frees_the_request(daemon):
+    import httpx
+    body = {"model": "smollm2", "stream": True, "max_tokens": 1500, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to one thousand."}]}
+    with httpx.Client(timeout=60) as h:
+        with h.stream("POST", daemon.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            assert r.status_code == 200
+            lines = 0
+            for line in r.iter_lines():
+                lines += line.startswith("data:")
+                if lines >= 3:
+                    break
+    # the gateway notices on its next write, cancels upstream and releases the slot
+    wait_for(lambda: daemon.model("smollm2")["in_flight"] == 0, 15, what="in-flight back to 0 after disconnect")
+
+
+def test_metrics_are_prometheus_text(daemon):
+    daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    status, body, headers = daemon.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    for name in ("strata_requests_total", "strata_request_duration_seconds", "strata_time_to_first_token_seconds",
+                 "strata_loads_total", "strata_load_duration_seconds", "strata_tokens_total", "strata_request_errors_total"):
+        assert name in text, name
+    assert 'model="smollm2"' in text
+
+
+def test_admin_requires_key_and_can_unload_and_load(daemon):
+    status, _, _ = daemon.get("/admin/models")
+    assert status == 401
+    status, _, _ = daemon.get("/admin/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert status == 401
+    h = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    status, _, _ = daemon.request("POST", "/admin/models/smollm2/load", headers=h)
+    assert status == 202
+    wait_for(lambda: daemon.model("smollm2")["status"] == "ready", 60, what="admin load")
+    pid = daemon.model("smollm2")["pid"]
+    status, _, _ = daemon.request("POST", "/admin/models/smollm2/unload", headers=h)
+    assert status == 202
+    wait_for(lambda: daemon.model("smollm2")["status"] == "stopped" and daemon.model("smollm2")["pid"] is None, 15,
+             what="admin unload")
+    wait_for(lambda: not pid_alive(pid), 10, what="runtime process gone")
+    status, body, _ = daemon.request("POST", "/admin/models/nope/load", headers=h)
+    assert status == 404

@@ -1,0 +1,172 @@
+"""Runtime supervision and daemon lifecycle against the real llama-server."""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import openai
+import pytest
+
+from conftest import (LLAMA, MODEL, STRATA, REPO, Daemon, config, free_port, pid_alive, wait_for)
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+ONE_MODEL = f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 400MiB, ttl: 2s }}
+"""
+
+
+def test_idle_model_unloads_after_ttl(make_daemon):
+    d = make_daemon(config(ONE_MODEL))
+    d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = d.model("smollm2")["pid"]
+    assert pid_alive(pid)
+    wait_for(lambda: d.model("smollm2")["status"] == "stopped", 15, what="ttl unload")
+    wait_for(lambda: not pid_alive(pid), 10, what="runtime exit after ttl")
+    # and it comes back on demand
+    r = d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    assert r.choices
+
+
+def test_daemon_killed_with_sigkill_takes_runtimes_with_it(make_daemon):
+    d = make_daemon(config(ONE_MODEL.replace("ttl: 2s", "ttl: 10m")))
+    d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = d.model("smollm2")["pid"]
+    assert pid_alive(pid)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    wait_for(lambda: not pid_alive(pid), 10, what="runtime to die with the daemon (PR_SET_PDEATHSIG)")
+
+
+def test_sigterm_drains_in_flight_stream_then_stops_runtimes(make_daemon):
+    d = make_daemon(config(ONE_MODEL.replace("ttl: 2s", "ttl: 10m")))
+    client = d.client(timeout=120)
+    client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = d.model("smollm2")["pid"]
+    result = {}
+
+    def consume():
+        try:
+            stream = client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "Tell a long story."}],
+                max_tokens=200, stream=True, extra_body={"ignore_eos": True})
+            chunks = [c for c in stream]
+            result["chunks"] = len(chunks)
+            result["finish"] = next((c.choices[0].finish_reason for c in reversed(chunks)
+                                     if c.choices and c.choices[0].finish_reason), None)
+        except Exception as e:  # noqa: BLE001
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_for(lambda: d.model("smollm2")["in_flight"] == 1, 10, what="stream in flight")
+    time.sleep(0.3)
+    d.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert "error" not in result, result
+    assert result["finish"] == "length", result
+    assert d.proc.wait(30) == 0
+    wait_for(lambda: not pid_alive(pid), 10, what="runtime stopped on shutdown")
+
+
+def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
+    extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
+    d = make_daemon(config(f"""
+  - {{ name: bad, source: "file://{MODEL}", runtime: broken, memory: 100MiB }}
+""", extra=extra))
+    with pytest.raises(openai.APIStatusError) as e:
+        d.client().chat.completions.create(model="bad", messages=MESSAGES, max_tokens=2)
+    assert e.value.status_code == 502
+    message = e.value.body["message"]
+    assert "exited with code 3" in message and "cannot load weights" in message, message
+    assert d.model("bad")["status"] == "failed"
+    assert {m.id: m.model_extra["status"] for m in d.client().models.list().data}["bad"] == "failed"
+
+
+def test_model_that_never_gets_ready_is_503_with_retry_after(make_daemon):
+    extra = """  hang: { kind: command, command: ["sleep", "600", "${PORT}"] }"""
+    cfg = config(f"""
+  - {{ name: slow, source: "file://{MODEL}", runtime: hang, memory: 100MiB }}
+""", extra=extra).replace("queue_timeout: 90s", "queue_timeout: 2s")
+    d = make_daemon(cfg)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        d.client().chat.completions.create(model="slow", messages=MESSAGES, max_tokens=2)
+    assert e.value.status_code == 503
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert e.value.body["code"] == "model_not_ready"
+    assert 1.5 < time.monotonic() - started < 10
+    d.admin()   # remember the pid so teardown checks it is gone
+
+
+def test_replicas_strata_does_not_start(make_daemon, tmp_path):
+    port = free_port()
+    llama = subprocess.Popen([str(LLAMA), "--model", str(MODEL), "--host", "127.0.0.1", "--port", str(port),
+                              "-c", "1024", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        d = make_daemon(config(f"""
+  - {{ name: shared, upstreams: ["http://127.0.0.1:{port}"] }}
+"""))
+        wait_for(lambda: d.request("GET", "/v1/models", headers={"Authorization": "Bearer test-key-1"})[0] == 200, 5)
+        import urllib.request
+        wait_for(lambda: _ok(f"http://127.0.0.1:{port}/health"), 60, what="standalone llama-server")
+        r = d.client().chat.completions.create(model="shared", messages=MESSAGES, max_tokens=4)
+        assert r.choices[0].message.content is not None
+        status = d.model("shared")
+        assert status["status"] == "ready" and status["upstream"] == f"http://127.0.0.1:{port}"
+    finally:
+        llama.kill()
+        llama.wait()
+
+
+def _ok(url):
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_config_check_cli(tmp_path):
+    ok = subprocess.run([str(STRATA), "config", "check", str(REPO / "config" / "strata.example.yaml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "model smollm2" in ok.stdout
+    default = subprocess.run([str(STRATA), "config", "check", str(REPO / "config" / "strata.yaml")],
+                             capture_output=True, text=True)
+    assert default.returncode == 0, default.stderr
+    cases = {
+        "listen: 127.0.0.1:8080\nmodles: []\n": ["modles", "unknown key"],
+        "devices: [ { name: cpu, memory: lots } ]\n": ["devices[0].memory", "'lots'", "size"],
+        f"models: [ {{ name: a, source: '{MODEL}', runtime: vllm2 }} ]\n": ["models[0] (a).runtime", "'vllm2'"],
+        "listen: [1, 2]\n": ["listen", "expected a string"],
+    }
+    for text, fragments in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        r = subprocess.run([str(STRATA), "config", "check", str(path)], capture_output=True, text=True)
+        assert r.returncode == 2, (text, r.stdout, r.stderr)
+        for fragment in fragments:
+            assert fragment in r.stderr, (fragment, r.stderr)
+    missing = subprocess.run([str(STRATA), "config", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_serve_refuses_bad_config_without_starting(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("listen: 127.0.0.1:notaport\n")
+    r = subprocess.run([str(STRATA), "serve", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "listen" in r.stderr and "notaport" in r.stderr
+
+
+def test_status_cli(daemon):
+    daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    r = subprocess.run([str(STRATA), "status", "--url", daemon.url], capture_output=True, text=True,
+                       env={**os.environ, "STRATA_ADMIN_KEY": "admin-secret"}, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "smollm2" in r.stdout and "STATUS" in r.stdout and "device cpu" in r.stdout
+    bad = subprocess.run([str(STRATA), "status", "--url", daemon.url], capture_output=True, text=True,
+                         env={**os.environ, "STRATA_ADMIN_KEY": "wrong"}, timeout=30)
+    assert bad.returncode == 1 and "401" in bad.stderr

@@ -16,7 +16,7 @@ extension Gateway {
         let body: ByteBuffer
         do {
             body = try await request.collectBody(upTo: configuration.maxBodyBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch is NIOTooManyBytesError {
             metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
             throw GatewayError(
                 status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
@@ -59,6 +59,7 @@ extension Gateway {
         if parsed.stream && contentType.hasPrefix("text/event-stream") {
             let logger = self.logger
             let upstreamLabel = lease.upstreamLabel
+            let model = parsed.model
             let headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache"]
             return Response(
                 status: status, headers: headers,
@@ -78,7 +79,7 @@ extension Gateway {
                         logger.warning("stream from \(upstreamLabel) broke: \(describe(error))")
                         observer.finish(outcome: "runtime_failed")
                         try await writer.write(GatewayError.badGateway(
-                            "The runtime for '\(parsed.model)' failed mid-stream: \(describe(error))").sseEvent)
+                            "The runtime for '\(model)' failed mid-stream: \(describe(error))").sseEvent)
                         try await writer.finish(nil)
                         return
                     }

@@ -82,6 +82,12 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 return GatewayError(status: error.status, type: "invalid_request_error", code: "http_\(error.status.code)",
                                     message: error.body ?? error.status.reasonPhrase).response()
             }
+        } catch is NIOTooManyBytesError {
+            return GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
+                                message: "Request body is too large").response()
+        } catch let error where !(error is CancellationError) {
+            return GatewayError(status: .internalServerError, type: "server_error", code: "internal_error",
+                                message: "Internal error: \(describe(error))").response()
         }
     }
 }

@@ -42,6 +42,9 @@ struct ModelState {
     let spec: ModelSpec
     var phase: ModelPhase = .stopped
     var inFlight: Set<RequestID> = []
+    /// Admitted requests whose runtime died under them: they wait only for their `finished`
+    /// and do not hold the next instance.
+    var orphaned: Set<RequestID> = []
     var waiters: [Waiter] = []
     var lastUsed: Duration = .zero
     var consecutiveFailures = 0

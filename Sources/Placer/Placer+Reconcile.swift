@@ -6,8 +6,12 @@ extension Placer {
 
         // Eviction marks are re-derived each time, so a victim whose rival stopped waiting
         // goes back to serving instead of draining for nobody.
+        var wasDraining: Set<String> = []
         for (name, state) in models where !state.operatorDrain {
-            if case .draining = state.phase { models[name]?.phase = .ready }
+            if case .draining = state.phase {
+                models[name]?.phase = .ready
+                wasDraining.insert(name)
+            }
         }
 
         let needy = models.values
@@ -16,7 +20,7 @@ extension Placer {
         for state in needy {
             // Re-read: an earlier iteration may have changed the book.
             guard let current = models[state.spec.name], needsStart(current, now: now) else { continue }
-            makeRoomOrStart(current, now: now, into: &actions)
+            makeRoomOrStart(current, now: now, wasDraining: wasDraining, into: &actions)
         }
 
         for name in models.keys.sorted() {
@@ -83,7 +87,9 @@ extension Placer {
     /// Starts `state`'s runtime if its device has room; otherwise picks victims (least recently
     /// used first, idle before busy, never pinned) and lets the next reconcile start it once
     /// their memory is back.
-    private mutating func makeRoomOrStart(_ state: ModelState, now: Duration, into actions: inout [PlacerAction]) {
+    private mutating func makeRoomOrStart(
+        _ state: ModelState, now: Duration, wasDraining: Set<String>, into actions: inout [PlacerAction]
+    ) {
         let spec = state.spec
         let budget = configuration.devices.first { $0.name == spec.device }!.memoryBytes
         let onDevice = models.values.filter { $0.spec.device == spec.device && $0.spec.name != spec.name }
@@ -111,7 +117,9 @@ extension Placer {
             }
         }.reduce(UInt64(0)) { $0 + $1.spec.memoryBytes }
         let candidates = onDevice
-            .filter { $0.phase == .ready && !$0.spec.pinned }
+            // A ready model with waiters is about to serve them, unless they are held because
+            // it was already draining for someone.
+            .filter { $0.phase == .ready && !$0.spec.pinned && ($0.waiters.isEmpty || wasDraining.contains($0.spec.name)) }
             .sorted { ($0.inFlight.isEmpty ? 0 : 1, $0.lastUsed, $0.spec.name) < ($1.inFlight.isEmpty ? 0 : 1, $1.lastUsed, $1.spec.name) }
         for victim in candidates where used - freeing + spec.memoryBytes > budget {
             let reason = StopReason.evicted(forModel: spec.name)

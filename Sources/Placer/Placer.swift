@@ -56,6 +56,7 @@ public struct Placer: Sendable {
         case .finished(let id):
             if let name = requestModel.removeValue(forKey: id) {
                 models[name]?.inFlight.remove(id)
+                models[name]?.orphaned.remove(id)
                 models[name]?.lastUsed = now
             }
 
@@ -81,6 +82,8 @@ public struct Placer: Sendable {
                 // Died on its own: waiting requests learn why now rather than at their deadline.
                 state.phase = failure(&state, now: now, detail: detail)
                 state.operatorDrain = false
+                state.orphaned.formUnion(state.inFlight)
+                state.inFlight.removeAll()
                 for waiter in state.waiters {
                     if let id = waiter.id {
                         actions.append(.reject(id, model: name, .runtimeFailed(detail: detail)))

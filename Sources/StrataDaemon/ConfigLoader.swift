@@ -20,12 +20,12 @@ public enum ConfigLoader {
     public static func parse(yaml: String, environment: [String: String]) throws -> StrataConfiguration {
         let root: Node
         do {
-            root = try Yams.compose(yaml: yaml) ?? .mapping([])
+            root = try Yams.compose(yaml: yaml) ?? .mapping([:])
         } catch {
             throw ConfigError(key: "", line: nil, message: "not valid YAML: \(error)")
         }
         if case .scalar(let scalar) = root, scalar.string.isEmpty {
-            return try parse(root: .mapping([]), environment: environment)
+            return try parse(root: .mapping([:]), environment: environment)
         }
         return try parse(root: root, environment: environment)
     }

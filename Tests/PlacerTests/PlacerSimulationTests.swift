@@ -20,9 +20,12 @@ struct PlacerSimulationTests {
     func invariantsHoldUnderRandomEvents(seed: UInt64) {
         var rng = SplitMix64(state: seed)
         let mib: UInt64 = 1 << 20
-        let models = (0..<5).map { i in
-            ModelSpec(name: "m\(i)", device: i < 3 ? "gpu" : "cpu", memoryBytes: UInt64(100 + 50 * i) * mib,
-                      ttl: i == 0 ? nil : .seconds(Int64(5 + i)), pinned: i == 4, maxQueued: 8)
+        var models: [ModelSpec] = []
+        for i in 0..<5 {
+            let ttl: Duration? = i == 0 ? nil : Duration.seconds(Int64(5 + i))
+            let memory = UInt64(100 + 50 * i) * mib
+            models.append(ModelSpec(name: "m\(i)", device: i < 3 ? "gpu" : "cpu", memoryBytes: memory,
+                                    ttl: ttl, pinned: i == 4, maxQueued: 8))
         }
         let devices = [DeviceSpec(name: "gpu", memoryBytes: 400 * mib), DeviceSpec(name: "cpu", memoryBytes: 700 * mib)]
         var placer = Placer(configuration: PlacerConfiguration(
@@ -45,7 +48,7 @@ struct PlacerSimulationTests {
                     #expect(!running.contains(m), "seed \(seed): second runtime for \(m)")
                     running.insert(m); starting.insert(m)
                 case .stop(let m, _):
-                    #expect(placer.snapshot(of: m)?.inFlight == 0, "seed \(seed): stop of busy \(m)")
+                    #expect(placer.snapshot(of: m)?.inFlight == 0, "seed \(seed): stop of busy \(m) reason \(action)")
                     starting.remove(m); stopping.insert(m)
                 case .admit(let id, let m):
                     #expect(waiting.removeValue(forKey: id) == m, "seed \(seed): admitted \(id) twice or for the wrong model")
@@ -57,7 +60,8 @@ struct PlacerSimulationTests {
                 }
             }
             for device in placer.deviceSnapshots {
-                #expect(device.usedBytes <= device.budgetBytes, "seed \(seed): \(device.name) over budget")
+                let within = device.usedBytes <= device.budgetBytes
+                #expect(within, "seed \(seed): \(device.name) over budget")
             }
         }
 

@@ -161,6 +161,7 @@ struct PlacerTableTests {
         ])
         #expect(p.snapshot(of: "a")?.consecutiveFailures == 0)
         #expect(p.snapshot(of: "a")?.inFlight == 1)
+        #expect(p.requestModel.count == 1, "request 1 was forgotten once finished")
     }
 
     @Test func loadTimeoutStopsRuntimeAndWaitersTimeOut() {

@@ -7,7 +7,7 @@ struct ConfigLoaderTests {
     /// A weights file the configs can point at.
     static let modelFile: String = {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-config-test-\(getpid()).gguf").path
-        FileManager.default.createFile(atPath: path, contents: Data(count: 4000))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(count: 4000))
         return path
     }()
     static let env = ["HOME": "/home/u", "STRATA_CACHE": "/cache", "MODEL": modelFile]
@@ -136,7 +136,7 @@ struct ConfigLoaderTests {
         Self.expectError("- just\n- a list", key: "", "expected a mapping")
     }
 
-    @Test func sizesAndDurations() {
+    @Test func sizesAndDurations() throws {
         #expect(try ConfigUnits.parseSize("400MiB").get() == 400 << 20)
         #expect(try ConfigUnits.parseSize("1.5GiB").get() == 3 << 29)
         #expect(try ConfigUnits.parseSize("10KB").get() == 10_000)

@@ -99,7 +99,7 @@ class Daemon:
         by_name = {m["name"]: m for m in data["models"]}
         for m in data["models"]:
             if m.get("pid"):
-                self.seen_pids.add(m["pid"])
+                self.seen_pids.add(m.get("pid"))
         return by_name
 
     def model(self, name: str) -> dict:

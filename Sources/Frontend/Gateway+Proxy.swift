@@ -15,6 +15,8 @@ extension Gateway {
 
         let body: ByteBuffer
         do {
+            // collectBody keeps the connection's part stream behind the collected buffer, which
+            // is what lets the connection be watched for the client going away below.
             body = try await request.collectBody(upTo: configuration.maxBodyBytes)
         } catch is NIOTooManyBytesError {
             metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
@@ -23,7 +25,19 @@ extension Gateway {
                 message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
         }
         let parsed = try parseBody(body, endpoint: endpoint)
+        guard configuration.cancelOnDisconnect else {
+            return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+        }
+        // A client that disconnects while its request waits for a model or (non-streaming) for
+        // the answer cancels it: the wait is withdrawn and the runtime stops generating.
+        return try await request.body.consumeWithCancellationOnInboundClose { _ in
+            try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+        }
+    }
 
+    func relay(_ body: ByteBuffer, parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws
+        -> Response
+    {
         let lease: UpstreamLease
         do {
             lease = try await backend.acquire(model: parsed.model)
@@ -103,7 +117,7 @@ extension Gateway {
             status: status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: collected))
     }
 
-    struct ParsedBody {
+    struct ParsedBody: @unchecked Sendable {  // JSON from JSONSerialization, read-only after parsing
         var json: [String: Any]
         var model: String
         var stream: Bool

@@ -17,11 +17,16 @@ public struct GatewayConfiguration: Sendable {
     public var upstreamTimeout: Duration
     /// Most bytes of a non-streaming upstream response the gateway will buffer.
     public var maxResponseBytes: Int
+    /// Watch the client connection while a request waits or runs, and cancel it when the client
+    /// goes away. The price: that connection is not reused for a next request.
+    public var cancelOnDisconnect: Bool
 
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
-        maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20
+        maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
+        cancelOnDisconnect: Bool = true
     ) {
+        self.cancelOnDisconnect = cancelOnDisconnect
         self.apiKeys = apiKeys
         self.adminKey = adminKey
         self.adminOpenWithoutKey = adminOpenWithoutKey

@@ -94,11 +94,22 @@ public struct AdminStatus: Sendable, Codable, Equatable {
             self.name = name; self.budget_bytes = budget_bytes; self.used_bytes = used_bytes
         }
     }
+    public struct Runtime: Sendable, Codable, Equatable {
+        public var name: String
+        public var kind: String
+        /// Models whose process of this runtime exists now (starting, serving or stopping).
+        public var running: [String]
+        public init(name: String, kind: String, running: [String]) {
+            self.name = name; self.kind = kind; self.running = running
+        }
+    }
     public var models: [Model]
     public var devices: [Device]
+    public var runtimes: [Runtime]
 
-    public init(models: [Model], devices: [Device]) {
+    public init(models: [Model], devices: [Device], runtimes: [Runtime] = []) {
         self.models = models
         self.devices = devices
+        self.runtimes = runtimes
     }
 }

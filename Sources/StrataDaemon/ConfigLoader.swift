@@ -42,10 +42,10 @@ public enum ConfigLoader {
             logLevel: "info",
             stateDirectory: "./var/strata",
             auth: AuthConfiguration(apiKeys: [], adminKey: nil),
-            gateway: GatewayLimits(maxBodyBytes: 32 << 20, upstreamTimeout: .seconds(600)),
+            gateway: GatewayLimits(maxBodyBytes: 32 << 20, upstreamTimeout: .seconds(600), cancelOnDisconnect: true),
             supervisor: SupervisorSettings(
                 loadTimeout: .seconds(120), queueTimeout: .seconds(120), stopTimeout: .seconds(10), maxQueued: 256,
-                restartBackoff: .seconds(1), restartBackoffMax: .seconds(30), healthInterval: .milliseconds(100)),
+                restartBackoff: .seconds(1), restartBackoffMax: .seconds(30), healthInterval: .milliseconds(25)),
             tiers: TierConfiguration(host: TierConfiguration.defaultHost, nvme: TierConfiguration.defaultNVMe),
             devices: [],
             runtimes: [:],
@@ -63,13 +63,16 @@ public enum ConfigLoader {
         if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") }
         config.auth = try auth(reader, top["auth"])
         if let node = top["gateway"] {
-            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout"])
+            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect"])
             if let value = map["max_body"] {
                 let bytes = try reader.size(value, at: "gateway.max_body")
                 guard bytes >= 1024, bytes <= 1 << 32 else {
                     throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
                 }
                 config.gateway.maxBodyBytes = Int(bytes)
+            }
+            if let value = map["cancel_on_disconnect"] {
+                config.gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
             }
             if let value = map["upstream_timeout"] {
                 config.gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")

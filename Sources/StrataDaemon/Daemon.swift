@@ -31,7 +31,7 @@ public enum Daemon {
             configuration: GatewayConfiguration(
                 apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
-                upstreamTimeout: config.gateway.upstreamTimeout),
+                upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
             isReady: { ready.value })
 

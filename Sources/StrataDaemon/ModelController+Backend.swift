@@ -64,7 +64,15 @@ extension ModelController: ModelBackend {
         let devices = placer.deviceSnapshots.map {
             AdminStatus.Device(name: $0.name, budget_bytes: $0.budgetBytes, used_bytes: $0.usedBytes)
         }
-        return AdminStatus(models: models, devices: devices)
+        let runtimes = config.runtimes.keys.sorted().map { name in
+            AdminStatus.Runtime(
+                name: name, kind: config.runtimes[name]!.kindName,
+                running: config.models.filter { model in
+                    guard case .managed(let runtime, _, _) = model.serving else { return false }
+                    return runtime == name && instances[model.name] != nil
+                }.map(\.name))
+        }
+        return AdminStatus(models: models, devices: devices, runtimes: runtimes)
     }
 
     public func load(model: String) async throws {

@@ -39,6 +39,7 @@ public struct GatewayLimits: Sendable {
     public var maxBodyBytes: Int
     /// Longest the gateway waits for a runtime's response headers once a request is sent.
     public var upstreamTimeout: Duration
+    public var cancelOnDisconnect: Bool
 }
 
 public struct SupervisorSettings: Sendable {

@@ -210,6 +210,9 @@ def test_admin_requires_key_and_can_unload_and_load(daemon):
     assert status == 202
     wait_for(lambda: daemon.model("smollm2")["status"] == "ready", 60, what="admin load")
     pid = daemon.model("smollm2").get("pid")
+    status, body, _ = daemon.get("/admin/models", headers=h)
+    runtimes = {r["name"]: r for r in json.loads(body)["runtimes"]}
+    assert runtimes["llama"]["kind"] == "llama-server" and "smollm2" in runtimes["llama"]["running"]
     status, _, _ = daemon.request("POST", "/admin/models/smollm2/unload", headers=h)
     assert status == 202
     wait_for(lambda: daemon.model("smollm2")["status"] == "stopped" and daemon.model("smollm2").get("pid") is None, 15,
@@ -217,3 +220,20 @@ def test_admin_requires_key_and_can_unload_and_load(daemon):
     wait_for(lambda: not pid_alive(pid), 10, what="runtime process gone")
     status, body, _ = daemon.request("POST", "/admin/models/nope/load", headers=h)
     assert status == 404
+
+
+def test_non_streaming_client_disconnect_cancels_generation(daemon):
+    import http.client
+    daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=1)
+    body = json.dumps({"model": "smollm2", "max_tokens": 2000, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "Count to one thousand."}]})
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    wait_for(lambda: daemon.model("smollm2")["in_flight"] == 1, 10, what="request in flight")
+    conn.sock.close()
+    conn.close()
+    started = time.monotonic()
+    # 2000 tokens take far longer than this on these CPUs: only a cancellation frees it so soon
+    wait_for(lambda: daemon.model("smollm2")["in_flight"] == 0, 5, what="in-flight back to 0 after disconnect")
+    assert time.monotonic() - started < 5

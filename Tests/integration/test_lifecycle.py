@@ -99,6 +99,22 @@ def test_model_that_never_gets_ready_is_503_with_retry_after(make_daemon):
     d.admin()   # remember the pid so teardown checks it is gone
 
 
+def test_client_that_leaves_while_waiting_for_a_load_is_withdrawn(make_daemon):
+    import http.client
+    import json as _json
+    extra = """  hang: { kind: command, command: ["sleep", "600", "${PORT}"] }"""
+    d = make_daemon(config(f"""
+  - {{ name: slow, source: "file://{MODEL}", runtime: hang, memory: 100MiB }}
+""", extra=extra))
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=_json.dumps({"model": "slow", "messages": MESSAGES}),
+                 headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"})
+    wait_for(lambda: d.model("slow")["waiting"] == 1, 10, what="request waiting for the load")
+    conn.sock.close()
+    conn.close()
+    wait_for(lambda: d.model("slow")["waiting"] == 0, 5, what="waiting request withdrawn")
+
+
 def test_replicas_strata_does_not_start(make_daemon, tmp_path):
     port = free_port()
     llama = subprocess.Popen([str(LLAMA), "--model", str(MODEL), "--host", "127.0.0.1", "--port", str(port),

@@ -2,8 +2,10 @@
 """Gateway overhead and cold start, measured against llama-server itself in the same run.
 
 1. Added latency per request: the same chat request (max_tokens=1, cached prompt) sent
-   alternately straight to the llama-server that Strata started and through Strata to it, on
-   keep-alive connections. Reports median and p99 of each and of the difference.
+   alternately straight to the llama-server that Strata started and through Strata to it.
+   Non-streaming: full response time on a client connection kept alive where the server allows
+   it. Streaming: time to the first token, each request on a new connection (llama-server closes
+   the connection after a stream). Reports median and p99 of each and of the paired difference.
 2. Cold start: time from the first request for a stopped model to its first streamed token,
    through Strata, against starting llama-server by hand (spawn, poll /health, send the same
    request) from the same file. Alternating, medians.
@@ -26,7 +28,7 @@ from pathlib import Path
 CACHE = Path(os.environ.get("STRATA_CACHE", Path.home() / ".cache" / "strata"))
 MODEL = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA = CACHE / "bin" / "llama-server"
-ARGS = ["-c", "2048", "--threads", "2"]
+ARGS = ["-c", "2048", "--threads", "1"]
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "temperature": 0}
 
 
@@ -82,10 +84,11 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def start_strata(strata, workdir, port, ttl="10m"):
+def start_strata(strata, workdir, port, ttl="10m", cancel_on_disconnect=True):
     cfg = workdir / "bench.yaml"
     cfg.write_text(f"""
 listen: 127.0.0.1:{port}
+gateway: {{ cancel_on_disconnect: {str(cancel_on_disconnect).lower()} }}
 state_dir: {workdir}/state
 log_level: warning
 runtimes:
@@ -108,9 +111,9 @@ def admin(port, method="GET", path="/admin/models"):
     return json.loads(data) if data else None
 
 
-def gateway_overhead(strata, workdir, requests):
+def gateway_overhead(strata, workdir, requests, cancel_on_disconnect=True):
     port = free_port()
-    proc = start_strata(strata, workdir, port)
+    proc = start_strata(strata, workdir, port, cancel_on_disconnect=cancel_on_disconnect)
     try:
         via = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         post(via, BODY)  # loads the model
@@ -120,19 +123,25 @@ def gateway_overhead(strata, workdir, requests):
         for _ in range(20):  # warm both paths and the prompt cache
             post(direct, BODY)
             post(via, BODY)
-        d, v = [], []
-        for i in range(requests):
-            if i % 2 == 0:
-                d.append(post(direct, BODY)[0]); v.append(post(via, BODY)[0])
-            else:
-                v.append(post(via, BODY)[0]); d.append(post(direct, BODY)[0])
-        diffs = [b - a for a, b in zip(d, v)]
-        return {
-            "requests": requests,
-            "direct_ms": {"p50": statistics.median(d) * 1e3, "p99": pct(d, 99) * 1e3},
-            "strata_ms": {"p50": statistics.median(v) * 1e3, "p99": pct(v, 99) * 1e3},
-            "added_ms": {"p50": statistics.median(diffs) * 1e3, "p99": pct(diffs, 99) * 1e3},
-        }
+        result = {"requests": requests}
+        for stream in (False, True):
+            d, v = [], []
+            for i in range(requests):
+                order = ((direct_port, direct, d), (port, via, v))
+                for target, conn, sink in (order if i % 2 == 0 else order[::-1]):
+                    if stream:
+                        # llama-server closes the connection after every stream, so both paths
+                        # open a fresh connection per streaming request
+                        conn = http.client.HTTPConnection("127.0.0.1", target, timeout=60)
+                    total, first = post(conn, BODY, stream=stream)
+                    sink.append(first if stream else total)
+            diffs = [b - a for a, b in zip(d, v)]
+            result["stream_ttft" if stream else "non_stream"] = {
+                "direct_ms": {"p50": statistics.median(d) * 1e3, "p99": pct(d, 99) * 1e3},
+                "strata_ms": {"p50": statistics.median(v) * 1e3, "p99": pct(v, 99) * 1e3},
+                "added_ms": {"p50": statistics.median(diffs) * 1e3, "p99": pct(diffs, 99) * 1e3},
+            }
+        return result
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -185,14 +194,18 @@ def main():
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--cold-runs", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="run Strata with gateway.cancel_on_disconnect: false (non-streaming responses kept alive)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        overhead = gateway_overhead(Path(a.strata).resolve(), Path(tmp), a.requests)
+        overhead = gateway_overhead(Path(a.strata).resolve(), Path(tmp), a.requests, not a.keep_alive)
         cold = cold_start(Path(a.strata).resolve(), Path(tmp), a.cold_runs)
-    print(f"gateway overhead, {overhead['requests']} alternating requests (chat, max_tokens=1, keep-alive):")
-    print(f"  {'':18} {'p50 ms':>9} {'p99 ms':>9}")
-    for key, label in (("direct_ms", "llama-server"), ("strata_ms", "through strata"), ("added_ms", "added (paired)")):
-        print(f"  {label:18} {overhead[key]['p50']:9.3f} {overhead[key]['p99']:9.3f}")
+    for key, title in (("non_stream", "full response, non-streaming"), ("stream_ttft", "first token, streaming")):
+        o = overhead[key]
+        print(f"gateway overhead, {overhead['requests']} alternating pairs (chat, max_tokens=1), {title}:")
+        print(f"  {'':18} {'p50 ms':>9} {'p99 ms':>9}")
+        for k, label in (("direct_ms", "llama-server"), ("strata_ms", "through strata"), ("added_ms", "added (paired)")):
+            print(f"  {label:18} {o[k]['p50']:9.3f} {o[k]['p99']:9.3f}")
     print(f"cold start, first request for a stopped model to first token, median of {cold['runs']}:")
     print(f"  through strata (load on demand) {cold['strata_s']:.3f} s")
     print(f"  llama-server by hand            {cold['manual_s']:.3f} s")

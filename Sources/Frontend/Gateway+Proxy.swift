@@ -25,14 +25,23 @@ extension Gateway {
                 message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
         }
         let parsed = try parseBody(body, endpoint: endpoint)
-        guard configuration.cancelOnDisconnect else {
+        guard configuration.cancelOnDisconnect && !parsed.stream else {
+            // Streams notice a departed client on their next chunk and keep the connection alive.
             return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
         }
-        // A client that disconnects while its request waits for a model or (non-streaming) for
-        // the answer cancels it: the wait is withdrawn and the runtime stops generating.
-        return try await request.body.consumeWithCancellationOnInboundClose { _ in
-            try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+        // A non-streaming request writes nothing until the answer is complete, so the connection
+        // is watched instead: a client that leaves withdraws its wait and stops the generation.
+        // Hummingbird closes a watched connection after the response, so say so to the client.
+        var response: Response
+        do {
+            response = try await request.body.consumeWithCancellationOnInboundClose { _ in
+                try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+            }
+        } catch let error as GatewayError {
+            response = error.response()
         }
+        response.headers[.connection] = "close"
+        return response
     }
 
     func relay(_ body: ByteBuffer, parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws
@@ -51,6 +60,12 @@ extension Gateway {
         upstreamRequest.method = .POST
         upstreamRequest.headers.add(name: "Content-Type", value: "application/json")
         upstreamRequest.headers.add(name: "Accept", value: parsed.stream ? "text/event-stream" : "application/json")
+        if parsed.stream {
+            // llama-server closes the connection after every stream without saying so; a pooled
+            // connection would then fail the next request sent on it. Streams run long enough
+            // that a new connection each costs nothing measurable.
+            upstreamRequest.headers.add(name: "Connection", value: "close")
+        }
         for (name, value) in lease.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
         upstreamRequest.body = .bytes(try rewriteModel(body, parsed: parsed, upstreamModel: lease.upstreamModel))
 

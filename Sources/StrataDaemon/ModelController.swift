@@ -158,7 +158,7 @@ public actor ModelController {
         nextInstanceID += 1
         var instance = Instance(id: id, process: process, startedAt: clock.now)
         instance.healthTask = Task { [healthURL = "http://127.0.0.1:\(process.port)\(runtime.healthPath)"] in
-            await self.pollHealth(model: model, instanceID: id, url: healthURL)
+            await self.pollHealth(model: model, instanceID: id, port: process.port, url: healthURL)
         }
         instances[model] = instance
         Task {
@@ -187,7 +187,12 @@ public actor ModelController {
         }
     }
 
-    private func pollHealth(model: String, instanceID: UInt64, url: String) async {
+    private func pollHealth(model: String, instanceID: UInt64, port: Int, url: String) async {
+        // Wait for the port with plain connects first: the HTTP client's pool backs off after
+        // refused connections (100 ms and growing), which would delay noticing readiness.
+        while !Task.isCancelled && !RuntimeProcess.portAccepts(port) {
+            try? await Task.sleep(for: config.supervisor.healthInterval)
+        }
         while !Task.isCancelled {
             var request = HTTPClientRequest(url: url)
             request.method = .GET

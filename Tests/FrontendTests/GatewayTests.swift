@@ -134,7 +134,8 @@ struct GatewayTests {
     }
 
     @Test func unknownModel404AndNotReady503WithRetryAfter() async throws {
-        try await Self.withGateway { client, _ in
+        // several requests on one test-client connection: keep it alive
+        try await Self.withGateway(GatewayConfiguration(cancelOnDisconnect: false)) { client, _ in
             let missing = try await client.execute(
                 uri: "/v1/embeddings", method: .post, headers: [:], body: ByteBuffer(string: #"{"model":"nope","input":"x"}"#))
             #expect(missing.status == .notFound)
@@ -151,6 +152,22 @@ struct GatewayTests {
         }
     }
 
+    @Test func watchedNonStreamingResponsesSayConnectionClose() async throws {
+        try await Self.withGateway { client, _ in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [:],
+                body: ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#))
+            #expect(response.status == .ok)
+            #expect(response.headers[.connection] == "close")
+        }
+        try await Self.withGateway(GatewayConfiguration(cancelOnDisconnect: false)) { client, _ in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [:],
+                body: ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#))
+            #expect(response.headers[.connection] == nil)
+        }
+    }
+
     @Test func oversizedBodyGets413() async throws {
         try await Self.withGateway(GatewayConfiguration(maxBodyBytes: 1024)) { client, backend in
             let big = #"{"model":"m","messages":[{"role":"user","content":""# + String(repeating: "x", count: 4096) + #""}]}"#
@@ -163,7 +180,7 @@ struct GatewayTests {
     }
 
     @Test func apiKeysAndAdminKeyAreEnforced() async throws {
-        let configuration = GatewayConfiguration(apiKeys: ["k1"], adminKey: "adm")
+        let configuration = GatewayConfiguration(apiKeys: ["k1"], adminKey: "adm", cancelOnDisconnect: false)
         try await Self.withGateway(configuration) { client, _ in
             let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
             let none = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: body)

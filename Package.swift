@@ -25,8 +25,11 @@ let package = Package(
         // C stays at the edge: fork/exec with a parent-death signal, process groups.
         .target(name: "CStrataProcess"),
 
-        // The storage tiers (host RAM, NVMe, remote). Only its configuration exists so far.
-        .target(name: "TierStore"),
+        // liburing behind an opaque API; liburing.h never reaches a Swift module.
+        .target(name: "CStrataURing", linkerSettings: [.linkedLibrary("uring")]),
+
+        // The storage tiers (host RAM, NVMe, remote): so far the I/O engines and the tier configuration.
+        .target(name: "TierStore", dependencies: ["CStrataURing"]),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.
         .target(name: "Placer"),
@@ -75,5 +78,6 @@ let package = Package(
             ]
         ),
         .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore"]),
+        .testTarget(name: "TierStoreTests", dependencies: ["TierStore"]),
     ]
 )

@@ -64,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataDaemon",
+                "StrataDaemon", "TierStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

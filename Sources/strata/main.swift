@@ -4,13 +4,14 @@ import Logging
 import Metrics
 import Prometheus
 import StrataDaemon
+import TierStore
 
 @main
 struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "One OpenAI-compatible endpoint for the models on this machine.",
-        subcommands: [Serve.self, Config.self, Status.self])
+        subcommands: [Serve.self, Config.self, Status.self, Bench.self])
 }
 
 struct Serve: AsyncParsableCommand {
@@ -96,6 +97,70 @@ struct Status: AsyncParsableCommand {
         } catch {
             FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
             throw ExitCode(1)
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure parts of Strata.", subcommands: [IOBench.self])
+}
+
+struct IOBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "io",
+        abstract: "Measure an I/O engine on one file, as fio would (same block size and queue depth).")
+
+    @Option(help: "File to read or write; created with data when missing or shorter than --size.")
+    var file: String
+    @Option(help: "Bytes to cover (KiB/MiB/GiB suffixes).")
+    var size: String = "1GiB"
+    @Option(name: .customLong("block-size"), help: "Bytes per operation.")
+    var blockSize: String = "1MiB"
+    @Option(name: .customLong("queue-depth"), help: "Operations in flight at once.")
+    var queueDepth: Int = 16
+    @Option(help: "seq-read, rand-read or seq-write.")
+    var pattern: String = "seq-read"
+    @Option(help: "io_uring, psync or auto.")
+    var engine: String = "auto"
+    @Flag(name: .customLong("buffered"), help: "Go through the page cache instead of O_DIRECT.")
+    var buffered = false
+    @Flag(help: "Print one JSON object as the last line.")
+    var json = false
+
+    func run() async throws {
+        func bytes(_ text: String, _ name: String) throws -> UInt64 {
+            switch ConfigUnits.parseSize(text) {
+            case .success(let value) where value > 0: return value
+            case .success: throw ValidationError("--\(name) must be more than zero")
+            case .failure(let why): throw ValidationError("--\(name) '\(text)': \(why)")
+            }
+        }
+        guard let pattern = IOBenchmark.Pattern(rawValue: pattern) else {
+            throw ValidationError("--pattern '\(pattern)': expected seq-read, rand-read or seq-write")
+        }
+        guard let kind = IOEngineKind(rawValue: engine) else {
+            throw ValidationError("--engine '\(engine)': expected io_uring, psync or auto")
+        }
+        guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...4096") }
+        let block = try bytes(blockSize, "block-size")
+        guard block % 4096 == 0 || buffered else {
+            throw ValidationError("--block-size must be a multiple of 4KiB for O_DIRECT (or pass --buffered)")
+        }
+        let benchmark = IOBenchmark(
+            path: file, fileSize: try bytes(size, "size"), blockSize: Int(block), queueDepth: queueDepth,
+            pattern: pattern, direct: !buffered)
+        let engine = try kind.make(queueDepth: queueDepth)
+        defer { engine.shutdown() }
+        if pattern != .seqWrite { try await benchmark.prepare(engine: engine) }
+        let result = try await benchmark.run(engine: engine)
+        print(String(format: "%@ %@ bs=%@ qd=%d: %.1f MiB/s, %.0f IOPS, p50 %.0f us, p99 %.0f us",
+                     result.engine, result.pattern, ConfigUnits.formatBytes(block), queueDepth,
+                     result.bytes_per_second / 1048576, result.iops, result.p50_us, result.p99_us))
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(result), as: UTF8.self))
         }
     }
 }

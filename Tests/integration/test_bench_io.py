@@ -1,0 +1,39 @@
+"""`strata bench io`: the I/O engines measured on a real file, and its input checks."""
+import json
+import subprocess
+
+from conftest import STRATA
+
+
+def bench(*args):
+    return subprocess.run([str(STRATA), "bench", "io", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bench_io_reports_json_for_each_engine_and_pattern(tmp_path):
+    path = str(tmp_path / "bench.dat")
+    for engine in ("io_uring", "psync"):
+        for pattern in ("seq-read", "rand-read", "seq-write"):
+            r = bench("--file", path, "--size", "8MiB", "--block-size", "256KiB", "--queue-depth", "4",
+                      "--pattern", pattern, "--engine", engine, "--json")
+            assert r.returncode == 0, r.stderr
+            result = json.loads(r.stdout.strip().splitlines()[-1])
+            assert result["engine"] == engine and result["pattern"] == pattern
+            assert result["bytes"] == 8 << 20
+            for key in ("bytes_per_second", "iops", "p50_us", "p99_us"):
+                assert result[key] > 0, (key, result)
+            assert result["p99_us"] >= result["p50_us"]
+
+
+def test_bench_io_rejects_bad_input_clearly(tmp_path):
+    path = str(tmp_path / "bench.dat")
+    cases = [
+        (["--pattern", "zigzag"], "--pattern 'zigzag'"),
+        (["--engine", "aio"], "--engine 'aio'"),
+        (["--block-size", "1000"], "multiple of 4KiB"),
+        (["--size", "12 parsecs"], "--size '12 parsecs'"),
+        (["--queue-depth", "0"], "--queue-depth"),
+    ]
+    for extra, fragment in cases:
+        r = bench("--file", path, *extra)
+        assert r.returncode != 0, extra
+        assert fragment in r.stderr, (fragment, r.stderr)

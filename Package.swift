@@ -29,7 +29,10 @@ let package = Package(
         .target(name: "CStrataURing", linkerSettings: [.linkedLibrary("uring")]),
 
         // The storage tiers (host RAM, NVMe, remote): so far the I/O engines and the tier configuration.
-        .target(name: "TierStore", dependencies: ["CStrataURing"]),
+        // libxxhash (XXH3) behind plain types.
+        .target(name: "CStrataHash", linkerSettings: [.linkedLibrary("xxhash")]),
+
+        .target(name: "TierStore", dependencies: ["CStrataURing", "CStrataHash"]),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.
         .target(name: "Placer"),

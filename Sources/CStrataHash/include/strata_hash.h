@@ -1,0 +1,22 @@
+#ifndef STRATA_HASH_H
+#define STRATA_HASH_H
+
+/* XXH3 from libxxhash behind plain types. Seeds are always explicit: a key must hash the same
+   in every process and on every host. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+uint64_t strata_xxh3_64(const void *data, size_t length, uint64_t seed);
+
+/* 128-bit XXH3; low and high halves. */
+void strata_xxh3_128(const void *data, size_t length, uint64_t seed, uint64_t *low, uint64_t *high);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,269 @@
+import Foundation
+import Glibc
+
+/// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
+/// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
+/// oldest first when the budget is exceeded. Reads verify both checksums: a record that fails is
+/// a miss, counted, never returned. On open, segments are scanned to rebuild the index (the
+/// SQLite catalog will replace the scan); a torn or unwritten record is skipped, so a write that
+/// was never acknowledged is absent and never half there.
+public actor SegmentLog {
+    public struct Configuration: Sendable {
+        public var directory: String
+        public var segmentBytes: Int
+        public var budgetBytes: UInt64
+
+        public init(directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30) {
+            precondition(segmentBytes >= 1 << 20 && segmentBytes % BlockHeader.alignment == 0,
+                         "segments are at least 1 MiB and a multiple of 4 KiB")
+            self.directory = directory
+            self.segmentBytes = segmentBytes
+            self.budgetBytes = budgetBytes
+        }
+    }
+
+    public struct Stats: Sendable, Equatable {
+        public var blocks = 0
+        public var usedBytes: UInt64 = 0
+        public var hits = 0
+        public var misses = 0
+        public var checksumFailures = 0
+        public var reclaimedSegments = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+    }
+
+    public enum PutError: Error, Equatable, Sendable {
+        case tooLarge(bytes: Int, segmentBytes: Int)
+    }
+
+    struct Location: Equatable {
+        var segment: Int
+        var offset: UInt64
+        var recordLength: Int
+        var sequence: UInt64
+    }
+
+    struct Segment {
+        var id: Int
+        var fd: Int32
+        var end: UInt64
+        /// No more appends: full, or a write to it failed (a hole may follow).
+        var sealed = false
+    }
+
+    public let configuration: Configuration
+    let engine: any IOEngine
+    var index: [BlockKey: Location] = [:]
+    var segments: [Int: Segment] = [:]
+    var nextSequence: UInt64 = 1
+    /// Operations in flight per segment: a reclaimed segment's descriptor is closed only when
+    /// none is left, so no read or write ever meets a closed (or reused) descriptor.
+    var pins: [Int: Int] = [:]
+    /// Reclaimed segments waiting for their last operation: (descriptor, path).
+    var closing: [Int: (Int32, String)] = [:]
+    public private(set) var stats = Stats()
+
+    init(configuration: Configuration, engine: any IOEngine) {
+        self.configuration = configuration
+        self.engine = engine
+    }
+
+    /// Opens (creating if needed) the log in `configuration.directory` and recovers its blocks.
+    public static func open(_ configuration: Configuration, engine: any IOEngine) async throws -> SegmentLog {
+        try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
+        let log = SegmentLog(configuration: configuration, engine: engine)
+        try await log.recover()
+        return log
+    }
+
+    public func put(_ key: BlockKey, _ payload: [UInt8], durable: Bool) async throws {
+        let recordLength = BlockHeader.recordLength(storedLength: payload.count)
+        guard recordLength <= configuration.segmentBytes else {
+            throw PutError.tooLarge(bytes: payload.count, segmentBytes: configuration.segmentBytes)
+        }
+        var segment = try activeSegment(room: recordLength)
+        let offset = segment.end
+        segment.end += UInt64(recordLength)
+        segments[segment.id] = segment
+        let sequence = nextSequence
+        nextSequence += 1
+
+        let buffer = IOBuffer(count: recordLength)
+        let checksum = payload.withUnsafeBytes { BlockKey.hash64($0) }
+        BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(payload.count), codec: .none,
+                    sequence: sequence, payloadChecksum: checksum).encode(into: buffer[0..<BlockHeader.length])
+        buffer[BlockHeader.length..<BlockHeader.length + payload.count].copyBytes(from: payload)
+        pin(segment.id)
+        defer { unpin(segment.id) }
+        do {
+            try await engine.write(fd: segment.fd, from: buffer, at: offset)
+            if durable { try await engine.sync(fd: segment.fd, dataOnly: true) }
+        } catch {
+            // Nothing after a failed write is appended to this segment, so recovery never has
+            // to guess what a hole means.
+            segments[segment.id]?.sealed = true
+            throw error
+        }
+        stats.bytesWritten += UInt64(recordLength)
+        let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence)
+        if let old = index[key], old.sequence > sequence { return }
+        if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
+        stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+        try reclaimOverBudget()
+    }
+
+    /// The block's bytes, or nil when absent or when its record fails verification.
+    public func get(_ key: BlockKey) async throws -> [UInt8]? {
+        guard let location = index[key], let segment = segments[location.segment] else {
+            stats.misses += 1
+            return nil
+        }
+        let buffer = IOBuffer(count: location.recordLength)
+        pin(segment.id)
+        defer { unpin(segment.id) }
+        let n = try await engine.readFully(fd: segment.fd, into: buffer, at: location.offset)
+        stats.bytesRead += UInt64(n)
+        guard let payload = verify(buffer, length: n, expecting: key) else {
+            stats.checksumFailures += 1
+            stats.misses += 1
+            if index[key] == location {
+                index[key] = nil
+                stats.blocks -= 1
+            }
+            return nil
+        }
+        stats.hits += 1
+        return payload
+    }
+
+    public func contains(_ key: BlockKey) -> Bool { index[key] != nil }
+
+    public func remove(_ key: BlockKey) {
+        if index.removeValue(forKey: key) != nil { stats.blocks -= 1 }
+    }
+
+    public func close() {
+        for segment in segments.values { Glibc.close(segment.fd) }
+        segments.removeAll()
+        index.removeAll()
+    }
+
+    /// Where a block's record lies, for fault-injection tests.
+    func recordLocation(_ key: BlockKey) -> (path: String, offset: UInt64)? {
+        index[key].map { (segmentPath($0.segment), $0.offset) }
+    }
+
+    // MARK: Verification and recovery
+
+    /// The payload if the record is whole: header valid, key as expected, checksum matching.
+    private func verify(_ buffer: IOBuffer, length: Int, expecting key: BlockKey?) -> [UInt8]? {
+        guard case .success(let header) = BlockHeader.decode(UnsafeRawBufferPointer(buffer[0..<min(length, BlockHeader.length)])),
+            key == nil || header.key == key,
+            header.codec == .none,
+            BlockHeader.length + Int(header.storedLength) <= length
+        else { return nil }
+        let payload = UnsafeRawBufferPointer(buffer[BlockHeader.length..<BlockHeader.length + Int(header.storedLength)])
+        guard BlockKey.hash64(payload) == header.payloadChecksum else { return nil }
+        return Array(payload)
+    }
+
+    private func recover() async throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: configuration.directory)) ?? []
+        let ids = names.compactMap { name -> Int? in
+            guard name.hasPrefix("segment-"), name.hasSuffix(".log") else { return nil }
+            return Int(name.dropFirst("segment-".count).dropLast(".log".count))
+        }.sorted()
+        let probe = IOBuffer(count: BlockHeader.alignment)
+        for id in ids {
+            let fd = Glibc.open(segmentPath(id), O_RDWR | O_DIRECT | O_CLOEXEC)
+            guard fd >= 0 else { throw IOError(operation: "open \(segmentPath(id))", errno: errno) }
+            var info = stat()
+            fstat(fd, &info)
+            let size = UInt64(info.st_size)
+            var offset: UInt64 = 0
+            while offset + UInt64(BlockHeader.alignment) <= size {
+                let n = try await engine.readFully(fd: fd, into: probe, at: offset)
+                guard n == probe.count,
+                    case .success(let header) = BlockHeader.decode(UnsafeRawBufferPointer(probe[0..<BlockHeader.length])),
+                    offset + UInt64(header.recordLength) <= size
+                else {
+                    offset += UInt64(BlockHeader.alignment)   // a hole or a torn record: look further
+                    continue
+                }
+                let record = IOBuffer(count: header.recordLength)
+                let got = try await engine.readFully(fd: fd, into: record, at: offset)
+                if verify(record, length: got, expecting: header.key) != nil {
+                    let location = Location(segment: id, offset: offset, recordLength: header.recordLength, sequence: header.sequence)
+                    if let old = index[header.key], old.sequence > header.sequence {} else { index[header.key] = location }
+                    nextSequence = max(nextSequence, header.sequence + 1)
+                    offset += UInt64(header.recordLength)
+                } else {
+                    stats.checksumFailures += 1
+                    offset += UInt64(BlockHeader.alignment)
+                }
+            }
+            // Recovered segments take no more appends: new writes start a new segment.
+            segments[id] = Segment(id: id, fd: fd, end: size, sealed: true)
+        }
+        stats.blocks = index.count
+        stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+    }
+
+    // MARK: Segments
+
+    private func segmentPath(_ id: Int) -> String {
+        "\(configuration.directory)/segment-\(String(format: "%08d", id)).log"
+    }
+
+    private func activeSegment(room: Int) throws -> Segment {
+        if let newest = segments.keys.max(), let segment = segments[newest], !segment.sealed,
+            segment.end + UInt64(room) <= UInt64(configuration.segmentBytes)
+        {
+            return segment
+        }
+        if let newest = segments.keys.max() { segments[newest]?.sealed = true }
+        let id = (segments.keys.max() ?? 0) + 1
+        let fd = Glibc.open(segmentPath(id), O_RDWR | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError(operation: "create \(segmentPath(id))", errno: errno) }
+        // The new file's directory entry must be durable before a durable put in it returns.
+        let directory = Glibc.open(configuration.directory, O_RDONLY | O_DIRECTORY)
+        if directory >= 0 {
+            fsync(directory)
+            Glibc.close(directory)
+        }
+        let segment = Segment(id: id, fd: fd, end: 0)
+        segments[id] = segment
+        return segment
+    }
+
+    private func pin(_ id: Int) { pins[id, default: 0] += 1 }
+
+    private func unpin(_ id: Int) {
+        pins[id, default: 1] -= 1
+        if pins[id] == 0 {
+            pins[id] = nil
+            if closing[id] != nil { finishClosing(id) }
+        }
+    }
+
+    private func finishClosing(_ id: Int) {
+        guard let (fd, path) = closing.removeValue(forKey: id) else { return }
+        Glibc.close(fd)
+        unlink(path)
+    }
+
+    /// Drops whole segments, oldest first, until the log fits its budget (never the active one).
+    private func reclaimOverBudget() throws {
+        while stats.usedBytes > configuration.budgetBytes, segments.count > 1, let oldest = segments.keys.min() {
+            guard let segment = segments.removeValue(forKey: oldest) else { break }
+            let dropped = index.filter { $0.value.segment == oldest }.map(\.key)
+            for key in dropped { index[key] = nil }
+            stats.blocks -= dropped.count
+            closing[oldest] = (segment.fd, segmentPath(oldest))
+            if pins[oldest, default: 0] == 0 { finishClosing(oldest) }
+            stats.reclaimedSegments += 1
+            stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+        }
+    }
+}

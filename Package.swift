@@ -32,7 +32,10 @@ let package = Package(
         // libxxhash (XXH3) behind plain types.
         .target(name: "CStrataHash", linkerSettings: [.linkedLibrary("xxhash")]),
 
-        .target(name: "TierStore", dependencies: ["CStrataURing", "CStrataHash"]),
+        // SQLite for the NVMe tier's catalog; reached only from TierStore/Catalog.
+        .systemLibrary(name: "CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
+
+        .target(name: "TierStore", dependencies: ["CStrataURing", "CStrataHash", "CSQLite3"]),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.
         .target(name: "Placer"),
@@ -81,6 +84,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore"]),
-        .testTarget(name: "TierStoreTests", dependencies: ["TierStore"]),
+        // Test support: writes blocks until killed, for the crash-recovery tests.
+        .executableTarget(name: "strata-fault-writer", dependencies: ["TierStore"]),
+        .testTarget(name: "TierStoreTests", dependencies: ["TierStore", "strata-fault-writer"]),
     ]
 )

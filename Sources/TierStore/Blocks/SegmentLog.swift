@@ -4,9 +4,11 @@ import Glibc
 /// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
 /// oldest first when the budget is exceeded. Reads verify both checksums: a record that fails is
-/// a miss, counted, never returned. On open, segments are scanned to rebuild the index (the
-/// SQLite catalog will replace the scan); a torn or unwritten record is skipped, so a write that
-/// was never acknowledged is absent and never half there.
+/// a miss, counted, never returned. A SQLite catalog (`catalog.sqlite`, WAL) records where every
+/// block lives; a durable put returns once its record is fsynced and its catalog entry committed.
+/// On open the catalog is loaded and only what was appended after its last commit is scanned; a
+/// torn or unwritten record is skipped, so a write that was never acknowledged is absent and
+/// never half there.
 public actor SegmentLog {
     public struct Configuration: Sendable {
         public var directory: String
@@ -54,6 +56,7 @@ public actor SegmentLog {
 
     public let configuration: Configuration
     let engine: any IOEngine
+    let catalog: BlockCatalog
     var index: [BlockKey: Location] = [:]
     var segments: [Int: Segment] = [:]
     var nextSequence: UInt64 = 1
@@ -64,15 +67,17 @@ public actor SegmentLog {
     var closing: [Int: (Int32, String)] = [:]
     public private(set) var stats = Stats()
 
-    init(configuration: Configuration, engine: any IOEngine) {
+    init(configuration: Configuration, engine: any IOEngine, catalog: BlockCatalog) {
         self.configuration = configuration
         self.engine = engine
+        self.catalog = catalog
     }
 
     /// Opens (creating if needed) the log in `configuration.directory` and recovers its blocks.
     public static func open(_ configuration: Configuration, engine: any IOEngine) async throws -> SegmentLog {
         try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
-        let log = SegmentLog(configuration: configuration, engine: engine)
+        let catalog = try BlockCatalog(path: "\(configuration.directory)/catalog.sqlite")
+        let log = SegmentLog(configuration: configuration, engine: engine, catalog: catalog)
         try await log.recover()
         return log
     }
@@ -107,10 +112,14 @@ public actor SegmentLog {
         }
         stats.bytesWritten += UInt64(recordLength)
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence)
-        if let old = index[key], old.sequence > sequence { return }
-        if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
+        if (index[key]?.sequence ?? 0) < sequence {
+            if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
+        }
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
-        try reclaimOverBudget()
+        reclaimOverBudget()
+        try await catalog.record(
+            .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence),
+            durable: durable)
     }
 
     /// The block's bytes, or nil when absent or when its record fails verification.
@@ -130,6 +139,7 @@ public actor SegmentLog {
             if index[key] == location {
                 index[key] = nil
                 stats.blocks -= 1
+                catalog.remove(key)
             }
             return nil
         }
@@ -140,10 +150,15 @@ public actor SegmentLog {
     public func contains(_ key: BlockKey) -> Bool { index[key] != nil }
 
     public func remove(_ key: BlockKey) {
-        if index.removeValue(forKey: key) != nil { stats.blocks -= 1 }
+        if index.removeValue(forKey: key) != nil {
+            stats.blocks -= 1
+            catalog.remove(key)
+        }
     }
 
-    public func close() {
+    /// Commits the catalog and closes every segment.
+    public func close() async {
+        try? await catalog.flush()
         for segment in segments.values { Glibc.close(segment.fd) }
         segments.removeAll()
         index.removeAll()
@@ -174,6 +189,12 @@ public actor SegmentLog {
             guard name.hasPrefix("segment-"), name.hasSuffix(".log") else { return nil }
             return Int(name.dropFirst("segment-".count).dropLast(".log".count))
         }.sorted()
+        for entry in try catalog.loadBlocks() where (index[entry.key]?.sequence ?? 0) < entry.sequence {
+            index[entry.key] = Location(segment: entry.segment, offset: entry.offset, recordLength: entry.recordLength,
+                                        sequence: entry.sequence)
+            nextSequence = max(nextSequence, entry.sequence + 1)
+        }
+        let catalogued = try catalog.cataloguedEnds()
         let probe = IOBuffer(count: BlockHeader.alignment)
         for id in ids {
             let fd = Glibc.open(segmentPath(id), O_RDWR | O_DIRECT | O_CLOEXEC)
@@ -181,7 +202,8 @@ public actor SegmentLog {
             var info = stat()
             fstat(fd, &info)
             let size = UInt64(info.st_size)
-            var offset: UInt64 = 0
+            // Only what was appended after the catalog's last commit needs a scan.
+            var offset: UInt64 = min(catalogued[id] ?? 0, size)
             while offset + UInt64(BlockHeader.alignment) <= size {
                 let n = try await engine.readFully(fd: fd, into: probe, at: offset)
                 guard n == probe.count,
@@ -195,7 +217,12 @@ public actor SegmentLog {
                 let got = try await engine.readFully(fd: fd, into: record, at: offset)
                 if verify(record, length: got, expecting: header.key) != nil {
                     let location = Location(segment: id, offset: offset, recordLength: header.recordLength, sequence: header.sequence)
-                    if let old = index[header.key], old.sequence > header.sequence {} else { index[header.key] = location }
+                    if (index[header.key]?.sequence ?? 0) < header.sequence {
+                        index[header.key] = location
+                        try await catalog.record(
+                            .init(key: header.key, segment: id, offset: offset, recordLength: header.recordLength,
+                                  sequence: header.sequence), durable: false)
+                    }
                     nextSequence = max(nextSequence, header.sequence + 1)
                     offset += UInt64(header.recordLength)
                 } else {
@@ -206,8 +233,14 @@ public actor SegmentLog {
             // Recovered segments take no more appends: new writes start a new segment.
             segments[id] = Segment(id: id, fd: fd, end: size, sealed: true)
         }
+        // Catalogued blocks whose segment is gone (reclaimed before the catalog caught up).
+        for (key, location) in index where segments[location.segment] == nil {
+            index[key] = nil
+            catalog.remove(key)
+        }
         stats.blocks = index.count
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+        try await catalog.flush()
     }
 
     // MARK: Segments
@@ -254,12 +287,13 @@ public actor SegmentLog {
     }
 
     /// Drops whole segments, oldest first, until the log fits its budget (never the active one).
-    private func reclaimOverBudget() throws {
+    private func reclaimOverBudget() {
         while stats.usedBytes > configuration.budgetBytes, segments.count > 1, let oldest = segments.keys.min() {
             guard let segment = segments.removeValue(forKey: oldest) else { break }
             let dropped = index.filter { $0.value.segment == oldest }.map(\.key)
             for key in dropped { index[key] = nil }
             stats.blocks -= dropped.count
+            catalog.dropSegment(oldest)
             closing[oldest] = (segment.fd, segmentPath(oldest))
             if pins[oldest, default: 0] == 0 { finishClosing(oldest) }
             stats.reclaimedSegments += 1

@@ -1,0 +1,127 @@
+import Foundation
+
+/// Where each NVMe block lives, in SQLite (WAL), so a restart finds blocks without reading the
+/// segments. Commits are batched: entries queue up and one transaction writes them all; a
+/// durable put waits for the commit that holds its entry (group commit), a cache put does not.
+/// All SQLite work runs on one serial queue, off the callers' threads.
+final class BlockCatalog: @unchecked Sendable {
+    struct Entry: Equatable, Sendable {
+        var key: BlockKey
+        var segment: Int
+        var offset: UInt64
+        var recordLength: Int
+        var sequence: UInt64
+    }
+
+    /// Numbered migrations; `PRAGMA user_version` says how many have run.
+    static let migrations: [String] = [
+        """
+        CREATE TABLE blocks (key_hi INTEGER NOT NULL, key_lo INTEGER NOT NULL, segment INTEGER NOT NULL,
+                             offset INTEGER NOT NULL, record_length INTEGER NOT NULL, sequence INTEGER NOT NULL,
+                             PRIMARY KEY (key_hi, key_lo)) WITHOUT ROWID;
+        CREATE INDEX blocks_by_segment ON blocks (segment);
+        CREATE TABLE segments (id INTEGER PRIMARY KEY, catalogued_end INTEGER NOT NULL);
+        """,
+    ]
+
+    private let database: SQLiteDatabase
+    private let queue = DispatchQueue(label: "strata.catalog")
+    // guarded by `lock`
+    private let lock = NSLock()
+    private var pending: [Entry] = []
+    private var pendingDeletes: [BlockKey] = []
+    private var droppedSegments: [Int] = []
+    private var waiters: [CheckedContinuation<Void, any Error>] = []
+    private var flushScheduled = false
+
+    init(path: String) throws {
+        database = try SQLiteDatabase(path: path)
+        try database.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        let version = Int(try database.query("PRAGMA user_version", columns: 1).first?.first ?? 0)
+        guard version <= Self.migrations.count else {
+            throw SQLiteDatabase.Error(code: 0, message: "catalog \(path) has schema \(version), newer than this Strata (\(Self.migrations.count))")
+        }
+        for number in version..<Self.migrations.count {
+            try database.execute("BEGIN; \(Self.migrations[number]) PRAGMA user_version = \(number + 1); COMMIT;")
+        }
+    }
+
+    func loadBlocks() throws -> [Entry] {
+        try database.query("SELECT key_hi, key_lo, segment, offset, record_length, sequence FROM blocks", columns: 6).map {
+            Entry(key: BlockKey(high: UInt64(bitPattern: $0[0]), low: UInt64(bitPattern: $0[1])), segment: Int($0[2]),
+                  offset: UInt64($0[3]), recordLength: Int($0[4]), sequence: UInt64($0[5]))
+        }
+    }
+
+    /// Per segment, the end of the catalogued records: scanning resumes there after a restart.
+    func cataloguedEnds() throws -> [Int: UInt64] {
+        Dictionary(uniqueKeysWithValues: try database.query("SELECT id, catalogued_end FROM segments", columns: 2).map {
+            (Int($0[0]), UInt64($0[1]))
+        })
+    }
+
+    /// Queues an entry; when `durable`, returns once it is committed to disk.
+    func record(_ entry: Entry, durable: Bool) async throws {
+        if durable {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                enqueue { $0.pending.append(entry); $0.waiters.append(continuation) }
+            }
+        } else {
+            enqueue { $0.pending.append(entry) }
+        }
+    }
+
+    func remove(_ key: BlockKey) { enqueue { $0.pendingDeletes.append(key) } }
+    func dropSegment(_ id: Int) { enqueue { $0.droppedSegments.append(id) } }
+
+    /// Waits until everything queued so far is committed.
+    func flush() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            enqueue { $0.waiters.append(continuation) }
+        }
+    }
+
+    private func enqueue(_ change: (BlockCatalog) -> Void) {
+        lock.lock()
+        change(self)
+        let schedule = !flushScheduled
+        flushScheduled = true
+        lock.unlock()
+        if schedule { queue.async { self.commitBatch() } }
+    }
+
+    private func commitBatch() {
+        lock.lock()
+        let entries = pending, deletes = pendingDeletes, segments = droppedSegments, batchWaiters = waiters
+        pending = []; pendingDeletes = []; droppedSegments = []; waiters = []
+        flushScheduled = false
+        lock.unlock()
+        do {
+            try database.execute("BEGIN")
+            try database.run("DELETE FROM blocks WHERE segment = ?1", rows: segments.map { [Int64($0)] })
+            try database.run("DELETE FROM segments WHERE id = ?1", rows: segments.map { [Int64($0)] })
+            try database.run("DELETE FROM blocks WHERE key_hi = ?1 AND key_lo = ?2",
+                             rows: deletes.map { [Int64(bitPattern: $0.high), Int64(bitPattern: $0.low)] })
+            try database.run(
+                """
+                INSERT INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                ON CONFLICT (key_hi, key_lo) DO UPDATE SET segment = excluded.segment, offset = excluded.offset,
+                  record_length = excluded.record_length, sequence = excluded.sequence WHERE excluded.sequence > blocks.sequence
+                """,
+                rows: entries.map {
+                    [Int64(bitPattern: $0.key.high), Int64(bitPattern: $0.key.low), Int64($0.segment), Int64($0.offset),
+                     Int64($0.recordLength), Int64($0.sequence)]
+                })
+            var ends: [Int: UInt64] = [:]
+            for entry in entries { ends[entry.segment] = max(ends[entry.segment] ?? 0, entry.offset + UInt64(entry.recordLength)) }
+            try database.run(
+                "INSERT INTO segments VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET catalogued_end = max(catalogued_end, excluded.catalogued_end)",
+                rows: ends.map { [Int64($0.key), Int64($0.value)] })
+            try database.execute("COMMIT")
+            for waiter in batchWaiters { waiter.resume() }
+        } catch {
+            try? database.execute("ROLLBACK")
+            for waiter in batchWaiters { waiter.resume(throwing: error) }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import CSQLite3
+
+/// The one place SQLite is called from. Statements are prepared per call; the catalog's
+/// statements are few and small.
+final class SQLiteDatabase {
+    struct Error: Swift.Error, CustomStringConvertible {
+        var code: Int32
+        var message: String
+        var description: String { "sqlite error \(code): \(message)" }
+    }
+
+    private var handle: OpaquePointer?
+
+    init(path: String) throws {
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            sqlite3_close(handle)
+            throw Error(code: rc, message: "\(path): \(message)")
+        }
+        sqlite3_busy_timeout(handle, 5000)
+    }
+
+    deinit { sqlite3_close(handle) }
+
+    func execute(_ sql: String) throws {
+        var error: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(handle, sql, nil, nil, &error)
+        guard rc == SQLITE_OK else {
+            let message = error.map { String(cString: $0) } ?? "unknown"
+            sqlite3_free(error)
+            throw Error(code: rc, message: message)
+        }
+    }
+
+    /// Runs `sql` once per row of `rows`, binding each row's integers to ?1, ?2, …
+    func run(_ sql: String, rows: [[Int64]]) throws {
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
+        defer { sqlite3_finalize(statement) }
+        for row in rows {
+            sqlite3_reset(statement)
+            for (index, value) in row.enumerated() { sqlite3_bind_int64(statement, Int32(index + 1), value) }
+            let rc = sqlite3_step(statement)
+            guard rc == SQLITE_DONE else { try check(rc) ; return }
+        }
+    }
+
+    /// All rows of a query, as integers.
+    func query(_ sql: String, columns: Int) throws -> [[Int64]] {
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
+        defer { sqlite3_finalize(statement) }
+        var rows: [[Int64]] = []
+        while true {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { try check(rc); break }
+            rows.append((0..<columns).map { sqlite3_column_int64(statement, Int32($0)) })
+        }
+        return rows
+    }
+
+    private func check(_ rc: Int32) throws {
+        guard rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE else {
+            throw Error(code: rc, message: String(cString: sqlite3_errmsg(handle)))
+        }
+    }
+}

@@ -71,6 +71,24 @@ def main():
         print(f"{pattern:10} {bs:>7} {qd:>3} {row['fio_bps'] / 2**20:10.0f} {row['uring_bps'] / 2**20:10.0f} "
               f"{row['psync_bps'] / 2**20:10.0f} {row['uring_bps'] / row['fio_bps']:13.2f} "
               f"{row['fio_iops']:9.0f} {row['uring_iops']:9.0f}")
+    # the block log itself: verified random gets of 256 KiB blocks against fio's random reads
+    store = a.file + ".store"
+    sg, fg = [], []
+    for run in range(a.runs):
+        for which in (("fio", "store") if run % 2 == 0 else ("store", "fio")):
+            if which == "fio":
+                fg.append(run_fio(a.file, a.size, "randread", "256KiB", 32))
+            else:
+                out = subprocess.run([a.strata, "bench", "store", "--dir", store, "--size", a.size, "--block-size", "256KiB",
+                                      "--queue-depth", "32", "--pattern", "rand-get", "--engine", "io_uring", "--json"],
+                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                r = json.loads(out)
+                sg.append((r["bytes_per_second"], r["iops"]))
+    fio_iops = statistics.median(x[1] for x in fg)
+    store_iops = statistics.median(x[1] for x in sg)
+    print(f"store rand-get 256KiB qd=32 (verified, 260 KiB records): {store_iops:.0f} IOPS vs fio randread "
+          f"{fio_iops:.0f} IOPS = {store_iops / fio_iops:.2f}x")
+    rows.append(dict(pattern="store-rand-get", bs="256KiB", qd=32, fio_iops=fio_iops, store_iops=store_iops))
     print(json.dumps(rows))
 
 

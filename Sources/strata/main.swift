@@ -103,7 +103,7 @@ struct Status: AsyncParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure parts of Strata.", subcommands: [IOBench.self])
+        abstract: "Measure parts of Strata.", subcommands: [IOBench.self, StoreBench.self])
 }
 
 struct IOBench: AsyncParsableCommand {
@@ -129,38 +129,88 @@ struct IOBench: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        func bytes(_ text: String, _ name: String) throws -> UInt64 {
-            switch ConfigUnits.parseSize(text) {
-            case .success(let value) where value > 0: return value
-            case .success: throw ValidationError("--\(name) must be more than zero")
-            case .failure(let why): throw ValidationError("--\(name) '\(text)': \(why)")
-            }
-        }
         guard let pattern = IOBenchmark.Pattern(rawValue: pattern) else {
             throw ValidationError("--pattern '\(pattern)': expected seq-read, rand-read or seq-write")
         }
+        let (kind, block, total) = try BenchOptions.validate(
+            engine: engine, blockSize: blockSize, size: size, queueDepth: queueDepth, aligned: !buffered)
+        let benchmark = IOBenchmark(
+            path: file, fileSize: total, blockSize: block, queueDepth: queueDepth, pattern: pattern, direct: !buffered)
+        let engine = try kind.make(queueDepth: queueDepth)
+        defer { engine.shutdown() }
+        if pattern != .seqWrite { try await benchmark.prepare(engine: engine) }
+        BenchOptions.report(try await benchmark.run(engine: engine), json: json)
+    }
+}
+
+struct StoreBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Measure the NVMe block log through its own API (puts, or verified random gets).")
+
+    @Option(help: "Directory of the block log (created if missing; reused between runs).")
+    var dir: String
+    @Option(help: "put or rand-get.")
+    var pattern: String = "rand-get"
+    @Option(help: "Bytes to put, or to fill and read (KiB/MiB/GiB suffixes).")
+    var size: String = "1GiB"
+    @Option(name: .customLong("block-size"), help: "Bytes per block.")
+    var blockSize: String = "256KiB"
+    @Option(name: .customLong("queue-depth"), help: "Operations in flight at once.")
+    var queueDepth: Int = 32
+    @Option(help: "io_uring, psync or auto.")
+    var engine: String = "auto"
+    @Flag(help: "Print one JSON object as the last line.")
+    var json = false
+
+    func run() async throws {
+        guard let pattern = StoreBenchmark.Pattern(rawValue: pattern) else {
+            throw ValidationError("--pattern '\(pattern)': expected put or rand-get (objects and seq-read are not built yet)")
+        }
+        let (kind, block, total) = try BenchOptions.validate(
+            engine: engine, blockSize: blockSize, size: size, queueDepth: queueDepth, aligned: false)
+        let engine = try kind.make(queueDepth: queueDepth)
+        defer { engine.shutdown() }
+        let benchmark = StoreBenchmark(directory: dir, totalBytes: total, blockSize: block, queueDepth: queueDepth, pattern: pattern)
+        BenchOptions.report(try await benchmark.run(engine: engine), json: json)
+    }
+}
+
+/// Checks and output shared by the bench commands.
+enum BenchOptions {
+    static func bytes(_ text: String, _ name: String) throws -> UInt64 {
+        switch ConfigUnits.parseSize(text) {
+        case .success(let value) where value > 0: return value
+        case .success: throw ValidationError("--\(name) must be more than zero")
+        case .failure(let why): throw ValidationError("--\(name) '\(text)': \(why)")
+        }
+    }
+
+    static func validate(engine: String, blockSize: String, size: String, queueDepth: Int, aligned: Bool) throws
+        -> (IOEngineKind, Int, UInt64)
+    {
         guard let kind = IOEngineKind(rawValue: engine) else {
             throw ValidationError("--engine '\(engine)': expected io_uring, psync or auto")
         }
         guard (1...4096).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...4096") }
         let block = try bytes(blockSize, "block-size")
-        guard block % 4096 == 0 || buffered else {
+        guard block <= 1 << 30 else { throw ValidationError("--block-size must be at most 1GiB") }
+        guard block % 4096 == 0 || !aligned else {
             throw ValidationError("--block-size must be a multiple of 4KiB for O_DIRECT (or pass --buffered)")
         }
-        let benchmark = IOBenchmark(
-            path: file, fileSize: try bytes(size, "size"), blockSize: Int(block), queueDepth: queueDepth,
-            pattern: pattern, direct: !buffered)
-        let engine = try kind.make(queueDepth: queueDepth)
-        defer { engine.shutdown() }
-        if pattern != .seqWrite { try await benchmark.prepare(engine: engine) }
-        let result = try await benchmark.run(engine: engine)
+        let total = try bytes(size, "size")
+        guard total >= block else { throw ValidationError("--size must be at least --block-size") }
+        return (kind, Int(block), total)
+    }
+
+    static func report(_ result: IOBenchmark.Result, json: Bool) {
         print(String(format: "%@ %@ bs=%@ qd=%d: %.1f MiB/s, %.0f IOPS, p50 %.0f us, p99 %.0f us",
-                     result.engine, result.pattern, ConfigUnits.formatBytes(block), queueDepth,
+                     result.engine, result.pattern, ConfigUnits.formatBytes(UInt64(result.block_size)), result.queue_depth,
                      result.bytes_per_second / 1048576, result.iops, result.p50_us, result.p99_us))
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            print(String(decoding: (try? encoder.encode(result)) ?? Data(), as: UTF8.self))
         }
     }
 }

@@ -37,3 +37,18 @@ def test_bench_io_rejects_bad_input_clearly(tmp_path):
         r = bench("--file", path, *extra)
         assert r.returncode != 0, extra
         assert fragment in r.stderr, (fragment, r.stderr)
+
+
+def test_bench_store_puts_then_reads_back_verified(tmp_path):
+    store = str(tmp_path / "store")
+    for pattern in ("put", "rand-get"):
+        r = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--size", "8MiB", "--block-size", "256KiB",
+                            "--queue-depth", "4", "--pattern", pattern, "--json"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        assert result["pattern"] == pattern and result["bytes"] == 8 << 20
+        for key in ("bytes_per_second", "iops", "p50_us", "p99_us"):
+            assert result[key] > 0, (key, result)
+    bad = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--pattern", "seq-read"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--pattern 'seq-read'" in bad.stderr

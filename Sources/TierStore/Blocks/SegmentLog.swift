@@ -66,6 +66,7 @@ public actor SegmentLog {
     /// Reclaimed segments waiting for their last operation: (descriptor, path).
     var closing: [Int: (Int32, String)] = [:]
     public private(set) var stats = Stats()
+    let buffers = IOBufferPool()
 
     init(configuration: Configuration, engine: any IOEngine, catalog: BlockCatalog) {
         self.configuration = configuration
@@ -94,7 +95,8 @@ public actor SegmentLog {
         let sequence = nextSequence
         nextSequence += 1
 
-        let buffer = IOBuffer(count: recordLength)
+        let buffer = buffers.take(atLeast: recordLength)
+        defer { buffers.give(buffer) }
         let checksum = payload.withUnsafeBytes { BlockKey.hash64($0) }
         BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(payload.count), codec: .none,
                     sequence: sequence, payloadChecksum: checksum).encode(into: buffer[0..<BlockHeader.length])
@@ -102,7 +104,7 @@ public actor SegmentLog {
         pin(segment.id)
         defer { unpin(segment.id) }
         do {
-            try await engine.write(fd: segment.fd, from: buffer, at: offset)
+            try await engine.write(fd: segment.fd, from: buffer, range: 0..<recordLength, at: offset)
             if durable { try await engine.sync(fd: segment.fd, dataOnly: true) }
         } catch {
             // Nothing after a failed write is appended to this segment, so recovery never has
@@ -124,16 +126,30 @@ public actor SegmentLog {
 
     /// The block's bytes, or nil when absent or when its record fails verification.
     public func get(_ key: BlockKey) async throws -> [UInt8]? {
+        guard let length = index[key]?.recordLength else {
+            stats.misses += 1
+            return nil
+        }
+        let buffer = buffers.take(atLeast: length)
+        defer { buffers.give(buffer) }
+        guard let payload = try await get(key, into: buffer) else { return nil }
+        return Array(buffer.readOnly[payload])
+    }
+
+    /// Reads the block into the caller's buffer (at least `recordLength(of:)` bytes) and returns
+    /// where its payload lies there, or nil when absent or when the record fails verification.
+    /// No allocation: the path for callers that reuse their buffers.
+    public func get(_ key: BlockKey, into buffer: IOBuffer) async throws -> Range<Int>? {
         guard let location = index[key], let segment = segments[location.segment] else {
             stats.misses += 1
             return nil
         }
-        let buffer = IOBuffer(count: location.recordLength)
+        precondition(buffer.count >= location.recordLength, "buffer smaller than the record")
         pin(segment.id)
         defer { unpin(segment.id) }
-        let n = try await engine.readFully(fd: segment.fd, into: buffer, at: location.offset)
+        let n = try await engine.readFully(fd: segment.fd, into: buffer, range: 0..<location.recordLength, at: location.offset)
         stats.bytesRead += UInt64(n)
-        guard let payload = verify(buffer, length: n, expecting: key) else {
+        guard let payload = verifiedPayload(buffer, length: n, expecting: key) else {
             stats.checksumFailures += 1
             stats.misses += 1
             if index[key] == location {
@@ -146,6 +162,9 @@ public actor SegmentLog {
         stats.hits += 1
         return payload
     }
+
+    /// Bytes a buffer needs to receive the block with `get(_:into:)`, or nil when absent.
+    public func recordLength(of key: BlockKey) -> Int? { index[key]?.recordLength }
 
     public func contains(_ key: BlockKey) -> Bool { index[key] != nil }
 
@@ -171,16 +190,16 @@ public actor SegmentLog {
 
     // MARK: Verification and recovery
 
-    /// The payload if the record is whole: header valid, key as expected, checksum matching.
-    private func verify(_ buffer: IOBuffer, length: Int, expecting key: BlockKey?) -> [UInt8]? {
+    /// Where the payload lies if the record is whole: header valid, key as expected, checksum matching.
+    private func verifiedPayload(_ buffer: IOBuffer, length: Int, expecting key: BlockKey) -> Range<Int>? {
         guard case .success(let header) = BlockHeader.decode(UnsafeRawBufferPointer(buffer[0..<min(length, BlockHeader.length)])),
-            key == nil || header.key == key,
+            header.key == key,
             header.codec == .none,
             BlockHeader.length + Int(header.storedLength) <= length
         else { return nil }
-        let payload = UnsafeRawBufferPointer(buffer[BlockHeader.length..<BlockHeader.length + Int(header.storedLength)])
-        guard BlockKey.hash64(payload) == header.payloadChecksum else { return nil }
-        return Array(payload)
+        let payload = BlockHeader.length..<BlockHeader.length + Int(header.storedLength)
+        guard BlockKey.hash64(UnsafeRawBufferPointer(buffer[payload])) == header.payloadChecksum else { return nil }
+        return payload
     }
 
     private func recover() async throws {
@@ -213,9 +232,10 @@ public actor SegmentLog {
                     offset += UInt64(BlockHeader.alignment)   // a hole or a torn record: look further
                     continue
                 }
-                let record = IOBuffer(count: header.recordLength)
+                let record = buffers.take(atLeast: header.recordLength)
+                defer { buffers.give(record) }
                 let got = try await engine.readFully(fd: fd, into: record, at: offset)
-                if verify(record, length: got, expecting: header.key) != nil {
+                if verifiedPayload(record, length: got, expecting: header.key) != nil {
                     let location = Location(segment: id, offset: offset, recordLength: header.recordLength, sequence: header.sequence)
                     if (index[header.key]?.sequence ?? 0) < header.sequence {
                         index[header.key] = location

@@ -1,0 +1,99 @@
+import Foundation
+
+/// `strata bench store`: the NVMe block log measured through its own API, `queueDepth`
+/// operations in flight. `put` appends `size / blockSize` blocks (cache durability); `rand-get`
+/// fills the log first if needed, then reads blocks at random into reused buffers, verifying
+/// every checksum as a real get does.
+public struct StoreBenchmark: Sendable {
+    public enum Pattern: String, Sendable, CaseIterable {
+        case put
+        case randGet = "rand-get"
+    }
+
+    public var directory: String
+    public var totalBytes: UInt64
+    public var blockSize: Int
+    public var queueDepth: Int
+    public var pattern: Pattern
+
+    public init(directory: String, totalBytes: UInt64, blockSize: Int, queueDepth: Int, pattern: Pattern) {
+        self.directory = directory
+        self.totalBytes = totalBytes
+        self.blockSize = blockSize
+        self.queueDepth = queueDepth
+        self.pattern = pattern
+    }
+
+    static func key(_ i: Int) -> BlockKey { BlockKey(bytes: Array("bench-\(i)".utf8)) }
+
+    public func run(engine: any IOEngine) async throws -> IOBenchmark.Result {
+        let blocks = max(1, Int(totalBytes / UInt64(blockSize)))
+        let segmentBytes = max(64 << 20, BlockHeader.recordLength(storedLength: blockSize) * 4)
+        let log = try await SegmentLog.open(
+            .init(directory: directory, segmentBytes: segmentBytes, budgetBytes: UInt64.max / 2), engine: engine)
+        let payload = BenchmarkBytes.bytes(blockSize)
+        if pattern == .randGet {
+            // fill what is missing, without timing it
+            _ = try await Self.parallel(workers: queueDepth, count: blocks) { i in
+                if await !log.contains(Self.key(i)) { try await log.put(Self.key(i), payload, durable: false) }
+            }
+        }
+        let recordLength = BlockHeader.recordLength(storedLength: blockSize)
+        let pool = IOBufferPool(perClass: queueDepth)
+        let started = ContinuousClock.now
+        let latencies: [Double] = try await Self.parallel(workers: queueDepth, count: blocks) { i in
+            let t0 = ContinuousClock.now
+            switch pattern {
+            case .put:
+                try await log.put(Self.key(i), payload, durable: false)
+            case .randGet:
+                let buffer = pool.take(atLeast: recordLength)
+                defer { pool.give(buffer) }
+                var seed = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
+                seed ^= seed >> 29
+                guard try await log.get(Self.key(Int(seed % UInt64(blocks))), into: buffer) != nil else {
+                    throw IOError(operation: "get", errno: ENOENT, detail: "a filled block was missing or corrupt")
+                }
+            }
+            let took = (ContinuousClock.now - t0).components
+            return Double(took.seconds) * 1e6 + Double(took.attoseconds) / 1e12
+        }.sorted()
+        let elapsed = (ContinuousClock.now - started).components
+        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+        await log.close()
+        let bytes = UInt64(latencies.count) * UInt64(blockSize)
+        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(p / 100 * Double(latencies.count - 1)))] }
+        return IOBenchmark.Result(
+            engine: engine.name, pattern: pattern.rawValue, block_size: blockSize, queue_depth: queueDepth, bytes: bytes,
+            seconds: seconds, bytes_per_second: Double(bytes) / seconds, iops: Double(latencies.count) / seconds,
+            p50_us: percentile(50), p99_us: percentile(99))
+    }
+
+    /// Runs `body(i)` for i in 0..<count on `workers` concurrent tasks; collects the results.
+    static func parallel<T: Sendable>(workers: Int, count: Int, _ body: @escaping @Sendable (Int) async throws -> T) async throws -> [T] {
+        let next = IOBenchmark.Counter()
+        return try await withThrowingTaskGroup(of: [T].self) { group in
+            for _ in 0..<workers {
+                group.addTask {
+                    var results: [T] = []
+                    while let i = next.take(below: count) { results.append(try await body(i)) }
+                    return results
+                }
+            }
+            var all: [T] = []
+            for try await results in group { all += results }
+            return all
+        }
+    }
+}
+
+/// Deterministic filler bytes for benchmarks.
+enum BenchmarkBytes {
+    static func bytes(_ count: Int) -> [UInt8] {
+        var state: UInt64 = 0x1234_5678
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return UInt8(truncatingIfNeeded: state >> 33)
+        }
+    }
+}

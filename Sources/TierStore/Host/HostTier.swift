@@ -1,0 +1,197 @@
+import Glibc
+import Synchronization
+
+/// The host-RAM tier: one pre-faulted anonymous mapping (MAP_POPULATE: first-touch faults are
+/// very slow on these VMs, so they are all paid at start) carved by a buddy allocator, under a
+/// byte budget. Gets hand out borrowed views into the arena, no copy; a block that is borrowed
+/// is never evicted or overwritten under its reader. When room is needed, the least recently
+/// used unborrowed blocks are evicted: handed to `demote` (to the NVMe tier) or dropped.
+// @unchecked: `base` is written only in slots the allocator hands to one writer at a time;
+// all bookkeeping is under `state`.
+public final class HostTier: @unchecked Sendable {
+    public struct Stats: Sendable, Equatable {
+        public var blocks = 0
+        public var usedBytes = 0
+        public var budgetBytes = 0
+        public var hits = 0
+        public var misses = 0
+        public var evictions = 0
+        public var demotions = 0
+    }
+
+    struct Entry {
+        var offset: Int
+        var length: Int
+        var lastUse: UInt64
+        var borrowers = 0
+        /// Replaced or removed while borrowed: freed when the last borrower lets go.
+        var retired = false
+    }
+
+    struct State {
+        var allocator: BuddyAllocator
+        var entries: [BlockKey: Entry] = [:]
+        /// Retired entries still borrowed, by offset.
+        var zombies: [Int: Entry] = [:]
+        var clock: UInt64 = 0
+        var stats = Stats()
+    }
+
+    public static let unitSize = 16 << 20
+    public let capacity: Int
+    private let base: UnsafeMutableRawPointer
+    private let state: Mutex<State>
+    /// Receives evicted blocks' bytes (to write them to a lower tier); nil drops them.
+    private let demote: (@Sendable (BlockKey, [UInt8]) -> Void)?
+
+    /// `budgetBytes` is rounded up to whole 16 MiB units. Blocks larger than a unit do not fit here.
+    public init(budgetBytes: Int, demote: (@Sendable (BlockKey, [UInt8]) -> Void)? = nil) throws {
+        let units = max(1, (budgetBytes + Self.unitSize - 1) / Self.unitSize)
+        capacity = units * Self.unitSize
+        let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else { throw IOError(operation: "mmap \(capacity) bytes", errno: errno) }
+        base = mapped
+        var initial = State(allocator: BuddyAllocator(unitSize: Self.unitSize, units: units))
+        initial.stats.budgetBytes = capacity
+        state = Mutex(initial)
+        self.demote = demote
+    }
+
+    deinit { munmap(base, capacity) }
+
+    public var stats: Stats { state.withLock { $0.stats } }
+
+    /// Stores a copy of `bytes` under `key`, evicting least recently used blocks if needed.
+    /// Returns false when it cannot fit (larger than a unit, or everything else is borrowed).
+    @discardableResult
+    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var evicted: [(BlockKey, [UInt8])] = []
+        let offset: Int? = state.withLock { state in
+            guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
+            if let old = state.entries.removeValue(forKey: key) { retire(old, &state) }
+            while true {
+                if let offset = state.allocator.allocate(max(bytes.count, 1)) { return offset }
+                guard let victim = leastRecentlyUsedUnborrowed(state) else { return nil }
+                let entry = state.entries.removeValue(forKey: victim)!
+                if demote != nil {
+                    evicted.append((victim, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length))))
+                }
+                retire(entry, &state)
+                state.stats.evictions += 1
+            }
+        }
+        if let demote {
+            for (victim, data) in evicted { demote(victim, data) }
+            state.withLock { $0.stats.demotions += evicted.count }
+        }
+        guard let offset else { return false }
+        // The slot is ours alone until published below.
+        (base + offset).copyMemory(from: bytes.baseAddress ?? UnsafeRawPointer(base), byteCount: bytes.count)
+        state.withLock { state in
+            state.clock += 1
+            // a concurrent put of the same key published first: this one is newer
+            if let other = state.entries.removeValue(forKey: key) { retire(other, &state) }
+            state.entries[key] = Entry(offset: offset, length: bytes.count, lastUse: state.clock)
+            state.stats.blocks = state.entries.count
+            state.stats.usedBytes = state.allocator.allocatedBytes
+        }
+        return true
+    }
+
+    /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot
+    /// be evicted or overwritten while `body` runs.
+    public func withBlock<T>(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+        guard let view = borrow(key) else { return nil }
+        defer { view.release() }
+        return try body(view.bytes)
+    }
+
+    /// A borrowed view that keeps the block in place until `release()` (or deinit).
+    public func borrow(_ key: BlockKey) -> HostBlockView? {
+        let found: Entry? = state.withLock { state in
+            guard var entry = state.entries[key] else {
+                state.stats.misses += 1
+                return nil
+            }
+            state.clock += 1
+            entry.lastUse = state.clock
+            entry.borrowers += 1
+            state.entries[key] = entry
+            state.stats.hits += 1
+            return entry
+        }
+        guard let found else { return nil }
+        return HostBlockView(tier: self, key: key, offset: found.offset,
+                             bytes: UnsafeRawBufferPointer(start: base + found.offset, count: found.length))
+    }
+
+    public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.entries[key] != nil } }
+
+    public func remove(_ key: BlockKey) {
+        state.withLock { state in
+            if let entry = state.entries.removeValue(forKey: key) { retire(entry, &state) }
+            state.stats.blocks = state.entries.count
+            state.stats.usedBytes = state.allocator.allocatedBytes
+        }
+    }
+
+    func giveBack(_ key: BlockKey, offset: Int) {
+        state.withLock { state in
+            if var entry = state.entries[key], entry.offset == offset {
+                entry.borrowers -= 1
+                state.entries[key] = entry
+            } else if var zombie = state.zombies[offset] {
+                zombie.borrowers -= 1
+                if zombie.borrowers == 0 {
+                    state.zombies[offset] = nil
+                    state.allocator.release(offset)
+                } else {
+                    state.zombies[offset] = zombie
+                }
+            }
+            state.stats.usedBytes = state.allocator.allocatedBytes
+        }
+    }
+
+    private func retire(_ entry: Entry, _ state: inout State) {
+        if entry.borrowers == 0 {
+            state.allocator.release(entry.offset)
+        } else {
+            var zombie = entry
+            zombie.retired = true
+            state.zombies[entry.offset] = zombie
+        }
+        state.stats.blocks = state.entries.count
+        state.stats.usedBytes = state.allocator.allocatedBytes
+    }
+
+    private func leastRecentlyUsedUnborrowed(_ state: State) -> BlockKey? {
+        state.entries.filter { $0.value.borrowers == 0 }.min { $0.value.lastUse < $1.value.lastUse }?.key
+    }
+}
+
+/// A block borrowed from the host tier: valid until `release()`; released at deinit at the latest.
+public final class HostBlockView: @unchecked Sendable {
+    public let key: BlockKey
+    public let bytes: UnsafeRawBufferPointer
+    private let tier: HostTier
+    private let offset: Int
+    private let released = Mutex(false)
+
+    init(tier: HostTier, key: BlockKey, offset: Int, bytes: UnsafeRawBufferPointer) {
+        self.tier = tier
+        self.key = key
+        self.offset = offset
+        self.bytes = bytes
+    }
+
+    public func release() {
+        let first = released.withLock { released -> Bool in
+            defer { released = true }
+            return !released
+        }
+        if first { tier.giveBack(key, offset: offset) }
+    }
+
+    deinit { release() }
+}

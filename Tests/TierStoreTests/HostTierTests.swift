@@ -1,0 +1,123 @@
+import Synchronization
+import Testing
+@testable import TierStore
+
+struct BuddyAllocatorTests {
+    @Test func splitsAndMergesBackToWholeUnits() {
+        var buddy = BuddyAllocator(minBlock: 4096, unitSize: 1 << 20, units: 2)
+        var offsets: [Int] = []
+        while let offset = buddy.allocate(5000) { offsets.append(offset) }   // 8 KiB blocks
+        #expect(offsets.count == 256)
+        #expect(buddy.allocatedBytes == buddy.capacity)
+        for offset in offsets { buddy.release(offset) }
+        #expect(buddy.allocatedBytes == 0)
+        #expect(buddy.allocate(1 << 20) != nil && buddy.allocate(1 << 20) != nil, "merged back into two whole units")
+        #expect(buddy.allocate(1 << 20) == nil)
+        #expect(buddy.allocate((1 << 20) + 1) == nil && buddy.blockSize(for: (1 << 20) + 1) == nil)
+    }
+
+    @Test func randomUseNeverOverlaps() {
+        var buddy = BuddyAllocator(minBlock: 4096, unitSize: 1 << 20, units: 3)
+        var live: [Int: Int] = [:]   // offset → block size
+        var seed: UInt64 = 42
+        var overlaps = 0, misaligned = 0, accountingErrors = 0
+        for _ in 0..<3000 {
+            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            if seed >> 63 == 0 || live.isEmpty {
+                let size = Int(seed >> 40) % (300 << 10) + 1
+                if let offset = buddy.allocate(size) {
+                    let block = buddy.blockSize(for: size)!
+                    if offset % block != 0 { misaligned += 1 }
+                    for (other, otherSize) in live where !(offset + block <= other || other + otherSize <= offset) {
+                        overlaps += 1
+                    }
+                    live[offset] = block
+                }
+            } else {
+                let offset = live.keys.sorted()[Int(seed >> 33) % live.count]
+                buddy.release(offset)
+                live[offset] = nil
+            }
+            if buddy.allocatedBytes != live.values.reduce(0, +) { accountingErrors += 1 }
+        }
+        #expect(overlaps == 0 && misaligned == 0 && accountingErrors == 0)
+        #expect(live.count > 5, "the run kept several blocks alive at once")
+    }
+}
+
+struct HostTierTests {
+    /// Cheap to build even in debug: one byte value per seed (a torn read mixes seeds), with the
+    /// length stamped in front.
+    static func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] {
+        var bytes = [UInt8](repeating: seed, count: n)
+        for i in 0..<min(8, n) { bytes[i] = UInt8(truncatingIfNeeded: n >> (8 * i)) }
+        return bytes
+    }
+    static func key(_ i: Int) -> BlockKey { BlockKey(bytes: [UInt8(i & 0xFF), UInt8(i >> 8)]) }
+
+    @Test func putAndBorrowInPlace() throws {
+        let tier = try HostTier(budgetBytes: 16 << 20)
+        let data = Self.bytes(100_000, 1)
+        #expect(data.withUnsafeBytes { tier.put(Self.key(1), $0) })
+        let a = try #require(tier.borrow(Self.key(1)))
+        let b = try #require(tier.borrow(Self.key(1)))
+        #expect(a.bytes.baseAddress == b.bytes.baseAddress, "views point into the arena, no copy")
+        #expect(Array(a.bytes) == data)
+        a.release(); b.release()
+        #expect(tier.withBlock(Self.key(2)) { _ in 0 } == nil)
+        #expect(tier.stats.hits == 2 && tier.stats.misses == 1)
+        #expect(!Self.bytes(17 << 20, 0).withUnsafeBytes { tier.put(Self.key(3), $0) }, "larger than a unit")
+    }
+
+    @Test func evictsLeastRecentlyUsedAndDemotesItsBytes() throws {
+        let demoted = Mutex<[BlockKey: [UInt8]]>([:])
+        let tier = try HostTier(budgetBytes: 16 << 20) { key, bytes in demoted.withLock { $0[key] = bytes } }
+        let block = 4 << 20   // four fit in one unit
+        for i in 0..<4 { _ = Self.bytes(block, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        _ = tier.withBlock(Self.key(0)) { _ in () }   // 0 is now the most recently used
+        _ = Self.bytes(block, 9).withUnsafeBytes { tier.put(Self.key(9), $0) }
+        #expect(!tier.contains(Self.key(1)), "least recently used went")
+        #expect(tier.contains(Self.key(0)) && tier.contains(Self.key(9)))
+        #expect(demoted.withLock { $0[Self.key(1)] } == Self.bytes(block, 1), "demoted with its exact bytes")
+        #expect(tier.stats.evictions == 1 && tier.stats.demotions == 1)
+        #expect(tier.stats.usedBytes <= tier.capacity)
+    }
+
+    @Test func borrowedBlocksAreNeverEvictedOrOverwritten() throws {
+        let tier = try HostTier(budgetBytes: 16 << 20)
+        let pinned = Self.bytes(4 << 20, 7)
+        _ = pinned.withUnsafeBytes { tier.put(Self.key(0), $0) }
+        let view = try #require(tier.borrow(Self.key(0)))
+        // churn far past the budget while the view is held
+        for i in 1..<40 { _ = Self.bytes(4 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        #expect(tier.contains(Self.key(0)))
+        #expect(Array(view.bytes) == pinned)
+        // replacing a borrowed block: the reader keeps the old bytes until it lets go
+        _ = Self.bytes(1000, 99).withUnsafeBytes { tier.put(Self.key(0), $0) }
+        #expect(Array(view.bytes) == pinned)
+        #expect(tier.withBlock(Self.key(0)) { Array($0) } == Self.bytes(1000, 99))
+        view.release()
+        #expect(tier.stats.usedBytes <= tier.capacity)
+        // everything unborrowed can go, so a full unit fits again
+        #expect(Self.bytes(16 << 20, 1).withUnsafeBytes { tier.put(Self.key(500), $0) })
+    }
+
+    @Test func concurrentReadersAndWritersStayConsistent() async throws {
+        let tier = try HostTier(budgetBytes: 32 << 20)
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    for round in 0..<300 {
+                        let i = (round * 7 + worker) % 50
+                        if round % 3 == 0 {
+                            _ = Self.bytes(300_000, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) }
+                        } else if let got = tier.withBlock(Self.key(i), { Array($0) }) {
+                            #expect(got == Self.bytes(300_000, UInt8(i)), "block \(i) read torn or wrong")
+                        }
+                    }
+                }
+            }
+        }
+        #expect(tier.stats.usedBytes <= tier.capacity)
+    }
+}

@@ -150,7 +150,7 @@ struct StoreBench: AsyncParsableCommand {
 
     @Option(help: "Directory of the block log (created if missing; reused between runs).")
     var dir: String
-    @Option(help: "put or rand-get.")
+    @Option(help: "put, rand-get (NVMe log) or host-get (host tier, against memcpy).")
     var pattern: String = "rand-get"
     @Option(help: "Bytes to put, or to fill and read (KiB/MiB/GiB suffixes).")
     var size: String = "1GiB"
@@ -165,7 +165,7 @@ struct StoreBench: AsyncParsableCommand {
 
     func run() async throws {
         guard let pattern = StoreBenchmark.Pattern(rawValue: pattern) else {
-            throw ValidationError("--pattern '\(pattern)': expected put or rand-get (objects and seq-read are not built yet)")
+            throw ValidationError("--pattern '\(pattern)': expected put, rand-get or host-get (objects and seq-read are not built yet)")
         }
         let (kind, block, total) = try BenchOptions.validate(
             engine: engine, blockSize: blockSize, size: size, queueDepth: queueDepth, aligned: false)
@@ -207,6 +207,9 @@ enum BenchOptions {
         print(String(format: "%@ %@ bs=%@ qd=%d: %.1f MiB/s, %.0f IOPS, p50 %.0f us, p99 %.0f us",
                      result.engine, result.pattern, ConfigUnits.formatBytes(UInt64(result.block_size)), result.queue_depth,
                      result.bytes_per_second / 1048576, result.iops, result.p50_us, result.p99_us))
+        if let baseline = result.baseline_p50_us {
+            print(String(format: "  baseline (memcpy of the same size): p50 %.1f us", baseline))
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]

@@ -49,6 +49,11 @@ def test_bench_store_puts_then_reads_back_verified(tmp_path):
         assert result["pattern"] == pattern and result["bytes"] == 8 << 20
         for key in ("bytes_per_second", "iops", "p50_us", "p99_us"):
             assert result[key] > 0, (key, result)
+    host = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--size", "8MiB", "--block-size", "256KiB",
+                           "--pattern", "host-get", "--json"], capture_output=True, text=True, timeout=120)
+    assert host.returncode == 0, host.stderr
+    result = json.loads(host.stdout.strip().splitlines()[-1])
+    assert result["engine"] == "host" and result["baseline_p50_us"] > 0 and result["p50_us"] > 0
     bad = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--pattern", "seq-read"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "--pattern 'seq-read'" in bad.stderr

@@ -8,6 +8,8 @@ public struct StoreBenchmark: Sendable {
     public enum Pattern: String, Sendable, CaseIterable {
         case put
         case randGet = "rand-get"
+        /// Host-tier gets (borrowed in place) against memcpy of the same size, alternating.
+        case hostGet = "host-get"
     }
 
     public var directory: String
@@ -27,6 +29,7 @@ public struct StoreBenchmark: Sendable {
     static func key(_ i: Int) -> BlockKey { BlockKey(bytes: Array("bench-\(i)".utf8)) }
 
     public func run(engine: any IOEngine) async throws -> IOBenchmark.Result {
+        if pattern == .hostGet { return try runHostGet() }
         let blocks = max(1, Int(totalBytes / UInt64(blockSize)))
         let segmentBytes = max(64 << 20, BlockHeader.recordLength(storedLength: blockSize) * 4)
         let log = try await SegmentLog.open(
@@ -46,6 +49,8 @@ public struct StoreBenchmark: Sendable {
             switch pattern {
             case .put:
                 try await log.put(Self.key(i), payload, durable: false)
+            case .hostGet:
+                preconditionFailure("handled by runHostGet")
             case .randGet:
                 let buffer = pool.take(atLeast: recordLength)
                 defer { pool.give(buffer) }
@@ -67,6 +72,53 @@ public struct StoreBenchmark: Sendable {
             engine: engine.name, pattern: pattern.rawValue, block_size: blockSize, queue_depth: queueDepth, bytes: bytes,
             seconds: seconds, bytes_per_second: Double(bytes) / seconds, iops: Double(latencies.count) / seconds,
             p50_us: percentile(50), p99_us: percentile(99))
+    }
+
+    /// Random gets from a host tier filled with `totalBytes` of blocks (borrow the view, read its
+    /// first and last byte, release: what a zero-copy consumer pays before using the bytes),
+    /// against a memcpy of the same size from a random block of an equally large pre-faulted
+    /// region, in alternating batches. The memcpy figures come back as the baseline fields.
+    func runHostGet() throws -> IOBenchmark.Result {
+        let blocks = max(1, Int(totalBytes / UInt64(blockSize)))
+        let tier = try HostTier(budgetBytes: Int(totalBytes) + HostTier.unitSize)
+        let payload = BenchmarkBytes.bytes(blockSize)
+        for i in 0..<blocks { _ = payload.withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        let region = IOBuffer(count: blocks * blockSize), target = IOBuffer(count: blockSize)
+        var gets: [Double] = [], copies: [Double] = []
+        var sink: UInt64 = 0
+        var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let rounds = max(blocks, 2000)
+        for batch in 0..<(rounds / 100) {
+            for which in (batch % 2 == 0 ? [0, 1] : [1, 0]) {
+                for _ in 0..<100 {
+                    let t0 = ContinuousClock.now
+                    if which == 0 {
+                        seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
+                        _ = tier.withBlock(Self.key(Int(seed % UInt64(blocks)))) { bytes in
+                            sink &+= UInt64(bytes[0]) &+ UInt64(bytes[bytes.count - 1])
+                        }
+                    } else {
+                        seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
+                        let from = Int(seed % UInt64(blocks)) * blockSize
+                        target.pointer.copyMemory(from: region.pointer + from, byteCount: blockSize)
+                        sink &+= UInt64(target.bytes[0]) &+ UInt64(target.bytes[blockSize - 1])
+                    }
+                    let took = (ContinuousClock.now - t0).components
+                    let us = Double(took.seconds) * 1e6 + Double(took.attoseconds) / 1e12
+                    if which == 0 { gets.append(us) } else { copies.append(us) }
+                }
+            }
+        }
+        precondition(sink != 1, "keeps the reads from being optimized away")
+        gets.sort(); copies.sort()
+        func median(_ xs: [Double]) -> Double { xs[xs.count / 2] }
+        let seconds = gets.reduce(0, +) / 1e6
+        return IOBenchmark.Result(
+            engine: "host", pattern: pattern.rawValue, block_size: blockSize, queue_depth: 1,
+            bytes: UInt64(gets.count * blockSize), seconds: seconds,
+            bytes_per_second: Double(gets.count * blockSize) / seconds, iops: Double(gets.count) / seconds,
+            p50_us: median(gets), p99_us: gets[gets.count * 99 / 100],
+            baseline_p50_us: median(copies), baseline_bytes_per_second: Double(blockSize) / (median(copies) / 1e6))
     }
 
     /// Runs `body(i)` for i in 0..<count on `workers` concurrent tasks; collects the results.

@@ -22,6 +22,9 @@ public struct IOBenchmark: Sendable {
         public var iops: Double
         public var p50_us: Double
         public var p99_us: Double
+        /// For benchmarks measured against a baseline in the same run (host-get: memcpy).
+        public var baseline_p50_us: Double? = nil
+        public var baseline_bytes_per_second: Double? = nil
     }
 
     public var path: String

@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+@testable import TierStore
+
+/// Host tier over the NVMe log: placement, demotion on eviction, promotion on read.
+struct BlockStoreTests {
+    static func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { HostTierTests.bytes(n, seed) }
+    static func key(_ i: Int) -> BlockKey { HostTierTests.key(i) }
+
+    static func isHost(_ read: BlockStore.Read?) -> Bool { if case .host = read { true } else { false } }
+    static func isNVMe(_ read: BlockStore.Read?) -> Bool { if case .nvme = read { true } else { false } }
+
+    @Test func evictedBlocksAreDemotedThenPromotedBack() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 16)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
+        let store = try BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
+        let block = 2 << 20   // 8 fit in the 16 MiB host tier
+        for i in 0..<20 { try await store.put(Self.key(i), Self.bytes(block, UInt8(i)), durable: false) }
+        await store.close()   // waits for queued demotions
+
+        let stats = await store.stats()
+        #expect(stats.host.evictions >= 12)
+        #expect(stats.nvme.blocks + stats.demotionsDropped == stats.host.evictions)
+        // newest blocks are in RAM, oldest were demoted
+        let newest = try await store.get(Self.key(19))
+        #expect(Self.isHost(newest))
+        #expect(newest?.withBytes { Array($0) } == Self.bytes(block, 19))
+        #expect(stats.demotionsDropped == 0, "12 evictions fit the 64-deep demotion queue")
+        let oldest = try await store.get(Self.key(0))
+        #expect(Self.isNVMe(oldest), "read from NVMe")
+        #expect(oldest?.withBytes { Array($0) } == Self.bytes(block, 0))
+        #expect(Self.isHost(try await store.get(Self.key(0))), "promoted into RAM by the read")
+        await log.close()
+    }
+
+    @Test func dropPolicyForgetsEvictedBlocksAndDurablePutsSurviveRestart() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 16)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 16 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try BlockStore(hostBudgetBytes: 16 << 20, nvme: log, policy: .drop)
+        try await store.put(Self.key(100), Self.bytes(1 << 20, 100), durable: true)
+        for i in 0..<20 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
+        await store.close()
+        #expect(try await store.get(Self.key(0)) == nil, "dropped, not demoted")
+        #expect(await log.stats.blocks == 1, "only the durable block reached NVMe")
+        await log.close()
+
+        let reopened = try await SegmentLog.open(config, engine: engine)
+        let again = try BlockStore(hostBudgetBytes: 16 << 20, nvme: reopened)
+        let read = try await again.get(Self.key(100))
+        #expect(Self.isNVMe(read))
+        #expect(read?.withBytes { Array($0) } == Self.bytes(1 << 20, 100))
+        await again.close()
+        await reopened.close()
+    }
+}

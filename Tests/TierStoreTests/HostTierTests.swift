@@ -121,3 +121,32 @@ struct HostTierTests {
         #expect(tier.stats.usedBytes <= tier.capacity)
     }
 }
+
+extension HostTierTests {
+    @Test func budgetShrinksUnderLoadAndGrowsBack() async throws {
+        let tier = try HostTier(budgetBytes: 64 << 20)
+        for i in 0..<30 { _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        #expect(tier.stats.usedBytes == 60 << 20)
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<3 {   // readers and writers keep going while the budget shrinks
+                group.addTask {
+                    for round in 0..<200 {
+                        let i = (round * 5 + worker) % 40
+                        if round % 4 == 0 {
+                            _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) }
+                        } else if let got = tier.withBlock(Self.key(i), { Array($0) }) {
+                            #expect(got == Self.bytes(2 << 20, UInt8(i)))
+                        }
+                    }
+                }
+            }
+            group.addTask { #expect(tier.setBudget(16 << 20)) }
+        }
+        #expect(tier.stats.budgetBytes == 16 << 20)
+        #expect(tier.stats.usedBytes <= 16 << 20, "shrunk to the new budget: \(tier.stats.usedBytes)")
+        #expect(!tier.setBudget(128 << 20), "cannot grow past what was mapped")
+        #expect(tier.setBudget(64 << 20))
+        for i in 100..<128 { _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        #expect(tier.stats.usedBytes > 32 << 20, "the room came back")
+    }
+}

@@ -10,12 +10,15 @@ struct BuddyAllocator {
     /// Order of each allocated offset.
     private var allocated: [Int: Int] = [:]
     private(set) var allocatedBytes = 0
+    /// Units at or past this index take no new allocations (the budget was shrunk below them).
+    var usableUnits: Int
 
     init(minBlock: Int = 4096, unitSize: Int, units: Int) {
         precondition(minBlock > 0 && minBlock & (minBlock - 1) == 0 && unitSize & (unitSize - 1) == 0 && unitSize >= minBlock)
         self.minBlock = minBlock
         self.unitSize = unitSize
         self.units = units
+        self.usableUnits = units
         let orders = (unitSize / minBlock).trailingZeroBitCount + 1
         free = Array(repeating: [], count: orders)
         for unit in 0..<units { free[orders - 1].insert(unit * unitSize) }
@@ -34,9 +37,15 @@ struct BuddyAllocator {
     mutating func allocate(_ count: Int) -> Int? {
         guard let size = blockSize(for: count) else { return nil }
         let order = (size / minBlock).trailingZeroBitCount
+        let limit = usableUnits * unitSize
         var from = order
-        while from < free.count && free[from].isEmpty { from += 1 }
-        guard from < free.count, let offset = free[from].min() else { return nil }
+        var found: Int?
+        while from < free.count {
+            found = free[from].filter { $0 < limit }.min()
+            if found != nil { break }
+            from += 1
+        }
+        guard let offset = found else { return nil }
         free[from].remove(offset)
         while from > order {   // split, keeping the lower half
             from -= 1

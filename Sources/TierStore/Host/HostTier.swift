@@ -87,15 +87,21 @@ public final class HostTier: @unchecked Sendable {
         guard let offset else { return false }
         // The slot is ours alone until published below.
         (base + offset).copyMemory(from: bytes.baseAddress ?? UnsafeRawPointer(base), byteCount: bytes.count)
-        state.withLock { state in
+        let published = state.withLock { state -> Bool in
+            // The budget shrank below this slot while it was being filled: give it back, retry.
+            guard offset < state.allocator.usableUnits * Self.unitSize else {
+                state.allocator.release(offset)
+                return false
+            }
             state.clock += 1
             // a concurrent put of the same key published first: this one is newer
             if let other = state.entries.removeValue(forKey: key) { retire(other, &state) }
             state.entries[key] = Entry(offset: offset, length: bytes.count, lastUse: state.clock)
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
+            return true
         }
-        return true
+        return published ? true : put(key, bytes)
     }
 
     /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot
@@ -123,6 +129,34 @@ public final class HostTier: @unchecked Sendable {
         guard let found else { return nil }
         return HostBlockView(tier: self, key: key, offset: found.offset,
                              bytes: UnsafeRawBufferPointer(start: base + found.offset, count: found.length))
+    }
+
+    /// Changes the budget at run time, up to the capacity mapped at start. Shrinking evicts
+    /// (demoting, by policy) every block above the new budget; a borrowed one goes when its
+    /// reader lets go. Returns false and changes nothing when `bytes` exceeds the capacity.
+    @discardableResult
+    public func setBudget(_ bytes: Int) -> Bool {
+        guard bytes <= capacity, bytes > 0 else { return false }
+        let units = (bytes + Self.unitSize - 1) / Self.unitSize
+        let limit = units * Self.unitSize
+        var evicted: [(BlockKey, [UInt8])] = []
+        state.withLock { state in
+            state.allocator.usableUnits = units
+            state.stats.budgetBytes = limit
+            for (key, entry) in state.entries where entry.offset >= limit {
+                state.entries[key] = nil
+                if demote != nil {
+                    evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length))))
+                }
+                retire(entry, &state)
+                state.stats.evictions += 1
+            }
+        }
+        if let demote {
+            for (key, data) in evicted { demote(key, data) }
+            state.withLock { $0.stats.demotions += evicted.count }
+        }
+        return true
     }
 
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.entries[key] != nil } }

@@ -35,7 +35,10 @@ let package = Package(
         // SQLite for the NVMe tier's catalog; reached only from TierStore/Catalog.
         .systemLibrary(name: "CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
 
-        .target(name: "TierStore", dependencies: ["CStrataURing", "CStrataHash", "CSQLite3"]),
+        .target(
+            name: "TierStore",
+            dependencies: ["CStrataURing", "CStrataHash", "CSQLite3", .product(name: "Metrics", package: "swift-metrics")]
+        ),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.
         .target(name: "Placer"),
@@ -86,6 +89,11 @@ let package = Package(
         .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore"]),
         // Test support: writes blocks until killed, for the crash-recovery tests.
         .executableTarget(name: "strata-fault-writer", dependencies: ["TierStore"]),
-        .testTarget(name: "TierStoreTests", dependencies: ["TierStore", "strata-fault-writer"]),
+        .testTarget(
+            name: "TierStoreTests",
+            dependencies: [
+                "TierStore", "strata-fault-writer", .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
     ]
 )

@@ -71,6 +71,12 @@ public final class BlockStore: Sendable {
         Stats(host: host.stats, nvme: await nvme.stats, demotionsDropped: dropped.value)
     }
 
+    /// Publishes both tiers' figures (see `TierMetrics`).
+    public func report(to metrics: TierMetrics) async {
+        metrics.report(host: host.stats)
+        metrics.report(nvme: await nvme.stats, budgetBytes: nvme.configuration.budgetBytes)
+    }
+
     /// Stops taking demotions and waits until the queued ones are written.
     public func close() async {
         demotions.finish()

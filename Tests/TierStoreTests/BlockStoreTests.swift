@@ -60,3 +60,33 @@ struct BlockStoreTests {
         await reopened.close()
     }
 }
+
+import MetricsTestKit
+
+extension BlockStoreTests {
+    @Test func tierMetricsArePublishedAndCountersStayMonotonic() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20, budgetBytes: 1 << 30), engine: engine)
+        let store = try BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
+        let metrics = TestMetrics()
+        let reporter = TierMetrics(factory: metrics)
+        for i in 0..<10 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: i == 0) }
+        _ = try await store.get(Self.key(9))      // host hit
+        _ = try await store.get(Self.key(999))    // miss in both tiers
+        await store.close()
+        await store.report(to: reporter)
+        await store.report(to: reporter)          // a second report adds nothing new
+
+        #expect(try metrics.expectGauge("strata_tier_budget_bytes", [("tier", "host")]).lastValue == Double(16 << 20))
+        #expect(try metrics.expectGauge("strata_tier_used_bytes", [("tier", "host")]).lastValue == Double(16 << 20))
+        #expect(try metrics.expectGauge("strata_tier_blocks", [("tier", "nvme")]).lastValue == 2, "key 0 (durable, demoted again) and key 1 (demoted)")
+        #expect(try metrics.expectCounter("strata_tier_hits_total", [("tier", "host")]).totalValue == 1)
+        #expect(try metrics.expectCounter("strata_tier_misses_total", [("tier", "nvme")]).totalValue == 1)
+        #expect(try metrics.expectCounter("strata_tier_evictions_total", [("tier", "host")]).totalValue == 2)
+        #expect(try metrics.expectCounter("strata_tier_written_bytes_total", [("tier", "nvme")]).totalValue > 6 << 20)
+        await log.close()
+    }
+}

@@ -32,12 +32,15 @@ let package = Package(
         // libxxhash (XXH3) behind plain types.
         .target(name: "CStrataHash", linkerSettings: [.linkedLibrary("xxhash")]),
 
+        // liblz4 block compression behind plain types.
+        .target(name: "CStrataLZ4", linkerSettings: [.linkedLibrary("lz4")]),
+
         // SQLite for the NVMe tier's catalog; reached only from TierStore/Catalog.
         .systemLibrary(name: "CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
 
         .target(
             name: "TierStore",
-            dependencies: ["CStrataURing", "CStrataHash", "CSQLite3", .product(name: "Metrics", package: "swift-metrics")]
+            dependencies: ["CStrataURing", "CStrataHash", "CSQLite3", "CStrataLZ4", .product(name: "Metrics", package: "swift-metrics")]
         ),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.

@@ -80,6 +80,7 @@ public struct BlockHeader: Equatable, Sendable {
             payloadLength: load(24, UInt32.self), storedLength: load(28, UInt32.self), codec: codec,
             sequence: load(40, UInt64.self), payloadChecksum: load(48, UInt64.self))
         guard codec != .none || header.payloadLength == header.storedLength else { return .failure(.badLength) }
+        guard codec != .lz4 || header.storedLength < header.payloadLength else { return .failure(.badLength) }
         return .success(header)
     }
 }

@@ -14,13 +14,18 @@ public actor SegmentLog {
         public var directory: String
         public var segmentBytes: Int
         public var budgetBytes: UInt64
+        /// `.lz4`: each block is stored compressed when that makes it smaller, else as it is.
+        public var codec: BlockHeader.Codec
 
-        public init(directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30) {
+        public init(
+            directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30, codec: BlockHeader.Codec = .none
+        ) {
             precondition(segmentBytes >= 1 << 20 && segmentBytes % BlockHeader.alignment == 0,
                          "segments are at least 1 MiB and a multiple of 4 KiB")
             self.directory = directory
             self.segmentBytes = segmentBytes
             self.budgetBytes = budgetBytes
+            self.codec = codec
         }
     }
 
@@ -44,6 +49,12 @@ public actor SegmentLog {
         var offset: UInt64
         var recordLength: Int
         var sequence: UInt64
+        /// Bytes after decompression; nil when unknown (catalogued before compression existed,
+        /// and then never compressed).
+        var payloadLength: Int?
+
+        /// Bytes a buffer needs to receive the block with `get(_:into:)`.
+        var bytesNeeded: Int { max(recordLength, payloadLength ?? 0) }
     }
 
     struct Segment {
@@ -84,7 +95,15 @@ public actor SegmentLog {
     }
 
     public func put(_ key: BlockKey, _ payload: [UInt8], durable: Bool) async throws {
-        let recordLength = BlockHeader.recordLength(storedLength: payload.count)
+        var codec = BlockHeader.Codec.none
+        var storedLength = payload.count
+        let compressed = configuration.codec == .lz4 ? buffers.take(atLeast: LZ4.bound(payload.count)) : nil
+        defer { compressed.map(buffers.give) }
+        if let compressed, let n = payload.withUnsafeBytes({ LZ4.compress($0, into: compressed.bytes) }) {
+            codec = .lz4
+            storedLength = n
+        }
+        let recordLength = BlockHeader.recordLength(storedLength: storedLength)
         guard recordLength <= configuration.segmentBytes else {
             throw PutError.tooLarge(bytes: payload.count, segmentBytes: configuration.segmentBytes)
         }
@@ -97,10 +116,15 @@ public actor SegmentLog {
 
         let buffer = buffers.take(atLeast: recordLength)
         defer { buffers.give(buffer) }
-        let checksum = payload.withUnsafeBytes { BlockKey.hash64($0) }
-        BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(payload.count), codec: .none,
-                    sequence: sequence, payloadChecksum: checksum).encode(into: buffer[0..<BlockHeader.length])
-        buffer[BlockHeader.length..<BlockHeader.length + payload.count].copyBytes(from: payload)
+        let stored = buffer[BlockHeader.length..<BlockHeader.length + storedLength]
+        if codec == .lz4, let compressed {
+            stored.copyMemory(from: UnsafeRawBufferPointer(compressed[0..<storedLength]))
+        } else {
+            stored.copyBytes(from: payload)
+        }
+        BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(storedLength), codec: codec,
+                    sequence: sequence, payloadChecksum: BlockKey.hash64(UnsafeRawBufferPointer(stored)))
+            .encode(into: buffer[0..<BlockHeader.length])
         pin(segment.id)
         defer { unpin(segment.id) }
         do {
@@ -113,20 +137,22 @@ public actor SegmentLog {
             throw error
         }
         stats.bytesWritten += UInt64(recordLength)
-        let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence)
+        let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
+                                payloadLength: payload.count)
         if (index[key]?.sequence ?? 0) < sequence {
             if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
         }
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         reclaimOverBudget()
         try await catalog.record(
-            .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence),
+            .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
+                  payloadLength: payload.count),
             durable: durable)
     }
 
     /// The block's bytes, or nil when absent or when its record fails verification.
     public func get(_ key: BlockKey) async throws -> [UInt8]? {
-        guard let length = index[key]?.recordLength else {
+        guard let length = index[key]?.bytesNeeded else {
             stats.misses += 1
             return nil
         }
@@ -136,7 +162,7 @@ public actor SegmentLog {
         return Array(buffer.readOnly[payload])
     }
 
-    /// Reads the block into the caller's buffer (at least `recordLength(of:)` bytes) and returns
+    /// Reads the block into the caller's buffer (at least `bytesNeeded(for:)` bytes) and returns
     /// where its payload lies there, or nil when absent or when the record fails verification.
     /// No allocation: the path for callers that reuse their buffers.
     public func get(_ key: BlockKey, into buffer: IOBuffer) async throws -> Range<Int>? {
@@ -144,12 +170,14 @@ public actor SegmentLog {
             stats.misses += 1
             return nil
         }
-        precondition(buffer.count >= location.recordLength, "buffer smaller than the record")
+        precondition(buffer.count >= location.bytesNeeded, "buffer smaller than the block")
         pin(segment.id)
         defer { unpin(segment.id) }
         let n = try await engine.readFully(fd: segment.fd, into: buffer, range: 0..<location.recordLength, at: location.offset)
         stats.bytesRead += UInt64(n)
-        guard let payload = verifiedPayload(buffer, length: n, expecting: key) else {
+        guard let (header, stored) = verifiedRecord(buffer, length: n, expecting: key),
+            let payload = decoded(header, stored: stored, in: buffer)
+        else {
             stats.checksumFailures += 1
             stats.misses += 1
             if index[key] == location {
@@ -164,7 +192,7 @@ public actor SegmentLog {
     }
 
     /// Bytes a buffer needs to receive the block with `get(_:into:)`, or nil when absent.
-    public func recordLength(of key: BlockKey) -> Int? { index[key]?.recordLength }
+    public func bytesNeeded(for key: BlockKey) -> Int? { index[key]?.bytesNeeded }
 
     public func contains(_ key: BlockKey) -> Bool { index[key] != nil }
 
@@ -190,16 +218,35 @@ public actor SegmentLog {
 
     // MARK: Verification and recovery
 
-    /// Where the payload lies if the record is whole: header valid, key as expected, checksum matching.
-    private func verifiedPayload(_ buffer: IOBuffer, length: Int, expecting key: BlockKey) -> Range<Int>? {
+    /// The header and where the stored bytes lie, if the record is whole: header valid, key as
+    /// expected, stored-bytes checksum matching.
+    private func verifiedRecord(_ buffer: IOBuffer, length: Int, expecting key: BlockKey) -> (BlockHeader, Range<Int>)? {
         guard case .success(let header) = BlockHeader.decode(UnsafeRawBufferPointer(buffer[0..<min(length, BlockHeader.length)])),
             header.key == key,
-            header.codec == .none,
             BlockHeader.length + Int(header.storedLength) <= length
         else { return nil }
-        let payload = BlockHeader.length..<BlockHeader.length + Int(header.storedLength)
-        guard BlockKey.hash64(UnsafeRawBufferPointer(buffer[payload])) == header.payloadChecksum else { return nil }
-        return payload
+        let stored = BlockHeader.length..<BlockHeader.length + Int(header.storedLength)
+        guard BlockKey.hash64(UnsafeRawBufferPointer(buffer[stored])) == header.payloadChecksum else { return nil }
+        return (header, stored)
+    }
+
+    /// Where the payload lies in `buffer` once decoded: in place for uncompressed blocks; a
+    /// compressed one is decompressed and moved to the buffer's start. Nil if it does not decode.
+    private func decoded(_ header: BlockHeader, stored: Range<Int>, in buffer: IOBuffer) -> Range<Int>? {
+        switch header.codec {
+        case .none:
+            return stored
+        case .lz4:
+            let length = Int(header.payloadLength)
+            guard length <= buffer.count else { return nil }
+            let scratch = buffers.take(atLeast: length)
+            defer { buffers.give(scratch) }
+            guard LZ4.decompress(UnsafeRawBufferPointer(buffer[stored]), into: scratch.bytes, expected: length) != nil else {
+                return nil
+            }
+            buffer[0..<length].copyMemory(from: UnsafeRawBufferPointer(scratch[0..<length]))
+            return 0..<length
+        }
     }
 
     private func recover() async throws {
@@ -210,7 +257,7 @@ public actor SegmentLog {
         }.sorted()
         for entry in try catalog.loadBlocks() where (index[entry.key]?.sequence ?? 0) < entry.sequence {
             index[entry.key] = Location(segment: entry.segment, offset: entry.offset, recordLength: entry.recordLength,
-                                        sequence: entry.sequence)
+                                        sequence: entry.sequence, payloadLength: entry.payloadLength)
             nextSequence = max(nextSequence, entry.sequence + 1)
         }
         let catalogued = try catalog.cataloguedEnds()
@@ -235,13 +282,14 @@ public actor SegmentLog {
                 let record = buffers.take(atLeast: header.recordLength)
                 defer { buffers.give(record) }
                 let got = try await engine.readFully(fd: fd, into: record, at: offset)
-                if verifiedPayload(record, length: got, expecting: header.key) != nil {
-                    let location = Location(segment: id, offset: offset, recordLength: header.recordLength, sequence: header.sequence)
+                if verifiedRecord(record, length: got, expecting: header.key) != nil {
+                    let location = Location(segment: id, offset: offset, recordLength: header.recordLength,
+                                            sequence: header.sequence, payloadLength: Int(header.payloadLength))
                     if (index[header.key]?.sequence ?? 0) < header.sequence {
                         index[header.key] = location
                         try await catalog.record(
                             .init(key: header.key, segment: id, offset: offset, recordLength: header.recordLength,
-                                  sequence: header.sequence), durable: false)
+                                  sequence: header.sequence, payloadLength: Int(header.payloadLength)), durable: false)
                     }
                     nextSequence = max(nextSequence, header.sequence + 1)
                     offset += UInt64(header.recordLength)

@@ -41,7 +41,7 @@ public struct StoreBenchmark: Sendable {
                 if await !log.contains(Self.key(i)) { try await log.put(Self.key(i), payload, durable: false) }
             }
         }
-        let recordLength = BlockHeader.recordLength(storedLength: blockSize)
+        let recordLength = max(BlockHeader.recordLength(storedLength: blockSize), blockSize)
         let pool = IOBufferPool(perClass: queueDepth)
         let started = ContinuousClock.now
         let latencies: [Double] = try await Self.parallel(workers: queueDepth, count: blocks) { i in

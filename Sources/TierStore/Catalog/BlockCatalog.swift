@@ -11,6 +11,8 @@ final class BlockCatalog: @unchecked Sendable {
         var offset: UInt64
         var recordLength: Int
         var sequence: UInt64
+        /// Bytes after decompression; nil for blocks catalogued before compression existed.
+        var payloadLength: Int?
     }
 
     /// Numbered migrations; `PRAGMA user_version` says how many have run.
@@ -21,6 +23,11 @@ final class BlockCatalog: @unchecked Sendable {
                              PRIMARY KEY (key_hi, key_lo)) WITHOUT ROWID;
         CREATE INDEX blocks_by_segment ON blocks (segment);
         CREATE TABLE segments (id INTEGER PRIMARY KEY, catalogued_end INTEGER NOT NULL);
+        """,
+        // 2: blocks may be stored compressed; readers size buffers by the payload length.
+        // -1 for rows from version 1, which were never compressed.
+        """
+        ALTER TABLE blocks ADD COLUMN payload_length INTEGER NOT NULL DEFAULT -1;
         """,
     ]
 
@@ -47,9 +54,12 @@ final class BlockCatalog: @unchecked Sendable {
     }
 
     func loadBlocks() throws -> [Entry] {
-        try database.query("SELECT key_hi, key_lo, segment, offset, record_length, sequence FROM blocks", columns: 6).map {
+        try database.query(
+            "SELECT key_hi, key_lo, segment, offset, record_length, sequence, payload_length FROM blocks", columns: 7
+        ).map {
             Entry(key: BlockKey(high: UInt64(bitPattern: $0[0]), low: UInt64(bitPattern: $0[1])), segment: Int($0[2]),
-                  offset: UInt64($0[3]), recordLength: Int($0[4]), sequence: UInt64($0[5]))
+                  offset: UInt64($0[3]), recordLength: Int($0[4]), sequence: UInt64($0[5]),
+                  payloadLength: $0[6] < 0 ? nil : Int($0[6]))
         }
     }
 
@@ -104,13 +114,15 @@ final class BlockCatalog: @unchecked Sendable {
                              rows: deletes.map { [Int64(bitPattern: $0.high), Int64(bitPattern: $0.low)] })
             try database.run(
                 """
-                INSERT INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                INSERT INTO blocks (key_hi, key_lo, segment, offset, record_length, sequence, payload_length)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                 ON CONFLICT (key_hi, key_lo) DO UPDATE SET segment = excluded.segment, offset = excluded.offset,
-                  record_length = excluded.record_length, sequence = excluded.sequence WHERE excluded.sequence > blocks.sequence
+                  record_length = excluded.record_length, sequence = excluded.sequence,
+                  payload_length = excluded.payload_length WHERE excluded.sequence > blocks.sequence
                 """,
                 rows: entries.map {
                     [Int64(bitPattern: $0.key.high), Int64(bitPattern: $0.key.low), Int64($0.segment), Int64($0.offset),
-                     Int64($0.recordLength), Int64($0.sequence)]
+                     Int64($0.recordLength), Int64($0.sequence), Int64($0.payloadLength ?? -1)]
                 })
             var ends: [Int: UInt64] = [:]
             for entry in entries { ends[entry.segment] = max(ends[entry.segment] ?? 0, entry.offset + UInt64(entry.recordLength)) }

@@ -1,0 +1,67 @@
+import Foundation
+import Glibc
+import Testing
+@testable import TierStore
+
+struct CodecAndMigrationTests {
+    static func compressible(_ n: Int, _ seed: UInt8) -> [UInt8] {
+        (0..<n).map { i in UInt8(truncatingIfNeeded: (i / 64) &+ Int(seed)) }   // long runs: lz4 shrinks it a lot
+    }
+
+    @Test(arguments: IOEngineContractTests.kinds)
+    func lz4StoresSmallerWhenItPaysAndReadsBackExactly(kind: IOEngineKind) async throws {
+        let engine = try kind.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 4 << 20, codec: .lz4)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let squeezy = Self.compressible(1 << 20, 3)
+        let noisy = IOEngineContractTests.pattern(200_000, seed: 9)   // incompressible: stored as it is
+        try await log.put(BlockKey(bytes: [1]), squeezy, durable: true)
+        try await log.put(BlockKey(bytes: [2]), noisy, durable: true)
+        let written = await log.stats.bytesWritten
+        #expect(written < UInt64(squeezy.count / 4 + noisy.count + 8192), "the compressible block shrank: \(written)")
+        #expect(try await log.get(BlockKey(bytes: [1])) == squeezy)
+        #expect(try await log.get(BlockKey(bytes: [2])) == noisy, "incompressible block stored as it is")
+        // the zero-copy path needs room for the decompressed payload, and says how much
+        #expect(await log.bytesNeeded(for: BlockKey(bytes: [1])) == squeezy.count)
+        let buffer = IOBuffer(count: squeezy.count)
+        let range = try #require(try await log.get(BlockKey(bytes: [1]), into: buffer))
+        #expect(Array(buffer.readOnly[range]) == squeezy)
+        let (path, offset) = try #require(await log.recordLocation(BlockKey(bytes: [1])))
+        await log.close()
+
+        // after a restart the catalog knows the payload length; then damage the compressed bytes
+        let reopened = try await SegmentLog.open(config, engine: engine)
+        #expect(try await reopened.get(BlockKey(bytes: [1])) == squeezy)
+        let fd = open(path, O_WRONLY)
+        var junk: UInt8 = 0x5A
+        #expect(pwrite(fd, &junk, 1, off_t(offset) + 64 + 100) == 1)
+        close(fd)
+        #expect(try await reopened.get(BlockKey(bytes: [1])) == nil, "a damaged compressed block is a miss")
+        #expect(await reopened.stats.checksumFailures == 1)
+        await reopened.close()
+    }
+
+    @Test func catalogMigratesVersionOneAndRefusesNewerSchemas() throws {
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/catalog.sqlite"
+        do {   // a catalog as version 1 wrote it
+            let old = try SQLiteDatabase(path: path)
+            try old.execute("BEGIN; \(BlockCatalog.migrations[0]) PRAGMA user_version = 1; COMMIT;")
+            try old.run("INSERT INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6)", rows: [[7, 8, 1, 4096, 8192, 42]])
+        }
+        let catalog = try BlockCatalog(path: path)
+        let entries = try catalog.loadBlocks()
+        #expect(entries == [BlockCatalog.Entry(key: BlockKey(high: 7, low: 8), segment: 1, offset: 4096, recordLength: 8192,
+                                               sequence: 42, payloadLength: nil)])
+        let version = try SQLiteDatabase(path: path).query("PRAGMA user_version", columns: 1)
+        #expect(version == [[Int64(BlockCatalog.migrations.count)]])
+
+        let future = dir + "/future.sqlite"
+        try SQLiteDatabase(path: future).execute("PRAGMA user_version = 99")
+        #expect(throws: SQLiteDatabase.Error.self) { try BlockCatalog(path: future) }
+    }
+}

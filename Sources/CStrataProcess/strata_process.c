@@ -52,8 +52,14 @@ static pid_t spawn_here(const struct spawn_job *job) {
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0) { dup2(devnull, 0); if (devnull > 2) close(devnull); }
         if (job->log_fd >= 0) { dup2(job->log_fd, 1); dup2(job->log_fd, 2); }
-        /* Close every other descriptor except the report pipe (which closes on exec). */
-        for (int fd = 3; fd < 1024; fd++) if (fd != report[1]) close(fd);
+        /* Nothing else of the daemon's reaches the runtime: mark every other descriptor
+           close-on-exec (the report pipe already is). close_range needs Linux 5.11; older
+           kernels get a loop over the soft limit. */
+        if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) != 0) {
+            long max = sysconf(_SC_OPEN_MAX);
+            if (max < 0 || max > 1048576) max = 1048576;
+            for (int fd = 3; fd < max; fd++) if (fd != report[1]) close(fd);
+        }
         execve(job->path, job->argv, job->envp);
         int e = errno;
         ssize_t unused = write(report[1], &e, sizeof e);
@@ -117,11 +123,8 @@ pid_t strata_spawn(const char *path, char *const argv[], char *const envp[], int
 
 int strata_kill_group(pid_t pid, int signal) {
     if (pid <= 0) return -EINVAL;
-    if (kill(-pid, signal) == 0) return 0;
-    int e = errno;
-    /* The group may be gone while the leader is a zombie; fall back to the leader. */
-    if (e == ESRCH && kill(pid, signal) == 0) return 0;
-    return -e;
+    /* Only the group: once the leader is reaped its pid may belong to someone else. */
+    return kill(-pid, signal) == 0 ? 0 : -errno;
 }
 
 int strata_wait(pid_t pid, int *status_out) {

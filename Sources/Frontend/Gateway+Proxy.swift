@@ -97,13 +97,20 @@ extension Gateway {
                     do {
                         for try await chunk in upstreamResponse.body {
                             observer.streamed(chunk)
-                            try await writer.write(chunk)
+                            do {
+                                try await writer.write(chunk)
+                            } catch {
+                                // the client went away; leaving the loop drops the upstream request
+                                observer.finish(outcome: "client_disconnected")
+                                throw error
+                            }
                         }
                     } catch {
                         if Task.isCancelled || error is CancellationError {
                             observer.finish(outcome: "cancelled")
                             throw error
                         }
+                        if observer.isFinished { throw error }
                         // Headers are out; the clean error is an SSE error event, then the end.
                         logger.warning("stream from \(upstreamLabel) broke: \(describe(error))")
                         observer.finish(outcome: "runtime_failed")

@@ -60,6 +60,8 @@ final class RequestObserver: Sendable {
         finish(outcome: statusCode < 400 ? "ok" : "upstream_\(statusCode)")
     }
 
+    var isFinished: Bool { state.withLockedValue { $0.finished } }
+
     func finish(outcome: String) {
         let tail: String? = state.withLockedValue { state in
             guard !state.finished else { return nil }
@@ -80,7 +82,8 @@ final class RequestObserver: Sendable {
         let finalOutcome = outcome == "ok" && statusCode >= 400 ? "upstream_\(statusCode)" : outcome
         Counter(label: "strata_requests_total",
                 dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", finalOutcome)]).increment()
-        if finalOutcome != "ok" {
+        // a client that leaves is not a server error
+        if !["ok", "cancelled", "client_disconnected"].contains(finalOutcome) {
             Counter(label: "strata_request_errors_total",
                     dimensions: [("model", model), ("endpoint", endpoint.label), ("code", finalOutcome)]).increment()
         }

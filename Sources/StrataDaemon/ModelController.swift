@@ -26,7 +26,6 @@ public actor ModelController {
     let origin: ContinuousClock.Instant
     var placer: Placer
     var waiting: [RequestID: CheckedContinuation<String, any Error>] = [:]
-    var cancelledEarly: Set<RequestID> = []
     var instances: [String: Instance] = [:]
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
@@ -79,11 +78,9 @@ public actor ModelController {
         let id = nextRequestID
         nextRequestID += 1
         let baseURL: String = try await withTaskCancellationHandler {
+            // Runs on this actor without suspending, so a cancellation handler's hop to the
+            // actor always finds the waiter registered (or already answered).
             try await withCheckedThrowingContinuation { continuation in
-                if cancelledEarly.remove(id) != nil {
-                    continuation.resume(throwing: CancellationError())
-                    return
-                }
                 waiting[id] = continuation
                 send(.request(id, model: model))
             }
@@ -97,10 +94,7 @@ public actor ModelController {
     }
 
     private func cancelWaiting(_ id: RequestID) {
-        guard let continuation = waiting.removeValue(forKey: id) else {
-            if id >= nextRequestID - 1 { cancelledEarly.insert(id) }
-            return
-        }
+        guard let continuation = waiting.removeValue(forKey: id) else { return }   // already admitted or rejected
         continuation.resume(throwing: CancellationError())
         send(.cancel(id))
     }
@@ -130,6 +124,11 @@ public actor ModelController {
     // MARK: Runtime processes
 
     private func start(_ model: String) {
+        // Memory freed by a stop during shutdown must not start anything new.
+        guard !shuttingDown else {
+            send(.runtimeExited(model: model, detail: "Strata is shutting down"))
+            return
+        }
         guard let modelConfig = config.models.first(where: { $0.name == model }),
             case .managed(let runtimeName, let modelPath, let modelArgs) = modelConfig.serving,
             let runtime = config.runtimes[runtimeName]
@@ -277,11 +276,12 @@ public actor ModelController {
     /// Stops every runtime: SIGTERM, then SIGKILL after the stop timeout; returns when all are gone.
     func shutdown() async {
         shuttingDown = true
-        for (id, continuation) in waiting {
-            continuation.resume(throwing: GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5))
-            _ = id
-        }
+        let waiters = waiting
         waiting.removeAll()
+        for (id, continuation) in waiters {
+            continuation.resume(throwing: GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5))
+            send(.cancel(id))
+        }
         for name in instances.keys.sorted() {
             logger.info("stopping runtime for shutdown", metadata: ["model": "\(name)"])
             instances[name]?.healthTask?.cancel()

@@ -32,38 +32,46 @@ public final class BlockStore: Sendable {
 
     public let host: HostTier
     public let nvme: SegmentLog
-    private let demotions: AsyncStream<(BlockKey, [UInt8])>.Continuation
+    private let demotions: AsyncStream<(BlockKey, [UInt8], UInt64)>.Continuation
+    /// The generation of each key's newest put; a demotion carries the generation it evicted
+    /// and is skipped if a newer put came since.
+    private let generations = Generations()
     private let dropped = Counter()
     private let writer: Task<Void, Never>
 
     public init(hostBudgetBytes: Int, nvme: SegmentLog, policy: EvictionPolicy = .demote, demotionQueue: Int = 64) throws {
-        let (stream, continuation) = AsyncStream<(BlockKey, [UInt8])>.makeStream(bufferingPolicy: .bufferingOldest(demotionQueue))
+        let (stream, continuation) = AsyncStream<(BlockKey, [UInt8], UInt64)>.makeStream(
+            bufferingPolicy: .bufferingOldest(demotionQueue))
         let dropped = self.dropped
+        let generations = self.generations
         self.demotions = continuation
         self.nvme = nvme
-        var demote: (@Sendable (BlockKey, [UInt8]) -> Void)?
+        var demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)?
         if policy == .demote {
-            demote = { key, bytes in
-                if case .dropped = continuation.yield((key, bytes)) { dropped.add() }
+            demote = { key, bytes, generation in
+                if case .dropped = continuation.yield((key, bytes, generation)) { dropped.add() }
             }
         }
         self.host = try HostTier(budgetBytes: hostBudgetBytes, demote: demote)
         writer = Task {
-            for await (key, bytes) in stream {
-                try? await nvme.put(key, bytes, durable: false)
+            for await (key, bytes, generation) in stream {
+                // Checked on the log's executor right before the write gets its sequence
+                // number, so a newer put of the key always ends up on top.
+                try? await nvme.put(key, bytes, durable: false) { generations.current(key) != generation }
             }
         }
     }
 
     public func put(_ key: BlockKey, _ bytes: [UInt8], durable: Bool) async throws {
+        let generation = generations.bump(key)
         if durable { try await nvme.put(key, bytes, durable: true) }
-        _ = bytes.withUnsafeBytes { host.put(key, $0) }
+        _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generation) }
     }
 
     public func get(_ key: BlockKey) async throws -> Read? {
         if let view = host.borrow(key) { return .host(view) }
         guard let bytes = try await nvme.get(key) else { return nil }
-        _ = bytes.withUnsafeBytes { host.put(key, $0) }
+        _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generations.current(key)) }
         return .nvme(bytes)
     }
 
@@ -81,6 +89,18 @@ public final class BlockStore: Sendable {
     public func close() async {
         demotions.finish()
         await writer.value
+    }
+
+    final class Generations: Sendable {
+        private let state = Mutex<(next: UInt64, byKey: [BlockKey: UInt64])>((1, [:]))
+        func bump(_ key: BlockKey) -> UInt64 {
+            state.withLock { state in
+                defer { state.next += 1 }
+                state.byKey[key] = state.next
+                return state.next
+            }
+        }
+        func current(_ key: BlockKey) -> UInt64 { state.withLock { $0.byKey[key] ?? 0 } }
     }
 
     final class Counter: Sendable {

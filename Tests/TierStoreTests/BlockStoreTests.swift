@@ -90,3 +90,28 @@ extension BlockStoreTests {
         await log.close()
     }
 }
+
+extension BlockStoreTests {
+    @Test func aQueuedDemotionNeverOverridesANewerDurablePut() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 16 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
+        for round in 0..<20 {
+            let key = Self.key(1000 + round)
+            try await store.put(key, Self.bytes(2 << 20, 1), durable: false)            // v1, cache only
+            for i in 0..<8 { try await store.put(Self.key(round * 10 + i), Self.bytes(2 << 20, 9), durable: false) }  // evicts v1
+            try await store.put(key, Self.bytes(2 << 20, 2), durable: true)             // v2, durable
+        }
+        await store.close()
+        await log.close()
+        let reopened = try await SegmentLog.open(config, engine: engine)
+        for round in 0..<20 {
+            #expect(try await reopened.get(Self.key(1000 + round)) == Self.bytes(2 << 20, 2), "round \(round): v1 came back")
+        }
+        await reopened.close()
+    }
+}

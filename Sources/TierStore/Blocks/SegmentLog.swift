@@ -94,7 +94,13 @@ public actor SegmentLog {
         return log
     }
 
-    public func put(_ key: BlockKey, _ payload: [UInt8], durable: Bool) async throws {
+    /// Appends the block. `unlessSuperseded` is checked on the log's executor just before the
+    /// block gets its sequence number: a caller whose value may have been replaced meanwhile
+    /// (a queued demotion) skips the write rather than land an older value on top.
+    public func put(
+        _ key: BlockKey, _ payload: [UInt8], durable: Bool, unlessSuperseded: (@Sendable () -> Bool)? = nil
+    ) async throws {
+        if let unlessSuperseded, unlessSuperseded() { return }
         var codec = BlockHeader.Codec.none
         var storedLength = payload.count
         let compressed = configuration.codec == .lz4 ? buffers.take(atLeast: LZ4.bound(payload.count)) : nil
@@ -122,6 +128,8 @@ public actor SegmentLog {
         } else {
             stored.copyBytes(from: payload)
         }
+        // Pooled buffers hold an earlier block's bytes: never write them out as padding.
+        buffer[BlockHeader.length + storedLength..<recordLength].initializeMemory(as: UInt8.self, repeating: 0)
         BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(storedLength), codec: codec,
                     sequence: sequence, payloadChecksum: BlockKey.hash64(UnsafeRawBufferPointer(stored)))
             .encode(into: buffer[0..<BlockHeader.length])
@@ -137,6 +145,11 @@ public actor SegmentLog {
             throw error
         }
         stats.bytesWritten += UInt64(recordLength)
+        // The segment may have been reclaimed while this write was in flight: then the block
+        // is gone with it, and a durable put must not report success.
+        guard segments[segment.id] != nil else {
+            throw IOError(operation: "put", errno: ENOSPC, detail: "segment reclaimed under the budget during the write")
+        }
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                                 payloadLength: payload.count)
         if (index[key]?.sequence ?? 0) < sequence {
@@ -166,7 +179,13 @@ public actor SegmentLog {
     /// where its payload lies there, or nil when absent or when the record fails verification.
     /// No allocation: the path for callers that reuse their buffers.
     public func get(_ key: BlockKey, into buffer: IOBuffer) async throws -> Range<Int>? {
-        guard let location = index[key], let segment = segments[location.segment] else {
+        guard let location = index[key] else {
+            stats.misses += 1
+            return nil
+        }
+        guard let segment = segments[location.segment] else {
+            index[key] = nil   // its segment was reclaimed
+            stats.blocks -= 1
             stats.misses += 1
             return nil
         }
@@ -176,6 +195,7 @@ public actor SegmentLog {
         let n = try await engine.readFully(fd: segment.fd, into: buffer, range: 0..<location.recordLength, at: location.offset)
         stats.bytesRead += UInt64(n)
         guard let (header, stored) = verifiedRecord(buffer, length: n, expecting: key),
+            header.sequence == location.sequence, header.recordLength == location.recordLength,
             let payload = decoded(header, stored: stored, in: buffer)
         else {
             stats.checksumFailures += 1

@@ -81,8 +81,21 @@ final class BlockCatalog: @unchecked Sendable {
         }
     }
 
-    func remove(_ key: BlockKey) { enqueue { $0.pendingDeletes.append(key) } }
-    func dropSegment(_ id: Int) { enqueue { $0.droppedSegments.append(id) } }
+    // A batch runs its deletes before its upserts, so a delete drops the upserts queued before
+    // it; whatever is queued after it is newer and rightly wins.
+    func remove(_ key: BlockKey) {
+        enqueue {
+            $0.pending.removeAll { $0.key == key }
+            $0.pendingDeletes.append(key)
+        }
+    }
+
+    func dropSegment(_ id: Int) {
+        enqueue {
+            $0.pending.removeAll { $0.segment == id }
+            $0.droppedSegments.append(id)
+        }
+    }
 
     /// Waits until everything queued so far is committed.
     func flush() async throws {

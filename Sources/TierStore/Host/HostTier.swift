@@ -23,6 +23,8 @@ public final class HostTier: @unchecked Sendable {
         var offset: Int
         var length: Int
         var lastUse: UInt64
+        /// The caller's tag for this value (BlockStore: its generation), handed back on eviction.
+        var tag: UInt64 = 0
         var borrowers = 0
         /// Replaced or removed while borrowed: freed when the last borrower lets go.
         var retired = false
@@ -42,10 +44,10 @@ public final class HostTier: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     private let state: Mutex<State>
     /// Receives evicted blocks' bytes (to write them to a lower tier); nil drops them.
-    private let demote: (@Sendable (BlockKey, [UInt8]) -> Void)?
+    private let demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)?
 
     /// `budgetBytes` is rounded up to whole 16 MiB units. Blocks larger than a unit do not fit here.
-    public init(budgetBytes: Int, demote: (@Sendable (BlockKey, [UInt8]) -> Void)? = nil) throws {
+    public init(budgetBytes: Int, demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)? = nil) throws {
         let units = max(1, (budgetBytes + Self.unitSize - 1) / Self.unitSize)
         capacity = units * Self.unitSize
         let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
@@ -64,8 +66,8 @@ public final class HostTier: @unchecked Sendable {
     /// Stores a copy of `bytes` under `key`, evicting least recently used blocks if needed.
     /// Returns false when it cannot fit (larger than a unit, or everything else is borrowed).
     @discardableResult
-    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        var evicted: [(BlockKey, [UInt8])] = []
+    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0) -> Bool {
+        var evicted: [(BlockKey, [UInt8], UInt64)] = []
         let offset: Int? = state.withLock { state in
             guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
             if let old = state.entries.removeValue(forKey: key) { retire(old, &state) }
@@ -74,14 +76,14 @@ public final class HostTier: @unchecked Sendable {
                 guard let victim = leastRecentlyUsedUnborrowed(state) else { return nil }
                 let entry = state.entries.removeValue(forKey: victim)!
                 if demote != nil {
-                    evicted.append((victim, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length))))
+                    evicted.append((victim, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
                 }
                 retire(entry, &state)
                 state.stats.evictions += 1
             }
         }
         if let demote {
-            for (victim, data) in evicted { demote(victim, data) }
+            for (victim, data, tag) in evicted { demote(victim, data, tag) }
             state.withLock { $0.stats.demotions += evicted.count }
         }
         guard let offset else { return false }
@@ -96,12 +98,12 @@ public final class HostTier: @unchecked Sendable {
             state.clock += 1
             // a concurrent put of the same key published first: this one is newer
             if let other = state.entries.removeValue(forKey: key) { retire(other, &state) }
-            state.entries[key] = Entry(offset: offset, length: bytes.count, lastUse: state.clock)
+            state.entries[key] = Entry(offset: offset, length: bytes.count, lastUse: state.clock, tag: tag)
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return true
         }
-        return published ? true : put(key, bytes)
+        return published ? true : put(key, bytes, tag: tag)
     }
 
     /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot
@@ -139,21 +141,21 @@ public final class HostTier: @unchecked Sendable {
         guard bytes <= capacity, bytes > 0 else { return false }
         let units = (bytes + Self.unitSize - 1) / Self.unitSize
         let limit = units * Self.unitSize
-        var evicted: [(BlockKey, [UInt8])] = []
+        var evicted: [(BlockKey, [UInt8], UInt64)] = []
         state.withLock { state in
             state.allocator.usableUnits = units
             state.stats.budgetBytes = limit
             for (key, entry) in state.entries where entry.offset >= limit {
                 state.entries[key] = nil
                 if demote != nil {
-                    evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length))))
+                    evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
                 }
                 retire(entry, &state)
                 state.stats.evictions += 1
             }
         }
         if let demote {
-            for (key, data) in evicted { demote(key, data) }
+            for (key, data, tag) in evicted { demote(key, data, tag) }
             state.withLock { $0.stats.demotions += evicted.count }
         }
         return true

@@ -74,18 +74,10 @@ public final class HostTier: @unchecked Sendable {
             while true {
                 if let offset = state.allocator.allocate(max(bytes.count, 1)) { return offset }
                 guard let victim = leastRecentlyUsedUnborrowed(state) else { return nil }
-                let entry = state.entries.removeValue(forKey: victim)!
-                if demote != nil {
-                    evicted.append((victim, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
-                }
-                retire(entry, &state)
-                state.stats.evictions += 1
+                evict(victim, &state, into: &evicted)
             }
         }
-        if let demote {
-            for (victim, data, tag) in evicted { demote(victim, data, tag) }
-            state.withLock { $0.stats.demotions += evicted.count }
-        }
+        handOver(evicted)
         guard let offset else { return false }
         // The slot is ours alone until published below.
         (base + offset).copyMemory(from: bytes.baseAddress ?? UnsafeRawPointer(base), byteCount: bytes.count)
@@ -146,19 +138,29 @@ public final class HostTier: @unchecked Sendable {
             state.allocator.usableUnits = units
             state.stats.budgetBytes = limit
             for (key, entry) in state.entries where entry.offset >= limit {
-                state.entries[key] = nil
-                if demote != nil {
-                    evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
-                }
-                retire(entry, &state)
-                state.stats.evictions += 1
+                evict(key, &state, into: &evicted)
             }
         }
-        if let demote {
-            for (key, data, tag) in evicted { demote(key, data, tag) }
-            state.withLock { $0.stats.demotions += evicted.count }
-        }
+        handOver(evicted)
         return true
+    }
+
+    /// Takes `key` out (copying its bytes for demotion when there is a lower tier) and frees
+    /// its slot, or leaves the slot to its borrowers. Call under the lock.
+    private func evict(_ key: BlockKey, _ state: inout State, into evicted: inout [(BlockKey, [UInt8], UInt64)]) {
+        guard let entry = state.entries.removeValue(forKey: key) else { return }
+        if demote != nil {
+            evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
+        }
+        retire(entry, &state)
+        state.stats.evictions += 1
+    }
+
+    /// Gives evicted blocks to the lower tier, outside the lock.
+    private func handOver(_ evicted: [(BlockKey, [UInt8], UInt64)]) {
+        guard let demote, !evicted.isEmpty else { return }
+        for (key, data, tag) in evicted { demote(key, data, tag) }
+        state.withLock { $0.stats.demotions += evicted.count }
     }
 
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.entries[key] != nil } }

@@ -60,18 +60,13 @@ public struct StoreBenchmark: Sendable {
                     throw IOError(operation: "get", errno: ENOENT, detail: "a filled block was missing or corrupt")
                 }
             }
-            let took = (ContinuousClock.now - t0).components
-            return Double(took.seconds) * 1e6 + Double(took.attoseconds) / 1e12
-        }.sorted()
-        let elapsed = (ContinuousClock.now - started).components
-        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+            return (ContinuousClock.now - t0).microseconds
+        }
+        let seconds = (ContinuousClock.now - started).microseconds / 1e6
         await log.close()
-        let bytes = UInt64(latencies.count) * UInt64(blockSize)
-        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(p / 100 * Double(latencies.count - 1)))] }
-        return IOBenchmark.Result(
-            engine: engine.name, pattern: pattern.rawValue, block_size: blockSize, queue_depth: queueDepth, bytes: bytes,
-            seconds: seconds, bytes_per_second: Double(bytes) / seconds, iops: Double(latencies.count) / seconds,
-            p50_us: percentile(50), p99_us: percentile(99))
+        return IOBenchmark.Result.measured(
+            engine: engine.name, pattern: pattern.rawValue, blockSize: blockSize, queueDepth: queueDepth,
+            latencies: latencies, seconds: seconds)
     }
 
     /// Random gets from a host tier filled with `totalBytes` of blocks (borrow the view, read its
@@ -103,22 +98,21 @@ public struct StoreBenchmark: Sendable {
                         target.pointer.copyMemory(from: region.pointer + from, byteCount: blockSize)
                         sink &+= UInt64(target.bytes[0]) &+ UInt64(target.bytes[blockSize - 1])
                     }
-                    let took = (ContinuousClock.now - t0).components
-                    let us = Double(took.seconds) * 1e6 + Double(took.attoseconds) / 1e12
+                    let us = (ContinuousClock.now - t0).microseconds
                     if which == 0 { gets.append(us) } else { copies.append(us) }
                 }
             }
         }
         precondition(sink != 1, "keeps the reads from being optimized away")
-        gets.sort(); copies.sort()
-        func median(_ xs: [Double]) -> Double { xs[xs.count / 2] }
-        let seconds = gets.reduce(0, +) / 1e6
-        return IOBenchmark.Result(
-            engine: "host", pattern: pattern.rawValue, block_size: blockSize, queue_depth: 1,
-            bytes: UInt64(gets.count * blockSize), seconds: seconds,
-            bytes_per_second: Double(gets.count * blockSize) / seconds, iops: Double(gets.count) / seconds,
-            p50_us: median(gets), p99_us: gets[gets.count * 99 / 100],
-            baseline_p50_us: median(copies), baseline_bytes_per_second: Double(blockSize) / (median(copies) / 1e6))
+        var result = IOBenchmark.Result.measured(
+            engine: "host", pattern: pattern.rawValue, blockSize: blockSize, queueDepth: 1, latencies: gets,
+            seconds: gets.reduce(0, +) / 1e6)
+        let copy = IOBenchmark.Result.measured(
+            engine: "memcpy", pattern: pattern.rawValue, blockSize: blockSize, queueDepth: 1, latencies: copies,
+            seconds: copies.reduce(0, +) / 1e6)
+        result.baseline_p50_us = copy.p50_us
+        result.baseline_bytes_per_second = Double(blockSize) / (copy.p50_us / 1e6)
+        return result
     }
 
     /// Runs `body(i)` for i in 0..<count on `workers` concurrent tasks; collects the results.

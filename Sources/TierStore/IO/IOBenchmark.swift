@@ -25,6 +25,20 @@ public struct IOBenchmark: Sendable {
         /// For benchmarks measured against a baseline in the same run (host-get: memcpy).
         public var baseline_p50_us: Double? = nil
         public var baseline_bytes_per_second: Double? = nil
+
+        /// Figures of `latencies` (microseconds, one per operation of `blockSize` bytes) taken in `seconds`.
+        static func measured(engine: String, pattern: String, blockSize: Int, queueDepth: Int, latencies: [Double],
+                             seconds: Double) -> Result {
+            let sorted = latencies.sorted()
+            func percentile(_ p: Double) -> Double {
+                sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(p / 100 * Double(sorted.count - 1)))]
+            }
+            let bytes = UInt64(sorted.count) * UInt64(blockSize)
+            return Result(
+                engine: engine, pattern: pattern, block_size: blockSize, queue_depth: queueDepth, bytes: bytes,
+                seconds: seconds, bytes_per_second: Double(bytes) / seconds, iops: Double(sorted.count) / seconds,
+                p50_us: percentile(50), p99_us: percentile(99))
+        }
     }
 
     public var path: String
@@ -96,27 +110,19 @@ public struct IOBenchmark: Sendable {
                             let n = try await engine.read(fd: fd, into: buffer, at: offset)
                             guard n == blockSize else { throw IOError(operation: "read", errno: EIO, detail: "short read \(n)") }
                         }
-                        let took = (ContinuousClock.now - t0).components
-                        samples.append(Double(took.seconds) * 1e6 + Double(took.attoseconds) / 1e12)
+                        samples.append((ContinuousClock.now - t0).microseconds)
                     }
                     return samples
                 }
             }
             var all: [Double] = []
             for try await samples in group { all += samples }
-            return all.sorted()
+            return all
         }
         if writing { try await engine.sync(fd: fd, dataOnly: true) }
-        let elapsed = ContinuousClock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let bytes = UInt64(latencies.count) * UInt64(blockSize)
-        func percentile(_ p: Double) -> Double {
-            latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int((p / 100) * Double(latencies.count - 1)))]
-        }
-        return Result(
-            engine: engine.name, pattern: pattern.rawValue, block_size: blockSize, queue_depth: queueDepth, bytes: bytes,
-            seconds: seconds, bytes_per_second: Double(bytes) / seconds, iops: Double(latencies.count) / seconds,
-            p50_us: percentile(50), p99_us: percentile(99))
+        return Result.measured(
+            engine: engine.name, pattern: pattern.rawValue, blockSize: blockSize, queueDepth: queueDepth,
+            latencies: latencies, seconds: (ContinuousClock.now - started).microseconds / 1e6)
     }
 
     /// Hands out block indexes 0..<n once each across workers.
@@ -130,5 +136,12 @@ public struct IOBenchmark: Sendable {
             value += 1
             return value - 1
         }
+    }
+}
+
+extension Duration {
+    var microseconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) * 1e6 + Double(attoseconds) / 1e12
     }
 }

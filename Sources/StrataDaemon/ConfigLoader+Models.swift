@@ -26,21 +26,19 @@ extension ConfigLoader {
                 throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
             }
             let kindName = try reader.string(kindNode, at: "\(key).kind")
-            func reject(_ field: String) throws {
-                if let node = map[field] {
-                    throw reader.fail("\(key).\(field)", node, "not used by runtimes of kind \(kindName)")
-                }
+            func reject(_ fields: String...) throws {
+                try rejectFields(fields, reader, map, key, "not used by runtimes of kind \(kindName)")
             }
             let kind: RuntimeConfiguration.Kind
             switch kindName {
             case "llama-server":
-                try reject("command"); try reject("url"); try reject("api_key_env")
+                try reject("command", "url", "api_key_env")
                 let binary = try map["binary"].map { try reader.path($0, at: "\(key).binary") }
                     ?? reader.expandTilde(try reader.expand(defaultLlamaServer, at: key, node: value))
                 let args = try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
                 kind = .llamaServer(binary: binary, args: args)
             case "command", "vllm", "sglang":
-                try reject("binary"); try reject("url"); try reject("api_key_env")
+                try reject("binary", "url", "api_key_env")
                 var argv: [String]
                 if let commandNode = map["command"] {
                     argv = try reader.strings(commandNode, at: "\(key).command")
@@ -63,7 +61,7 @@ extension ConfigLoader {
                 argv[0] = reader.expandTilde(program)
                 kind = .command(argv: argv)
             case "upstream":
-                try reject("binary"); try reject("command"); try reject("args")
+                try reject("binary", "command", "args")
                 guard let urlNode = map["url"] else { throw reader.fail(key, value, "missing key 'url'") }
                 let url = try reader.string(urlNode, at: "\(key).url")
                 guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
@@ -136,9 +134,8 @@ extension ConfigLoader {
 
             let serving: ModelConfiguration.Serving
             if let upstreamsNode = map["upstreams"] {
-                for field in ["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"] where map[field] != nil {
-                    throw reader.fail("\(key2).\(field)", map[field], "not allowed together with 'upstreams' (replicas Strata does not start)")
-                }
+                try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"], reader, map, key2,
+                                 "not allowed together with 'upstreams' (replicas Strata does not start)")
                 let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
                 guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
                 for (i, url) in urls.enumerated() {
@@ -156,7 +153,7 @@ extension ConfigLoader {
                             : "unknown runtime '\(runtimeName)' (defined: \(config.runtimes.keys.sorted().joined(separator: ", ")))")
                 }
                 if runtime.isManaged {
-                    try rejectField(reader, map, "upstream_model", key2, "only for runtimes of kind upstream")
+                    try rejectFields(["upstream_model"], reader, map, key2, "only for runtimes of kind upstream")
                     guard let sourceNode = map["source"] else { throw reader.fail(key2, item, "missing key 'source' (the weights, file:///path or a path)") }
                     let path = try modelPath(reader, sourceNode, at: "\(key2).source")
                     if !declared {
@@ -167,9 +164,8 @@ extension ConfigLoader {
                     let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
                     serving = .managed(runtime: runtimeName, modelPath: path, args: args)
                 } else {
-                    for field in ["source", "args", "memory", "ttl", "pin"] {
-                        try rejectField(reader, map, field, key2, "not used with an upstream runtime (Strata does not load it)")
-                    }
+                    try rejectFields(["source", "args", "memory", "ttl", "pin"], reader, map, key2,
+                                     "not used with an upstream runtime (Strata does not load it)")
                     let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
                     serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
                 }
@@ -187,8 +183,13 @@ extension ConfigLoader {
         return models
     }
 
-    private static func rejectField(_ reader: ConfigReader, _ map: [String: Node], _ field: String, _ key: String, _ why: String) throws {
-        if let node = map[field] { throw reader.fail("\(key).\(field)", node, why) }
+    /// Refuses the first of `fields` that is present, naming it and saying why it does not belong.
+    private static func rejectFields(
+        _ fields: [String], _ reader: ConfigReader, _ map: [String: Node], _ key: String, _ why: String
+    ) throws {
+        for field in fields {
+            if let node = map[field] { throw reader.fail("\(key).\(field)", node, why) }
+        }
     }
 
     static func modelPath(_ reader: ConfigReader, _ node: Node, at key: String) throws -> String {

@@ -1,0 +1,52 @@
+extension PrefixRouter {
+    /// Request `id` was sent to `decision.replica` with prompt `chain`: the replica now holds
+    /// the chain (a hot-spot spill thereby makes it the prefix's second home), and until
+    /// `finish` it carries one more request and the blocks it did not hold as queued work.
+    ///
+    /// The uncached count is taken from the index now, not from the decision, so a choice
+    /// that went stale before it was sent is still charged what it costs.
+    ///
+    /// - Returns: false, changing nothing, when `id` is already in flight (finish it first:
+    ///   `finish` is the one release path) or the replica is unknown.
+    @discardableResult
+    public mutating func dispatch(_ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64]) -> Bool {
+        guard dispatched[id] == nil, let replica = position[decision.replica] else { return false }
+        let work = chain.count - replicas[replica].index.matchedBlocks(chain)
+        replicas[replica].inFlight += 1
+        replicas[replica].queuedWork += work
+        replicas[replica].index.record(chain)
+        dispatched[id] = Dispatch(replica: replica, work: work)
+        nextTurn = (replica + 1) % replicas.count
+        return true
+    }
+
+    /// Request `id` is over, whether it succeeded, failed or was cancelled: releases exactly
+    /// what its dispatch added. Finishing an unknown or already finished request does nothing,
+    /// so every exit path of the Frontend may call it.
+    @discardableResult
+    public mutating func finish(_ id: RequestID) -> Bool {
+        guard let done = dispatched.removeValue(forKey: id) else { return false }
+        replicas[done.replica].inFlight -= 1
+        replicas[done.replica].queuedWork -= done.work
+        assert(replicas[done.replica].inFlight >= 0 && replicas[done.replica].queuedWork >= 0,
+               "replica \(replicas[done.replica].spec.id) released more than it was charged")
+        return true
+    }
+
+    /// Requests dispatched and not yet finished, on all replicas.
+    public var inFlightRequests: Int { dispatched.count }
+
+    public func snapshot(of id: String) -> ReplicaSnapshot? {
+        position[id].map { snapshot(replicas[$0]) }
+    }
+
+    /// In configuration order.
+    public var replicaSnapshots: [ReplicaSnapshot] { replicas.map(snapshot) }
+
+    private func snapshot(_ state: ReplicaState) -> ReplicaSnapshot {
+        ReplicaSnapshot(
+            id: state.spec.id, healthy: state.healthy, consecutiveFailures: state.consecutiveFailures,
+            inFlight: state.inFlight, queuedWork: state.queuedWork, indexedBlocks: state.index.count,
+            maxConcurrency: state.spec.maxConcurrency)
+    }
+}

@@ -40,7 +40,10 @@ let package = Package(
 
         .target(
             name: "TierStore",
-            dependencies: ["CStrataURing", "CStrataHash", "CSQLite3", "CStrataLZ4", .product(name: "Metrics", package: "swift-metrics")]
+            dependencies: [
+                "CStrataURing", "CStrataHash", "CSQLite3", "CStrataLZ4",
+                .product(name: "Metrics", package: "swift-metrics"), .product(name: "Logging", package: "swift-log"),
+            ]
         ),
 
         // Pure placement decisions: events in, actions out, injected clock. No I/O.

@@ -1,25 +1,69 @@
+import Logging
+import Synchronization
+
 /// The block store over its tiers: host RAM first, the NVMe log below it.
 ///
-/// - A cache put lands in the host tier only; when the host tier evicts it, it is demoted to the
-///   NVMe log (policy `.demote`) or dropped (`.drop`). Demotions go through a bounded queue to a
-///   single writer; when the queue is full the demotion is dropped and counted, never waited on.
+/// - A cache put lands in the host tier only (straight in the log if it is larger than a host
+///   unit); when the host tier evicts it, it is demoted to the NVMe log (eviction `.demote`,
+///   subject to the log's admission) or dropped (`.drop`). Demotions go through a bounded queue
+///   to a single writer; when the queue is full the demotion is dropped and counted, never
+///   waited on. A demotion the log refuses (ENOSPC, EIO) is logged and counted, and the block
+///   goes back into free host room if any: a lower tier's failure never takes a block that was
+///   only in the upper one unless there is truly nowhere to keep it.
 /// - A durable put is written to the NVMe log and its catalog before it returns, and also kept
-///   in the host tier for fast reads.
+///   in the host tier (as clean: eviction just drops it) for fast reads.
 /// - A get is served from the host tier in place when it is there, else read (verified) from the
-///   NVMe log and promoted into the host tier.
+///   NVMe log and promoted into the host tier, subject to the host tier's admission.
+/// - Admission `.secondHit` keeps one-hit blocks out of a tier: the log takes a demoted block
+///   only if it was read while in RAM or was turned away once before; RAM takes a block read
+///   from the log only on its second read there.
 public final class BlockStore: Sendable {
-    public enum EvictionPolicy: String, Sendable { case demote, drop }
+    public enum EvictionPolicy: String, Sendable, CaseIterable { case demote, drop }
+    public enum Admission: String, Sendable, CaseIterable {
+        case always
+        case secondHit = "second-hit"
+    }
+
+    /// What can change at run time (the config's `tiers` section).
+    public struct Policy: Sendable, Equatable {
+        public var hostBudgetBytes: Int
+        public var nvmeBudgetBytes: UInt64
+        public var hostAdmission: Admission
+        public var nvmeAdmission: Admission
+        public var nvmeCodec: BlockHeader.Codec
+        public var eviction: EvictionPolicy
+
+        public init(
+            hostBudgetBytes: Int, nvmeBudgetBytes: UInt64, hostAdmission: Admission = .always,
+            nvmeAdmission: Admission = .always, nvmeCodec: BlockHeader.Codec = .none, eviction: EvictionPolicy = .demote
+        ) {
+            self.hostBudgetBytes = hostBudgetBytes
+            self.nvmeBudgetBytes = nvmeBudgetBytes
+            self.hostAdmission = hostAdmission
+            self.nvmeAdmission = nvmeAdmission
+            self.nvmeCodec = nvmeCodec
+            self.eviction = eviction
+        }
+    }
 
     public struct Stats: Sendable, Equatable {
         public var host: HostTier.Stats
         public var nvme: SegmentLog.Stats
         public var demotionsDropped: Int
+        public var demotionFailures: Int
+        /// Blocks turned away by a tier's second-hit admission.
+        public var hostAdmissionsRefused: Int
+        public var nvmeAdmissionsRefused: Int
+        /// Blocks whose only copy was lost because a demotion failed and RAM had no room left.
+        public var blocksLost: Int
+        public var lastError: String?
     }
 
     public enum Read: Sendable {
         /// In the host tier, borrowed in place until released.
         case host(HostBlockView)
-        /// Read from NVMe (and promoted into the host tier for the next get).
+        /// A copy: read (verified) from NVMe and promoted into the host tier for the next get, by
+        /// admission; or taken from a demotion still on its way down.
         case nvme([UInt8])
 
         public func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
@@ -32,57 +76,222 @@ public final class BlockStore: Sendable {
 
     public let host: HostTier
     public let nvme: SegmentLog
-    private let demotions: AsyncStream<(BlockKey, [UInt8], UInt64)>.Continuation
-    /// The generation of each key's newest put; a demotion carries the generation it evicted
-    /// and is skipped if a newer put came since.
+    private let demotions: AsyncStream<HostTier.Evicted>.Continuation
     private let generations = Generations()
-    private let dropped = Counter()
+    /// Demotions queued and not yet written: still readable, so a get never goes past a newer
+    /// value on its way down to an older one in the log.
+    private let pending = Pending()
+    private let shared: Shared
     private let writer: Task<Void, Never>
 
-    public init(hostBudgetBytes: Int, nvme: SegmentLog, policy: EvictionPolicy = .demote, demotionQueue: Int = 64) throws {
-        let (stream, continuation) = AsyncStream<(BlockKey, [UInt8], UInt64)>.makeStream(
-            bufferingPolicy: .bufferingOldest(demotionQueue))
-        let dropped = self.dropped
+    final class Shared: Sendable {
+        let state: Mutex<MutableState>
+        init(_ state: MutableState) { self.state = Mutex(state) }
+    }
+
+    final class Pending: Sendable {
+        private let byKey = Mutex<[BlockKey: HostTier.Evicted]>([:])
+        func add(_ evicted: HostTier.Evicted) { byKey.withLock { $0[evicted.key] = evicted } }
+        func get(_ key: BlockKey) -> HostTier.Evicted? { byKey.withLock { $0[key] } }
+        func remove(_ key: BlockKey) { byKey.withLock { _ = $0.removeValue(forKey: key) } }
+        var count: Int { byKey.withLock { $0.count } }
+        /// Removes the entry if it is still this demotion (not a later one of the same key).
+        func settle(_ evicted: HostTier.Evicted) {
+            byKey.withLock { if $0[evicted.key]?.tag == evicted.tag { $0[evicted.key] = nil } }
+        }
+    }
+
+    struct MutableState {
+        var policy: Policy
+        var hostSeen = Doorkeeper()
+        var nvmeSeen = Doorkeeper()
+        var demotionsDropped = 0
+        var demotionFailures = 0
+        var hostAdmissionsRefused = 0
+        var nvmeAdmissionsRefused = 0
+        var blocksLost = 0
+        var lastError: String?
+    }
+
+    /// `policy.hostBudgetBytes` is also the most the host budget can grow to later (the arena is
+    /// mapped once, pre-faulted).
+    public init(policy: Policy, nvme: SegmentLog, demotionQueue: Int = 64,
+                logger: Logger = Logger(label: "strata.tierstore")) async throws {
+        let (stream, continuation) = AsyncStream<HostTier.Evicted>.makeStream(bufferingPolicy: .bufferingOldest(demotionQueue))
+        let shared = Shared(MutableState(policy: policy))
         let generations = self.generations
+        let pending = self.pending
+        self.shared = shared
         self.demotions = continuation
         self.nvme = nvme
-        var demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)?
-        if policy == .demote {
-            demote = { key, bytes, generation in
-                if case .dropped = continuation.yield((key, bytes, generation)) { dropped.add() }
+        await nvme.setBudget(policy.nvmeBudgetBytes)
+        await nvme.setCodec(policy.nvmeCodec)
+        self.host = try HostTier(budgetBytes: policy.hostBudgetBytes) { evicted in
+            let verdict = shared.state.withLock { state -> DemotionVerdict in
+                if state.policy.eviction == .drop { return .drop }
+                if state.policy.nvmeAdmission == .secondHit, evicted.hits == 0, !state.nvmeSeen.checkAndRecord(evicted.key) {
+                    state.nvmeAdmissionsRefused += 1
+                    return .drop
+                }
+                return .demote
+            }
+            guard verdict == .demote else {
+                generations.clear(evicted.key, ifCurrent: evicted.tag)
+                return
+            }
+            pending.add(evicted)
+            if case .dropped = continuation.yield(evicted) {
+                shared.state.withLock { $0.demotionsDropped += 1 }
+                Self.settle(evicted, pending: pending, generations: generations)
             }
         }
-        self.host = try HostTier(budgetBytes: hostBudgetBytes, demote: demote)
+        let host = self.host
         writer = Task {
-            for await (key, bytes, generation) in stream {
-                // Checked on the log's executor right before the write gets its sequence
-                // number, so a newer put of the key always ends up on top.
-                try? await nvme.put(key, bytes, durable: false) { generations.current(key) != generation }
+            for await evicted in stream {
+                do {
+                    // Checked on the log's executor right before the write gets its sequence
+                    // number, so a newer put of the key always ends up on top.
+                    try await nvme.put(evicted.key, evicted.bytes, durable: false) {
+                        generations.current(evicted.key) != evicted.tag
+                    }
+                    Self.settle(evicted, pending: pending, generations: generations)
+                } catch {
+                    // Keep the block in RAM if there is free room and nothing newer replaced it.
+                    let kept = generations.current(evicted.key) == evicted.tag
+                        && evicted.bytes.withUnsafeBytes { host.put(evicted.key, $0, tag: evicted.tag, options: [.noEviction, .ifAbsent]) }
+                    if kept {
+                        pending.settle(evicted)
+                    } else {
+                        Self.settle(evicted, pending: pending, generations: generations)
+                    }
+                    shared.state.withLock { state in
+                        state.demotionFailures += 1
+                        if !kept { state.blocksLost += 1 }
+                        state.lastError = "demotion to NVMe failed: \(error)"
+                    }
+                    logger.error("demotion of block \(evicted.key) to NVMe failed: \(error); \(kept ? "kept in host RAM" : "no host room left, block lost")")
+                }
             }
         }
     }
 
+    enum DemotionVerdict { case demote, drop }
+
+    /// A demotion is over (written, skipped or given up): it is no longer readable from the
+    /// queue and no longer holds its key's generation.
+    private static func settle(_ evicted: HostTier.Evicted, pending: Pending, generations: Generations) {
+        pending.settle(evicted)
+        generations.clear(evicted.key, ifCurrent: evicted.tag)
+    }
+
+    /// The store with the defaults for everything but the host budget (tests and benchmarks).
+    public convenience init(hostBudgetBytes: Int, nvme: SegmentLog, policy: EvictionPolicy = .demote,
+                            demotionQueue: Int = 64) async throws {
+        try await self.init(
+            policy: Policy(hostBudgetBytes: hostBudgetBytes, nvmeBudgetBytes: nvme.configuration.budgetBytes, eviction: policy),
+            nvme: nvme, demotionQueue: demotionQueue)
+    }
+
+    public var policy: Policy { shared.state.withLock { $0.policy } }
+
+    /// Applies a new policy at run time: a smaller budget evicts (demoting, by policy) down to
+    /// it at once. The host budget cannot grow past the arena mapped at start; such a policy is
+    /// refused whole with the reason, and nothing changes.
+    public func apply(_ policy: Policy) async throws {
+        guard policy.hostBudgetBytes > 0, policy.hostBudgetBytes <= host.capacity else {
+            throw PolicyError.hostBudgetBeyondArena(requested: policy.hostBudgetBytes, capacity: host.capacity)
+        }
+        shared.state.withLock { $0.policy = policy }
+        host.setBudget(policy.hostBudgetBytes)
+        await nvme.setBudget(policy.nvmeBudgetBytes)
+        await nvme.setCodec(policy.nvmeCodec)
+    }
+
+    public enum PolicyError: Error, Equatable, CustomStringConvertible {
+        case hostBudgetBeyondArena(requested: Int, capacity: Int)
+        public var description: String {
+            switch self {
+            case .hostBudgetBeyondArena(let requested, let capacity):
+                "tiers.host.budget: \(requested) bytes is more than the \(capacity) bytes mapped at start (restart to grow it)"
+            }
+        }
+    }
+
+    /// A put that fails (the log refused it) changes nothing: the key keeps its earlier value.
     public func put(_ key: BlockKey, _ bytes: [UInt8], durable: Bool) async throws {
-        let generation = generations.bump(key)
-        if durable { try await nvme.put(key, bytes, durable: true) }
-        _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generation) }
+        let (generation, previous) = generations.bump(key)
+        if durable {
+            do {
+                try await nvme.put(key, bytes, durable: true)
+            } catch {
+                generations.restore(key, to: previous, ifCurrent: generation)
+                throw error
+            }
+            _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generation, options: .clean) }
+            generations.clear(key, ifCurrent: generation)
+            return
+        }
+        let fitted = bytes.withUnsafeBytes { host.put(key, $0, tag: generation) }
+        if !fitted {
+            // Larger than a host unit (or RAM is all borrowed): the log is the only place for it.
+            do {
+                try await nvme.put(key, bytes, durable: false) { self.generations.current(key) != generation }
+            } catch {
+                generations.restore(key, to: previous, ifCurrent: generation)
+                throw error
+            }
+            host.remove(key)   // an older value must not shadow this one
+            generations.clear(key, ifCurrent: generation)
+        }
     }
 
     public func get(_ key: BlockKey) async throws -> Read? {
         if let view = host.borrow(key) { return .host(view) }
+        if let queued = pending.get(key) {
+            // On its way down; a newer put of the key (not in RAM: too large) would have no
+            // generation equal to the queued one.
+            if generations.current(key) == queued.tag { return .nvme(queued.bytes) }
+        }
+        let before = generations.current(key)
         guard let bytes = try await nvme.get(key) else { return nil }
-        _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generations.current(key)) }
+        let admit = shared.state.withLock { state -> Bool in
+            guard state.policy.hostAdmission == .secondHit else { return true }
+            if state.hostSeen.checkAndRecord(key) { return true }
+            state.hostAdmissionsRefused += 1
+            return false
+        }
+        // A put that came meanwhile is newer than what the log had: never replace it.
+        if admit, before == nil, generations.current(key) == nil {
+            _ = bytes.withUnsafeBytes { host.put(key, $0, options: [.clean, .ifAbsent]) }
+        }
         return .nvme(bytes)
     }
 
+    /// Removes the block from every tier; a queued demotion of it is skipped.
+    public func remove(_ key: BlockKey) async {
+        let (generation, _) = generations.bump(key)
+        pending.remove(key)
+        host.remove(key)
+        await nvme.remove(key)
+        generations.clear(key, ifCurrent: generation)
+    }
+
     public func stats() async -> Stats {
-        Stats(host: host.stats, nvme: await nvme.stats, demotionsDropped: dropped.value)
+        let nvmeStats = await nvme.stats
+        return shared.state.withLock { state in
+            Stats(host: host.stats, nvme: nvmeStats, demotionsDropped: state.demotionsDropped,
+                  demotionFailures: state.demotionFailures, hostAdmissionsRefused: state.hostAdmissionsRefused,
+                  nvmeAdmissionsRefused: state.nvmeAdmissionsRefused, blocksLost: state.blocksLost,
+                  lastError: state.lastError)
+        }
     }
 
     /// Publishes both tiers' figures (see `TierMetrics`).
     public func report(to metrics: TierMetrics) async {
-        metrics.report(host: host.stats)
-        metrics.report(nvme: await nvme.stats, budgetBytes: nvme.configuration.budgetBytes)
+        let stats = await stats()
+        metrics.report(host: stats.host)
+        metrics.report(nvme: stats.nvme, budgetBytes: await nvme.configuration.budgetBytes)
+        metrics.report(store: stats)
     }
 
     /// Stops taking demotions and waits until the queued ones are written.
@@ -91,23 +300,57 @@ public final class BlockStore: Sendable {
         await writer.value
     }
 
+    /// How many keys have a generation now: bounded by the dirty blocks in RAM plus the
+    /// demotions queued (a test checks it returns to zero).
+    var trackedGenerations: Int { generations.count }
+
+    /// Demotions queued or being written.
+    var queuedDemotions: Int { pending.count }
+
+    /// The generation of each key whose newest value is only in RAM (a dirty block) or on its
+    /// way down. A demotion carries the generation it evicted and is skipped if a newer put came
+    /// since; a key whose newest value has a copy in the log has no entry, so the map never
+    /// grows past the dirty blocks plus the queued demotions.
     final class Generations: Sendable {
         private let state = Mutex<(next: UInt64, byKey: [BlockKey: UInt64])>((1, [:]))
-        func bump(_ key: BlockKey) -> UInt64 {
+
+        /// A new generation for the key, and the one it replaces.
+        func bump(_ key: BlockKey) -> (UInt64, UInt64?) {
             state.withLock { state in
                 defer { state.next += 1 }
-                state.byKey[key] = state.next
-                return state.next
+                return (state.next, state.byKey.updateValue(state.next, forKey: key))
             }
         }
-        func current(_ key: BlockKey) -> UInt64 { state.withLock { $0.byKey[key] ?? 0 } }
-    }
 
-    final class Counter: Sendable {
-        private let count = Mutex(0)
-        func add() { count.withLock { $0 += 1 } }
-        var value: Int { count.withLock { $0 } }
+        /// Undoes a bump whose put failed, unless another put came since.
+        func restore(_ key: BlockKey, to previous: UInt64?, ifCurrent generation: UInt64) {
+            state.withLock { state in
+                if state.byKey[key] == generation { state.byKey[key] = previous }
+            }
+        }
+
+        func current(_ key: BlockKey) -> UInt64? { state.withLock { $0.byKey[key] } }
+
+        func clear(_ key: BlockKey, ifCurrent generation: UInt64) {
+            state.withLock { state in
+                if state.byKey[key] == generation { state.byKey[key] = nil }
+            }
+        }
+
+        var count: Int { state.withLock { $0.byKey.count } }
     }
 }
 
-import Synchronization
+/// Remembers, approximately and in bounded memory, which keys were seen once: a direct-mapped
+/// table of fingerprints (a collision forgets an older key, which then just needs one more hit).
+struct Doorkeeper {
+    private var slots = [UInt64](repeating: 0, count: 1 << 16)
+
+    /// True if `key` was recorded before; records it either way.
+    mutating func checkAndRecord(_ key: BlockKey) -> Bool {
+        let fingerprint = key.low | 1   // never 0, the empty slot
+        let slot = Int(truncatingIfNeeded: key.high & UInt64(slots.count - 1))
+        defer { slots[slot] = fingerprint }
+        return slots[slot] == fingerprint
+    }
+}

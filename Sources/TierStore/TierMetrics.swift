@@ -29,6 +29,19 @@ public final class TierMetrics: Sendable {
             ("strata_tier_checksum_failures_total", nvme.checksumFailures),
             ("strata_tier_read_bytes_total", Int(nvme.bytesRead)), ("strata_tier_written_bytes_total", Int(nvme.bytesWritten)),
         ])
+        Gauge(label: "strata_tier_queue_depth", dimensions: [("tier", "nvme")], factory: factory).record(nvme.inFlight)
+    }
+
+    /// What happens between the tiers: demotions dropped (queue full) or failed, admissions
+    /// refused by second-hit policies, blocks lost to a failed demotion with no RAM left.
+    public func report(store: BlockStore.Stats) {
+        counters(tier: "host", [
+            ("strata_tier_demotions_dropped_total", store.demotionsDropped),
+            ("strata_tier_demotion_failures_total", store.demotionFailures),
+            ("strata_tier_blocks_lost_total", store.blocksLost),
+            ("strata_tier_admissions_refused_total", store.hostAdmissionsRefused),
+        ])
+        counters(tier: "nvme", [("strata_tier_admissions_refused_total", store.nvmeAdmissionsRefused)])
     }
 
     private func gauges(tier: String, used: Int, budget: Int, blocks: Int) {

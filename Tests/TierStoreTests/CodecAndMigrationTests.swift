@@ -51,7 +51,7 @@ struct CodecAndMigrationTests {
         do {   // a catalog as version 1 wrote it
             let old = try SQLiteDatabase(path: path)
             try old.execute("BEGIN; \(BlockCatalog.migrations[0]) PRAGMA user_version = 1; COMMIT;")
-            try old.run("INSERT INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6)", rows: [[7, 8, 1, 4096, 8192, 42]])
+            try old.run("INSERT INTO blocks VALUES (?1, ?2, ?3, ?4, ?5, ?6)", rows: [[7, 8, 1, 4096, 8192, 42] as [Int64]])
         }
         let catalog = try BlockCatalog(path: path)
         let entries = try catalog.loadBlocks()

@@ -71,7 +71,7 @@ struct HostTierTests {
 
     @Test func evictsLeastRecentlyUsedAndDemotesItsBytes() throws {
         let demoted = Mutex<[BlockKey: [UInt8]]>([:])
-        let tier = try HostTier(budgetBytes: 16 << 20) { key, bytes, _ in demoted.withLock { $0[key] = bytes } }
+        let tier = try HostTier(budgetBytes: 16 << 20) { block in demoted.withLock { $0[block.key] = block.bytes } }
         let block = 4 << 20   // four fit in one unit
         for i in 0..<4 { _ = Self.bytes(block, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
         _ = tier.withBlock(Self.key(0)) { _ in () }   // 0 is now the most recently used

@@ -3,8 +3,10 @@ import Glibc
 import Testing
 @testable import TierStore
 
-/// One contract, run unchanged against every engine, on real files in a temp directory.
+/// One contract, run unchanged against every engine (the real ones and the fault-injecting
+/// fake), on real files in a temp directory.
 struct IOEngineContractTests {
+    /// The real engines (for tests that hand the kind to another process).
     static let kinds: [IOEngineKind] = IOUringEngine.isAvailable ? [.ioUring, .psync] : [.psync]
 
     final class TempFile {
@@ -39,8 +41,8 @@ struct IOEngineContractTests {
         return buffer
     }
 
-    @Test(arguments: kinds)
-    func writesThenReadsBackAtOffsets(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func writesThenReadsBackAtOffsets(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)
         defer { engine.shutdown() }
         let file = try TempFile()
@@ -53,8 +55,8 @@ struct IOEngineContractTests {
         #expect(Array(back.readOnly) == Array(data.readOnly))
     }
 
-    @Test(arguments: kinds)
-    func shortReadAtEndOfFileAndZeroPastIt(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func shortReadAtEndOfFileAndZeroPastIt(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 4)
         defer { engine.shutdown() }
         let file = try TempFile()
@@ -68,8 +70,8 @@ struct IOEngineContractTests {
         #expect(past == 0)
     }
 
-    @Test(arguments: kinds)
-    func manyConcurrentReadsAllLandInTheirOwnBuffers(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func manyConcurrentReadsAllLandInTheirOwnBuffers(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 32)
         defer { engine.shutdown() }
         let blocks = 256, size = 4096
@@ -96,8 +98,8 @@ struct IOEngineContractTests {
         }
     }
 
-    @Test(arguments: kinds)
-    func directIOWithAlignedBuffers(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func directIOWithAlignedBuffers(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)
         defer { engine.shutdown() }
         let size = 1 << 20
@@ -116,15 +118,15 @@ struct IOEngineContractTests {
         #expect(Array(buffer.readOnly) == data)
     }
 
-    @Test(arguments: kinds)
-    func failuresAreIOErrorsWithErrno(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func failuresAreIOErrorsWithErrno(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 4)
         defer { engine.shutdown() }
         // reading a directory: EISDIR
         let directory = open(FileManager.default.temporaryDirectory.path, O_RDONLY | O_DIRECTORY)
         defer { close(directory) }
         let buffer = IOBuffer(count: 16)
-        await #expect(throws: IOError(operation: kind == .psync ? "pread" : "read", errno: EISDIR)) {
+        await #expect(throws: IOError(operation: kind.readOperation, errno: EISDIR)) {
             _ = try await engine.read(fd: directory, into: buffer, at: 0)
         }
         // a full device: ENOSPC, reported as such
@@ -139,8 +141,8 @@ struct IOEngineContractTests {
         }
     }
 
-    @Test(arguments: kinds)
-    func operationsAfterShutdownFail(kind: IOEngineKind) async throws {
+    @Test(arguments: EngineUnderTest.all)
+    func operationsAfterShutdownFail(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 4)
         let file = try TempFile()
         engine.shutdown()

@@ -5,7 +5,7 @@ import Testing
 
 /// The NVMe tier's log on real files (O_DIRECT) through each engine.
 struct SegmentLogTests {
-    static let kinds = IOEngineContractTests.kinds
+    static let kinds = EngineUnderTest.all
 
     static func directory() -> String {
         let path = FileManager.default.currentDirectoryPath + "/.build/test-tmp/segments-\(UUID().uuidString)"
@@ -16,7 +16,7 @@ struct SegmentLogTests {
     static func payload(_ size: Int, seed: UInt64) -> [UInt8] { IOEngineContractTests.pattern(size, seed: seed) }
 
     @Test(arguments: kinds)
-    func putGetRoundTripAcrossSizes(kind: IOEngineKind) async throws {
+    func putGetRoundTripAcrossSizes(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 16)
         defer { engine.shutdown() }
         let dir = Self.directory()
@@ -42,7 +42,7 @@ struct SegmentLogTests {
     }
 
     @Test(arguments: kinds)
-    func blocksSurviveReopenAndNewestWins(kind: IOEngineKind) async throws {
+    func blocksSurviveReopenAndNewestWins(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)
         defer { engine.shutdown() }
         let dir = Self.directory()
@@ -71,7 +71,7 @@ struct SegmentLogTests {
     }
 
     @Test(arguments: kinds)
-    func flippedBytesOnDiskAreAMissNeverWrongData(kind: IOEngineKind) async throws {
+    func flippedBytesOnDiskAreAMissNeverWrongData(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)
         defer { engine.shutdown() }
         let dir = Self.directory()
@@ -106,7 +106,7 @@ struct SegmentLogTests {
     }
 
     @Test(arguments: kinds)
-    func tornTailIsAbsentNotHalfThere(kind: IOEngineKind) async throws {
+    func tornTailIsAbsentNotHalfThere(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)
         defer { engine.shutdown() }
         let dir = Self.directory()
@@ -132,7 +132,7 @@ struct SegmentLogTests {
     }
 
     @Test(arguments: kinds)
-    func budgetReclaimsOldestSegmentsWhileReadsGoOn(kind: IOEngineKind) async throws {
+    func budgetReclaimsOldestSegmentsWhileReadsGoOn(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 16)
         defer { engine.shutdown() }
         let dir = Self.directory()

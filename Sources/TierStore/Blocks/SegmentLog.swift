@@ -38,6 +38,8 @@ public actor SegmentLog {
         public var reclaimedSegments = 0
         public var bytesRead: UInt64 = 0
         public var bytesWritten: UInt64 = 0
+        /// Reads, writes and syncs in flight now (the tier's queue depth).
+        public var inFlight = 0
     }
 
     public enum PutError: Error, Equatable, Sendable {
@@ -65,7 +67,7 @@ public actor SegmentLog {
         var sealed = false
     }
 
-    public let configuration: Configuration
+    public private(set) var configuration: Configuration
     let engine: any IOEngine
     let catalog: BlockCatalog
     var index: [BlockKey: Location] = [:]
@@ -76,6 +78,8 @@ public actor SegmentLog {
     var pins: [Int: Int] = [:]
     /// Reclaimed segments waiting for their last operation: (descriptor, path).
     var closing: [Int: (Int32, String)] = [:]
+    /// Segments written since their last fsync (by cache puts).
+    var unsynced: Set<Int> = []
     public private(set) var stats = Stats()
     let buffers = IOBufferPool()
 
@@ -101,11 +105,35 @@ public actor SegmentLog {
         _ key: BlockKey, _ payload: [UInt8], durable: Bool, unlessSuperseded: (@Sendable () -> Bool)? = nil
     ) async throws {
         if let unlessSuperseded, unlessSuperseded() { return }
+        let record = try payload.withUnsafeBytes { try prepare(key, payload: $0) }
+        try await append(record, durable: durable)
+    }
+
+    /// Appends `buffer[range]` as the block: the path for callers that stream through their own
+    /// reused buffers (object import) and must not allocate per block.
+    public func put(_ key: BlockKey, from buffer: IOBuffer, range: Range<Int>, durable: Bool) async throws {
+        let record = try prepare(key, payload: UnsafeRawBufferPointer(buffer[range]))
+        try await append(record, durable: durable)
+    }
+
+    /// A block encoded as its on-disk record, in a pooled buffer, waiting for its place.
+    struct PreparedRecord {
+        var key: BlockKey
+        var buffer: IOBuffer
+        var recordLength: Int
+        var payloadLength: Int
+        /// Encoded by `append`, once the record has its sequence number.
+        var header: BlockHeader
+    }
+
+    /// Encodes the record (compressing when the codec says so and it pays), synchronously, so
+    /// the payload's memory is needed only here and never across a suspension.
+    private func prepare(_ key: BlockKey, payload: UnsafeRawBufferPointer) throws -> PreparedRecord {
         var codec = BlockHeader.Codec.none
         var storedLength = payload.count
         let compressed = configuration.codec == .lz4 ? buffers.take(atLeast: LZ4.bound(payload.count)) : nil
         defer { compressed.map(buffers.give) }
-        if let compressed, let n = payload.withUnsafeBytes({ LZ4.compress($0, into: compressed.bytes) }) {
+        if let compressed, let n = LZ4.compress(payload, into: compressed.bytes) {
             codec = .lz4
             storedLength = n
         }
@@ -113,26 +141,35 @@ public actor SegmentLog {
         guard recordLength <= configuration.segmentBytes else {
             throw PutError.tooLarge(bytes: payload.count, segmentBytes: configuration.segmentBytes)
         }
+        let buffer = buffers.take(atLeast: recordLength)
+        let stored = buffer[BlockHeader.length..<BlockHeader.length + storedLength]
+        if codec == .lz4, let compressed {
+            stored.copyMemory(from: UnsafeRawBufferPointer(compressed[0..<storedLength]))
+        } else if storedLength > 0 {
+            stored.copyMemory(from: payload)
+        }
+        // Pooled buffers hold an earlier block's bytes: never write them out as padding.
+        buffer[BlockHeader.length + storedLength..<recordLength].initializeMemory(as: UInt8.self, repeating: 0)
+        let header = BlockHeader(
+            key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(storedLength), codec: codec,
+            sequence: 0, payloadChecksum: BlockKey.hash64(UnsafeRawBufferPointer(stored)))
+        return PreparedRecord(key: key, buffer: buffer, recordLength: recordLength, payloadLength: payload.count,
+                              header: header)
+    }
+
+    private func append(_ record: PreparedRecord, durable: Bool) async throws {
+        let (key, buffer, recordLength) = (record.key, record.buffer, record.recordLength)
+        defer { buffers.give(buffer) }
         var segment = try activeSegment(room: recordLength)
         let offset = segment.end
         segment.end += UInt64(recordLength)
         segments[segment.id] = segment
         let sequence = nextSequence
         nextSequence += 1
+        var header = record.header
+        header.sequence = sequence
+        header.encode(into: buffer[0..<BlockHeader.length])
 
-        let buffer = buffers.take(atLeast: recordLength)
-        defer { buffers.give(buffer) }
-        let stored = buffer[BlockHeader.length..<BlockHeader.length + storedLength]
-        if codec == .lz4, let compressed {
-            stored.copyMemory(from: UnsafeRawBufferPointer(compressed[0..<storedLength]))
-        } else {
-            stored.copyBytes(from: payload)
-        }
-        // Pooled buffers hold an earlier block's bytes: never write them out as padding.
-        buffer[BlockHeader.length + storedLength..<recordLength].initializeMemory(as: UInt8.self, repeating: 0)
-        BlockHeader(key: key, payloadLength: UInt32(payload.count), storedLength: UInt32(storedLength), codec: codec,
-                    sequence: sequence, payloadChecksum: BlockKey.hash64(UnsafeRawBufferPointer(stored)))
-            .encode(into: buffer[0..<BlockHeader.length])
         pin(segment.id)
         defer { unpin(segment.id) }
         do {
@@ -145,13 +182,14 @@ public actor SegmentLog {
             throw error
         }
         stats.bytesWritten += UInt64(recordLength)
+        if !durable { unsynced.insert(segment.id) }
         // The segment may have been reclaimed while this write was in flight: then the block
         // is gone with it, and a durable put must not report success.
         guard segments[segment.id] != nil else {
             throw IOError(operation: "put", errno: ENOSPC, detail: "segment reclaimed under the budget during the write")
         }
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
-                                payloadLength: payload.count)
+                                payloadLength: record.payloadLength)
         if (index[key]?.sequence ?? 0) < sequence {
             if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
         }
@@ -159,8 +197,40 @@ public actor SegmentLog {
         reclaimOverBudget()
         try await catalog.record(
             .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
-                  payloadLength: payload.count),
+                  payloadLength: record.payloadLength),
             durable: durable)
+    }
+
+    /// Makes every block appended so far durable: fsyncs the segments written without sync
+    /// since the last call and commits the catalog. For writers that put many blocks and need
+    /// them all on disk once (an object import), cheaper than a durable put each.
+    public func sync() async throws {
+        let ids = unsynced
+        unsynced.removeAll()
+        for id in ids.sorted() {
+            guard let segment = segments[id] else { continue }
+            pin(id)
+            defer { unpin(id) }
+            do {
+                try await engine.sync(fd: segment.fd, dataOnly: true)
+            } catch {
+                unsynced.insert(id)
+                throw error
+            }
+        }
+        try await catalog.flush()
+    }
+
+    /// Changes the byte budget at run time; shrinking reclaims whole segments, oldest first,
+    /// down to it (the active segment stays).
+    public func setBudget(_ bytes: UInt64) {
+        configuration.budgetBytes = bytes
+        reclaimOverBudget()
+    }
+
+    /// Changes the codec for blocks written from now on; stored blocks keep theirs.
+    public func setCodec(_ codec: BlockHeader.Codec) {
+        configuration.codec = codec
     }
 
     /// The block's bytes, or nil when absent or when its record fails verification.
@@ -358,9 +428,13 @@ public actor SegmentLog {
         return segment
     }
 
-    private func pin(_ id: Int) { pins[id, default: 0] += 1 }
+    private func pin(_ id: Int) {
+        pins[id, default: 0] += 1
+        stats.inFlight += 1
+    }
 
     private func unpin(_ id: Int) {
+        stats.inFlight -= 1
         pins[id, default: 1] -= 1
         if pins[id] == 0 {
             pins[id] = nil

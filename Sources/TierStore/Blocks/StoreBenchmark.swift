@@ -37,14 +37,14 @@ public struct StoreBenchmark: Sendable {
         let payload = BenchmarkBytes.bytes(blockSize)
         if pattern == .randGet {
             // fill what is missing, without timing it
-            _ = try await Self.parallel(workers: queueDepth, count: blocks) { i in
+            _ = try await Parallel.run(workers: queueDepth, count: blocks) { i in
                 if await !log.contains(Self.key(i)) { try await log.put(Self.key(i), payload, durable: false) }
             }
         }
         let recordLength = max(BlockHeader.recordLength(storedLength: blockSize), blockSize)
         let pool = IOBufferPool(perClass: queueDepth)
         let started = ContinuousClock.now
-        let latencies: [Double] = try await Self.parallel(workers: queueDepth, count: blocks) { i in
+        let latencies: [Double] = try await Parallel.run(workers: queueDepth, count: blocks) { i in
             let t0 = ContinuousClock.now
             switch pattern {
             case .put:
@@ -113,23 +113,6 @@ public struct StoreBenchmark: Sendable {
         result.baseline_p50_us = copy.p50_us
         result.baseline_bytes_per_second = Double(blockSize) / (copy.p50_us / 1e6)
         return result
-    }
-
-    /// Runs `body(i)` for i in 0..<count on `workers` concurrent tasks; collects the results.
-    static func parallel<T: Sendable>(workers: Int, count: Int, _ body: @escaping @Sendable (Int) async throws -> T) async throws -> [T] {
-        let next = IOBenchmark.Counter()
-        return try await withThrowingTaskGroup(of: [T].self) { group in
-            for _ in 0..<workers {
-                group.addTask {
-                    var results: [T] = []
-                    while let i = next.take(below: count) { results.append(try await body(i)) }
-                    return results
-                }
-            }
-            var all: [T] = []
-            for try await results in group { all += results }
-            return all
-        }
     }
 }
 

@@ -29,6 +29,12 @@ final class BlockCatalog: @unchecked Sendable {
         """
         ALTER TABLE blocks ADD COLUMN payload_length INTEGER NOT NULL DEFAULT -1;
         """,
+        // 3: objects (model weights) as chunk sequences; a row exists only once every chunk
+        // is on disk, so an import cut short leaves no object behind.
+        """
+        CREATE TABLE objects (name TEXT PRIMARY KEY, version INTEGER NOT NULL, size INTEGER NOT NULL,
+                              chunk_size INTEGER NOT NULL, source TEXT NOT NULL);
+        """,
     ]
 
     private let database: SQLiteDatabase
@@ -68,6 +74,46 @@ final class BlockCatalog: @unchecked Sendable {
         Dictionary(uniqueKeysWithValues: try database.query("SELECT id, catalogued_end FROM segments", columns: 2).map {
             (Int($0[0]), UInt64($0[1]))
         })
+    }
+
+    /// The object manifests, as stored.
+    func loadObjects() throws -> [ObjectInfo] {
+        try database.query("SELECT name, source, version, size, chunk_size FROM objects", texts: 2, integers: 3).map {
+            ObjectInfo(name: $0.texts[0], version: UInt64(bitPattern: $0.integers[0]), size: UInt64($0.integers[1]),
+                       chunkSize: Int($0.integers[2]), source: $0.texts[1])
+        }
+    }
+
+    /// Writes (or replaces) an object's manifest and commits it before returning.
+    func putObject(_ info: ObjectInfo) async throws {
+        try await onQueue { database in
+            try database.run(
+                """
+                INSERT INTO objects (name, version, size, chunk_size, source) VALUES (?1, ?2, ?3, ?4, ?5)
+                ON CONFLICT (name) DO UPDATE SET version = excluded.version, size = excluded.size,
+                  chunk_size = excluded.chunk_size, source = excluded.source
+                """,
+                rows: [[info.name, Int64(bitPattern: info.version), Int64(info.size), Int64(info.chunkSize), info.source]])
+        }
+    }
+
+    func removeObject(_ name: String) async throws {
+        try await onQueue { database in try database.run("DELETE FROM objects WHERE name = ?1", rows: [[name]]) }
+    }
+
+    /// Runs `body` on the catalog's queue, after what is queued so far.
+    private func onQueue(_ body: @escaping @Sendable (SQLiteDatabase) throws -> Void) async throws {
+        try await flush()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            queue.async {
+                do {
+                    try body(self.database)
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
     }
 
     /// Queues an entry; when `durable`, returns once it is committed to disk.

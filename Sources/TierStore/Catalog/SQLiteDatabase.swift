@@ -33,14 +33,14 @@ final class SQLiteDatabase {
         }
     }
 
-    /// Runs `sql` once per row of `rows`, binding each row's integers to ?1, ?2, …
-    func run(_ sql: String, rows: [[Int64]]) throws {
+    /// Runs `sql` once per row of `rows`, binding each row's values to ?1, ?2, …
+    func run(_ sql: String, rows: [[any SQLiteBindable]]) throws {
         var statement: OpaquePointer?
         try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
         defer { sqlite3_finalize(statement) }
         for row in rows {
             sqlite3_reset(statement)
-            for (index, value) in row.enumerated() { sqlite3_bind_int64(statement, Int32(index + 1), value) }
+            for (index, value) in row.enumerated() { value.bind(to: statement, at: Int32(index + 1)) }
             let rc = sqlite3_step(statement)
             guard rc == SQLITE_DONE else { try check(rc) ; return }
         }
@@ -61,9 +61,42 @@ final class SQLiteDatabase {
         return rows
     }
 
+    /// Rows whose first `texts` columns are text and the next `integers` columns integers.
+    func query(_ sql: String, texts: Int, integers: Int) throws -> [(texts: [String], integers: [Int64])] {
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
+        defer { sqlite3_finalize(statement) }
+        var rows: [(texts: [String], integers: [Int64])] = []
+        while true {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { try check(rc); break }
+            rows.append((
+                (0..<texts).map { sqlite3_column_text(statement, Int32($0)).map { String(cString: $0) } ?? "" },
+                (0..<integers).map { sqlite3_column_int64(statement, Int32(texts + $0)) }))
+        }
+        return rows
+    }
+
     private func check(_ rc: Int32) throws {
         guard rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE else {
             throw Error(code: rc, message: String(cString: sqlite3_errmsg(handle)))
         }
+    }
+}
+
+/// A value `SQLiteDatabase.run` can bind to a statement parameter.
+protocol SQLiteBindable {
+    func bind(to statement: OpaquePointer?, at index: Int32)
+}
+
+extension Int64: SQLiteBindable {
+    func bind(to statement: OpaquePointer?, at index: Int32) { sqlite3_bind_int64(statement, index, self) }
+}
+
+extension String: SQLiteBindable {
+    func bind(to statement: OpaquePointer?, at index: Int32) {
+        // SQLITE_TRANSIENT: SQLite copies the text before this call returns.
+        sqlite3_bind_text(statement, index, self, -1, unsafeBitCast(-1, to: sqlite3_destructor_type.self))
     }
 }

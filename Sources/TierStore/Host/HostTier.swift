@@ -5,7 +5,8 @@ import Synchronization
 /// very slow on these VMs, so they are all paid at start) carved by a buddy allocator, under a
 /// byte budget. Gets hand out borrowed views into the arena, no copy; a block that is borrowed
 /// is never evicted or overwritten under its reader. When room is needed, the least recently
-/// used unborrowed blocks are evicted: handed to `demote` (to the NVMe tier) or dropped.
+/// used unborrowed blocks are evicted (recency kept in an O(1) list): a dirty one (no copy
+/// below) is handed to `demote` (to the NVMe tier), a clean one is dropped.
 // @unchecked: `base` is written only in slots the allocator hands to one writer at a time;
 // all bookkeeping is under `state`.
 public final class HostTier: @unchecked Sendable {
@@ -19,12 +20,25 @@ public final class HostTier: @unchecked Sendable {
         public var demotions = 0
     }
 
+    /// A block leaving the tier that has no copy below: its bytes, the caller's tag, and how
+    /// often it was read while here (for admission to the tier below).
+    public struct Evicted: Sendable {
+        public var key: BlockKey
+        public var bytes: [UInt8]
+        public var tag: UInt64
+        public var hits: Int
+    }
+
     struct Entry {
         var offset: Int
         var length: Int
-        var lastUse: UInt64
+        /// Its place in the recency list.
+        var node: Int32
         /// The caller's tag for this value (BlockStore: its generation), handed back on eviction.
         var tag: UInt64 = 0
+        /// No copy exists below: eviction hands the bytes to `demote`.
+        var dirty = true
+        var hits = 0
         var borrowers = 0
         /// Replaced or removed while borrowed: freed when the last borrower lets go.
         var retired = false
@@ -35,7 +49,7 @@ public final class HostTier: @unchecked Sendable {
         var entries: [BlockKey: Entry] = [:]
         /// Retired entries still borrowed, by offset.
         var zombies: [Int: Entry] = [:]
-        var clock: UInt64 = 0
+        var recency = LRUList<BlockKey>()
         var stats = Stats()
     }
 
@@ -44,10 +58,10 @@ public final class HostTier: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     private let state: Mutex<State>
     /// Receives evicted blocks' bytes (to write them to a lower tier); nil drops them.
-    private let demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)?
+    private let demote: (@Sendable (Evicted) -> Void)?
 
     /// `budgetBytes` is rounded up to whole 16 MiB units. Blocks larger than a unit do not fit here.
-    public init(budgetBytes: Int, demote: (@Sendable (BlockKey, [UInt8], UInt64) -> Void)? = nil) throws {
+    public init(budgetBytes: Int, demote: (@Sendable (Evicted) -> Void)? = nil) throws {
         let units = max(1, (budgetBytes + Self.unitSize - 1) / Self.unitSize)
         capacity = units * Self.unitSize
         let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
@@ -63,22 +77,43 @@ public final class HostTier: @unchecked Sendable {
 
     public var stats: Stats { state.withLock { $0.stats } }
 
+    public struct PutOptions: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// A copy exists below: eviction may simply drop it.
+        public static let clean = PutOptions(rawValue: 1)
+        /// Use free room only; evict nothing.
+        public static let noEviction = PutOptions(rawValue: 2)
+        /// Do nothing if the key is already here (a promotion must not replace a newer put).
+        public static let ifAbsent = PutOptions(rawValue: 4)
+    }
+
     /// Stores a copy of `bytes` under `key`, evicting least recently used blocks if needed.
-    /// Returns false when it cannot fit (larger than a unit, or everything else is borrowed).
+    /// Returns false when it cannot fit (larger than a unit, everything else is borrowed, or
+    /// no free room under `.noEviction`); true also when `.ifAbsent` found the key here.
     @discardableResult
-    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0) -> Bool {
-        var evicted: [(BlockKey, [UInt8], UInt64)] = []
-        let offset: Int? = state.withLock { state in
+    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0, options: PutOptions = []) -> Bool {
+        let evicting = !options.contains(.noEviction)
+        var evicted: [Evicted] = []
+        let offset: Int?? = state.withLock { state in
+            if options.contains(.ifAbsent), state.entries[key] != nil { return .some(nil) }
             guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
-            if let old = state.entries.removeValue(forKey: key) { retire(old, &state) }
+            if !evicting {
+                guard let offset = state.allocator.allocate(max(bytes.count, 1)) else { return nil }
+                return offset
+            }
+            if let old = take(key, &state) { retire(old, &state) }
             while true {
                 if let offset = state.allocator.allocate(max(bytes.count, 1)) { return offset }
-                guard let victim = leastRecentlyUsedUnborrowed(state) else { return nil }
+                guard let (_, victim) = state.recency.leastRecent(where: { state.entries[$0]?.borrowers == 0 }) else {
+                    return nil
+                }
                 evict(victim, &state, into: &evicted)
             }
         }
         handOver(evicted)
-        guard let offset else { return false }
+        guard let found = offset else { return false }
+        guard let offset = found else { return true }   // .ifAbsent, and it is here
         // The slot is ours alone until published below.
         (base + offset).copyMemory(from: bytes.baseAddress ?? UnsafeRawPointer(base), byteCount: bytes.count)
         let published = state.withLock { state -> Bool in
@@ -87,15 +122,19 @@ public final class HostTier: @unchecked Sendable {
                 state.allocator.release(offset)
                 return false
             }
-            state.clock += 1
+            if options.contains(.ifAbsent), state.entries[key] != nil {
+                state.allocator.release(offset)
+                return true
+            }
             // a concurrent put of the same key published first: this one is newer
-            if let other = state.entries.removeValue(forKey: key) { retire(other, &state) }
-            state.entries[key] = Entry(offset: offset, length: bytes.count, lastUse: state.clock, tag: tag)
+            if let other = take(key, &state) { retire(other, &state) }
+            state.entries[key] = Entry(offset: offset, length: bytes.count, node: state.recency.pushFront(key), tag: tag,
+                                       dirty: !options.contains(.clean))
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return true
         }
-        return published ? true : put(key, bytes, tag: tag)
+        return published ? true : put(key, bytes, tag: tag, options: options)
     }
 
     /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot
@@ -113,8 +152,8 @@ public final class HostTier: @unchecked Sendable {
                 state.stats.misses += 1
                 return nil
             }
-            state.clock += 1
-            entry.lastUse = state.clock
+            state.recency.moveToFront(entry.node)
+            entry.hits += 1
             entry.borrowers += 1
             state.entries[key] = entry
             state.stats.hits += 1
@@ -133,7 +172,7 @@ public final class HostTier: @unchecked Sendable {
         guard bytes <= capacity, bytes > 0 else { return false }
         let units = (bytes + Self.unitSize - 1) / Self.unitSize
         let limit = units * Self.unitSize
-        var evicted: [(BlockKey, [UInt8], UInt64)] = []
+        var evicted: [Evicted] = []
         state.withLock { state in
             state.allocator.usableUnits = units
             state.stats.budgetBytes = limit
@@ -145,21 +184,29 @@ public final class HostTier: @unchecked Sendable {
         return true
     }
 
-    /// Takes `key` out (copying its bytes for demotion when there is a lower tier) and frees
-    /// its slot, or leaves the slot to its borrowers. Call under the lock.
-    private func evict(_ key: BlockKey, _ state: inout State, into evicted: inout [(BlockKey, [UInt8], UInt64)]) {
-        guard let entry = state.entries.removeValue(forKey: key) else { return }
-        if demote != nil {
-            evicted.append((key, Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)), entry.tag))
+    /// Takes `key` out (copying a dirty block's bytes for demotion when there is a lower tier)
+    /// and frees its slot, or leaves the slot to its borrowers. Call under the lock.
+    private func evict(_ key: BlockKey, _ state: inout State, into evicted: inout [Evicted]) {
+        guard let entry = take(key, &state) else { return }
+        if demote != nil, entry.dirty {
+            evicted.append(Evicted(key: key, bytes: Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)),
+                                   tag: entry.tag, hits: entry.hits))
         }
         retire(entry, &state)
         state.stats.evictions += 1
     }
 
+    /// Removes the entry and its place in the recency list. Call under the lock.
+    private func take(_ key: BlockKey, _ state: inout State) -> Entry? {
+        guard let entry = state.entries.removeValue(forKey: key) else { return nil }
+        state.recency.remove(entry.node)
+        return entry
+    }
+
     /// Gives evicted blocks to the lower tier, outside the lock.
-    private func handOver(_ evicted: [(BlockKey, [UInt8], UInt64)]) {
+    private func handOver(_ evicted: [Evicted]) {
         guard let demote, !evicted.isEmpty else { return }
-        for (key, data, tag) in evicted { demote(key, data, tag) }
+        for block in evicted { demote(block) }
         state.withLock { $0.stats.demotions += evicted.count }
     }
 
@@ -167,7 +214,7 @@ public final class HostTier: @unchecked Sendable {
 
     public func remove(_ key: BlockKey) {
         state.withLock { state in
-            if let entry = state.entries.removeValue(forKey: key) { retire(entry, &state) }
+            if let entry = take(key, &state) { retire(entry, &state) }
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
         }
@@ -201,10 +248,6 @@ public final class HostTier: @unchecked Sendable {
         }
         state.stats.blocks = state.entries.count
         state.stats.usedBytes = state.allocator.allocatedBytes
-    }
-
-    private func leastRecentlyUsedUnborrowed(_ state: State) -> BlockKey? {
-        state.entries.filter { $0.value.borrowers == 0 }.min { $0.value.lastUse < $1.value.lastUse }?.key
     }
 }
 

@@ -1,0 +1,246 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// A large file (model weights) kept in the NVMe log as a sequence of chunks.
+public struct ObjectInfo: Sendable, Equatable, Codable {
+    public var name: String
+    /// Random per import, part of every chunk's key: a re-import never mixes with the chunks
+    /// of an earlier version, even across restarts.
+    public var version: UInt64
+    public var size: UInt64
+    public var chunkSize: Int
+    /// Where the bytes came from and which state of it (for a local file: path, size and
+    /// modification time), so a caller can tell whether the stored copy is current.
+    public var source: String
+
+    public var chunks: Int { Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize)) }
+
+    /// Bytes of chunk `index` (the last one may be short).
+    public func chunkLength(_ index: Int) -> Int {
+        Int(min(UInt64(chunkSize), size - UInt64(index) * UInt64(chunkSize)))
+    }
+
+    func chunkKey(_ index: Int) -> BlockKey {
+        var bytes = Array("strata-object-v1".utf8) + [0] + Array(name.utf8) + [0]
+        bytes += withUnsafeBytes(of: version.littleEndian, Array.init)
+        bytes += withUnsafeBytes(of: UInt64(index).littleEndian, Array.init)
+        return BlockKey(bytes: bytes)
+    }
+}
+
+public enum ObjectError: Error, Equatable, Sendable, CustomStringConvertible {
+    case notFound(name: String)
+    case destinationTooSmall(name: String, needed: UInt64, given: Int)
+    /// A chunk was missing (reclaimed under the budget) or failed verification: the object is
+    /// dropped from the store and must be fetched again; no byte of it was trusted.
+    case damaged(name: String, chunk: Int)
+    case badChunkSize(Int)
+    case sourceChanged(path: String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let name): "object '\(name)' is not in the store"
+        case .destinationTooSmall(let name, let needed, let given):
+            "object '\(name)' needs \(needed) bytes, the destination has \(given)"
+        case .damaged(let name, let chunk):
+            "object '\(name)': chunk \(chunk) is missing or failed its checksum; the object was dropped"
+        case .badChunkSize(let size): "chunk size \(size): expected a multiple of 4 KiB from 64 KiB to 64 MiB"
+        case .sourceChanged(let path): "\(path) changed while it was being imported"
+        }
+    }
+}
+
+/// How far a long transfer has come, for logs and progress bars.
+public struct TransferProgress: Sendable, Equatable {
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64
+    public var elapsed: Duration
+
+    public var bytesPerSecond: Double {
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return seconds > 0 ? Double(bytesDone) / seconds : 0
+    }
+
+    /// Seconds left at the rate so far; nil before any byte moved.
+    public var secondsLeft: Double? {
+        bytesPerSecond > 0 ? Double(bytesTotal - bytesDone) / bytesPerSecond : nil
+    }
+}
+
+/// Objects over the NVMe log. An import reads the source with O_DIRECT at full queue depth and
+/// writes each chunk through to the log as it arrives (optionally handing it to a sink, so a
+/// caller can fill host RAM in the same pass); the manifest is committed only after every chunk
+/// is synced, so an import cut short leaves nothing behind. A read streams the chunks, verified,
+/// into memory the caller provides (for instance a file mapped in /dev/shm), `queueDepth` at once.
+public final class ObjectStore: Sendable {
+    public let log: SegmentLog
+    public let queueDepth: Int
+    private let manifests: Mutex<[String: ObjectInfo]>
+    private let buffers: IOBufferPool
+
+    public static let defaultChunkSize = 8 << 20
+
+    init(log: SegmentLog, queueDepth: Int, manifests: [ObjectInfo]) {
+        self.log = log
+        self.queueDepth = queueDepth
+        self.manifests = Mutex(Dictionary(manifests.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))
+        self.buffers = IOBufferPool(perClass: queueDepth)
+    }
+
+    /// The objects of `log`, as its catalog recorded them. An object whose chunks did not all
+    /// survive (reclaimed, or lost to damage) is dropped here, before anyone reads it.
+    public static func open(log: SegmentLog, queueDepth: Int = 8) async throws -> ObjectStore {
+        var whole: [ObjectInfo] = []
+        for info in try log.catalog.loadObjects() {
+            var complete = true
+            for chunk in 0..<info.chunks where await !log.contains(info.chunkKey(chunk)) {
+                complete = false
+                break
+            }
+            if complete { whole.append(info) } else { try await log.catalog.removeObject(info.name) }
+        }
+        return ObjectStore(log: log, queueDepth: max(1, queueDepth), manifests: whole)
+    }
+
+    public func info(_ name: String) -> ObjectInfo? { manifests.withLock { $0[name] } }
+
+    public func list() -> [ObjectInfo] { manifests.withLock { $0.values.sorted { $0.name < $1.name } } }
+
+    /// Copies the file at `path` into the store as `name`, replacing an earlier version once
+    /// the new one is whole. `sink` receives every chunk (offset, bytes) as it passes, in no
+    /// particular order; `progress` is called after each chunk.
+    @discardableResult
+    public func importFile(
+        _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize,
+        sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
+        progress: (@Sendable (TransferProgress) -> Void)? = nil
+    ) async throws -> ObjectInfo {
+        guard chunkSize % BlockHeader.alignment == 0, (64 << 10...64 << 20).contains(chunkSize) else {
+            throw ObjectError.badChunkSize(chunkSize)
+        }
+        let source = try SourceFile(path: path)
+        defer { source.close() }
+        let info = ObjectInfo(name: name, version: UInt64.random(in: 1...UInt64.max), size: source.size,
+                              chunkSize: chunkSize, source: source.identity)
+        let started = ContinuousClock.now
+        let done = Mutex<UInt64>(0)
+        let engine = log.engine
+        _ = try await Parallel.run(workers: queueDepth, count: info.chunks) { [buffers, log] chunk in
+            let length = info.chunkLength(chunk)
+            // O_DIRECT wants whole blocks: ask for the rounded length, the file's end cuts it short.
+            let want = (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment
+            let buffer = buffers.take(atLeast: want)
+            defer { buffers.give(buffer) }
+            let got = try await engine.readFully(
+                fd: source.fd, into: buffer, range: 0..<want, at: UInt64(chunk) * UInt64(chunkSize))
+            guard got >= length else { throw ObjectError.sourceChanged(path: path) }
+            try sink?(UInt64(chunk) * UInt64(chunkSize), UnsafeRawBufferPointer(buffer[0..<length]))
+            try await log.put(info.chunkKey(chunk), from: buffer, range: 0..<length, durable: false)
+            let total = done.withLock { $0 += UInt64(length); return $0 }
+            progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
+        }
+        guard try source.identityNow() == source.identity else { throw ObjectError.sourceChanged(path: path) }
+        try await log.sync()
+        try await log.catalog.putObject(info)
+        let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
+        if let replaced { await dropChunks(of: replaced) }
+        return info
+    }
+
+    /// Streams the object into `destination` (at least its size), verifying every chunk.
+    /// A missing or damaged chunk drops the object and throws `ObjectError.damaged`; the
+    /// destination then holds partial data that must not be used.
+    public func read(
+        _ name: String, into destination: UnsafeMutableRawBufferPointer,
+        progress: (@Sendable (TransferProgress) -> Void)? = nil
+    ) async throws {
+        guard let info = info(name) else { throw ObjectError.notFound(name: name) }
+        guard UInt64(destination.count) >= info.size else {
+            throw ObjectError.destinationTooSmall(name: name, needed: info.size, given: destination.count)
+        }
+        let target = UnsafeDestination(base: destination.baseAddress, count: destination.count)
+        let started = ContinuousClock.now
+        let done = Mutex<UInt64>(0)
+        do {
+            _ = try await Parallel.run(workers: queueDepth, count: info.chunks) { [buffers, log] chunk in
+                let key = info.chunkKey(chunk)
+                guard let needed = await log.bytesNeeded(for: key) else { throw ObjectError.damaged(name: name, chunk: chunk) }
+                let buffer = buffers.take(atLeast: needed)
+                defer { buffers.give(buffer) }
+                guard let payload = try await log.get(key, into: buffer), payload.count == info.chunkLength(chunk) else {
+                    throw ObjectError.damaged(name: name, chunk: chunk)
+                }
+                target.copy(from: UnsafeRawBufferPointer(buffer[payload]), at: chunk * info.chunkSize)
+                let total = done.withLock { $0 += UInt64(payload.count); return $0 }
+                progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
+            }
+        } catch let error as ObjectError {
+            if case .damaged = error { try? await remove(name) }
+            throw error
+        }
+    }
+
+    /// Removes the object and its chunks.
+    public func remove(_ name: String) async throws {
+        guard let info = manifests.withLock({ $0.removeValue(forKey: name) }) else { return }
+        try await log.catalog.removeObject(name)
+        await dropChunks(of: info)
+    }
+
+    private func dropChunks(of info: ObjectInfo) async {
+        for chunk in 0..<info.chunks { await log.remove(info.chunkKey(chunk)) }
+    }
+}
+
+/// Caller memory that chunk tasks fill, each its own disjoint range.
+struct UnsafeDestination: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer?
+    let count: Int
+
+    func copy(from bytes: UnsafeRawBufferPointer, at offset: Int) {
+        precondition(offset >= 0 && offset + bytes.count <= count)
+        guard let base, let from = bytes.baseAddress else { return }
+        (base + offset).copyMemory(from: from, byteCount: bytes.count)
+    }
+}
+
+/// A file being imported: opened with O_DIRECT where the file system allows it.
+struct SourceFile: Sendable {
+    let fd: Int32
+    let path: String
+    let size: UInt64
+    let identity: String
+
+    init(path: String) throws {
+        var fd = Glibc.open(path, O_RDONLY | O_DIRECT | O_CLOEXEC)
+        if fd < 0 && errno == EINVAL { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }   // no O_DIRECT here
+        guard fd >= 0 else { throw IOError(operation: "open \(path)", errno: errno) }
+        self.fd = fd
+        self.path = path
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw IOError(operation: "stat \(path)", errno: code)
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            Glibc.close(fd)
+            throw IOError(operation: "import \(path)", errno: EINVAL, detail: "not a regular file")
+        }
+        size = UInt64(info.st_size)
+        identity = Self.identity(path: path, info)
+    }
+
+    func identityNow() throws -> String {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw IOError(operation: "stat \(path)", errno: errno) }
+        return Self.identity(path: path, info)
+    }
+
+    static func identity(path: String, _ info: stat) -> String {
+        "file:\(path) size=\(info.st_size) mtime=\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
+    }
+
+    func close() { Glibc.close(fd) }
+}

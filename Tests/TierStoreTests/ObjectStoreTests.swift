@@ -1,0 +1,156 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import TierStore
+
+/// Objects (model weights) as chunk sequences in the NVMe log: import from a local path, read
+/// into caller memory, restarts, damage, replacement, and bad input.
+struct ObjectStoreTests {
+    /// A source file of `size` bytes in a fresh temp directory (not a chunk multiple on purpose).
+    static func sourceFile(_ dir: String, size: Int, seed: UInt64) throws -> (String, [UInt8]) {
+        let bytes = IOEngineContractTests.pattern(size, seed: seed)
+        let path = dir + "/weights-\(seed).gguf"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return (path, bytes)
+    }
+
+    static func read(_ store: ObjectStore, _ name: String, size: Int) async throws -> [UInt8] {
+        let destination = IOBuffer(count: size)
+        try await store.read(name, into: destination.bytes)
+        return Array(destination.readOnly)
+    }
+
+    @Test(arguments: EngineUnderTest.all)
+    func importReadRestartAndReplace(kind: EngineUnderTest) async throws {
+        let engine = try kind.make(queueDepth: 16)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let size = 5 * (1 << 20) + 12_345
+        let (path, bytes) = try Self.sourceFile(dir, size: size, seed: 1)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log, queueDepth: 4)
+
+        // the sink sees every byte once, in whatever order chunks arrive; progress ends at the size
+        let sunk = Mutex([UInt8](repeating: 0, count: size))
+        let last = Mutex<TransferProgress?>(nil)
+        let info = try await store.importFile(
+            "smollm2", path: path, chunkSize: 1 << 20,
+            sink: { offset, chunk in sunk.withLock { $0.replaceSubrange(Int(offset)..<Int(offset) + chunk.count, with: chunk) } },
+            progress: { progress in last.withLock { if ($0?.bytesDone ?? 0) < progress.bytesDone { $0 = progress } } })
+        #expect(info.size == UInt64(size) && info.chunks == 6 && info.source.contains(path))
+        #expect(sunk.withLock { $0 } == bytes)
+        #expect(last.withLock { $0?.bytesDone } == UInt64(size))
+        #expect(try await Self.read(store, "smollm2", size: size) == bytes)
+        await log.close()
+
+        // found again after a restart, byte for byte
+        let log2 = try await SegmentLog.open(config, engine: engine)
+        let store2 = try await ObjectStore.open(log: log2, queueDepth: 4)
+        #expect(store2.info("smollm2") == info)
+        #expect(try await Self.read(store2, "smollm2", size: size) == bytes)
+
+        // a re-import replaces the object whole; the old chunks go
+        let (path2, bytes2) = try Self.sourceFile(dir, size: 3 << 20, seed: 2)
+        let blocksBefore = await log2.stats.blocks
+        let info2 = try await store2.importFile("smollm2", path: path2, chunkSize: 1 << 20)
+        #expect(info2.version != info.version)
+        #expect(try await Self.read(store2, "smollm2", size: 3 << 20) == bytes2)
+        #expect(await log2.stats.blocks == blocksBefore - 6 + 3)
+        try await store2.remove("smollm2")
+        #expect(store2.info("smollm2") == nil && store2.list().isEmpty)
+        #expect(await log2.stats.blocks == blocksBefore - 6)
+        await log2.close()
+    }
+
+    @Test func damagedChunkDropsTheObjectAndNothingWrongIsServed() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, _) = try Self.sourceFile(dir, size: 2 << 20, seed: 3)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log, queueDepth: 4)
+        let info = try await store.importFile("m", path: path, chunkSize: 256 << 10)
+        let (segment, offset) = try #require(await log.recordLocation(info.chunkKey(5)))
+        let fd = open(segment, O_WRONLY)
+        var flipped: UInt8 = 0x5A
+        #expect(pwrite(fd, &flipped, 1, off_t(offset) + 64 + 999) == 1)
+        close(fd)
+
+        await #expect(throws: ObjectError.damaged(name: "m", chunk: 5)) {
+            _ = try await Self.read(store, "m", size: 2 << 20)
+        }
+        #expect(store.info("m") == nil, "dropped, so nobody maps half an object")
+        await #expect(throws: ObjectError.notFound(name: "m")) { _ = try await Self.read(store, "m", size: 2 << 20) }
+        await log.close()
+        let reopened = try await ObjectStore.open(log: try await SegmentLog.open(config, engine: engine))
+        #expect(reopened.info("m") == nil, "and it stays dropped after a restart")
+        await reopened.log.close()
+    }
+
+    @Test func anImportCutShortLeavesNoObject() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, _) = try Self.sourceFile(dir, size: 4 << 20, seed: 4)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log, queueDepth: 2)
+        struct Stop: Error {}
+        let seen = Mutex(0)
+        await #expect(throws: Stop.self) {
+            try await store.importFile("m", path: path, chunkSize: 256 << 10, sink: { _, _ in
+                if seen.withLock({ $0 += 1; return $0 }) > 5 { throw Stop() }
+            })
+        }
+        #expect(store.info("m") == nil)
+        await log.close()
+        let reopened = try await ObjectStore.open(log: try await SegmentLog.open(config, engine: engine))
+        #expect(reopened.list().isEmpty, "no manifest was written for the partial import")
+        await reopened.log.close()
+    }
+
+    @Test func badInputIsAClearErrorAndChangesNothing() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, bytes) = try Self.sourceFile(dir, size: 300_000, seed: 5)
+        let log = try await SegmentLog.open(.init(directory: dir + "/log", segmentBytes: 4 << 20), engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        await #expect(throws: ObjectError.badChunkSize(5000)) { try await store.importFile("m", path: path, chunkSize: 5000) }
+        await #expect(throws: IOError.self) { try await store.importFile("m", path: dir + "/missing", chunkSize: 1 << 20) }
+        await #expect(throws: IOError.self) { try await store.importFile("m", path: dir, chunkSize: 1 << 20) }
+        let blocks = await log.stats.blocks
+        #expect(store.list().isEmpty && blocks == 0)
+        try await store.importFile("m", path: path, chunkSize: 64 << 10)
+        let small = IOBuffer(count: 4096)
+        await #expect(throws: ObjectError.destinationTooSmall(name: "m", needed: 300_000, given: 4096)) {
+            try await store.read("m", into: small.bytes)
+        }
+        #expect(try await Self.read(store, "m", size: 300_000) == bytes)
+        await log.close()
+    }
+
+    @Test func aChunkReclaimedUnderTheBudgetMakesTheObjectAbsentAfterRestart() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 6)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 64 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("m", path: path, chunkSize: 512 << 10)
+        await log.setBudget(2 << 20)   // the oldest segments (the object's first chunks) go
+        await log.close()
+        let reopened = try await ObjectStore.open(log: try await SegmentLog.open(config, engine: engine))
+        #expect(reopened.info("m") == nil)
+        await reopened.log.close()
+    }
+}

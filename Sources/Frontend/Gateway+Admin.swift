@@ -19,12 +19,36 @@ extension Gateway {
             try await backend.load(model: name)
             return jsonResponse(["model": name, "action": "load", "accepted": true], status: .accepted)
         }
+        addTierRoutes(to: router)
         router.post("/admin/models/:name/unload") { request, context in
             try authorizeAdmin(request)
             let name = try context.parameters.require("name")
             try await backend.unload(model: name)
             return jsonResponse(["model": name, "action": "unload", "accepted": true], status: .accepted)
         }
+    }
+
+    func addTierRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/admin/tiers") { request, _ in
+            try authorizeAdmin(request)
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: try await tierBackend().tierStatus())))
+        }
+        router.put("/admin/tiers") { request, _ in
+            try authorizeAdmin(request)
+            let body = try await request.body.collect(upTo: 64 << 10)
+            let status = try await tierBackend().updateTiers(Data(body.readableBytesView))
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: status)))
+        }
+    }
+
+    private func tierBackend() throws -> any TierBackend {
+        guard let tiers else {
+            throw GatewayError(status: .notFound, type: "invalid_request_error", code: "no_tiers",
+                               message: "This daemon runs no storage tiers")
+        }
+        return tiers
     }
 
     func authorizeAdmin(_ request: Request) throws {

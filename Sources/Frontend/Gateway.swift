@@ -40,6 +40,8 @@ public struct GatewayConfiguration: Sendable {
 public struct Gateway: Sendable {
     public let configuration: GatewayConfiguration
     let backend: any ModelBackend
+    /// The storage tiers, for `/admin/tiers`; nil when the daemon runs none.
+    let tiers: (any TierBackend)?
     let httpClient: HTTPClient
     let logger: Logger
     let metrics: GatewayMetrics
@@ -50,10 +52,12 @@ public struct Gateway: Sendable {
 
     public init(
         configuration: GatewayConfiguration, backend: any ModelBackend, httpClient: HTTPClient, logger: Logger,
-        renderMetrics: @escaping @Sendable () -> String = { "" }, isReady: @escaping @Sendable () -> Bool = { true }
+        renderMetrics: @escaping @Sendable () -> String = { "" }, isReady: @escaping @Sendable () -> Bool = { true },
+        tiers: (any TierBackend)? = nil
     ) {
         self.configuration = configuration
         self.backend = backend
+        self.tiers = tiers
         self.httpClient = httpClient
         self.logger = logger
         self.metrics = GatewayMetrics()

@@ -46,7 +46,7 @@ public enum ConfigLoader {
             supervisor: SupervisorSettings(
                 loadTimeout: .seconds(120), queueTimeout: .seconds(120), stopTimeout: .seconds(10), maxQueued: 256,
                 restartBackoff: .seconds(1), restartBackoffMax: .seconds(30), healthInterval: .milliseconds(25)),
-            tiers: TierConfiguration(host: TierConfiguration.defaultHost, nvme: TierConfiguration.defaultNVMe),
+            tiers: TierConfiguration(),
             devices: [],
             runtimes: [:],
             models: [])
@@ -148,18 +148,51 @@ public enum ConfigLoader {
     }
 
     static func tiers(_ reader: ConfigReader, _ node: Node) throws -> TierConfiguration {
-        let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme"])
-        func tier(_ name: String, _ defaults: TierConfiguration.Tier) throws -> TierConfiguration.Tier {
-            guard let node = map[name] else { return defaults }
-            let key = "tiers.\(name)"
-            let fields = try reader.mapping(node, at: key, allowed: ["dir", "budget"])
-            var tier = defaults
-            if let v = fields["dir"] { tier.directory = try reader.path(v, at: "\(key).dir") }
-            if let v = fields["budget"] { tier.budgetBytes = try reader.size(v, at: "\(key).budget") }
-            return tier
+        let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme", "engine", "queue_depth"])
+        var tiers = TierConfiguration()
+        func choice<T>(_ node: Node?, at key: String, _ parse: (String) -> T?, expected: String) throws -> T? {
+            guard let node else { return nil }
+            let text = try reader.string(node, at: key)
+            guard let value = parse(text) else { throw reader.fail(key, node, "'\(text)' is not one of \(expected)") }
+            return value
         }
-        return TierConfiguration(
-            host: try tier("host", TierConfiguration.defaultHost), nvme: try tier("nvme", TierConfiguration.defaultNVMe))
+        let admissions = "always, second-hit"
+        if let node = map["host"] {
+            let fields = try reader.mapping(node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction"])
+            if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") }
+            if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") }
+            if let v = try choice(fields["admission"], at: "tiers.host.admission", BlockStore.Admission.init, expected: admissions) {
+                tiers.host.admission = v
+            }
+            if let v = try choice(fields["eviction"], at: "tiers.host.eviction", BlockStore.EvictionPolicy.init, expected: "demote, drop") {
+                tiers.host.eviction = v
+            }
+            guard tiers.host.budgetBytes > 0 else { throw reader.fail("tiers.host.budget", fields["budget"], "must be more than zero") }
+        }
+        if let node = map["nvme"] {
+            let fields = try reader.mapping(
+                node, at: "tiers.nvme", allowed: ["dir", "budget", "admission", "codec", "segment_size"])
+            if let v = fields["dir"] { tiers.nvme.directory = try reader.path(v, at: "tiers.nvme.dir") }
+            if let v = fields["budget"] { tiers.nvme.budgetBytes = try reader.size(v, at: "tiers.nvme.budget") }
+            if let v = try choice(fields["admission"], at: "tiers.nvme.admission", BlockStore.Admission.init, expected: admissions) {
+                tiers.nvme.admission = v
+            }
+            if let v = try choice(fields["codec"], at: "tiers.nvme.codec", BlockHeader.Codec.init(name:), expected: "none, lz4") {
+                tiers.nvme.codec = v
+            }
+            if let v = fields["segment_size"] {
+                let size = try reader.size(v, at: "tiers.nvme.segment_size")
+                guard size >= 1 << 20, size <= 4 << 30, size % 4096 == 0 else {
+                    throw reader.fail("tiers.nvme.segment_size", v, "expected a multiple of 4KiB from 1MiB to 4GiB")
+                }
+                tiers.nvme.segmentBytes = Int(size)
+            }
+        }
+        if let v = try choice(map["engine"], at: "tiers.engine", IOEngineKind.init(rawValue:), expected: "auto, io_uring, psync") {
+            tiers.engine = v
+        }
+        if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) }
+        return tiers
     }
 
     static func devices(_ reader: ConfigReader, _ node: Node?, environment: [String: String]) throws

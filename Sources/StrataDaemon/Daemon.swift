@@ -7,8 +7,9 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// Wires the modules together and runs them as services: the model controller first, the HTTP
-/// server last, so SIGTERM stops taking requests, drains those in flight, then stops runtimes.
+/// Wires the modules together and runs them as services: the storage tiers, the model
+/// controller, the HTTP server last, so SIGTERM stops taking requests, drains those in flight,
+/// stops runtimes, then closes the tiers.
 public enum Daemon {
     public static func run(
         config: StrataConfiguration, logger: Logger, renderMetrics: @escaping @Sendable () -> String,
@@ -26,6 +27,7 @@ public enum Daemon {
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
 
         let controller = ModelController(config: config, httpClient: httpClient, logger: logger)
+        let tiers = TierService(configuration: config.tiers, stateDirectory: config.stateDirectory, logger: logger)
         let ready = ReadyFlag()
         let gateway = Gateway(
             configuration: GatewayConfiguration(
@@ -33,7 +35,7 @@ public enum Daemon {
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
                 upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
-            isReady: { ready.value })
+            isReady: { ready.value }, tiers: tiers)
 
         let app = Application(
             router: gateway.buildRouter(),
@@ -49,6 +51,7 @@ public enum Daemon {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
+                    .init(service: tiers),
                     .init(service: ControllerService(controller: controller, ready: ready)),
                     .init(service: app),
                 ],

@@ -1,25 +1,72 @@
-/// Budgets and places of the storage tiers, as read from the config's `tiers` section.
-/// The tiers themselves (host arena, NVMe segments, remote) are built on this configuration.
+/// Budgets, places and policies of the storage tiers, as read from the config's `tiers` section.
+/// The tiers themselves (host arena, NVMe segments) are built on this configuration; what can
+/// change at run time is its `policy`.
 public struct TierConfiguration: Sendable, Equatable {
-    public struct Tier: Sendable, Equatable {
-        /// Directory that holds this tier's files (for the host tier, a RAM-backed directory).
+    public struct Host: Sendable, Equatable {
+        /// RAM-backed directory for files runtimes open by path (staged weights).
         public var directory: String
+        /// The block arena's budget, mapped and pre-faulted at start: also the most it can grow to.
         public var budgetBytes: UInt64
+        public var admission: BlockStore.Admission
+        /// What leaves RAM: demoted to NVMe, or dropped.
+        public var eviction: BlockStore.EvictionPolicy
 
-        public init(directory: String, budgetBytes: UInt64) {
+        public init(directory: String, budgetBytes: UInt64, admission: BlockStore.Admission = .always,
+                    eviction: BlockStore.EvictionPolicy = .demote) {
             self.directory = directory
             self.budgetBytes = budgetBytes
+            self.admission = admission
+            self.eviction = eviction
         }
     }
 
-    public var host: Tier
-    public var nvme: Tier
+    public struct NVMe: Sendable, Equatable {
+        /// Segment files and the catalog; nil means `<state_dir>/nvme`.
+        public var directory: String?
+        public var budgetBytes: UInt64
+        public var admission: BlockStore.Admission
+        public var codec: BlockHeader.Codec
+        public var segmentBytes: Int
 
-    public init(host: Tier, nvme: Tier) {
-        self.host = host
-        self.nvme = nvme
+        public init(directory: String? = nil, budgetBytes: UInt64, admission: BlockStore.Admission = .always,
+                    codec: BlockHeader.Codec = .none, segmentBytes: Int = 256 << 20) {
+            self.directory = directory
+            self.budgetBytes = budgetBytes
+            self.admission = admission
+            self.codec = codec
+            self.segmentBytes = segmentBytes
+        }
     }
 
-    public static let defaultHost = Tier(directory: "/dev/shm/strata", budgetBytes: 8 << 30)
-    public static let defaultNVMe = Tier(directory: "./var/strata/nvme", budgetBytes: 64 << 30)
+    public var host: Host
+    public var nvme: NVMe
+    /// How NVMe I/O is issued; `auto` takes io_uring where the kernel allows it.
+    public var engine: IOEngineKind
+    public var queueDepth: Int
+
+    public init(host: Host = Self.defaultHost, nvme: NVMe = Self.defaultNVMe, engine: IOEngineKind = .auto, queueDepth: Int = 32) {
+        self.host = host
+        self.nvme = nvme
+        self.engine = engine
+        self.queueDepth = queueDepth
+    }
+
+    public static let defaultHost = Host(directory: "/dev/shm/strata", budgetBytes: 1 << 30)
+    public static let defaultNVMe = NVMe(budgetBytes: 64 << 30)
+
+    /// The part that can change while the store runs.
+    public var policy: BlockStore.Policy {
+        BlockStore.Policy(
+            hostBudgetBytes: Int(clamping: host.budgetBytes), nvmeBudgetBytes: nvme.budgetBytes,
+            hostAdmission: host.admission, nvmeAdmission: nvme.admission, nvmeCodec: nvme.codec, eviction: host.eviction)
+    }
+}
+
+extension BlockHeader.Codec: CaseIterable, CustomStringConvertible {
+    public static let allCases: [BlockHeader.Codec] = [.none, .lz4]
+    public var description: String { self == .none ? "none" : "lz4" }
+    public init?(name: String) {
+        guard let codec = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = codec
+    }
 }

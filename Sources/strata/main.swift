@@ -146,11 +146,11 @@ struct IOBench: AsyncParsableCommand {
 struct StoreBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store",
-        abstract: "Measure the NVMe block log through its own API (puts, or verified random gets).")
+        abstract: "Measure the store through its own API: block puts, verified random gets, whole-object sequential reads, host-tier gets.")
 
     @Option(help: "Directory of the block log (created if missing; reused between runs).")
     var dir: String
-    @Option(help: "put, rand-get (NVMe log) or host-get (host tier, against memcpy).")
+    @Option(help: "put, rand-get, seq-read (NVMe log; seq-read streams one object of --size in --block-size chunks) or host-get (host tier, against memcpy).")
     var pattern: String = "rand-get"
     @Option(help: "Bytes to put, or to fill and read (KiB/MiB/GiB suffixes).")
     var size: String = "1GiB"
@@ -165,7 +165,7 @@ struct StoreBench: AsyncParsableCommand {
 
     func run() async throws {
         guard let pattern = StoreBenchmark.Pattern(rawValue: pattern) else {
-            throw ValidationError("--pattern '\(pattern)': expected put, rand-get or host-get (objects and seq-read are not built yet)")
+            throw ValidationError("--pattern '\(pattern)': expected put, rand-get, seq-read or host-get")
         }
         let (kind, block, total) = try BenchOptions.validate(
             engine: engine, blockSize: blockSize, size: size, queueDepth: queueDepth, aligned: false)

@@ -1,6 +1,7 @@
 import Foundation
 import Placer
 import Testing
+import TierStore
 @testable import StrataDaemon
 
 struct ConfigLoaderTests {
@@ -48,7 +49,11 @@ struct ConfigLoaderTests {
             auth: { api_keys_env: MY_KEYS, admin_key_env: MY_ADMIN }
             gateway: { max_body: 1MiB, upstream_timeout: 30s }
             supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h }
-            tiers: { host: { dir: ~/shm, budget: 2GiB }, nvme: { budget: 1TB } }
+            tiers:
+              host: { dir: ~/shm, budget: 2GiB, admission: second-hit, eviction: drop }
+              nvme: { budget: 1TB, codec: lz4, segment_size: 64MiB }
+              engine: psync
+              queue_depth: 8
             devices: [ { name: cpu, kind: cpu, memory: 1GiB }, { name: gpu0, kind: gpu, memory: 24GiB } ]
             runtimes:
               llama: { kind: llama-server, binary: ~/bin/llama-server, args: ["-c", "2048"] }
@@ -67,6 +72,11 @@ struct ConfigLoaderTests {
         #expect(config.supervisor.restartBackoff == .milliseconds(500))
         #expect(config.tiers.host.directory == "/home/u/shm")
         #expect(config.tiers.nvme.budgetBytes == 1_000_000_000_000)
+        #expect(config.tiers.policy == BlockStore.Policy(
+            hostBudgetBytes: 2 << 30, nvmeBudgetBytes: 1_000_000_000_000, hostAdmission: .secondHit, nvmeAdmission: .always,
+            nvmeCodec: .lz4, eviction: .drop))
+        #expect(config.tiers.nvme.segmentBytes == 64 << 20 && config.tiers.engine == .psync && config.tiers.queueDepth == 8)
+        #expect(config.tiers.nvme.directory == nil, "defaults to <state_dir>/nvme")
         #expect(config.runtimes["llama"]?.kind == .llamaServer(binary: "/home/u/bin/llama-server", args: ["-c", "2048"]))
         #expect(config.runtimes["custom"]?.kind == .command(argv: ["srv", "--port", "${PORT}", "--m", "${MODEL_PATH}"]))
         #expect(config.runtimes["custom"]?.healthPath == "/ok")
@@ -101,6 +111,13 @@ struct ConfigLoaderTests {
         Self.expectError("runtimes: { x: { kind: command, command: [srv] } }", key: "runtimes.x.command", "${PORT}")
         Self.expectError("runtimes: { x: { kind: upstream, url: ftp://h } }", key: "runtimes.x.url", "http(s) URL")
         Self.expectError("runtimes: { x: { kind: llama-server, url: http://h } }", key: "runtimes.x.url", "not used")
+        Self.expectError("tiers: { host: { admission: sometimes } }", key: "tiers.host.admission", "'sometimes'", "second-hit")
+        Self.expectError("tiers: { nvme: { codec: zstd } }", key: "tiers.nvme.codec", "'zstd'", "none, lz4")
+        Self.expectError("tiers: { host: { eviction: keep } }", key: "tiers.host.eviction", "'keep'", "demote, drop")
+        Self.expectError("tiers: { nvme: { segment_size: 100KiB } }", key: "tiers.nvme.segment_size", "1MiB to 4GiB")
+        Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
+        Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
+        Self.expectError("tiers: { host: { bugdet: 1GiB } }", key: "tiers.host.bugdet", "unknown key")
     }
 
     @Test func modelErrors() {

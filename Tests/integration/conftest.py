@@ -127,12 +127,13 @@ class Daemon:
             wait_for(lambda: not pid_alive(pid), timeout, what=f"runtime pid {pid} to exit")
 
 
-def config(models: str, extra: str = "") -> str:
+def config(models: str, extra: str = "", tiers: str = "{ host: { budget: 32MiB }, nvme: { budget: 256MiB } }") -> str:
     return f"""
 listen: 127.0.0.1:@PORT@
 state_dir: @STATE@
 log_level: info
 gateway: {{ max_body: 64KiB }}
+tiers: {tiers}
 supervisor: {{ load_timeout: 60s, queue_timeout: 90s, stop_timeout: 5s, restart_backoff: 200ms, restart_backoff_max: 2s }}
 devices: [ {{ name: cpu, kind: cpu, memory: 600MiB }} ]
 runtimes:

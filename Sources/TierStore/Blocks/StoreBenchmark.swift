@@ -1,13 +1,17 @@
 import Foundation
+import Glibc
 
 /// `strata bench store`: the NVMe block log measured through its own API, `queueDepth`
 /// operations in flight. `put` appends `size / blockSize` blocks (cache durability); `rand-get`
 /// fills the log first if needed, then reads blocks at random into reused buffers, verifying
-/// every checksum as a real get does.
+/// every checksum as a real get does; `seq-read` imports a `size` file as an object with
+/// `blockSize` chunks (once; later runs reuse it) and streams the whole object, verified, into
+/// a pre-faulted buffer, as a model load does.
 public struct StoreBenchmark: Sendable {
     public enum Pattern: String, Sendable, CaseIterable {
         case put
         case randGet = "rand-get"
+        case seqRead = "seq-read"
         /// Host-tier gets (borrowed in place) against memcpy of the same size, alternating.
         case hostGet = "host-get"
     }
@@ -30,6 +34,7 @@ public struct StoreBenchmark: Sendable {
 
     public func run(engine: any IOEngine) async throws -> IOBenchmark.Result {
         if pattern == .hostGet { return try runHostGet() }
+        if pattern == .seqRead { return try await runSeqRead(engine: engine) }
         let blocks = max(1, Int(totalBytes / UInt64(blockSize)))
         let segmentBytes = max(64 << 20, BlockHeader.recordLength(storedLength: blockSize) * 4)
         let log = try await SegmentLog.open(
@@ -49,8 +54,8 @@ public struct StoreBenchmark: Sendable {
             switch pattern {
             case .put:
                 try await log.put(Self.key(i), payload, durable: false)
-            case .hostGet:
-                preconditionFailure("handled by runHostGet")
+            case .hostGet, .seqRead:
+                preconditionFailure("handled by runHostGet and runSeqRead")
             case .randGet:
                 let buffer = pool.take(atLeast: recordLength)
                 defer { pool.give(buffer) }
@@ -67,6 +72,32 @@ public struct StoreBenchmark: Sendable {
         return IOBenchmark.Result.measured(
             engine: engine.name, pattern: pattern.rawValue, blockSize: blockSize, queueDepth: queueDepth,
             latencies: latencies, seconds: seconds)
+    }
+
+    /// One whole-object read, timed; per-chunk latencies from submission to verified copy.
+    func runSeqRead(engine: any IOEngine) async throws -> IOBenchmark.Result {
+        let segmentBytes = max(256 << 20, BlockHeader.recordLength(storedLength: blockSize) * 4)
+        let log = try await SegmentLog.open(
+            .init(directory: directory, segmentBytes: segmentBytes, budgetBytes: UInt64.max / 2), engine: engine)
+        let store = try await ObjectStore.open(log: log, queueDepth: queueDepth)
+        let name = "bench-seq-\(totalBytes)-\(blockSize)"
+        if store.info(name) == nil {
+            // the source file is written once with O_DIRECT, imported, then removed
+            let source = directory + "/source.bin"
+            try await IOBenchmark(path: source, fileSize: totalBytes, blockSize: 1 << 20, queueDepth: 4,
+                                  pattern: .seqRead, direct: true).prepare(engine: engine)
+            try await store.importFile(name, path: source, chunkSize: blockSize)
+            unlink(source)
+        }
+        let destination = IOBuffer(count: Int(totalBytes))
+        let latencies = IOBenchmark.Samples()
+        let started = ContinuousClock.now
+        try await store.read(name, into: destination.bytes, chunkTimes: { latencies.add($0.microseconds) })
+        let seconds = (ContinuousClock.now - started).microseconds / 1e6
+        await log.close()
+        return IOBenchmark.Result.measured(
+            engine: engine.name, pattern: pattern.rawValue, blockSize: blockSize, queueDepth: queueDepth,
+            latencies: latencies.values, seconds: seconds)
     }
 
     /// Random gets from a host tier filled with `totalBytes` of blocks (borrow the view, read its

@@ -126,6 +126,22 @@ public struct IOBenchmark: Sendable {
     }
 
     /// Hands out block indexes 0..<n once each across workers.
+    /// Latency samples collected from concurrent tasks.
+    final class Samples: @unchecked Sendable {
+        private var samples: [Double] = []
+        private let lock = NSLock()
+        func add(_ value: Double) {
+            lock.lock()
+            samples.append(value)
+            lock.unlock()
+        }
+        var values: [Double] {
+            lock.lock()
+            defer { lock.unlock() }
+            return samples
+        }
+    }
+
     final class Counter: @unchecked Sendable {
         private var value = 0
         private let lock = NSLock()

@@ -155,6 +155,14 @@ public final class ObjectStore: Sendable {
         _ name: String, into destination: UnsafeMutableRawBufferPointer,
         progress: (@Sendable (TransferProgress) -> Void)? = nil
     ) async throws {
+        try await read(name, into: destination, progress: progress, chunkTimes: nil)
+    }
+
+    /// `chunkTimes` receives each chunk's time from its read's start to its verified copy.
+    func read(
+        _ name: String, into destination: UnsafeMutableRawBufferPointer,
+        progress: (@Sendable (TransferProgress) -> Void)? = nil, chunkTimes: (@Sendable (Duration) -> Void)?
+    ) async throws {
         guard let info = info(name) else { throw ObjectError.notFound(name: name) }
         guard UInt64(destination.count) >= info.size else {
             throw ObjectError.destinationTooSmall(name: name, needed: info.size, given: destination.count)
@@ -165,6 +173,7 @@ public final class ObjectStore: Sendable {
         do {
             _ = try await Parallel.run(workers: queueDepth, count: info.chunks) { [buffers, log] chunk in
                 let key = info.chunkKey(chunk)
+                let chunkStarted = ContinuousClock.now
                 guard let needed = await log.bytesNeeded(for: key) else { throw ObjectError.damaged(name: name, chunk: chunk) }
                 let buffer = buffers.take(atLeast: needed)
                 defer { buffers.give(buffer) }
@@ -172,6 +181,7 @@ public final class ObjectStore: Sendable {
                     throw ObjectError.damaged(name: name, chunk: chunk)
                 }
                 target.copy(from: UnsafeRawBufferPointer(buffer[payload]), at: chunk * info.chunkSize)
+                chunkTimes?(ContinuousClock.now - chunkStarted)
                 let total = done.withLock { $0 += UInt64(payload.count); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
             }

@@ -1,0 +1,217 @@
+import Foundation
+import Frontend
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TierStore
+
+/// Runs the storage tiers: opens the NVMe log (recovering its blocks) and the host arena at
+/// start, in the background so the gateway is up at once; publishes per-tier metrics every
+/// few seconds; takes run-time policy changes from `/admin/tiers`; closes the log cleanly on
+/// shutdown (queued demotions written, catalog committed).
+final class TierService: Service, TierBackend {
+    enum Phase {
+        case opening
+        case open(BlockStore, ObjectStore)
+        case failed(String)
+        case closed
+    }
+
+    let configuration: TierConfiguration
+    let directory: String
+    let logger: Logger
+    let reportInterval: Duration
+    private let phase = Mutex(Phase.opening)
+    /// Serializes policy changes, so two admin calls never interleave their read-modify-write.
+    private let changes = AsyncSemaphore(permits: 1)
+
+    init(configuration: TierConfiguration, stateDirectory: String, logger: Logger, reportInterval: Duration = .seconds(5)) {
+        self.configuration = configuration
+        self.directory = configuration.nvme.directory ?? stateDirectory + "/nvme"
+        self.logger = logger
+        self.reportInterval = reportInterval
+    }
+
+    func run() async throws {
+        let engine: any IOEngine
+        let store: BlockStore
+        do {
+            let started = ContinuousClock.now
+            engine = try configuration.engine.make(queueDepth: configuration.queueDepth)
+            let log = try await SegmentLog.open(
+                .init(directory: directory, segmentBytes: configuration.nvme.segmentBytes,
+                      budgetBytes: configuration.nvme.budgetBytes, codec: configuration.nvme.codec),
+                engine: engine)
+            store = try await BlockStore(policy: configuration.policy, nvme: log, logger: logger)
+            let objects = try await ObjectStore.open(log: log, queueDepth: min(configuration.queueDepth, 16))
+            phase.withLock { $0 = .open(store, objects) }
+            let nvme = await log.stats
+            logger.info("tiers open in \(ContinuousClock.now - started): host \(ConfigUnits.formatBytes(UInt64(store.host.capacity))) arena (\(engine.name)), nvme \(directory) with \(nvme.blocks) block(s), \(ConfigUnits.formatBytes(nvme.usedBytes)) recovered, \(objects.list().count) object(s)")
+        } catch {
+            phase.withLock { $0 = .failed("\(error)") }
+            logger.error("tiers could not open (\(directory)): \(error); the gateway runs without them")
+            try? await gracefulShutdown()
+            return
+        }
+        let metrics = TierMetrics()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await store.report(to: metrics)
+                try? await Task.sleep(for: self.reportInterval)
+            }
+        }
+        phase.withLock { $0 = .closed }
+        await store.close()
+        await store.nvme.close()
+        engine.shutdown()
+        logger.info("tiers closed")
+    }
+
+    private func openStore() throws -> (BlockStore, ObjectStore) {
+        switch phase.withLock({ $0 }) {
+        case .open(let store, let objects): return (store, objects)
+        case .opening:
+            throw GatewayError.unavailable("The storage tiers are still opening", code: "tiers_opening", retryAfterSeconds: 1)
+        case .failed(let why):
+            throw GatewayError(status: .serviceUnavailable, type: "server_error", code: "tiers_failed",
+                               message: "The storage tiers failed to open: \(why)")
+        case .closed:
+            throw GatewayError.unavailable("The storage tiers are closed (shutting down)", code: "tiers_closed", retryAfterSeconds: 1)
+        }
+    }
+
+    // MARK: TierBackend
+
+    func tierStatus() async throws -> Data {
+        let (store, objects) = try openStore()
+        return try Self.encode(await TierStatus(store: store, objects: objects, directory: directory))
+    }
+
+    func updateTiers(_ body: Data) async throws -> Data {
+        let (store, objects) = try openStore()
+        await changes.acquire()
+        defer { changes.release() }
+        let policy = try TierPolicyChange.apply(body, to: store.policy)
+        do {
+            try await store.apply(policy)
+        } catch let error as BlockStore.PolicyError {
+            throw GatewayError.badRequest("\(error)", code: "invalid_tiers")
+        }
+        logger.notice("tier policy changed: host \(ConfigUnits.formatBytes(UInt64(policy.hostBudgetBytes))) \(policy.hostAdmission.rawValue)/\(policy.eviction.rawValue), nvme \(ConfigUnits.formatBytes(policy.nvmeBudgetBytes)) \(policy.nvmeAdmission.rawValue)/\(policy.nvmeCodec)")
+        return try Self.encode(await TierStatus(store: store, objects: objects, directory: directory))
+    }
+
+    static func encode(_ status: TierStatus) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return try encoder.encode(status)
+    }
+}
+
+/// What `/admin/tiers` shows.
+struct TierStatus: Codable {
+    struct Host: Codable {
+        var budget_bytes: Int, capacity_bytes: Int, used_bytes: Int, blocks: Int
+        var hits: Int, misses: Int, evictions: Int, demotions: Int
+        var admission: String, eviction: String
+    }
+    struct NVMe: Codable {
+        var dir: String, budget_bytes: UInt64, used_bytes: UInt64, blocks: Int
+        var hits: Int, misses: Int, checksum_failures: Int, reclaimed_segments: Int
+        var bytes_read: UInt64, bytes_written: UInt64, queue_depth: Int
+        var admission: String, codec: String
+    }
+    struct Object: Codable { var name: String, size: UInt64, chunk_size: Int, source: String }
+
+    var host: Host
+    var nvme: NVMe
+    var demotions_dropped: Int, demotion_failures: Int, blocks_lost: Int
+    var last_error: String?
+    var objects: [Object]
+
+    init(store: BlockStore, objects: ObjectStore, directory: String) async {
+        let stats = await store.stats()
+        let policy = store.policy
+        host = Host(budget_bytes: stats.host.budgetBytes, capacity_bytes: store.host.capacity, used_bytes: stats.host.usedBytes,
+                    blocks: stats.host.blocks, hits: stats.host.hits, misses: stats.host.misses,
+                    evictions: stats.host.evictions, demotions: stats.host.demotions,
+                    admission: policy.hostAdmission.rawValue, eviction: policy.eviction.rawValue)
+        nvme = NVMe(dir: directory, budget_bytes: policy.nvmeBudgetBytes, used_bytes: stats.nvme.usedBytes,
+                    blocks: stats.nvme.blocks, hits: stats.nvme.hits, misses: stats.nvme.misses,
+                    checksum_failures: stats.nvme.checksumFailures, reclaimed_segments: stats.nvme.reclaimedSegments,
+                    bytes_read: stats.nvme.bytesRead, bytes_written: stats.nvme.bytesWritten, queue_depth: stats.nvme.inFlight,
+                    admission: policy.nvmeAdmission.rawValue, codec: policy.nvmeCodec.description)
+        demotions_dropped = stats.demotionsDropped
+        demotion_failures = stats.demotionFailures
+        blocks_lost = stats.blocksLost
+        last_error = stats.lastError
+        self.objects = objects.list().map { Object(name: $0.name, size: $0.size, chunk_size: $0.chunkSize, source: $0.source) }
+    }
+}
+
+/// A run-time policy change from JSON: `{"host": {"budget", "admission", "eviction"},
+/// "nvme": {"budget", "admission", "codec"}}`, every field optional. Sizes take the config's
+/// units ("512MiB") or a byte count. Every error names the key, the value and what was expected.
+enum TierPolicyChange {
+    static func apply(_ body: Data, to current: BlockStore.Policy) throws -> BlockStore.Policy {
+        guard let object = try? JSONSerialization.jsonObject(with: body), let top = object as? [String: Any] else {
+            throw GatewayError.badRequest("expected a JSON object like {\"host\": {\"budget\": \"512MiB\"}}", code: "invalid_tiers")
+        }
+        var policy = current
+        try refuseUnknown(top, at: "tiers", allowed: ["host", "nvme"])
+        if let host = try section(top, "host") {
+            try refuseUnknown(host, at: "tiers.host", allowed: ["budget", "admission", "eviction"])
+            if let v = host["budget"] { policy.hostBudgetBytes = Int(clamping: try size(v, at: "tiers.host.budget")) }
+            if let v = host["admission"] { policy.hostAdmission = try choice(v, at: "tiers.host.admission") }
+            if let v = host["eviction"] { policy.eviction = try choice(v, at: "tiers.host.eviction") }
+        }
+        if let nvme = try section(top, "nvme") {
+            try refuseUnknown(nvme, at: "tiers.nvme", allowed: ["budget", "admission", "codec"])
+            if let v = nvme["budget"] { policy.nvmeBudgetBytes = try size(v, at: "tiers.nvme.budget") }
+            if let v = nvme["admission"] { policy.nvmeAdmission = try choice(v, at: "tiers.nvme.admission") }
+            if let v = nvme["codec"] { policy.nvmeCodec = try choice(v, at: "tiers.nvme.codec") }
+        }
+        return policy
+    }
+
+    private static func fail(_ key: String, _ value: Any, _ expected: String) -> GatewayError {
+        GatewayError.badRequest("\(key): '\(value)' is not valid: expected \(expected)", code: "invalid_tiers")
+    }
+
+    private static func refuseUnknown(_ map: [String: Any], at key: String, allowed: Set<String>) throws {
+        if let unknown = map.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw GatewayError.badRequest(
+                "\(key).\(unknown): unknown key (expected \(allowed.sorted().joined(separator: ", ")))", code: "invalid_tiers")
+        }
+    }
+
+    private static func section(_ top: [String: Any], _ name: String) throws -> [String: Any]? {
+        guard let value = top[name] else { return nil }
+        guard let map = value as? [String: Any] else { throw fail("tiers.\(name)", value, "an object") }
+        return map
+    }
+
+    private static func size(_ value: Any, at key: String) throws -> UInt64 {
+        if let text = value as? String, case .success(let bytes) = ConfigUnits.parseSize(text), bytes > 0 { return bytes }
+        if let number = value as? NSNumber, number.int64Value > 0, Double(number.int64Value) == number.doubleValue {
+            return UInt64(number.int64Value)
+        }
+        throw fail(key, value, "a size above zero such as \"512MiB\" or a byte count")
+    }
+
+    private static func choice<T: CaseIterable & CustomStringConvertible>(_ value: Any, at key: String) throws -> T {
+        let names = T.allCases.map(\.description)
+        guard let text = value as? String, let match = T.allCases.first(where: { $0.description == text }) else {
+            throw fail(key, value, "one of \(names.joined(separator: ", "))")
+        }
+        return match
+    }
+}
+
+extension BlockStore.Admission: CustomStringConvertible {
+    public var description: String { rawValue }
+}
+
+extension BlockStore.EvictionPolicy: CustomStringConvertible {
+    public var description: String { rawValue }
+}

@@ -1,0 +1,87 @@
+"""The storage tiers inside the daemon: opened at start under state_dir, shown and changed at
+run time through /admin/tiers, published in /metrics, and found again after a restart."""
+import json
+import os
+
+from conftest import ADMIN_KEY, MODEL, config, wait_for
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+ONE_MODEL = f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 400MiB }}
+"""
+
+
+def tiers(d):
+    status, body, _ = d.get("/admin/tiers", headers=ADMIN)
+    return json.loads(body) if status == 200 else None
+
+
+def put(d, change):
+    status, body, _ = d.request("PUT", "/admin/tiers", body=change, headers=ADMIN)
+    return status, json.loads(body)
+
+
+def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
+    d = make_daemon(config(ONE_MODEL, tiers="{ host: { budget: 32MiB }, nvme: { budget: 256MiB, segment_size: 8MiB } }"))
+    before = wait_for(lambda: tiers(d), 20, what="/admin/tiers to answer")
+    assert before["host"]["budget_bytes"] == 32 << 20 and before["host"]["capacity_bytes"] == 32 << 20
+    assert before["nvme"]["budget_bytes"] == 256 << 20 and before["nvme"]["dir"].endswith("/state/nvme")
+    assert before["host"]["admission"] == "always" and before["nvme"]["codec"] == "none"
+    assert os.path.exists(before["nvme"]["dir"] + "/catalog.sqlite")
+
+    # admin only
+    assert d.get("/admin/tiers")[0] == 401
+
+    # bad changes name the key, the value and what was expected, and change nothing
+    for change, key, expected in [
+        ({"host": {"budget": "12 zonks"}}, "tiers.host.budget", "512MiB"),
+        ({"host": {"admission": "sometimes"}}, "tiers.host.admission", "second-hit"),
+        ({"nvme": {"codec": "zstd"}}, "tiers.nvme.codec", "lz4"),
+        ({"nvme": {"bugdet": "1GiB"}}, "tiers.nvme.bugdet", "unknown key"),
+        ({"host": {"budget": "1GiB"}}, "tiers.host.budget", "mapped at start"),
+    ]:
+        status, body = put(d, change)
+        assert status == 400, (change, body)
+        message = body["error"]["message"]
+        assert key in message and expected in message, message
+    status, body, _ = d.request("PUT", "/admin/tiers", body=b"not json", headers=ADMIN)
+    assert status == 400 and "JSON object" in json.loads(body)["error"]["message"]
+    assert tiers(d)["host"] == before["host"] and tiers(d)["nvme"]["codec"] == "none"
+
+    # a good change takes effect at once
+    status, after = put(d, {"host": {"budget": "16MiB", "admission": "second-hit"},
+                            "nvme": {"budget": 64 << 20, "codec": "lz4", "admission": "second-hit"}})
+    assert status == 200, after
+    assert after["host"]["budget_bytes"] == 16 << 20 and after["host"]["admission"] == "second-hit"
+    assert after["nvme"]["budget_bytes"] == 64 << 20 and after["nvme"]["codec"] == "lz4"
+    assert tiers(d) == after
+
+    # per-tier metrics reach /metrics
+    def metrics():
+        text = d.get("/metrics")[1].decode()
+        return text if 'strata_tier_budget_bytes{tier="host"} 16777216' in text else None
+    text = wait_for(metrics, 15, interval=0.5, what="tier metrics in /metrics")
+    assert 'strata_tier_budget_bytes{tier="nvme"} 67108864' in text
+    assert 'strata_tier_queue_depth{tier="nvme"}' in text
+
+    # shutdown closes the tiers cleanly, and a restart opens the same log
+    assert d.stop() == 0
+    log = d.log_path.read_text()
+    assert "tiers closed" in log, log[-2000:]
+    d.start()
+    again = wait_for(lambda: tiers(d), 20, what="/admin/tiers after restart")
+    assert again["nvme"]["dir"] == before["nvme"]["dir"]
+    assert again["host"]["budget_bytes"] == 32 << 20, "the config's policy again: run-time changes are not persisted"
+
+
+def test_tiers_that_cannot_open_leave_the_gateway_up(make_daemon, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    d = make_daemon(config(ONE_MODEL, tiers=f"{{ host: {{ budget: 16MiB }}, nvme: {{ dir: {blocker}/nvme }} }}"))
+    def failed():
+        response = d.get("/admin/tiers", headers=ADMIN)
+        return response if b"tiers_failed" in response[1] else None
+    status, body, _ = wait_for(failed, 20, what="tiers to report their failure")
+    assert status == 503 and b"tiers_failed" in body and b"not-a-dir" in body, body
+    assert d.get("/health")[0] == 200
+    assert "tiers could not open" in d.log_path.read_text()

@@ -53,6 +53,7 @@ let package = Package(
         .target(
             name: "Frontend",
             dependencies: [
+                "CStrataHash",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),

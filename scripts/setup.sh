@@ -5,7 +5,11 @@
 #
 #   scripts/setup.sh            apt packages, Python venv, llama-server, reference model
 #   scripts/setup.sh --runtime  only llama-server and the model (what `make run` needs)
+#   scripts/setup.sh --peers    also the peers benchmarks measure against (sglang-router)
 set -euo pipefail
+PEERS=0
+for arg in "$@"; do [ "$arg" = "--peers" ] && PEERS=1; done
+SGLANG_ROUTER_VERSION="${SGLANG_ROUTER_VERSION:-0.3.2}"
 
 STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -18,7 +22,7 @@ mkdir -p "$STRATA_CACHE"/{bin,models,downloads,src}
 
 # --- apt packages -------------------------------------------------------------------------------
 APT_PACKAGES=(liburing-dev liblz4-dev libsqlite3-dev libcurl4-openssl-dev libxxhash-dev cmake
-              pkg-config python3-venv)
+              pkg-config python3-venv fio)   # fio: the disk peer the I/O benchmarks measure against
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -84,6 +88,12 @@ if [ ! -x "$STRATA_CACHE/bin/llama-server" ]; then
   cmake --build "$build" --target llama-server -j "$JOBS" >/dev/null
   install -m 0755 "$build/bin/llama-server" "$STRATA_CACHE/bin/llama-server.part"
   mv "$STRATA_CACHE/bin/llama-server.part" "$STRATA_CACHE/bin/llama-server"
+fi
+
+# --- peers for the benchmarks (only with --peers) ------------------------------------------------
+if [ "$PEERS" = 1 ] && ! "$VENV/bin/python" -c 'import sglang_router' 2>/dev/null; then
+  log "installing sglang-router==$SGLANG_ROUTER_VERSION (the routing peer)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "sglang-router==$SGLANG_ROUTER_VERSION"
 fi
 
 log "ready: $STRATA_CACHE/bin/llama-server, $STRATA_CACHE/models/$MODEL_FILE, venv $VENV"

@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Strata's I/O engines against fio on the same file, block size and queue depth.
+"""Strata's I/O engines and its store against fio on the same file system, block size and
+queue depth.
 
-Alternates `strata bench io` and `fio --ioengine=io_uring --direct=1` run by run and prints
-medians. The file is created once (by strata) and reused by both.
+Alternates Strata and `fio --ioengine=io_uring --direct=1` run by run and prints medians.
+- engines: `strata bench io` on the very file fio reads;
+- store: whole-object sequential reads through the store (`strata bench store --pattern
+  seq-read`: chunks verified and copied into a pre-faulted buffer, as a model load does) against
+  fio's sequential read of a file of the same size; verified 256 KiB random block gets
+  (`--pattern rand-get`) against fio's random reads.
 
 Usage: io_vs_fio.py --strata .build/release/strata --file var/bench.dat [--size 2GiB] [--runs 5]
+                    [--section all|engines|store]
 """
 import argparse
 import json
@@ -46,11 +52,21 @@ def main():
     ap.add_argument("--file", default="var/bench.dat")
     ap.add_argument("--size", default="2GiB")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--section", choices=["all", "engines", "store"], default="all")
     a = ap.parse_args()
     # create the file once
     subprocess.run([a.strata, "bench", "io", "--file", a.file, "--size", a.size, "--block-size", "1MiB",
                     "--queue-depth", "4", "--pattern", "seq-read"], check=True, capture_output=True)
     print(f"file {a.file}, {a.size}, O_DIRECT, medians of {a.runs} alternating runs")
+    rows = []
+    if a.section in ("all", "engines"):
+        rows += engines(a)
+    if a.section in ("all", "store"):
+        rows += store(a)
+    print(json.dumps(rows))
+
+
+def engines(a):
     print(f"{'pattern':10} {'bs':>7} {'qd':>3} {'fio MiB/s':>10} {'io_uring':>10} {'psync':>10} {'io_uring/fio':>13} "
           f"{'fio IOPS':>9} {'io_uring':>9}")
     rows = []
@@ -71,6 +87,34 @@ def main():
         print(f"{pattern:10} {bs:>7} {qd:>3} {row['fio_bps'] / 2**20:10.0f} {row['uring_bps'] / 2**20:10.0f} "
               f"{row['psync_bps'] / 2**20:10.0f} {row['uring_bps'] / row['fio_bps']:13.2f} "
               f"{row['fio_iops']:9.0f} {row['uring_iops']:9.0f}")
+    return rows
+
+
+def run_store(strata, directory, size, pattern, bs, qd):
+    out = subprocess.run([strata, "bench", "store", "--dir", directory, "--size", size, "--block-size", bs,
+                          "--queue-depth", str(qd), "--pattern", pattern, "--engine", "io_uring", "--json"],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    r = json.loads(out)
+    return r["bytes_per_second"], r["iops"]
+
+
+def store(a):
+    rows = []
+    print(f"{'store':10} {'chunk':>7} {'qd':>3} {'fio MiB/s':>10} {'store':>10} {'store/fio':>10}")
+    for bs, qd in (("1MiB", 16), ("4MiB", 8), ("16MiB", 4)):
+        directory = f"{a.file}.objects-{bs}"
+        run_store(a.strata, directory, a.size, "seq-read", bs, qd)   # imports the object once, untimed
+        fio, ours = [], []
+        for run in range(a.runs):
+            for which in (("fio", "store") if run % 2 == 0 else ("store", "fio")):
+                if which == "fio":
+                    fio.append(run_fio(a.file, a.size, "read", bs, qd))
+                else:
+                    ours.append(run_store(a.strata, directory, a.size, "seq-read", bs, qd))
+        f = statistics.median(x[0] for x in fio)
+        o = statistics.median(x[0] for x in ours)
+        print(f"{'seq-read':10} {bs:>7} {qd:>3} {f / 2**20:10.0f} {o / 2**20:10.0f} {o / f:10.2f}")
+        rows.append(dict(pattern="store-seq-read", bs=bs, qd=qd, fio_bps=f, store_bps=o))
     # the block log itself: verified random gets of 256 KiB blocks against fio's random reads
     store = a.file + ".store"
     sg, fg = [], []
@@ -89,7 +133,7 @@ def main():
     print(f"store rand-get 256KiB qd=32 (verified, 260 KiB records): {store_iops:.0f} IOPS vs fio randread "
           f"{fio_iops:.0f} IOPS = {store_iops / fio_iops:.2f}x")
     rows.append(dict(pattern="store-rand-get", bs="256KiB", qd=32, fio_iops=fio_iops, store_iops=store_iops))
-    print(json.dumps(rows))
+    return rows
 
 
 if __name__ == "__main__":

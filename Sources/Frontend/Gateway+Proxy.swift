@@ -24,7 +24,10 @@ extension Gateway {
                 status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
                 message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
         }
-        let parsed = try parseBody(body, endpoint: endpoint)
+        var parsed = try parseBody(body, endpoint: endpoint)
+        parsed.hints = RequestHints(
+            prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
+            session: HTTPField.Name(configuration.sessionHeader).flatMap { request.headers[$0] } ?? parsed.json["user"] as? String)
         guard configuration.cancelOnDisconnect && !parsed.stream else {
             // Streams notice a departed client on their next chunk and keep the connection alive.
             return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
@@ -47,38 +50,52 @@ extension Gateway {
     func relay(_ body: ByteBuffer, parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws
         -> Response
     {
-        let lease: UpstreamLease
-        do {
-            lease = try await backend.acquire(model: parsed.model)
-        } catch let error as GatewayError {
-            metrics.rejected(model: parsed.model, endpoint: endpoint, code: error.code)
-            throw error
-        }
-        let admitted = ContinuousClock.now
+        var hints = parsed.hints
+        var acquired: UpstreamLease
+        var admitted: ContinuousClock.Instant
+        var response: HTTPClientResponse
+        // Until the first byte of an answer, a failed upstream is retried on another replica
+        // (when the model has one); after it, the client has seen the answer begin.
+        while true {
+            do {
+                acquired = try await backend.acquire(model: parsed.model, hints: hints)
+            } catch let error as GatewayError {
+                metrics.rejected(model: parsed.model, endpoint: endpoint, code: error.code)
+                throw error
+            }
+            admitted = ContinuousClock.now
 
-        var upstreamRequest = HTTPClientRequest(url: lease.baseURL + endpoint.suffix)
-        upstreamRequest.method = .POST
-        upstreamRequest.headers.add(name: "Content-Type", value: "application/json")
-        upstreamRequest.headers.add(name: "Accept", value: parsed.stream ? "text/event-stream" : "application/json")
-        if parsed.stream {
-            // llama-server closes the connection after every stream without saying so; a pooled
-            // connection would then fail the next request sent on it. Streams run long enough
-            // that a new connection each costs nothing measurable.
-            upstreamRequest.headers.add(name: "Connection", value: "close")
-        }
-        for (name, value) in lease.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
-        upstreamRequest.body = .bytes(try rewriteModel(body, parsed: parsed, upstreamModel: lease.upstreamModel))
+            var upstreamRequest = HTTPClientRequest(url: acquired.baseURL + endpoint.suffix)
+            upstreamRequest.method = .POST
+            upstreamRequest.headers.add(name: "Content-Type", value: "application/json")
+            upstreamRequest.headers.add(name: "Accept", value: parsed.stream ? "text/event-stream" : "application/json")
+            if parsed.stream {
+                // llama-server closes the connection after every stream without saying so; a pooled
+                // connection would then fail the next request sent on it. Streams run long enough
+                // that a new connection each costs nothing measurable.
+                upstreamRequest.headers.add(name: "Connection", value: "close")
+            }
+            for (name, value) in acquired.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
+            upstreamRequest.body = .bytes(try rewriteModel(body, parsed: parsed, upstreamModel: acquired.upstreamModel))
 
-        let upstreamResponse: HTTPClientResponse
-        do {
-            upstreamResponse = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
-        } catch {
-            lease.release()
-            metrics.rejected(model: parsed.model, endpoint: endpoint, code: "runtime_failed")
-            if Task.isCancelled { throw CancellationError() }
-            throw GatewayError.badGateway("The runtime for '\(parsed.model)' did not answer: \(describe(error))")
+            do {
+                response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
+                break
+            } catch {
+                acquired.release(.upstreamFailed)
+                if Task.isCancelled { throw CancellationError() }
+                if acquired.hasAlternatives, hints.excluding.count < 8 {
+                    logger.warning("\(acquired.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
+                    hints.excluding.insert(acquired.upstreamLabel)
+                    metrics.retried(model: parsed.model, endpoint: endpoint)
+                    continue
+                }
+                metrics.rejected(model: parsed.model, endpoint: endpoint, code: "runtime_failed")
+                throw GatewayError.badGateway("The runtime for '\(parsed.model)' did not answer: \(describe(error))")
+            }
         }
 
+        let (lease, upstreamResponse) = (acquired, response)
         let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
@@ -143,6 +160,7 @@ extension Gateway {
         var json: [String: Any]
         var model: String
         var stream: Bool
+        var hints = RequestHints()
     }
 
     func parseBody(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {

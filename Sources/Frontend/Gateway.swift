@@ -20,13 +20,20 @@ public struct GatewayConfiguration: Sendable {
     /// Watch the client connection while a request waits or runs, and cancel it when the client
     /// goes away. The price: that connection is not reused for a next request.
     public var cancelOnDisconnect: Bool
+    /// Bytes of canonical prompt per routing block (see `PromptChain`).
+    public var routingBlockBytes: Int
+    /// Request header whose value keeps a conversation on one replica; the body's `user` field
+    /// is used when the header is absent.
+    public var sessionHeader: String
 
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
-        cancelOnDisconnect: Bool = true
+        cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id"
     ) {
         self.cancelOnDisconnect = cancelOnDisconnect
+        self.routingBlockBytes = routingBlockBytes
+        self.sessionHeader = sessionHeader
         self.apiKeys = apiKeys
         self.adminKey = adminKey
         self.adminOpenWithoutKey = adminOpenWithoutKey

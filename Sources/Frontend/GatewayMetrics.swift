@@ -13,6 +13,11 @@ struct GatewayMetrics: Sendable {
         Counter(label: "strata_request_errors_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("code", code)])
             .increment()
     }
+
+    /// A request whose upstream failed before answering, sent again to another replica.
+    func retried(model: String, endpoint: Endpoint) {
+        Counter(label: "strata_request_retries_total", dimensions: [("model", model), ("endpoint", endpoint.label)]).increment()
+    }
 }
 
 /// Follows one admitted request to its end and records it exactly once.

@@ -8,12 +8,35 @@ public protocol ModelBackend: Sendable {
     func listModels() async -> [ModelListing]
     /// Waits until `model` can serve (loading or swapping it in if needed), then hands out an
     /// upstream. Throws `GatewayError` (404 unknown model, 503 not ready in time, 502 failed).
-    /// Cancelling the calling task withdraws the request.
-    func acquire(model: String) async throws -> UpstreamLease
+    /// Cancelling the calling task withdraws the request. `hints` carry what routing across
+    /// replicas may use: the prompt's block chain, a session key, replicas a retry must avoid.
+    func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease
     /// Admin: detailed state of models and runtimes, as a JSON-encodable value.
     func adminStatus() async -> AdminStatus
     func load(model: String) async throws
     func unload(model: String) async throws
+}
+
+/// What a request tells the router beyond its model.
+public struct RequestHints: Sendable, Equatable {
+    public var prompt: PromptChain
+    /// Sticky-routing key (a session header, or the request's `user` field).
+    public var session: String?
+    /// Replicas already tried for this request (a retry goes elsewhere).
+    public var excluding: Set<String>
+
+    public init(prompt: PromptChain = PromptChain(blocks: [], bytes: 0), session: String? = nil, excluding: Set<String> = []) {
+        self.prompt = prompt
+        self.session = session
+        self.excluding = excluding
+    }
+}
+
+/// How a lease ended: its upstream served the request, or failed before sending any answer
+/// (a refused or reset connection, a timeout before headers), which counts against it.
+public enum LeaseOutcome: Sendable, Equatable {
+    case completed
+    case upstreamFailed
 }
 
 public struct ModelListing: Sendable, Equatable {
@@ -40,25 +63,36 @@ public final class UpstreamLease: Sendable {
     public let upstreamModel: String?
     /// Which replica or runtime instance serves this lease, for logs and metrics.
     public let upstreamLabel: String
-    private let onRelease: NIOLockedValueBox<(@Sendable () -> Void)?>
+    /// Another replica could take the request if this one fails before answering.
+    public let hasAlternatives: Bool
+    private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
-        onRelease: @escaping @Sendable () -> Void
+        hasAlternatives: Bool = false, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
         self.baseURL = baseURL
         self.headers = headers
         self.upstreamModel = upstreamModel
         self.upstreamLabel = upstreamLabel.isEmpty ? baseURL : upstreamLabel
-        self.onRelease = NIOLockedValueBox(onRelease)
+        self.hasAlternatives = hasAlternatives
+        self.onRelease = NIOLockedValueBox(onOutcome)
     }
 
-    public func release() {
+    public convenience init(
+        baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
+        onRelease: @escaping @Sendable () -> Void
+    ) {
+        self.init(baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
+                  onOutcome: { _ in onRelease() })
+    }
+
+    public func release(_ outcome: LeaseOutcome = .completed) {
         let action = onRelease.withLockedValue { action in
             defer { action = nil }
             return action
         }
-        action?()
+        action?(outcome)
     }
 
     deinit { release() }
@@ -78,12 +112,28 @@ public struct AdminStatus: Sendable, Codable, Equatable {
         public var pid: Int32?
         public var upstream: String?
         public var last_error: String?
+        /// For models with replicas: each one's routing state.
+        public var replicas: [Replica]?
 
         public init(name: String, status: String, phase: String, runtime: String?, device: String?, memory_bytes: UInt64?,
-                    in_flight: Int, waiting: Int, loads: Int, pid: Int32?, upstream: String?, last_error: String?) {
+                    in_flight: Int, waiting: Int, loads: Int, pid: Int32?, upstream: String?, last_error: String?,
+                    replicas: [Replica]? = nil) {
             self.name = name; self.status = status; self.phase = phase; self.runtime = runtime; self.device = device
             self.memory_bytes = memory_bytes; self.in_flight = in_flight; self.waiting = waiting; self.loads = loads
-            self.pid = pid; self.upstream = upstream; self.last_error = last_error
+            self.pid = pid; self.upstream = upstream; self.last_error = last_error; self.replicas = replicas
+        }
+    }
+    public struct Replica: Sendable, Codable, Equatable {
+        public var url: String
+        public var healthy: Bool
+        public var in_flight: Int
+        /// Prompt blocks of work queued on it (uncached blocks of the requests in flight).
+        public var queued_blocks: Int
+        public var index_blocks: Int
+        public var consecutive_failures: Int
+        public init(url: String, healthy: Bool, in_flight: Int, queued_blocks: Int, index_blocks: Int, consecutive_failures: Int) {
+            self.url = url; self.healthy = healthy; self.in_flight = in_flight; self.queued_blocks = queued_blocks
+            self.index_blocks = index_blocks; self.consecutive_failures = consecutive_failures
         }
     }
     public struct Device: Sendable, Codable, Equatable {

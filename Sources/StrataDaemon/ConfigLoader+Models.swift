@@ -1,3 +1,4 @@
+import Placer
 import Foundation
 import Yams
 
@@ -103,7 +104,8 @@ extension ConfigLoader {
             let key = "models[\(index)]"
             let map = try reader.mapping(
                 item, at: key,
-                allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model"])
+                allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
+                          "routing"])
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
             guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" }) else {
@@ -133,7 +135,9 @@ extension ConfigLoader {
             }
 
             let serving: ModelConfiguration.Serving
+            var routing: RoutingPolicy?
             if let upstreamsNode = map["upstreams"] {
+                routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
                 try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"], reader, map, key2,
                                  "not allowed together with 'upstreams' (replicas Strata does not start)")
                 let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
@@ -145,6 +149,7 @@ extension ConfigLoader {
                 }
                 serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
             } else {
+                try rejectFields(["routing"], reader, map, key2, "only for models with 'upstreams' (replicas)")
                 let runtimeName = try map["runtime"].map { try reader.string($0, at: "\(key2).runtime") }
                     ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
                 guard let runtime = config.runtimes[runtimeName] else {
@@ -178,7 +183,7 @@ extension ConfigLoader {
             }
             models.append(ModelConfiguration(
                 name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
-                ttl: ttl, pinned: pinned))
+                ttl: ttl, pinned: pinned, routing: routing))
         }
         return models
     }

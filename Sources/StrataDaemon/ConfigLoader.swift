@@ -34,8 +34,8 @@ public enum ConfigLoader {
         let reader = ConfigReader(environment: environment)
         let top = try reader.mapping(
             root, at: "",
-            allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "devices",
-                      "runtimes", "models"])
+            allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "routing",
+                      "devices", "runtimes", "models"])
 
         var config = StrataConfiguration(
             listen: ListenAddress(host: "127.0.0.1", port: 8080),
@@ -47,6 +47,7 @@ public enum ConfigLoader {
                 loadTimeout: .seconds(120), queueTimeout: .seconds(120), stopTimeout: .seconds(10), maxQueued: 256,
                 restartBackoff: .seconds(1), restartBackoffMax: .seconds(30), healthInterval: .milliseconds(25)),
             tiers: TierConfiguration(),
+            routing: RoutingSettings(),
             devices: [],
             runtimes: [:],
             models: [])
@@ -80,6 +81,7 @@ public enum ConfigLoader {
         }
         if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) }
         if let node = top["tiers"] { config.tiers = try tiers(reader, node) }
+        if let node = top["routing"] { config.routing = try routing(reader, node) }
         config.devices = try devices(reader, top["devices"], environment: environment)
         config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
         config.models = try models(reader, top["models"], config: config)
@@ -193,6 +195,42 @@ public enum ConfigLoader {
         }
         if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) }
         return tiers
+    }
+
+    static func routing(_ reader: ConfigReader, _ node: Node) throws -> RoutingSettings {
+        let map = try reader.mapping(node, at: "routing", allowed: [
+            "policy", "block_bytes", "index_blocks", "hot_spot_queue", "load_bound", "eject_after", "health_interval",
+            "max_concurrency", "session_header",
+        ])
+        var settings = RoutingSettings()
+        if let v = map["policy"] { settings.policy = try routingPolicy(reader, v, at: "routing.policy") }
+        if let v = map["block_bytes"] { settings.blockBytes = try reader.integer(v, at: "routing.block_bytes", range: 16...65536) }
+        if let v = map["index_blocks"] {
+            settings.indexBlocks = try reader.integer(v, at: "routing.index_blocks", range: 1...(1 << 24))
+        }
+        if let v = map["hot_spot_queue"] { settings.hotSpotQueue = try reader.integer(v, at: "routing.hot_spot_queue", range: 1...100_000) }
+        if let v = map["load_bound"] {
+            let text = try reader.string(v, at: "routing.load_bound")
+            guard let factor = Double(text), factor >= 1, factor <= 100 else {
+                throw reader.fail("routing.load_bound", v, "'\(text)' is not a factor from 1 to 100 (such as 1.25)")
+            }
+            settings.loadBound = factor
+        }
+        if let v = map["eject_after"] { settings.ejectAfter = try reader.integer(v, at: "routing.eject_after", range: 1...1000) }
+        if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "routing.health_interval") }
+        if let v = map["max_concurrency"] {
+            settings.maxConcurrency = try reader.integer(v, at: "routing.max_concurrency", range: 1...1_000_000)
+        }
+        if let v = map["session_header"] { settings.sessionHeader = try reader.string(v, at: "routing.session_header") }
+        return settings
+    }
+
+    static func routingPolicy(_ reader: ConfigReader, _ node: Node, at key: String) throws -> RoutingPolicy {
+        let text = try reader.string(node, at: key)
+        guard let policy = RoutingSettings.policy(named: text) else {
+            throw reader.fail(key, node, "'\(text)' is not a routing policy (expected prefix-affinity, round-robin or least-loaded)")
+        }
+        return policy
     }
 
     static func devices(_ reader: ConfigReader, _ node: Node?, environment: [String: String]) throws

@@ -33,7 +33,8 @@ public enum Daemon {
             configuration: GatewayConfiguration(
                 apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
-                upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect),
+                upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect,
+                routingBlockBytes: config.routing.blockBytes, sessionHeader: config.routing.sessionHeader),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
             isReady: { ready.value }, tiers: tiers)
 

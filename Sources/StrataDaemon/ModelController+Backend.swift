@@ -14,7 +14,7 @@ extension ModelController: ModelBackend {
         }
     }
 
-    public func acquire(model: String) async throws -> UpstreamLease {
+    public func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         guard let modelConfig = config.models.first(where: { $0.name == model }) else {
             throw GatewayError.modelNotFound(model)
         }
@@ -30,15 +30,20 @@ extension ModelController: ModelBackend {
             }
             let headers = apiKey.map { [("Authorization", "Bearer \($0)")] } ?? []
             return UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: runtimeName) {}
-        case .replicas(let urls):
-            // Replicas Strata does not start: round-robin until prefix-affinity routing lands.
-            let index = roundRobin[model, default: 0]
-            roundRobin[model] = (index + 1) % urls.count
-            return UpstreamLease(baseURL: urls[index] + "/v1", upstreamLabel: urls[index]) {}
+        case .replicas:
+            guard let replicas = replicaSets[model] else { throw GatewayError.modelNotFound(model) }
+            return try await replicas.acquire(hints: hints)
         }
     }
 
     public func adminStatus() async -> AdminStatus {
+        var replicaStates: [String: [AdminStatus.Replica]] = [:]
+        for (name, replicas) in replicaSets {
+            replicaStates[name] = await replicas.snapshots.map {
+                AdminStatus.Replica(url: $0.id, healthy: $0.healthy, in_flight: $0.inFlight, queued_blocks: $0.queuedWork,
+                                    index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures)
+            }
+        }
         let models = config.models.map { model -> AdminStatus.Model in
             switch model.serving {
             case .managed(let runtime, _, _):
@@ -56,9 +61,11 @@ extension ModelController: ModelBackend {
                     name: model.name, status: "ready", phase: "upstream", runtime: runtime, device: nil, memory_bytes: nil,
                     in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: url, last_error: nil)
             case .replicas(let urls):
+                let replicas = replicaStates[model.name] ?? []
                 return AdminStatus.Model(
-                    name: model.name, status: "ready", phase: "replicas", runtime: nil, device: nil, memory_bytes: nil,
-                    in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil)
+                    name: model.name, status: replicas.contains(where: \.healthy) ? "ready" : "unavailable", phase: "replicas",
+                    runtime: nil, device: nil, memory_bytes: nil, in_flight: replicas.reduce(0) { $0 + $1.in_flight },
+                    waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil, replicas: replicas)
             }
         }
         let devices = placer.deviceSnapshots.map {

@@ -30,7 +30,8 @@ public actor ModelController {
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1
-    var roundRobin: [String: Int] = [:]
+    /// Models served by replicas Strata does not start, each with its router.
+    let replicaSets: [String: ReplicaSet]
     var shuttingDown = false
 
     public init(config: StrataConfiguration, httpClient: HTTPClient, logger: Logger) {
@@ -39,6 +40,14 @@ public actor ModelController {
         self.logger = logger
         self.origin = clock.now
         self.placer = Placer(configuration: config.placerConfiguration)
+        var sets: [String: ReplicaSet] = [:]
+        for model in config.models {
+            guard case .replicas(let urls) = model.serving else { continue }
+            sets[model.name] = ReplicaSet(
+                model: model.name, urls: urls, policy: model.routing ?? config.routing.policy, settings: config.routing,
+                logger: logger)
+        }
+        self.replicaSets = sets
     }
 
     var now: Duration { clock.now - origin }
@@ -267,9 +276,15 @@ public actor ModelController {
 
     /// Drives deadlines and TTLs until cancelled.
     func runTicks() async {
-        while !Task.isCancelled && !shuttingDown {
-            try? await Task.sleep(for: .milliseconds(200))
-            send(.tick)
+        await withTaskGroup(of: Void.self) { group in
+            for replicas in replicaSets.values {
+                group.addTask { [httpClient] in await replicas.runHealthChecks(httpClient: httpClient) }
+            }
+            while !Task.isCancelled && !shuttingDown {
+                try? await Task.sleep(for: .milliseconds(200))
+                send(.tick)
+            }
+            group.cancelAll()
         }
     }
 

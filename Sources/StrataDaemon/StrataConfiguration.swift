@@ -12,6 +12,7 @@ public struct StrataConfiguration: Sendable {
     public var gateway: GatewayLimits
     public var supervisor: SupervisorSettings
     public var tiers: TierConfiguration
+    public var routing: RoutingSettings
     public var devices: [DeviceConfiguration]
     public var runtimes: [String: RuntimeConfiguration]
     public var models: [ModelConfiguration]
@@ -99,6 +100,36 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var memoryDeclared: Bool
     public var ttl: Duration?
     public var pinned: Bool
+    /// For replicas: how requests are spread (the `routing` section's policy when nil).
+    public var routing: RoutingPolicy? = nil
+}
+
+/// How requests for a model with several replicas are spread across them (`routing` section).
+public struct RoutingSettings: Sendable, Equatable {
+    public var policy: RoutingPolicy = .prefixAffinity
+    /// Bytes of canonical prompt per block (about a quarter as many tokens).
+    public var blockBytes = 256
+    /// Blocks remembered per replica (LRU).
+    public var indexBlocks = 65_536
+    /// In-flight requests at which a replica holding a prefix counts as a hot spot.
+    public var hotSpotQueue = 16
+    /// Cold prefixes go to no replica loaded above this factor of the average.
+    public var loadBound = 1.25
+    /// Consecutive failures that eject a replica until its health check passes again.
+    public var ejectAfter = 3
+    public var healthInterval: Duration = .seconds(2)
+    /// Requests at most in flight per replica; nil for no limit.
+    public var maxConcurrency: Int?
+    public var sessionHeader = "x-session-id"
+
+    public init() {}
+
+    /// Config spellings of the policies.
+    public static let policyNames: [(String, RoutingPolicy)] = [
+        ("prefix-affinity", .prefixAffinity), ("round-robin", .roundRobin), ("least-loaded", .leastLoaded),
+    ]
+
+    public static func policy(named name: String) -> RoutingPolicy? { policyNames.first { $0.0 == name }?.1 }
 }
 
 extension StrataConfiguration {

@@ -15,7 +15,7 @@ final class FakeBackend: ModelBackend, Sendable {
 
     func listModels() async -> [ModelListing] { [ModelListing(id: "m", status: "ready")] }
 
-    func acquire(model: String) async throws -> UpstreamLease {
+    func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         switch model {
         case "m":
             counters.withLockedValue { $0.acquired += 1 }

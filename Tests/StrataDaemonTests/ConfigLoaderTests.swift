@@ -49,6 +49,7 @@ struct ConfigLoaderTests {
             auth: { api_keys_env: MY_KEYS, admin_key_env: MY_ADMIN }
             gateway: { max_body: 1MiB, upstream_timeout: 30s }
             supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h }
+            routing: { policy: round-robin, block_bytes: 128, index_blocks: 1000, hot_spot_queue: 4, load_bound: 1.5, eject_after: 2, health_interval: 500ms, max_concurrency: 8, session_header: x-conversation }
             tiers:
               host: { dir: ~/shm, budget: 2GiB, admission: second-hit, eviction: drop }
               nvme: { budget: 1TB, codec: lz4, segment_size: 64MiB }
@@ -63,7 +64,7 @@ struct ConfigLoaderTests {
               - { name: a, source: "file://${MODEL}", runtime: llama, memory: 400MiB, ttl: 15m, pin: true }
               - { name: b, source: "${MODEL}", runtime: custom, device: gpu0 }
               - { name: c, runtime: openai, upstream_model: gpt-x }
-              - { name: d, upstreams: ["http://127.0.0.1:18301", "http://127.0.0.1:18302/"] }
+              - { name: d, upstreams: ["http://127.0.0.1:18301", "http://127.0.0.1:18302/"], routing: least-loaded }
             """, env: Self.env.merging(["MY_KEYS": "k1,k2", "MY_ADMIN": "adm", "OPENAI_KEY": "sk"]) { $1 })
         #expect(config.listen == ListenAddress(host: "::1", port: 9090))
         #expect(config.auth.apiKeys == ["k1", "k2"])
@@ -87,6 +88,12 @@ struct ConfigLoaderTests {
         #expect(config.models[1].memoryBytes == 5000 && !config.models[1].memoryDeclared && config.models[1].device == "gpu0")
         #expect(config.models[2].serving == .upstream(runtime: "openai", upstreamModel: "gpt-x"))
         #expect(config.models[3].serving == .replicas(["http://127.0.0.1:18301", "http://127.0.0.1:18302"]))
+        #expect(config.models[3].routing == .leastLoaded && config.models[0].routing == nil)
+        var routing = RoutingSettings()
+        routing.policy = .roundRobin; routing.blockBytes = 128; routing.indexBlocks = 1000; routing.hotSpotQueue = 4
+        routing.loadBound = 1.5; routing.ejectAfter = 2; routing.healthInterval = .milliseconds(500); routing.maxConcurrency = 8
+        routing.sessionHeader = "x-conversation"
+        #expect(config.routing == routing)
         // Only managed models reach the Placer.
         #expect(config.placerConfiguration.models.map(\.name) == ["a", "b"])
     }
@@ -118,6 +125,13 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
         Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
         Self.expectError("tiers: { host: { bugdet: 1GiB } }", key: "tiers.host.bugdet", "unknown key")
+        Self.expectError("routing: { policy: random }", key: "routing.policy", "'random'", "prefix-affinity, round-robin or least-loaded")
+        Self.expectError("routing: { load_bound: 0.5 }", key: "routing.load_bound", "'0.5'", "from 1 to 100")
+        Self.expectError("routing: { block_bytes: 4 }", key: "routing.block_bytes", "'4'")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", routing: round-robin } ]", key: "models[0] (a).routing",
+                         "only for models with 'upstreams'")
+        Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], routing: sticky } ]", key: "models[0] (a).routing",
+                         "'sticky'")
     }
 
     @Test func modelErrors() {

@@ -1,0 +1,83 @@
+import CStrataHash
+import Foundation
+
+/// A request's prompt as a chain of block hashes, for prefix-affinity routing. The prompt is
+/// put in a canonical byte form (tools, then each message's role and content in order; or the
+/// completion prompt), cut into fixed-size blocks, and chain-hashed with XXH3 under a fixed
+/// seed: block i's hash covers blocks 0...i, so equal hashes mean equal prefixes, on every
+/// host. Only whole blocks count: a prompt shorter than a block has no chain.
+///
+/// Bytes stand in for tokens: a runtime applies the same chat template to the same messages,
+/// so a shared byte prefix is a shared token prefix (up to the block at which they part).
+public struct PromptChain: Sendable, Equatable {
+    public var blocks: [UInt64]
+    /// Bytes of canonical prompt (the whole of it, not only whole blocks).
+    public var bytes: Int
+
+    /// Fixed: changing it would make routers on different hosts disagree.
+    public static let seed: UInt64 = 0x5354_5241_5441_5046   // "STRATAPF"
+
+    public init(blocks: [UInt64], bytes: Int) {
+        self.blocks = blocks
+        self.bytes = bytes
+    }
+
+    /// The chain of a request body (an OpenAI chat or completion request); empty when it has
+    /// no prompt this can read.
+    public static func of(body: [String: Any], blockBytes: Int) -> PromptChain {
+        let canonical = canonicalPrompt(body)
+        return PromptChain(blocks: chain(canonical, blockBytes: blockBytes), bytes: canonical.count)
+    }
+
+    static func chain(_ bytes: [UInt8], blockBytes: Int) -> [UInt64] {
+        precondition(blockBytes > 0)
+        var hashes: [UInt64] = []
+        hashes.reserveCapacity(bytes.count / blockBytes)
+        var parent: UInt64 = 0
+        var block = [UInt8](repeating: 0, count: 8 + blockBytes)
+        var start = 0
+        while start + blockBytes <= bytes.count {
+            withUnsafeBytes(of: parent.littleEndian) { block.replaceSubrange(0..<8, with: $0) }
+            block.replaceSubrange(8..<8 + blockBytes, with: bytes[start..<start + blockBytes])
+            parent = block.withUnsafeBytes { strata_xxh3_64($0.baseAddress, $0.count, seed) }
+            hashes.append(parent)
+            start += blockBytes
+        }
+        return hashes
+    }
+
+    /// Separators that cannot occur in JSON text, so fields never run into each other.
+    private static let fieldEnd: UInt8 = 0x1F, messageEnd: UInt8 = 0x1E, sectionEnd: UInt8 = 0x1D
+
+    static func canonicalPrompt(_ body: [String: Any]) -> [UInt8] {
+        var out: [UInt8] = []
+        if let tools = body["tools"], let json = try? JSONSerialization.data(withJSONObject: tools, options: [.sortedKeys]) {
+            out += json
+            out.append(sectionEnd)
+        }
+        if let messages = body["messages"] as? [Any] {
+            for case let message as [String: Any] in messages {
+                out += Array(((message["role"] as? String) ?? "").utf8)
+                out.append(fieldEnd)
+                out += content(message["content"])
+                out.append(messageEnd)
+            }
+        } else if let prompt = body["prompt"] {
+            out += content(prompt)
+        }
+        return out
+    }
+
+    /// Text as is; content parts and token arrays as their canonical JSON.
+    private static func content(_ value: Any?) -> [UInt8] {
+        switch value {
+        case let text as String:
+            return Array(text.utf8)
+        case let parts as [Any]:
+            if parts.allSatisfy({ $0 is String }) { return parts.flatMap { Array(($0 as! String).utf8) } }
+            return (try? JSONSerialization.data(withJSONObject: parts, options: [.sortedKeys])).map(Array.init) ?? []
+        default:
+            return []
+        }
+    }
+}

@@ -1,0 +1,49 @@
+import Testing
+@testable import Frontend
+
+/// The prompt's block chain the router matches prefixes by.
+struct PromptChainTests {
+    static func chat(_ messages: [(String, String)], tools: [Any]? = nil) -> [String: Any] {
+        var body: [String: Any] = ["model": "m", "messages": messages.map { ["role": $0.0, "content": $0.1] }]
+        if let tools { body["tools"] = tools }
+        return body
+    }
+
+    static let system = String(repeating: "You are a careful assistant for the river company. ", count: 20)
+
+    @Test func sharedPrefixesShareLeadingBlocksAndPartWhereTheyDiffer() {
+        let a = PromptChain.of(body: Self.chat([("system", Self.system), ("user", "What is the tide today?")]), blockBytes: 64)
+        let b = PromptChain.of(body: Self.chat([("system", Self.system), ("user", "Who owns the mill?")]), blockBytes: 64)
+        #expect(a.blocks.count == a.bytes / 64 && a.blocks.count > 10)
+        let shared = zip(a.blocks, b.blocks).prefix { $0 == $1 }.count
+        #expect(shared == (Self.system.utf8.count + "system".utf8.count + 2) / 64, "they part in the block holding the user turn")
+        #expect(a.blocks[shared...].allSatisfy { !b.blocks.contains($0) }, "after parting, nothing matches again")
+    }
+
+    @Test func roleToolsAndOrderArePartOfThePrefix() {
+        let base = PromptChain.of(body: Self.chat([("system", Self.system)]), blockBytes: 64)
+        let asUser = PromptChain.of(body: Self.chat([("user", Self.system)]), blockBytes: 64)
+        #expect(base.blocks.first != asUser.blocks.first)
+        let withTools = PromptChain.of(body: Self.chat([("system", Self.system)], tools: [["type": "function", "name": "f"]]),
+                                       blockBytes: 64)
+        #expect(withTools.blocks.first != base.blocks.first, "tools come first, so they change every block")
+    }
+
+    @Test func shortPromptsAndOddBodiesHaveNoChain() {
+        #expect(PromptChain.of(body: Self.chat([("user", "hi")]), blockBytes: 256).blocks.isEmpty)
+        #expect(PromptChain.of(body: ["model": "m"], blockBytes: 16).blocks.isEmpty)
+        #expect(PromptChain.of(body: ["model": "m", "messages": "not a list"], blockBytes: 16).blocks.isEmpty)
+        let completion = PromptChain.of(body: ["model": "m", "prompt": Self.system], blockBytes: 64)
+        #expect(completion.blocks.count == Self.system.utf8.count / 64)
+    }
+
+    @Test func hashesAreStableAcrossProcessesAndHosts() {
+        // Routers on different hosts must agree: a fixed input has a fixed chain (XXH3, fixed seed).
+        let chain = PromptChain.chain(Array("0123456789abcdef0123456789abcdef".utf8), blockBytes: 16)
+        #expect(chain.count == 2)
+        #expect(chain == PromptChain.chain(Array("0123456789abcdef0123456789abcdef".utf8), blockBytes: 16))
+        #expect(String(chain[0], radix: 16) == Self.pinnedFirstHash, "the seed or block framing changed")
+    }
+
+    static let pinnedFirstHash = "1060fe0ab9833daa"
+}

@@ -1,0 +1,140 @@
+"""Prefix-affinity routing across three real llama-server replicas that Strata does not start:
+requests sharing a prefix land where it is resident, and a replica killed mid-run is ejected
+with its traffic served elsewhere and no failed request that had not started streaming."""
+import concurrent.futures
+import json
+import re
+import signal
+import subprocess
+
+import pytest
+
+from conftest import ADMIN_KEY, API_KEY, LLAMA, MODEL, config, free_port, wait_for
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def words(seed: int, n: int) -> str:
+    vocabulary = ["river", "stone", "copper", "lantern", "orbit", "meadow", "signal", "harbor", "violet", "engine",
+                  "quartz", "willow", "ember", "canyon", "falcon", "marble"]
+    state = seed * 2654435761 % 2**32
+    out = []
+    for _ in range(n):
+        state = (state * 1103515245 + 12345) % 2**31
+        out.append(vocabulary[state % len(vocabulary)])
+    return " ".join(out)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Three llama-server processes on loopback, each with its own port."""
+    procs = []
+    logs = tmp_path_factory.mktemp("replicas")
+    for i in range(3):
+        port = free_port()
+        log = open(logs / f"replica{i}.log", "wb")
+        proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
+                                 "--threads", "1", "--parallel", "2", "--alias", "smollm2"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append((f"http://127.0.0.1:{port}", proc))
+    import urllib.request
+
+    def healthy(url):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    for url, _ in procs:
+        wait_for(lambda: healthy(url), 60, what=f"llama-server {url}")
+    yield procs
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def replica_config(urls, policy="prefix-affinity"):
+    models = f"""
+  - {{ name: smollm2, upstreams: {json.dumps(urls)}, routing: {policy} }}
+"""
+    return config(models, extra="routing: { health_interval: 300ms, eject_after: 2 }")
+
+
+def decisions(d):
+    """Routing decisions so far, by (replica, reason), from /metrics."""
+    text = d.get("/metrics")[1].decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'strata_route_decisions_total\{(.*)\} (\d+)', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[(labels["replica"], labels["reason"])] = int(m.group(2))
+    return out
+
+
+def chat(d, system, user, stream=False, max_tokens=4):
+    return d.request("POST", "/v1/chat/completions", body={
+        "model": "smollm2", "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]},
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=120)
+
+
+def test_requests_sharing_a_prefix_land_where_it_is_resident(make_daemon, replicas):
+    d = make_daemon(replica_config([u for u, _ in replicas]))
+    prefixes = [words(seed, 300) for seed in (1, 2, 3)]
+    homes = {}
+    for i, system in enumerate(prefixes):
+        before = decisions(d)
+        status, body, _ = chat(d, system, f"question {i}")
+        assert status == 200, body
+        after = decisions(d)
+        (replica, reason), = [k for k in after if after[k] != before.get(k, 0)]
+        assert reason == "coldConsistentHash", reason
+        homes[i] = replica
+    for round in range(3):
+        for i, system in enumerate(prefixes):
+            before = decisions(d)
+            status, body, _ = chat(d, system, f"follow-up {round} on {i}")
+            assert status == 200, body
+            after = decisions(d)
+            (replica, reason), = [k for k in after if after[k] != before.get(k, 0)]
+            assert replica == homes[i] and reason == "prefixHit", (i, replica, reason, homes)
+    admin = d.admin()["smollm2"]
+    assert {r["url"] for r in admin["replicas"]} == {u for u, _ in replicas}
+    assert all(r["healthy"] and r["in_flight"] == 0 for r in admin["replicas"]), admin
+    assert sum(r["index_blocks"] for r in admin["replicas"]) > 0
+
+
+def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_daemon, replicas):
+    d = make_daemon(replica_config([u for u, _ in replicas]))
+    system = words(7, 200)
+    # learn where this prefix lives, then kill that replica while requests keep coming
+    status, _, _ = chat(d, system, "warm up")
+    assert status == 200
+    home = max(decisions(d).items(), key=lambda kv: kv[1])[0][0]
+    victim = next(proc for url, proc in replicas if url == home)
+
+    def one(i):
+        return chat(d, system, f"request {i}", max_tokens=8)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(one, i) for i in range(4)]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        futures += [pool.submit(one, i) for i in range(4, 16)]
+        statuses = [f.result() for f in futures]
+    assert statuses == [200] * 16, statuses
+    state = wait_for(lambda: (m := d.admin()["smollm2"]) and
+                     not next(r for r in m["replicas"] if r["url"] == home)["healthy"] and m, 10,
+                     what="the killed replica to be marked down")
+    assert sum(r["healthy"] for r in state["replicas"]) == 2
+    assert all(r["in_flight"] == 0 for r in state["replicas"]), state
+    # every replica down: a clean 503 naming the reason
+    for url, proc in replicas:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    wait_for(lambda: d.admin()["smollm2"]["status"] == "unavailable", 10, what="every replica down")
+    status, body, headers = chat(d, system, "anyone?")
+    assert status == 503 and b"no_replica" in body and "Retry-After" in headers, body

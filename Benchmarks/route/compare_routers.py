@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--system-tokens", type=int, default=800)
     ap.add_argument("--think", type=float, default=2.0)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--index-blocks", type=int, default=160,
+                    help="Strata's routing.index_blocks: about what one replica's slots hold (ctx bytes / block bytes)")
     a = ap.parse_args()
 
     procs = []
@@ -83,9 +85,12 @@ def main():
         for i in range(a.replicas):
             port = free_port()
             log = open(work / f"replica{i}.log", "wb")
+            (work / f"slots{i}").mkdir()
             procs.append(subprocess.Popen(
                 [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx),
-                 "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2"],
+                 "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2",
+                 # slot actions (erase, used between runs) need a save path
+                 "--slot-save-path", str(work / f"slots{i}")],
                 stdout=log, stderr=subprocess.STDOUT))
             replicas.append(f"http://127.0.0.1:{port}")
         for r in replicas:
@@ -98,7 +103,7 @@ listen: 127.0.0.1:{strata_port}
 state_dir: {work}/state
 log_level: warning
 tiers: {{ host: {{ budget: 16MiB }} }}
-routing: {{ health_interval: 1s }}
+routing: {{ health_interval: 1s, index_blocks: {a.index_blocks} }}
 models:
   - {{ name: smollm2-pa, upstreams: {urls}, routing: prefix-affinity }}
   - {{ name: smollm2-rr, upstreams: {urls}, routing: round-robin }}

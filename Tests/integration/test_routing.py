@@ -80,25 +80,27 @@ def chat(d, system, user, stream=False, max_tokens=4):
         headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=120)
 
 
+def routed(d, system, user):
+    """Sends one chat request; returns the (replica, reason) the router chose for it."""
+    before = decisions(d)
+    status, body, _ = chat(d, system, user)
+    assert status == 200, body
+    after = decisions(d)
+    (choice,) = [k for k in after if after[k] != before.get(k, 0)]
+    return choice
+
+
 def test_requests_sharing_a_prefix_land_where_it_is_resident(make_daemon, replicas):
     d = make_daemon(replica_config([u for u, _ in replicas]))
     prefixes = [words(seed, 300) for seed in (1, 2, 3)]
     homes = {}
     for i, system in enumerate(prefixes):
-        before = decisions(d)
-        status, body, _ = chat(d, system, f"question {i}")
-        assert status == 200, body
-        after = decisions(d)
-        (replica, reason), = [k for k in after if after[k] != before.get(k, 0)]
+        replica, reason = routed(d, system, f"question {i}")
         assert reason == "coldConsistentHash", reason
         homes[i] = replica
     for round in range(3):
         for i, system in enumerate(prefixes):
-            before = decisions(d)
-            status, body, _ = chat(d, system, f"follow-up {round} on {i}")
-            assert status == 200, body
-            after = decisions(d)
-            (replica, reason), = [k for k in after if after[k] != before.get(k, 0)]
+            replica, reason = routed(d, system, f"follow-up {round} on {i}")
             assert replica == homes[i] and reason == "prefixHit", (i, replica, reason, homes)
     admin = d.admin()["smollm2"]
     assert {r["url"] for r in admin["replicas"]} == {u for u, _ in replicas}

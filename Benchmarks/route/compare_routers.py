@@ -2,12 +2,13 @@
 """Strata's prefix-affinity routing against round-robin, least-loaded and
 `sglang-router --policy cache_aware`, all fronting the same 3 llama-server replicas, in one run.
 
-One Strata daemon serves three model names over the same replicas (`smollm2-pa`,
-`smollm2-rr`, `smollm2-ll`, one per routing policy); sglang-router fronts the same replicas.
-Each round replays the same seeded workload (`route_workload.py`) against every target in turn,
-the order alternating round by round, with every replica's KV cache erased before each run
-(`POST /slots/N?action=erase`), so no target inherits another's warm prefixes. Prints the
-median over rounds of each target's TTFT p50/p90 and the ratios the issue asks for.
+Every run starts a fresh fleet (3 llama-server replicas, default prompt cache) and a fresh
+router in front of it: Strata with one routing policy (prefix-affinity, round-robin or
+least-loaded), or sglang-router. Nothing cached survives from one run to the next, in the
+replicas' slots, their RAM prompt cache, or a router's prefix tree. Each round replays the same
+seeded workload (`route_workload.py`) against every target in turn, the order alternating round
+by round. Prints the median over rounds of each target's TTFT p50/p90 and the ratios the issue
+asks for.
 
 Usage: compare_routers.py --strata .build/release/strata [--rounds 3] [--requests 60] [--rate 0.6]
 Needs: scripts/setup.sh --peers (sglang-router in the venv).
@@ -51,14 +52,6 @@ def wait_http(url, timeout=90):
     raise SystemExit(f"timed out waiting for {url}")
 
 
-def erase_slots(replica, slots):
-    for slot in range(slots):
-        req = urllib.request.Request(f"{replica}/slots/{slot}?action=erase", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strata", default=".build/release/strata")
@@ -66,106 +59,120 @@ def main():
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=2, help="slots per llama-server")
     ap.add_argument("--ctx", type=int, default=8192)
-    ap.add_argument("--requests", type=int, default=60)
-    ap.add_argument("--rate", type=float, default=0.6)
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--rate", type=float, default=0.15, help="new conversations per second")
     ap.add_argument("--tenants", type=int, default=6)
     ap.add_argument("--users", type=int, default=3)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--system-tokens", type=int, default=800)
     ap.add_argument("--think", type=float, default=2.0)
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--index-blocks", type=int, default=160,
-                    help="Strata's routing.index_blocks: about what one replica's slots hold (ctx bytes / block bytes)")
+    ap.add_argument("--index-blocks", type=int, default=65536,
+                    help="Strata's routing.index_blocks (llama-server keeps up to 8 GiB of prompts in RAM by default)")
     a = ap.parse_args()
 
-    procs = []
     work = Path(tempfile.mkdtemp(prefix="strata-route-"))
-    try:
-        replicas = []
-        for i in range(a.replicas):
-            port = free_port()
-            log = open(work / f"replica{i}.log", "wb")
-            (work / f"slots{i}").mkdir()
-            procs.append(subprocess.Popen(
-                [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx),
-                 "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2",
-                 # slot actions (erase, used between runs) need a save path
-                 "--slot-save-path", str(work / f"slots{i}")],
-                stdout=log, stderr=subprocess.STDOUT))
-            replicas.append(f"http://127.0.0.1:{port}")
-        for r in replicas:
-            wait_http(r + "/health")
-
-        strata_port = free_port()
-        urls = json.dumps(replicas)
-        (work / "strata.yaml").write_text(f"""
-listen: 127.0.0.1:{strata_port}
-state_dir: {work}/state
-log_level: warning
-tiers: {{ host: {{ budget: 16MiB }} }}
-routing: {{ health_interval: 1s, index_blocks: {a.index_blocks} }}
-models:
-  - {{ name: smollm2-pa, upstreams: {urls}, routing: prefix-affinity }}
-  - {{ name: smollm2-rr, upstreams: {urls}, routing: round-robin }}
-  - {{ name: smollm2-ll, upstreams: {urls}, routing: least-loaded }}
-""")
-        procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / "strata.yaml")],
-                                      stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
-        wait_http(f"http://127.0.0.1:{strata_port}/ready")
-        sglang_port = free_port()
-        procs.append(subprocess.Popen(
-            [str(PYTHON), "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(sglang_port),
-             "--policy", "cache_aware", "--worker-urls", *replicas],
-            stdout=open(work / "sglang.log", "wb"), stderr=subprocess.STDOUT))
-        wait_http(f"http://127.0.0.1:{sglang_port}/health", timeout=60)
-
-        strata = f"http://127.0.0.1:{strata_port}"
-        targets = [("strata prefix-affinity", strata, "smollm2-pa"), ("round-robin (strata)", strata, "smollm2-rr"),
-                   ("least-loaded (strata)", strata, "smollm2-ll"),
-                   ("sglang-router cache_aware", f"http://127.0.0.1:{sglang_port}", "smollm2")]
-        results = {name: [] for name, _, _ in targets}
-        print(f"{a.replicas} llama-server replicas (-c {a.ctx} --parallel {a.parallel} --threads 1), "
-              f"{a.rounds} rounds, {a.requests} requests each, rate {a.rate}/s", flush=True)
-        for round in range(a.rounds):
-            order = targets if round % 2 == 0 else list(reversed(targets))
-            for name, url, model in order:
-                for r in replicas:
-                    erase_slots(r, a.parallel)
+    targets = ["strata prefix-affinity", "round-robin (strata)", "least-loaded (strata)", "sglang-router cache_aware"]
+    policies = {"strata prefix-affinity": "prefix-affinity", "round-robin (strata)": "round-robin",
+                "least-loaded (strata)": "least-loaded"}
+    results = {name: [] for name in targets}
+    print(f"{a.replicas} llama-server replicas (-c {a.ctx} --parallel {a.parallel} --threads 1), fresh fleet and router "
+          f"per run, {a.rounds} rounds, {a.requests} requests each, {a.rate} new conversations/s", flush=True)
+    run = 0
+    for round in range(a.rounds):
+        order = targets if round % 2 == 0 else list(reversed(targets))
+        for name in order:
+            run += 1
+            procs = []
+            try:
+                replicas = start_fleet(a, work / f"run{run}", procs)
+                if name in policies:
+                    url, model = start_strata(a, work / f"run{run}", replicas, policies[name], procs), "smollm2"
+                else:
+                    url, model = start_sglang(work / f"run{run}", replicas, procs), "smollm2"
                 out = subprocess.run(
                     [str(PYTHON), str(HERE / "route_workload.py"), "--url", url, "--model", model,
                      "--seed", str(100 + round), "--tenants", str(a.tenants), "--users", str(a.users),
                      "--turns", str(a.turns), "--system-tokens", str(a.system_tokens), "--think", str(a.think),
                      "--rate", str(a.rate), "--requests", str(a.requests), "--max-tokens", str(a.max_tokens),
                      "--duration", "600", "--json"], capture_output=True, text=True)
-                line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
-                r = json.loads(line)
-                results[name].append(r)
-                print(f"  round {round} {name:28} ttft p50 {r.get('ttft_p50', float('nan')):.3f}s "
-                      f"p90 {r.get('ttft_p90', float('nan')):.3f}s errors {r.get('errors')} "
-                      f"cached {r.get('cached_prompt_fraction')}", flush=True)
-        med = lambda name, key: statistics.median(x[key] for x in results[name] if x.get(key) is not None)
-        print(f"\n{'target':28} {'TTFT p50':>9} {'TTFT p90':>9} {'cached':>7} {'errors':>6}")
-        rows = {}
-        for name, _, _ in targets:
-            rows[name] = dict(ttft_p50=med(name, "ttft_p50"), ttft_p90=med(name, "ttft_p90"),
-                              cached=med(name, "cached_prompt_fraction"),
-                              errors=sum(x.get("errors", 0) for x in results[name]))
-            print(f"{name:28} {rows[name]['ttft_p50']:9.3f} {rows[name]['ttft_p90']:9.3f} "
-                  f"{rows[name]['cached']:7.2f} {rows[name]['errors']:6d}")
-        pa = rows["strata prefix-affinity"]
-        print(f"\nprefix-affinity p50 / round-robin p50 = {pa['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} "
-              f"(goal <= 0.5); / sglang-router p50 = {pa['ttft_p50'] / rows['sglang-router cache_aware']['ttft_p50']:.2f} "
-              f"(goal <= 0.9)")
-        print(json.dumps(rows))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            finally:
+                stop(procs)
+            line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
+            r = json.loads(line)
+            results[name].append(r)
+            print(f"  round {round} {name:28} ttft p50 {r.get('ttft_p50', float('nan')):.3f}s "
+                  f"p90 {r.get('ttft_p90', float('nan')):.3f}s errors {r.get('errors')} "
+                  f"cached {r.get('cached_prompt_fraction')} late {r.get('late_sends')}", flush=True)
+    med = lambda name, key: statistics.median(x[key] for x in results[name] if x.get(key) is not None)
+    print(f"\n{'target':28} {'TTFT p50':>9} {'TTFT p90':>9} {'cached':>7} {'errors':>6}")
+    rows = {}
+    for name in targets:
+        rows[name] = dict(ttft_p50=med(name, "ttft_p50"), ttft_p90=med(name, "ttft_p90"),
+                          cached=med(name, "cached_prompt_fraction"),
+                          errors=sum(x.get("errors", 0) for x in results[name]))
+        print(f"{name:28} {rows[name]['ttft_p50']:9.3f} {rows[name]['ttft_p90']:9.3f} "
+              f"{rows[name]['cached']:7.2f} {rows[name]['errors']:6d}")
+    pa = rows["strata prefix-affinity"]
+    print(f"\nprefix-affinity p50 / round-robin p50 = {pa['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} "
+          f"(goal <= 0.5); / sglang-router p50 = {pa['ttft_p50'] / rows['sglang-router cache_aware']['ttft_p50']:.2f} "
+          f"(goal <= 0.9)")
+    print(json.dumps(rows))
+
+
+def start_fleet(a, work, procs):
+    """Fresh llama-server replicas: nothing cached from an earlier run, in slots or in RAM."""
+    work.mkdir(parents=True)
+    replicas = []
+    for i in range(a.replicas):
+        port = free_port()
+        procs.append(subprocess.Popen(
+            [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx),
+             "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2"],
+            stdout=open(work / f"replica{i}.log", "wb"), stderr=subprocess.STDOUT))
+        replicas.append(f"http://127.0.0.1:{port}")
+    for r in replicas:
+        wait_http(r + "/health")
+    return replicas
+
+
+def start_strata(a, work, replicas, policy, procs):
+    port = free_port()
+    (work / "strata.yaml").write_text(f"""
+listen: 127.0.0.1:{port}
+state_dir: {work}/state
+log_level: warning
+tiers: {{ host: {{ budget: 16MiB }} }}
+routing: {{ policy: {policy}, health_interval: 1s, index_blocks: {a.index_blocks} }}
+models:
+  - {{ name: smollm2, upstreams: {json.dumps(replicas)} }}
+""")
+    procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / "strata.yaml")],
+                                  stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
+    wait_http(f"http://127.0.0.1:{port}/ready")
+    return f"http://127.0.0.1:{port}"
+
+
+def start_sglang(work, replicas, procs):
+    port = free_port()
+    procs.append(subprocess.Popen(
+        [str(PYTHON), "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+         "--policy", "cache_aware", "--worker-urls", *replicas],
+        stdout=open(work / "sglang.log", "wb"), stderr=subprocess.STDOUT))
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def stop(procs):
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 if __name__ == "__main__":

@@ -105,11 +105,11 @@ extension ConfigLoader {
             let map = try reader.mapping(
                 item, at: key,
                 allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
-                          "routing"])
+                          "routing", "replicas"])
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
-            guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" }) else {
-                throw reader.fail("\(key).name", nameNode, "'\(name)' is not a model name (non-empty, no spaces or slashes)")
+            guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
+                throw reader.fail("\(key).name", nameNode, "'\(name)' is not a model name (non-empty, no spaces, slashes or #)")
             }
             guard !models.contains(where: { $0.name == name }) else {
                 throw reader.fail("\(key).name", nameNode, "model '\(name)' is defined twice")
@@ -136,7 +136,9 @@ extension ConfigLoader {
 
             let serving: ModelConfiguration.Serving
             var routing: RoutingPolicy?
+            let replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1
             if let upstreamsNode = map["upstreams"] {
+                try rejectFields(["replicas"], reader, map, key2, "not used with 'upstreams' (each URL is a replica)")
                 routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
                 try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"], reader, map, key2,
                                  "not allowed together with 'upstreams' (replicas Strata does not start)")
@@ -149,7 +151,11 @@ extension ConfigLoader {
                 }
                 serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
             } else {
-                try rejectFields(["routing"], reader, map, key2, "only for models with 'upstreams' (replicas)")
+                if replicaCount > 1 {
+                    routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
+                } else {
+                    try rejectFields(["routing"], reader, map, key2, "only for models with replicas ('upstreams' or 'replicas' above 1)")
+                }
                 let runtimeName = try map["runtime"].map { try reader.string($0, at: "\(key2).runtime") }
                     ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
                 guard let runtime = config.runtimes[runtimeName] else {
@@ -169,21 +175,21 @@ extension ConfigLoader {
                     let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
                     serving = .managed(runtime: runtimeName, modelPath: path, args: args)
                 } else {
-                    try rejectFields(["source", "args", "memory", "ttl", "pin"], reader, map, key2,
+                    try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas"], reader, map, key2,
                                      "not used with an upstream runtime (Strata does not load it)")
                     let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
                     serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
                 }
             }
             if case .managed = serving, let budget = config.devices.first(where: { $0.name == device })?.memoryBytes,
-                memory > budget
+                memory * UInt64(replicaCount) > budget
             {
-                throw reader.fail("\(key2).memory", map["memory"] ?? item,
-                    "model needs \(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
+                throw reader.fail(replicaCount > 1 ? "\(key2).replicas" : "\(key2).memory", map["memory"] ?? item,
+                    "model needs \(replicaCount > 1 ? "\(replicaCount) × " : "")\(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
             }
             models.append(ModelConfiguration(
                 name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
-                ttl: ttl, pinned: pinned, routing: routing))
+                ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount))
         }
         return models
     }

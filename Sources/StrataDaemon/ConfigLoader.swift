@@ -160,7 +160,10 @@ public enum ConfigLoader {
         }
         let admissions = "always, second-hit"
         if let node = map["host"] {
-            let fields = try reader.mapping(node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction"])
+            let fields = try reader.mapping(node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction", "codec"])
+            if let v = try choice(fields["codec"], at: "tiers.host.codec", BlockHeader.Codec.init(name:), expected: "none, lz4") {
+                tiers.host.codec = v
+            }
             if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") }
             if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") }
             if let v = try choice(fields["admission"], at: "tiers.host.admission", BlockStore.Admission.init, expected: admissions) {
@@ -200,7 +203,7 @@ public enum ConfigLoader {
     static func routing(_ reader: ConfigReader, _ node: Node) throws -> RoutingSettings {
         let map = try reader.mapping(node, at: "routing", allowed: [
             "policy", "block_bytes", "index_blocks", "hot_spot_queue", "load_bound", "eject_after", "health_interval",
-            "max_concurrency", "session_header",
+            "max_concurrency", "session_header", "request_cost_blocks",
         ])
         var settings = RoutingSettings()
         if let v = map["policy"] { settings.policy = try routingPolicy(reader, v, at: "routing.policy") }
@@ -215,6 +218,9 @@ public enum ConfigLoader {
                 throw reader.fail("routing.load_bound", v, "'\(text)' is not a factor from 1 to 100 (such as 1.25)")
             }
             settings.loadBound = factor
+        }
+        if let v = map["request_cost_blocks"] {
+            settings.requestCostBlocks = try reader.integer(v, at: "routing.request_cost_blocks", range: 0...100_000)
         }
         if let v = map["eject_after"] { settings.ejectAfter = try reader.integer(v, at: "routing.eject_after", range: 1...1000) }
         if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "routing.health_interval") }

@@ -7,7 +7,10 @@ extension ModelController: ModelBackend {
         config.models.map { model in
             switch model.serving {
             case .managed:
-                ModelListing(id: model.name, status: placer.snapshot(of: model.name)?.phase.publicStatus ?? "stopped")
+                // With replicas, the best of their states: ready if any is.
+                ModelListing(id: model.name, status: model.placerNames.map {
+                    placer.snapshot(of: $0)?.phase.publicStatus ?? "stopped"
+                }.min { Self.statusRank($0) < Self.statusRank($1) } ?? "stopped")
             case .upstream, .replicas:
                 ModelListing(id: model.name, status: "ready")
             }
@@ -22,6 +25,9 @@ extension ModelController: ModelBackend {
             throw GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5)
         }
         switch modelConfig.serving {
+        case .managed where modelConfig.replicaCount > 1:
+            guard let replicas = replicaSets[model] else { throw GatewayError.modelNotFound(model) }
+            return try await replicas.acquire(hints: hints) { replica in try await self.acquireManaged(model: replica) }
         case .managed:
             return try await acquireManaged(model: model)
         case .upstream(let runtimeName, let upstreamModel):
@@ -44,28 +50,32 @@ extension ModelController: ModelBackend {
                                     index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures)
             }
         }
-        let models = config.models.map { model -> AdminStatus.Model in
+        let models = config.models.flatMap { model -> [AdminStatus.Model] in
             switch model.serving {
             case .managed(let runtime, _, _):
-                let snapshot = placer.snapshot(of: model.name)
-                let instance = instances[model.name]
-                return AdminStatus.Model(
-                    name: model.name, status: snapshot?.phase.publicStatus ?? "stopped",
-                    phase: snapshot.map { Self.describe($0.phase) } ?? "stopped", runtime: runtime, device: model.device,
-                    memory_bytes: model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
-                    loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
-                    upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[model.name])
+                // One entry per process: `name`, or `name#i` for each replica.
+                return model.placerNames.map { name in
+                    let snapshot = placer.snapshot(of: name)
+                    let instance = instances[name]
+                    return AdminStatus.Model(
+                        name: name, status: snapshot?.phase.publicStatus ?? "stopped",
+                        phase: snapshot.map { Self.describe($0.phase) } ?? "stopped", runtime: runtime, device: model.device,
+                        memory_bytes: model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
+                        loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
+                        upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[name],
+                        replicas: model.replicaCount > 1 ? replicaStates[model.name] : nil)
+                }
             case .upstream(let runtime, _):
                 let url: String? = if case .upstream(let url, _) = config.runtimes[runtime]?.kind { url } else { nil }
-                return AdminStatus.Model(
+                return [AdminStatus.Model(
                     name: model.name, status: "ready", phase: "upstream", runtime: runtime, device: nil, memory_bytes: nil,
-                    in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: url, last_error: nil)
+                    in_flight: 0, waiting: 0, loads: 0, pid: nil, upstream: url, last_error: nil)]
             case .replicas(let urls):
                 let replicas = replicaStates[model.name] ?? []
-                return AdminStatus.Model(
+                return [AdminStatus.Model(
                     name: model.name, status: replicas.contains(where: \.healthy) ? "ready" : "unavailable", phase: "replicas",
                     runtime: nil, device: nil, memory_bytes: nil, in_flight: replicas.reduce(0) { $0 + $1.in_flight },
-                    waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil, replicas: replicas)
+                    waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil, replicas: replicas)]
             }
         }
         let devices = placer.deviceSnapshots.map {
@@ -74,32 +84,38 @@ extension ModelController: ModelBackend {
         let runtimes = config.runtimes.keys.sorted().map { name in
             AdminStatus.Runtime(
                 name: name, kind: config.runtimes[name]!.kindName,
-                running: config.models.filter { model in
-                    guard case .managed(let runtime, _, _) = model.serving else { return false }
-                    return runtime == name && instances[model.name] != nil
-                }.map(\.name))
+                running: config.models.flatMap { model -> [String] in
+                    guard case .managed(let runtime, _, _) = model.serving, runtime == name else { return [] }
+                    return model.placerNames.filter { instances[$0] != nil }
+                })
         }
         return AdminStatus(models: models, devices: devices, runtimes: runtimes)
     }
 
+    /// Loads (or unloads) the model, every replica of it, or one replica named `name#i`.
     public func load(model: String) async throws {
-        try requireManaged(model)
-        send(.load(model: model))
+        for name in try requireManaged(model) { send(.load(model: name)) }
     }
 
     public func unload(model: String) async throws {
-        try requireManaged(model)
-        send(.unload(model: model))
+        for name in try requireManaged(model) { send(.unload(model: name)) }
     }
 
-    private func requireManaged(_ model: String) throws {
-        guard let modelConfig = config.models.first(where: { $0.name == model }) else {
+    /// The Placer names `model` stands for.
+    private func requireManaged(_ model: String) throws -> [String] {
+        guard let modelConfig = config.model(placerName: model) else {
             throw GatewayError.modelNotFound(model)
         }
         guard case .managed = modelConfig.serving else {
             throw GatewayError.badRequest("'\(model)' is served by an upstream Strata does not start; it cannot be loaded or unloaded",
                                           code: "not_managed")
         }
+        return model == modelConfig.name ? modelConfig.placerNames : [model]
+    }
+
+    /// Orders public statuses from most to least able to serve.
+    static func statusRank(_ status: String) -> Int {
+        ["ready", "loading", "stopped", "failed"].firstIndex(of: status) ?? 4
     }
 
     static func describe(_ phase: ModelPhase) -> String {

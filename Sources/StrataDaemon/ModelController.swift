@@ -42,10 +42,17 @@ public actor ModelController {
         self.placer = Placer(configuration: config.placerConfiguration)
         var sets: [String: ReplicaSet] = [:]
         for model in config.models {
-            guard case .replicas(let urls) = model.serving else { continue }
-            sets[model.name] = ReplicaSet(
-                model: model.name, urls: urls, policy: model.routing ?? config.routing.policy, settings: config.routing,
-                logger: logger)
+            let policy = model.routing ?? config.routing.policy
+            switch model.serving {
+            case .replicas(let urls):
+                sets[model.name] = ReplicaSet(model: model.name, replicas: urls, managed: false, policy: policy,
+                                              settings: config.routing, logger: logger)
+            case .managed where model.replicaCount > 1:
+                sets[model.name] = ReplicaSet(model: model.name, replicas: model.placerNames, managed: true, policy: policy,
+                                              settings: config.routing, logger: logger)
+            default:
+                continue
+            }
         }
         self.replicaSets = sets
     }
@@ -138,7 +145,7 @@ public actor ModelController {
             send(.runtimeExited(model: model, detail: "Strata is shutting down"))
             return
         }
-        guard let modelConfig = config.models.first(where: { $0.name == model }),
+        guard let modelConfig = config.model(placerName: model),
             case .managed(let runtimeName, let modelPath, let modelArgs) = modelConfig.serving,
             let runtime = config.runtimes[runtimeName]
         else {
@@ -231,6 +238,10 @@ public actor ModelController {
         instance.healthTask?.cancel()
         instance.killTask?.cancel()
         instances[model] = nil
+        if let base = config.model(placerName: model), base.replicaCount > 1, let replicas = replicaSets[base.name] {
+            // Its cache went with the process: the next one starts with none of these prefixes.
+            Task { await replicas.processExited(model) }
+        }
         let phase = placer.snapshot(of: model)?.phase
         var detail = how
         var expected = shuttingDown

@@ -5,15 +5,19 @@ import Logging
 import Metrics
 import Placer
 
-/// The replicas of one model that Strata does not start (`upstreams`), routed by the Placer's
-/// `PrefixRouter`: each request goes where its prompt's prefix likely is, weighed against the
-/// work already queued there. Load is counted at dispatch and released exactly once when the
-/// lease ends (answer complete, error, cancel). Replicas are health-checked actively; failures
-/// before an answer eject a replica passively after `eject_after` in a row; a replica whose
-/// health comes back is taken to have restarted and starts with an empty index.
+/// The replicas of one model, routed by the Placer's `PrefixRouter`: each request goes where its
+/// prompt's prefix likely is, weighed against the work already queued there. Replicas are
+/// either upstream URLs Strata does not start, or runtime processes it does (`replicas: N`,
+/// Placer models `name#i`, started on demand like any managed model). Load is counted at
+/// dispatch and released exactly once when the lease ends (answer complete, error, cancel).
+/// Upstream replicas are health-checked actively; failures before an answer eject a replica
+/// passively after `eject_after` in a row; a replica that comes back (health passes again, or
+/// a new process starts) is taken to have restarted and starts with an empty index.
 actor ReplicaSet {
     let model: String
-    let urls: [String]
+    /// Upstream base URLs, or the Placer names of managed replicas.
+    let replicas: [String]
+    let managed: Bool
     let settings: RoutingSettings
     let logger: Logger
     private var router: PrefixRouter
@@ -21,18 +25,61 @@ actor ReplicaSet {
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
 
-    init(model: String, urls: [String], policy: RoutingPolicy, settings: RoutingSettings, logger: Logger) {
+    init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger) {
         self.model = model
-        self.urls = urls
+        self.replicas = replicas
+        self.managed = managed
         self.settings = settings
         self.logger = logger
         router = PrefixRouter(configuration: PrefixRouterConfiguration(
-            replicas: urls.map { ReplicaSpec(id: $0, maxConcurrency: settings.maxConcurrency) }, policy: policy,
+            replicas: replicas.map { ReplicaSpec(id: $0, maxConcurrency: settings.maxConcurrency) }, policy: policy,
             maxBlocksPerReplica: settings.indexBlocks, hotSpotQueueBound: settings.hotSpotQueue,
-            loadBoundFactor: settings.loadBound, ejectAfterFailures: settings.ejectAfter))
+            loadBoundFactor: settings.loadBound, ejectAfterFailures: settings.ejectAfter,
+            requestCostBlocks: settings.requestCostBlocks))
     }
 
-    func acquire(hints: RequestHints) throws -> UpstreamLease {
+    /// Chooses a replica and hands out a lease on it. For managed replicas, `start` gets the
+    /// lease from the supervisor (starting the process if it is not running); one whose runtime
+    /// fails to start is counted against and the request goes to another.
+    func acquire(
+        hints: RequestHints, start: (@Sendable (String) async throws -> UpstreamLease)? = nil
+    ) async throws -> UpstreamLease {
+        var hints = hints
+        while true {
+            let (id, replica, hasAlternatives) = try route(hints)
+            guard managed, let start else {
+                return UpstreamLease(
+                    baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives
+                ) { [weak self] outcome in
+                    guard let self else { return }
+                    Task { await self.finish(id, replica: replica, outcome: outcome) }
+                }
+            }
+            let inner: UpstreamLease
+            do {
+                inner = try await start(replica)
+            } catch let error as GatewayError where error.status == .badGateway {
+                finish(id, replica: replica, outcome: .upstreamFailed)   // its runtime failed
+                guard hasAlternatives else { throw error }
+                logger.warning("replica \(replica) of \(model) failed to serve (\(error.message)); trying another")
+                hints.excluding.insert(replica)
+                continue
+            } catch {
+                finish(id, replica: replica, outcome: .completed)       // not ready in time, cancelled: not its fault
+                throw error
+            }
+            return UpstreamLease(
+                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives
+            ) { [weak self] outcome in
+                inner.release(outcome)
+                guard let self else { return }
+                Task { await self.finish(id, replica: replica, outcome: outcome) }
+            }
+        }
+    }
+
+    /// Chooses and dispatches: the request's id, its replica, and whether another could take it.
+    private func route(_ hints: RequestHints) throws -> (RequestID, String, Bool) {
         let decision: RouteDecision
         switch router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding) {
         case .success(let chosen):
@@ -51,14 +98,10 @@ actor ReplicaSet {
         Recorder(label: "strata_route_matched_fraction", dimensions: [("model", model)], aggregate: true)
             .record(decision.matchedFraction)
         publishLoad()
-        let others = router.replicaSnapshots.filter { $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id) }
-        let replica = decision.replica
-        return UpstreamLease(
-            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: !others.isEmpty
-        ) { [weak self] outcome in
-            guard let self else { return }
-            Task { await self.finish(id, replica: replica, outcome: outcome) }
+        let hasAlternatives = router.replicaSnapshots.contains {
+            $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
         }
+        return (id, decision.replica, hasAlternatives)
     }
 
     private func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome) {
@@ -85,11 +128,21 @@ actor ReplicaSet {
 
     var snapshots: [ReplicaSnapshot] { router.replicaSnapshots }
 
-    /// Probes every replica's `/health` each `health_interval` until cancelled.
+    /// A managed replica's process is gone (stopped, evicted or crashed): its prefixes went with
+    /// it. It stays eligible: the supervisor starts a new process on its next request.
+    func processExited(_ replica: String) {
+        router.replicaRestarted(replica)
+        router.markHealthy(replica)
+        publishLoad()
+    }
+
+    /// Probes every upstream replica's `/health` each `health_interval` until cancelled (the
+    /// supervisor watches managed replicas itself).
     func runHealthChecks(httpClient: HTTPClient) async {
+        guard !managed else { return }
         while !Task.isCancelled {
             await withTaskGroup(of: (String, Bool).self) { group in
-                for url in urls {
+                for url in replicas {
                     group.addTask {
                         var request = HTTPClientRequest(url: url + "/health")
                         request.method = .GET

@@ -102,6 +102,14 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var pinned: Bool
     /// For replicas: how requests are spread (the `routing` section's policy when nil).
     public var routing: RoutingPolicy? = nil
+    /// Runtime processes Strata starts for this model (managed models); requests are routed
+    /// across them like upstream replicas. Each is its own Placer model, `name#i`.
+    public var replicaCount = 1
+
+    /// The Placer's names for this model's processes.
+    public var placerNames: [String] {
+        replicaCount > 1 ? (0..<replicaCount).map { "\(name)#\($0)" } : [name]
+    }
 }
 
 /// How requests for a model with several replicas are spread across them (`routing` section).
@@ -117,6 +125,9 @@ public struct RoutingSettings: Sendable, Equatable {
     public var loadBound = 1.25
     /// Consecutive failures that eject a replica until its health check passes again.
     public var ejectAfter = 3
+    /// Blocks of work each request in flight costs its replica beyond its prefill (decode, a
+    /// slot): how soon a busy replica's cached prefix is also computed on an idle one.
+    public var requestCostBlocks = 8
     public var healthInterval: Duration = .seconds(2)
     /// Requests at most in flight per replica; nil for no limit.
     public var maxConcurrency: Int?
@@ -133,15 +144,24 @@ public struct RoutingSettings: Sendable, Equatable {
 }
 
 extension StrataConfiguration {
+    /// The model a Placer name belongs to (`name`, or `name#i` for one of its replicas).
+    public func model(placerName: String) -> ModelConfiguration? {
+        if let model = models.first(where: { $0.name == placerName }) { return model }
+        guard let hash = placerName.lastIndex(of: "#") else { return nil }
+        let base = String(placerName[..<hash])
+        return models.first { $0.name == base && $0.placerNames.contains(placerName) }
+    }
+
     /// The Placer's view: devices and the models whose runtimes Strata manages.
     public var placerConfiguration: PlacerConfiguration {
         PlacerConfiguration(
             devices: devices.map { DeviceSpec(name: $0.name, memoryBytes: $0.memoryBytes) },
-            models: models.compactMap { model in
-                guard case .managed = model.serving else { return nil }
-                return ModelSpec(
-                    name: model.name, device: model.device, memoryBytes: model.memoryBytes,
-                    ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued)
+            models: models.flatMap { model -> [ModelSpec] in
+                guard case .managed = model.serving else { return [] }
+                return model.placerNames.map {
+                    ModelSpec(name: $0, device: model.device, memoryBytes: model.memoryBytes,
+                              ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued)
+                }
             },
             loadTimeout: supervisor.loadTimeout,
             queueTimeout: supervisor.queueTimeout,

@@ -113,7 +113,7 @@ struct TierStatus: Codable {
     struct Host: Codable {
         var budget_bytes: Int, capacity_bytes: Int, used_bytes: Int, blocks: Int
         var hits: Int, misses: Int, evictions: Int, demotions: Int
-        var admission: String, eviction: String
+        var admission: String, eviction: String, codec: String
     }
     struct NVMe: Codable {
         var dir: String, budget_bytes: UInt64, used_bytes: UInt64, blocks: Int
@@ -135,7 +135,8 @@ struct TierStatus: Codable {
         host = Host(budget_bytes: stats.host.budgetBytes, capacity_bytes: store.host.capacity, used_bytes: stats.host.usedBytes,
                     blocks: stats.host.blocks, hits: stats.host.hits, misses: stats.host.misses,
                     evictions: stats.host.evictions, demotions: stats.host.demotions,
-                    admission: policy.hostAdmission.rawValue, eviction: policy.eviction.rawValue)
+                    admission: policy.hostAdmission.rawValue, eviction: policy.eviction.rawValue,
+                    codec: policy.hostCodec.description)
         nvme = NVMe(dir: directory, budget_bytes: policy.nvmeBudgetBytes, used_bytes: stats.nvme.usedBytes,
                     blocks: stats.nvme.blocks, hits: stats.nvme.hits, misses: stats.nvme.misses,
                     checksum_failures: stats.nvme.checksumFailures, reclaimed_segments: stats.nvme.reclaimedSegments,
@@ -149,7 +150,7 @@ struct TierStatus: Codable {
     }
 }
 
-/// A run-time policy change from JSON: `{"host": {"budget", "admission", "eviction"},
+/// A run-time policy change from JSON: `{"host": {"budget", "admission", "eviction", "codec"},
 /// "nvme": {"budget", "admission", "codec"}}`, every field optional. Sizes take the config's
 /// units ("512MiB") or a byte count. Every error names the key, the value and what was expected.
 enum TierPolicyChange {
@@ -160,7 +161,8 @@ enum TierPolicyChange {
         var policy = current
         try refuseUnknown(top, at: "tiers", allowed: ["host", "nvme"])
         if let host = try section(top, "host") {
-            try refuseUnknown(host, at: "tiers.host", allowed: ["budget", "admission", "eviction"])
+            try refuseUnknown(host, at: "tiers.host", allowed: ["budget", "admission", "eviction", "codec"])
+            if let v = host["codec"] { policy.hostCodec = try choice(v, at: "tiers.host.codec") }
             if let v = host["budget"] { policy.hostBudgetBytes = Int(clamping: try size(v, at: "tiers.host.budget")) }
             if let v = host["admission"] { policy.hostAdmission = try choice(v, at: "tiers.host.admission") }
             if let v = host["eviction"] { policy.eviction = try choice(v, at: "tiers.host.eviction") }

@@ -32,11 +32,16 @@ public final class BlockStore: Sendable {
         public var nvmeAdmission: Admission
         public var nvmeCodec: BlockHeader.Codec
         public var eviction: EvictionPolicy
+        /// `.lz4`: blocks are kept compressed in RAM when that makes them smaller; a get of such
+        /// a block decompresses a copy instead of lending the bytes in place.
+        public var hostCodec: BlockHeader.Codec
 
         public init(
             hostBudgetBytes: Int, nvmeBudgetBytes: UInt64, hostAdmission: Admission = .always,
-            nvmeAdmission: Admission = .always, nvmeCodec: BlockHeader.Codec = .none, eviction: EvictionPolicy = .demote
+            nvmeAdmission: Admission = .always, nvmeCodec: BlockHeader.Codec = .none, eviction: EvictionPolicy = .demote,
+            hostCodec: BlockHeader.Codec = .none
         ) {
+            self.hostCodec = hostCodec
             self.hostBudgetBytes = hostBudgetBytes
             self.nvmeBudgetBytes = nvmeBudgetBytes
             self.hostAdmission = hostAdmission
@@ -62,6 +67,8 @@ public final class BlockStore: Sendable {
     public enum Read: Sendable {
         /// In the host tier, borrowed in place until released.
         case host(HostBlockView)
+        /// In the host tier stored compressed: a decompressed copy.
+        case decoded([UInt8])
         /// A copy: read (verified) from NVMe and promoted into the host tier for the next get, by
         /// admission; or taken from a demotion still on its way down.
         case nvme([UInt8])
@@ -69,7 +76,7 @@ public final class BlockStore: Sendable {
         public func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
             switch self {
             case .host(let view): return try body(view.bytes)
-            case .nvme(let bytes): return try bytes.withUnsafeBytes(body)
+            case .nvme(let bytes), .decoded(let bytes): return try bytes.withUnsafeBytes(body)
             }
         }
     }
@@ -140,9 +147,12 @@ public final class BlockStore: Sendable {
                 return
             }
             pending.add(evicted)
-            if case .dropped = continuation.yield(evicted) {
+            switch continuation.yield(evicted) {
+            case .enqueued: break
+            case .dropped, .terminated:   // queue full, or the store is closed
                 shared.state.withLock { $0.demotionsDropped += 1 }
                 Self.settle(evicted, pending: pending, generations: generations)
+            @unknown default: break
             }
         }
         let host = self.host
@@ -151,14 +161,17 @@ public final class BlockStore: Sendable {
                 do {
                     // Checked on the log's executor right before the write gets its sequence
                     // number, so a newer put of the key always ends up on top.
-                    try await nvme.put(evicted.key, evicted.bytes, durable: false) {
+                    try await nvme.put(evicted.key, try Self.decode(evicted), durable: false) {
                         generations.current(evicted.key) != evicted.tag
                     }
                     Self.settle(evicted, pending: pending, generations: generations)
                 } catch {
                     // Keep the block in RAM if there is free room and nothing newer replaced it.
                     let kept = generations.current(evicted.key) == evicted.tag
-                        && evicted.bytes.withUnsafeBytes { host.put(evicted.key, $0, tag: evicted.tag, options: [.noEviction, .ifAbsent]) }
+                        && evicted.bytes.withUnsafeBytes {
+                            host.put(evicted.key, $0, tag: evicted.tag, options: [.noEviction, .ifAbsent],
+                                     decodedLength: evicted.decodedLength)
+                        }
                     if kept {
                         pending.settle(evicted)
                     } else {
@@ -176,6 +189,29 @@ public final class BlockStore: Sendable {
     }
 
     enum DemotionVerdict { case demote, drop }
+
+    struct CorruptInRAM: Error, CustomStringConvertible {
+        var key: BlockKey
+        var description: String { "block \(key) kept compressed in RAM does not decompress" }
+    }
+
+    /// An evicted block's bytes as they were put (decompressed if RAM kept them compressed).
+    static func decode(_ evicted: HostTier.Evicted) throws -> [UInt8] {
+        guard let length = evicted.decodedLength else { return evicted.bytes }
+        guard let bytes = evicted.bytes.withUnsafeBytes({ LZ4.decompressed($0, length: length) }) else {
+            throw CorruptInRAM(key: evicted.key)
+        }
+        return bytes
+    }
+
+    /// Stores a copy in RAM, compressed when the host codec says so and it pays.
+    @discardableResult
+    private func putInRAM(_ key: BlockKey, _ bytes: [UInt8], tag: UInt64 = 0, options: HostTier.PutOptions = []) -> Bool {
+        if policy.hostCodec == .lz4, let packed = bytes.withUnsafeBytes({ LZ4.compressed($0) }) {
+            return packed.withUnsafeBytes { host.put(key, $0, tag: tag, options: options, decodedLength: bytes.count) }
+        }
+        return bytes.withUnsafeBytes { host.put(key, $0, tag: tag, options: options) }
+    }
 
     /// A demotion is over (written, skipped or given up): it is no longer readable from the
     /// queue and no longer holds its key's generation.
@@ -227,11 +263,11 @@ public final class BlockStore: Sendable {
                 generations.restore(key, to: previous, ifCurrent: generation)
                 throw error
             }
-            _ = bytes.withUnsafeBytes { host.put(key, $0, tag: generation, options: .clean) }
+            putInRAM(key, bytes, tag: generation, options: .clean)
             generations.clear(key, ifCurrent: generation)
             return
         }
-        let fitted = bytes.withUnsafeBytes { host.put(key, $0, tag: generation) }
+        let fitted = putInRAM(key, bytes, tag: generation)
         if !fitted {
             // Larger than a host unit (or RAM is all borrowed): the log is the only place for it.
             do {
@@ -246,11 +282,16 @@ public final class BlockStore: Sendable {
     }
 
     public func get(_ key: BlockKey) async throws -> Read? {
-        if let view = host.borrow(key) { return .host(view) }
+        if let view = host.borrow(key) {
+            guard let length = view.decodedLength else { return .host(view) }
+            defer { view.release() }
+            guard let bytes = LZ4.decompressed(view.bytes, length: length) else { throw CorruptInRAM(key: key) }
+            return .decoded(bytes)
+        }
         if let queued = pending.get(key) {
             // On its way down; a newer put of the key (not in RAM: too large) would have no
             // generation equal to the queued one.
-            if generations.current(key) == queued.tag { return .nvme(queued.bytes) }
+            if generations.current(key) == queued.tag { return .nvme(try Self.decode(queued)) }
         }
         let before = generations.current(key)
         guard let bytes = try await nvme.get(key) else { return nil }
@@ -262,7 +303,7 @@ public final class BlockStore: Sendable {
         }
         // A put that came meanwhile is newer than what the log had: never replace it.
         if admit, before == nil, generations.current(key) == nil {
-            _ = bytes.withUnsafeBytes { host.put(key, $0, options: [.clean, .ifAbsent]) }
+            putInRAM(key, bytes, options: [.clean, .ifAbsent])
         }
         return .nvme(bytes)
     }

@@ -10,9 +10,12 @@ public struct TierConfiguration: Sendable, Equatable {
         public var admission: BlockStore.Admission
         /// What leaves RAM: demoted to NVMe, or dropped.
         public var eviction: BlockStore.EvictionPolicy
+        /// `.lz4` keeps blocks compressed in RAM when it pays (gets then copy instead of lend).
+        public var codec: BlockHeader.Codec
 
         public init(directory: String, budgetBytes: UInt64, admission: BlockStore.Admission = .always,
-                    eviction: BlockStore.EvictionPolicy = .demote) {
+                    eviction: BlockStore.EvictionPolicy = .demote, codec: BlockHeader.Codec = .none) {
+            self.codec = codec
             self.directory = directory
             self.budgetBytes = budgetBytes
             self.admission = admission
@@ -58,7 +61,8 @@ public struct TierConfiguration: Sendable, Equatable {
     public var policy: BlockStore.Policy {
         BlockStore.Policy(
             hostBudgetBytes: Int(clamping: host.budgetBytes), nvmeBudgetBytes: nvme.budgetBytes,
-            hostAdmission: host.admission, nvmeAdmission: nvme.admission, nvmeCodec: nvme.codec, eviction: host.eviction)
+            hostAdmission: host.admission, nvmeAdmission: nvme.admission, nvmeCodec: nvme.codec, eviction: host.eviction,
+            hostCodec: host.codec)
     }
 }
 

@@ -46,6 +46,34 @@ struct RoutingTableTests {
         #expect(decision.matchedBlocks == (staysHome ? matched : 0))
     }
 
+    /// Each request in flight costs its replica `requestCost` blocks beyond its prefill: a
+    /// cached prefix stays home while the home's queue is cheaper than recomputing the prefix
+    /// elsewhere, and goes elsewhere (which then holds it too) once it is not.
+    @Test(arguments: [
+        // 13-block prompt, 12 cached at home. Home costs 1 + inFlight × (1 uncached + cost),
+        // the other replica 13.
+        (inFlight: 1, requestCost: 4, staysHome: true),     // 6 < 13
+        (inFlight: 2, requestCost: 4, staysHome: true),     // 11 < 13
+        (inFlight: 3, requestCost: 4, staysHome: false),    // 16 > 13
+        (inFlight: 6, requestCost: 0, staysHome: true),     // prefill alone: 7 < 13, it piles up at home
+    ])
+    func requestsInFlightWeighAgainstAMatch(inFlight: Int, requestCost: Int, staysHome: Bool) {
+        var router = Routing.router(2, requestCost: requestCost)
+        let tenant = { (n: UInt64) in Routing.prompt(family: 3, shared: 12, own: 1, unique: n) }
+        let home = router.route(1, tenant(1))!.replica
+        router.finish(1)
+        for n in 0..<UInt64(inFlight) {
+            #expect(router.route(10 + n, tenant(10 + n))?.replica == home, "cheap while the queue is short")
+        }
+        #expect(router.replica(home).inFlight == inFlight)
+        let next = router.route(99, tenant(99))!
+        #expect((next.replica == home) == staysHome, "\(next)")
+        if !staysHome {
+            #expect(next.matchedBlocks == 0)
+            #expect(router.replica(next.replica).indexedBlocks == 13, "the second replica now holds the prefix")
+        }
+    }
+
     @Test func hotSpotSpillsToASecondReplicaWhichThenHoldsThePrefix() {
         var router = Routing.router(3, hotSpot: 2)
         let hot = { (n: UInt64) in Routing.prompt(family: 7, shared: 8, own: 1, unique: n) }

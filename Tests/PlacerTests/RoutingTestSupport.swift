@@ -23,12 +23,12 @@ enum Routing {
 
     static func router(
         _ count: Int, policy: RoutingPolicy = .prefixAffinity, maxBlocks: Int = 1024, hotSpot: Int = 16,
-        factor: Double = 1.25, ejectAfter: Int = 3, maxConcurrency: [String: Int] = [:]
+        factor: Double = 1.25, ejectAfter: Int = 3, maxConcurrency: [String: Int] = [:], requestCost: Int = 0
     ) -> PrefixRouter {
         let replicas = (0..<count).map { ReplicaSpec(id: "r\($0)", maxConcurrency: maxConcurrency["r\($0)"]) }
         return PrefixRouter(configuration: PrefixRouterConfiguration(
             replicas: replicas, policy: policy, maxBlocksPerReplica: maxBlocks, hotSpotQueueBound: hotSpot,
-            loadBoundFactor: factor, ejectAfterFailures: ejectAfter))
+            loadBoundFactor: factor, ejectAfterFailures: ejectAfter, requestCostBlocks: requestCost))
     }
 }
 

@@ -96,6 +96,12 @@ struct ConfigLoaderTests {
         #expect(config.routing == routing)
         // Only managed models reach the Placer.
         #expect(config.placerConfiguration.models.map(\.name) == ["a", "b"])
+        let replicated = try Self.parse("""
+            models: [ { name: r, source: "${MODEL}", memory: 100MiB, replicas: 3, routing: least-loaded } ]
+            """)
+        #expect(replicated.placerConfiguration.models.map(\.name) == ["r#0", "r#1", "r#2"])
+        #expect(replicated.models[0].routing == .leastLoaded)
+        #expect(replicated.model(placerName: "r#2")?.name == "r" && replicated.model(placerName: "r#3") == nil)
     }
 
     @Test func unknownKeysAreErrors() {
@@ -129,7 +135,7 @@ struct ConfigLoaderTests {
         Self.expectError("routing: { load_bound: 0.5 }", key: "routing.load_bound", "'0.5'", "from 1 to 100")
         Self.expectError("routing: { block_bytes: 4 }", key: "routing.block_bytes", "'4'")
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", routing: round-robin } ]", key: "models[0] (a).routing",
-                         "only for models with 'upstreams'")
+                         "only for models with replicas")
         Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], routing: sticky } ]", key: "models[0] (a).routing",
                          "'sticky'")
     }
@@ -150,6 +156,14 @@ struct ConfigLoaderTests {
         Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], ttl: 1m } ]", key: "models[0] (a).ttl", "not allowed together")
         Self.expectError("models: [ { name: a, upstreams: [] } ]", key: "models[0] (a).upstreams", "at least one")
         Self.expectError("models: [ { name: \"a b\", source: x } ]", key: "models[0].name", "no spaces")
+        Self.expectError("models: [ { name: \"a#1\", source: x } ]", key: "models[0].name", "#")
+        Self.expectError("""
+            devices: [ { name: cpu, memory: 1GiB } ]
+            models: [ { name: a, source: "${MODEL}", memory: 400MiB, replicas: 3 } ]
+            """, key: "models[0] (a).replicas", "3 × 400MiB", "device 'cpu' has 1GiB")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", replicas: 0 } ]", key: "models[0] (a).replicas", "'0'")
+        Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], replicas: 2 } ]", key: "models[0] (a).replicas",
+                         "each URL is a replica")
     }
 
     @Test func environmentExpansion() throws {

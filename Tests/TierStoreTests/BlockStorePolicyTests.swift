@@ -163,3 +163,42 @@ struct BlockStorePolicyTests {
         await store.nvme.close()
     }
 }
+
+extension BlockStorePolicyTests {
+    @Test func lz4InRAMKeepsMoreBlocksAndReadsBackExactly() async throws {
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (store, engine) = try await Self.makeStore(dir) { $0.hostCodec = .lz4 }
+        defer { engine.shutdown() }
+        // 2 MiB blocks, a quarter random and the rest zeros: lz4 takes each to just over 512 KiB
+        // (a 1 MiB buddy block), so sixteen fit where eight would uncompressed
+        let compressible = { (i: Int) -> [UInt8] in
+            IOEngineContractTests.pattern(512 << 10, seed: UInt64(i)) + [UInt8](repeating: 0, count: (2 << 20) - (512 << 10))
+        }
+        for i in 0..<16 { try await store.put(Self.key(i), compressible(i), durable: false) }
+        var stats = await store.stats()
+        #expect(stats.host.blocks == 16 && stats.host.evictions == 0, "compressed, all sixteen fit")
+        #expect(stats.host.usedBytes == 16 << 20, "sixteen 1 MiB slots")
+        let read = try #require(try await store.get(Self.key(3)))
+        guard case .decoded(let bytes) = read else { Issue.record("expected a decompressed copy"); return }
+        #expect(bytes == compressible(3))
+        // incompressible blocks are kept as they are and lent in place
+        let random = IOEngineContractTests.pattern(1 << 20, seed: 9)
+        try await store.put(Self.key(100), random, durable: false)
+        #expect(BlockStoreTests.isHost(try await store.get(Self.key(100))))
+        // compressed blocks demote decompressed (the log has its own codec) and read back exactly
+        for i in 200..<260 { try await store.put(Self.key(i), compressible(i), durable: false) }
+        await store.close()
+        stats = await store.stats()
+        #expect(stats.host.evictions > 0 && stats.demotionFailures == 0)
+        #expect(try await store.nvme.get(Self.key(3)) == compressible(3))
+        // switched off at run time: new puts are stored as they are, old ones still read back
+        var policy = store.policy
+        policy.hostCodec = .none
+        try await store.apply(policy)
+        try await store.put(Self.key(300), compressible(300), durable: true)
+        #expect(BlockStoreTests.isHost(try await store.get(Self.key(300))))
+        #expect(try await store.get(Self.key(259))?.withBytes { Array($0) } == compressible(259))
+        await store.nvme.close()
+    }
+}

@@ -30,7 +30,7 @@ struct ObjectStoreTests {
         let size = 5 * (1 << 20) + 12_345
         let (path, bytes) = try Self.sourceFile(dir, size: size, seed: 1)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
-        let log = try await SegmentLog.open(config, engine: engine)
+        let log = try await kind.openLog(config, engine: engine)
         let store = try await ObjectStore.open(log: log, queueDepth: 4)
 
         // the sink sees every byte once, in whatever order chunks arrive; progress ends at the size
@@ -47,7 +47,7 @@ struct ObjectStoreTests {
         await log.close()
 
         // found again after a restart, byte for byte
-        let log2 = try await SegmentLog.open(config, engine: engine)
+        let log2 = try await kind.openLog(config, engine: engine)
         let store2 = try await ObjectStore.open(log: log2, queueDepth: 4)
         #expect(store2.info("smollm2") == info)
         #expect(try await Self.read(store2, "smollm2", size: size) == bytes)

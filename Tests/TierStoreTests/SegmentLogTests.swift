@@ -21,7 +21,7 @@ struct SegmentLogTests {
         defer { engine.shutdown() }
         let dir = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 4 << 20), engine: engine)
+        let log = try await kind.openLog(.init(directory: dir, segmentBytes: 4 << 20), engine: engine)
         let sizes = [0, 1, 4031, 4032, 4033, 65536, 1 << 20]
         for (i, size) in sizes.enumerated() {
             try await log.put(BlockKey(bytes: [UInt8(i)]), Self.payload(size, seed: UInt64(i)), durable: i % 2 == 0)
@@ -48,14 +48,14 @@ struct SegmentLogTests {
         let dir = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20)
-        let first = try await SegmentLog.open(config, engine: engine)
+        let first = try await kind.openLog(config, engine: engine)
         for i in 0..<40 {   // ~40 × 12 KiB: spills over several 1 MiB segments
             try await first.put(BlockKey(bytes: [UInt8(i)]), Self.payload(10_000, seed: UInt64(i)), durable: true)
         }
         try await first.put(BlockKey(bytes: [3]), [9, 9, 9], durable: true)
         await first.close()
 
-        let second = try await SegmentLog.open(config, engine: engine)
+        let second = try await kind.openLog(config, engine: engine)
         #expect(await second.stats.blocks == 40)
         for i in 0..<40 where i != 3 {
             #expect(try await second.get(BlockKey(bytes: [UInt8(i)])) == Self.payload(10_000, seed: UInt64(i)))
@@ -64,7 +64,7 @@ struct SegmentLogTests {
         // appends after recovery go to a new segment and are found by the next recovery too
         try await second.put(BlockKey(bytes: [200]), [1], durable: true)
         await second.close()
-        let third = try await SegmentLog.open(config, engine: engine)
+        let third = try await kind.openLog(config, engine: engine)
         #expect(try await third.get(BlockKey(bytes: [200])) == [1])
         #expect(try await third.get(BlockKey(bytes: [3])) == [9, 9, 9])
         await third.close()
@@ -77,7 +77,7 @@ struct SegmentLogTests {
         let dir = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20)
-        let log = try await SegmentLog.open(config, engine: engine)
+        let log = try await kind.openLog(config, engine: engine)
         let victim = BlockKey(bytes: [1]), bystander = BlockKey(bytes: [2])
         try await log.put(victim, Self.payload(20_000, seed: 1), durable: true)
         try await log.put(bystander, Self.payload(20_000, seed: 2), durable: true)
@@ -97,7 +97,7 @@ struct SegmentLogTests {
         let fd2 = open(path2, O_WRONLY)
         #expect(pwrite(fd2, &flipped, 1, off_t(offset2) + 64 + 7) == 1)
         close(fd2)
-        let reopened = try await SegmentLog.open(config, engine: engine)
+        let reopened = try await kind.openLog(config, engine: engine)
         #expect(try await reopened.get(victim) == nil, "the catalog forgot the block that failed before")
         #expect(await reopened.stats.checksumFailures == 0)
         #expect(try await reopened.get(bystander) == nil)
@@ -112,7 +112,7 @@ struct SegmentLogTests {
         let dir = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20)
-        let log = try await SegmentLog.open(config, engine: engine)
+        let log = try await kind.openLog(config, engine: engine)
         try await log.put(BlockKey(bytes: [1]), Self.payload(5000, seed: 1), durable: true)
         try await log.put(BlockKey(bytes: [2]), Self.payload(50_000, seed: 2), durable: true)
         try await log.put(BlockKey(bytes: [3]), Self.payload(5000, seed: 3), durable: true)
@@ -124,7 +124,7 @@ struct SegmentLogTests {
         #expect(pwrite(fd, zeros, zeros.count, off_t(offset) + 28_672) == zeros.count)
         close(fd)
 
-        let reopened = try await SegmentLog.open(config, engine: engine)
+        let reopened = try await kind.openLog(config, engine: engine)
         #expect(try await reopened.get(BlockKey(bytes: [1])) == Self.payload(5000, seed: 1))
         #expect(try await reopened.get(BlockKey(bytes: [2])) == nil)
         #expect(try await reopened.get(BlockKey(bytes: [3])) == Self.payload(5000, seed: 3), "a record after the hole is found")
@@ -138,7 +138,7 @@ struct SegmentLogTests {
         let dir = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20, budgetBytes: 3 << 20)
-        let log = try await SegmentLog.open(config, engine: engine)
+        let log = try await kind.openLog(config, engine: engine)
         let block = 60_000   // 15 records of 64 KiB per 1 MiB segment
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -165,5 +165,28 @@ struct SegmentLogTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".log") }
         #expect(files.count <= 3)
         await log.close()
+    }
+
+    @Test func aCatalogThatCannotCommitFailsDurablePutsAndLosesNothingCommitted() async throws {
+        let engine = try IOEngineKind.psync.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20)
+        let catalog = MemoryCatalog(directory: dir)
+        let log = try await SegmentLog.open(config, engine: engine, catalog: catalog)
+        let a = BlockKey(bytes: [1]), b = BlockKey(bytes: [2])
+        try await log.put(a, Self.payload(10_000, seed: 1), durable: true)
+        catalog.failCommits.withLock { $0 = true }
+        await #expect(throws: MemoryCatalog.CommitFailed.self) {
+            try await log.put(b, Self.payload(10_000, seed: 2), durable: true)
+        }
+        await log.close()
+        catalog.failCommits.withLock { $0 = false }
+        let reopened = try await SegmentLog.open(config, engine: engine, catalog: MemoryCatalog(directory: dir))
+        #expect(try await reopened.get(a) == Self.payload(10_000, seed: 1), "what was committed is there")
+        let maybe = try await reopened.get(b)
+        #expect(maybe == nil || maybe == Self.payload(10_000, seed: 2), "the unacknowledged put is absent or whole")
+        await reopened.close()
     }
 }

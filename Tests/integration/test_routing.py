@@ -3,6 +3,7 @@ requests sharing a prefix land where it is resident, and a replica killed mid-ru
 with its traffic served elsewhere and no failed request that had not started streaming."""
 import concurrent.futures
 import json
+import os
 import re
 import signal
 import subprocess
@@ -140,3 +141,30 @@ def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_da
     wait_for(lambda: d.admin()["smollm2"]["status"] == "unavailable", 10, what="every replica down")
     status, body, headers = chat(d, system, "anyone?")
     assert status == 503 and b"no_replica" in body and "Retry-After" in headers, body
+
+
+def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_daemon):
+    """`replicas: 2` on a managed model: two llama-server processes started on demand, each a
+    model of its own to the Placer (smollm2#0, smollm2#1), routed like upstream replicas."""
+    d = make_daemon(config(f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
+"""))
+    models = d.admin()
+    assert set(models) == {"smollm2#0", "smollm2#1"} and all(m["status"] == "stopped" for m in models.values())
+    listed = json.loads(d.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})[1])
+    assert [m["id"] for m in listed["data"]] == ["smollm2"]
+
+    system = words(11, 300)
+    home, reason = routed(d, system, "first")
+    assert reason == "coldConsistentHash" and home.startswith("smollm2#")
+    for i in range(3):
+        assert routed(d, system, f"again {i}") == (home, "prefixHit")
+    assert d.admin()[home]["status"] == "ready"
+    replicas = {r["url"]: r for r in d.admin()[home]["replicas"]}
+    assert replicas[home]["index_blocks"] > 0 and replicas[home]["in_flight"] == 0
+
+    # the home process dies: requests go on, served by the other replica (or a restarted home)
+    os.kill(d.admin()[home]["pid"], signal.SIGKILL)
+    statuses = [chat(d, system, f"after crash {i}")[0] for i in range(4)]
+    assert statuses == [200] * 4, statuses
+    assert any(m["status"] == "ready" for m in d.admin().values())

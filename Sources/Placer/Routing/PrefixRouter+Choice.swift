@@ -8,7 +8,7 @@ extension PrefixRouter {
     }
 
     /// Least expected work: the prompt blocks a replica would compute plus the uncached blocks
-    /// already queued on it, so a long match outweighs a short queue and a long queue outweighs
+    /// already queued on it and `requestCostBlocks` per request in flight there, so a long match outweighs a short queue and a long queue outweighs
     /// a short match. Ties go to the deeper match, then to fewer requests, then to the first
     /// block's rendezvous order. A prompt held nowhere eligible is placed by consistent hashing
     /// instead, and a request whose best replica is a hot spot goes to the next best.
@@ -18,7 +18,8 @@ extension PrefixRouter {
         }
         let scored = candidates.map { replica in
             let matched = replicas[replica].index.matchedBlocks(chain)
-            return Scored(replica: replica, matched: matched, cost: chain.count - matched + replicas[replica].queuedWork)
+            let queue = replicas[replica].queuedWork + replicas[replica].inFlight * configuration.requestCostBlocks
+            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue)
         }
         if scored.allSatisfy({ $0.matched == 0 }) {
             // Seen nowhere: every router on every host ranks replicas alike for this first

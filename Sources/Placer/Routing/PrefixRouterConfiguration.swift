@@ -20,6 +20,12 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
     public var loadBoundFactor: Double
     /// Consecutive failures after which a replica is ejected until marked healthy again.
     public var ejectAfterFailures: Int
+    /// Work, in prompt blocks, that each request in flight costs a replica beyond the blocks it
+    /// prefills: its decode and its hold on a slot. Without it a fully cached prefix adds no
+    /// work, and every request for a popular tenant piles onto one replica while others idle;
+    /// with it, once a replica's queue outweighs recomputing the prefix elsewhere, the request
+    /// goes elsewhere and that replica then holds the prefix too. 0 counts prefill alone.
+    public var requestCostBlocks: Int
 
     public init(
         replicas: [ReplicaSpec],
@@ -27,7 +33,8 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
         maxBlocksPerReplica: Int = 65_536,
         hotSpotQueueBound: Int = 16,
         loadBoundFactor: Double = 1.25,
-        ejectAfterFailures: Int = 3
+        ejectAfterFailures: Int = 3,
+        requestCostBlocks: Int = 0
     ) {
         self.replicas = replicas
         self.policy = policy
@@ -35,6 +42,7 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
         self.hotSpotQueueBound = hotSpotQueueBound
         self.loadBoundFactor = loadBoundFactor
         self.ejectAfterFailures = ejectAfterFailures
+        self.requestCostBlocks = requestCostBlocks
     }
 }
 

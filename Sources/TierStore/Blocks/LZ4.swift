@@ -18,4 +18,20 @@ enum LZ4 {
         let n = Int(strata_lz4_decompress(source.baseAddress, Int32(source.count), destination.baseAddress, Int32(expected)))
         return n == expected ? n : nil
     }
+
+    /// The compressed bytes of `source`, or nil when compression would not make them smaller.
+    static func compressed(_ source: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard source.count > 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: bound(source.count))
+        guard let n = out.withUnsafeMutableBytes({ compress(source, into: $0) }) else { return nil }
+        out.removeLast(out.count - n)
+        return out
+    }
+
+    /// The `length` bytes `source` decodes to, or nil when it is malformed.
+    static func decompressed(_ source: UnsafeRawBufferPointer, length: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: length)
+        guard out.withUnsafeMutableBytes({ decompress(source, into: $0, expected: length) }) != nil else { return nil }
+        return out
+    }
 }

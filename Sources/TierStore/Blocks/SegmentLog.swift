@@ -69,7 +69,7 @@ public actor SegmentLog {
 
     public private(set) var configuration: Configuration
     let engine: any IOEngine
-    let catalog: BlockCatalog
+    let catalog: any Catalog
     var index: [BlockKey: Location] = [:]
     var segments: [Int: Segment] = [:]
     var nextSequence: UInt64 = 1
@@ -83,7 +83,7 @@ public actor SegmentLog {
     public private(set) var stats = Stats()
     let buffers = IOBufferPool()
 
-    init(configuration: Configuration, engine: any IOEngine, catalog: BlockCatalog) {
+    init(configuration: Configuration, engine: any IOEngine, catalog: any Catalog) {
         self.configuration = configuration
         self.engine = engine
         self.catalog = catalog
@@ -91,8 +91,13 @@ public actor SegmentLog {
 
     /// Opens (creating if needed) the log in `configuration.directory` and recovers its blocks.
     public static func open(_ configuration: Configuration, engine: any IOEngine) async throws -> SegmentLog {
+        try await open(configuration, engine: engine, catalog: nil)
+    }
+
+    /// Opens the log over `catalog` (nil: `catalog.sqlite` in the log's directory).
+    static func open(_ configuration: Configuration, engine: any IOEngine, catalog: (any Catalog)?) async throws -> SegmentLog {
         try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
-        let catalog = try BlockCatalog(path: "\(configuration.directory)/catalog.sqlite")
+        let catalog = try catalog ?? BlockCatalog(path: "\(configuration.directory)/catalog.sqlite")
         let log = SegmentLog(configuration: configuration, engine: engine, catalog: catalog)
         try await log.recover()
         return log

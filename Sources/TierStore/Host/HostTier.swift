@@ -27,6 +27,8 @@ public final class HostTier: @unchecked Sendable {
         public var bytes: [UInt8]
         public var tag: UInt64
         public var hits: Int
+        /// Set when `bytes` are compressed (by the caller's codec): the length they decode to.
+        public var decodedLength: Int?
     }
 
     struct Entry {
@@ -38,6 +40,8 @@ public final class HostTier: @unchecked Sendable {
         var tag: UInt64 = 0
         /// No copy exists below: eviction hands the bytes to `demote`.
         var dirty = true
+        /// The caller stored these bytes compressed: the length they decode to.
+        var decodedLength: Int?
         var hits = 0
         var borrowers = 0
         /// Replaced or removed while borrowed: freed when the last borrower lets go.
@@ -92,7 +96,9 @@ public final class HostTier: @unchecked Sendable {
     /// Returns false when it cannot fit (larger than a unit, everything else is borrowed, or
     /// no free room under `.noEviction`); true also when `.ifAbsent` found the key here.
     @discardableResult
-    public func put(_ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0, options: PutOptions = []) -> Bool {
+    public func put(
+        _ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0, options: PutOptions = [], decodedLength: Int? = nil
+    ) -> Bool {
         let evicting = !options.contains(.noEviction)
         var evicted: [Evicted] = []
         let offset: Int?? = state.withLock { state in
@@ -129,12 +135,12 @@ public final class HostTier: @unchecked Sendable {
             // a concurrent put of the same key published first: this one is newer
             if let other = take(key, &state) { retire(other, &state) }
             state.entries[key] = Entry(offset: offset, length: bytes.count, node: state.recency.pushFront(key), tag: tag,
-                                       dirty: !options.contains(.clean))
+                                       dirty: !options.contains(.clean), decodedLength: decodedLength)
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return true
         }
-        return published ? true : put(key, bytes, tag: tag, options: options)
+        return published ? true : put(key, bytes, tag: tag, options: options, decodedLength: decodedLength)
     }
 
     /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot
@@ -161,7 +167,8 @@ public final class HostTier: @unchecked Sendable {
         }
         guard let found else { return nil }
         return HostBlockView(tier: self, key: key, offset: found.offset,
-                             bytes: UnsafeRawBufferPointer(start: base + found.offset, count: found.length))
+                             bytes: UnsafeRawBufferPointer(start: base + found.offset, count: found.length),
+                             decodedLength: found.decodedLength)
     }
 
     /// Changes the budget at run time, up to the capacity mapped at start. Shrinking evicts
@@ -190,7 +197,7 @@ public final class HostTier: @unchecked Sendable {
         guard let entry = take(key, &state) else { return }
         if demote != nil, entry.dirty {
             evicted.append(Evicted(key: key, bytes: Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)),
-                                   tag: entry.tag, hits: entry.hits))
+                                   tag: entry.tag, hits: entry.hits, decodedLength: entry.decodedLength))
         }
         retire(entry, &state)
         state.stats.evictions += 1
@@ -254,13 +261,16 @@ public final class HostTier: @unchecked Sendable {
 /// A block borrowed from the host tier: valid until `release()`; released at deinit at the latest.
 public final class HostBlockView: @unchecked Sendable {
     public let key: BlockKey
+    /// The bytes as stored: compressed when `decodedLength` is set.
     public let bytes: UnsafeRawBufferPointer
+    public let decodedLength: Int?
     private let tier: HostTier
     private let offset: Int
     private let released = Mutex(false)
 
-    init(tier: HostTier, key: BlockKey, offset: Int, bytes: UnsafeRawBufferPointer) {
+    init(tier: HostTier, key: BlockKey, offset: Int, bytes: UnsafeRawBufferPointer, decodedLength: Int? = nil) {
         self.tier = tier
+        self.decodedLength = decodedLength
         self.key = key
         self.offset = offset
         self.bytes = bytes

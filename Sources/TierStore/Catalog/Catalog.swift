@@ -1,0 +1,25 @@
+/// Where the NVMe log records its blocks and objects, so a restart finds them without reading
+/// the segments. `BlockCatalog` (SQLite) in production; the tests also run the log's contract
+/// on an in-memory fake with the same commit semantics.
+///
+/// The contract: `record(_, durable: true)` returns once that entry and everything queued
+/// before it are committed; non-durable records, removals and segment drops are queued and
+/// committed by the next commit (`flush`, a durable record, or the catalog's own batching). A
+/// commit applies dropped segments first, then removed keys, then new entries (an entry only
+/// replaces one with a lower sequence number). `loadBlocks`, `cataloguedEnds` and `loadObjects`
+/// show what was committed.
+protocol Catalog: Sendable {
+    func loadBlocks() throws -> [BlockCatalog.Entry]
+    /// Per segment, the end of its catalogued records: recovery scans only past it.
+    func cataloguedEnds() throws -> [Int: UInt64]
+    func record(_ entry: BlockCatalog.Entry, durable: Bool) async throws
+    func remove(_ key: BlockKey)
+    func dropSegment(_ id: Int)
+    func flush() async throws
+    func loadObjects() throws -> [ObjectInfo]
+    /// Writes (or replaces) an object's manifest after what is queued, and commits it.
+    func putObject(_ info: ObjectInfo) async throws
+    func removeObject(_ name: String) async throws
+}
+
+extension BlockCatalog: Catalog {}

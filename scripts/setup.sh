@@ -5,10 +5,12 @@
 #
 #   scripts/setup.sh            apt packages, Python venv, llama-server, reference model
 #   scripts/setup.sh --runtime  only llama-server and the model (what `make run` needs)
-#   scripts/setup.sh --peers    also the peers benchmarks measure against (sglang-router)
+#   scripts/setup.sh --peers    also the peers benchmarks measure against (sglang-router, nginx, wrk)
 set -euo pipefail
 PEERS=0
-for arg in "$@"; do [ "$arg" = "--peers" ] && PEERS=1; done
+for arg in "$@"; do
+  case "$arg" in --peers) PEERS=1 ;; esac
+done
 SGLANG_ROUTER_VERSION="${SGLANG_ROUTER_VERSION:-0.3.2}"
 
 STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
@@ -23,6 +25,7 @@ mkdir -p "$STRATA_CACHE"/{bin,models,downloads,src}
 # --- apt packages -------------------------------------------------------------------------------
 APT_PACKAGES=(liburing-dev liblz4-dev libsqlite3-dev libcurl4-openssl-dev libxxhash-dev cmake
               pkg-config python3-venv fio)   # fio: the disk peer the I/O benchmarks measure against
+if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(nginx-light wrk); fi   # the router-overhead benchmark's backend and load
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -24,6 +24,9 @@ actor ReplicaSet {
     private var nextRequest: RequestID = 1
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
+    /// Set by the health checks; lets a request that finds every replica down probe them at once.
+    private var httpClient: HTTPClient?
+    private var lastProbe: ContinuousClock.Instant?
 
     init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger) {
         self.model = model
@@ -45,8 +48,19 @@ actor ReplicaSet {
         hints: RequestHints, start: (@Sendable (String) async throws -> UpstreamLease)? = nil
     ) async throws -> UpstreamLease {
         var hints = hints
+        var probed = false
         while true {
-            let (id, replica, hasAlternatives) = try route(hints)
+            let id: RequestID, replica: String, hasAlternatives: Bool
+            do {
+                (id, replica, hasAlternatives) = try route(hints)
+            } catch RouteFailure.noHealthyReplica(let error) {
+                // Every replica looked down at the last probe; one may have come up since (a
+                // fleet starting beside Strata). Probe now, once, rather than wait a whole interval.
+                guard !probed, !managed, let httpClient else { throw error }
+                probed = true
+                await probeAll(httpClient)
+                continue
+            }
             guard managed, let start else {
                 return UpstreamLease(
                     baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives
@@ -86,9 +100,11 @@ actor ReplicaSet {
             decision = chosen
         case .failure(let refusal):
             Counter(label: "strata_route_refusals_total", dimensions: [("model", model), ("reason", "\(refusal)")]).increment()
-            throw GatewayError.unavailable(
+            let error = GatewayError.unavailable(
                 "No replica of '\(model)' can take the request: \(Self.explain(refusal))", code: "no_replica",
                 retryAfterSeconds: max(1, Int(settings.healthInterval.components.seconds)))
+            if case .noHealthyReplica = refusal { throw RouteFailure.noHealthyReplica(error) }
+            throw error
         }
         let id = nextRequest
         nextRequest += 1
@@ -136,24 +152,34 @@ actor ReplicaSet {
         publishLoad()
     }
 
+    enum RouteFailure: Error { case noHealthyReplica(GatewayError) }
+
     /// Probes every upstream replica's `/health` each `health_interval` until cancelled (the
     /// supervisor watches managed replicas itself).
     func runHealthChecks(httpClient: HTTPClient) async {
         guard !managed else { return }
+        self.httpClient = httpClient
         while !Task.isCancelled {
-            await withTaskGroup(of: (String, Bool).self) { group in
-                for url in replicas {
-                    group.addTask {
-                        var request = HTTPClientRequest(url: url + "/health")
-                        request.method = .GET
-                        guard let response = try? await httpClient.execute(request, timeout: .seconds(2)) else { return (url, false) }
-                        _ = try? await response.body.collect(upTo: 1 << 16)
-                        return (url, response.status == .ok)
-                    }
-                }
-                for await (url, healthy) in group { record(probe: url, healthy: healthy) }
-            }
+            await probeAll(httpClient)
             try? await Task.sleep(for: settings.healthInterval)
+        }
+    }
+
+    /// One `/health` probe of every replica, at once (at most every 100 ms).
+    private func probeAll(_ httpClient: HTTPClient) async {
+        if let lastProbe, ContinuousClock.now - lastProbe < .milliseconds(100) { return }
+        lastProbe = ContinuousClock.now
+        await withTaskGroup(of: (String, Bool).self) { group in
+            for url in replicas {
+                group.addTask {
+                    var request = HTTPClientRequest(url: url + "/health")
+                    request.method = .GET
+                    guard let response = try? await httpClient.execute(request, timeout: .seconds(2)) else { return (url, false) }
+                    _ = try? await response.body.collect(upTo: 1 << 16)
+                    return (url, response.status == .ok)
+                }
+            }
+            for await (url, healthy) in group { record(probe: url, healthy: healthy) }
         }
     }
 

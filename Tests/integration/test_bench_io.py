@@ -54,6 +54,18 @@ def test_bench_store_puts_then_reads_back_verified(tmp_path):
     assert host.returncode == 0, host.stderr
     result = json.loads(host.stdout.strip().splitlines()[-1])
     assert result["engine"] == "host" and result["baseline_p50_us"] > 0 and result["p50_us"] > 0
-    bad = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--pattern", "seq-read"],
+    # a whole object streamed through the store: imported once, then read back verified
+    objects = str(tmp_path / "objects")
+    for _ in range(2):
+        seq = subprocess.run([str(STRATA), "bench", "store", "--dir", objects, "--size", "8MiB", "--block-size", "1MiB",
+                              "--queue-depth", "4", "--pattern", "seq-read", "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert seq.returncode == 0, seq.stderr
+        result = json.loads(seq.stdout.strip().splitlines()[-1])
+        assert result["pattern"] == "seq-read" and result["bytes"] == 8 << 20 and result["bytes_per_second"] > 0
+    bad = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--pattern", "sideways"],
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode != 0 and "--pattern 'seq-read'" in bad.stderr
+    assert bad.returncode != 0 and "--pattern 'sideways'" in bad.stderr and "seq-read" in bad.stderr
+    chunk = subprocess.run([str(STRATA), "bench", "store", "--dir", objects, "--size", "8MiB", "--block-size", "5000",
+                            "--pattern", "seq-read"], capture_output=True, text=True, timeout=30)
+    assert chunk.returncode != 0 and "chunk size 5000" in chunk.stderr, chunk.stderr

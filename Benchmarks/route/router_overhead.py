@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""What Strata's routing adds to a request, against a trivial backend, under wrk at a fixed rate.
+
+nginx on loopback answers `POST /v1/chat/completions` with a fixed small JSON body at once (the
+trivial backend). Strata (release build) serves one model whose `upstreams` are three such
+nginx ports, with prefix-affinity routing, so every request goes through prompt hashing, the
+router and the relay. wrk sends the same chat request (a ~2 KB prompt) at about `--rate`
+requests per second, paced by its Lua `delay()` over `--connections` connections, first straight
+to nginx, then through Strata, alternating for `--rounds`; the figures are wrk's latency
+percentiles, and the added latency is the difference of the medians over rounds.
+
+Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--seconds 15] [--rounds 3]
+Needs: nginx and wrk (scripts/setup.sh --peers installs them).
+"""
+import argparse
+import json
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ANSWER = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {url}")
+
+
+def wrk(url, rate, connections, seconds, script):
+    """Runs wrk; returns (requests/s, {percentile: ms})."""
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script,
+                          url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
+    percentiles = {}
+    for p, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        percentiles[int(p)] = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return rps, percentiles
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strata", default=".build/release/strata")
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--connections", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="strata-overhead-"))
+    ports = [free_port() for _ in range(3)]
+    servers = "\n".join(f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{ANSWER}'; }}
+    }}""" for port in ports)
+    (work / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_buffer_size 64k;
+    keepalive_requests 100000;
+{servers}
+}}
+""")
+    per_connection_ms = 1000.0 * a.connections / a.rate
+    prompt = " ".join(f"word{i % 97}" for i in range(300))
+    body = json.dumps({"model": "bench", "max_tokens": 1, "messages": [
+        {"role": "system", "content": prompt}, {"role": "user", "content": "hello"}]})
+    (work / "post.lua").write_text(f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(body)}
+wrk.headers["Content-Type"] = "application/json"
+function delay() return {per_connection_ms:.3f} end
+""")
+    strata_port = free_port()
+    (work / "strata.yaml").write_text(f"""
+listen: 127.0.0.1:{strata_port}
+state_dir: {work}/state
+log_level: warning
+gateway: {{ cancel_on_disconnect: false }}
+tiers: {{ host: {{ budget: 16MiB }} }}
+routing: {{ policy: prefix-affinity, health_interval: 1s }}
+models:
+  - {{ name: bench, upstreams: {json.dumps([f"http://127.0.0.1:{p}" for p in ports])} }}
+""")
+    procs = [subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / "strata.yaml")],
+                                      stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
+        wait_http(f"http://127.0.0.1:{strata_port}/ready")
+        targets = {"nginx direct": f"http://127.0.0.1:{ports[0]}", "through strata": f"http://127.0.0.1:{strata_port}"}
+        for url in targets.values():   # warm-up
+            wrk(url, a.rate, a.connections, 3, str(work / "post.lua"))
+        results = {name: [] for name in targets}
+        print(f"wrk -c {a.connections}, paced to ~{a.rate} req/s, {a.seconds}s per run, {a.rounds} rounds", flush=True)
+        for round in range(a.rounds):
+            order = list(targets) if round % 2 == 0 else list(reversed(targets))
+            for name in order:
+                rps, p = wrk(targets[name], a.rate, a.connections, a.seconds, str(work / "post.lua"))
+                results[name].append((rps, p))
+                print(f"  round {round} {name:15} {rps:7.0f} req/s  p50 {p[50]:.3f} ms  p90 {p[90]:.3f} ms  "
+                      f"p99 {p[99]:.3f} ms", flush=True)
+        med = {name: {q: statistics.median(r[1][q] for r in runs) for q in (50, 90, 99)} | {
+            "rps": statistics.median(r[0] for r in runs)} for name, runs in results.items()}
+        direct, strata = med["nginx direct"], med["through strata"]
+        print(f"\nadded by Strata (median over rounds): p50 {strata[50] - direct[50]:+.3f} ms, "
+              f"p90 {strata[90] - direct[90]:+.3f} ms, p99 {strata[99] - direct[99]:+.3f} ms "
+              f"at {strata['rps']:.0f} req/s (goal: p99 ≤ 1 ms at 1,000 req/s)")
+        print(json.dumps(med))
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,11 @@ actor ReplicaSet {
     let logger: Logger
     private var router: PrefixRouter
     private var nextRequest: RequestID = 1
+    /// Metric handles made once: a lookup in the metrics registry per request and replica
+    /// would cost more than the routing decision itself.
+    private let gauges: [String: (inFlight: Gauge, indexBlocks: Gauge, healthy: Gauge)]
+    private var decisionCounters: [String: Counter] = [:]
+    private let matchedFraction: Recorder
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
     /// Set by the health checks; lets a request that finds every replica down probe them at once.
@@ -34,6 +39,13 @@ actor ReplicaSet {
         self.managed = managed
         self.settings = settings
         self.logger = logger
+        gauges = Dictionary(uniqueKeysWithValues: replicas.map { id in
+            let dimensions = [("model", model), ("replica", id)]
+            return (id, (Gauge(label: "strata_replica_in_flight", dimensions: dimensions),
+                         Gauge(label: "strata_replica_index_blocks", dimensions: dimensions),
+                         Gauge(label: "strata_replica_healthy", dimensions: dimensions)))
+        })
+        matchedFraction = Recorder(label: "strata_route_matched_fraction", dimensions: [("model", model)], aggregate: true)
         router = PrefixRouter(configuration: PrefixRouterConfiguration(
             replicas: replicas.map { ReplicaSpec(id: $0, maxConcurrency: settings.maxConcurrency) }, policy: policy,
             maxBlocksPerReplica: settings.indexBlocks, hotSpotQueueBound: settings.hotSpotQueue,
@@ -109,11 +121,16 @@ actor ReplicaSet {
         let id = nextRequest
         nextRequest += 1
         router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks)
-        Counter(label: "strata_route_decisions_total",
-                dimensions: [("model", model), ("replica", decision.replica), ("reason", "\(decision.reason)")]).increment()
-        Recorder(label: "strata_route_matched_fraction", dimensions: [("model", model)], aggregate: true)
-            .record(decision.matchedFraction)
-        publishLoad()
+        let counterKey = "\(decision.replica)|\(decision.reason)"
+        let counter = decisionCounters[counterKey] ?? {
+            let made = Counter(label: "strata_route_decisions_total",
+                               dimensions: [("model", model), ("replica", decision.replica), ("reason", "\(decision.reason)")])
+            decisionCounters[counterKey] = made
+            return made
+        }()
+        counter.increment()
+        matchedFraction.record(decision.matchedFraction)
+        publishLoad(decision.replica)
         let hasAlternatives = router.replicaSnapshots.contains {
             $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
         }
@@ -130,15 +147,16 @@ actor ReplicaSet {
                 logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row")
             }
         }
-        publishLoad()
+        publishLoad(replica)
     }
 
-    private func publishLoad() {
-        for snapshot in router.replicaSnapshots {
-            let dimensions = [("model", model), ("replica", snapshot.id)]
-            Gauge(label: "strata_replica_in_flight", dimensions: dimensions).record(snapshot.inFlight)
-            Gauge(label: "strata_replica_index_blocks", dimensions: dimensions).record(snapshot.indexedBlocks)
-            Gauge(label: "strata_replica_healthy", dimensions: dimensions).record(snapshot.healthy ? 1 : 0)
+    /// Publishes the load of one replica (nil: all of them).
+    private func publishLoad(_ only: String? = nil) {
+        for id in only.map({ [$0] }) ?? replicas {
+            guard let snapshot = router.snapshot(of: id), let gauge = gauges[id] else { continue }
+            gauge.inFlight.record(snapshot.inFlight)
+            gauge.indexBlocks.record(snapshot.indexedBlocks)
+            gauge.healthy.record(snapshot.healthy ? 1 : 0)
         }
     }
 
@@ -149,7 +167,7 @@ actor ReplicaSet {
     func processExited(_ replica: String) {
         router.replicaRestarted(replica)
         router.markHealthy(replica)
-        publishLoad()
+        publishLoad(replica)
     }
 
     enum RouteFailure: Error { case noHealthyReplica(GatewayError) }

@@ -56,6 +56,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strata", default=".build/release/strata")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--first-round", type=int, default=0,
+                    help="number of the first round (its seed is 100 + round): to add rounds to an earlier run")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=2, help="slots per llama-server")
     ap.add_argument("--ctx", type=int, default=8192)
@@ -79,7 +81,7 @@ def main():
     print(f"{a.replicas} llama-server replicas (-c {a.ctx} --parallel {a.parallel} --threads 1), fresh fleet and router "
           f"per run, {a.rounds} rounds, {a.requests} requests each, {a.rate} new conversations/s", flush=True)
     run = 0
-    for round in range(a.rounds):
+    for round in range(a.first_round, a.first_round + a.rounds):
         order = targets if round % 2 == 0 else list(reversed(targets))
         for name in order:
             run += 1

@@ -16,14 +16,13 @@ Needs: scripts/setup.sh --peers (sglang-router in the venv).
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from procs import free_port, stop, wait_http
 
 CACHE = Path(os.environ.get("STRATA_CACHE", Path.home() / ".cache" / "strata"))
 LLAMA = CACHE / "bin" / "llama-server"
@@ -32,24 +31,8 @@ PYTHON = CACHE / "venv" / "bin" / "python"
 HERE = Path(__file__).resolve().parent
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_http(url, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {url}")
 
 
 def main():
@@ -163,18 +146,6 @@ def start_sglang(work, replicas, procs):
         stdout=open(work / "sglang.log", "wb"), stderr=subprocess.STDOUT))
     wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
     return f"http://127.0.0.1:{port}"
-
-
-def stop(procs):
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 import argparse
 import json
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,26 +24,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from procs import free_port, stop, wait_http
+
 ANSWER = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_http(url, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {url}")
 
 
 def wrk(url, rate, connections, seconds, script):
@@ -155,14 +141,7 @@ models:
         print("goal: routing adds p99 ≤ 1 ms at 1,000 req/s")
         print(json.dumps(med))
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,11 @@ extension Gateway {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
                 break
             } catch {
+                if Task.isCancelled {
+                    acquired.release(.abandoned)   // the client left; says nothing of the upstream
+                    throw CancellationError()
+                }
                 acquired.release(.upstreamFailed)
-                if Task.isCancelled { throw CancellationError() }
                 if acquired.hasAlternatives, hints.excluding.count < 8 {
                     logger.warning("\(acquired.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
                     hints.excluding.insert(acquired.upstreamLabel)

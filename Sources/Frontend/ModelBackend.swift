@@ -32,11 +32,14 @@ public struct RequestHints: Sendable, Equatable {
     }
 }
 
-/// How a lease ended: its upstream served the request, or failed before sending any answer
-/// (a refused or reset connection, a timeout before headers), which counts against it.
+/// How a lease ended: its upstream served the request; failed before sending any answer (a
+/// refused or reset connection, a timeout before headers), which counts against it; or the
+/// request was given up for reasons that say nothing of the upstream (a wait that timed out,
+/// a client that left), which count neither way.
 public enum LeaseOutcome: Sendable, Equatable {
     case completed
     case upstreamFailed
+    case abandoned
 }
 
 public struct ModelListing: Sendable, Equatable {

@@ -91,7 +91,7 @@ actor ReplicaSet {
                 hints.excluding.insert(replica)
                 continue
             } catch {
-                finish(id, replica: replica, outcome: .completed)       // not ready in time, cancelled: not its fault
+                finish(id, replica: replica, outcome: .abandoned)       // not ready in time, cancelled: not its fault
                 throw error
             }
             return UpstreamLease(
@@ -142,6 +142,8 @@ actor ReplicaSet {
         switch outcome {
         case .completed:
             router.reportSuccess(replica)
+        case .abandoned:
+            break
         case .upstreamFailed:
             if router.reportFailure(replica) {
                 logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row")

@@ -150,7 +150,7 @@ struct StoreBench: AsyncParsableCommand {
 
     @Option(help: "Directory of the block log (created if missing; reused between runs).")
     var dir: String
-    @Option(help: "put, rand-get, seq-read (NVMe log; seq-read streams one object of --size in --block-size chunks) or host-get (host tier, against memcpy).")
+    @Option(help: "put, rand-get, seq-read (NVMe log; seq-read streams one object of --size in --block-size chunks, imported into --dir on the first run and reused after) or host-get (host tier, against memcpy).")
     var pattern: String = "rand-get"
     @Option(help: "Bytes to put, or to fill and read (KiB/MiB/GiB suffixes).")
     var size: String = "1GiB"

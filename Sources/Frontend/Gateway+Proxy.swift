@@ -25,9 +25,11 @@ extension Gateway {
                 message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
         }
         var parsed = try parseBody(body, endpoint: endpoint)
-        parsed.hints = RequestHints(
-            prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
-            session: HTTPField.Name(configuration.sessionHeader).flatMap { request.headers[$0] } ?? parsed.json["user"] as? String)
+        if backend.routesByPrompt(model: parsed.model) {
+            parsed.hints = RequestHints(
+                prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
+                session: HTTPField.Name(configuration.sessionHeader).flatMap { request.headers[$0] } ?? parsed.json["user"] as? String)
+        }
         guard configuration.cancelOnDisconnect && !parsed.stream else {
             // Streams notice a departed client on their next chunk and keep the connection alive.
             return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)

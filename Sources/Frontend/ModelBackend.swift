@@ -11,10 +11,17 @@ public protocol ModelBackend: Sendable {
     /// Cancelling the calling task withdraws the request. `hints` carry what routing across
     /// replicas may use: the prompt's block chain, a session key, replicas a retry must avoid.
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease
+    /// Whether `model` is routed across replicas by its prompt: only then does the gateway
+    /// hash the prompt into `RequestHints`, keeping that work off every other request.
+    func routesByPrompt(model: String) -> Bool
     /// Admin: detailed state of models and runtimes, as a JSON-encodable value.
     func adminStatus() async -> AdminStatus
     func load(model: String) async throws
     func unload(model: String) async throws
+}
+
+extension ModelBackend {
+    public func routesByPrompt(model: String) -> Bool { false }
 }
 
 /// What a request tells the router beyond its model.

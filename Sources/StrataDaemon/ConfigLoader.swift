@@ -152,26 +152,19 @@ public enum ConfigLoader {
     static func tiers(_ reader: ConfigReader, _ node: Node) throws -> TierConfiguration {
         let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme", "engine", "queue_depth"])
         var tiers = TierConfiguration()
-        func choice<T>(_ node: Node?, at key: String, _ parse: (String) -> T?, expected: String) throws -> T? {
+        func choice<T: CaseIterable & CustomStringConvertible>(_ node: Node?, at key: String) throws -> T? {
             guard let node else { return nil }
             let text = try reader.string(node, at: key)
-            guard let value = parse(text) else { throw reader.fail(key, node, "'\(text)' is not one of \(expected)") }
+            guard let value = T.named(text) else { throw reader.fail(key, node, "'\(text)' is not one of \(T.names)") }
             return value
         }
-        let admissions = "always, second-hit"
         if let node = map["host"] {
             let fields = try reader.mapping(node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction", "codec"])
-            if let v = try choice(fields["codec"], at: "tiers.host.codec", BlockHeader.Codec.init(name:), expected: "none, lz4") {
-                tiers.host.codec = v
-            }
+            tiers.host.codec = try choice(fields["codec"], at: "tiers.host.codec") ?? tiers.host.codec
             if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") }
             if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") }
-            if let v = try choice(fields["admission"], at: "tiers.host.admission", BlockStore.Admission.init, expected: admissions) {
-                tiers.host.admission = v
-            }
-            if let v = try choice(fields["eviction"], at: "tiers.host.eviction", BlockStore.EvictionPolicy.init, expected: "demote, drop") {
-                tiers.host.eviction = v
-            }
+            tiers.host.admission = try choice(fields["admission"], at: "tiers.host.admission") ?? tiers.host.admission
+            tiers.host.eviction = try choice(fields["eviction"], at: "tiers.host.eviction") ?? tiers.host.eviction
             guard tiers.host.budgetBytes > 0 else { throw reader.fail("tiers.host.budget", fields["budget"], "must be more than zero") }
         }
         if let node = map["nvme"] {
@@ -179,12 +172,8 @@ public enum ConfigLoader {
                 node, at: "tiers.nvme", allowed: ["dir", "budget", "admission", "codec", "segment_size"])
             if let v = fields["dir"] { tiers.nvme.directory = try reader.path(v, at: "tiers.nvme.dir") }
             if let v = fields["budget"] { tiers.nvme.budgetBytes = try reader.size(v, at: "tiers.nvme.budget") }
-            if let v = try choice(fields["admission"], at: "tiers.nvme.admission", BlockStore.Admission.init, expected: admissions) {
-                tiers.nvme.admission = v
-            }
-            if let v = try choice(fields["codec"], at: "tiers.nvme.codec", BlockHeader.Codec.init(name:), expected: "none, lz4") {
-                tiers.nvme.codec = v
-            }
+            tiers.nvme.admission = try choice(fields["admission"], at: "tiers.nvme.admission") ?? tiers.nvme.admission
+            tiers.nvme.codec = try choice(fields["codec"], at: "tiers.nvme.codec") ?? tiers.nvme.codec
             if let v = fields["segment_size"] {
                 let size = try reader.size(v, at: "tiers.nvme.segment_size")
                 guard size >= 1 << 20, size <= 4 << 30, size % 4096 == 0 else {
@@ -193,9 +182,7 @@ public enum ConfigLoader {
                 tiers.nvme.segmentBytes = Int(size)
             }
         }
-        if let v = try choice(map["engine"], at: "tiers.engine", IOEngineKind.init(rawValue:), expected: "auto, io_uring, psync") {
-            tiers.engine = v
-        }
+        tiers.engine = try choice(map["engine"], at: "tiers.engine") ?? tiers.engine
         if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) }
         return tiers
     }

@@ -17,6 +17,8 @@ extension ModelController: ModelBackend {
         }
     }
 
+    public nonisolated func routesByPrompt(model: String) -> Bool { replicaSets[model] != nil }
+
     public func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         guard let modelConfig = config.models.first(where: { $0.name == model }) else {
             throw GatewayError.modelNotFound(model)

@@ -202,10 +202,7 @@ enum TierPolicyChange {
     }
 
     private static func choice<T: CaseIterable & CustomStringConvertible>(_ value: Any, at key: String) throws -> T {
-        let names = T.allCases.map(\.description)
-        guard let text = value as? String, let match = T.allCases.first(where: { $0.description == text }) else {
-            throw fail(key, value, "one of \(names.joined(separator: ", "))")
-        }
+        guard let text = value as? String, let match = T.named(text) else { throw fail(key, value, "one of \(T.names)") }
         return match
     }
 }
@@ -216,4 +213,15 @@ extension BlockStore.Admission: CustomStringConvertible {
 
 extension BlockStore.EvictionPolicy: CustomStringConvertible {
     public var description: String { rawValue }
+}
+
+extension IOEngineKind: CustomStringConvertible {
+    public var description: String { rawValue }
+}
+
+/// The spellings of a setting's values, shared by the config file and `PUT /admin/tiers`, so
+/// the two accept the same words and list the same ones in their errors.
+extension CaseIterable where Self: CustomStringConvertible {
+    static func named(_ name: String) -> Self? { allCases.first { $0.description == name } }
+    static var names: String { allCases.map(\.description).joined(separator: ", ") }
 }

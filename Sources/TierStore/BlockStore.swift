@@ -134,15 +134,15 @@ public final class BlockStore: Sendable {
         await nvme.setBudget(policy.nvmeBudgetBytes)
         await nvme.setCodec(policy.nvmeCodec)
         self.host = try HostTier(budgetBytes: policy.hostBudgetBytes) { evicted in
-            let verdict = shared.state.withLock { state -> DemotionVerdict in
-                if state.policy.eviction == .drop { return .drop }
+            let demote = shared.state.withLock { state -> Bool in
+                if state.policy.eviction == .drop { return false }
                 if state.policy.nvmeAdmission == .secondHit, evicted.hits == 0, !state.nvmeSeen.checkAndRecord(evicted.key) {
                     state.nvmeAdmissionsRefused += 1
-                    return .drop
+                    return false
                 }
-                return .demote
+                return true
             }
-            guard verdict == .demote else {
+            guard demote else {
                 generations.clear(evicted.key, ifCurrent: evicted.tag)
                 return
             }
@@ -187,8 +187,6 @@ public final class BlockStore: Sendable {
             }
         }
     }
-
-    enum DemotionVerdict { case demote, drop }
 
     struct CorruptInRAM: Error, CustomStringConvertible {
         var key: BlockKey

@@ -69,8 +69,4 @@ public struct TierConfiguration: Sendable, Equatable {
 extension BlockHeader.Codec: CaseIterable, CustomStringConvertible {
     public static let allCases: [BlockHeader.Codec] = [.none, .lz4]
     public var description: String { self == .none ? "none" : "lz4" }
-    public init?(name: String) {
-        guard let codec = Self.allCases.first(where: { $0.description == name }) else { return nil }
-        self = codec
-    }
 }

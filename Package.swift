@@ -35,13 +35,17 @@ let package = Package(
         // liblz4 block compression behind plain types.
         .target(name: "CStrataLZ4", linkerSettings: [.linkedLibrary("lz4")]),
 
+        // libcurl (HTTP range GETs, S3) and libcrypto's SHA-256/HMAC behind plain types; reached
+        // only from TierStore/Remote/CurlTransfer.swift and SHA256.swift.
+        .target(name: "CStrataCurl", linkerSettings: [.linkedLibrary("curl"), .linkedLibrary("crypto")]),
+
         // SQLite for the NVMe tier's catalog; reached only from TierStore/Catalog.
         .systemLibrary(name: "CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
 
         .target(
             name: "TierStore",
             dependencies: [
-                "CStrataURing", "CStrataHash", "CSQLite3", "CStrataLZ4",
+                "CStrataURing", "CStrataHash", "CSQLite3", "CStrataLZ4", "CStrataCurl",
                 .product(name: "Metrics", package: "swift-metrics"), .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -3,15 +3,18 @@
 # Idempotent: every step checks first and reuses what is there. Caches live in $STRATA_CACHE
 # (default ~/.cache/strata), never in the repository.
 #
-#   scripts/setup.sh            apt packages, Python venv, llama-server, reference model
+#   scripts/setup.sh            apt packages, Python venv (with the origins the integration tests
+#                               stage from: nginx, moto's S3 server), llama-server, reference model
 #   scripts/setup.sh --runtime  only llama-server and the model (what `make run` needs)
-#   scripts/setup.sh --peers    also the peers benchmarks measure against (sglang-router, nginx, wrk)
+#   scripts/setup.sh --peers    also the peers benchmarks measure against (sglang-router, wrk)
 set -euo pipefail
 PEERS=0
 for arg in "$@"; do
   case "$arg" in --peers) PEERS=1 ;; esac
 done
 SGLANG_ROUTER_VERSION="${SGLANG_ROUTER_VERSION:-0.3.2}"
+MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
+BOTO3_VERSION="${BOTO3_VERSION:-1.44.5}"
 
 STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -24,8 +27,9 @@ mkdir -p "$STRATA_CACHE"/{bin,models,downloads,src}
 
 # --- apt packages -------------------------------------------------------------------------------
 APT_PACKAGES=(liburing-dev liblz4-dev libsqlite3-dev libcurl4-openssl-dev libxxhash-dev cmake
-              pkg-config python3-venv fio)   # fio: the disk peer the I/O benchmarks measure against
-if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(nginx-light wrk); fi   # the router-overhead benchmark's backend and load
+              pkg-config python3-venv fio    # fio: the disk peer the I/O benchmarks measure against
+              nginx-light)                   # nginx: the HTTP origin of the remote-tier tests and benchmarks
+if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(wrk); fi   # the router-overhead benchmark's load
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -40,12 +44,12 @@ fi
 
 # --- Python venv for the integration tests and benchmarks ---------------------------------------
 VENV="$STRATA_CACHE/venv"
-PY_PACKAGES=(openai pytest requests)
+PY_PACKAGES=(openai pytest requests "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION")   # moto: the S3 origin
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating Python venv in $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import openai, pytest, requests' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import openai, pytest, requests, moto.server, boto3' 2>/dev/null; then
   log "installing Python packages: ${PY_PACKAGES[*]}"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi

@@ -20,6 +20,7 @@ extension Gateway {
             return jsonResponse(["model": name, "action": "load", "accepted": true], status: .accepted)
         }
         addTierRoutes(to: router)
+        addStagingRoutes(to: router)
         router.post("/admin/models/:name/unload") { request, context in
             try authorizeAdmin(request)
             let name = try context.parameters.require("name")
@@ -40,6 +41,43 @@ extension Gateway {
             let status = try await tierBackend().updateTiers(Data(body.readableBytesView))
             return Response(status: .ok, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: status)))
+        }
+    }
+
+    func addStagingRoutes(to router: Router<BasicRequestContext>) {
+        router.post("/admin/models/:name/stage") { request, context in
+            try authorizeAdmin(request)
+            let name = try context.parameters.require("name")
+            let body = try await request.body.collect(upTo: 64 << 10)
+            var destination = "host"
+            if body.readableBytes > 0 {
+                guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+                    throw GatewayError.badRequest("expected a JSON object like {\"to\": \"host\"}", code: "invalid_stage")
+                }
+                if let unknown = object.keys.sorted().first(where: { $0 != "to" }) {
+                    throw GatewayError.badRequest("\(unknown): unknown key (expected to)", code: "invalid_stage")
+                }
+                if let to = object["to"] {
+                    guard let text = to as? String else {
+                        throw GatewayError.badRequest("to: '\(to)' is not valid: expected host, nvme or disk", code: "invalid_stage")
+                    }
+                    destination = text
+                }
+            }
+            let status = try await backend.stage(model: name, destination: destination)
+            return Response(status: .accepted, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: status)))
+        }
+        router.get("/admin/staging") { request, _ in
+            try authorizeAdmin(request)
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: try await backend.stagingStatus())))
+        }
+        router.delete("/admin/staging/:name") { request, context in
+            try authorizeAdmin(request)
+            let name = try context.parameters.require("name")
+            try await backend.cancelStaging(model: name)
+            return jsonResponse(["model": name, "action": "cancel", "accepted": true], status: .ok)
         }
     }
 

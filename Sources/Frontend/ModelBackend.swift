@@ -1,3 +1,4 @@
+import Foundation
 import NIOConcurrencyHelpers
 
 /// What the gateway needs from whoever manages models: a list, and a lease on an upstream that
@@ -18,10 +19,25 @@ public protocol ModelBackend: Sendable {
     func adminStatus() async -> AdminStatus
     func load(model: String) async throws
     func unload(model: String) async throws
+    /// Admin: starts (or joins) staging `model`'s weights to `destination` (host, nvme, disk);
+    /// returns the staging's status as JSON.
+    func stage(model: String, destination: String) async throws -> Data
+    /// Admin: running and recent stagings, `{"staging": [...]}`.
+    func stagingStatus() async throws -> Data
+    /// Admin: cancels the running staging of `model`.
+    func cancelStaging(model: String) async throws
 }
 
 extension ModelBackend {
     public func routesByPrompt(model: String) -> Bool { false }
+
+    public func stage(model: String, destination: String) async throws -> Data { throw Self.noStaging }
+    public func stagingStatus() async throws -> Data { throw Self.noStaging }
+    public func cancelStaging(model: String) async throws { throw Self.noStaging }
+
+    private static var noStaging: GatewayError {
+        GatewayError(status: .notFound, type: "invalid_request_error", code: "no_tiers", message: "This daemon stages no weights")
+    }
 }
 
 /// What a request tells the router beyond its model.

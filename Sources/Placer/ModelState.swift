@@ -3,6 +3,9 @@ public enum ModelPhase: Sendable, Equatable {
     case stopped
     /// Spawned, waiting for its health check to pass.
     case starting(since: Duration)
+    /// Fits its device and holds that reservation while its weights are staged into host RAM;
+    /// no process exists yet. `.start` follows `.staged`.
+    case staging(since: Duration)
     case ready
     /// Ready, but chosen to be stopped once its in-flight requests finish; new requests wait.
     case draining(reason: StopReason)
@@ -15,7 +18,7 @@ public enum ModelPhase: Sendable, Equatable {
     public var publicStatus: String {
         switch self {
         case .stopped, .stopping: "stopped"
-        case .starting: "loading"
+        case .staging, .starting: "loading"
         case .ready, .draining: "ready"
         case .failed: "failed"
         }
@@ -24,7 +27,7 @@ public enum ModelPhase: Sendable, Equatable {
     /// Whether the runtime process may exist and hold its memory.
     var holdsMemory: Bool {
         switch self {
-        case .starting, .ready, .draining, .stopping: true
+        case .staging, .starting, .ready, .draining, .stopping: true
         case .stopped, .failed: false
         }
     }
@@ -51,6 +54,9 @@ struct ModelState {
     /// Set by an operator unload: keep draining until stopped even if nobody needs the memory.
     var operatorDrain = false
     var loads = 0
+    /// Where the fastest whole copy of the weights is, as far as the Placer knows.
+    var weights: WeightTier = .remote
+    var hostCopy: HostCopy = .absent
 }
 
 /// A read-only view for status endpoints and tests.
@@ -65,6 +71,8 @@ public struct ModelSnapshot: Sendable, Equatable {
     public var consecutiveFailures: Int
     public var loads: Int
     public var pinned: Bool
+    public var weights: WeightTier
+    public var hostCopy: HostCopy
 }
 
 public struct DeviceSnapshot: Sendable, Equatable {

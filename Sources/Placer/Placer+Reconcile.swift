@@ -2,6 +2,7 @@ extension Placer {
     /// Brings every model toward what its waiters need. Runs after every event.
     mutating func reconcile(now: Duration) -> [PlacerAction] {
         var actions: [PlacerAction] = []
+        expireStaging(now: now, into: &actions)
         expireDeadlines(now: now, into: &actions)
 
         // Eviction marks are re-derived each time, so a victim whose rival stopped waiting
@@ -84,9 +85,9 @@ extension Placer {
         }
     }
 
-    /// Starts `state`'s runtime if its device has room; otherwise picks victims (least recently
-    /// used first, idle before busy, never pinned) and lets the next reconcile start it once
-    /// their memory is back.
+    /// Starts `state`'s runtime (or stages its weights first) if its device has room; otherwise
+    /// picks victims (idle before busy, then lowest `expectedLoss`, never pinned) and lets the
+    /// next reconcile start it once their memory is back.
     private mutating func makeRoomOrStart(
         _ state: ModelState, now: Duration, wasDraining: Set<String>, into actions: inout [PlacerAction]
     ) {
@@ -96,8 +97,7 @@ extension Placer {
         let used = onDevice.filter { $0.phase.holdsMemory }.reduce(UInt64(0)) { $0 + $1.spec.memoryBytes }
 
         if used + spec.memoryBytes <= budget {
-            models[spec.name]?.phase = .starting(since: now)
-            actions.append(.start(model: spec.name))
+            beginStart(spec.name, now: now, into: &actions)
             return
         }
 
@@ -120,7 +120,9 @@ extension Placer {
             // A ready model with waiters is about to serve them, unless they are held because
             // it was already draining for someone.
             .filter { $0.phase == .ready && !$0.spec.pinned && ($0.waiters.isEmpty || wasDraining.contains($0.spec.name)) }
-            .sorted { ($0.inFlight.isEmpty ? 0 : 1, $0.lastUsed, $0.spec.name) < ($1.inFlight.isEmpty ? 0 : 1, $1.lastUsed, $1.spec.name) }
+            .map { (state: $0, busy: $0.inFlight.isEmpty ? 0 : 1, loss: expectedLoss($0, leftIn: tierAfterStop($0), now: now)) }
+            .sorted { ($0.busy, $0.loss, $0.state.lastUsed, $0.state.spec.name) < ($1.busy, $1.loss, $1.state.lastUsed, $1.state.spec.name) }
+            .map(\.state)
         for victim in candidates where used - freeing + spec.memoryBytes > budget {
             let reason = StopReason.evicted(forModel: spec.name)
             if victim.inFlight.isEmpty {
@@ -168,6 +170,7 @@ extension Placer {
             name: state.spec.name, device: state.spec.device, memoryBytes: state.spec.memoryBytes,
             phase: state.phase, inFlight: state.inFlight.count,
             waiting: state.waiters.filter { $0.id != nil }.count, lastUsed: state.lastUsed,
-            consecutiveFailures: state.consecutiveFailures, loads: state.loads, pinned: state.spec.pinned)
+            consecutiveFailures: state.consecutiveFailures, loads: state.loads, pinned: state.spec.pinned,
+            weights: state.weights, hostCopy: state.hostCopy)
     }
 }

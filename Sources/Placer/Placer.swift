@@ -6,7 +6,18 @@
 /// - per device, the memory of models that may hold it never exceeds the budget;
 /// - a model with requests in flight is never stopped by a decision of the Placer;
 /// - at most one runtime per model exists at a time (start only from stopped or failed);
-/// - every request is eventually admitted or rejected (the queue timeout bounds the wait).
+/// - every request is eventually admitted or rejected (the queue timeout bounds the wait);
+/// - host-copy bytes (resident and staging) never exceed `hostWeightsBudget`;
+/// - the resident host copy of a model that holds device memory (starting, ready, draining,
+///   stopping) or of a pinned model is never released;
+/// - `.start` of a model that stages weights and whose copy fits the budget comes only after its
+///   `.staged`, or when the budget was held by copies that may not be released (staging skipped);
+/// - `.stage` is not issued again while a staging of the same model is under way.
+///
+/// Weights: a model that stages weights has its weight file copied into host RAM before its
+/// runtime starts, and the copy stays after a stop while the budget allows, so the next start
+/// reads from RAM. Copies and device memory are given up in order of expected reload cost; see
+/// `expectedLoss`.
 public struct Placer: Sendable {
     public private(set) var configuration: PlacerConfiguration
     var models: [String: ModelState] = [:]
@@ -20,6 +31,9 @@ public struct Placer: Sendable {
                 configuration.devices.contains { $0.name == spec.device },
                 "model \(spec.name) names unknown device \(spec.device)")
             models[spec.name] = ModelState(spec: spec)
+        }
+        for tier in WeightTier.allCases {
+            precondition(configuration.tierBandwidth[tier] > 0, "tier bandwidth of \(tier) must be positive")
         }
     }
 
@@ -66,6 +80,8 @@ public struct Placer: Sendable {
             state.consecutiveFailures = 0
             state.loads += 1
             state.lastUsed = now
+            // The runtime reads only local files: a healthy one means the NVMe store has a copy.
+            state.weights = min(state.weights, .nvme)
             models[name] = state
 
         case .runtimeExited(let name, let detail):
@@ -91,7 +107,8 @@ public struct Placer: Sendable {
                     }
                 }
                 state.waiters.removeAll()
-            case .stopped, .failed:
+            case .stopped, .failed, .staging:
+                // No process of ours is running: a late report of one already handled.
                 break
             }
             models[name] = state
@@ -99,7 +116,7 @@ public struct Placer: Sendable {
         case .load(let name):
             guard var state = models[name] else { break }
             switch state.phase {
-            case .ready, .starting: break
+            case .ready, .starting, .staging: break
             default:
                 if !state.waiters.contains(where: { $0.id == nil }) {
                     state.waiters.append(Waiter(id: nil, arrived: now, deadline: now + configuration.queueTimeout))
@@ -120,19 +137,35 @@ public struct Placer: Sendable {
                 actions.append(.stop(model: name, reason: .operatorRequest))
             case .failed:
                 state.phase = .stopped
+            case .staging:
+                // No process exists yet. The staging goes on; its copy is kept when it completes.
+                state.phase = .stopped
             case .stopped, .stopping:
                 break
             }
             models[name] = state
 
+        case .weightsAt(let name, let tier):
+            noteWeights(of: name, at: tier, now: now, into: &actions)
+
+        case .staged(let name):
+            completeStaging(of: name, now: now, into: &actions)
+
+        case .stageFailed(let name, let detail):
+            failStaging(of: name, detail: detail, now: now, release: false, into: &actions)
+
+        case .stageRequest(let name):
+            stageOnRequest(name, now: now, into: &actions)
+
         case .tick:
             break
         }
         actions += reconcile(now: now)
+        assert(hostWeightsUsedBytes <= configuration.hostWeightsBudget, "host-weights budget exceeded")
         return actions
     }
 
-    private func failure(_ state: inout ModelState, now: Duration, detail: String) -> ModelPhase {
+    func failure(_ state: inout ModelState, now: Duration, detail: String) -> ModelPhase {
         state.consecutiveFailures += 1
         var backoff = configuration.restartBackoffInitial
         for _ in 1..<state.consecutiveFailures where backoff < configuration.restartBackoffMax {

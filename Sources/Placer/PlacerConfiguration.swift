@@ -10,6 +10,13 @@ public struct PlacerConfiguration: Sendable, Equatable {
     /// Restart backoff after a runtime failed: `initial * 2^(failures-1)`, capped at `max`.
     public var restartBackoffInitial: Duration
     public var restartBackoffMax: Duration
+    /// Host RAM for staged weight files, those of running models included. 0 turns host staging
+    /// off: every model starts from the NVMe store or its source.
+    public var hostWeightsBudget: UInt64
+    /// Read throughput per tier, for reload-cost estimates.
+    public var tierBandwidth: TierBandwidth
+    /// Longest a staging into host RAM may take before it is abandoned as failed.
+    public var stageTimeout: Duration
 
     public init(
         devices: [DeviceSpec],
@@ -17,7 +24,10 @@ public struct PlacerConfiguration: Sendable, Equatable {
         loadTimeout: Duration = .seconds(120),
         queueTimeout: Duration = .seconds(120),
         restartBackoffInitial: Duration = .seconds(1),
-        restartBackoffMax: Duration = .seconds(30)
+        restartBackoffMax: Duration = .seconds(30),
+        hostWeightsBudget: UInt64 = 0,
+        tierBandwidth: TierBandwidth = TierBandwidth(),
+        stageTimeout: Duration = .seconds(1800)
     ) {
         self.devices = devices
         self.models = models
@@ -25,6 +35,9 @@ public struct PlacerConfiguration: Sendable, Equatable {
         self.queueTimeout = queueTimeout
         self.restartBackoffInitial = restartBackoffInitial
         self.restartBackoffMax = restartBackoffMax
+        self.hostWeightsBudget = hostWeightsBudget
+        self.tierBandwidth = tierBandwidth
+        self.stageTimeout = stageTimeout
     }
 }
 
@@ -50,10 +63,18 @@ public struct ModelSpec: Sendable, Equatable {
     public var pinned: Bool
     /// Most requests that may wait for this model at once; the next is refused with a 503.
     public var maxQueued: Int
+    /// Size of the weight files, for reload-cost estimates and the host-weights budget.
+    public var weightBytes: UInt64
+    /// Time the runtime takes to start beyond reading its weights (estimated or measured).
+    public var startSeconds: Double
+    /// Whether this model's weights are staged into host RAM before a start; false starts the
+    /// runtime directly from the NVMe store or the source.
+    public var stagesWeights: Bool
 
     public init(
         name: String, device: String, memoryBytes: UInt64, ttl: Duration? = nil,
-        pinned: Bool = false, maxQueued: Int = 256
+        pinned: Bool = false, maxQueued: Int = 256, weightBytes: UInt64 = 0, startSeconds: Double = 1,
+        stagesWeights: Bool = false
     ) {
         self.name = name
         self.device = device
@@ -61,5 +82,8 @@ public struct ModelSpec: Sendable, Equatable {
         self.ttl = ttl
         self.pinned = pinned
         self.maxQueued = maxQueued
+        self.weightBytes = weightBytes
+        self.startSeconds = startSeconds
+        self.stagesWeights = stagesWeights
     }
 }

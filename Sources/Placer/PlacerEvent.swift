@@ -18,6 +18,16 @@ public enum PlacerEvent: Sendable, Equatable {
     case load(model: String)
     /// Operator asks for `model` to be unloaded once its in-flight requests finish.
     case unload(model: String)
+    /// Where the weights of `model` are: reported at startup after scanning the store, or when
+    /// a copy was lost. `.host` for a copy the Placer did not ask for is kept if the host-weights
+    /// budget has room for it and the model stages weights; otherwise it is released.
+    case weightsAt(model: String, tier: WeightTier)
+    /// The host copy `.stage` asked for is complete.
+    case staged(model: String)
+    /// The host copy `.stage` asked for could not be made; nothing of it is left in host RAM.
+    case stageFailed(model: String, detail: String)
+    /// Operator asks for the weights of `model` to be brought into host RAM without starting it.
+    case stageRequest(model: String)
     /// Time passed; deadlines, TTLs and backoffs are checked.
     case tick
 }
@@ -28,6 +38,11 @@ public enum PlacerAction: Sendable, Equatable {
     case stop(model: String, reason: StopReason)
     case admit(RequestID, model: String)
     case reject(RequestID, model: String, Rejection)
+    /// Bring the weights of `model` into host RAM (through the NVMe store if they are only at
+    /// the source), then answer `.staged` or `.stageFailed`.
+    case stage(model: String)
+    /// Drop the host copy of `model`, or abandon its staging; the NVMe copy stays. Idempotent.
+    case releaseWeights(model: String)
 }
 
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {

@@ -1,5 +1,6 @@
-import Placer
 import Foundation
+import Placer
+import TierStore
 import Yams
 
 extension ConfigLoader {
@@ -105,7 +106,7 @@ extension ConfigLoader {
             let map = try reader.mapping(
                 item, at: key,
                 allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
-                          "routing", "replicas"])
+                          "routing", "replicas", "sha256", "stage", "preload"])
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
             guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
@@ -136,11 +137,12 @@ extension ConfigLoader {
 
             let serving: ModelConfiguration.Serving
             var routing: RoutingPolicy?
+            var weights = WeightSource()
             let replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1
             if let upstreamsNode = map["upstreams"] {
                 try rejectFields(["replicas"], reader, map, key2, "not used with 'upstreams' (each URL is a replica)")
                 routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
-                try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin"], reader, map, key2,
+                try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin", "sha256", "stage", "preload"], reader, map, key2,
                                  "not allowed together with 'upstreams' (replicas Strata does not start)")
                 let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
                 guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
@@ -165,17 +167,22 @@ extension ConfigLoader {
                 }
                 if runtime.isManaged {
                     try rejectFields(["upstream_model"], reader, map, key2, "only for runtimes of kind upstream")
-                    guard let sourceNode = map["source"] else { throw reader.fail(key2, item, "missing key 'source' (the weights, file:///path or a path)") }
-                    let path = try modelPath(reader, sourceNode, at: "\(key2).source")
-                    if !declared {
-                        // No declared footprint: weights plus a quarter for KV cache and buffers.
-                        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
-                        memory = size + size / 4
+                    guard let sourceNode = map["source"] else {
+                        throw reader.fail(key2, item, "missing key 'source' (the weights: file:///path, a path, http(s)://… or s3://bucket/key)")
                     }
+                    weights = try weightSource(reader, sourceNode, map, at: key2)
+                    if !declared {
+                        guard !weights.isRemote else {
+                            throw reader.fail("\(key2).memory", item, "required for an http(s) or s3 source (its size is not known before it is fetched)")
+                        }
+                        // No declared footprint: weights plus a quarter for KV cache and buffers.
+                        memory = weights.bytes + weights.bytes / 4
+                    }
+                    let path = weights.isRemote ? "" : weights.source
                     let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
                     serving = .managed(runtime: runtimeName, modelPath: path, args: args)
                 } else {
-                    try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas"], reader, map, key2,
+                    try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas", "sha256", "stage", "preload"], reader, map, key2,
                                      "not used with an upstream runtime (Strata does not load it)")
                     let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
                     serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
@@ -187,9 +194,18 @@ extension ConfigLoader {
                 throw reader.fail(replicaCount > 1 ? "\(key2).replicas" : "\(key2).memory", map["memory"] ?? item,
                     "model needs \(replicaCount > 1 ? "\(replicaCount) × " : "")\(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
             }
-            models.append(ModelConfiguration(
+            var model = ModelConfiguration(
                 name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
-                ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount))
+                ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount)
+            model.source = weights.isRemote ? weights.source : (weights.source.isEmpty ? "" : "file://\(weights.source)")
+            model.sha256 = weights.sha256
+            model.weightBytes = weights.bytes
+            model.stage = try map["stage"].map { try reader.bool($0, at: "\(key2).stage") } ?? true
+            model.preload = try map["preload"].map { try reader.bool($0, at: "\(key2).preload") } ?? false
+            if model.isRemoteSource && !model.stage {
+                throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
+            }
+            models.append(model)
         }
         return models
     }
@@ -203,20 +219,49 @@ extension ConfigLoader {
         }
     }
 
-    static func modelPath(_ reader: ConfigReader, _ node: Node, at key: String) throws -> String {
-        let source = try reader.string(node, at: key)
+    struct WeightSource {
+        /// A local path, or the URL as written for remote sources.
+        var source = ""
+        var isRemote = false
+        var bytes: UInt64 = 0
+        var sha256: String?
+    }
+
+    /// `source` (file:///path, a path, http(s)://…, s3://bucket/key) and `sha256`.
+    static func weightSource(_ reader: ConfigReader, _ node: Node, _ map: [String: Node], at key: String) throws -> WeightSource {
+        var weights = WeightSource()
+        if let v = map["sha256"] {
+            let hex = try reader.string(v, at: "\(key).sha256").lowercased()
+            guard hex.count == 64, hex.allSatisfy({ $0.isHexDigit }) else {
+                throw reader.fail("\(key).sha256", v, "'\(hex)' is not a SHA-256 (64 hex digits)")
+            }
+            weights.sha256 = hex
+        }
+        let source = try reader.string(node, at: "\(key).source")
+        if source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") {
+            do {
+                _ = try RemoteLocation(parsing: source)
+            } catch {
+                throw reader.fail("\(key).source", node, "\(error)")
+            }
+            weights.source = source
+            weights.isRemote = true
+            return weights
+        }
         var path = source
         if source.hasPrefix("file://") {
             path = String(source.dropFirst("file://".count))
         } else if let scheme = source.range(of: "://") {
             let name = source[..<scheme.lowerBound]
-            throw reader.fail(key, node, "'\(source)': \(name):// sources are not supported yet (expected file:///path or a path)")
+            throw reader.fail("\(key).source", node, "'\(source)': \(name):// is not a source Strata reads (expected file:///path, a path, http(s)://… or s3://bucket/key)")
         }
         path = reader.expandTilde(path)
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
-            throw reader.fail(key, node, "'\(source)': no such file \(path)")
+            throw reader.fail("\(key).source", node, "'\(source)': no such file \(path)")
         }
-        return path
+        weights.source = path
+        weights.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
+        return weights
     }
 }

@@ -150,7 +150,7 @@ public enum ConfigLoader {
     }
 
     static func tiers(_ reader: ConfigReader, _ node: Node) throws -> TierConfiguration {
-        let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme", "engine", "queue_depth"])
+        let map = try reader.mapping(node, at: "tiers", allowed: ["host", "nvme", "remote", "engine", "queue_depth"])
         var tiers = TierConfiguration()
         func choice<T: CaseIterable & CustomStringConvertible>(_ node: Node?, at key: String) throws -> T? {
             guard let node else { return nil }
@@ -159,7 +159,9 @@ public enum ConfigLoader {
             return value
         }
         if let node = map["host"] {
-            let fields = try reader.mapping(node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction", "codec"])
+            let fields = try reader.mapping(
+                node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction", "codec", "weights_budget"])
+            if let v = fields["weights_budget"] { tiers.host.weightsBudgetBytes = try reader.size(v, at: "tiers.host.weights_budget") }
             tiers.host.codec = try choice(fields["codec"], at: "tiers.host.codec") ?? tiers.host.codec
             if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") }
             if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") }
@@ -182,6 +184,7 @@ public enum ConfigLoader {
                 tiers.nvme.segmentBytes = Int(size)
             }
         }
+        if let node = map["remote"] { tiers.remote = try remote(reader, node) }
         tiers.engine = try choice(map["engine"], at: "tiers.engine") ?? tiers.engine
         if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) }
         return tiers

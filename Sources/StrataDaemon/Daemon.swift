@@ -26,8 +26,8 @@ public enum Daemon {
         clientConfiguration.decompression = .disabled
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
 
-        let controller = ModelController(config: config, httpClient: httpClient, logger: logger)
         let tiers = TierService(configuration: config.tiers, stateDirectory: config.stateDirectory, logger: logger)
+        let controller = ModelController(config: config, httpClient: httpClient, logger: logger, tiers: tiers)
         let ready = ReadyFlag()
         let gateway = Gateway(
             configuration: GatewayConfiguration(

@@ -123,6 +123,7 @@ extension ModelController: ModelBackend {
     static func describe(_ phase: ModelPhase) -> String {
         switch phase {
         case .stopped: "stopped"
+        case .staging: "staging weights"
         case .starting: "starting"
         case .ready: "ready"
         case .draining(let reason): "draining (\(reason))"

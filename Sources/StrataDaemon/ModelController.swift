@@ -27,15 +27,22 @@ public actor ModelController {
     var placer: Placer
     var waiting: [RequestID: CheckedContinuation<String, any Error>] = [:]
     var instances: [String: Instance] = [:]
+    /// Starts decided but not yet spawned (finding the weights' file), by instance id.
+    var pendingStarts: [String: UInt64] = [:]
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1
     /// Models served by replicas Strata does not start, each with its router.
     let replicaSets: [String: ReplicaSet]
     var shuttingDown = false
+    /// The storage tiers, for staging weights (nil: runtimes open their source files).
+    let tiers: TierService?
+    /// Stagings into host RAM the Placer asked for, by Placer model name.
+    var stagingTasks: [String: (id: UInt64, task: Task<Void, Never>)] = [:]
 
-    public init(config: StrataConfiguration, httpClient: HTTPClient, logger: Logger) {
+    init(config: StrataConfiguration, httpClient: HTTPClient, logger: Logger, tiers: TierService? = nil) {
         self.config = config
+        self.tiers = tiers
         self.httpClient = httpClient
         self.logger = logger
         self.origin = clock.now
@@ -85,6 +92,10 @@ public actor ModelController {
             continuation.resume(returning: "http://127.0.0.1:\(instance.process.port)/v1")
         case .reject(let id, let model, let rejection):
             waiting.removeValue(forKey: id)?.resume(throwing: Self.gatewayError(rejection, model: model))
+        case .stage(let model):
+            beginStaging(model)
+        case .releaseWeights(let model):
+            releaseWeights(model)
         }
     }
 
@@ -146,14 +157,39 @@ public actor ModelController {
             return
         }
         guard let modelConfig = config.model(placerName: model),
-            case .managed(let runtimeName, let modelPath, let modelArgs) = modelConfig.serving,
+            case .managed(let runtimeName, let localPath, let modelArgs) = modelConfig.serving,
             let runtime = config.runtimes[runtimeName]
         else {
             send(.runtimeExited(model: model, detail: "no managed runtime configured"))
             return
         }
+        let id = nextInstanceID
+        nextInstanceID += 1
+        pendingStarts[model] = id
+        // Finding the weights' file may wait on the tiers opening, or on a copy to disk.
+        Task {
+            let path: Result<String, any Error>
+            if let found = await self.weightsPath(for: modelConfig, localPath: localPath) {
+                path = .success(found)
+            } else {
+                do { path = .success(try await self.stageToDisk(modelConfig)) } catch { path = .failure(error) }
+            }
+            self.spawn(model, id: id, runtime: runtime, modelPath: path, modelArgs: modelArgs)
+        }
+    }
+
+    private func spawn(
+        _ model: String, id: UInt64, runtime: RuntimeConfiguration, modelPath: Result<String, any Error>, modelArgs: [String]
+    ) {
+        // Stopped (unloaded, shut down) while the path was being found: nothing to start.
+        guard pendingStarts.removeValue(forKey: model) == id else { return }
+        guard !shuttingDown else {
+            send(.runtimeExited(model: model, detail: "Strata is shutting down"))
+            return
+        }
         let process: RuntimeProcess
         do {
+            let modelPath = try modelPath.get()
             let port = try RuntimeProcess.freePort()
             let argv = Self.commandLine(runtime: runtime, model: model, modelPath: modelPath, modelArgs: modelArgs, port: port)
             var environment = ProcessInfo.processInfo.environment
@@ -169,8 +205,6 @@ public actor ModelController {
             send(.runtimeExited(model: model, detail: "\(error)"))
             return
         }
-        let id = nextInstanceID
-        nextInstanceID += 1
         var instance = Instance(id: id, process: process, startedAt: clock.now)
         instance.healthTask = Task { [healthURL = "http://127.0.0.1:\(process.port)\(runtime.healthPath)"] in
             await self.pollHealth(model: model, instanceID: id, port: process.port, url: healthURL)
@@ -178,7 +212,7 @@ public actor ModelController {
         instances[model] = instance
         Task {
             let how = await process.waitForExit()
-            await self.exited(model: model, instanceID: id, how: how)
+            self.exited(model: model, instanceID: id, how: how)
         }
     }
 
@@ -263,6 +297,10 @@ public actor ModelController {
     }
 
     private func stop(_ model: String, reason: StopReason) {
+        if pendingStarts.removeValue(forKey: model) != nil {
+            send(.runtimeExited(model: model, detail: "stopped before its runtime started (\(reason))"))
+            return
+        }
         guard var instance = instances[model] else {
             send(.runtimeExited(model: model, detail: "not running"))
             return
@@ -288,6 +326,7 @@ public actor ModelController {
     /// Drives deadlines and TTLs until cancelled.
     func runTicks() async {
         await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.reportResidencyThenPreload() }
             for replicas in replicaSets.values {
                 group.addTask { [httpClient] in await replicas.runHealthChecks(httpClient: httpClient) }
             }

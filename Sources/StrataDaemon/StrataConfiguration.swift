@@ -85,7 +85,8 @@ public struct RuntimeConfiguration: Sendable, Equatable {
 
 public struct ModelConfiguration: Sendable, Equatable {
     public enum Serving: Sendable, Equatable {
-        /// Strata starts `runtime` with the weights at `modelPath`.
+        /// Strata starts `runtime` with the weights at `modelPath` (a local source file; empty
+        /// for an http(s) or s3 source, which is always staged first), or at their staged copy.
         case managed(runtime: String, modelPath: String, args: [String])
         /// Served by an upstream runtime (provider API), optionally under another model name.
         case upstream(runtime: String, upstreamModel: String?)
@@ -105,6 +106,19 @@ public struct ModelConfiguration: Sendable, Equatable {
     /// Runtime processes Strata starts for this model (managed models); requests are routed
     /// across them like upstream replicas. Each is its own Placer model, `name#i`.
     public var replicaCount = 1
+    /// Where the weights come from, as written (expanded): file:///path, a path, http(s)://, s3://.
+    public var source = ""
+    /// SHA-256 the weights must have (lowercase hex); checked when they are fetched.
+    public var sha256: String? = nil
+    /// Whether the weights are staged into host RAM (and NVMe) before the runtime starts.
+    public var stage = true
+    /// Load at start, not on the first request.
+    public var preload = false
+    /// Size of the weight file when known when the config is read (local sources).
+    public var weightBytes: UInt64 = 0
+
+    /// Whether the weights live somewhere a runtime cannot open by path.
+    public var isRemoteSource: Bool { source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") }
 
     /// The Placer's names for this model's processes.
     public var placerNames: [String] {
@@ -158,14 +172,18 @@ extension StrataConfiguration {
             devices: devices.map { DeviceSpec(name: $0.name, memoryBytes: $0.memoryBytes) },
             models: models.flatMap { model -> [ModelSpec] in
                 guard case .managed = model.serving else { return [] }
+                // Remote sources have no size until fetched: the declared memory stands in.
+                let weightBytes = model.weightBytes > 0 ? model.weightBytes : model.memoryBytes * 4 / 5
                 return model.placerNames.map {
                     ModelSpec(name: $0, device: model.device, memoryBytes: model.memoryBytes,
-                              ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued)
+                              ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued,
+                              weightBytes: weightBytes, stagesWeights: model.stage)
                 }
             },
             loadTimeout: supervisor.loadTimeout,
             queueTimeout: supervisor.queueTimeout,
             restartBackoffInitial: supervisor.restartBackoff,
-            restartBackoffMax: supervisor.restartBackoffMax)
+            restartBackoffMax: supervisor.restartBackoffMax,
+            hostWeightsBudget: tiers.host.weightsBudgetBytes)
     }
 }

@@ -12,7 +12,7 @@ import TierStore
 final class TierService: Service, TierBackend {
     enum Phase {
         case opening
-        case open(BlockStore, ObjectStore)
+        case open(BlockStore, ObjectStore, WeightStager)
         case failed(String)
         case closed
     }
@@ -21,13 +21,18 @@ final class TierService: Service, TierBackend {
     let directory: String
     let logger: Logger
     let reportInterval: Duration
+    /// Where copies of weights that do not go to host RAM are written as files (for runtimes).
+    let diskWeightsDirectory: String
     private let phase = Mutex(Phase.opening)
+    /// Resumed once the tiers are open or have failed to.
+    private let openWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
     /// Serializes policy changes, so two admin calls never interleave their read-modify-write.
     private let changes = AsyncSemaphore(permits: 1)
 
     init(configuration: TierConfiguration, stateDirectory: String, logger: Logger, reportInterval: Duration = .seconds(5)) {
         self.configuration = configuration
         self.directory = configuration.nvme.directory ?? stateDirectory + "/nvme"
+        self.diskWeightsDirectory = stateDirectory + "/weights"
         self.logger = logger
         self.reportInterval = reportInterval
     }
@@ -44,11 +49,17 @@ final class TierService: Service, TierBackend {
                 engine: engine)
             store = try await BlockStore(policy: configuration.policy, nvme: log, logger: logger)
             let objects = try await ObjectStore.open(log: log, queueDepth: min(configuration.queueDepth, 16))
-            phase.withLock { $0 = .open(store, objects) }
+            let stager = WeightStager(
+                objects: objects, remote: RemoteClient(settings: configuration.remote),
+                host: try StagedFiles(directory: configuration.host.directory),
+                disk: try StagedFiles(directory: diskWeightsDirectory), logger: logger)
+            phase.withLock { $0 = .open(store, objects, stager) }
+            resumeOpenWaiters()
             let nvme = await log.stats
             logger.info("tiers open in \(ContinuousClock.now - started): host \(ConfigUnits.formatBytes(UInt64(store.host.capacity))) arena (\(engine.name)), nvme \(directory) with \(nvme.blocks) block(s), \(ConfigUnits.formatBytes(nvme.usedBytes)) recovered, \(objects.list().count) object(s)")
         } catch {
             phase.withLock { $0 = .failed("\(error)") }
+            resumeOpenWaiters()
             logger.error("tiers could not open (\(directory)): \(error); the gateway runs without them")
             try? await gracefulShutdown()
             return
@@ -67,9 +78,33 @@ final class TierService: Service, TierBackend {
         logger.info("tiers closed")
     }
 
-    private func openStore() throws -> (BlockStore, ObjectStore) {
+    private func resumeOpenWaiters() {
+        for waiter in openWaiters.withLock({ waiters in defer { waiters.removeAll() }; return waiters }) { waiter.resume() }
+    }
+
+    /// The weight stager, once the tiers are open (waits while they open); throws when they
+    /// failed to open or are closed.
+    func stager() async throws -> WeightStager {
+        await withCheckedContinuation { continuation in
+            let opening = phase.withLock { phase -> Bool in
+                if case .opening = phase { return true }
+                return false
+            }
+            if opening {
+                openWaiters.withLock { $0.append(continuation) }
+                // The phase may have changed between the check and the append.
+                if case .opening = phase.withLock({ $0 }) { return }
+                resumeOpenWaiters()
+            } else {
+                continuation.resume()
+            }
+        }
+        return try openStore().2
+    }
+
+    private func openStore() throws -> (BlockStore, ObjectStore, WeightStager) {
         switch phase.withLock({ $0 }) {
-        case .open(let store, let objects): return (store, objects)
+        case .open(let store, let objects, let stager): return (store, objects, stager)
         case .opening:
             throw GatewayError.unavailable("The storage tiers are still opening", code: "tiers_opening", retryAfterSeconds: 1)
         case .failed(let why):
@@ -83,12 +118,12 @@ final class TierService: Service, TierBackend {
     // MARK: TierBackend
 
     func tierStatus() async throws -> Data {
-        let (store, objects) = try openStore()
+        let (store, objects, _) = try openStore()
         return try Self.encode(await TierStatus(store: store, objects: objects, directory: directory))
     }
 
     func updateTiers(_ body: Data) async throws -> Data {
-        let (store, objects) = try openStore()
+        let (store, objects, _) = try openStore()
         await changes.acquire()
         defer { changes.release() }
         let policy = try TierPolicyChange.apply(body, to: store.policy)

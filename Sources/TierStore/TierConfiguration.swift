@@ -12,10 +12,15 @@ public struct TierConfiguration: Sendable, Equatable {
         public var eviction: BlockStore.EvictionPolicy
         /// `.lz4` keeps blocks compressed in RAM when it pays (gets then copy instead of lend).
         public var codec: BlockHeader.Codec
+        /// RAM for staged weight files in `directory`, those of running models included; 0 turns
+        /// staging into RAM off (runtimes then open the source file, or a copy on disk).
+        public var weightsBudgetBytes: UInt64
 
         public init(directory: String, budgetBytes: UInt64, admission: BlockStore.Admission = .always,
-                    eviction: BlockStore.EvictionPolicy = .demote, codec: BlockHeader.Codec = .none) {
+                    eviction: BlockStore.EvictionPolicy = .demote, codec: BlockHeader.Codec = .none,
+                    weightsBudgetBytes: UInt64 = 4 << 30) {
             self.codec = codec
+            self.weightsBudgetBytes = weightsBudgetBytes
             self.directory = directory
             self.budgetBytes = budgetBytes
             self.admission = admission
@@ -43,13 +48,19 @@ public struct TierConfiguration: Sendable, Equatable {
 
     public var host: Host
     public var nvme: NVMe
+    /// How weights are fetched from HTTP and S3 sources.
+    public var remote: RemoteSettings
     /// How NVMe I/O is issued; `auto` takes io_uring where the kernel allows it.
     public var engine: IOEngineKind
     public var queueDepth: Int
 
-    public init(host: Host = Self.defaultHost, nvme: NVMe = Self.defaultNVMe, engine: IOEngineKind = .auto, queueDepth: Int = 32) {
+    public init(
+        host: Host = Self.defaultHost, nvme: NVMe = Self.defaultNVMe, remote: RemoteSettings = RemoteSettings(),
+        engine: IOEngineKind = .auto, queueDepth: Int = 32
+    ) {
         self.host = host
         self.nvme = nvme
+        self.remote = remote
         self.engine = engine
         self.queueDepth = queueDepth
     }

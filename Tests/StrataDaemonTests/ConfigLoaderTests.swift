@@ -145,7 +145,12 @@ struct ConfigLoaderTests {
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", runtime: nope } ]", key: "models[0] (a).runtime",
                          "unknown runtime 'nope'", "llama")
         Self.expectError("models: [ { name: a, source: /no/such/file.gguf } ]", key: "models[0] (a).source", "no such file")
-        Self.expectError("models: [ { name: a, source: \"s3://b/k\" } ]", key: "models[0] (a).source", "not supported yet")
+        Self.expectError("models: [ { name: a, source: \"ftp://h/k\" } ]", key: "models[0] (a).source", "ftp://", "s3://bucket/key")
+        Self.expectError("models: [ { name: a, source: \"s3://b/k\" } ]", key: "models[0] (a).memory", "required for an http(s) or s3 source")
+        Self.expectError("models: [ { name: a, source: \"s3://b/k\", memory: 1GiB, stage: false } ]", key: "models[0] (a).stage",
+                         "must be true")
+        Self.expectError("models: [ { name: a, source: \"s3:///k\", memory: 1GiB } ]", key: "models[0] (a).source", "s3:///k")
+        Self.expectError("models: [ { name: a, source: \"${MODEL}\", sha256: abc } ]", key: "models[0] (a).sha256", "64 hex digits")
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", ttl: 0s } ]", key: "models[0] (a).ttl", "longer than zero")
         Self.expectError("""
             devices: [ { name: cpu, memory: 100MiB } ]
@@ -164,6 +169,46 @@ struct ConfigLoaderTests {
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", replicas: 0 } ]", key: "models[0] (a).replicas", "'0'")
         Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], replicas: 2 } ]", key: "models[0] (a).replicas",
                          "each URL is a replica")
+    }
+
+    @Test func weightSourcesAndTheRemoteTier() throws {
+        let config = try Self.parse("""
+            tiers:
+              host: { weights_budget: 2GiB }
+              remote:
+                parallelism: 4
+                chunk_size: 4MiB
+                retries: 3
+                stall_timeout: 5s
+                part_size: 8MiB
+                s3: { endpoint: "http://127.0.0.1:9000", region: eu-west-1, access_key_env: KEY, secret_key_env: SECRET }
+            models:
+              - { name: a, source: "https://example.com/m.gguf", memory: 1GiB, sha256: "\(String(repeating: "AB", count: 32))", preload: true }
+              - { name: b, source: "${MODEL}", stage: false }
+            """, env: Self.env.merging(["KEY": "id", "SECRET": "secret"]) { $1 })
+        #expect(config.tiers.host.weightsBudgetBytes == 2 << 30)
+        let remote = config.tiers.remote
+        #expect(remote.parallelism == 4 && remote.chunkBytes == 4 << 20 && remote.retries == 3)
+        #expect(remote.stallTimeout == .seconds(5) && remote.partBytes == 8 << 20)
+        #expect(remote.s3.endpoint == "http://127.0.0.1:9000" && remote.s3.region == "eu-west-1")
+        #expect(remote.s3.accessKeyID == "id" && remote.s3.secretAccessKey == "secret")
+        let a = config.models[0], b = config.models[1]
+        #expect(a.isRemoteSource && a.source == "https://example.com/m.gguf" && a.preload && a.stage)
+        #expect(a.sha256 == String(repeating: "ab", count: 32))
+        #expect(a.serving == .managed(runtime: "llama", modelPath: "", args: []))
+        #expect(!b.stage && b.source == "file://\(Self.modelFile)" && b.weightBytes == 4000)
+        // the Placer stages only what may be staged, within the host weights budget
+        let specs = config.placerConfiguration
+        #expect(specs.hostWeightsBudget == 2 << 30)
+        #expect(specs.models.map(\.stagesWeights) == [true, false])
+        #expect(specs.models[0].weightBytes == (1 << 30) * 4 / 5 && specs.models[1].weightBytes == 4000)
+
+        Self.expectError("tiers: { remote: { chunk_size: 1000 } }", key: "tiers.remote.chunk_size", "multiple of 4KiB")
+        Self.expectError("tiers: { remote: { parallelism: 0 } }", key: "tiers.remote.parallelism")
+        Self.expectError("tiers: { remote: { part_size: 1MiB } }", key: "tiers.remote.part_size", "5MiB")
+        Self.expectError("tiers: { remote: { s3: { endpoint: \"127.0.0.1:9000\" } } }", key: "tiers.remote.s3.endpoint", "not an http(s) URL")
+        Self.expectError("tiers: { remote: { s3: { access_key_env: NOT_SET } } }", key: "tiers.remote.s3.access_key_env", "NOT_SET is not set")
+        Self.expectError("tiers: { remote: { s3: { bucket: x } } }", key: "tiers.remote.s3.bucket", "unknown key")
     }
 
     @Test func environmentExpansion() throws {

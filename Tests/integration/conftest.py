@@ -5,6 +5,7 @@ runtime it started is checked to be gone.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,7 +60,10 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = tmp
         self.config_path = tmp / "strata.yaml"
-        self.config_path.write_text(config.replace("@PORT@", str(self.port)).replace("@STATE@", str(tmp / "state")))
+        # Staged weights go to RAM; each daemon gets its own directory there, removed at teardown.
+        self.shm = Path(f"/dev/shm/strata-test-{os.getpid()}-{self.port}")
+        self.config_path.write_text(config.replace("@PORT@", str(self.port)).replace("@STATE@", str(tmp / "state"))
+                                    .replace("@SHM@", str(self.shm)))
         self.log_path = tmp / "strata.log"
         self.env = {**os.environ, "STRATA_API_KEYS": API_KEY, "STRATA_ADMIN_KEY": ADMIN_KEY, **(env or {})}
         self.proc = None
@@ -122,12 +126,15 @@ class Daemon:
         self.log.close()
         return self.proc.returncode
 
+    def remove_staged(self):
+        shutil.rmtree(self.shm, ignore_errors=True)
+
     def assert_runtimes_gone(self, timeout=10):
         for pid in self.seen_pids:
             wait_for(lambda: not pid_alive(pid), timeout, what=f"runtime pid {pid} to exit")
 
 
-def config(models: str, extra: str = "", tiers: str = "{ host: { budget: 32MiB }, nvme: { budget: 256MiB } }") -> str:
+def config(models: str, extra: str = "", tiers: str = "{ host: { budget: 32MiB, dir: @SHM@ }, nvme: { budget: 256MiB } }") -> str:
     return f"""
 listen: 127.0.0.1:@PORT@
 state_dir: @STATE@
@@ -165,6 +172,7 @@ def daemon(tmp_path_factory):
     d.admin()
     assert d.stop() == 0, d.log_path.read_text()[-3000:]
     d.assert_runtimes_gone()
+    d.remove_staged()
 
 
 @pytest.fixture
@@ -182,3 +190,4 @@ def make_daemon(tmp_path):
     for d in started:
         d.stop()
         d.assert_runtimes_gone()
+        d.remove_staged()

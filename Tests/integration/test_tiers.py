@@ -22,7 +22,7 @@ def put(d, change):
 
 
 def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
-    d = make_daemon(config(ONE_MODEL, tiers="{ host: { budget: 32MiB }, nvme: { budget: 256MiB, segment_size: 8MiB } }"))
+    d = make_daemon(config(ONE_MODEL, tiers="{ host: { budget: 32MiB, dir: @SHM@ }, nvme: { budget: 256MiB, segment_size: 8MiB } }"))
     before = wait_for(lambda: tiers(d), 20, what="/admin/tiers to answer")
     assert before["host"]["budget_bytes"] == 32 << 20 and before["host"]["capacity_bytes"] == 32 << 20
     assert before["nvme"]["budget_bytes"] == 256 << 20 and before["nvme"]["dir"].endswith("/state/nvme")
@@ -77,7 +77,7 @@ def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
 def test_tiers_that_cannot_open_leave_the_gateway_up(make_daemon, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    d = make_daemon(config(ONE_MODEL, tiers=f"{{ host: {{ budget: 16MiB }}, nvme: {{ dir: {blocker}/nvme }} }}"))
+    d = make_daemon(config(ONE_MODEL, tiers=f"{{ host: {{ budget: 16MiB, dir: @SHM@ }}, nvme: {{ dir: {blocker}/nvme }} }}"))
     def failed():
         response = d.get("/admin/tiers", headers=ADMIN)
         return response if b"tiers_failed" in response[1] else None

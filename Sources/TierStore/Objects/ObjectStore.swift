@@ -114,33 +114,67 @@ public final class ObjectStore: Sendable {
     public func importFile(
         _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
-        progress: (@Sendable (TransferProgress) -> Void)? = nil
+        progress: (@Sendable (TransferProgress) -> Void)? = nil,
+        beforeCommit: (@Sendable (ObjectInfo) async throws -> Void)? = nil
+    ) async throws -> ObjectInfo {
+        let source = try SourceFile(path: path)
+        defer { source.close() }
+        let engine = log.engine
+        return try await ingest(
+            name, size: source.size, source: source.identity, chunkSize: chunkSize,
+            read: { offset, buffer, length in
+                // O_DIRECT wants whole blocks: ask for the rounded length, the file's end cuts it short.
+                let want = (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment
+                let got = try await engine.readFully(fd: source.fd, into: buffer, range: 0..<want, at: offset)
+                guard got >= length else { throw ObjectError.sourceChanged(path: path) }
+            },
+            sink: sink, progress: progress,
+            beforeCommit: { info in
+                guard try source.identityNow() == source.identity else { throw ObjectError.sourceChanged(path: path) }
+                try await beforeCommit?(info)
+            })
+    }
+
+    /// Brings an object of `size` bytes into the store as `name`, chunk by chunk, `queueDepth`
+    /// chunks at once: `read(offset, buffer, length)` fills `buffer[0..<length]` with the bytes at
+    /// `offset` of the source (a file, a remote object); each chunk goes to `sink` (in no
+    /// particular order) and is written through to the log. Only when every chunk is in and
+    /// `beforeCommit` (a checksum, a check that the source did not change) passes are the
+    /// segments synced and the manifest committed, replacing an earlier version; an ingest cut
+    /// short or refused leaves nothing behind. Memory is bounded: `workers` (default
+    /// `queueDepth`) pooled buffers.
+    @discardableResult
+    public func ingest(
+        _ name: String, size: UInt64, source: String, chunkSize: Int = ObjectStore.defaultChunkSize, workers: Int? = nil,
+        read: @escaping @Sendable (_ offset: UInt64, _ buffer: IOBuffer, _ length: Int) async throws -> Void,
+        sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
+        progress: (@Sendable (TransferProgress) -> Void)? = nil,
+        beforeCommit: (@Sendable (ObjectInfo) async throws -> Void)? = nil
     ) async throws -> ObjectInfo {
         guard chunkSize % BlockHeader.alignment == 0, (64 << 10...64 << 20).contains(chunkSize) else {
             throw ObjectError.badChunkSize(chunkSize)
         }
-        let source = try SourceFile(path: path)
-        defer { source.close() }
-        let info = ObjectInfo(name: name, version: UInt64.random(in: 1...UInt64.max), size: source.size,
-                              chunkSize: chunkSize, source: source.identity)
+        let info = ObjectInfo(name: name, version: UInt64.random(in: 1...UInt64.max), size: size,
+                              chunkSize: chunkSize, source: source)
         let started = ContinuousClock.now
         let done = Mutex<UInt64>(0)
-        let engine = log.engine
-        _ = try await Parallel.run(workers: queueDepth, count: info.chunks) { [buffers, log] chunk in
-            let length = info.chunkLength(chunk)
-            // O_DIRECT wants whole blocks: ask for the rounded length, the file's end cuts it short.
-            let want = (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment
-            let buffer = buffers.take(atLeast: want)
-            defer { buffers.give(buffer) }
-            let got = try await engine.readFully(
-                fd: source.fd, into: buffer, range: 0..<want, at: UInt64(chunk) * UInt64(chunkSize))
-            guard got >= length else { throw ObjectError.sourceChanged(path: path) }
-            try sink?(UInt64(chunk) * UInt64(chunkSize), UnsafeRawBufferPointer(buffer[0..<length]))
-            try await log.put(info.chunkKey(chunk), from: buffer, range: 0..<length, durable: false)
-            let total = done.withLock { $0 += UInt64(length); return $0 }
-            progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
+        do {
+            _ = try await Parallel.run(workers: workers ?? queueDepth, count: info.chunks) { [buffers, log] chunk in
+                let length = info.chunkLength(chunk)
+                let offset = UInt64(chunk) * UInt64(chunkSize)
+                let buffer = buffers.take(atLeast: (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment)
+                defer { buffers.give(buffer) }
+                try await read(offset, buffer, length)
+                try sink?(offset, UnsafeRawBufferPointer(buffer[0..<length]))
+                try await log.put(info.chunkKey(chunk), from: buffer, range: 0..<length, durable: false)
+                let total = done.withLock { $0 += UInt64(length); return $0 }
+                progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
+            }
+            try await beforeCommit?(info)
+        } catch {
+            await dropChunks(of: info)   // written but never committed: give the space back now
+            throw error
         }
-        guard try source.identityNow() == source.identity else { throw ObjectError.sourceChanged(path: path) }
         try await log.sync()
         try await log.catalog.putObject(info)
         let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
@@ -188,6 +222,18 @@ public final class ObjectStore: Sendable {
         } catch let error as ObjectError {
             if case .damaged = error { try? await remove(name) }
             throw error
+        }
+    }
+
+    /// Hands the chunks of `info` (committed or still being ingested) to `body` in order, one at
+    /// a time, verified: for a checksum over the whole object without holding it in memory.
+    public func forEachChunk(of info: ObjectInfo, _ body: (UnsafeRawBufferPointer) throws -> Void) async throws {
+        let buffer = IOBuffer(count: IOBufferPool.sizeClass(info.chunkSize + 2 * BlockHeader.alignment))
+        for chunk in 0..<info.chunks {
+            guard let needed = await log.bytesNeeded(for: info.chunkKey(chunk)), needed <= buffer.count,
+                let payload = try await log.get(info.chunkKey(chunk), into: buffer), payload.count == info.chunkLength(chunk)
+            else { throw ObjectError.damaged(name: info.name, chunk: chunk) }
+            try body(UnsafeRawBufferPointer(buffer[payload]))
         }
     }
 
@@ -246,6 +292,16 @@ struct SourceFile: Sendable {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw IOError(operation: "stat \(path)", errno: errno) }
         return Self.identity(path: path, info)
+    }
+
+    /// The identity `importFile` records for the file at `path` as it is now.
+    static func identity(path: String) throws -> (identity: String, size: UInt64) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw IOError(operation: "stat \(path)", errno: errno) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw IOError(operation: "stat \(path)", errno: EINVAL, detail: "not a regular file")
+        }
+        return (identity(path: path, info), UInt64(info.st_size))
     }
 
     static func identity(path: String, _ info: stat) -> String {

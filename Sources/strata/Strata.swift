@@ -11,7 +11,7 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "One OpenAI-compatible endpoint for the models on this machine.",
-        subcommands: [Serve.self, Config.self, Status.self, Bench.self])
+        subcommands: [Serve.self, Config.self, Status.self, Stage.self, Bench.self])
 }
 
 struct Serve: AsyncParsableCommand {
@@ -82,14 +82,7 @@ struct Status: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let base: String
-        if let url {
-            base = url
-        } else {
-            let configuration = try ConfigLoader.load(path: config)
-            let host = configuration.listen.host == "0.0.0.0" ? "127.0.0.1" : configuration.listen.host
-            base = "http://\(host.contains(":") ? "[\(host)]" : host):\(configuration.listen.port)"
-        }
+        let base = try url ?? DaemonAddress.base(config: config)
         do {
             let output = try await StatusClient.fetch(
                 baseURL: base, adminKey: ProcessInfo.processInfo.environment["STRATA_ADMIN_KEY"], json: json)
@@ -103,7 +96,7 @@ struct Status: AsyncParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure parts of Strata.", subcommands: [IOBench.self, StoreBench.self])
+        abstract: "Measure parts of Strata.", subcommands: [IOBench.self, StoreBench.self, StageBench.self, ColdStartBench.self])
 }
 
 struct IOBench: AsyncParsableCommand {

@@ -1,0 +1,173 @@
+import Foundation
+import Frontend
+import Metrics
+import Placer
+import TierStore
+
+/// Carrying out the Placer's weight decisions: staging into host RAM, releasing host copies,
+/// telling the Placer what the store already holds, and the admin's staging calls.
+extension ModelController {
+    /// Tells the Placer where each model's weights are once the tiers are open, then loads the
+    /// models marked `preload` (so a preload stages through host RAM like any other start).
+    func reportResidencyThenPreload() async {
+        if let tiers, let stager = try? await tiers.stager() {
+            for model in config.models where model.stage && !model.source.isEmpty {
+                let origin = await stager.residency(of: model.name, source: model.source)
+                let tier: WeightTier = switch origin {
+                case .host: .host
+                case .nvme: .nvme
+                case .remote: .remote
+                }
+                for name in model.placerNames { send(.weightsAt(model: name, tier: tier)) }
+            }
+        }
+        for model in config.models where model.preload {
+            logger.info("preloading \(model.name)")
+            for name in model.placerNames { send(.load(model: name)) }
+        }
+    }
+
+    /// `.stage`: brings the weights into host RAM, then answers the Placer.
+    func beginStaging(_ model: String) {
+        guard let modelConfig = config.model(placerName: model), let tiers else {
+            send(.stageFailed(model: model, detail: "no storage tiers to stage into"))
+            return
+        }
+        let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: .host)
+        stagingTasks[model]?.task.cancel()
+        let id = nextInstanceID
+        nextInstanceID += 1
+        let task = Task {
+            let outcome: Result<StageResult, any Error>
+            do {
+                let stager = try await tiers.stager()
+                outcome = .success(try await stager.stage(request))
+            } catch {
+                outcome = .failure(error)
+            }
+            self.stagingEnded(model, id: id, outcome)
+        }
+        stagingTasks[model] = (id, task)
+    }
+
+    private func stagingEnded(_ model: String, id: UInt64, _ outcome: Result<StageResult, any Error>) {
+        // A staging released or replaced meanwhile is not reported: the Placer has moved on.
+        guard stagingTasks[model]?.id == id else { return }
+        stagingTasks[model] = nil
+        switch outcome {
+        case .success(let result):
+            Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", result.origin.rawValue)]).increment()
+            if result.seconds > 0 {
+                Metrics.Timer(label: "strata_staging_duration_seconds", dimensions: [("from", result.origin.rawValue)])
+                    .recordSeconds(result.seconds)
+            }
+            send(.staged(model: model))
+        case .failure(let error):
+            Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", "failed")]).increment()
+            lastError[model] = "staging failed: \(error)"
+            send(.stageFailed(model: model, detail: "staging failed: \(error)"))
+        }
+    }
+
+    /// `.releaseWeights`: drops the host copy (or abandons its staging). Replicas share one copy:
+    /// it goes only when no other replica of the model still counts on it.
+    func releaseWeights(_ model: String) {
+        stagingTasks.removeValue(forKey: model)?.task.cancel()
+        guard let modelConfig = config.model(placerName: model), let tiers else { return }
+        let siblings = modelConfig.placerNames.filter { $0 != model }
+        let shared = siblings.contains { name in
+            guard let snapshot = placer.snapshot(of: name) else { return false }
+            return snapshot.hostCopy != .absent || snapshot.phase.holdsProcessOrReservation
+        }
+        guard !shared else { return }
+        logger.info("releasing the host copy of \(modelConfig.name)'s weights")
+        Task {
+            if let stager = try? await tiers.stager() { await stager.releaseHost(modelConfig.name) }
+        }
+    }
+
+    /// The weights file a runtime for `model` opens now: the host copy when it is current,
+    /// else the local source file; nil when only a staging can provide one (remote sources).
+    func weightsPath(for model: ModelConfiguration, localPath: String) async -> String? {
+        if model.stage, let tiers, let stager = try? await tiers.stager(),
+            let path = await stager.hostCopy(of: model.name, source: model.source)
+        {
+            return path
+        }
+        return localPath.isEmpty ? nil : localPath
+    }
+
+    /// A file a runtime can open for a remote source without room in host RAM: a copy on disk.
+    func stageToDisk(_ model: ModelConfiguration) async throws -> String {
+        guard let tiers else { throw GatewayError.badGateway("no storage tiers to stage \(model.source) into") }
+        let result = try await tiers.stager().stage(
+            StageRequest(name: model.name, source: model.source, sha256: model.sha256, destination: .disk))
+        guard let path = result.path else { throw GatewayError.badGateway("staging \(model.name) to disk gave no file") }
+        return path
+    }
+
+    // MARK: Admin
+
+    public func stage(model: String, destination: String) async throws -> Data {
+        guard let modelConfig = config.model(placerName: model), case .managed = modelConfig.serving else {
+            throw GatewayError.modelNotFound(model)
+        }
+        guard let tiers else {
+            throw GatewayError(status: .notFound, type: "invalid_request_error", code: "no_tiers", message: "This daemon runs no storage tiers")
+        }
+        guard let to = StageDestination(rawValue: destination) else {
+            throw GatewayError.badRequest("to: '\(destination)' is not valid: expected host, nvme or disk", code: "invalid_stage")
+        }
+        let stager = try await tiers.stager()
+        if to == .host {
+            guard modelConfig.stage else {
+                throw GatewayError.badRequest("'\(model)' has stage: false in the config", code: "invalid_stage")
+            }
+            let name = modelConfig.placerNames[0]
+            send(.stageRequest(model: name))
+            if stagingTasks[name] == nil && placer.snapshot(of: name)?.hostCopy != .resident {
+                throw GatewayError(
+                    status: .conflict, type: "server_error", code: "host_weights_full",
+                    message: "'\(model)' does not fit the host weights budget (tiers.host.weights_budget, \(ConfigUnits.formatBytes(config.tiers.host.weightsBudgetBytes))) next to the copies of running or pinned models")
+            }
+        } else {
+            let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: to)
+            Task { _ = try? await stager.stage(request) }
+        }
+        // Give the staging a moment to register, so the answer shows it running (or done).
+        for _ in 0..<50 {
+            if let status = await stager.statuses().first(where: { $0.name == modelConfig.name }) {
+                return try JSONEncoder().encode(status)
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw GatewayError.badGateway("the staging of '\(model)' did not start")
+    }
+
+    public func stagingStatus() async throws -> Data {
+        guard let tiers else { return Data(#"{"staging":[]}"#.utf8) }
+        let statuses = await (try tiers.stager()).statuses()
+        struct List: Encodable { var staging: [StageStatus] }
+        return try JSONEncoder().encode(List(staging: statuses))
+    }
+
+    public func cancelStaging(model: String) async throws {
+        guard let tiers else { throw GatewayError.modelNotFound(model) }
+        let stager = try await tiers.stager()
+        guard await stager.statuses().contains(where: { $0.name == model && $0.state == .running }) else {
+            throw GatewayError(status: .notFound, type: "invalid_request_error", code: "no_staging",
+                               message: "No staging of '\(model)' is running")
+        }
+        await stager.cancel(model)
+    }
+}
+
+extension ModelPhase {
+    /// A process exists, or memory is reserved for one about to exist.
+    var holdsProcessOrReservation: Bool {
+        switch self {
+        case .stopped, .failed: false
+        default: true
+        }
+    }
+}

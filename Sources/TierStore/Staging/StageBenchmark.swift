@@ -1,0 +1,63 @@
+import Foundation
+
+/// `strata bench stage`: one staging of `source` timed end to end, through the same stager the
+/// daemon uses, into a store of its own in `directory`. `from: .remote` starts with neither an
+/// NVMe nor a host copy (source → NVMe + host in one pass); `from: .nvme` first makes sure the
+/// NVMe copy exists (untimed), drops the host copy, then times NVMe → host.
+public struct StageBenchmark: Sendable {
+    public struct Result: Sendable, Codable {
+        public var source: String
+        public var from: String
+        public var to: String
+        public var bytes: UInt64
+        public var seconds: Double
+        public var mib_per_s: Double
+    }
+
+    public var source: String
+    public var directory: String
+    public var hostDirectory: String
+    public var from: StageOrigin
+    public var destination: StageDestination
+    public var remote: RemoteSettings
+    public var queueDepth: Int
+    public var sha256: String?
+
+    public init(
+        source: String, directory: String, hostDirectory: String, from: StageOrigin, destination: StageDestination,
+        remote: RemoteSettings, queueDepth: Int, sha256: String?
+    ) {
+        self.source = source
+        self.directory = directory
+        self.hostDirectory = hostDirectory
+        self.from = from
+        self.destination = destination
+        self.remote = remote
+        self.queueDepth = queueDepth
+        self.sha256 = sha256
+    }
+
+    public func run(engine: any IOEngine, progress: (@Sendable (StageStatus) -> Void)? = nil) async throws -> Result {
+        let log = try await SegmentLog.open(
+            .init(directory: directory, segmentBytes: 1 << 30, budgetBytes: UInt64.max / 2), engine: engine)
+        let objects = try await ObjectStore.open(log: log, queueDepth: queueDepth)
+        let stager = WeightStager(
+            objects: objects, remote: RemoteClient(settings: remote), host: try StagedFiles(directory: hostDirectory),
+            disk: try StagedFiles(directory: directory + "/weights"), logger: .init(label: "strata.bench"))
+        let request = StageRequest(name: "bench", source: source, sha256: sha256, destination: destination)
+        await stager.releaseHost("bench")
+        try? StagedFiles(directory: directory + "/weights").remove("bench")
+        switch from {
+        case .remote:
+            try await objects.remove("bench")
+        case .nvme:
+            _ = try await stager.stage(StageRequest(name: "bench", source: source, sha256: sha256, destination: .nvme))
+        case .host:
+            _ = try await stager.stage(request)
+        }
+        let result = try await stager.stage(request, progress: progress)
+        await log.close()
+        return Result(source: source, from: result.origin.rawValue, to: destination.rawValue, bytes: result.bytes,
+                      seconds: result.seconds, mib_per_s: Double(result.bytes) / max(result.seconds, 1e-9) / 1_048_576)
+    }
+}

@@ -1,0 +1,328 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Brings a model's weights to the tier asked for: from the source (HTTP, S3, a local file)
+/// into the NVMe store and, in the same pass, into a file in a RAM-backed (or disk) directory
+/// that the runtime opens by path; or from the NVMe copy into that directory when the source
+/// has not changed since. Stagings are deduplicated by name (a second request joins the
+/// running one), cancelled when every caller has gone, bounded in memory (the object store's
+/// pooled chunk buffers) and report their progress. Nothing is published before it is whole
+/// and, when a SHA-256 is given, verified.
+public actor WeightStager {
+    public let objects: ObjectStore
+    public let remote: RemoteClient
+    public let host: StagedFiles
+    public let disk: StagedFiles
+    let logger: Logger
+    /// How often a running staging writes its progress to the log.
+    let logInterval: Duration
+
+    final class Job: Sendable {
+        let request: StageRequest
+        let status: Mutex<StageStatus>
+        let task: Mutex<Task<StageResult, any Error>?> = Mutex(nil)
+        let callers = Mutex(0)
+        init(request: StageRequest) {
+            self.request = request
+            status = Mutex(StageStatus(
+                name: request.name, source: request.source, destination: request.destination, origin: nil,
+                state: .running, bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, secondsLeft: nil,
+                elapsedSeconds: 0, path: nil, error: nil))
+        }
+    }
+
+    private var running: [String: Job] = [:]
+    private var finished: [String: StageStatus] = [:]
+
+    public init(
+        objects: ObjectStore, remote: RemoteClient, host: StagedFiles, disk: StagedFiles, logger: Logger,
+        logInterval: Duration = .seconds(2)
+    ) {
+        self.objects = objects
+        self.remote = remote
+        self.host = host
+        self.disk = disk
+        self.logger = logger
+        self.logInterval = logInterval
+    }
+
+    /// Stages `request`, joining a staging of the same name already under way. `progress`
+    /// sees the status after every chunk. Cancelling the calling task leaves the staging to
+    /// the other callers, and cancels it when none is left.
+    public func stage(
+        _ request: StageRequest, progress: (@Sendable (StageStatus) -> Void)? = nil
+    ) async throws -> StageResult {
+        while let other = running[request.name], other.request != request {
+            // A different request for the same object: let it finish (its work is likely ours).
+            _ = try? await other.task.withLock { $0 }?.value
+        }
+        let job: Job
+        if let existing = running[request.name] {
+            job = existing
+        } else {
+            job = Job(request: request)
+            running[request.name] = job
+            job.task.withLock {
+                $0 = Task { [weak self] in
+                    guard let self else { throw CancellationError() }
+                    return try await self.run(job)
+                }
+            }
+        }
+        job.callers.withLock { $0 += 1 }
+        let task = job.task.withLock { $0! }
+        let watcher = progress.map { report in
+            Task {
+                while !Task.isCancelled {
+                    report(job.status.withLock { $0 })
+                    try? await Task.sleep(for: .milliseconds(250))
+                }
+            }
+        }
+        defer { watcher?.cancel() }
+        let result = await withTaskCancellationHandler {
+            await task.result
+        } onCancel: {
+            if job.callers.withLock({ $0 -= 1; return $0 }) == 0 { task.cancel() }
+        }
+        if Task.isCancelled == false { job.callers.withLock { $0 -= 1 } }
+        progress?(job.status.withLock { $0 })
+        return try result.get()
+    }
+
+    /// Cancels the staging of `name` for every caller.
+    public func cancel(_ name: String) {
+        running[name]?.task.withLock { $0 }?.cancel()
+    }
+
+    /// Running stagings, then the last result of each finished one.
+    public func statuses() -> [StageStatus] {
+        running.values.map { $0.status.withLock { $0 } }.sorted { $0.name < $1.name }
+            + finished.values.filter { running[$0.name] == nil }.sorted { $0.name < $1.name }
+    }
+
+    /// Drops `name`'s copy in the RAM-backed directory (the NVMe copy stays).
+    public func releaseHost(_ name: String) {
+        host.remove(name)
+    }
+
+    /// `name`'s complete copy in the RAM-backed directory, if it is of the current version of
+    /// `source`: checked for local files (a stat); for HTTP and S3 sources any copy counts
+    /// (asking the network on every start would make an unreachable source stop it).
+    public func hostCopy(of name: String, source: String) -> String? {
+        guard case .file(let path)? = try? RemoteLocation(parsing: source) else { return host.path(of: name) }
+        guard let current = try? SourceFile.identity(path: path) else { return nil }
+        return host.path(of: name, identity: current.identity)
+    }
+
+    /// The fastest tier holding a current copy of `name` (by the same rule as `hostCopy`).
+    public func residency(of name: String, source: String) -> StageOrigin {
+        if hostCopy(of: name, source: source) != nil { return .host }
+        guard let stored = objects.info(name) else { return .remote }
+        if case .file(let path)? = try? RemoteLocation(parsing: source) {
+            return (try? SourceFile.identity(path: path).identity) == stored.source ? .nvme : .remote
+        }
+        return .nvme
+    }
+
+    // MARK: The work
+
+    private func run(_ job: Job) async throws -> StageResult {
+        let started = ContinuousClock.now
+        let request = job.request
+        do {
+            let result = try await transfer(job, started: started)
+            job.status.withLock {
+                $0.state = .done
+                $0.origin = result.origin
+                $0.path = result.path
+                $0.bytesDone = result.bytes
+                $0.bytesTotal = result.bytes
+                $0.elapsedSeconds = result.seconds
+                $0.secondsLeft = 0
+            }
+            if result.seconds > 0 {
+                logger.info("staged \(request.name) to \(request.destination.rawValue) from \(result.origin.rawValue): \(result.bytes) bytes in \(String(format: "%.2f", result.seconds)) s (\(String(format: "%.0f", Double(result.bytes) / result.seconds / 1_048_576)) MiB/s)")
+            } else {
+                logger.debug("\(request.name) already in \(request.destination.rawValue) (\(result.identity))")
+            }
+            retire(job)
+            return result
+        } catch {
+            let cancelled = error is CancellationError || Task.isCancelled
+            job.status.withLock {
+                $0.state = cancelled ? .cancelled : .failed
+                $0.error = cancelled ? "cancelled" : "\(error)"
+                $0.elapsedSeconds = (ContinuousClock.now - started).seconds
+            }
+            if cancelled {
+                logger.notice("staging \(request.name) cancelled")
+            } else {
+                logger.error("staging \(request.name) from \(request.source) failed: \(error)")
+            }
+            retire(job)
+            throw cancelled ? CancellationError() : error
+        }
+    }
+
+    private func retire(_ job: Job) {
+        if running[job.request.name] === job { running[job.request.name] = nil }
+        finished[job.request.name] = job.status.withLock { $0 }
+    }
+
+    private func transfer(_ job: Job, started: ContinuousClock.Instant) async throws -> StageResult {
+        let request = job.request
+        let location = try RemoteLocation(parsing: request.source)
+        let files: StagedFiles? = switch request.destination {
+        case .host: host
+        case .disk: disk
+        case .nvme: nil
+        }
+        let stored = objects.info(request.name)
+
+        // Which version is current at the source? An unreachable source does not stop a start
+        // from a copy already here.
+        let current: (identity: String, size: UInt64, object: RemoteObject?)
+        do {
+            current = try await Self.describe(location, remote: remote)
+        } catch {
+            if let stored, let files, let path = files.path(of: request.name, identity: stored.source) {
+                logger.warning("source of \(request.name) unreachable (\(error)); using the copy staged from \(stored.source)")
+                return StageResult(path: path, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
+            }
+            if let stored {
+                logger.warning("source of \(request.name) unreachable (\(error)); using the NVMe copy of \(stored.source)")
+                return try await fromNVMe(job, stored, into: files, started: started)
+            }
+            throw error
+        }
+
+        if let files, let path = files.path(of: request.name, identity: current.identity) {
+            return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
+        }
+        if let stored, stored.source == current.identity {
+            if files == nil {
+                return StageResult(path: nil, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
+            }
+            return try await fromNVMe(job, stored, into: files, started: started)
+        }
+        return try await fromSource(job, location, current: current, into: files, started: started)
+    }
+
+    private func fromNVMe(_ job: Job, _ stored: ObjectInfo, into files: StagedFiles?, started: ContinuousClock.Instant)
+        async throws -> StageResult
+    {
+        job.status.withLock { $0.origin = .nvme; $0.bytesTotal = stored.size }
+        guard let files else {
+            return StageResult(path: nil, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
+        }
+        let writer = try files.begin(stored.name, fileName: Self.fileName(stored.source), size: stored.size)
+        defer { writer.abandon() }
+        try await objects.read(stored.name, into: writer.bytes, progress: tracker(job))
+        let path = try writer.commit(identity: stored.source)
+        return StageResult(path: path, origin: .nvme, bytes: stored.size, seconds: (ContinuousClock.now - started).seconds,
+                           identity: stored.source)
+    }
+
+    private func fromSource(
+        _ job: Job, _ location: RemoteLocation, current: (identity: String, size: UInt64, object: RemoteObject?),
+        into files: StagedFiles?, started: ContinuousClock.Instant
+    ) async throws -> StageResult {
+        let request = job.request
+        job.status.withLock { $0.origin = .remote; $0.bytesTotal = current.size }
+        let writer = try files?.begin(request.name, fileName: Self.fileName(location.description), size: current.size)
+        defer { writer?.abandon() }
+        var sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)?
+        if let writer {
+            sink = { @Sendable offset, bytes in writer.write(bytes, at: offset) }
+        }
+        let verify: @Sendable (ObjectInfo) async throws -> Void = { [objects] info in
+            guard let expected = request.sha256 else { return }
+            var digest = SHA256Digest()
+            if let writer {
+                digest.update(UnsafeRawBufferPointer(writer.bytes))
+            } else {
+                try await objects.forEachChunk(of: info) { digest.update($0) }
+            }
+            let actual = digest.finalize()
+            guard actual == expected else {
+                throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged")
+            }
+        }
+        switch (location, current.object) {
+        case (.file(let path), _):
+            try await objects.importFile(request.name, path: path, sink: sink, progress: tracker(job), beforeCommit: verify)
+        case (_, let object?):
+            let remote = self.remote
+            try await objects.ingest(
+                request.name, size: current.size, source: current.identity, chunkSize: remote.settings.chunkBytes,
+                workers: remote.settings.parallelism,
+                read: { offset, buffer, length in
+                    try await remote.read(object, range: offset..<offset + UInt64(length), into: buffer[0..<length])
+                },
+                sink: sink, progress: tracker(job), beforeCommit: verify)
+        default:
+            throw StageError(name: request.name, message: "no description of \(location)")
+        }
+        let path = try writer?.commit(identity: current.identity)
+        return StageResult(path: path, origin: .remote, bytes: current.size, seconds: (ContinuousClock.now - started).seconds,
+                           identity: current.identity)
+    }
+
+    /// Progress into the job's status, and a log line every `logInterval`.
+    private func tracker(_ job: Job) -> @Sendable (TransferProgress) -> Void {
+        let lastLog = Mutex(ContinuousClock.now)
+        let interval = logInterval
+        let logger = logger
+        return { progress in
+            let status = job.status.withLock {
+                $0.bytesDone = progress.bytesDone
+                $0.bytesTotal = progress.bytesTotal
+                $0.bytesPerSecond = progress.bytesPerSecond
+                $0.secondsLeft = progress.secondsLeft
+                $0.elapsedSeconds = progress.elapsed.seconds
+                return $0
+            }
+            let due = lastLog.withLock { last in
+                guard ContinuousClock.now - last >= interval else { return false }
+                last = .now
+                return true
+            }
+            if due {
+                logger.info("staging \(status.name) from \(status.origin?.rawValue ?? "?"): \(status.bytesDone >> 20)/\(status.bytesTotal >> 20) MiB, \(String(format: "%.0f", status.bytesPerSecond / 1_048_576)) MiB/s, ETA \(status.secondsLeft.map { String(format: "%.0f s", $0) } ?? "?")")
+            }
+        }
+    }
+
+    /// Size and version of the source as it is now.
+    static func describe(_ location: RemoteLocation, remote: RemoteClient) async throws
+        -> (identity: String, size: UInt64, object: RemoteObject?)
+    {
+        switch location {
+        case .file(let path):
+            let (identity, size) = try SourceFile.identity(path: path)
+            return (identity, size, nil)
+        default:
+            let object = try await remote.stat(location)
+            return (object.identity, object.size, object)
+        }
+    }
+
+    /// The staged file's name: the source's last path component (runtimes look at extensions).
+    static func fileName(_ source: String) -> String {
+        var text = source
+        if let query = text.firstIndex(where: { $0 == "?" || $0 == "#" }) { text = String(text[..<query]) }
+        if text.hasPrefix("file:") { text = String(text.dropFirst(5)) }
+        if let space = text.firstIndex(of: " ") { text = String(text[..<space]) }   // a file identity: "file:PATH size=…"
+        let last = text.split(separator: "/").last.map(String.init) ?? ""
+        return last.isEmpty || last == "." || last == ".." ? "weights.bin" : last
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,205 @@
+import Testing
+@testable import Placer
+
+/// Host staging of weights and eviction by expected reload cost, as tables of events and the
+/// exact actions expected.
+struct PlacerWeightsTableTests {
+    static let mib: UInt64 = 1 << 20
+
+    static func placer(
+        deviceMiB: UInt64 = 10_000, hostMiB: UInt64 = 1000, models: [ModelSpec]
+    ) -> Placer {
+        Placer(configuration: PlacerConfiguration(
+            devices: [DeviceSpec(name: "gpu", memoryBytes: deviceMiB * mib)], models: models,
+            loadTimeout: .seconds(30), queueTimeout: .seconds(20),
+            restartBackoffInitial: .seconds(1), restartBackoffMax: .seconds(8),
+            hostWeightsBudget: hostMiB * mib, stageTimeout: .seconds(10)))
+    }
+
+    static func model(
+        _ name: String, memoryMiB: UInt64 = 100, weightsMiB: UInt64, startSeconds: Double = 1,
+        ttl: Duration? = nil, pinned: Bool = false, stages: Bool = true
+    ) -> ModelSpec {
+        ModelSpec(name: name, device: "gpu", memoryBytes: memoryMiB * mib, ttl: ttl, pinned: pinned,
+                  weightBytes: weightsMiB * mib, startSeconds: startSeconds, stagesWeights: stages)
+    }
+
+    @Test func weightsAreStagedThenTheRuntimeStarts() {
+        var p = Self.placer(models: [Self.model("a", memoryMiB: 400, weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .request(2, model: "a"), []),
+            (.seconds(1), .tick, []),
+        ])
+        #expect(p.snapshot(of: "a")?.phase == .staging(since: .zero))
+        #expect(p.snapshot(of: "a")?.phase.publicStatus == "loading")
+        #expect(p.snapshot(of: "a")?.hostCopy == .staging(since: .zero))
+        #expect(p.hostWeightsUsedBytes == 300 * Self.mib)
+        #expect(p.deviceSnapshots.first?.usedBytes == 400 * Self.mib, "the device reservation holds while staging")
+        PlacerTableTests.run(&p, [
+            (.seconds(2), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(3), .runtimeReady(model: "a"), [.admit(1, model: "a"), .admit(2, model: "a")]),
+        ])
+        #expect(p.snapshot(of: "a")?.weights == .host)
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+    }
+
+    @Test func stageFailureRejectsWaitersAndBacksOffAndTimeoutReleases() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .stageFailed(model: "a", detail: "remote returned 404"),
+             [.reject(1, model: "a", .runtimeFailed(detail: "remote returned 404"))]),
+            // backoff 1 s
+            (.milliseconds(1500), .request(2, model: "a"), []),
+            (.seconds(2), .tick, [.stage(model: "a")]),
+            // stageTimeout 10 s: abandoned, cleaned up, and a failure like any other (backoff 2 s)
+            (.seconds(12), .tick,
+             [.releaseWeights(model: "a"),
+              .reject(2, model: "a", .runtimeFailed(detail: "weights not staged within \(Duration.seconds(10))"))]),
+            // a reply to the abandoned staging: make sure it is gone
+            (.seconds(13), .staged(model: "a"), [.releaseWeights(model: "a")]),
+        ])
+        #expect(p.snapshot(of: "a")?.phase == .failed(
+            retryAt: .seconds(14), detail: "weights not staged within \(Duration.seconds(10))"))
+        #expect(p.snapshot(of: "a")?.hostCopy == .absent)
+        #expect(p.hostWeightsUsedBytes == 0)
+    }
+
+    @Test func hostCopyOutlivesTheRuntimeAndTheNextStartSkipsStaging() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300, ttl: .seconds(60))])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(2), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            (.seconds(3), .finished(1), []),
+            (.seconds(63), .tick, [.stop(model: "a", reason: .idle)]),
+            (.seconds(64), .runtimeExited(model: "a", detail: ""), []),
+        ])
+        #expect(p.snapshot(of: "a")?.phase == .stopped)
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+        #expect(p.hostWeightsUsedBytes == 300 * Self.mib)
+        PlacerTableTests.run(&p, [
+            (.seconds(65), .request(2, model: "a"), [.start(model: "a")]),
+            (.seconds(66), .runtimeReady(model: "a"), [.admit(2, model: "a")]),
+        ])
+    }
+
+    @Test func roomIsMadeByReleasingTheCopyWithTheLowestExpectedLoss() {
+        // y is used more recently than x, but x is far dearer to bring back (slow to start),
+        // so y's copy goes; p (pinned) and r (running) are never candidates.
+        var p = Self.placer(models: [
+            Self.model("p", weightsMiB: 300, pinned: true),
+            Self.model("r", weightsMiB: 300),
+            Self.model("x", weightsMiB: 300, startSeconds: 20),
+            Self.model("y", weightsMiB: 100),
+            Self.model("n", weightsMiB: 100),
+        ])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .stageRequest(model: "p"), [.stage(model: "p")]),
+            (.seconds(0), .staged(model: "p"), []),
+            (.seconds(0), .stageRequest(model: "x"), [.stage(model: "x")]),
+            (.seconds(0), .staged(model: "x"), []),
+            (.seconds(100), .stageRequest(model: "y"), [.stage(model: "y")]),
+            (.seconds(100), .staged(model: "y"), []),
+            (.seconds(100), .request(1, model: "r"), [.stage(model: "r")]),
+            (.seconds(100), .staged(model: "r"), [.start(model: "r")]),
+            (.seconds(101), .runtimeReady(model: "r"), [.admit(1, model: "r")]),
+        ])
+        #expect(p.hostWeightsUsedBytes == 1000 * Self.mib)
+        // x: (300 MiB / 1.5 GB/s + 20 s) / (200 s + 1) ≈ 0.100; y: (100 MiB / 1.5 GB/s + 1 s) / (100 s + 1) ≈ 0.011
+        PlacerTableTests.run(&p, [
+            (.seconds(200), .request(2, model: "n"), [.releaseWeights(model: "y"), .stage(model: "n")]),
+        ])
+        #expect(p.snapshot(of: "y")?.hostCopy == .absent)
+        #expect(p.snapshot(of: "y")?.weights == .nvme)
+        for name in ["p", "r", "x"] { #expect(p.snapshot(of: name)?.hostCopy == .resident) }
+        #expect(p.hostWeightsUsedBytes == 1000 * Self.mib)
+    }
+
+    @Test func stagingIsSkippedWhenRunningModelsHoldTheHostBudget() {
+        var p = Self.placer(hostMiB: 500, models: [
+            Self.model("a", weightsMiB: 400),
+            Self.model("b", weightsMiB: 300),
+        ])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(2), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            // a's copy is in use: b starts from the slower tier rather than wait
+            (.seconds(3), .request(2, model: "b"), [.start(model: "b")]),
+            (.seconds(4), .runtimeReady(model: "b"), [.admit(2, model: "b")]),
+        ])
+        #expect(p.snapshot(of: "b")?.hostCopy == .absent)
+        #expect(p.snapshot(of: "b")?.weights == .nvme)
+        #expect(p.hostWeightsUsedBytes == 400 * Self.mib)
+    }
+
+    @Test func evictionKeepsABigRecentlyUsedModelOverASmallIdleOne() {
+        var p = Self.placer(deviceMiB: 1000, models: [
+            Self.model("big", memoryMiB: 500, weightsMiB: 6000, stages: false),
+            Self.model("small", memoryMiB: 300, weightsMiB: 100, stages: false),
+            Self.model("c", memoryMiB: 400, weightsMiB: 100, stages: false),
+        ])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "big"), [.start(model: "big")]),
+            (.seconds(0), .request(2, model: "small"), [.start(model: "small")]),
+            (.seconds(1), .runtimeReady(model: "big"), [.admit(1, model: "big")]),
+            (.seconds(1), .runtimeReady(model: "small"), [.admit(2, model: "small")]),
+            (.seconds(40), .finished(1), []),   // big idle since 40
+            (.seconds(50), .finished(2), []),   // small idle since 50: least-recently-used would pick big
+            // big: (6000 MiB / 1.5 GB/s + 1 s) / 21 ≈ 0.25; small: (100 MiB / 1.5 GB/s + 1 s) / 11 ≈ 0.10
+            (.seconds(60), .request(3, model: "c"), [.stop(model: "small", reason: .evicted(forModel: "c"))]),
+        ])
+    }
+
+    @Test func stageRequestStagesWithoutStarting() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300), Self.model("plain", weightsMiB: 300, stages: false)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .stageRequest(model: "plain"), []),
+            (.seconds(0), .stageRequest(model: "a"), [.stage(model: "a")]),
+            (.seconds(0), .stageRequest(model: "a"), []),
+            (.seconds(1), .staged(model: "a"), []),
+        ])
+        #expect(p.snapshot(of: "a")?.phase == .stopped)
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+        PlacerTableTests.run(&p, [(.seconds(2), .request(1, model: "a"), [.start(model: "a")])])
+    }
+
+    @Test func requestDuringRequestedStagingWaitsForItWithoutAnotherStage() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .stageRequest(model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .request(1, model: "a"), []),
+            (.seconds(2), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(3), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+        ])
+    }
+
+    @Test func unloadDuringStagingStopsAndTheLateCopyIsKept() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .load(model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .unload(model: "a"), []),
+            (.seconds(2), .staged(model: "a"), []),
+        ])
+        #expect(p.snapshot(of: "a")?.phase == .stopped)
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+        #expect(p.deviceSnapshots.first?.usedBytes == 0)
+    }
+
+    @Test func reportedCopiesAreAdoptedWithinTheBudgetAndLostCopiesForgotten() {
+        var p = Self.placer(hostMiB: 500, models: [Self.model("a", weightsMiB: 300), Self.model("b", weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .weightsAt(model: "a", tier: .host), []),
+            // no room left for b's: released, its NVMe copy stays
+            (.seconds(0), .weightsAt(model: "b", tier: .host), [.releaseWeights(model: "b")]),
+        ])
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+        #expect(p.snapshot(of: "b")?.weights == .nvme)
+        PlacerTableTests.run(&p, [(.seconds(1), .weightsAt(model: "a", tier: .remote), [])])
+        #expect(p.snapshot(of: "a")?.hostCopy == .absent)
+        #expect(p.snapshot(of: "a")?.weights == .remote)
+        #expect(p.hostWeightsUsedBytes == 0)
+    }
+}

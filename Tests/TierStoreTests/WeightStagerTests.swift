@@ -1,0 +1,168 @@
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+import Testing
+@testable import TierStore
+
+/// The weight stager on a real store (io_uring log, RAM-backed directory): source → NVMe + host
+/// in one pass, NVMe → host, deduplication, cancellation, checksums, a changed source, an
+/// unreachable one. (HTTP and S3 sources are exercised against nginx and moto in the
+/// integration tests.)
+struct WeightStagerTests {
+    struct Fixture {
+        let dir: String
+        let engine: any IOEngine
+        let log: SegmentLog
+        let objects: ObjectStore
+        let stager: WeightStager
+        let host: StagedFiles
+
+        static func make() async throws -> Fixture {
+            let dir = SegmentLogTests.directory()
+            let engine = try IOEngineKind.auto.make(queueDepth: 16)
+            let log = try await SegmentLog.open(.init(directory: dir + "/nvme", segmentBytes: 16 << 20), engine: engine)
+            let objects = try await ObjectStore.open(log: log, queueDepth: 4)
+            let host = try StagedFiles(directory: "/dev/shm/strata-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            let stager = WeightStager(
+                objects: objects, remote: RemoteClient(settings: RemoteSettings()), host: host,
+                disk: try StagedFiles(directory: dir + "/weights"), logger: Logger(label: "test"))
+            return Fixture(dir: dir, engine: engine, log: log, objects: objects, stager: stager, host: host)
+        }
+
+        func close() async {
+            await log.close()
+            engine.shutdown()
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: host.directory)
+        }
+
+        func source(size: Int, seed: UInt64) throws -> (String, [UInt8]) {
+            try ObjectStoreTests.sourceFile(dir, size: size, seed: seed)
+        }
+    }
+
+    static func sha256(_ bytes: [UInt8]) -> String {
+        var digest = SHA256Digest()
+        bytes.withUnsafeBytes { digest.update($0) }
+        return digest.finalize()
+    }
+
+    @Test func stagesFromSourceThenFromNVMeThenFindsTheHostCopy() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 3 * (8 << 20) + 777, seed: 11)
+        let request = StageRequest(name: "m", source: "file://\(path)", sha256: Self.sha256(bytes))
+
+        let first = try await f.stager.stage(request)
+        #expect(first.origin == .remote && first.bytes == UInt64(bytes.count))
+        #expect(first.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        #expect(first.path?.hasPrefix(f.host.directory) == true && first.path?.hasSuffix(".gguf") == true)
+        #expect(f.objects.info("m")?.size == UInt64(bytes.count), "written through to NVMe in the same pass")
+
+        // a host copy that exists is used as it is
+        let again = try await f.stager.stage(request)
+        #expect(again.origin == .host && again.path == first.path)
+
+        // without the host copy, it comes back from NVMe, byte-identical
+        await f.stager.releaseHost("m")
+        #expect(await f.stager.hostCopy(of: "m", source: request.source) == nil)
+        #expect(await f.stager.residency(of: "m", source: request.source) == .nvme)
+        let fromNVMe = try await f.stager.stage(request)
+        #expect(fromNVMe.origin == .nvme)
+        #expect(fromNVMe.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        #expect(await f.stager.residency(of: "m", source: request.source) == .host)
+        let statuses = await f.stager.statuses()
+        #expect(statuses.map(\.state) == [.done] && statuses.first?.bytesDone == UInt64(bytes.count))
+    }
+
+    @Test func aChangedSourceIsFetchedAgainAndAStaleCopyIsNotServed() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, _) = try f.source(size: 1 << 20, seed: 1)
+        let request = StageRequest(name: "m", source: path)
+        _ = try await f.stager.stage(request)
+        // rewrite the source: same path, other bytes and size
+        let replacement = IOEngineContractTests.pattern(2 << 20, seed: 99)
+        try Data(replacement).write(to: URL(fileURLWithPath: path))
+        #expect(await f.stager.hostCopy(of: "m", source: request.source) == nil, "the copy is of the old version")
+        #expect(await f.stager.residency(of: "m", source: request.source) == .remote)
+        let restaged = try await f.stager.stage(request)
+        #expect(restaged.origin == .remote)
+        #expect(restaged.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == replacement)
+    }
+
+    @Test func aWrongChecksumPublishesNothing() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 2 << 20, seed: 3)
+        let wrong = String(repeating: "ab", count: 32)
+        await #expect(throws: StageError.self) {
+            _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: wrong))
+        }
+        #expect(f.host.path(of: "m") == nil && f.objects.info("m") == nil)
+        #expect(await f.log.stats.blocks == 0, "chunks of a refused object are dropped")
+        let hidden = try FileManager.default.contentsOfDirectory(atPath: f.host.directory)
+        #expect(hidden.isEmpty, "no temporary copy is left behind: \(hidden)")
+        let status = await f.stager.statuses().first
+        #expect(status?.state == .failed && status?.error?.contains(Self.sha256(bytes)) == true)
+        // NVMe-only staging verifies by reading the chunks back
+        await #expect(throws: StageError.self) {
+            _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: wrong, destination: .nvme))
+        }
+        #expect(f.objects.info("m") == nil)
+        _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: Self.sha256(bytes), destination: .nvme))
+        #expect(f.objects.info("m") != nil && f.host.path(of: "m") == nil)
+    }
+
+    @Test func concurrentRequestsShareOneTransferAndCancellingTheLastCallerStopsIt() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 24 << 20, seed: 5)
+        let request = StageRequest(name: "m", source: path)
+        async let a = f.stager.stage(request)
+        async let b = f.stager.stage(request)
+        let (ra, rb) = try await (a, b)
+        #expect(ra.path == rb.path && ra.origin == .remote && rb.origin == .remote, "one transfer, both callers answered by it")
+        #expect(ra.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+
+        // a lone caller that goes away takes the staging with it
+        await f.stager.releaseHost("m")
+        try await f.objects.remove("m")
+        let task = Task { try await f.stager.stage(request) }
+        task.cancel()
+        let outcome = await task.result
+        #expect(throws: CancellationError.self) { try outcome.get() }
+        #expect(f.host.path(of: "m") == nil && f.objects.info("m") == nil)
+        #expect(await f.stager.statuses().first?.state == .cancelled)
+    }
+
+    @Test func anUnreachableSourceFallsBackToTheStoredCopy() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 1 << 20, seed: 8)
+        _ = try await f.stager.stage(StageRequest(name: "m", source: path))
+        await f.stager.releaseHost("m")
+        try FileManager.default.removeItem(atPath: path)
+        let result = try await f.stager.stage(StageRequest(name: "m", source: path))
+        #expect(result.origin == .nvme)
+        #expect(result.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        // with no copy anywhere, the error says what is missing
+        await #expect(throws: (any Error).self) {
+            _ = try await f.stager.stage(StageRequest(name: "other", source: path))
+        }
+    }
+
+    @Test func badSourcesAreRefusedWithTheReason() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        for source in ["ftp://host/x.gguf", "relative/path.gguf", ""] {
+            do {
+                _ = try await f.stager.stage(StageRequest(name: "m", source: source))
+                Issue.record("\(source) was accepted")
+            } catch let error as RemoteError {
+                #expect(error.code == .badLocation && "\(error)".contains(source.isEmpty ? "empty" : source), "\(error)")
+            }
+        }
+    }
+}

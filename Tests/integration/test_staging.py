@@ -1,0 +1,169 @@
+"""Weights staged into host RAM before a runtime starts: from a local file, from nginx through a
+proxy that resets, stalls and answers 503, and from moto's S3; byte-identical every time, kept in
+RAM after an unload, refused whole when the checksum is wrong, cancelled from the command line."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ADMIN_KEY, MODEL, STRATA, config, wait_for
+from origins import FaultProxy, MotoS3, Nginx
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SHA = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+
+
+def staging(d) -> dict:
+    status, body, _ = d.get("/admin/staging", headers=ADMIN)
+    assert status == 200, body
+    return {s["name"]: s for s in json.loads(body)["staging"]}
+
+
+def staged_file(d, name="smollm2") -> Path | None:
+    home = d.shm / name
+    files = [p for p in home.glob("*") if p.name != "identity"] if home.exists() else []
+    return files[0] if files else None
+
+
+def stage_cli(d, model="smollm2", *extra, timeout=120):
+    return subprocess.run([str(STRATA), "stage", model, "--url", d.url, *extra], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "STRATA_ADMIN_KEY": ADMIN_KEY})
+
+
+def runtime_model_path(d) -> str:
+    pid = d.model("smollm2")["pid"]
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return argv[argv.index(b"--model") + 1].decode()
+
+
+def chat(d):
+    status, body, _ = d.request("POST", "/v1/chat/completions", body=CHAT,
+                                headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"},
+                                timeout=120)
+    return status, json.loads(body)
+
+
+def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon):
+    d = make_daemon(config(f'  - {{ name: smollm2, source: "file://{MODEL}", memory: 400MiB, sha256: "{SHA}" }}'))
+    status, body = chat(d)
+    assert status == 200, body
+    copy = staged_file(d)
+    assert copy is not None and copy.read_bytes() == MODEL.read_bytes()
+    assert runtime_model_path(d) == str(copy), "the runtime must open the copy in RAM"
+    first = staging(d)["smollm2"]
+    assert first["state"] == "done" and first["origin"] == "remote" and first["bytes_total"] == MODEL.stat().st_size
+
+    # unloaded: the copy stays in RAM, and the next start uses it without staging again
+    assert d.request("POST", "/admin/models/smollm2/unload", headers=ADMIN)[0] == 202
+    wait_for(lambda: d.model("smollm2")["status"] == "stopped", 30, what="unload")
+    assert staged_file(d) == copy
+    status, body = chat(d)
+    assert status == 200, body
+    assert staging(d)["smollm2"] == first, "a second start must not stage again"
+    log = d.log_path.read_text()
+    assert log.count("staged smollm2 to host") == 1, log[-3000:]
+
+    # after a restart the copy is found again and used as it is
+    assert d.stop() == 0
+    d.start()
+    wait_for(lambda: d.model("smollm2") is not None, 10)
+    status, body = chat(d)
+    assert status == 200, body
+    assert runtime_model_path(d) == str(copy)
+    assert "smollm2" not in staging(d), "the restart staged again"
+
+
+def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon, tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx, FaultProxy(nginx.url, seed=3, faults={
+            "reset_every": 3, "reset_after_bytes": 1_500_000,
+            "status_503_every": 4,
+            "stall_every": 5, "stall_after_bytes": 200_000, "stall_seconds": 3}) as proxy:
+        d = make_daemon(config(
+            f'  - {{ name: smollm2, source: "{proxy.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}',
+            tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
+                  " remote: { parallelism: 4, chunk_size: 4MiB, retries: 8, stall_timeout: 1s } }"))
+        result = stage_cli(d, "smollm2", "--json")
+        assert result.returncode == 0, result.stderr
+        final = json.loads(result.stdout.strip().splitlines()[-1])
+        assert final["state"] == "done" and final["origin"] == "remote", final
+        assert "MiB/s" in result.stderr, "progress is shown on the terminal"
+        assert proxy.injected["reset"] > 0 and proxy.injected["status_503"] > 0 and proxy.injected["stall"] > 0, proxy.injected
+        copy = staged_file(d)
+        assert copy is not None and hashlib.sha256(copy.read_bytes()).hexdigest() == SHA
+
+        # the model now starts from that copy; the source is not asked again for the bytes
+        before = proxy.requests
+        status, body = chat(d)
+        assert status == 200, body
+        assert runtime_model_path(d) == str(copy)
+        assert proxy.requests == before
+
+
+def test_s3_source_from_moto(make_daemon):
+    with MotoS3() as s3:
+        s3.create_bucket("weights")
+        s3.put_object("weights", "models/smollm2 q4.gguf", MODEL)
+        d = make_daemon(config(
+            '  - { name: smollm2, source: "s3://weights/models/smollm2 q4.gguf", memory: 400MiB }',
+            tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
+                  f" remote: {{ s3: {{ endpoint: \"{s3.endpoint}\", region: us-east-1 }} }} }}"),
+            env=s3.env)
+        status, body = chat(d)
+        assert status == 200, body
+        copy = staged_file(d)
+        assert copy is not None and copy.read_bytes() == MODEL.read_bytes()
+        assert staging(d)["smollm2"]["origin"] == "remote"
+
+
+def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemon, tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(
+            f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{"0" * 64}" }}\n'
+            f'  - {{ name: gone, source: "{nginx.url}/nothing-here.gguf", memory: 400MiB }}'))
+        result = stage_cli(d, "smollm2")
+        assert result.returncode == 1
+        assert "SHA-256" in result.stderr and SHA in result.stderr, result.stderr
+        assert staged_file(d) is None and not any(p.name.startswith(".tmp-") for p in d.shm.glob(".*"))
+        status, body, _ = d.get("/admin/tiers", headers=ADMIN)
+        assert json.loads(body)["objects"] == [], "a copy that failed its checksum must not stay on NVMe"
+        status, body = chat(d)
+        assert status == 502 and "SHA-256" in body["error"]["message"], body
+
+        result = stage_cli(d, "gone")
+        assert result.returncode == 1 and "404" in result.stderr, result.stderr
+
+        # bad input to the admin API is refused and names what was expected
+        status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "tape"}, headers=ADMIN)
+        assert status == 400 and b"host, nvme or disk" in body, body
+        assert d.request("POST", "/admin/models/nope/stage", body={}, headers=ADMIN)[0] == 404
+
+
+def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx, FaultProxy(nginx.url, faults={"stall_every": 1, "stall_after_bytes": 100_000,
+                                                             "stall_seconds": 30}) as proxy:
+        d = make_daemon(config(
+            f'  - {{ name: smollm2, source: "{proxy.url}/model.gguf", memory: 400MiB }}',
+            tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB }, remote: { stall_timeout: 60s } }"))
+        cli = subprocess.Popen([str(STRATA), "stage", "smollm2", "--url", d.url], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "STRATA_ADMIN_KEY": ADMIN_KEY})
+        wait_for(lambda: staging(d).get("smollm2", {}).get("state") == "running", 20, what="staging to run")
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=20) == 130, cli.stderr.read()
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 10, what="staging to be cancelled")
+        assert staged_file(d) is None

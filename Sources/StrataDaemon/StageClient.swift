@@ -28,7 +28,10 @@ public enum StageClient {
                 status = current
             }
         } catch is CancellationError {
-            _ = try? await call(baseURL, "DELETE", "/admin/staging/\(model)", adminKey: adminKey, body: nil, expect: [200, 404])
+            // This task is cancelled, and so would be any request made from it: ask from a fresh one.
+            _ = await Task.detached {
+                try? await call(baseURL, "DELETE", "/admin/staging/\(model)", adminKey: adminKey, body: nil, expect: [200, 404])
+            }.value
             throw CancellationError()
         }
         output(status, true)

@@ -167,3 +167,36 @@ def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
         assert cli.wait(timeout=20) == 130, cli.stderr.read()
         wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 10, what="staging to be cancelled")
         assert staged_file(d) is None
+
+
+def test_preload_stages_and_loads_at_start(make_daemon):
+    d = make_daemon(config(f'  - {{ name: smollm2, source: "file://{MODEL}", memory: 400MiB, preload: true }}'))
+    wait_for(lambda: d.model("smollm2")["status"] == "ready", 60, what="the preloaded model to be ready without a request")
+    copy = staged_file(d)
+    assert copy is not None and runtime_model_path(d) == str(copy)
+
+
+def test_weights_over_the_ram_budget_start_from_the_file_or_a_copy_on_disk(make_daemon, tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(
+            f'  - {{ name: smollm2, source: "file://{MODEL}", memory: 400MiB }}\n'
+            f'  - {{ name: remote, source: "{nginx.url}/model.gguf", memory: 150MiB }}',
+            tiers="{ host: { budget: 16MiB, dir: @SHM@, weights_budget: 50MiB }, nvme: { budget: 256MiB } }"))
+        status, body = chat(d)
+        assert status == 200, body
+        assert runtime_model_path(d) == str(MODEL), "too big for RAM: the runtime opens the source file itself"
+        assert staged_file(d) is None
+
+        status, body, _ = d.request("POST", "/v1/chat/completions", body={**CHAT, "model": "remote"},
+                                    headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"},
+                                    timeout=120)
+        assert status == 200, body
+        pid = d.model("remote")["pid"]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        path = Path(argv[argv.index(b"--model") + 1].decode())
+        assert path.is_relative_to(d.dir / "state" / "weights"), path
+        assert path.read_bytes() == MODEL.read_bytes()
+        assert staged_file(d, "remote") is None

@@ -121,7 +121,49 @@ public actor SegmentLog {
         try await append(record, durable: durable)
     }
 
-    /// A block encoded as its on-disk record, in a pooled buffer, waiting for its place.
+    /// Where a record's payload starts in its buffer: a caller that lays the payload out there
+    /// (`put(_:record:payloadLength:payloadChecksum:durable:)`) spares the log a copy.
+    public static let payloadOffset = BlockHeader.length
+
+    /// A buffer big enough for the record of a `payloadLength`-byte block, laid out for
+    /// `put(_:record:...)`: the payload goes at `payloadOffset`.
+    public static func recordBufferLength(payloadLength: Int) -> Int {
+        BlockHeader.recordLength(storedLength: payloadLength)
+    }
+
+    /// The checksum a record carries for `payload`, computed by the caller off the log's
+    /// executor (it is the expensive part of a put after the copy it avoids).
+    public static func payloadChecksum(_ payload: UnsafeRawBufferPointer) -> UInt64 {
+        BlockKey.hash64(payload)
+    }
+
+    /// Appends a block whose payload the caller already placed at `payloadOffset` of `buffer`
+    /// (at least `recordBufferLength(payloadLength:)` bytes) with its checksum: no copy. The
+    /// buffer stays the caller's. With a codec set, the payload is compressed into a record of
+    /// the log's own, as any put.
+    public func put(_ key: BlockKey, record buffer: IOBuffer, payloadLength: Int, payloadChecksum: UInt64, durable: Bool)
+        async throws
+    {
+        let payloadRange = Self.payloadOffset..<Self.payloadOffset + payloadLength
+        guard configuration.codec == .none else {
+            return try await put(key, from: buffer, range: payloadRange, durable: durable)
+        }
+        let recordLength = BlockHeader.recordLength(storedLength: payloadLength)
+        precondition(buffer.count >= recordLength, "record buffer of \(buffer.count) bytes for a \(recordLength)-byte record")
+        guard recordLength <= configuration.segmentBytes else {
+            throw PutError.tooLarge(bytes: payloadLength, segmentBytes: configuration.segmentBytes)
+        }
+        buffer[payloadRange.upperBound..<recordLength].initializeMemory(as: UInt8.self, repeating: 0)
+        let header = BlockHeader(
+            key: key, payloadLength: UInt32(payloadLength), storedLength: UInt32(payloadLength), codec: .none,
+            sequence: 0, payloadChecksum: payloadChecksum)
+        try await append(
+            PreparedRecord(key: key, buffer: buffer, recordLength: recordLength, payloadLength: payloadLength, header: header,
+                           pooled: false),
+            durable: durable)
+    }
+
+    /// A block encoded as its on-disk record, in a buffer, waiting for its place.
     struct PreparedRecord {
         var key: BlockKey
         var buffer: IOBuffer
@@ -129,6 +171,8 @@ public actor SegmentLog {
         var payloadLength: Int
         /// Encoded by `append`, once the record has its sequence number.
         var header: BlockHeader
+        /// The buffer is the log's (from its pool) rather than the caller's.
+        var pooled = true
     }
 
     /// Encodes the record (compressing when the codec says so and it pays), synchronously, so
@@ -164,7 +208,7 @@ public actor SegmentLog {
 
     private func append(_ record: PreparedRecord, durable: Bool) async throws {
         let (key, buffer, recordLength) = (record.key, record.buffer, record.recordLength)
-        defer { buffers.give(buffer) }
+        defer { if record.pooled { buffers.give(buffer) } }
         var segment = try activeSegment(room: recordLength)
         let offset = segment.end
         segment.end += UInt64(recordLength)

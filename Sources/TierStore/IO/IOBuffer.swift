@@ -13,18 +13,34 @@ public final class IOBuffer: @unchecked Sendable {
     public let alignment: Int
     public let pointer: UnsafeMutableRawPointer
 
+    /// From this size on, the memory is its own mapping, populated by the kernel in one go:
+    /// about twice as fast as faulting it in page by page with a memset.
+    static let mappedFrom = 1 << 20
+    private let mapped: Bool
+
     public init(count: Int, alignment: Int = 4096) {
         precondition(count >= 0 && alignment > 0 && alignment & (alignment - 1) == 0)
+        self.count = count
+        self.alignment = alignment
+        if count >= Self.mappedFrom && alignment <= 4096,
+            let region = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
+            region != MAP_FAILED
+        {
+            pointer = region
+            mapped = true
+            return
+        }
         var raw: UnsafeMutableRawPointer?
         let rc = posix_memalign(&raw, alignment, max(count, 1))
         precondition(rc == 0 && raw != nil, "posix_memalign(\(count)) failed: \(rc)")
-        self.count = count
-        self.alignment = alignment
-        self.pointer = raw!
+        pointer = raw!
+        mapped = false
         memset(pointer, 0, count)   // pre-fault every page now, not on the hot path
     }
 
-    deinit { free(pointer) }
+    deinit {
+        if mapped { munmap(pointer, count) } else { free(pointer) }
+    }
 
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: count) }
     public var readOnly: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }

@@ -26,7 +26,10 @@ public final class IOBufferPool: Sendable {
         }
     }
 
+    /// Powers of two up to 1 MiB, then whole MiB: a record of an 8 MiB chunk (8 MiB and a
+    /// header) takes 9 MiB, not 16.
     static func sizeClass(_ count: Int) -> Int {
+        if count > 1 << 20 { return ((count + (1 << 20) - 1) >> 20) << 20 }
         var size = 4096
         while size < count { size <<= 1 }
         return size

@@ -121,12 +121,13 @@ public final class ObjectStore: Sendable {
         defer { source.close() }
         let engine = log.engine
         return try await ingest(
-            name, size: source.size, source: source.identity, chunkSize: chunkSize,
-            read: { offset, buffer, length in
-                // O_DIRECT wants whole blocks: ask for the rounded length, the file's end cuts it short.
-                let want = (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment
+            name, size: source.size, source: source.identity, chunkSize: chunkSize, inPlace: false,
+            read: { offset, buffer, range in
+                // O_DIRECT wants whole blocks at an aligned address (so not in place): ask for the
+                // rounded length, the file's end cuts it short.
+                let want = (range.count + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment
                 let got = try await engine.readFully(fd: source.fd, into: buffer, range: 0..<want, at: offset)
-                guard got >= length else { throw ObjectError.sourceChanged(path: path) }
+                guard got >= range.count else { throw ObjectError.sourceChanged(path: path) }
             },
             sink: sink, progress: progress,
             beforeCommit: { info in
@@ -136,8 +137,10 @@ public final class ObjectStore: Sendable {
     }
 
     /// Brings an object of `size` bytes into the store as `name`, chunk by chunk, `queueDepth`
-    /// chunks at once: `read(offset, buffer, length)` fills `buffer[0..<length]` with the bytes at
-    /// `offset` of the source (a file, a remote object); each chunk goes to `sink` (in no
+    /// chunks at once: `read(offset, buffer, range)` fills `buffer[range]` with the bytes at
+    /// `offset` of the source (a file, a remote object). With `inPlace` the range is where the
+    /// log's record keeps its payload, so the chunk is written out with no copy (for readers
+    /// that can fill any address; O_DIRECT file reads cannot). Each chunk goes to `sink` (in no
     /// particular order) and is written through to the log. Only when every chunk is in and
     /// `beforeCommit` (a checksum, a check that the source did not change) passes are the
     /// segments synced and the manifest committed, replacing an earlier version; an ingest cut
@@ -146,7 +149,8 @@ public final class ObjectStore: Sendable {
     @discardableResult
     public func ingest(
         _ name: String, size: UInt64, source: String, chunkSize: Int = ObjectStore.defaultChunkSize, workers: Int? = nil,
-        read: @escaping @Sendable (_ offset: UInt64, _ buffer: IOBuffer, _ length: Int) async throws -> Void,
+        inPlace: Bool = true,
+        read: @escaping @Sendable (_ offset: UInt64, _ buffer: IOBuffer, _ range: Range<Int>) async throws -> Void,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
         progress: (@Sendable (TransferProgress) -> Void)? = nil,
         beforeCommit: (@Sendable (ObjectInfo) async throws -> Void)? = nil
@@ -162,11 +166,18 @@ public final class ObjectStore: Sendable {
             _ = try await Parallel.run(workers: workers ?? queueDepth, count: info.chunks) { [buffers, log] chunk in
                 let length = info.chunkLength(chunk)
                 let offset = UInt64(chunk) * UInt64(chunkSize)
-                let buffer = buffers.take(atLeast: (length + BlockHeader.alignment - 1) / BlockHeader.alignment * BlockHeader.alignment)
+                let buffer = buffers.take(atLeast: SegmentLog.recordBufferLength(payloadLength: length))
                 defer { buffers.give(buffer) }
-                try await read(offset, buffer, length)
-                try sink?(offset, UnsafeRawBufferPointer(buffer[0..<length]))
-                try await log.put(info.chunkKey(chunk), from: buffer, range: 0..<length, durable: false)
+                let range = inPlace ? SegmentLog.payloadOffset..<SegmentLog.payloadOffset + length : 0..<length
+                try await read(offset, buffer, range)
+                let payload = UnsafeRawBufferPointer(buffer[range])
+                try sink?(offset, payload)
+                if inPlace {
+                    try await log.put(info.chunkKey(chunk), record: buffer, payloadLength: length,
+                                      payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false)
+                } else {
+                    try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false)
+                }
                 let total = done.withLock { $0 += UInt64(length); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
             }
@@ -202,6 +213,20 @@ public final class ObjectStore: Sendable {
             throw ObjectError.destinationTooSmall(name: name, needed: info.size, given: destination.count)
         }
         let target = UnsafeDestination(base: destination.baseAddress, count: destination.count)
+        try await read(name, progress: progress, chunkTimes: chunkTimes) { offset, bytes in
+            target.copy(from: bytes, at: Int(offset))
+        }
+    }
+
+    /// Streams the object's verified chunks to `sink` (offset, bytes), `queueDepth` at once, in no
+    /// particular order. A missing or damaged chunk drops the object and throws
+    /// `ObjectError.damaged`; what the sink received must then not be used.
+    public func read(
+        _ name: String, progress: (@Sendable (TransferProgress) -> Void)? = nil,
+        chunkTimes: (@Sendable (Duration) -> Void)? = nil,
+        sink: @escaping @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void
+    ) async throws {
+        guard let info = info(name) else { throw ObjectError.notFound(name: name) }
         let started = ContinuousClock.now
         let done = Mutex<UInt64>(0)
         do {
@@ -214,7 +239,7 @@ public final class ObjectStore: Sendable {
                 guard let payload = try await log.get(key, into: buffer), payload.count == info.chunkLength(chunk) else {
                     throw ObjectError.damaged(name: name, chunk: chunk)
                 }
-                target.copy(from: UnsafeRawBufferPointer(buffer[payload]), at: chunk * info.chunkSize)
+                try sink(UInt64(chunk) * UInt64(info.chunkSize), UnsafeRawBufferPointer(buffer[payload]))
                 chunkTimes?(ContinuousClock.now - chunkStarted)
                 let total = done.withLock { $0 += UInt64(payload.count); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))

@@ -103,7 +103,13 @@ final class ResponseSink {
     private var skip: UInt64
     private let rangeRequested: Bool
     private let collectLimit: Int
+    /// Also handed every piece as it lands (absolute offset, bytes), on the transfer thread while
+    /// the bytes are still in cache; a throw stops the transfer.
+    private let tee: RemoteClient.Tee?
+    private let teeStart: UInt64
     private(set) var written = 0
+    /// Bytes of `destination` handed to the tee so far.
+    private(set) var teed = 0
     private(set) var overflowed = false
     private(set) var body: [UInt8] = []
 
@@ -113,14 +119,18 @@ final class ResponseSink {
         skip = 0
         rangeRequested = false
         self.collectLimit = collectLimit
+        tee = nil
+        teeStart = 0
     }
 
     /// Fills `destination`; `rangeStart` is the absolute offset asked for with Range.
-    init(destination: UnsafeMutableRawBufferPointer, rangeStart: UInt64) {
+    init(destination: UnsafeMutableRawBufferPointer, rangeStart: UInt64, tee: RemoteClient.Tee? = nil) {
         self.destination = destination
         skip = rangeStart
         rangeRequested = true
         collectLimit = 16 << 10
+        self.tee = tee
+        teeStart = rangeStart
     }
 
     /// True when the sink stopped the answer on purpose: a 200 carrying the whole object after it
@@ -147,9 +157,16 @@ final class ResponseSink {
         let room = destination.count - written
         let taking = min(room, input.count)
         if taking > 0 {
-            UnsafeMutableRawBufferPointer(rebasing: destination[written..<(written + taking)])
-                .copyMemory(from: UnsafeRawBufferPointer(rebasing: input.prefix(taking)))
+            let piece = UnsafeMutableRawBufferPointer(rebasing: destination[written..<(written + taking)])
+            piece.copyMemory(from: UnsafeRawBufferPointer(rebasing: input.prefix(taking)))
             written += taking
+            // The tee gets spans of at least 1 MiB (one write each), and the last one when full;
+            // what is left after a broken attempt is flushed by the reader.
+            if let tee, written - teed >= 1 << 20 || written == destination.count {
+                let span = UnsafeRawBufferPointer(rebasing: destination[teed..<written])
+                guard tee.take(at: teeStart + UInt64(teed), span) else { return 0 }   // its error is kept
+                teed = written
+            }
         }
         if taking < input.count {
             overflowed = status != 200 || !rangeRequested

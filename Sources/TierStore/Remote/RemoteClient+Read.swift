@@ -16,7 +16,14 @@ extension RemoteClient {
     /// object is tolerated: the bytes before the offset are skipped and the transfer is stopped
     /// once the range is filled (wasteful for late ranges, but correct). Task cancellation aborts
     /// the transfer within curl's progress-callback period and throws `.cancelled`.
-    public func read(_ object: RemoteObject, range: Range<UInt64>, into destination: UnsafeMutableRawBufferPointer) async throws {
+    ///
+    /// `tee`, when given, also receives every byte as it lands (absolute offset, bytes; each byte
+    /// once, in order within the range), on the transfer thread: a second destination filled
+    /// while the bytes are still in cache. If it throws, the read stops with that error.
+    public func read(
+        _ object: RemoteObject, range: Range<UInt64>, into destination: UnsafeMutableRawBufferPointer,
+        tee: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil
+    ) async throws {
         precondition(destination.count == range.count, "destination holds \(destination.count) bytes for a range of \(range.count)")
         guard range.upperBound <= object.size else {
             throw RemoteError(.lengthMismatch, url: object.location.description,
@@ -25,14 +32,43 @@ extension RemoteClient {
         }
         guard !range.isEmpty else { return }
         let buffer = BorrowedBuffer(bytes: destination)
+        let teeing = tee.map { Tee(start: range.lowerBound, $0) }
         if case .file(let path) = object.location {
-            try await readFile(path, object: object, range: range, into: buffer)
+            try await readFile(path, object: object, range: range, into: buffer, tee: teeing)
         } else {
-            try await readHTTP(object, range: range, into: buffer)
+            try await readHTTP(object, range: range, into: buffer, tee: teeing)
+        }
+        if let error = teeing?.failure { throw error }
+    }
+
+    /// A second destination for a read, and the first error it threw.
+    final class Tee: @unchecked Sendable {
+        private let body: @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void
+        private(set) var failure: (any Error)?
+        /// The absolute offset up to which bytes were handed over.
+        private(set) var handed: UInt64
+
+        init(start: UInt64, _ body: @escaping @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void) {
+            self.body = body
+            handed = start
+        }
+
+        /// False once the tee failed; the read then stops. Called from one transfer at a time.
+        func take(at offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+            guard failure == nil else { return false }
+            precondition(offset == handed, "tee spans must follow each other")
+            do {
+                try body(offset, bytes)
+                handed = offset + UInt64(bytes.count)
+                return true
+            } catch {
+                failure = error
+                return false
+            }
         }
     }
 
-    private func readHTTP(_ object: RemoteObject, range: Range<UInt64>, into buffer: BorrowedBuffer) async throws {
+    private func readHTTP(_ object: RemoteObject, range: Range<UInt64>, into buffer: BorrowedBuffer, tee: Tee?) async throws {
         var received: UInt64 = 0
         var failures = 0
         var headers: [(String, String)] = []
@@ -42,9 +78,18 @@ extension RemoteClient {
             let request = try makeRequest(object.location, method: "GET",
                                           headers: headers + [("Range", "bytes=\(asked.lowerBound)-\(asked.upperBound - 1)")])
             let rest = BorrowedBuffer(bytes: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[Int(received)...]))
-            let response = await transfer(request, sink: { ResponseSink(destination: rest.bytes, rangeStart: asked.lowerBound) })
+            let response = await transfer(request, sink: { ResponseSink(destination: rest.bytes, rangeStart: asked.lowerBound, tee: tee) })
             let verdict = RetryPlan.judgeRangeAttempt(response, asked: asked, object: object, url: request.displayURL)
             received += UInt64(response.written)
+            // The tee has every byte up to the last whole span; give it the rest of this attempt.
+            if let tee {
+                let unteed = Int(received) - Int(tee.handed - range.lowerBound)
+                if unteed > 0, tee.failure == nil {
+                    let start = Int(tee.handed - range.lowerBound)
+                    _ = tee.take(at: tee.handed, UnsafeRawBufferPointer(rebasing: buffer.bytes[start..<Int(received)]))
+                }
+                if let failure = tee.failure { throw failure }
+            }
             switch verdict {
             case .complete:
                 assert(received == UInt64(range.count))
@@ -66,7 +111,9 @@ extension RemoteClient {
 
     /// file: locations are read with pread on a transfer thread (a slow or network file system
     /// must not block the cooperative pool either). A file whose size or mtime moved is `.changed`.
-    private func readFile(_ path: String, object: RemoteObject, range: Range<UInt64>, into buffer: BorrowedBuffer) async throws {
+    private func readFile(_ path: String, object: RemoteObject, range: Range<UInt64>, into buffer: BorrowedBuffer, tee: Tee?)
+        async throws
+    {
         let url = object.location.description
         let result: Result<Void, RemoteError> = await pool.run { _ in
             let fd: Int32
@@ -83,7 +130,9 @@ extension RemoteClient {
                                             "read \(path): the file changed since it was looked up (size \(now.size), was \(object.size))"))
             }
             switch FileIO.preadFully(fd, into: buffer.bytes, at: range.lowerBound) {
-            case .success: return .success(())
+            case .success:
+                _ = tee?.take(at: range.lowerBound, UnsafeRawBufferPointer(buffer.bytes))
+                return .success(())
             case .failure(let why): return .failure(RemoteError(.lengthMismatch, url: url, "read \(path): \(why.message)"))
             }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Weight files materialized in a directory the runtime opens by path: a RAM-backed one
 /// (/dev/shm, so llama.cpp maps the pages with no copy) or a disk one. Each model has its own
@@ -53,9 +54,8 @@ public struct StagedFiles: Sendable {
         try? FileManager.default.removeItem(atPath: home(of: name))
     }
 
-    /// Starts a copy of `size` bytes: a file `fileName` in a temporary directory, allocated
-    /// whole (fallocate: fresh pages of a RAM-backed file are much faster to allocate that way
-    /// than to fault in one by one) and mapped for writing.
+    /// Starts a copy of `size` bytes: a file `fileName` in a temporary directory, sized (after a
+    /// check that the directory has room) and written chunk by chunk with pwrite.
     public func begin(_ name: String, fileName: String, size: UInt64) throws -> StagedFileWriter {
         let temporary = temporaryName()
         try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
@@ -68,7 +68,8 @@ public struct StagedFiles: Sendable {
     }
 }
 
-/// One copy being written: chunks land at their offsets in any order; `commit` publishes it,
+/// One copy being written: chunks land at their offsets in any order (pwrite: a copy straight
+/// into the file's pages, no mapping whose every page would fault in); `commit` publishes it,
 /// `abandon` (or dropping it uncommitted) removes it.
 public final class StagedFileWriter: @unchecked Sendable {
     public let name: String
@@ -76,8 +77,10 @@ public final class StagedFileWriter: @unchecked Sendable {
     let temporary: String
     let fileName: String
     let files: StagedFiles
-    private let base: UnsafeMutableRawPointer?
-    private var finished = false
+    private let fd: Int32
+    private let state = Mutex(State.writing)
+
+    enum State { case writing, committed, abandoned }
 
     init(name: String, temporary: String, fileName: String, size: UInt64, files: StagedFiles) throws {
         self.name = name
@@ -86,66 +89,77 @@ public final class StagedFileWriter: @unchecked Sendable {
         self.size = size
         self.files = files
         let path = "\(temporary)/\(fileName)"
-        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "create \(path)", errno: errno) }
-        defer { close(fd) }
-        guard size > 0 else {
-            base = nil
-            return
+        // Sized, not allocated: on tmpfs, writing into holes is faster than fallocate (which
+        // zeroes every page first) and then writing. Room is checked up front instead, so a
+        // full RAM disk fails here rather than after most of a download.
+        var fs = statvfs()
+        let free = statvfs(temporary, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : UInt64.max
+        guard size <= free, ftruncate(fd, off_t(size)) == 0 else {
+            let code = size > free ? ENOSPC : errno
+            close(fd)
+            throw IOError(operation: "make room for \(size) bytes in \(path)", errno: code,
+                          detail: size > free ? "\(free) bytes free there" : "")
         }
-        let allocated = posix_fallocate(fd, 0, off_t(size))
-        if allocated != 0 {
-            // Some file systems cannot preallocate; ENOSPC is real and must stop us here.
-            guard allocated != ENOSPC, ftruncate(fd, off_t(size)) == 0 else {
-                throw IOError(operation: "allocate \(size) bytes for \(path)", errno: allocated == ENOSPC ? ENOSPC : errno)
-            }
-        }
-        let mapped = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let mapped, mapped != MAP_FAILED else { throw IOError(operation: "mmap \(path)", errno: errno) }
-        base = mapped
     }
 
     deinit { abandon() }
 
-    /// The whole file as writable memory (empty for a zero-byte file).
-    public var bytes: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: base, count: base == nil ? 0 : Int(size))
+    /// Writes `chunk` at `offset`. Safe from several tasks at once for disjoint ranges.
+    public func write(_ chunk: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        precondition(offset + UInt64(chunk.count) <= size, "chunk past the end of \(name)")
+        guard let base = chunk.baseAddress else { return }
+        var done = 0
+        while done < chunk.count {
+            let n = pwrite(fd, base + done, chunk.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw IOError(operation: "write \(temporary)/\(fileName)", errno: errno)
+            }
+            done += n
+        }
     }
 
-    /// Copies `chunk` to `offset`. Safe from several tasks at once for disjoint ranges.
-    public func write(_ chunk: UnsafeRawBufferPointer, at offset: UInt64) {
-        precondition(offset + UInt64(chunk.count) <= size, "chunk past the end of \(name)")
-        guard let base, let from = chunk.baseAddress else { return }
-        (base + Int(offset)).copyMemory(from: from, byteCount: chunk.count)
+    /// SHA-256 of the bytes written, read back in order.
+    public func sha256() throws -> String {
+        var digest = SHA256Digest()
+        let buffer = IOBuffer(count: 8 << 20)
+        var offset: UInt64 = 0
+        while offset < size {
+            let n = pread(fd, buffer.pointer, Int(min(UInt64(buffer.count), size - offset)), off_t(offset))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw IOError(operation: "read back \(temporary)/\(fileName)", errno: n < 0 ? errno : EIO) }
+            digest.update(UnsafeRawBufferPointer(start: buffer.pointer, count: n))
+            offset += UInt64(n)
+        }
+        return digest.finalize()
     }
 
     /// Publishes the copy as `name`'s, from source version `identity`, replacing an older one.
     /// Returns the file's final path.
     public func commit(identity: String) throws -> String {
-        precondition(!finished)
-        unmap()
-        try identity.write(toFile: "\(temporary)/identity", atomically: false, encoding: .utf8)
-        let home = files.home(of: name)
-        let old = files.temporaryName()
-        if rename(home, old) != 0 && errno != ENOENT { throw IOError(operation: "rename \(home)", errno: errno) }
-        guard rename(temporary, home) == 0 else { throw IOError(operation: "rename \(temporary) to \(home)", errno: errno) }
-        try? FileManager.default.removeItem(atPath: old)
-        finished = true
-        return "\(home)/\(fileName)"
+        try state.withLock { state in
+            precondition(state == .writing)
+            close(fd)
+            state = .committed
+            try identity.write(toFile: "\(temporary)/identity", atomically: false, encoding: .utf8)
+            let home = files.home(of: name)
+            let old = files.temporaryName()
+            if rename(home, old) != 0 && errno != ENOENT { throw IOError(operation: "rename \(home)", errno: errno) }
+            guard rename(temporary, home) == 0 else { throw IOError(operation: "rename \(temporary) to \(home)", errno: errno) }
+            try? FileManager.default.removeItem(atPath: old)
+        }
+        return "\(files.home(of: name))/\(fileName)"
     }
 
     /// Drops the unfinished copy.
     public func abandon() {
-        guard !finished else { return }
-        finished = true
-        unmap()
-        try? FileManager.default.removeItem(atPath: temporary)
-    }
-
-    private var unmapped = false
-    private func unmap() {
-        guard !unmapped else { return }
-        unmapped = true
-        if let base { munmap(base, Int(size)) }
+        state.withLock { state in
+            guard state == .writing else { return }
+            state = .abandoned
+            close(fd)
+            try? FileManager.default.removeItem(atPath: temporary)
+        }
     }
 }

@@ -219,7 +219,7 @@ public actor WeightStager {
         }
         let writer = try files.begin(stored.name, fileName: Self.fileName(stored.source), size: stored.size)
         defer { writer.abandon() }
-        try await objects.read(stored.name, into: writer.bytes, progress: tracker(job))
+        try await objects.read(stored.name, progress: tracker(job)) { offset, bytes in try writer.write(bytes, at: offset) }
         let path = try writer.commit(identity: stored.source)
         return StageResult(path: path, origin: .nvme, bytes: stored.size, seconds: (ContinuousClock.now - started).seconds,
                            identity: stored.source)
@@ -235,17 +235,18 @@ public actor WeightStager {
         defer { writer?.abandon() }
         var sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)?
         if let writer {
-            sink = { @Sendable offset, bytes in writer.write(bytes, at: offset) }
+            sink = { @Sendable offset, bytes in try writer.write(bytes, at: offset) }
         }
         let verify: @Sendable (ObjectInfo) async throws -> Void = { [objects] info in
             guard let expected = request.sha256 else { return }
-            var digest = SHA256Digest()
+            let actual: String
             if let writer {
-                digest.update(UnsafeRawBufferPointer(writer.bytes))
+                actual = try writer.sha256()
             } else {
+                var digest = SHA256Digest()
                 try await objects.forEachChunk(of: info) { digest.update($0) }
+                actual = digest.finalize()
             }
-            let actual = digest.finalize()
             guard actual == expected else {
                 throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged")
             }
@@ -255,13 +256,15 @@ public actor WeightStager {
             try await objects.importFile(request.name, path: path, sink: sink, progress: tracker(job), beforeCommit: verify)
         case (_, let object?):
             let remote = self.remote
+            let tee = sink
             try await objects.ingest(
                 request.name, size: current.size, source: current.identity, chunkSize: remote.settings.chunkBytes,
                 workers: remote.settings.parallelism,
-                read: { offset, buffer, length in
-                    try await remote.read(object, range: offset..<offset + UInt64(length), into: buffer[0..<length])
+                read: { offset, buffer, range in
+                    // The RAM copy is written from the transfer thread as bytes arrive (cache-hot).
+                    try await remote.read(object, range: offset..<offset + UInt64(range.count), into: buffer[range], tee: tee)
                 },
-                sink: sink, progress: tracker(job), beforeCommit: verify)
+                progress: tracker(job), beforeCommit: verify)
         default:
             throw StageError(name: request.name, message: "no description of \(location)")
         }

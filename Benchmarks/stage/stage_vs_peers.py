@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -96,11 +97,22 @@ def clear_new(dest: Path, before: set) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of the children waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CPU = {"curl": [], "strata_remote": []}   # CPU seconds per GiB of each HTTP run
+
+
 def run_curl(url: str, dest: Path, size: int) -> float:
     """MiB/s of one curl download into `dest` (timed by curl: time_total)."""
     before = set(dest.iterdir())
+    cpu = cpu_seconds()
     out = subprocess.run(["curl", "-s", "-o", str(dest / "curl.bin"), "-w", "%{size_download} %{time_total}", url],
                          capture_output=True, text=True, check=True).stdout.split()
+    CPU["curl"].append((cpu_seconds() - cpu) / (size / (1 << 30)))
     clear_new(dest, before)
     got, seconds = int(out[0]), float(out[1])
     if got != size:
@@ -117,7 +129,10 @@ def run_strata(strata: str, url: str, state: Path, dest: Path, size: int, source
     argv = [strata, "bench", "stage", "--source", url, "--dir", str(state), "--host-dir", str(dest), "--json"]
     if source == "nvme":
         argv += ["--from", "nvme"]
+    cpu = cpu_seconds()
     r = subprocess.run(argv, capture_output=True, text=True)
+    if source == "remote":
+        CPU["strata_remote"].append((cpu_seconds() - cpu) / (size / (1 << 30)))
     clear_new(dest, before)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited with {r.returncode}:\n{r.stderr[-2000:]}")
@@ -173,18 +188,28 @@ def main():
 
     med = {k: statistics.median(v) if v else None for k, v in runs.items()}
     ratio = lambda ours, peer: med[ours] / med[peer] if med[ours] and med[peer] else None
+    # Rounds drift on these VMs (the neighbours, the page cache): the ratio within each round,
+    # whose two runs were back to back, is steadier than the ratio of the medians.
+    paired = lambda ours, peer: (statistics.median(o / p for o, p in zip(runs[ours], runs[peer]))
+                                 if runs[ours] and runs[peer] else None)
     fmt = lambda x, width, digits: f"{'-':>{width}}" if x is None else f"{x:{width}.{digits}f}"
     print(f"{a.size} ({size} bytes) of random bytes, served by nginx on loopback, staged into {dest}; "
           f"medians of {a.runs} alternating runs, MiB/s; page cache: {cache_drop}")
-    print(f"{'row':13} {'peer':22} {'peer':>8} {'strata':>8} {'strata/peer':>12}")
+    print(f"{'row':13} {'peer':22} {'peer':>8} {'strata':>8} {'strata/peer':>12} {'per round':>10}")
     for row, peer, ours, what in (("HTTP staging", "curl", "strata_remote", "curl -o (loopback)"),
                                   ("NVMe staging", "fio", "strata_nvme", "fio read O_DIRECT")):
-        print(f"{row:13} {what:22} {fmt(med[peer], 8, 0)} {fmt(med[ours], 8, 0)} {fmt(ratio(ours, peer), 12, 2)}")
+        print(f"{row:13} {what:22} {fmt(med[peer], 8, 0)} {fmt(med[ours], 8, 0)} {fmt(ratio(ours, peer), 12, 2)}"
+              f" {fmt(paired(ours, peer), 10, 2)}")
+    cpu = {k: statistics.median(v) if v else None for k, v in CPU.items()}
+    print(f"CPU seconds per GiB (HTTP row, the process alone; nginx not counted): curl {fmt(cpu['curl'], 0, 2)}, "
+          f"strata {fmt(cpu['strata_remote'], 0, 2)}")
     print(json.dumps({"size": size, "runs": a.runs, "dest_dir": str(dest), "cache_drop": cache_drop,
                       "curl_mib_s": med["curl"], "strata_remote_mib_s": med["strata_remote"],
                       "http_ratio": ratio("strata_remote", "curl"),
                       "fio_mib_s": med["fio"], "strata_nvme_mib_s": med["strata_nvme"],
-                      "nvme_ratio": ratio("strata_nvme", "fio"), "per_run": runs}))
+                      "nvme_ratio": ratio("strata_nvme", "fio"),
+                      "http_ratio_per_round": paired("strata_remote", "curl"), "nvme_ratio_per_round": paired("strata_nvme", "fio"),
+                      "cpu_seconds_per_gib": cpu, "per_run": runs}))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ public final class ObjectStore: Sendable {
     public func importFile(
         _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
+        bufferSink: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)? = nil,
         progress: (@Sendable (TransferProgress) -> Void)? = nil,
         beforeCommit: (@Sendable (ObjectInfo) async throws -> Void)? = nil
     ) async throws -> ObjectInfo {
@@ -129,7 +130,7 @@ public final class ObjectStore: Sendable {
                 let got = try await engine.readFully(fd: source.fd, into: buffer, range: 0..<want, at: offset)
                 guard got >= range.count else { throw ObjectError.sourceChanged(path: path) }
             },
-            sink: sink, progress: progress,
+            sink: sink, bufferSink: bufferSink, progress: progress,
             beforeCommit: { info in
                 guard try source.identityNow() == source.identity else { throw ObjectError.sourceChanged(path: path) }
                 try await beforeCommit?(info)
@@ -152,6 +153,7 @@ public final class ObjectStore: Sendable {
         inPlace: Bool = true,
         read: @escaping @Sendable (_ offset: UInt64, _ buffer: IOBuffer, _ range: Range<Int>) async throws -> Void,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
+        bufferSink: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)? = nil,
         progress: (@Sendable (TransferProgress) -> Void)? = nil,
         beforeCommit: (@Sendable (ObjectInfo) async throws -> Void)? = nil
     ) async throws -> ObjectInfo {
@@ -172,6 +174,7 @@ public final class ObjectStore: Sendable {
                 try await read(offset, buffer, range)
                 let payload = UnsafeRawBufferPointer(buffer[range])
                 try sink?(offset, payload)
+                try await bufferSink?(offset, buffer, range)
                 if inPlace {
                     try await log.put(info.chunkKey(chunk), record: buffer, payloadLength: length,
                                       payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false)
@@ -226,6 +229,19 @@ public final class ObjectStore: Sendable {
         chunkTimes: (@Sendable (Duration) -> Void)? = nil,
         sink: @escaping @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void
     ) async throws {
+        try await read(name, progress: progress, chunkTimes: chunkTimes) { offset, buffer, range in
+            try sink(offset, UnsafeRawBufferPointer(buffer[range]))
+        }
+    }
+
+    /// As `read(_:progress:chunkTimes:sink:)`, handing each chunk as the pooled buffer and the
+    /// payload's range in it, for a sink that writes it out with the I/O engine (no thread of the
+    /// cooperative pool blocks in a write) before the buffer goes back to the pool.
+    public func read(
+        _ name: String, progress: (@Sendable (TransferProgress) -> Void)? = nil,
+        chunkTimes: (@Sendable (Duration) -> Void)? = nil,
+        bufferSink: @escaping @Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void
+    ) async throws {
         guard let info = info(name) else { throw ObjectError.notFound(name: name) }
         let started = ContinuousClock.now
         let done = Mutex<UInt64>(0)
@@ -239,7 +255,7 @@ public final class ObjectStore: Sendable {
                 guard let payload = try await log.get(key, into: buffer), payload.count == info.chunkLength(chunk) else {
                     throw ObjectError.damaged(name: name, chunk: chunk)
                 }
-                try sink(UInt64(chunk) * UInt64(info.chunkSize), UnsafeRawBufferPointer(buffer[payload]))
+                try await bufferSink(UInt64(chunk) * UInt64(info.chunkSize), buffer, payload)
                 chunkTimes?(ContinuousClock.now - chunkStarted)
                 let total = done.withLock { $0 += UInt64(payload.count); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))

@@ -39,7 +39,8 @@ public struct StageBenchmark: Sendable {
 
     public func run(engine: any IOEngine, progress: (@Sendable (StageStatus) -> Void)? = nil) async throws -> Result {
         let log = try await SegmentLog.open(
-            .init(directory: directory, segmentBytes: 1 << 30, budgetBytes: UInt64.max / 2), engine: engine)
+            .init(directory: directory, segmentBytes: TierConfiguration.defaultNVMe.segmentBytes, budgetBytes: UInt64.max / 2),
+            engine: engine)
         let objects = try await ObjectStore.open(log: log, queueDepth: queueDepth)
         let stager = WeightStager(
             objects: objects, remote: RemoteClient(settings: remote), host: try StagedFiles(directory: hostDirectory),

@@ -79,6 +79,7 @@ public final class StagedFileWriter: @unchecked Sendable {
     let files: StagedFiles
     private let fd: Int32
     private let state = Mutex(State.writing)
+    private let writing = NSLock()
 
     enum State { case writing, committed, abandoned }
 
@@ -106,10 +107,14 @@ public final class StagedFileWriter: @unchecked Sendable {
 
     deinit { abandon() }
 
-    /// Writes `chunk` at `offset`. Safe from several tasks at once for disjoint ranges.
+    /// Writes `chunk` at `offset`. Safe from several threads at once for disjoint ranges; they
+    /// take turns here, because tmpfs serializes writers on the inode lock anyway and its
+    /// waiters spin there, burning the CPU the transfers need.
     public func write(_ chunk: UnsafeRawBufferPointer, at offset: UInt64) throws {
         precondition(offset + UInt64(chunk.count) <= size, "chunk past the end of \(name)")
         guard let base = chunk.baseAddress else { return }
+        writing.lock()
+        defer { writing.unlock() }
         var done = 0
         while done < chunk.count {
             let n = pwrite(fd, base + done, chunk.count - done, off_t(offset) + off_t(done))
@@ -119,6 +124,13 @@ public final class StagedFileWriter: @unchecked Sendable {
             }
             done += n
         }
+    }
+
+    /// Writes `buffer[range]` at `offset` through `engine` (io_uring punts buffered writes to
+    /// its own workers, one at a time per file), so no thread of the cooperative pool blocks.
+    public func write(from buffer: IOBuffer, range: Range<Int>, at offset: UInt64, engine: any IOEngine) async throws {
+        precondition(offset + UInt64(range.count) <= size, "chunk past the end of \(name)")
+        try await engine.write(fd: fd, from: buffer, range: range, at: offset)
     }
 
     /// SHA-256 of the bytes written, read back in order.

@@ -219,7 +219,10 @@ public actor WeightStager {
         }
         let writer = try files.begin(stored.name, fileName: Self.fileName(stored.source), size: stored.size)
         defer { writer.abandon() }
-        try await objects.read(stored.name, progress: tracker(job)) { offset, bytes in try writer.write(bytes, at: offset) }
+        let engine = objects.log.engine
+        try await objects.read(stored.name, progress: tracker(job)) { offset, buffer, range in
+            try await writer.write(from: buffer, range: range, at: offset, engine: engine)
+        }
         let path = try writer.commit(identity: stored.source)
         return StageResult(path: path, origin: .nvme, bytes: stored.size, seconds: (ContinuousClock.now - started).seconds,
                            identity: stored.source)
@@ -253,7 +256,12 @@ public actor WeightStager {
         }
         switch (location, current.object) {
         case (.file(let path), _):
-            try await objects.importFile(request.name, path: path, sink: sink, progress: tracker(job), beforeCommit: verify)
+            let engine = objects.log.engine
+            var toRAM: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)?
+            if let writer {
+                toRAM = { offset, buffer, range in try await writer.write(from: buffer, range: range, at: offset, engine: engine) }
+            }
+            try await objects.importFile(request.name, path: path, bufferSink: toRAM, progress: tracker(job), beforeCommit: verify)
         case (_, let object?):
             let remote = self.remote
             let tee = sink

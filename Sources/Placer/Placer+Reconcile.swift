@@ -15,9 +15,15 @@ extension Placer {
             }
         }
 
+        // Models waiting to start go in order of when they could be ready if started now: first
+        // waiter's arrival plus the time to load from where the weights are. One whose weights
+        // sit in RAM goes ahead of one a little earlier that must come from the network, and
+        // nothing starves: a model that waited longer than the difference goes first.
         let needy = models.values
             .filter { !$0.waiters.isEmpty && needsStart($0, now: now) }
-            .sorted { ($0.waiters[0].arrived, $0.spec.name) < ($1.waiters[0].arrived, $1.spec.name) }
+            .map { (state: $0, due: $0.waiters[0].arrived + .seconds(reloadSeconds($0, from: tierAfterStop($0)))) }
+            .sorted { ($0.due, $0.state.spec.name) < ($1.due, $1.state.spec.name) }
+            .map(\.state)
         for state in needy {
             // Re-read: an earlier iteration may have changed the book.
             guard let current = models[state.spec.name], needsStart(current, now: now) else { continue }

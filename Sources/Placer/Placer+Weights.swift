@@ -17,9 +17,13 @@ extension Placer {
     /// this instant finite and stops sub-second idle times from dominating. With no sizes
     /// configured (weightBytes 0, startSeconds 1) the order is plain least-recently-used.
     func expectedLoss(_ state: ModelState, leftIn tier: WeightTier, now: Duration) -> Double {
-        let reload = Double(state.spec.weightBytes) / configuration.tierBandwidth[tier] + state.spec.startSeconds
         let idle = now > state.lastUsed ? Self.seconds(now - state.lastUsed) : 0
-        return reload / (idle + 1)
+        return reloadSeconds(state, from: tier) / (idle + 1)
+    }
+
+    /// Seconds to bring `state` up with its weights in `tier`: reading them, then starting.
+    func reloadSeconds(_ state: ModelState, from tier: WeightTier) -> Double {
+        Double(state.spec.weightBytes) / configuration.tierBandwidth[tier] + state.spec.startSeconds
     }
 
     /// Where the weights of `state` are once its runtime is gone: host RAM if its copy stays.

@@ -153,6 +153,42 @@ struct PlacerWeightsTableTests {
         ])
     }
 
+    @Test func aModelWhoseWeightsAreInRAMStartsBeforeOneFromTheNetworkThatAskedJustBefore() {
+        // Room for one model at a time. `far` must come from the network (2000 MiB at 200 MB/s:
+        // about 11 s with its start); `near` has its copy in RAM (about 1.1 s).
+        var p = Self.placer(deviceMiB: 500, models: [
+            Self.model("far", memoryMiB: 400, weightsMiB: 2000),
+            Self.model("near", memoryMiB: 400, weightsMiB: 300),
+            Self.model("old", memoryMiB: 400, weightsMiB: 100, stages: false),
+        ])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .weightsAt(model: "near", tier: .host), []),
+            (.seconds(0), .request(1, model: "old"), [.start(model: "old")]),
+            (.seconds(1), .runtimeReady(model: "old"), [.admit(1, model: "old")]),
+            (.seconds(2), .finished(1), []),
+            (.seconds(10), .request(2, model: "far"), [.stop(model: "old", reason: .evicted(forModel: "far"))]),
+            (.seconds(11), .request(3, model: "near"), []),
+            // ready at 11 + 1.1 s beats 10 + 11 s: `near` goes first, `far` keeps waiting
+            (.seconds(12), .runtimeExited(model: "old", detail: "stopped"), [.start(model: "near")]),
+        ])
+        #expect(p.snapshot(of: "far")?.phase == .stopped && p.snapshot(of: "far")?.waiting == 1)
+
+        // but one that has waited longer than the difference goes first: no starvation
+        var q = Self.placer(deviceMiB: 500, models: [
+            Self.model("far", memoryMiB: 400, weightsMiB: 2000),
+            Self.model("near", memoryMiB: 400, weightsMiB: 300),
+            Self.model("old", memoryMiB: 400, weightsMiB: 100, stages: false),
+        ])
+        PlacerTableTests.run(&q, [
+            (.seconds(0), .weightsAt(model: "near", tier: .host), []),
+            (.seconds(0), .request(1, model: "old"), [.start(model: "old")]),
+            (.seconds(0), .request(2, model: "far"), []),
+            (.seconds(15), .request(3, model: "near"), []),
+            (.seconds(16), .runtimeExited(model: "old", detail: "crashed"),
+             [.reject(1, model: "old", .runtimeFailed(detail: "crashed")), .start(model: "far")]),
+        ])
+    }
+
     @Test func stageRequestStagesWithoutStarting() {
         var p = Self.placer(models: [Self.model("a", weightsMiB: 300), Self.model("plain", weightsMiB: 300, stages: false)])
         PlacerTableTests.run(&p, [

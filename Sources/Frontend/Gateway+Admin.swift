@@ -68,6 +68,11 @@ extension Gateway {
             return Response(status: .accepted, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: status)))
         }
+        router.get("/admin/placements") { request, _ in
+            try authorizeAdmin(request)
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: try await backend.placementLog())))
+        }
         router.get("/admin/staging") { request, _ in
             try authorizeAdmin(request)
             return Response(status: .ok, headers: [.contentType: "application/json"],

@@ -26,6 +26,8 @@ public protocol ModelBackend: Sendable {
     func stagingStatus() async throws -> Data
     /// Admin: cancels the running staging of `model`.
     func cancelStaging(model: String) async throws
+    /// Admin: recent placement decisions, `{"placements": [...]}`.
+    func placementLog() async throws -> Data
 }
 
 extension ModelBackend {
@@ -34,6 +36,7 @@ extension ModelBackend {
     public func stage(model: String, destination: String) async throws -> Data { throw Self.noStaging }
     public func stagingStatus() async throws -> Data { throw Self.noStaging }
     public func cancelStaging(model: String) async throws { throw Self.noStaging }
+    public func placementLog() async throws -> Data { Data(#"{"placements":[],"admissions":0}"#.utf8) }
 
     private static var noStaging: GatewayError {
         GatewayError(status: .notFound, type: "invalid_request_error", code: "no_tiers", message: "This daemon stages no weights")

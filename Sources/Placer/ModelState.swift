@@ -80,4 +80,10 @@ public struct DeviceSnapshot: Sendable, Equatable {
     public var budgetBytes: UInt64
     /// Memory of every model whose runtime may exist (starting, ready, draining, stopping).
     public var usedBytes: UInt64
+
+    public init(name: String, budgetBytes: UInt64, usedBytes: UInt64) {
+        self.name = name
+        self.budgetBytes = budgetBytes
+        self.usedBytes = usedBytes
+    }
 }

@@ -29,6 +29,8 @@ public actor ModelController {
     var instances: [String: Instance] = [:]
     /// Starts decided but not yet spawned (finding the weights' file), by instance id.
     var pendingStarts: [String: UInt64] = [:]
+    /// Recent placement decisions, for `/admin/placements`.
+    var placements = PlacementLog()
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1
@@ -68,8 +70,27 @@ public actor ModelController {
 
     /// Feeds one event to the Placer and carries out what it decides.
     func send(_ event: PlacerEvent) {
+        let devicesBefore = placer.deviceSnapshots
+        let hostBefore = placer.hostWeightsUsedBytes
         let actions = placer.handle(event, now: now)
+        if !actions.isEmpty {
+            placements.record(
+                event: event, actions: actions, devicesBefore: devicesBefore, devicesAfter: placer.deviceSnapshots,
+                hostBefore: hostBefore, hostAfter: placer.hostWeightsUsedBytes,
+                hostBudget: placer.configuration.hostWeightsBudget, snapshot: { self.placer.snapshot(of: $0) })
+        }
         for action in actions { perform(action) }
+    }
+
+    /// Admin: the Placer's recent decisions (`GET /admin/placements`).
+    public func placementLog() async throws -> Data {
+        struct Body: Encodable {
+            var placements: [PlacementLog.Entry]
+            var admissions: Int
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return try encoder.encode(Body(placements: placements.entries, admissions: placements.admissions))
     }
 
     private func perform(_ action: PlacerAction) {

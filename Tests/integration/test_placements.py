@@ -1,0 +1,33 @@
+"""GET /admin/placements: the Placer's recent decisions with their reasons and budgets."""
+import json
+
+from conftest import ADMIN_KEY, TWO_MODELS, config
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+KEY = {"Authorization": "Bearer test-key-1", "Content-Type": "application/json"}
+
+
+def chat(d, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    return d.request("POST", "/v1/chat/completions", body=body, headers=KEY, timeout=120)[0]
+
+
+def test_a_swap_is_listed_with_its_reasons_and_budgets(make_daemon):
+    d = make_daemon(config(TWO_MODELS))
+    assert d.get("/admin/placements")[0] == 401
+    assert chat(d, "smollm2") == 200
+    assert chat(d, "smollm2-b") == 200   # room for one: smollm2 is evicted
+    status, body, _ = d.get("/admin/placements", headers=ADMIN)
+    assert status == 200, body
+    log = json.loads(body)
+    decisions = [(p["action"], p["model"]) for p in log["placements"]]
+    assert decisions.index(("stage", "smollm2")) < decisions.index(("start", "smollm2")), decisions
+    evict = next(p for p in log["placements"] if p["action"] == "stop" and p["model"] == "smollm2")
+    assert evict["reason"] == "evicted to make room for smollm2-b", evict
+    assert evict["event"].startswith("request") and "smollm2-b" in evict["event"], evict
+    cpu = evict["devices"][0]
+    assert cpu["device"] == "cpu" and cpu["budget_bytes"] == 600 << 20
+    assert cpu["used_before_bytes"] == 400 << 20, cpu   # smollm2 held its memory until the decision
+    start_b = next(p for p in log["placements"] if p["action"] in ("stage", "start") and p["model"] == "smollm2-b")
+    assert "waiting" in start_b["reason"] or "host RAM" in start_b["reason"], start_b
+    assert log["admissions"] >= 2

@@ -37,10 +37,21 @@ extension ModelController {
         stagingTasks[model]?.task.cancel()
         let id = nextInstanceID
         nextInstanceID += 1
+        let local = !modelConfig.isRemoteSource
         let task = Task {
-            let outcome: Result<StageResult, any Error>
+            let outcome: Result<StageResult?, any Error>
             do {
-                let stager = try await tiers.stager()
+                let stager: WeightStager
+                do {
+                    stager = try await tiers.stager()
+                } catch where local {
+                    // No tiers (they failed to open, or are closing): a local file can still be
+                    // opened by the runtime itself, as without staging.
+                    self.warnTiersUnavailable(error)
+                    outcome = .success(nil)
+                    self.stagingEnded(model, id: id, outcome)
+                    return
+                }
                 outcome = .success(try await stager.stage(request))
             } catch {
                 outcome = .failure(error)
@@ -50,12 +61,21 @@ extension ModelController {
         stagingTasks[model] = (id, task)
     }
 
-    private func stagingEnded(_ model: String, id: UInt64, _ outcome: Result<StageResult, any Error>) {
+    private func warnTiersUnavailable(_ error: any Error) {
+        guard !warnedTiersUnavailable else { return }
+        warnedTiersUnavailable = true
+        logger.warning("no weight staging (\(error)): runtimes open their source files directly")
+    }
+
+    private func stagingEnded(_ model: String, id: UInt64, _ outcome: Result<StageResult?, any Error>) {
         // A staging released or replaced meanwhile is not reported: the Placer has moved on.
         guard stagingTasks[model]?.id == id else { return }
         stagingTasks[model] = nil
         switch outcome {
-        case .success(let result):
+        case .success(nil):
+            // Nothing staged; the start goes ahead from the source (`weightsPath` finds no copy).
+            send(.staged(model: model))
+        case .success(let result?):
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", result.origin.rawValue)]).increment()
             if result.seconds > 0 {
                 Metrics.Timer(label: "strata_staging_duration_seconds", dimensions: [("from", result.origin.rawValue)])

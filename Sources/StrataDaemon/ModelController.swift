@@ -31,6 +31,7 @@ public actor ModelController {
     var pendingStarts: [String: UInt64] = [:]
     /// Recent placement decisions, for `/admin/placements`.
     var placements = PlacementLog()
+    var warnedTiersUnavailable = false
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1

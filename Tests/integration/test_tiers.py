@@ -85,3 +85,9 @@ def test_tiers_that_cannot_open_leave_the_gateway_up(make_daemon, tmp_path):
     assert status == 503 and b"tiers_failed" in body and b"not-a-dir" in body, body
     assert d.get("/health")[0] == 200
     assert "tiers could not open" in d.log_path.read_text()
+    # models still load: the runtime opens the source file itself
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    status, answer, _ = d.request("POST", "/v1/chat/completions", body=body, timeout=120,
+                                  headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"})
+    assert status == 200, answer
+    assert "runtimes open their source files directly" in d.log_path.read_text()

@@ -50,31 +50,31 @@ public enum RESPEncoder {
         case .simpleString(let text):
             buffer.writeInteger(UInt8(ascii: "+"))
             writeLineSafe(text, into: &buffer)
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
         case .error(let text):
             buffer.writeInteger(UInt8(ascii: "-"))
             writeLineSafe(text, into: &buffer)
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
         case .integer(let number):
             buffer.writeInteger(UInt8(ascii: ":"))
             buffer.writeString(String(number))
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
         case .bulkString(let payload):
             buffer.writeInteger(UInt8(ascii: "$"))
             buffer.writeString(String(payload.readableBytes))
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
             if payload.readableBytes >= zeroCopyThreshold {
                 largeBulk(&buffer, payload)
             } else {
                 buffer.writeImmutableBuffer(payload)
             }
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
         case .null:
             buffer.writeStaticString("$-1\r\n")
         case .array(let elements):
             buffer.writeInteger(UInt8(ascii: "*"))
             buffer.writeString(String(elements.count))
-            buffer.writeCRLF()
+            buffer.writeRESPCRLF()
             for element in elements {
                 encode(element, into: &buffer, largeBulk: largeBulk)
             }
@@ -96,7 +96,7 @@ public enum RESPEncoder {
 
 extension ByteBuffer {
     @inlinable
-    mutating func writeCRLF() {
+    mutating func writeRESPCRLF() {
         writeInteger(UInt16(0x0D0A))  // "\r\n", big-endian by default
     }
 }

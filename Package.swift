@@ -39,6 +39,10 @@ let package = Package(
         // only from TierStore/Remote/CurlTransfer.swift and SHA256.swift.
         .target(name: "CStrataCurl", linkerSettings: [.linkedLibrary("curl"), .linkedLibrary("crypto")]),
 
+        // NVML through dlopen (no NVIDIA driver needed to build or run); reached only from
+        // StrataDaemon/GPUDiscovery.swift.
+        .target(name: "CStrataNVML", linkerSettings: [.linkedLibrary("dl")]),
+
         // SQLite for the NVMe tier's catalog; reached only from TierStore/Catalog.
         .systemLibrary(name: "CSQLite3", providers: [.apt(["libsqlite3-dev"])]),
 
@@ -63,7 +67,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ]
+            ],
+            exclude: ["RESP"]
         ),
 
         // The wiring: config file → typed structs, the runtime supervisor that carries out the
@@ -71,7 +76,7 @@ let package = Package(
         .target(
             name: "StrataDaemon",
             dependencies: [
-                "TierStore", "Placer", "Frontend", "CStrataProcess",
+                "TierStore", "Placer", "Frontend", "CStrataProcess", "CStrataNVML",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -5,19 +5,23 @@ import Yams
 
 /// Reads the config file once into typed, validated structs.
 public enum ConfigLoader {
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
-        throws -> StrataConfiguration
-    {
+    /// `gpus`: what NVML found (default: asks it now); it shapes the default `devices`.
+    public static func load(
+        path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+        gpus: GPUDiscovery.Outcome? = nil
+    ) throws -> StrataConfiguration {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             throw ConfigError(key: "", line: nil, message: "cannot read \(path): \(error.localizedDescription)")
         }
-        return try parse(yaml: text, environment: environment)
+        return try parse(yaml: text, environment: environment, gpus: gpus ?? GPUDiscovery.discover())
     }
 
-    public static func parse(yaml: String, environment: [String: String]) throws -> StrataConfiguration {
+    public static func parse(
+        yaml: String, environment: [String: String], gpus: GPUDiscovery.Outcome = .noDriver("not asked")
+    ) throws -> StrataConfiguration {
         let root: Node
         do {
             root = try Yams.compose(yaml: yaml) ?? .mapping([:])
@@ -25,12 +29,12 @@ public enum ConfigLoader {
             throw ConfigError(key: "", line: nil, message: "not valid YAML: \(error)")
         }
         if case .scalar(let scalar) = root, scalar.string.isEmpty {
-            return try parse(root: .mapping([:]), environment: environment)
+            return try parse(root: .mapping([:]), environment: environment, gpus: gpus)
         }
-        return try parse(root: root, environment: environment)
+        return try parse(root: root, environment: environment, gpus: gpus)
     }
 
-    static func parse(root: Node, environment: [String: String]) throws -> StrataConfiguration {
+    static func parse(root: Node, environment: [String: String], gpus: GPUDiscovery.Outcome) throws -> StrataConfiguration {
         let reader = ConfigReader(environment: environment)
         let top = try reader.mapping(
             root, at: "",
@@ -82,7 +86,8 @@ public enum ConfigLoader {
         if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) }
         if let node = top["tiers"] { config.tiers = try tiers(reader, node) }
         if let node = top["routing"] { config.routing = try routing(reader, node) }
-        config.devices = try devices(reader, top["devices"], environment: environment)
+        config.devices = try devices(reader, top["devices"], gpus: gpus.gpus)
+        config.gpuDiscovery = gpus
         config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
         config.models = try models(reader, top["models"], config: config)
         return config
@@ -229,14 +234,8 @@ public enum ConfigLoader {
         return policy
     }
 
-    static func devices(_ reader: ConfigReader, _ node: Node?, environment: [String: String]) throws
-        -> [DeviceConfiguration]
-    {
-        guard let node else {
-            // Sane default: one CPU device with 80% of the machine's memory.
-            let total = ProcessInfo.processInfo.physicalMemory
-            return [DeviceConfiguration(name: "cpu", kind: .cpu, memoryBytes: total / 10 * 8)]
-        }
+    static func devices(_ reader: ConfigReader, _ node: Node?, gpus: [DiscoveredGPU]) throws -> [DeviceConfiguration] {
+        guard let node else { return defaultDevices(gpus: gpus, physicalMemory: ProcessInfo.processInfo.physicalMemory) }
         var devices: [DeviceConfiguration] = []
         for (index, item) in try reader.sequence(node, at: "devices").enumerated() {
             let key = "devices[\(index)]"
@@ -259,6 +258,25 @@ public enum ConfigLoader {
             devices.append(DeviceConfiguration(name: name, kind: kind, memoryBytes: memory))
         }
         guard !devices.isEmpty else { throw reader.fail("devices", node, "expected at least one device") }
+        return devices
+    }
+
+    /// Without a `devices` section: host RAM as a `cpu` device with 80% of the machine's memory,
+    /// and each GPU NVML found as `gpu<i>` with 90% of its memory (the rest for the CUDA context
+    /// and fragmentation). A unified-memory GPU (NVML reports no memory of its own) shares system
+    /// RAM: then there is one pool, `unified`, instead of `cpu`, so the two are never counted twice.
+    static func defaultDevices(gpus: [DiscoveredGPU], physicalMemory: UInt64) -> [DeviceConfiguration] {
+        let ram = physicalMemory / 10 * 8
+        var devices: [DeviceConfiguration] = []
+        if gpus.contains(where: \.isUnified) {
+            devices.append(DeviceConfiguration(name: "unified", kind: .unified, memoryBytes: ram))
+        } else {
+            devices.append(DeviceConfiguration(name: "cpu", kind: .cpu, memoryBytes: ram))
+        }
+        for gpu in gpus {
+            guard let total = gpu.totalBytes else { continue }
+            devices.append(DeviceConfiguration(name: "gpu\(gpu.index)", kind: .gpu, memoryBytes: total / 10 * 9))
+        }
         return devices
     }
 }

@@ -16,6 +16,7 @@ public enum Daemon {
         onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws {
         try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        logger.info("\(config.gpuDiscovery.summary); devices: \(config.devices.map { "\($0.name) (\($0.kind.rawValue), \(ConfigUnits.formatBytes($0.memoryBytes)))" }.joined(separator: ", "))")
         if !config.listen.isLoopback && config.auth.apiKeys.isEmpty {
             logger.warning("listening on \(config.listen) without API keys: anyone who can reach it can use it (set STRATA_API_KEYS)")
         }

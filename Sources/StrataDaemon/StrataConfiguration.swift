@@ -14,6 +14,8 @@ public struct StrataConfiguration: Sendable {
     public var tiers: TierConfiguration
     public var routing: RoutingSettings
     public var devices: [DeviceConfiguration]
+    /// What NVML found when the config was read (logged once at start).
+    public var gpuDiscovery: GPUDiscovery.Outcome = .noDriver("not asked")
     public var runtimes: [String: RuntimeConfiguration]
     public var models: [ModelConfiguration]
 }

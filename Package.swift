@@ -67,8 +67,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            exclude: ["RESP"]
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
 
         // The wiring: config file → typed structs, the runtime supervisor that carries out the

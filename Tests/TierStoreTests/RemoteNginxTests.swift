@@ -111,7 +111,10 @@ struct RemoteNginxTests {
         } catch {
             #expect(remoteError(error)?.code == .cancelled, "\(error)")
         }
-        #expect(ContinuousClock.now - started < .seconds(5), "cancellation took too long")
+        // The whole transfer takes about two minutes; a cancelled one ends long before. The bound
+        // is loose on purpose: the suite runs in parallel on 2 cores (CPU-heavy suites beside it
+        // delay task wakeups by seconds), and timings must not make tests flaky.
+        #expect(ContinuousClock.now - started < .seconds(60), "cancellation did not stop the transfer")
     }
 
     @Test func uploadAndDeleteOverWebDAV() async throws {

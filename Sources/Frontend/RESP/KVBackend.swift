@@ -1,0 +1,171 @@
+import NIOCore
+
+/// Milliseconds since the Unix epoch on the backend's clock. Expiry deadlines are absolute so
+/// that a command's meaning does not depend on when the backend gets round to it.
+public struct KVTimestamp: Sendable, Hashable, Comparable {
+    public var unixMilliseconds: Int64
+
+    public init(unixMilliseconds: Int64) {
+        self.unixMilliseconds = unixMilliseconds
+    }
+
+    public static func < (lhs: KVTimestamp, rhs: KVTimestamp) -> Bool {
+        lhs.unixMilliseconds < rhs.unixMilliseconds
+    }
+}
+
+/// When a SET may write.
+public enum KVSetCondition: Sendable, Hashable {
+    /// Always.
+    case always
+    /// Only if the key does not exist (`NX`).
+    case ifAbsent
+    /// Only if the key exists (`XX`).
+    case ifPresent
+}
+
+/// What a SET does to the key's expiry.
+public enum KVExpiry: Sendable, Hashable {
+    /// The key never expires; a previous expiry is cleared (plain `SET`).
+    case never
+    /// The key's current expiry, or none for a new key, is kept (`KEEPTTL`).
+    case keep
+    /// The key expires at this instant (`EX`, `PX`, `EXAT`, `PXAT`).
+    case at(KVTimestamp)
+}
+
+/// The result of a TTL query.
+public enum KVTimeToLive: Sendable, Hashable {
+    /// No such key (Redis: -2).
+    case missing
+    /// The key exists and never expires (Redis: -1).
+    case persistent
+    /// The key expires after this many milliseconds (>= 0).
+    case milliseconds(Int64)
+}
+
+/// Key counts of one namespace, for DBSIZE and INFO's keyspace section.
+public struct KVKeyCount: Sendable, Hashable {
+    public var keys: Int
+    /// Keys with an expiry set.
+    public var expiring: Int
+
+    public init(keys: Int, expiring: Int) {
+        self.keys = keys
+        self.expiring = expiring
+    }
+}
+
+/// One step of a SCAN.
+public struct KVScanPage: Sendable, Hashable {
+    /// Where the next call continues; 0 when the scan is complete.
+    public var cursor: UInt64
+    public var keys: [ByteBuffer]
+
+    public init(cursor: UInt64, keys: [ByteBuffer]) {
+        self.cursor = cursor
+        self.keys = keys
+    }
+}
+
+/// A backend failure the RESP layer reports to the client instead of a reply.
+public struct KVBackendError: Error, Sendable, Hashable {
+    public enum Code: Sendable, Hashable {
+        /// The store cannot take more data now; the client sees Redis's `-OOM ...`.
+        case outOfSpace
+        /// The value or key is larger than the backend accepts.
+        case tooLarge
+        /// The store is not ready or a tier failed; the client may retry.
+        case unavailable
+    }
+
+    public var code: Code
+    /// Shown to the client after the error prefix; one line.
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+/// The key-value store behind the RESP server: Strata's storage tiers, or a fake in tests.
+///
+/// Every method takes the connection's tenant `namespace`; keys in different namespaces never
+/// see each other. Keys and values are byte strings passed as `ByteBuffer`s whose readable bytes
+/// are the key or value. They are usually slices of a connection's receive buffer: keeping one
+/// keeps that storage alive, so a backend that retains a key, or a small value, in memory should
+/// copy it (`ByteBuffer(buffer.readableBytesView)`); a large value can be kept as is, since it
+/// spans most of its storage anyway. Values returned are written to the socket without copying.
+///
+/// A key whose expiry deadline is at or before `now()` does not exist, for every method.
+/// Methods throw `KVBackendError` for failures the client should see (mapped to `-ERR`/`-OOM`);
+/// any other thrown error is reported as `-ERR internal error`. "No such key" is never an error.
+public protocol KVBackend: Sendable {
+    /// The backend's clock. The command handler turns relative expiries (`EX 10`) into absolute
+    /// deadlines with it, and TTL answers are measured against it.
+    func now() -> KVTimestamp
+
+    /// The value of `key`, or nil if it does not exist.
+    func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer?
+
+    /// The values of `keys`, in order, nil for each missing key (MGET). One answer per key,
+    /// duplicates included.
+    func get(namespace: String, keys: [ByteBuffer]) async throws -> [ByteBuffer?]
+
+    /// Stores `value` under `key` if `condition` holds, applying `expiry`; returns whether it wrote.
+    /// Check and write are atomic with respect to other calls on the same key.
+    func set(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool
+
+    /// Stores every pair unconditionally, clearing their expiries (MSET). When a key appears twice
+    /// the later value wins. Other clients never see only some of the pairs written.
+    func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws
+
+    /// Removes `keys`; returns how many existed (a key listed twice counts once).
+    func delete(namespace: String, keys: [ByteBuffer]) async throws -> Int
+
+    /// How many of `keys` exist, counting a key each time it is listed (EXISTS k k -> 2).
+    func exists(namespace: String, keys: [ByteBuffer]) async throws -> Int
+
+    /// The remaining time to live of `key`.
+    func timeToLive(namespace: String, key: ByteBuffer) async throws -> KVTimeToLive
+
+    /// Sets `key` to expire at `deadline`, or removes its expiry when `deadline` is nil (PERSIST).
+    /// A deadline at or before `now()` deletes the key. Returns false if the key does not exist
+    /// (or, for nil, has no expiry to remove), true otherwise.
+    func expire(namespace: String, key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool
+
+    /// Number of keys in `namespace`, and how many of them have an expiry.
+    func keyCount(namespace: String) async throws -> KVKeyCount
+
+    /// Removes every key of `namespace`. Other namespaces are untouched.
+    func flush(namespace: String) async throws
+
+    /// One step of iterating `namespace`'s keys. `cursor` is 0 to start, else a value this method
+    /// returned before; it is opaque to the caller. Returns about `count` keys (a hint: fewer or
+    /// more is fine, even none while the returned cursor is not 0) that match the glob `match`
+    /// (Redis syntax, see `RESPGlob`; nil matches everything), and the cursor to continue from, 0
+    /// when done. Guarantee, as Redis: a key present for the whole scan is returned at least once;
+    /// a key added or removed meanwhile may or may not be. An unknown cursor may restart or end the
+    /// scan but must not fail.
+    func scan(namespace: String, cursor: UInt64, match: ByteBuffer?, count: Int) async throws -> KVScanPage
+
+    /// Sections for INFO, e.g. `("memory", [("used_memory", "123")])`. Section names are lower
+    /// case; the handler adds `server`, `clients`, `stats` and `keyspace` itself and appends the
+    /// backend's fields when it returns a section of the same name.
+    func info() async -> [(section: String, fields: [(String, String)])]
+}
+
+extension KVBackend {
+    /// Default MGET: one `get` per key. Backends with a batched read path should override it.
+    public func get(namespace: String, keys: [ByteBuffer]) async throws -> [ByteBuffer?] {
+        var values: [ByteBuffer?] = []
+        values.reserveCapacity(keys.count)
+        for key in keys {
+            values.append(try await get(namespace: namespace, key: key))
+        }
+        return values
+    }
+}

@@ -1,0 +1,223 @@
+import NIOCore
+
+/// A credential for AUTH, and the tenant namespace a connection that presents it works in.
+public struct RESPUser: Sendable, Hashable {
+    /// `default` is the user of one-argument `AUTH password`.
+    public var name: String
+    public var password: String
+    public var namespace: String
+
+    public init(name: String = "default", password: String, namespace: String) {
+        self.name = name
+        self.password = password
+        self.namespace = namespace
+    }
+}
+
+/// Per-connection state the handler reads and updates.
+public struct RESPSession: Sendable, Hashable {
+    public var clientID: Int64
+    /// The tenant namespace every key command of this connection works in.
+    public var namespace: String
+    public var isAuthenticated: Bool
+    public var userName: String
+    public var clientName: String?
+
+    public init(clientID: Int64, namespace: String, isAuthenticated: Bool, userName: String = "default") {
+        self.clientID = clientID
+        self.namespace = namespace
+        self.isAuthenticated = isAuthenticated
+        self.userName = userName
+    }
+}
+
+/// What to send back for one command.
+public struct RESPReply: Sendable, Hashable {
+    public var value: RESPValue
+    /// QUIT: write the reply, then close the connection.
+    public var closesConnection: Bool
+
+    public init(_ value: RESPValue, closesConnection: Bool = false) {
+        self.value = value
+        self.closesConnection = closesConnection
+    }
+}
+
+/// Turns one parsed command (its arguments, command name first) into backend calls and a reply,
+/// with Redis's reply shapes and error texts. It holds no connection state of its own: the
+/// connection's `RESPSession` is passed in and updated, so the same handler serves every
+/// connection and tests drive it directly.
+public struct RESPCommandHandler: Sendable {
+    public let backend: any KVBackend
+    /// Empty: no authentication, every connection works in `defaultNamespace`. Otherwise every
+    /// command but AUTH and QUIT answers `-NOAUTH` until the connection authenticates.
+    public let users: [RESPUser]
+    public let defaultNamespace: String
+    public let stats: RESPStats
+    /// Most keys one SCAN step asks the backend for, whatever COUNT says.
+    public let maxScanCount: Int
+
+    public init(
+        backend: any KVBackend,
+        users: [RESPUser] = [],
+        defaultNamespace: String = "default",
+        stats: RESPStats = RESPStats(),
+        maxScanCount: Int = 10_000
+    ) {
+        precondition(maxScanCount > 0)
+        self.backend = backend
+        self.users = users
+        self.defaultNamespace = defaultNamespace
+        self.stats = stats
+        self.maxScanCount = maxScanCount
+    }
+
+    /// The session a new connection starts with.
+    public func makeSession(clientID: Int64) -> RESPSession {
+        RESPSession(clientID: clientID, namespace: defaultNamespace, isAuthenticated: users.isEmpty)
+    }
+
+    /// Runs one command. Never throws: every failure is an error reply.
+    public func handle(_ arguments: [ByteBuffer], session: inout RESPSession) async -> RESPReply {
+        guard let nameBuffer = arguments.first else { return RESPReply(.error("ERR empty command")) }
+        stats.commandProcessed()
+        let name = String(buffer: nameBuffer).lowercased()
+        guard let spec = Self.commands[name] else {
+            return RESPReply(.error(Self.unknownCommandMessage(arguments)))
+        }
+        if spec.arity > 0 ? arguments.count != spec.arity : arguments.count < -spec.arity {
+            return RESPReply(.error("ERR wrong number of arguments for '\(name)' command"))
+        }
+        if !session.isAuthenticated && !spec.allowedBeforeAuth {
+            return RESPReply(.error("NOAUTH Authentication required."))
+        }
+        do {
+            return try await run(name, arguments, &session)
+        } catch let error as KVBackendError {
+            switch error.code {
+            case .outOfSpace: return RESPReply(.error("OOM \(error.message)"))
+            case .tooLarge, .unavailable: return RESPReply(.error("ERR \(error.message)"))
+            }
+        } catch let error as RESPCommandError {
+            return RESPReply(.error(error.message))
+        } catch {
+            return RESPReply(.error("ERR internal error"))
+        }
+    }
+
+    private func run(_ name: String, _ args: [ByteBuffer], _ session: inout RESPSession) async throws -> RESPReply {
+        let ns = session.namespace
+        switch name {
+        case "ping":
+            guard args.count <= 2 else { throw RESPCommandError.arity(name) }
+            return RESPReply(args.count == 2 ? .bulkString(args[1]) : .simpleString("PONG"))
+        case "echo":
+            return RESPReply(.bulkString(args[1]))
+        case "quit":
+            return RESPReply(.ok, closesConnection: true)
+        case "auth":
+            return RESPReply(auth(args, &session))
+        case "select":
+            guard let index = RESPParser.parseInteger(args[1].readableBytesView) else { throw RESPCommandError.notInteger }
+            guard index == 0 else { throw RESPCommandError("ERR DB index is out of range") }
+            return RESPReply(.ok)
+        case "get":
+            return RESPReply(try await backend.get(namespace: ns, key: args[1]).map(RESPValue.bulkString) ?? .null)
+        case "mget":
+            let values = try await backend.get(namespace: ns, keys: Array(args.dropFirst()))
+            return RESPReply(.array(values.map { $0.map(RESPValue.bulkString) ?? .null }))
+        case "set":
+            return RESPReply(try await set(args, ns))
+        case "setex", "psetex":
+            return RESPReply(try await setex(name, args, ns))
+        case "mset":
+            guard args.count % 2 == 1 else { throw RESPCommandError.arity(name) }
+            let pairs = stride(from: 1, to: args.count, by: 2).map { (key: args[$0], value: args[$0 + 1]) }
+            try await backend.set(namespace: ns, pairs: pairs)
+            return RESPReply(.ok)
+        case "del", "unlink":
+            return RESPReply(.integer(Int64(try await backend.delete(namespace: ns, keys: Array(args.dropFirst())))))
+        case "exists":
+            return RESPReply(.integer(Int64(try await backend.exists(namespace: ns, keys: Array(args.dropFirst())))))
+        case "type":
+            let found = try await backend.exists(namespace: ns, keys: [args[1]]) > 0
+            return RESPReply(.simpleString(found ? "string" : "none"))
+        case "ttl", "pttl":
+            switch try await backend.timeToLive(namespace: ns, key: args[1]) {
+            case .missing: return RESPReply(.integer(-2))
+            case .persistent: return RESPReply(.integer(-1))
+            case .milliseconds(let ms): return RESPReply(.integer(name == "ttl" ? (ms + 500) / 1000 : ms))
+            }
+        case "expire", "pexpire":
+            return RESPReply(try await expire(name, args, ns))
+        case "persist":
+            return RESPReply(.integer(try await backend.expire(namespace: ns, key: args[1], at: nil) ? 1 : 0))
+        case "dbsize":
+            return RESPReply(.integer(Int64(try await backend.keyCount(namespace: ns).keys)))
+        case "flushdb":
+            if args.count > 2 { throw RESPCommandError.syntax }
+            if args.count == 2 {
+                let mode = String(buffer: args[1]).lowercased()
+                guard mode == "async" || mode == "sync" else { throw RESPCommandError.syntax }
+            }
+            try await backend.flush(namespace: ns)
+            return RESPReply(.ok)
+        case "scan":
+            return RESPReply(try await scan(args, ns))
+        case "info":
+            return RESPReply(try await info(args, session))
+        case "command":
+            return RESPReply(try command(args))
+        case "client":
+            return RESPReply(try client(args, &session))
+        default:
+            return RESPReply(.error(Self.unknownCommandMessage(args)))
+        }
+    }
+
+    private func auth(_ args: [ByteBuffer], _ session: inout RESPSession) -> RESPValue {
+        guard args.count <= 3 else { return .error("ERR syntax error") }
+        let userName = args.count == 3 ? String(buffer: args[1]) : "default"
+        let password = String(buffer: args[args.count - 1])
+        if users.isEmpty {
+            // Redis with no requirepass: the default user has `nopass`.
+            if args.count == 2 {
+                return .error(
+                    "ERR AUTH <password> called without any password configured for the default user. "
+                        + "Are you sure your configuration is correct?")
+            }
+            return userName == "default" ? .ok : .error(Self.wrongPass)
+        }
+        guard let user = users.first(where: { $0.name == userName && $0.password == password }) else {
+            return .error(Self.wrongPass)
+        }
+        session.isAuthenticated = true
+        session.userName = user.name
+        session.namespace = user.namespace
+        return .ok
+    }
+
+    static let wrongPass = "WRONGPASS invalid username-password pair or user is disabled."
+
+    /// Redis's text, e.g. `ERR unknown command 'FOO', with args beginning with: 'a' 'b' `.
+    static func unknownCommandMessage(_ args: [ByteBuffer]) -> String {
+        var listed = ""
+        for arg in args.dropFirst() {
+            guard listed.utf8.count < 128 else { break }
+            listed += "'\(String(String(buffer: arg).prefix(128 - listed.utf8.count)))' "
+        }
+        return "ERR unknown command '\(String(buffer: args[0]).prefix(128))', with args beginning with: \(listed)"
+    }
+}
+
+/// An error reply decided while parsing a command's arguments.
+struct RESPCommandError: Error {
+    var message: String
+    init(_ message: String) { self.message = message }
+
+    static let syntax = RESPCommandError("ERR syntax error")
+    static let notInteger = RESPCommandError("ERR value is not an integer or out of range")
+    static func arity(_ name: String) -> RESPCommandError {
+        RESPCommandError("ERR wrong number of arguments for '\(name)' command")
+    }
+}

@@ -1,0 +1,225 @@
+import Logging
+import NIOCore
+
+/// One client connection: parses requests as bytes arrive, runs them one batch at a time in
+/// request order, writes the replies of a batch and flushes once.
+///
+/// Bounds: at most `maxPendingCommands` parsed commands / `maxPendingBytes` of them wait; beyond
+/// that the handler stops parsing and holds back `read()`, so TCP pushes back on the client. No
+/// new batch starts while the channel is not writable, so a client that does not read its
+/// replies cannot make us buffer them.
+final class RESPConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum Pending {
+        case command([ByteBuffer], bytes: Int)
+        case protocolError(RESPProtocolError)
+    }
+
+    private let handler: RESPCommandHandler
+    private let configuration: RESPServerConfiguration
+    private let logger: Logger
+    private var session: RESPSession?
+    private var parser: RESPParser
+    private var inbound = ByteBuffer()
+    private var pending = CircularBuffer<Pending>()
+    private var pendingBytes = 0
+    private var busy = false
+    private var readHeld = false
+    /// After QUIT or a protocol error: nothing more is parsed or run.
+    private var closing = false
+    private var inputClosed = false
+    private var active = false
+
+    init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger) {
+        self.handler = handler
+        self.configuration = configuration
+        self.logger = logger
+        self.parser = RESPParser(mode: .server, limits: configuration.parserLimits)
+    }
+
+    private var full: Bool {
+        pending.count >= configuration.maxPendingCommands || pendingBytes >= configuration.maxPendingBytes
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        active = true
+        let id = handler.stats.connectionOpened()
+        session = handler.makeSession(clientID: id)
+        if handler.stats.connectedClients > configuration.maxConnections {
+            closing = true
+            var out = context.channel.allocator.buffer(capacity: 64)
+            RESPEncoder.encode(.error("ERR max number of clients reached"), into: &out)
+            context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if active { handler.stats.connectionClosed() }
+        active = false
+        pending.removeAll()
+        pendingBytes = 0
+        inbound = ByteBuffer()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        var bytes = unwrapInboundIn(data)
+        if inbound.readableBytes == 0 {
+            inbound = bytes
+        } else {
+            inbound.writeBuffer(&bytes)
+        }
+        parseAvailable()
+        runNextBatch(context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if full || closing {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // The client half-closed (e.g. `nc -q`): answer what it sent, then close.
+            inputClosed = true
+            runNextBatch(context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        runNextBatch(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("RESP connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Moves complete requests from `inbound` to `pending` until it is full.
+    private func parseAvailable() {
+        var producedSlices = false
+        while !closing && !full {
+            do {
+                guard let value = try parser.next(from: &inbound) else { break }
+                guard case .array(let elements) = value else { preconditionFailure("server mode yields arrays") }
+                var arguments: [ByteBuffer] = []
+                arguments.reserveCapacity(elements.count)
+                var bytes = 0
+                for case .bulkString(let argument) in elements {
+                    arguments.append(argument)
+                    bytes += argument.readableBytes + 16
+                }
+                pending.append(.command(arguments, bytes: bytes))
+                pendingBytes += bytes
+                producedSlices = true
+            } catch {
+                handler.stats.protocolErrorSeen()
+                pending.append(.protocolError(error))
+                closing = true
+                inbound = ByteBuffer()
+                return
+            }
+        }
+        if inbound.readableBytes == 0 {
+            inbound = ByteBuffer()
+        } else if producedSlices {
+            // Slices we handed out share `inbound`'s storage; start a fresh buffer for the
+            // remainder so that appending to it does not copy the whole storage.
+            inbound = ByteBuffer(bytes: inbound.readableBytesView)
+        }
+        if let needed = parser.minimumBytesStillNeeded(in: inbound), needed > 0 {
+            // A bulk header announced `needed` more bytes (already checked against the limit).
+            inbound.reserveCapacity(minimumWritableBytes: needed)
+        }
+    }
+
+    private func runNextBatch(context: ChannelHandlerContext) {
+        guard active, !busy else { return }
+        if pending.isEmpty {
+            if inputClosed || (closing && !busy) { context.close(promise: nil) }
+            return
+        }
+        guard context.channel.isWritable else { return }
+        var commands: [[ByteBuffer]] = []
+        var batchBytes = 0
+        var protocolError: RESPProtocolError?
+        while commands.count < configuration.maxBatchCommands, let next = pending.popFirst() {
+            switch next {
+            case .command(let arguments, let bytes):
+                commands.append(arguments)
+                batchBytes += bytes
+            case .protocolError(let error):
+                protocolError = error
+            }
+            if protocolError != nil { break }
+        }
+        busy = true
+        let handler = self.handler
+        let session = self.session!
+        let promise = context.eventLoop.makePromise(of: ([RESPReply], RESPSession).self)
+        promise.completeWithTask { [commands] in
+            var session = session
+            var replies: [RESPReply] = []
+            replies.reserveCapacity(commands.count)
+            for command in commands {
+                let reply = await handler.handle(command, session: &session)
+                replies.append(reply)
+                if reply.closesConnection { break }
+            }
+            return (replies, session)
+        }
+        promise.futureResult.assumeIsolated().whenComplete { result in
+            // `completeWithTask` only fails if the task throws, and it does not.
+            guard case .success(let (replies, session)) = result else { return }
+            self.finishBatch(context: context, replies: replies, session: session, bytes: batchBytes, protocolError: protocolError)
+        }
+    }
+
+    private func finishBatch(
+        context: ChannelHandlerContext, replies: [RESPReply], session: RESPSession, bytes: Int,
+        protocolError: RESPProtocolError?
+    ) {
+        busy = false
+        pendingBytes -= bytes
+        guard active else { return }
+        self.session = session
+        var out = context.channel.allocator.buffer(capacity: 256)
+        var closeAfter = false
+        for reply in replies {
+            RESPEncoder.encode(reply.value, into: &out) { out, payload in
+                if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+                out = context.channel.allocator.buffer(capacity: 64)
+                context.write(wrapOutboundOut(payload), promise: nil)
+            }
+            closeAfter = closeAfter || reply.closesConnection
+        }
+        if let protocolError, !closeAfter {
+            RESPEncoder.encode(.error("ERR \(protocolError.message)"), into: &out)
+            closeAfter = true
+        }
+        if closeAfter {
+            closing = true
+            pending.removeAll()
+            context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
+        }
+        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+        context.flush()
+        parseAvailable()
+        if readHeld && !full && !closing {
+            readHeld = false
+            context.read()
+        }
+        runNextBatch(context: context)
+    }
+}

@@ -1,0 +1,46 @@
+/// Settings of the RESP (Redis protocol) server. Every queue a connection holds is bounded here.
+public struct RESPServerConfiguration: Sendable, Hashable {
+    /// Address to listen on. Default loopback: the cache carries no TLS.
+    public var host: String
+    /// TCP port; 0 picks a free one (see `RESPServer.start()`). Default 6379.
+    public var port: Int
+    /// Request parsing limits (bulk length, array size, inline length).
+    public var parserLimits: RESPParser.Limits
+    /// A connection stops reading while it has this many parsed commands waiting. Default 1024.
+    public var maxPendingCommands: Int
+    /// ...or while its waiting commands hold this many bytes. Default 64 MiB. A single request may
+    /// still be as large as `parserLimits.maxBulkLength` allows.
+    public var maxPendingBytes: Int
+    /// Most commands run back to back before their replies are flushed. Default 128.
+    public var maxBatchCommands: Int
+    /// Connections beyond this are answered `-ERR max number of clients reached` and closed. Default 10000.
+    public var maxConnections: Int
+    /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.
+    public var users: [RESPUser]
+    /// Tenant namespace of connections when `users` is empty. Default `default`.
+    public var defaultNamespace: String
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 6379,
+        parserLimits: RESPParser.Limits = RESPParser.Limits(),
+        maxPendingCommands: Int = 1024,
+        maxPendingBytes: Int = 64 * 1024 * 1024,
+        maxBatchCommands: Int = 128,
+        maxConnections: Int = 10_000,
+        users: [RESPUser] = [],
+        defaultNamespace: String = "default"
+    ) {
+        precondition((0...65535).contains(port), "port \(port) is not in 0...65535")
+        precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0)
+        self.host = host
+        self.port = port
+        self.parserLimits = parserLimits
+        self.maxPendingCommands = maxPendingCommands
+        self.maxPendingBytes = maxPendingBytes
+        self.maxBatchCommands = maxBatchCommands
+        self.maxConnections = maxConnections
+        self.users = users
+        self.defaultNamespace = defaultNamespace
+    }
+}

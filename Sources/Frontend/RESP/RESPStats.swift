@@ -1,0 +1,33 @@
+import Synchronization
+
+/// Counters for INFO's `clients`, `stats` and `server` sections, shared by a server's connections.
+public final class RESPStats: Sendable {
+    private let connectionsReceived = Atomic<Int>(0)
+    private let connected = Atomic<Int>(0)
+    private let commands = Atomic<Int>(0)
+    private let protocolErrors = Atomic<Int>(0)
+    private let port = Atomic<Int>(0)
+    private let nextClientID = Atomic<Int64>(0)
+    /// Uptime is measured from here.
+    public let started = ContinuousClock.now
+
+    public init() {}
+
+    public var totalConnectionsReceived: Int { connectionsReceived.load(ordering: .relaxed) }
+    public var connectedClients: Int { connected.load(ordering: .relaxed) }
+    public var totalCommandsProcessed: Int { commands.load(ordering: .relaxed) }
+    public var totalProtocolErrors: Int { protocolErrors.load(ordering: .relaxed) }
+    public var tcpPort: Int { port.load(ordering: .relaxed) }
+
+    /// Counts a new connection and returns its client ID (1, 2, ...).
+    func connectionOpened() -> Int64 {
+        connectionsReceived.add(1, ordering: .relaxed)
+        connected.add(1, ordering: .relaxed)
+        return nextClientID.add(1, ordering: .relaxed).newValue
+    }
+
+    func connectionClosed() { connected.subtract(1, ordering: .relaxed) }
+    func commandProcessed() { commands.add(1, ordering: .relaxed) }
+    func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
+    func bound(port value: Int) { port.store(value, ordering: .relaxed) }
+}

@@ -1,0 +1,102 @@
+import NIOCore
+
+/// One RESP2 value. Bulk payloads are `ByteBuffer` slices: parsing a request and echoing a value
+/// back never copies the payload.
+public enum RESPValue: Sendable, Hashable {
+    /// `+OK\r\n`. The text must not contain CR or LF.
+    case simpleString(String)
+    /// `-ERR message\r\n`. The text starts with the error code (`ERR`, `NOAUTH`, `WRONGPASS`, ...).
+    case error(String)
+    /// `:42\r\n`
+    case integer(Int64)
+    /// `$3\r\nfoo\r\n`
+    case bulkString(ByteBuffer)
+    /// `$-1\r\n`, Redis's "nil" reply.
+    case null
+    /// `*2\r\n...`
+    case array([RESPValue])
+    /// `*-1\r\n`
+    case nullArray
+
+    /// A bulk string holding the UTF-8 bytes of `string`.
+    public static func bulk(_ string: String) -> RESPValue {
+        .bulkString(ByteBuffer(string: string))
+    }
+
+    /// The shared `+OK` reply.
+    public static let ok = RESPValue.simpleString("OK")
+}
+
+/// Writes `RESPValue`s in RESP2 wire form.
+public enum RESPEncoder {
+    /// Bulk payloads at least this long are handed to `largeBulk` instead of being copied.
+    public static let zeroCopyThreshold = 16 * 1024
+
+    /// Appends `value` to `buffer`, copying every payload.
+    public static func encode(_ value: RESPValue, into buffer: inout ByteBuffer) {
+        encode(value, into: &buffer) { out, payload in out.writeImmutableBuffer(payload) }
+    }
+
+    /// Appends `value` to `buffer`; a bulk payload of `zeroCopyThreshold` bytes or more is passed to
+    /// `largeBulk(&buffer, payload)`, which must emit `buffer`'s bytes so far and then the payload
+    /// (for a channel: write `buffer`, start a fresh one, write `payload`). The CRLF that ends the
+    /// bulk string is appended to `buffer` afterwards.
+    public static func encode(
+        _ value: RESPValue,
+        into buffer: inout ByteBuffer,
+        largeBulk: (inout ByteBuffer, ByteBuffer) -> Void
+    ) {
+        switch value {
+        case .simpleString(let text):
+            buffer.writeInteger(UInt8(ascii: "+"))
+            writeLineSafe(text, into: &buffer)
+            buffer.writeRESPCRLF()
+        case .error(let text):
+            buffer.writeInteger(UInt8(ascii: "-"))
+            writeLineSafe(text, into: &buffer)
+            buffer.writeRESPCRLF()
+        case .integer(let number):
+            buffer.writeInteger(UInt8(ascii: ":"))
+            buffer.writeString(String(number))
+            buffer.writeRESPCRLF()
+        case .bulkString(let payload):
+            buffer.writeInteger(UInt8(ascii: "$"))
+            buffer.writeString(String(payload.readableBytes))
+            buffer.writeRESPCRLF()
+            if payload.readableBytes >= zeroCopyThreshold {
+                largeBulk(&buffer, payload)
+            } else {
+                buffer.writeImmutableBuffer(payload)
+            }
+            buffer.writeRESPCRLF()
+        case .null:
+            buffer.writeStaticString("$-1\r\n")
+        case .array(let elements):
+            buffer.writeInteger(UInt8(ascii: "*"))
+            buffer.writeString(String(elements.count))
+            buffer.writeRESPCRLF()
+            for element in elements {
+                encode(element, into: &buffer, largeBulk: largeBulk)
+            }
+        case .nullArray:
+            buffer.writeStaticString("*-1\r\n")
+        }
+    }
+
+    /// Simple strings and errors are one line on the wire; a stray CR or LF would desynchronise the
+    /// client, so they become spaces (Redis does the same for error texts).
+    private static func writeLineSafe(_ text: String, into buffer: inout ByteBuffer) {
+        if text.utf8.contains(where: { $0 == 13 || $0 == 10 }) {
+            buffer.writeBytes(text.utf8.map { $0 == 13 || $0 == 10 ? UInt8(ascii: " ") : $0 })
+        } else {
+            buffer.writeString(text)
+        }
+    }
+}
+
+extension ByteBuffer {
+    @inlinable
+    mutating func writeRESPCRLF() {
+        writeInteger(UInt16(0x0D0A))  // "\r\n", big-endian by default
+    }
+}

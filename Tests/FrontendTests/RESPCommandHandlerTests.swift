@@ -1,0 +1,291 @@
+#if canImport(RESP)
+import RESP
+#else
+import Frontend
+#endif
+import NIOCore
+import Testing
+
+/// Runs commands against a handler over FakeKVBackend, keeping one connection's session.
+private struct Harness {
+    let backend: FakeKVBackend
+    let handler: RESPCommandHandler
+    var session: RESPSession
+
+    init(users: [RESPUser] = []) {
+        backend = FakeKVBackend()
+        handler = RESPCommandHandler(backend: backend, users: users, defaultNamespace: "tenant-a")
+        session = handler.makeSession(clientID: 7)
+    }
+
+    mutating func run(_ words: String...) async -> RESPValue {
+        await reply(words).value
+    }
+
+    mutating func reply(_ words: [String]) async -> RESPReply {
+        await handler.handle(words.map { ByteBuffer(string: $0) }, session: &session)
+    }
+}
+
+private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($0) }) }
+
+@Suite struct RESPCommandHandlerTests {
+    /// (command, expected reply) run in order on one connection.
+    static let script: [([String], RESPValue)] = [
+        (["PING"], .simpleString("PONG")),
+        (["ping", "hi"], .bulk("hi")),
+        (["PING", "a", "b"], .error("ERR wrong number of arguments for 'ping' command")),
+        (["ECHO", "x y"], .bulk("x y")),
+        (["ECHO"], .error("ERR wrong number of arguments for 'echo' command")),
+        (["GET", "k"], .null),
+        (["GET"], .error("ERR wrong number of arguments for 'get' command")),
+        (["GET", "a", "b"], .error("ERR wrong number of arguments for 'get' command")),
+        (["SET", "k", "v"], .ok),
+        (["GET", "k"], .bulk("v")),
+        (["SET", "k", "w", "NX"], .null),
+        (["SET", "k2", "w", "XX"], .null),
+        (["SET", "k2", "w", "nx"], .ok),
+        (["SET", "k2", "z", "XX"], .ok),
+        (["GET", "k2"], .bulk("z")),
+        (["SET", "k", "v", "NX", "XX"], .error("ERR syntax error")),
+        (["SET", "k", "v", "EX"], .error("ERR syntax error")),
+        (["SET", "k", "v", "EX", "1", "PX", "5"], .error("ERR syntax error")),
+        (["SET", "k", "v", "BOGUS"], .error("ERR syntax error")),
+        (["SET", "k", "v", "EX", "ten"], .error("ERR value is not an integer or out of range")),
+        (["SET", "k", "v", "EX", "0"], .error("ERR invalid expire time in 'set' command")),
+        (["SET", "k", "v", "PX", "-5"], .error("ERR invalid expire time in 'set' command")),
+        (["SET", "k", "v", "EX", "9223372036854775807"], .error("ERR invalid expire time in 'set' command")),
+        (["SET", "k"], .error("ERR wrong number of arguments for 'set' command")),
+        (["MSET", "a", "1", "b", "2"], .ok),
+        (["MSET", "a", "1", "b"], .error("ERR wrong number of arguments for 'mset' command")),
+        (["MGET", "a", "nope", "b", "a"], .array([.bulk("1"), .null, .bulk("2"), .bulk("1")])),
+        (["EXISTS", "a", "a", "nope", "b"], .integer(3)),
+        (["DBSIZE"], .integer(4)),
+        (["DEL", "a", "a", "nope"], .integer(1)),
+        (["EXISTS", "a"], .integer(0)),
+        (["TYPE", "b"], .simpleString("string")),
+        (["TYPE", "a"], .simpleString("none")),
+        (["TTL", "b"], .integer(-1)),
+        (["TTL", "a"], .integer(-2)),
+        (["PTTL", "a"], .integer(-2)),
+        (["EXPIRE", "a", "10"], .integer(0)),
+        (["EXPIRE", "b", "x"], .error("ERR value is not an integer or out of range")),
+        (["EXPIRE", "b", "10", "XX"], .integer(0)),
+        (["EXPIRE", "b", "10", "NX"], .integer(1)),
+        (["TTL", "b"], .integer(10)),
+        (["PTTL", "b"], .integer(10_000)),
+        (["EXPIRE", "b", "5", "GT"], .integer(0)),
+        (["EXPIRE", "b", "20", "GT"], .integer(1)),
+        (["EXPIRE", "b", "20", "NX", "XX"], .error("ERR NX and XX, GT or LT options at the same time are not compatible")),
+        (["PERSIST", "b"], .integer(1)),
+        (["PERSIST", "b"], .integer(0)),
+        (["EXPIRE", "b", "-1"], .integer(1)),
+        (["EXISTS", "b"], .integer(0)),
+        (["SELECT", "0"], .ok),
+        (["SELECT", "1"], .error("ERR DB index is out of range")),
+        (["SELECT", "x"], .error("ERR value is not an integer or out of range")),
+        (["FLUSHDB", "NOW"], .error("ERR syntax error")),
+        (["FOO"], .error("ERR unknown command 'FOO', with args beginning with: ")),
+        (["foo", "a", "b c"], .error("ERR unknown command 'foo', with args beginning with: 'a' 'b c' ")),
+        (["HELLO", "3"], .error("ERR unknown command 'HELLO', with args beginning with: '3' ")),
+        (["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], .ok),
+        (["CLIENT", "SETINFO", "lib-ver", "5.0.0"], .ok),
+        (["CLIENT", "SETINFO", "color", "red"], .error("ERR Unrecognized option 'color'")),
+        (["CLIENT", "GETNAME"], .null),
+        (["CLIENT", "SETNAME", "worker-1"], .ok),
+        (["CLIENT", "GETNAME"], .bulk("worker-1")),
+        (["CLIENT", "SETNAME", "has space"], .error("ERR Client names cannot contain spaces, newlines or special characters.")),
+        (["CLIENT", "ID"], .integer(7)),
+        (["CLIENT", "KILL"], .error("ERR unknown subcommand 'KILL'. Try CLIENT HELP.")),
+        (["CLIENT"], .error("ERR wrong number of arguments for 'client' command")),
+        (["COMMAND", "COUNT"], .integer(26)),
+        (["COMMAND", "DOCS"], .array([])),
+        (["COMMAND", "INFO", "get", "nope"], .array([
+            .array([.bulk("get"), .integer(2), .array([.simpleString("readonly"), .simpleString("fast")]), .integer(1), .integer(1), .integer(1)]),
+            .nullArray,
+        ])),
+        (["AUTH", "secret"], .error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+        (["AUTH", "default", "anything"], .ok),
+        (["AUTH", "bob", "x"], .error("WRONGPASS invalid username-password pair or user is disabled.")),
+        (["SCAN", "x"], .error("ERR invalid cursor")),
+        (["SCAN", "0", "COUNT", "0"], .error("ERR syntax error")),
+        (["SCAN", "0", "COUNT", "z"], .error("ERR value is not an integer or out of range")),
+        (["SCAN", "0", "MATCH"], .error("ERR syntax error")),
+        (["SCAN", "0", "TYPE", "hash"], .array([.bulk("0"), .array([])])),
+        (["SCAN", "0", "MATCH", "k*"], .array([.bulk("0"), bulks("k", "k2")])),
+        (["FLUSHDB"], .ok),
+        (["DBSIZE"], .integer(0)),
+        (["GET", "k"], .null),
+    ]
+
+    @Test func commandScript() async {
+        var harness = Harness()
+        for (words, expected) in Self.script {
+            let reply = await harness.reply(words).value
+            #expect(reply == expected, "\(words)")
+        }
+    }
+
+    @Test func quitRepliesOkAndCloses() async {
+        var harness = Harness()
+        let reply = await harness.reply(["QUIT"])
+        #expect(reply == RESPReply(.ok, closesConnection: true))
+        #expect(await harness.reply(["PING"]).closesConnection == false)
+    }
+
+    @Test func expiryFollowsTheBackendClock() async {
+        var harness = Harness()
+        #expect(await harness.run("SET", "e", "v", "EX", "10") == .ok)
+        #expect(await harness.run("TTL", "e") == .integer(10))
+        harness.backend.advance(milliseconds: 4_400)
+        #expect(await harness.run("TTL", "e") == .integer(6))  // 5600 ms rounds to 6, as Redis
+        #expect(await harness.run("PTTL", "e") == .integer(5_600))
+        #expect(await harness.run("SET", "e", "w", "KEEPTTL") == .ok)
+        #expect(await harness.run("PTTL", "e") == .integer(5_600))
+        #expect(await harness.run("SET", "p", "v", "PX", "1500") == .ok)
+        #expect(await harness.run("DBSIZE") == .integer(2))
+        harness.backend.advance(milliseconds: 1_500)
+        #expect(await harness.run("GET", "p") == .null)
+        #expect(await harness.run("EXISTS", "p") == .integer(0))
+        #expect(await harness.run("SET", "p", "again", "NX") == .ok)  // expired counts as absent
+        #expect(await harness.run("SET", "e", "plain") == .ok)  // plain SET clears the TTL
+        #expect(await harness.run("TTL", "e") == .integer(-1))
+        let now = harness.backend.now().unixMilliseconds
+        #expect(await harness.run("SET", "at", "v", "PXAT", String(now + 2_000)) == .ok)
+        #expect(await harness.run("PTTL", "at") == .integer(2_000))
+        #expect(await harness.run("SETEX", "sx", "3", "v") == .ok)
+        #expect(await harness.run("TTL", "sx") == .integer(3))
+        #expect(await harness.run("PEXPIRE", "sx", "250") == .integer(1))
+        harness.backend.advance(milliseconds: 250)
+        #expect(await harness.run("GET", "sx") == .null)
+        #expect(await harness.run("SET", "past", "v", "PXAT", "1") == .ok)
+        #expect(await harness.run("GET", "past") == .null)
+    }
+
+    @Test(arguments: [1, 3, 10, 1000])
+    func scanReturnsEveryKeyExactlyOnce(count: Int) async throws {
+        var harness = Harness()
+        var expected: Set<String> = []
+        for i in 0..<137 {
+            #expect(await harness.run("SET", "key:\(i)", "v") == .ok)
+            if String(i).hasPrefix("1") { expected.insert("key:\(i)") }
+            #expect(await harness.run("SET", "other:\(i)", "v") == .ok)
+        }
+        var seen: [String] = []
+        var cursor = "0"
+        var steps = 0
+        repeat {
+            let reply = await harness.run("SCAN", cursor, "MATCH", "key:1*", "COUNT", String(count))
+            guard case .array(let parts) = reply, parts.count == 2, case .bulkString(let next) = parts[0],
+                case .array(let keys) = parts[1]
+            else {
+                Issue.record("bad SCAN reply \(reply)")
+                return
+            }
+            for case .bulkString(let key) in keys { seen.append(String(buffer: key)) }
+            cursor = String(buffer: next)
+            steps += 1
+        } while cursor != "0" && steps < 10_000
+        #expect(seen.count == expected.count)
+        #expect(Set(seen) == expected)
+    }
+
+    @Test func authFlow() async {
+        var harness = Harness(users: [
+            RESPUser(password: "s3cret", namespace: "team-x"),
+            RESPUser(name: "lmcache", password: "pw", namespace: "team-y"),
+        ])
+        #expect(await harness.run("PING") == .error("NOAUTH Authentication required."))
+        #expect(await harness.run("GET", "k") == .error("NOAUTH Authentication required."))
+        #expect(await harness.run("FOO") == .error("ERR unknown command 'FOO', with args beginning with: "))
+        #expect(await harness.run("GET") == .error("ERR wrong number of arguments for 'get' command"))
+        #expect(await harness.run("AUTH", "wrong") == .error("WRONGPASS invalid username-password pair or user is disabled."))
+        #expect(await harness.run("AUTH", "lmcache", "s3cret") == .error("WRONGPASS invalid username-password pair or user is disabled."))
+        #expect(await harness.run("AUTH", "a", "b", "c") == .error("ERR syntax error"))
+        #expect(await harness.reply(["QUIT"]).closesConnection)
+        #expect(await harness.run("AUTH", "s3cret") == .ok)
+        #expect(harness.session.namespace == "team-x")
+        #expect(await harness.run("SET", "k", "x") == .ok)
+        #expect(await harness.run("AUTH", "lmcache", "pw") == .ok)
+        #expect(harness.session.namespace == "team-y")
+        #expect(await harness.run("GET", "k") == .null)  // namespaces are isolated
+        #expect(await harness.run("DBSIZE") == .integer(0))
+        #expect(await harness.run("AUTH", "default", "s3cret") == .ok)
+        #expect(await harness.run("GET", "k") == .bulk("x"))
+    }
+
+    @Test func infoHasTheSectionsClientsParse() async throws {
+        var harness = Harness()
+        _ = await harness.run("SET", "a", "1")
+        _ = await harness.run("SET", "b", "2", "EX", "100")
+        guard case .bulkString(let body) = await harness.run("INFO") else {
+            Issue.record("INFO is not a bulk string")
+            return
+        }
+        let text = String(buffer: body)
+        for line in ["# Server\r\n", "redis_version:", "# Memory\r\n", "used_memory:1234\r\n", "# Stats\r\n",
+            "total_commands_processed:", "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=0\r\n", "# Strata\r\ntiers:fake\r\n"]
+        {
+            #expect(text.contains(line), "missing \(line)")
+        }
+        guard case .bulkString(let keyspace) = await harness.run("INFO", "keyspace") else { return }
+        #expect(String(buffer: keyspace) == "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=0\r\n")
+        guard case .bulkString(let memory) = await harness.run("info", "MEMORY") else { return }
+        #expect(String(buffer: memory) == "# Memory\r\nused_memory:1234\r\n")
+    }
+
+    @Test func commandListsEveryCommandWithAValidShape() async {
+        var harness = Harness()
+        guard case .array(let entries) = await harness.run("COMMAND") else {
+            Issue.record("COMMAND is not an array")
+            return
+        }
+        #expect(entries.count == 26)
+        for entry in entries {
+            guard case .array(let fields) = entry, fields.count == 6, case .bulkString = fields[0],
+                case .integer = fields[1], case .array = fields[2]
+            else {
+                Issue.record("bad entry \(entry)")
+                continue
+            }
+        }
+    }
+
+    @Test func backendErrorsBecomeErrorReplies() async {
+        struct Failing: KVBackend {
+            func now() -> KVTimestamp { KVTimestamp(unixMilliseconds: 0) }
+            func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
+                throw KVBackendError(.unavailable, "tier offline")
+            }
+            func set(namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry) async throws -> Bool {
+                throw KVBackendError(.outOfSpace, "command not allowed when used memory > 'maxmemory'.")
+            }
+            func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws {
+                struct Opaque: Error {}
+                throw Opaque()
+            }
+            func delete(namespace: String, keys: [ByteBuffer]) async throws -> Int { 0 }
+            func exists(namespace: String, keys: [ByteBuffer]) async throws -> Int { 0 }
+            func timeToLive(namespace: String, key: ByteBuffer) async throws -> KVTimeToLive { .missing }
+            func expire(namespace: String, key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool { false }
+            func keyCount(namespace: String) async throws -> KVKeyCount { KVKeyCount(keys: 0, expiring: 0) }
+            func flush(namespace: String) async throws {}
+            func scan(namespace: String, cursor: UInt64, match: ByteBuffer?, count: Int) async throws -> KVScanPage {
+                KVScanPage(cursor: 0, keys: [])
+            }
+            func info() async -> [(section: String, fields: [(String, String)])] { [] }
+        }
+        let handler = RESPCommandHandler(backend: Failing())
+        var session = handler.makeSession(clientID: 1)
+        let cases: [([String], RESPValue)] = [
+            (["GET", "k"], .error("ERR tier offline")),
+            (["MGET", "k", "j"], .error("ERR tier offline")),
+            (["SET", "k", "v"], .error("OOM command not allowed when used memory > 'maxmemory'.")),
+            (["MSET", "k", "v"], .error("ERR internal error")),
+        ]
+        for (words, expected) in cases {
+            let reply = await handler.handle(words.map { ByteBuffer(string: $0) }, session: &session)
+            #expect(reply.value == expected)
+        }
+    }
+}

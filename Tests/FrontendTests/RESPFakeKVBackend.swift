@@ -1,0 +1,165 @@
+#if canImport(RESP)
+import RESP
+#else
+import Frontend
+#endif
+import NIOCore
+import Synchronization
+
+/// An in-memory `KVBackend` for tests, with a manual clock (`advance(milliseconds:)`).
+/// SCAN walks keys in insertion order; the cursor is the next insertion sequence number.
+final class FakeKVBackend: KVBackend {
+    private struct Entry {
+        var value: ByteBuffer
+        var deadline: KVTimestamp?
+        var sequence: UInt64
+    }
+
+    private struct State {
+        var clock: Int64
+        var namespaces: [String: [ByteBuffer: Entry]] = [:]
+        var nextSequence: UInt64 = 1
+
+        /// The live entry of `key`, dropping it if it has expired.
+        mutating func live(_ ns: String, _ key: ByteBuffer) -> Entry? {
+            guard let entry = namespaces[ns]?[key] else { return nil }
+            if let deadline = entry.deadline, deadline.unixMilliseconds <= clock {
+                namespaces[ns]?[key] = nil
+                return nil
+            }
+            return entry
+        }
+
+        mutating func purge(_ ns: String) {
+            namespaces[ns] = namespaces[ns]?.filter { $0.value.deadline.map { $0.unixMilliseconds > clock } ?? true }
+        }
+    }
+
+    private let state: Mutex<State>
+
+    init(startMilliseconds: Int64 = 1_700_000_000_000) {
+        state = Mutex(State(clock: startMilliseconds))
+    }
+
+    func advance(milliseconds: Int64) {
+        state.withLock { $0.clock += milliseconds }
+    }
+
+    /// Keys stored per namespace (expired ones included until touched), for isolation checks.
+    func rawCount(namespace: String) -> Int {
+        state.withLock { $0.namespaces[namespace]?.count ?? 0 }
+    }
+
+    func now() -> KVTimestamp {
+        state.withLock { KVTimestamp(unixMilliseconds: $0.clock) }
+    }
+
+    func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
+        state.withLock { $0.live(namespace, key)?.value }
+    }
+
+    func set(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool {
+        state.withLock { state in
+            let old = state.live(namespace, key)
+            switch condition {
+            case .always: break
+            case .ifAbsent: if old != nil { return false }
+            case .ifPresent: if old == nil { return false }
+            }
+            let deadline: KVTimestamp?
+            switch expiry {
+            case .never: deadline = nil
+            case .keep: deadline = old?.deadline
+            case .at(let at): deadline = at
+            }
+            let sequence = old?.sequence ?? state.nextSequence
+            if old == nil { state.nextSequence += 1 }
+            // Copy: the key and value are slices of the connection's receive buffer.
+            let entry = Entry(value: ByteBuffer(bytes: value.readableBytesView), deadline: deadline, sequence: sequence)
+            state.namespaces[namespace, default: [:]][ByteBuffer(bytes: key.readableBytesView)] = entry
+            if let deadline, deadline.unixMilliseconds <= state.clock {
+                state.namespaces[namespace]?[key] = nil
+            }
+            return true
+        }
+    }
+
+    func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws {
+        for (key, value) in pairs {
+            _ = try await set(namespace: namespace, key: key, value: value, condition: .always, expiry: .never)
+        }
+    }
+
+    func delete(namespace: String, keys: [ByteBuffer]) async throws -> Int {
+        state.withLock { state in
+            var removed = 0
+            for key in keys where state.live(namespace, key) != nil {
+                state.namespaces[namespace]?[key] = nil
+                removed += 1
+            }
+            return removed
+        }
+    }
+
+    func exists(namespace: String, keys: [ByteBuffer]) async throws -> Int {
+        state.withLock { state in keys.filter { state.live(namespace, $0) != nil }.count }
+    }
+
+    func timeToLive(namespace: String, key: ByteBuffer) async throws -> KVTimeToLive {
+        state.withLock { state in
+            guard let entry = state.live(namespace, key) else { return .missing }
+            guard let deadline = entry.deadline else { return .persistent }
+            return .milliseconds(deadline.unixMilliseconds - state.clock)
+        }
+    }
+
+    func expire(namespace: String, key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool {
+        state.withLock { state in
+            guard let entry = state.live(namespace, key) else { return false }
+            guard let deadline else {
+                if entry.deadline == nil { return false }
+                state.namespaces[namespace]?[key]?.deadline = nil
+                return true
+            }
+            if deadline.unixMilliseconds <= state.clock {
+                state.namespaces[namespace]?[key] = nil
+            } else {
+                state.namespaces[namespace]?[key]?.deadline = deadline
+            }
+            return true
+        }
+    }
+
+    func keyCount(namespace: String) async throws -> KVKeyCount {
+        state.withLock { state in
+            state.purge(namespace)
+            let entries = state.namespaces[namespace] ?? [:]
+            return KVKeyCount(keys: entries.count, expiring: entries.values.filter { $0.deadline != nil }.count)
+        }
+    }
+
+    func flush(namespace: String) async throws {
+        state.withLock { $0.namespaces[namespace] = nil }
+    }
+
+    func scan(namespace: String, cursor: UInt64, match: ByteBuffer?, count: Int) async throws -> KVScanPage {
+        state.withLock { state in
+            state.purge(namespace)
+            let ordered = (state.namespaces[namespace] ?? [:])
+                .filter { $0.value.sequence >= cursor }
+                .sorted { $0.value.sequence < $1.value.sequence }
+            let page = ordered.prefix(count)
+            let next = ordered.count > count ? page.last!.value.sequence + 1 : 0
+            let keys = page.map(\.key).filter { key in
+                match.map { RESPGlob.matches(pattern: $0.readableBytesView, key.readableBytesView) } ?? true
+            }
+            return KVScanPage(cursor: next, keys: keys)
+        }
+    }
+
+    func info() async -> [(section: String, fields: [(String, String)])] {
+        [("memory", [("used_memory", "1234")]), ("strata", [("tiers", "fake")])]
+    }
+}

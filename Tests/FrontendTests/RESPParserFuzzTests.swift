@@ -1,0 +1,139 @@
+#if canImport(RESP)
+import RESP
+#else
+import Frontend
+#endif
+import NIOCore
+import Testing
+
+/// SplitMix64: a seeded generator so that a failing case can be replayed.
+private struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+private func randomValue(_ rng: inout SeededGenerator, depth: Int = 0) -> RESPValue {
+    func text() -> String {
+        String((0..<Int.random(in: 0...8, using: &rng)).map { _ in "abcXYZ09 _".randomElement(using: &rng)! })
+    }
+    switch Int.random(in: 0..<(depth < 3 ? 7 : 6), using: &rng) {
+    case 0: return .simpleString(text())
+    case 1: return .error("ERR " + text())
+    case 2: return .integer(Int64.random(in: .min ... .max, using: &rng))
+    case 3: return .bulkString(ByteBuffer(bytes: (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+    case 4: return .null
+    case 5: return .nullArray
+    default: return .array((0..<Int.random(in: 0...4, using: &rng)).map { _ in randomValue(&rng, depth: depth + 1) })
+    }
+}
+
+private func randomCommand(_ rng: inout SeededGenerator) -> RESPValue {
+    .array((0..<Int.random(in: 1...5, using: &rng)).map { _ in
+        .bulkString(ByteBuffer(bytes: (0..<Int.random(in: 0...30, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+    })
+}
+
+/// Feeds `bytes` in random chunks; returns the values parsed and whether it threw.
+private func feed(
+    _ bytes: [UInt8], mode: RESPParser.Mode, limits: RESPParser.Limits, _ rng: inout SeededGenerator
+) -> (values: [RESPValue], error: RESPProtocolError?, leftover: Int) {
+    var parser = RESPParser(mode: mode, limits: limits)
+    var buffer = ByteBuffer()
+    var values: [RESPValue] = []
+    var offset = 0
+    while offset < bytes.count {
+        let end = min(bytes.count, offset + Int.random(in: 1...64, using: &rng))
+        buffer.writeBytes(bytes[offset..<end])
+        offset = end
+        do {
+            while let value = try parser.next(from: &buffer) { values.append(value) }
+        } catch {
+            return (values, error, buffer.readableBytes)
+        }
+    }
+    return (values, nil, buffer.readableBytes)
+}
+
+@Suite struct RESPParserFuzzTests {
+    @Test(arguments: [1, 2, 3, 4] as [UInt64])
+    func randomValidFramesRoundTrip(seed: UInt64) {
+        var rng = SeededGenerator(state: seed)
+        for _ in 0..<500 {
+            let clientValues = (0..<Int.random(in: 1...4, using: &rng)).map { _ in randomValue(&rng) }
+            var wire = ByteBuffer()
+            for value in clientValues { RESPEncoder.encode(value, into: &wire) }
+            let client = feed(Array(wire.readableBytesView), mode: .client, limits: .init(), &rng)
+            #expect(client.error == nil)
+            #expect(client.values == clientValues)
+
+            let commands = (0..<Int.random(in: 1...4, using: &rng)).map { _ in randomCommand(&rng) }
+            wire.clear()
+            for value in commands { RESPEncoder.encode(value, into: &wire) }
+            let server = feed(Array(wire.readableBytesView), mode: .server, limits: .init(), &rng)
+            #expect(server.error == nil)
+            #expect(server.values == commands)
+
+            // Truncated: a prefix of the values, never an error, never an extra value.
+            let bytes = Array(wire.readableBytesView)
+            let cut = Int.random(in: 0..<bytes.count, using: &rng)
+            let truncated = feed(Array(bytes[..<cut]), mode: .server, limits: .init(), &rng)
+            #expect(truncated.error == nil)
+            #expect(truncated.values.count < commands.count)
+            #expect(Array(commands.prefix(truncated.values.count)) == truncated.values)
+        }
+    }
+
+    @Test(arguments: [11, 12, 13, 14] as [UInt64])
+    func mutatedAndRandomBytesNeverCrash(seed: UInt64) {
+        var rng = SeededGenerator(state: seed)
+        let limits = RESPParser.Limits(maxBulkLength: 1024, maxArrayElements: 64, maxInlineLength: 256)
+        var errors = 0
+        for round in 0..<1500 {
+            var bytes: [UInt8]
+            if round % 3 == 0 {
+                let alphabet = Array("*$+-:\r\n0123456789-abc \"'\\".utf8)
+                bytes = (0..<Int.random(in: 1...200, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+            } else {
+                var wire = ByteBuffer()
+                for _ in 0..<3 { RESPEncoder.encode(round % 3 == 1 ? randomCommand(&rng) : randomValue(&rng), into: &wire) }
+                bytes = Array(wire.readableBytesView)
+                for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                    bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+                }
+            }
+            for mode in [RESPParser.Mode.server, .client] {
+                let result = feed(bytes, mode: mode, limits: limits, &rng)
+                if let error = result.error {
+                    errors += 1
+                    #expect(error.message.hasPrefix("Protocol error: "))
+                }
+                // Nothing is buffered beyond the input, and a partial line never exceeds the limit.
+                #expect(result.leftover <= bytes.count)
+                for case .bulkString(let payload) in result.values.flatMap({ v -> [RESPValue] in
+                    if case .array(let a) = v { return a } else { return [v] }
+                }) {
+                    #expect(payload.readableBytes <= limits.maxBulkLength)
+                }
+            }
+        }
+        #expect(errors > 0)
+    }
+
+    @Test func hugeAnnouncedLengthsAreRefusedForAnyDigits() {
+        var rng = SeededGenerator(state: 99)
+        for _ in 0..<2000 {
+            let length = UInt64.random(in: (512 * 1024 * 1024 + 1)...UInt64.max, using: &rng)
+            let header = Array("*1\r\n$\(length)\r\n".utf8)
+            let result = feed(header, mode: .server, limits: .init(), &rng)
+            #expect(result.error == RESPProtocolError("Protocol error: invalid bulk length"))
+            let array = Array("*\(length)\r\n".utf8)
+            #expect(feed(array, mode: .server, limits: .init(), &rng).error == RESPProtocolError("Protocol error: invalid multibulk length"))
+        }
+    }
+}

@@ -1,0 +1,158 @@
+#if canImport(RESP)
+import RESP
+#else
+import Frontend
+#endif
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+/// A raw RESP client over a real socket: writes bytes, reads parsed replies.
+private struct RawRESPClient {
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    var inbound: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+    var parser = RESPParser(mode: .client, limits: .init(maxBulkLength: 128 * 1024 * 1024))
+    var buffer = ByteBuffer()
+
+    static func connect<R: Sendable>(port: Int, _ body: (inout RawRESPClient) async throws -> R) async throws -> R {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            var client = RawRESPClient(outbound: outbound, inbound: inbound.makeAsyncIterator())
+            return try await body(&client)
+        }
+    }
+
+    func send(_ text: String) async throws {
+        try await outbound.write(ByteBuffer(string: text))
+    }
+
+    func send(commands: [[ByteBuffer]]) async throws {
+        var wire = ByteBuffer()
+        for command in commands { RESPEncoder.encode(.array(command.map(RESPValue.bulkString)), into: &wire) }
+        try await outbound.write(wire)
+    }
+
+    /// The next reply, or nil once the server has closed the connection.
+    mutating func next() async throws -> RESPValue? {
+        while true {
+            if let value = try parser.next(from: &buffer) { return value }
+            guard var chunk = try await inbound.next() else { return nil }
+            buffer.writeBuffer(&chunk)
+        }
+    }
+}
+
+private func withServer(
+    _ configuration: RESPServerConfiguration = .init(host: "127.0.0.1", port: 0),
+    _ body: (Int, FakeKVBackend) async throws -> Void
+) async throws {
+    let backend = FakeKVBackend()
+    let server = RESPServer(configuration: configuration, backend: backend, logger: Logger(label: "resp-test"))
+    let port = try await server.start()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await server.run() }
+        defer { group.cancelAll() }
+        try await body(port, backend)
+    }
+}
+
+@Suite struct RESPServerTests {
+    @Test func pipelinedLargeValueAndManySmallCommands() async throws {
+        try await withServer { port, _ in
+            try await RawRESPClient.connect(port: port) { client in
+                var big = ByteBuffer()
+                big.writeBytes((0..<(64 * 1024 * 1024)).lazy.map { UInt8(truncatingIfNeeded: $0 &* 31) })
+                let small = (0..<2000).map { [ByteBuffer(string: "SET"), ByteBuffer(string: "k\($0)"), ByteBuffer(string: "v\($0)")] }
+                let reads = (0..<2000).map { [ByteBuffer(string: "GET"), ByteBuffer(string: "k\($0)")] }
+                try await client.send(commands: [[ByteBuffer(string: "SET"), ByteBuffer(string: "big"), big]]
+                    + small + [[ByteBuffer(string: "GET"), ByteBuffer(string: "big")]] + reads)
+                try await client.send("PING\r\nDBSIZE\r\n")
+                #expect(try await client.next() == .ok)
+                for _ in 0..<2000 { #expect(try await client.next() == .ok) }
+                let value = try await client.next()
+                #expect(value == .bulkString(big))
+                for i in 0..<2000 {
+                    let reply = try await client.next()
+                    #expect(reply == .bulk("v\(i)"))
+                }
+                #expect(try await client.next() == .simpleString("PONG"))
+                #expect(try await client.next() == .integer(2001))
+            }
+        }
+    }
+
+    @Test func malformedFrameClosesOnlyThatConnection() async throws {
+        try await withServer { port, _ in
+            try await RawRESPClient.connect(port: port) { good in
+                try await good.send("SET shared 1\r\n")
+                #expect(try await good.next() == .ok)
+                try await RawRESPClient.connect(port: port) { bad in
+                    try await bad.send("PING\r\n*1\r\n$-5\r\nGET shared\r\n")
+                    #expect(try await bad.next() == .simpleString("PONG"))
+                    #expect(try await bad.next() == .error("ERR Protocol error: invalid bulk length"))
+                    #expect(try await bad.next() == nil)
+                }
+                try await RawRESPClient.connect(port: port) { huge in
+                    try await huge.send("*1\r\n$10737418240\r\n")
+                    #expect(try await huge.next() == .error("ERR Protocol error: invalid bulk length"))
+                    #expect(try await huge.next() == nil)
+                }
+                try await good.send("GET shared\r\n")
+                #expect(try await good.next() == .bulk("1"))
+            }
+        }
+    }
+
+    @Test func quitClosesAfterReplying() async throws {
+        try await withServer { port, _ in
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("PING\r\nQUIT\r\nPING\r\n")
+                #expect(try await client.next() == .simpleString("PONG"))
+                #expect(try await client.next() == .ok)
+                #expect(try await client.next() == nil)
+            }
+        }
+    }
+
+    @Test func backpressureKeepsOrderWithTinyQueues() async throws {
+        let configuration = RESPServerConfiguration(
+            host: "127.0.0.1", port: 0, maxPendingCommands: 4, maxPendingBytes: 1024, maxBatchCommands: 3)
+        try await withServer(configuration) { port, _ in
+            try await RawRESPClient.connect(port: port) { client in
+                let count = 20_000
+                var wire = ""
+                for i in 0..<count { wire += "ECHO \(i)\r\n" }
+                try await client.send(wire)
+                for i in 0..<count {
+                    let reply = try await client.next()
+                    #expect(reply == .bulk(String(i)))
+                    if reply != .bulk(String(i)) { break }
+                }
+            }
+        }
+    }
+
+    @Test func authIsPerConnection() async throws {
+        let configuration = RESPServerConfiguration(
+            host: "127.0.0.1", port: 0, users: [RESPUser(password: "pw", namespace: "t1")])
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("GET a\r\nAUTH pw\r\nSET a 1\r\n")
+                #expect(try await client.next() == .error("NOAUTH Authentication required."))
+                #expect(try await client.next() == .ok)
+                #expect(try await client.next() == .ok)
+            }
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("GET a\r\n")
+                #expect(try await client.next() == .error("NOAUTH Authentication required."))
+            }
+            #expect(backend.rawCount(namespace: "t1") == 1)
+        }
+    }
+}

@@ -28,8 +28,10 @@ mkdir -p "$STRATA_CACHE"/{bin,models,downloads,src}
 # --- apt packages -------------------------------------------------------------------------------
 APT_PACKAGES=(liburing-dev liblz4-dev libsqlite3-dev libcurl4-openssl-dev libxxhash-dev cmake
               pkg-config python3-venv fio    # fio: the disk peer the I/O benchmarks measure against
-              nginx-light)                   # nginx: the HTTP origin of the remote-tier tests and benchmarks
-if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(wrk); fi   # the router-overhead benchmark's load
+              nginx-light                    # nginx: the HTTP origin of the remote-tier tests and benchmarks
+              redis-tools)                   # redis-cli, redis-benchmark: clients of the RESP tests
+# wrk: the router-overhead benchmark's load; redis-server: the KV benchmark's peer
+if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(wrk redis-server); fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -44,12 +46,14 @@ fi
 
 # --- Python venv for the integration tests and benchmarks ---------------------------------------
 VENV="$STRATA_CACHE/venv"
-PY_PACKAGES=(openai pytest requests "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION")   # moto: the S3 origin
+REDIS_PY_VERSION="${REDIS_PY_VERSION:-8.1.0}"
+PY_PACKAGES=(openai pytest requests "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION"   # moto: the S3 origin
+             "redis==$REDIS_PY_VERSION")                                                    # redis-py: a RESP client
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating Python venv in $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import openai, pytest, requests, moto.server, boto3' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import openai, pytest, requests, moto.server, boto3, redis' 2>/dev/null; then
   log "installing Python packages: ${PY_PACKAGES[*]}"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi

@@ -38,7 +38,7 @@ public enum ConfigLoader {
         let reader = ConfigReader(environment: environment)
         let top = try reader.mapping(
             root, at: "",
-            allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "routing",
+            allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "routing", "kv",
                       "devices", "runtimes", "models"])
 
         var config = StrataConfiguration(
@@ -85,6 +85,7 @@ public enum ConfigLoader {
         }
         if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) }
         if let node = top["tiers"] { config.tiers = try tiers(reader, node) }
+        if let node = top["kv"] { config.kv = try kv(reader, node) }
         if let node = top["routing"] { config.routing = try routing(reader, node) }
         config.devices = try devices(reader, top["devices"], gpus: gpus.gpus)
         config.gpuDiscovery = gpus
@@ -93,25 +94,25 @@ public enum ConfigLoader {
         return config
     }
 
-    static func listenAddress(_ reader: ConfigReader, _ node: Node) throws -> ListenAddress {
-        let text = try reader.string(node, at: "listen")
+    static func listenAddress(_ reader: ConfigReader, _ node: Node, at key: String = "listen") throws -> ListenAddress {
+        let text = try reader.string(node, at: key)
         let expected = "expected HOST:PORT such as 127.0.0.1:8080 or [::1]:8080"
         var host: Substring
         let portText: Substring
         if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
             host = text[text.index(after: text.startIndex)..<close]
             let after = text[text.index(after: close)...]
-            guard after.hasPrefix(":") else { throw reader.fail("listen", node, "'\(text)': \(expected)") }
+            guard after.hasPrefix(":") else { throw reader.fail(key, node, "'\(text)': \(expected)") }
             portText = after.dropFirst()
         } else if let colon = text.lastIndex(of: ":") {
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
         } else {
-            throw reader.fail("listen", node, "'\(text)': \(expected)")
+            throw reader.fail(key, node, "'\(text)': \(expected)")
         }
         if host.isEmpty { host = "127.0.0.1" }
         guard let port = Int(portText), (1...65535).contains(port) else {
-            throw reader.fail("listen", node, "'\(text)': port must be 1...65535 (\(expected))")
+            throw reader.fail(key, node, "'\(text)': port must be 1...65535 (\(expected))")
         }
         return ListenAddress(host: String(host), port: port)
     }
@@ -278,5 +279,33 @@ public enum ConfigLoader {
             devices.append(DeviceConfiguration(name: "gpu\(gpu.index)", kind: .gpu, memoryBytes: total / 10 * 9))
         }
         return devices
+    }
+
+    /// `kv`: the RESP service on the tiers. Off unless `resp` is set; loopback unless told; a
+    /// password (by environment variable) is required beyond loopback.
+    static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
+        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env"])
+        var kv = KVConfiguration()
+        if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") }
+        if let v = map["durability"] {
+            let text = try reader.string(v, at: "kv.durability")
+            switch text {
+            case "cache": kv.durability = .cache
+            case "durable":
+                throw reader.fail("kv.durability", v, "'durable' is not available yet (expected cache: writes are acknowledged once in host RAM)")
+            default: throw reader.fail("kv.durability", v, "'\(text)' is not valid (expected cache)")
+            }
+        }
+        if let v = map["password_env"] {
+            let name = try reader.string(v, at: "kv.password_env")
+            guard let password = reader.environment[name], !password.isEmpty else {
+                throw reader.fail("kv.password_env", v, "environment variable \(name) is not set")
+            }
+            kv.password = password
+        }
+        if let resp = kv.resp, !resp.isLoopback, kv.password == nil {
+            throw reader.fail("kv.resp", map["resp"], "'\(resp)' is beyond loopback: set kv.password_env so clients must AUTH")
+        }
+        return kv
     }
 }

@@ -50,13 +50,22 @@ public enum Daemon {
             },
             logger: logger)
 
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: tiers),
+            .init(service: ControllerService(controller: controller, ready: ready)),
+        ]
+        if let resp = config.kv.resp {
+            let server = RESPServer(
+                configuration: RESPServerConfiguration(
+                    host: resp.host, port: resp.port,
+                    users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
+                backend: TierKVBackend(tiers: tiers), logger: logger)
+            services.append(.init(service: RESPService(server: server, logger: logger, address: resp)))
+        }
+        services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: tiers),
-                    .init(service: ControllerService(controller: controller, ready: ready)),
-                    .init(service: app),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
@@ -93,3 +102,19 @@ final class ReadyFlag: Sendable {
 }
 
 import NIOConcurrencyHelpers
+
+/// The RESP server as a service: serves until graceful shutdown, then closes its connections.
+struct RESPService: Service {
+    let server: RESPServer
+    let logger: Logger
+    let address: ListenAddress
+
+    func run() async throws {
+        let port = try await server.start()
+        logger.info("RESP (Redis protocol) on \(address.host):\(port), keys in the storage tiers (durability: cache)")
+        await cancelWhenGracefulShutdown {
+            try? await server.run()
+        }
+        await server.shutdown()
+    }
+}

@@ -14,6 +14,8 @@ public struct StrataConfiguration: Sendable {
     public var tiers: TierConfiguration
     public var routing: RoutingSettings
     public var devices: [DeviceConfiguration]
+    /// The RESP service on the storage tiers (`kv` section); off unless `resp` is set.
+    public var kv = KVConfiguration()
     /// What NVML found when the config was read (logged once at start).
     public var gpuDiscovery: GPUDiscovery.Outcome = .noDriver("not asked")
     public var runtimes: [String: RuntimeConfiguration]
@@ -188,4 +190,15 @@ extension StrataConfiguration {
             restartBackoffMax: supervisor.restartBackoffMax,
             hostWeightsBudget: tiers.host.weightsBudgetBytes)
     }
+}
+
+/// The `kv` section: the Redis-protocol service over the storage tiers.
+public struct KVConfiguration: Sendable, Equatable {
+    public enum Durability: String, Sendable { case cache }
+    /// Where the RESP server listens; nil: no RESP server.
+    public var resp: ListenAddress?
+    /// `cache`: a write is acknowledged once in host RAM (the keys do not survive a restart).
+    public var durability: Durability = .cache
+    /// The password clients must AUTH with (required beyond loopback).
+    public var password: String?
 }

@@ -102,6 +102,12 @@ final class TierService: Service, TierBackend {
         return try openStore().2
     }
 
+    /// The block store, once the tiers are open (waits while they open).
+    func blockStore() async throws -> BlockStore {
+        _ = try await stager()
+        return try openStore().0
+    }
+
     private func openStore() throws -> (BlockStore, ObjectStore, WeightStager) {
         switch phase.withLock({ $0 }) {
         case .open(let store, let objects, let stager): return (store, objects, stager)

@@ -87,7 +87,14 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         (["FLUSHDB", "NOW"], .error("ERR syntax error")),
         (["FOO"], .error("ERR unknown command 'FOO', with args beginning with: ")),
         (["foo", "a", "b c"], .error("ERR unknown command 'foo', with args beginning with: 'a' 'b c' ")),
-        (["HELLO", "3"], .error("ERR unknown command 'HELLO', with args beginning with: '3' ")),
+        (["HELLO", "3"], .error("NOPROTO sorry, this protocol version is not supported")),
+        (["HELLO", "two"], .error("ERR Protocol version is not an integer or out of range")),
+        (["HELLO", "2", "SETNAME", "w"], .array([
+            .bulk("server"), .bulk("redis"), .bulk("version"), .bulk("7.2.0"), .bulk("proto"), .integer(2),
+            .bulk("id"), .integer(1), .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"),
+            .bulk("modules"), .array([]),
+        ])),
+        (["HELLO", "2", "LOUDLY"], .error("ERR Syntax error in HELLO option 'LOUDLY'")),
         (["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], .ok),
         (["CLIENT", "SETINFO", "lib-ver", "5.0.0"], .ok),
         (["CLIENT", "SETINFO", "color", "red"], .error("ERR Unrecognized option 'color'")),
@@ -98,7 +105,7 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         (["CLIENT", "ID"], .integer(7)),
         (["CLIENT", "KILL"], .error("ERR unknown subcommand 'KILL'. Try CLIENT HELP.")),
         (["CLIENT"], .error("ERR wrong number of arguments for 'client' command")),
-        (["COMMAND", "COUNT"], .integer(26)),
+        (["COMMAND", "COUNT"], .integer(27)),
         (["COMMAND", "DOCS"], .array([])),
         (["COMMAND", "INFO", "get", "nope"], .array([
             .array([.bulk("get"), .integer(2), .array([.simpleString("readonly"), .simpleString("fast")]), .integer(1), .integer(1), .integer(1)]),
@@ -240,7 +247,7 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
             Issue.record("COMMAND is not an array")
             return
         }
-        #expect(entries.count == 26)
+        #expect(entries.count == 27)
         for entry in entries {
             guard case .array(let fields) = entry, fields.count == 6, case .bulkString = fields[0],
                 case .integer = fields[1], case .array = fields[2]

@@ -35,6 +35,7 @@ extension RESPCommandHandler {
         "ping": CommandSpec(arity: -1, flags: ["fast"]),
         "echo": CommandSpec(arity: 2, flags: ["fast"]),
         "auth": CommandSpec(arity: -2, flags: ["noscript", "loading", "stale", "fast", "no_auth"], allowedBeforeAuth: true),
+        "hello": CommandSpec(arity: -1, flags: ["noscript", "loading", "stale", "fast", "no_auth"], allowedBeforeAuth: true),
         "select": CommandSpec(arity: 2, flags: ["loading", "stale", "fast"]),
         "quit": CommandSpec(arity: -1, flags: ["fast", "no_auth"], allowedBeforeAuth: true),
         "info": CommandSpec(arity: -1, flags: ["loading", "stale"]),

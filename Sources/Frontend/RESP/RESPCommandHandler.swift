@@ -117,6 +117,8 @@ public struct RESPCommandHandler: Sendable {
             return RESPReply(.ok, closesConnection: true)
         case "auth":
             return RESPReply(auth(args, &session))
+        case "hello":
+            return RESPReply(hello(args, &session))
         case "select":
             guard let index = RESPParser.parseInteger(args[1].readableBytesView) else { throw RESPCommandError.notInteger }
             guard index == 0 else { throw RESPCommandError("ERR DB index is out of range") }
@@ -195,6 +197,40 @@ public struct RESPCommandHandler: Sendable {
         session.userName = user.name
         session.namespace = user.namespace
         return .ok
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only. `HELLO 3` is refused with
+    /// Redis's NOPROTO, so a client that asks for RESP3 learns at once (redis-py 8 asks by
+    /// default: pass `protocol=2`).
+    private func hello(_ args: [ByteBuffer], _ session: inout RESPSession) -> RESPValue {
+        var index = 1
+        if args.count > 1 {
+            guard let version = RESPParser.parseInteger(args[1].readableBytesView) else {
+                return .error("ERR Protocol version is not an integer or out of range")
+            }
+            guard version == 2 else { return .error("NOPROTO sorry, this protocol version is not supported") }
+            index = 2
+        }
+        while index < args.count {
+            switch String(buffer: args[index]).uppercased() {
+            case "AUTH" where index + 2 < args.count:
+                let reply = auth([args[0], args[index + 1], args[index + 2]], &session)
+                if case .error = reply { return reply }
+                index += 3
+            case "SETNAME" where index + 1 < args.count:
+                index += 2
+            default:
+                return .error("ERR Syntax error in HELLO option '\(String(buffer: args[index]))'")
+            }
+        }
+        guard session.isAuthenticated else {
+            return .error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+        }
+        return .array([
+            .bulk("server"), .bulk("redis"), .bulk("version"), .bulk("7.2.0"), .bulk("proto"), .integer(2),
+            .bulk("id"), .integer(1), .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"),
+            .bulk("modules"), .array([]),
+        ])
     }
 
     static let wrongPass = "WRONGPASS invalid username-password pair or user is disabled."

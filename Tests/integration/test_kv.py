@@ -1,0 +1,96 @@
+"""The Redis-protocol service on the storage tiers, through real clients: redis-py and redis-cli.
+
+Values live in the block store (host RAM spilling to NVMe), keyed per tenant; durability
+`cache` (a restart starts empty). Bad input gets Redis's errors and closes only that connection.
+"""
+import os
+import socket
+import subprocess
+
+import pytest
+import redis
+
+from conftest import config, free_port, wait_for
+
+def kv_daemon(make_daemon, extra_kv="", env=None, tiers="{ host: { budget: 64MiB, dir: @SHM@ }, nvme: { budget: 1GiB } }"):
+    port = free_port()
+    d = make_daemon(config("  []", extra=f"kv: {{ resp: 127.0.0.1:{port}{extra_kv} }}", tiers=tiers), env=env)
+    wait_for(lambda: "RESP (Redis protocol) on" in d.log_path.read_text(), 20, what="the RESP server")
+    return d, port
+
+
+def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
+    d, port = kv_daemon(make_daemon)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)   # RESP2 (redis-py 8 asks for RESP3 by default)
+    assert r.ping() is True
+    assert r.set("a", b"1") is True and r.get("a") == b"1"
+    assert r.set("a", b"2", nx=True) is None and r.get("a") == b"1"
+    assert r.set("b", b"x", xx=True) is None and r.get("b") is None
+    assert r.set("b", b"y", ex=100) is True and 0 < r.ttl("b") <= 100
+    assert r.set("c", b"z", px=50_000) is True and 0 < r.pttl("c") <= 50_000
+    assert r.ttl("a") == -1 and r.ttl("nope") == -2
+    assert r.expire("a", 1000) is True and r.ttl("a") > 0
+    assert r.exists("a", "b", "nope", "a") == 3
+    assert r.mset({"k1": b"v1", "k2": b"v2"}) is True
+    assert r.mget("k1", "nope", "k2") == [b"v1", None, b"v2"]
+    assert r.echo("hi") == b"hi"
+    assert r.dbsize() == 5
+    assert sorted(r.scan_iter(match="k*", count=2)) == [b"k1", b"k2"]
+    assert r.delete("k1", "k2", "nope") == 2
+    assert "db0" in r.info("keyspace") and r.info("strata")["durability"] == "cache"
+    with pytest.raises(redis.ResponseError, match="DB index is out of range"):
+        r.execute_command("SELECT", 1)
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        r.execute_command("GET")
+
+    # values of 64 MiB, and more than the 64 MiB host budget in all: the store spills to NVMe
+    big = os.urandom(64 << 20)
+    assert r.set("big", big) is True
+    others = {f"v{i}": os.urandom(4 << 20) for i in range(24)}
+    pipe = r.pipeline(transaction=False)
+    for key, value in others.items():
+        pipe.set(key, value)
+    assert all(pipe.execute())
+    assert r.get("big") == big
+    pipe = r.pipeline(transaction=False)
+    for key in others:
+        pipe.get(key)
+    assert pipe.execute() == list(others.values())
+    nvme = r.info("strata")
+    assert int(nvme["nvme_blocks"]) > 0, nvme
+    r.flushdb()
+    assert r.dbsize() == 0 and r.get("big") is None
+
+
+def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_daemon):
+    d, port = kv_daemon(make_daemon, extra_kv=", password_env: KV_PASSWORD", env={"KV_PASSWORD": "s3cret"})
+    denied = redis.Redis(host="127.0.0.1", port=port, protocol=2)
+    with pytest.raises(redis.AuthenticationError):
+        denied.get("x")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=port, password="wrong", protocol=2).ping()
+    r = redis.Redis(host="127.0.0.1", port=port, password="s3cret", protocol=2)
+    assert r.set("from-py", b"1")
+
+    cli = ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "s3cret"]
+    out = subprocess.run(cli + ["get", "from-py"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out
+    out = subprocess.run(cli + ["set", "from-cli", "hello"], capture_output=True, text=True, timeout=20)
+    assert out.stdout.strip() == "OK", out
+    assert r.get("from-cli") == b"hello"
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"*1\r\n$-5\r\n")
+        reply = s.recv(1024)
+        assert reply.startswith(b"-ERR Protocol error"), reply
+        assert s.recv(1024) == b"", "the server closes a connection after a protocol error"
+    assert r.get("from-cli") == b"hello", "other connections keep working"
+
+
+def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
+    from conftest import STRATA
+    for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: durable }", "not available yet"),
+                    ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key")):
+        d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
+        out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
+        assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Strata's RESP service against redis-server under redis-benchmark, in one run, alternating.
+
+For each value size and pipelining depth, `redis-benchmark -t set,get -d SIZE -c CLIENTS -n N
+[-P DEPTH] --csv` runs against redis-server (no persistence: `--save "" --appendonly no`) and
+against Strata (`kv: { resp: … }`, values in the block store: host RAM over NVMe), alternating
+which goes first, `--runs` times; prints medians of requests/s and the ratio Strata / Redis, and
+a JSON line.
+
+Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
+                      [--clients 50] [--pipeline 1,16] [--requests 2000]
+Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
+from procs import free_port, stop   # noqa: E402
+
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20}
+
+
+def size(text: str) -> int:
+    for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
+        if text.endswith(unit):
+            return int(text[: -len(unit)]) * factor
+    return int(text)
+
+
+def wait_ready(port: int, timeout: float = 120) -> None:
+    """Until a SET is acknowledged: Strata answers PING before its tiers are open (the host arena
+    is pre-faulted at start), and the benchmark must not time that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["redis-cli", "-p", str(port), "set", "__bench_probe", "1"], capture_output=True, text=True)
+        if out.stdout.strip() == "OK":
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"no SET was acknowledged on port {port}")
+
+
+def bench(port: int, value: int, clients: int, requests: int, pipeline: int) -> dict:
+    """requests/s of SET and GET."""
+    argv = ["redis-benchmark", "-p", str(port), "-t", "set,get", "-d", str(value), "-c", str(clients),
+            "-n", str(requests), "-P", str(pipeline), "--csv", "-q"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: {out.stderr[-1000:]}")
+    result = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if cells and cells[0] in ("SET", "GET"):
+            result[cells[0]] = float(cells[1])
+    if set(result) != {"SET", "GET"}:
+        raise SystemExit(f"unexpected redis-benchmark output: {out.stdout[-500:]}")
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strata", default=".build/release/strata")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sizes", default="4KiB,64KiB,1MiB,4MiB")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--pipeline", default="1,16")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--host-budget", default="2GiB", help="Strata's host tier (values beyond it spill to NVMe)")
+    a = ap.parse_args()
+    sizes = [size(s) for s in a.sizes.split(",")]
+    depths = [int(p) for p in a.pipeline.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="strata-kv-bench-"))
+    procs = []
+    try:
+        redis_port, strata_port, http_port = free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        config = work / "strata.yaml"
+        config.write_text(f"""
+listen: 127.0.0.1:{http_port}
+state_dir: {work}/state
+log_level: warning
+tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm }}, nvme: {{ budget: 64GiB }} }}
+kv: {{ resp: 127.0.0.1:{strata_port} }}
+models: []
+""")
+        log = open(work / "strata.log", "wb")
+        procs.append(subprocess.Popen([a.strata, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
+        wait_ready(redis_port)
+        wait_ready(strata_port)
+
+        results = {}   # (size, depth, server, op) -> [rps]
+        for run in range(a.runs):
+            for value in sizes:
+                for depth in depths:
+                    order = [("redis", redis_port), ("strata", strata_port)]
+                    if (run + sizes.index(value) + depths.index(depth)) % 2:
+                        order.reverse()
+                    for server, port in order:
+                        # bound the bytes moved per cell (large values need fewer requests)
+                        n = max(200, min(a.requests, (2 << 30) // max(value, 1)))
+                        for op, rps in bench(port, value, a.clients, n, depth).items():
+                            results.setdefault((value, depth, server, op), []).append(rps)
+                    print(f"run {run + 1} {value} B P{depth}: " + ", ".join(
+                        f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s in ("redis", "strata") for op in ("SET", "GET")),
+                        file=sys.stderr)
+
+        print(f"redis-benchmark -c {a.clients}, medians of {a.runs} alternating runs, requests/s")
+        print(f"{'value':>8} {'pipe':>4} {'op':>4} {'redis':>10} {'strata':>10} {'strata/redis':>13}")
+        rows = []
+        for value in sizes:
+            for depth in depths:
+                for op in ("SET", "GET"):
+                    r = statistics.median(results[(value, depth, "redis", op)])
+                    s = statistics.median(results[(value, depth, "strata", op)])
+                    rows.append({"value_bytes": value, "pipeline": depth, "op": op, "redis_rps": r, "strata_rps": s,
+                                 "ratio": s / r})
+                    print(f"{value:>8} {depth:>4} {op:>4} {r:>10.0f} {s:>10.0f} {s / r:>13.2f}")
+        print(json.dumps({"clients": a.clients, "runs": a.runs, "rows": rows}))
+    finally:
+        stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

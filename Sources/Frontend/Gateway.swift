@@ -49,6 +49,8 @@ public struct Gateway: Sendable {
     let backend: any ModelBackend
     /// The storage tiers, for `/admin/tiers`; nil when the daemon runs none.
     let tiers: (any TierBackend)?
+    /// The block store behind `/v1/blocks` (the RESP service's); nil: no block API.
+    let kv: (any KVBackend)?
     let httpClient: HTTPClient
     let logger: Logger
     let metrics: GatewayMetrics
@@ -60,11 +62,12 @@ public struct Gateway: Sendable {
     public init(
         configuration: GatewayConfiguration, backend: any ModelBackend, httpClient: HTTPClient, logger: Logger,
         renderMetrics: @escaping @Sendable () -> String = { "" }, isReady: @escaping @Sendable () -> Bool = { true },
-        tiers: (any TierBackend)? = nil
+        tiers: (any TierBackend)? = nil, kv: (any KVBackend)? = nil
     ) {
         self.configuration = configuration
         self.backend = backend
         self.tiers = tiers
+        self.kv = kv
         self.httpClient = httpClient
         self.logger = logger
         self.metrics = GatewayMetrics()
@@ -103,6 +106,7 @@ public struct Gateway: Sendable {
             }
         }
         addAdminRoutes(to: router)
+        addBlockRoutes(to: router)
         return router
     }
 

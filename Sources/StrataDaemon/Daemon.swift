@@ -30,6 +30,8 @@ public enum Daemon {
         let tiers = TierService(configuration: config.tiers, stateDirectory: config.stateDirectory, logger: logger)
         let controller = ModelController(config: config, httpClient: httpClient, logger: logger, tiers: tiers)
         let ready = ReadyFlag()
+        // One directory of keys for both faces of the KV service (RESP and /v1/blocks).
+        let kv: TierKVBackend? = config.kv.resp != nil ? TierKVBackend(tiers: tiers) : nil
         let gateway = Gateway(
             configuration: GatewayConfiguration(
                 apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
@@ -37,7 +39,7 @@ public enum Daemon {
                 upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect,
                 routingBlockBytes: config.routing.blockBytes, sessionHeader: config.routing.sessionHeader),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
-            isReady: { ready.value }, tiers: tiers)
+            isReady: { ready.value }, tiers: tiers, kv: kv)
 
         let app = Application(
             router: gateway.buildRouter(),
@@ -54,12 +56,12 @@ public enum Daemon {
             .init(service: tiers),
             .init(service: ControllerService(controller: controller, ready: ready)),
         ]
-        if let resp = config.kv.resp {
+        if let resp = config.kv.resp, let kv {
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
-                backend: TierKVBackend(tiers: tiers), logger: logger)
+                backend: kv, logger: logger)
             services.append(.init(service: RESPService(server: server, logger: logger, address: resp)))
         }
         services.append(.init(service: app))

@@ -94,3 +94,41 @@ def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
         assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)
+
+
+def test_http_block_api_shares_the_store_with_resp(make_daemon):
+    import base64
+    import json
+    import requests
+    d, port = kv_daemon(make_daemon)
+    key = {"Authorization": "Bearer test-key-1"}
+    url = f"{d.url}/v1/blocks"
+    block = os.urandom(3 << 20)
+    assert requests.put(f"{url}/layer%2F0:chunk-7", data=block).status_code == 401, "API keys apply"
+    put = requests.put(f"{url}/layer%2F0:chunk-7", data=block, headers=key)
+    assert put.status_code == 201 and put.json() == {"stored": True, "bytes": len(block)}, put.text
+    got = requests.get(f"{url}/layer%2F0:chunk-7", headers=key)
+    assert got.status_code == 200 and got.content == block
+    head = requests.head(f"{url}/layer%2F0:chunk-7", headers=key)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(block) and head.content == b""
+    # the same store as RESP: a value set over one face is read over the other
+    r = redis.Redis(host="127.0.0.1", port=port, protocol=2)
+    assert r.get("layer/0:chunk-7") == block
+    r.set("from-resp", b"abc")
+    assert requests.get(f"{url}/from-resp", headers=key).content == b"abc"
+    # tenants do not see each other's blocks
+    assert requests.get(f"{url}/from-resp?namespace=tenant-b", headers=key).status_code == 404
+    batch = requests.post(f"{url}/batch-get", json={"keys": ["from-resp", "missing", "layer/0:chunk-7"]}, headers=key)
+    assert batch.status_code == 200, batch.text
+    blocks = batch.json()["blocks"]
+    assert [b["key"] for b in blocks] == ["from-resp", "missing", "layer/0:chunk-7"]
+    assert base64.b64decode(blocks[0]["value_base64"]) == b"abc" and blocks[1]["value_base64"] is None
+    assert base64.b64decode(blocks[2]["value_base64"]) == block
+    # errors: missing block, bad batch, too large
+    missing = requests.get(f"{url}/missing", headers=key)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_such_block"
+    assert requests.post(f"{url}/batch-get", data=b"nope", headers=key).status_code == 400
+    assert requests.put(f"{url}/huge", data=b"\0" * (65 << 20), headers=key).status_code == 413
+    assert requests.delete(f"{url}/from-resp", headers=key).status_code == 200
+    assert requests.delete(f"{url}/from-resp", headers=key).status_code == 404
+    assert r.get("from-resp") is None

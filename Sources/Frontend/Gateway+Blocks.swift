@@ -1,0 +1,102 @@
+import Foundation
+import Hummingbird
+import NIOCore
+
+/// The HTTP block API on the same store as the RESP service: `PUT/GET/HEAD/DELETE
+/// /v1/blocks/{key}` and `POST /v1/blocks/batch-get`. Keys are the path segment as sent
+/// (percent-decoded); `?namespace=` picks a tenant's namespace (default `default`, the RESP
+/// service's). API keys apply as for `/v1`.
+extension Gateway {
+    static let maxBlockBytes = 64 << 20
+
+    func addBlockRoutes(to router: Router<BasicRequestContext>) {
+        guard kv != nil else { return }
+        router.put("/v1/blocks/:key") { request, context in
+            try authorize(request)
+            let (store, namespace, key) = try blockTarget(request, context)
+            let body: ByteBuffer
+            do {
+                body = try await request.body.collect(upTo: Self.maxBlockBytes)
+            } catch {
+                throw GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "block_too_large",
+                                   message: "A block is at most \(Self.maxBlockBytes >> 20) MiB over HTTP (use the RESP service for larger values)")
+            }
+            _ = try await kvCall { try await store.set(namespace: namespace, key: key, value: body, condition: .always, expiry: .never) }
+            return Response(status: .created, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(string: #"{"stored":true,"bytes":\#(body.readableBytes)}"#)))
+        }
+        router.get("/v1/blocks/:key") { request, context in
+            try authorize(request)
+            let (store, namespace, key) = try blockTarget(request, context)
+            guard let value = try await kvCall({ try await store.get(namespace: namespace, key: key) }) else {
+                throw Self.noBlock(key)
+            }
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(byteBuffer: value))
+        }
+        router.head("/v1/blocks/:key") { request, context in
+            try authorize(request)
+            let (store, namespace, key) = try blockTarget(request, context)
+            guard let value = try await kvCall({ try await store.get(namespace: namespace, key: key) }) else {
+                return Response(status: .notFound)
+            }
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: "\(value.readableBytes)"])
+        }
+        router.delete("/v1/blocks/:key") { request, context in
+            try authorize(request)
+            let (store, namespace, key) = try blockTarget(request, context)
+            guard try await kvCall({ try await store.delete(namespace: namespace, keys: [key]) }) > 0 else { throw Self.noBlock(key) }
+            return jsonResponse(["deleted": true])
+        }
+        router.post("/v1/blocks/batch-get") { request, _ in
+            try authorize(request)
+            guard let store = kv else { throw Self.noBlocks }
+            let body = try await request.body.collect(upTo: 4 << 20)
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+                let keys = object["keys"] as? [String], keys.count <= 1024
+            else {
+                throw GatewayError.badRequest("expected {\"keys\": [\"k1\", …]} with at most 1024 keys", code: "invalid_batch")
+            }
+            let namespace = (object["namespace"] as? String) ?? "default"
+            let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
+            // Values as base64 in JSON: a batch is for many small blocks, where this costs little.
+            let blocks: [[String: Any]] = zip(keys, values).map { key, value in
+                ["key": key, "value_base64": value.map { Data($0.readableBytesView).base64EncodedString() } as Any? ?? NSNull()]
+            }
+            return jsonResponse(["blocks": blocks])
+        }
+    }
+
+    private func blockTarget(_ request: Request, _ context: BasicRequestContext) throws -> (any KVBackend, String, ByteBuffer) {
+        guard let store = kv else { throw Self.noBlocks }
+        let raw = try context.parameters.require("key")
+        let key = raw.removingPercentEncoding ?? raw
+        guard !key.isEmpty, key.utf8.count <= 4096 else {
+            throw GatewayError.badRequest("block keys are 1 to 4096 bytes", code: "invalid_key")
+        }
+        let namespace = request.uri.queryParameters.get("namespace") ?? "default"
+        return (store, namespace, ByteBuffer(string: key))
+    }
+
+    private func kvCall<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as KVBackendError {
+            switch error.code {
+            case .outOfSpace:
+                throw GatewayError(status: .init(code: 507, reasonPhrase: "Insufficient Storage"), type: "server_error", code: "out_of_space", message: error.message)
+            case .tooLarge: throw GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "too_large", message: error.message)
+            case .unavailable: throw GatewayError.unavailable(error.message, code: "blocks_unavailable", retryAfterSeconds: 1)
+            }
+        }
+    }
+
+    static func noBlock(_ key: ByteBuffer) -> GatewayError {
+        GatewayError(status: .notFound, type: "invalid_request_error", code: "no_such_block",
+                     message: "No block '\(String(buffer: key))'")
+    }
+
+    static var noBlocks: GatewayError {
+        GatewayError(status: .notFound, type: "invalid_request_error", code: "no_blocks",
+                     message: "This daemon serves no blocks (set kv in the config)")
+    }
+}

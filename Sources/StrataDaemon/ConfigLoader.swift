@@ -291,9 +291,8 @@ public enum ConfigLoader {
             let text = try reader.string(v, at: "kv.durability")
             switch text {
             case "cache": kv.durability = .cache
-            case "durable":
-                throw reader.fail("kv.durability", v, "'durable' is not available yet (expected cache: writes are acknowledged once in host RAM)")
-            default: throw reader.fail("kv.durability", v, "'\(text)' is not valid (expected cache)")
+            case "durable": kv.durability = .durable
+            default: throw reader.fail("kv.durability", v, "'\(text)' is not valid (expected cache or durable)")
             }
         }
         if let v = map["password_env"] {

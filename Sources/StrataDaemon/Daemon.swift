@@ -31,7 +31,8 @@ public enum Daemon {
         let controller = ModelController(config: config, httpClient: httpClient, logger: logger, tiers: tiers)
         let ready = ReadyFlag()
         // One directory of keys for both faces of the KV service (RESP and /v1/blocks).
-        let kv: TierKVBackend? = config.kv.resp != nil ? TierKVBackend(tiers: tiers) : nil
+        let kv: TierKVBackend? = config.kv.resp != nil
+            ? TierKVBackend(tiers: tiers, durability: config.kv.durability == .durable ? .durable : .cache) : nil
         let gateway = Gateway(
             configuration: GatewayConfiguration(
                 apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
@@ -113,7 +114,7 @@ struct RESPService: Service {
 
     func run() async throws {
         let port = try await server.start()
-        logger.info("RESP (Redis protocol) on \(address.host):\(port), keys in the storage tiers (durability: cache)")
+        logger.info("RESP (Redis protocol) on \(address.host):\(port), keys in the storage tiers")
         await cancelWhenGracefulShutdown {
             try? await server.run()
         }

@@ -194,10 +194,11 @@ extension StrataConfiguration {
 
 /// The `kv` section: the Redis-protocol service over the storage tiers.
 public struct KVConfiguration: Sendable, Equatable {
-    public enum Durability: String, Sendable { case cache }
+    public enum Durability: String, Sendable { case cache, durable }
     /// Where the RESP server listens; nil: no RESP server.
     public var resp: ListenAddress?
-    /// `cache`: a write is acknowledged once in host RAM (the keys do not survive a restart).
+    /// `cache`: a write is acknowledged once in host RAM (the keys do not survive a restart);
+    /// `durable`: once on NVMe with its catalog entry committed.
     public var durability: Durability = .cache
     /// The password clients must AUTH with (required beyond loopback).
     public var password: String?

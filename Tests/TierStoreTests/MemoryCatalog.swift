@@ -9,6 +9,7 @@ final class MemoryCatalog: Catalog, Sendable {
         var blocks: [BlockKey: BlockCatalog.Entry] = [:]
         var ends: [Int: UInt64] = [:]
         var objects: [String: ObjectInfo] = [:]
+        var kv: [String: KVRecord] = [:]
     }
 
     struct Queued {
@@ -58,6 +59,21 @@ final class MemoryCatalog: Catalog, Sendable {
 
     func removeObject(_ name: String) async throws {
         try commit { $0.objects[name] = nil }
+    }
+
+    func loadKV() throws -> [KVRecord] { Array(committed.kv.values) }
+
+    func putKV(_ record: KVRecord) async throws {
+        try commit { $0.kv["\(record.namespace)\0\(record.keyHex)"] = record }
+    }
+
+    func removeKV(namespace: String, key: [UInt8]) async throws {
+        let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
+        try commit { $0.kv["\(namespace)\0\(hex)"] = nil }
+    }
+
+    func removeKVNamespace(_ namespace: String) async throws {
+        try commit { $0.kv = $0.kv.filter { $0.value.namespace != namespace } }
     }
 
     struct CommitFailed: Error {}

@@ -89,7 +89,7 @@ def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_da
 
 def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     from conftest import STRATA
-    for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: durable }", "not available yet"),
+    for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),
                     ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
@@ -132,3 +132,29 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 200
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 404
     assert r.get("from-resp") is None
+
+
+def test_durable_values_survive_sigkill_byte_identical(make_daemon):
+    import signal
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    values = {f"k{i}": os.urandom(size) for i, size in enumerate([1, 4096, 65536, 1 << 20, (9 << 20) + 7])}
+    for key, value in values.items():
+        assert r.set(key, value) is True
+    assert r.set("ttl", b"x", ex=3600) is True
+    assert r.set("gone", b"y") is True and r.delete("gone") == 1
+    r.set("k0", b"replaced")
+    values["k0"] = b"replaced"
+    assert r.info("strata")["durability"] == "durable"
+    # acknowledged = durable: SIGKILL, no shutdown of any kind
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    for key, value in values.items():
+        assert r.get(key) == value, key
+    assert r.get("gone") is None
+    assert 0 < r.ttl("ttl") <= 3600
+    assert r.dbsize() == len(values) + 1
+    assert sorted(r.scan_iter(count=2)) == sorted([k.encode() for k in values] + [b"ttl"])

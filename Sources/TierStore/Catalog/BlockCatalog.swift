@@ -35,6 +35,11 @@ final class BlockCatalog: @unchecked Sendable {
         CREATE TABLE objects (name TEXT PRIMARY KEY, version INTEGER NOT NULL, size INTEGER NOT NULL,
                               chunk_size INTEGER NOT NULL, source TEXT NOT NULL);
         """,
+        // 4: the KV service's durable key directory (key bytes as hex; expires_at 0 = never).
+        """
+        CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL,
+                         expires_at INTEGER NOT NULL, sequence INTEGER NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
+        """,
     ]
 
     private let database: SQLiteDatabase
@@ -99,6 +104,38 @@ final class BlockCatalog: @unchecked Sendable {
 
     func removeObject(_ name: String) async throws {
         try await onQueue { database in try database.run("DELETE FROM objects WHERE name = ?1", rows: [[name]]) }
+    }
+
+    func loadKV() throws -> [KVRecord] {
+        try database.query("SELECT namespace, key, version, size, expires_at, sequence FROM kv", texts: 2, integers: 4).map {
+            KVRecord(namespace: $0.texts[0], key: KVRecord.bytes(hex: $0.texts[1]), version: UInt64(bitPattern: $0.integers[0]),
+                     size: Int($0.integers[1]), expiresAt: $0.integers[2] == 0 ? nil : $0.integers[2],
+                     sequence: UInt64(bitPattern: $0.integers[3]))
+        }
+    }
+
+    /// Writes (or replaces) a key's record and commits it before returning (after the blocks
+    /// it names, which the caller put durably first).
+    func putKV(_ record: KVRecord) async throws {
+        try await onQueue { database in
+            try database.run(
+                """
+                INSERT INTO kv (namespace, key, version, size, expires_at, sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                ON CONFLICT (namespace, key) DO UPDATE SET version = excluded.version, size = excluded.size,
+                  expires_at = excluded.expires_at, sequence = excluded.sequence
+                """,
+                rows: [[record.namespace, record.keyHex, Int64(bitPattern: record.version), Int64(record.size),
+                        record.expiresAt ?? 0, Int64(bitPattern: record.sequence)]])
+        }
+    }
+
+    func removeKV(namespace: String, key: [UInt8]) async throws {
+        let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
+        try await onQueue { database in try database.run("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", rows: [[namespace, hex]]) }
+    }
+
+    func removeKVNamespace(_ namespace: String) async throws {
+        try await onQueue { database in try database.run("DELETE FROM kv WHERE namespace = ?1", rows: [[namespace]]) }
     }
 
     /// Runs `body` on the catalog's queue, after what is queued so far.

@@ -20,6 +20,10 @@ protocol Catalog: Sendable {
     /// Writes (or replaces) an object's manifest after what is queued, and commits it.
     func putObject(_ info: ObjectInfo) async throws
     func removeObject(_ name: String) async throws
+    func loadKV() throws -> [KVRecord]
+    func putKV(_ record: KVRecord) async throws
+    func removeKV(namespace: String, key: [UInt8]) async throws
+    func removeKVNamespace(_ namespace: String) async throws
 }
 
 extension BlockCatalog: Catalog {}

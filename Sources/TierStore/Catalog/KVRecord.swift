@@ -1,0 +1,51 @@
+/// One key of the KV service as the catalog keeps it (durability `durable`): which version of
+/// the value's blocks is current, its size (so its parts can be found), its expiry and its
+/// insertion order (SCAN cursors).
+public struct KVRecord: Sendable, Equatable {
+    public var namespace: String
+    public var key: [UInt8]
+    public var version: UInt64
+    public var size: Int
+    /// Unix milliseconds; nil: never expires.
+    public var expiresAt: Int64?
+    public var sequence: UInt64
+
+    public init(namespace: String, key: [UInt8], version: UInt64, size: Int, expiresAt: Int64?, sequence: UInt64) {
+        self.namespace = namespace
+        self.key = key
+        self.version = version
+        self.size = size
+        self.expiresAt = expiresAt
+        self.sequence = sequence
+    }
+
+    /// Keys are bytes; the catalog stores them as hex text.
+    var keyHex: String { key.map { String(format: "%02x", $0) }.joined() }
+
+    static func bytes(hex: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.utf8.count / 2)
+        var index = hex.startIndex
+        while index < hex.endIndex, let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex) {
+            bytes.append(UInt8(hex[index..<next], radix: 16) ?? 0)
+            index = next
+        }
+        return bytes
+    }
+}
+
+extension SegmentLog {
+    /// The KV service's durable key directory, as last committed.
+    public nonisolated func loadKVRecords() throws -> [KVRecord] { try catalog.loadKV() }
+
+    /// Writes (or replaces) a key's record and commits it before returning.
+    public nonisolated func putKVRecord(_ record: KVRecord) async throws { try await catalog.putKV(record) }
+
+    /// Removes a key's record (committed before returning).
+    public nonisolated func removeKVRecord(namespace: String, key: [UInt8]) async throws {
+        try await catalog.removeKV(namespace: namespace, key: key)
+    }
+
+    /// Removes every record of a namespace (committed before returning).
+    public nonisolated func removeKVNamespace(_ namespace: String) async throws { try await catalog.removeKVNamespace(namespace) }
+}

@@ -74,7 +74,11 @@ actor TierKVBackend: KVBackend {
 
     // MARK: Blocks
 
+    /// The block store once open: asked of the tier service once, not on every command.
+    private var opened: BlockStore?
+
     private func store() async throws -> BlockStore {
+        if let opened { return opened }
         let store: BlockStore
         do {
             store = try await tiers.blockStore()
@@ -87,6 +91,7 @@ actor TierKVBackend: KVBackend {
             loaded = false
             throw KVBackendError(.unavailable, "cannot load the key directory from the catalog: \(error)")
         }
+        opened = store
         return store
     }
 

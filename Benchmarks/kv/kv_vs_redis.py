@@ -8,7 +8,8 @@ which goes first, `--runs` times; prints medians of requests/s and the ratio Str
 a JSON line.
 
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
-                      [--clients 50] [--pipeline 1,16] [--requests 2000]
+                      [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
+                      [--keyspace N] [--min-requests 200]
 Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 """
 import argparse
@@ -47,10 +48,10 @@ def wait_ready(port: int, timeout: float = 120) -> None:
     raise SystemExit(f"no SET was acknowledged on port {port}")
 
 
-def bench(port: int, value: int, clients: int, requests: int, pipeline: int) -> dict:
-    """requests/s of SET and GET."""
+def bench(port: int, value: int, clients: int, requests: int, pipeline: int, keyspace: int) -> dict:
+    """requests/s of SET and GET (over `keyspace` random keys when above 0, else one key)."""
     argv = ["redis-benchmark", "-p", str(port), "-t", "set,get", "-d", str(value), "-c", str(clients),
-            "-n", str(requests), "-P", str(pipeline), "--csv", "-q"]
+            "-n", str(requests), "-P", str(pipeline), "--csv", "-q"] + (["-r", str(keyspace)] if keyspace else [])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}: {out.stderr[-1000:]}")
@@ -73,6 +74,9 @@ def main():
     ap.add_argument("--pipeline", default="1,16")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--host-budget", default="2GiB", help="Strata's host tier (values beyond it spill to NVMe)")
+    ap.add_argument("--keyspace", type=int, default=0,
+                    help="random keys (redis-benchmark -r); with values × keys above --host-budget, Strata serves from NVMe")
+    ap.add_argument("--min-requests", type=int, default=200)
     a = ap.parse_args()
     sizes = [size(s) for s in a.sizes.split(",")]
     depths = [int(p) for p in a.pipeline.split(",")]
@@ -107,8 +111,8 @@ models: []
                         order.reverse()
                     for server, port in order:
                         # bound the bytes moved per cell (large values need fewer requests)
-                        n = max(200, min(a.requests, (2 << 30) // max(value, 1)))
-                        for op, rps in bench(port, value, a.clients, n, depth).items():
+                        n = max(a.min_requests, min(a.requests, (2 << 30) // max(value, 1)))
+                        for op, rps in bench(port, value, a.clients, n, depth, a.keyspace).items():
                             results.setdefault((value, depth, server, op), []).append(rps)
                     print(f"run {run + 1} {value} B P{depth}: " + ", ".join(
                         f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s in ("redis", "strata") for op in ("SET", "GET")),

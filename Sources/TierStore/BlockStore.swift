@@ -6,8 +6,9 @@ import Synchronization
 /// - A cache put lands in the host tier only (straight in the log if it is larger than a host
 ///   unit); when the host tier evicts it, it is demoted to the NVMe log (eviction `.demote`,
 ///   subject to the log's admission) or dropped (`.drop`). Demotions go through a bounded queue
-///   to a single writer; when the queue is full the demotion is dropped and counted, never
-///   waited on. A demotion the log refuses (ENOSPC, EIO) is logged and counted, and the block
+///   to a single writer; a put waits while that queue is half full (backpressure, at most 5 s,
+///   so a stalled disk cannot stop puts); a demotion that still finds it full is dropped and
+///   counted. A demotion the log refuses (ENOSPC, EIO) is logged and counted, and the block
 ///   goes back into free host room if any: a lower tier's failure never takes a block that was
 ///   only in the upper one unless there is truly nowhere to keep it.
 /// - A durable put is written to the NVMe log and its catalog before it returns, and also kept
@@ -84,6 +85,9 @@ public final class BlockStore: Sendable {
     public let host: HostTier
     public let nvme: SegmentLog
     private let demotions: AsyncStream<HostTier.Evicted>.Continuation
+    /// Demotions the queue holds before it drops.
+    let demotionCapacity: Int
+    private let puttingInRAM = Mutex(0)
     private let generations = Generations()
     /// Demotions queued and not yet written: still readable, so a get never goes past a newer
     /// value on its way down to an older one in the log.
@@ -125,6 +129,7 @@ public final class BlockStore: Sendable {
     public init(policy: Policy, nvme: SegmentLog, demotionQueue: Int = 64,
                 logger: Logger = Logger(label: "strata.tierstore")) async throws {
         let (stream, continuation) = AsyncStream<HostTier.Evicted>.makeStream(bufferingPolicy: .bufferingOldest(demotionQueue))
+        self.demotionCapacity = demotionQueue
         let shared = Shared(MutableState(policy: policy))
         let generations = self.generations
         let pending = self.pending
@@ -202,6 +207,31 @@ public final class BlockStore: Sendable {
         return bytes
     }
 
+    /// Backpressure: while the demotion writer is more than half a queue behind, a put waits
+    /// (up to `demotionWaitLimit`) instead of evicting blocks into a full queue, where they
+    /// would be dropped — acknowledged values lost while the NVMe tier has room. Only past the
+    /// limit (a stalled disk) does a put go ahead and let the queue drop.
+    /// Puts past this wait that have not yet placed their block count as queue entries too, so
+    /// many puts at once cannot all see room and then all evict into the same last slots.
+    private func waitForDemotionRoom() async {
+        let deadline = ContinuousClock.now + Self.demotionWaitLimit
+        while true {
+            let admitted = puttingInRAM.withLock { putting -> Bool in
+                guard policy.eviction == .demote, pending.count + putting >= demotionCapacity / 2,
+                    ContinuousClock.now < deadline, !Task.isCancelled
+                else {
+                    putting += 1
+                    return true
+                }
+                return false
+            }
+            if admitted { return }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    static let demotionWaitLimit: Duration = .seconds(5)
+
     /// Stores a copy in RAM, compressed when the host codec says so and it pays.
     @discardableResult
     private func putInRAM(_ key: BlockKey, _ bytes: [UInt8], tag: UInt64 = 0, options: HostTier.PutOptions = []) -> Bool {
@@ -265,7 +295,9 @@ public final class BlockStore: Sendable {
             generations.clear(key, ifCurrent: generation)
             return
         }
+        await waitForDemotionRoom()
         let fitted = putInRAM(key, bytes, tag: generation)
+        puttingInRAM.withLock { $0 -= 1 }
         if !fitted {
             // Larger than a host unit (or RAM is all borrowed): the log is the only place for it.
             do {
@@ -299,8 +331,10 @@ public final class BlockStore: Sendable {
             state.hostAdmissionsRefused += 1
             return false
         }
-        // A put that came meanwhile is newer than what the log had: never replace it.
-        if admit, before == nil, generations.current(key) == nil {
+        // A put that came meanwhile is newer than what the log had: never replace it. While the
+        // demotion writer is behind, a read does not promote: that would evict dirty blocks into
+        // a queue that may have to drop them.
+        if admit, before == nil, generations.current(key) == nil, pending.count < demotionCapacity / 2 {
             putInRAM(key, bytes, options: [.clean, .ifAbsent])
         }
         return .nvme(bytes)

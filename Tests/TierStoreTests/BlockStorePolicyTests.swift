@@ -108,6 +108,34 @@ struct BlockStorePolicyTests {
         await store.nvme.close()
     }
 
+    @Test func putsWaitForTheDemotionWriterInsteadOfDroppingBlocks() async throws {
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let engine = FaultInjectingEngine(base: try IOEngineKind.auto.make(queueDepth: 16))
+        defer { engine.shutdown() }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
+        // RAM for eight 2 MiB blocks; a demotion queue of 4, so puts wait from 2 queued on
+        let store = try await BlockStore(
+            policy: BlockStore.Policy(hostBudgetBytes: 16 << 20, nvmeBudgetBytes: 1 << 30), nvme: log, demotionQueue: 4)
+        for i in 0..<8 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
+        engine.hold()   // the disk stalls: the writer's first demotion waits at the gate
+        let writer = Task {
+            for i in 8..<14 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
+        }
+        try await Self.waitUntilHeld(engine)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(await store.stats().demotionsDropped == 0, "a full queue makes puts wait, it does not drop")
+        engine.release()
+        try await writer.value
+        try await Self.settle(store)
+        #expect(await store.stats().demotionsDropped == 0)
+        for i in 0..<14 {
+            #expect(try await store.get(Self.key(i))?.withBytes { Array($0) } == Self.bytes(2 << 20, UInt8(i)), "block \(i)")
+        }
+        await store.close()
+        await store.nvme.close()
+    }
+
     @Test func aGetNeverReturnsAnOlderValueWhileTheNewerIsOnItsWayDown() async throws {
         let dir = SegmentLogTests.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -12,10 +12,12 @@ public enum ConfigSummary {
         }
         for model in config.models {
             switch model.serving {
-            case .managed(let runtime, let path, _):
+            case .managed(let runtime, _, _):
                 let ttl = model.ttl.map { "ttl \(Int($0.seconds))s" } ?? "no ttl"
+                let flags = (model.pinned ? ", pinned" : "") + (model.preload ? ", preloaded" : "")
+                let staging = model.stage ? "staged into RAM before start" : "opened in place"
                 lines.append("model \(model.name): \(runtime) on \(model.device), \(ConfigUnits.formatBytes(model.memoryBytes))"
-                    + "\(model.memoryDeclared ? "" : " (estimated)"), \(ttl)\(model.pinned ? ", pinned" : ""), weights \(path)")
+                    + "\(model.memoryDeclared ? "" : " (estimated)"), \(ttl)\(flags), weights \(model.source) (\(staging))")
             case .upstream(let runtime, let upstreamModel):
                 lines.append("model \(model.name): upstream \(runtime)\(upstreamModel.map { " as \($0)" } ?? "")")
             case .replicas(let urls):

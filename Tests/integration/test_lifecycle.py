@@ -152,6 +152,11 @@ def test_config_check_cli(tmp_path):
     default = subprocess.run([str(STRATA), "config", "check", str(REPO / "config" / "strata.yaml")],
                              capture_output=True, text=True)
     assert default.returncode == 0, default.stderr
+    remote = tmp_path / "remote.yaml"
+    remote.write_text("models: [ { name: r, source: 's3://bucket/m.gguf', memory: 1GiB, pin: true, preload: true } ]\n")
+    r = subprocess.run([str(STRATA), "config", "check", str(remote)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pinned, preloaded, weights s3://bucket/m.gguf (staged into RAM before start)" in r.stdout, r.stdout
     cases = {
         "listen: 127.0.0.1:8080\nmodles: []\n": ["modles", "unknown key"],
         "devices: [ { name: cpu, memory: lots } ]\n": ["devices[0].memory", "'lots'", "size"],

@@ -24,8 +24,9 @@ public enum ModelPhase: Sendable, Equatable {
         }
     }
 
-    /// Whether the runtime process may exist and hold its memory.
-    var holdsMemory: Bool {
+    /// Whether the runtime process may exist (or is about to, while its weights are staged) and
+    /// hold its memory.
+    public var holdsMemory: Bool {
         switch self {
         case .staging, .starting, .ready, .draining, .stopping: true
         case .stopped, .failed: false

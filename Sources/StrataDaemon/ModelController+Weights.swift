@@ -97,7 +97,7 @@ extension ModelController {
         let siblings = modelConfig.placerNames.filter { $0 != model }
         let shared = siblings.contains { name in
             guard let snapshot = placer.snapshot(of: name) else { return false }
-            return snapshot.hostCopy != .absent || snapshot.phase.holdsProcessOrReservation
+            return snapshot.hostCopy != .absent || snapshot.phase.holdsMemory
         }
         guard !shared else { return }
         logger.info("releasing the host copy of \(modelConfig.name)'s weights")
@@ -179,15 +179,5 @@ extension ModelController {
                                message: "No staging of '\(model)' is running")
         }
         await stager.cancel(model)
-    }
-}
-
-extension ModelPhase {
-    /// A process exists, or memory is reserved for one about to exist.
-    var holdsProcessOrReservation: Bool {
-        switch self {
-        case .stopped, .failed: false
-        default: true
-        }
     }
 }

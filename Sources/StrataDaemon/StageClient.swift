@@ -13,24 +13,24 @@ public enum StageClient {
         output: @escaping @Sendable (StageStatus, _ final: Bool) -> Void
     ) async throws -> StageStatus {
         let body = try JSONSerialization.data(withJSONObject: ["to": destination.rawValue])
-        let started = try await call(baseURL, "POST", "/admin/models/\(model)/stage", adminKey: adminKey, body: body, expect: [202, 200])
+        let started = try await AdminHTTP.call(baseURL, "POST", "/admin/models/\(model)/stage", adminKey: adminKey, body: body, expect: [202, 200])
         var status = try decode(started)
         let interval: Duration = .milliseconds(250)
         do {
             while status.state == .running {
                 output(status, false)
                 try await Task.sleep(for: interval)
-                let listed = try await call(baseURL, "GET", "/admin/staging", adminKey: adminKey, body: nil, expect: [200])
+                let listed = try await AdminHTTP.call(baseURL, "GET", "/admin/staging", adminKey: adminKey, body: nil, expect: [200])
                 let all = try JSONDecoder().decode(StagingList.self, from: listed).staging
                 guard let current = all.first(where: { $0.name == model }) else {
-                    throw StageClientError(message: "the daemon no longer lists a staging of '\(model)'")
+                    throw AdminHTTP.Failure(message: "the daemon no longer lists a staging of '\(model)'")
                 }
                 status = current
             }
         } catch is CancellationError {
             // This task is cancelled, and so would be any request made from it: ask from a fresh one.
             _ = await Task.detached {
-                try? await call(baseURL, "DELETE", "/admin/staging/\(model)", adminKey: adminKey, body: nil, expect: [200, 404])
+                try? await AdminHTTP.call(baseURL, "DELETE", "/admin/staging/\(model)", adminKey: adminKey, body: nil, expect: [200, 404])
             }.value
             throw CancellationError()
         }
@@ -65,35 +65,5 @@ public enum StageClient {
 
     static func decode(_ data: Data) throws -> StageStatus {
         try JSONDecoder().decode(StageStatus.self, from: data)
-    }
-
-    static func call(_ base: String, _ method: String, _ path: String, adminKey: String?, body: Data?, expect: Set<UInt>)
-        async throws -> Data
-    {
-        var request = HTTPClientRequest(url: base + path)
-        request.method = .init(rawValue: method)
-        if let adminKey { request.headers.add(name: "Authorization", value: "Bearer \(adminKey)") }
-        if let body {
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(bytes: body))
-        }
-        let response: HTTPClientResponse
-        do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-        } catch {
-            throw StageClientError(message: "cannot reach Strata at \(base): \(error)")
-        }
-        let data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
-        guard expect.contains(response.status.code) else {
-            let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])
-                .flatMap { $0["error"] as? [String: Any] }.flatMap { $0["message"] as? String }
-            throw StageClientError(message: "\(method) \(path): \(response.status.code) \(message ?? String(decoding: data, as: UTF8.self))")
-        }
-        return data
-    }
-
-    struct StageClientError: Error, CustomStringConvertible {
-        var message: String
-        var description: String { message }
     }
 }

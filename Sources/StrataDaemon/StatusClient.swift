@@ -6,20 +6,10 @@ import NIOCore
 /// `strata status`: asks a running daemon for its models and prints a table.
 public enum StatusClient {
     public static func fetch(baseURL: String, adminKey: String?, json: Bool) async throws -> String {
-        var request = HTTPClientRequest(url: baseURL + "/admin/models")
-        if let adminKey { request.headers.add(name: "Authorization", value: "Bearer \(adminKey)") }
-        let response: HTTPClientResponse
-        do {
-            response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
-        } catch {
-            throw StatusError(message: "cannot reach Strata at \(baseURL): \(error)")
-        }
-        let body = try await response.body.collect(upTo: 16 << 20)
-        guard response.status == .ok else {
-            throw StatusError(message: "\(baseURL) answered \(response.status.code): \(String(buffer: body))")
-        }
-        if json { return String(buffer: body) }
-        let status = try JSONDecoder().decode(AdminStatus.self, from: Data(body.readableBytesView))
+        let body = try await AdminHTTP.call(baseURL, "GET", "/admin/models", adminKey: adminKey, body: nil, expect: [200],
+                                              timeout: .seconds(5))
+        if json { return String(decoding: body, as: UTF8.self) }
+        let status = try JSONDecoder().decode(AdminStatus.self, from: body)
         var rows = [["MODEL", "STATUS", "PHASE", "IN-FLIGHT", "WAITING", "LOADS", "MEMORY", "UPSTREAM"]]
         for model in status.models {
             rows.append([
@@ -40,10 +30,5 @@ public enum StatusClient {
             row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
                 .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
         }
-    }
-
-    struct StatusError: Error, CustomStringConvertible {
-        var message: String
-        var description: String { message }
     }
 }

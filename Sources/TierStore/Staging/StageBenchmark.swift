@@ -47,7 +47,7 @@ public struct StageBenchmark: Sendable {
             disk: try StagedFiles(directory: directory + "/weights"), logger: .init(label: "strata.bench"))
         let request = StageRequest(name: "bench", source: source, sha256: sha256, destination: destination)
         await stager.releaseHost("bench")
-        try? StagedFiles(directory: directory + "/weights").remove("bench")
+        stager.disk.remove("bench")
         switch from {
         case .remote:
             try await objects.remove("bench")

@@ -43,12 +43,6 @@ public struct StagedFiles: Sendable {
         return "\(home)/\(files[0])"
     }
 
-    /// Bytes held by `name`'s copy, if any.
-    public func size(of name: String) -> UInt64? {
-        guard let path = path(of: name) else { return nil }
-        return (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value
-    }
-
     /// Removes `name`'s copy. A runtime that still maps it keeps its pages until it exits.
     public func remove(_ name: String) {
         try? FileManager.default.removeItem(atPath: home(of: name))

@@ -202,9 +202,6 @@ public actor WeightStager {
             return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
         }
         if let stored, stored.source == current.identity {
-            if files == nil {
-                return StageResult(path: nil, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
-            }
             return try await fromNVMe(job, stored, into: files, started: started)
         }
         return try await fromSource(job, location, current: current, into: files, started: started)
@@ -213,10 +210,11 @@ public actor WeightStager {
     private func fromNVMe(_ job: Job, _ stored: ObjectInfo, into files: StagedFiles?, started: ContinuousClock.Instant)
         async throws -> StageResult
     {
-        job.status.withLock { $0.origin = .nvme; $0.bytesTotal = stored.size }
         guard let files else {
+            // NVMe only, and the NVMe copy is current: nothing to move.
             return StageResult(path: nil, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
         }
+        job.status.withLock { $0.origin = .nvme; $0.bytesTotal = stored.size }
         let writer = try files.begin(stored.name, fileName: Self.fileName(stored.source), size: stored.size)
         defer { writer.abandon() }
         let engine = objects.log.engine

@@ -1,0 +1,37 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+
+/// One request from a command-line client (`strata status`, `strata stage`) to a running
+/// daemon's admin API: the body on an expected status, else an error with the daemon's message.
+enum AdminHTTP {
+    static func call(_ base: String, _ method: String, _ path: String, adminKey: String?, body: Data?, expect: Set<UInt>,
+                     timeout: TimeAmount = .seconds(10)) async throws -> Data
+    {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .init(rawValue: method)
+        if let adminKey { request.headers.add(name: "Authorization", value: "Bearer \(adminKey)") }
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: timeout)
+        } catch {
+            throw Failure(message: "cannot reach Strata at \(base): \(error)")
+        }
+        let data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
+        guard expect.contains(response.status.code) else {
+            let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])
+                .flatMap { $0["error"] as? [String: Any] }.flatMap { $0["message"] as? String }
+            throw Failure(message: "\(method) \(path): \(response.status.code) \(message ?? String(decoding: data, as: UTF8.self))")
+        }
+        return data
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+}

@@ -4,6 +4,7 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int nvmlReturn_t;
@@ -14,7 +15,8 @@ typedef struct {
     unsigned long long used;
 } nvmlMemory_t;
 
-enum { NVML_SUCCESS = 0, NVML_ERROR_NOT_SUPPORTED = 3 };
+enum { NVML_SUCCESS = 0, NVML_ERROR_NOT_SUPPORTED = 3, NVML_ERROR_INSUFFICIENT_SIZE = 7 };
+#define NVML_VALUE_NOT_AVAILABLE 0xFFFFFFFFFFFFFFFFULL
 
 typedef nvmlReturn_t (*init_fn)(void);
 typedef nvmlReturn_t (*shutdown_fn)(void);
@@ -23,18 +25,25 @@ typedef nvmlReturn_t (*handle_fn)(unsigned int, nvmlDevice_t *);
 typedef nvmlReturn_t (*name_fn)(nvmlDevice_t, char *, unsigned int);
 typedef nvmlReturn_t (*memory_fn)(nvmlDevice_t, nvmlMemory_t *);
 typedef const char *(*error_string_fn)(nvmlReturn_t);
+typedef nvmlReturn_t (*processes_fn)(nvmlDevice_t, unsigned int *, void *);
 
 static void describe(char *error, int length, const char *what, nvmlReturn_t code, error_string_fn text) {
     snprintf(error, (size_t)length, "%s failed: NVML error %d (%s)", what, code, text ? text(code) : "unknown");
 }
 
-int strata_nvml_discover(const char *library, strata_gpu_info *out, int capacity, char *error, int error_length) {
+/// dlopen of NVML (default libnvidia-ml.so.1); NULL with the reason in `error`.
+static void *open_library(const char *library, char *error, int error_length) {
     void *lib = dlopen(library ? library : "libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         const char *why = dlerror();
         snprintf(error, (size_t)error_length, "%s", why ? why : "dlopen failed");
-        return -1;
     }
+    return lib;
+}
+
+int strata_nvml_discover(const char *library, strata_gpu_info *out, int capacity, char *error, int error_length) {
+    void *lib = open_library(library, error, error_length);
+    if (!lib) return -1;
     init_fn init = (init_fn)dlsym(lib, "nvmlInit_v2");
     shutdown_fn shutdown = (shutdown_fn)dlsym(lib, "nvmlShutdown");
     count_fn count = (count_fn)dlsym(lib, "nvmlDeviceGetCount_v2");
@@ -87,6 +96,111 @@ int strata_nvml_discover(const char *library, strata_gpu_info *out, int capacity
         }
         result = (int)i + 1;
     }
+    shutdown();
+    dlclose(lib);
+    return result;
+}
+
+// nvmlDeviceGetComputeRunningProcesses fills an array of process records whose first fields are
+// always `unsigned int pid; unsigned long long usedGpuMemory;` (offsets 0 and 8), but whose size
+// has changed: 16 bytes (v1), 24 (v2: + GPU and compute instance ids) and, for _v3 on some R53x
+// drivers only, 32 (+ usedGpuCcProtectedMemory) without a version bump. So for _v3 the stride is
+// read from how far the driver wrote into a buffer filled with a marker byte.
+enum { RECORD_MAX = 32, MARKER = 0xA5, PROCESSES_MAX = 4096 };
+
+static int probed_stride(const unsigned char *buffer, unsigned int n) {
+    size_t written = (size_t)n * RECORD_MAX;
+    while (written > 0 && buffer[written - 1] == MARKER) written--;
+    if (written <= (size_t)n * 16) return 16;
+    if (written <= (size_t)n * 24) return 24;
+    return 32;
+}
+
+int strata_nvml_process_memory(const char *library, const unsigned int *pids, int pid_count,
+                               strata_gpu_process_memory *out, int capacity, char *error, int error_length) {
+    void *lib = open_library(library, error, error_length);
+    if (!lib) return -1;
+    init_fn init = (init_fn)dlsym(lib, "nvmlInit_v2");
+    shutdown_fn shutdown = (shutdown_fn)dlsym(lib, "nvmlShutdown");
+    count_fn count = (count_fn)dlsym(lib, "nvmlDeviceGetCount_v2");
+    handle_fn handle = (handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
+    error_string_fn text = (error_string_fn)dlsym(lib, "nvmlErrorString");
+    processes_fn processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v3");
+    int fixed_stride = 0;   // 0: probe
+    if (!processes && (processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v2"))) fixed_stride = 24;
+    if (!processes && (processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses"))) fixed_stride = 16;
+    if (!init || !shutdown || !count || !handle || !processes) {
+        snprintf(error, (size_t)error_length, "the NVML library lacks %s",
+                 processes ? "a function Strata needs" : "nvmlDeviceGetComputeRunningProcesses");
+        dlclose(lib);
+        return -2;
+    }
+    nvmlReturn_t rc = init();
+    if (rc != NVML_SUCCESS) {
+        describe(error, error_length, "nvmlInit", rc, text);
+        dlclose(lib);
+        return -3;
+    }
+    unsigned int n = 0;
+    int result = 0;
+    unsigned int room = 64;
+    unsigned char *buffer = malloc((size_t)room * RECORD_MAX);
+    if (!buffer) {
+        snprintf(error, (size_t)error_length, "out of memory");
+        result = -3;
+    } else if ((rc = count(&n)) != NVML_SUCCESS) {
+        describe(error, error_length, "nvmlDeviceGetCount", rc, text);
+        result = -3;
+    }
+    for (unsigned int i = 0; result >= 0 && i < n && (int)i < capacity; i++) {
+        nvmlDevice_t device;
+        strata_gpu_process_memory *info = &out[i];
+        memset(info, 0, sizeof *info);
+        if ((rc = handle(i, &device)) != NVML_SUCCESS) {
+            describe(error, error_length, "nvmlDeviceGetHandleByIndex", rc, text);
+            result = -3;
+            break;
+        }
+        unsigned int found = 0;
+        // Processes may start between the calls: retry a few times with the size NVML asks for.
+        for (int attempt = 0; attempt < 4; attempt++) {
+            memset(buffer, MARKER, (size_t)room * RECORD_MAX);
+            found = room;
+            rc = processes(device, &found, buffer);
+            if (rc != NVML_ERROR_INSUFFICIENT_SIZE) break;
+            unsigned int want = found > room ? found + 8 : room * 2;
+            unsigned char *bigger = want <= PROCESSES_MAX ? realloc(buffer, (size_t)want * RECORD_MAX) : NULL;
+            if (!bigger) break;
+            buffer = bigger;
+            room = want;
+        }
+        if (rc == NVML_ERROR_NOT_SUPPORTED) {
+            result = (int)i + 1;    // this GPU cannot say: nothing attributed on it
+            continue;
+        }
+        if (rc != NVML_SUCCESS) {
+            describe(error, error_length, "nvmlDeviceGetComputeRunningProcesses", rc, text);
+            result = -3;
+            break;
+        }
+        if (found > room) found = room;
+        int stride = fixed_stride ? fixed_stride : probed_stride(buffer, found);
+        for (unsigned int r = 0; r < found; r++) {
+            unsigned int pid;
+            unsigned long long used;
+            memcpy(&pid, buffer + (size_t)r * stride, sizeof pid);
+            memcpy(&used, buffer + (size_t)r * stride + 8, sizeof used);
+            for (int p = 0; p < pid_count; p++) {
+                if (pids[p] != pid) continue;
+                info->processes++;
+                if (used == NVML_VALUE_NOT_AVAILABLE) info->unknown++;
+                else info->used_bytes += used;
+                break;
+            }
+        }
+        result = (int)i + 1;
+    }
+    free(buffer);
     shutdown();
     dlclose(lib);
     return result;

@@ -73,6 +73,15 @@ extension Gateway {
             return Response(status: .ok, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: try await backend.placementLog())))
         }
+        router.post("/admin/reload") { request, _ in
+            try authorizeAdmin(request)
+            guard let reload else {
+                throw GatewayError(status: .notFound, type: "invalid_request_error", code: "no_reload",
+                                   message: "This server cannot reload its configuration")
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: try await reload())))
+        }
         router.get("/admin/staging") { request, _ in
             try authorizeAdmin(request)
             return Response(status: .ok, headers: [.contentType: "application/json"],

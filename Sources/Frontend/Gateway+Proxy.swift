@@ -11,7 +11,8 @@ extension Gateway {
     func proxy(_ request: Request, context: BasicRequestContext, endpoint: Endpoint) async throws -> Response {
         let started = ContinuousClock.now
         var request = request
-        try authorize(request)
+        let tenant = try authorize(request)
+        let policy = try self.policy(of: request, tenant: tenant)
 
         let body: ByteBuffer
         do {
@@ -30,6 +31,8 @@ extension Gateway {
                 prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
                 session: HTTPField.Name(configuration.sessionHeader).flatMap { request.headers[$0] } ?? parsed.json["user"] as? String)
         }
+        parsed.hints.policy = policy
+        parsed.hints.tenant = tenant.name
         guard configuration.cancelOnDisconnect && !parsed.stream else {
             // Streams notice a departed client on their next chunk and keep the connection alive.
             return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
@@ -104,14 +107,17 @@ extension Gateway {
         let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
-            metrics: metrics, model: parsed.model, endpoint: endpoint, started: started, admitted: admitted,
-            statusCode: status.code)
+            metrics: metrics, model: lease.servedModel ?? parsed.model, endpoint: endpoint, started: started, admitted: admitted,
+            statusCode: status.code, tenant: parsed.hints.tenant, price: lease.price)
+        var servedBy: HTTPFields = [:]
+        if let served = lease.servedModel { servedBy[Self.servedByHeader] = served }
 
         if parsed.stream && contentType.hasPrefix("text/event-stream") {
             let logger = self.logger
             let upstreamLabel = lease.upstreamLabel
             let model = parsed.model
-            let headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache"]
+            var headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache"]
+            headers.append(contentsOf: servedBy)
             return Response(
                 status: status, headers: headers,
                 body: ResponseBody { writer in
@@ -157,9 +163,12 @@ extension Gateway {
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }
         observer.completed(collected)
-        return Response(
-            status: status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: collected))
+        var headers: HTTPFields = [.contentType: contentType]
+        headers.append(contentsOf: servedBy)
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))
     }
+
+    static let servedByHeader = HTTPField.Name("x-strata-served-by")!
 
     struct ParsedBody: @unchecked Sendable {  // JSON from JSONSerialization, read-only after parsing
         var json: [String: Any]

@@ -7,8 +7,11 @@ import NIOCore
 
 /// Settings of the HTTP face, built by the executable from the config file.
 public struct GatewayConfiguration: Sendable {
-    /// Accepted `Authorization: Bearer` keys for `/v1`; empty means no key is needed.
+    /// Accepted `Authorization: Bearer` keys for `/v1`; empty means no key is needed. Used when
+    /// `access` is nil (keys without tenants).
     public var apiKeys: Set<String>
+    /// API keys with their tenants' policies; replaces `apiKeys` when set.
+    public var access: AccessControl?
     /// Bearer key for `/admin`; nil with `adminOpenWithoutKey` false means admin is closed.
     public var adminKey: String?
     /// Whether `/admin` is open when no admin key is set (the daemon allows it on loopback only).
@@ -29,8 +32,10 @@ public struct GatewayConfiguration: Sendable {
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
-        cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id"
+        cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id",
+        access: AccessControl? = nil
     ) {
+        self.access = access
         self.cancelOnDisconnect = cancelOnDisconnect
         self.routingBlockBytes = routingBlockBytes
         self.sessionHeader = sessionHeader
@@ -52,23 +57,30 @@ public struct Gateway: Sendable {
     /// The block store behind `/v1/blocks` (the RESP service's); nil: no block API.
     let kv: (any KVBackend)?
     let httpClient: HTTPClient
+    /// API keys and tenants; replaced by a config reload.
+    public let access: AccessControlBox
     let logger: Logger
     let metrics: GatewayMetrics
     /// Renders `/metrics` (the executable owns the Prometheus registry).
     let renderMetrics: @Sendable () -> String
+    /// Re-reads the config (`POST /admin/reload`); answers what changed as JSON. Nil: 404.
+    let reload: (@Sendable () async throws -> Data)?
     /// Whether the daemon can take requests (for `/ready`).
     let isReady: @Sendable () -> Bool
 
     public init(
         configuration: GatewayConfiguration, backend: any ModelBackend, httpClient: HTTPClient, logger: Logger,
         renderMetrics: @escaping @Sendable () -> String = { "" }, isReady: @escaping @Sendable () -> Bool = { true },
-        tiers: (any TierBackend)? = nil, kv: (any KVBackend)? = nil
+        tiers: (any TierBackend)? = nil, kv: (any KVBackend)? = nil, access: AccessControlBox? = nil,
+        reload: (@Sendable () async throws -> Data)? = nil
     ) {
+        self.reload = reload
         self.configuration = configuration
         self.backend = backend
         self.tiers = tiers
         self.kv = kv
         self.httpClient = httpClient
+        self.access = access ?? AccessControlBox(configuration.access ?? AccessControl(apiKeys: configuration.apiKeys))
         self.logger = logger
         self.metrics = GatewayMetrics()
         self.renderMetrics = renderMetrics
@@ -110,13 +122,39 @@ public struct Gateway: Sendable {
         return router
     }
 
-    func authorize(_ request: Request) throws {
-        guard !configuration.apiKeys.isEmpty else { return }
+    /// The tenant the request's API key belongs to; throws 401 for a missing or unknown key.
+    @discardableResult
+    func authorize(_ request: Request) throws -> Tenant {
+        let access = access.current
+        guard !access.keys.isEmpty else { return access.anonymous }
         guard let key = bearerToken(request) else {
             throw GatewayError.unauthorized("Missing API key: send Authorization: Bearer YOUR_KEY")
         }
-        guard configuration.apiKeys.contains(key) else { throw GatewayError.unauthorized("Invalid API key") }
+        guard let tenant = access.keys[key] else { throw GatewayError.unauthorized("Invalid API key") }
+        return tenant
     }
+
+    /// The tenant's policy narrowed by the request's `x-strata-require` and `x-strata-forbid`
+    /// headers (tags separated by commas or spaces).
+    func policy(of request: Request, tenant: Tenant) throws -> SubstratePolicy {
+        var policy = tenant.policy
+        for (header, isRequire) in [(Self.requireHeader, true), (Self.forbidHeader, false)] {
+            let values = request.headers[values: header]
+            guard !values.isEmpty else { continue }
+            switch SubstratePolicy.parseTagList(values.joined(separator: ",")) {
+            case .success(let tags):
+                policy = policy.narrowed(by: isRequire ? SubstratePolicy(require: tags) : SubstratePolicy(forbid: tags))
+            case .failure(let error):
+                throw GatewayError.badRequest(
+                    "Header \(header.canonicalName) has an invalid tag '\(error.tag)'; expected tags of a-z, 0-9, ':', '.', '_', '-' "
+                        + "(e.g. on-prem, sovereign:eu) separated by commas", code: "invalid_header")
+            }
+        }
+        return policy
+    }
+
+    static let requireHeader = HTTPField.Name("x-strata-require")!
+    static let forbidHeader = HTTPField.Name("x-strata-forbid")!
 
     func bearerToken(_ request: Request) -> String? {
         guard let header = request.headers[.authorization] else { return nil }

@@ -31,10 +31,15 @@ final class RequestObserver: Sendable {
     let endpoint: Endpoint
     let started: ContinuousClock.Instant
     let statusCode: Int
+    /// For the spend metric: who asked, and what the serving substrate charges.
+    let tenant: String
+    let price: TokenPrice?
     private let state = NIOLockedValueBox(State())
 
     init(metrics: GatewayMetrics, model: String, endpoint: Endpoint, started: ContinuousClock.Instant,
-         admitted: ContinuousClock.Instant, statusCode: Int) {
+         admitted: ContinuousClock.Instant, statusCode: Int, tenant: String = "anonymous", price: TokenPrice? = nil) {
+        self.tenant = tenant
+        self.price = price
         self.model = model
         self.endpoint = endpoint
         self.started = started
@@ -98,9 +103,19 @@ final class RequestObserver: Sendable {
 
     private func recordUsage(_ value: Any?) {
         guard let usage = value as? [String: Any] else { return }
+        var counts: [Int64] = []
         for (field, kind) in [("prompt_tokens", "prompt"), ("completion_tokens", "completion")] {
-            if let count = (usage[field] as? NSNumber)?.int64Value, count > 0 {
+            let count = (usage[field] as? NSNumber)?.int64Value ?? 0
+            counts.append(count)
+            if count > 0 {
                 Counter(label: "strata_tokens_total", dimensions: [("model", model), ("kind", kind)]).increment(by: count)
+            }
+        }
+        if let price {
+            let cost = price.cost(promptTokens: counts[0], completionTokens: counts[1])
+            if cost > 0 {
+                FloatingPointCounter(label: "strata_spend_total", dimensions: [("model", model), ("tenant", tenant)])
+                    .increment(by: cost)
             }
         }
     }

@@ -50,11 +50,18 @@ public struct RequestHints: Sendable, Equatable {
     public var session: String?
     /// Replicas already tried for this request (a retry goes elsewhere).
     public var excluding: Set<String>
+    /// Where the request may run (its tenant's policy narrowed by its headers).
+    public var policy: SubstratePolicy
+    /// The tenant the request's API key belongs to.
+    public var tenant: String
 
-    public init(prompt: PromptChain = PromptChain(blocks: [], bytes: 0), session: String? = nil, excluding: Set<String> = []) {
+    public init(prompt: PromptChain = PromptChain(blocks: [], bytes: 0), session: String? = nil, excluding: Set<String> = [],
+                policy: SubstratePolicy = SubstratePolicy(), tenant: String = "anonymous") {
         self.prompt = prompt
         self.session = session
         self.excluding = excluding
+        self.policy = policy
+        self.tenant = tenant
     }
 }
 
@@ -66,6 +73,21 @@ public enum LeaseOutcome: Sendable, Equatable {
     case completed
     case upstreamFailed
     case abandoned
+}
+
+/// A substrate's price per million tokens, in whatever currency the config uses.
+public struct TokenPrice: Sendable, Equatable {
+    public var inputPerMillion: Double
+    public var outputPerMillion: Double
+
+    public init(inputPerMillion: Double, outputPerMillion: Double) {
+        self.inputPerMillion = inputPerMillion
+        self.outputPerMillion = outputPerMillion
+    }
+
+    public func cost(promptTokens: Int64, completionTokens: Int64) -> Double {
+        (Double(promptTokens) * inputPerMillion + Double(completionTokens) * outputPerMillion) / 1_000_000
+    }
 }
 
 public struct ModelListing: Sendable, Equatable {
@@ -94,12 +116,20 @@ public final class UpstreamLease: Sendable {
     public let upstreamLabel: String
     /// Another replica could take the request if this one fails before answering.
     public let hasAlternatives: Bool
+    /// The model that serves the request when it is not the one asked for (a fallback after a
+    /// spillover); the gateway says so in the `x-strata-served-by` response header.
+    public let servedModel: String?
+    /// What the serving substrate charges, for the spend metric.
+    public let price: TokenPrice?
     private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
-        hasAlternatives: Bool = false, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
+        hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil,
+        onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
+        self.servedModel = servedModel
+        self.price = price
         self.baseURL = baseURL
         self.headers = headers
         self.upstreamModel = upstreamModel
@@ -114,6 +144,17 @@ public final class UpstreamLease: Sendable {
     ) {
         self.init(baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
                   onOutcome: { _ in onRelease() })
+    }
+
+    /// The same lease, saying which model serves it and at what price. Takes over the release.
+    public func serving(model: String?, price: TokenPrice?) -> UpstreamLease {
+        let action = onRelease.withLockedValue { action in
+            defer { action = nil }
+            return action
+        }
+        return UpstreamLease(
+            baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
+            hasAlternatives: hasAlternatives, servedModel: model, price: price, onOutcome: { action?($0) })
     }
 
     public func release(_ outcome: LeaseOutcome = .completed) {

@@ -43,7 +43,8 @@ struct Waiter: Equatable {
 
 /// The Placer's book on one model. Public read-only views come through `ModelSnapshot`.
 struct ModelState {
-    let spec: ModelSpec
+    /// Replaced by a reconfiguration; the rest of the book carries over.
+    var spec: ModelSpec
     var phase: ModelPhase = .stopped
     var inFlight: Set<RequestID> = []
     /// Admitted requests whose runtime died under them: they wait only for their `finished`
@@ -58,13 +59,36 @@ struct ModelState {
     /// Where the fastest whole copy of the weights is, as far as the Placer knows.
     var weights: WeightTier = .remote
     var hostCopy: HostCopy = .absent
+    /// When the current (or last) runtime became ready, for `minResidency`.
+    var readySince: Duration = .zero
+    /// Largest footprint measured of the runtime that was the `measuredLoad`-th to become ready.
+    var measuredBytes: UInt64?
+    var measuredLoad = 0
+    /// Draining or stopping because the configuration changed (removed, or restarting with a
+    /// new command). Unlike an operator drain, a later `.load` does not undo it.
+    var configDrain = false
+    /// Gone from the configuration: new requests are unknown; forgotten once stopped.
+    var removed = false
+
+    /// Device memory accounted for this model: the measured footprint if `memoryBytes` was only
+    /// an estimate and there is a measurement, otherwise `memoryBytes`.
+    var memoryBytes: UInt64 {
+        spec.memoryDeclared ? spec.memoryBytes : measuredBytes ?? spec.memoryBytes
+    }
+
+    /// Whether a reconcile may turn this model's drain back into ready.
+    var drainIsRederived: Bool { !operatorDrain && !configDrain }
 }
 
 /// A read-only view for status endpoints and tests.
 public struct ModelSnapshot: Sendable, Equatable {
     public var name: String
     public var device: String
+    /// Accounted device memory: the measured footprint for a model whose memory was estimated,
+    /// once measured; the configured `memoryBytes` otherwise.
     public var memoryBytes: UInt64
+    /// Largest footprint measured of its latest runtime, declared or not; nil before any.
+    public var measuredBytes: UInt64?
     public var phase: ModelPhase
     public var inFlight: Int
     public var waiting: Int
@@ -79,7 +103,10 @@ public struct ModelSnapshot: Sendable, Equatable {
 public struct DeviceSnapshot: Sendable, Equatable {
     public var name: String
     public var budgetBytes: UInt64
-    /// Memory of every model whose runtime may exist (starting, ready, draining, stopping).
+    /// Accounted memory (see `ModelSnapshot.memoryBytes`) of every model whose runtime may exist
+    /// (staging, starting, ready, draining, stopping), models removed but not yet stopped included.
+    /// Above `budgetBytes` only after a measured footprint or a reconfiguration, while the rest
+    /// is held by models that are busy, pinned, starting or already stopping.
     public var usedBytes: UInt64
 
     public init(name: String, budgetBytes: UInt64, usedBytes: UInt64) {

@@ -72,7 +72,7 @@ extension Placer {
         var used = hostWeightsUsedBytes
         if Self.fits(need, used: used, budget: budget) { return true }
         let candidates = models.values
-            .filter { $0.spec.name != name && $0.hostCopy == .resident && !$0.spec.pinned && !$0.phase.holdsMemory }
+            .filter { $0.spec.name != name && Self.isReleasable($0) }
             .map { (state: $0, loss: expectedLoss($0, leftIn: .nvme, now: now)) }
             .sorted { ($0.loss, $0.state.lastUsed, $0.state.spec.name) < ($1.loss, $1.state.lastUsed, $1.state.spec.name) }
         let releasable = candidates.reduce(UInt64(0)) { $0 + $1.state.spec.weightBytes }
@@ -88,7 +88,8 @@ extension Placer {
     mutating func releaseHostCopy(of name: String, into actions: inout [PlacerAction]) {
         guard var state = models[name] else { return }
         if state.hostCopy == .resident {
-            precondition(!state.phase.holdsMemory && !state.spec.pinned, "released the host copy of \(name) in use")
+            precondition(
+                !state.phase.holdsMemory && (!state.spec.pinned || state.removed), "released the host copy of \(name) in use")
             state.weights = .nvme
         }
         state.hostCopy = .absent
@@ -160,7 +161,7 @@ extension Placer {
             return
         case (.host, .absent):
             // A copy nobody asked for (found at startup): keep it only if it is accounted for.
-            if stagesBeforeStart(state.spec)
+            if !state.removed && stagesBeforeStart(state.spec)
                 && Self.fits(state.spec.weightBytes, used: hostWeightsUsedBytes, budget: configuration.hostWeightsBudget)
             {
                 state.hostCopy = .resident
@@ -181,12 +182,45 @@ extension Placer {
     }
 
     mutating func stageOnRequest(_ name: String, now: Duration, into actions: inout [PlacerAction]) {
-        guard let state = models[name], stagesBeforeStart(state.spec), state.hostCopy == .absent else { return }
+        guard let state = models[name], !state.removed, stagesBeforeStart(state.spec), state.hostCopy == .absent else {
+            return
+        }
         guard makeHostRoom(for: name, now: now, into: &actions) else { return }
         models[name]?.hostCopy = .staging(since: now)
         // The operator expects it to be used soon: do not make it the first copy to go.
         models[name]?.lastUsed = max(state.lastUsed, now)
         actions.append(.stage(model: name))
+    }
+
+    /// Whether the copy of `state` may be released to make room: resident, its model holding no
+    /// device memory and not pinned.
+    static func isReleasable(_ state: ModelState) -> Bool {
+        state.hostCopy == .resident && !state.spec.pinned && !state.phase.holdsMemory
+    }
+
+    /// After a reconfiguration shrank `hostWeightsBudget` below what the copies hold: releases
+    /// the copies that may go (lowest expected loss first) until the budget holds again. Copies
+    /// in use (their model holds device memory, or is pinned) and stagings under way stay; they
+    /// are released here as soon as they may be, and no new staging starts meanwhile (`fits`
+    /// fails while the budget is exceeded).
+    mutating func relieveHostBudget(now: Duration, into actions: inout [PlacerAction]) {
+        let budget = configuration.hostWeightsBudget
+        var used = hostWeightsUsedBytes
+        guard used > budget else { return }
+        let candidates = models.values.filter(Self.isReleasable)
+            .map { (state: $0, loss: expectedLoss($0, leftIn: .nvme, now: now)) }
+            .sorted { ($0.loss, $0.state.lastUsed, $0.state.spec.name) < ($1.loss, $1.state.lastUsed, $1.state.spec.name) }
+        for candidate in candidates where used > budget {
+            releaseHostCopy(of: candidate.state.spec.name, into: &actions)
+            used -= candidate.state.spec.weightBytes
+        }
+    }
+
+    /// The host-weights budget holds, or every copy beyond it is one that may not be released.
+    func assertHostBudget() {
+        assert(
+            hostWeightsUsedBytes <= configuration.hostWeightsBudget || !models.values.contains(where: Self.isReleasable),
+            "host-weights budget exceeded")
     }
 
     static func fits(_ need: UInt64, used: UInt64, budget: UInt64) -> Bool {

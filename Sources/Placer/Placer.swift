@@ -3,11 +3,14 @@
 /// since any fixed origin) and carries out the returned actions in order.
 ///
 /// Invariants, checked by the simulation tests:
-/// - per device, the memory of models that may hold it never exceeds the budget;
+/// - per device, the accounted memory of models that may hold it never exceeds the budget, except
+///   after a measured footprint or a reconfiguration, and then only while no model on the device
+///   is ready, idle and unpinned, and no start is made there;
 /// - a model with requests in flight is never stopped by a decision of the Placer;
 /// - at most one runtime per model exists at a time (start only from stopped or failed);
 /// - every request is eventually admitted or rejected (the queue timeout bounds the wait);
-/// - host-copy bytes (resident and staging) never exceed `hostWeightsBudget`;
+/// - host-copy bytes (resident and staging) never exceed `hostWeightsBudget`, except after a
+///   reconfiguration shrank it, and then only while every copy left may not be released;
 /// - the resident host copy of a model that holds device memory (starting, ready, draining,
 ///   stopping) or of a pinned model is never released;
 /// - `.start` of a model that stages weights and whose copy fits the budget comes only after its
@@ -18,19 +21,29 @@
 /// runtime starts, and the copy stays after a stop while the budget allows, so the next start
 /// reads from RAM. Copies and device memory are given up in order of expected reload cost; see
 /// `expectedLoss`.
+///
+/// Decisions: eviction respects priorities and minimum residencies (`Placer+Eviction.swift`);
+/// measured footprints correct estimates (`PlacerEvent.footprintMeasured`); a new configuration
+/// is taken without a restart of the daemon (`reconfigure`).
 public struct Placer: Sendable {
-    public private(set) var configuration: PlacerConfiguration
+    public internal(set) var configuration: PlacerConfiguration
     var models: [String: ModelState] = [:]
     /// Which model each admitted or waiting request belongs to.
     var requestModel: [RequestID: String] = [:]
 
     public init(configuration: PlacerConfiguration) {
+        Self.validate(configuration)
         self.configuration = configuration
+        for spec in configuration.models {
+            models[spec.name] = ModelState(spec: spec)
+        }
+    }
+
+    static func validate(_ configuration: PlacerConfiguration) {
         for spec in configuration.models {
             precondition(
                 configuration.devices.contains { $0.name == spec.device },
                 "model \(spec.name) names unknown device \(spec.device)")
-            models[spec.name] = ModelState(spec: spec)
         }
         for tier in WeightTier.allCases {
             precondition(configuration.tierBandwidth[tier] > 0, "tier bandwidth of \(tier) must be positive")
@@ -41,18 +54,23 @@ public struct Placer: Sendable {
         var actions: [PlacerAction] = []
         switch event {
         case .request(let id, let name):
-            guard var state = models[name] else {
-                return [.reject(id, model: name, .unknownModel)]
+            // Answered at once where possible, but the reconcile below runs for every event, so
+            // that other waiters' deadlines are kept to whatever event comes.
+            guard var state = models[name], !state.removed else {
+                actions.append(.reject(id, model: name, .unknownModel))
+                break
             }
             if case .ready = state.phase {
                 state.inFlight.insert(id)
                 state.lastUsed = now
                 models[name] = state
                 requestModel[id] = name
-                return [.admit(id, model: name)]
+                actions.append(.admit(id, model: name))
+                break
             }
             if state.waiters.count >= state.spec.maxQueued {
-                return [.reject(id, model: name, .queueFull(limit: state.spec.maxQueued))]
+                actions.append(.reject(id, model: name, .queueFull(limit: state.spec.maxQueued)))
+                break
             }
             state.waiters.append(Waiter(id: id, arrived: now, deadline: now + configuration.queueTimeout))
             models[name] = state
@@ -80,6 +98,7 @@ public struct Placer: Sendable {
             state.consecutiveFailures = 0
             state.loads += 1
             state.lastUsed = now
+            state.readySince = now
             // The runtime reads only local files: a healthy one means the NVMe store has a copy.
             state.weights = min(state.weights, .nvme)
             models[name] = state
@@ -94,10 +113,12 @@ public struct Placer: Sendable {
                     state.phase = .stopped
                 }
                 state.operatorDrain = false
+                state.configDrain = false
             case .starting, .ready, .draining:
                 // Died on its own: waiting requests learn why now rather than at their deadline.
                 state.phase = failure(&state, now: now, detail: detail)
                 state.operatorDrain = false
+                state.configDrain = false
                 state.orphaned.formUnion(state.inFlight)
                 state.inFlight.removeAll()
                 for waiter in state.waiters {
@@ -114,7 +135,7 @@ public struct Placer: Sendable {
             models[name] = state
 
         case .load(let name):
-            guard var state = models[name] else { break }
+            guard var state = models[name], !state.removed else { break }
             switch state.phase {
             case .ready, .starting, .staging: break
             default:
@@ -126,7 +147,7 @@ public struct Placer: Sendable {
             models[name] = state
 
         case .unload(let name):
-            guard var state = models[name] else { break }
+            guard var state = models[name], !state.removed else { break }
             state.waiters.removeAll { $0.id == nil }
             switch state.phase {
             case .ready, .draining:
@@ -146,9 +167,17 @@ public struct Placer: Sendable {
             models[name] = state
 
         case .weightsAt(let name, let tier):
+            if models[name] == nil && tier == .host {
+                // A copy of a model no longer (or never) configured: nothing will use it.
+                actions.append(.releaseWeights(model: name))
+            }
             noteWeights(of: name, at: tier, now: now, into: &actions)
 
         case .staged(let name):
+            if models[name] == nil {
+                // A staging abandoned when its model was removed and forgotten.
+                actions.append(.releaseWeights(model: name))
+            }
             completeStaging(of: name, now: now, into: &actions)
 
         case .stageFailed(let name, let detail):
@@ -157,11 +186,14 @@ public struct Placer: Sendable {
         case .stageRequest(let name):
             stageOnRequest(name, now: now, into: &actions)
 
+        case .footprintMeasured(let name, let bytes):
+            noteFootprint(of: name, bytes: bytes)
+
         case .tick:
             break
         }
         actions += reconcile(now: now)
-        assert(hostWeightsUsedBytes <= configuration.hostWeightsBudget, "host-weights budget exceeded")
+        assertHostBudget()
         return actions
     }
 

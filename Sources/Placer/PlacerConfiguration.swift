@@ -70,11 +70,22 @@ public struct ModelSpec: Sendable, Equatable {
     /// Whether this model's weights are staged into host RAM before a start; false starts the
     /// runtime directly from the NVMe store or the source.
     public var stagesWeights: Bool
+    /// Higher is more important. Making room for a model never evicts one of higher priority;
+    /// among the models it may evict, lower priority goes first. Default 0.
+    public var priority: Int
+    /// Once ready, the model is not evicted to make room for another before this long has
+    /// passed (it may still stop for its ttl, an operator unload, a configuration change or a
+    /// device over budget). Keeps a swap from undoing itself at once. Default zero.
+    public var minResidency: Duration
+    /// Whether `memoryBytes` was declared by the operator (true, the default) or is an estimate.
+    /// The footprint of an estimated model is replaced by the driver's measurement
+    /// (`PlacerEvent.footprintMeasured`) once there is one; a declared one is only reported.
+    public var memoryDeclared: Bool
 
     public init(
         name: String, device: String, memoryBytes: UInt64, ttl: Duration? = nil,
         pinned: Bool = false, maxQueued: Int = 256, weightBytes: UInt64 = 0, startSeconds: Double = 1,
-        stagesWeights: Bool = false
+        stagesWeights: Bool = false, priority: Int = 0, minResidency: Duration = .zero, memoryDeclared: Bool = true
     ) {
         self.name = name
         self.device = device
@@ -85,5 +96,8 @@ public struct ModelSpec: Sendable, Equatable {
         self.weightBytes = weightBytes
         self.startSeconds = startSeconds
         self.stagesWeights = stagesWeights
+        self.priority = priority
+        self.minResidency = minResidency
+        self.memoryDeclared = memoryDeclared
     }
 }

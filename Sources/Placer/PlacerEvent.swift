@@ -28,7 +28,13 @@ public enum PlacerEvent: Sendable, Equatable {
     case stageFailed(model: String, detail: String)
     /// Operator asks for the weights of `model` to be brought into host RAM without starting it.
     case stageRequest(model: String)
-    /// Time passed; deadlines, TTLs and backoffs are checked.
+    /// The runtime of `model` was measured to hold `bytes` of its device (after it became ready,
+    /// and again for each larger peak). The first report of a runtime replaces what an earlier
+    /// runtime measured; later reports of the same runtime only raise it. Accounted instead of
+    /// `memoryBytes` if that was an estimate (`memoryDeclared` false), only recorded otherwise.
+    /// Ignored unless the model is ready or draining (a late report of a runtime on its way out).
+    case footprintMeasured(model: String, bytes: UInt64)
+    /// Time passed; deadlines, TTLs, backoffs and minimum residencies are checked.
     case tick
 }
 
@@ -50,6 +56,13 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     case evicted(forModel: String)
     case operatorRequest
     case loadTimeout
+    /// Its device holds more than its budget (a measured footprint larger than the estimate,
+    /// or a smaller budget after a reconfiguration) and this model was idle.
+    case overBudget
+    /// Gone from the configuration.
+    case removed
+    /// Its runtime command changed: it starts again with the new configuration when needed.
+    case restarted
 
     public var description: String {
         switch self {
@@ -57,6 +70,9 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
         case .evicted(let other): "evicted to make room for \(other)"
         case .operatorRequest: "unloaded by operator"
         case .loadTimeout: "did not become healthy within the load timeout"
+        case .overBudget: "device over budget after a measured footprint or a configuration change"
+        case .removed: "removed from the configuration"
+        case .restarted: "restarting with a changed configuration"
         }
     }
 }
@@ -64,11 +80,13 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
 /// Why a request was not admitted. Expected outcomes, not errors: the gateway maps each to a
 /// status code.
 public enum Rejection: Sendable, Equatable {
+    /// Not configured, or removed from the configuration while the request waited.
     case unknownModel
     case queueFull(limit: Int)
     /// Waited `waited` and the model was still not ready (loading, swapping or backing off).
     case timedOut(waited: Duration, retryAfter: Duration)
-    /// Cannot fit even after evicting every unpinned model on the device.
+    /// Cannot fit even after evicting every unpinned model on the device. (A model that would
+    /// fit but for models it may not evict yet, for their priority or minimum residency, waits.)
     case doesNotFit(needBytes: UInt64, device: String, budgetBytes: UInt64, pinnedBytes: UInt64)
     /// The runtime failed to start or died while the request waited.
     case runtimeFailed(detail: String)

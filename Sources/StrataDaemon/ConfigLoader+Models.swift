@@ -23,7 +23,7 @@ extension ConfigLoader {
             let name = try reader.string(nameNode, at: "runtimes")
             let key = "runtimes.\(name)"
             let map = try reader.mapping(
-                value, at: key, allowed: ["kind", "binary", "args", "command", "health", "env", "url", "api_key_env"])
+                value, at: key, allowed: ["kind", "binary", "args", "command", "health", "env", "url", "api_key_env", "tags", "cost", "latency_class"])
             guard let kindNode = map["kind"] else {
                 throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
             }
@@ -93,7 +93,9 @@ extension ConfigLoader {
                     env[name] = try reader.string(v, at: "\(key).env.\(name)")
                 }
             }
-            result[name] = RuntimeConfiguration(name: name, kindName: kindName, kind: kind, healthPath: health, environment: env)
+            var runtime = RuntimeConfiguration(name: name, kindName: kindName, kind: kind, healthPath: health, environment: env)
+            runtime.substrate = try substrate(reader, map, at: key)
+            result[name] = runtime
         }
         return result
     }
@@ -106,7 +108,8 @@ extension ConfigLoader {
             let map = try reader.mapping(
                 item, at: key,
                 allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
-                          "routing", "replicas", "sha256", "stage", "preload"])
+                          "routing", "replicas", "sha256", "stage", "preload", "tags", "fallbacks", "spill_after", "priority",
+                          "min_residency"])
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
             guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
@@ -205,8 +208,10 @@ extension ConfigLoader {
             if model.isRemoteSource && !model.stage {
                 throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
             }
+            try modelPolicy(reader, map, at: key2, into: &model)
             models.append(model)
         }
+        try checkFallbacks(reader, models, node)
         return models
     }
 

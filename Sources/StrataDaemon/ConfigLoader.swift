@@ -39,7 +39,7 @@ public enum ConfigLoader {
         let top = try reader.mapping(
             root, at: "",
             allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "routing", "kv",
-                      "devices", "runtimes", "models"])
+                      "devices", "runtimes", "models", "tenants"])
 
         var config = StrataConfiguration(
             listen: ListenAddress(host: "127.0.0.1", port: 8080),
@@ -91,6 +91,7 @@ public enum ConfigLoader {
         config.gpuDiscovery = gpus
         config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
         config.models = try models(reader, top["models"], config: config)
+        config.tenants = try tenants(reader, top["tenants"], auth: config.auth)
         return config
     }
 

@@ -12,12 +12,12 @@ import ServiceLifecycle
 /// stops runtimes, then closes the tiers.
 public enum Daemon {
     public static func run(
-        config: StrataConfiguration, logger: Logger, renderMetrics: @escaping @Sendable () -> String,
-        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        config: StrataConfiguration, configPath: String? = nil, logger: Logger,
+        renderMetrics: @escaping @Sendable () -> String, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws {
         try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
         logger.info("\(config.gpuDiscovery.summary); devices: \(config.devices.map { "\($0.name) (\($0.kind.rawValue), \(ConfigUnits.formatBytes($0.memoryBytes)))" }.joined(separator: ", "))")
-        if !config.listen.isLoopback && config.auth.apiKeys.isEmpty {
+        if !config.listen.isLoopback && !config.requiresAPIKeys {
             logger.warning("listening on \(config.listen) without API keys: anyone who can reach it can use it (set STRATA_API_KEYS)")
         }
 
@@ -33,14 +33,17 @@ public enum Daemon {
         // One directory of keys for both faces of the KV service (RESP and /v1/blocks).
         let kv: TierKVBackend? = config.kv.resp != nil
             ? TierKVBackend(tiers: tiers, durability: config.kv.durability == .durable ? .durable : .cache) : nil
+        let access = AccessControlBox(config.accessControl)
+        let reloader = ConfigReloader(path: configPath, running: config, controller: controller, access: access, logger: logger)
         let gateway = Gateway(
             configuration: GatewayConfiguration(
-                apiKeys: config.auth.apiKeys, adminKey: config.auth.adminKey,
+                adminKey: config.auth.adminKey,
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
                 upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect,
                 routingBlockBytes: config.routing.blockBytes, sessionHeader: config.routing.sessionHeader),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
-            isReady: { ready.value }, tiers: tiers, kv: kv)
+            isReady: { ready.value }, tiers: tiers, kv: kv, access: access,
+            reload: { try await reloader.reloadJSON(trigger: "POST /admin/reload") })
 
         let app = Application(
             router: gateway.buildRouter(),
@@ -56,6 +59,7 @@ public enum Daemon {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: tiers),
             .init(service: ControllerService(controller: controller, ready: ready)),
+            .init(service: ReloadOnHangUp(reloader: reloader)),
         ]
         if let resp = config.kv.resp, let kv {
             let server = RESPServer(

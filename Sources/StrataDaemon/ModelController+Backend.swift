@@ -1,5 +1,7 @@
 import Foundation
 import Frontend
+import Logging
+import Metrics
 import Placer
 
 extension ModelController: ModelBackend {
@@ -17,8 +19,13 @@ extension ModelController: ModelBackend {
         }
     }
 
-    public nonisolated func routesByPrompt(model: String) -> Bool { replicaSets[model] != nil }
+    public nonisolated func routesByPrompt(model: String) -> Bool { routedModels.withLockedValue { $0.contains(model) } }
 
+    /// Serves `model`, or one of its fallbacks when the request's policy does not allow it or it
+    /// cannot serve (no room, failed, no replica, or not ready within `spill_after`). Every
+    /// spillover is counted (`strata_spillover_total{model,to,reason}`) and logged with its
+    /// reason; a model the policy forbids is never tried, and when the policy forbids them all
+    /// the answer is a 503 naming the tags.
     public func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         guard let modelConfig = config.models.first(where: { $0.name == model }) else {
             throw GatewayError.modelNotFound(model)
@@ -26,6 +33,66 @@ extension ModelController: ModelBackend {
         if shuttingDown {
             throw GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5)
         }
+        let chain = [modelConfig] + modelConfig.fallbacks.compactMap { name in config.models.first { $0.name == name } }
+        var refusals: [String] = []
+        var spillReason: String?
+        // The policy decides first: a substrate it forbids is never tried, so `spill_after`
+        // bounds the wait only when another allowed substrate could take the request.
+        let allowed = chain.filter { candidate in
+            guard let violation = hints.policy.violation(by: config.substrateTags(of: candidate)) else { return true }
+            refusals.append("'\(candidate.name)' \(violation)")
+            return false
+        }
+        if allowed.first?.name != model { spillReason = "policy" }
+        for (position, candidate) in allowed.enumerated() {
+            let isLast = position == allowed.count - 1
+            do {
+                let lease = if candidate.name == model, !isLast, let wait = candidate.spillAfter {
+                    try await acquire(candidate, hints: hints, within: wait)
+                } else {
+                    try await acquire(candidate, hints: hints)
+                }
+                if candidate.name != model {
+                    let reason = spillReason ?? "unavailable"
+                    Counter(label: "strata_spillover_total", dimensions: [("model", model), ("to", candidate.name), ("reason", reason)])
+                        .increment()
+                    logger.notice("request spilled over", metadata: [
+                        "model": "\(model)", "to": "\(candidate.name)", "reason": "\(reason)", "tenant": "\(hints.tenant)",
+                        "detail": "\(refusals.joined(separator: "; "))",
+                    ])
+                }
+                return lease.serving(model: candidate.name != model ? candidate.name : nil, price: config.price(of: candidate))
+            } catch let error as GatewayError where !isLast && [502, 503].contains(error.status.code) {
+                refusals.append("'\(candidate.name)': \(error.message)")
+                spillReason = spillReason ?? (error.code == "spill_timeout" ? "timeout" : "unavailable")
+            }
+        }
+        Counter(label: "strata_policy_refusals_total", dimensions: [("model", model), ("tenant", hints.tenant)]).increment()
+        throw GatewayError.unavailable(
+            "No substrate this request may use can serve '\(model)' (\(hints.policy)): \(refusals.joined(separator: "; "))",
+            code: "policy_forbidden", retryAfterSeconds: 60)
+    }
+
+    /// `acquire` bounded by `wait`; past it, a 503 `spill_timeout` (the waiting request is withdrawn).
+    private func acquire(_ modelConfig: ModelConfiguration, hints: RequestHints, within wait: Duration) async throws
+        -> UpstreamLease
+    {
+        try await withThrowingTaskGroup(of: UpstreamLease?.self) { group in
+            group.addTask { try await self.acquire(modelConfig, hints: hints) }
+            group.addTask {
+                try await Task.sleep(for: wait)
+                return nil
+            }
+            defer { group.cancelAll() }
+            // A lease won by the loser after the race is dropped, which releases it.
+            if let lease = try await group.next() ?? nil { return lease }
+            throw GatewayError.unavailable("'\(modelConfig.name)' was not ready within spill_after \(wait)",
+                                           code: "spill_timeout", retryAfterSeconds: 1)
+        }
+    }
+
+    private func acquire(_ modelConfig: ModelConfiguration, hints: RequestHints) async throws -> UpstreamLease {
+        let model = modelConfig.name
         switch modelConfig.serving {
         case .managed where modelConfig.replicaCount > 1:
             guard let replicas = replicaSets[model] else { throw GatewayError.modelNotFound(model) }

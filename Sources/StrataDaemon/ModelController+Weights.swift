@@ -54,7 +54,16 @@ extension ModelController {
                 }
                 outcome = .success(try await stager.stage(request))
             } catch {
-                outcome = .failure(error)
+                let wrongWeights = (error as? StageError)?.isChecksumMismatch == true
+                if local && !wrongWeights && !(error is CancellationError) && !Task.isCancelled {
+                    // The tiers could not take the copy (full, failing disk): the runtime opens
+                    // the local file itself, as without staging. Wrong weights never start.
+                    self.logger.warning("staging \(model) failed; its runtime opens the source file instead",
+                                        metadata: ["error": "\(error)"])
+                    outcome = .success(nil)
+                } else {
+                    outcome = .failure(error)
+                }
             }
             self.stagingEnded(model, id: id, outcome)
         }

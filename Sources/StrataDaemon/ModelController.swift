@@ -4,6 +4,7 @@ import Frontend
 import Glibc
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import Placer
 
@@ -19,7 +20,8 @@ public actor ModelController {
         var killTask: Task<Void, Never>?
     }
 
-    let config: StrataConfiguration
+    /// Replaced by a config reload (`reconfigure(to:)`).
+    var config: StrataConfiguration
     let httpClient: HTTPClient
     let logger: Logger
     let clock = ContinuousClock()
@@ -35,8 +37,14 @@ public actor ModelController {
     var lastError: [String: String] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1
-    /// Models served by replicas Strata does not start, each with its router.
-    let replicaSets: [String: ReplicaSet]
+    /// Models routed across replicas (upstreams, or `replicas` above 1), each with its router.
+    var replicaSets: [String: ReplicaSet]
+    /// Names of `replicaSets`, readable without a hop to this actor (`routesByPrompt`).
+    let routedModels: NIOLockedValueBox<Set<String>>
+    /// Health checks of upstream replica sets, by model.
+    var healthChecks: [String: Task<Void, Never>] = [:]
+    /// Set while `runTicks` runs: replica sets added by a reload start their checks at once.
+    var healthChecksRunning = false
     var shuttingDown = false
     /// The storage tiers, for staging weights (nil: runtimes open their source files).
     let tiers: TierService?
@@ -65,6 +73,7 @@ public actor ModelController {
             }
         }
         self.replicaSets = sets
+        self.routedModels = NIOLockedValueBox(Set(sets.keys))
     }
 
     var now: Duration { clock.now - origin }
@@ -94,7 +103,7 @@ public actor ModelController {
         return try encoder.encode(Body(placements: placements.entries, admissions: placements.admissions))
     }
 
-    private func perform(_ action: PlacerAction) {
+    func perform(_ action: PlacerAction) {
         switch action {
         case .start(let model):
             start(model)
@@ -349,13 +358,15 @@ public actor ModelController {
     func runTicks() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.reportResidencyThenPreload() }
-            for replicas in replicaSets.values {
-                group.addTask { [httpClient] in await replicas.runHealthChecks(httpClient: httpClient) }
-            }
+            healthChecksRunning = true
+            startHealthChecks()
             while !Task.isCancelled && !shuttingDown {
                 try? await Task.sleep(for: .milliseconds(200))
                 send(.tick)
             }
+            healthChecksRunning = false
+            for task in healthChecks.values { task.cancel() }
+            healthChecks.removeAll()
             group.cancelAll()
         }
     }
@@ -392,6 +403,9 @@ extension StopReason {
         case .evicted: "evicted"
         case .operatorRequest: "operator"
         case .loadTimeout: "load_timeout"
+        case .overBudget: "over_budget"
+        case .removed: "removed"
+        case .restarted: "restarted"
         }
     }
 }

@@ -34,7 +34,8 @@ struct PlacementLog {
 
     mutating func record(
         event: PlacerEvent, actions: [PlacerAction], devicesBefore: [DeviceSnapshot], devicesAfter: [DeviceSnapshot],
-        hostBefore: UInt64, hostAfter: UInt64, hostBudget: UInt64, snapshot: (String) -> ModelSnapshot?
+        hostBefore: UInt64, hostAfter: UInt64, hostBudget: UInt64, snapshot: (String) -> ModelSnapshot?,
+        eventDescription: String? = nil
     ) {
         let time = ISO8601DateFormatter().string(from: Date())
         for action in actions {
@@ -48,7 +49,7 @@ struct PlacementLog {
                              used_after_bytes: after.usedBytes)
             }
             entries.append(Entry(
-                time: time, event: Self.describe(event), action: name, model: model, reason: reason, devices: budgets,
+                time: time, event: eventDescription ?? Self.describe(event), action: name, model: model, reason: reason, devices: budgets,
                 host_weights_budget_bytes: hostBudget, host_weights_before_bytes: hostBefore, host_weights_after_bytes: hostAfter))
         }
         if entries.count > capacity { entries.removeFirst(entries.count - capacity) }
@@ -67,6 +68,7 @@ struct PlacementLog {
         case .staged(let model): "weights of \(model) staged"
         case .stageFailed(let model, let detail): "staging \(model) failed: \(detail)"
         case .stageRequest(let model): "operator: stage \(model)"
+        case .footprintMeasured(let model, let bytes): "\(model) measured at \(ConfigUnits.formatBytes(bytes))"
         case .tick: "clock"
         }
     }

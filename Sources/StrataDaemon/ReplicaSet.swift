@@ -18,6 +18,7 @@ actor ReplicaSet {
     /// Upstream base URLs, or the Placer names of managed replicas.
     let replicas: [String]
     let managed: Bool
+    let policy: RoutingPolicy
     let settings: RoutingSettings
     let logger: Logger
     private var router: PrefixRouter
@@ -37,6 +38,7 @@ actor ReplicaSet {
         self.model = model
         self.replicas = replicas
         self.managed = managed
+        self.policy = policy
         self.settings = settings
         self.logger = logger
         gauges = Dictionary(uniqueKeysWithValues: replicas.map { id in

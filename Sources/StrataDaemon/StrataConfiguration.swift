@@ -20,6 +20,8 @@ public struct StrataConfiguration: Sendable {
     public var gpuDiscovery: GPUDiscovery.Outcome = .noDriver("not asked")
     public var runtimes: [String: RuntimeConfiguration]
     public var models: [ModelConfiguration]
+    /// API-key holders with placement policies (`tenants` section).
+    public var tenants: [TenantConfiguration] = []
 }
 
 public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
@@ -40,7 +42,7 @@ public struct AuthConfiguration: Sendable {
     public var adminKey: String?
 }
 
-public struct GatewayLimits: Sendable {
+public struct GatewayLimits: Sendable, Equatable {
     public var maxBodyBytes: Int
     /// Longest the gateway waits for a runtime's response headers once a request is sent.
     public var upstreamTimeout: Duration
@@ -80,6 +82,8 @@ public struct RuntimeConfiguration: Sendable, Equatable {
     public var kind: Kind
     public var healthPath: String
     public var environment: [String: String]
+    /// Tags, price and latency class, for placement policy.
+    public var substrate = SubstrateSettings()
 
     public var isManaged: Bool {
         if case .upstream = kind { return false }
@@ -120,6 +124,19 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var preload = false
     /// Size of the weight file when known when the config is read (local sources).
     public var weightBytes: UInt64 = 0
+    /// Tags added to the runtime's (the only tags of a model with `upstreams`).
+    public var tags: Set<String> = []
+    /// Models that serve a request this one cannot (not allowed by the request's policy, no
+    /// room, failed, or not ready within `spillAfter`), tried in order; their own fallbacks
+    /// are not followed.
+    public var fallbacks: [String] = []
+    /// Longest a request waits for this model before it spills to `fallbacks`; nil: it spills
+    /// only when this model cannot serve at all.
+    public var spillAfter: Duration?
+    /// Eviction never picks a model of higher priority to make room for one of lower.
+    public var priority = 0
+    /// A model is not evicted for another until it has been ready this long.
+    public var minResidency: Duration = .zero
 
     /// Whether the weights live somewhere a runtime cannot open by path.
     public var isRemoteSource: Bool { source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") }
@@ -181,7 +198,8 @@ extension StrataConfiguration {
                 return model.placerNames.map {
                     ModelSpec(name: $0, device: model.device, memoryBytes: model.memoryBytes,
                               ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued,
-                              weightBytes: weightBytes, stagesWeights: model.stage)
+                              weightBytes: weightBytes, stagesWeights: model.stage, priority: model.priority,
+                              minResidency: model.minResidency, memoryDeclared: model.memoryDeclared)
                 }
             },
             loadTimeout: supervisor.loadTimeout,

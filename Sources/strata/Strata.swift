@@ -43,7 +43,7 @@ struct Serve: AsyncParsableCommand {
         ]
         MetricsSystem.bootstrap(factory)
         let logger = Logger(label: "strata")
-        try await Daemon.run(config: configuration, logger: logger, renderMetrics: { registry.emitToString() })
+        try await Daemon.run(config: configuration, configPath: config, logger: logger, renderMetrics: { registry.emitToString() })
     }
 }
 

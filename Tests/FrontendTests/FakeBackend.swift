@@ -5,6 +5,10 @@ import NIOConcurrencyHelpers
 final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     private let counters = NIOLockedValueBox((acquired: 0, released: 0))
+    private let hints = NIOLockedValueBox<RequestHints?>(nil)
+
+    /// What the last `acquire` was told (policy, tenant, prompt chain).
+    var lastHints: RequestHints? { hints.withLockedValue { $0 } }
 
     init(upstreamPort: Int) {
         self.upstreamPort = upstreamPort
@@ -16,7 +20,13 @@ final class FakeBackend: ModelBackend, Sendable {
     func listModels() async -> [ModelListing] { [ModelListing(id: "m", status: "ready")] }
 
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
+        self.hints.withLockedValue { $0 = hints }
         switch model {
+        case "spilled":
+            // served by another model, as after a spillover, at a price
+            return UpstreamLease(
+                baseURL: "http://127.0.0.1:\(upstreamPort)/v1", servedModel: "other",
+                price: TokenPrice(inputPerMillion: 1, outputPerMillion: 2), onOutcome: { _ in })
         case "m":
             counters.withLockedValue { $0.acquired += 1 }
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in

@@ -2,8 +2,10 @@ import Testing
 @testable import Placer
 
 /// Seeded random runs of the Placer against a simulated supervisor, checking invariants at
-/// every step. A failing seed reproduces exactly.
+/// every step (see `PlacerSimulation`). A failing seed reproduces exactly.
 struct PlacerSimulationTests {
+    static let mib: UInt64 = 1 << 20
+
     struct SplitMix64 {
         var state: UInt64
         mutating func next() -> UInt64 {
@@ -19,203 +21,131 @@ struct PlacerSimulationTests {
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
     func invariantsHoldUnderRandomEvents(seed: UInt64) {
         var rng = SplitMix64(state: seed)
-        let mib: UInt64 = 1 << 20
-        let hostBudget = 500 * mib
-        var models: [ModelSpec] = []
-        for i in 0..<5 {
+        let mib = Self.mib
+        // m0…m5 may be configured; m5 only comes with a reconfiguration; m6 never exists.
+        var pool: [ModelSpec] = []
+        for i in 0..<6 {
             let ttl: Duration? = i == 0 ? nil : Duration.seconds(Int64(5 + i))
             let memory = UInt64(100 + 50 * i) * mib
             // Some weights do not fit the host budget at all; most stage through it.
             let weights = UInt64(50 + rng.below(500)) * mib
-            models.append(ModelSpec(name: "m\(i)", device: i < 3 ? "gpu" : "cpu", memoryBytes: memory,
-                                    ttl: ttl, pinned: i == 4, maxQueued: 8, weightBytes: weights,
-                                    startSeconds: Double(rng.below(5)), stagesWeights: rng.below(5) != 0))
+            pool.append(ModelSpec(name: "m\(i)", device: i < 3 ? "gpu" : "cpu", memoryBytes: memory,
+                                  ttl: ttl, pinned: i == 4, maxQueued: 8, weightBytes: weights,
+                                  startSeconds: Double(rng.below(5)), stagesWeights: rng.below(5) != 0,
+                                  memoryDeclared: rng.below(3) != 0))
         }
-        let specs = Dictionary(uniqueKeysWithValues: models.map { ($0.name, $0) })
-        let devices = [DeviceSpec(name: "gpu", memoryBytes: 400 * mib), DeviceSpec(name: "cpu", memoryBytes: 700 * mib)]
-        var placer = Placer(configuration: PlacerConfiguration(
-            devices: devices, models: models, loadTimeout: .seconds(10), queueTimeout: .seconds(15),
-            restartBackoffInitial: .milliseconds(500), restartBackoffMax: .seconds(4),
-            hostWeightsBudget: hostBudget, stageTimeout: .seconds(8)))
-
-        var now = Duration.zero
-        var nextID: RequestID = 1
-        var running: Set<String> = []        // processes the simulated supervisor has
-        var starting: Set<String> = []
-        var stopping: Set<String> = []
-        var inFlight: [RequestID: String] = [:]
-        var waiting: [RequestID: String] = [:]
-        var admittedOrRejected = 0
-        // Host copies the simulated executor has: being staged (some never answer) or complete.
-        var stagingCopies: Set<String> = []
-        var hungStages: Set<String> = []
-        var residentCopies: Set<String> = []
-        var stagesSeen = 0, stagedStarts = 0, skippedStarts = 0, releases = 0, abandoned = 0
-
-        func holdsDevice(_ phase: ModelPhase?) -> Bool {
-            switch phase {
-            case .starting, .ready, .draining, .stopping: true
-            default: false
+        func configuration(_ names: [String], gpuMiB: UInt64, cpuMiB: UInt64, hostMiB: UInt64) -> PlacerConfiguration {
+            let models = pool.filter { names.contains($0.name) }.map { spec in
+                var spec = spec
+                spec.priority = rng.below(3)
+                spec.minResidency = .milliseconds(Int64(rng.below(4) * 1000))
+                return spec
             }
+            return PlacerConfiguration(
+                devices: [DeviceSpec(name: "gpu", memoryBytes: gpuMiB * mib), DeviceSpec(name: "cpu", memoryBytes: cpuMiB * mib)],
+                models: models, loadTimeout: .seconds(10), queueTimeout: .seconds(15),
+                restartBackoffInitial: .milliseconds(500), restartBackoffMax: .seconds(4),
+                hostWeightsBudget: hostMiB * mib, stageTimeout: .seconds(8))
         }
-
-        func apply(_ actions: [PlacerAction], before: [String: ModelSnapshot]) {
-            for (index, action) in actions.enumerated() {
-                switch action {
-                case .start(let m):
-                    #expect(!running.contains(m), "seed \(seed): second runtime for \(m)")
-                    running.insert(m); starting.insert(m)
-                    let spec = specs[m]!
-                    if spec.stagesWeights && spec.weightBytes <= hostBudget {
-                        if residentCopies.contains(m) {
-                            stagedStarts += 1
-                        } else {
-                            // Skipped staging: copies that may not be released held the budget.
-                            // Those only grow for the rest of a decision, so the end state shows it.
-                            let held = placer.modelSnapshots.filter { other in
-                                guard other.name != m else { return false }
-                                switch other.hostCopy {
-                                case .staging: return true
-                                case .resident: return other.pinned || holdsDevice(other.phase)
-                                case .absent: return false
-                                }
-                            }.reduce(UInt64(0)) { $0 + specs[$1.name]!.weightBytes }
-                            #expect(held + spec.weightBytes > hostBudget,
-                                    "seed \(seed): \(m) started without its staged copy though room could be made")
-                            skippedStarts += 1
-                        }
-                    }
-                case .stop(let m, _):
-                    #expect(placer.snapshot(of: m)?.inFlight == 0, "seed \(seed): stop of busy \(m) reason \(action)")
-                    starting.remove(m); stopping.insert(m)
-                case .admit(let id, let m):
-                    #expect(waiting.removeValue(forKey: id) == m, "seed \(seed): admitted \(id) twice or for the wrong model")
-                    inFlight[id] = m
-                    admittedOrRejected += 1
-                case .reject(let id, _, _):
-                    waiting.removeValue(forKey: id)
-                    admittedOrRejected += 1
-                case .stage(let m):
-                    #expect(!stagingCopies.contains(m) && !residentCopies.contains(m),
-                            "seed \(seed): stage of \(m) while its copy is staging or resident")
-                    stagingCopies.insert(m)
-                    if rng.below(10) == 0 { hungStages.insert(m) }
-                    stagesSeen += 1
-                case .releaseWeights(let m):
-                    if before[m]?.hostCopy == .resident {
-                        let restarted = actions[index...].contains { $0 == .start(model: m) || $0 == .stage(model: m) }
-                        #expect(!specs[m]!.pinned, "seed \(seed): released the host copy of pinned \(m)")
-                        #expect(restarted || !holdsDevice(placer.snapshot(of: m)?.phase),
-                                "seed \(seed): released the host copy of \(m) while it holds device memory")
-                    }
-                    if case .staging = before[m]?.hostCopy { abandoned += 1 }
-                    stagingCopies.remove(m); hungStages.remove(m); residentCopies.remove(m)
-                    releases += 1
-                }
-            }
-            for device in placer.deviceSnapshots {
-                let within = device.usedBytes <= device.budgetBytes
-                #expect(within, "seed \(seed): \(device.name) over budget")
-            }
-            let executorBytes = stagingCopies.union(residentCopies).reduce(UInt64(0)) { $0 + specs[$1]!.weightBytes }
-            #expect(placer.hostWeightsUsedBytes <= hostBudget, "seed \(seed): host-weights budget exceeded")
-            #expect(executorBytes <= hostBudget, "seed \(seed): executor holds more weights than the budget")
-            for snapshot in placer.modelSnapshots {
-                let agrees = switch snapshot.hostCopy {
-                case .absent: !stagingCopies.contains(snapshot.name) && !residentCopies.contains(snapshot.name)
-                case .staging: stagingCopies.contains(snapshot.name)
-                case .resident: residentCopies.contains(snapshot.name)
-                }
-                #expect(agrees, "seed \(seed): Placer and executor disagree on the host copy of \(snapshot.name)")
-                if case .staging = snapshot.phase {
-                    #expect(stagingCopies.contains(snapshot.name), "seed \(seed): \(snapshot.name) staging with no copy under way")
-                }
-            }
-        }
-
-        func send(_ event: PlacerEvent) {
-            let before = Dictionary(uniqueKeysWithValues: placer.modelSnapshots.map { ($0.name, $0) })
-            apply(placer.handle(event, now: now), before: before)
-        }
+        let initial = configuration(["m0", "m1", "m2", "m3", "m4"], gpuMiB: 400, cpuMiB: 700, hostMiB: 500)
+        let sim = PlacerSimulation(seed: seed, rng: rng, configuration: initial, pool: pool)
 
         for _ in 0..<3000 {
-            now += .milliseconds(Int64(rng.below(400)))
-            let roll = rng.below(120)
+            sim.now += .milliseconds(Int64(sim.rng.below(400)))
+            let roll = sim.rng.below(120)
             var event: PlacerEvent = .tick
             if roll < 35 {
-                let id = nextID; nextID += 1
-                let model = "m\(rng.below(models.count + 1))"    // m5 is unknown
-                waiting[id] = model
-                event = .request(id, model: model)
-            } else if roll < 60, let id = inFlight.keys.sorted().dropFirst(rng.below(max(1, inFlight.count))).first {
-                inFlight[id] = nil
+                sim.request("m\(sim.rng.below(7))")
+                continue
+            } else if roll < 60, let id = sim.inFlight.keys.sorted().dropFirst(sim.rng.below(max(1, sim.inFlight.count))).first {
+                sim.inFlight[id] = nil
                 event = .finished(id)
-            } else if roll < 72, let m = starting.sorted().first {
-                starting.remove(m)
+            } else if roll < 72, let m = sim.starting.sorted().first {
+                sim.starting.remove(m)
                 event = .runtimeReady(model: m)
-            } else if roll < 82, let m = stopping.sorted().first {
-                stopping.remove(m); running.remove(m)
+            } else if roll < 82, let m = sim.stopping.sorted().first {
+                sim.stopping.remove(m); sim.running.remove(m)
                 event = .runtimeExited(model: m, detail: "stopped")
-            } else if roll < 84, let m = running.sorted().first, !stopping.contains(m) {
-                running.remove(m); starting.remove(m)
+            } else if roll < 84, let m = sim.running.sorted().first, !sim.stopping.contains(m) {
+                sim.running.remove(m); sim.starting.remove(m)
                 event = .runtimeExited(model: m, detail: "crash")
-            } else if roll < 88, let id = waiting.keys.sorted().first {
-                waiting[id] = nil
-                admittedOrRejected += 1
+            } else if roll < 87, let id = sim.waiting.keys.sorted().first {
+                sim.waiting[id] = nil
+                sim.admittedOrRejected += 1
                 event = .cancel(id)
-            } else if roll < 90 {
-                event = .unload(model: "m\(rng.below(models.count))")
-            } else if roll < 92 {
-                event = .load(model: "m\(rng.below(models.count))")
-            } else if roll < 100, let m = stagingCopies.subtracting(hungStages).sorted().first {
-                stagingCopies.remove(m)
-                if rng.below(5) == 0 {
+            } else if roll < 89 {
+                event = .unload(model: "m\(sim.rng.below(pool.count))")
+            } else if roll < 91 {
+                event = .load(model: "m\(sim.rng.below(pool.count))")
+            } else if roll < 97, let m = sim.stagingCopies.subtracting(sim.hungStages).sorted().first {
+                sim.stagingCopies.remove(m)
+                if sim.rng.below(5) == 0 {
                     event = .stageFailed(model: m, detail: "fetch failed")
                 } else {
-                    residentCopies.insert(m)
+                    sim.residentCopies.insert(m)
                     event = .staged(model: m)
                 }
-            } else if roll < 104 {
-                let m = "m\(rng.below(models.count))"
-                if residentCopies.contains(m) {
-                    residentCopies.remove(m)     // the copy was lost
-                    event = .weightsAt(model: m, tier: rng.below(2) == 0 ? .nvme : .remote)
-                } else if stagingCopies.contains(m) {
+            } else if roll < 100 {
+                let m = "m\(sim.rng.below(pool.count))"
+                if sim.residentCopies.contains(m) {
+                    sim.residentCopies.remove(m)     // the copy was lost
+                    event = .weightsAt(model: m, tier: sim.rng.below(2) == 0 ? .nvme : .remote)
+                } else if sim.stagingCopies.contains(m) {
                     event = .weightsAt(model: m, tier: .nvme)
                 } else {
-                    residentCopies.insert(m)     // a copy found by a scan: kept or released
+                    sim.residentCopies.insert(m)     // a copy found by a scan: kept or released
                     event = .weightsAt(model: m, tier: .host)
                 }
-            } else if roll < 107 {
-                event = .stageRequest(model: "m\(rng.below(models.count))")
-            } else if roll < 110, let m = placer.modelSnapshots.first(where: {
+            } else if roll < 102 {
+                event = .stageRequest(model: "m\(sim.rng.below(pool.count))")
+            } else if roll < 104, let m = sim.placer.modelSnapshots.first(where: {
                 if case .staging = $0.phase { true } else { false }
             })?.name {
                 event = .unload(model: m)
+            } else if roll < 112 {
+                // Measured footprints, half to twice the configured size; the Placer ignores those
+                // of runtimes not (or no longer) ready.
+                if !sim.running.isEmpty {
+                    let m = sim.running.sorted()[sim.rng.below(sim.running.count)]
+                    let bytes = sim.specs[m]!.memoryBytes / 100 * UInt64(50 + sim.rng.below(151))
+                    event = .footprintMeasured(model: m, bytes: bytes)
+                }
+            } else if roll < 114 {
+                let names = pool.map(\.name).filter { _ in sim.rng.below(8) != 0 }
+                let restart = Set(sim.running.sorted().filter { names.contains($0) && sim.rng.below(3) == 0 })
+                let new = configuration(names, gpuMiB: UInt64(300 + sim.rng.below(200)),
+                                        cpuMiB: UInt64(500 + sim.rng.below(300)), hostMiB: UInt64(300 + sim.rng.below(400)))
+                sim.reconfigure(new, restart: restart)
+                continue
             }
-            send(event)
+            sim.send(event)
         }
 
         // Quiesce: the supervisor completes everything, clients finish; every waiter resolves.
         for _ in 0..<200 {
-            now += .milliseconds(500)
-            for m in stagingCopies.subtracting(hungStages).sorted() {
-                stagingCopies.remove(m); residentCopies.insert(m)
-                send(.staged(model: m))
+            sim.now += .milliseconds(500)
+            for m in sim.stagingCopies.subtracting(sim.hungStages).sorted() {
+                sim.stagingCopies.remove(m); sim.residentCopies.insert(m)
+                sim.send(.staged(model: m))
             }
-            for m in starting.sorted() { starting.remove(m); send(.runtimeReady(model: m)) }
-            for m in stopping.sorted() {
-                stopping.remove(m); running.remove(m)
-                send(.runtimeExited(model: m, detail: "stopped"))
+            for m in sim.starting.sorted() { sim.starting.remove(m); sim.send(.runtimeReady(model: m)) }
+            for m in sim.stopping.sorted() {
+                sim.stopping.remove(m); sim.running.remove(m)
+                sim.send(.runtimeExited(model: m, detail: "stopped"))
             }
-            for id in inFlight.keys.sorted() { inFlight[id] = nil; send(.finished(id)) }
-            send(.tick)
+            for id in sim.inFlight.keys.sorted() { sim.inFlight[id] = nil; sim.send(.finished(id)) }
+            sim.send(.tick)
         }
-        #expect(waiting.isEmpty, "seed \(seed): requests never answered: \(waiting)")
-        #expect(admittedOrRejected == Int(nextID) - 1, "seed \(seed): every request answered exactly once")
-        for snapshot in placer.modelSnapshots {
-            #expect(snapshot.inFlight == 0 && snapshot.waiting == 0)
+        #expect(sim.waiting.isEmpty, "seed \(seed): requests never answered: \(sim.waiting.keys.sorted())")
+        #expect(sim.admittedOrRejected == Int(sim.nextID) - 1, "seed \(seed): every request answered exactly once")
+        #expect(sim.placer.requestModel.isEmpty, "seed \(seed): the Placer still tracks requests")
+        #expect(!sim.placer.models.values.contains { $0.removed }, "seed \(seed): a removed model was never forgotten")
+        for state in sim.placer.models.values {
+            #expect(state.inFlight.isEmpty && state.waiters.isEmpty)
         }
-        print("seed \(seed): \(stagesSeen) stages, \(stagedStarts) starts from host, \(skippedStarts) skipped, \(releases) releases, \(abandoned) timed out")
+        print("seed \(seed): \(sim.stagesSeen) stages, \(sim.stagedStarts) starts from host, \(sim.skippedStarts) skipped,",
+              "\(sim.releases) releases, \(sim.abandoned) timed out, \(sim.reconfigurations) reconfigurations,",
+              "\(sim.overBudgetSteps) over-budget steps, \(sim.overBudgetStops) over-budget stops,",
+              "\(sim.evictions) eviction marks")
     }
 }

@@ -20,6 +20,11 @@ struct ConfigLoaderTests {
     /// Asserts that `yaml` is refused with an error naming `key` and containing every fragment.
     static func expectError(_ yaml: String, key: String, _ fragments: String..., env: [String: String] = env,
                             sourceLocation: SourceLocation = #_sourceLocation) {
+        expectError(yaml, key: key, fragments: fragments, env: env, sourceLocation: sourceLocation)
+    }
+
+    static func expectError(_ yaml: String, key: String, fragments: [String], env: [String: String] = env,
+                            sourceLocation: SourceLocation = #_sourceLocation) {
         do {
             _ = try parse(yaml, env: env)
             Issue.record("expected an error at \(key)", sourceLocation: sourceLocation)

@@ -7,6 +7,11 @@ import Testing
 struct GPUDiscoveryTests {
     /// Builds a fake libnvidia-ml with two GPUs (80 GiB and 24 GiB) from `flags`:
     /// -DUNIFIED (memory info not supported), -DINIT_FAILS, -DMISSING (no nvmlDeviceGetUUID).
+    /// Its compute processes: on GPU 0, pids 100 (5 GiB), 4242 (1 GiB) and 101; on GPU 1, 4242
+    /// (3 GiB), 4243 (memory not available) and 68 others, more than one first call takes.
+    /// They come from nvmlDeviceGetComputeRunningProcesses_v3 in records of -DSTRIDE=24 bytes
+    /// (the default; 32 as some R53x drivers write, or 16), or from the original function with
+    /// -DPROCS_V1 (16-byte records); -DNO_PROCS leaves the function out.
     static func fakeNVML(_ flags: [String] = []) throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fake-nvml-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -35,6 +40,37 @@ struct GPUDiscoveryTests {
             #endif
             }
             const char *nvmlErrorString(int code) { return "fake error"; }
+            #ifndef NO_PROCS
+            #ifdef PROCS_V1
+            #define STRIDE 16
+            #define PROCS nvmlDeviceGetComputeRunningProcesses
+            #else
+            #define PROCS nvmlDeviceGetComputeRunningProcesses_v3
+            #endif
+            #ifndef STRIDE
+            #define STRIDE 24
+            #endif
+            static void put(unsigned char *records, unsigned int i, unsigned int pid, unsigned long long used) {
+                unsigned char *r = records + i * STRIDE;
+                unsigned int none = 0xFFFFFFFFu;   /* no MIG: gpuInstanceId, computeInstanceId */
+                memset(r, 0, STRIDE);
+                memcpy(r, &pid, 4);
+                memcpy(r + 8, &used, 8);
+                if (STRIDE >= 24) { memcpy(r + 16, &none, 4); memcpy(r + 20, &none, 4); }
+            }
+            int PROCS(void *h, unsigned int *count, void *infos) {
+                unsigned int n = h == (void *)1 ? 3 : 70;
+                if (*count < n) { *count = n; return 7; }
+                *count = n;
+                if (h == (void *)1) {
+                    put(infos, 0, 100, 5ULL << 30); put(infos, 1, 4242, 1ULL << 30); put(infos, 2, 101, 1ULL << 20);
+                } else {
+                    put(infos, 0, 4242, 3ULL << 30); put(infos, 1, 4243, ~0ULL);
+                    for (unsigned int i = 2; i < n; i++) put(infos, i, 5000 + i, 1ULL << 20);
+                }
+                return 0;
+            }
+            #endif
             """
         try source.write(toFile: dir + "/fake.c", atomically: true, encoding: .utf8)
         let cc = Process()
@@ -89,5 +125,36 @@ struct GPUDiscoveryTests {
 
         // the real library, whatever this machine has: never a crash, always a line to log
         #expect(!GPUDiscovery.discover().summary.isEmpty)
+    }
+
+    @Test(arguments: [[], ["-DSTRIDE=32"], ["-DSTRIDE=16"], ["-DPROCS_V1"]])
+    func measuresTheMemoryOfGivenProcessesOnEachGPU(flags: [String]) throws {
+        let library = try Self.fakeNVML(flags)
+        #expect(GPUDiscovery.processMemory(pids: [4242], library: library) == .measured([
+            GPUProcessMemory(gpuIndex: 0, usedBytes: 1 << 30, processes: 1),
+            GPUProcessMemory(gpuIndex: 1, usedBytes: 3 << 30, processes: 1),
+        ]))
+        let withChild = GPUDiscovery.processMemory(pids: [4242, 4243, 101], library: library)
+        #expect(withChild == .measured([
+            GPUProcessMemory(gpuIndex: 0, usedBytes: (1 << 30) + (1 << 20), processes: 2),
+            GPUProcessMemory(gpuIndex: 1, usedBytes: 3 << 30, processes: 2, unknown: 1),
+        ]))
+        #expect(withChild.totalBytes == (4 << 30) + (1 << 20))
+        #expect(GPUDiscovery.processMemory(pids: [5069], library: library).totalBytes == 1 << 20, "the 70th process on GPU 1")
+        #expect(GPUDiscovery.processMemory(pids: [9], library: library) == .measured([
+            GPUProcessMemory(gpuIndex: 0, usedBytes: 0, processes: 0), GPUProcessMemory(gpuIndex: 1, usedBytes: 0, processes: 0),
+        ]))
+    }
+
+    @Test func processMemoryIsNotAvailableWithoutNVMLOrItsQuery() throws {
+        let missing = GPUDiscovery.processMemory(pids: [1], library: "/nonexistent/libnvidia-ml.so.1")
+        guard case .notAvailable(let why) = missing else { Issue.record("\(missing)"); return }
+        #expect(why.contains("/nonexistent/libnvidia-ml.so.1") && missing.totalBytes == nil)
+        let old = GPUDiscovery.processMemory(pids: [1], library: try Self.fakeNVML(["-DNO_PROCS"]))
+        #expect(old == .notAvailable("the NVML library lacks nvmlDeviceGetComputeRunningProcesses"))
+        let failing = GPUDiscovery.processMemory(pids: [1], library: try Self.fakeNVML(["-DINIT_FAILS"]))
+        #expect(failing == .failed("nvmlInit failed: NVML error 9 (fake error)"))
+        // the real library, whatever this machine has: never a crash
+        _ = GPUDiscovery.processMemory(pids: [getpid()])
     }
 }

@@ -73,6 +73,14 @@ public struct StageStatus: Sendable, Equatable, Codable {
 public struct StageError: Error, Sendable, Equatable, CustomStringConvertible {
     public var name: String
     public var message: String
+    /// The weights are not the ones the config names (SHA-256 differs): never start from them.
+    public var isChecksumMismatch = false
+
+    public init(name: String, message: String, isChecksumMismatch: Bool = false) {
+        self.name = name
+        self.message = message
+        self.isChecksumMismatch = isChecksumMismatch
+    }
 
     public var description: String { "staging '\(name)': \(message)" }
 }

@@ -249,7 +249,8 @@ public actor WeightStager {
                 actual = digest.finalize()
             }
             guard actual == expected else {
-                throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged")
+                throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged",
+                                 isChecksumMismatch: true)
             }
         }
         switch (location, current.object) {

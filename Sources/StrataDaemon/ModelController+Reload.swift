@@ -1,0 +1,121 @@
+import Foundation
+import Frontend
+import Placer
+
+/// What a config reload changed, as `POST /admin/reload` answers it.
+public struct ReloadReport: Sendable, Codable, Equatable {
+    public var added: [String] = []
+    public var removed: [String] = []
+    /// Models whose runtime command, weights, device or memory changed: drained, stopped, and
+    /// started with the new settings on their next request.
+    public var restarted: [String] = []
+    /// Models whose other settings (ttl, pin, priority, tags, fallbacks…) changed in place.
+    public var changed: [String] = []
+    /// Sections that take effect only when Strata restarts (listen address, tiers, kv…).
+    public var needs_restart: [String] = []
+}
+
+extension ModelController {
+    /// Applies a new, already validated configuration: models added, removed (drained, never
+    /// killed with requests in flight), restarted when what their process runs changed, budgets
+    /// and everything else the Placer decides by replaced. Replica sets whose replicas or
+    /// routing did not change keep their prefix indexes.
+    func reconfigure(to new: StrataConfiguration) -> ReloadReport {
+        let old = config
+        var report = ReloadReport()
+        let oldModels = Dictionary(uniqueKeysWithValues: old.models.map { ($0.name, $0) })
+        let newNames = Set(new.models.map(\.name))
+        var restart: Set<String> = []
+        for model in new.models {
+            guard let before = oldModels[model.name] else {
+                report.added.append(model.name)
+                continue
+            }
+            if Self.processChanged(before, old: old, model, new: new) {
+                report.restarted.append(model.name)
+                restart.formUnion(model.placerNames)
+            } else if before != model {
+                report.changed.append(model.name)
+            }
+        }
+        report.removed = old.models.map(\.name).filter { !newNames.contains($0) }
+
+        config = new
+        rebuildReplicaSets(old: old)
+        let devicesBefore = placer.deviceSnapshots
+        let hostBefore = placer.hostWeightsUsedBytes
+        let actions = placer.reconfigure(new.placerConfiguration, restart: restart, now: now)
+        placements.record(
+            event: .tick, actions: actions, devicesBefore: devicesBefore, devicesAfter: placer.deviceSnapshots,
+            hostBefore: hostBefore, hostAfter: placer.hostWeightsUsedBytes,
+            hostBudget: placer.configuration.hostWeightsBudget, snapshot: { self.placer.snapshot(of: $0) },
+            eventDescription: "config reloaded")
+        for action in actions { perform(action) }
+        return report
+    }
+
+    /// Whether the process a model runs as would differ: runtime command, environment or
+    /// health path, weights, device, memory or replica count.
+    static func processChanged(_ before: ModelConfiguration, old: StrataConfiguration, _ after: ModelConfiguration,
+                               new: StrataConfiguration) -> Bool {
+        guard before.serving == after.serving, before.device == after.device, before.memoryBytes == after.memoryBytes,
+            before.replicaCount == after.replicaCount, before.source == after.source, before.sha256 == after.sha256,
+            before.stage == after.stage
+        else { return true }
+        if case .managed(let runtime, _, _) = after.serving {
+            let a = old.runtimes[runtime], b = new.runtimes[runtime]
+            return a?.kind != b?.kind || a?.environment != b?.environment || a?.healthPath != b?.healthPath
+        }
+        return false
+    }
+
+    /// Keeps the replica sets whose replicas and routing are unchanged; builds the others anew.
+    private func rebuildReplicaSets(old: StrataConfiguration) {
+        var sets: [String: ReplicaSet] = [:]
+        for model in config.models {
+            let policy = model.routing ?? config.routing.policy
+            let replicas: [String], managed: Bool
+            switch model.serving {
+            case .replicas(let urls): (replicas, managed) = (urls, false)
+            case .managed where model.replicaCount > 1: (replicas, managed) = (model.placerNames, true)
+            default: continue
+            }
+            if let existing = replicaSets[model.name], existing.replicas == replicas, existing.managed == managed,
+                existing.policy == policy, old.routing == config.routing
+            {
+                sets[model.name] = existing
+            } else {
+                sets[model.name] = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
+                                              settings: config.routing, logger: logger)
+            }
+        }
+        for (name, task) in healthChecks where sets[name] !== replicaSets[name] {
+            task.cancel()
+            healthChecks[name] = nil
+        }
+        replicaSets = sets
+        routedModels.withLockedValue { $0 = Set(sets.keys) }
+        startHealthChecks()
+    }
+
+    /// Starts the health checks of replica sets that have none running.
+    func startHealthChecks() {
+        guard healthChecksRunning else { return }
+        for (name, replicas) in replicaSets where healthChecks[name] == nil {
+            healthChecks[name] = Task { [httpClient] in await replicas.runHealthChecks(httpClient: httpClient) }
+        }
+    }
+
+    /// Top-level sections a reload cannot apply while running.
+    static func sectionsNeedingRestart(old: StrataConfiguration, new: StrataConfiguration) -> [String] {
+        var sections: [String] = []
+        if old.listen != new.listen { sections.append("listen") }
+        if old.stateDirectory != new.stateDirectory { sections.append("state_dir") }
+        if old.logLevel != new.logLevel { sections.append("log_level") }
+        if old.tiers != new.tiers { sections.append("tiers") }
+        if old.kv != new.kv { sections.append("kv") }
+        if old.gateway != new.gateway { sections.append("gateway") }
+        if old.auth.adminKey != new.auth.adminKey { sections.append("auth.admin_key_env") }
+        return sections
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import Frontend
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Testing
+
+/// Tenants, their policies, the policy headers, and access control replaced at run time.
+struct GatewayPolicyTests {
+    static let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+
+    static func withGateway(
+        access: AccessControlBox, _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
+    ) async throws {
+        try await GatewayTests.fakeUpstream().test(.live) { upstream in
+            let backend = FakeBackend(upstreamPort: upstream.port!)
+            let gateway = Gateway(
+                configuration: GatewayConfiguration(cancelOnDisconnect: false), backend: backend, httpClient: .shared,
+                logger: Logger(label: "test"), access: access)
+            let app = Application(router: gateway.buildRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await app.test(.live) { client in try await body(client, backend) }
+        }
+    }
+
+    @Test func policyTagsMatchAndExplain() {
+        let policy = SubstratePolicy(require: ["on-prem"], forbid: ["provider"])
+        #expect(policy.admits(["on-prem", "sovereign:eu"]))
+        #expect(policy.violation(by: ["provider", "on-prem"]) == "carries forbidden tag provider")
+        #expect(policy.violation(by: []) == "lacks required tag on-prem")
+        #expect(policy.violation(by: ["provider"]) == "carries forbidden tag provider and lacks required tag on-prem")
+        let narrowed = policy.narrowed(by: SubstratePolicy(require: ["sovereign:eu"]))
+        #expect(narrowed.require == ["on-prem", "sovereign:eu"] && narrowed.forbid == ["provider"])
+        #expect(SubstratePolicy.isValidTag("sovereign:eu") && SubstratePolicy.isValidTag("latency:batch"))
+        for bad in ["", "On-Prem", "-x", "a b", String(repeating: "a", count: 65), "é"] {
+            #expect(!SubstratePolicy.isValidTag(bad), "\(bad) is not a tag")
+        }
+    }
+
+    @Test func tenantPolicyNarrowedByHeadersReachesTheBackend() async throws {
+        let access = AccessControlBox(AccessControl(keys: [
+            "eu-key": Tenant(name: "eu", policy: SubstratePolicy(require: ["on-prem"])),
+            "plain": Tenant(name: "default"),
+        ]))
+        try await Self.withGateway(access: access) { client, backend in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post,
+                headers: [.authorization: "Bearer eu-key", HTTPField.Name("x-strata-forbid")!: "provider, Cloud:US"],
+                body: Self.body)
+            #expect(response.status == .ok)
+            #expect(backend.lastHints?.tenant == "eu")
+            #expect(backend.lastHints?.policy == SubstratePolicy(require: ["on-prem"], forbid: ["provider", "cloud:us"]))
+
+            // a header can add requirements, never remove the tenant's
+            _ = try await client.execute(
+                uri: "/v1/chat/completions", method: .post,
+                headers: [.authorization: "Bearer eu-key", HTTPField.Name("x-strata-require")!: "sovereign:eu"], body: Self.body)
+            #expect(backend.lastHints?.policy == SubstratePolicy(require: ["on-prem", "sovereign:eu"]))
+
+            _ = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer plain"], body: Self.body)
+            #expect(backend.lastHints?.tenant == "default" && backend.lastHints?.policy.isEmpty == true)
+        }
+    }
+
+    @Test func invalidPolicyHeaderIsABadRequestThatAcquiresNothing() async throws {
+        try await Self.withGateway(access: AccessControlBox(AccessControl())) { client, backend in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post,
+                headers: [HTTPField.Name("x-strata-require")!: "on prem!"], body: Self.body)
+            #expect(response.status == .badRequest)
+            #expect(try GatewayTests.errorCode(response) == "invalid_header")
+            let message = String(buffer: response.body)
+            #expect(message.contains("x-strata-require") && message.contains("prem!"))
+            #expect(backend.acquired == 0)
+        }
+    }
+
+    @Test func accessControlIsReplacedWhileRunning() async throws {
+        let access = AccessControlBox(AccessControl(apiKeys: ["old"]))
+        try await Self.withGateway(access: access) { client, _ in
+            let old = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer old"], body: Self.body)
+            #expect(old.status == .ok)
+            access.replace(with: AccessControl(apiKeys: ["new"]))
+            let stale = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer old"], body: Self.body)
+            #expect(stale.status == .unauthorized)
+            let fresh = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer new"], body: Self.body)
+            #expect(fresh.status == .ok)
+            // no keys at all: open, as anonymous
+            access.replace(with: AccessControl())
+            let open = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body)
+            #expect(open.status == .ok)
+        }
+    }
+
+    @Test func aSpilledRequestSaysWhichModelServedIt() async throws {
+        try await Self.withGateway(access: AccessControlBox(AccessControl())) { client, _ in
+            let body = ByteBuffer(string: #"{"model":"spilled","messages":[{"role":"user","content":"x"}]}"#)
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: body)
+            #expect(response.status == .ok)
+            #expect(response.headers[HTTPField.Name("x-strata-served-by")!] == "other")
+            let direct = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body)
+            #expect(direct.headers[HTTPField.Name("x-strata-served-by")!] == nil)
+        }
+    }
+}

@@ -1,0 +1,116 @@
+"""Substrate policy on real parts: a model Strata runs (tagged on-prem, sovereign:eu) that spills
+over to a 'provider' (another llama-server behind an upstream runtime, tagged provider, with a
+price). Tenants and request headers require or forbid tags; routing never crosses a forbidden
+boundary (a clear 503), and every spillover is counted with its reason."""
+import re
+import subprocess
+import urllib.request
+
+import pytest
+
+from conftest import ADMIN_KEY, API_KEY, LLAMA, MODEL, config, free_port, wait_for
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+EU_KEY = "eu-tenant-key"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    """A llama-server Strata does not start, standing in for a provider API."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("provider") / "provider.log", "wb")
+    proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
+                             "--threads", "1", "--alias", "remote-smol"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_for(healthy, 60, what="provider llama-server")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def policy_config(provider_url: str, spill_after: str = "150ms") -> str:
+    models = f"""
+  - {{ name: local, source: "file://{MODEL}", runtime: llama, memory: 400MiB, fallbacks: [cloud], spill_after: {spill_after} }}
+  - {{ name: cloud, runtime: provider, upstream_model: remote-smol }}
+"""
+    extra = f"""  provider: {{ kind: upstream, url: "{provider_url}/v1", tags: [provider], cost: {{ input: 1000, output: 2000 }} }}
+tenants:
+  - {{ name: eu, api_keys_env: EU_KEYS, require: ["sovereign:eu"] }}"""
+    return config(models, extra=extra).replace(
+        "kind: llama-server,", 'kind: llama-server, tags: [on-prem, "sovereign:eu"], latency_class: interactive,')
+
+
+def chat(d, key=API_KEY, headers=None, model="local"):
+    return d.request("POST", "/v1/chat/completions", body={
+        "model": model, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "Say hi"}]},
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})}, timeout=120)
+
+
+def metric(d, name, **labels):
+    total = 0.0
+    for line in d.get("/metrics")[1].decode().splitlines():
+        m = re.match(rf'{name}\{{(.*)\}} ([0-9.e+-]+)$', line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def served_by(headers):
+    return {k.lower(): v for k, v in headers.items()}.get("x-strata-served-by")
+
+
+def test_spill_after_a_slow_load_then_back_home_when_ready(make_daemon, provider):
+    d = make_daemon(policy_config(provider), env={"EU_KEYS": EU_KEY})
+    # local is stopped: its load takes longer than spill_after, so the first request spills
+    status, body, headers = chat(d)
+    assert status == 200, body
+    assert served_by(headers) == "cloud"
+    assert metric(d, "strata_spillover_total", model="local", to="cloud", reason="timeout") == 1
+    # the price of the provider is counted against the tenant that spent it
+    assert metric(d, "strata_spend_total", model="cloud", tenant="default") > 0
+    # the load went on without the request; once local is ready, requests stay home
+    wait_for(lambda: d.model("local")["status"] == "ready", 60, what="local ready")
+    status, body, headers = chat(d)
+    assert status == 200, body
+    assert served_by(headers) is None
+    assert metric(d, "strata_spillover_total", model="local") == 1
+
+
+def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make_daemon, provider):
+    d = make_daemon(policy_config(provider), env={"EU_KEYS": EU_KEY})
+    # a tenant that requires sovereign:eu waits for the local model past spill_after: the
+    # provider is no option for it, so nothing spills
+    status, body, headers = chat(d, key=EU_KEY)
+    assert status == 200, body
+    assert served_by(headers) is None
+    assert metric(d, "strata_spillover_total", model="local") == 0
+
+    # a request that forbids on-prem goes to the provider, counted as a policy spillover
+    status, body, headers = chat(d, headers={"x-strata-forbid": "on-prem"})
+    assert status == 200, body
+    assert served_by(headers) == "cloud"
+    assert metric(d, "strata_spillover_total", model="local", to="cloud", reason="policy") == 1
+
+    # the EU tenant forbidding on-prem leaves nothing: a 503 that names the tags, nothing sent anywhere
+    calls_before = metric(d, "strata_requests_total", model="cloud")
+    status, body, headers = chat(d, key=EU_KEY, headers={"x-strata-forbid": "on-prem"})
+    assert status == 503, body
+    text = body.decode()
+    assert "policy_forbidden" in text and "sovereign:eu" in text and "on-prem" in text, text
+    assert metric(d, "strata_requests_total", model="cloud") == calls_before
+    assert metric(d, "strata_policy_refusals_total", model="local", tenant="eu") == 1
+
+    # asking the provider model directly under the EU policy is refused the same way
+    status, body, _ = chat(d, key=EU_KEY, model="cloud")
+    assert status == 503 and b"lacks required tag sovereign:eu" in body, body
+
+    # a bad tag is a 400 naming the header
+    status, body, _ = chat(d, headers={"x-strata-require": "On Prem!"})
+    assert status == 400 and b"x-strata-require" in body, body

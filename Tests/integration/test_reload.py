@@ -1,0 +1,103 @@
+"""Hot reload of models, budgets and policies, on SIGHUP and POST /admin/reload: an invalid file
+is rejected with the reason and the running configuration kept; a removed model drains its
+in-flight stream before it stops; new API keys and tenants take effect at once."""
+import json
+import signal
+import threading
+import time
+
+from conftest import ADMIN_KEY, API_KEY, MODEL, config, wait_for
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def model_line(name, extra=""):
+    return f'  - {{ name: {name}, source: "file://{MODEL}", runtime: llama, memory: 250MiB{extra} }}\n'
+
+
+def chat(d, model, key=API_KEY, stream=False, max_tokens=4):
+    return d.request("POST", "/v1/chat/completions", body={
+        "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": "Count to twenty"}]},
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=120)
+
+
+def reload(d):
+    status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+    return status, json.loads(body)
+
+
+def rewrite(d, cfg):
+    d.config_path.write_text(cfg.replace("@PORT@", str(d.port)).replace("@STATE@", str(d.dir / "state"))
+                             .replace("@SHM@", str(d.shm)))
+
+
+def test_reload_adds_removes_and_rejects_invalid_files(make_daemon):
+    d = make_daemon(config(model_line("a")))
+    status, body, _ = chat(d, "a")
+    assert status == 200, body
+    assert chat(d, "b")[0] == 404
+
+    # an invalid file changes nothing and says why
+    rewrite(d, config(model_line("a") + model_line("b", ", bogus_key: 1")))
+    status, answer = reload(d)
+    assert status == 400, answer
+    assert answer["error"]["code"] == "invalid_config"
+    assert "bogus_key" in answer["error"]["message"] and "kept" in answer["error"]["message"]
+    assert chat(d, "b")[0] == 404
+    assert chat(d, "a")[0] == 200
+
+    # add b, change a's ttl (in place, no restart), and a section that needs a restart
+    rewrite(d, config(model_line("a", ", ttl: 10m") + model_line("b")).replace("max_body: 64KiB", "max_body: 128KiB"))
+    status, answer = reload(d)
+    assert status == 200, answer
+    assert answer["added"] == ["b"] and answer["changed"] == ["a"] and answer["restarted"] == []
+    assert answer["needs_restart"] == ["gateway"]
+    pid_a = d.model("a")["pid"]
+    assert pid_a, "a kept running through the reload"
+    status, body, _ = chat(d, "b")
+    assert status == 200, body
+    assert d.model("a")["pid"] == pid_a
+
+    # remove a while a stream on it runs: the stream completes, then a stops and is gone
+    result = {}
+
+    def stream():
+        result["answer"] = chat(d, "a", stream=True, max_tokens=48)
+    t = threading.Thread(target=stream)
+    t.start()
+    wait_for(lambda: d.model("a")["in_flight"] == 1, 30, interval=0.02, what="stream in flight")
+    rewrite(d, config(model_line("b")))
+    status, answer = reload(d)
+    assert status == 200 and answer["removed"] == ["a"], answer
+    t.join(120)
+    status, body, _ = result["answer"]
+    assert status == 200 and b"[DONE]" in body, body[-500:]
+    assert b'"error"' not in body
+    assert chat(d, "a")[0] == 404
+    wait_for(lambda: "a" not in d.admin(), 30, what="a gone from /admin/models")
+
+
+def test_sighup_applies_new_keys_budgets_and_restarts_changed_models(make_daemon):
+    d = make_daemon(config(model_line("a")), env={"NEW_TENANT_KEYS": "fresh-key"})
+    status, body, _ = chat(d, "a")
+    assert status == 200, body
+    assert chat(d, "a", key="fresh-key")[0] == 401
+    pid_a = d.model("a")["pid"]
+
+    # a tenant with a new key, a smaller device budget, and a changed runtime argument for a
+    cfg = config(model_line("a", ', args: ["--temp", "0"]')).replace("memory: 600MiB", "memory: 500MiB") + \
+        "tenants: [ { name: fresh, api_keys_env: NEW_TENANT_KEYS } ]\n"
+    rewrite(d, cfg)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: chat(d, "a", key="fresh-key")[0] == 200, 60, interval=0.2, what="new key accepted")
+    status, body, _ = d.get("/admin/models", headers=ADMIN)
+    devices = {x["name"]: x for x in json.loads(body)["devices"]}
+    assert devices["cpu"]["budget_bytes"] == 500 << 20
+    # a was restarted with the new argument: another process
+    wait_for(lambda: d.model("a")["pid"] not in (None, pid_a), 60, what="a restarted")
+    status, body, _ = d.get("/admin/placements", headers=ADMIN)
+    entries = json.loads(body)["placements"]
+    assert any(e["event"] == "config reloaded" and e["action"] == "stop" and e["model"] == "a" for e in entries), entries
+    # the daemon stayed up through it all and still stops cleanly
+    assert d.proc.poll() is None

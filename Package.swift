@@ -95,15 +95,17 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "PlacerTests", dependencies: ["Placer"]),
+        // Shared by the test targets: the seeded generator of the simulations and fuzz tests.
+        .target(name: "StrataTestSupport", path: "Tests/Support"),
+        .testTarget(name: "PlacerTests", dependencies: ["Placer", "StrataTestSupport"]),
         .testTarget(
             name: "FrontendTests",
             dependencies: [
-                "Frontend",
+                "Frontend", "StrataTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
-        .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore"]),
+        .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore", "StrataTestSupport"]),
         // Test support: writes blocks until killed, for the crash-recovery tests.
         .executableTarget(name: "strata-fault-writer", dependencies: ["TierStore"]),
         .testTarget(

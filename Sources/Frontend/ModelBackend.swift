@@ -184,6 +184,10 @@ public struct AdminStatus: Sendable, Codable, Equatable {
         public var last_error: String?
         /// For models with replicas: each one's routing state.
         public var replicas: [Replica]?
+        /// The runtime's memory as last measured (NVML or RSS); `memory_bytes` is what the
+        /// Placer accounts (the measurement for models whose memory was estimated).
+        public var measured_bytes: UInt64?
+        public var priority: Int?
 
         public init(name: String, status: String, phase: String, runtime: String?, device: String?, memory_bytes: UInt64?,
                     in_flight: Int, waiting: Int, loads: Int, pid: Int32?, upstream: String?, last_error: String?,

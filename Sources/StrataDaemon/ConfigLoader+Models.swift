@@ -133,6 +133,7 @@ extension ConfigLoader {
             let pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false
             var memory: UInt64 = 0
             var declared = false
+            var memoryEstimate: String?
             if let v = map["memory"] {
                 memory = try reader.size(v, at: "\(key2).memory")
                 declared = true
@@ -174,15 +175,20 @@ extension ConfigLoader {
                         throw reader.fail(key2, item, "missing key 'source' (the weights: file:///path, a path, http(s)://… or s3://bucket/key)")
                     }
                     weights = try weightSource(reader, sourceNode, map, at: key2)
+                    let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
                     if !declared {
                         guard !weights.isRemote else {
                             throw reader.fail("\(key2).memory", item, "required for an http(s) or s3 source (its size is not known before it is fetched)")
                         }
-                        // No declared footprint: weights plus a quarter for KV cache and buffers.
-                        memory = weights.bytes + weights.bytes / 4
+                        // No declared footprint: weights + the KV cache the context length implies
+                        // + buffers (from the GGUF header), corrected once the runtime is measured.
+                        let estimate = FootprintEstimate.estimate(
+                            weightBytes: weights.bytes, metadata: try? GGUFMetadata.read(path: weights.source),
+                            runtimeArgs: runtime.arguments + args)
+                        memory = estimate.total
+                        memoryEstimate = estimate.explanation
                     }
                     let path = weights.isRemote ? "" : weights.source
-                    let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
                     serving = .managed(runtime: runtimeName, modelPath: path, args: args)
                 } else {
                     try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas", "sha256", "stage", "preload"], reader, map, key2,
@@ -200,6 +206,7 @@ extension ConfigLoader {
             var model = ModelConfiguration(
                 name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
                 ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount)
+            model.memoryEstimate = memoryEstimate
             model.source = weights.isRemote ? weights.source : (weights.source.isEmpty ? "" : "file://\(weights.source)")
             model.sha256 = weights.sha256
             model.weightBytes = weights.bytes

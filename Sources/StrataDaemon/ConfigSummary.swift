@@ -2,13 +2,20 @@
 public enum ConfigSummary {
     public static func render(_ config: StrataConfiguration) -> String {
         var lines = ["config ok: listen \(config.listen), state_dir \(config.stateDirectory)"]
-        lines.append("auth: \(config.auth.apiKeys.isEmpty ? "no API keys (open)" : "\(config.auth.apiKeys.count) API key(s)"), "
+        lines.append("auth: \(config.auth.apiKeys.isEmpty ? "no API keys" : "\(config.auth.apiKeys.count) API key(s)")"
+            + "\(config.requiresAPIKeys ? "" : " (open)"), "
             + "admin \(config.auth.adminKey == nil ? (config.listen.isLoopback ? "open on loopback" : "closed") : "key set")")
+        for tenant in config.tenants {
+            lines.append("tenant \(tenant.name): \(tenant.apiKeys.count) key(s) from \(tenant.apiKeysVariable), \(tenant.policy)")
+        }
         for device in config.devices {
             lines.append("device \(device.name) (\(device.kind.rawValue)): \(ConfigUnits.formatBytes(device.memoryBytes))")
         }
         for name in config.runtimes.keys.sorted() {
-            lines.append("runtime \(name): \(config.runtimes[name]!.kindName)")
+            let substrate = config.runtimes[name]!.substrate
+            let tags = substrate.tags.isEmpty ? "" : ", tags \(substrate.tags.sorted().joined(separator: " "))"
+            let price = substrate.price.map { ", \($0.inputPerMillion)/\($0.outputPerMillion) per 1M tokens in/out" } ?? ""
+            lines.append("runtime \(name): \(config.runtimes[name]!.kindName), \(substrate.latencyClass)\(tags)\(price)")
         }
         for model in config.models {
             switch model.serving {
@@ -16,13 +23,21 @@ public enum ConfigSummary {
                 let ttl = model.ttl.map { "ttl \(Int($0.seconds))s" } ?? "no ttl"
                 let flags = (model.pinned ? ", pinned" : "") + (model.preload ? ", preloaded" : "")
                 let staging = model.stage ? "staged into RAM before start" : "opened in place"
+                let rank = (model.priority != 0 ? ", priority \(model.priority)" : "")
+                    + (model.minResidency > .zero ? ", stays at least \(Int(model.minResidency.seconds))s" : "")
                 lines.append("model \(model.name): \(runtime) on \(model.device), \(ConfigUnits.formatBytes(model.memoryBytes))"
-                    + "\(model.memoryDeclared ? "" : " (estimated)"), \(ttl)\(flags), weights \(model.source) (\(staging))")
+                    + "\(model.memoryEstimate.map { " (estimated: \($0))" } ?? "")"
+                    + ", \(ttl)\(flags)\(rank), weights \(model.source) (\(staging))")
             case .upstream(let runtime, let upstreamModel):
                 lines.append("model \(model.name): upstream \(runtime)\(upstreamModel.map { " as \($0)" } ?? "")")
             case .replicas(let urls):
                 lines.append("model \(model.name): \(urls.count) replica(s) \(urls.joined(separator: ", "))")
             }
+        }
+        for model in config.models where !model.fallbacks.isEmpty {
+            let wait = model.spillAfter.map { " after \(Int(($0.seconds * 1000).rounded())) ms" } ?? " when it cannot serve"
+            lines.append("  \(model.name) spills to \(model.fallbacks.joined(separator: ", "))\(wait) or when a policy forbids it"
+                + " (tags \(config.substrateTags(of: model).sorted().joined(separator: " ")))")
         }
         return lines.joined(separator: "\n")
     }

@@ -126,13 +126,16 @@ extension ModelController: ModelBackend {
                 return model.placerNames.map { name in
                     let snapshot = placer.snapshot(of: name)
                     let instance = instances[name]
-                    return AdminStatus.Model(
+                    var entry = AdminStatus.Model(
                         name: name, status: snapshot?.phase.publicStatus ?? "stopped",
                         phase: snapshot.map { Self.describe($0.phase) } ?? "stopped", runtime: runtime, device: model.device,
-                        memory_bytes: model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
+                        memory_bytes: snapshot?.memoryBytes ?? model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
                         loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
                         upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[name],
                         replicas: model.replicaCount > 1 ? replicaStates[model.name] : nil)
+                    entry.measured_bytes = snapshot?.measuredBytes
+                    entry.priority = model.priority
+                    return entry
                 }
             case .upstream(let runtime, _):
                 let url: String? = if case .upstream(let url, _) = config.runtimes[runtime]?.kind { url } else { nil }

@@ -296,6 +296,7 @@ public actor ModelController {
             .record(duration: clock.now - instance.startedAt)
         lastError[model] = nil
         send(.runtimeReady(model: model))
+        measureFootprints(only: model)
     }
 
     private func exited(model: String, instanceID: UInt64, how: String) {
@@ -360,9 +361,13 @@ public actor ModelController {
             group.addTask { await self.reportResidencyThenPreload() }
             healthChecksRunning = true
             startHealthChecks()
+            var ticks = 0
             while !Task.isCancelled && !shuttingDown {
                 try? await Task.sleep(for: .milliseconds(200))
                 send(.tick)
+                ticks += 1
+                // Every 10 s: runtimes grow (KV pages touched, buffers), and peaks count.
+                if ticks % 50 == 0 { measureFootprints() }
             }
             healthChecksRunning = false
             for task in healthChecks.values { task.cancel() }

@@ -196,7 +196,9 @@ actor ReplicaSet {
                 group.addTask {
                     var request = HTTPClientRequest(url: url + "/health")
                     request.method = .GET
-                    guard let response = try? await httpClient.execute(request, timeout: .seconds(2)) else { return (url, false) }
+                    guard let response = try? await HTTPClient.probes.execute(request, timeout: .seconds(2)) else {
+                        return (url, false)
+                    }
                     _ = try? await response.body.collect(upTo: 1 << 16)
                     return (url, response.status == .ok)
                 }
@@ -229,4 +231,15 @@ actor ReplicaSet {
         case .allSaturated: "every replica is at its concurrency limit (routing.max_concurrency)"
         }
     }
+}
+
+extension HTTPClient {
+    /// For health probes: a refused connection is an answer (down), not something to retry with
+    /// backoff until the timeout, as the request client does. Lives as long as the process.
+    static let probes: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(1))
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 }

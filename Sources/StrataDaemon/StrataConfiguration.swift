@@ -89,6 +89,15 @@ public struct RuntimeConfiguration: Sendable, Equatable {
         if case .upstream = kind { return false }
         return true
     }
+
+    /// The arguments every model on this runtime gets (for footprint estimates).
+    public var arguments: [String] {
+        switch kind {
+        case .llamaServer(_, let args): args
+        case .command(let argv): argv
+        case .upstream: []
+        }
+    }
 }
 
 public struct ModelConfiguration: Sendable, Equatable {
@@ -107,6 +116,8 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var device: String
     public var memoryBytes: UInt64
     public var memoryDeclared: Bool
+    /// How an undeclared `memoryBytes` was estimated (weights + KV + buffers), for logs.
+    public var memoryEstimate: String? = nil
     public var ttl: Duration?
     public var pinned: Bool
     /// For replicas: how requests are spread (the `routing` section's policy when nil).

@@ -4,19 +4,10 @@ import RESP
 import Frontend
 #endif
 import NIOCore
+import StrataTestSupport
 import Testing
 
-/// SplitMix64: a seeded generator so that a failing case can be replayed.
-private struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+private typealias SeededGenerator = SplitMix64
 
 private func randomValue(_ rng: inout SeededGenerator, depth: Int = 0) -> RESPValue {
     func text() -> String {

@@ -1,3 +1,4 @@
+import StrataTestSupport
 import Testing
 @testable import Placer
 
@@ -6,17 +7,7 @@ import Testing
 struct PlacerSimulationTests {
     static let mib: UInt64 = 1 << 20
 
-    struct SplitMix64 {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    }
+    typealias SplitMix64 = StrataTestSupport.SplitMix64
 
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
     func invariantsHoldUnderRandomEvents(seed: UInt64) {

@@ -96,3 +96,29 @@ def test_hot_model_is_unaffected_by_the_others_swapping(make_daemon):
     for entry in json.loads(body)["placements"]:
         for device in entry["devices"]:
             assert device["used_after_bytes"] <= device["budget_bytes"], entry
+
+
+def test_an_estimated_footprint_is_replaced_by_the_measured_one(make_daemon):
+    """No `memory` declared: the estimate comes from the GGUF header (weights + KV for -c 2048 +
+    buffers); after the load the runtime's RSS is what the device budget counts."""
+    d = make_daemon(config(f'  - {{ name: guess, source: "file://{MODEL}", runtime: llama }}\n'
+                           f'  - {{ name: told, source: "file://{MODEL}", runtime: llama, memory: 300MiB }}\n'))
+    estimated = d.model("guess")["memory_bytes"]
+    weights = MODEL.stat().st_size
+    assert weights < estimated < weights + (200 << 20), estimated
+    for name in ("guess", "told"):
+        status, body, _ = chat(d, name)
+        assert status == 200, body
+    wait_for(lambda: d.model("guess").get("measured_bytes") and d.model("told").get("measured_bytes"), 30,
+             what="footprints measured")
+    import json
+    status, body, _ = d.get("/admin/models", headers={"Authorization": "Bearer admin-secret"})
+    state = json.loads(body)   # one snapshot: models and devices together
+    guess, told = (next(m for m in state["models"] if m["name"] == n) for n in ("guess", "told"))
+    # the runtime maps the weights and allocates its KV cache: its RSS is tens of MiB at least
+    assert guess["measured_bytes"] > 20 << 20, guess
+    assert guess["memory_bytes"] == guess["measured_bytes"], "an estimate is replaced by the measurement"
+    assert told["memory_bytes"] == 300 << 20, "a declared footprint stands"
+    cpu = next(x for x in state["devices"] if x["name"] == "cpu")
+    assert cpu["used_bytes"] == guess["measured_bytes"] + (300 << 20), cpu
+    assert "measured footprint" in d.log_path.read_text()

@@ -81,7 +81,7 @@ extension Gateway {
                 upstreamRequest.headers.add(name: "Connection", value: "close")
             }
             for (name, value) in acquired.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
-            upstreamRequest.body = .bytes(try rewriteModel(body, parsed: parsed, upstreamModel: acquired.upstreamModel))
+            upstreamRequest.body = .bytes(try rewriteBody(body, parsed: parsed, for: acquired))
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
@@ -214,11 +214,14 @@ extension Gateway {
         return ParsedBody(json: json, model: model, stream: stream)
     }
 
-    /// Forwards the client's bytes as they are unless the upstream knows the model by another name.
-    func rewriteModel(_ body: ByteBuffer, parsed: ParsedBody, upstreamModel: String?) throws -> ByteBuffer {
-        guard let upstreamModel, upstreamModel != parsed.model else { return body }
+    /// Forwards the client's bytes as they are unless the upstream knows the model by another
+    /// name or the lease pins the request to a runtime slot.
+    func rewriteBody(_ body: ByteBuffer, parsed: ParsedBody, for lease: UpstreamLease) throws -> ByteBuffer {
+        let rename = lease.upstreamModel.flatMap { $0 == parsed.model ? nil : $0 }
+        guard rename != nil || lease.pinnedSlot != nil else { return body }
         var json = parsed.json
-        json["model"] = upstreamModel
+        if let rename { json["model"] = rename }
+        if let slot = lease.pinnedSlot { json["id_slot"] = slot }
         return ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
     }
 }

@@ -121,13 +121,17 @@ public final class UpstreamLease: Sendable {
     public let servedModel: String?
     /// What the serving substrate charges, for the spend metric.
     public let price: TokenPrice?
+    /// llama-server slot the request must run in (`id_slot` is added to the body), so the KV
+    /// cache restored there is used and what the slot holds is known.
+    public let pinnedSlot: Int?
     private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
-        hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil,
+        hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil, pinnedSlot: Int? = nil,
         onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
+        self.pinnedSlot = pinnedSlot
         self.servedModel = servedModel
         self.price = price
         self.baseURL = baseURL
@@ -154,7 +158,8 @@ public final class UpstreamLease: Sendable {
         }
         return UpstreamLease(
             baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
-            hasAlternatives: hasAlternatives, servedModel: model, price: price, onOutcome: { action?($0) })
+            hasAlternatives: hasAlternatives, servedModel: model, price: price, pinnedSlot: pinnedSlot,
+            onOutcome: { action?($0) })
     }
 
     public func release(_ outcome: LeaseOutcome = .completed) {

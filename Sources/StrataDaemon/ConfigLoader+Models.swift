@@ -109,7 +109,7 @@ extension ConfigLoader {
                 item, at: key,
                 allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
                           "routing", "replicas", "sha256", "stage", "preload", "tags", "fallbacks", "spill_after", "priority",
-                          "min_residency"])
+                          "min_residency", "kv_restore"])
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
             guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
@@ -215,7 +215,7 @@ extension ConfigLoader {
             if model.isRemoteSource && !model.stage {
                 throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
             }
-            try modelPolicy(reader, map, at: key2, into: &model)
+            try modelPolicy(reader, map, at: key2, into: &model, runtimes: config.runtimes)
             models.append(model)
         }
         try checkFallbacks(reader, models, node)

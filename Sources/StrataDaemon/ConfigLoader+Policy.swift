@@ -48,7 +48,8 @@ extension ConfigLoader {
     }
 
     /// A model's `tags`, `fallbacks`, `spill_after`, `priority` and `min_residency`.
-    static func modelPolicy(_ reader: ConfigReader, _ map: [String: Node], at key: String, into model: inout ModelConfiguration) throws {
+    static func modelPolicy(_ reader: ConfigReader, _ map: [String: Node], at key: String, into model: inout ModelConfiguration,
+                            runtimes: [String: RuntimeConfiguration]) throws {
         if let node = map["tags"] { model.tags = try tags(reader, node, at: "\(key).tags") }
         if let node = map["fallbacks"] {
             model.fallbacks = try reader.strings(node, at: "\(key).fallbacks")
@@ -68,6 +69,14 @@ extension ConfigLoader {
         }
         if let node = map["priority"] { model.priority = try reader.integer(node, at: "\(key).priority", range: -100...100) }
         if let node = map["min_residency"] { model.minResidency = try reader.duration(node, at: "\(key).min_residency") }
+        if let node = map["kv_restore"] {
+            model.kvRestore = try reader.bool(node, at: "\(key).kv_restore")
+            var llama = false
+            if case .managed(let runtime, _, _) = model.serving, case .llamaServer = runtimes[runtime]?.kind { llama = true }
+            guard !model.kvRestore || (llama && model.replicaCount > 1) else {
+                throw reader.fail("\(key).kv_restore", node, "only for models on a llama-server runtime with replicas above 1")
+            }
+        }
     }
 
     /// After every model is read: fallbacks name other models that exist.

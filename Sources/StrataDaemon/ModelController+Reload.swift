@@ -80,13 +80,15 @@ extension ModelController {
             case .managed where model.replicaCount > 1: (replicas, managed) = (model.placerNames, true)
             default: continue
             }
+            let slots = Self.slotCache(for: model, config: config, tiers: tiers, httpClient: httpClient, logger: logger)
             if let existing = replicaSets[model.name], existing.replicas == replicas, existing.managed == managed,
-                existing.policy == policy, old.routing == config.routing
+                existing.policy == policy, old.routing == config.routing,
+                existing.slots?.fingerprint == slots?.fingerprint
             {
                 sets[model.name] = existing
             } else {
                 sets[model.name] = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
-                                              settings: config.routing, logger: logger)
+                                              settings: config.routing, logger: logger, slots: slots)
             }
         }
         for (name, task) in healthChecks where sets[name] !== replicaSets[name] {

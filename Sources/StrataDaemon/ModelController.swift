@@ -67,7 +67,9 @@ public actor ModelController {
                                               settings: config.routing, logger: logger)
             case .managed where model.replicaCount > 1:
                 sets[model.name] = ReplicaSet(model: model.name, replicas: model.placerNames, managed: true, policy: policy,
-                                              settings: config.routing, logger: logger)
+                                              settings: config.routing, logger: logger,
+                                              slots: Self.slotCache(for: model, config: config, tiers: tiers, httpClient: httpClient,
+                                                                    logger: logger))
             default:
                 continue
             }
@@ -77,6 +79,20 @@ public actor ModelController {
     }
 
     var now: Duration { clock.now - origin }
+
+    /// The KV save/restore of a model with `kv_restore` (nil without it, or without tiers).
+    static func slotCache(for model: ModelConfiguration, config: StrataConfiguration, tiers: TierService?,
+                          httpClient: HTTPClient, logger: Logger) -> SlotCache? {
+        guard model.kvRestore, let tiers, case .managed(let runtimeName, _, let args) = model.serving,
+            let runtime = config.runtimes[runtimeName]
+        else { return nil }
+        let arguments = runtime.arguments + args
+        return SlotCache(
+            model: model.name,
+            fingerprint: SlotCache.fingerprint(source: model.source, weightBytes: model.weightBytes, arguments: arguments),
+            slotsPerReplica: SlotCache.parallelSlots(in: arguments) ?? SlotCache.defaultSlots,
+            directory: config.stateDirectory + "/slots", tiers: tiers, httpClient: httpClient, logger: logger)
+    }
 
     /// Feeds one event to the Placer and carries out what it decides.
     func send(_ event: PlacerEvent) {
@@ -222,7 +238,17 @@ public actor ModelController {
         do {
             let modelPath = try modelPath.get()
             let port = try RuntimeProcess.freePort()
-            let argv = Self.commandLine(runtime: runtime, model: model, modelPath: modelPath, modelArgs: modelArgs, port: port)
+            var extraArgs = modelArgs
+            if let base = config.model(placerName: model), let slots = replicaSets[base.name]?.slots {
+                // KV save and restore: a directory for the slot files, and a known slot count.
+                let directory = slots.slotDirectory(of: model)
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                extraArgs += ["--slot-save-path", directory]
+                if SlotCache.parallelSlots(in: runtime.arguments + modelArgs) == nil {
+                    extraArgs += ["--parallel", String(SlotCache.defaultSlots)]
+                }
+            }
+            let argv = Self.commandLine(runtime: runtime, model: model, modelPath: modelPath, modelArgs: extraArgs, port: port)
             var environment = ProcessInfo.processInfo.environment
             environment.merge(runtime.environment) { $1 }
             let logPath = "\(config.stateDirectory)/logs/\(model).log"

@@ -21,6 +21,8 @@ actor ReplicaSet {
     let policy: RoutingPolicy
     let settings: RoutingSettings
     let logger: Logger
+    /// KV save and restore across managed llama-server replicas (`kv_restore`); nil: off.
+    let slots: SlotCache?
     private var router: PrefixRouter
     private var nextRequest: RequestID = 1
     /// Metric handles made once: a lookup in the metrics registry per request and replica
@@ -34,7 +36,9 @@ actor ReplicaSet {
     private var httpClient: HTTPClient?
     private var lastProbe: ContinuousClock.Instant?
 
-    init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger) {
+    init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger,
+         slots: SlotCache? = nil) {
+        self.slots = slots
         self.model = model
         self.replicas = replicas
         self.managed = managed
@@ -64,9 +68,9 @@ actor ReplicaSet {
         var hints = hints
         var probed = false
         while true {
-            let id: RequestID, replica: String, hasAlternatives: Bool
+            let id: RequestID, replica: String, hasAlternatives: Bool, restoreBlocks: Int
             do {
-                (id, replica, hasAlternatives) = try route(hints)
+                (id, replica, hasAlternatives, restoreBlocks) = try route(hints)
             } catch RouteFailure.noHealthyReplica(let error) {
                 // Every replica looked down at the last probe; one may have come up since (a
                 // fleet starting beside Strata). Probe now, once, rather than wait a whole interval.
@@ -96,10 +100,20 @@ actor ReplicaSet {
                 finish(id, replica: replica, outcome: .abandoned)       // not ready in time, cancelled: not its fault
                 throw error
             }
+            // Pinned to a slot Strata chose, so what each slot holds is known; a stored prefix
+            // the router counted on is restored into it first.
+            let slot = slots?.claimSlot(on: replica)
+            if let slots, let slot, restoreBlocks > 0 {
+                _ = await slots.restore(hints.prompt.blocks, replica: replica, baseURL: inner.baseURL, slot: slot)
+            }
+            let chain = hints.prompt.blocks
             return UpstreamLease(
-                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives
-            ) { [weak self] outcome in
+                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: slot
+            ) { [weak self, slots] outcome in
                 inner.release(outcome)
+                if let slots, let slot {
+                    slots.finished(chain, replica: replica, baseURL: inner.baseURL, slot: slot, completed: outcome == .completed)
+                }
                 guard let self else { return }
                 Task { await self.finish(id, replica: replica, outcome: outcome) }
             }
@@ -107,9 +121,10 @@ actor ReplicaSet {
     }
 
     /// Chooses and dispatches: the request's id, its replica, and whether another could take it.
-    private func route(_ hints: RequestHints) throws -> (RequestID, String, Bool) {
+    private func route(_ hints: RequestHints) throws -> (RequestID, String, Bool, Int) {
         let decision: RouteDecision
-        switch router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding) {
+        let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
+        switch router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding, restorable: restorable) {
         case .success(let chosen):
             decision = chosen
         case .failure(let refusal):
@@ -136,7 +151,7 @@ actor ReplicaSet {
         let hasAlternatives = router.replicaSnapshots.contains {
             $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
         }
-        return (id, decision.replica, hasAlternatives)
+        return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
     }
 
     private func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome) {
@@ -169,6 +184,7 @@ actor ReplicaSet {
     /// A managed replica's process is gone (stopped, evicted or crashed): its prefixes went with
     /// it. It stays eligible: the supervisor starts a new process on its next request.
     func processExited(_ replica: String) {
+        slots?.replicaRestarted(replica)
         router.replicaRestarted(replica)
         router.markHealthy(replica)
         publishLoad(replica)

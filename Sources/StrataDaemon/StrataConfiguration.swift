@@ -148,6 +148,9 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var priority = 0
     /// A model is not evicted for another until it has been ready this long.
     public var minResidency: Duration = .zero
+    /// Save llama-server slots' KV caches into the store and restore them into other replicas
+    /// (managed llama-server models with replicas above 1).
+    public var kvRestore = false
 
     /// Whether the weights live somewhere a runtime cannot open by path.
     public var isRemoteSource: Bool { source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") }

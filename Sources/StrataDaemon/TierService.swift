@@ -102,6 +102,12 @@ final class TierService: Service, TierBackend {
         return try openStore().2
     }
 
+    /// The object store (weights, saved KV slots), once the tiers are open (waits while they open).
+    func objectStore() async throws -> ObjectStore {
+        _ = try await stager()
+        return try openStore().1
+    }
+
     /// The block store, once the tiers are open (waits while they open).
     func blockStore() async throws -> BlockStore {
         _ = try await stager()

@@ -94,6 +94,22 @@ struct ConfigPolicyTests {
                          key: "tenants[1].name", "defined twice")
     }
 
+    @Test func kvRestoreIsForLlamaServerReplicas() throws {
+        let config = try Self.parse("""
+            models: [{ name: a, source: "${MODEL}", runtime: llama, replicas: 2, kv_restore: true }]
+            """)
+        #expect(config.models[0].kvRestore)
+        #expect(SlotCache.parallelSlots(in: ["-c", "2048", "-np", "3"]) == 3)
+        #expect(SlotCache.parallelSlots(in: ["--parallel=4"]) == 4)
+        #expect(SlotCache.parallelSlots(in: ["-c", "2048"]) == nil)
+        Self.expectError("""
+            models: [{ name: a, source: "${MODEL}", runtime: llama, kv_restore: true }]
+            """, key: "models[0] (a).kv_restore", "replicas above 1")
+        Self.expectError("""
+            models: [{ name: m, runtime: cloud, kv_restore: true }]
+            """, key: "models[0] (m).kv_restore", "llama-server runtime")
+    }
+
     @Test func badRuntimePolicyKeysAreRefused() {
         for (yaml, key, fragment) in [
             ("latency_class: fast", "runtimes.x.latency_class", "interactive, standard, batch"),

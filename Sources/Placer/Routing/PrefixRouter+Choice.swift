@@ -12,14 +12,28 @@ extension PrefixRouter {
     /// a short match. Ties go to the deeper match, then to fewer requests, then to the first
     /// block's rendezvous order. A prompt held nowhere eligible is placed by consistent hashing
     /// instead, and a request whose best replica is a hot spot goes to the next best.
-    func prefixAffinity(_ chain: [UInt64], candidates: [Int], bound: Int) -> RouteDecision {
+    func prefixAffinity(_ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0) -> RouteDecision {
         guard let key = chain.first else {
             return decision(leastLoaded(candidates, key: 0), chain, .leastLoaded)
         }
+        // Loading a stored prefix costs a fraction of computing it (at least one block).
+        let restoreCost = restorable > 0 ? max(1, Int(Double(restorable) * configuration.restoreCostFraction) + 1) : 0
+        var restores: Set<Int> = []
         let scored = candidates.map { replica in
-            let matched = replicas[replica].index.matchedBlocks(chain)
+            var matched = replicas[replica].index.matchedBlocks(chain)
             let queue = replicas[replica].queuedWork + replicas[replica].inFlight * configuration.requestCostBlocks
-            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue)
+            var extra = 0
+            if restorable - restoreCost > matched {
+                restores.insert(replica)
+                (matched, extra) = (restorable, restoreCost)
+            }
+            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue + extra)
+        }
+        func made(_ chosen: Scored, _ reason: RouteReason) -> RouteDecision {
+            let restore = restores.contains(chosen.replica)
+            return RouteDecision(
+                replica: replicas[chosen.replica].spec.id, matchedBlocks: chosen.matched, promptBlocks: chain.count,
+                reason: restore ? .restoredPrefix : reason, restoreBlocks: restore ? restorable : 0)
         }
         if scored.allSatisfy({ $0.matched == 0 }) {
             // Seen nowhere: every router on every host ranks replicas alike for this first
@@ -48,13 +62,9 @@ extension PrefixRouter {
             let spill = scored.filter({ $0.replica != best.replica && replicas[$0.replica].inFlight < hotSpot })
                 .min(by: better)
         {
-            return RouteDecision(
-                replica: replicas[spill.replica].spec.id, matchedBlocks: spill.matched, promptBlocks: chain.count,
-                reason: .hotSpotSpill)
+            return made(spill, .hotSpotSpill)
         }
-        return RouteDecision(
-            replica: replicas[best.replica].spec.id, matchedBlocks: best.matched, promptBlocks: chain.count,
-            reason: best.matched > 0 ? .prefixHit : .leastLoaded)
+        return made(best, best.matched > 0 ? .prefixHit : .leastLoaded)
     }
 
     /// Fewest requests, then least queued work, then the key's rendezvous order, so that

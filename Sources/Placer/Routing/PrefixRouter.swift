@@ -45,8 +45,12 @@ public struct PrefixRouter: Sendable {
     ///     router agrees) while that replica is healthy, unsaturated and under the load bound.
     ///     Checked before the policy.
     ///   - excluded: replicas already tried for this request (a retry elsewhere).
+    ///   - restorable: leading blocks of the chain whose KV cache a store holds and any replica
+    ///     can load instead of computing (llama-server slot restore), at `restoreCost` of
+    ///     computing them. Prefix affinity weighs it like a cached prefix on every replica, so a
+    ///     busy holder of a prefix loses to an idle replica that restores it.
     public func choose(
-        _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = []
+        _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = [], restorable: Int = 0
     ) -> Result<RouteDecision, RouteRefusal> {
         let healthy = replicas.indices.filter { replicas[$0].healthy }
         guard !healthy.isEmpty else { return .failure(.noHealthyReplica) }
@@ -75,7 +79,7 @@ public struct PrefixRouter: Sendable {
         case .leastLoaded:
             return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded))
         case .prefixAffinity:
-            return .success(prefixAffinity(chain, candidates: candidates, bound: bound))
+            return .success(prefixAffinity(chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count)))
         }
     }
 }

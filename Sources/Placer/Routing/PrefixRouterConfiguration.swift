@@ -26,6 +26,10 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
     /// with it, once a replica's queue outweighs recomputing the prefix elsewhere, the request
     /// goes elsewhere and that replica then holds the prefix too. 0 counts prefill alone.
     public var requestCostBlocks: Int
+    /// What loading a stored prefix costs against computing it (llama-server restores a slot's
+    /// KV in tens of milliseconds where computing it takes seconds; copying it in from the store
+    /// is the larger part). Counted as at least one block.
+    public var restoreCostFraction: Double
 
     public init(
         replicas: [ReplicaSpec],
@@ -34,8 +38,10 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
         hotSpotQueueBound: Int = 16,
         loadBoundFactor: Double = 1.25,
         ejectAfterFailures: Int = 3,
-        requestCostBlocks: Int = 0
+        requestCostBlocks: Int = 0,
+        restoreCostFraction: Double = 0.05
     ) {
+        self.restoreCostFraction = restoreCostFraction
         self.replicas = replicas
         self.policy = policy
         self.maxBlocksPerReplica = maxBlocksPerReplica

@@ -6,12 +6,15 @@ public struct RouteDecision: Sendable, Equatable {
     public var matchedBlocks: Int
     public var promptBlocks: Int
     public var reason: RouteReason
+    /// Leading blocks to restore from the store into the chosen replica before sending (0: none).
+    public var restoreBlocks: Int
 
-    public init(replica: String, matchedBlocks: Int, promptBlocks: Int, reason: RouteReason) {
+    public init(replica: String, matchedBlocks: Int, promptBlocks: Int, reason: RouteReason, restoreBlocks: Int = 0) {
         self.replica = replica
         self.matchedBlocks = matchedBlocks
         self.promptBlocks = promptBlocks
         self.reason = reason
+        self.restoreBlocks = restoreBlocks
     }
 
     /// 0 for a prompt shorter than one block.
@@ -28,6 +31,9 @@ public enum RouteReason: String, Sendable, Equatable, CaseIterable {
     case coldConsistentHash
     /// The best replica for the prefix is a hot spot; the next best takes it and learns it.
     case hotSpotSpill
+    /// Least expected work on a replica that loads the prefix's stored KV cache instead of
+    /// computing it (see `choose(_:session:excluding:restorable:)`).
+    case restoredPrefix
     /// The session's replica, healthy and under the load bound.
     case sessionAffinity
     /// Least work or fewest requests, prefixes aside: the policy, an empty prompt, load that

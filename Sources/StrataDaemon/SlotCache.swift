@@ -1,0 +1,234 @@
+import AsyncHTTPClient
+import CStrataHash
+import Foundation
+import Frontend
+import Logging
+import Metrics
+import NIOCore
+import Synchronization
+import TierStore
+
+/// KV-cache save and restore across the llama-server replicas of one model (`kv_restore`).
+///
+/// Strata pins every request it sends to a replica to one of its slots (`id_slot`), so it
+/// knows what each slot holds. After a request with a long prompt completes, the slot's KV
+/// cache is saved (`POST /slots/N?action=save`) and moved into the object store (NVMe), keyed by
+/// the prompt's block chain; nothing is saved when a stored prefix already covers most of it.
+/// When the router sends a request to a replica that lacks its prefix but the store holds one
+/// (`RouteDecision.restoreBlocks`), the file is written into that replica's slot directory and
+/// restored into the request's slot (`action=restore`) before the request is sent, so the
+/// prefix is loaded, not computed. A restore that fails costs only the time it took: the
+/// request goes on and computes its prompt.
+///
+/// Saved files only fit servers with the same model, KV layout and cache types (llama-server
+/// does not check the model): object names carry a fingerprint of the weights and arguments,
+/// and all replicas of a model share both. Bounded: at most `maxSaved` prefixes, least
+/// recently used dropped first.
+final class SlotCache: Sendable {
+    struct Saved {
+        var object: String
+        var chain: [UInt64]
+        var lastUsed: UInt64
+    }
+
+    struct State {
+        var saved: [String: Saved] = [:]
+        /// Chain hash at block i of a saved prompt → that prompt's object (the most recent).
+        var byBlock: [UInt64: String] = [:]
+        /// Per replica: which slots are pinned to a request or being saved.
+        var taken: [String: Set<Int>] = [:]
+        var clock: UInt64 = 0
+    }
+
+    let model: String
+    /// Of the weights and runtime arguments: files from other settings never restore here.
+    let fingerprint: String
+    let slotsPerReplica: Int
+    /// Prompts shorter than this many blocks are not saved (nor worth restoring).
+    let minBlocks: Int
+    let maxSaved: Int
+    /// `state_dir/slots`: each replica's `--slot-save-path` is a directory in it.
+    let directory: String
+    let tiers: TierService
+    let httpClient: HTTPClient
+    let logger: Logger
+    private let state = Mutex(State())
+
+    init(model: String, fingerprint: String, slotsPerReplica: Int, minBlocks: Int = 8, maxSaved: Int = 64,
+         directory: String, tiers: TierService, httpClient: HTTPClient, logger: Logger) {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.slotsPerReplica = slotsPerReplica
+        self.minBlocks = minBlocks
+        self.maxSaved = maxSaved
+        self.directory = directory
+        self.tiers = tiers
+        self.httpClient = httpClient
+        self.logger = logger
+    }
+
+    /// The weights and arguments as a short hex fingerprint.
+    static func fingerprint(source: String, weightBytes: UInt64, arguments: [String]) -> String {
+        let text = ([source, String(weightBytes)] + arguments).joined(separator: "\u{1F}")
+        let hash = text.utf8CString.withUnsafeBufferPointer { strata_xxh3_64($0.baseAddress, $0.count - 1, 0x5107) }
+        return String(hash, radix: 16)
+    }
+
+    /// Slots a llama-server started with `arguments` has (`-np`/`--parallel`), nil when unset.
+    static func parallelSlots(in arguments: [String]) -> Int? {
+        var slots: Int?
+        for (index, argument) in arguments.enumerated() {
+            if argument.hasPrefix("--parallel=") { slots = Int(argument.dropFirst("--parallel=".count)) }
+            if ["-np", "--parallel"].contains(argument), index + 1 < arguments.count { slots = Int(arguments[index + 1]) }
+        }
+        return slots.flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    /// Slots Strata gives each replica when the arguments do not say (`--parallel` is then added:
+    /// llama-server's automatic choice shares one KV stream between slots, whose saved files
+    /// do not restore into servers set up otherwise).
+    static let defaultSlots = 2
+
+    /// The `--slot-save-path` of a replica (a Placer name such as `chat#1`).
+    func slotDirectory(of replica: String) -> String {
+        directory + "/" + replica.replacingOccurrences(of: "#", with: "-")
+    }
+
+    /// Leading blocks of `chain` a stored prefix holds (0: none worth restoring).
+    func restorable(_ chain: [UInt64]) -> Int {
+        state.withLock { state in Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0 }
+    }
+
+    private static func longestSaved(_ chain: [UInt64], in state: State, minBlocks: Int) -> (object: String, blocks: Int)? {
+        guard chain.count >= minBlocks else { return nil }
+        for index in stride(from: chain.count - 1, through: minBlocks - 1, by: -1) {
+            if let object = state.byBlock[chain[index]], state.saved[object] != nil { return (object, index + 1) }
+        }
+        return nil
+    }
+
+    /// A free slot of `replica` for a request, now taken; nil when every slot is (the request
+    /// then goes unpinned and llama-server queues it).
+    func claimSlot(on replica: String) -> Int? {
+        state.withLock { state in
+            let taken = state.taken[replica, default: []]
+            guard let slot = (0..<slotsPerReplica).first(where: { !taken.contains($0) }) else { return nil }
+            state.taken[replica, default: []].insert(slot)
+            return slot
+        }
+    }
+
+    /// The replica's process is gone: its slots are empty and free.
+    func replicaRestarted(_ replica: String) {
+        state.withLock { $0.taken[replica] = nil }
+    }
+
+    /// Restores the stored prefix of `chain` into `slot` of the replica at `baseURL`
+    /// (`http://127.0.0.1:PORT/v1`). Returns whether llama-server took it.
+    func restore(_ chain: [UInt64], replica: String, baseURL: String, slot: Int) async -> Bool {
+        let found = state.withLock { state -> (object: String, blocks: Int)? in
+            guard let found = Self.longestSaved(chain, in: state, minBlocks: minBlocks) else { return nil }
+            state.clock += 1
+            state.saved[found.object]?.lastUsed = state.clock
+            return found
+        }
+        guard let found else { return false }
+        let started = ContinuousClock.now
+        let file = "restore-\(UInt64.random(in: 1...UInt64.max)).bin"
+        let path = slotDirectory(of: replica) + "/" + file
+        defer { unlink(path) }
+        do {
+            let objects = try await tiers.objectStore()
+            guard let info = objects.info(found.object) else { throw SlotError("the stored prefix \(found.object) is gone") }
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(info.size), alignment: 4096)
+            defer { bytes.deallocate() }
+            try await objects.read(found.object, into: bytes)
+            guard FileManager.default.createFile(atPath: path, contents: Data(bytesNoCopy: bytes.baseAddress!, count: bytes.count, deallocator: .none))
+            else { throw SlotError("cannot write \(path)") }
+            try await slotAction("restore", slot: slot, file: file, baseURL: baseURL)
+            let seconds = (ContinuousClock.now - started).seconds
+            Counter(label: "strata_kv_restores_total", dimensions: [("model", model), ("result", "ok")]).increment()
+            Metrics.Timer(label: "strata_kv_restore_duration_seconds", dimensions: [("model", model)]).recordSeconds(seconds)
+            logger.info("restored a stored prefix", metadata: [
+                "replica": "\(replica)", "slot": "\(slot)", "blocks": "\(found.blocks)",
+                "bytes": "\(ConfigUnits.formatBytes(info.size))", "seconds": "\(String(format: "%.3f", seconds))"])
+            return true
+        } catch {
+            Counter(label: "strata_kv_restores_total", dimensions: [("model", model), ("result", "failed")]).increment()
+            logger.warning("restoring a stored prefix failed; the prompt is computed instead", metadata: [
+                "replica": "\(replica)", "slot": "\(slot)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// The request pinned to `slot` ended. After a completed one whose prompt no stored prefix
+    /// mostly covers, the slot is saved into the store (and stays taken until it is).
+    func finished(_ chain: [UInt64], replica: String, baseURL: String, slot: Int, completed: Bool) {
+        let save = completed && chain.count >= minBlocks && state.withLock { state in
+            (Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0) * 4 < chain.count * 3
+        }
+        guard save else {
+            release(slot, on: replica)
+            return
+        }
+        Task {
+            defer { release(slot, on: replica) }
+            await self.save(chain, replica: replica, baseURL: baseURL, slot: slot)
+        }
+    }
+
+    private func release(_ slot: Int, on replica: String) {
+        state.withLock { _ = $0.taken[replica]?.remove(slot) }
+    }
+
+    private func save(_ chain: [UInt64], replica: String, baseURL: String, slot: Int) async {
+        let object = "kv/\(model)/\(fingerprint)/\(String(chain.last!, radix: 16))"
+        let file = "save-\(UInt64.random(in: 1...UInt64.max)).bin"
+        let path = slotDirectory(of: replica) + "/" + file
+        defer { unlink(path) }
+        do {
+            try await slotAction("save", slot: slot, file: file, baseURL: baseURL)
+            let objects = try await tiers.objectStore()
+            let info = try await objects.importFile(object, path: path)
+            let dropped = state.withLock { state -> [String] in
+                state.clock += 1
+                state.saved[object] = Saved(object: object, chain: chain, lastUsed: state.clock)
+                for hash in chain.dropFirst(minBlocks - 1) { state.byBlock[hash] = object }
+                var dropped: [String] = []
+                while state.saved.count > maxSaved, let oldest = state.saved.values.min(by: { $0.lastUsed < $1.lastUsed }) {
+                    state.saved[oldest.object] = nil
+                    for hash in oldest.chain where state.byBlock[hash] == oldest.object { state.byBlock[hash] = nil }
+                    dropped.append(oldest.object)
+                }
+                return dropped
+            }
+            for name in dropped { try? await objects.remove(name) }
+            Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "ok")]).increment()
+            Gauge(label: "strata_kv_saved_prefixes", dimensions: [("model", model)]).record(state.withLock { $0.saved.count })
+            logger.debug("saved a prefix", metadata: [
+                "replica": "\(replica)", "slot": "\(slot)", "blocks": "\(chain.count)", "bytes": "\(info.size)"])
+        } catch {
+            Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "failed")]).increment()
+            logger.warning("saving a slot failed", metadata: ["replica": "\(replica)", "slot": "\(slot)", "error": "\(error)"])
+        }
+    }
+
+    /// `POST /slots/SLOT?action=ACTION` with `{"filename": FILE}`; throws unless llama-server answers 200.
+    private func slotAction(_ action: String, slot: Int, file: String, baseURL: String) async throws {
+        let root = baseURL.hasSuffix("/v1") ? String(baseURL.dropLast(3)) : baseURL
+        var request = HTTPClientRequest(url: "\(root)/slots/\(slot)?action=\(action)")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(string: #"{"filename":"\#(file)"}"#))
+        let response = try await httpClient.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .ok else {
+            throw SlotError("\(action) of slot \(slot) answered \(response.status.code): \(String(buffer: body).prefix(300))")
+        }
+    }
+
+    struct SlotError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+}

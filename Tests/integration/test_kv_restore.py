@@ -1,0 +1,84 @@
+"""KV save and restore across llama-server replicas (kv_restore): a conversation prefix computed
+on one replica is saved into the store, and when its holder is busy the next request sharing it
+goes to the other replica, which restores it instead of computing it. Its time to first token
+there is measured against computing a prompt of the same length."""
+import json
+import re
+import threading
+import time
+
+from conftest import ADMIN_KEY, API_KEY, MODEL, config, wait_for
+from test_routing import decisions, words
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def restore_config():
+    return config(f'  - {{ name: chat, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, '
+                  f'kv_restore: true }}\n',
+                  tiers="{ host: { budget: 32MiB, dir: @SHM@ }, nvme: { budget: 1GiB, segment_size: 64MiB } }")
+
+
+def ask(d, system, user, max_tokens=1, stream=False):
+    started = time.monotonic()
+    status, body, _ = d.request("POST", "/v1/chat/completions", body={
+        "model": "chat", "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]},
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=180)
+    return status, body, time.monotonic() - started
+
+
+def metric(d, name, **labels):
+    total = 0.0
+    for line in d.get("/metrics")[1].decode().splitlines():
+        m = re.match(rf'{name}\{{(.*)\}} ([0-9.e+-]+)$', line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def while_streaming_on(d, system, body):
+    """Runs `body` while a long answer to `system` streams (keeping its holder busy)."""
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", ask(d, system, "Tell a very long story.", 400, True)))
+    t.start()
+    wait_for(lambda: any(r["in_flight"] for r in d.model("chat#0")["replicas"]), 30, interval=0.02, what="stream running")
+    try:
+        return body()
+    finally:
+        t.join(180)
+        assert done["r"][0] == 200, done["r"]
+
+
+def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
+    d = make_daemon(restore_config())
+    # Both replicas running, so the times below are of prompts, not of process starts.
+    assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
+    wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
+    system = "You are a careful archivist. Remember these words: " + words(11, 420)
+    status, body, cold_seconds = ask(d, system, "What is the first word?")
+    assert status == 200, body
+    (home, reason), = [k for k, v in decisions(d).items() if v]
+    wait_for(lambda: metric(d, "strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
+
+    # The holder is busy with a long answer: the next request sharing the prefix goes to the
+    # other replica, which loads the stored prefix instead of computing it.
+    def restored_request():
+        return ask(d, system, "What is the last word?")
+    status, body, restored_seconds = while_streaming_on(d, system, restored_request)
+    assert status == 200, body
+    after = decisions(d)
+    other = [replica for (replica, why), n in after.items() if why == "restoredPrefix" and n]
+    assert other and other[0] != home, after
+    assert metric(d, "strata_kv_restores_total", result="ok") == 1
+    timings = json.loads(body)["timings"]
+    assert timings["cache_n"] > 0.8 * (timings["cache_n"] + timings["prompt_n"]), timings
+
+    # Computing a prompt of the same length, under the same load, for comparison.
+    fresh = "You are a careful archivist. Remember these words: " + words(12, 420)
+    status, body, recompute_seconds = while_streaming_on(d, system, lambda: ask(d, fresh, "What is the last word?"))
+    assert status == 200, body
+    assert json.loads(body)["timings"]["cache_n"] < 20
+    print(f"first answer (computed) {cold_seconds:.2f} s; on the other replica: restored {restored_seconds:.2f} s, "
+          f"computed {recompute_seconds:.2f} s")
+    assert restored_seconds < 0.5 * recompute_seconds, (restored_seconds, recompute_seconds)

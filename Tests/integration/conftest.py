@@ -5,6 +5,7 @@ runtime it started is checked to be gone.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -105,6 +106,15 @@ class Daemon:
             if m.get("pid"):
                 self.seen_pids.add(m.get("pid"))
         return by_name
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of the /metrics samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.get("/metrics")[1].decode().splitlines():
+            m = re.match(rf'{name}\{{(.*)\}} ([0-9.e+-]+)$', line)
+            if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
 
     def model(self, name: str) -> dict:
         return self.admin()[name]

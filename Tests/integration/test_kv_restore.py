@@ -3,7 +3,6 @@ on one replica is saved into the store, and when its holder is busy the next req
 goes to the other replica, which restores it instead of computing it. Its time to first token
 there is measured against computing a prompt of the same length."""
 import json
-import re
 import threading
 import time
 
@@ -28,15 +27,6 @@ def ask(d, system, user, max_tokens=1, stream=False):
     return status, body, time.monotonic() - started
 
 
-def metric(d, name, **labels):
-    total = 0.0
-    for line in d.get("/metrics")[1].decode().splitlines():
-        m = re.match(rf'{name}\{{(.*)\}} ([0-9.e+-]+)$', line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def while_streaming_on(d, system, body):
     """Runs `body` while a long answer to `system` streams (keeping its holder busy)."""
     done = {}
@@ -59,7 +49,7 @@ def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
     status, body, cold_seconds = ask(d, system, "What is the first word?")
     assert status == 200, body
     (home, reason), = [k for k, v in decisions(d).items() if v]
-    wait_for(lambda: metric(d, "strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
+    wait_for(lambda: d.metric("strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
 
     # The holder is busy with a long answer: the next request sharing the prefix goes to the
     # other replica, which loads the stored prefix instead of computing it.
@@ -70,7 +60,7 @@ def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
     after = decisions(d)
     other = [replica for (replica, why), n in after.items() if why == "restoredPrefix" and n]
     assert other and other[0] != home, after
-    assert metric(d, "strata_kv_restores_total", result="ok") == 1
+    assert d.metric("strata_kv_restores_total", result="ok") == 1
     timings = json.loads(body)["timings"]
     assert timings["cache_n"] > 0.8 * (timings["cache_n"] + timings["prompt_n"]), timings
 

@@ -2,7 +2,6 @@
 over to a 'provider' (another llama-server behind an upstream runtime, tagged provider, with a
 price). Tenants and request headers require or forbid tags; routing never crosses a forbidden
 boundary (a clear 503), and every spillover is counted with its reason."""
-import re
 import subprocess
 import urllib.request
 
@@ -53,15 +52,6 @@ def chat(d, key=API_KEY, headers=None, model="local"):
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})}, timeout=120)
 
 
-def metric(d, name, **labels):
-    total = 0.0
-    for line in d.get("/metrics")[1].decode().splitlines():
-        m = re.match(rf'{name}\{{(.*)\}} ([0-9.e+-]+)$', line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def served_by(headers):
     return {k.lower(): v for k, v in headers.items()}.get("x-strata-served-by")
 
@@ -72,15 +62,15 @@ def test_spill_after_a_slow_load_then_back_home_when_ready(make_daemon, provider
     status, body, headers = chat(d)
     assert status == 200, body
     assert served_by(headers) == "cloud"
-    assert metric(d, "strata_spillover_total", model="local", to="cloud", reason="timeout") == 1
+    assert d.metric("strata_spillover_total", model="local", to="cloud", reason="timeout") == 1
     # the price of the provider is counted against the tenant that spent it
-    assert metric(d, "strata_spend_total", model="cloud", tenant="default") > 0
+    assert d.metric("strata_spend_total", model="cloud", tenant="default") > 0
     # the load went on without the request; once local is ready, requests stay home
     wait_for(lambda: d.model("local")["status"] == "ready", 60, what="local ready")
     status, body, headers = chat(d)
     assert status == 200, body
     assert served_by(headers) is None
-    assert metric(d, "strata_spillover_total", model="local") == 1
+    assert d.metric("strata_spillover_total", model="local") == 1
 
 
 def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make_daemon, provider):
@@ -90,22 +80,22 @@ def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make
     status, body, headers = chat(d, key=EU_KEY)
     assert status == 200, body
     assert served_by(headers) is None
-    assert metric(d, "strata_spillover_total", model="local") == 0
+    assert d.metric("strata_spillover_total", model="local") == 0
 
     # a request that forbids on-prem goes to the provider, counted as a policy spillover
     status, body, headers = chat(d, headers={"x-strata-forbid": "on-prem"})
     assert status == 200, body
     assert served_by(headers) == "cloud"
-    assert metric(d, "strata_spillover_total", model="local", to="cloud", reason="policy") == 1
+    assert d.metric("strata_spillover_total", model="local", to="cloud", reason="policy") == 1
 
     # the EU tenant forbidding on-prem leaves nothing: a 503 that names the tags, nothing sent anywhere
-    calls_before = metric(d, "strata_requests_total", model="cloud")
+    calls_before = d.metric("strata_requests_total", model="cloud")
     status, body, headers = chat(d, key=EU_KEY, headers={"x-strata-forbid": "on-prem"})
     assert status == 503, body
     text = body.decode()
     assert "policy_forbidden" in text and "sovereign:eu" in text and "on-prem" in text, text
-    assert metric(d, "strata_requests_total", model="cloud") == calls_before
-    assert metric(d, "strata_policy_refusals_total", model="local", tenant="eu") == 1
+    assert d.metric("strata_requests_total", model="cloud") == calls_before
+    assert d.metric("strata_policy_refusals_total", model="local", tenant="eu") == 1
 
     # asking the provider model directly under the EU policy is refused the same way
     status, body, _ = chat(d, key=EU_KEY, model="cloud")

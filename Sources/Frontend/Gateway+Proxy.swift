@@ -108,7 +108,7 @@ extension Gateway {
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
             metrics: metrics, model: lease.servedModel ?? parsed.model, endpoint: endpoint, started: started, admitted: admitted,
-            statusCode: status.code, tenant: parsed.hints.tenant, price: lease.price)
+            statusCode: status.code, tenant: parsed.hints.tenant, price: lease.price, cacheReport: lease.cacheReport)
         var servedBy: HTTPFields = [:]
         if let served = lease.servedModel { servedBy[Self.servedByHeader] = served }
 
@@ -155,14 +155,15 @@ extension Gateway {
         // Non-streaming: buffer the answer; a client that goes away cancels the upstream request.
         let collected: ByteBuffer
         do {
-            defer { lease.release() }
             collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
         } catch {
+            lease.release()
             observer.finish(outcome: "runtime_failed")
             if Task.isCancelled { throw CancellationError() }
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }
-        observer.completed(collected)
+        observer.completed(collected)   // reports the cached share to the lease, so before its release
+        lease.release()
         var headers: HTTPFields = [.contentType: contentType]
         headers.append(contentsOf: servedBy)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))

@@ -34,10 +34,14 @@ final class RequestObserver: Sendable {
     /// For the spend metric: who asked, and what the serving substrate charges.
     let tenant: String
     let price: TokenPrice?
+    /// Where the share of the prompt the upstream found cached goes (the lease's router).
+    let cacheReport: (@Sendable (Int, Int) -> Void)?
     private let state = NIOLockedValueBox(State())
 
     init(metrics: GatewayMetrics, model: String, endpoint: Endpoint, started: ContinuousClock.Instant,
-         admitted: ContinuousClock.Instant, statusCode: Int, tenant: String = "anonymous", price: TokenPrice? = nil) {
+         admitted: ContinuousClock.Instant, statusCode: Int, tenant: String = "anonymous", price: TokenPrice? = nil,
+         cacheReport: (@Sendable (Int, Int) -> Void)? = nil) {
+        self.cacheReport = cacheReport
         self.tenant = tenant
         self.price = price
         self.model = model
@@ -66,6 +70,7 @@ final class RequestObserver: Sendable {
     func completed(_ body: ByteBuffer) {
         if let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] {
             recordUsage(json["usage"])
+            reportCache(json)
         }
         finish(outcome: statusCode < 400 ? "ok" : "upstream_\(statusCode)")
     }
@@ -80,13 +85,17 @@ final class RequestObserver: Sendable {
         }
         guard let tail else { return }
         if let tail = Optional(tail), !tail.isEmpty {
-            for line in tail.split(separator: "\n").reversed() where line.hasPrefix("data: {") && line.contains("\"usage\"") {
-                if let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any],
-                    !(json["usage"] is NSNull)
-                {
-                    recordUsage(json["usage"])
-                    break
+            var usageFound = false, cacheFound = cacheReport == nil
+            for line in tail.split(separator: "\n").reversed() where line.hasPrefix("data: {") {
+                guard !usageFound && line.contains("\"usage\"") || !cacheFound && line.contains("\"timings\""),
+                    let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+                else { continue }
+                if !usageFound, let usage = json["usage"], !(usage is NSNull) {
+                    recordUsage(usage)
+                    usageFound = true
                 }
+                if !cacheFound { cacheFound = reportCache(json) }
+                if usageFound && cacheFound { break }
             }
         }
         let finalOutcome = outcome == "ok" && statusCode >= 400 ? "upstream_\(statusCode)" : outcome
@@ -99,6 +108,27 @@ final class RequestObserver: Sendable {
         }
         Metrics.Timer(label: "strata_request_duration_seconds", dimensions: [("model", model), ("endpoint", endpoint.label)])
             .record(duration: ContinuousClock.now - started)
+    }
+
+    /// The prompt tokens and those the upstream found cached: llama-server's `timings`
+    /// (`cache_n` + `prompt_n`), else OpenAI's `usage.prompt_tokens_details.cached_tokens`.
+    @discardableResult
+    private func reportCache(_ json: [String: Any]) -> Bool {
+        guard let cacheReport else { return false }
+        if let timings = json["timings"] as? [String: Any], let cached = (timings["cache_n"] as? NSNumber)?.intValue,
+            let computed = (timings["prompt_n"] as? NSNumber)?.intValue, cached + computed > 0
+        {
+            cacheReport(cached + computed, cached)
+            return true
+        }
+        if let usage = json["usage"] as? [String: Any], let prompt = (usage["prompt_tokens"] as? NSNumber)?.intValue,
+            let details = usage["prompt_tokens_details"] as? [String: Any],
+            let cached = (details["cached_tokens"] as? NSNumber)?.intValue, prompt > 0
+        {
+            cacheReport(prompt, cached)
+            return true
+        }
+        return false
     }
 
     private func recordUsage(_ value: Any?) {

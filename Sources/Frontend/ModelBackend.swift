@@ -124,13 +124,17 @@ public final class UpstreamLease: Sendable {
     /// llama-server slot the request must run in (`id_slot` is added to the body), so the KV
     /// cache restored there is used and what the slot holds is known.
     public let pinnedSlot: Int?
+    /// Told what share of the prompt the upstream found cached (prompt tokens, cached tokens),
+    /// when its answer says so; the router corrects its index with it. Before `release`.
+    public let cacheReport: (@Sendable (Int, Int) -> Void)?
     private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
         hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil, pinnedSlot: Int? = nil,
-        onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
+        cacheReport: (@Sendable (Int, Int) -> Void)? = nil, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
+        self.cacheReport = cacheReport
         self.pinnedSlot = pinnedSlot
         self.servedModel = servedModel
         self.price = price
@@ -159,7 +163,7 @@ public final class UpstreamLease: Sendable {
         return UpstreamLease(
             baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
             hasAlternatives: hasAlternatives, servedModel: model, price: price, pinnedSlot: pinnedSlot,
-            onOutcome: { action?($0) })
+            cacheReport: cacheReport, onOutcome: { action?($0) })
     }
 
     public func release(_ outcome: LeaseOutcome = .completed) {

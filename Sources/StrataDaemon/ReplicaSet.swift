@@ -3,6 +3,7 @@ import Foundation
 import Frontend
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import Placer
 
 /// The replicas of one model, routed by the Placer's `PrefixRouter`: each request goes where its
@@ -79,12 +80,19 @@ actor ReplicaSet {
                 await probeAll(httpClient)
                 continue
             }
+            // What the replica says it found cached, kept for the release (`finish`).
+            let cached = NIOLockedValueBox<Double?>(nil)
+            let cacheReport: @Sendable (Int, Int) -> Void = { prompt, hit in
+                cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) }
+            }
             guard managed, let start else {
                 return UpstreamLease(
-                    baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives
+                    baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
+                    cacheReport: cacheReport
                 ) { [weak self] outcome in
                     guard let self else { return }
-                    Task { await self.finish(id, replica: replica, outcome: outcome) }
+                    let fraction = cached.withLockedValue { $0 }
+                    Task { await self.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction) }
                 }
             }
             let inner: UpstreamLease
@@ -108,14 +116,16 @@ actor ReplicaSet {
             }
             let chain = hints.prompt.blocks
             return UpstreamLease(
-                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: slot
+                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: slot,
+                cacheReport: cacheReport
             ) { [weak self, slots] outcome in
                 inner.release(outcome)
                 if let slots, let slot {
                     slots.finished(chain, replica: replica, baseURL: inner.baseURL, slot: slot, completed: outcome == .completed)
                 }
                 guard let self else { return }
-                Task { await self.finish(id, replica: replica, outcome: outcome) }
+                let fraction = cached.withLockedValue { $0 }
+                Task { await self.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction) }
             }
         }
     }
@@ -154,7 +164,15 @@ actor ReplicaSet {
         return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
     }
 
-    private func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome) {
+    private func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
+        if let cachedFraction {
+            let dropped = router.reportCached(id, fraction: cachedFraction)
+            if dropped > 0 {
+                Counter(label: "strata_route_index_corrections_total", dimensions: [("model", model), ("replica", replica)])
+                    .increment()
+                logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
+            }
+        }
         router.finish(id)
         switch outcome {
         case .completed:

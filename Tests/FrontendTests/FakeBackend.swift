@@ -6,6 +6,10 @@ final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     private let counters = NIOLockedValueBox((acquired: 0, released: 0))
     private let hints = NIOLockedValueBox<RequestHints?>(nil)
+    private let cacheReports = NIOLockedValueBox<[[Int]]>([])
+
+    /// (prompt tokens, cached tokens) the gateway reported on leases, in order.
+    var reportedCache: [[Int]] { cacheReports.withLockedValue { $0 } }
 
     /// What the last `acquire` was told (policy, tenant, prompt chain).
     var lastHints: RequestHints? { hints.withLockedValue { $0 } }
@@ -22,6 +26,12 @@ final class FakeBackend: ModelBackend, Sendable {
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         self.hints.withLockedValue { $0 = hints }
         switch model {
+        case "pinned":
+            // a llama-server slot pin; the cached share is reported before the release
+            return UpstreamLease(
+                baseURL: "http://127.0.0.1:\(upstreamPort)/v1", pinnedSlot: 1,
+                cacheReport: { [cacheReports] prompt, cached in cacheReports.withLockedValue { $0.append([prompt, cached]) } },
+                onOutcome: { [cacheReports] _ in cacheReports.withLockedValue { $0.append([-1]) } })
         case "spilled":
             // served by another model, as after a spillover, at a price
             return UpstreamLease(

@@ -107,4 +107,24 @@ struct GatewayPolicyTests {
             #expect(direct.headers[HTTPField.Name("x-strata-served-by")!] == nil)
         }
     }
+
+    @Test func aPinnedSlotIsAddedToTheBodyAndTheCachedShareReportedBeforeRelease() async throws {
+        try await Self.withGateway(access: AccessControlBox(AccessControl())) { client, backend in
+            let body = ByteBuffer(string: #"{"model":"pinned","messages":[{"role":"user","content":"x"}]}"#)
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: body)
+            #expect(response.status == .ok)
+            let echo = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: Any]
+            let sent = echo?["echo"] as? [String: Any]
+            #expect(sent?["id_slot"] as? Int == 1 && sent?["model"] as? String == "pinned")
+            // usage.prompt_tokens_details: 2 of 3 cached, then the release
+            #expect(backend.reportedCache == [[3, 2], [-1]])
+
+            let stream = ByteBuffer(string: #"{"model":"pinned","stream":true,"messages":[{"role":"user","content":"x"}]}"#)
+            let streamed = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: stream)
+            #expect(streamed.status == .ok)
+            // llama-server's timings in the last chunk: 5 cached + 3 computed
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(backend.reportedCache.suffix(2) == [[8, 5], [-1]])
+        }
+    }
 }

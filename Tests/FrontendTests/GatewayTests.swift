@@ -27,13 +27,15 @@ struct GatewayTests {
                             try await writer.write(ByteBuffer(string: "data: {\"i\":\(i)}\n\n"))
                             try await Task.sleep(for: .milliseconds(20))
                         }
+                        // llama-server's last chunk carries its timings
+                        try await writer.write(ByteBuffer(string: "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3}}\n\n"))
                         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         try await writer.finish(nil)
                     })
             }
             var echo = ByteBuffer(string: "{\"echo\":")
             echo.writeImmutableBuffer(body)
-            echo.writeString(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}")
+            echo.writeString(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}")
             return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: echo))
         }
         router.post("/v1/completions") { _, _ -> Response in
@@ -95,7 +97,8 @@ struct GatewayTests {
             for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
             // Upstream pauses 20 ms between events, so a relay that buffers would deliver one chunk.
             #expect(chunks.count >= 3, "got \(chunks)")
-            #expect(chunks.joined() == "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: {\"i\":2}\n\ndata: [DONE]\n\n")
+            #expect(chunks.joined() == "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: {\"i\":2}\n\n"
+                + "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3}}\n\ndata: [DONE]\n\n")
             try await Task.sleep(for: .milliseconds(50))
             #expect(backend.released == 1)
         }

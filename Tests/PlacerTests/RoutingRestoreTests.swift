@@ -49,3 +49,42 @@ struct RoutingRestoreTests {
         #expect(decision.restoreBlocks == 0 && decision.reason != .restoredPrefix)
     }
 }
+
+/// Passive correction: a replica that reports finding much less of the prompt cached than its
+/// index expected has evicted that prefix, and everything recorded before it.
+struct RoutingCorrectionTests {
+    @Test func aMissDropsTheStaleAndOlderBlocksButNotTheNewer() {
+        var router = Routing.router(1)
+        let old = Routing.prompt(family: 1, shared: 6)
+        let stale = Routing.prompt(family: 2, shared: 10)
+        let recent = Routing.prompt(family: 3, shared: 4)
+        router.route(1, old)!
+        router.route(2, stale)!
+        router.route(3, recent)!
+        for id: RequestID in 1...3 { router.finish(id) }
+        #expect(router.replica("r0").indexedBlocks == 20)
+
+        // The stale prompt again: the index expects all 10 blocks, the replica found 5 %.
+        let decision = router.route(4, Routing.prompt(family: 2, shared: 10, own: 2))!
+        #expect(decision.matchedBlocks == 10)
+        let dropped = router.reportCached(4, fraction: 0.05)
+        #expect(dropped == 6, "the old prompt, recorded before the stale one, is gone too")
+        router.finish(4)
+        // The request just computed its prompt, so that is held now; the newer prompt stays.
+        let after = router.replica("r0").indexedBlocks
+        #expect(after == 12 + 4)
+        #expect(try! router.choose(recent).get().matchedBlocks == 4)
+        #expect(try! router.choose(old).get().matchedBlocks == 0)
+    }
+
+    @Test func aReportThatAgreesOrComesAfterTheFinishChangesNothing() {
+        var router = Routing.router(1)
+        router.route(1, Routing.prompt(family: 1, shared: 6))!
+        router.route(2, Routing.prompt(family: 2, shared: 8))!
+        router.route(3, Routing.prompt(family: 1, shared: 6, own: 1))!
+        #expect(router.reportCached(3, fraction: 0.8) == 0)   // 6 of 7 expected, most found
+        router.finish(3)
+        #expect(router.reportCached(3, fraction: 0) == 0)     // unknown now
+        #expect(router.replica("r0").indexedBlocks == 15)
+    }
+}

@@ -168,3 +168,42 @@ def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_da
     statuses = [chat(d, system, f"after crash {i}")[0] for i in range(4)]
     assert statuses == [200] * 4, statuses
     assert any(m["status"] == "ready" for m in d.admin().values())
+
+
+def test_a_replica_that_evicted_a_prefix_corrects_the_index(make_daemon, tmp_path):
+    """One slot and no RAM prompt cache: a replica holds only its last prompt. When a prompt the
+    index still lists comes back and the replica reports (timings.cache_n) that it computed it
+    anew, the index forgets it and everything recorded before it."""
+    port = free_port()
+    log = open(tmp_path / "replica.log", "wb")
+    proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
+                             "--threads", "1", "--parallel", "1", "--cache-ram", "0", "--alias", "smollm2"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        import urllib.request
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        wait_for(healthy, 60, what="llama-server")
+        d = make_daemon(replica_config([url]))
+        prompts = {name: words(seed, 160) for name, seed in (("c", 31), ("a", 32), ("b", 33))}
+        for name in ("c", "a", "b"):
+            status, body, _ = chat(d, prompts[name], "hi")
+            assert status == 200, body
+        before = d.model("smollm2")["replicas"][0]["index_blocks"]
+        assert d.metric("strata_route_index_corrections_total") == 0
+        # a again: the index expects it whole, but b took the only slot since
+        status, body, _ = chat(d, prompts["a"], "hi")
+        assert status == 200, body
+        assert json.loads(body)["timings"]["cache_n"] < 10
+        wait_for(lambda: d.metric("strata_route_index_corrections_total") == 1, 10, what="the correction")
+        after = d.model("smollm2")["replicas"][0]["index_blocks"]
+        assert after < before, (before, after)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -87,6 +87,32 @@ public struct PrefixIndex: Sendable {
         return true
     }
 
+    /// The block recorded just before `hash` (next in eviction order after it), if any.
+    public func olderNeighbor(of hash: UInt64) -> UInt64? {
+        guard let slot = slots[hash], nodes[Int(slot)].older != Self.none else { return nil }
+        return nodes[Int(nodes[Int(slot)].older)].hash
+    }
+
+    /// Drops `hash` and every block recorded before it: the replica was found not to hold a
+    /// block, so (its cache being about as recency-ordered as this index) it holds nothing
+    /// older either. The same as evicting from the old end, so no hole is made. Returns how
+    /// many blocks went; 0 when `hash` is not held.
+    @discardableResult
+    public mutating func dropOlder(through hash: UInt64) -> Int {
+        guard let stop = slots[hash] else { return 0 }
+        var dropped = 0
+        while oldest != Self.none {
+            let slot = oldest
+            unlink(slot)
+            slots[nodes[Int(slot)].hash] = nil
+            nodes[Int(slot)].older = free
+            free = slot
+            dropped += 1
+            if slot == stop { break }
+        }
+        return dropped
+    }
+
     /// Replaces the whole guess with what the replica reports holding, least recently used
     /// chain first.
     public mutating func replace(with chains: [[UInt64]]) {

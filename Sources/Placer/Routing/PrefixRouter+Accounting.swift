@@ -11,11 +11,16 @@ extension PrefixRouter {
     @discardableResult
     public mutating func dispatch(_ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64]) -> Bool {
         guard dispatched[id] == nil, let replica = position[decision.replica] else { return false }
-        let work = chain.count - replicas[replica].index.matchedBlocks(chain)
+        let matched = replicas[replica].index.matchedBlocks(chain)
+        let work = chain.count - matched
+        // Where the expected prefix sat in the eviction order, before recording moves it.
+        let colder = matched > 0 ? replicas[replica].index.olderNeighbor(of: chain[matched - 1]) : nil
         replicas[replica].inFlight += 1
         replicas[replica].queuedWork += work
         replicas[replica].index.record(chain)
-        dispatched[id] = Dispatch(replica: replica, work: work)
+        dispatched[id] = Dispatch(
+            replica: replica, work: work, expectedFraction: chain.isEmpty ? 0 : Double(matched) / Double(chain.count),
+            colder: colder)
         nextTurn = (replica + 1) % replicas.count
         return true
     }
@@ -31,6 +36,19 @@ extension PrefixRouter {
         assert(replicas[done.replica].inFlight >= 0 && replicas[done.replica].queuedWork >= 0,
                "replica \(replicas[done.replica].spec.id) released more than it was charged")
         return true
+    }
+
+    /// Passive correction: the replica reports what share of request `id`'s prompt it found
+    /// cached (llama-server's `cache_n`, OpenAI's `cached_tokens`). When that is well under what
+    /// the index expected, the expected prefix had been evicted there, and so (the replica's
+    /// cache being about as recency-ordered as the index) had everything recorded before it:
+    /// those blocks are dropped from the replica's index. Call before `finish`.
+    /// - Returns: blocks dropped (0: the report agreed, or the request is unknown).
+    @discardableResult
+    public mutating func reportCached(_ id: RequestID, fraction: Double) -> Int {
+        guard let sent = dispatched[id], sent.expectedFraction >= 0.25, fraction < sent.expectedFraction / 2 else { return 0 }
+        guard let colder = sent.colder else { return 0 }
+        return replicas[sent.replica].index.dropOlder(through: colder)
     }
 
     /// Requests dispatched and not yet finished, on all replicas.

@@ -108,4 +108,8 @@ struct ReplicaState: Sendable {
 struct Dispatch: Sendable {
     var replica: Int
     var work: Int
+    /// What the index expected the replica to hold of the prompt, for `reportCached`.
+    var expectedFraction = 0.0
+    /// The block recorded just before the deepest expected one, before this dispatch moved it.
+    var colder: UInt64?
 }

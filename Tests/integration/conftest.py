@@ -55,6 +55,24 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def spawn_llama_server(log_path, *args, alias="smollm2"):
+    """A llama-server Strata does not start, on a free loopback port: (url, process)."""
+    port = free_port()
+    proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), *args,
+                             "--alias", alias], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def wait_healthy(url, timeout=60):
+    def healthy():
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_for(healthy, timeout, what=f"llama-server {url}")
+
+
 class Daemon:
     def __init__(self, tmp: Path, config: str, env: dict | None = None):
         self.port = free_port()

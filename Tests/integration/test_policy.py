@@ -2,12 +2,10 @@
 over to a 'provider' (another llama-server behind an upstream runtime, tagged provider, with a
 price). Tenants and request headers require or forbid tags; routing never crosses a forbidden
 boundary (a clear 503), and every spillover is counted with its reason."""
-import subprocess
-import urllib.request
 
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY, LLAMA, MODEL, config, free_port, wait_for
+from conftest import ADMIN_KEY, API_KEY, MODEL, config, spawn_llama_server, wait_for, wait_healthy
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 EU_KEY = "eu-tenant-key"
@@ -16,19 +14,9 @@ EU_KEY = "eu-tenant-key"
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory):
     """A llama-server Strata does not start, standing in for a provider API."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("provider") / "provider.log", "wb")
-    proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-                             "--threads", "1", "--alias", "remote-smol"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-    wait_for(healthy, 60, what="provider llama-server")
+    url, proc = spawn_llama_server(tmp_path_factory.mktemp("provider") / "provider.log", "-c", "2048", "--threads", "1",
+                                   alias="remote-smol")
+    wait_healthy(url)
     yield url
     proc.kill()
     proc.wait()

@@ -6,11 +6,10 @@ import json
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY, LLAMA, MODEL, config, free_port, wait_for
+from conftest import ADMIN_KEY, API_KEY, MODEL, config, spawn_llama_server, wait_for, wait_healthy
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -29,25 +28,11 @@ def words(seed: int, n: int) -> str:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     """Three llama-server processes on loopback, each with its own port."""
-    procs = []
     logs = tmp_path_factory.mktemp("replicas")
-    for i in range(3):
-        port = free_port()
-        log = open(logs / f"replica{i}.log", "wb")
-        proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-                                 "--threads", "1", "--parallel", "2", "--alias", "smollm2"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        procs.append((f"http://127.0.0.1:{port}", proc))
-    import urllib.request
-
-    def healthy(url):
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+    procs = [spawn_llama_server(logs / f"replica{i}.log", "-c", "2048", "--threads", "1", "--parallel", "2")
+             for i in range(3)]
     for url, _ in procs:
-        wait_for(lambda: healthy(url), 60, what=f"llama-server {url}")
+        wait_healthy(url)
     yield procs
     for _, proc in procs:
         if proc.poll() is None:
@@ -174,22 +159,10 @@ def test_a_replica_that_evicted_a_prefix_corrects_the_index(make_daemon, tmp_pat
     """One slot and no RAM prompt cache: a replica holds only its last prompt. When a prompt the
     index still lists comes back and the replica reports (timings.cache_n) that it computed it
     anew, the index forgets it and everything recorded before it."""
-    port = free_port()
-    log = open(tmp_path / "replica.log", "wb")
-    proc = subprocess.Popen([str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-                             "--threads", "1", "--parallel", "1", "--cache-ram", "0", "--alias", "smollm2"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    url, proc = spawn_llama_server(tmp_path / "replica.log", "-c", "2048", "--threads", "1", "--parallel", "1",
+                                   "--cache-ram", "0")
     try:
-        url = f"http://127.0.0.1:{port}"
-        import urllib.request
-
-        def healthy():
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        wait_for(healthy, 60, what="llama-server")
+        wait_healthy(url)
         d = make_daemon(replica_config([url]))
         prompts = {name: words(seed, 160) for name, seed in (("c", 31), ("a", 32), ("b", 33))}
         for name in ("c", "a", "b"):

@@ -180,7 +180,7 @@ actor TierKVBackend: KVBackend {
             repeat {
                 let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
                 try await store.put(Self.blockKey(namespace, name, version: version, part: part),
-                                    Array(slice.readableBytesView), durable: durable)
+                                    bytes: slice.readableBytesView, durable: durable)
                 part += 1
             } while remaining.readableBytes > 0
         } catch {

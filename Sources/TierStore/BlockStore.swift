@@ -234,11 +234,17 @@ public final class BlockStore: Sendable {
 
     /// Stores a copy in RAM, compressed when the host codec says so and it pays.
     @discardableResult
-    private func putInRAM(_ key: BlockKey, _ bytes: [UInt8], tag: UInt64 = 0, options: HostTier.PutOptions = []) -> Bool {
-        if policy.hostCodec == .lz4, let packed = bytes.withUnsafeBytes({ LZ4.compressed($0) }) {
-            return packed.withUnsafeBytes { host.put(key, $0, tag: tag, options: options, decodedLength: bytes.count) }
+    private func putInRAM<Bytes: RandomAccessCollection<UInt8>>(
+        _ key: BlockKey, _ bytes: Bytes, tag: UInt64 = 0, options: HostTier.PutOptions = []
+    ) -> Bool {
+        func put(_ raw: UnsafeRawBufferPointer) -> Bool {
+            if policy.hostCodec == .lz4, let packed = LZ4.compressed(raw) {
+                return packed.withUnsafeBytes { host.put(key, $0, tag: tag, options: options, decodedLength: raw.count) }
+            }
+            return host.put(key, raw, tag: tag, options: options)
         }
-        return bytes.withUnsafeBytes { host.put(key, $0, tag: tag, options: options) }
+        return bytes.withContiguousStorageIfAvailable { put(UnsafeRawBufferPointer($0)) }
+            ?? Array(bytes).withUnsafeBytes { put($0) }
     }
 
     /// A demotion is over (written, skipped or given up): it is no longer readable from the
@@ -283,10 +289,16 @@ public final class BlockStore: Sendable {
 
     /// A put that fails (the log refused it) changes nothing: the key keeps its earlier value.
     public func put(_ key: BlockKey, _ bytes: [UInt8], durable: Bool) async throws {
+        try await put(key, bytes: bytes, durable: durable)
+    }
+
+    /// `put` from any contiguous bytes (a network buffer's view): a block that goes to RAM is
+    /// copied once, into the arena, with no array in between.
+    public func put<Bytes: RandomAccessCollection<UInt8> & Sendable>(_ key: BlockKey, bytes: Bytes, durable: Bool) async throws {
         let (generation, previous) = generations.bump(key)
         if durable {
             do {
-                try await nvme.put(key, bytes, durable: true)
+                try await nvme.put(key, Array(bytes), durable: true)
             } catch {
                 generations.restore(key, to: previous, ifCurrent: generation)
                 throw error
@@ -301,7 +313,7 @@ public final class BlockStore: Sendable {
         if !fitted {
             // Larger than a host unit (or RAM is all borrowed): the log is the only place for it.
             do {
-                try await nvme.put(key, bytes, durable: false) { self.generations.current(key) != generation }
+                try await nvme.put(key, Array(bytes), durable: false) { self.generations.current(key) != generation }
             } catch {
                 generations.restore(key, to: previous, ifCurrent: generation)
                 throw error

@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=2, help="slots per llama-server")
     ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--cache-ram", type=int, default=None,
+                    help="llama-server --cache-ram MiB (its RAM prompt cache; default: llama-server's 8192). "
+                         "0: a replica holds only the prompts in its slots, so not every prompt fits everywhere")
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--rate", type=float, default=0.15, help="new conversations per second")
     ap.add_argument("--tenants", type=int, default=6)
@@ -61,7 +64,8 @@ def main():
     policies = {"strata prefix-affinity": "prefix-affinity", "round-robin (strata)": "round-robin",
                 "least-loaded (strata)": "least-loaded"}
     results = {name: [] for name in targets}
-    print(f"{a.replicas} llama-server replicas (-c {a.ctx} --parallel {a.parallel} --threads 1), fresh fleet and router "
+    cache = "" if a.cache_ram is None else f" --cache-ram {a.cache_ram}"
+    print(f"{a.replicas} llama-server replicas (-c {a.ctx} --parallel {a.parallel} --threads 1{cache}), fresh fleet and router "
           f"per run, {a.rounds} rounds, {a.requests} requests each, {a.rate} new conversations/s", flush=True)
     run = 0
     for round in range(a.first_round, a.first_round + a.rounds):
@@ -113,7 +117,8 @@ def start_fleet(a, work, procs):
         port = free_port()
         procs.append(subprocess.Popen(
             [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx),
-             "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2"],
+             "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2"]
+            + ([] if a.cache_ram is None else ["--cache-ram", str(a.cache_ram)]),
             stdout=open(work / f"replica{i}.log", "wb"), stderr=subprocess.STDOUT))
         replicas.append(f"http://127.0.0.1:{port}")
     for r in replicas:

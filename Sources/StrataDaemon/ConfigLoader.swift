@@ -189,6 +189,19 @@ public enum ConfigLoader {
                     throw reader.fail("tiers.nvme.segment_size", v, "expected a multiple of 4KiB from 1MiB to 4GiB")
                 }
                 tiers.nvme.segmentBytes = Int(size)
+                // Reclaim frees whole segments: a log of one segment would reclaim the one
+                // being written.
+                guard tiers.nvme.budgetBytes >= 2 * size else {
+                    throw reader.fail("tiers.nvme.segment_size", v,
+                        "\(ConfigUnits.formatBytes(size)) leaves fewer than 2 segments in tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes))); expected at most half the budget")
+                }
+            } else {
+                // Default 256 MiB, smaller for small budgets (at least 4 segments, whole MiB).
+                let quarter = tiers.nvme.budgetBytes / 4 / (1 << 20) * (1 << 20)
+                tiers.nvme.segmentBytes = Int(max(1 << 20, min(UInt64(256 << 20), quarter)))
+            }
+            guard tiers.nvme.budgetBytes >= 2 << 20 else {
+                throw reader.fail("tiers.nvme.budget", fields["budget"], "must be at least 2MiB (two segments of 1MiB)")
             }
         }
         if let node = map["remote"] { tiers.remote = try remote(reader, node) }

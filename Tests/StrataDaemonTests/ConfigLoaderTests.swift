@@ -38,6 +38,15 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test func segmentsFitTheNVMeBudgetTwiceAtLeast() throws {
+        #expect(try Self.parse("tiers: { nvme: { budget: 64GiB } }").tiers.nvme.segmentBytes == 256 << 20)
+        #expect(try Self.parse("tiers: { nvme: { budget: 256MiB } }").tiers.nvme.segmentBytes == 64 << 20)
+        #expect(try Self.parse("tiers: { nvme: { budget: 3MiB } }").tiers.nvme.segmentBytes == 1 << 20)
+        Self.expectError("tiers: { nvme: { budget: 256MiB, segment_size: 256MiB } }", key: "tiers.nvme.segment_size",
+                         "fewer than 2 segments", "at most half the budget")
+        Self.expectError("tiers: { nvme: { budget: 1MiB } }", key: "tiers.nvme.budget", "at least 2MiB")
+    }
+
     @Test func emptyFileGivesDefaults() throws {
         let config = try Self.parse("")
         #expect(config.listen == ListenAddress(host: "127.0.0.1", port: 8080))

@@ -135,6 +135,9 @@ struct StageBench: AsyncParsableCommand {
         let result = try await benchmark.run(engine: engine)
         print(String(format: "staged %@ from %@ to %@: %.1f MiB in %.3f s (%.0f MiB/s)", result.source, result.from, result.to,
                      Double(result.bytes) / 1_048_576, result.seconds, result.mib_per_s))
+        if let nvme = result.nvme_seconds, let rate = result.nvme_mib_per_s {
+            print(String(format: "NVMe copy written behind it, committed %.3f s after the start (%.0f MiB/s)", nvme, rate))
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]

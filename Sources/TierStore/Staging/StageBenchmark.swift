@@ -2,8 +2,11 @@ import Foundation
 
 /// `strata bench stage`: one staging of `source` timed end to end, through the same stager the
 /// daemon uses, into a store of its own in `directory`. `from: .remote` starts with neither an
-/// NVMe nor a host copy (source → NVMe + host in one pass); `from: .nvme` first makes sure the
-/// NVMe copy exists (untimed), drops the host copy, then times NVMe → host.
+/// NVMe nor a host copy: `seconds` is the time until the staging is done (the host copy whole
+/// and verified: a runtime may start), and for HTTP and S3 sources `nvme_seconds` the time,
+/// from the same start, until the NVMe copy written behind it is committed too (for a local
+/// file both are written in one pass). `from: .nvme` first makes sure the NVMe copy exists
+/// (untimed), drops the host copy, then times NVMe → host.
 public struct StageBenchmark: Sendable {
     public struct Result: Sendable, Codable {
         public var source: String
@@ -12,6 +15,9 @@ public struct StageBenchmark: Sendable {
         public var bytes: UInt64
         public var seconds: Double
         public var mib_per_s: Double
+        /// Until the NVMe copy written behind the host copy was committed (nil: none was written behind).
+        public var nvme_seconds: Double?
+        public var nvme_mib_per_s: Double?
     }
 
     public var source: String
@@ -56,9 +62,25 @@ public struct StageBenchmark: Sendable {
         case .host:
             _ = try await stager.stage(request)
         }
+        let started = ContinuousClock.now
         let result = try await stager.stage(request, progress: progress)
+        var nvmeSeconds: Double?
+        do {
+            if let outcome = try await stager.nvmeCopyWritten("bench") {
+                guard outcome == .committed, objects.info("bench")?.source == result.identity else {
+                    throw StageError(name: "bench", message: "the NVMe copy written behind ended \(outcome.rawValue)")
+                }
+                nvmeSeconds = (ContinuousClock.now - started).seconds
+            }
+        } catch {
+            await stager.stopWritesBehind()
+            await log.close()
+            throw error
+        }
         await log.close()
+        let mib = Double(result.bytes) / 1_048_576
         return Result(source: source, from: result.origin.rawValue, to: destination.rawValue, bytes: result.bytes,
-                      seconds: result.seconds, mib_per_s: Double(result.bytes) / max(result.seconds, 1e-9) / 1_048_576)
+                      seconds: result.seconds, mib_per_s: mib / max(result.seconds, 1e-9),
+                      nvme_seconds: nvmeSeconds, nvme_mib_per_s: nvmeSeconds.map { mib / max($0, 1e-9) })
     }
 }

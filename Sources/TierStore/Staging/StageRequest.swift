@@ -61,9 +61,26 @@ public struct StageStatus: Sendable, Equatable, Codable {
     public var elapsedSeconds: Double
     public var path: String?
     public var error: String?
+    /// The NVMe copy of a staging from HTTP or S3, written behind the RAM (or disk) copy after
+    /// the staging was reported done; nil where there is none to write (NVMe-only stagings, local
+    /// sources, which are written through in the same pass, and copies already on NVMe).
+    public var nvmeCopy: NVMeCopy?
+
+    public enum NVMeCopy: String, Sendable, Codable {
+        /// Being written from the RAM copy; not in the object store yet.
+        case writing
+        /// Whole and committed to the object store.
+        case committed
+        /// Failed (logged, counted in `strata_stage_write_behind_total{result="failed"}`); the RAM
+        /// copy still serves and nothing of the NVMe copy was kept.
+        case failed
+        /// Stopped (a cancel or a shutdown); nothing of it was kept.
+        case cancelled
+    }
 
     enum CodingKeys: String, CodingKey {
         case name, source, destination, origin, state, path, error
+        case nvmeCopy = "nvme_copy"
         case bytesDone = "bytes_done", bytesTotal = "bytes_total", bytesPerSecond = "bytes_per_second"
         case secondsLeft = "seconds_left", elapsedSeconds = "elapsed_seconds"
     }

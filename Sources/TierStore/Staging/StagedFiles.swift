@@ -142,6 +142,16 @@ public final class StagedFileWriter: @unchecked Sendable {
         return digest.finalize()
     }
 
+    /// A read-only descriptor of the file, which stays valid after `commit` renames it and after
+    /// the copy is removed (the caller closes it): for a writer of a second copy from this one.
+    public func openForReading() throws -> Int32 {
+        let path = "\(temporary)/\(fileName)"
+        let fd = state.withLock { $0 == .writing ? open(path, O_RDONLY | O_CLOEXEC) : -2 }
+        precondition(fd != -2, "\(name): opened for reading after it was committed or abandoned")
+        guard fd >= 0 else { throw IOError(operation: "open \(path)", errno: errno) }
+        return fd
+    }
+
     /// Publishes the copy as `name`'s, from source version `identity`, replacing an older one.
     /// Returns the file's final path.
     public func commit(identity: String) throws -> String {

@@ -1,14 +1,19 @@
 import Foundation
 import Logging
+import Metrics
 import Synchronization
 
-/// Brings a model's weights to the tier asked for: from the source (HTTP, S3, a local file)
-/// into the NVMe store and, in the same pass, into a file in a RAM-backed (or disk) directory
-/// that the runtime opens by path; or from the NVMe copy into that directory when the source
-/// has not changed since. Stagings are deduplicated by name (a second request joins the
-/// running one), cancelled when every caller has gone, bounded in memory (the object store's
-/// pooled chunk buffers) and report their progress. Nothing is published before it is whole
-/// and, when a SHA-256 is given, verified.
+/// Brings a model's weights to the tier asked for: from the source into a file in a RAM-backed
+/// (or disk) directory that the runtime opens by path, and into the NVMe store; or from the
+/// NVMe copy into that directory when the source has not changed since. From HTTP and S3 the
+/// transfer fills the file only, and the staging is done (the runtime may start) once the file
+/// is whole and verified; the NVMe copy is then written *behind* it, from the file, at lower
+/// priority (see `WeightStager+WriteBehind.swift`). A local file is read once and written to
+/// both in the same pass. Stagings are deduplicated by name (a second request joins the running
+/// one, and any staging of a name waits for its write-behind unless the RAM copy asked for is
+/// already there), cancelled when every caller has gone, bounded in memory (pooled chunk
+/// buffers) and report their progress. Nothing is published before it is whole and, when a
+/// SHA-256 is given, verified.
 public actor WeightStager {
     public let objects: ObjectStore
     public let remote: RemoteClient
@@ -17,6 +22,12 @@ public actor WeightStager {
     let logger: Logger
     /// How often a running staging writes its progress to the log.
     let logInterval: Duration
+    /// Chunks in flight while an NVMe copy is written behind a RAM copy: few, so that it leaves
+    /// the CPU and the disk to the runtime that is starting from the RAM copy meanwhile.
+    let writeBehindDepth: Int
+    /// Where `strata_stage_write_behind_total` goes (the executable's backend unless a test
+    /// gives its own).
+    let metrics: any MetricsFactory
 
     final class Job: Sendable {
         let request: StageRequest
@@ -28,16 +39,20 @@ public actor WeightStager {
             status = Mutex(StageStatus(
                 name: request.name, source: request.source, destination: request.destination, origin: nil,
                 state: .running, bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, secondsLeft: nil,
-                elapsedSeconds: 0, path: nil, error: nil))
+                elapsedSeconds: 0, path: nil, error: nil, nvmeCopy: nil))
         }
     }
 
     private var running: [String: Job] = [:]
-    private var finished: [String: StageStatus] = [:]
+    var finished: [String: StageStatus] = [:]
+    /// NVMe copies being written behind RAM copies, by name: at most one per name.
+    var writesBehind: [String: WriteBehind] = [:]
+    /// How the last NVMe copy written behind each name ended.
+    var writtenBehindLast: [String: StageStatus.NVMeCopy] = [:]
 
     public init(
         objects: ObjectStore, remote: RemoteClient, host: StagedFiles, disk: StagedFiles, logger: Logger,
-        logInterval: Duration = .seconds(2)
+        logInterval: Duration = .seconds(2), writeBehindDepth: Int = 2, metrics: any MetricsFactory = MetricsSystem.factory
     ) {
         self.objects = objects
         self.remote = remote
@@ -45,6 +60,8 @@ public actor WeightStager {
         self.disk = disk
         self.logger = logger
         self.logInterval = logInterval
+        self.writeBehindDepth = max(1, writeBehindDepth)
+        self.metrics = metrics
     }
 
     /// Stages `request`, joining a staging of the same name already under way. `progress`
@@ -91,9 +108,10 @@ public actor WeightStager {
         return try result.get()
     }
 
-    /// Cancels the staging of `name` for every caller.
+    /// Cancels the staging of `name` for every caller, and the NVMe copy being written behind it.
     public func cancel(_ name: String) {
         running[name]?.task.withLock { $0 }?.cancel()
+        writesBehind[name]?.cancel()
     }
 
     /// Running stagings, then the last result of each finished one.
@@ -102,7 +120,9 @@ public actor WeightStager {
             + finished.values.filter { running[$0.name] == nil }.sorted { $0.name < $1.name }
     }
 
-    /// Drops `name`'s copy in the RAM-backed directory (the NVMe copy stays).
+    /// Drops `name`'s copy in the RAM-backed directory (the NVMe copy stays). An NVMe copy still
+    /// being written from it goes on from its open descriptor, and its pages are freed when that
+    /// write ends.
     public func releaseHost(_ name: String) {
         host.remove(name)
     }
@@ -179,14 +199,18 @@ public actor WeightStager {
         case .disk: disk
         case .nvme: nil
         }
-        let stored = objects.info(request.name)
-
         // Which version is current at the source? An unreachable source does not stop a start
         // from a copy already here.
         let current: (identity: String, size: UInt64, object: RemoteObject?)
         do {
             current = try await Self.describe(location, remote: remote)
         } catch {
+            if let files, let behind = writesBehind[request.name], let path = files.path(of: request.name, identity: behind.identity) {
+                logger.warning("source of \(request.name) unreachable (\(error)); using the copy staged from \(behind.identity)")
+                return StageResult(path: path, origin: .host, bytes: behind.size, seconds: 0, identity: behind.identity)
+            }
+            try await writtenBehind(request.name)
+            let stored = objects.info(request.name)
             if let stored, let files, let path = files.path(of: request.name, identity: stored.source) {
                 logger.warning("source of \(request.name) unreachable (\(error)); using the copy staged from \(stored.source)")
                 return StageResult(path: path, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
@@ -201,6 +225,11 @@ public actor WeightStager {
         if let files, let path = files.path(of: request.name, identity: current.identity) {
             return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
         }
+        // Anything else may need the NVMe copy, or would write one: it waits for one being
+        // written behind (an NVMe-only or disk staging of a model just staged to RAM is answered
+        // by that write, not by a second transfer).
+        try await writtenBehind(request.name)
+        let stored = objects.info(request.name)
         if let stored, stored.source == current.identity {
             return try await fromNVMe(job, stored, into: files, started: started)
         }
@@ -234,10 +263,6 @@ public actor WeightStager {
         job.status.withLock { $0.origin = .remote; $0.bytesTotal = current.size }
         let writer = try files?.begin(request.name, fileName: Self.fileName(location.description), size: current.size)
         defer { writer?.abandon() }
-        var sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)?
-        if let writer {
-            sink = { @Sendable offset, bytes in try writer.write(bytes, at: offset) }
-        }
         let verify: @Sendable (ObjectInfo) async throws -> Void = { [objects] info in
             guard let expected = request.sha256 else { return }
             let actual: String
@@ -262,14 +287,17 @@ public actor WeightStager {
             }
             try await objects.importFile(request.name, path: path, bufferSink: toRAM, progress: tracker(job), beforeCommit: verify)
         case (_, let object?):
+            if let writer {
+                // RAM (or disk) first; the NVMe copy is written behind it once it is published.
+                return try await toFileThenNVMe(job, object, writer: writer, identity: current.identity,
+                                                chunkSize: remote.settings.chunkBytes, started: started)
+            }
             let remote = self.remote
-            let tee = sink
             try await objects.ingest(
                 request.name, size: current.size, source: current.identity, chunkSize: remote.settings.chunkBytes,
                 workers: remote.settings.parallelism,
                 read: { offset, buffer, range in
-                    // The RAM copy is written from the transfer thread as bytes arrive (cache-hot).
-                    try await remote.read(object, range: offset..<offset + UInt64(range.count), into: buffer[range], tee: tee)
+                    try await remote.read(object, range: offset..<offset + UInt64(range.count), into: buffer[range])
                 },
                 progress: tracker(job), beforeCommit: verify)
         default:
@@ -281,7 +309,7 @@ public actor WeightStager {
     }
 
     /// Progress into the job's status, and a log line every `logInterval`.
-    private func tracker(_ job: Job) -> @Sendable (TransferProgress) -> Void {
+    func tracker(_ job: Job) -> @Sendable (TransferProgress) -> Void {
         let lastLog = Mutex(ContinuousClock.now)
         let interval = logInterval
         let logger = logger

@@ -40,6 +40,7 @@ final class TierService: Service, TierBackend {
     func run() async throws {
         let engine: any IOEngine
         let store: BlockStore
+        let stager: WeightStager
         do {
             let started = ContinuousClock.now
             engine = try configuration.engine.make(queueDepth: configuration.queueDepth)
@@ -49,7 +50,7 @@ final class TierService: Service, TierBackend {
                 engine: engine)
             store = try await BlockStore(policy: configuration.policy, nvme: log, logger: logger)
             let objects = try await ObjectStore.open(log: log, queueDepth: min(configuration.queueDepth, 16))
-            let stager = WeightStager(
+            stager = WeightStager(
                 objects: objects, remote: RemoteClient(settings: configuration.remote),
                 host: try StagedFiles(directory: configuration.host.directory),
                 disk: try StagedFiles(directory: diskWeightsDirectory), logger: logger)
@@ -72,6 +73,9 @@ final class TierService: Service, TierBackend {
             }
         }
         phase.withLock { $0 = .closed }
+        // NVMe copies still being written behind RAM copies stop (nothing half-written is
+        // committed) before the log they write into closes.
+        await stager.stopWritesBehind()
         await store.close()
         await store.nvme.close()
         engine.shutdown()

@@ -125,7 +125,7 @@ int strata_curl_perform(void *handle, const char *method, const char *url,
                         int64_t upload_length, strata_curl_read_fn read, void *read_context,
                         strata_curl_write_fn write, void *write_context,
                         int64_t connect_timeout_ms, int64_t stall_seconds, int follow_redirects,
-                        void *abort_flag) {
+                        void *abort_flag, const char *ca_file) {
     strata_handle *h = handle;
     CURL *c = h->curl;
     /* Reset options but keep the connection cache: the next request to the same host reuses it. */
@@ -158,6 +158,7 @@ int strata_curl_perform(void *handle, const char *method, const char *url,
     /* Large reads: fewer recv calls and write callbacks per byte (curl's tool uses 100 KiB). */
     curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024L);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "strata/remote");
+    if (ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
     if (follow_redirects) {
         curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
         curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);

@@ -1,3 +1,4 @@
+import Foundation
 import TierStore
 import Yams
 
@@ -8,6 +9,7 @@ extension ConfigLoader {
     static func remote(_ reader: ConfigReader, _ node: Node) throws -> RemoteSettings {
         let map = try reader.mapping(node, at: "tiers.remote", allowed: [
             "parallelism", "chunk_size", "retries", "connect_timeout", "stall_timeout", "multipart_threshold", "part_size", "s3",
+            "ca_file",
         ])
         var settings = RemoteSettings()
         if let v = map["parallelism"] { settings.parallelism = try reader.integer(v, at: "tiers.remote.parallelism", range: 1...64) }
@@ -33,6 +35,13 @@ extension ConfigLoader {
                 throw reader.fail("tiers.remote.part_size", v, "expected 5MiB to 5GiB (S3's limits for a part)")
             }
             settings.partBytes = Int(size)
+        }
+        if let v = map["ca_file"] {
+            let path = try reader.path(v, at: "tiers.remote.ca_file")
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw reader.fail("tiers.remote.ca_file", v, "'\(path)' is not a readable file (a PEM bundle of certificate authorities)")
+            }
+            settings.caFile = path
         }
         if let node = map["s3"] {
             let s3 = try reader.mapping(node, at: "tiers.remote.s3", allowed: [

@@ -120,11 +120,14 @@ actor ReplicaSet {
                 cacheReport: cacheReport
             ) { [weak self, slots] outcome in
                 inner.release(outcome)
+                let fraction = cached.withLockedValue { $0 }
                 if let slots, let slot {
-                    slots.finished(chain, replica: replica, baseURL: inner.baseURL, slot: slot, completed: outcome == .completed)
+                    // Saved only after an answer that said what it found cached: the slot then
+                    // holds this prompt (a lease dropped unused also ends "completed").
+                    slots.finished(chain, replica: replica, baseURL: inner.baseURL, slot: slot,
+                                   completed: outcome == .completed && fraction != nil)
                 }
                 guard let self else { return }
-                let fraction = cached.withLockedValue { $0 }
                 Task { await self.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction) }
             }
         }

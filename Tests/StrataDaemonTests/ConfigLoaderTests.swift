@@ -38,6 +38,13 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test func caFileMustBeReadable() throws {
+        let config = try Self.parse("tiers: { remote: { ca_file: \"${MODEL}\" } }")
+        #expect(config.tiers.remote.caFile == Self.modelFile)
+        Self.expectError("tiers: { remote: { ca_file: /nonexistent/ca.pem } }", key: "tiers.remote.ca_file",
+                         "not a readable file", "PEM")
+    }
+
     @Test func segmentsFitTheNVMeBudgetTwiceAtLeast() throws {
         #expect(try Self.parse("tiers: { nvme: { budget: 64GiB } }").tiers.nvme.segmentBytes == 256 << 20)
         #expect(try Self.parse("tiers: { nvme: { budget: 256MiB } }").tiers.nvme.segmentBytes == 64 << 20)

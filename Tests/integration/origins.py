@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def _wait_answers(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            # only whether it answers: a self-signed test origin is not verified here
+            with urllib.request.urlopen(url, timeout=1, context=ssl._create_unverified_context()):
                 return
         except urllib.error.HTTPError:
             return   # answered, with an error status: up all the same
@@ -128,15 +130,24 @@ class Nginx(_Process):
     temporary directory removed at close unless `keep_dir`.
     """
 
-    def __init__(self, root_dir, *, keep_dir: bool = False):
+    def __init__(self, root_dir, *, keep_dir: bool = False, tls: bool = False):
         self.root = Path(root_dir).resolve()
         self.keep_dir = keep_dir
         self.binary = nginx_binary()
         self.dav = nginx_has_dav(self.binary)
         self._tmp = Path(tempfile.mkdtemp(prefix="strata-nginx-"))
         self.log_path = self._tmp / "error.log"
-        self._spawn(self._argv, lambda port: f"http://{LOOPBACK}:{port}/")
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.tls = tls
+        scheme = "https" if tls else "http"
+        if tls:
+            # A certificate for 127.0.0.1 signed by itself: `.ca_file` is what clients must trust.
+            self.ca_file = self._tmp / "cert.pem"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-keyout", str(self._tmp / "key.pem"), "-out", str(self.ca_file),
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True)
+        self._spawn(self._argv, lambda port: f"{scheme}://{LOOPBACK}:{port}/")
+        self.url = f"{scheme}://{LOOPBACK}:{self.port}"
 
     def _argv(self, port: int) -> list[str]:
         t = self._tmp
@@ -157,7 +168,8 @@ http {{
     sendfile on;
     client_max_body_size 0;
     server {{
-        listen {LOOPBACK}:{port};
+        listen {LOOPBACK}:{port}{" ssl" if self.tls else ""};
+        {f'ssl_certificate {t}/cert.pem; ssl_certificate_key {t}/key.pem;' if self.tls else ""}
         root "{self.root}";
         location / {{ {dav} }}
     }}

@@ -108,6 +108,29 @@ def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon,
         assert proxy.requests == before
 
 
+def test_https_source_is_verified_against_the_configured_authority(make_daemon, tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root, tls=True) as nginx:
+        model = f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}'
+        tiers = "{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB }, remote: { retries: 1 CA } }"
+        # without the authority the self-signed certificate is refused: nothing staged, a clear reason
+        d = make_daemon(config(model, tiers=tiers.replace(" CA", "")))
+        result = stage_cli(d, "smollm2")
+        assert result.returncode != 0
+        assert "certificate" in result.stderr.lower(), result.stderr
+        assert staged_file(d) is None
+        # trusting it, the same source stages byte-identical and serves
+        d = make_daemon(config(model, tiers=tiers.replace(" CA", f', ca_file: "{nginx.ca_file}"')))
+        result = stage_cli(d, "smollm2", "--json")
+        assert result.returncode == 0, result.stderr
+        copy = staged_file(d)
+        assert copy is not None and hashlib.sha256(copy.read_bytes()).hexdigest() == SHA
+        status, body = chat(d)
+        assert status == 200, body
+
+
 def test_s3_source_from_moto(make_daemon):
     with MotoS3() as s3:
         s3.create_bucket("weights")

@@ -44,13 +44,14 @@ void strata_curl_free(void *handle);
    `upload_length` < 0 means no request body; otherwise `read` supplies exactly that many bytes
    (PUT and POST). `follow_redirects` follows up to 5 redirects. `stall_seconds` aborts when fewer
    than 1 byte/s moved for that long. `abort_flag` (may be NULL) is polled from curl's progress
-   callback. Returns one of the STRATA_CURL_* codes. */
+   callback. `ca_file` (may be NULL: the system's bundle) is a PEM file of the certificate
+   authorities https servers are checked against. Returns one of the STRATA_CURL_* codes. */
 int strata_curl_perform(void *handle, const char *method, const char *url,
                         const char *const *headers, int header_count,
                         int64_t upload_length, strata_curl_read_fn read, void *read_context,
                         strata_curl_write_fn write, void *write_context,
                         int64_t connect_timeout_ms, int64_t stall_seconds, int follow_redirects,
-                        void *abort_flag);
+                        void *abort_flag, const char *ca_file);
 
 /* Results of the last perform on this handle; strings stay valid until the next perform. */
 int strata_curl_status(void *handle);

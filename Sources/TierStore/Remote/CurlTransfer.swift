@@ -229,9 +229,14 @@ final class CurlEasy {
 
     deinit { strata_curl_free(raw) }
 
+    private static func withOptionalCString<T>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> T) -> T {
+        guard let text else { return body(nil) }
+        return text.withCString { body($0) }
+    }
+
     /// Blocks until the exchange ends. Runs on a transfer thread, never on the cooperative pool.
     func perform(_ request: HTTPRequest, sink: ResponseSink, source: UploadSource?, abort: AbortFlag,
-                 connectTimeout: Duration, stallTimeout: Duration) -> HTTPResponse {
+                 connectTimeout: Duration, stallTimeout: Duration, caFile: String? = nil) -> HTTPResponse {
         let write: strata_curl_write_fn = { context, status, data, length in
             let sink = Unmanaged<ResponseSink>.fromOpaque(context!).takeUnretainedValue()
             return Int64(sink.accept(status: Int(status), UnsafeRawBufferPointer(start: data, count: Int(length))))
@@ -245,13 +250,15 @@ final class CurlEasy {
         let code = cHeaders.withUnsafeBufferPointer { headers in
             headers.withMemoryRebound(to: UnsafePointer<CChar>?.self) { headers in
                 withExtendedLifetime((sink, source)) {
-                    strata_curl_perform(
-                        raw, request.method, request.url, headers.baseAddress, Int32(headers.count),
-                        source?.length ?? -1, source == nil ? nil : read,
-                        source.map { Unmanaged.passUnretained($0).toOpaque() },
-                        write, Unmanaged.passUnretained(sink).toOpaque(),
-                        Int64(connectTimeout.milliseconds), Int64(max(1, stallTimeout.milliseconds / 1000)),
-                        request.followRedirects ? 1 : 0, abort.pointer)
+                    Self.withOptionalCString(caFile) { caFile in
+                        strata_curl_perform(
+                            raw, request.method, request.url, headers.baseAddress, Int32(headers.count),
+                            source?.length ?? -1, source == nil ? nil : read,
+                            source.map { Unmanaged.passUnretained($0).toOpaque() },
+                            write, Unmanaged.passUnretained(sink).toOpaque(),
+                            Int64(connectTimeout.milliseconds), Int64(max(1, stallTimeout.milliseconds / 1000)),
+                            request.followRedirects ? 1 : 0, abort.pointer, caFile)
+                    }
                 }
             }
         }

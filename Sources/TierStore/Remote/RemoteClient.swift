@@ -101,12 +101,12 @@ public final class RemoteClient: Sendable {
     func transfer(_ request: HTTPRequest, sink: @escaping @Sendable () -> ResponseSink,
                   upload: UploadBody.Slice? = nil) async -> HTTPResponse {
         let flag = AbortFlag()
-        let connect = settings.connectTimeout, stall = settings.stallTimeout
+        let connect = settings.connectTimeout, stall = settings.stallTimeout, caFile = settings.caFile
         return await withTaskCancellationHandler {
             await pool.run { easy in
                 let source = upload.map { UploadSource($0.origin, length: Int64($0.length)) }
                 return easy.perform(request, sink: sink(), source: source, abort: flag,
-                                    connectTimeout: connect, stallTimeout: stall)
+                                    connectTimeout: connect, stallTimeout: stall, caFile: caFile)
             }
         } onCancel: {
             flag.raise()

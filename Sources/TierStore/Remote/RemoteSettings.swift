@@ -81,6 +81,9 @@ public struct RemoteSettings: Sendable, Equatable {
     public var multipartThreshold: Int = 64 << 20
     public var partBytes: Int = 16 << 20
     public var s3 = S3Settings()
+    /// PEM file of the certificate authorities https origins are checked against (a private CA);
+    /// nil: the system's bundle. Certificates are always verified.
+    public var caFile: String?
 
     public init(parallelism: Int = 8, chunkBytes: Int = 8 << 20, retries: Int = 5,
                 backoffInitial: Duration = .milliseconds(100), backoffMax: Duration = .seconds(5),

@@ -116,6 +116,10 @@ extension ConfigLoader {
             let envName = try reader.string(envNode, at: "\(key).api_keys_env")
             let keys = Set((reader.environment[envName] ?? "").split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
                 .map(String.init))
+            // A tenant without keys would leave its policy unenforced (and, alone, the gateway open).
+            guard !keys.isEmpty else {
+                throw reader.fail("\(key).api_keys_env", envNode, "\(envName) holds no API keys (set it to the tenant's keys, separated by commas)")
+            }
             for apiKey in keys {
                 if let other = owner[apiKey] {
                     throw reader.fail("\(key).api_keys_env", envNode, "a key in \(envName) is also a key of \(other); a key belongs to one tenant")

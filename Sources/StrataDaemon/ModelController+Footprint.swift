@@ -26,10 +26,18 @@ extension ModelController {
             for target in targets {
                 var bytes: UInt64?
                 if target.gpu {
+                    // Only a complete NVML reading counts on a GPU: the RSS says nothing of GPU
+                    // memory (offloaded weights leave it), and a runtime NVML cannot see (another
+                    // pid namespace) or cannot size keeps its estimate.
                     let pids = [target.pid] + ProcessMemory.descendants(of: target.pid)
-                    bytes = GPUDiscovery.processMemory(pids: pids).totalBytes
+                    if case .measured(let gpus) = GPUDiscovery.processMemory(pids: pids),
+                        gpus.contains(where: { $0.processes > 0 }), gpus.allSatisfy({ $0.unknown == 0 })
+                    {
+                        bytes = gpus.reduce(0) { $0 + $1.usedBytes }
+                    }
+                } else {
+                    bytes = ProcessMemory.readTree(pid: target.pid)?.footprint
                 }
-                if bytes == nil || bytes == 0 { bytes = ProcessMemory.readTree(pid: target.pid)?.footprint }
                 if let bytes, bytes > 0 { measured.append((target.model, bytes)) }
             }
             await self.footprintsMeasured(measured)

@@ -55,12 +55,12 @@ extension ModelController {
     }
 
     /// Whether the process a model runs as would differ: runtime command, environment or
-    /// health path, weights, device, memory or replica count.
+    /// health path, weights, device, memory, replica count or KV save/restore.
     static func processChanged(_ before: ModelConfiguration, old: StrataConfiguration, _ after: ModelConfiguration,
                                new: StrataConfiguration) -> Bool {
         guard before.serving == after.serving, before.device == after.device, before.memoryBytes == after.memoryBytes,
             before.replicaCount == after.replicaCount, before.source == after.source, before.sha256 == after.sha256,
-            before.stage == after.stage
+            before.stage == after.stage, before.kvRestore == after.kvRestore   // adds --slot-save-path, --parallel
         else { return true }
         if case .managed(let runtime, _, _) = after.serving {
             let a = old.runtimes[runtime], b = new.runtimes[runtime]

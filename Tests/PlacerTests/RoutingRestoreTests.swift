@@ -88,3 +88,20 @@ struct RoutingCorrectionTests {
         #expect(router.replica("r0").indexedBlocks == 15)
     }
 }
+
+extension RoutingCorrectionTests {
+    /// A block another request recorded again after the dispatch no longer marks where the
+    /// replica's eviction stopped: the report drops nothing rather than most of the index.
+    @Test func aNeighbourRecordedAgainSinceTheDispatchDropsNothing() {
+        var router = Routing.router(1)
+        let old = Routing.prompt(family: 1, shared: 6)
+        let stale = Routing.prompt(family: 2, shared: 10)
+        router.route(1, old)!
+        router.route(2, stale)!
+        for id: RequestID in 1...2 { router.finish(id) }
+        router.route(3, Routing.prompt(family: 2, shared: 10, own: 1))!   // expects the stale prompt whole
+        router.route(4, Routing.prompt(family: 1, shared: 6, own: 1))!    // makes the old prompt recent again
+        #expect(router.reportCached(3, fraction: 0) == 0)
+        #expect(try! router.choose(old).get().matchedBlocks == 6)
+    }
+}

@@ -59,10 +59,12 @@ struct ConfigPolicyTests {
         #expect(spec.priority == 5 && spec.minResidency == .seconds(30))
     }
 
-    @Test func noKeysAnywhereMeansOpenAccess() throws {
-        let config = try Self.parse(Self.models, tenants: "tenants: [{ name: t, api_keys_env: UNSET_VARIABLE }]")
+    @Test func noKeysAnywhereMeansOpenAccessButATenantNeedsKeys() throws {
+        let config = try Self.parse(Self.models)
         #expect(!config.requiresAPIKeys)
         #expect(config.accessControl.keys.isEmpty)
+        Self.expectError(Self.models, tenants: "tenants: [{ name: t, api_keys_env: UNSET_VARIABLE }]",
+                         key: "tenants[0].api_keys_env", "UNSET_VARIABLE holds no API keys")
     }
 
     @Test func badPolicyKeysAreRefusedWithKeyAndReason() {
@@ -85,13 +87,13 @@ struct ConfigPolicyTests {
             models: [{ name: a, source: "${MODEL}", runtime: llama, tags: [On Prem] }]
             """, key: "models[0] (a).tags[0]", "'On Prem' is not a tag")
         Self.expectError("", tenants: "tenants: [{ name: t, api_keys_env: K, require: [x], forbid: [x] }]",
-                         key: "tenants[0]", "both required and forbidden")
+                         key: "tenants[0]", "both required and forbidden", env: ConfigLoaderTests.env.merging(["K": "k"]) { $1 })
         Self.expectError("", tenants: "tenants: [{ name: t }]", key: "tenants[0]", "missing key 'api_keys_env'")
         Self.expectError("", tenants: "tenants: [{ name: t, api_keys_env: A }, { name: u, api_keys_env: B }]",
                          key: "tenants[1].api_keys_env", "belongs to one tenant",
                          env: ConfigLoaderTests.env.merging(["A": "k", "B": "k"]) { $1 })
         Self.expectError("", tenants: "tenants: [{ name: t, api_keys_env: A }, { name: t, api_keys_env: B }]",
-                         key: "tenants[1].name", "defined twice")
+                         key: "tenants[1].name", "defined twice", env: ConfigLoaderTests.env.merging(["A": "a"]) { $1 })
     }
 
     @Test func kvRestoreIsForLlamaServerReplicas() throws {

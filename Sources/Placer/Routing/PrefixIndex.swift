@@ -26,7 +26,11 @@ public struct PrefixIndex: Sendable {
         var hash: UInt64
         var newer: Int32
         var older: Int32
+        /// When it was last recorded (`clock`), so a position remembered earlier can be checked.
+        var stamp: UInt64 = 0
     }
+
+    private var clock: UInt64 = 0
 
     private static let none: Int32 = -1
     private var nodes: [Node] = []
@@ -87,19 +91,25 @@ public struct PrefixIndex: Sendable {
         return true
     }
 
-    /// The block recorded just before `hash` (next in eviction order after it), if any.
-    public func olderNeighbor(of hash: UInt64) -> UInt64? {
+    /// The block recorded just before `hash` (next in eviction order after it), if any, with
+    /// the stamp that tells later whether it was recorded again since.
+    public func olderNeighbor(of hash: UInt64) -> (hash: UInt64, stamp: UInt64)? {
         guard let slot = slots[hash], nodes[Int(slot)].older != Self.none else { return nil }
-        return nodes[Int(nodes[Int(slot)].older)].hash
+        let older = nodes[Int(nodes[Int(slot)].older)]
+        return (older.hash, older.stamp)
     }
 
     /// Drops `hash` and every block recorded before it: the replica was found not to hold a
     /// block, so (its cache being about as recency-ordered as this index) it holds nothing
     /// older either. The same as evicting from the old end, so no hole is made. Returns how
     /// many blocks went; 0 when `hash` is not held.
+    ///
+    /// With `stamp`, nothing is dropped unless `hash` was not recorded again since that stamp
+    /// (another request made it recent: its position no longer says what the replica evicted).
     @discardableResult
-    public mutating func dropOlder(through hash: UInt64) -> Int {
+    public mutating func dropOlder(through hash: UInt64, ifUntouchedSince stamp: UInt64? = nil) -> Int {
         guard let stop = slots[hash] else { return 0 }
+        if let stamp, nodes[Int(stop)].stamp != stamp { return 0 }
         var dropped = 0
         while oldest != Self.none {
             let slot = oldest
@@ -133,7 +143,9 @@ public struct PrefixIndex: Sendable {
     }
 
     private mutating func touch(_ hash: UInt64) {
+        clock += 1
         if let slot = slots[hash] {
+            nodes[Int(slot)].stamp = clock
             if slot != newest {
                 unlink(slot)
                 linkNewest(slot)
@@ -153,6 +165,7 @@ public struct PrefixIndex: Sendable {
             slots[nodes[Int(slot)].hash] = nil
         }
         nodes[Int(slot)].hash = hash
+        nodes[Int(slot)].stamp = clock
         slots[hash] = slot
         linkNewest(slot)
     }

@@ -48,7 +48,7 @@ extension PrefixRouter {
     public mutating func reportCached(_ id: RequestID, fraction: Double) -> Int {
         guard let sent = dispatched[id], sent.expectedFraction >= 0.25, fraction < sent.expectedFraction / 2 else { return 0 }
         guard let colder = sent.colder else { return 0 }
-        return replicas[sent.replica].index.dropOlder(through: colder)
+        return replicas[sent.replica].index.dropOlder(through: colder.hash, ifUntouchedSince: colder.stamp)
     }
 
     /// Requests dispatched and not yet finished, on all replicas.

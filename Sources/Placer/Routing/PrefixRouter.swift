@@ -110,6 +110,7 @@ struct Dispatch: Sendable {
     var work: Int
     /// What the index expected the replica to hold of the prompt, for `reportCached`.
     var expectedFraction = 0.0
-    /// The block recorded just before the deepest expected one, before this dispatch moved it.
-    var colder: UInt64?
+    /// The block recorded just before the deepest expected one, before this dispatch moved it,
+    /// and when it was recorded.
+    var colder: (hash: UInt64, stamp: UInt64)?
 }

@@ -31,50 +31,81 @@ static void describe(char *error, int length, const char *what, nvmlReturn_t cod
     snprintf(error, (size_t)length, "%s failed: NVML error %d (%s)", what, code, text ? text(code) : "unknown");
 }
 
-/// dlopen of NVML (default libnvidia-ml.so.1); NULL with the reason in `error`.
-static void *open_library(const char *library, char *error, int error_length) {
-    void *lib = dlopen(library ? library : "libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
+/// What both queries need: the library, its init/shutdown, the device list and error texts.
+typedef struct {
+    void *lib;
+    init_fn init;
+    shutdown_fn shutdown;
+    count_fn count;
+    handle_fn handle;
+    error_string_fn text;
+    unsigned int devices;
+} nvml_session;
+
+/// dlopen of NVML (default libnvidia-ml.so.1) and the functions every query uses. -1 with the
+/// reason in `error` when there is no library; then the caller looks up its own functions in
+/// `s->lib` and calls `session_start`.
+static int session_open(const char *library, nvml_session *s, char *error, int error_length) {
+    memset(s, 0, sizeof *s);
+    s->lib = dlopen(library ? library : "libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!s->lib) {
         const char *why = dlerror();
         snprintf(error, (size_t)error_length, "%s", why ? why : "dlopen failed");
+        return -1;
     }
-    return lib;
+    s->init = (init_fn)dlsym(s->lib, "nvmlInit_v2");
+    s->shutdown = (shutdown_fn)dlsym(s->lib, "nvmlShutdown");
+    s->count = (count_fn)dlsym(s->lib, "nvmlDeviceGetCount_v2");
+    s->handle = (handle_fn)dlsym(s->lib, "nvmlDeviceGetHandleByIndex_v2");
+    s->text = (error_string_fn)dlsym(s->lib, "nvmlErrorString");
+    return 0;
+}
+
+/// Checks the functions (`own` false: the caller's are missing, named by `missing`), initializes
+/// NVML and counts the devices. 0 when ready; else -2 (a function missing) or -3 (NVML failed),
+/// the reason in `error`, and the library already closed.
+static int session_start(nvml_session *s, int own, const char *missing, char *error, int error_length) {
+    if (!s->init || !s->shutdown || !s->count || !s->handle || !own) {
+        snprintf(error, (size_t)error_length, "the NVML library lacks %s", own ? "a function Strata needs" : missing);
+        dlclose(s->lib);
+        return -2;
+    }
+    nvmlReturn_t rc = s->init();
+    if (rc != NVML_SUCCESS) {
+        describe(error, error_length, "nvmlInit", rc, s->text);
+        dlclose(s->lib);
+        return -3;
+    }
+    if ((rc = s->count(&s->devices)) != NVML_SUCCESS) {
+        describe(error, error_length, "nvmlDeviceGetCount", rc, s->text);
+        s->shutdown();
+        dlclose(s->lib);
+        return -3;
+    }
+    return 0;
+}
+
+static void session_end(nvml_session *s) {
+    s->shutdown();
+    dlclose(s->lib);
 }
 
 int strata_nvml_discover(const char *library, strata_gpu_info *out, int capacity, char *error, int error_length) {
-    void *lib = open_library(library, error, error_length);
-    if (!lib) return -1;
-    init_fn init = (init_fn)dlsym(lib, "nvmlInit_v2");
-    shutdown_fn shutdown = (shutdown_fn)dlsym(lib, "nvmlShutdown");
-    count_fn count = (count_fn)dlsym(lib, "nvmlDeviceGetCount_v2");
-    handle_fn handle = (handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
-    name_fn name = (name_fn)dlsym(lib, "nvmlDeviceGetName");
-    name_fn uuid = (name_fn)dlsym(lib, "nvmlDeviceGetUUID");
-    memory_fn memory = (memory_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo");
-    error_string_fn text = (error_string_fn)dlsym(lib, "nvmlErrorString");
-    if (!init || !shutdown || !count || !handle || !name || !uuid || !memory) {
-        snprintf(error, (size_t)error_length, "the NVML library lacks a function Strata needs");
-        dlclose(lib);
-        return -2;
-    }
-    nvmlReturn_t rc = init();
-    if (rc != NVML_SUCCESS) {
-        describe(error, error_length, "nvmlInit", rc, text);
-        dlclose(lib);
-        return -3;
-    }
-    unsigned int n = 0;
-    rc = count(&n);
+    nvml_session session;
+    if (session_open(library, &session, error, error_length) != 0) return -1;
+    name_fn name = (name_fn)dlsym(session.lib, "nvmlDeviceGetName");
+    name_fn uuid = (name_fn)dlsym(session.lib, "nvmlDeviceGetUUID");
+    memory_fn memory = (memory_fn)dlsym(session.lib, "nvmlDeviceGetMemoryInfo");
+    int started = session_start(&session, name && uuid && memory, "a function Strata needs", error, error_length);
+    if (started != 0) return started;
+    error_string_fn text = session.text;
+    nvmlReturn_t rc;
     int result = 0;
-    if (rc != NVML_SUCCESS) {
-        describe(error, error_length, "nvmlDeviceGetCount", rc, text);
-        result = -3;
-    }
-    for (unsigned int i = 0; result >= 0 && i < n && (int)i < capacity; i++) {
+    for (unsigned int i = 0; result >= 0 && i < session.devices && (int)i < capacity; i++) {
         nvmlDevice_t device;
         strata_gpu_info *info = &out[i];
         memset(info, 0, sizeof *info);
-        if ((rc = handle(i, &device)) != NVML_SUCCESS) {
+        if ((rc = session.handle(i, &device)) != NVML_SUCCESS) {
             describe(error, error_length, "nvmlDeviceGetHandleByIndex", rc, text);
             result = -3;
             break;
@@ -96,8 +127,7 @@ int strata_nvml_discover(const char *library, strata_gpu_info *out, int capacity
         }
         result = (int)i + 1;
     }
-    shutdown();
-    dlclose(lib);
+    session_end(&session);
     return result;
 }
 
@@ -118,45 +148,29 @@ static int probed_stride(const unsigned char *buffer, unsigned int n) {
 
 int strata_nvml_process_memory(const char *library, const unsigned int *pids, int pid_count,
                                strata_gpu_process_memory *out, int capacity, char *error, int error_length) {
-    void *lib = open_library(library, error, error_length);
-    if (!lib) return -1;
-    init_fn init = (init_fn)dlsym(lib, "nvmlInit_v2");
-    shutdown_fn shutdown = (shutdown_fn)dlsym(lib, "nvmlShutdown");
-    count_fn count = (count_fn)dlsym(lib, "nvmlDeviceGetCount_v2");
-    handle_fn handle = (handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
-    error_string_fn text = (error_string_fn)dlsym(lib, "nvmlErrorString");
+    nvml_session session;
+    if (session_open(library, &session, error, error_length) != 0) return -1;
+    void *lib = session.lib;
     processes_fn processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v3");
     int fixed_stride = 0;   // 0: probe
     if (!processes && (processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v2"))) fixed_stride = 24;
     if (!processes && (processes = (processes_fn)dlsym(lib, "nvmlDeviceGetComputeRunningProcesses"))) fixed_stride = 16;
-    if (!init || !shutdown || !count || !handle || !processes) {
-        snprintf(error, (size_t)error_length, "the NVML library lacks %s",
-                 processes ? "a function Strata needs" : "nvmlDeviceGetComputeRunningProcesses");
-        dlclose(lib);
-        return -2;
-    }
-    nvmlReturn_t rc = init();
-    if (rc != NVML_SUCCESS) {
-        describe(error, error_length, "nvmlInit", rc, text);
-        dlclose(lib);
-        return -3;
-    }
-    unsigned int n = 0;
+    int started = session_start(&session, processes != NULL, "nvmlDeviceGetComputeRunningProcesses", error, error_length);
+    if (started != 0) return started;
+    error_string_fn text = session.text;
+    nvmlReturn_t rc;
     int result = 0;
     unsigned int room = 64;
     unsigned char *buffer = malloc((size_t)room * RECORD_MAX);
     if (!buffer) {
         snprintf(error, (size_t)error_length, "out of memory");
         result = -3;
-    } else if ((rc = count(&n)) != NVML_SUCCESS) {
-        describe(error, error_length, "nvmlDeviceGetCount", rc, text);
-        result = -3;
     }
-    for (unsigned int i = 0; result >= 0 && i < n && (int)i < capacity; i++) {
+    for (unsigned int i = 0; result >= 0 && i < session.devices && (int)i < capacity; i++) {
         nvmlDevice_t device;
         strata_gpu_process_memory *info = &out[i];
         memset(info, 0, sizeof *info);
-        if ((rc = handle(i, &device)) != NVML_SUCCESS) {
+        if ((rc = session.handle(i, &device)) != NVML_SUCCESS) {
             describe(error, error_length, "nvmlDeviceGetHandleByIndex", rc, text);
             result = -3;
             break;
@@ -201,7 +215,6 @@ int strata_nvml_process_memory(const char *library, const unsigned int *pids, in
         result = (int)i + 1;
     }
     free(buffer);
-    shutdown();
-    dlclose(lib);
+    session_end(&session);
     return result;
 }

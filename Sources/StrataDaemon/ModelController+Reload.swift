@@ -104,7 +104,7 @@ extension ModelController {
     func startHealthChecks() {
         guard healthChecksRunning else { return }
         for (name, replicas) in replicaSets where healthChecks[name] == nil {
-            healthChecks[name] = Task { [httpClient] in await replicas.runHealthChecks(httpClient: httpClient) }
+            healthChecks[name] = Task { await replicas.runHealthChecks() }
         }
     }
 

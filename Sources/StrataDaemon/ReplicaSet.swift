@@ -34,7 +34,7 @@ actor ReplicaSet {
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
     /// Set by the health checks; lets a request that finds every replica down probe them at once.
-    private var httpClient: HTTPClient?
+    private var checkingHealth = false
     private var lastProbe: ContinuousClock.Instant?
 
     init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger,
@@ -75,9 +75,9 @@ actor ReplicaSet {
             } catch RouteFailure.noHealthyReplica(let error) {
                 // Every replica looked down at the last probe; one may have come up since (a
                 // fleet starting beside Strata). Probe now, once, rather than wait a whole interval.
-                guard !probed, !managed, let httpClient else { throw error }
+                guard !probed, !managed, checkingHealth else { throw error }
                 probed = true
-                await probeAll(httpClient)
+                await probeAll()
                 continue
             }
             // What the replica says it found cached, kept for the release (`finish`).
@@ -215,17 +215,18 @@ actor ReplicaSet {
 
     /// Probes every upstream replica's `/health` each `health_interval` until cancelled (the
     /// supervisor watches managed replicas itself).
-    func runHealthChecks(httpClient: HTTPClient) async {
+    func runHealthChecks() async {
         guard !managed else { return }
-        self.httpClient = httpClient
+        checkingHealth = true
         while !Task.isCancelled {
-            await probeAll(httpClient)
+            await probeAll()
             try? await Task.sleep(for: settings.healthInterval)
         }
     }
 
     /// One `/health` probe of every replica, at once (at most every 100 ms).
-    private func probeAll(_ httpClient: HTTPClient) async {
+    /// Uses `HTTPClient.probes`, not the request client (see there).
+    private func probeAll() async {
         if let lastProbe, ContinuousClock.now - lastProbe < .milliseconds(100) { return }
         lastProbe = ContinuousClock.now
         await withTaskGroup(of: (String, Bool).self) { group in

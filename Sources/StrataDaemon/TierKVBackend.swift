@@ -13,7 +13,13 @@ import TierStore
 /// key's record is committed to the catalog before the write is acknowledged, and the directory
 /// is loaded from the catalog at start. Either way a value whose blocks are gone (evicted with
 /// eviction `drop`, lost) reads as absent, never as something else: every block is checksummed.
-actor TierKVBackend: KVBackend {
+///
+/// The directory is under a lock, never held across a wait, so a GET of a value in RAM and a
+/// `cache` SET that fits there run on the connection's own thread (`getImmediately`,
+/// `setImmediately`) with no hop; everything else takes the `async` methods. As with an actor
+/// between its suspension points, a command's check and its write are not atomic against a
+/// concurrent command on the same key, except on the fast path's SET, which re-checks.
+final class TierKVBackend: KVBackend, Sendable {
     enum Durability: Sendable { case cache, durable }
     struct Entry {
         var version: UInt64
@@ -23,36 +29,60 @@ actor TierKVBackend: KVBackend {
         var sequence: UInt64
     }
 
+    struct State {
+        var namespaces: [String: [[UInt8]: Entry]] = [:]
+        var nextSequence: UInt64 = 1
+        var nextVersion: UInt64 = 1
+        var hits = 0, misses = 0
+        var loaded = false
+        /// The block store once open: asked of the tier service once, not on every command.
+        var opened: BlockStore?
+
+        mutating func takeVersion() -> UInt64 {
+            defer { nextVersion += 1 }
+            return nextVersion
+        }
+
+        mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
+            if let sequence = namespaces[namespace]?[key]?.sequence { return sequence }
+            defer { nextSequence += 1 }
+            return nextSequence
+        }
+    }
+
     let tiers: TierService
     let partBytes: Int
     let durability: Durability
-    private var namespaces: [String: [[UInt8]: Entry]] = [:]
-    private var nextSequence: UInt64 = 1
-    private var nextVersion: UInt64 = 1
-    private var hits = 0, misses = 0
-    private var loaded = false
+    private let state = Mutex(State())
+    /// Blocks of replaced or deleted values, removed from every tier in the background: their
+    /// keys name a version no directory entry points to any more, so nothing can read them.
+    private let reaper: AsyncStream<BlockKey>.Continuation
+    private let reaperStream: Mutex<AsyncStream<BlockKey>?>
 
     init(tiers: TierService, durability: Durability = .cache, partBytes: Int = 4 << 20) {
         self.tiers = tiers
         self.durability = durability
         self.partBytes = partBytes
+        let (stream, continuation) = AsyncStream<BlockKey>.makeStream()
+        self.reaper = continuation
+        self.reaperStream = Mutex(stream)
     }
+
+    deinit { reaper.finish() }
 
     private var durable: Bool { durability == .durable }
 
     /// `durable`: the directory as the catalog last committed it, once, when the tiers open.
-    private func loadDirectory(_ store: BlockStore) throws {
-        guard durable, !loaded else { return }
-        loaded = true
+    private static func loadDirectory(_ state: inout State, _ store: BlockStore) throws {
         let records = try store.nvme.loadKVRecords()
         // Versions are random per process so a version never repeats across restarts; the
         // sequence (SCAN order) continues after the largest one recorded.
-        nextVersion = UInt64.random(in: 1...(UInt64.max / 2))
+        state.nextVersion = UInt64.random(in: 1...(UInt64.max / 2))
         for record in records {
-            namespaces[record.namespace, default: [:]][record.key] = Entry(
+            state.namespaces[record.namespace, default: [:]][record.key] = Entry(
                 version: record.version, size: record.size,
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
-            nextSequence = max(nextSequence, record.sequence + 1)
+            state.nextSequence = max(state.nextSequence, record.sequence + 1)
         }
     }
 
@@ -68,38 +98,51 @@ actor TierKVBackend: KVBackend {
         try await store.nvme.removeKVRecord(namespace: namespace, key: key)
     }
 
-    nonisolated func now() -> KVTimestamp {
+    func now() -> KVTimestamp {
         KVTimestamp(unixMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
     }
 
     // MARK: Blocks
 
-    /// The block store once open: asked of the tier service once, not on every command.
-    private var opened: BlockStore?
-
     private func store() async throws -> BlockStore {
-        if let opened { return opened }
+        if let opened = state.withLock({ $0.opened }) { return opened }
         let store: BlockStore
         do {
             store = try await tiers.blockStore()
         } catch {
             throw KVBackendError(.unavailable, "the storage tiers are not open: \(error)")
         }
-        do {
-            try loadDirectory(store)
-        } catch {
-            loaded = false
-            throw KVBackendError(.unavailable, "cannot load the key directory from the catalog: \(error)")
+        try state.withLock { state in
+            guard state.opened == nil else { return }
+            if durable && !state.loaded {
+                do {
+                    try Self.loadDirectory(&state, store)
+                } catch {
+                    throw KVBackendError(.unavailable, "cannot load the key directory from the catalog: \(error)")
+                }
+                state.loaded = true
+            }
+            state.opened = store
         }
-        opened = store
+        if let stream = reaperStream.withLock({ stream in defer { stream = nil }; return stream }) {
+            Task.detached(priority: .utility) {
+                for await key in stream { await store.remove(key) }
+            }
+        }
         return store
     }
 
     private static func blockKey(_ namespace: String, _ key: [UInt8], version: UInt64, part: Int) -> BlockKey {
-        var bytes = Array("strata-kv-v1".utf8) + [0] + Array(namespace.utf8) + [0]
-        bytes += withUnsafeBytes(of: UInt64(key.count).littleEndian, Array.init) + key
-        bytes += withUnsafeBytes(of: version.littleEndian, Array.init)
-        bytes += withUnsafeBytes(of: UInt64(part).littleEndian, Array.init)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(14 + namespace.utf8.count + key.count + 24)
+        bytes += "strata-kv-v1".utf8
+        bytes.append(0)
+        bytes += namespace.utf8
+        bytes.append(0)
+        withUnsafeBytes(of: UInt64(key.count).littleEndian) { bytes += $0 }
+        bytes += key
+        withUnsafeBytes(of: version.littleEndian) { bytes += $0 }
+        withUnsafeBytes(of: UInt64(part).littleEndian) { bytes += $0 }
         return BlockKey(bytes: bytes)
     }
 
@@ -111,18 +154,116 @@ actor TierKVBackend: KVBackend {
         }
     }
 
+    /// Frees the RAM of a value no entry names any more now; the rest goes to the reaper.
+    private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
+        for part in 0..<parts(entry.size) {
+            let block = Self.blockKey(namespace, key, version: entry.version, part: part)
+            store.host.remove(block)
+            reaper.yield(block)
+        }
+    }
+
     /// The entry of a live key; an expired one is removed on the way.
     private func live(_ namespace: String, _ key: [UInt8]) async -> Entry? {
-        guard let entry = namespaces[namespace]?[key] else { return nil }
-        if let deadline = entry.expiresAt, deadline <= now() {
-            namespaces[namespace]?[key] = nil
-            if let store = try? await store() {
-                try? await forget(namespace, key, in: store)
-                await dropBlocks(namespace, key, entry, from: store)
-            }
-            return nil
+        let current = now()
+        let (entry, expired) = state.withLock { state -> (Entry?, Bool) in
+            guard let entry = state.namespaces[namespace]?[key] else { return (nil, false) }
+            guard let deadline = entry.expiresAt, deadline <= current else { return (entry, false) }
+            // Removed only if it is still this version (a concurrent SET may have replaced it).
+            if state.namespaces[namespace]?[key]?.version == entry.version { state.namespaces[namespace]?[key] = nil }
+            return (entry, true)
         }
-        return entry
+        guard let entry else { return nil }
+        guard expired else { return entry }
+        if let store = try? await store() {
+            try? await forget(namespace, key, in: store)
+            await dropBlocks(namespace, key, entry, from: store)
+        }
+        return nil
+    }
+
+    /// Removes the key's entry if it still names this version; true if it did.
+    @discardableResult
+    private func removeEntry(_ namespace: String, _ key: [UInt8], version: UInt64) -> Bool {
+        state.withLock { state in
+            guard state.namespaces[namespace]?[key]?.version == version else { return false }
+            state.namespaces[namespace]?[key] = nil
+            return true
+        }
+    }
+
+    // MARK: Fast paths
+
+    func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> {
+        let name = Array(key.readableBytesView)
+        let current = now()
+        let found = state.withLock { state -> (BlockStore, Entry?)? in
+            guard let store = state.opened else { return nil }
+            guard let entry = state.namespaces[namespace]?[name] else {
+                state.misses += 1
+                return (store, nil)
+            }
+            if let deadline = entry.expiresAt, deadline <= current { return nil }   // the slow path removes it
+            return (store, entry)
+        }
+        guard let (store, entry) = found else { return .wait }
+        guard let entry else { return .done(nil) }
+        var value = ByteBufferAllocator().buffer(capacity: entry.size)
+        for part in 0..<parts(entry.size) {
+            guard let read = try store.getFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
+                return .wait
+            }
+            read.withBytes { value.writeBytes($0) }
+            if case .host(let view) = read { view.release() }
+        }
+        guard value.readableBytes == entry.size else { return .wait }
+        state.withLock { $0.hits += 1 }
+        return .done(value)
+    }
+
+    func setImmediately(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> {
+        guard !durable, value.readableBytes <= partBytes else { return .wait }
+        let name = Array(key.readableBytesView)
+        let current = now()
+        enum Decision { case wait, skip, write(store: BlockStore, existing: Entry?, version: UInt64) }
+        let decision = state.withLock { state -> Decision in
+            guard let store = state.opened else { return .wait }
+            var existing = state.namespaces[namespace]?[name]
+            if let deadline = existing?.expiresAt, deadline <= current { existing = nil }
+            switch condition {
+            case .ifAbsent where existing != nil, .ifPresent where existing == nil: return .skip
+            default: return .write(store: store, existing: existing, version: state.takeVersion())
+            }
+        }
+        guard case .write(let store, let existing, let version) = decision else {
+            if case .skip = decision { return .done(false) }
+            return .wait
+        }
+        let block = Self.blockKey(namespace, name, version: version, part: 0)
+        guard store.putInRAMImmediately(block, bytes: value.readableBytesView) else { return .wait }
+        let expiresAt: KVTimestamp? = switch expiry {
+        case .never: nil
+        case .keep: existing?.expiresAt
+        case .at(let deadline): deadline
+        }
+        let replaced = state.withLock { state -> (written: Bool, old: Entry?) in
+            // Another command changed the key meanwhile: for a conditional or KEEPTTL write the
+            // check no longer holds; go the slow way (this block is dropped below).
+            let now = state.namespaces[namespace]?[name]
+            if (condition != .always || expiry == .keep) && now?.version != existing?.version { return (false, nil) }
+            let entry = Entry(version: version, size: value.readableBytes, expiresAt: expiresAt,
+                              sequence: state.sequence(for: namespace, name))
+            return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
+        }
+        guard replaced.written else {
+            store.host.remove(block)
+            reaper.yield(block)
+            return .wait
+        }
+        if let old = replaced.old { reap(namespace, name, old, from: store) }
+        return .done(true)
     }
 
     // MARK: KVBackend
@@ -131,27 +272,27 @@ actor TierKVBackend: KVBackend {
         let name = Array(key.readableBytesView)
         let store = try await store()
         guard let entry = await live(namespace, name) else {
-            misses += 1
+            state.withLock { $0.misses += 1 }
             return nil
         }
         var value = ByteBufferAllocator().buffer(capacity: entry.size)
         for part in 0..<parts(entry.size) {
             guard let read = try await store.get(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
                 // Evicted under the store's policy: the whole value is gone, not a piece of it.
-                if namespaces[namespace]?[name]?.version == entry.version {
-                    namespaces[namespace]?[name] = nil
+                if removeEntry(namespace, name, version: entry.version) {
                     try? await forget(namespace, name, in: store)
                 }
                 await dropBlocks(namespace, name, entry, from: store)
-                misses += 1
+                state.withLock { $0.misses += 1 }
                 return nil
             }
             read.withBytes { value.writeBytes($0) }
+            if case .host(let view) = read { view.release() }
         }
         guard value.readableBytes == entry.size else {
             throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(value.readableBytes)")
         }
-        hits += 1
+        state.withLock { $0.hits += 1 }
         return value
     }
 
@@ -172,8 +313,7 @@ actor TierKVBackend: KVBackend {
         case .keep: existing?.expiresAt
         case .at(let deadline): deadline
         }
-        let version = nextVersion
-        nextVersion += 1
+        let version = state.withLock { $0.takeVersion() }
         var remaining = value
         var part = 0
         do {
@@ -187,7 +327,7 @@ actor TierKVBackend: KVBackend {
             for written in 0..<part { await store.remove(Self.blockKey(namespace, name, version: version, part: written)) }
             throw KVBackendError(.outOfSpace, "cannot store \(value.readableBytes) bytes: \(error)")
         }
-        let sequence = namespaces[namespace]?[name]?.sequence ?? { defer { nextSequence += 1 }; return nextSequence }()
+        let sequence = state.withLock { $0.sequence(for: namespace, name) }
         let entry = Entry(version: version, size: value.readableBytes, expiresAt: expiresAt, sequence: sequence)
         do {
             // Durable: the record names the new parts only once they are on disk; until it is
@@ -197,8 +337,8 @@ actor TierKVBackend: KVBackend {
             for written in 0..<part { await store.remove(Self.blockKey(namespace, name, version: version, part: written)) }
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
-        let replaced = namespaces[namespace, default: [:]].updateValue(entry, forKey: name)
-        if let replaced { await dropBlocks(namespace, name, replaced, from: store) }
+        let replaced = state.withLock { $0.namespaces[namespace, default: [:]].updateValue(entry, forKey: name) }
+        if let replaced { reap(namespace, name, replaced, from: store) }
         return true
     }
 
@@ -212,10 +352,10 @@ actor TierKVBackend: KVBackend {
         let store = try await store()
         var removed = 0
         for name in Set(keys.map { Array($0.readableBytesView) }) {
-            guard await live(namespace, name) != nil, let entry = namespaces[namespace]?.removeValue(forKey: name) else { continue }
+            guard let entry = await live(namespace, name), removeEntry(namespace, name, version: entry.version) else { continue }
             removed += 1
             try await forget(namespace, name, in: store)
-            await dropBlocks(namespace, name, entry, from: store)
+            reap(namespace, name, entry, from: store)
         }
         return removed
     }
@@ -238,25 +378,28 @@ actor TierKVBackend: KVBackend {
         let name = Array(key.readableBytesView)
         let store = try await store()
         guard await live(namespace, name) != nil else { return false }
-        namespaces[namespace]?[name]?.expiresAt = deadline
-        if let entry = namespaces[namespace]?[name] { try await persist(namespace, name, entry, in: store) }
+        let entry = state.withLock { state -> Entry? in
+            state.namespaces[namespace]?[name]?.expiresAt = deadline
+            return state.namespaces[namespace]?[name]
+        }
+        if let entry { try await persist(namespace, name, entry, in: store) }
         if let deadline, deadline <= now() { _ = await live(namespace, name) }
         return true
     }
 
     func keyCount(namespace: String) async throws -> KVKeyCount {
         _ = try await store()
-        let entries = (namespaces[namespace] ?? [:]).values
         let current = now()
+        let entries = state.withLock { Array(($0.namespaces[namespace] ?? [:]).values) }
         let alive = entries.filter { $0.expiresAt.map { $0 > current } ?? true }
         return KVKeyCount(keys: alive.count, expiring: alive.filter { $0.expiresAt != nil }.count)
     }
 
     func flush(namespace: String) async throws {
         let store = try await store()
-        guard let entries = namespaces.removeValue(forKey: namespace) else { return }
+        guard let entries = state.withLock({ $0.namespaces.removeValue(forKey: namespace) }) else { return }
         if durable { try await store.nvme.removeKVNamespace(namespace) }
-        for (name, entry) in entries { await dropBlocks(namespace, name, entry, from: store) }
+        for (name, entry) in entries { reap(namespace, name, entry, from: store) }
     }
 
     /// Cursor = the insertion sequence to continue from: every key present for the whole scan
@@ -264,9 +407,10 @@ actor TierKVBackend: KVBackend {
     func scan(namespace: String, cursor: UInt64, match: ByteBuffer?, count: Int) async throws -> KVScanPage {
         _ = try await store()
         let current = now()
-        let ordered = (namespaces[namespace] ?? [:])
-            .filter { $0.value.sequence >= cursor && ($0.value.expiresAt.map { $0 > current } ?? true) }
-            .sorted { $0.value.sequence < $1.value.sequence }
+        let ordered = state.withLock { state in
+            (state.namespaces[namespace] ?? [:])
+                .filter { $0.value.sequence >= cursor && ($0.value.expiresAt.map { $0 > current } ?? true) }
+        }.sorted { $0.value.sequence < $1.value.sequence }
         let page = ordered.prefix(max(1, count))
         let next = ordered.count > page.count ? page.last!.value.sequence + 1 : 0
         let keys = page.map(\.key).filter { key in
@@ -276,7 +420,10 @@ actor TierKVBackend: KVBackend {
     }
 
     func info() async -> [(section: String, fields: [(String, String)])] {
-        var memory: [(String, String)] = [("used_memory", "\(namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } })")]
+        let (used, hits, misses) = state.withLock { state in
+            (state.namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } }, state.hits, state.misses)
+        }
+        var memory: [(String, String)] = [("used_memory", "\(used)")]
         var tiersSection: [(String, String)] = [("durability", durable ? "durable" : "cache")]
         if let store = try? await store() {
             let stats = await store.stats()

@@ -323,13 +323,37 @@ public final class BlockStore: Sendable {
         }
     }
 
-    public func get(_ key: BlockKey) async throws -> Read? {
-        if let view = host.borrow(key) {
-            guard let length = view.decodedLength else { return .host(view) }
-            defer { view.release() }
-            guard let bytes = LZ4.decompressed(view.bytes, length: length) else { throw CorruptInRAM(key: key) }
-            return .decoded(bytes)
+    /// A cache put that does not wait: the block goes into RAM now, unless the demotion writer
+    /// is behind (a put would have to wait) or it does not fit in RAM (it would have to go to the
+    /// log). Returns false, with nothing changed, in those cases: call `put`.
+    public func putInRAMImmediately<Bytes: RandomAccessCollection<UInt8>>(_ key: BlockKey, bytes: Bytes) -> Bool {
+        let admitted = puttingInRAM.withLock { putting -> Bool in
+            if policy.eviction == .demote, pending.count + putting >= demotionCapacity / 2 { return false }
+            putting += 1
+            return true
         }
+        guard admitted else { return false }
+        defer { puttingInRAM.withLock { $0 -= 1 } }
+        let (generation, previous) = generations.bump(key)
+        guard putInRAM(key, bytes, tag: generation) else {
+            generations.restore(key, to: previous, ifCurrent: generation)
+            return false
+        }
+        return true
+    }
+
+    /// A get that does not wait: the block if it is in RAM (borrowed in place, or decompressed),
+    /// nil if it is not. Never reads the log.
+    public func getFromRAM(_ key: BlockKey) throws -> Read? {
+        guard let view = host.borrow(key) else { return nil }
+        guard let length = view.decodedLength else { return .host(view) }
+        defer { view.release() }
+        guard let bytes = LZ4.decompressed(view.bytes, length: length) else { throw CorruptInRAM(key: key) }
+        return .decoded(bytes)
+    }
+
+    public func get(_ key: BlockKey) async throws -> Read? {
+        if let read = try getFromRAM(key) { return read }
         if let queued = pending.get(key) {
             // On its way down; a newer put of the key (not in RAM: too large) would have no
             // generation equal to the queued one.

@@ -133,6 +133,26 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         }
     }
 
+    /// The same script with every command offered to the non-waiting path first (as the
+    /// connection does): the same replies, and the commands it declines fall through unchanged.
+    @Test func commandScriptImmediateFirst() async {
+        var harness = Harness()
+        var immediate = 0
+        for (words, expected) in Self.script {
+            let arguments = words.map { ByteBuffer(string: $0) }
+            let reply: RESPValue
+            if let answered = harness.handler.handleImmediately(arguments, session: &harness.session) {
+                immediate += 1
+                reply = answered.value
+            } else {
+                reply = await harness.reply(words).value
+            }
+            #expect(reply == expected, "\(words)")
+        }
+        #expect(immediate > 20)
+        #expect(harness.handler.stats.totalCommandsProcessed == Self.script.count)
+    }
+
     @Test func quitRepliesOkAndCloses() async {
         var harness = Harness()
         let reply = await harness.reply(["QUIT"])

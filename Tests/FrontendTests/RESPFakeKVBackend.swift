@@ -8,6 +8,8 @@ import Synchronization
 
 /// An in-memory `KVBackend` for tests, with a manual clock (`advance(milliseconds:)`).
 /// SCAN walks keys in insertion order; the cursor is the next insertion sequence number.
+/// GET and SET take the non-waiting fast path except for keys that start with `slow:`, so tests
+/// see both paths and their mix in one pipeline.
 final class FakeKVBackend: KVBackend {
     private struct Entry {
         var value: ByteBuffer
@@ -54,13 +56,45 @@ final class FakeKVBackend: KVBackend {
         state.withLock { KVTimestamp(unixMilliseconds: $0.clock) }
     }
 
+    private(set) var immediateAnswers: Int {
+        get { immediate.withLock { $0 } }
+        set { immediate.withLock { $0 = newValue } }
+    }
+    private let immediate = Mutex(0)
+
+    private static func isSlow(_ key: ByteBuffer) -> Bool { key.readableBytesView.starts(with: "slow:".utf8) }
+
+    func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> {
+        guard !Self.isSlow(key) else { return .wait }
+        immediateAnswers += 1
+        return .done(read(namespace, key))
+    }
+
+    func setImmediately(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> {
+        guard !Self.isSlow(key) else { return .wait }
+        immediateAnswers += 1
+        return .done(write(namespace, key, value, condition, expiry))
+    }
+
     func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
-        state.withLock { $0.live(namespace, key)?.value }
+        read(namespace, key)
     }
 
     func set(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) async throws -> Bool {
+        write(namespace, key, value, condition, expiry)
+    }
+
+    private func read(_ namespace: String, _ key: ByteBuffer) -> ByteBuffer? {
+        state.withLock { $0.live(namespace, key)?.value }
+    }
+
+    private func write(
+        _ namespace: String, _ key: ByteBuffer, _ value: ByteBuffer, _ condition: KVSetCondition, _ expiry: KVExpiry
+    ) -> Bool {
         state.withLock { state in
             let old = state.live(namespace, key)
             switch condition {

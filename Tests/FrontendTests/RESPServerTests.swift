@@ -6,6 +6,7 @@ import Frontend
 import Logging
 import NIOCore
 import NIOPosix
+import StrataTestSupport
 import Testing
 
 /// A raw RESP client over a real socket: writes bytes, reads parsed replies.
@@ -84,6 +85,37 @@ private func withServer(
                 #expect(try await client.next() == .simpleString("PONG"))
                 #expect(try await client.next() == .integer(2001))
             }
+        }
+    }
+
+    /// GETs and SETs answered on the event loop and ones that wait for the backend, interleaved
+    /// in one pipeline: replies come back in request order, each reflecting the writes before it.
+    @Test func immediateAndWaitingCommandsKeepOrder() async throws {
+        try await withServer { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                var commands: [[ByteBuffer]] = []
+                var expected: [RESPValue] = []
+                var model: [String: String] = [:]
+                var random = SplitMix64(state: 7)
+                for i in 0..<3000 {
+                    let key = (random.next() % 3 == 0 ? "slow:" : "fast:") + String(random.next() % 20)
+                    if random.next() % 2 == 0 {
+                        commands.append([ByteBuffer(string: "SET"), ByteBuffer(string: key), ByteBuffer(string: "v\(i)")])
+                        model[key] = "v\(i)"
+                        expected.append(.ok)
+                    } else {
+                        commands.append([ByteBuffer(string: "GET"), ByteBuffer(string: key)])
+                        expected.append(model[key].map { .bulk($0) } ?? .null)
+                    }
+                }
+                try await client.send(commands: commands)
+                for (i, want) in expected.enumerated() {
+                    let reply = try await client.next()
+                    #expect(reply == want, "reply \(i)")
+                    if reply != want { break }
+                }
+            }
+            #expect(backend.immediateAnswers > 0)   // both paths ran (most go in waiting batches)
         }
     }
 

@@ -156,9 +156,37 @@ public protocol KVBackend: Sendable {
     /// case; the handler adds `server`, `clients`, `stats` and `keyspace` itself and appends the
     /// backend's fields when it returns a section of the same name.
     func info() async -> [(section: String, fields: [(String, String)])]
+
+    /// GET without waiting, on the connection's own thread, when the backend can answer at once
+    /// (the value in RAM, or certainly absent); `.wait` sends the command down the `async` path.
+    /// Whatever it answers must be what `get` would have answered at that instant.
+    func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?>
+
+    /// SET without waiting (a value that fits in RAM with nothing to wait for), else `.wait`
+    /// with nothing changed. Same contract as `set`.
+    func setImmediately(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool>
 }
 
+/// The answer of a backend's non-waiting fast path.
+public enum KVImmediate<Value> {
+    /// Answered: the same result the `async` method would have given.
+    case done(Value)
+    /// Needs to wait (storage below RAM, backpressure, durability): use the `async` method.
+    case wait
+}
+
+extension KVImmediate: Sendable where Value: Sendable {}
+
 extension KVBackend {
+    /// Default: no fast path.
+    public func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> { .wait }
+
+    public func setImmediately(
+        namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> { .wait }
+
     /// Default MGET: one `get` per key. Backends with a batched read path should override it.
     public func get(namespace: String, keys: [ByteBuffer]) async throws -> [ByteBuffer?] {
         var values: [ByteBuffer?] = []

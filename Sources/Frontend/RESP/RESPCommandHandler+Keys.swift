@@ -3,6 +3,13 @@ import NIOCore
 extension RESPCommandHandler {
     /// `SET key value [NX|XX] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
     func set(_ args: [ByteBuffer], _ ns: String) async throws -> RESPValue {
+        let (condition, expiry) = try setOptions(args)
+        let written = try await backend.set(namespace: ns, key: args[1], value: args[2], condition: condition, expiry: expiry)
+        return written ? .ok : .null
+    }
+
+    /// SET's options: when it may write and what it does to the expiry.
+    func setOptions(_ args: [ByteBuffer]) throws -> (KVSetCondition, KVExpiry) {
         var condition = KVSetCondition.always
         var expiry = KVExpiry.never
         var sawExpiry = false
@@ -27,8 +34,7 @@ extension RESPCommandHandler {
             }
             i += 1
         }
-        let written = try await backend.set(namespace: ns, key: args[1], value: args[2], condition: condition, expiry: expiry)
-        return written ? .ok : .null
+        return (condition, expiry)
     }
 
     /// `SETEX key seconds value`, `PSETEX key milliseconds value`.

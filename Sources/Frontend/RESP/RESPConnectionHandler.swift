@@ -145,11 +145,22 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     private func runNextBatch(context: ChannelHandlerContext) {
         guard active, !busy else { return }
-        if pending.isEmpty {
-            if inputClosed || (closing && !busy) { context.close(promise: nil) }
-            return
+        while true {
+            if pending.isEmpty {
+                if inputClosed || closing { context.close(promise: nil) }
+                return
+            }
+            guard context.channel.isWritable else { return }
+            let outcome = runImmediately(context: context)
+            if outcome == .closed { return }
+            if outcome == .noneAnswered { break }
+            parseAvailable()
+            if readHeld && !full && !closing {
+                readHeld = false
+                context.read()
+            }
         }
-        guard context.channel.isWritable else { return }
+        guard !pending.isEmpty else { return }
         var commands: [[ByteBuffer]] = []
         var batchBytes = 0
         var protocolError: RESPProtocolError?
@@ -185,6 +196,48 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Answers the commands at the front of the queue that need no waiting, on this event loop,
+    /// in order, with one flush; stops at the first that must wait.
+    private func runImmediately(context: ChannelHandlerContext) -> ImmediateOutcome {
+        var out = context.channel.allocator.buffer(capacity: 256)
+        var answered = 0
+        var closeAfter = false
+        while answered < configuration.maxBatchCommands, let next = pending.first, case .command(let arguments, let bytes) = next,
+            context.channel.isWritable || answered == 0
+        {
+            guard let reply = handler.handleImmediately(arguments, session: &session!) else { break }
+            pending.removeFirst()
+            pendingBytes -= bytes
+            answered += 1
+            encode(reply, into: &out, context: context)
+            if reply.closesConnection {
+                closeAfter = true
+                break
+            }
+        }
+        guard answered > 0 else { return .noneAnswered }
+        if closeAfter {
+            closing = true
+            pending.removeAll()
+            context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return .closed
+        }
+        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+        context.flush()
+        return .answered
+    }
+
+    private enum ImmediateOutcome { case noneAnswered, answered, closed }
+
+    /// Appends the reply to `out`; a large bulk payload is written as its own buffer, uncopied.
+    private func encode(_ reply: RESPReply, into out: inout ByteBuffer, context: ChannelHandlerContext) {
+        RESPEncoder.encode(reply.value, into: &out) { out, payload in
+            if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+            out = context.channel.allocator.buffer(capacity: 64)
+            context.write(wrapOutboundOut(payload), promise: nil)
+        }
+    }
+
     private func finishBatch(
         context: ChannelHandlerContext, replies: [RESPReply], session: RESPSession, bytes: Int,
         protocolError: RESPProtocolError?
@@ -196,11 +249,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var out = context.channel.allocator.buffer(capacity: 256)
         var closeAfter = false
         for reply in replies {
-            RESPEncoder.encode(reply.value, into: &out) { out, payload in
-                if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
-                out = context.channel.allocator.buffer(capacity: 64)
-                context.write(wrapOutboundOut(payload), promise: nil)
-            }
+            encode(reply, into: &out, context: context)
             closeAfter = closeAfter || reply.closesConnection
         }
         if let protocolError, !closeAfter {

@@ -72,7 +72,7 @@ def main():
     ap.add_argument("--sizes", default="4KiB,64KiB,1MiB,4MiB")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--pipeline", default="1,16")
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--host-budget", default="2GiB", help="Strata's host tier (values beyond it spill to NVMe)")
     ap.add_argument("--keyspace", type=int, default=0,
                     help="random keys (redis-benchmark -r); with values × keys above --host-budget, Strata serves from NVMe")

@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "strata_process.h"
 
 #include <errno.h>
@@ -139,4 +140,10 @@ int strata_wait_decode(int status, int *signaled) {
     if (WIFSIGNALED(status)) { *signaled = 1; return WTERMSIG(status); }
     *signaled = 0;
     return -1;
+}
+
+int strata_malloc_tune(size_t mmap_threshold, size_t trim_threshold) {
+    int a = mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    int b = mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+    return a == 1 && b == 1;
 }

@@ -110,21 +110,21 @@ actor ReplicaSet {
             }
             // Pinned to a slot Strata chose, so what each slot holds is known; a stored prefix
             // the router counted on is restored into it first.
-            let slot = slots?.claimSlot(on: replica)
-            if let slots, let slot, restoreBlocks > 0 {
-                _ = await slots.restore(hints.prompt.blocks, replica: replica, baseURL: inner.baseURL, slot: slot)
-            }
             let chain = hints.prompt.blocks
+            let claim = slots?.claimSlot(on: replica, for: chain)
+            if let slots, let claim, restoreBlocks > 0 {
+                _ = await slots.restore(chain, replica: replica, baseURL: inner.baseURL, slot: claim.slot)
+            }
             return UpstreamLease(
-                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: slot,
+                baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: claim?.slot,
                 cacheReport: cacheReport
             ) { [weak self, slots] outcome in
                 inner.release(outcome)
                 let fraction = cached.withLockedValue { $0 }
-                if let slots, let slot {
+                if let slots, let claim {
                     // Saved only after an answer that said what it found cached: the slot then
                     // holds this prompt (a lease dropped unused also ends "completed").
-                    slots.finished(chain, replica: replica, baseURL: inner.baseURL, slot: slot,
+                    slots.finished(chain, replica: replica, baseURL: inner.baseURL, claim: claim,
                                    completed: outcome == .completed && fraction != nil)
                 }
                 guard let self else { return }

@@ -35,9 +35,24 @@ final class SlotCache: Sendable {
         var saved: [String: Saved] = [:]
         /// Chain hash at block i of a saved prompt → that prompt's object (the most recent).
         var byBlock: [UInt64: String] = [:]
-        /// Per replica: which slots are pinned to a request or being saved.
-        var taken: [String: Set<Int>] = [:]
+        /// Per replica: its slots as Strata knows them.
+        var replicas: [String: ReplicaSlots] = [:]
         var clock: UInt64 = 0
+    }
+
+    struct ReplicaSlots {
+        /// Bumped when the replica's process is replaced: claims of an earlier process release nothing.
+        var generation: UInt64 = 0
+        /// Slots pinned to a request or being saved.
+        var taken: Set<Int> = []
+        /// The prompt chain each slot last finished: what its KV cache holds.
+        var holds: [Int: [UInt64]] = [:]
+    }
+
+    /// A slot pinned for one request, of one process of the replica.
+    struct Claim: Sendable, Equatable {
+        var slot: Int
+        var generation: UInt64
     }
 
     let model: String
@@ -107,20 +122,44 @@ final class SlotCache: Sendable {
         return nil
     }
 
-    /// A free slot of `replica` for a request, now taken; nil when every slot is (the request
-    /// then goes unpinned and llama-server queues it).
-    func claimSlot(on replica: String) -> Int? {
+    /// A free slot of `replica` for a request with prompt `chain`, now taken: the one whose
+    /// cache shares the longest prefix with it (llama-server keeps a cache per slot), else the
+    /// lowest free. Nil when every slot is taken (the request then goes unpinned and
+    /// llama-server queues it).
+    func claimSlot(on replica: String, for chain: [UInt64]) -> Claim? {
         state.withLock { state in
-            let taken = state.taken[replica, default: []]
-            guard let slot = (0..<slotsPerReplica).first(where: { !taken.contains($0) }) else { return nil }
-            state.taken[replica, default: []].insert(slot)
-            return slot
+            var slots = state.replicas[replica, default: ReplicaSlots()]
+            let free = (0..<slotsPerReplica).filter { !slots.taken.contains($0) }
+            guard let slot = free.max(by: { a, b in
+                let (sharedA, sharedB) = (Self.shared(slots.holds[a], chain), Self.shared(slots.holds[b], chain))
+                return sharedA != sharedB ? sharedA < sharedB : a > b
+            }) else { return nil }
+            slots.taken.insert(slot)
+            state.replicas[replica] = slots
+            return Claim(slot: slot, generation: slots.generation)
         }
     }
 
-    /// The replica's process is gone: its slots are empty and free.
+    /// Blocks at the start of `chain` that `held` shares (chain hashes: equal at i means equal up to i).
+    private static func shared(_ held: [UInt64]?, _ chain: [UInt64]) -> Int {
+        guard let held else { return 0 }
+        var count = 0
+        while count < min(held.count, chain.count), held[count] == chain[count] { count += 1 }
+        return count
+    }
+
+    /// The replica's process is gone: its slots are empty and free, and claims made on the old
+    /// process no longer release anything.
     func replicaRestarted(_ replica: String) {
-        state.withLock { $0.taken[replica] = nil }
+        state.withLock { state in
+            let generation = (state.replicas[replica]?.generation ?? 0) + 1
+            state.replicas[replica] = ReplicaSlots(generation: generation)
+        }
+    }
+
+    /// What `slot` of `replica` holds, as far as Strata knows (tests and `/admin`).
+    func held(on replica: String, slot: Int) -> [UInt64]? {
+        state.withLock { $0.replicas[replica]?.holds[slot] }
     }
 
     /// Restores the stored prefix of `chain` into `slot` of the replica at `baseURL`
@@ -163,22 +202,29 @@ final class SlotCache: Sendable {
 
     /// The request pinned to `slot` ended. After a completed one whose prompt no stored prefix
     /// mostly covers, the slot is saved into the store (and stays taken until it is).
-    func finished(_ chain: [UInt64], replica: String, baseURL: String, slot: Int, completed: Bool) {
-        let save = completed && chain.count >= minBlocks && state.withLock { state in
-            (Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0) * 4 < chain.count * 3
+    func finished(_ chain: [UInt64], replica: String, baseURL: String, claim: Claim, completed: Bool) {
+        let save = state.withLock { state -> Bool in
+            guard state.replicas[replica]?.generation == claim.generation else { return false }
+            // A request that did not complete leaves the slot holding an unknown part of it.
+            state.replicas[replica]?.holds[claim.slot] = completed ? chain : nil
+            return completed && chain.count >= minBlocks
+                && (Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0) * 4 < chain.count * 3
         }
         guard save else {
-            release(slot, on: replica)
+            release(claim, on: replica)
             return
         }
         Task {
-            defer { release(slot, on: replica) }
-            await self.save(chain, replica: replica, baseURL: baseURL, slot: slot)
+            defer { release(claim, on: replica) }
+            await self.save(chain, replica: replica, baseURL: baseURL, slot: claim.slot)
         }
     }
 
-    private func release(_ slot: Int, on replica: String) {
-        state.withLock { _ = $0.taken[replica]?.remove(slot) }
+    private func release(_ claim: Claim, on replica: String) {
+        state.withLock { state in
+            guard state.replicas[replica]?.generation == claim.generation else { return }
+            _ = state.replicas[replica]?.taken.remove(claim.slot)
+        }
     }
 
     private func save(_ chain: [UInt64], replica: String, baseURL: String, slot: Int) async {
@@ -189,18 +235,12 @@ final class SlotCache: Sendable {
         do {
             try await slotAction("save", slot: slot, file: file, baseURL: baseURL)
             let objects = try await tiers.objectStore()
-            let info = try await objects.importFile(object, path: path)
+            let info = try await objects.importFile(object, path: path, label: Self.label(chain))
             let dropped = state.withLock { state -> [String] in
                 state.clock += 1
                 state.saved[object] = Saved(object: object, chain: chain, lastUsed: state.clock)
                 for hash in chain.dropFirst(minBlocks - 1) { state.byBlock[hash] = object }
-                var dropped: [String] = []
-                while state.saved.count > maxSaved, let oldest = state.saved.values.min(by: { $0.lastUsed < $1.lastUsed }) {
-                    state.saved[oldest.object] = nil
-                    for hash in oldest.chain where state.byBlock[hash] == oldest.object { state.byBlock[hash] = nil }
-                    dropped.append(oldest.object)
-                }
-                return dropped
+                return Self.trim(&state, to: maxSaved)
             }
             for name in dropped { try? await objects.remove(name) }
             Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "ok")]).increment()
@@ -211,6 +251,71 @@ final class SlotCache: Sendable {
             Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "failed")]).increment()
             logger.warning("saving a slot failed", metadata: ["replica": "\(replica)", "slot": "\(slot)", "error": "\(error)"])
         }
+    }
+
+    /// What a saved object records as its source: the prompt chain it holds, so that a later
+    /// daemon (restart, reload) can index it again.
+    static func label(_ chain: [UInt64]) -> String {
+        labelPrefix + chain.map { String($0, radix: 16) }.joined(separator: ",")
+    }
+
+    static func chain(fromLabel label: String) -> [UInt64]? {
+        guard label.hasPrefix(labelPrefix) else { return nil }
+        let hashes = label.dropFirst(labelPrefix.count).split(separator: ",").map { UInt64($0, radix: 16) }
+        guard !hashes.isEmpty, !hashes.contains(nil) else { return nil }
+        return hashes.map { $0! }
+    }
+
+    static let labelPrefix = "llama-slot v1 chain "
+
+    /// Indexes the prefixes an earlier daemon (or replica set) saved for this model with the same
+    /// fingerprint, so they are restored as if saved now (least recently used first to go);
+    /// removes the model's saved prefixes of other fingerprints (other weights or arguments:
+    /// they can never be restored) and any it cannot read. Runs once when the cache is made;
+    /// until it is done the router just does not know those prefixes.
+    func recover() async {
+        let objects: ObjectStore
+        do {
+            objects = try await tiers.objectStore()
+        } catch {
+            logger.warning("cannot list saved prefixes", metadata: ["model": "\(model)", "error": "\(error)"])
+            return
+        }
+        let mine = "kv/\(model)/\(fingerprint)/"
+        var stale: [String] = []
+        var found: [(String, [UInt64])] = []
+        for info in objects.list() where info.name.hasPrefix("kv/\(model)/") {
+            if info.name.hasPrefix(mine), let chain = Self.chain(fromLabel: info.source), chain.count >= minBlocks {
+                found.append((info.name, chain))
+            } else {
+                stale.append(info.name)
+            }
+        }
+        let dropped = state.withLock { state -> [String] in
+            for (object, chain) in found where state.saved[object] == nil {
+                // Older than anything saved by this process: lastUsed 0.
+                state.saved[object] = Saved(object: object, chain: chain, lastUsed: 0)
+                for hash in chain.dropFirst(minBlocks - 1) where state.byBlock[hash] == nil { state.byBlock[hash] = object }
+            }
+            return Self.trim(&state, to: maxSaved)
+        }
+        for name in stale + dropped { try? await objects.remove(name) }
+        Gauge(label: "strata_kv_saved_prefixes", dimensions: [("model", model)]).record(state.withLock { $0.saved.count })
+        if !found.isEmpty || !stale.isEmpty {
+            logger.info("saved prefixes recovered", metadata: [
+                "model": "\(model)", "indexed": "\(found.count - dropped.count)", "removed": "\(stale.count + dropped.count)"])
+        }
+    }
+
+    /// Drops the least recently used saved prefixes past `limit`; returns their objects.
+    private static func trim(_ state: inout State, to limit: Int) -> [String] {
+        var dropped: [String] = []
+        while state.saved.count > limit, let oldest = state.saved.values.min(by: { $0.lastUsed < $1.lastUsed }) {
+            state.saved[oldest.object] = nil
+            for hash in oldest.chain where state.byBlock[hash] == oldest.object { state.byBlock[hash] = nil }
+            dropped.append(oldest.object)
+        }
+        return dropped
     }
 
     /// `POST /slots/SLOT?action=ACTION` with `{"filename": FILE}`; throws unless llama-server answers 200.

@@ -154,12 +154,12 @@ final class TierKVBackend: KVBackend, Sendable {
         }
     }
 
-    /// Frees the RAM of a value no entry names any more now; the rest goes to the reaper.
+    /// Removes a value no entry names any more: at once when it was only in RAM (block keys carry
+    /// the version, so each is written once), else through the reaper.
     private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
         for part in 0..<parts(entry.size) {
             let block = Self.blockKey(namespace, key, version: entry.version, part: part)
-            store.host.remove(block)
-            reaper.yield(block)
+            if !store.discardFromRAM(block) { reaper.yield(block) }
         }
     }
 
@@ -258,8 +258,7 @@ final class TierKVBackend: KVBackend, Sendable {
             return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
         guard replaced.written else {
-            store.host.remove(block)
-            reaper.yield(block)
+            if !store.discardFromRAM(block) { reaper.yield(block) }
             return .wait
         }
         if let old = replaced.old { reap(namespace, name, old, from: store) }

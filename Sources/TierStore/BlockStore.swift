@@ -376,6 +376,16 @@ public final class BlockStore: Sendable {
         return .nvme(bytes)
     }
 
+    /// Removes a block whose key is written once and never again, without waiting when it can:
+    /// true if its only copy was in RAM (put there and never written down), so no tier holds it
+    /// now; false if a copy may be below (or it was not in RAM): call `remove`. For a key put
+    /// more than once an older value could still be in the log: use `remove`.
+    public func discardFromRAM(_ key: BlockKey) -> Bool {
+        guard let removed = host.remove(key), removed.dirty else { return false }
+        generations.clear(key, ifCurrent: removed.tag)
+        return true
+    }
+
     /// Removes the block from every tier; a queued demotion of it is skipped.
     public func remove(_ key: BlockKey) async {
         let (generation, _) = generations.bump(key)

@@ -21,6 +21,7 @@ struct Serve: AsyncParsableCommand {
     var config: String = "config/strata.yaml"
 
     func run() async throws {
+        MallocSettings.apply()
         let configuration: StrataConfiguration
         do {
             configuration = try ConfigLoader.load(path: config)
@@ -210,3 +211,4 @@ enum BenchOptions {
         }
     }
 }
+

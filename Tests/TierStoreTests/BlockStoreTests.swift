@@ -36,6 +36,38 @@ struct BlockStoreTests {
         await log.close()
     }
 
+    /// The non-waiting paths: a put into RAM, a get from RAM, and discarding a write-once block,
+    /// which succeeds only while RAM holds its only copy.
+    @Test func immediatePutGetAndDiscard() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 16)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
+        let store = try await BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
+        let block = 2 << 20
+        #expect(store.putInRAMImmediately(Self.key(1), bytes: Self.bytes(block, 1)))
+        #expect(try store.getFromRAM(Self.key(1))?.withBytes { Array($0) } == Self.bytes(block, 1))
+        #expect(!store.putInRAMImmediately(Self.key(2), bytes: Self.bytes(32 << 20, 2)), "larger than RAM: must wait")
+        #expect(try store.getFromRAM(Self.key(2)) == nil)
+        #expect(store.discardFromRAM(Self.key(1)))
+        #expect(try await store.get(Self.key(1)) == nil)
+        #expect(store.trackedGenerations == 0)
+
+        // Written down durably: a copy is below, so discarding from RAM is refused.
+        try await store.put(Self.key(3), Self.bytes(block, 3), durable: true)
+        #expect(!store.discardFromRAM(Self.key(3)))
+        #expect(try await store.get(Self.key(3))?.withBytes { Array($0) } == Self.bytes(block, 3), "still in the log")
+        // Evicted (demoted): not in RAM any more, refused; `remove` takes it from every tier.
+        for i in 10..<20 { #expect(store.putInRAMImmediately(Self.key(i), bytes: Self.bytes(block, UInt8(i)))) }
+        await store.close()
+        #expect(!store.discardFromRAM(Self.key(10)))
+        #expect(try await store.get(Self.key(10))?.withBytes { Array($0) } == Self.bytes(block, 10))
+        await store.remove(Self.key(10))
+        #expect(try await store.get(Self.key(10)) == nil)
+        await log.close()
+    }
+
     @Test func dropPolicyForgetsEvictedBlocksAndDurablePutsSurviveRestart() async throws {
         let engine = try IOEngineKind.auto.make(queueDepth: 16)
         defer { engine.shutdown() }

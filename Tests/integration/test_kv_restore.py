@@ -72,3 +72,35 @@ def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
     print(f"first answer (computed) {cold_seconds:.2f} s; on the other replica: restored {restored_seconds:.2f} s, "
           f"computed {recompute_seconds:.2f} s")
     assert restored_seconds < 0.5 * recompute_seconds, (restored_seconds, recompute_seconds)
+
+
+def test_saved_prefixes_outlive_the_daemon(make_daemon):
+    """A prefix saved by one daemon is restored by the next one on the same state directory
+    (the store keeps the prompt chain with the saved file); one saved under other runtime
+    arguments is removed at start, never restored."""
+    d = make_daemon(restore_config())
+    system = "You are a careful librarian. Remember these words: " + words(21, 420)
+    status, body, _ = ask(d, system, "What is the first word?")
+    assert status == 200, body
+    wait_for(lambda: d.metric("strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
+    assert d.stop() == 0
+
+    d.start()
+    wait_for(lambda: "saved prefixes recovered" in d.log_path.read_text(), 30, what="saved prefixes indexed at start")
+    assert d.metric("strata_kv_saved_prefixes") >= 1
+    status, body, _ = ask(d, system, "What is the last word?")
+    assert status == 200, body
+    assert any(why == "restoredPrefix" and n for (_, why), n in decisions(d).items()), decisions(d)
+    assert d.metric("strata_kv_restores_total", result="ok") == 1
+    timings = json.loads(body)["timings"]
+    assert timings["cache_n"] > 0.8 * (timings["cache_n"] + timings["prompt_n"]), timings
+    assert d.stop() == 0
+
+    # Other runtime arguments: the fingerprint differs (files may not fit), so they are removed.
+    d.config_path.write_text(d.config_path.read_text().replace("kv_restore: true", "kv_restore: true, args: ['--threads', '1']"))
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("saved prefixes recovered") >= 2, 30, what="stale prefixes removed")
+    assert d.metric("strata_kv_saved_prefixes") == 0
+    status, body, _ = ask(d, system, "What is the last word?")
+    assert status == 200, body
+    assert d.metric("strata_kv_restores_total", result="ok") == 0

@@ -24,6 +24,10 @@ int strata_wait(pid_t pid, int *status_out);
 /// Decodes a raw wait status: exit code if it exited (and *signaled = 0), else the signal.
 int strata_wait_decode(int status, int *signaled);
 
+/// Keeps allocations up to `mmap_threshold` bytes on the heap and returns free heap to the
+/// kernel only past `trim_threshold` (glibc mallopt). Returns 1 if both settings took.
+int strata_malloc_tune(size_t mmap_threshold, size_t trim_threshold);
+
 #ifdef __cplusplus
 }
 #endif

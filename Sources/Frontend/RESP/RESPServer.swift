@@ -52,6 +52,11 @@ public final class RESPServer: Sendable {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            // Reads grow up to 4 MiB (NIO's default stops at 64 KiB): a large value then usually
+            // arrives in one buffer and is sliced, not copied piece by piece into the parse buffer.
+            .childChannelOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 4 << 20))
             .childChannelOption(
                 ChannelOptions.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024)
             )

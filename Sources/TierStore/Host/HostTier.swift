@@ -219,11 +219,24 @@ public final class HostTier: @unchecked Sendable {
 
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.entries[key] != nil } }
 
-    public func remove(_ key: BlockKey) {
+    /// What `remove` took out.
+    public struct Removed: Sendable, Equatable {
+        /// No copy of it existed below (see `PutOptions.clean`).
+        public var dirty: Bool
+        public var tag: UInt64
+    }
+
+    /// Removes the block; returns what it was, nil if it was not here.
+    @discardableResult
+    public func remove(_ key: BlockKey) -> Removed? {
         state.withLock { state in
-            if let entry = take(key, &state) { retire(entry, &state) }
-            state.stats.blocks = state.entries.count
-            state.stats.usedBytes = state.allocator.allocatedBytes
+            defer {
+                state.stats.blocks = state.entries.count
+                state.stats.usedBytes = state.allocator.allocatedBytes
+            }
+            guard let entry = take(key, &state) else { return nil }
+            retire(entry, &state)
+            return Removed(dirty: entry.dirty, tag: entry.tag)
         }
     }
 

@@ -109,10 +109,12 @@ public final class ObjectStore: Sendable {
 
     /// Copies the file at `path` into the store as `name`, replacing an earlier version once
     /// the new one is whole. `sink` receives every chunk (offset, bytes) as it passes, in no
-    /// particular order; `progress` is called after each chunk.
+    /// particular order; `progress` is called after each chunk. `label`, when given, is recorded
+    /// as the object's `source` instead of the file's identity (for a file that is a temporary
+    /// copy: what the bytes are matters, not where they passed).
     @discardableResult
     public func importFile(
-        _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize,
+        _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize, label: String? = nil,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
         bufferSink: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)? = nil,
         progress: (@Sendable (TransferProgress) -> Void)? = nil,
@@ -122,7 +124,7 @@ public final class ObjectStore: Sendable {
         defer { source.close() }
         let engine = log.engine
         return try await ingest(
-            name, size: source.size, source: source.identity, chunkSize: chunkSize, inPlace: false,
+            name, size: source.size, source: label ?? source.identity, chunkSize: chunkSize, inPlace: false,
             read: { offset, buffer, range in
                 // O_DIRECT wants whole blocks at an aligned address (so not in place): ask for the
                 // rounded length, the file's end cuts it short.

@@ -10,62 +10,65 @@ struct BlockStoreTests {
     static func isHost(_ read: BlockStore.Read?) -> Bool { if case .host = read { true } else { false } }
     static func isNVMe(_ read: BlockStore.Read?) -> Bool { if case .nvme = read { true } else { false } }
 
-    @Test func evictedBlocksAreDemotedThenPromotedBack() async throws {
+    /// A 16 MiB host tier over a 16 MiB-segment log in a fresh directory, for `body`.
+    static func withSmallStore(_ body: (BlockStore, SegmentLog) async throws -> Void) async throws {
         let engine = try IOEngineKind.auto.make(queueDepth: 16)
         defer { engine.shutdown() }
         let dir = SegmentLogTests.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
         let store = try await BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
-        let block = 2 << 20   // 8 fit in the 16 MiB host tier
-        for i in 0..<20 { try await store.put(Self.key(i), Self.bytes(block, UInt8(i)), durable: false) }
-        await store.close()   // waits for queued demotions
+        try await body(store, log)
+    }
 
-        let stats = await store.stats()
-        #expect(stats.host.evictions >= 12)
-        #expect(stats.nvme.blocks + stats.demotionsDropped == stats.host.evictions)
-        // newest blocks are in RAM, oldest were demoted
-        let newest = try await store.get(Self.key(19))
-        #expect(Self.isHost(newest))
-        #expect(newest?.withBytes { Array($0) } == Self.bytes(block, 19))
-        #expect(stats.demotionsDropped == 0, "12 evictions fit the 64-deep demotion queue")
-        let oldest = try await store.get(Self.key(0))
-        #expect(Self.isNVMe(oldest), "read from NVMe")
-        #expect(oldest?.withBytes { Array($0) } == Self.bytes(block, 0))
-        #expect(Self.isHost(try await store.get(Self.key(0))), "promoted into RAM by the read")
-        await log.close()
+    @Test func evictedBlocksAreDemotedThenPromotedBack() async throws {
+        try await Self.withSmallStore { store, log in
+            let block = 2 << 20   // 8 fit in the 16 MiB host tier
+            for i in 0..<20 { try await store.put(Self.key(i), Self.bytes(block, UInt8(i)), durable: false) }
+            await store.close()   // waits for queued demotions
+
+            let stats = await store.stats()
+            #expect(stats.host.evictions >= 12)
+            #expect(stats.nvme.blocks + stats.demotionsDropped == stats.host.evictions)
+            // newest blocks are in RAM, oldest were demoted
+            let newest = try await store.get(Self.key(19))
+            #expect(Self.isHost(newest))
+            #expect(newest?.withBytes { Array($0) } == Self.bytes(block, 19))
+            #expect(stats.demotionsDropped == 0, "12 evictions fit the 64-deep demotion queue")
+            let oldest = try await store.get(Self.key(0))
+            #expect(Self.isNVMe(oldest), "read from NVMe")
+            #expect(oldest?.withBytes { Array($0) } == Self.bytes(block, 0))
+            #expect(Self.isHost(try await store.get(Self.key(0))), "promoted into RAM by the read")
+            await log.close()
+        }
     }
 
     /// The non-waiting paths: a put into RAM, a get from RAM, and discarding a write-once block,
     /// which succeeds only while RAM holds its only copy.
     @Test func immediatePutGetAndDiscard() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 16)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
-        let store = try await BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
-        let block = 2 << 20
-        #expect(store.putInRAMImmediately(Self.key(1), bytes: Self.bytes(block, 1)))
-        #expect(try store.getFromRAM(Self.key(1))?.withBytes { Array($0) } == Self.bytes(block, 1))
-        #expect(!store.putInRAMImmediately(Self.key(2), bytes: Self.bytes(32 << 20, 2)), "larger than RAM: must wait")
-        #expect(try store.getFromRAM(Self.key(2)) == nil)
-        #expect(store.discardFromRAM(Self.key(1)))
-        #expect(try await store.get(Self.key(1)) == nil)
-        #expect(store.trackedGenerations == 0)
+        try await Self.withSmallStore { store, log in
+            let block = 2 << 20
+            #expect(store.putInRAMImmediately(Self.key(1), bytes: Self.bytes(block, 1)))
+            #expect(try store.getFromRAM(Self.key(1))?.withBytes { Array($0) } == Self.bytes(block, 1))
+            #expect(!store.putInRAMImmediately(Self.key(2), bytes: Self.bytes(32 << 20, 2)), "larger than RAM: must wait")
+            #expect(try store.getFromRAM(Self.key(2)) == nil)
+            #expect(store.discardFromRAM(Self.key(1)))
+            #expect(try await store.get(Self.key(1)) == nil)
+            #expect(store.trackedGenerations == 0)
 
-        // Written down durably: a copy is below, so discarding from RAM is refused.
-        try await store.put(Self.key(3), Self.bytes(block, 3), durable: true)
-        #expect(!store.discardFromRAM(Self.key(3)))
-        #expect(try await store.get(Self.key(3))?.withBytes { Array($0) } == Self.bytes(block, 3), "still in the log")
-        // Evicted (demoted): not in RAM any more, refused; `remove` takes it from every tier.
-        for i in 10..<20 { #expect(store.putInRAMImmediately(Self.key(i), bytes: Self.bytes(block, UInt8(i)))) }
-        await store.close()
-        #expect(!store.discardFromRAM(Self.key(10)))
-        #expect(try await store.get(Self.key(10))?.withBytes { Array($0) } == Self.bytes(block, 10))
-        await store.remove(Self.key(10))
-        #expect(try await store.get(Self.key(10)) == nil)
-        await log.close()
+            // Written down durably: a copy is below, so discarding from RAM is refused.
+            try await store.put(Self.key(3), Self.bytes(block, 3), durable: true)
+            #expect(!store.discardFromRAM(Self.key(3)))
+            #expect(try await store.get(Self.key(3))?.withBytes { Array($0) } == Self.bytes(block, 3), "still in the log")
+            // Evicted (demoted): not in RAM any more, refused; `remove` takes it from every tier.
+            for i in 10..<20 { #expect(store.putInRAMImmediately(Self.key(i), bytes: Self.bytes(block, UInt8(i)))) }
+            await store.close()
+            #expect(!store.discardFromRAM(Self.key(10)))
+            #expect(try await store.get(Self.key(10))?.withBytes { Array($0) } == Self.bytes(block, 10))
+            await store.remove(Self.key(10))
+            #expect(try await store.get(Self.key(10)) == nil)
+            await log.close()
+        }
     }
 
     @Test func dropPolicyForgetsEvictedBlocksAndDurablePutsSurviveRestart() async throws {

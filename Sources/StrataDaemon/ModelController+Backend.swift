@@ -83,9 +83,15 @@ extension ModelController: ModelBackend {
                 try await Task.sleep(for: wait)
                 return nil
             }
-            defer { group.cancelAll() }
-            // A lease won by the loser after the race is dropped, which releases it.
-            if let lease = try await group.next() ?? nil { return lease }
+            if let lease = try await group.next() ?? nil {
+                group.cancelAll()
+                return lease
+            }
+            // Timed out: withdraw the wait. A lease it still won (the group waits for it anyway)
+            // carried no request, so it is released as abandoned: no success counted, nothing
+            // learned about the replica's cache.
+            group.cancelAll()
+            while let late = try? await group.next() { late?.release(.abandoned) }
             throw GatewayError.unavailable("'\(modelConfig.name)' was not ready within spill_after \(wait)",
                                            code: "spill_timeout", retryAfterSeconds: 1)
         }

@@ -142,7 +142,7 @@ final class TierService: Service, TierBackend {
         let (store, objects, _) = try openStore()
         await changes.acquire()
         defer { changes.release() }
-        let policy = try TierPolicyChange.apply(body, to: store.policy)
+        let policy = try TierPolicyChange.apply(body, to: store.policy, segmentBytes: await store.nvme.configuration.segmentBytes)
         do {
             try await store.apply(policy)
         } catch let error as BlockStore.PolicyError {
@@ -205,7 +205,9 @@ struct TierStatus: Codable {
 /// "nvme": {"budget", "admission", "codec"}}`, every field optional. Sizes take the config's
 /// units ("512MiB") or a byte count. Every error names the key, the value and what was expected.
 enum TierPolicyChange {
-    static func apply(_ body: Data, to current: BlockStore.Policy) throws -> BlockStore.Policy {
+    /// `segmentBytes`: the NVMe log's segment size; a budget must hold two segments (one being
+    /// written, one to reclaim into), as the config file requires.
+    static func apply(_ body: Data, to current: BlockStore.Policy, segmentBytes: Int) throws -> BlockStore.Policy {
         guard let object = try? JSONSerialization.jsonObject(with: body), let top = object as? [String: Any] else {
             throw GatewayError.badRequest("expected a JSON object like {\"host\": {\"budget\": \"512MiB\"}}", code: "invalid_tiers")
         }
@@ -220,7 +222,14 @@ enum TierPolicyChange {
         }
         if let nvme = try section(top, "nvme") {
             try refuseUnknown(nvme, at: "tiers.nvme", allowed: ["budget", "admission", "codec"])
-            if let v = nvme["budget"] { policy.nvmeBudgetBytes = try size(v, at: "tiers.nvme.budget") }
+            if let v = nvme["budget"] {
+                policy.nvmeBudgetBytes = try size(v, at: "tiers.nvme.budget")
+                let least = 2 * UInt64(segmentBytes)
+                guard policy.nvmeBudgetBytes >= least else {
+                    throw fail("tiers.nvme.budget", v,
+                               "at least \(ConfigUnits.formatBytes(least)) (two segments of the log's segment_size \(ConfigUnits.formatBytes(UInt64(segmentBytes))))")
+                }
+            }
             if let v = nvme["admission"] { policy.nvmeAdmission = try choice(v, at: "tiers.nvme.admission") }
             if let v = nvme["codec"] { policy.nvmeCodec = try choice(v, at: "tiers.nvme.codec") }
         }

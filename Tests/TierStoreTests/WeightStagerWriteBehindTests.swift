@@ -184,6 +184,15 @@ struct WeightStagerWriteBehindTests {
             let blocksAfterStop = await f.log.stats.blocks
             #expect(f.objects.info("m") == nil && blocksAfterStop == 0)
             #expect(f.outcomes("cancelled") == 2)
+
+            // A staging that finishes after the stop (shutdown under way) keeps its RAM copy and
+            // starts no NVMe copy into the log that is about to close.
+            await f.stager.releaseHost("m")
+            let late = try await f.stager.stage(request)
+            #expect(f.contents(late.path) == f.bytes)
+            #expect(try await f.stager.nvmeCopyWritten("m") == .cancelled)
+            let blocksAfterLate = await f.log.stats.blocks
+            #expect(f.objects.info("m") == nil && blocksAfterLate == 0)
         }
     }
 

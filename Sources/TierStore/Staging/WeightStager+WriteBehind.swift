@@ -73,6 +73,14 @@ extension WeightStager {
     /// so no other staging of the name can slip in between.
     private func startWriteBehind(_ behind: WriteBehind, job: Job) {
         precondition(writesBehind[behind.name] == nil, "two NVMe copies of \(behind.name) written at once")
+        guard !writesBehindStopped else {
+            // Shutting down: the log closes next. The RAM copy serves; no NVMe copy is started.
+            close(behind.fd)
+            job.status.withLock { $0.nvmeCopy = .cancelled }
+            writtenBehindLast[behind.name] = .cancelled
+            logger.notice("no NVMe copy of \(behind.name) is written: the tiers are closing")
+            return
+        }
         writesBehind[behind.name] = behind
         job.status.withLock { $0.nvmeCopy = .writing }
         let objects = self.objects
@@ -151,7 +159,9 @@ extension WeightStager {
 
     /// Stops every NVMe copy being written behind and waits until they have ended (nothing of
     /// them is kept): call before the object store's log closes.
+    /// No NVMe copy starts after this call (a staging that finishes later keeps its RAM copy only).
     public func stopWritesBehind() async {
+        writesBehindStopped = true
         let all = Array(writesBehind.values)
         for behind in all { behind.cancel() }
         for behind in all { try? await behind.ended.wait() }

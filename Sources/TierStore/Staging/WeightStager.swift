@@ -49,6 +49,8 @@ public actor WeightStager {
     var writesBehind: [String: WriteBehind] = [:]
     /// How the last NVMe copy written behind each name ended.
     var writtenBehindLast: [String: StageStatus.NVMeCopy] = [:]
+    /// Set by `stopWritesBehind`: the log is about to close, so no NVMe copy starts any more.
+    var writesBehindStopped = false
 
     public init(
         objects: ObjectStore, remote: RemoteClient, host: StagedFiles, disk: StagedFiles, logger: Logger,

@@ -22,7 +22,7 @@ extension ModelController {
         }
         guard !targets.isEmpty else { return }
         Task.detached {
-            var measured: [(String, UInt64)] = []
+            var measured: [(model: String, pid: Int32, bytes: UInt64)] = []
             for target in targets {
                 var bytes: UInt64?
                 if target.gpu {
@@ -38,14 +38,16 @@ extension ModelController {
                 } else {
                     bytes = ProcessMemory.readTree(pid: target.pid)?.footprint
                 }
-                if let bytes, bytes > 0 { measured.append((target.model, bytes)) }
+                if let bytes, bytes > 0 { measured.append((target.model, target.pid, bytes)) }
             }
             await self.footprintsMeasured(measured)
         }
     }
 
-    private func footprintsMeasured(_ measured: [(String, UInt64)]) {
-        for (model, bytes) in measured {
+    /// A reading of a process that is no longer the model's runtime (stopped or replaced while
+    /// it was read off the actor) is dropped: it would be charged to the next one.
+    private func footprintsMeasured(_ measured: [(model: String, pid: Int32, bytes: UInt64)]) {
+        for (model, pid, bytes) in measured where instances[model]?.process.pid == pid {
             let before = placer.snapshot(of: model)
             Gauge(label: "strata_model_memory_measured_bytes", dimensions: [("model", model)]).record(Int64(bytes))
             send(.footprintMeasured(model: model, bytes: bytes))

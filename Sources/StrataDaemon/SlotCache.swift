@@ -178,7 +178,14 @@ final class SlotCache: Sendable {
         defer { unlink(path) }
         do {
             let objects = try await tiers.objectStore()
-            guard let info = objects.info(found.object) else { throw SlotError("the stored prefix \(found.object) is gone") }
+            guard let info = objects.info(found.object) else {
+                // Removed meanwhile (trimmed by another cache of this model, or by hand): forget it.
+                state.withLock { state in
+                    guard let gone = state.saved.removeValue(forKey: found.object) else { return }
+                    for hash in gone.chain where state.byBlock[hash] == gone.object { state.byBlock[hash] = nil }
+                }
+                throw SlotError("the stored prefix \(found.object) is gone")
+            }
             let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(info.size), alignment: 4096)
             defer { bytes.deallocate() }
             try await objects.read(found.object, into: bytes)

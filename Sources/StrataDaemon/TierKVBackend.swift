@@ -251,8 +251,13 @@ final class TierKVBackend: KVBackend, Sendable {
         let replaced = state.withLock { state -> (written: Bool, old: Entry?) in
             // Another command changed the key meanwhile: for a conditional or KEEPTTL write the
             // check no longer holds; go the slow way (this block is dropped below).
+            // (EXPIRE and PERSIST change the expiry without a new version: compare both.)
             let now = state.namespaces[namespace]?[name]
-            if (condition != .always || expiry == .keep) && now?.version != existing?.version { return (false, nil) }
+            if (condition != .always || expiry == .keep)
+                && (now?.version != existing?.version || now?.expiresAt != existing?.expiresAt)
+            {
+                return (false, nil)
+            }
             let entry = Entry(version: version, size: value.readableBytes, expiresAt: expiresAt,
                               sequence: state.sequence(for: namespace, name))
             return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
@@ -270,26 +275,37 @@ final class TierKVBackend: KVBackend, Sendable {
     func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
         let name = Array(key.readableBytesView)
         let store = try await store()
-        guard let entry = await live(namespace, name) else {
-            state.withLock { $0.misses += 1 }
-            return nil
-        }
-        var value = ByteBufferAllocator().buffer(capacity: entry.size)
-        for part in 0..<parts(entry.size) {
-            guard let read = try await store.get(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
-                // Evicted under the store's policy: the whole value is gone, not a piece of it.
-                if removeEntry(namespace, name, version: entry.version) {
-                    try? await forget(namespace, name, in: store)
-                }
-                await dropBlocks(namespace, name, entry, from: store)
+        var value: ByteBuffer
+        var replacedWhileReading = 0
+        readValue: while true {
+            guard let entry = await live(namespace, name) else {
                 state.withLock { $0.misses += 1 }
                 return nil
             }
-            read.withBytes { value.writeBytes($0) }
-            if case .host(let view) = read { view.release() }
-        }
-        guard value.readableBytes == entry.size else {
-            throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(value.readableBytes)")
+            value = ByteBufferAllocator().buffer(capacity: entry.size)
+            for part in 0..<parts(entry.size) {
+                guard let read = try await store.get(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
+                    // Replaced while this read waited (its blocks went with the old value): read
+                    // the new value, never report a key that always had one as missing.
+                    if replacedWhileReading < 8, state.withLock({ $0.namespaces[namespace]?[name]?.version }) != entry.version {
+                        replacedWhileReading += 1
+                        continue readValue
+                    }
+                    // Evicted under the store's policy: the whole value is gone, not a piece of it.
+                    if removeEntry(namespace, name, version: entry.version) {
+                        try? await forget(namespace, name, in: store)
+                    }
+                    await dropBlocks(namespace, name, entry, from: store)
+                    state.withLock { $0.misses += 1 }
+                    return nil
+                }
+                read.withBytes { value.writeBytes($0) }
+                if case .host(let view) = read { view.release() }
+            }
+            guard value.readableBytes == entry.size else {
+                throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(value.readableBytes)")
+            }
+            break
         }
         state.withLock { $0.hits += 1 }
         return value

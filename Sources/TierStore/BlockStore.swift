@@ -343,9 +343,14 @@ public final class BlockStore: Sendable {
     }
 
     /// A get that does not wait: the block if it is in RAM (borrowed in place, or decompressed),
-    /// nil if it is not. Never reads the log.
+    /// nil if it is not. Never reads the log. A miss here is not counted (the `get` that follows
+    /// counts it).
     public func getFromRAM(_ key: BlockKey) throws -> Read? {
-        guard let view = host.borrow(key) else { return nil }
+        try getFromRAM(key, countingMiss: false)
+    }
+
+    private func getFromRAM(_ key: BlockKey, countingMiss: Bool) throws -> Read? {
+        guard let view = host.borrow(key, countingMiss: countingMiss) else { return nil }
         guard let length = view.decodedLength else { return .host(view) }
         defer { view.release() }
         guard let bytes = LZ4.decompressed(view.bytes, length: length) else { throw CorruptInRAM(key: key) }
@@ -353,7 +358,7 @@ public final class BlockStore: Sendable {
     }
 
     public func get(_ key: BlockKey) async throws -> Read? {
-        if let read = try getFromRAM(key) { return read }
+        if let read = try getFromRAM(key, countingMiss: true) { return read }
         if let queued = pending.get(key) {
             // On its way down; a newer put of the key (not in RAM: too large) would have no
             // generation equal to the queued one.

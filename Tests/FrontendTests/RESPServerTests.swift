@@ -119,6 +119,39 @@ private func withServer(
         }
     }
 
+    /// A reply larger than the write high watermark makes the channel unwritable and writable
+    /// again inside a flush, which re-enters the handler; a waiting command started from there
+    /// must not be overtaken by the immediate answers after it (a found regression: replies came
+    /// back shifted, a GET saw the value from before an earlier DEL).
+    @Test func aFlushThatReentersTheHandlerKeepsReplyOrder() async throws {
+        try await withServer { port, _ in
+            try await RawRESPClient.connect(port: port) { client in
+                let big = ByteBuffer(repeating: 0x78, count: 1_100_000)
+                try await client.send(commands: [[ByteBuffer(string: "SET"), ByteBuffer(string: "big"), big]])
+                #expect(try await client.next() == .ok)
+                for round in 0..<20 {
+                    try await client.send("SET k old\r\n")
+                    #expect(try await client.next() == .ok)
+                    var commands: [[ByteBuffer]] = [
+                        [ByteBuffer(string: "GET"), ByteBuffer(string: "big")], [ByteBuffer(string: "GET"), ByteBuffer(string: "big")],
+                        [ByteBuffer(string: "DEL"), ByteBuffer(string: "k")],
+                    ]
+                    commands += (0..<200).map { [ByteBuffer(string: "ECHO"), ByteBuffer(string: "\($0)")] }
+                    commands.append([ByteBuffer(string: "GET"), ByteBuffer(string: "k")])
+                    try await client.send(commands: commands)
+                    var expected: [RESPValue] = [.bulkString(big), .bulkString(big), .integer(1)]
+                    expected += (0..<200).map { .bulk("\($0)") }
+                    expected.append(.null)
+                    var got: [RESPValue] = []
+                    for _ in expected { got.append(try await client.next() ?? .null) }
+                    let wrong = zip(got, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+                    #expect(wrong == nil, "round \(round): reply \(wrong ?? -1) is not the answer to its command")
+                    if wrong != nil { break }
+                }
+            }
+        }
+    }
+
     @Test func malformedFrameClosesOnlyThatConnection() async throws {
         try await withServer { port, _ in
             try await RawRESPClient.connect(port: port) { good in

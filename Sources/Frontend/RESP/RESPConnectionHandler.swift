@@ -144,8 +144,11 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     }
 
     private func runNextBatch(context: ChannelHandlerContext) {
-        guard active, !busy else { return }
         while true {
+            // Checked on every pass: a flush below can call back into this handler (writability
+            // changes fire during it) and start a batch, after which nothing may be answered
+            // here until that batch is done, or replies would overtake it.
+            guard active, !busy else { return }
             if pending.isEmpty {
                 if inputClosed || closing { context.close(promise: nil) }
                 return
@@ -160,7 +163,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 context.read()
             }
         }
-        guard !pending.isEmpty else { return }
+        guard active, !busy, !pending.isEmpty else { return }
         var commands: [[ByteBuffer]] = []
         var batchBytes = 0
         var protocolError: RESPProtocolError?

@@ -152,10 +152,11 @@ public final class HostTier: @unchecked Sendable {
     }
 
     /// A borrowed view that keeps the block in place until `release()` (or deinit).
-    public func borrow(_ key: BlockKey) -> HostBlockView? {
+    /// `countingMiss: false` for a look that a full read follows when it fails (which counts it).
+    public func borrow(_ key: BlockKey, countingMiss: Bool = true) -> HostBlockView? {
         let found: Entry? = state.withLock { state in
             guard var entry = state.entries[key] else {
-                state.stats.misses += 1
+                if countingMiss { state.stats.misses += 1 }
                 return nil
             }
             state.recency.moveToFront(entry.node)

@@ -87,13 +87,11 @@ public actor ModelController {
             let runtime = config.runtimes[runtimeName]
         else { return nil }
         let arguments = runtime.arguments + args
-        let cache = SlotCache(
+        return SlotCache(
             model: model.name,
             fingerprint: SlotCache.fingerprint(source: model.source, weightBytes: model.weightBytes, arguments: arguments),
             slotsPerReplica: SlotCache.parallelSlots(in: arguments) ?? SlotCache.defaultSlots,
             directory: config.stateDirectory + "/slots", tiers: tiers, httpClient: httpClient, logger: logger)
-        Task { await cache.recover() }
-        return cache
     }
 
     /// Feeds one event to the Placer and carries out what it decides.

@@ -40,6 +40,9 @@ actor ReplicaSet {
     init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger,
          slots: SlotCache? = nil) {
         self.slots = slots
+        // The set is being installed: index what earlier daemons or sets saved (a cache built
+        // and discarded by a reload never does, so it cannot trim objects this one uses).
+        if let slots { Task { await slots.recover() } }
         self.model = model
         self.replicas = replicas
         self.managed = managed

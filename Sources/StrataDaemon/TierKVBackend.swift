@@ -208,6 +208,8 @@ final class TierKVBackend: KVBackend, Sendable {
         }
         guard let (store, entry) = found else { return .wait }
         guard let entry else { return .done(nil) }
+        // A value of several parts is copied off the event loop: the loop serves other connections.
+        guard entry.size <= partBytes else { return .wait }
         var value = ByteBufferAllocator().buffer(capacity: entry.size)
         for part in 0..<parts(entry.size) {
             guard let read = try store.getFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) else {

@@ -180,10 +180,7 @@ final class SlotCache: Sendable {
             let objects = try await tiers.objectStore()
             guard let info = objects.info(found.object) else {
                 // Removed meanwhile (trimmed by another cache of this model, or by hand): forget it.
-                state.withLock { state in
-                    guard let gone = state.saved.removeValue(forKey: found.object) else { return }
-                    for hash in gone.chain where state.byBlock[hash] == gone.object { state.byBlock[hash] = nil }
-                }
+                state.withLock { Self.forget(found.object, in: &$0) }
                 throw SlotError("the stored prefix \(found.object) is gone")
             }
             let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(info.size), alignment: 4096)
@@ -318,11 +315,16 @@ final class SlotCache: Sendable {
     private static func trim(_ state: inout State, to limit: Int) -> [String] {
         var dropped: [String] = []
         while state.saved.count > limit, let oldest = state.saved.values.min(by: { $0.lastUsed < $1.lastUsed }) {
-            state.saved[oldest.object] = nil
-            for hash in oldest.chain where state.byBlock[hash] == oldest.object { state.byBlock[hash] = nil }
+            forget(oldest.object, in: &state)
             dropped.append(oldest.object)
         }
         return dropped
+    }
+
+    /// Takes a saved prefix out of the index (its object is removed, or gone, elsewhere).
+    private static func forget(_ object: String, in state: inout State) {
+        guard let gone = state.saved.removeValue(forKey: object) else { return }
+        for hash in gone.chain where state.byBlock[hash] == object { state.byBlock[hash] = nil }
     }
 
     /// `POST /slots/SLOT?action=ACTION` with `{"filename": FILE}`; throws unless llama-server answers 200.

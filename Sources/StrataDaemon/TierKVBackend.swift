@@ -34,8 +34,7 @@ final class TierKVBackend: KVBackend, Sendable {
         var nextSequence: UInt64 = 1
         var nextVersion: UInt64 = 1
         var hits = 0, misses = 0
-        var loaded = false
-        /// The block store once open: asked of the tier service once, not on every command.
+        /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
 
         mutating func takeVersion() -> UInt64 {
@@ -114,13 +113,12 @@ final class TierKVBackend: KVBackend, Sendable {
         }
         try state.withLock { state in
             guard state.opened == nil else { return }
-            if durable && !state.loaded {
+            if durable {
                 do {
                     try Self.loadDirectory(&state, store)
                 } catch {
                     throw KVBackendError(.unavailable, "cannot load the key directory from the catalog: \(error)")
                 }
-                state.loaded = true
             }
             state.opened = store
         }
@@ -148,12 +146,6 @@ final class TierKVBackend: KVBackend, Sendable {
 
     private func parts(_ size: Int) -> Int { max(1, (size + partBytes - 1) / partBytes) }
 
-    private func dropBlocks(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) async {
-        for part in 0..<parts(entry.size) {
-            await store.remove(Self.blockKey(namespace, key, version: entry.version, part: part))
-        }
-    }
-
     /// Removes a value no entry names any more: at once when it was only in RAM (block keys carry
     /// the version, so each is written once), else through the reaper.
     private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
@@ -169,15 +161,14 @@ final class TierKVBackend: KVBackend, Sendable {
         let (entry, expired) = state.withLock { state -> (Entry?, Bool) in
             guard let entry = state.namespaces[namespace]?[key] else { return (nil, false) }
             guard let deadline = entry.expiresAt, deadline <= current else { return (entry, false) }
-            // Removed only if it is still this version (a concurrent SET may have replaced it).
-            if state.namespaces[namespace]?[key]?.version == entry.version { state.namespaces[namespace]?[key] = nil }
+            state.namespaces[namespace]?[key] = nil
             return (entry, true)
         }
         guard let entry else { return nil }
         guard expired else { return entry }
         if let store = try? await store() {
             try? await forget(namespace, key, in: store)
-            await dropBlocks(namespace, key, entry, from: store)
+            reap(namespace, key, entry, from: store)
         }
         return nil
     }
@@ -297,7 +288,7 @@ final class TierKVBackend: KVBackend, Sendable {
                     if removeEntry(namespace, name, version: entry.version) {
                         try? await forget(namespace, name, in: store)
                     }
-                    await dropBlocks(namespace, name, entry, from: store)
+                    reap(namespace, name, entry, from: store)
                     state.withLock { $0.misses += 1 }
                     return nil
                 }

@@ -215,18 +215,18 @@ public final class BlockStore: Sendable {
     /// many puts at once cannot all see room and then all evict into the same last slots.
     private func waitForDemotionRoom() async {
         let deadline = ContinuousClock.now + Self.demotionWaitLimit
-        while true {
-            let admitted = puttingInRAM.withLock { putting -> Bool in
-                guard policy.eviction == .demote, pending.count + putting >= demotionCapacity / 2,
-                    ContinuousClock.now < deadline, !Task.isCancelled
-                else {
-                    putting += 1
-                    return true
-                }
-                return false
-            }
-            if admitted { return }
+        while !admitPutInRAM(regardless: ContinuousClock.now >= deadline || Task.isCancelled) {
             try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    /// Counts a put in as placing its block in RAM (the caller takes it out again once placed),
+    /// unless the demotion writer is more than half a queue behind and not `regardless`.
+    private func admitPutInRAM(regardless: Bool) -> Bool {
+        puttingInRAM.withLock { putting -> Bool in
+            if !regardless, policy.eviction == .demote, pending.count + putting >= demotionCapacity / 2 { return false }
+            putting += 1
+            return true
         }
     }
 
@@ -327,12 +327,7 @@ public final class BlockStore: Sendable {
     /// is behind (a put would have to wait) or it does not fit in RAM (it would have to go to the
     /// log). Returns false, with nothing changed, in those cases: call `put`.
     public func putInRAMImmediately<Bytes: RandomAccessCollection<UInt8>>(_ key: BlockKey, bytes: Bytes) -> Bool {
-        let admitted = puttingInRAM.withLock { putting -> Bool in
-            if policy.eviction == .demote, pending.count + putting >= demotionCapacity / 2 { return false }
-            putting += 1
-            return true
-        }
-        guard admitted else { return false }
+        guard admitPutInRAM(regardless: false) else { return false }
         defer { puttingInRAM.withLock { $0 -= 1 } }
         let (generation, previous) = generations.bump(key)
         guard putInRAM(key, bytes, tag: generation) else {

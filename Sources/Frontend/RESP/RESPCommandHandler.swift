@@ -79,7 +79,8 @@ public struct RESPCommandHandler: Sendable {
 
     /// Runs one command. Never throws: every failure is an error reply.
     public func handle(_ arguments: [ByteBuffer], session: inout RESPSession) async -> RESPReply {
-        guard case .success(let name) = check(arguments, session) else { return rejection(arguments, session) }
+        let name: String
+        do { name = try check(arguments, session) } catch { return rejected(error) }
         stats.commandProcessed()
         do {
             return try await run(name, arguments, &session)
@@ -92,7 +93,8 @@ public struct RESPCommandHandler: Sendable {
     /// ECHO, or a GET / SET the backend can serve from RAM. Nil: nothing was done, call `handle`.
     /// The connection runs this on its own thread, so the common command costs no thread hop.
     public func handleImmediately(_ arguments: [ByteBuffer], session: inout RESPSession) -> RESPReply? {
-        guard case .success(let name) = check(arguments, session) else { return rejection(arguments, session) }
+        let name: String
+        do { name = try check(arguments, session) } catch { return rejected(error) }
         let reply: RESPReply
         do {
             switch name {
@@ -123,26 +125,25 @@ public struct RESPCommandHandler: Sendable {
     }
 
     /// The command's name (lower case) if it exists, has a valid number of arguments and is
-    /// allowed in this session; else the error reply.
-    private func check(_ arguments: [ByteBuffer], _ session: RESPSession) -> Result<String, CheckFailed> {
-        guard let nameBuffer = arguments.first else { return .failure(CheckFailed(.error("ERR empty command"))) }
+    /// allowed in this session; else throws the error reply.
+    private func check(_ arguments: [ByteBuffer], _ session: RESPSession) throws(CheckFailed) -> String {
+        guard let nameBuffer = arguments.first else { throw CheckFailed(.error("ERR empty command")) }
         let name = String(buffer: nameBuffer).lowercased()
         guard let spec = Self.commands[name] else {
-            return .failure(CheckFailed(.error(Self.unknownCommandMessage(arguments))))
+            throw CheckFailed(.error(Self.unknownCommandMessage(arguments)))
         }
         if spec.arity > 0 ? arguments.count != spec.arity : arguments.count < -spec.arity {
-            return .failure(CheckFailed(.error("ERR wrong number of arguments for '\(name)' command")))
+            throw CheckFailed(.error("ERR wrong number of arguments for '\(name)' command"))
         }
         if !session.isAuthenticated && !spec.allowedBeforeAuth {
-            return .failure(CheckFailed(.error("NOAUTH Authentication required.")))
+            throw CheckFailed(.error("NOAUTH Authentication required."))
         }
-        return .success(name)
+        return name
     }
 
     /// The reply to a command `check` refused, counted.
-    private func rejection(_ arguments: [ByteBuffer], _ session: RESPSession) -> RESPReply {
+    private func rejected(_ failed: CheckFailed) -> RESPReply {
         stats.commandProcessed()
-        guard case .failure(let failed) = check(arguments, session) else { preconditionFailure("not refused") }
         return failed.reply
     }
 

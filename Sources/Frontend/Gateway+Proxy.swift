@@ -12,7 +12,7 @@ extension Gateway {
         let started = ContinuousClock.now
         var request = request
         let tenant = try authorize(request)
-        let policy = try self.policy(of: request, tenant: tenant)
+        let policy = try self.policy(of: request.headers, tenant: tenant)
 
         let body: ByteBuffer
         do {

@@ -25,6 +25,9 @@ public struct GatewayConfiguration: Sendable {
     public var cancelOnDisconnect: Bool
     /// Bytes of canonical prompt per routing block (see `PromptChain`).
     public var routingBlockBytes: Int
+    /// Relay requests that can be admitted at once on the client connection's event loop
+    /// (`EventLoopRelayHandler`); false sends every request through the general path.
+    public var relayOnEventLoop: Bool
     /// Request header whose value keeps a conversation on one replica; the body's `user` field
     /// is used when the header is absent.
     public var sessionHeader: String
@@ -33,8 +36,9 @@ public struct GatewayConfiguration: Sendable {
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
         cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id",
-        access: AccessControl? = nil
+        access: AccessControl? = nil, relayOnEventLoop: Bool = true
     ) {
+        self.relayOnEventLoop = relayOnEventLoop
         self.access = access
         self.cancelOnDisconnect = cancelOnDisconnect
         self.routingBlockBytes = routingBlockBytes
@@ -57,6 +61,8 @@ public struct Gateway: Sendable {
     /// The block store behind `/v1/blocks` (the RESP service's); nil: no block API.
     let kv: (any KVBackend)?
     let httpClient: HTTPClient
+    /// Upstream connections of the event-loop relay, per loop.
+    let upstreamPools = UpstreamPools()
     /// API keys and tenants; replaced by a config reload.
     public let access: AccessControlBox
     let logger: Logger
@@ -124,10 +130,13 @@ public struct Gateway: Sendable {
 
     /// The tenant the request's API key belongs to; throws 401 for a missing or unknown key.
     @discardableResult
-    func authorize(_ request: Request) throws -> Tenant {
+    func authorize(_ request: Request) throws -> Tenant { try authorize(headers: request.headers) }
+
+    @discardableResult
+    func authorize(headers: HTTPFields) throws -> Tenant {
         let access = access.current
         guard !access.keys.isEmpty else { return access.anonymous }
-        guard let key = bearerToken(request) else {
+        guard let key = bearerToken(headers) else {
             throw GatewayError.unauthorized("Missing API key: send Authorization: Bearer YOUR_KEY")
         }
         guard let tenant = access.keys[key] else { throw GatewayError.unauthorized("Invalid API key") }
@@ -136,10 +145,10 @@ public struct Gateway: Sendable {
 
     /// The tenant's policy narrowed by the request's `x-strata-require` and `x-strata-forbid`
     /// headers (tags separated by commas or spaces).
-    func policy(of request: Request, tenant: Tenant) throws -> SubstratePolicy {
+    func policy(of headers: HTTPFields, tenant: Tenant) throws -> SubstratePolicy {
         var policy = tenant.policy
         for (header, isRequire) in [(Self.requireHeader, true), (Self.forbidHeader, false)] {
-            let values = request.headers[values: header]
+            let values = headers[values: header]
             guard !values.isEmpty else { continue }
             switch SubstratePolicy.parseTagList(values.joined(separator: ",")) {
             case .success(let tags):
@@ -156,8 +165,10 @@ public struct Gateway: Sendable {
     static let requireHeader = HTTPField.Name("x-strata-require")!
     static let forbidHeader = HTTPField.Name("x-strata-forbid")!
 
-    func bearerToken(_ request: Request) -> String? {
-        guard let header = request.headers[.authorization] else { return nil }
+    func bearerToken(_ request: Request) -> String? { bearerToken(request.headers) }
+
+    func bearerToken(_ headers: HTTPFields) -> String? {
+        guard let header = headers[.authorization] else { return nil }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
         return String(parts[1]).trimmingCharacters(in: .whitespaces)

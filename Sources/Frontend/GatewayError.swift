@@ -53,11 +53,17 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         return buffer
     }
 
-    func response() -> Response {
+    /// The response's head fields and body.
+    var encoded: (HTTPFields, ByteBuffer) {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
         let data = (try? JSONSerialization.data(withJSONObject: jsonBody, options: [.sortedKeys])) ?? Data()
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+        return (headers, ByteBuffer(bytes: data))
+    }
+
+    func response() -> Response {
+        let (headers, body) = encoded
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: body))
     }
 }
 

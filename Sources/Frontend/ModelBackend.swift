@@ -12,6 +12,10 @@ public protocol ModelBackend: Sendable {
     /// Cancelling the calling task withdraws the request. `hints` carry what routing across
     /// replicas may use: the prompt's block chain, a session key, replicas a retry must avoid.
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease
+    /// The lease `acquire` would hand out at once, without suspending, or nil when it would
+    /// wait, refuse, or spill over (then the gateway calls `acquire`). Lets the gateway relay a
+    /// request on its connection's event loop. The default: nil, always.
+    func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease?
     /// Whether `model` is routed across replicas by its prompt: only then does the gateway
     /// hash the prompt into `RequestHints`, keeping that work off every other request.
     func routesByPrompt(model: String) -> Bool
@@ -32,6 +36,7 @@ public protocol ModelBackend: Sendable {
 
 extension ModelBackend {
     public func routesByPrompt(model: String) -> Bool { false }
+    public func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? { nil }
 
     public func stage(model: String, destination: String) async throws -> Data { throw Self.noStaging }
     public func stagingStatus() async throws -> Data { throw Self.noStaging }

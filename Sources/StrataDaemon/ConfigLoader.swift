@@ -68,7 +68,7 @@ public enum ConfigLoader {
         if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") }
         config.auth = try auth(reader, top["auth"])
         if let node = top["gateway"] {
-            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect"])
+            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay"])
             if let value = map["max_body"] {
                 let bytes = try reader.size(value, at: "gateway.max_body")
                 guard bytes >= 1024, bytes <= 1 << 32 else {
@@ -78,6 +78,9 @@ public enum ConfigLoader {
             }
             if let value = map["cancel_on_disconnect"] {
                 config.gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
+            }
+            if let value = map["event_loop_relay"] {
+                config.gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
             }
             if let value = map["upstream_timeout"] {
                 config.gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")

@@ -19,7 +19,28 @@ extension ModelController: ModelBackend {
         }
     }
 
-    public nonisolated func routesByPrompt(model: String) -> Bool { routedModels.withLockedValue { $0.contains(model) } }
+    public nonisolated func routesByPrompt(model: String) -> Bool {
+        immediateRoutes.withLockedValue { $0.replicaSets[model] != nil }
+    }
+
+    /// A lease without waiting where `acquire` would hand out the same at once: the model is an
+    /// upstream or a set of upstream replicas, the request's policy allows it, and (for
+    /// replicas) one can take the request now. Managed runtimes are admitted by the Placer on
+    /// this actor, and everything else (spillover, refusals and their errors) is `acquire`'s.
+    public nonisolated func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? {
+        guard let route = immediateRoutes.withLockedValue({ $0.shuttingDown ? nil : $0.routes[model] }),
+            hints.policy.violation(by: route.tags) == nil
+        else { return nil }
+        let lease: UpstreamLease
+        switch route.target {
+        case .upstream(let url, let headers, let upstreamModel, let label):
+            lease = UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: label) {}
+        case .replicas(let set):
+            guard let routed = set.acquireImmediately(hints: hints) else { return nil }
+            lease = routed
+        }
+        return lease.serving(model: nil, price: route.price)
+    }
 
     /// Serves `model`, or one of its fallbacks when the request's policy does not allow it or it
     /// cannot serve (no room, failed, no replica, or not ready within `spill_after`). Every
@@ -106,10 +127,9 @@ extension ModelController: ModelBackend {
         case .managed:
             return try await acquireManaged(model: model)
         case .upstream(let runtimeName, let upstreamModel):
-            guard let runtime = config.runtimes[runtimeName], case .upstream(let url, let apiKey) = runtime.kind else {
+            guard let (url, headers) = config.upstream(runtimeName) else {
                 throw GatewayError.badGateway("runtime '\(runtimeName)' is not an upstream")
             }
-            let headers = apiKey.map { [("Authorization", "Bearer \($0)")] } ?? []
             return UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: runtimeName) {}
         case .replicas:
             guard let replicas = replicaSets[model] else { throw GatewayError.modelNotFound(model) }

@@ -96,7 +96,7 @@ extension ModelController {
             healthChecks[name] = nil
         }
         replicaSets = sets
-        routedModels.withLockedValue { $0 = Set(sets.keys) }
+        publishImmediateRoutes()
         startHealthChecks()
     }
 

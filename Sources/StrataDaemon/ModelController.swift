@@ -39,8 +39,9 @@ public actor ModelController {
     var nextInstanceID: UInt64 = 1
     /// Models routed across replicas (upstreams, or `replicas` above 1), each with its router.
     var replicaSets: [String: ReplicaSet]
-    /// Names of `replicaSets`, readable without a hop to this actor (`routesByPrompt`).
-    let routedModels: NIOLockedValueBox<Set<String>>
+    /// What `routesByPrompt` and `acquireImmediately` read without a hop to this actor; made
+    /// anew whenever the config, the replica sets or shutdown change (`publishImmediateRoutes`).
+    let immediateRoutes: NIOLockedValueBox<ImmediateRoutes>
     /// Health checks of upstream replica sets, by model.
     var healthChecks: [String: Task<Void, Never>] = [:]
     /// Set while `runTicks` runs: replica sets added by a reload start their checks at once.
@@ -75,7 +76,12 @@ public actor ModelController {
             }
         }
         self.replicaSets = sets
-        self.routedModels = NIOLockedValueBox(Set(sets.keys))
+        self.immediateRoutes = NIOLockedValueBox(ImmediateRoutes(config: config, replicaSets: sets, shuttingDown: false))
+    }
+
+    func publishImmediateRoutes() {
+        let routes = ImmediateRoutes(config: config, replicaSets: replicaSets, shuttingDown: shuttingDown)
+        immediateRoutes.withLockedValue { $0 = routes }
     }
 
     var now: Duration { clock.now - origin }
@@ -405,6 +411,7 @@ public actor ModelController {
     /// Stops every runtime: SIGTERM, then SIGKILL after the stop timeout; returns when all are gone.
     func shutdown() async {
         shuttingDown = true
+        publishImmediateRoutes()
         let waiters = waiting
         waiting.removeAll()
         for (id, continuation) in waiters {

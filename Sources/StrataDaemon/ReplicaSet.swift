@@ -24,12 +24,18 @@ actor ReplicaSet {
     let logger: Logger
     /// KV save and restore across managed llama-server replicas (`kv_restore`); nil: off.
     let slots: SlotCache?
-    private var router: PrefixRouter
-    private var nextRequest: RequestID = 1
+    /// The router and what goes with each decision, under a lock held only for the decision
+    /// itself: a request to an upstream set is routed and its lease released without a hop to
+    /// this actor (`acquireImmediately`, the gateway's event-loop path).
+    private struct Routing {
+        var router: PrefixRouter
+        var nextRequest: RequestID = 1
+        var decisionCounters: [String: Counter] = [:]
+    }
+    private let routing: NIOLockedValueBox<Routing>
     /// Metric handles made once: a lookup in the metrics registry per request and replica
     /// would cost more than the routing decision itself.
     private let gauges: [String: (inFlight: Gauge, indexBlocks: Gauge, healthy: Gauge)]
-    private var decisionCounters: [String: Counter] = [:]
     private let matchedFraction: Recorder
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
@@ -56,11 +62,31 @@ actor ReplicaSet {
                          Gauge(label: "strata_replica_healthy", dimensions: dimensions)))
         })
         matchedFraction = Recorder(label: "strata_route_matched_fraction", dimensions: [("model", model)], aggregate: true)
-        router = PrefixRouter(configuration: PrefixRouterConfiguration(
+        routing = NIOLockedValueBox(Routing(router: PrefixRouter(configuration: PrefixRouterConfiguration(
             replicas: replicas.map { ReplicaSpec(id: $0, maxConcurrency: settings.maxConcurrency) }, policy: policy,
             maxBlocksPerReplica: settings.indexBlocks, hotSpotQueueBound: settings.hotSpotQueue,
             loadBoundFactor: settings.loadBound, ejectAfterFailures: settings.ejectAfter,
-            requestCostBlocks: settings.requestCostBlocks))
+            requestCostBlocks: settings.requestCostBlocks))))
+    }
+
+    /// Routes a request to an upstream replica without waiting, or nil where `acquire` is needed:
+    /// managed replicas (their supervisor admits the request) or no replica that can take it
+    /// now (`acquire` probes, and says why with the right error).
+    nonisolated func acquireImmediately(hints: RequestHints) -> UpstreamLease? {
+        guard !managed, let (id, replica, hasAlternatives, _) = try? route(hints, countingRefusals: false) else { return nil }
+        return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives)
+    }
+
+    /// The lease on an upstream replica (not a managed one) the router chose for request `id`.
+    private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool) -> UpstreamLease {
+        // What the replica says it found cached, kept for the release (`finish`).
+        let cached = NIOLockedValueBox<Double?>(nil)
+        return UpstreamLease(
+            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
+            cacheReport: { prompt, hit in cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) } }
+        ) { [weak self] outcome in
+            self?.finish(id, replica: replica, outcome: outcome, cachedFraction: cached.withLockedValue { $0 })
+        }
     }
 
     /// Chooses a replica and hands out a lease on it. For managed replicas, `start` gets the
@@ -83,20 +109,10 @@ actor ReplicaSet {
                 await probeAll()
                 continue
             }
-            // What the replica says it found cached, kept for the release (`finish`).
+            guard managed, let start else { return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives) }
             let cached = NIOLockedValueBox<Double?>(nil)
             let cacheReport: @Sendable (Int, Int) -> Void = { prompt, hit in
                 cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) }
-            }
-            guard managed, let start else {
-                return UpstreamLease(
-                    baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
-                    cacheReport: cacheReport
-                ) { [weak self] outcome in
-                    guard let self else { return }
-                    let fraction = cached.withLockedValue { $0 }
-                    Task { await self.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction) }
-                }
             }
             let inner: UpstreamLease
             do {
@@ -130,87 +146,94 @@ actor ReplicaSet {
                     slots.finished(chain, replica: replica, baseURL: inner.baseURL, claim: claim,
                                    completed: outcome == .completed && fraction != nil)
                 }
-                guard let self else { return }
-                Task { await self.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction) }
+                self?.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction)
             }
         }
     }
 
     /// Chooses and dispatches: the request's id, its replica, and whether another could take it.
-    private func route(_ hints: RequestHints) throws -> (RequestID, String, Bool, Int) {
-        let decision: RouteDecision
+    private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true) throws -> (RequestID, String, Bool, Int) {
         let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
-        switch router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding, restorable: restorable) {
-        case .success(let chosen):
-            decision = chosen
+        let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal> in
+            let decision: RouteDecision
+            switch routing.router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding,
+                                         restorable: restorable) {
+            case .success(let chosen): decision = chosen
+            case .failure(let refusal): return .failure(refusal)
+            }
+            let id = routing.nextRequest
+            routing.nextRequest += 1
+            routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks)
+            let counterKey = "\(decision.replica)|\(decision.reason)"
+            let counter = routing.decisionCounters[counterKey] ?? Counter(
+                label: "strata_route_decisions_total",
+                dimensions: [("model", model), ("replica", decision.replica), ("reason", "\(decision.reason)")])
+            routing.decisionCounters[counterKey] = counter
+            let hasAlternatives = routing.router.replicaSnapshots.contains {
+                $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
+            }
+            return .success((id, decision, counter, hasAlternatives))
+        }
+        switch routed {
+        case .success(let (id, decision, counter, hasAlternatives)):
+            counter.increment()
+            matchedFraction.record(decision.matchedFraction)
+            publishLoad(decision.replica)
+            return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
         case .failure(let refusal):
-            Counter(label: "strata_route_refusals_total", dimensions: [("model", model), ("reason", "\(refusal)")]).increment()
+            if countingRefusals {
+                Counter(label: "strata_route_refusals_total", dimensions: [("model", model), ("reason", "\(refusal)")]).increment()
+            }
             let error = GatewayError.unavailable(
                 "No replica of '\(model)' can take the request: \(Self.explain(refusal))", code: "no_replica",
                 retryAfterSeconds: max(1, Int(settings.healthInterval.components.seconds)))
             if case .noHealthyReplica = refusal { throw RouteFailure.noHealthyReplica(error) }
             throw error
         }
-        let id = nextRequest
-        nextRequest += 1
-        router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks)
-        let counterKey = "\(decision.replica)|\(decision.reason)"
-        let counter = decisionCounters[counterKey] ?? {
-            let made = Counter(label: "strata_route_decisions_total",
-                               dimensions: [("model", model), ("replica", decision.replica), ("reason", "\(decision.reason)")])
-            decisionCounters[counterKey] = made
-            return made
-        }()
-        counter.increment()
-        matchedFraction.record(decision.matchedFraction)
-        publishLoad(decision.replica)
-        let hasAlternatives = router.replicaSnapshots.contains {
-            $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
-        }
-        return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
     }
 
-    private func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
-        if let cachedFraction {
-            let dropped = router.reportCached(id, fraction: cachedFraction)
-            if dropped > 0 {
-                Counter(label: "strata_route_index_corrections_total", dimensions: [("model", model), ("replica", replica)])
-                    .increment()
-                logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
+    private nonisolated func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
+        let (dropped, ejected) = routing.withLockedValue { routing -> (Int, Bool) in
+            let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
+            routing.router.finish(id)
+            switch outcome {
+            case .completed: routing.router.reportSuccess(replica)
+            case .abandoned: break
+            case .upstreamFailed: return (dropped, routing.router.reportFailure(replica))
             }
+            return (dropped, false)
         }
-        router.finish(id)
-        switch outcome {
-        case .completed:
-            router.reportSuccess(replica)
-        case .abandoned:
-            break
-        case .upstreamFailed:
-            if router.reportFailure(replica) {
-                logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row")
-            }
+        if dropped > 0 {
+            Counter(label: "strata_route_index_corrections_total", dimensions: [("model", model), ("replica", replica)])
+                .increment()
+            logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
         }
+        if ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
         publishLoad(replica)
     }
 
     /// Publishes the load of one replica (nil: all of them).
-    private func publishLoad(_ only: String? = nil) {
-        for id in only.map({ [$0] }) ?? replicas {
-            guard let snapshot = router.snapshot(of: id), let gauge = gauges[id] else { continue }
+    private nonisolated func publishLoad(_ only: String? = nil) {
+        let ids = only.map { [$0] } ?? replicas
+        let loads = routing.withLockedValue { routing in ids.compactMap { routing.router.snapshot(of: $0) } }
+        for snapshot in loads {
+            guard let gauge = gauges[snapshot.id] else { continue }
             gauge.inFlight.record(snapshot.inFlight)
             gauge.indexBlocks.record(snapshot.indexedBlocks)
             gauge.healthy.record(snapshot.healthy ? 1 : 0)
         }
     }
 
-    var snapshots: [ReplicaSnapshot] { router.replicaSnapshots }
+    nonisolated var snapshots: [ReplicaSnapshot] { routing.withLockedValue { $0.router.replicaSnapshots } }
 
     /// A managed replica's process is gone (stopped, evicted or crashed): its prefixes went with
     /// it. It stays eligible: the supervisor starts a new process on its next request.
     func processExited(_ replica: String) {
         slots?.replicaRestarted(replica)
-        router.replicaRestarted(replica)
-        router.markHealthy(replica)
+        routing.withLockedValue {
+            $0.router.replicaRestarted(replica)
+            $0.router.markHealthy(replica)
+        }
         publishLoad(replica)
     }
 
@@ -254,13 +277,13 @@ actor ReplicaSet {
         if healthy {
             if before == false {
                 // It was down and is back: a restarted server holds none of its old prefixes.
-                router.replicaRestarted(url)
+                routing.withLockedValue { $0.router.replicaRestarted(url) }
                 logger.notice("replica \(url) of \(model) is healthy again; its prefix index starts empty")
             }
-            router.markHealthy(url)
+            routing.withLockedValue { $0.router.markHealthy(url) }
         } else {
             if before != false { logger.warning("replica \(url) of \(model) failed its health check") }
-            router.markUnhealthy(url)
+            routing.withLockedValue { $0.router.markUnhealthy(url) }
         }
         publishLoad()
     }

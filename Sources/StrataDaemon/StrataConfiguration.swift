@@ -47,6 +47,8 @@ public struct GatewayLimits: Sendable, Equatable {
     /// Longest the gateway waits for a runtime's response headers once a request is sent.
     public var upstreamTimeout: Duration
     public var cancelOnDisconnect: Bool
+    /// Relay requests that can be admitted at once on the client connection's event loop.
+    public var relayOnEventLoop = true
 }
 
 public struct SupervisorSettings: Sendable {

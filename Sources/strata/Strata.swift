@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 import Prometheus
 import StrataDaemon
 import TierStore
@@ -12,6 +14,21 @@ struct Strata: AsyncParsableCommand {
         commandName: "strata",
         abstract: "One OpenAI-compatible endpoint for the models on this machine.",
         subcommands: [Serve.self, Config.self, Status.self, Stage.self, Bench.self])
+
+    static func main() async {
+        // Swift concurrency's jobs run on NIO's event loops rather than on a pool of their own: a
+        // request's task then goes on on the loop whose socket woke it (the hook keeps a job on
+        // the loop that enqueues it), so a relayed request changes threads far less often. Each
+        // change wakes an idle thread, which on a small machine is most of what a proxy adds.
+        // STRATA_EXECUTOR=swift keeps Swift's own pool.
+        if let loops = ProcessInfo.processInfo.environment["STRATA_LOOPS"].flatMap(Int.init) {
+            NIOSingletons.groupLoopCountSuggestion = loops
+        }
+        if ProcessInfo.processInfo.environment["STRATA_EXECUTOR"] != "swift" {
+            _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        }
+        await self.main(nil)
+    }
 }
 
 struct Serve: AsyncParsableCommand {

@@ -2,9 +2,17 @@ import Frontend
 import NIOConcurrencyHelpers
 
 /// A fake model backend for gateway unit tests: one model `m` served by a fake upstream.
+/// With `immediate`, `acquireImmediately` admits `m` (and the relay's test models: `raw` on
+/// the raw upstream, `retry` first on a closed port, then on the fake upstream).
 final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
+    let immediate: Bool
+    let rawPort: Int
     private let counters = NIOLockedValueBox((acquired: 0, released: 0))
+    private let leaseOutcomes = NIOLockedValueBox<[String: [LeaseOutcome]]>([:])
+
+    /// How each lease of a model ended, in order.
+    func outcomes(_ model: String) -> [LeaseOutcome] { leaseOutcomes.withLockedValue { $0[model] ?? [] } }
     private let hints = NIOLockedValueBox<RequestHints?>(nil)
     private let cacheReports = NIOLockedValueBox<[[Int]]>([])
 
@@ -14,8 +22,34 @@ final class FakeBackend: ModelBackend, Sendable {
     /// What the last `acquire` was told (policy, tenant, prompt chain).
     var lastHints: RequestHints? { hints.withLockedValue { $0 } }
 
-    init(upstreamPort: Int) {
+    init(upstreamPort: Int, immediate: Bool = false, rawPort: Int = 0) {
         self.upstreamPort = upstreamPort
+        self.immediate = immediate
+        self.rawPort = rawPort
+    }
+
+    func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? {
+        guard immediate else { return nil }
+        self.hints.withLockedValue { $0 = hints }
+        let record: @Sendable (LeaseOutcome) -> Void = { [leaseOutcomes] outcome in
+            leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) }
+        }
+        switch model {
+        case "m":
+            counters.withLockedValue { $0.acquired += 1 }
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in
+                counters.withLockedValue { $0.released += 1 }
+            }
+        case "raw":
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", onOutcome: record)
+        case "retry" where !hints.excluding.contains("dead"):
+            // port 1 on loopback: nothing listens, the connection is refused
+            return UpstreamLease(baseURL: "http://127.0.0.1:1/v1", upstreamLabel: "dead", hasAlternatives: true, onOutcome: record)
+        case "retry":
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "live", onOutcome: record)
+        default:
+            return nil
+        }
     }
 
     var acquired: Int { counters.withLockedValue { $0.acquired } }

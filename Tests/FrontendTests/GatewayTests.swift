@@ -33,6 +33,7 @@ struct GatewayTests {
                         try await writer.finish(nil)
                     })
             }
+            if let wait = json["sleep_ms"] as? Int { try await Task.sleep(for: .milliseconds(wait)) }
             var echo = ByteBuffer(string: "{\"echo\":")
             echo.writeImmutableBuffer(body)
             echo.writeString(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}")
@@ -49,17 +50,26 @@ struct GatewayTests {
         return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
     }
 
+    /// The gateway as the daemon runs it (event-loop relay included). `immediate`: the fake
+    /// backend admits model `m` at once, so requests take the event-loop relay; otherwise it
+    /// never does and every request goes the general way.
     static func withGateway(
-        _ configuration: GatewayConfiguration = GatewayConfiguration(),
+        _ configuration: GatewayConfiguration = GatewayConfiguration(), immediate: Bool = false, rawPort: Int = 0,
         _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
     ) async throws {
         try await fakeUpstream().test(.live) { upstream in
-            let backend = FakeBackend(upstreamPort: upstream.port!)
+            let backend = FakeBackend(upstreamPort: upstream.port!, immediate: immediate, rawPort: rawPort)
             let gateway = Gateway(
                 configuration: configuration, backend: backend, httpClient: .shared, logger: Logger(label: "test"))
-            let app = Application(router: gateway.buildRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-            try await app.test(.live) { client in try await body(client, backend) }
+            try await app(gateway).test(.live) { client in try await body(client, backend) }
         }
+    }
+
+    static func app(_ gateway: Gateway) -> some ApplicationProtocol {
+        Application(
+            router: gateway.buildRouter(),
+            server: .http1(configuration: .init(additionalChannelHandlers: gateway.eventLoopRelayHandlers())),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)))
     }
 
     static func errorCode(_ response: TestResponse) throws -> String? {
@@ -70,8 +80,9 @@ struct GatewayTests {
         return error?["code"] as? String
     }
 
-    @Test func bodyIsForwardedByteForByteAndLeaseReleased() async throws {
-        try await Self.withGateway { client, backend in
+    @Test(arguments: [false, true])
+    func bodyIsForwardedByteForByteAndLeaseReleased(immediate: Bool) async throws {
+        try await Self.withGateway(immediate: immediate) { client, backend in
             // unknown fields and tool definitions must pass through untouched, key order included
             let sent = #"{"zeta":1,"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"x_custom":{"a":[1,2]}}"#
             let response = try await client.execute(
@@ -127,7 +138,7 @@ struct GatewayTests {
         (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "invalid_field"),
     ])
     func badRequestsGet400WithReason(body: String, code: String) async throws {
-        try await Self.withGateway { client, backend in
+        try await Self.withGateway(immediate: true) { client, backend in
             let response = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: body))
             #expect(response.status == .badRequest)
@@ -171,8 +182,9 @@ struct GatewayTests {
         }
     }
 
-    @Test func oversizedBodyGets413() async throws {
-        try await Self.withGateway(GatewayConfiguration(maxBodyBytes: 1024)) { client, backend in
+    @Test(arguments: [false, true])
+    func oversizedBodyGets413(immediate: Bool) async throws {
+        try await Self.withGateway(GatewayConfiguration(maxBodyBytes: 1024), immediate: immediate) { client, backend in
             let big = #"{"model":"m","messages":[{"role":"user","content":""# + String(repeating: "x", count: 4096) + #""}]}"#
             let response = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: big))
@@ -182,9 +194,10 @@ struct GatewayTests {
         }
     }
 
-    @Test func apiKeysAndAdminKeyAreEnforced() async throws {
+    @Test(arguments: [false, true])
+    func apiKeysAndAdminKeyAreEnforced(immediate: Bool) async throws {
         let configuration = GatewayConfiguration(apiKeys: ["k1"], adminKey: "adm", cancelOnDisconnect: false)
-        try await Self.withGateway(configuration) { client, _ in
+        try await Self.withGateway(configuration, immediate: immediate) { client, _ in
             let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
             let none = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: body)
             #expect(none.status == .unauthorized)

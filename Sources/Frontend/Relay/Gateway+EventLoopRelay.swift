@@ -1,0 +1,374 @@
+import Foundation
+import HTTPTypes
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+
+/// The relay of a request that can be served at once, done on the client connection's event
+/// loop: no task, no hop between threads from the client's bytes to the upstream's and back.
+/// The general path (`proxy`, on Swift concurrency) takes everything else.
+extension Gateway {
+    /// The channel handlers the HTTP/1 server puts before its request handling.
+    public func eventLoopRelayHandlers() -> [any RemovableChannelHandler] {
+        configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : []
+    }
+
+    /// One request the event loop can relay, and the lease that admits it.
+    struct ImmediateRelay {
+        var lease: UpstreamLease
+        var parsed: ParsedBody
+        var endpoint: Endpoint
+        var body: ByteBuffer
+        var started: ContinuousClock.Instant
+        var admitted: ContinuousClock.Instant
+    }
+
+    /// The endpoint of a request head the event loop may relay; nil sends it the general way.
+    static func immediateEndpoint(_ head: HTTPRequest) -> Endpoint? {
+        guard head.method == .post, let path = head.path,
+            head.headerFields[.connection]?.lowercased() != "close", head.headerFields[.expect] == nil
+        else { return nil }
+        let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        return Endpoint.allCases.first { $0.path == route }
+    }
+
+    /// Checks, parses and admits a whole request without waiting. Nil where the general path is
+    /// needed: any error (it answers it), a stream, a model the backend cannot admit at once,
+    /// an upstream that is not plain `http://`.
+    func prepareImmediately(_ head: HTTPRequest, endpoint: Endpoint, body: ByteBuffer, started: ContinuousClock.Instant)
+        -> ImmediateRelay?
+    {
+        guard let tenant = try? authorize(headers: head.headerFields),
+            let policy = try? policy(of: head.headerFields, tenant: tenant),
+            var parsed = try? parseBody(body, endpoint: endpoint), !parsed.stream
+        else { return nil }
+        addHints(to: &parsed, headers: head.headerFields, tenant: tenant, policy: policy)
+        guard let lease = backend.acquireImmediately(model: parsed.model, hints: parsed.hints) else { return nil }
+        guard UpstreamTarget(url: lease.baseURL + endpoint.suffix) != nil else {
+            lease.release(.abandoned)
+            return nil
+        }
+        return ImmediateRelay(lease: lease, parsed: parsed, endpoint: endpoint, body: body, started: started, admitted: .now)
+    }
+
+    /// What routing may use: the prompt's block chain and session (only for models routed by
+    /// prompt), the tenant and its policy.
+    func addHints(to parsed: inout ParsedBody, headers: HTTPFields, tenant: Tenant, policy: SubstratePolicy) {
+        if backend.routesByPrompt(model: parsed.model) {
+            parsed.hints = RequestHints(
+                prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
+                session: HTTPField.Name(configuration.sessionHeader).flatMap { headers[$0] } ?? parsed.json["user"] as? String)
+        }
+        parsed.hints.policy = policy
+        parsed.hints.tenant = tenant.name
+    }
+
+    /// The upstream request for a lease: the target, its head and body.
+    func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, HTTPRequestHead, ByteBuffer) {
+        guard let target = UpstreamTarget(url: relay.lease.baseURL + relay.endpoint.suffix) else {
+            throw GatewayError.badGateway("Upstream URL \(relay.lease.baseURL) is not http://")
+        }
+        let body = try rewriteBody(relay.body, parsed: relay.parsed, for: relay.lease)
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: target.hostHeader)
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Accept", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        for (name, value) in relay.lease.headers { headers.replaceOrAdd(name: name, value: value) }
+        return (target, HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers), body)
+    }
+}
+
+/// Sits between the HTTP/1 codec and Hummingbird's request handling on each connection. A POST
+/// to an OpenAI endpoint is collected here; if the gateway can admit it at once
+/// (`Gateway.prepareImmediately`), it is sent on a pooled upstream connection of the same event
+/// loop and the answer written back, all on that loop. Otherwise the request's parts go on to
+/// Hummingbird unchanged. Answers stay in request order: a request is relayed here only when
+/// no earlier one is still with Hummingbird, and requests that arrive while one is relayed
+/// here wait until it is answered.
+final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private enum State {
+        case idle
+        /// A request that may be relayed here, until its end.
+        case collecting(HTTPRequest, Endpoint, ByteBuffer?, ContinuousClock.Instant)
+        /// A request on its way to Hummingbird, until its end.
+        case passing
+        /// A request relayed here, until its answer is written.
+        case relaying(Exchange)
+    }
+
+    private struct Exchange {
+        var relay: Gateway.ImmediateRelay
+        var attempt = 0
+        var connection: UpstreamConnection?
+        var timeout: Scheduled<Void>?
+        /// The request went once more on a new connection after a kept one failed unanswered.
+        var resentOnNewConnection = false
+    }
+
+    private let gateway: Gateway
+    private var pool: UpstreamPool?
+    private var state = State.idle
+    /// Requests handed to Hummingbird whose answer has not ended.
+    private var handedOn = 0
+    /// Parts that arrived while a request was relayed here, in order.
+    private var held = CircularBuffer<HTTPRequestPart>()
+    private var replaying = false
+    /// A quiesce (graceful shutdown) that came while a request was relayed here.
+    private var heldEvent: Any?
+    /// Shutdown under way: every request goes to Hummingbird, which closes the connection after it.
+    private var quiescing = false
+    private var attempts = 0
+
+    init(gateway: Gateway) {
+        self.gateway = gateway
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        pool = gateway.upstreamPools.pool(for: context.eventLoop)
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .relaying = state {
+            held.append(part)
+            return
+        }
+        if !held.isEmpty && !replaying {
+            held.append(part)
+            return
+        }
+        read(part, context: context)
+    }
+
+    private func read(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            if handedOn == 0, !quiescing, let endpoint = Gateway.immediateEndpoint(head) {
+                state = .collecting(head, endpoint, nil, .now)
+            } else {
+                handOn(part, context: context)
+                state = .passing
+            }
+        case (.collecting(let head, let endpoint, var body, let started), .body(var chunk)):
+            state = .idle   // so that the body below is not shared with the state (no copy on write)
+            if body == nil {
+                body = chunk
+            } else {
+                body!.writeBuffer(&chunk)
+            }
+            if body!.readableBytes > gateway.configuration.maxBodyBytes {
+                // Too large: the general path reads the rest and answers 413.
+                handOn(.head(head), context: context)
+                handOn(.body(body!), context: context)
+                state = .passing
+            } else {
+                state = .collecting(head, endpoint, body, started)
+            }
+        case (.collecting(let head, let endpoint, let body, let started), .end(let trailers)):
+            state = .idle
+            let body = body ?? ByteBuffer()
+            if let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started) {
+                state = .relaying(Exchange(relay: relay))
+                send(context: context)
+            } else {
+                handOn(.head(head), context: context)
+                if body.readableBytes > 0 { handOn(.body(body), context: context) }
+                handOn(.end(trailers), context: context)
+            }
+        case (.passing, _):
+            if case .end = part { state = .idle }
+            context.fireChannelRead(wrapInboundOut(part))
+        default:
+            // Out of order parts (a body without a head): the general path deals with them.
+            state = .passing
+            handOn(part, context: context)
+        }
+    }
+
+    private func handOn(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        if case .head = part { handedOn += 1 }
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .relaying(let exchange) = state {
+            // The client left: the upstream request is dropped with its connection.
+            exchange.timeout?.cancel()
+            exchange.connection?.channel.close(promise: nil)
+            exchange.relay.lease.release(.abandoned)
+            state = .idle
+        }
+        held.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            quiescing = true
+            if case .relaying = state {
+                heldEvent = event   // passed on once the answer is written
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { handedOn = max(0, handedOn - 1) }
+        context.write(data, promise: promise)
+    }
+
+    // MARK: the exchange
+
+    private func send(context: ChannelHandlerContext) {
+        guard case .relaying(var exchange) = state, let pool else { return }
+        let request: (UpstreamTarget, HTTPRequestHead, ByteBuffer)
+        do {
+            request = try gateway.upstreamRequest(exchange.relay)
+        } catch {
+            exchange.relay.lease.release(.abandoned)
+            finish(exchange, answer: (error as? GatewayError) ?? GatewayError.badGateway(describe(error)), context: context)
+            return
+        }
+        attempts += 1
+        let attempt = attempts
+        exchange.attempt = attempt
+        if exchange.timeout == nil {
+            let limit = TimeAmount(gateway.configuration.upstreamTimeout)
+            exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: limit) {
+                guard case .relaying(let exchange) = self.state, exchange.attempt == attempt else { return }
+                exchange.connection?.handler.fail(UpstreamRelayError.timedOut)
+                exchange.connection?.channel.close(promise: nil)
+            }
+        }
+        state = .relaying(exchange)
+        let (target, head, body) = request
+        let limit = gateway.configuration.maxResponseBytes
+        pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
+            .assumeIsolated()
+            .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
+                if case .relaying(var current) = self.state, current.attempt == attempt {
+                    current.connection = connection
+                    self.state = .relaying(current)
+                }
+                return connection.send(head: head, body: body, limit: limit)
+            }
+            .whenComplete { result in
+                // Otherwise the client left meanwhile, and the connection was closed then.
+                guard case .relaying(let current) = self.state, current.attempt == attempt else { return }
+                self.answered(result, exchange: current, context: context)
+            }
+    }
+
+    private func answered(_ result: Result<UpstreamAnswer, any Error>, exchange: Exchange, context: ChannelHandlerContext) {
+        var exchange = exchange
+        let relay = exchange.relay
+        let model = relay.parsed.model
+        switch result {
+        case .success(let answer):
+            exchange.timeout?.cancel()
+            if let connection = exchange.connection { pool?.release(connection) }
+            let observer = RequestObserver(
+                metrics: gateway.metrics, model: relay.lease.servedModel ?? model, endpoint: relay.endpoint,
+                started: relay.started, admitted: relay.admitted, statusCode: Int(answer.head.status.code),
+                tenant: relay.parsed.hints.tenant, price: relay.lease.price, cacheReport: relay.lease.cacheReport)
+            observer.completed(answer.body)   // reports the cached share to the lease, so before its release
+            relay.lease.release()
+            var headers = HTTPFields()
+            headers[.contentType] = answer.head.headers.first(name: "content-type") ?? "application/json"
+            headers[.contentLength] = String(answer.body.readableBytes)
+            if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
+            let response = HTTPResponse(status: .init(code: Int(answer.head.status.code)), headerFields: headers)
+            write(response, body: answer.body, context: context)
+
+        case .failure(let error):
+            let relayError = error as? UpstreamRelayError
+            if relayError?.answerBegan == true {
+                // It began to answer, then broke (or sent too much): as the general path, no
+                // retry, the lease ends and the client gets a 502.
+                relay.lease.release()
+                gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
+                finish(exchange, answer: .badGateway("The runtime for '\(model)' failed before answering: \(describe(error))"),
+                       context: context)
+                return
+            }
+            if let connection = exchange.connection, connection.reused, !exchange.resentOnNewConnection,
+                relayError != .timedOut
+            {
+                // A kept connection the upstream had closed while idle: send once more on a new one.
+                exchange.resentOnNewConnection = true
+                exchange.connection = nil
+                state = .relaying(exchange)
+                send(context: context)
+                return
+            }
+            relay.lease.release(.upstreamFailed)
+            var hints = relay.parsed.hints
+            if relay.lease.hasAlternatives, hints.excluding.count < 8 {
+                gateway.logger.warning("\(relay.lease.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
+                hints.excluding.insert(relay.lease.upstreamLabel)
+                gateway.metrics.retried(model: model, endpoint: relay.endpoint)
+                if let lease = gateway.backend.acquireImmediately(model: model, hints: hints) {
+                    var next = exchange
+                    next.relay.lease = lease
+                    next.relay.parsed.hints = hints
+                    next.connection = nil
+                    next.resentOnNewConnection = false
+                    state = .relaying(next)
+                    send(context: context)
+                    return
+                }
+            }
+            exchange.timeout?.cancel()
+            gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
+            finish(exchange, answer: .badGateway("The runtime for '\(model)' did not answer: \(describe(error))"), context: context)
+        }
+    }
+
+    /// Writes an error answer for the exchange.
+    private func finish(_ exchange: Exchange, answer error: GatewayError, context: ChannelHandlerContext) {
+        exchange.timeout?.cancel()
+        var (headers, body) = error.encoded
+        headers[.contentLength] = String(body.readableBytes)
+        write(HTTPResponse(status: error.status, headerFields: headers), body: body, context: context)
+    }
+
+    private func write(_ response: HTTPResponse, body: ByteBuffer, context: ChannelHandlerContext) {
+        state = .idle
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+        if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if let event = heldEvent {
+            heldEvent = nil
+            context.fireUserInboundEventTriggered(event)
+        }
+        replayHeld(context: context)
+    }
+
+    /// Reads the parts held back while a request was relayed here, as if they came now.
+    private func replayHeld(context: ChannelHandlerContext) {
+        guard !replaying, !held.isEmpty else { return }
+        replaying = true
+        defer { replaying = false }
+        var delivered = false
+        while let part = held.popFirst() {
+            if case .relaying = state {
+                held.prepend(part)
+                break
+            }
+            read(part, context: context)
+            delivered = true
+        }
+        if delivered { context.fireChannelReadComplete() }
+    }
+}

@@ -1,0 +1,245 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Keep-alive HTTP/1.1 connections to upstreams, one pool per event loop: a request relayed on
+/// a client connection's loop is sent on a connection of the same loop, so it never changes
+/// threads (see `EventLoopRelayHandler`).
+final class UpstreamPools: Sendable {
+    private let pools = NIOLockedValueBox<[ObjectIdentifier: UpstreamPool]>([:])
+    /// Idle connections kept per upstream and loop; more are closed when they come back.
+    let maxIdlePerUpstream: Int
+
+    init(maxIdlePerUpstream: Int = 64) {
+        self.maxIdlePerUpstream = maxIdlePerUpstream
+    }
+
+    func pool(for eventLoop: any EventLoop) -> UpstreamPool {
+        pools.withLockedValue { pools in
+            if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
+            let pool = UpstreamPool(eventLoop: eventLoop, maxIdlePerUpstream: maxIdlePerUpstream)
+            pools[ObjectIdentifier(eventLoop)] = pool
+            return pool
+        }
+    }
+}
+
+/// Where an upstream request goes: `http://host:port` and the path on it.
+struct UpstreamTarget: Hashable, Sendable {
+    var host: String
+    var port: Int
+    var path: String
+
+    /// Parses `http://host[:port]/path`; nil for anything else (https goes the general way).
+    init?(url: String) {
+        guard url.hasPrefix("http://") else { return nil }
+        let rest = url.dropFirst(7)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        if authority.hasPrefix("[") {   // [::1]:8080
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let after = authority[authority.index(after: close)...]
+            if after.isEmpty {
+                port = 80
+            } else {
+                guard after.hasPrefix(":"), let value = Int(after.dropFirst()) else { return nil }
+                port = value
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = String(authority[..<colon])
+            guard let value = Int(authority[authority.index(after: colon)...]) else { return nil }
+            port = value
+        } else {
+            host = String(authority)
+            port = 80
+        }
+        guard !host.isEmpty, (1...65535).contains(port), !host.contains("@") else { return nil }
+    }
+
+    var hostHeader: String {
+        let name = host.contains(":") ? "[\(host)]" : host
+        return port == 80 ? name : "\(name):\(port)"
+    }
+}
+
+/// The pool of one event loop. Used only on that loop (not locked).
+final class UpstreamPool: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    private let maxIdlePerUpstream: Int
+    private var idle: [String: [UpstreamConnection]] = [:]
+
+    init(eventLoop: any EventLoop, maxIdlePerUpstream: Int) {
+        self.eventLoop = eventLoop
+        self.maxIdlePerUpstream = maxIdlePerUpstream
+    }
+
+    /// An idle connection to `target` (the most recently used), or a new one.
+    func connection(to target: UpstreamTarget, connectTimeout: TimeAmount, reusing: Bool = true)
+        -> EventLoopFuture<UpstreamConnection>
+    {
+        eventLoop.preconditionInEventLoop()
+        let key = "\(target.host):\(target.port)"
+        while reusing, var list = idle[key], let connection = list.popLast() {
+            idle[key] = list
+            if connection.isUsable { return eventLoop.makeSucceededFuture(connection) }
+        }
+        return ClientBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamResponseHandler())
+                }
+            }
+            .connect(host: target.host, port: target.port)
+            .flatMapThrowing { channel in
+                let handler = try channel.pipeline.syncOperations.handler(type: UpstreamResponseHandler.self)
+                return UpstreamConnection(channel: channel, handler: handler, key: key, reused: false)
+            }
+    }
+
+    /// Takes back a connection whose exchange ended cleanly and may be kept alive.
+    func release(_ connection: UpstreamConnection) {
+        eventLoop.preconditionInEventLoop()
+        guard connection.isUsable else { return }
+        var list = idle[connection.key] ?? []
+        guard list.count < maxIdlePerUpstream else {
+            connection.channel.close(promise: nil)
+            return
+        }
+        connection.reused = true
+        list.append(connection)
+        idle[connection.key] = list
+    }
+}
+
+/// One upstream connection and its response handler.
+final class UpstreamConnection: @unchecked Sendable {   // used only on its channel's event loop
+    let channel: any Channel
+    let handler: UpstreamResponseHandler
+    let key: String
+    /// Served an exchange before: a failure before any answer may be the upstream having closed
+    /// it while idle, so the request is sent once more on a new connection.
+    var reused: Bool
+
+    init(channel: any Channel, handler: UpstreamResponseHandler, key: String, reused: Bool) {
+        self.channel = channel
+        self.handler = handler
+        self.key = key
+        self.reused = reused
+    }
+
+    var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive }
+
+    /// Sends one request; the future has the whole answer, at most `limit` bytes of body.
+    func send(head: HTTPRequestHead, body: ByteBuffer, limit: Int) -> EventLoopFuture<UpstreamAnswer> {
+        let promise = channel.eventLoop.makePromise(of: UpstreamAnswer.self)
+        handler.expect(promise, limit: limit)
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil)).assumeIsolated().whenFailure { [handler] error in handler.fail(error) }
+        return promise.futureResult
+    }
+}
+
+struct UpstreamAnswer {
+    var head: HTTPResponseHead
+    var body: ByteBuffer
+}
+
+enum UpstreamRelayError: Error, Equatable, CustomStringConvertible {
+    /// The connection closed before the whole answer came (`answered`: its head had come).
+    case closed(answered: Bool)
+    case tooLarge(limit: Int)
+    case timedOut
+
+    /// The upstream had begun to answer (so the request is not sent again).
+    var answerBegan: Bool {
+        switch self {
+        case .closed(let answered): answered
+        case .tooLarge: true
+        case .timedOut: false
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .closed(let answered): answered ? "the connection closed mid-answer" : "the connection closed before an answer"
+        case .tooLarge(let limit): "the answer is larger than \(limit) bytes"
+        case .timedOut: "no answer within gateway.upstream_timeout"
+        }
+    }
+}
+
+/// Collects one response at a time into an `UpstreamAnswer`.
+final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private var promise: EventLoopPromise<UpstreamAnswer>?
+    private var head: HTTPResponseHead?
+    private var body: ByteBuffer?
+    private var limit = 0
+    private(set) var keepAlive = true
+
+    var isIdle: Bool { promise == nil }
+
+    func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int) {
+        precondition(self.promise == nil, "one request at a time on an upstream connection")
+        self.promise = promise
+        self.limit = limit
+        head = nil
+        body = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            keepAlive = keepAlive && head.isKeepAlive
+        case .body(var chunk):
+            if body == nil {
+                body = chunk
+            } else {
+                body!.writeBuffer(&chunk)
+            }
+            if body!.readableBytes > limit {
+                keepAlive = false
+                fail(UpstreamRelayError.tooLarge(limit: limit))
+                context.close(promise: nil)
+            }
+        case .end:
+            guard let promise, let head else { return }
+            self.promise = nil
+            let answer = UpstreamAnswer(head: head, body: body ?? ByteBuffer())
+            self.head = nil
+            body = nil
+            promise.succeed(answer)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        keepAlive = false
+        fail(UpstreamRelayError.closed(answered: head != nil))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        keepAlive = false
+        fail(error)
+        context.close(promise: nil)
+    }
+
+    /// Fails the exchange under way, if any; the connection is not kept.
+    func fail(_ error: any Error) {
+        keepAlive = false
+        guard let promise else { return }
+        self.promise = nil
+        head = nil
+        body = nil
+        promise.fail(error)
+    }
+}

@@ -1,0 +1,247 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+@testable import Frontend
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The event-loop relay (requests the backend admits at once): its answers, its upstream
+/// connections, its failure paths, and its ordering against requests that go the general way.
+struct EventLoopRelayTests {
+    static let chat = #"{"model":"MODEL","messages":[{"role":"user","content":"hi"}]}"#
+
+    static func body(_ model: String, extra: String = "") -> ByteBuffer {
+        ByteBuffer(string: chat.replacingOccurrences(of: "MODEL", with: model).replacingOccurrences(of: "}]}", with: "}]\(extra)}"))
+    }
+
+    @Test func keptConnectionsAreReusedAndOneClosedByTheUpstreamIsResent() async throws {
+        // The raw upstream answers one request per connection and closes the connection when a
+        // second comes, without an answer (as a server that timed the idle connection out).
+        let upstream = try await RawUpstream.start(answersPerConnection: 1)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(cancelOnDisconnect: false), immediate: true, rawPort: upstream.port
+        ) { client, backend in
+            for _ in 0..<3 {
+                let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body).hasPrefix(#"{"ok":"#))
+            }
+            #expect(backend.outcomes("raw") == [.completed, .completed, .completed])
+            #expect(upstream.connections == 3, "each request after the first found its kept connection closed and was sent again")
+        }
+
+        let keeping = try await RawUpstream.start(answersPerConnection: 100)
+        defer { keeping.stop() }
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(cancelOnDisconnect: false), immediate: true, rawPort: keeping.port
+        ) { client, backend in
+            for _ in 0..<5 {
+                let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+                #expect(response.status == .ok)
+            }
+            #expect(keeping.connections == 1, "one kept-alive upstream connection serves them all")
+            #expect(backend.outcomes("raw").count == 5)
+        }
+    }
+
+    @Test func aRefusedReplicaIsLeftForAnother() async throws {
+        try await GatewayTests.withGateway(immediate: true) { client, backend in
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("retry"))
+            #expect(response.status == .ok)
+            #expect(String(buffer: response.body).hasPrefix(#"{"echo":"#))
+            #expect(backend.outcomes("retry") == [.upstreamFailed, .completed])
+        }
+    }
+
+    @Test func anUpstreamThatIsDownGets502() async throws {
+        let upstream = try await RawUpstream.start(answersPerConnection: 1)
+        let port = upstream.port
+        upstream.stop()
+        try await GatewayTests.withGateway(immediate: true, rawPort: port) { client, backend in
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+            #expect(response.status == .badGateway)
+            #expect(try GatewayTests.errorCode(response) == "runtime_failed")
+            #expect(backend.outcomes("raw") == [.upstreamFailed])
+        }
+    }
+
+    @Test func anAnswerOverTheLimitGets502() async throws {
+        try await GatewayTests.withGateway(GatewayConfiguration(maxResponseBytes: 64), immediate: true) { client, backend in
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("m"))
+            #expect(response.status == .badGateway)
+            #expect(try GatewayTests.errorCode(response) == "runtime_failed")
+            #expect(backend.released == 1)
+        }
+    }
+
+    @Test func aClientThatLeavesEndsItsRequest() async throws {
+        try await GatewayTests.withGateway(immediate: true) { client, backend in
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
+            request.method = .POST
+            request.body = .bytes(Self.body("m", extra: #","sleep_ms":1500"#))
+            let started = ContinuousClock.now
+            await #expect(throws: (any Error).self) { try await HTTPClient.shared.execute(request, timeout: .milliseconds(200)) }
+            // The upstream would answer after 3 s; the lease ends as soon as the client is gone.
+            while backend.released == 0 && ContinuousClock.now - started < .seconds(2) { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(backend.released == 1)
+            #expect(ContinuousClock.now - started < .seconds(1))
+        }
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        // Kept alive: the general path closes a watched connection after its answer.
+        try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
+            // relayed here (answered after 100 ms), general path (503), general path (400), relayed here
+            let bodies = [
+                String(buffer: Self.body("m", extra: #","sleep_ms":100,"n":1"#)),
+                #"{"model":"busy","prompt":"x"}"#,
+                "not json",
+                String(buffer: Self.body("m", extra: #","n":2"#)),
+            ]
+            let paths = ["/v1/chat/completions", "/v1/completions", "/v1/chat/completions", "/v1/chat/completions"]
+            var wire = ""
+            for (path, body) in zip(paths, bodies) {
+                wire += "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            }
+            // blocking socket calls: on a thread of their own, not the cooperative pool the servers use
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive { [wire] in
+                try RawClient.exchange(port: port, send: wire, responses: 4)
+            }
+            #expect(answers.map(\.status) == [200, 503, 400, 200])
+            #expect(answers[0].body.contains(#""n":1"#))
+            #expect(answers[3].body.contains(#""n":2"#))
+            #expect(backend.acquired == 2)
+            #expect(backend.released == 2)
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream on NIO that answers `{"ok":N}` and counts its connections; after
+/// `answersPerConnection` answers on a connection it closes it when the next request comes.
+final class RawUpstream: Sendable {
+    let channel: any Channel
+    private let accepted: NIOLockedValueBox<Int>
+
+    var port: Int { channel.localAddress!.port! }
+    var connections: Int { accepted.withLockedValue { $0 } }
+
+    private init(channel: any Channel, accepted: NIOLockedValueBox<Int>) {
+        self.channel = channel
+        self.accepted = accepted
+    }
+
+    static func start(answersPerConnection: Int) async throws -> RawUpstream {
+        let accepted = NIOLockedValueBox(0)
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                accepted.withLockedValue { $0 += 1 }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(Handler(limit: answersPerConnection))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return RawUpstream(channel: channel, accepted: accepted)
+    }
+
+    func stop() { try? channel.close().wait() }
+
+    final class Handler: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let limit: Int
+        var answered = 0
+        init(limit: Int) { self.limit = limit }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard case .end = unwrapInboundIn(data) else { return }
+            guard answered < limit else {
+                context.close(promise: nil)
+                return
+            }
+            answered += 1
+            let body = ByteBuffer(string: #"{"ok":\#(answered)}"#)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body.readableBytes))
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}
+
+/// Writes bytes on one TCP connection and reads `responses` HTTP/1.1 answers with Content-Length.
+enum RawClient {
+    struct Answer: Sendable {
+        var status: Int
+        var body: String
+    }
+
+    static func exchange(port: Int, send: String, responses: Int) throws -> [Answer] {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+        let bytes = Array(send.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw POSIXError(.EPIPE) }
+            sent += n
+        }
+        var received: [UInt8] = []
+        var answers: [Answer] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while answers.count < responses {
+            if let (answer, used) = parse(received) {
+                answers.append(answer)
+                received.removeFirst(used)
+                continue
+            }
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw POSIXError(.ETIMEDOUT) }
+            received += buffer[0..<n]
+        }
+        return answers
+    }
+
+    private static func parse(_ bytes: [UInt8]) -> (Answer, Int)? {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
+        let head = text[..<headEnd.lowerBound]
+        let lines = head.split(separator: "\r\n")
+        guard let status = lines.first.flatMap({ Int($0.split(separator: " ")[1]) }) else { return nil }
+        let length = lines.dropFirst().compactMap { line -> Int? in
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, parts[0].lowercased() == "content-length" else { return nil }
+            return Int(parts[1].trimmingCharacters(in: .whitespaces))
+        }.first ?? 0
+        let headBytes = text[..<headEnd.upperBound].utf8.count
+        guard bytes.count >= headBytes + length else { return nil }
+        let body = String(decoding: bytes[headBytes..<(headBytes + length)], as: UTF8.self)
+        return (Answer(status: status, body: body), headBytes + length)
+    }
+}

@@ -9,6 +9,11 @@ requests per second, paced by its Lua `delay()` over `--connections` connections
 to nginx, then through Strata, alternating for `--rounds`; the figures are wrk's latency
 percentiles, and the added latency is the difference of the medians over rounds.
 
+Two references run in the same rounds: nginx itself as a reverse proxy (keep-alive upstream) in
+front of the same backend, i.e. what a minimal proxy adds on this machine; and a second Strata
+with `gateway.event_loop_relay: false`, which sends every request through the general path
+(Hummingbird handler on Swift concurrency, AsyncHTTPClient).
+
 Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--seconds 15] [--rounds 3]
 Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
@@ -63,6 +68,13 @@ def main():
         listen 127.0.0.1:{port};
         location / {{ default_type application/json; return 200 '{ANSWER}'; }}
     }}""" for port in ports)
+    proxy_port = free_port()
+    servers += f"""
+    upstream backend {{ server 127.0.0.1:{ports[0]}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}"""
     (work / "nginx.conf").write_text(f"""
 worker_processes 1;
 daemon off;
@@ -87,12 +99,13 @@ wrk.body = {json.dumps(body)}
 wrk.headers["Content-Type"] = "application/json"
 function delay() return {per_connection_ms:.3f} end
 """)
-    strata_port = free_port()
-    (work / "strata.yaml").write_text(f"""
-listen: 127.0.0.1:{strata_port}
-state_dir: {work}/state
+    strata_port, general_port = free_port(), free_port()
+    for name, port, relay in (("strata", strata_port, "true"), ("general", general_port, "false")):
+        (work / f"{name}.yaml").write_text(f"""
+listen: 127.0.0.1:{port}
+state_dir: {work}/state-{name}
 log_level: warning
-gateway: {{ cancel_on_disconnect: false }}
+gateway: {{ cancel_on_disconnect: false, event_loop_relay: {relay} }}
 tiers: {{ host: {{ budget: 16MiB }} }}
 routing: {{ policy: prefix-affinity, health_interval: 1s }}
 runtimes:
@@ -112,13 +125,16 @@ models:
                     break
                 except OSError:
                     time.sleep(0.1)
-        procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / "strata.yaml")],
-                                      stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
-        wait_http(f"http://127.0.0.1:{strata_port}/ready")
+        for name, port in (("strata", strata_port), ("general", general_port)):
+            procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / f"{name}.yaml")],
+                                          stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT))
+            wait_http(f"http://127.0.0.1:{port}/ready")
         strata = f"http://127.0.0.1:{strata_port}"
         # (URL, model): the gateway alone (one upstream, no routing), and the gateway with routing
-        targets = {"nginx direct": (f"http://127.0.0.1:{ports[0]}", "bench"), "strata, no routing": (strata, "plain"),
-                   "strata, routed": (strata, "bench")}
+        targets = {"nginx direct": (f"http://127.0.0.1:{ports[0]}", "bench"),
+                   "nginx as proxy": (f"http://127.0.0.1:{proxy_port}", "bench"),
+                   "strata, no routing": (strata, "plain"), "strata, routed": (strata, "bench"),
+                   "strata, routed, general path": (f"http://127.0.0.1:{general_port}", "bench")}
         for url, model in targets.values():   # warm-up
             wrk(url, a.rate, a.connections, 3, str(work / f"{model}.lua"))
         results = {name: [] for name in targets}
@@ -129,12 +145,12 @@ models:
                 url, model = targets[name]
                 rps, p = wrk(url, a.rate, a.connections, a.seconds, str(work / f"{model}.lua"))
                 results[name].append((rps, p))
-                print(f"  round {round} {name:20} {rps:7.0f} req/s  p50 {p[50]:.3f} ms  p90 {p[90]:.3f} ms  "
+                print(f"  round {round} {name:28} {rps:7.0f} req/s  p50 {p[50]:.3f} ms  p90 {p[90]:.3f} ms  "
                       f"p99 {p[99]:.3f} ms", flush=True)
         med = {name: {q: statistics.median(r[1][q] for r in runs) for q in (50, 90, 99)} | {
             "rps": statistics.median(r[0] for r in runs)} for name, runs in results.items()}
         direct = med["nginx direct"]
-        for name in ("strata, no routing", "strata, routed"):
+        for name in ("nginx as proxy", "strata, no routing", "strata, routed", "strata, routed, general path"):
             m = med[name]
             print(f"\nadded by {name} (median over rounds): p50 {m[50] - direct[50]:+.3f} ms, "
                   f"p90 {m[90] - direct[90]:+.3f} ms, p99 {m[99] - direct[99]:+.3f} ms at {m['rps']:.0f} req/s")

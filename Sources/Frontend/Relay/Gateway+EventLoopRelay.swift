@@ -23,6 +23,10 @@ extension Gateway {
         var admitted: ContinuousClock.Instant
     }
 
+    /// Largest body parsed on the event loop; larger requests go the general way, so one long
+    /// prompt does not hold up the loop's other connections while it is parsed.
+    static let immediateBodyLimit = 256 << 10
+
     /// The endpoint of a request head the event loop may relay; nil sends it the general way.
     static func immediateEndpoint(_ head: HTTPRequest) -> Endpoint? {
         guard head.method == .post, let path = head.path,
@@ -104,6 +108,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private struct Exchange {
         var relay: Gateway.ImmediateRelay
+        var head: HTTPRequest
         var attempt = 0
         var connection: UpstreamConnection?
         var timeout: Scheduled<Void>?
@@ -123,6 +128,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var heldEvent: Any?
     /// Shutdown under way: every request goes to Hummingbird, which closes the connection after it.
     private var quiescing = false
+    /// A socket read was asked for while a request was relayed; done after its answer.
+    private var readDeferred = false
     private var attempts = 0
 
     init(gateway: Gateway) {
@@ -145,10 +152,20 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             held.append(part)
             return
         }
-        read(part, context: context)
+        take(part, context: context)
     }
 
-    private func read(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+    /// Stops reading the socket while a request is relayed: what arrives meanwhile is held in
+    /// memory, so it is bounded by one read, not by what a client sends.
+    func read(context: ChannelHandlerContext) {
+        if case .relaying = state {
+            readDeferred = true
+            return
+        }
+        context.read()
+    }
+
+    private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)):
             if handedOn == 0, !quiescing, let endpoint = Gateway.immediateEndpoint(head) {
@@ -164,8 +181,9 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             } else {
                 body!.writeBuffer(&chunk)
             }
-            if body!.readableBytes > gateway.configuration.maxBodyBytes {
-                // Too large: the general path reads the rest and answers 413.
+            if body!.readableBytes > min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit) {
+                // Too large to parse on the event loop (or at all: the general path reads the
+                // rest and answers 413).
                 handOn(.head(head), context: context)
                 handOn(.body(body!), context: context)
                 state = .passing
@@ -175,13 +193,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         case (.collecting(let head, let endpoint, let body, let started), .end(let trailers)):
             state = .idle
             let body = body ?? ByteBuffer()
-            if let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started) {
-                state = .relaying(Exchange(relay: relay))
+            if !quiescing, let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started) {
+                state = .relaying(Exchange(relay: relay, head: head))
                 send(context: context)
             } else {
-                handOn(.head(head), context: context)
-                if body.readableBytes > 0 { handOn(.body(body), context: context) }
-                handOn(.end(trailers), context: context)
+                handOn(head: head, body: body, context: context)
+                releaseHeldEvent(context: context)
             }
         case (.passing, _):
             if case .end = part { state = .idle }
@@ -191,6 +208,18 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             state = .passing
             handOn(part, context: context)
         }
+    }
+
+    private func handOn(head: HTTPRequest, body: ByteBuffer, context: ChannelHandlerContext) {
+        handOn(.head(head), context: context)
+        if body.readableBytes > 0 { handOn(.body(body), context: context) }
+        handOn(.end(nil), context: context)
+    }
+
+    private func releaseHeldEvent(context: ChannelHandlerContext) {
+        guard let event = heldEvent else { return }
+        heldEvent = nil
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func handOn(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
@@ -213,9 +242,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             quiescing = true
-            if case .relaying = state {
-                heldEvent = event   // passed on once the answer is written
+            switch state {
+            case .relaying, .collecting:
+                heldEvent = event   // passed on once that request is answered or handed on
                 return
+            case .idle, .passing:
+                break
             }
         }
         context.fireUserInboundEventTriggered(event)
@@ -243,13 +275,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         attempts += 1
         let attempt = attempts
         exchange.attempt = attempt
-        if exchange.timeout == nil {
-            let limit = TimeAmount(gateway.configuration.upstreamTimeout)
-            exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: limit) {
-                guard case .relaying(let exchange) = self.state, exchange.attempt == attempt else { return }
-                exchange.connection?.handler.fail(UpstreamRelayError.timedOut)
-                exchange.connection?.channel.close(promise: nil)
-            }
+        // Each attempt has its own deadline for the answer's head (as the general path's), so a
+        // retried request is bounded too; a body that has begun is not cut off.
+        exchange.timeout?.cancel()
+        exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
+            guard case .relaying(let exchange) = self.state, exchange.attempt == attempt,
+                let connection = exchange.connection, !connection.handler.answerBegan
+            else { return }
+            connection.handler.fail(UpstreamRelayError.timedOut)
+            connection.channel.close(promise: nil)
         }
         state = .relaying(exchange)
         let (target, head, body) = request
@@ -257,10 +291,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
             .assumeIsolated()
             .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
-                if case .relaying(var current) = self.state, current.attempt == attempt {
-                    current.connection = connection
-                    self.state = .relaying(current)
+                guard case .relaying(var current) = self.state, current.attempt == attempt else {
+                    // The client left (or the attempt timed out) while this connected: send nothing.
+                    pool.release(connection)
+                    return connection.channel.eventLoop.makeFailedFuture(UpstreamRelayError.closed(answered: false))
                 }
+                current.connection = connection
+                self.state = .relaying(current)
                 return connection.send(head: head, body: body, limit: limit)
             }
             .whenComplete { result in
@@ -330,6 +367,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
             }
             exchange.timeout?.cancel()
+            if relay.lease.hasAlternatives, hints.excluding.count < 8 {
+                // No other replica can take it at once: nothing was written to the client yet,
+                // so the general path takes the request (it can wait, probe, spill over).
+                state = .idle
+                handOn(head: exchange.head, body: relay.body, context: context)
+                context.fireChannelReadComplete()
+                releaseHeldEvent(context: context)
+                resumeAfterRelay(context: context)
+                return
+            }
             gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
             finish(exchange, answer: .badGateway("The runtime for '\(model)' did not answer: \(describe(error))"), context: context)
         }
@@ -348,11 +395,19 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        if let event = heldEvent {
-            heldEvent = nil
-            context.fireUserInboundEventTriggered(event)
-        }
+        resumeAfterRelay(context: context)
+    }
+
+    /// After a relay: the requests held meanwhile (in order; with a quiesce under way they go to
+    /// Hummingbird, which then knows them), then a held quiesce, then reading again.
+    private func resumeAfterRelay(context: ChannelHandlerContext) {
         replayHeld(context: context)
+        if case .relaying = state { return }
+        releaseHeldEvent(context: context)
+        if readDeferred {
+            readDeferred = false
+            context.read()
+        }
     }
 
     /// Reads the parts held back while a request was relayed here, as if they came now.
@@ -366,7 +421,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 held.prepend(part)
                 break
             }
-            read(part, context: context)
+            take(part, context: context)
             delivered = true
         }
         if delivered { context.fireChannelReadComplete() }

@@ -105,7 +105,10 @@ final class UpstreamPool: @unchecked Sendable {
     /// Takes back a connection whose exchange ended cleanly and may be kept alive.
     func release(_ connection: UpstreamConnection) {
         eventLoop.preconditionInEventLoop()
-        guard connection.isUsable else { return }
+        guard connection.isUsable else {
+            connection.channel.close(promise: nil)
+            return
+        }
         var list = idle[connection.key] ?? []
         guard list.count < maxIdlePerUpstream else {
             connection.channel.close(promise: nil)
@@ -133,15 +136,25 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
         self.reused = reused
     }
 
-    var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive }
+    /// The last request was written whole (an upstream may answer before reading it all; the
+    /// connection is not reused with request bytes still going out).
+    private var written = true
+
+    var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive && written }
 
     /// Sends one request; the future has the whole answer, at most `limit` bytes of body.
     func send(head: HTTPRequestHead, body: ByteBuffer, limit: Int) -> EventLoopFuture<UpstreamAnswer> {
         let promise = channel.eventLoop.makePromise(of: UpstreamAnswer.self)
         handler.expect(promise, limit: limit)
+        written = false
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil)).assumeIsolated().whenFailure { [handler] error in handler.fail(error) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil)).assumeIsolated().whenComplete { [handler] result in
+            switch result {
+            case .success: self.written = true
+            case .failure(let error): handler.fail(error, only: promise)
+            }
+        }
         return promise.futureResult
     }
 }
@@ -186,6 +199,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     private(set) var keepAlive = true
 
     var isIdle: Bool { promise == nil }
+    /// The current answer's head has come.
+    var answerBegan: Bool { head != nil }
 
     func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int) {
         precondition(self.promise == nil, "one request at a time on an upstream connection")
@@ -233,10 +248,10 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
         context.close(promise: nil)
     }
 
-    /// Fails the exchange under way, if any; the connection is not kept.
-    func fail(_ error: any Error) {
+    /// Fails the exchange under way (only if it is `only`'s, when given); the connection is not kept.
+    func fail(_ error: any Error, only: EventLoopPromise<UpstreamAnswer>? = nil) {
         keepAlive = false
-        guard let promise else { return }
+        guard let promise, only == nil || only!.futureResult === promise.futureResult else { return }
         self.promise = nil
         head = nil
         body = nil

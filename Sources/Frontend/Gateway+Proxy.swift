@@ -26,13 +26,7 @@ extension Gateway {
                 message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
         }
         var parsed = try parseBody(body, endpoint: endpoint)
-        if backend.routesByPrompt(model: parsed.model) {
-            parsed.hints = RequestHints(
-                prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
-                session: HTTPField.Name(configuration.sessionHeader).flatMap { request.headers[$0] } ?? parsed.json["user"] as? String)
-        }
-        parsed.hints.policy = policy
-        parsed.hints.tenant = tenant.name
+        addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
         guard configuration.cancelOnDisconnect && !parsed.stream else {
             // Streams notice a departed client on their next chunk and keep the connection alive.
             return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)

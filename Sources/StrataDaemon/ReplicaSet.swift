@@ -79,14 +79,18 @@ actor ReplicaSet {
 
     /// The lease on an upstream replica (not a managed one) the router chose for request `id`.
     private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool) -> UpstreamLease {
-        // What the replica says it found cached, kept for the release (`finish`).
-        let cached = NIOLockedValueBox<Double?>(nil)
+        let (cached, cacheReport) = Self.cachedShare()
         return UpstreamLease(
-            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
-            cacheReport: { prompt, hit in cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) } }
+            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives, cacheReport: cacheReport
         ) { [weak self] outcome in
             self?.finish(id, replica: replica, outcome: outcome, cachedFraction: cached.withLockedValue { $0 })
         }
+    }
+
+    /// What the replica says it found cached (the lease's `cacheReport`), kept for the release (`finish`).
+    private static func cachedShare() -> (NIOLockedValueBox<Double?>, @Sendable (Int, Int) -> Void) {
+        let cached = NIOLockedValueBox<Double?>(nil)
+        return (cached, { prompt, hit in cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) } })
     }
 
     /// Chooses a replica and hands out a lease on it. For managed replicas, `start` gets the
@@ -110,10 +114,7 @@ actor ReplicaSet {
                 continue
             }
             guard managed, let start else { return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives) }
-            let cached = NIOLockedValueBox<Double?>(nil)
-            let cacheReport: @Sendable (Int, Int) -> Void = { prompt, hit in
-                cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) }
-            }
+            let (cached, cacheReport) = Self.cachedShare()
             let inner: UpstreamLease
             do {
                 inner = try await start(replica)

@@ -16,6 +16,8 @@ extension Gateway {
     /// One request the event loop can relay, and the lease that admits it.
     struct ImmediateRelay {
         var lease: UpstreamLease
+        /// Where the lease points, parsed once per lease.
+        var target: UpstreamTarget
         var parsed: ParsedBody
         var endpoint: Endpoint
         var body: ByteBuffer
@@ -48,11 +50,17 @@ extension Gateway {
         else { return nil }
         addHints(to: &parsed, headers: head.headerFields, tenant: tenant, policy: policy)
         guard let lease = backend.acquireImmediately(model: parsed.model, hints: parsed.hints) else { return nil }
-        guard UpstreamTarget(url: lease.baseURL + endpoint.suffix) != nil else {
+        guard let target = Self.target(of: lease, endpoint: endpoint) else {
             lease.release(.abandoned)
             return nil
         }
-        return ImmediateRelay(lease: lease, parsed: parsed, endpoint: endpoint, body: body, started: started, admitted: .now)
+        return ImmediateRelay(lease: lease, target: target, parsed: parsed, endpoint: endpoint, body: body, started: started,
+                              admitted: .now)
+    }
+
+    /// The upstream a lease points at, if the event loop can send to it (plain `http://`).
+    static func target(of lease: UpstreamLease, endpoint: Endpoint) -> UpstreamTarget? {
+        UpstreamTarget(url: lease.baseURL + endpoint.suffix)
     }
 
     /// What routing may use: the prompt's block chain and session (only for models routed by
@@ -69,9 +77,7 @@ extension Gateway {
 
     /// The upstream request for a lease: the target, its head and body.
     func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, HTTPRequestHead, ByteBuffer) {
-        guard let target = UpstreamTarget(url: relay.lease.baseURL + relay.endpoint.suffix) else {
-            throw GatewayError.badGateway("Upstream URL \(relay.lease.baseURL) is not http://")
-        }
+        let target = relay.target
         let body = try rewriteBody(relay.body, parsed: relay.parsed, for: relay.lease)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.hostHeader)
@@ -356,8 +362,14 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 hints.excluding.insert(relay.lease.upstreamLabel)
                 gateway.metrics.retried(model: model, endpoint: relay.endpoint)
                 if let lease = gateway.backend.acquireImmediately(model: model, hints: hints) {
+                    guard let target = Gateway.target(of: lease, endpoint: relay.endpoint) else {
+                        lease.release(.abandoned)
+                        finish(exchange, answer: .badGateway("Upstream URL \(lease.baseURL) is not http://"), context: context)
+                        return
+                    }
                     var next = exchange
                     next.relay.lease = lease
+                    next.relay.target = target
                     next.relay.parsed.hints = hints
                     next.connection = nil
                     next.resentOnNewConnection = false

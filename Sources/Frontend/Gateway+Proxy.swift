@@ -75,7 +75,7 @@ extension Gateway {
                 upstreamRequest.headers.add(name: "Connection", value: "close")
             }
             for (name, value) in acquired.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
-            upstreamRequest.body = .bytes(try rewriteBody(body, parsed: parsed, for: acquired))
+            upstreamRequest.body = .bytes(try Self.rewriteBody(body, parsed: parsed, for: acquired))
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
@@ -164,61 +164,6 @@ extension Gateway {
     }
 
     static let servedByHeader = HTTPField.Name("x-strata-served-by")!
-
-    struct ParsedBody: @unchecked Sendable {  // JSON from JSONSerialization, read-only after parsing
-        var json: [String: Any]
-        var model: String
-        var stream: Bool
-        var hints = RequestHints()
-    }
-
-    func parseBody(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {
-        guard body.readableBytes > 0 else {
-            throw GatewayError.badRequest("Request body is empty; expected a JSON object", code: "invalid_json")
-        }
-        let object: Any
-        do {
-            object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed])
-        } catch {
-            throw GatewayError.badRequest("Request body is not valid JSON: \(describe(error))", code: "invalid_json")
-        }
-        guard let json = object as? [String: Any] else {
-            throw GatewayError.badRequest("Request body must be a JSON object", code: "invalid_json")
-        }
-        guard let modelValue = json["model"] else {
-            throw GatewayError.badRequest("Missing required field 'model'", code: "missing_field")
-        }
-        guard let model = modelValue as? String, !model.isEmpty else {
-            throw GatewayError.badRequest("Field 'model' must be a non-empty string", code: "invalid_field")
-        }
-        guard let required = json[endpoint.requiredField], !(required is NSNull) else {
-            throw GatewayError.badRequest("Missing required field '\(endpoint.requiredField)'", code: "missing_field")
-        }
-        if endpoint == .chatCompletions {
-            guard let messages = required as? [Any], !messages.isEmpty else {
-                throw GatewayError.badRequest("Field 'messages' must be a non-empty array", code: "invalid_field")
-            }
-        }
-        var stream = false
-        if let value = json["stream"], !(value is NSNull) {
-            guard let flag = value as? Bool else {
-                throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field")
-            }
-            stream = flag
-        }
-        return ParsedBody(json: json, model: model, stream: stream)
-    }
-
-    /// Forwards the client's bytes as they are unless the upstream knows the model by another
-    /// name or the lease pins the request to a runtime slot.
-    func rewriteBody(_ body: ByteBuffer, parsed: ParsedBody, for lease: UpstreamLease) throws -> ByteBuffer {
-        let rename = lease.upstreamModel.flatMap { $0 == parsed.model ? nil : $0 }
-        guard rename != nil || lease.pinnedSlot != nil else { return body }
-        var json = parsed.json
-        if let rename { json["model"] = rename }
-        if let slot = lease.pinnedSlot { json["id_slot"] = slot }
-        return ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
-    }
 }
 
 func describe(_ error: any Error) -> String {

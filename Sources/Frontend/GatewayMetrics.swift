@@ -6,6 +6,27 @@ import NIOCore
 /// Gateway metrics through swift-metrics; the executable picks the backend (Prometheus).
 /// Names carry the `strata_` prefix; durations are recorded in nanoseconds and exported in seconds.
 struct GatewayMetrics: Sendable {
+    private struct Key: Hashable {
+        var model: String
+        var endpoint: Endpoint
+    }
+    private let cache = NIOLockedValueBox<[Key: ModelMetrics]>([:])
+    /// More (model, endpoint) pairs than this are not kept (models are configured, so a fleet
+    /// reaches it only by misuse); their handles are made per request.
+    static let cachedPairs = 1024
+
+    /// The handles of one model's requests to one endpoint, made once.
+    func handles(model: String, endpoint: Endpoint) -> ModelMetrics {
+        let key = Key(model: model, endpoint: endpoint)
+        if let cached = cache.withLockedValue({ $0[key] }) { return cached }
+        let made = ModelMetrics(model: model, endpoint: endpoint)
+        return cache.withLockedValue { cache in
+            if let cached = cache[key] { return cached }
+            if cache.count < Self.cachedPairs { cache[key] = made }
+            return made
+        }
+    }
+
     func rejected(model: String, endpoint: Endpoint, code: String) {
         let model = model.isEmpty ? "-" : model
         Counter(label: "strata_requests_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", code)])
@@ -20,6 +41,85 @@ struct GatewayMetrics: Sendable {
     }
 }
 
+/// Metric handles of one model's requests to one endpoint. swift-metrics looks a handle up in
+/// the backend's registry (labels formatted, a lock taken) each time one is made; these are
+/// made once and kept by `GatewayMetrics`.
+final class ModelMetrics: Sendable {
+    let queueWait: Metrics.Timer
+    let timeToFirstToken: Metrics.Timer
+    let duration: Metrics.Timer
+    let completed: Counter
+    let promptTokens: Counter
+    let completionTokens: Counter
+
+    init(model: String, endpoint: Endpoint) {
+        queueWait = Metrics.Timer(label: "strata_queue_wait_seconds", dimensions: [("model", model)])
+        timeToFirstToken = Metrics.Timer(label: "strata_time_to_first_token_seconds", dimensions: [("model", model)])
+        duration = Metrics.Timer(label: "strata_request_duration_seconds", dimensions: [("model", model), ("endpoint", endpoint.label)])
+        completed = Counter(label: "strata_requests_total",
+                            dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", "ok")])
+        promptTokens = Counter(label: "strata_tokens_total", dimensions: [("model", model), ("kind", "prompt")])
+        completionTokens = Counter(label: "strata_tokens_total", dimensions: [("model", model), ("kind", "completion")])
+    }
+}
+
+/// What an answer says of its tokens: OpenAI's `usage` (and its cached share), llama-server's
+/// `timings` (prompt tokens taken from the cache, and computed).
+struct AnswerFigures {
+    /// A `usage` member that is not null.
+    var hasUsage = false
+    var promptTokens: Int?
+    var completionTokens: Int?
+    var cachedTokens: Int?
+    var cacheN: Int?
+    var promptN: Int?
+
+    /// The figures of one JSON object's text; nil when the text is not one.
+    static func read(_ bytes: UnsafeRawBufferPointer) -> AnswerFigures? {
+        let text = JSONText(bytes)
+        guard let root = text.validate() else {
+            // Text the single pass leaves to Foundation.
+            guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else { return nil }
+            return AnswerFigures(json)
+        }
+        guard text.kind(root) == .object else { return nil }
+        var figures = AnswerFigures()
+        if let usage = text.member("usage", of: root), text.kind(usage) != .null {
+            figures.hasUsage = true
+            if text.kind(usage) == .object {
+                figures.promptTokens = text.member("prompt_tokens", of: usage).flatMap(text.integer)
+                figures.completionTokens = text.member("completion_tokens", of: usage).flatMap(text.integer)
+                if let details = text.member("prompt_tokens_details", of: usage), text.kind(details) == .object {
+                    figures.cachedTokens = text.member("cached_tokens", of: details).flatMap(text.integer)
+                }
+            }
+        }
+        if let timings = text.member("timings", of: root), text.kind(timings) == .object {
+            figures.cacheN = text.member("cache_n", of: timings).flatMap(text.integer)
+            figures.promptN = text.member("prompt_n", of: timings).flatMap(text.integer)
+        }
+        return figures
+    }
+
+    init() {}
+
+    init(_ json: [String: Any]) {
+        func integer(_ value: Any?) -> Int? { (value as? NSNumber)?.intValue }
+        if let usage = json["usage"], !(usage is NSNull) {
+            hasUsage = true
+            if let usage = usage as? [String: Any] {
+                promptTokens = integer(usage["prompt_tokens"])
+                completionTokens = integer(usage["completion_tokens"])
+                cachedTokens = integer((usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"])
+            }
+        }
+        if let timings = json["timings"] as? [String: Any] {
+            cacheN = integer(timings["cache_n"])
+            promptN = integer(timings["prompt_n"])
+        }
+    }
+}
+
 /// Follows one admitted request to its end and records it exactly once.
 final class RequestObserver: Sendable {
     private struct State {
@@ -29,6 +129,7 @@ final class RequestObserver: Sendable {
     }
     let model: String
     let endpoint: Endpoint
+    let handles: ModelMetrics
     let started: ContinuousClock.Instant
     let statusCode: Int
     /// For the spend metric: who asked, and what the serving substrate charges.
@@ -48,8 +149,8 @@ final class RequestObserver: Sendable {
         self.endpoint = endpoint
         self.started = started
         self.statusCode = statusCode
-        Metrics.Timer(label: "strata_queue_wait_seconds", dimensions: [("model", model)])
-            .record(duration: admitted - started)
+        handles = metrics.handles(model: model, endpoint: endpoint)
+        handles.queueWait.record(duration: admitted - started)
     }
 
     /// A chunk of an SSE stream went to the client.
@@ -62,15 +163,14 @@ final class RequestObserver: Sendable {
             return true
         }
         if first {
-            Metrics.Timer(label: "strata_time_to_first_token_seconds", dimensions: [("model", model)])
-                .record(duration: ContinuousClock.now - started)
+            handles.timeToFirstToken.record(duration: ContinuousClock.now - started)
         }
     }
 
     func completed(_ body: ByteBuffer) {
-        if let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] {
-            recordUsage(json["usage"])
-            reportCache(json)
+        if let figures = body.withUnsafeReadableBytes({ AnswerFigures.read($0) }) {
+            recordUsage(figures)
+            reportCache(figures)
         }
         finish(outcome: statusCode < 400 ? "ok" : "upstream_\(statusCode)")
     }
@@ -88,61 +188,53 @@ final class RequestObserver: Sendable {
             var usageFound = false, cacheFound = cacheReport == nil
             for line in tail.split(separator: "\n").reversed() where line.hasPrefix("data: {") {
                 guard !usageFound && line.contains("\"usage\"") || !cacheFound && line.contains("\"timings\""),
-                    let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any]
+                    let figures = Array(line.dropFirst(6).utf8).withUnsafeBytes({ AnswerFigures.read($0) })
                 else { continue }
-                if !usageFound, let usage = json["usage"], !(usage is NSNull) {
-                    recordUsage(usage)
+                if !usageFound, figures.hasUsage {
+                    recordUsage(figures)
                     usageFound = true
                 }
-                if !cacheFound { cacheFound = reportCache(json) }
+                if !cacheFound { cacheFound = reportCache(figures) }
                 if usageFound && cacheFound { break }
             }
         }
         let finalOutcome = outcome == "ok" && statusCode >= 400 ? "upstream_\(statusCode)" : outcome
-        Counter(label: "strata_requests_total",
-                dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", finalOutcome)]).increment()
+        if finalOutcome == "ok" {
+            handles.completed.increment()
+        } else {
+            Counter(label: "strata_requests_total",
+                    dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", finalOutcome)]).increment()
+        }
         // a client that leaves is not a server error
         if !["ok", "cancelled", "client_disconnected"].contains(finalOutcome) {
             Counter(label: "strata_request_errors_total",
                     dimensions: [("model", model), ("endpoint", endpoint.label), ("code", finalOutcome)]).increment()
         }
-        Metrics.Timer(label: "strata_request_duration_seconds", dimensions: [("model", model), ("endpoint", endpoint.label)])
-            .record(duration: ContinuousClock.now - started)
+        handles.duration.record(duration: ContinuousClock.now - started)
     }
 
     /// The prompt tokens and those the upstream found cached: llama-server's `timings`
     /// (`cache_n` + `prompt_n`), else OpenAI's `usage.prompt_tokens_details.cached_tokens`.
     @discardableResult
-    private func reportCache(_ json: [String: Any]) -> Bool {
+    private func reportCache(_ figures: AnswerFigures) -> Bool {
         guard let cacheReport else { return false }
-        if let timings = json["timings"] as? [String: Any], let cached = (timings["cache_n"] as? NSNumber)?.intValue,
-            let computed = (timings["prompt_n"] as? NSNumber)?.intValue, cached + computed > 0
-        {
+        if let cached = figures.cacheN, let computed = figures.promptN, cached + computed > 0 {
             cacheReport(cached + computed, cached)
             return true
         }
-        if let usage = json["usage"] as? [String: Any], let prompt = (usage["prompt_tokens"] as? NSNumber)?.intValue,
-            let details = usage["prompt_tokens_details"] as? [String: Any],
-            let cached = (details["cached_tokens"] as? NSNumber)?.intValue, prompt > 0
-        {
+        if let prompt = figures.promptTokens, let cached = figures.cachedTokens, prompt > 0 {
             cacheReport(prompt, cached)
             return true
         }
         return false
     }
 
-    private func recordUsage(_ value: Any?) {
-        guard let usage = value as? [String: Any] else { return }
-        var counts: [Int64] = []
-        for (field, kind) in [("prompt_tokens", "prompt"), ("completion_tokens", "completion")] {
-            let count = (usage[field] as? NSNumber)?.int64Value ?? 0
-            counts.append(count)
-            if count > 0 {
-                Counter(label: "strata_tokens_total", dimensions: [("model", model), ("kind", kind)]).increment(by: count)
-            }
-        }
+    private func recordUsage(_ figures: AnswerFigures) {
+        let prompt = Int64(figures.promptTokens ?? 0), completion = Int64(figures.completionTokens ?? 0)
+        if prompt > 0 { handles.promptTokens.increment(by: prompt) }
+        if completion > 0 { handles.completionTokens.increment(by: completion) }
         if let price {
-            let cost = price.cost(promptTokens: counts[0], completionTokens: counts[1])
+            let cost = price.cost(promptTokens: prompt, completionTokens: completion)
             if cost > 0 {
                 FloatingPointCounter(label: "strata_spend_total", dimensions: [("model", model), ("tenant", tenant)])
                     .increment(by: cost)

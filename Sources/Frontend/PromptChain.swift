@@ -25,8 +25,11 @@ public struct PromptChain: Sendable, Equatable {
     /// The chain of a request body (an OpenAI chat or completion request); empty when it has
     /// no prompt this can read.
     public static func of(body: [String: Any], blockBytes: Int) -> PromptChain {
-        let canonical = canonicalPrompt(body)
-        return PromptChain(blocks: chain(canonical, blockBytes: blockBytes), bytes: canonical.count)
+        PromptChain(canonical: canonicalPrompt(body), blockBytes: blockBytes)
+    }
+
+    init(canonical: [UInt8], blockBytes: Int) {
+        self.init(blocks: Self.chain(canonical, blockBytes: blockBytes), bytes: canonical.count)
     }
 
     static func chain(_ bytes: [UInt8], blockBytes: Int) -> [UInt64] {
@@ -51,7 +54,10 @@ public struct PromptChain: Sendable, Equatable {
 
     static func canonicalPrompt(_ body: [String: Any]) -> [UInt8] {
         var out: [UInt8] = []
-        if let tools = body["tools"], let json = try? JSONSerialization.data(withJSONObject: tools, options: [.sortedKeys]) {
+        // Only a list or an object: Foundation traps (does not throw) on any other top-level value.
+        if let tools = body["tools"], tools is [Any] || tools is [String: Any],
+            let json = try? JSONSerialization.data(withJSONObject: tools, options: [.sortedKeys])
+        {
             out += json
             out.append(sectionEnd)
         }
@@ -64,6 +70,52 @@ public struct PromptChain: Sendable, Equatable {
             }
         } else if let prompt = body["prompt"] {
             out += content(prompt)
+        }
+        return out
+    }
+
+    /// The canonical prompt read from JSON text where it lies (the same bytes as
+    /// `canonicalPrompt(_:)` of the parsed body); nil when it needs Foundation's canonical JSON
+    /// (tools, content parts that are not all strings).
+    static func canonicalPrompt(_ text: JSONText, messages: JSONText.Span?, prompt: JSONText.Span?, tools: JSONText.Span?)
+        -> [UInt8]?
+    {
+        if let tools, text.kind(tools) == .array || text.kind(tools) == .object { return nil }
+        var out: [UInt8] = []
+        func appendContent(_ value: JSONText.Span?) -> Bool {
+            guard let value else { return true }
+            switch text.kind(value) {
+            case .string:
+                text.appendString(value, to: &out)
+            case .array:
+                var strings = true
+                text.forEachElement(of: value) { if text.kind($0) != .string { strings = false } }
+                guard strings else { return false }
+                text.forEachElement(of: value) { text.appendString($0, to: &out) }
+            default:
+                break
+            }
+            return true
+        }
+        if let messages, text.kind(messages) == .array {
+            out.reserveCapacity(messages.end - messages.start)
+            var decided = true
+            text.forEachElementStart(of: messages) { start in
+                guard decided, text.bytes[start] == UInt8(ascii: "{") else { return text.end(ofValueAt: start) }
+                var role, content: JSONText.Span?
+                let end = text.forEachMember(ofObjectAt: start) { key, value in
+                    if text.keyEquals(key, "role") { role = value } else if text.keyEquals(key, "content") { content = value }
+                    return true
+                }
+                if let role, text.kind(role) == .string { text.appendString(role, to: &out) }
+                out.append(fieldEnd)
+                decided = appendContent(content)
+                out.append(messageEnd)
+                return end!
+            }
+            return decided ? out : nil
+        } else if let prompt {
+            return appendContent(prompt) ? out : nil
         }
         return out
     }

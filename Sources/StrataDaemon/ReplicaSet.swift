@@ -30,7 +30,11 @@ actor ReplicaSet {
     private struct Routing {
         var router: PrefixRouter
         var nextRequest: RequestID = 1
-        var decisionCounters: [String: Counter] = [:]
+        var decisionCounters: [DecisionKey: Counter] = [:]
+    }
+    private struct DecisionKey: Hashable {
+        var replica: String
+        var reason: RouteReason
     }
     private let routing: NIOLockedValueBox<Routing>
     /// Metric handles made once: a lookup in the metrics registry per request and replica
@@ -165,10 +169,10 @@ actor ReplicaSet {
             let id = routing.nextRequest
             routing.nextRequest += 1
             routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks)
-            let counterKey = "\(decision.replica)|\(decision.reason)"
+            let counterKey = DecisionKey(replica: decision.replica, reason: decision.reason)
             let counter = routing.decisionCounters[counterKey] ?? Counter(
                 label: "strata_route_decisions_total",
-                dimensions: [("model", model), ("replica", decision.replica), ("reason", "\(decision.reason)")])
+                dimensions: [("model", model), ("replica", decision.replica), ("reason", decision.reason.rawValue)])
             routing.decisionCounters[counterKey] = counter
             let hasAlternatives = routing.router.replicaSnapshots.contains {
                 $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)

@@ -41,8 +41,8 @@ extension Gateway {
     /// Checks, parses and admits a whole request without waiting. Nil where the general path is
     /// needed: any error (it answers it), a stream, a model the backend cannot admit at once,
     /// an upstream that is not plain `http://`.
-    func prepareImmediately(_ head: HTTPRequest, endpoint: Endpoint, body: ByteBuffer, started: ContinuousClock.Instant)
-        -> ImmediateRelay?
+    func prepareImmediately(_ head: HTTPRequest, endpoint: Endpoint, body: ByteBuffer, started: ContinuousClock.Instant,
+                            pool: UpstreamPool) -> ImmediateRelay?
     {
         guard let tenant = try? authorize(headers: head.headerFields),
             let policy = try? policy(of: head.headerFields, tenant: tenant),
@@ -50,7 +50,7 @@ extension Gateway {
         else { return nil }
         addHints(to: &parsed, headers: head.headerFields, tenant: tenant, policy: policy)
         guard let lease = backend.acquireImmediately(model: parsed.model, hints: parsed.hints) else { return nil }
-        guard let target = Self.target(of: lease, endpoint: endpoint) else {
+        guard let target = pool.target(url: lease.baseURL + endpoint.suffix) else {
             lease.release(.abandoned)
             return nil
         }
@@ -58,18 +58,13 @@ extension Gateway {
                               admitted: .now)
     }
 
-    /// The upstream a lease points at, if the event loop can send to it (plain `http://`).
-    static func target(of lease: UpstreamLease, endpoint: Endpoint) -> UpstreamTarget? {
-        UpstreamTarget(url: lease.baseURL + endpoint.suffix)
-    }
-
     /// What routing may use: the prompt's block chain and session (only for models routed by
     /// prompt), the tenant and its policy.
     func addHints(to parsed: inout ParsedBody, headers: HTTPFields, tenant: Tenant, policy: SubstratePolicy) {
         if backend.routesByPrompt(model: parsed.model) {
             parsed.hints = RequestHints(
-                prompt: PromptChain.of(body: parsed.json, blockBytes: configuration.routingBlockBytes),
-                session: HTTPField.Name(configuration.sessionHeader).flatMap { headers[$0] } ?? parsed.json["user"] as? String)
+                prompt: parsed.promptChain(blockBytes: configuration.routingBlockBytes),
+                session: HTTPField.Name(configuration.sessionHeader).flatMap { headers[$0] } ?? parsed.user)
         }
         parsed.hints.policy = policy
         parsed.hints.tenant = tenant.name
@@ -78,7 +73,7 @@ extension Gateway {
     /// The upstream request for a lease: the target, its head and body.
     func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, HTTPRequestHead, ByteBuffer) {
         let target = relay.target
-        let body = try rewriteBody(relay.body, parsed: relay.parsed, for: relay.lease)
+        let body = try Self.rewriteBody(relay.body, parsed: relay.parsed, for: relay.lease)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.hostHeader)
         headers.add(name: "Content-Type", value: "application/json")
@@ -199,7 +194,9 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         case (.collecting(let head, let endpoint, let body, let started), .end(let trailers)):
             state = .idle
             let body = body ?? ByteBuffer()
-            if !quiescing, let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started) {
+            if !quiescing, let pool,
+                let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started, pool: pool)
+            {
                 state = .relaying(Exchange(relay: relay, head: head))
                 send(context: context)
             } else {
@@ -362,7 +359,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 hints.excluding.insert(relay.lease.upstreamLabel)
                 gateway.metrics.retried(model: model, endpoint: relay.endpoint)
                 if let lease = gateway.backend.acquireImmediately(model: model, hints: hints) {
-                    guard let target = Gateway.target(of: lease, endpoint: relay.endpoint) else {
+                    guard let target = pool?.target(url: lease.baseURL + relay.endpoint.suffix) else {
                         lease.release(.abandoned)
                         finish(exchange, answer: .badGateway("Upstream URL \(lease.baseURL) is not http://"), context: context)
                         return

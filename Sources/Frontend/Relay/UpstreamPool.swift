@@ -69,11 +69,23 @@ struct UpstreamTarget: Hashable, Sendable {
 final class UpstreamPool: @unchecked Sendable {
     let eventLoop: any EventLoop
     private let maxIdlePerUpstream: Int
-    private var idle: [String: [UpstreamConnection]] = [:]
+    private var idle: [Authority: [UpstreamConnection]] = [:]
+    /// Upstream URLs parsed before (a lease's URL is one of a few per model).
+    private var targets: [String: UpstreamTarget] = [:]
+    static let maxCachedTargets = 256
 
     init(eventLoop: any EventLoop, maxIdlePerUpstream: Int) {
         self.eventLoop = eventLoop
         self.maxIdlePerUpstream = maxIdlePerUpstream
+    }
+
+    /// Where `url` points, if the event loop can send to it (plain `http://`).
+    func target(url: String) -> UpstreamTarget? {
+        if let target = targets[url] { return target }
+        guard let target = UpstreamTarget(url: url) else { return nil }
+        if targets.count >= Self.maxCachedTargets { targets.removeAll(keepingCapacity: true) }
+        targets[url] = target
+        return target
     }
 
     /// An idle connection to `target` (the most recently used), or a new one.
@@ -81,9 +93,8 @@ final class UpstreamPool: @unchecked Sendable {
         -> EventLoopFuture<UpstreamConnection>
     {
         eventLoop.preconditionInEventLoop()
-        let key = "\(target.host):\(target.port)"
-        while reusing, var list = idle[key], let connection = list.popLast() {
-            idle[key] = list
+        let key = Authority(host: target.host, port: target.port)
+        while reusing, let connection = idle[key]?.popLast() {
             if connection.isUsable { return eventLoop.makeSucceededFuture(connection) }
         }
         return ClientBootstrap(group: eventLoop)
@@ -109,27 +120,31 @@ final class UpstreamPool: @unchecked Sendable {
             connection.channel.close(promise: nil)
             return
         }
-        var list = idle[connection.key] ?? []
-        guard list.count < maxIdlePerUpstream else {
+        guard idle[connection.key, default: []].count < maxIdlePerUpstream else {
             connection.channel.close(promise: nil)
             return
         }
         connection.reused = true
-        list.append(connection)
-        idle[connection.key] = list
+        idle[connection.key, default: []].append(connection)
     }
+}
+
+/// An upstream's host and port: the pool keeps idle connections per authority.
+struct Authority: Hashable {
+    var host: String
+    var port: Int
 }
 
 /// One upstream connection and its response handler.
 final class UpstreamConnection: @unchecked Sendable {   // used only on its channel's event loop
     let channel: any Channel
     let handler: UpstreamResponseHandler
-    let key: String
+    let key: Authority
     /// Served an exchange before: a failure before any answer may be the upstream having closed
     /// it while idle, so the request is sent once more on a new connection.
     var reused: Bool
 
-    init(channel: any Channel, handler: UpstreamResponseHandler, key: String, reused: Bool) {
+    init(channel: any Channel, handler: UpstreamResponseHandler, key: Authority, reused: Bool) {
         self.channel = channel
         self.handler = handler
         self.key = key

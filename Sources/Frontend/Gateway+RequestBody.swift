@@ -1,0 +1,187 @@
+import Foundation
+import NIOCore
+
+extension Gateway {
+    /// What the gateway reads from an OpenAI request body.
+    struct ParsedBody: @unchecked Sendable {  // Foundation objects are read-only after parsing
+        var model: String
+        var stream: Bool
+        /// The `user` field, when it is a string (a sticky-routing key).
+        var user: String?
+        var hints = RequestHints()
+        /// The client's bytes, forwarded as they are unless the lease renames the model or pins a slot.
+        var body: ByteBuffer
+        var fields: Fields
+
+        /// Where the prompt and the fields a rewrite touches are.
+        enum Fields {
+            /// Spans in `body` (the single pass decided the text).
+            case spans(BodySpans)
+            /// Foundation's objects (text the single pass left to Foundation).
+            case objects([String: Any])
+        }
+    }
+
+    struct BodySpans {
+        var object: JSONText.Span
+        var model: JSONText.Span
+        var idSlot: JSONText.Span?
+        var messages: JSONText.Span?
+        var prompt: JSONText.Span?
+        var tools: JSONText.Span?
+    }
+
+    func parseBody(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {
+        guard body.readableBytes > 0 else {
+            throw GatewayError.badRequest("Request body is empty; expected a JSON object", code: "invalid_json")
+        }
+        if let parsed = Self.scanBody(body, endpoint: endpoint) { return parsed }
+        return try Self.parseWithFoundation(body, endpoint: endpoint)
+    }
+
+    /// The single pass: a valid body with the fields the gateway needs, each of the type it
+    /// needs. Anything else (an error to explain, a field Foundation would coerce, such as
+    /// `"stream": 1`) is nil and goes to `parseWithFoundation`, which answers as before.
+    static func scanBody(_ body: ByteBuffer, endpoint: Endpoint) -> ParsedBody? {
+        body.withUnsafeReadableBytes { raw -> ParsedBody? in
+            let text = JSONText(raw)
+            var members: [(key: JSONText.Span, value: JSONText.Span)]?
+            guard let root = text.validate(members: &members), let members else { return nil }
+            var model, stream, messages, prompt, input, tools, user, idSlot: JSONText.Span?
+            var duplicate = false
+            for (key, value) in members where !duplicate {
+                func take(_ field: inout JSONText.Span?) {
+                    if field != nil { duplicate = true }
+                    field = value
+                }
+                if text.keyEquals(key, "model") { take(&model) }
+                else if text.keyEquals(key, "messages") { take(&messages) }
+                else if text.keyEquals(key, "stream") { take(&stream) }
+                else if text.keyEquals(key, "prompt") { take(&prompt) }
+                else if text.keyEquals(key, "input") { take(&input) }
+                else if text.keyEquals(key, "tools") { take(&tools) }
+                else if text.keyEquals(key, "user") { take(&user) }
+                else if text.keyEquals(key, "id_slot") { take(&idSlot) }
+            }
+            guard !duplicate, let model, text.kind(model) == .string else { return nil }
+            let name = text.string(model)
+            guard !name.isEmpty else { return nil }
+            let required: JSONText.Span? = switch endpoint {
+            case .chatCompletions: messages
+            case .completions: prompt
+            case .embeddings: input
+            }
+            guard let required, text.kind(required) != .null else { return nil }
+            if endpoint == .chatCompletions {
+                guard text.kind(required) == .array else { return nil }
+                var empty = true
+                text.forEachElement(of: required) { _ in empty = false }
+                guard !empty else { return nil }
+            }
+            var streamFlag = false
+            if let stream, text.kind(stream) != .null {
+                guard let flag = text.bool(stream) else { return nil }
+                streamFlag = flag
+            }
+            return ParsedBody(
+                model: name, stream: streamFlag, user: user.flatMap { text.kind($0) == .string ? text.string($0) : nil },
+                body: body,
+                fields: .spans(BodySpans(object: root, model: model, idSlot: idSlot, messages: messages, prompt: prompt,
+                                         tools: tools)))
+        }
+    }
+
+    static func parseWithFoundation(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed])
+        } catch {
+            throw GatewayError.badRequest("Request body is not valid JSON: \(describe(error))", code: "invalid_json")
+        }
+        guard let json = object as? [String: Any] else {
+            throw GatewayError.badRequest("Request body must be a JSON object", code: "invalid_json")
+        }
+        guard let modelValue = json["model"] else {
+            throw GatewayError.badRequest("Missing required field 'model'", code: "missing_field")
+        }
+        guard let model = modelValue as? String, !model.isEmpty else {
+            throw GatewayError.badRequest("Field 'model' must be a non-empty string", code: "invalid_field")
+        }
+        guard let required = json[endpoint.requiredField], !(required is NSNull) else {
+            throw GatewayError.badRequest("Missing required field '\(endpoint.requiredField)'", code: "missing_field")
+        }
+        if endpoint == .chatCompletions {
+            guard let messages = required as? [Any], !messages.isEmpty else {
+                throw GatewayError.badRequest("Field 'messages' must be a non-empty array", code: "invalid_field")
+            }
+        }
+        var stream = false
+        if let value = json["stream"], !(value is NSNull) {
+            guard let flag = value as? Bool else {
+                throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field")
+            }
+            stream = flag
+        }
+        return ParsedBody(model: model, stream: stream, user: json["user"] as? String, body: body, fields: .objects(json))
+    }
+
+    /// Forwards the client's bytes as they are unless the upstream knows the model by another
+    /// name or the lease pins the request to a runtime slot; then only those values change.
+    static func rewriteBody(_ body: ByteBuffer, parsed: ParsedBody, for lease: UpstreamLease) throws -> ByteBuffer {
+        let rename = lease.upstreamModel.flatMap { $0 == parsed.model ? nil : $0 }
+        guard rename != nil || lease.pinnedSlot != nil else { return body }
+        switch parsed.fields {
+        case .objects(var json):
+            if let rename { json["model"] = rename }
+            if let slot = lease.pinnedSlot { json["id_slot"] = slot }
+            return ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
+        case .spans(let spans):
+            // Edits in order of position: (range replaced, new bytes).
+            var edits: [(Range<Int>, [UInt8])] = []
+            if let rename {
+                var literal: [UInt8] = []
+                appendJSONString(rename, to: &literal)
+                edits.append((spans.model.start..<spans.model.end, literal))
+            }
+            if let slot = lease.pinnedSlot {
+                if let idSlot = spans.idSlot {
+                    edits.append((idSlot.start..<idSlot.end, Array(String(slot).utf8)))
+                } else {
+                    edits.append((spans.object.start + 1..<spans.object.start + 1, Array("\"id_slot\":\(slot),".utf8)))
+                }
+            }
+            edits.sort { $0.0.lowerBound < $1.0.lowerBound }
+            let bytes = body.readableBytesView
+            var out = ByteBuffer()
+            out.reserveCapacity(bytes.count + edits.reduce(0) { $0 + $1.1.count })
+            var at = 0
+            for (range, replacement) in edits {
+                out.writeBytes(bytes[bytes.startIndex + at..<bytes.startIndex + range.lowerBound])
+                out.writeBytes(replacement)
+                at = range.upperBound
+            }
+            out.writeBytes(bytes[(bytes.startIndex + at)...])
+            return out
+        }
+    }
+}
+
+extension Gateway.ParsedBody {
+    /// The prompt's block chain, for routing by prefix.
+    func promptChain(blockBytes: Int) -> PromptChain {
+        switch fields {
+        case .objects(let json):
+            return PromptChain.of(body: json, blockBytes: blockBytes)
+        case .spans(let spans):
+            let canonical = body.withUnsafeReadableBytes { raw in
+                PromptChain.canonicalPrompt(JSONText(raw), messages: spans.messages, prompt: spans.prompt, tools: spans.tools)
+            }
+            if let canonical { return PromptChain(canonical: canonical, blockBytes: blockBytes) }
+            // Tools or structured content: their canonical form is Foundation's sorted JSON.
+            guard let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+                return PromptChain(blocks: [], bytes: 0)
+            }
+            return PromptChain.of(body: json, blockBytes: blockBytes)
+        }
+    }
+}

@@ -15,6 +15,7 @@ with `gateway.event_loop_relay: false`, which sends every request through the ge
 (Hummingbird handler on Swift concurrency, AsyncHTTPClient).
 
 Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--seconds 15] [--rounds 3]
+                          [--arrivals fixed|poisson]
 Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
 import argparse
@@ -59,6 +60,10 @@ def main():
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arrivals", choices=("fixed", "poisson"), default="fixed",
+                    help="fixed: every connection waits the same delay after each answer, so the 20 connections stay "
+                         "in step and send in bursts; poisson: each wait is drawn from an exponential distribution "
+                         "with the same mean, so arrivals spread out as independent clients' would")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="strata-overhead-"))
@@ -90,6 +95,14 @@ http {{
 """)
     per_connection_ms = 1000.0 * a.connections / a.rate
     prompt = " ".join(f"word{i % 97}" for i in range(300))
+    if a.arrivals == "fixed":
+        delay_function = f"function delay() return {per_connection_ms:.3f} end"
+    else:
+        delay_function = f"""local seeded = false
+function delay()
+    if not seeded then math.randomseed(os.time() + tonumber(tostring({{}}):match("0x(%x+)") or "0", 16) % 1000003); seeded = true end
+    return -math.log(1 - math.random()) * {per_connection_ms:.3f}
+end"""
     for model in ("bench", "plain"):
         body = json.dumps({"model": model, "max_tokens": 1, "messages": [
             {"role": "system", "content": prompt}, {"role": "user", "content": "hello"}]})
@@ -97,7 +110,7 @@ http {{
 wrk.method = "POST"
 wrk.body = {json.dumps(body)}
 wrk.headers["Content-Type"] = "application/json"
-function delay() return {per_connection_ms:.3f} end
+{delay_function}
 """)
     strata_port, general_port = free_port(), free_port()
     for name, port, relay in (("strata", strata_port, "true"), ("general", general_port, "false")):
@@ -138,7 +151,8 @@ models:
         for url, model in targets.values():   # warm-up
             wrk(url, a.rate, a.connections, 3, str(work / f"{model}.lua"))
         results = {name: [] for name in targets}
-        print(f"wrk -c {a.connections}, paced to ~{a.rate} req/s, {a.seconds}s per run, {a.rounds} rounds", flush=True)
+        print(f"wrk -c {a.connections}, paced to ~{a.rate} req/s ({a.arrivals} delays), {a.seconds}s per run, "
+              f"{a.rounds} rounds", flush=True)
         for round in range(a.rounds):
             order = list(targets) if round % 2 == 0 else list(reversed(targets))
             for name in order:

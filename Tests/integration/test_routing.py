@@ -94,6 +94,23 @@ def test_requests_sharing_a_prefix_land_where_it_is_resident(make_daemon, replic
     assert sum(r["index_blocks"] for r in admin["replicas"]) > 0
 
 
+def test_tools_and_content_of_any_type_are_routed_and_the_daemon_stays_up(make_daemon, replicas):
+    """The prompt chain reads `tools` and content parts of any JSON type; a `"tools": null` once
+    trapped Foundation inside the daemon (any client could stop it)."""
+    d = make_daemon(replica_config([u for u, _ in replicas]))
+    system = words(11, 120)
+    for stream in (False, True):   # the event-loop relay, then the general path
+        for tools in (None, "x", 3, {"a": 1}, [{"type": "function", "function": {"name": "f", "parameters": {}}}]):
+            status, body, _ = d.request("POST", "/v1/chat/completions", body={
+                "model": "smollm2", "max_tokens": 2, "temperature": 0, "stream": stream, "tools": tools,
+                "messages": [{"role": "system", "content": [{"type": "text", "text": system}]},
+                             {"role": "user", "content": None if tools == 3 else "hi"}]},
+                headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=120)
+            assert status != 502 and d.proc.poll() is None, (stream, tools, status, body[:300])
+    status, body, _ = chat(d, system, "still there?")
+    assert status == 200 and d.proc.poll() is None, body
+
+
 def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_daemon, replicas):
     d = make_daemon(replica_config([u for u, _ in replicas]))
     system = words(7, 200)

@@ -125,6 +125,46 @@ struct EventLoopRelayTests {
             #expect(backend.released == 2)
         }
     }
+
+    @Test func aClientThatHalfClosesAfterItsRequestsGetsEveryAnswer() async throws {
+        try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
+            // relayed here (answered after 100 ms), general path (503), relayed here; then the
+            // client shuts its sending side while the first is still with the upstream
+            let bodies = [
+                String(buffer: Self.body("m", extra: #","sleep_ms":100,"n":1"#)),
+                #"{"model":"busy","prompt":"x"}"#,
+                String(buffer: Self.body("m", extra: #","n":3"#)),
+            ]
+            let paths = ["/v1/chat/completions", "/v1/completions", "/v1/chat/completions"]
+            var wire = ""
+            for (path, body) in zip(paths, bodies) {
+                wire += "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            }
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive { [wire] in
+                try RawClient.exchange(port: port, send: wire, responses: 3, halfClose: true)
+            }
+            #expect(answers.map(\.status) == [200, 503, 200])
+            #expect(answers.first?.body.contains(#""n":1"#) == true)
+            #expect(answers.last?.body.contains(#""n":3"#) == true)
+            #expect(backend.released == backend.acquired)
+        }
+    }
+
+    @Test func aMalformedRequestBehindARelayedOneWaitsForItsAnswer() async throws {
+        try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
+            let body = String(buffer: Self.body("m", extra: #","sleep_ms":100,"n":1"#))
+            let wire = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                + "NOT HTTP AT ALL\r\n\r\n"
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchange(port: port, send: wire, responses: 1)
+            }
+            #expect(answers.map(\.status) == [200], "the parser's error reaches Hummingbird (which closes) after the answer")
+            #expect(answers.first?.body.contains(#""n":1"#) == true)
+            #expect(backend.released == 1)
+        }
+    }
 }
 
 /// An HTTP/1.1 upstream on NIO that answers `{"ok":N}` and counts its connections; after
@@ -190,7 +230,9 @@ enum RawClient {
         var body: String
     }
 
-    static func exchange(port: Int, send: String, responses: Int) throws -> [Answer] {
+    /// `halfClose`: shut the sending side after the request bytes (as clients that end their
+    /// input with the request do).
+    static func exchange(port: Int, send: String, responses: Int, halfClose: Bool = false) throws -> [Answer] {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EIO) }
         defer { close(fd) }
@@ -211,6 +253,7 @@ enum RawClient {
             guard n > 0 else { throw POSIXError(.EPIPE) }
             sent += n
         }
+        if halfClose { shutdown(fd, Int32(SHUT_WR)) }
         var received: [UInt8] = []
         var answers: [Answer] = []
         var buffer = [UInt8](repeating: 0, count: 65536)

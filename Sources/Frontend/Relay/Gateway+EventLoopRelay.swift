@@ -122,8 +122,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var state = State.idle
     /// Requests handed to Hummingbird whose answer has not ended.
     private var handedOn = 0
-    /// Parts that arrived while a request was relayed here, in order.
-    private var held = CircularBuffer<HTTPRequestPart>()
+    /// What arrived while a request was relayed here, in order: request parts, and the events
+    /// and errors behind them (a client that half-closes after its requests, a malformed
+    /// request after a good one), which must not reach Hummingbird before the requests ahead.
+    private enum Held {
+        case part(HTTPRequestPart)
+        case event(Any)
+        case error(any Error)
+    }
+    private var held = CircularBuffer<Held>()
     private var replaying = false
     /// A quiesce (graceful shutdown) that came while a request was relayed here.
     private var heldEvent: Any?
@@ -145,15 +152,35 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
-        if case .relaying = state {
-            held.append(part)
-            return
-        }
-        if !held.isEmpty && !replaying {
-            held.append(part)
+        if mustHold {
+            held.append(.part(part))
             return
         }
         take(part, context: context)
+    }
+
+    /// A request is relayed here, or parts held meanwhile wait to be replayed.
+    private var mustHold: Bool {
+        if case .relaying = state { return true }
+        return !held.isEmpty && !replaying
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if mustHold {
+            held.append(.error(error))
+            return
+        }
+        handOnCollected(context: context)
+        context.fireErrorCaught(error)
+    }
+
+    /// A request still being collected when its input ends or breaks goes to Hummingbird as far
+    /// as it came, which answers or drops it as it would have without this handler.
+    private func handOnCollected(context: ChannelHandlerContext) {
+        guard case .collecting(let head, _, let body, _) = state else { return }
+        state = .passing
+        handOn(.head(head), context: context)
+        if let body, body.readableBytes > 0 { handOn(.body(body), context: context) }
     }
 
     /// Stops reading the socket while a request is relayed: what arrives meanwhile is held in
@@ -243,6 +270,18 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !(event is ChannelShouldQuiesceEvent) {
+            // With `cancel_on_disconnect` (as on the general path) the end of a client's input
+            // means it left: it goes on at once and the connection closes, ending the relay.
+            // Without, it may be a client that half-closed after its requests: it waits behind them.
+            var departure = false
+            if case .inputClosed? = event as? ChannelEvent { departure = gateway.configuration.cancelOnDisconnect }
+            if mustHold && !departure {
+                held.append(.event(event))
+                return
+            }
+            handOnCollected(context: context)
+        }
         if event is ChannelShouldQuiesceEvent {
             quiescing = true
             switch state {
@@ -419,18 +458,25 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    /// Reads the parts held back while a request was relayed here, as if they came now.
+    /// Reads what was held back while a request was relayed here, as if it came now.
     private func replayHeld(context: ChannelHandlerContext) {
         guard !replaying, !held.isEmpty else { return }
         replaying = true
         defer { replaying = false }
         var delivered = false
-        while let part = held.popFirst() {
+        while let next = held.popFirst() {
             if case .relaying = state {
-                held.prepend(part)
+                held.prepend(next)
                 break
             }
-            take(part, context: context)
+            switch next {
+            case .part(let part):
+                take(part, context: context)
+            case .event(let event):
+                userInboundEventTriggered(context: context, event: event)
+            case .error(let error):
+                errorCaught(context: context, error: error)
+            }
             delivered = true
         }
         if delivered { context.fireChannelReadComplete() }

@@ -67,6 +67,8 @@ public struct Gateway: Sendable {
     public let access: AccessControlBox
     let logger: Logger
     let metrics: GatewayMetrics
+    /// The sticky-routing header (`routing.session_header`), parsed once.
+    let sessionField: HTTPField.Name?
     /// Renders `/metrics` (the executable owns the Prometheus registry).
     let renderMetrics: @Sendable () -> String
     /// Re-reads the config (`POST /admin/reload`); answers what changed as JSON. Nil: 404.
@@ -89,6 +91,7 @@ public struct Gateway: Sendable {
         self.access = access ?? AccessControlBox(configuration.access ?? AccessControl(apiKeys: configuration.apiKeys))
         self.logger = logger
         self.metrics = GatewayMetrics()
+        self.sessionField = HTTPField.Name(configuration.sessionHeader)
         self.renderMetrics = renderMetrics
         self.isReady = isReady
     }
@@ -173,6 +176,11 @@ public struct Gateway: Sendable {
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
         return String(parts[1]).trimmingCharacters(in: .whitespaces)
     }
+}
+
+extension Gateway {
+    /// The `Server` header of every answer.
+    public static let serverName = "strata"
 }
 
 /// The OpenAI endpoints the gateway relays, and the field each requires beside `model`.

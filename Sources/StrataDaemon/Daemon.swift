@@ -49,7 +49,7 @@ public enum Daemon {
         let app = Application(
             router: gateway.buildRouter(),
             server: .http1(configuration: .init(additionalChannelHandlers: gateway.eventLoopRelayHandlers())),
-            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: "strata"),
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Gateway.serverName),
             onServerRunning: { channel in
                 ready.set(true)
                 let port = channel.localAddress?.port ?? config.listen.port

@@ -220,12 +220,15 @@ actor ReplicaSet {
     /// Publishes the load of one replica (nil: all of them).
     private nonisolated func publishLoad(_ only: String? = nil) {
         let ids = only.map { [$0] } ?? replicas
-        let loads = routing.withLockedValue { routing in ids.compactMap { routing.router.snapshot(of: $0) } }
-        for snapshot in loads {
-            guard let gauge = gauges[snapshot.id] else { continue }
-            gauge.inFlight.record(snapshot.inFlight)
-            gauge.indexBlocks.record(snapshot.indexedBlocks)
-            gauge.healthy.record(snapshot.healthy ? 1 : 0)
+        // Recorded under the lock: two event loops publishing the same replica's load must not
+        // leave the older figure as the last one written.
+        routing.withLockedValue { routing in
+            for id in ids {
+                guard let snapshot = routing.router.snapshot(of: id), let gauge = gauges[id] else { continue }
+                gauge.inFlight.record(snapshot.inFlight)
+                gauge.indexBlocks.record(snapshot.indexedBlocks)
+                gauge.healthy.record(snapshot.healthy ? 1 : 0)
+            }
         }
     }
 

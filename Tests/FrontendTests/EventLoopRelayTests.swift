@@ -49,10 +49,18 @@ struct EventLoopRelayTests {
             for _ in 0..<5 {
                 let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
                 #expect(response.status == .ok)
+                // as on the general path (Hummingbird adds them there)
+                #expect(response.headers[.server] == "strata")
+                #expect(response.headers[.date]?.hasSuffix(" GMT") == true)
             }
             #expect(keeping.connections == 1, "one kept-alive upstream connection serves them all")
             #expect(backend.outcomes("raw").count == 5)
         }
+    }
+
+    @Test func theDateHeaderIsIMFFixdate() {
+        #expect(UpstreamPool.imfFixdate(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")   // RFC 9110's example
+        #expect(UpstreamPool.imfFixdate(1_798_761_600) == "Fri, 01 Jan 2027 00:00:00 GMT")
     }
 
     @Test func aRefusedReplicaIsLeftForAnother() async throws {

@@ -64,7 +64,7 @@ extension Gateway {
         if backend.routesByPrompt(model: parsed.model) {
             parsed.hints = RequestHints(
                 prompt: parsed.promptChain(blockBytes: configuration.routingBlockBytes),
-                session: HTTPField.Name(configuration.sessionHeader).flatMap { headers[$0] } ?? parsed.user)
+                session: sessionField.flatMap { headers[$0] } ?? parsed.user)
         }
         parsed.hints.policy = policy
         parsed.hints.tenant = tenant.name
@@ -367,6 +367,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             headers[.contentType] = answer.head.headers.first(name: "content-type") ?? "application/json"
             headers[.contentLength] = String(answer.body.readableBytes)
             if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
+            addServerHeaders(&headers)
             let response = HTTPResponse(status: .init(code: Int(answer.head.status.code)), headerFields: headers)
             write(response, body: answer.body, context: context)
 
@@ -375,8 +376,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             if relayError?.answerBegan == true {
                 // It began to answer, then broke (or sent too much): as the general path, no
                 // retry, the lease ends and the client gets a 502.
+                exchange.connection?.channel.close(promise: nil)
+                RequestObserver(
+                    metrics: gateway.metrics, model: relay.lease.servedModel ?? model, endpoint: relay.endpoint,
+                    started: relay.started, admitted: relay.admitted, statusCode: 502, tenant: relay.parsed.hints.tenant,
+                    price: relay.lease.price
+                ).finish(outcome: "runtime_failed")
                 relay.lease.release()
-                gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
                 finish(exchange, answer: .badGateway("The runtime for '\(model)' failed before answering: \(describe(error))"),
                        context: context)
                 return
@@ -406,6 +412,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                     var next = exchange
                     next.relay.lease = lease
                     next.relay.target = target
+                    next.relay.admitted = .now
                     next.relay.parsed.hints = hints
                     next.connection = nil
                     next.resentOnNewConnection = false
@@ -435,7 +442,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         exchange.timeout?.cancel()
         var (headers, body) = error.encoded
         headers[.contentLength] = String(body.readableBytes)
+        addServerHeaders(&headers)
         write(HTTPResponse(status: error.status, headerFields: headers), body: body, context: context)
+    }
+
+    /// What Hummingbird adds to the general path's answers: `Date` (made at most once a second
+    /// per event loop) and `Server`.
+    private func addServerHeaders(_ headers: inout HTTPFields) {
+        if let pool { headers[.date] = pool.httpDate }
+        headers[.server] = Gateway.serverName
     }
 
     private func write(_ response: HTTPResponse, body: ByteBuffer, context: ChannelHandlerContext) {

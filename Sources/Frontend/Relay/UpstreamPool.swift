@@ -3,6 +3,10 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Keep-alive HTTP/1.1 connections to upstreams, one pool per event loop: a request relayed on
 /// a client connection's loop is sent on a connection of the same loop, so it never changes
 /// threads (see `EventLoopRelayHandler`).
@@ -77,6 +81,31 @@ final class UpstreamPool: @unchecked Sendable {
     init(eventLoop: any EventLoop, maxIdlePerUpstream: Int) {
         self.eventLoop = eventLoop
         self.maxIdlePerUpstream = maxIdlePerUpstream
+    }
+
+    private var dateSecond = -1
+    private var dateText = ""
+
+    /// Now as an HTTP `Date` value (IMF-fixdate), formatted again only when the second changes.
+    var httpDate: String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        if now.tv_sec != dateSecond {
+            dateSecond = now.tv_sec
+            dateText = Self.imfFixdate(now.tv_sec)
+        }
+        return dateText
+    }
+
+    static func imfFixdate(_ seconds: Int) -> String {
+        var time = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+            + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
     }
 
     /// Where `url` points, if the event loop can send to it (plain `http://`).

@@ -31,13 +31,18 @@ public struct GatewayConfiguration: Sendable {
     /// Request header whose value keeps a conversation on one replica; the body's `user` field
     /// is used when the header is absent.
     public var sessionHeader: String
+    /// An idle kept-alive upstream connection of the event-loop relay is closed after this long
+    /// (as AsyncHTTPClient's pool does on the general path), so that connections to an upstream
+    /// removed by a reload, or one that went quiet, do not stay open.
+    public var upstreamIdleTimeout: Duration
 
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
         cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id",
-        access: AccessControl? = nil, relayOnEventLoop: Bool = true
+        access: AccessControl? = nil, relayOnEventLoop: Bool = true, upstreamIdleTimeout: Duration = .seconds(60)
     ) {
+        self.upstreamIdleTimeout = upstreamIdleTimeout
         self.relayOnEventLoop = relayOnEventLoop
         self.access = access
         self.cancelOnDisconnect = cancelOnDisconnect
@@ -62,7 +67,7 @@ public struct Gateway: Sendable {
     let kv: (any KVBackend)?
     let httpClient: HTTPClient
     /// Upstream connections of the event-loop relay, per loop.
-    let upstreamPools = UpstreamPools()
+    let upstreamPools: UpstreamPools
     /// API keys and tenants; replaced by a config reload.
     public let access: AccessControlBox
     let logger: Logger
@@ -92,6 +97,7 @@ public struct Gateway: Sendable {
         self.logger = logger
         self.metrics = GatewayMetrics()
         self.sessionField = HTTPField.Name(configuration.sessionHeader)
+        self.upstreamPools = UpstreamPools(idleTimeout: TimeAmount(configuration.upstreamIdleTimeout))
         self.renderMetrics = renderMetrics
         self.isReady = isReady
     }

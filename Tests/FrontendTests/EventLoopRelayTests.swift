@@ -63,6 +63,28 @@ struct EventLoopRelayTests {
         #expect(UpstreamPool.imfFixdate(1_798_761_600) == "Fri, 01 Jan 2027 00:00:00 GMT")
     }
 
+    @Test func idleUpstreamConnectionsAreClosedAfterTheIdleTimeout() async throws {
+        let upstream = try await RawUpstream.start(answersPerConnection: 100)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(cancelOnDisconnect: false, upstreamIdleTimeout: .milliseconds(200)), immediate: true,
+            rawPort: upstream.port
+        ) { client, _ in
+            let first = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+            #expect(first.status == .ok)
+            #expect(upstream.openConnections == 1, "kept alive after the answer")
+            let started = ContinuousClock.now
+            while upstream.openConnections > 0 && ContinuousClock.now - started < .seconds(5) {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(upstream.openConnections == 0, "closed once idle past the timeout")
+            #expect(ContinuousClock.now - started >= .milliseconds(150), "not before it")
+            let second = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+            #expect(second.status == .ok)
+            #expect(upstream.connections == 2, "the next request opens a new one")
+        }
+    }
+
     @Test func aRefusedReplicaIsLeftForAnother() async throws {
         try await GatewayTests.withGateway(immediate: true) { client, backend in
             let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("retry"))
@@ -180,28 +202,35 @@ struct EventLoopRelayTests {
 final class RawUpstream: Sendable {
     let channel: any Channel
     private let accepted: NIOLockedValueBox<Int>
+    private let open: NIOLockedValueBox<Int>
 
     var port: Int { channel.localAddress!.port! }
     var connections: Int { accepted.withLockedValue { $0 } }
+    /// Connections not yet closed.
+    var openConnections: Int { open.withLockedValue { $0 } }
 
-    private init(channel: any Channel, accepted: NIOLockedValueBox<Int>) {
+    private init(channel: any Channel, accepted: NIOLockedValueBox<Int>, open: NIOLockedValueBox<Int>) {
         self.channel = channel
         self.accepted = accepted
+        self.open = open
     }
 
     static func start(answersPerConnection: Int) async throws -> RawUpstream {
         let accepted = NIOLockedValueBox(0)
+        let open = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 accepted.withLockedValue { $0 += 1 }
+                open.withLockedValue { $0 += 1 }
+                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Handler(limit: answersPerConnection))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return RawUpstream(channel: channel, accepted: accepted)
+        return RawUpstream(channel: channel, accepted: accepted, open: open)
     }
 
     func stop() { try? channel.close().wait() }

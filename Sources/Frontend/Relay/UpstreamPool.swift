@@ -14,15 +14,17 @@ final class UpstreamPools: Sendable {
     private let pools = NIOLockedValueBox<[ObjectIdentifier: UpstreamPool]>([:])
     /// Idle connections kept per upstream and loop; more are closed when they come back.
     let maxIdlePerUpstream: Int
+    let idleTimeout: TimeAmount
 
-    init(maxIdlePerUpstream: Int = 64) {
+    init(maxIdlePerUpstream: Int = 64, idleTimeout: TimeAmount = .seconds(60)) {
         self.maxIdlePerUpstream = maxIdlePerUpstream
+        self.idleTimeout = idleTimeout
     }
 
     func pool(for eventLoop: any EventLoop) -> UpstreamPool {
         pools.withLockedValue { pools in
             if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
-            let pool = UpstreamPool(eventLoop: eventLoop, maxIdlePerUpstream: maxIdlePerUpstream)
+            let pool = UpstreamPool(eventLoop: eventLoop, maxIdlePerUpstream: maxIdlePerUpstream, idleTimeout: idleTimeout)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
         }
@@ -73,14 +75,19 @@ struct UpstreamTarget: Hashable, Sendable {
 final class UpstreamPool: @unchecked Sendable {
     let eventLoop: any EventLoop
     private let maxIdlePerUpstream: Int
+    private let idleTimeout: TimeAmount
+    /// Idle connections per upstream, oldest first (reuse takes the newest).
     private var idle: [Authority: [UpstreamConnection]] = [:]
+    /// Closes connections idle past `idleTimeout`; scheduled only while some are idle.
+    private var sweep: Scheduled<Void>?
     /// Upstream URLs parsed before (a lease's URL is one of a few per model).
     private var targets: [String: UpstreamTarget] = [:]
     static let maxCachedTargets = 256
 
-    init(eventLoop: any EventLoop, maxIdlePerUpstream: Int) {
+    init(eventLoop: any EventLoop, maxIdlePerUpstream: Int, idleTimeout: TimeAmount) {
         self.eventLoop = eventLoop
         self.maxIdlePerUpstream = maxIdlePerUpstream
+        self.idleTimeout = idleTimeout
     }
 
     private var dateSecond = -1
@@ -154,7 +161,35 @@ final class UpstreamPool: @unchecked Sendable {
             return
         }
         connection.reused = true
+        connection.idleSince = .now()
         idle[connection.key, default: []].append(connection)
+        scheduleSweep()
+    }
+
+    /// Idle connections, all upstreams.
+    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
+
+    private func scheduleSweep() {
+        guard sweep == nil else { return }
+        let interval = TimeAmount.nanoseconds(max(10_000_000, idleTimeout.nanoseconds / 2))
+        sweep = eventLoop.assumeIsolated().scheduleTask(in: interval) {
+            self.sweep = nil
+            self.closeIdle(olderThan: self.idleTimeout)
+            if !self.idle.isEmpty { self.scheduleSweep() }
+        }
+    }
+
+    /// Closes the connections idle for `age` or longer.
+    func closeIdle(olderThan age: TimeAmount) {
+        eventLoop.preconditionInEventLoop()
+        let now = NIODeadline.now()
+        for key in Array(idle.keys) {
+            guard var list = idle[key] else { continue }
+            let stale = list.prefix { now - $0.idleSince >= age }.count
+            for connection in list[..<stale] { connection.channel.close(promise: nil) }
+            list.removeFirst(stale)
+            idle[key] = list.isEmpty ? nil : list
+        }
     }
 }
 
@@ -172,6 +207,8 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
     /// Served an exchange before: a failure before any answer may be the upstream having closed
     /// it while idle, so the request is sent once more on a new connection.
     var reused: Bool
+    /// When it last went back to the pool.
+    var idleSince = NIODeadline.now()
 
     init(channel: any Channel, handler: UpstreamResponseHandler, key: Authority, reused: Bool) {
         self.channel = channel

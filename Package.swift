@@ -108,6 +108,8 @@ let package = Package(
                 "Frontend", "StrataTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             ]
         ),
         .testTarget(name: "StrataDaemonTests", dependencies: ["StrataDaemon", "Placer", "TierStore", "StrataTestSupport"]),

@@ -151,7 +151,7 @@ extension Gateway {
                 }
             }
             edits.sort { $0.0.lowerBound < $1.0.lowerBound }
-            let bytes = body.readableBytesView
+            let bytes = parsed.body.readableBytesView   // the buffer the spans were read from
             var out = ByteBuffer()
             out.reserveCapacity(bytes.count + edits.reduce(0) { $0 + $1.1.count })
             var at = 0

@@ -181,6 +181,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         state = .passing
         handOn(.head(head), context: context)
         if let body, body.readableBytes > 0 { handOn(.body(body), context: context) }
+        releaseHeldEvent(context: context)   // a quiesce that waited for this request
     }
 
     /// Stops reading the socket while a request is relayed: what arrives meanwhile is held in
@@ -215,6 +216,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 handOn(.head(head), context: context)
                 handOn(.body(body!), context: context)
                 state = .passing
+                releaseHeldEvent(context: context)   // a quiesce that waited for this request
             } else {
                 state = .collecting(head, endpoint, body, started)
             }

@@ -5,6 +5,8 @@ import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// Keep-alive HTTP/1.1 connections to upstreams, one pool per event loop: a request relayed on
@@ -132,6 +134,7 @@ final class UpstreamPool: @unchecked Sendable {
         let key = Authority(host: target.host, port: target.port)
         while reusing, let connection = idle[key]?.popLast() {
             if connection.isUsable { return eventLoop.makeSucceededFuture(connection) }
+            connection.channel.close(promise: nil)   // e.g. the upstream sent bytes unasked
         }
         return ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

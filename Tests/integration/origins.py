@@ -430,9 +430,10 @@ class FaultProxy:
         if re.search(rb"\r\nexpect:\s*100-continue", head, re.I):
             left = 0   # a client that waits for 100 Continue sends no body after a final answer
         client.settimeout(2)
-        client.sendall(ANSWER_503)
+        # counted before it is sent: a client that has its answer may check the count at once
         with self._lock:
             self.injected["status_503"] += 1
+        client.sendall(ANSWER_503)
         try:
             while left > 0 and not self._closing.is_set():
                 data = client.recv(min(left, 1 << 20))

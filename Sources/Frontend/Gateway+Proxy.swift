@@ -29,7 +29,7 @@ extension Gateway {
         addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
         guard configuration.cancelOnDisconnect && !parsed.stream else {
             // Streams notice a departed client on their next chunk and keep the connection alive.
-            return try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+            return try await relay(parsed, endpoint: endpoint, started: started)
         }
         // A non-streaming request writes nothing until the answer is complete, so the connection
         // is watched instead: a client that leaves withdraws its wait and stops the generation.
@@ -37,7 +37,7 @@ extension Gateway {
         var response: Response
         do {
             response = try await request.body.consumeWithCancellationOnInboundClose { _ in
-                try await relay(body, parsed: parsed, endpoint: endpoint, started: started)
+                try await relay(parsed, endpoint: endpoint, started: started)
             }
         } catch let error as GatewayError {
             response = error.response()
@@ -46,7 +46,7 @@ extension Gateway {
         return response
     }
 
-    func relay(_ body: ByteBuffer, parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws
+    func relay(_ parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws
         -> Response
     {
         var hints = parsed.hints
@@ -75,7 +75,7 @@ extension Gateway {
                 upstreamRequest.headers.add(name: "Connection", value: "close")
             }
             for (name, value) in acquired.headers { upstreamRequest.headers.replaceOrAdd(name: name, value: value) }
-            upstreamRequest.body = .bytes(try Self.rewriteBody(body, parsed: parsed, for: acquired))
+            upstreamRequest.body = .bytes(try Self.rewriteBody(parsed, for: acquired))
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))

@@ -127,9 +127,9 @@ extension Gateway {
 
     /// Forwards the client's bytes as they are unless the upstream knows the model by another
     /// name or the lease pins the request to a runtime slot; then only those values change.
-    static func rewriteBody(_ body: ByteBuffer, parsed: ParsedBody, for lease: UpstreamLease) throws -> ByteBuffer {
+    static func rewriteBody(_ parsed: ParsedBody, for lease: UpstreamLease) throws -> ByteBuffer {
         let rename = lease.upstreamModel.flatMap { $0 == parsed.model ? nil : $0 }
-        guard rename != nil || lease.pinnedSlot != nil else { return body }
+        guard rename != nil || lease.pinnedSlot != nil else { return parsed.body }
         switch parsed.fields {
         case .objects(var json):
             if let rename { json["model"] = rename }
@@ -151,7 +151,7 @@ extension Gateway {
                 }
             }
             edits.sort { $0.0.lowerBound < $1.0.lowerBound }
-            let bytes = parsed.body.readableBytesView   // the buffer the spans were read from
+            let bytes = parsed.body.readableBytesView
             var out = ByteBuffer()
             out.reserveCapacity(bytes.count + edits.reduce(0) { $0 + $1.1.count })
             var at = 0

@@ -77,14 +77,17 @@ struct AnswerFigures {
     /// The figures of one JSON object's text; nil when the text is not one.
     static func read(_ bytes: UnsafeRawBufferPointer) -> AnswerFigures? {
         let text = JSONText(bytes)
-        guard let root = text.validate() else {
+        var members: [(key: JSONText.Span, value: JSONText.Span)]?
+        guard text.validate(members: &members) != nil else {
             // Text the single pass leaves to Foundation.
             guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else { return nil }
             return AnswerFigures(json)
         }
-        guard text.kind(root) == .object else { return nil }
+        // The top-level members come from the validating pass: the answer's text (`choices`)
+        // is not scanned again to find them.
+        guard let members else { return nil }   // not an object
         var figures = AnswerFigures()
-        if let usage = text.member("usage", of: root), text.kind(usage) != .null {
+        if let usage = text.member("usage", in: members), text.kind(usage) != .null {
             figures.hasUsage = true
             if text.kind(usage) == .object {
                 figures.promptTokens = text.member("prompt_tokens", of: usage).flatMap(text.integer)
@@ -94,7 +97,7 @@ struct AnswerFigures {
                 }
             }
         }
-        if let timings = text.member("timings", of: root), text.kind(timings) == .object {
+        if let timings = text.member("timings", in: members), text.kind(timings) == .object {
             figures.cacheN = text.member("cache_n", of: timings).flatMap(text.integer)
             figures.promptN = text.member("prompt_n", of: timings).flatMap(text.integer)
         }

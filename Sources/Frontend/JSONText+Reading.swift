@@ -127,6 +127,11 @@ extension JSONText {
         return found
     }
 
+    /// The value of the last of `members` named `name` (members as `validate(members:)` records them).
+    func member(_ name: String, in members: [(key: Span, value: Span)]) -> Span? {
+        members.last { keyEquals($0.key, name) }?.value
+    }
+
     /// Whether a string span (quotes included) holds exactly `text`.
     func keyEquals(_ key: Span, _ text: String) -> Bool {
         var text = text

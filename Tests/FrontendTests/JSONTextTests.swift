@@ -250,7 +250,7 @@ struct JSONTextTests {
             let slot = Int.random(in: 0...7, using: &texts.rng)
             let rename = Bool.random(using: &texts.rng) ? "up\"stream \\ é\n" : nil
             let lease = UpstreamLease(baseURL: "http://127.0.0.1:1/v1", upstreamModel: rename, pinnedSlot: slot, onOutcome: { _ in })
-            let rewritten = try Gateway.rewriteBody(body, parsed: parsed, for: lease)
+            let rewritten = try Gateway.rewriteBody(parsed, for: lease)
             var expected = try #require(Self.foundation(Array(text.utf8)) as? [String: Any])
             if let rename { expected["model"] = rename }
             expected["id_slot"] = slot
@@ -258,7 +258,7 @@ struct JSONTextTests {
             #expect(try Self.canonical(got) == Self.canonical(expected), "\(text) → \(String(buffer: rewritten))")
         }
         let untouched = ByteBuffer(string: #"{ "model" : "m", "messages":[{"role":"user","content":"hi"}] }"#)
-        let same = try Gateway.rewriteBody(untouched, parsed: #require(Gateway.scanBody(untouched, endpoint: .chatCompletions)),
+        let same = try Gateway.rewriteBody(#require(Gateway.scanBody(untouched, endpoint: .chatCompletions)),
                                            for: UpstreamLease(baseURL: "http://x/v1", upstreamModel: "m", onOutcome: { _ in }))
         #expect(same == untouched, "nothing to change: the client's bytes go as they are")
     }

@@ -20,7 +20,6 @@ extension Gateway {
         var target: UpstreamTarget
         var parsed: ParsedBody
         var endpoint: Endpoint
-        var body: ByteBuffer
         var started: ContinuousClock.Instant
         var admitted: ContinuousClock.Instant
     }
@@ -54,7 +53,7 @@ extension Gateway {
             lease.release(.abandoned)
             return nil
         }
-        return ImmediateRelay(lease: lease, target: target, parsed: parsed, endpoint: endpoint, body: body, started: started,
+        return ImmediateRelay(lease: lease, target: target, parsed: parsed, endpoint: endpoint, started: started,
                               admitted: .now)
     }
 
@@ -73,7 +72,7 @@ extension Gateway {
     /// The upstream request for a lease: the target, its head and body.
     func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, HTTPRequestHead, ByteBuffer) {
         let target = relay.target
-        let body = try Self.rewriteBody(relay.body, parsed: relay.parsed, for: relay.lease)
+        let body = try Self.rewriteBody(relay.parsed, for: relay.lease)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.hostHeader)
         headers.add(name: "Content-Type", value: "application/json")
@@ -428,7 +427,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // No other replica can take it at once: nothing was written to the client yet,
                 // so the general path takes the request (it can wait, probe, spill over).
                 state = .idle
-                handOn(head: exchange.head, body: relay.body, context: context)
+                handOn(head: exchange.head, body: relay.parsed.body, context: context)
                 context.fireChannelReadComplete()
                 releaseHeldEvent(context: context)
                 resumeAfterRelay(context: context)

@@ -206,7 +206,7 @@ final class TierKVBackend: KVBackend, Sendable {
             guard let read = try store.getFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
                 return .wait
             }
-            read.withBytes { value.writeBytes($0) }
+            _ = read.withBytes { value.writeBytes($0) }
             if case .host(let view) = read { view.release() }
         }
         guard value.readableBytes == entry.size else { return .wait }
@@ -218,6 +218,44 @@ final class TierKVBackend: KVBackend, Sendable {
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool> {
         guard !durable, value.readableBytes <= partBytes else { return .wait }
+        return setImmediately(namespace: namespace, key: key, size: value.readableBytes, condition: condition, expiry: expiry) {
+            $0.putInRAMImmediately($1, bytes: value.readableBytesView)
+        }
+    }
+
+    /// A `cache` value of one part is received straight into a slot of the host arena.
+    func stageValue(length: Int) -> (any KVStagedValue)? {
+        guard !durable, length <= partBytes, let store = state.withLock({ $0.opened }),
+            let block = store.stageInRAM(length: length)
+        else { return nil }
+        return StagedValue(block)
+    }
+
+    func setImmediately(
+        namespace: String, key: ByteBuffer, staged: any KVStagedValue, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> {
+        guard !durable, let staged = staged as? StagedValue, staged.isComplete else { return .wait }
+        return setImmediately(namespace: namespace, key: key, size: staged.length, condition: condition, expiry: expiry) {
+            $0.publishStaged(staged.block, as: $1)
+        }
+    }
+
+    final class StagedValue: KVStagedValue {
+        let block: StagedBlock
+        init(_ block: StagedBlock) { self.block = block }
+        var length: Int { block.length }
+        var isComplete: Bool { block.isComplete }
+        func append(_ bytes: UnsafeRawBufferPointer) -> Int { block.append(bytes) }
+        func materialize() -> ByteBuffer? { block.withBytes { ByteBuffer(bytes: $0) } }
+        func discard() { block.discard() }
+    }
+
+    /// The fast path's SET: decides under the lock, `place`s the block of the new version (false:
+    /// it would have to wait), then records it unless the key changed meanwhile.
+    private func setImmediately(
+        namespace: String, key: ByteBuffer, size: Int, condition: KVSetCondition, expiry: KVExpiry,
+        place: (BlockStore, BlockKey) -> Bool
+    ) -> KVImmediate<Bool> {
         let name = Array(key.readableBytesView)
         let current = now()
         enum Decision { case wait, skip, write(store: BlockStore, existing: Entry?, version: UInt64) }
@@ -235,7 +273,7 @@ final class TierKVBackend: KVBackend, Sendable {
             return .wait
         }
         let block = Self.blockKey(namespace, name, version: version, part: 0)
-        guard store.putInRAMImmediately(block, bytes: value.readableBytesView) else { return .wait }
+        guard place(store, block) else { return .wait }
         let expiresAt: KVTimestamp? = switch expiry {
         case .never: nil
         case .keep: existing?.expiresAt
@@ -251,7 +289,7 @@ final class TierKVBackend: KVBackend, Sendable {
             {
                 return (false, nil)
             }
-            let entry = Entry(version: version, size: value.readableBytes, expiresAt: expiresAt,
+            let entry = Entry(version: version, size: size, expiresAt: expiresAt,
                               sequence: state.sequence(for: namespace, name))
             return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
@@ -292,7 +330,7 @@ final class TierKVBackend: KVBackend, Sendable {
                     state.withLock { $0.misses += 1 }
                     return nil
                 }
-                read.withBytes { value.writeBytes($0) }
+                _ = read.withBytes { value.writeBytes($0) }
                 if case .host(let view) = read { view.release() }
             }
             guard value.readableBytes == entry.size else {

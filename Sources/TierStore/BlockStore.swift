@@ -337,6 +337,32 @@ public final class BlockStore: Sendable {
         return true
     }
 
+    /// Holds room in RAM for a block of `length` bytes that arrives piece by piece (a value read
+    /// off a socket), so its bytes are written once, into the arena, as they come; publish it
+    /// with `publishStaged`. Nil, with nothing changed, when a cache put would not go straight
+    /// to RAM either: the demotion writer is behind, it does not fit, or the host tier stores
+    /// blocks compressed.
+    public func stageInRAM(length: Int) -> StagedBlock? {
+        guard length >= 0, policy.hostCodec != .lz4 else { return nil }
+        guard admitPutInRAM(regardless: false) else { return nil }
+        defer { puttingInRAM.withLock { $0 -= 1 } }
+        guard let reservation = host.reserve(length) else { return nil }
+        return StagedBlock(host: host, reservation: reservation)
+    }
+
+    /// `putInRAMImmediately` for a staged block: a complete one becomes the block `key` (a
+    /// cache put: demoted when evicted). False, with nothing changed and the staged bytes still
+    /// readable, when it is incomplete, already published or discarded, or the host budget shrank
+    /// under its slot: put its bytes the ordinary way.
+    public func publishStaged(_ staged: StagedBlock, as key: BlockKey) -> Bool {
+        let (generation, previous) = generations.bump(key)
+        guard staged.publish(as: key, tag: generation) else {
+            generations.restore(key, to: previous, ifCurrent: generation)
+            return false
+        }
+        return true
+    }
+
     /// A get that does not wait: the block if it is in RAM (borrowed in place, or decompressed),
     /// nil if it is not. Never reads the log. A miss here is not counted (the `get` that follows
     /// counts it).

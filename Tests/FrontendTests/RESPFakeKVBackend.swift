@@ -78,6 +78,67 @@ final class FakeKVBackend: KVBackend {
         return .done(write(namespace, key, value, condition, expiry))
     }
 
+    /// Staged SET values (`stageValue`): how many are neither stored nor discarded, and how many
+    /// were stored through the staged fast path.
+    struct StagingCounts: Equatable { var outstanding = 0, stored = 0 }
+    private let staging = Mutex(StagingCounts())
+    var stagingCounts: StagingCounts { staging.withLock { $0 } }
+
+    /// A fake staged value: an array filled as bytes come, counted while held.
+    final class FakeStagedValue: KVStagedValue {
+        let length: Int
+        private let owner: FakeKVBackend
+        private let state = Mutex<(bytes: [UInt8], held: Bool)>(([], true))
+        init(length: Int, owner: FakeKVBackend) {
+            self.length = length
+            self.owner = owner
+            owner.staging.withLock { $0.outstanding += 1 }
+        }
+        deinit { discard() }
+        var isComplete: Bool { state.withLock { $0.held && $0.bytes.count == length } }
+        func append(_ bytes: UnsafeRawBufferPointer) -> Int {
+            state.withLock { state in
+                guard state.held else { return 0 }
+                let count = min(bytes.count, length - state.bytes.count)
+                state.bytes += bytes[..<count]
+                return count
+            }
+        }
+        func materialize() -> ByteBuffer? { state.withLock { $0.held ? ByteBuffer(bytes: $0.bytes) : nil } }
+        /// The bytes, given up: as a store would take them.
+        func take() -> ByteBuffer? {
+            let taken = state.withLock { state -> [UInt8]? in
+                guard state.held, state.bytes.count == length else { return nil }
+                state.held = false
+                return state.bytes
+            }
+            guard let taken else { return nil }
+            owner.staging.withLock { $0.outstanding -= 1; $0.stored += 1 }
+            return ByteBuffer(bytes: taken)
+        }
+        func discard() {
+            let was = state.withLock { state -> Bool in
+                defer { state.held = false }
+                return state.held
+            }
+            if was { owner.staging.withLock { $0.outstanding -= 1 } }
+        }
+    }
+
+    func stageValue(length: Int) -> (any KVStagedValue)? {
+        FakeStagedValue(length: length, owner: self)
+    }
+
+    /// Keys starting with `slow:` wait here too, so the handler's fallback (materialize, then
+    /// the ordinary `set`) is exercised.
+    func setImmediately(
+        namespace: String, key: ByteBuffer, staged: any KVStagedValue, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> {
+        guard !Self.isSlow(key), let staged = staged as? FakeStagedValue, let value = staged.take() else { return .wait }
+        immediateAnswers += 1
+        return .done(write(namespace, key, value, condition, expiry))
+    }
+
     func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
         read(namespace, key)
     }

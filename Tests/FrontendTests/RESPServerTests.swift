@@ -220,4 +220,157 @@ private func withServer(
             #expect(backend.rawCount(namespace: "t1") == 1)
         }
     }
+
+    /// SET values of at least `minStagedValueBytes` that are still arriving when their header is
+    /// parsed go into the backend's staging room, not into the receive buffer. Whatever the read
+    /// boundaries (so whichever values get staged): every value reads back byte for byte, NX/XX
+    /// hold, a bad option is refused, a key that makes the backend wait still gets its value
+    /// (materialized), other commands are not staged, nothing stays staged.
+    @Test func largeSetValuesAreStagedWhateverTheReadBoundaries() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0, minStagedValueBytes: 16)
+        func value(_ seed: Int, _ count: Int) -> ByteBuffer {
+            ByteBuffer(bytes: (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed) })
+        }
+        let a = value(1, 100), b = value(2, 3000), c = value(3, 16), d = value(4, 15)
+        func command(_ words: Any...) -> [ByteBuffer] {
+            words.map { ($0 as? ByteBuffer) ?? ByteBuffer(string: "\($0)") }
+        }
+        let script: [([ByteBuffer], RESPValue)] = [
+            (command("SET", "k", a), .ok),
+            (command("SET", "k", b, "NX"), .null),
+            (command("set", "k", b, "XX"), .ok),
+            (command("GET", "k"), .bulkString(b)),
+            (command("SET", "slow:k", c, "EX", "100"), .ok),
+            (command("GET", "slow:k"), .bulkString(c)),
+            (command("SET", "small", d), .ok),
+            (command("SET", "k", a, "BOGUS"), .error("ERR syntax error")),
+            (command("GET", "k"), .bulkString(b)),
+            (command("MSET", "m", b), .ok),
+            (command("GET", "m"), .bulkString(b)),
+            (command("GET", "small"), .bulkString(d)),
+            (command("INFO", "stats"), .null),   // checked below
+        ]
+        for chunk in [1, 2, 3, 5, 17, 64, 4096, 1 << 20] {
+            try await withServer(configuration) { port, backend in
+                try await RawRESPClient.connect(port: port) { client in
+                    var wire = ByteBuffer()
+                    for (words, _) in script { RESPEncoder.encode(.array(words.map(RESPValue.bulkString)), into: &wire) }
+                    while wire.readableBytes > 0 {
+                        try await client.outbound.write(wire.readSlice(length: min(chunk, wire.readableBytes))!)
+                    }
+                    for (words, expected) in script {
+                        let reply = try await client.next()
+                        if expected != .null || words[0] != ByteBuffer(string: "INFO") {
+                            #expect(reply == expected, "chunk \(chunk): \(String(buffer: words[0])) \(String(buffer: words[1]))")
+                        } else if case .bulkString(let info) = reply {
+                            // at most the five SETs at or past 16 bytes: a, b NX, b XX, c, a BOGUS
+                            #expect(String(buffer: info).contains("staged_values:"), "chunk \(chunk)")
+                        } else {
+                            Issue.record("INFO answered \(String(describing: reply))")
+                        }
+                    }
+                }
+                // At most a, b NX (refused) and b XX go the staged path; slow:k goes the waiting way.
+                #expect(backend.stagingCounts.outstanding == 0, "chunk \(chunk)")
+                #expect(backend.stagingCounts.stored <= 3, "chunk \(chunk)")
+            }
+        }
+    }
+
+    /// One SET split in two at every kind of place: inside the header, right after it, inside the
+    /// value, after the value before its CRLF, between CR and LF. Split after the header it is
+    /// staged (the test waits until it is before sending the rest); either way it is stored byte
+    /// for byte, conditions hold, and a key the backend makes wait is stored through the
+    /// ordinary path.
+    @Test func aSetSplitAnywhereIsStoredWholeAndStagedWhenCutInsideItsValue() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0, minStagedValueBytes: 16)
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                var expectedStored = 0
+                for key in ["k", "slow:k"] {
+                    for (round, condition) in ["", "NX", "XX"].enumerated() {
+                        let value = ByteBuffer(bytes: (0..<200).map { UInt8(truncatingIfNeeded: $0 &+ round &* 11) })
+                        var words = [ByteBuffer(string: "SET"), ByteBuffer(string: key), value]
+                        if !condition.isEmpty { words.append(ByteBuffer(string: condition)) }
+                        var wire = ByteBuffer()
+                        RESPEncoder.encode(.array(words.map(RESPValue.bulkString)), into: &wire)
+                        let header = wire.readableBytes - 200 - 2 - (condition.isEmpty ? 0 : 8)
+                        for split in [3, header - 1, header, header + 1, header + 150, header + 199, header + 200, header + 201] {
+                            var first = wire.getSlice(at: 0, length: split)!
+                            let rest = wire.getSlice(at: split, length: wire.readableBytes - split)!
+                            let before = backend.stagingCounts
+                            try await client.outbound.write(first)
+                            first.clear()
+                            // Cut anywhere after its header, the value is staged (even when all of it
+                            // came, if its CRLF did not).
+                            let staged = split >= header
+                            if staged {
+                                for _ in 0..<500 where backend.stagingCounts.outstanding == 0 {
+                                    try await Task.sleep(for: .milliseconds(2))
+                                }
+                                #expect(backend.stagingCounts.outstanding == 1, "\(key) \(condition) split \(split)")
+                            }
+                            try await client.outbound.write(rest)
+                            // Written: plain always, NX never (the key exists from the first round), XX always.
+                            let written = condition != "NX"
+                            #expect(try await client.next() == (written ? .ok : .null), "\(key) \(condition) split \(split)")
+                            try await client.send("GET \(key)\r\n")
+                            let got = try await client.next()
+                            if written { #expect(got == .bulkString(value), "\(key) \(condition) split \(split)") }
+                            if staged && key == "k" { expectedStored += 1 }
+                            #expect(backend.stagingCounts == .init(outstanding: 0, stored: expectedStored),
+                                    "\(key) \(condition) split \(split), before \(before)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection that goes away in the middle of a staged value, or sends a broken frame
+    /// after one, gives the room back and stores nothing.
+    @Test func aValueCutShortOrBadlyTerminatedLeavesNothingStaged() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0, minStagedValueBytes: 16)
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n" + String(repeating: "x", count: 500))
+                try await client.send("PING\r\n")   // still part of the value
+                for _ in 0..<500 where backend.stagingCounts.outstanding == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(backend.stagingCounts.outstanding == 1)
+            }
+            for _ in 0..<500 where backend.stagingCounts.outstanding != 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(backend.stagingCounts == .init(outstanding: 0, stored: 0))
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20\r\n" + String(repeating: "y", count: 20) + "XX")
+                #expect(try await client.next() == .error("ERR Protocol error: bulk string not terminated by CRLF"))
+                #expect(try await client.next() == nil)
+            }
+            #expect(backend.stagingCounts == .init(outstanding: 0, stored: 0))
+            try await RawRESPClient.connect(port: port) { client in
+                try await client.send("EXISTS k\r\n")
+                #expect(try await client.next() == .integer(0))
+            }
+        }
+    }
+
+    /// Only an authenticated connection may have room reserved for it.
+    @Test func anUnauthenticatedSetIsNotStaged() async throws {
+        let configuration = RESPServerConfiguration(
+            host: "127.0.0.1", port: 0, minStagedValueBytes: 16, users: [RESPUser(password: "pw", namespace: "t1")])
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                let value = String(repeating: "z", count: 4000)
+                try await client.send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000\r\n\(value)\r\nAUTH pw\r\n")
+                #expect(try await client.next() == .error("NOAUTH Authentication required."))
+                #expect(try await client.next() == .ok)
+                #expect(backend.stagingCounts == .init(outstanding: 0, stored: 0))
+                try await client.send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000\r\n\(value.prefix(100))")
+                for _ in 0..<500 where backend.stagingCounts.outstanding == 0 { try await Task.sleep(for: .milliseconds(2)) }
+                try await client.send("\(value.dropFirst(100))\r\n")
+                #expect(try await client.next() == .ok)
+            }
+            #expect(backend.stagingCounts == .init(outstanding: 0, stored: 1))
+            #expect(backend.rawCount(namespace: "t1") == 1)
+        }
+    }
 }

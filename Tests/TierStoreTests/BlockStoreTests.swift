@@ -71,6 +71,47 @@ struct BlockStoreTests {
         }
     }
 
+    /// A block received piece by piece into RAM: published complete, it reads back byte for
+    /// byte; incomplete, it is refused; discarded or dropped, its room comes back; a host tier
+    /// that compresses does not stage.
+    @Test func stagedBlocksArePublishedOnlyWhole() async throws {
+        try await Self.withSmallStore { store, log in
+            let value = Self.bytes(3 << 20, 7)
+            let staged = try #require(store.stageInRAM(length: value.count))
+            value.withUnsafeBytes { raw in
+                var offset = 0
+                for piece in [1, 4095, 65536, 1 << 20, 3 << 20] where offset < raw.count {
+                    let taken = staged.append(UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + piece)]))
+                    offset += taken
+                    #expect(staged.isComplete == (offset == raw.count))
+                }
+                #expect(staged.append(UnsafeRawBufferPointer(rebasing: raw[0..<10])) == 0, "takes nothing past its length")
+            }
+            #expect(store.publishStaged(staged, as: Self.key(1)))
+            #expect(try store.getFromRAM(Self.key(1))?.withBytes { Array($0) } == value)
+            #expect(!store.publishStaged(staged, as: Self.key(2)), "published once only")
+            #expect(staged.withBytes { _ in 0 } == nil)
+
+            let used = store.host.stats.usedBytes
+            let partial = try #require(store.stageInRAM(length: 1 << 20))
+            _ = value.withUnsafeBytes { partial.append(UnsafeRawBufferPointer(rebasing: $0[..<1000])) }
+            #expect(!store.publishStaged(partial, as: Self.key(3)), "incomplete")
+            #expect(partial.withBytes { Array($0) } == Array(value[..<1000]))
+            #expect(try store.getFromRAM(Self.key(3)) == nil)
+            partial.discard()
+            #expect(store.host.stats.usedBytes == used)
+            do { _ = store.stageInRAM(length: 2 << 20) }   // dropped unpublished
+            #expect(store.host.stats.usedBytes == used)
+            #expect(store.stageInRAM(length: 17 << 20) == nil, "larger than a host unit")
+
+            try await store.apply(BlockStore.Policy(hostBudgetBytes: 16 << 20, nvmeBudgetBytes: log.configuration.budgetBytes,
+                                                    hostCodec: .lz4))
+            #expect(store.stageInRAM(length: 1 << 20) == nil, "a compressing host tier takes puts whole")
+            await store.close()
+            await log.close()
+        }
+    }
+
     @Test func dropPolicyForgetsEvictedBlocksAndDurablePutsSurviveRestart() async throws {
         let engine = try IOEngineKind.auto.make(queueDepth: 16)
         defer { engine.shutdown() }

@@ -149,4 +149,47 @@ extension HostTierTests {
         for i in 100..<128 { _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
         #expect(tier.stats.usedBytes > 32 << 20, "the room came back")
     }
+
+    /// A reserved slot is filled in place and published as a block; while held it is neither
+    /// readable nor evictable; cancelled, its room comes back; when the budget shrinks below it,
+    /// publishing is refused with its bytes intact.
+    @Test func reservedSlotsArePublishedCancelledOrRefusedPastTheBudget() throws {
+        let demoted = Mutex<[BlockKey]>([])
+        let tier = try HostTier(budgetBytes: 32 << 20) { evicted in demoted.withLock { $0.append(evicted.key) } }
+        for i in 0..<8 { _ = Self.bytes(4 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        let slot = try #require(tier.reserve(4 << 20))
+        #expect(demoted.withLock { $0 } == [Self.key(0)], "room made by evicting the least recently used block")
+        let value = Self.bytes(4 << 20, 50)
+        value.withUnsafeBytes { tier.bytes(of: slot).copyMemory(from: $0) }
+        #expect(tier.borrow(Self.key(50)) == nil, "not readable before it is published")
+        #expect(tier.publish(slot, Self.key(50)) == .published)
+        #expect(tier.withBlock(Self.key(50), { Array($0) }) == value)
+        // Publishing under a key that has a block replaces it.
+        let smaller = try #require(tier.reserve(1 << 20))
+        Self.bytes(1 << 20, 51).withUnsafeBytes { tier.bytes(of: smaller).copyMemory(from: $0) }
+        #expect(tier.publish(smaller, Self.key(50)) == .published)
+        #expect(tier.withBlock(Self.key(50), { Array($0) }) == Self.bytes(1 << 20, 51))
+        // Cancelled: the room is free again.
+        let before = tier.stats.usedBytes
+        let cancelled = try #require(tier.reserve(1 << 20))
+        #expect(tier.stats.usedBytes == before + (1 << 20))
+        tier.cancel(cancelled)
+        #expect(tier.stats.usedBytes == before)
+
+        // Two held halves of the arena: nothing is left to evict for a third.
+        let whole = try HostTier(budgetBytes: 32 << 20)
+        let first = try #require(whole.reserve(16 << 20)), second = try #require(whole.reserve(16 << 20))
+        #expect(whole.reserve(1) == nil, "held slots are never evicted")
+        Self.bytes(16 << 20, 60).withUnsafeBytes { whole.bytes(of: first).copyMemory(from: $0) }
+        Self.bytes(16 << 20, 61).withUnsafeBytes { whole.bytes(of: second).copyMemory(from: $0) }
+        #expect(whole.setBudget(16 << 20))
+        let (low, high) = first.offset < second.offset ? (first, second) : (second, first)
+        #expect(whole.publish(high, Self.key(61)) == .beyondBudget)
+        #expect(Array(whole.bytes(of: high)) == Self.bytes(16 << 20, high == first ? 60 : 61), "refused with its bytes intact")
+        whole.cancel(high)
+        #expect(whole.publish(low, Self.key(60)) == .published)
+        #expect(whole.stats.usedBytes == 16 << 20 && whole.stats.blocks == 1)
+        #expect(whole.reserve(1 << 20) != nil, "the published block is evicted for room")
+        #expect(whole.stats.blocks == 0)
+    }
 }

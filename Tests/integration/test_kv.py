@@ -6,6 +6,7 @@ Values live in the block store (host RAM spilling to NVMe), keyed per tenant; du
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 import redis
@@ -60,6 +61,47 @@ def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
     assert int(nvme["nvme_blocks"]) > 0, nvme
     r.flushdb()
     assert r.dbsize() == 0 and r.get("big") is None
+
+
+def set_frame(key: bytes, size: int) -> bytes:
+    """The header of `SET key <size bytes>`, up to the value."""
+    return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, size)
+
+
+def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_the_room_back(make_daemon):
+    """A SET value of 32 KiB or more that is still arriving when its header is read is received
+    straight into a slot of the host arena (INFO stats: staged_values), with no buffer in between.
+    Such values read back byte for byte, NX/XX/EX hold on them, and a connection that dies in the
+    middle of one leaves the key unset and gives the slot back."""
+    d, port = kv_daemon(make_daemon)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    assert r.set("warm", b"1")   # the first command opens the tiers; until then nothing is staged
+    values = {size: os.urandom(size) for size in (32 << 10, 1 << 20, 4 << 20)}
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        for size, value in values.items():
+            # the header and a first piece, a pause, then the rest: the value is still arriving
+            s.sendall(set_frame(b"k%d" % size, size) + value[:1000])
+            time.sleep(0.05)
+            s.sendall(value[1000:] + b"\r\n")
+            assert s.recv(5) == b"+OK\r\n"
+    assert int(r.info("stats")["staged_values"]) >= 3
+    for size, value in values.items():
+        assert r.get(f"k{size}") == value
+    mib = values[1 << 20]
+    assert r.set(f"k{1 << 20}", values[4 << 20], nx=True) is None and r.get(f"k{1 << 20}") == mib
+    assert r.set(f"k{1 << 20}", values[4 << 20], xx=True, ex=100) is True
+    assert r.get(f"k{1 << 20}") == values[4 << 20] and 0 < r.ttl(f"k{1 << 20}") <= 100
+    assert r.set("absent", mib, xx=True) is None and r.exists("absent") == 0
+
+    before = int(r.info("memory")["strata_host_used_bytes"])
+    staged = int(r.info("stats")["staged_values"])
+    cut = socket.create_connection(("127.0.0.1", port), timeout=30)
+    cut.sendall(set_frame(b"cut", 4 << 20) + os.urandom(2 << 20))
+    wait_for(lambda: int(r.info("stats")["staged_values"]) > staged, 10, what="the cut value to be staged")
+    assert int(r.info("memory")["strata_host_used_bytes"]) >= before + (4 << 20), "a slot is held for it"
+    cut.close()
+    wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) <= before, 10, what="the slot to come back")
+    assert r.exists("cut") == 0
 
 
 def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_daemon):

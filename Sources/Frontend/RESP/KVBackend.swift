@@ -167,6 +167,34 @@ public protocol KVBackend: Sendable {
     func setImmediately(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool>
+
+    /// Room for a SET value of `length` bytes that is still arriving, to be written in place as
+    /// it comes and stored by `setImmediately(namespace:key:staged:...)`; nil (the default) when
+    /// the backend takes such a value as an ordinary buffer. Asked only for large values.
+    func stageValue(length: Int) -> (any KVStagedValue)?
+
+    /// `setImmediately` with a complete value from this backend's `stageValue`. `.wait` leaves
+    /// the staged value as it was: the caller then passes `materialize()` to `set`.
+    func setImmediately(
+        namespace: String, key: ByteBuffer, staged: any KVStagedValue, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool>
+}
+
+/// A SET's value received straight into the backend's storage as it comes off the socket,
+/// instead of into the connection's buffer and then copied (see `KVBackend.stageValue`). The
+/// connection appends the payload's bytes in order until `isComplete`, then runs the SET with it.
+public protocol KVStagedValue: AnyObject, Sendable {
+    /// The value's length, as the request announced it.
+    var length: Int { get }
+    /// Copies as much of `bytes` as still fits after what came before; returns how many it took.
+    func append(_ bytes: UnsafeRawBufferPointer) -> Int
+    /// All `length` bytes have come.
+    var isComplete: Bool { get }
+    /// A copy of the bytes as an ordinary buffer, for a path that cannot take the staged value;
+    /// nil once it was stored or discarded.
+    func materialize() -> ByteBuffer?
+    /// Gives its storage back unless it was stored (idempotent; done at deinit at the latest).
+    func discard()
 }
 
 /// The answer of a backend's non-waiting fast path.
@@ -185,6 +213,12 @@ extension KVBackend {
 
     public func setImmediately(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
+    ) throws -> KVImmediate<Bool> { .wait }
+
+    public func stageValue(length: Int) -> (any KVStagedValue)? { nil }
+
+    public func setImmediately(
+        namespace: String, key: ByteBuffer, staged: any KVStagedValue, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool> { .wait }
 
     /// Default MGET: one `get` per key. Backends with a batched read path should override it.

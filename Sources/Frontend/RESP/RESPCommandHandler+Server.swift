@@ -120,6 +120,7 @@ extension RESPCommandHandler {
                 ("total_connections_received", String(stats.totalConnectionsReceived)),
                 ("total_commands_processed", String(stats.totalCommandsProcessed)),
                 ("total_error_replies", "0"), ("protocol_errors", String(stats.totalProtocolErrors)),
+                ("staged_values", String(stats.totalStagedValues)),
             ]),
         ]
         for (name, fields) in await backend.info() {

@@ -77,11 +77,22 @@ public struct RESPCommandHandler: Sendable {
         RESPSession(clientID: clientID, namespace: defaultNamespace, isAuthenticated: users.isEmpty)
     }
 
-    /// Runs one command. Never throws: every failure is an error reply.
-    public func handle(_ arguments: [ByteBuffer], session: inout RESPSession) async -> RESPReply {
+    /// Runs one command. Never throws: every failure is an error reply. `staged`: the value of
+    /// `SET key value` (argument 2, an empty placeholder in `arguments`) was received into the
+    /// backend's storage (`KVBackend.stageValue`).
+    public func handle(
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession
+    ) async -> RESPReply {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
         stats.commandProcessed()
+        var arguments = arguments
+        if let staged {
+            // The waiting path takes the value as a buffer.
+            guard arguments.count > 2, let value = staged.materialize() else { return Self.reply(for: StagedValueLost()) }
+            arguments[2] = value
+            staged.discard()
+        }
         do {
             return try await run(name, arguments, &session)
         } catch {
@@ -89,15 +100,28 @@ public struct RESPCommandHandler: Sendable {
         }
     }
 
+    /// A staged value was gone when its command ran (a bug, not a client error).
+    private struct StagedValueLost: Error {}
+
     /// Runs one command without waiting if it can be answered at once: a rejected command, PING,
     /// ECHO, or a GET / SET the backend can serve from RAM. Nil: nothing was done, call `handle`.
     /// The connection runs this on its own thread, so the common command costs no thread hop.
-    public func handleImmediately(_ arguments: [ByteBuffer], session: inout RESPSession) -> RESPReply? {
+    public func handleImmediately(
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession
+    ) -> RESPReply? {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
         let reply: RESPReply
         do {
             switch name {
+            case _ where staged != nil && name != "set":
+                return nil
+            case "set" where staged != nil:
+                let (condition, expiry) = try setOptions(arguments)
+                guard case .done(let written) = try backend.setImmediately(
+                    namespace: session.namespace, key: arguments[1], staged: staged!, condition: condition, expiry: expiry)
+                else { return nil }
+                reply = RESPReply(written ? .ok : .null)
             case "ping":
                 guard arguments.count <= 2 else { throw RESPCommandError.arity(name) }
                 reply = RESPReply(arguments.count == 2 ? .bulkString(arguments[1]) : .simpleString("PONG"))

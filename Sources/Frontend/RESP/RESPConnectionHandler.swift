@@ -8,13 +8,18 @@ import NIOCore
 /// that the handler stops parsing and holds back `read()`, so TCP pushes back on the client. No
 /// new batch starts while the channel is not writable, so a client that does not read its
 /// replies cannot make us buffer them.
+///
+/// The value of a large `SET key value` goes straight into the backend's storage as it arrives
+/// (`KVBackend.stageValue`), not into the receive buffer: one copy instead of two, and no fresh
+/// buffer of the value's size to fault in.
 final class RESPConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private enum Pending {
-        case command([ByteBuffer], bytes: Int)
+        /// `staged`: argument 2 (an empty placeholder) was received into the backend's storage.
+        case command([ByteBuffer], bytes: Int, staged: (any KVStagedValue)?)
         case protocolError(RESPProtocolError)
     }
 
@@ -24,6 +29,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private var session: RESPSession?
     private var parser: RESPParser
     private var inbound = ByteBuffer()
+    /// The value of the SET being parsed, filling as its bytes arrive (they bypass `inbound`).
+    private var staging: (any KVStagedValue)?
+    /// ...and once complete, until the parser yields its command.
+    private var staged: (any KVStagedValue)?
     private var pending = CircularBuffer<Pending>()
     private var pendingBytes = 0
     private var busy = false
@@ -60,7 +69,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if active { handler.stats.connectionClosed() }
         active = false
-        pending.removeAll()
+        dropPending()
         pendingBytes = 0
         inbound = ByteBuffer()
         context.fireChannelInactive()
@@ -69,7 +78,23 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         var bytes = unwrapInboundIn(data)
-        if inbound.readableBytes == 0 {
+        if let sink = staging {
+            let taken = bytes.withUnsafeReadableBytes { sink.append($0) }
+            bytes.moveReaderIndex(forwardBy: taken)
+            if sink.isComplete {
+                stagingDone()
+            } else if bytes.readableBytes > 0 {
+                // It took less than it lacks: its storage was taken away (the store is going).
+                logger.debug("RESP staged value refused bytes; closing the connection")
+                closing = true
+                dropPending()
+                context.close(promise: nil)
+                return
+            }
+        }
+        if bytes.readableBytes == 0 {
+            // nothing for the parser (and NIO may reuse the read buffer)
+        } else if inbound.readableBytes == 0 {
             inbound = bytes
         } else {
             inbound.writeBuffer(&bytes)
@@ -110,7 +135,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var producedSlices = false
         while !closing && !full {
             do {
-                guard let value = try parser.next(from: &inbound) else { break }
+                guard let value = try parser.next(from: &inbound) else {
+                    if staging == nil, staged == nil, startStaging() { continue }
+                    break
+                }
                 guard case .array(let elements) = value else { preconditionFailure("server mode yields arrays") }
                 var arguments: [ByteBuffer] = []
                 arguments.reserveCapacity(elements.count)
@@ -119,7 +147,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                     arguments.append(argument)
                     bytes += argument.readableBytes + 16
                 }
-                pending.append(.command(arguments, bytes: bytes))
+                let staged = self.staged
+                self.staged = nil
+                bytes += staged?.length ?? 0
+                pending.append(.command(arguments, bytes: bytes, staged: staged))
                 pendingBytes += bytes
                 producedSlices = true
             } catch {
@@ -127,6 +158,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 pending.append(.protocolError(error))
                 closing = true
                 inbound = ByteBuffer()
+                discardStaging()
                 return
             }
         }
@@ -137,10 +169,53 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             // remainder so that appending to it does not copy the whole storage.
             inbound = ByteBuffer(bytes: inbound.readableBytesView)
         }
-        if let needed = parser.minimumBytesStillNeeded(in: inbound), needed > 0 {
+        if staging == nil, let needed = parser.minimumBytesStillNeeded(in: inbound), needed > 0 {
             // A bulk header announced `needed` more bytes (already checked against the limit).
             inbound.reserveCapacity(minimumWritableBytes: needed)
         }
+    }
+
+    /// When the parser waits for the value of `SET key value ...` and it is large, asks the
+    /// backend for room to receive it in place and moves there what `inbound` already holds of
+    /// it. True when the value is now complete (the parser goes on past it); false when more of
+    /// it must arrive (`staging`) or it is not staged.
+    private func startStaging() -> Bool {
+        guard let awaited = parser.awaitedBulk, awaited.index == 2, awaited.length >= configuration.minStagedValueBytes,
+            session?.isAuthenticated == true,
+            case .bulkString(let name) = awaited.earlier[0], name.readableBytes == 3,
+            String(buffer: name).lowercased() == "set",
+            let sink = handler.backend.stageValue(length: awaited.length)
+        else { return false }
+        handler.stats.valueStaged()
+        let taken = inbound.withUnsafeReadableBytes { sink.append($0) }
+        inbound.moveReaderIndex(forwardBy: taken)
+        staging = sink
+        if sink.isComplete {
+            stagingDone()
+            return true
+        }
+        return false
+    }
+
+    /// The staged value has all its bytes: the parser skips its payload.
+    private func stagingDone() {
+        staged = staging
+        staging = nil
+        parser.divertAwaitedBulk()
+    }
+
+    private func discardStaging() {
+        staging?.discard()
+        staged?.discard()
+        staging = nil
+        staged = nil
+    }
+
+    /// Forgets every waiting command (the connection is closing), giving back staged values.
+    private func dropPending() {
+        for case .command(_, _, let staged?) in pending { staged.discard() }
+        pending.removeAll()
+        discardStaging()
     }
 
     private func runNextBatch(context: ChannelHandlerContext) {
@@ -164,13 +239,13 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             }
         }
         guard active, !busy, !pending.isEmpty else { return }
-        var commands: [[ByteBuffer]] = []
+        var commands: [(arguments: [ByteBuffer], staged: (any KVStagedValue)?)] = []
         var batchBytes = 0
         var protocolError: RESPProtocolError?
         while commands.count < configuration.maxBatchCommands, let next = pending.popFirst() {
             switch next {
-            case .command(let arguments, let bytes):
-                commands.append(arguments)
+            case .command(let arguments, let bytes, let staged):
+                commands.append((arguments, staged))
                 batchBytes += bytes
             case .protocolError(let error):
                 protocolError = error
@@ -185,10 +260,14 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             var session = session
             var replies: [RESPReply] = []
             replies.reserveCapacity(commands.count)
-            for command in commands {
-                let reply = await handler.handle(command, session: &session)
+            for (index, command) in commands.enumerated() {
+                let reply = await handler.handle(command.arguments, staged: command.staged, session: &session)
+                command.staged?.discard()
                 replies.append(reply)
-                if reply.closesConnection { break }
+                if reply.closesConnection {
+                    for rest in commands[(index + 1)...] { rest.staged?.discard() }
+                    break
+                }
             }
             return (replies, session)
         }
@@ -205,10 +284,11 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var out = context.channel.allocator.buffer(capacity: 256)
         var answered = 0
         var closeAfter = false
-        while answered < configuration.maxBatchCommands, let next = pending.first, case .command(let arguments, let bytes) = next,
-            context.channel.isWritable || answered == 0
+        while answered < configuration.maxBatchCommands, let next = pending.first,
+            case .command(let arguments, let bytes, let staged) = next, context.channel.isWritable || answered == 0
         {
-            guard let reply = handler.handleImmediately(arguments, session: &session!) else { break }
+            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!) else { break }
+            staged?.discard()
             pending.removeFirst()
             pendingBytes -= bytes
             answered += 1
@@ -221,7 +301,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         guard answered > 0 else { return .noneAnswered }
         if closeAfter {
             closing = true
-            pending.removeAll()
+            dropPending()
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             return .closed
         }
@@ -261,7 +341,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         }
         if closeAfter {
             closing = true
-            pending.removeAll()
+            dropPending()
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             return
         }

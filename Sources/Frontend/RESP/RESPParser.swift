@@ -50,6 +50,8 @@ public struct RESPParser: Sendable {
     private var open: [(remaining: Int, elements: [RESPValue])] = []
     /// Length of a bulk string whose header has been consumed but whose payload has not.
     private var pendingBulk: Int?
+    /// `pendingBulk` is 0 because its payload was diverted, not because it is empty.
+    private var diverted = false
     private var failure: RESPProtocolError?
 
     public init(mode: Mode = .server, limits: Limits = Limits()) {
@@ -62,6 +64,35 @@ public struct RESPParser: Sendable {
     public func minimumBytesStillNeeded(in buffer: ByteBuffer) -> Int? {
         guard let length = pendingBulk else { return nil }
         return max(0, length + 2 - buffer.readableBytes)
+    }
+
+    /// A bulk string of a request whose header has been read and whose payload has not.
+    public struct AwaitedBulk: Sendable {
+        /// Its announced length.
+        public var length: Int
+        /// Its position in the request (0 is the command name).
+        public var index: Int
+        /// The request's elements before it.
+        public var earlier: [RESPValue]
+        /// How many elements the request has in all.
+        public var count: Int
+    }
+
+    /// In `.server` mode, the bulk string whose payload the parser waits for, if it waits for one
+    /// (and has not been told `divertAwaitedBulk`).
+    public var awaitedBulk: AwaitedBulk? {
+        guard mode == .server, let length = pendingBulk, !diverted, let request = open.first else { return nil }
+        return AwaitedBulk(length: length, index: request.elements.count, earlier: request.elements,
+                           count: request.elements.count + request.remaining)
+    }
+
+    /// The caller takes the awaited bulk's payload out of the byte stream itself (e.g. straight
+    /// into storage, as it arrives) and feeds only what follows it: the parser next expects the
+    /// payload's CRLF and yields the request with an empty bulk string in the payload's place.
+    public mutating func divertAwaitedBulk() {
+        precondition(awaitedBulk != nil, "no bulk payload is awaited")
+        pendingBulk = 0
+        diverted = true
     }
 
     /// Parses the next complete value from `buffer`, consuming its bytes; `nil` when more input is
@@ -83,6 +114,7 @@ public struct RESPParser: Sendable {
                 let payload = buffer.readSlice(length: length)!
                 guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw .invalidBulkTerminator }
                 pendingBulk = nil
+                diverted = false
                 if let done = complete(.bulkString(payload)) { return done }
                 continue
             }

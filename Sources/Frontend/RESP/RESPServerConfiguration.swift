@@ -15,6 +15,10 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     public var maxBatchCommands: Int
     /// Connections beyond this are answered `-ERR max number of clients reached` and closed. Default 10000.
     public var maxConnections: Int
+    /// A SET value at least this long is received straight into the backend's storage when the
+    /// backend offers it (`KVBackend.stageValue`), not buffered first. Default 32 KiB (Redis's
+    /// `PROTO_MBULK_BIG_ARG`, past which it too reads a value into its final buffer).
+    public var minStagedValueBytes: Int
     /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.
     public var users: [RESPUser]
     /// Tenant namespace of connections when `users` is empty. Default `default`.
@@ -28,11 +32,13 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxPendingBytes: Int = 64 * 1024 * 1024,
         maxBatchCommands: Int = 128,
         maxConnections: Int = 10_000,
+        minStagedValueBytes: Int = 32 * 1024,
         users: [RESPUser] = [],
         defaultNamespace: String = "default"
     ) {
         precondition((0...65535).contains(port), "port \(port) is not in 0...65535")
         precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0)
+        precondition(minStagedValueBytes >= 0)
         self.host = host
         self.port = port
         self.parserLimits = parserLimits
@@ -40,6 +46,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         self.maxPendingBytes = maxPendingBytes
         self.maxBatchCommands = maxBatchCommands
         self.maxConnections = maxConnections
+        self.minStagedValueBytes = minStagedValueBytes
         self.users = users
         self.defaultNamespace = defaultNamespace
     }

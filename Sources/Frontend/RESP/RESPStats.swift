@@ -6,6 +6,7 @@ public final class RESPStats: Sendable {
     private let connected = Atomic<Int>(0)
     private let commands = Atomic<Int>(0)
     private let protocolErrors = Atomic<Int>(0)
+    private let staged = Atomic<Int>(0)
     private let port = Atomic<Int>(0)
     private let nextClientID = Atomic<Int64>(0)
     /// Uptime is measured from here.
@@ -17,6 +18,8 @@ public final class RESPStats: Sendable {
     public var connectedClients: Int { connected.load(ordering: .relaxed) }
     public var totalCommandsProcessed: Int { commands.load(ordering: .relaxed) }
     public var totalProtocolErrors: Int { protocolErrors.load(ordering: .relaxed) }
+    /// SET values received straight into the backend's storage (`KVBackend.stageValue`).
+    public var totalStagedValues: Int { staged.load(ordering: .relaxed) }
     public var tcpPort: Int { port.load(ordering: .relaxed) }
 
     /// Counts a new connection and returns its client ID (1, 2, ...).
@@ -28,6 +31,7 @@ public final class RESPStats: Sendable {
 
     func connectionClosed() { connected.subtract(1, ordering: .relaxed) }
     func commandProcessed() { commands.add(1, ordering: .relaxed) }
+    func valueStaged() { staged.add(1, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
     func bound(port value: Int) { port.store(value, ordering: .relaxed) }
 }

@@ -99,48 +99,107 @@ public final class HostTier: @unchecked Sendable {
     public func put(
         _ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0, options: PutOptions = [], decodedLength: Int? = nil
     ) -> Bool {
-        let evicting = !options.contains(.noEviction)
         var evicted: [Evicted] = []
         let offset: Int?? = state.withLock { state in
             if options.contains(.ifAbsent), state.entries[key] != nil { return .some(nil) }
             guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
-            if !evicting {
+            if options.contains(.noEviction) {
                 guard let offset = state.allocator.allocate(max(bytes.count, 1)) else { return nil }
                 return offset
             }
+            // The value it replaces makes room first.
             if let old = take(key, &state) { retire(old, &state) }
-            while true {
-                if let offset = state.allocator.allocate(max(bytes.count, 1)) { return offset }
-                guard let (_, victim) = state.recency.leastRecent(where: { state.entries[$0]?.borrowers == 0 }) else {
-                    return nil
-                }
-                evict(victim, &state, into: &evicted)
-            }
+            return allocateEvicting(bytes.count, &state, into: &evicted)
         }
         handOver(evicted)
         guard let found = offset else { return false }
         guard let offset = found else { return true }   // .ifAbsent, and it is here
         // The slot is ours alone until published below.
         (base + offset).copyMemory(from: bytes.baseAddress ?? UnsafeRawPointer(base), byteCount: bytes.count)
-        let published = state.withLock { state -> Bool in
-            // The budget shrank below this slot while it was being filled: give it back, retry.
-            guard offset < state.allocator.usableUnits * Self.unitSize else {
-                state.allocator.release(offset)
-                return false
-            }
-            if options.contains(.ifAbsent), state.entries[key] != nil {
-                state.allocator.release(offset)
-                return true
-            }
+        let reservation = Reservation(offset: offset, length: bytes.count)
+        switch publish(reservation, key, tag: tag, options: options, decodedLength: decodedLength) {
+        case .published:
+            return true
+        case .alreadyPresent:
+            cancel(reservation)
+            return true
+        case .beyondBudget:
+            cancel(reservation)
+            return put(key, bytes, tag: tag, options: options, decodedLength: decodedLength)
+        }
+    }
+
+    /// A slot of the arena held for one writer, not yet a block: nothing reads it, nothing
+    /// evicts it. Fill `bytes`, then `publish` it under a key, or `cancel` it.
+    public struct Reservation: Sendable, Hashable {
+        public let offset: Int
+        public let length: Int
+    }
+
+    /// Holds a slot of `length` bytes, evicting least recently used blocks for room as `put`
+    /// does; nil when it cannot fit (larger than a unit, or everything else is borrowed or held).
+    public func reserve(_ length: Int) -> Reservation? {
+        var evicted: [Evicted] = []
+        let offset = state.withLock { state -> Int? in
+            guard state.allocator.blockSize(for: max(length, 1)) != nil else { return nil }
+            let offset = allocateEvicting(length, &state, into: &evicted)
+            if offset != nil { state.stats.usedBytes = state.allocator.allocatedBytes }
+            return offset
+        }
+        handOver(evicted)
+        return offset.map { Reservation(offset: $0, length: length) }
+    }
+
+    /// The reserved slot's memory, to fill before `publish`. Only its holder may touch it.
+    public func bytes(of reservation: Reservation) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: base + reservation.offset, count: reservation.length)
+    }
+
+    public enum PublishOutcome: Sendable, Equatable {
+        /// The slot is now the block `key`; the reservation is used up.
+        case published
+        /// `.ifAbsent` and the key is here: the reservation is still held (cancel it).
+        case alreadyPresent
+        /// The budget shrank below the slot while it was held: the reservation is still held, its
+        /// bytes intact (copy them out, then cancel it).
+        case beyondBudget
+    }
+
+    /// Makes a filled reservation the block `key`, replacing (retiring) any block of that key.
+    public func publish(
+        _ reservation: Reservation, _ key: BlockKey, tag: UInt64 = 0, options: PutOptions = [], decodedLength: Int? = nil
+    ) -> PublishOutcome {
+        state.withLock { state -> PublishOutcome in
+            guard reservation.offset < state.allocator.usableUnits * Self.unitSize else { return .beyondBudget }
+            if options.contains(.ifAbsent), state.entries[key] != nil { return .alreadyPresent }
             // a concurrent put of the same key published first: this one is newer
             if let other = take(key, &state) { retire(other, &state) }
-            state.entries[key] = Entry(offset: offset, length: bytes.count, node: state.recency.pushFront(key), tag: tag,
-                                       dirty: !options.contains(.clean), decodedLength: decodedLength)
+            state.entries[key] = Entry(offset: reservation.offset, length: reservation.length, node: state.recency.pushFront(key),
+                                       tag: tag, dirty: !options.contains(.clean), decodedLength: decodedLength)
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
-            return true
+            return .published
         }
-        return published ? true : put(key, bytes, tag: tag, options: options, decodedLength: decodedLength)
+    }
+
+    /// Gives a reservation's slot back unpublished.
+    public func cancel(_ reservation: Reservation) {
+        state.withLock { state in
+            state.allocator.release(reservation.offset)
+            state.stats.usedBytes = state.allocator.allocatedBytes
+        }
+    }
+
+    /// A slot of `length` bytes, evicting unborrowed blocks from the least recently used on
+    /// until one is free; nil when nothing more can be evicted. Call under the lock.
+    private func allocateEvicting(_ length: Int, _ state: inout State, into evicted: inout [Evicted]) -> Int? {
+        while true {
+            if let offset = state.allocator.allocate(max(length, 1)) { return offset }
+            guard let (_, victim) = state.recency.leastRecent(where: { state.entries[$0]?.borrowers == 0 }) else {
+                return nil
+            }
+            evict(victim, &state, into: &evicted)
+        }
     }
 
     /// Runs `body` on the block's bytes in place (no copy); nil when absent. The block cannot

@@ -340,13 +340,15 @@ public final class BlockStore: Sendable {
     /// Holds room in RAM for a block of `length` bytes that arrives piece by piece (a value read
     /// off a socket), so its bytes are written once, into the arena, as they come; publish it
     /// with `publishStaged`. Nil, with nothing changed, when a cache put would not go straight
-    /// to RAM either: the demotion writer is behind, it does not fit, or the host tier stores
-    /// blocks compressed.
+    /// to RAM either (the demotion writer is behind, it does not fit, the host tier stores
+    /// blocks compressed) or when staged blocks already hold a quarter of the host budget.
     public func stageInRAM(length: Int) -> StagedBlock? {
         guard length >= 0, policy.hostCodec != .lz4 else { return nil }
         guard admitPutInRAM(regardless: false) else { return nil }
         defer { puttingInRAM.withLock { $0 -= 1 } }
-        guard let reservation = host.reserve(length) else { return nil }
+        // A quarter of the budget at most is held for values still arriving, so clients that
+        // announce values and send them slowly cannot push the cache out of RAM.
+        guard let reservation = host.reserve(length, maxReservedBytes: policy.hostBudgetBytes / 4) else { return nil }
         return StagedBlock(host: host, reservation: reservation)
     }
 

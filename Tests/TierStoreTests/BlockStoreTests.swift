@@ -103,6 +103,12 @@ struct BlockStoreTests {
             do { _ = store.stageInRAM(length: 2 << 20) }   // dropped unpublished
             #expect(store.host.stats.usedBytes == used)
             #expect(store.stageInRAM(length: 17 << 20) == nil, "larger than a host unit")
+            // Staged blocks hold a quarter of the 16 MiB budget at most.
+            let held = try #require(store.stageInRAM(length: 3 << 20))
+            #expect(store.stageInRAM(length: 2 << 20) == nil, "past a quarter of the host budget")
+            held.discard()
+            #expect(store.stageInRAM(length: 2 << 20) != nil)
+            #expect(store.host.stats.reservedBytes == 0, "the one just staged was dropped")
 
             try await store.apply(BlockStore.Policy(hostBudgetBytes: 16 << 20, nvmeBudgetBytes: log.configuration.budgetBytes,
                                                     hostCodec: .lz4))

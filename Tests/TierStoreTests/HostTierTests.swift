@@ -173,8 +173,15 @@ extension HostTierTests {
         let before = tier.stats.usedBytes
         let cancelled = try #require(tier.reserve(1 << 20))
         #expect(tier.stats.usedBytes == before + (1 << 20))
+        #expect(tier.stats.reservedBytes == 1 << 20)
         tier.cancel(cancelled)
-        #expect(tier.stats.usedBytes == before)
+        #expect(tier.stats.usedBytes == before && tier.stats.reservedBytes == 0)
+        // A cap on what reservations hold in all.
+        let capped = try #require(tier.reserve(3 << 20, maxReservedBytes: 4 << 20))
+        #expect(tier.reserve(2 << 20, maxReservedBytes: 4 << 20) == nil, "3 + 2 MiB is past the 4 MiB cap")
+        #expect(tier.reserve(1 << 20, maxReservedBytes: 4 << 20).map { tier.cancel($0) } != nil)
+        tier.cancel(capped)
+        #expect(tier.stats.reservedBytes == 0)
 
         // Two held halves of the arena: nothing is left to evict for a third.
         let whole = try HostTier(budgetBytes: 32 << 20)

@@ -18,6 +18,8 @@ public final class HostTier: @unchecked Sendable {
         public var misses = 0
         public var evictions = 0
         public var demotions = 0
+        /// Held by reservations (blocks being filled) not yet published or cancelled.
+        public var reservedBytes = 0
     }
 
     /// A block leaving the tier that has no copy below: its bytes, the caller's tag, and how
@@ -55,6 +57,8 @@ public final class HostTier: @unchecked Sendable {
         var zombies: [Int: Entry] = [:]
         var recency = LRUList<BlockKey>()
         var stats = Stats()
+        /// Bytes in reservations not yet published or cancelled.
+        var reservedBytes = 0
     }
 
     public static let unitSize = 16 << 20
@@ -79,7 +83,13 @@ public final class HostTier: @unchecked Sendable {
 
     deinit { munmap(base, capacity) }
 
-    public var stats: Stats { state.withLock { $0.stats } }
+    public var stats: Stats {
+        state.withLock { state in
+            var stats = state.stats
+            stats.reservedBytes = state.reservedBytes
+            return stats
+        }
+    }
 
     public struct PutOptions: OptionSet, Sendable {
         public let rawValue: Int
@@ -103,13 +113,19 @@ public final class HostTier: @unchecked Sendable {
         let offset: Int?? = state.withLock { state in
             if options.contains(.ifAbsent), state.entries[key] != nil { return .some(nil) }
             guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
+            let offset: Int?
             if options.contains(.noEviction) {
-                guard let offset = state.allocator.allocate(max(bytes.count, 1)) else { return nil }
-                return offset
+                offset = state.allocator.allocate(max(bytes.count, 1))
+            } else {
+                // The value it replaces makes room first.
+                if let old = take(key, &state) { retire(old, &state) }
+                offset = allocateEvicting(bytes.count, &state, into: &evicted)
             }
-            // The value it replaces makes room first.
-            if let old = take(key, &state) { retire(old, &state) }
-            return allocateEvicting(bytes.count, &state, into: &evicted)
+            // (`.none`, not `.some(nil)`: that would mean "already here".)
+            guard let offset else { return .none }
+            // Held as a reservation while it is filled (publish and cancel account for it).
+            state.reservedBytes += bytes.count
+            return .some(offset)
         }
         handOver(evicted)
         guard let found = offset else { return false }
@@ -137,13 +153,19 @@ public final class HostTier: @unchecked Sendable {
     }
 
     /// Holds a slot of `length` bytes, evicting least recently used blocks for room as `put`
-    /// does; nil when it cannot fit (larger than a unit, or everything else is borrowed or held).
-    public func reserve(_ length: Int) -> Reservation? {
+    /// does; nil when it cannot fit (larger than a unit, or everything else is borrowed or held)
+    /// or when reservations would then hold more than `maxReservedBytes` in all.
+    public func reserve(_ length: Int, maxReservedBytes: Int = .max) -> Reservation? {
         var evicted: [Evicted] = []
         let offset = state.withLock { state -> Int? in
-            guard state.allocator.blockSize(for: max(length, 1)) != nil else { return nil }
+            guard state.allocator.blockSize(for: max(length, 1)) != nil,
+                state.reservedBytes + length <= maxReservedBytes
+            else { return nil }
             let offset = allocateEvicting(length, &state, into: &evicted)
-            if offset != nil { state.stats.usedBytes = state.allocator.allocatedBytes }
+            if offset != nil {
+                state.reservedBytes += length
+                state.stats.usedBytes = state.allocator.allocatedBytes
+            }
             return offset
         }
         handOver(evicted)
@@ -176,6 +198,7 @@ public final class HostTier: @unchecked Sendable {
             if let other = take(key, &state) { retire(other, &state) }
             state.entries[key] = Entry(offset: reservation.offset, length: reservation.length, node: state.recency.pushFront(key),
                                        tag: tag, dirty: !options.contains(.clean), decodedLength: decodedLength)
+            state.reservedBytes -= reservation.length
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return .published
@@ -186,6 +209,7 @@ public final class HostTier: @unchecked Sendable {
     public func cancel(_ reservation: Reservation) {
         state.withLock { state in
             state.allocator.release(reservation.offset)
+            state.reservedBytes -= reservation.length
             state.stats.usedBytes = state.allocator.allocatedBytes
         }
     }

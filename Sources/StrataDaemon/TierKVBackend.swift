@@ -18,7 +18,8 @@ import TierStore
 /// `cache` SET that fits there run on the connection's own thread (`getImmediately`,
 /// `setImmediately`) with no hop; everything else takes the `async` methods. As with an actor
 /// between its suspension points, a command's check and its write are not atomic against a
-/// concurrent command on the same key, except on the fast path's SET, which re-checks.
+/// concurrent command on the same key, except on the fast path's SET, which checks again where
+/// it records the write.
 final class TierKVBackend: KVBackend, Sendable {
     enum Durability: Sendable { case cache, durable }
     struct Entry {
@@ -250,54 +251,56 @@ final class TierKVBackend: KVBackend, Sendable {
         func discard() { block.discard() }
     }
 
-    /// The fast path's SET: decides under the lock, `place`s the block of the new version (false:
-    /// it would have to wait), then records it unless the key changed meanwhile.
+    /// The fast path's SET: an early check under the lock, then `place` puts the block of the new
+    /// version (false: it would have to wait; nothing changed), then the check again and the
+    /// record, atomically: what the command answers is decided there.
     private func setImmediately(
         namespace: String, key: ByteBuffer, size: Int, condition: KVSetCondition, expiry: KVExpiry,
         place: (BlockStore, BlockKey) -> Bool
     ) -> KVImmediate<Bool> {
         let name = Array(key.readableBytesView)
         let current = now()
-        enum Decision { case wait, skip, write(store: BlockStore, existing: Entry?, version: UInt64) }
+        enum Decision { case wait, skip, write(store: BlockStore, version: UInt64) }
         let decision = state.withLock { state -> Decision in
             guard let store = state.opened else { return .wait }
             var existing = state.namespaces[namespace]?[name]
             if let deadline = existing?.expiresAt, deadline <= current { existing = nil }
             switch condition {
             case .ifAbsent where existing != nil, .ifPresent where existing == nil: return .skip
-            default: return .write(store: store, existing: existing, version: state.takeVersion())
+            default: return .write(store: store, version: state.takeVersion())
             }
         }
-        guard case .write(let store, let existing, let version) = decision else {
+        guard case .write(let store, let version) = decision else {
             if case .skip = decision { return .done(false) }
             return .wait
         }
         let block = Self.blockKey(namespace, name, version: version, part: 0)
         guard place(store, block) else { return .wait }
-        let expiresAt: KVTimestamp? = switch expiry {
-        case .never: nil
-        case .keep: existing?.expiresAt
-        case .at(let deadline): deadline
-        }
-        let replaced = state.withLock { state -> (written: Bool, old: Entry?) in
-            // Another command changed the key meanwhile: for a conditional or KEEPTTL write the
-            // check no longer holds; go the slow way (this block is dropped below).
-            // (EXPIRE and PERSIST change the expiry without a new version: compare both.)
-            let now = state.namespaces[namespace]?[name]
-            if (condition != .always || expiry == .keep)
-                && (now?.version != existing?.version || now?.expiresAt != existing?.expiresAt)
-            {
-                return (false, nil)
+        // Checked again where the write is recorded, under the same lock: another command may
+        // have changed the key since the check above. The answer is decided here, never `.wait`,
+        // since `place` may have used up its bytes (a staged value is published by then).
+        let recorded = state.withLock { state -> (written: Bool, old: Entry?) in
+            var now = state.namespaces[namespace]?[name]
+            if let deadline = now?.expiresAt, deadline <= current { now = nil }   // expired: absent
+            switch condition {
+            case .ifAbsent where now != nil, .ifPresent where now == nil: return (false, nil)
+            default: break
+            }
+            let expiresAt: KVTimestamp? = switch expiry {
+            case .never: nil
+            case .keep: now?.expiresAt
+            case .at(let deadline): deadline
             }
             let entry = Entry(version: version, size: size, expiresAt: expiresAt,
                               sequence: state.sequence(for: namespace, name))
+            // (An expired entry it replaces goes too: its blocks are reaped below.)
             return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
-        guard replaced.written else {
+        guard recorded.written else {
             if !store.discardFromRAM(block) { reaper.yield(block) }
-            return .wait
+            return .done(false)
         }
-        if let old = replaced.old { reap(namespace, name, old, from: store) }
+        if let old = recorded.old { reap(namespace, name, old, from: store) }
         return .done(true)
     }
 

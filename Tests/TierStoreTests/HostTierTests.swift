@@ -177,9 +177,9 @@ extension HostTierTests {
         tier.cancel(cancelled)
         #expect(tier.stats.usedBytes == before && tier.stats.reservedBytes == 0)
         // A cap on what reservations hold in all.
-        let capped = try #require(tier.reserve(3 << 20, maxReservedBytes: 4 << 20))
-        #expect(tier.reserve(2 << 20, maxReservedBytes: 4 << 20) == nil, "3 + 2 MiB is past the 4 MiB cap")
-        #expect(tier.reserve(1 << 20, maxReservedBytes: 4 << 20).map { tier.cancel($0) } != nil)
+        let capped = try #require(tier.reserve(2 << 20, maxReservedBytes: 4 << 20))
+        #expect(tier.reserve((2 << 20) + 1, maxReservedBytes: 4 << 20) == nil, "counted as its 4 MiB slot: past the cap")
+        #expect(tier.reserve(2 << 20, maxReservedBytes: 4 << 20).map { tier.cancel($0) } != nil)
         tier.cancel(capped)
         #expect(tier.stats.reservedBytes == 0)
 

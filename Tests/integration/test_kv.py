@@ -93,6 +93,26 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
     assert r.get(f"k{1 << 20}") == values[4 << 20] and 0 < r.ttl(f"k{1 << 20}") <= 100
     assert r.set("absent", mib, xx=True) is None and r.exists("absent") == 0
 
+    def staged_set(key: bytes, value: bytes, *options: bytes) -> bytes:
+        """SET sent as its header and a first piece, then the rest: staged for certain."""
+        words = [b"SET", key, value, *options]
+        frame = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        cut = frame.index(value) + 1000
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(frame[:cut])
+            time.sleep(0.05)
+            s.sendall(frame[cut:])
+            reply = s.recv(64)
+        return reply
+
+    # an expired key counts as absent for NX and XX, and KEEPTTL keeps a live key's expiry
+    assert r.set("expired", b"1", px=1) is True
+    time.sleep(0.05)
+    assert staged_set(b"expired", mib, b"XX") == b"$-1\r\n"
+    assert staged_set(b"expired", mib, b"NX") == b"+OK\r\n" and r.get("expired") == mib and r.ttl("expired") == -1
+    assert r.set("kept", b"1", ex=1000) is True
+    assert staged_set(b"kept", mib, b"KEEPTTL") == b"+OK\r\n" and r.get("kept") == mib and 900 < r.ttl("kept") <= 1000
+
     before = int(r.info("memory")["strata_host_used_bytes"])
     staged = int(r.info("stats")["staged_values"])
     cut = socket.create_connection(("127.0.0.1", port), timeout=30)

@@ -18,7 +18,8 @@ public final class HostTier: @unchecked Sendable {
         public var misses = 0
         public var evictions = 0
         public var demotions = 0
-        /// Held by reservations (blocks being filled) not yet published or cancelled.
+        /// Held by reservations (blocks being filled) not yet published or cancelled, in whole
+        /// allocator slots.
         public var reservedBytes = 0
     }
 
@@ -124,7 +125,7 @@ public final class HostTier: @unchecked Sendable {
             // (`.none`, not `.some(nil)`: that would mean "already here".)
             guard let offset else { return .none }
             // Held as a reservation while it is filled (publish and cancel account for it).
-            state.reservedBytes += bytes.count
+            state.reservedBytes += state.allocator.blockSize(for: max(bytes.count, 1))!
             return .some(offset)
         }
         handOver(evicted)
@@ -154,16 +155,17 @@ public final class HostTier: @unchecked Sendable {
 
     /// Holds a slot of `length` bytes, evicting least recently used blocks for room as `put`
     /// does; nil when it cannot fit (larger than a unit, or everything else is borrowed or held)
-    /// or when reservations would then hold more than `maxReservedBytes` in all.
+    /// or when reservations would then hold more than `maxReservedBytes` in all (counted in the
+    /// allocator's slots: powers of two).
     public func reserve(_ length: Int, maxReservedBytes: Int = .max) -> Reservation? {
         var evicted: [Evicted] = []
         let offset = state.withLock { state -> Int? in
-            guard state.allocator.blockSize(for: max(length, 1)) != nil,
-                state.reservedBytes + length <= maxReservedBytes
+            // Counted as the slot the allocator hands out (a power of two), not the length asked.
+            guard let slot = state.allocator.blockSize(for: max(length, 1)), state.reservedBytes + slot <= maxReservedBytes
             else { return nil }
             let offset = allocateEvicting(length, &state, into: &evicted)
             if offset != nil {
-                state.reservedBytes += length
+                state.reservedBytes += slot
                 state.stats.usedBytes = state.allocator.allocatedBytes
             }
             return offset
@@ -198,7 +200,7 @@ public final class HostTier: @unchecked Sendable {
             if let other = take(key, &state) { retire(other, &state) }
             state.entries[key] = Entry(offset: reservation.offset, length: reservation.length, node: state.recency.pushFront(key),
                                        tag: tag, dirty: !options.contains(.clean), decodedLength: decodedLength)
-            state.reservedBytes -= reservation.length
+            state.reservedBytes -= state.allocator.blockSize(for: max(reservation.length, 1))!
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return .published
@@ -209,7 +211,7 @@ public final class HostTier: @unchecked Sendable {
     public func cancel(_ reservation: Reservation) {
         state.withLock { state in
             state.allocator.release(reservation.offset)
-            state.reservedBytes -= reservation.length
+            state.reservedBytes -= state.allocator.blockSize(for: max(reservation.length, 1))!
             state.stats.usedBytes = state.allocator.allocatedBytes
         }
     }

@@ -63,12 +63,16 @@ public enum Daemon {
             .init(service: ControllerService(controller: controller, ready: ready)),
             .init(service: ReloadOnHangUp(reloader: reloader)),
         ]
+        // `kv.threads`: loops of the RESP server's own, shut down when the daemon stops.
+        let respLoops = config.kv.threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
+        defer { respLoops?.shutdownGracefully { _ in } }
         if let resp = config.kv.resp, let kv {
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
-                backend: kv, logger: logger)
+                backend: kv, logger: logger,
+                eventLoopGroup: respLoops ?? MultiThreadedEventLoopGroup.singleton)
             services.append(.init(service: RESPService(server: server, logger: logger, address: resp)))
         }
         services.append(.init(service: app))

@@ -236,4 +236,8 @@ public struct KVConfiguration: Sendable, Equatable {
     public var durability: Durability = .cache
     /// The password clients must AUTH with (required beyond loopback).
     public var password: String?
+    /// Event-loop threads of its own for the RESP server; nil: the daemon's shared loops (one
+    /// per core). Redis serves on one thread; a machine with few cores and a busy client may do
+    /// better with 1.
+    public var threads: Int?
 }

@@ -72,8 +72,9 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
     """A SET value of 32 KiB or more that is still arriving when its header is read is received
     straight into a slot of the host arena (INFO stats: staged_values), with no buffer in between.
     Such values read back byte for byte, NX/XX/EX hold on them, and a connection that dies in the
-    middle of one leaves the key unset and gives the slot back."""
-    d, port = kv_daemon(make_daemon)
+    middle of one leaves the key unset and gives the slot back. (On one event-loop thread of its
+    own, `kv.threads: 1`.)"""
+    d, port = kv_daemon(make_daemon, extra_kv=", threads: 1")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
     assert r.set("warm", b"1")   # the first command opens the tiers; until then nothing is staged
     values = {size: os.urandom(size) for size in (32 << 10, 1 << 20, 4 << 20)}
@@ -152,7 +153,8 @@ def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_da
 def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     from conftest import STRATA
     for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),
-                    ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key")):
+                    ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key"),
+                    ("{ threads: 0 }", "kv.threads")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
         assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)

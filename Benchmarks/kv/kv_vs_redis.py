@@ -9,7 +9,7 @@ a JSON line.
 
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
-                      [--keyspace N] [--min-requests 200]
+                      [--keyspace N] [--min-requests 200] [--kv-threads N]
 Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 """
 import argparse
@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--keyspace", type=int, default=0,
                     help="random keys (redis-benchmark -r); with values × keys above --host-budget, Strata serves from NVMe")
     ap.add_argument("--min-requests", type=int, default=200)
+    ap.add_argument("--kv-threads", type=int, default=0,
+                    help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
     a = ap.parse_args()
     sizes = [size(s) for s in a.sizes.split(",")]
     depths = [int(p) for p in a.pipeline.split(",")]
@@ -94,7 +96,7 @@ listen: 127.0.0.1:{http_port}
 state_dir: {work}/state
 log_level: warning
 tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{strata_port} }}
+kv: {{ resp: 127.0.0.1:{strata_port}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
 models: []
 """)
         log = open(work / "strata.log", "wb")

@@ -140,7 +140,7 @@ extension ModelController: ModelBackend {
     public func adminStatus() async -> AdminStatus {
         var replicaStates: [String: [AdminStatus.Replica]] = [:]
         for (name, replicas) in replicaSets {
-            replicaStates[name] = await replicas.snapshots.map {
+            replicaStates[name] = replicas.snapshots.map {
                 AdminStatus.Replica(url: $0.id, healthy: $0.healthy, in_flight: $0.inFlight, queued_blocks: $0.queuedWork,
                                     index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures)
             }

@@ -219,7 +219,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             } else {
                 state = .collecting(head, endpoint, body, started)
             }
-        case (.collecting(let head, let endpoint, let body, let started), .end(let trailers)):
+        case (.collecting(let head, let endpoint, let body, let started), .end(_)):
             state = .idle
             let body = body ?? ByteBuffer()
             if !quiescing, let pool,

@@ -63,10 +63,10 @@ public enum Daemon {
             .init(service: ControllerService(controller: controller, ready: ready)),
             .init(service: ReloadOnHangUp(reloader: reloader)),
         ]
-        // `kv.threads`: loops of the RESP server's own, shut down when the daemon stops.
-        let respLoops = config.kv.threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
-        defer { respLoops?.shutdownGracefully { _ in } }
+        // `kv.threads`: loops of the RESP server's own, shut down after it when the daemon stops.
+        var respLoops: MultiThreadedEventLoopGroup?
         if let resp = config.kv.resp, let kv {
+            respLoops = config.kv.threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
@@ -85,9 +85,11 @@ public enum Daemon {
             try await group.run()
         } catch {
             try? await httpClient.shutdown()
+            try? await respLoops?.shutdownGracefully()
             throw error
         }
         try await httpClient.shutdown()
+        try? await respLoops?.shutdownGracefully()
     }
 }
 

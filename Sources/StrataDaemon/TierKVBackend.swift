@@ -279,9 +279,10 @@ final class TierKVBackend: KVBackend, Sendable {
         // Checked again where the write is recorded, under the same lock: another command may
         // have changed the key since the check above. The answer is decided here, never `.wait`,
         // since `place` may have used up its bytes (a staged value is published by then).
+        let recordedAt = now()
         let recorded = state.withLock { state -> (written: Bool, old: Entry?) in
             var now = state.namespaces[namespace]?[name]
-            if let deadline = now?.expiresAt, deadline <= current { now = nil }   // expired: absent
+            if let deadline = now?.expiresAt, deadline <= recordedAt { now = nil }   // expired: absent
             switch condition {
             case .ifAbsent where now != nil, .ifPresent where now == nil: return (false, nil)
             default: break

@@ -177,10 +177,12 @@ extension HostTierTests {
         tier.cancel(cancelled)
         #expect(tier.stats.usedBytes == before && tier.stats.reservedBytes == 0)
         // A cap on what reservations hold in all.
-        let capped = try #require(tier.reserve(2 << 20, maxReservedBytes: 4 << 20))
-        #expect(tier.reserve((2 << 20) + 1, maxReservedBytes: 4 << 20) == nil, "counted as its 4 MiB slot: past the cap")
-        #expect(tier.reserve(2 << 20, maxReservedBytes: 4 << 20).map { tier.cancel($0) } != nil)
+        // (Counted in allocator slots: 3 MiB holds a 4 MiB slot, so not even 1 MiB more fits.)
+        let capped = try #require(tier.reserve(3 << 20, maxReservedBytes: 4 << 20))
+        #expect(tier.stats.reservedBytes == 4 << 20)
+        #expect(tier.reserve(1 << 20, maxReservedBytes: 4 << 20) == nil, "3 MiB holds its whole 4 MiB slot: the cap is reached")
         tier.cancel(capped)
+        #expect(tier.reserve(4 << 20, maxReservedBytes: 4 << 20).map { tier.cancel($0) } != nil)
         #expect(tier.stats.reservedBytes == 0)
 
         // Two held halves of the arena: nothing is left to evict for a third.

@@ -99,11 +99,13 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
         words = [b"SET", key, value, *options]
         frame = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
         cut = frame.index(value) + 1000
+        staged = int(r.info("stats")["staged_values"])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(frame[:cut])
             time.sleep(0.05)
             s.sendall(frame[cut:])
             reply = s.recv(64)
+        assert int(r.info("stats")["staged_values"]) == staged + 1, "the value went the staged way"
         return reply
 
     # an expired key counts as absent for NX and XX, and KEEPTTL keeps a live key's expiry

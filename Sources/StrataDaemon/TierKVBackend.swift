@@ -204,11 +204,10 @@ final class TierKVBackend: KVBackend, Sendable {
         guard entry.size <= partBytes else { return .wait }
         var value = ByteBufferAllocator().buffer(capacity: entry.size)
         for part in 0..<parts(entry.size) {
-            guard let read = try store.getFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
-                return .wait
+            let found = try store.readFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) {
+                value.writeBytes($0)
             }
-            _ = read.withBytes { value.writeBytes($0) }
-            if case .host(let view) = read { view.release() }
+            guard found else { return .wait }
         }
         guard value.readableBytes == entry.size else { return .wait }
         state.withLock { $0.hits += 1 }

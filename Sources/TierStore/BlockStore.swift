@@ -372,6 +372,25 @@ public final class BlockStore: Sendable {
         try getFromRAM(key, countingMiss: false)
     }
 
+    /// Blocks up to this size are copied out under the host tier's lock by `readFromRAM`.
+    static let lockedCopyLimit = 64 << 10
+
+    /// Runs `body` on the block's bytes if it is in RAM (decompressed if stored so) and returns
+    /// true; false, without running it, if it is not. A small block is read under the host
+    /// tier's lock with no borrow; a larger one is borrowed for the read. Never reads the log; a
+    /// miss is not counted.
+    public func readFromRAM(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
+        switch host.withSmallBlock(key, maxLength: Self.lockedCopyLimit, body) {
+        case .absent: return false
+        case .read: return true
+        case .notSmall: break
+        }
+        guard let read = try getFromRAM(key, countingMiss: false) else { return false }
+        read.withBytes(body)
+        if case .host(let view) = read { view.release() }
+        return true
+    }
+
     private func getFromRAM(_ key: BlockKey, countingMiss: Bool) throws -> Read? {
         guard let view = host.borrow(key, countingMiss: countingMiss) else { return nil }
         guard let length = view.decodedLength else { return .host(view) }

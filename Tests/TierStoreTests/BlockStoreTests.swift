@@ -118,6 +118,30 @@ struct BlockStoreTests {
         }
     }
 
+    /// `readFromRAM` hands over the exact bytes of blocks below and above the size it copies
+    /// under the lock, counts each as a hit, and does not run for a block that is not in RAM.
+    @Test func readFromRAMReadsSmallAndLargeBlocksWhole() async throws {
+        try await Self.withSmallStore { store, log in
+            let sizes = [1, 100, BlockStore.lockedCopyLimit, BlockStore.lockedCopyLimit + 1, 2 << 20]
+            for (i, size) in sizes.enumerated() {
+                #expect(store.putInRAMImmediately(Self.key(i), bytes: Self.bytes(size, UInt8(i + 1))))
+            }
+            for (i, size) in sizes.enumerated() {
+                let hits = store.host.stats.hits
+                var read: [UInt8] = []
+                let found = try store.readFromRAM(Self.key(i)) { read += $0 }
+                #expect(found)
+                #expect(read == Self.bytes(size, UInt8(i + 1)), "\(size) bytes")
+                #expect(store.host.stats.hits == hits + 1)
+            }
+            var ran = false
+            let found = try store.readFromRAM(Self.key(99)) { _ in ran = true }
+            #expect(!found && !ran)
+            await store.close()
+            await log.close()
+        }
+    }
+
     @Test func dropPolicyForgetsEvictedBlocksAndDurablePutsSurviveRestart() async throws {
         let engine = try IOEngineKind.auto.make(queueDepth: 16)
         defer { engine.shutdown() }

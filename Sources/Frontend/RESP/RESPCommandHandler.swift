@@ -152,8 +152,9 @@ public struct RESPCommandHandler: Sendable {
     /// allowed in this session; else throws the error reply.
     private func check(_ arguments: [ByteBuffer], _ session: RESPSession) throws(CheckFailed) -> String {
         guard let nameBuffer = arguments.first else { throw CheckFailed(.error("ERR empty command")) }
-        let name = String(buffer: nameBuffer).lowercased()
-        guard let spec = Self.commands[name] else {
+        let found = Self.getOrSet(nameBuffer)
+        let name = found?.name ?? String(buffer: nameBuffer).lowercased()
+        guard let spec = found?.spec ?? Self.commands[name] else {
             throw CheckFailed(.error(Self.unknownCommandMessage(arguments)))
         }
         if spec.arity > 0 ? arguments.count != spec.arity : arguments.count < -spec.arity {
@@ -163,6 +164,22 @@ public struct RESPCommandHandler: Sendable {
             throw CheckFailed(.error("NOAUTH Authentication required."))
         }
         return name
+    }
+
+    private static let getSpec = commands["get"]!, setSpec = commands["set"]!
+
+    /// GET and SET, in any case, recognized from their bytes: the commands nearly every request
+    /// is, named without building and lower-casing a String and hashing it.
+    private static func getOrSet(_ name: ByteBuffer) -> (name: String, spec: CommandSpec)? {
+        guard name.readableBytes == 3 else { return nil }
+        return name.withUnsafeReadableBytes { bytes -> (name: String, spec: CommandSpec)? in
+            guard bytes[1] | 0x20 == UInt8(ascii: "e"), bytes[2] | 0x20 == UInt8(ascii: "t") else { return nil }
+            switch bytes[0] | 0x20 {
+            case UInt8(ascii: "g"): return ("get", getSpec)
+            case UInt8(ascii: "s"): return ("set", setSpec)
+            default: return nil
+            }
+        }
     }
 
     /// The reply to a command `check` refused, counted.

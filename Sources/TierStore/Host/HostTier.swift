@@ -236,6 +236,30 @@ public final class HostTier: @unchecked Sendable {
         return try body(view.bytes)
     }
 
+    public enum LockedRead<T> {
+        /// Not here (not counted as a miss).
+        case absent
+        /// Here, but longer than asked or stored compressed: nothing ran, nothing counted.
+        case notSmall
+        case read(T)
+    }
+
+    /// Runs `body` on the block's bytes under the tier's lock if it is stored uncompressed and at
+    /// most `maxLength` long, counted as a hit: one lock and no borrow for a read that copies a
+    /// small block out. `body` must be short (it holds every other reader and writer off) and
+    /// must not call into the tier.
+    public func withSmallBlock<T>(_ key: BlockKey, maxLength: Int, _ body: (UnsafeRawBufferPointer) -> T) -> LockedRead<T> {
+        state.withLock { state -> LockedRead<T> in
+            guard let index = state.entries.index(forKey: key) else { return .absent }
+            let entry = state.entries.values[index]
+            guard entry.decodedLength == nil, entry.length <= maxLength else { return .notSmall }
+            state.recency.moveToFront(entry.node)
+            state.entries.values[index].hits += 1
+            state.stats.hits += 1
+            return .read(body(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)))
+        }
+    }
+
     /// A borrowed view that keeps the block in place until `release()` (or deinit).
     /// `countingMiss: false` for a look that a full read follows when it fails (which counts it).
     public func borrow(_ key: BlockKey, countingMiss: Bool = true) -> HostBlockView? {

@@ -378,7 +378,7 @@ public final class BlockStore: Sendable {
     /// Runs `body` on the block's bytes if it is in RAM (decompressed if stored so) and returns
     /// true; false, without running it, if it is not. A small block is read under the host
     /// tier's lock with no borrow; a larger one is borrowed for the read. Never reads the log; a
-    /// miss is not counted.
+    /// miss is not counted. `body` must not call into the store (the lock is not reentrant).
     public func readFromRAM(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
         switch host.withSmallBlock(key, maxLength: Self.lockedCopyLimit, body) {
         case .absent: return false

@@ -135,8 +135,10 @@ struct BlockStoreTests {
                 #expect(store.host.stats.hits == hits + 1)
             }
             var ran = false
+            let misses = store.host.stats.misses
             let found = try store.readFromRAM(Self.key(99)) { _ in ran = true }
             #expect(!found && !ran)
+            #expect(store.host.stats.misses == misses, "a miss here is the caller's to count")
             await store.close()
             await log.close()
         }

@@ -201,4 +201,38 @@ extension HostTierTests {
         #expect(whole.reserve(1 << 20) != nil, "the published block is evicted for room")
         #expect(whole.stats.blocks == 0)
     }
+
+    /// `withSmallBlock` reads a block up to the length asked under the lock, as a hit that makes
+    /// it most recently used; a longer or compressed block is left to a borrow, uncounted.
+    @Test func smallBlocksAreReadUnderTheLockAsHits() throws {
+        let demoted = Mutex<[BlockKey]>([])
+        let tier = try HostTier(budgetBytes: 16 << 20) { evicted in demoted.withLock { $0.append(evicted.key) } }
+        for i in 0..<4 { _ = Self.bytes(4 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }
+        let hits = tier.stats.hits
+        guard case .read(let bytes) = tier.withSmallBlock(Self.key(0), maxLength: 4 << 20, { Array($0) }) else {
+            Issue.record("a block of the length asked was not read")
+            return
+        }
+        #expect(bytes == Self.bytes(4 << 20, 0))
+        #expect(tier.stats.hits == hits + 1)
+        guard case .notSmall = tier.withSmallBlock(Self.key(1), maxLength: (4 << 20) - 1, { _ in Issue.record("ran") }) else {
+            Issue.record("a longer block was read under the lock")
+            return
+        }
+        guard case .absent = tier.withSmallBlock(Self.key(9), maxLength: 4 << 20, { _ in Issue.record("ran") }) else {
+            Issue.record("an absent block was found")
+            return
+        }
+        #expect(tier.stats.hits == hits + 1 && tier.stats.misses == 0, "only the read counted")
+        // Key 0 became the most recently used: room for a new block evicts key 1 instead.
+        _ = Self.bytes(4 << 20, 9).withUnsafeBytes { tier.put(Self.key(9), $0) }
+        #expect(demoted.withLock { $0 } == [Self.key(1)])
+
+        let packed = try HostTier(budgetBytes: 16 << 20)
+        _ = Self.bytes(100, 1).withUnsafeBytes { packed.put(Self.key(1), $0, decodedLength: 4096) }
+        guard case .notSmall = packed.withSmallBlock(Self.key(1), maxLength: 1 << 20, { _ in Issue.record("ran") }) else {
+            Issue.record("a compressed block was read as is")
+            return
+        }
+    }
 }

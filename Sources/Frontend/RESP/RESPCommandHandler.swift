@@ -116,12 +116,6 @@ public struct RESPCommandHandler: Sendable {
             switch name {
             case _ where staged != nil && name != "set":
                 return nil
-            case "set" where staged != nil:
-                let (condition, expiry) = try setOptions(arguments)
-                guard case .done(let written) = try backend.setImmediately(
-                    namespace: session.namespace, key: arguments[1], staged: staged!, condition: condition, expiry: expiry)
-                else { return nil }
-                reply = RESPReply(written ? .ok : .null)
             case "ping":
                 guard arguments.count <= 2 else { throw RESPCommandError.arity(name) }
                 reply = RESPReply(arguments.count == 2 ? .bulkString(arguments[1]) : .simpleString("PONG"))
@@ -134,9 +128,11 @@ public struct RESPCommandHandler: Sendable {
                 reply = RESPReply(value.map(RESPValue.bulkString) ?? .null)
             case "set":
                 let (condition, expiry) = try setOptions(arguments)
-                guard case .done(let written) = try backend.setImmediately(
-                    namespace: session.namespace, key: arguments[1], value: arguments[2], condition: condition, expiry: expiry)
-                else { return nil }
+                let ns = session.namespace, key = arguments[1]
+                let outcome = try staged.map {
+                    try backend.setImmediately(namespace: ns, key: key, staged: $0, condition: condition, expiry: expiry)
+                } ?? backend.setImmediately(namespace: ns, key: key, value: arguments[2], condition: condition, expiry: expiry)
+                guard case .done(let written) = outcome else { return nil }
                 reply = RESPReply(written ? .ok : .null)
             default:
                 return nil
@@ -170,7 +166,7 @@ public struct RESPCommandHandler: Sendable {
 
     /// GET and SET, in any case, recognized from their bytes: the commands nearly every request
     /// is, named without building and lower-casing a String and hashing it.
-    private static func getOrSet(_ name: ByteBuffer) -> (name: String, spec: CommandSpec)? {
+    static func getOrSet(_ name: ByteBuffer) -> (name: String, spec: CommandSpec)? {
         guard name.readableBytes == 3 else { return nil }
         return name.withUnsafeReadableBytes { bytes -> (name: String, spec: CommandSpec)? in
             guard bytes[1] | 0x20 == UInt8(ascii: "e"), bytes[2] | 0x20 == UInt8(ascii: "t") else { return nil }

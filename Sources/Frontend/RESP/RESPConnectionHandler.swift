@@ -182,8 +182,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private func startStaging() -> Bool {
         guard let awaited = parser.awaitedBulk, awaited.index == 2, awaited.length >= configuration.minStagedValueBytes,
             session?.isAuthenticated == true,
-            case .bulkString(let name) = awaited.earlier[0], name.readableBytes == 3,
-            String(buffer: name).lowercased() == "set",
+            case .bulkString(let name) = awaited.earlier[0], RESPCommandHandler.getOrSet(name)?.name == "set",
             let sink = handler.backend.stageValue(length: awaited.length)
         else { return false }
         handler.stats.valueStaged()

@@ -74,16 +74,13 @@ public struct RESPParser: Sendable {
         public var index: Int
         /// The request's elements before it.
         public var earlier: [RESPValue]
-        /// How many elements the request has in all.
-        public var count: Int
     }
 
     /// In `.server` mode, the bulk string whose payload the parser waits for, if it waits for one
     /// (and has not been told `divertAwaitedBulk`).
     public var awaitedBulk: AwaitedBulk? {
         guard mode == .server, let length = pendingBulk, !diverted, let request = open.first else { return nil }
-        return AwaitedBulk(length: length, index: request.elements.count, earlier: request.elements,
-                           count: request.elements.count + request.remaining)
+        return AwaitedBulk(length: length, index: request.elements.count, earlier: request.elements)
     }
 
     /// The caller takes the awaited bulk's payload out of the byte stream itself (e.g. straight

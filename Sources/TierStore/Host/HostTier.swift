@@ -58,8 +58,10 @@ public final class HostTier: @unchecked Sendable {
         var zombies: [Int: Entry] = [:]
         var recency = LRUList<BlockKey>()
         var stats = Stats()
-        /// Bytes in reservations not yet published or cancelled.
-        var reservedBytes = 0
+
+        /// The slot the allocator hands out for `length` bytes (a power of two), nil if larger
+        /// than a unit. Reservations are counted in these.
+        func slotBytes(_ length: Int) -> Int? { allocator.blockSize(for: max(length, 1)) }
     }
 
     public static let unitSize = 16 << 20
@@ -84,13 +86,7 @@ public final class HostTier: @unchecked Sendable {
 
     deinit { munmap(base, capacity) }
 
-    public var stats: Stats {
-        state.withLock { state in
-            var stats = state.stats
-            stats.reservedBytes = state.reservedBytes
-            return stats
-        }
-    }
+    public var stats: Stats { state.withLock { $0.stats } }
 
     public struct PutOptions: OptionSet, Sendable {
         public let rawValue: Int
@@ -113,7 +109,7 @@ public final class HostTier: @unchecked Sendable {
         var evicted: [Evicted] = []
         let offset: Int?? = state.withLock { state in
             if options.contains(.ifAbsent), state.entries[key] != nil { return .some(nil) }
-            guard state.allocator.blockSize(for: max(bytes.count, 1)) != nil else { return nil }
+            guard let slot = state.slotBytes(bytes.count) else { return nil }
             let offset: Int?
             if options.contains(.noEviction) {
                 offset = state.allocator.allocate(max(bytes.count, 1))
@@ -125,7 +121,7 @@ public final class HostTier: @unchecked Sendable {
             // (`.none`, not `.some(nil)`: that would mean "already here".)
             guard let offset else { return .none }
             // Held as a reservation while it is filled (publish and cancel account for it).
-            state.reservedBytes += state.allocator.blockSize(for: max(bytes.count, 1))!
+            state.stats.reservedBytes += slot
             return .some(offset)
         }
         handOver(evicted)
@@ -161,11 +157,10 @@ public final class HostTier: @unchecked Sendable {
         var evicted: [Evicted] = []
         let offset = state.withLock { state -> Int? in
             // Counted as the slot the allocator hands out (a power of two), not the length asked.
-            guard let slot = state.allocator.blockSize(for: max(length, 1)), state.reservedBytes + slot <= maxReservedBytes
-            else { return nil }
+            guard let slot = state.slotBytes(length), state.stats.reservedBytes + slot <= maxReservedBytes else { return nil }
             let offset = allocateEvicting(length, &state, into: &evicted)
             if offset != nil {
-                state.reservedBytes += slot
+                state.stats.reservedBytes += slot
                 state.stats.usedBytes = state.allocator.allocatedBytes
             }
             return offset
@@ -200,7 +195,7 @@ public final class HostTier: @unchecked Sendable {
             if let other = take(key, &state) { retire(other, &state) }
             state.entries[key] = Entry(offset: reservation.offset, length: reservation.length, node: state.recency.pushFront(key),
                                        tag: tag, dirty: !options.contains(.clean), decodedLength: decodedLength)
-            state.reservedBytes -= state.allocator.blockSize(for: max(reservation.length, 1))!
+            state.stats.reservedBytes -= state.slotBytes(reservation.length)!
             state.stats.blocks = state.entries.count
             state.stats.usedBytes = state.allocator.allocatedBytes
             return .published
@@ -211,7 +206,7 @@ public final class HostTier: @unchecked Sendable {
     public func cancel(_ reservation: Reservation) {
         state.withLock { state in
             state.allocator.release(reservation.offset)
-            state.reservedBytes -= state.allocator.blockSize(for: max(reservation.length, 1))!
+            state.stats.reservedBytes -= state.slotBytes(reservation.length)!
             state.stats.usedBytes = state.allocator.allocatedBytes
         }
     }

@@ -10,6 +10,11 @@ seeded workload (`route_workload.py`) against every target in turn, the order al
 by round. Prints the median over rounds of each target's TTFT p50/p90 and the ratios the issue
 asks for.
 
+A fifth target, `strata managed + kv restore`, is Strata starting the three replicas itself
+with the same llama-server arguments (`replicas: 3, kv_restore: true`): prefix affinity, with
+every request pinned to a slot Strata knows, and a prefix computed on one replica saved into
+Strata's store and restored on another instead of being computed again.
+
 Usage: compare_routers.py --strata .build/release/strata [--rounds 3] [--requests 60] [--rate 0.6]
 Needs: scripts/setup.sh --peers (sglang-router in the venv).
 """
@@ -20,6 +25,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from procs import free_port, stop, wait_http
@@ -29,6 +36,7 @@ LLAMA = CACHE / "bin" / "llama-server"
 MODEL = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PYTHON = CACHE / "venv" / "bin" / "python"
 HERE = Path(__file__).resolve().parent
+SHM_DIRS = []  # host-tier directories of managed runs, removed after each run
 
 
 
@@ -60,10 +68,15 @@ def main():
                          "'strata prefix-affinity,sglang-router cache_aware'")
     ap.add_argument("--index-blocks", type=int, default=65536,
                     help="Strata's routing.index_blocks (llama-server keeps up to 8 GiB of prompts in RAM by default)")
+    ap.add_argument("--records", default=None,
+                    help="directory for one JSON line per request per run (route_workload.py --records)")
     a = ap.parse_args()
+    if a.records:
+        Path(a.records).mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="strata-route-"))
-    targets = ["strata prefix-affinity", "round-robin (strata)", "least-loaded (strata)", "sglang-router cache_aware"]
+    targets = ["strata prefix-affinity", "round-robin (strata)", "least-loaded (strata)", "sglang-router cache_aware",
+               "strata managed + kv restore"]
     if a.targets:
         chosen = [t.strip() for t in a.targets.split(",")]
         unknown = [t for t in chosen if t not in targets]
@@ -83,25 +96,37 @@ def main():
             run += 1
             procs = []
             try:
-                replicas = start_fleet(a, work / f"run{run}", procs)
-                if name in policies:
+                if name == "strata managed + kv restore":
+                    url, model = start_strata_managed(a, work / f"run{run}", procs), "smollm2"
+                elif name in policies:
+                    replicas = start_fleet(a, work / f"run{run}", procs)
                     url, model = start_strata(a, work / f"run{run}", replicas, policies[name], procs), "smollm2"
                 else:
+                    replicas = start_fleet(a, work / f"run{run}", procs)
                     url, model = start_sglang(work / f"run{run}", replicas, procs), "smollm2"
                 out = subprocess.run(
                     [str(PYTHON), str(HERE / "route_workload.py"), "--url", url, "--model", model,
                      "--seed", str(100 + round), "--tenants", str(a.tenants), "--users", str(a.users),
                      "--turns", str(a.turns), "--system-tokens", str(a.system_tokens), "--think", str(a.think),
                      "--rate", str(a.rate), "--requests", str(a.requests), "--max-tokens", str(a.max_tokens),
-                     "--duration", "600", "--json"], capture_output=True, text=True)
+                     "--duration", "600", "--json"]
+                    + (["--records", str(Path(a.records) / f"round{round}-{name.replace(' ', '_')}.jsonl")] if a.records else []),
+                    capture_output=True, text=True)
+                if name == "strata managed + kv restore":
+                    kv_counts = {k: metric(url, f"strata_kv_{k}_total") for k in ("saves", "restores")}
             finally:
                 stop(procs)
+                while SHM_DIRS:
+                    subprocess.run(["rm", "-rf", SHM_DIRS.pop()])
             line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
             r = json.loads(line)
+            if name == "strata managed + kv restore":
+                r.update(kv_counts)
             results[name].append(r)
             print(f"  round {round} {name:28} ttft p50 {r.get('ttft_p50', float('nan')):.3f}s "
                   f"p90 {r.get('ttft_p90', float('nan')):.3f}s errors {r.get('errors')} "
-                  f"cached {r.get('cached_prompt_fraction')} late {r.get('late_sends')}", flush=True)
+                  f"cached {r.get('cached_prompt_fraction')} late {r.get('late_sends')}"
+                  + (f" kv saves {r['saves']:.0f} restores {r['restores']:.0f}" if "saves" in r else ""), flush=True)
     med = lambda name, key: statistics.median(x[key] for x in results[name] if x.get(key) is not None)
     print(f"\n{'target':28} {'TTFT p50':>9} {'TTFT p90':>9} {'cached':>7} {'errors':>6}")
     rows = {}
@@ -112,6 +137,13 @@ def main():
         print(f"{name:28} {rows[name]['ttft_p50']:9.3f} {rows[name]['ttft_p90']:9.3f} "
               f"{rows[name]['cached']:7.2f} {rows[name]['errors']:6d}")
     pa = rows.get("strata prefix-affinity")
+    kv = rows.get("strata managed + kv restore")
+    if kv and "sglang-router cache_aware" in rows:
+        print(f"managed + kv restore p50 / sglang-router p50 = "
+              f"{kv['ttft_p50'] / rows['sglang-router cache_aware']['ttft_p50']:.2f} (goal <= 0.9)")
+    if kv and "round-robin (strata)" in rows:
+        print(f"managed + kv restore p50 / round-robin p50 = "
+              f"{kv['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} (goal <= 0.5)")
     if pa and "round-robin (strata)" in rows:
         print(f"\nprefix-affinity p50 / round-robin p50 = {pa['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} "
               f"(goal <= 0.5)")
@@ -128,9 +160,8 @@ def start_fleet(a, work, procs):
     for i in range(a.replicas):
         port = free_port()
         procs.append(subprocess.Popen(
-            [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx),
-             "--parallel", str(a.parallel), "--threads", "1", "--alias", "smollm2"]
-            + ([] if a.cache_ram is None else ["--cache-ram", str(a.cache_ram)]),
+            [str(LLAMA), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port), "--alias", "smollm2"]
+            + llama_args(a),
             stdout=open(work / f"replica{i}.log", "wb"), stderr=subprocess.STDOUT))
         replicas.append(f"http://127.0.0.1:{port}")
     for r in replicas:
@@ -153,6 +184,54 @@ models:
                                   stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
     wait_http(f"http://127.0.0.1:{port}/ready")
     return f"http://127.0.0.1:{port}"
+
+
+def metric(base, name):
+    """Sum of a counter's successful samples on Strata's /metrics."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'result="ok"' in line)
+
+
+def llama_args(a):
+    """The arguments every replica runs with, whether the harness or Strata starts it."""
+    return (["-c", str(a.ctx), "--parallel", str(a.parallel), "--threads", "1"]
+            + ([] if a.cache_ram is None else ["--cache-ram", str(a.cache_ram)]))
+
+
+def start_strata_managed(a, work, procs):
+    """Strata starting the replicas itself (same llama-server arguments as the fleet), prefix
+    affinity, and `kv_restore`: a prefix computed on one replica is saved into Strata's store
+    and restored on another instead of being computed again."""
+    work.mkdir(parents=True)
+    port = free_port()
+    shm = f"/dev/shm/strata-route-{port}"
+    (work / "strata.yaml").write_text(f"""
+listen: 127.0.0.1:{port}
+state_dir: {work}/state
+log_level: warning
+tiers: {{ host: {{ budget: 256MiB, dir: {shm} }}, nvme: {{ budget: 4GiB, segment_size: 64MiB }} }}
+devices: [ {{ name: cpu, kind: cpu, memory: 4GiB }} ]
+routing: {{ policy: prefix-affinity, health_interval: 1s, index_blocks: {a.index_blocks} }}
+runtimes:
+  llama: {{ kind: llama-server, binary: "{LLAMA}", args: {json.dumps(llama_args(a))} }}
+models:
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 300MiB, replicas: {a.replicas},
+       kv_restore: true, preload: true, pin: true }}
+""")
+    procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / "strata.yaml")],
+                                  stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
+    SHM_DIRS.append(shm)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/ready")
+    deadline = time.monotonic() + 120
+    while True:
+        models = json.loads(urllib.request.urlopen(base + "/admin/models", timeout=5).read())["models"]
+        if models and all(m["status"] == "ready" for m in models):
+            return base
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Strata's replicas not ready after 120 s: {models}")
+        time.sleep(0.2)
 
 
 def start_sglang(work, replicas, procs):

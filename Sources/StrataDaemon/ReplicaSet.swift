@@ -135,10 +135,11 @@ actor ReplicaSet {
             // Pinned to a slot Strata chose, so what each slot holds is known; a stored prefix
             // the router counted on is restored into it first.
             let chain = hints.prompt.blocks
-            let claim = slots?.claimSlot(on: replica, for: chain)
+            let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
             if let slots, let claim, restoreBlocks > 0 {
                 _ = await slots.restore(chain, replica: replica, baseURL: inner.baseURL, slot: claim.slot)
             }
+            let unpinned = claim == nil ? slots?.unpinnedStarted(on: replica) : nil
             return UpstreamLease(
                 baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: claim?.slot,
                 cacheReport: cacheReport
@@ -151,6 +152,7 @@ actor ReplicaSet {
                     slots.finished(chain, replica: replica, baseURL: inner.baseURL, claim: claim,
                                    completed: outcome == .completed && fraction != nil)
                 }
+                if let slots, let unpinned { slots.unpinnedFinished(on: replica, generation: unpinned) }
                 self?.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction)
             }
         }
@@ -159,16 +161,18 @@ actor ReplicaSet {
     /// Chooses and dispatches: the request's id, its replica, and whether another could take it.
     private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true) throws -> (RequestID, String, Bool, Int) {
         let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
+        // Pinned replicas: what their slots hold is known, and replaces the router's guess.
+        let held = slots?.heldBlocks(hints.prompt.blocks, on: replicas) ?? [:]
         let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal> in
             let decision: RouteDecision
             switch routing.router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding,
-                                         restorable: restorable) {
+                                         restorable: restorable, held: held) {
             case .success(let chosen): decision = chosen
             case .failure(let refusal): return .failure(refusal)
             }
             let id = routing.nextRequest
             routing.nextRequest += 1
-            routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks)
+            routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks, held: held[decision.replica])
             let counterKey = DecisionKey(replica: decision.replica, reason: decision.reason)
             let counter = routing.decisionCounters[counterKey] ?? Counter(
                 label: "strata_route_decisions_total",

@@ -45,8 +45,14 @@ final class SlotCache: Sendable {
         var generation: UInt64 = 0
         /// Slots pinned to a request or being saved.
         var taken: Set<Int> = []
+        /// Of `taken`, those being saved: their cache is what `holds` says, and they are free
+        /// again within the save (llama-server writes the file in tens of milliseconds).
+        var saving: Set<Int> = []
         /// The prompt chain each slot last finished: what its KV cache holds.
         var holds: [Int: [UInt64]] = [:]
+        /// Requests sent without a slot (every slot was taken): llama-server gives each the
+        /// slot it chooses, so until they end, what the free slots hold is not known.
+        var unpinned = 0
     }
 
     /// A slot pinned for one request, of one process of the replica.
@@ -127,16 +133,93 @@ final class SlotCache: Sendable {
     /// lowest free. Nil when every slot is taken (the request then goes unpinned and
     /// llama-server queues it).
     func claimSlot(on replica: String, for chain: [UInt64]) -> Claim? {
+        if case .claimed(let claim) = tryClaimSlot(on: replica, for: chain, waitingForSaves: false) { return claim }
+        return nil
+    }
+
+    enum ClaimAttempt: Equatable {
+        case claimed(Claim)
+        /// No slot is free.
+        case noneFree
+        /// A slot being saved holds more of the prompt than any free one: ask again once saved.
+        case savingHoldsMore
+    }
+
+    /// As `claimSlot`; with `waitingForSaves`, a slot being saved that shares at least
+    /// `minBlocks` more of the prompt than the best free slot is worth the wait (the next turn
+    /// of a conversation arrives while its last answer's slot is being saved).
+    func tryClaimSlot(on replica: String, for chain: [UInt64], waitingForSaves: Bool) -> ClaimAttempt {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
             let free = (0..<slotsPerReplica).filter { !slots.taken.contains($0) }
-            guard let slot = free.max(by: { a, b in
+            let best = free.max(by: { a, b in
                 let (sharedA, sharedB) = (Self.shared(slots.holds[a], chain), Self.shared(slots.holds[b], chain))
                 return sharedA != sharedB ? sharedA < sharedB : a > b
-            }) else { return nil }
+            })
+            if waitingForSaves {
+                let freeShare = best.map { Self.shared(slots.holds[$0], chain) } ?? 0
+                let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
+                if savingShare >= freeShare + minBlocks { return .savingHoldsMore }
+            }
+            guard let slot = best else { return .noneFree }
             slots.taken.insert(slot)
             state.replicas[replica] = slots
-            return Claim(slot: slot, generation: slots.generation)
+            return .claimed(Claim(slot: slot, generation: slots.generation))
+        }
+    }
+
+    /// `tryClaimSlot`, waiting (up to `patience`) for a save that holds more of the prompt
+    /// than any free slot. Nil when every slot is taken.
+    func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
+        let deadline = ContinuousClock.now + patience
+        while true {
+            switch tryClaimSlot(on: replica, for: chain, waitingForSaves: ContinuousClock.now < deadline) {
+            case .claimed(let claim): return claim
+            case .noneFree: return nil
+            case .savingHoldsMore: try? await Task.sleep(for: .milliseconds(5))
+            }
+        }
+    }
+
+    /// Leading blocks of `chain` each of `replicas` holds in a slot a request could be pinned to
+    /// now (a free slot; any slot when all are taken, as the request then waits for one), as
+    /// far as Strata knows: exact, since every request is pinned, unlike the router's index,
+    /// which remembers what was routed to a replica and not what its few slots still hold.
+    /// 0 for a replica with an unpinned request in flight (its slots are not known meanwhile).
+    func heldBlocks(_ chain: [UInt64], on replicas: [String]) -> [String: Int] {
+        state.withLock { state in
+            var held: [String: Int] = [:]
+            for replica in replicas {
+                guard let slots = state.replicas[replica], slots.unpinned == 0 else {
+                    held[replica] = 0
+                    continue
+                }
+                let all = 0..<slotsPerReplica
+                // A slot being saved is as good as free: a claim waits for it (`claimSlot`).
+                let free = all.filter { !slots.taken.contains($0) || slots.saving.contains($0) }
+                held[replica] = (free.isEmpty ? Array(all) : free).map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
+            }
+            return held
+        }
+    }
+
+    /// A request goes to `replica` without a slot (`claimSlot` found none free). Call
+    /// `unpinnedFinished` with the returned generation when it ends.
+    func unpinnedStarted(on replica: String) -> UInt64 {
+        state.withLock { state in
+            state.replicas[replica, default: ReplicaSlots()].unpinned += 1
+            return state.replicas[replica]!.generation
+        }
+    }
+
+    /// The unpinned request ended: it was in one of the slots not taken now, which one is not
+    /// known, so none of them is counted on to hold anything.
+    func unpinnedFinished(on replica: String, generation: UInt64) {
+        state.withLock { state in
+            guard var slots = state.replicas[replica], slots.generation == generation else { return }
+            slots.unpinned -= 1
+            for slot in 0..<slotsPerReplica where !slots.taken.contains(slot) { slots.holds[slot] = nil }
+            state.replicas[replica] = slots
         }
     }
 
@@ -211,16 +294,19 @@ final class SlotCache: Sendable {
             guard state.replicas[replica]?.generation == claim.generation else { return false }
             // A request that did not complete leaves the slot holding an unknown part of it.
             state.replicas[replica]?.holds[claim.slot] = completed ? chain : nil
-            return completed && chain.count >= minBlocks
+            let save = completed && chain.count >= minBlocks
                 && (Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0) * 4 < chain.count * 3
+            if save { state.replicas[replica]?.saving.insert(claim.slot) }
+            return save
         }
         guard save else {
             release(claim, on: replica)
             return
         }
         Task {
-            defer { release(claim, on: replica) }
-            await self.save(chain, replica: replica, baseURL: baseURL, slot: claim.slot)
+            // The slot is free again once llama-server has written the file (or failed to):
+            // moving the file into the store needs the file, not the slot.
+            await self.save(chain, replica: replica, baseURL: baseURL, slot: claim.slot) { self.release(claim, on: replica) }
         }
     }
 
@@ -228,16 +314,23 @@ final class SlotCache: Sendable {
         state.withLock { state in
             guard state.replicas[replica]?.generation == claim.generation else { return }
             _ = state.replicas[replica]?.taken.remove(claim.slot)
+            _ = state.replicas[replica]?.saving.remove(claim.slot)
         }
     }
 
-    private func save(_ chain: [UInt64], replica: String, baseURL: String, slot: Int) async {
+    /// Saves the slot, calls `slotDone` (exactly once) as soon as llama-server is done with it,
+    /// then moves the file into the store.
+    private func save(_ chain: [UInt64], replica: String, baseURL: String, slot: Int, slotDone: () -> Void) async {
         let object = "kv/\(model)/\(fingerprint)/\(String(chain.last!, radix: 16))"
         let file = "save-\(UInt64.random(in: 1...UInt64.max)).bin"
         let path = slotDirectory(of: replica) + "/" + file
         defer { unlink(path) }
+        var slotReleased = false
+        defer { if !slotReleased { slotDone() } }
         do {
             try await slotAction("save", slot: slot, file: file, baseURL: baseURL)
+            slotReleased = true
+            slotDone()
             let objects = try await tiers.objectStore()
             let info = try await objects.importFile(object, path: path, label: Self.label(chain))
             let dropped = state.withLock { state -> [String] in

@@ -50,6 +50,61 @@ struct RoutingRestoreTests {
     }
 }
 
+/// Replicas whose slots the caller pins know what they hold (`held`), and that replaces the
+/// index: a replica whose slots were taken over by other prompts no longer counts as the home of
+/// a prefix routed there earlier, and the prefix is restored (or placed) as if seen nowhere.
+struct RoutingHeldTests {
+    @Test func aHolderWhoseSlotsMovedOnIsNoLongerItsHome() {
+        var router = Routing.router(3)
+        let system = Routing.prompt(family: 1, shared: 16)
+        let home = router.route(1, system)!.replica
+        router.finish(1)
+        let next = Routing.prompt(family: 1, shared: 16, own: 2)
+        // The index still says home; the slots say nobody holds it.
+        #expect(try! router.choose(next).get().replica == home)
+        let nobody = ["r0": 0, "r1": 0, "r2": 0]
+        let cold = try! router.choose(next, held: nobody).get()
+        #expect(cold.reason == .coldConsistentHash && cold.matchedBlocks == 0)
+        // With a stored copy it is restored rather than computed, wherever it lands.
+        let restored = try! router.choose(next, restorable: 16, held: nobody).get()
+        #expect(restored.reason == .restoredPrefix && restored.restoreBlocks == 16)
+    }
+
+    @Test func aReplicaKnownToHoldThePrefixWinsWithoutAnIndexEntry() {
+        let router = Routing.router(3)
+        let prompt = Routing.prompt(family: 2, shared: 12, own: 3)
+        let decision = try! router.choose(prompt, held: ["r0": 0, "r1": 0, "r2": 12]).get()
+        #expect(decision == RouteDecision(replica: "r2", matchedBlocks: 12, promptBlocks: 15, reason: .prefixHit))
+        // A replica missing from `held` keeps its index's answer (nothing recorded: 0).
+        #expect(try! router.choose(prompt, held: ["r2": 12]).get().replica == "r2")
+        // Out-of-range figures are clamped to the prompt.
+        #expect(try! router.choose(prompt, held: ["r1": 99]).get().matchedBlocks == 15)
+    }
+
+    @Test func dispatchChargesWhatTheReplicaHoldsAndWhatIsRestoredAsNoWork() {
+        var router = Routing.router(2)
+        let prompt = Routing.prompt(family: 3, shared: 10, own: 2)
+        let decision = RouteDecision(replica: "r0", matchedBlocks: 10, promptBlocks: 12, reason: .prefixHit)
+        #expect(dispatched(&router, 1, decision, prompt, held: 10))
+        #expect(router.replica("r0").queuedWork == 2)
+        let restore = RouteDecision(replica: "r1", matchedBlocks: 10, promptBlocks: 12, reason: .restoredPrefix, restoreBlocks: 10)
+        #expect(dispatched(&router, 2, restore, prompt, held: 0))
+        #expect(router.replica("r1").queuedWork == 2)
+        router.finish(1)
+        router.finish(2)
+        #expect(router.replica("r0").queuedWork == 0 && router.replica("r1").queuedWork == 0)
+        // Without `held` the index decides: r0 recorded the prompt at the first dispatch.
+        #expect(dispatched(&router, 3, decision, prompt))
+        #expect(router.replica("r0").queuedWork == 0)
+    }
+}
+
+private func dispatched(
+    _ router: inout PrefixRouter, _ id: RequestID, _ decision: RouteDecision, _ chain: [UInt64], held: Int? = nil
+) -> Bool {
+    router.dispatch(id, to: decision, promptBlocks: chain, held: held)
+}
+
 /// Passive correction: a replica that reports finding much less of the prompt cached than its
 /// index expected has evicted that prefix, and everything recorded before it.
 struct RoutingCorrectionTests {

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Foundation
 import Logging
 @testable import StrataDaemon
 import Testing
@@ -7,10 +8,10 @@ import TierStore
 /// Which llama-server slot a request is pinned to: the decision, without a runtime (nothing is
 /// saved or restored here; `minBlocks` is above every chain so `finished` only releases).
 @Suite struct SlotCacheTests {
-    private func cache(slots: Int) -> SlotCache {
+    private func cache(slots: Int, minBlocks: Int = 1_000) -> SlotCache {
         let logger = Logger(label: "slot-test")
         return SlotCache(
-            model: "m", fingerprint: "f", slotsPerReplica: slots, minBlocks: 1_000, directory: "/nonexistent",
+            model: "m", fingerprint: "f", slotsPerReplica: slots, minBlocks: minBlocks, directory: "/nonexistent",
             tiers: TierService(configuration: TierConfiguration(), stateDirectory: "/nonexistent", logger: logger),
             httpClient: HTTPClient.shared, logger: logger)
     }
@@ -40,6 +41,74 @@ import TierStore
         #expect(slots.claimSlot(on: "r", for: a)?.slot == 0)   // free again, lowest
     }
 
+    @Test func heldBlocksAreWhatAFreeSlotShares() {
+        let slots = cache(slots: 2)
+        let a: [UInt64] = [1, 2, 3, 4], b: [UInt64] = [9, 8]
+        // Nothing run yet: every replica holds nothing.
+        #expect(slots.heldBlocks(a, on: ["r", "s"]) == ["r": 0, "s": 0])
+        let first = slots.claimSlot(on: "r", for: a)!
+        slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: first, completed: true)
+        #expect(slots.heldBlocks([1, 2, 7], on: ["r", "s"]) == ["r": 2, "s": 0])
+        // The slot holding it is taken by another request: a new request gets the other slot.
+        let busy = slots.claimSlot(on: "r", for: [1, 2, 3, 4, 5])!
+        #expect(busy.slot == first.slot)
+        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 0])
+        // Every slot taken: the request waits for one of them, so any slot counts.
+        let other = slots.claimSlot(on: "r", for: b)!
+        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 4])
+        slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: other, completed: true)
+        slots.finished([1, 2, 3, 4, 5], replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: busy, completed: true)
+        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 4] && slots.heldBlocks(b, on: ["r"]) == ["r": 2])
+    }
+
+    @Test func anUnpinnedRequestMakesTheFreeSlotsUnknown() {
+        let slots = cache(slots: 2)
+        let a: [UInt64] = [1, 2, 3], b: [UInt64] = [5, 6]
+        let first = slots.claimSlot(on: "r", for: a)!
+        slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: first, completed: true)
+        let taken = slots.claimSlot(on: "r", for: b)!
+        // A request sent without a slot: llama-server puts it where it likes.
+        let generation = slots.unpinnedStarted(on: "r")
+        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 0])
+        slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: taken, completed: true)
+        slots.unpinnedFinished(on: "r", generation: generation)
+        // It ended in one of the slots free at that moment (both): neither is counted on.
+        #expect(slots.held(on: "r", slot: first.slot) == nil && slots.held(on: "r", slot: taken.slot) == nil)
+        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 0])
+        // A pinned request that was running meanwhile still records its slot.
+        let again = slots.claimSlot(on: "r", for: b)!
+        let generation2 = slots.unpinnedStarted(on: "r")
+        slots.unpinnedFinished(on: "r", generation: generation2)
+        slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: again, completed: true)
+        #expect(slots.heldBlocks(b, on: ["r"]) == ["r": 2])
+        // An unpinned request of a replaced process changes nothing of the new one.
+        let old = slots.unpinnedStarted(on: "r")
+        slots.replicaRestarted("r")
+        slots.unpinnedFinished(on: "r", generation: old)
+        let fresh = slots.claimSlot(on: "r", for: b)!
+        slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: fresh, completed: true)
+        #expect(slots.heldBlocks(b, on: ["r"]) == ["r": 2])
+    }
+
+    @Test func aSlotBeingSavedIsWaitedForWhenItHoldsMoreOfThePrompt() async throws {
+        // The "replica" takes the save request and never answers until it is closed.
+        let silent = try SilentListener()
+        let slots = cache(slots: 2, minBlocks: 2)
+        let a: [UInt64] = [1, 2, 3, 4]
+        let first = slots.claimSlot(on: "r", for: a)!
+        slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:\(silent.port)/v1", claim: first, completed: true)
+        // Being saved: its cache is known, and the next turn waits for it rather than compute a.
+        #expect(slots.tryClaimSlot(on: "r", for: a + [5], waitingForSaves: true) == .savingHoldsMore)
+        #expect(slots.heldBlocks(a + [5], on: ["r"]) == ["r": 4])
+        #expect(slots.claimSlot(on: "r", for: a + [5])?.slot == 1 - first.slot)   // not waiting: the free one
+        // Nothing free now, the save still running: the waiting claim gives up at its patience.
+        #expect(await slots.claimSlot(on: "r", for: a, patience: .milliseconds(50)) == nil)
+        silent.close()   // the save fails; the slot is free again and still holds a
+        let next = await slots.claimSlot(on: "r", for: a + [6], patience: .seconds(20))
+        #expect(next?.slot == first.slot)
+        #expect(slots.held(on: "r", slot: first.slot) == a)
+    }
+
     @Test func claimsOfAReplacedProcessReleaseNothing() {
         let slots = cache(slots: 1)
         let old = slots.claimSlot(on: "r", for: [1])!
@@ -64,4 +133,35 @@ import TierStore
         #expect(SlotCache.chain(fromLabel: SlotCache.labelPrefix) == nil)
         #expect(SlotCache.chain(fromLabel: SlotCache.labelPrefix + "12,zz") == nil)
     }
+}
+
+/// A loopback TCP port that accepts connections (in the kernel's backlog) and never answers;
+/// `close` resets them.
+final class SilentListener: @unchecked Sendable {
+    let port: Int
+    private var fd: Int32
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard fd >= 0, bound == 0, listen(fd, 16) == 0 else { throw POSIXError(.EADDRINUSE) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() {
+        if fd >= 0 { _ = Foundation.close(fd) }
+        fd = -1
+    }
+
+    deinit { close() }
 }

@@ -3,23 +3,28 @@ extension PrefixRouter {
     /// the chain (a hot-spot spill thereby makes it the prefix's second home), and until
     /// `finish` it carries one more request and the blocks it did not hold as queued work.
     ///
-    /// The uncached count is taken from the index now, not from the decision, so a choice
-    /// that went stale before it was sent is still charged what it costs.
+    /// The uncached count is taken from the index now (or from `held`, what the caller knows the
+    /// replica holds, as in `choose`), not from the decision, so a choice that went stale before
+    /// it was sent is still charged what it costs. A prefix the decision restores is not work.
     ///
     /// - Returns: false, changing nothing, when `id` is already in flight (finish it first:
     ///   `finish` is the one release path) or the replica is unknown.
     @discardableResult
-    public mutating func dispatch(_ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64]) -> Bool {
+    public mutating func dispatch(
+        _ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64], held: Int? = nil
+    ) -> Bool {
         guard dispatched[id] == nil, let replica = position[decision.replica] else { return false }
-        let matched = replicas[replica].index.matchedBlocks(chain)
-        let work = chain.count - matched
-        // Where the expected prefix sat in the eviction order, before recording moves it.
-        let colder = matched > 0 ? replicas[replica].index.olderNeighbor(of: chain[matched - 1]) : nil
+        let indexed = replicas[replica].index.matchedBlocks(chain)
+        let matched = held.map { min(max($0, 0), chain.count) } ?? indexed
+        let work = chain.count - max(matched, min(decision.restoreBlocks, chain.count))
+        // Where the expected prefix sat in the eviction order, before recording moves it (for
+        // `reportCached`, which corrects the index: what the index expected, not `held`).
+        let colder = indexed > 0 ? replicas[replica].index.olderNeighbor(of: chain[indexed - 1]) : nil
         replicas[replica].inFlight += 1
         replicas[replica].queuedWork += work
         replicas[replica].index.record(chain)
         dispatched[id] = Dispatch(
-            replica: replica, work: work, expectedFraction: chain.isEmpty ? 0 : Double(matched) / Double(chain.count),
+            replica: replica, work: work, expectedFraction: chain.isEmpty ? 0 : Double(indexed) / Double(chain.count),
             colder: colder)
         nextTurn = (replica + 1) % replicas.count
         return true

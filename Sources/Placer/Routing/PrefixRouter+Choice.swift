@@ -12,7 +12,9 @@ extension PrefixRouter {
     /// a short match. Ties go to the deeper match, then to fewer requests, then to the first
     /// block's rendezvous order. A prompt held nowhere eligible is placed by consistent hashing
     /// instead, and a request whose best replica is a hot spot goes to the next best.
-    func prefixAffinity(_ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0) -> RouteDecision {
+    func prefixAffinity(
+        _ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0, held: [String: Int] = [:]
+    ) -> RouteDecision {
         guard let key = chain.first else {
             return decision(leastLoaded(candidates, key: 0), chain, .leastLoaded)
         }
@@ -20,7 +22,7 @@ extension PrefixRouter {
         let restoreCost = restorable > 0 ? max(1, Int(Double(restorable) * configuration.restoreCostFraction) + 1) : 0
         var restores: Set<Int> = []
         let scored = candidates.map { replica in
-            var matched = replicas[replica].index.matchedBlocks(chain)
+            var matched = matchedBlocks(chain, on: replica, held: held)
             let queue = replicas[replica].queuedWork + replicas[replica].inFlight * configuration.requestCostBlocks
             var extra = 0
             if restorable - restoreCost > matched {
@@ -94,6 +96,12 @@ extension PrefixRouter {
         // Ceiling by hand: `rounded(.up)` calls libm's ceil, which this module does not link.
         let whole = Int(bound)
         return Double(whole) < bound ? whole + 1 : whole
+    }
+
+    /// What `replica` holds of `chain`: as the caller knows it (`held`), else as its index expects.
+    func matchedBlocks(_ chain: [UInt64], on replica: Int, held: [String: Int]) -> Int {
+        if let known = held[replicas[replica].spec.id] { return min(max(known, 0), chain.count) }
+        return replicas[replica].index.matchedBlocks(chain)
     }
 
     func decision(_ replica: Int, _ chain: [UInt64], _ reason: RouteReason) -> RouteDecision {

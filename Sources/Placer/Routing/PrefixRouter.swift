@@ -49,8 +49,13 @@ public struct PrefixRouter: Sendable {
     ///     can load instead of computing (llama-server slot restore), at `restoreCost` of
     ///     computing them. Prefix affinity weighs it like a cached prefix on every replica, so a
     ///     busy holder of a prefix loses to an idle replica that restores it.
+    ///   - held: leading blocks of the chain that a replica is known to hold, by ID, where the
+    ///     caller knows it exactly (the slots of replicas it pins requests to). Takes the place
+    ///     of that replica's index, which remembers what was routed there, not what the
+    ///     runtime's few slots still hold.
     public func choose(
-        _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = [], restorable: Int = 0
+        _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = [], restorable: Int = 0,
+        held: [String: Int] = [:]
     ) -> Result<RouteDecision, RouteRefusal> {
         let healthy = replicas.indices.filter { replicas[$0].healthy }
         guard !healthy.isEmpty else { return .failure(.noHealthyReplica) }
@@ -79,7 +84,8 @@ public struct PrefixRouter: Sendable {
         case .leastLoaded:
             return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded))
         case .prefixAffinity:
-            return .success(prefixAffinity(chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count)))
+            return .success(prefixAffinity(
+                chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count), held: held))
         }
     }
 }

@@ -29,7 +29,8 @@ mkdir -p "$STRATA_CACHE"/{bin,models,downloads,src}
 APT_PACKAGES=(liburing-dev liblz4-dev libsqlite3-dev libcurl4-openssl-dev libxxhash-dev cmake
               pkg-config python3-venv fio    # fio: the disk peer the I/O benchmarks measure against
               nginx-light                    # nginx: the HTTP origin of the remote-tier tests and benchmarks
-              redis-tools)                   # redis-cli, redis-benchmark: clients of the RESP tests
+              redis-tools                    # redis-cli, redis-benchmark: clients of the RESP tests
+              iproute2)                      # ss: the RESP tests read a connection's socket buffers
 # wrk: the router-overhead benchmark's load; redis-server: the KV benchmark's peer
 if [ "$PEERS" = 1 ]; then APT_PACKAGES+=(wrk redis-server); fi
 missing=()

@@ -301,7 +301,7 @@ public enum ConfigLoader {
     /// `kv`: the RESP service on the tiers. Off unless `resp` is set; loopback unless told; a
     /// password (by environment variable) is required beyond loopback.
     static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
-        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads"])
+        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer"])
         var kv = KVConfiguration()
         if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") }
         if let v = map["durability"] {
@@ -320,6 +320,13 @@ public enum ConfigLoader {
             kv.password = password
         }
         if let v = map["threads"] { kv.threads = try reader.integer(v, at: "kv.threads", range: 1...256) }
+        if let v = map["send_buffer"] {
+            let bytes = try reader.size(v, at: "kv.send_buffer")
+            guard bytes == 0 || (4096...(64 << 20)).contains(bytes) else {
+                throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
+            }
+            kv.sendBuffer = bytes
+        }
         if let resp = kv.resp, !resp.isLoopback, kv.password == nil {
             throw reader.fail("kv.resp", map["resp"], "'\(resp)' is beyond loopback: set kv.password_env so clients must AUTH")
         }

@@ -240,4 +240,7 @@ public struct KVConfiguration: Sendable, Equatable {
     /// per core). Redis serves on one thread; a machine with few cores and a busy client may do
     /// better with 1.
     public var threads: Int?
+    /// SO_SNDBUF of each RESP connection in bytes; nil: the server's default (128 KiB); 0: the
+    /// kernel's autotuning.
+    public var sendBuffer: UInt64?
 }

@@ -156,10 +156,26 @@ def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     from conftest import STRATA
     for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),
                     ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key"),
-                    ("{ threads: 0 }", "kv.threads")):
+                    ("{ threads: 0 }", "kv.threads"), ("{ send_buffer: 1KiB }", "out of range"),
+                    ("{ send_buffer: lots }", "not a size")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
         assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)
+
+
+def test_send_buffer_applies_to_each_connection(make_daemon):
+    import re
+    # The kernel doubles SO_SNDBUF for its bookkeeping; `ss -m` shows the result as tb.
+    for extra, expected in (("", 2 * 128 * 1024), (", send_buffer: 64KiB", 2 * 64 * 1024)):
+        d, port = kv_daemon(make_daemon, extra_kv=extra)
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+        assert r.set("k", b"v" * 100_000) is True and len(r.get("k")) == 100_000
+        out = subprocess.run(["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        sizes = [int(m) for m in re.findall(r"\btb(\d+)", out)]
+        assert sizes == [expected], (extra, out)
+        r.close()
+        d.stop()
 
 
 def test_http_block_api_shares_the_store_with_resp(make_daemon):

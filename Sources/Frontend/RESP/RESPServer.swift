@@ -47,7 +47,7 @@ public final class RESPServer: Sendable {
         let configuration = self.configuration
         let handler = self.handler
         let logger = self.logger
-        let bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -67,6 +67,9 @@ public final class RESPServer: Sendable {
                         RESPConnectionHandler(handler: handler, configuration: configuration, logger: logger))
                 }
             }
+        if let bytes = configuration.sendBufferBytes {
+            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: bytes)
+        }
         let listener = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         let port = listener.localAddress?.port ?? configuration.port
         let winner: (any Channel)? = state.withLock { state in

@@ -19,6 +19,13 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// backend offers it (`KVBackend.stageValue`), not buffered first. Default 32 KiB (Redis's
     /// `PROTO_MBULK_BIG_ARG`, past which it too reads a value into its final buffer).
     public var minStagedValueBytes: Int
+    /// SO_SNDBUF of each connection (the kernel doubles it for its own accounting); nil: the
+    /// kernel's autotuning, which lets a socket take megabytes. Default 128 KiB: a connection
+    /// then has at most a few hundred KiB of replies in flight, so a client reading pipelined
+    /// large values finds them still in cache, as with Redis, which writes 64 KiB per client
+    /// per turn (measured in docs/BENCHMARKS.md: with autotuning, redis-benchmark spent twice
+    /// the kernel time receiving the same 64 KiB GET replies).
+    public var sendBufferBytes: Int?
     /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.
     public var users: [RESPUser]
     /// Tenant namespace of connections when `users` is empty. Default `default`.
@@ -33,12 +40,14 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxBatchCommands: Int = 128,
         maxConnections: Int = 10_000,
         minStagedValueBytes: Int = 32 * 1024,
+        sendBufferBytes: Int? = 128 * 1024,
         users: [RESPUser] = [],
         defaultNamespace: String = "default"
     ) {
         precondition((0...65535).contains(port), "port \(port) is not in 0...65535")
         precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0)
         precondition(minStagedValueBytes >= 0)
+        precondition(sendBufferBytes.map { $0 > 0 } ?? true, "sendBufferBytes must be positive (nil: the kernel's default)")
         self.host = host
         self.port = port
         self.parserLimits = parserLimits
@@ -47,6 +56,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         self.maxBatchCommands = maxBatchCommands
         self.maxConnections = maxConnections
         self.minStagedValueBytes = minStagedValueBytes
+        self.sendBufferBytes = sendBufferBytes
         self.users = users
         self.defaultNamespace = defaultNamespace
     }

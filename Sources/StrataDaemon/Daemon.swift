@@ -70,7 +70,7 @@ public enum Daemon {
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
-                    sendBufferBytes: config.kv.sendBuffer.map { $0 == 0 ? nil : Int($0) } ?? RESPServerConfiguration().sendBufferBytes,
+                    sendBufferBytes: config.kv.sendBufferBytes,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
                 backend: kv, logger: logger,
                 eventLoopGroup: respLoops ?? MultiThreadedEventLoopGroup.singleton)

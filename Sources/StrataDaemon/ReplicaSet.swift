@@ -136,7 +136,8 @@ actor ReplicaSet {
             // the router counted on is restored into it first.
             let chain = hints.prompt.blocks
             let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
-            if let slots, let claim, restoreBlocks > 0 {
+            // (Unless the slot it got already holds as much: a slot's cache is not replaced by less.)
+            if let slots, let claim, restoreBlocks > 0, slots.sharedBlocks(chain, on: replica, slot: claim.slot) < restoreBlocks {
                 _ = await slots.restore(chain, replica: replica, baseURL: inner.baseURL, slot: claim.slot)
             }
             let unpinned = claim == nil ? slots?.unpinnedStarted(on: replica) : nil

@@ -141,13 +141,15 @@ final class SlotCache: Sendable {
         case claimed(Claim)
         /// No slot is free.
         case noneFree
-        /// A slot being saved holds more of the prompt than any free one: ask again once saved.
+        /// A slot being saved holds more of the prompt than any free one, or none is free and
+        /// one is being saved: ask again once saved.
         case savingHoldsMore
     }
 
     /// As `claimSlot`; with `waitingForSaves`, a slot being saved that shares at least
     /// `minBlocks` more of the prompt than the best free slot is worth the wait (the next turn
-    /// of a conversation arrives while its last answer's slot is being saved).
+    /// of a conversation arrives while its last answer's slot is being saved), and so is any
+    /// slot being saved when none is free.
     func tryClaimSlot(on replica: String, for chain: [UInt64], waitingForSaves: Bool) -> ClaimAttempt {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
@@ -156,10 +158,14 @@ final class SlotCache: Sendable {
                 let (sharedA, sharedB) = (Self.shared(slots.holds[a], chain), Self.shared(slots.holds[b], chain))
                 return sharedA != sharedB ? sharedA < sharedB : a > b
             })
-            if waitingForSaves {
+            // Not while an unpinned request is in flight: llama-server may have given it the
+            // slot before the save came, and the save then waits for it to end.
+            if waitingForSaves, slots.unpinned == 0, !slots.saving.isEmpty {
                 let freeShare = best.map { Self.shared(slots.holds[$0], chain) } ?? 0
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
-                if savingShare >= freeShare + minBlocks { return .savingHoldsMore }
+                // Nothing free: a slot is free again within the save, sooner than an unpinned
+                // request would be given one.
+                if best == nil || savingShare >= freeShare + minBlocks { return .savingHoldsMore }
             }
             guard let slot = best else { return .noneFree }
             slots.taken.insert(slot)
@@ -172,32 +178,36 @@ final class SlotCache: Sendable {
     /// than any free slot. Nil when every slot is taken.
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
         let deadline = ContinuousClock.now + patience
+        var waiting = true
         while true {
-            switch tryClaimSlot(on: replica, for: chain, waitingForSaves: ContinuousClock.now < deadline) {
+            switch tryClaimSlot(on: replica, for: chain, waitingForSaves: waiting && ContinuousClock.now < deadline) {
             case .claimed(let claim): return claim
             case .noneFree: return nil
-            case .savingHoldsMore: try? await Task.sleep(for: .milliseconds(5))
+            case .savingHoldsMore:
+                do { try await Task.sleep(for: .milliseconds(5)) } catch { waiting = false }   // cancelled: stop waiting
             }
         }
     }
 
     /// Leading blocks of `chain` each of `replicas` holds in a slot a request could be pinned to
-    /// now (a free slot; any slot when all are taken, as the request then waits for one), as
-    /// far as Strata knows: exact, since every request is pinned, unlike the router's index,
-    /// which remembers what was routed to a replica and not what its few slots still hold.
-    /// 0 for a replica with an unpinned request in flight (its slots are not known meanwhile).
+    /// now (a free slot, or one being saved, which a claim waits for), as far as Strata knows:
+    /// exact, since every request is pinned, unlike the router's index, which remembers what was
+    /// routed to a replica and not what its few slots still hold. A replica is left out (the
+    /// router then goes by its index) while what it holds is not known: an unpinned request is
+    /// in flight there, or every slot is running a request (a new one would go unpinned). A
+    /// replica Strata has not sent anything yet holds nothing.
     func heldBlocks(_ chain: [UInt64], on replicas: [String]) -> [String: Int] {
         state.withLock { state in
             var held: [String: Int] = [:]
             for replica in replicas {
-                guard let slots = state.replicas[replica], slots.unpinned == 0 else {
+                guard let slots = state.replicas[replica] else {
                     held[replica] = 0
                     continue
                 }
-                let all = 0..<slotsPerReplica
-                // A slot being saved is as good as free: a claim waits for it (`claimSlot`).
-                let free = all.filter { !slots.taken.contains($0) || slots.saving.contains($0) }
-                held[replica] = (free.isEmpty ? Array(all) : free).map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
+                guard slots.unpinned == 0 else { continue }
+                let claimable = (0..<slotsPerReplica).filter { !slots.taken.contains($0) || slots.saving.contains($0) }
+                guard !claimable.isEmpty else { continue }
+                held[replica] = claimable.map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
             }
             return held
         }
@@ -238,6 +248,11 @@ final class SlotCache: Sendable {
             let generation = (state.replicas[replica]?.generation ?? 0) + 1
             state.replicas[replica] = ReplicaSlots(generation: generation)
         }
+    }
+
+    /// Leading blocks of `chain` that `slot` of `replica` holds, as far as Strata knows.
+    func sharedBlocks(_ chain: [UInt64], on replica: String, slot: Int) -> Int {
+        state.withLock { Self.shared($0.replicas[replica]?.holds[slot], chain) }
     }
 
     /// What `slot` of `replica` holds, as far as Strata knows (tests and `/admin`).

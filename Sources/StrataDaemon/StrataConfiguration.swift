@@ -240,7 +240,14 @@ public struct KVConfiguration: Sendable, Equatable {
     /// per core). Redis serves on one thread; a machine with few cores and a busy client may do
     /// better with 1.
     public var threads: Int?
-    /// SO_SNDBUF of each RESP connection in bytes; nil: the server's default (128 KiB); 0: the
-    /// kernel's autotuning.
+    /// SO_SNDBUF of each RESP connection in bytes; 0: the kernel's autotuning; nil: 128 KiB
+    /// on loopback, autotuning beyond it (a fixed buffer caps each connection at about twice
+    /// its size per round trip, which a remote client would feel).
     public var sendBuffer: UInt64?
+
+    /// What the RESP server sets as SO_SNDBUF (nil: nothing, the kernel autotunes).
+    public var sendBufferBytes: Int? {
+        if let sendBuffer { return sendBuffer == 0 ? nil : Int(sendBuffer) }
+        return resp?.isLoopback == false ? nil : 128 * 1024
+    }
 }

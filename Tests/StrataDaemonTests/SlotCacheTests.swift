@@ -53,9 +53,10 @@ import TierStore
         let busy = slots.claimSlot(on: "r", for: [1, 2, 3, 4, 5])!
         #expect(busy.slot == first.slot)
         #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 0])
-        // Every slot taken: the request waits for one of them, so any slot counts.
+        // Every slot running a request: a new one would go unpinned, so nothing is known and
+        // the router goes by its index.
         let other = slots.claimSlot(on: "r", for: b)!
-        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 4])
+        #expect(slots.heldBlocks(a, on: ["r", "s"]) == ["s": 0])
         slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: other, completed: true)
         slots.finished([1, 2, 3, 4, 5], replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: busy, completed: true)
         #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 4] && slots.heldBlocks(b, on: ["r"]) == ["r": 2])
@@ -69,7 +70,7 @@ import TierStore
         let taken = slots.claimSlot(on: "r", for: b)!
         // A request sent without a slot: llama-server puts it where it likes.
         let generation = slots.unpinnedStarted(on: "r")
-        #expect(slots.heldBlocks(a, on: ["r"]) == ["r": 0])
+        #expect(slots.heldBlocks(a, on: ["r"]) == [:])
         slots.finished(b, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: taken, completed: true)
         slots.unpinnedFinished(on: "r", generation: generation)
         // It ended in one of the slots free at that moment (both): neither is counted on.
@@ -101,8 +102,14 @@ import TierStore
         #expect(slots.tryClaimSlot(on: "r", for: a + [5], waitingForSaves: true) == .savingHoldsMore)
         #expect(slots.heldBlocks(a + [5], on: ["r"]) == ["r": 4])
         #expect(slots.claimSlot(on: "r", for: a + [5])?.slot == 1 - first.slot)   // not waiting: the free one
-        // Nothing free now, the save still running: the waiting claim gives up at its patience.
+        // Nothing free now, the save still running: a claim waits for it, up to its patience...
         #expect(await slots.claimSlot(on: "r", for: a, patience: .milliseconds(50)) == nil)
+        // ...or until it is cancelled.
+        let started = ContinuousClock.now
+        let cancelled = Task { await slots.claimSlot(on: "r", for: a, patience: .seconds(60)) }
+        cancelled.cancel()
+        #expect(await cancelled.value == nil)
+        #expect(ContinuousClock.now - started < .seconds(10))
         silent.close()   // the save fails; the slot is free again and still holds a
         let next = await slots.claimSlot(on: "r", for: a + [6], patience: .seconds(20))
         #expect(next?.slot == first.slot)
@@ -122,6 +129,21 @@ import TierStore
         slots.finished([2], replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: new, completed: true)
         #expect(slots.held(on: "r", slot: 0) == [2])
         #expect(slots.claimSlot(on: "r", for: [3])?.slot == 0)
+    }
+}
+
+@Suite struct KVSendBufferTests {
+    @Test func loopbackGets128KiBAndRemoteListenersKeepAutotuning() {
+        var kv = KVConfiguration()
+        kv.resp = ListenAddress(host: "127.0.0.1", port: 6380)
+        #expect(kv.sendBufferBytes == 128 * 1024)
+        kv.resp = ListenAddress(host: "0.0.0.0", port: 6380)
+        #expect(kv.sendBufferBytes == nil)
+        kv.sendBuffer = 64 * 1024
+        #expect(kv.sendBufferBytes == 64 * 1024)
+        kv.resp = ListenAddress(host: "::1", port: 6380)
+        kv.sendBuffer = 0
+        #expect(kv.sendBufferBytes == nil)
     }
 }
 

@@ -19,8 +19,9 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// backend offers it (`KVBackend.stageValue`), not buffered first. Default 32 KiB (Redis's
     /// `PROTO_MBULK_BIG_ARG`, past which it too reads a value into its final buffer).
     public var minStagedValueBytes: Int
-    /// SO_SNDBUF of each connection (the kernel doubles it for its own accounting); nil: the
-    /// kernel's autotuning, which lets a socket take megabytes. Default 128 KiB: a connection
+    /// SO_SNDBUF of each connection (the kernel doubles it for its own accounting and caps it
+    /// at `net.core.wmem_max`); nil: the kernel's autotuning, which lets a socket take
+    /// megabytes. Default 128 KiB (the daemon keeps it for loopback only): a connection
     /// then has at most a few hundred KiB of replies in flight, so a client reading pipelined
     /// large values finds them still in cache, as with Redis, which writes 64 KiB per client
     /// per turn (measured in docs/BENCHMARKS.md: with autotuning, redis-benchmark spent twice

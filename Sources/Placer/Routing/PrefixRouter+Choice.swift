@@ -16,7 +16,7 @@ extension PrefixRouter {
         _ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0, held: [String: Int] = [:]
     ) -> RouteDecision {
         guard let key = chain.first else {
-            return decision(leastLoaded(candidates, key: 0), chain, .leastLoaded)
+            return decision(leastLoaded(candidates, key: 0), chain, .leastLoaded, held: held)
         }
         // Loading a stored prefix costs a fraction of computing it (at least one block).
         let restoreCost = restorable > 0 ? max(1, Int(Double(restorable) * configuration.restoreCostFraction) + 1) : 0
@@ -48,7 +48,7 @@ extension PrefixRouter {
                     reason: .coldConsistentHash)
             }
             // Only when the replicas under the bound are excluded or saturated.
-            return decision(leastLoaded(candidates, key: key), chain, .leastLoaded)
+            return decision(leastLoaded(candidates, key: key), chain, .leastLoaded, held: held)
         }
 
         func better(_ a: Scored, _ b: Scored) -> Bool {
@@ -104,9 +104,9 @@ extension PrefixRouter {
         return replicas[replica].index.matchedBlocks(chain)
     }
 
-    func decision(_ replica: Int, _ chain: [UInt64], _ reason: RouteReason) -> RouteDecision {
+    func decision(_ replica: Int, _ chain: [UInt64], _ reason: RouteReason, held: [String: Int] = [:]) -> RouteDecision {
         RouteDecision(
-            replica: replicas[replica].spec.id, matchedBlocks: replicas[replica].index.matchedBlocks(chain),
+            replica: replicas[replica].spec.id, matchedBlocks: matchedBlocks(chain, on: replica, held: held),
             promptBlocks: chain.count, reason: reason)
     }
 }

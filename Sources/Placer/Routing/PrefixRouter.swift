@@ -71,7 +71,7 @@ public struct PrefixRouter: Sendable {
             // request look elsewhere, not move the session's home.
             let home = allowed.min { ranks($0, before: $1, key: key) }!
             if !replicas[home].saturated && replicas[home].inFlight < bound {
-                return .success(decision(home, chain, .sessionAffinity))
+                return .success(decision(home, chain, .sessionAffinity, held: held))
             }
         }
 
@@ -80,9 +80,9 @@ public struct PrefixRouter: Sendable {
         case .roundRobin:
             let eligible = Set(candidates)
             let turn = (0..<replicas.count).lazy.map { (nextTurn + $0) % replicas.count }.first(where: eligible.contains)!
-            return .success(decision(turn, chain, .roundRobin))
+            return .success(decision(turn, chain, .roundRobin, held: held))
         case .leastLoaded:
-            return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded))
+            return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded, held: held))
         case .prefixAffinity:
             return .success(prefixAffinity(
                 chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count), held: held))

@@ -1,0 +1,64 @@
+#!/bin/bash
+# GET throughput and who pays for it: redis-server, Strata with its default RESP send buffer
+# (kv.send_buffer: 128 KiB on loopback) and Strata with the kernel's autotuning
+# (kv.send_buffer: 0), alternating round by round in one run. Prints redis-benchmark's
+# requests/s, the client's user and system CPU seconds (/usr/bin/time) and the server's CPU
+# (clock ticks from /proc/PID/stat) for each.
+#
+# Usage: Benchmarks/kv/send_buffer_ab.sh [STRATA_BINARY]
+#   env: SIZE (value bytes, default 65536), PIPELINE (default 16), REQUESTS (default 80000),
+#        ROUNDS (default 4), CLIENTS (default 50)
+# Needs redis-server, redis-benchmark, redis-cli (scripts/setup.sh --peers).
+set -euo pipefail
+STRATA=${1:-.build/release/strata}
+SIZE=${SIZE:-65536} PIPELINE=${PIPELINE:-16} REQUESTS=${REQUESTS:-80000} ROUNDS=${ROUNDS:-4} CLIENTS=${CLIENTS:-50}
+work=$(mktemp -d /tmp/strata-sndbuf-XXXXXX)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start_strata() {   # name, extra kv settings
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: 127.0.0.1:$admin
+state_dir: $work/$1-state
+log_level: warning
+kv: { resp: 127.0.0.1:$port$2 }
+tiers: { host: { budget: 2GiB, dir: $work/$1-shm }, nvme: { budget: 8GiB } }
+YAML
+  "$STRATA" serve --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
+  pids+=($!)
+  eval "PORT_$1=$port PID_$1=$!"
+}
+start_strata default ""
+start_strata autotune ", send_buffer: 0"
+PORT_redis=$(free_port)
+redis-server --port "$PORT_redis" --save "" --appendonly no > "$work/redis.log" 2>&1 &
+pids+=($!); PID_redis=$!
+for name in redis default autotune; do
+  port_var=PORT_$name
+  for _ in $(seq 100); do
+    redis-cli -p "${!port_var}" set probe x 2>/dev/null | grep -q OK && break
+    sleep 0.2
+  done
+  # the key GET reads (redis-benchmark without -r uses one key)
+  redis-benchmark -p "${!port_var}" -t set -d "$SIZE" -n 100 -q > /dev/null
+done
+echo "GET, $SIZE-byte values, -c $CLIENTS -P $PIPELINE -n $REQUESTS, $ROUNDS rounds, order alternating"
+order=(redis default autotune)
+for round in $(seq "$ROUNDS"); do
+  for name in "${order[@]}"; do
+    port_var=PORT_$name pid_var=PID_$name
+    before=$(awk '{print $14+$15}' "/proc/${!pid_var}/stat")
+    out=$( { /usr/bin/time -f "%U %S" redis-benchmark -p "${!port_var}" -t get -d "$SIZE" -c "$CLIENTS" \
+             -n "$REQUESTS" -P "$PIPELINE" -q --csv > "$work/out.csv"; } 2>&1 )
+    after=$(awk '{print $14+$15}' "/proc/${!pid_var}/stat")
+    rps=$(tail -1 "$work/out.csv" | cut -d, -f2 | tr -d '"')
+    read -r user sys <<< "$(tail -1 <<< "$out")"
+    printf "round %d %-9s %10.0f req/s  client user %5.2f s sys %5.2f s  server %4d ticks\n" \
+      "$round" "$name" "$rps" "$user" "$sys" "$((after - before))"
+  done
+  order=("${order[2]}" "${order[0]}" "${order[1]}")
+done

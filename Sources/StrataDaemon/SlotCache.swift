@@ -174,8 +174,9 @@ final class SlotCache: Sendable {
         }
     }
 
-    /// `tryClaimSlot`, waiting (up to `patience`) for a save that holds more of the prompt
-    /// than any free slot. Nil when every slot is taken.
+    /// `tryClaimSlot`, waiting (up to `patience`, or until cancelled) for a slot being saved
+    /// that holds more of the prompt than any free slot, or for any slot being saved when none
+    /// is free. Nil when every slot is taken and none is being saved (or the wait ran out).
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
         let deadline = ContinuousClock.now + patience
         var waiting = true

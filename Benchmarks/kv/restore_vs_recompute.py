@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
-from procs import free_port, stop, wait_http  # noqa: E402
+from procs import free_port, metric, stop, wait_http  # noqa: E402
 
 CACHE = Path(os.environ.get("STRATA_CACHE", Path.home() / ".cache" / "strata"))
 LLAMA = CACHE / "bin" / "llama-server"
@@ -56,12 +56,6 @@ def ask(base, system, user, max_tokens=1, stream=False):
         "model": "chat", "max_tokens": max_tokens, "temperature": 0, "stream": stream,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
     return time.monotonic() - started, (None if stream else json.loads(body).get("timings", {}))
-
-
-def metric(base, name, result="ok"):
-    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and f'result="{result}"' in line)
 
 
 def busy(base, system):

@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from procs import free_port, stop, wait_http
+from procs import free_port, metric, stop, wait_http
 
 CACHE = Path(os.environ.get("STRATA_CACHE", Path.home() / ".cache" / "strata"))
 LLAMA = CACHE / "bin" / "llama-server"
@@ -136,20 +136,10 @@ def main():
                           errors=sum(x.get("errors", 0) for x in results[name]))
         print(f"{name:28} {rows[name]['ttft_p50']:9.3f} {rows[name]['ttft_p90']:9.3f} "
               f"{rows[name]['cached']:7.2f} {rows[name]['errors']:6d}")
-    pa = rows.get("strata prefix-affinity")
-    kv = rows.get("strata managed + kv restore")
-    if kv and "sglang-router cache_aware" in rows:
-        print(f"managed + kv restore p50 / sglang-router p50 = "
-              f"{kv['ttft_p50'] / rows['sglang-router cache_aware']['ttft_p50']:.2f} (goal <= 0.9)")
-    if kv and "round-robin (strata)" in rows:
-        print(f"managed + kv restore p50 / round-robin p50 = "
-              f"{kv['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} (goal <= 0.5)")
-    if pa and "round-robin (strata)" in rows:
-        print(f"\nprefix-affinity p50 / round-robin p50 = {pa['ttft_p50'] / rows['round-robin (strata)']['ttft_p50']:.2f} "
-              f"(goal <= 0.5)")
-    if pa and "sglang-router cache_aware" in rows:
-        print(f"prefix-affinity p50 / sglang-router p50 = {pa['ttft_p50'] / rows['sglang-router cache_aware']['ttft_p50']:.2f} "
-              f"(goal <= 0.9)")
+    for ours in ("strata managed + kv restore", "strata prefix-affinity"):
+        for peer, goal in (("sglang-router cache_aware", 0.9), ("round-robin (strata)", 0.5)):
+            if ours in rows and peer in rows:
+                print(f"{ours} p50 / {peer} p50 = {rows[ours]['ttft_p50'] / rows[peer]['ttft_p50']:.2f} (goal <= {goal})")
     print(json.dumps(rows))
 
 
@@ -184,13 +174,6 @@ models:
                                   stdout=open(work / "strata.log", "wb"), stderr=subprocess.STDOUT))
     wait_http(f"http://127.0.0.1:{port}/ready")
     return f"http://127.0.0.1:{port}"
-
-
-def metric(base, name):
-    """Sum of a counter's successful samples on Strata's /metrics."""
-    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'result="ok"' in line)
 
 
 def llama_args(a):

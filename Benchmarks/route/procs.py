@@ -1,4 +1,5 @@
-"""Helpers the route benchmarks share: loopback ports, waiting for a server, stopping processes."""
+"""Helpers the route and KV benchmarks share: loopback ports, waiting for a server, a daemon's
+counters, stopping processes."""
 import signal
 import socket
 import subprocess
@@ -24,6 +25,13 @@ def wait_http(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"timed out waiting for {url}")
+
+
+def metric(base: str, name: str, result: str = "ok") -> float:
+    """Sum of a counter's samples with `result` on a Strata daemon's /metrics."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and f'result="{result}"' in line)
 
 
 def stop(procs) -> None:

@@ -1,3 +1,4 @@
+import Frontend
 import Placer
 import TierStore
 
@@ -248,6 +249,6 @@ public struct KVConfiguration: Sendable, Equatable {
     /// What the RESP server sets as SO_SNDBUF (nil: nothing, the kernel autotunes).
     public var sendBufferBytes: Int? {
         if let sendBuffer { return sendBuffer == 0 ? nil : Int(sendBuffer) }
-        return resp?.isLoopback == false ? nil : 128 * 1024
+        return resp?.isLoopback == false ? nil : RESPServerConfiguration.defaultSendBufferBytes
     }
 }

@@ -333,8 +333,7 @@ final class TierKVBackend: KVBackend, Sendable {
                     state.withLock { $0.misses += 1 }
                     return nil
                 }
-                _ = read.withBytes { value.writeBytes($0) }
-                if case .host(let view) = read { view.release() }
+                read.withBytesReleasing { _ = value.writeBytes($0) }
             }
             guard value.readableBytes == entry.size else {
                 throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(value.readableBytes)")

@@ -80,6 +80,13 @@ public final class BlockStore: Sendable {
             case .nvme(let bytes), .decoded(let bytes): return try bytes.withUnsafeBytes(body)
             }
         }
+
+        /// `withBytes`, then gives a borrowed host block back: for a read whose bytes are copied
+        /// out, not kept.
+        public func withBytesReleasing<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+            defer { if case .host(let view) = self { view.release() } }
+            return try withBytes(body)
+        }
     }
 
     public let host: HostTier
@@ -386,8 +393,7 @@ public final class BlockStore: Sendable {
         case .notSmall: break
         }
         guard let read = try getFromRAM(key, countingMiss: false) else { return false }
-        read.withBytes(body)
-        if case .host(let view) = read { view.release() }
+        read.withBytesReleasing(body)
         return true
     }
 

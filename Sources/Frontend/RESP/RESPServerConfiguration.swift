@@ -27,6 +27,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// per turn (measured in docs/BENCHMARKS.md: with autotuning, redis-benchmark spent twice
     /// the kernel time receiving the same 64 KiB GET replies).
     public var sendBufferBytes: Int?
+    public static let defaultSendBufferBytes = 128 * 1024
     /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.
     public var users: [RESPUser]
     /// Tenant namespace of connections when `users` is empty. Default `default`.
@@ -41,7 +42,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxBatchCommands: Int = 128,
         maxConnections: Int = 10_000,
         minStagedValueBytes: Int = 32 * 1024,
-        sendBufferBytes: Int? = 128 * 1024,
+        sendBufferBytes: Int? = defaultSendBufferBytes,
         users: [RESPUser] = [],
         defaultNamespace: String = "default"
     ) {

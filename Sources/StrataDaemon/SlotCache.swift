@@ -50,6 +50,12 @@ final class SlotCache: Sendable {
         var saving: Set<Int> = []
         /// The prompt chain each slot last finished: what its KV cache holds.
         var holds: [Int: [UInt64]] = [:]
+        /// Of `taken`, those running a request: its prompt chain, which the slot holds once
+        /// it is done.
+        var running: [Int: [UInt64]] = [:]
+        /// When each slot last finished a request (`State.clock`): among slots that serve a
+        /// request as well, the one idle longest is taken first.
+        var lastFinished: [Int: UInt64] = [:]
         /// Requests sent without a slot (every slot was taken): llama-server gives each the
         /// slot it chooses, so until they end, what the free slots hold is not known.
         var unpinned = 0
@@ -129,11 +135,13 @@ final class SlotCache: Sendable {
     }
 
     /// A free slot of `replica` for a request with prompt `chain`, now taken: the one whose
-    /// cache shares the longest prefix with it (llama-server keeps a cache per slot), else the
-    /// lowest free. Nil when every slot is taken (the request then goes unpinned and
+    /// cache shares the longest prefix with it (llama-server keeps a cache per slot); among
+    /// those sharing as much, one whose cache the store holds (nothing is lost by overwriting
+    /// it), then the one idle longest (its conversation is the least likely to come back),
+    /// then the lowest. Nil when every slot is taken (the request then goes unpinned and
     /// llama-server queues it).
     func claimSlot(on replica: String, for chain: [UInt64]) -> Claim? {
-        if case .claimed(let claim) = tryClaimSlot(on: replica, for: chain, waitingForSaves: false) { return claim }
+        if case .claimed(let claim) = tryClaimSlot(on: replica, for: chain, waiting: false) { return claim }
         return nil
     }
 
@@ -141,62 +149,77 @@ final class SlotCache: Sendable {
         case claimed(Claim)
         /// No slot is free.
         case noneFree
-        /// A slot being saved holds more of the prompt than any free one, or none is free and
-        /// one is being saved: ask again once saved.
-        case savingHoldsMore
+        /// A slot that is taken now is worth waiting for: ask again soon.
+        case worthWaiting
     }
 
-    /// As `claimSlot`; with `waitingForSaves`, a slot being saved that shares at least
-    /// `minBlocks` more of the prompt than the best free slot is worth the wait (the next turn
-    /// of a conversation arrives while its last answer's slot is being saved), and so is any
-    /// slot being saved when none is free.
-    func tryClaimSlot(on replica: String, for chain: [UInt64], waitingForSaves: Bool) -> ClaimAttempt {
+    /// As `claimSlot`; with `waiting`, a taken slot that will hold at least `minBlocks` more of
+    /// the prompt than the best free slot is worth the wait: one being saved (the next turn of
+    /// a conversation arrives while its last answer's slot is being saved: llama-server writes
+    /// the file in tens of milliseconds), or one running a request that shares the prefix
+    /// (another conversation of the same tenant arrives while the first is computing the
+    /// system prompt: waiting for it costs what remains of that request, computing the
+    /// prefix again costs all of it, and on the same replica slows both). So is any slot
+    /// being saved when none is free.
+    func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool) -> ClaimAttempt {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
             let free = (0..<slotsPerReplica).filter { !slots.taken.contains($0) }
-            let best = free.max(by: { a, b in
-                let (sharedA, sharedB) = (Self.shared(slots.holds[a], chain), Self.shared(slots.holds[b], chain))
-                return sharedA != sharedB ? sharedA < sharedB : a > b
+            // The slot sharing the most of the prompt; among equals, the one whose cache is
+            // cheapest to lose (holds the fewest blocks no stored prefix has), then the lowest.
+            let ranked = free.map { slot -> (slot: Int, shared: Int, lost: Bool, idleSince: UInt64) in
+                let held = slots.holds[slot] ?? []
+                let saved = Self.longestSaved(held, in: state, minBlocks: minBlocks)?.blocks ?? 0
+                return (slot, Self.shared(held, chain), saved < held.count, slots.lastFinished[slot] ?? 0)
+            }
+            let best = ranked.min(by: { a, b in
+                if a.shared != b.shared { return a.shared > b.shared }
+                if a.lost != b.lost { return !a.lost }
+                if a.idleSince != b.idleSince { return a.idleSince < b.idleSince }
+                return a.slot < b.slot
             })
             // Not while an unpinned request is in flight: llama-server may have given it the
-            // slot before the save came, and the save then waits for it to end.
-            if waitingForSaves, slots.unpinned == 0, !slots.saving.isEmpty {
-                let freeShare = best.map { Self.shared(slots.holds[$0], chain) } ?? 0
-                let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
-                // Nothing free: a slot is free again within the save, sooner than an unpinned
-                // request would be given one.
-                if best == nil || savingShare >= freeShare + minBlocks { return .savingHoldsMore }
+            // slot meant for the next request, and a save then waits for it to end.
+            if waiting, slots.unpinned == 0 {
+                let freeShare = best?.shared ?? 0
+                let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
+                let runningShare = slots.running.values.map { Self.shared($0, chain) }.max() ?? 0
+                // Nothing free and a slot being saved: it is free again within the save, sooner
+                // than an unpinned request would be given one.
+                if let savingShare, best == nil || savingShare >= freeShare + minBlocks { return .worthWaiting }
+                if runningShare >= freeShare + minBlocks { return .worthWaiting }
             }
-            guard let slot = best else { return .noneFree }
+            guard let slot = best?.slot else { return .noneFree }
             slots.taken.insert(slot)
+            slots.running[slot] = chain
             state.replicas[replica] = slots
             return .claimed(Claim(slot: slot, generation: slots.generation))
         }
     }
 
-    /// `tryClaimSlot`, waiting (up to `patience`, or until cancelled) for a slot being saved
-    /// that holds more of the prompt than any free slot, or for any slot being saved when none
-    /// is free. Nil when every slot is taken and none is being saved (or the wait ran out).
+    /// `tryClaimSlot`, waiting (up to `patience`, or until cancelled) while a taken slot is worth
+    /// the wait. Nil when every slot is taken and none is worth waiting for (or the wait ran out).
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
         let deadline = ContinuousClock.now + patience
         var waiting = true
         while true {
-            switch tryClaimSlot(on: replica, for: chain, waitingForSaves: waiting && ContinuousClock.now < deadline) {
+            switch tryClaimSlot(on: replica, for: chain, waiting: waiting && ContinuousClock.now < deadline) {
             case .claimed(let claim): return claim
             case .noneFree: return nil
-            case .savingHoldsMore:
+            case .worthWaiting:
                 do { try await Task.sleep(for: .milliseconds(5)) } catch { waiting = false }   // cancelled: stop waiting
             }
         }
     }
 
     /// Leading blocks of `chain` each of `replicas` holds in a slot a request could be pinned to
-    /// now (a free slot, or one being saved, which a claim waits for), as far as Strata knows:
-    /// exact, since every request is pinned, unlike the router's index, which remembers what was
-    /// routed to a replica and not what its few slots still hold. A replica is left out (the
-    /// router then goes by its index) while what it holds is not known: an unpinned request is
-    /// in flight there, or every slot is running a request (a new one would go unpinned). A
-    /// replica Strata has not sent anything yet holds nothing.
+    /// now (a free slot, one being saved, or one running a request whose prompt shares at
+    /// least `minBlocks` more: a claim waits for those), as far as Strata knows: exact, since
+    /// every request is pinned, unlike the router's index, which remembers what was routed to a
+    /// replica and not what its few slots still hold. A replica is left out (the router then
+    /// goes by its index) while what it holds is not known: an unpinned request is in flight
+    /// there, or every slot is running a request none worth waiting for (a new one would go
+    /// unpinned). A replica Strata has not sent anything yet holds nothing.
     func heldBlocks(_ chain: [UInt64], on replicas: [String]) -> [String: Int] {
         state.withLock { state in
             var held: [String: Int] = [:]
@@ -207,8 +230,13 @@ final class SlotCache: Sendable {
                 }
                 guard slots.unpinned == 0 else { continue }
                 let claimable = (0..<slotsPerReplica).filter { !slots.taken.contains($0) || slots.saving.contains($0) }
-                guard !claimable.isEmpty else { continue }
-                held[replica] = claimable.map { Self.shared(slots.holds[$0], chain) }.max() ?? 0
+                let claimableShare = claimable.map { Self.shared(slots.holds[$0], chain) }.max()
+                let runningShare = slots.running.values.map { Self.shared($0, chain) }.max() ?? 0
+                if runningShare >= (claimableShare ?? 0) + minBlocks {
+                    held[replica] = runningShare
+                } else if let claimableShare {
+                    held[replica] = claimableShare
+                }
             }
             return held
         }
@@ -261,6 +289,11 @@ final class SlotCache: Sendable {
         state.withLock { $0.replicas[replica]?.holds[slot] }
     }
 
+    /// The slots of `replica` pinned to a request or being saved (tests).
+    func takenSlots(on replica: String) -> Set<Int> {
+        state.withLock { $0.replicas[replica]?.taken ?? [] }
+    }
+
     /// Restores the stored prefix of `chain` into `slot` of the replica at `baseURL`
     /// (`http://127.0.0.1:PORT/v1`). Returns whether llama-server took it.
     func restore(_ chain: [UInt64], replica: String, baseURL: String, slot: Int) async -> Bool {
@@ -310,6 +343,9 @@ final class SlotCache: Sendable {
             guard state.replicas[replica]?.generation == claim.generation else { return false }
             // A request that did not complete leaves the slot holding an unknown part of it.
             state.replicas[replica]?.holds[claim.slot] = completed ? chain : nil
+            state.replicas[replica]?.running[claim.slot] = nil
+            state.clock += 1
+            state.replicas[replica]?.lastFinished[claim.slot] = state.clock
             let save = completed && chain.count >= minBlocks
                 && (Self.longestSaved(chain, in: state, minBlocks: minBlocks)?.blocks ?? 0) * 4 < chain.count * 3
             if save { state.replicas[replica]?.saving.insert(claim.slot) }
@@ -349,13 +385,7 @@ final class SlotCache: Sendable {
             slotDone()
             let objects = try await tiers.objectStore()
             let info = try await objects.importFile(object, path: path, label: Self.label(chain))
-            let dropped = state.withLock { state -> [String] in
-                state.clock += 1
-                state.saved[object] = Saved(object: object, chain: chain, lastUsed: state.clock)
-                for hash in chain.dropFirst(minBlocks - 1) { state.byBlock[hash] = object }
-                return Self.trim(&state, to: maxSaved)
-            }
-            for name in dropped { try? await objects.remove(name) }
+            for name in remember(object, chain: chain) { try? await objects.remove(name) }
             Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "ok")]).increment()
             Gauge(label: "strata_kv_saved_prefixes", dimensions: [("model", model)]).record(state.withLock { $0.saved.count })
             logger.debug("saved a prefix", metadata: [
@@ -363,6 +393,17 @@ final class SlotCache: Sendable {
         } catch {
             Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "failed")]).increment()
             logger.warning("saving a slot failed", metadata: ["replica": "\(replica)", "slot": "\(slot)", "error": "\(error)"])
+        }
+    }
+
+    /// Indexes `object`, just stored, as holding `chain` (the most recently used); returns the
+    /// objects dropped to stay within `maxSaved`, for the caller to remove.
+    func remember(_ object: String, chain: [UInt64]) -> [String] {
+        state.withLock { state in
+            state.clock += 1
+            state.saved[object] = Saved(object: object, chain: chain, lastUsed: state.clock)
+            for hash in chain.dropFirst(minBlocks - 1) { state.byBlock[hash] = object }
+            return Self.trim(&state, to: maxSaved)
         }
     }
 

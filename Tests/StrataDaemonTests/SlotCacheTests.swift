@@ -32,13 +32,40 @@ import TierStore
         #expect(slots.claimSlot(on: "r", for: a) == nil)
     }
 
+    @Test func amongSlotsSharingAsMuchOneTheStoreCoversThenTheIdlestIsTaken() async throws {
+        let slots = cache(slots: 3, minBlocks: 4)
+        let silent = try SilentListener()   // the "replica": a save fails once it is closed
+        let url = "http://127.0.0.1:\(silent.port)/v1"
+        let long: [UInt64] = [1, 2, 3, 4, 5, 6], short: [UInt64] = [7, 8, 9], stored: [UInt64] = [20, 21, 22, 23, 24, 25, 26]
+        #expect(slots.remember("kv/m/f/stored", chain: stored).isEmpty)
+        let claims = [long, short, stored].map { slots.claimSlot(on: "r", for: $0)! }
+        #expect(claims.map(\.slot) == [0, 1, 2])
+        for (chain, claim) in zip([long, short, stored], claims) {
+            slots.finished(chain, replica: "r", baseURL: url, claim: claim, completed: true)
+        }
+        // `long` is being saved (which fails), `short` is too short to save, `stored` is in the store.
+        #expect(slots.takenSlots(on: "r") == [0])
+        // (Closed once the save has connected: a refused connection would be retried.)
+        try await silent.waitForConnection()
+        silent.close()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !slots.takenSlots(on: "r").isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(slots.takenSlots(on: "r").isEmpty)
+        // A prompt none of them shares: slot 2's cache is all in the store (nothing lost);
+        // of the others, slot 0 has been idle longest.
+        #expect(slots.claimSlot(on: "r", for: [99, 98])?.slot == 2)
+        #expect(slots.claimSlot(on: "r", for: [97, 98])?.slot == 0)
+        #expect(slots.claimSlot(on: "r", for: [96, 98])?.slot == 1)
+    }
+
     @Test func anUnfinishedRequestLeavesItsSlotHoldingNothingKnown() {
         let slots = cache(slots: 2)
         let a: [UInt64] = [1, 2, 3]
         let claim = slots.claimSlot(on: "r", for: a)!
         slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:1/v1", claim: claim, completed: false)
         #expect(slots.held(on: "r", slot: claim.slot) == nil)
-        #expect(slots.claimSlot(on: "r", for: a)?.slot == 0)   // free again, lowest
+        // Free again (both slots can be claimed).
+        #expect(Set([slots.claimSlot(on: "r", for: a)?.slot, slots.claimSlot(on: "r", for: a)?.slot]) == [0, 1])
     }
 
     @Test func heldBlocksAreWhatAFreeSlotShares() {
@@ -91,6 +118,40 @@ import TierStore
         #expect(slots.heldBlocks(b, on: ["r"]) == ["r": 2])
     }
 
+    @Test func aSlotComputingTheSamePrefixIsWaitedFor() async throws {
+        let slots = cache(slots: 2, minBlocks: 2)
+        let silent = try SilentListener()   // the "replica": saves fail once it is closed
+        let url = "http://127.0.0.1:\(silent.port)/v1"
+        let system: [UInt64] = [1, 2, 3, 4]
+        let first = slots.claimSlot(on: "r", for: system + [10])!
+        // Another conversation of the same tenant arrives while the first computes the system
+        // prompt: that slot is worth waiting for, and the router is told the replica holds it.
+        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true) == .worthWaiting)
+        #expect(slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4])
+        // Not a prompt sharing less than `minBlocks` more than the free slot: it takes that one.
+        guard case .claimed(let other) = slots.tryClaimSlot(on: "r", for: [1, 9], waiting: true) else {
+            Issue.record("a prompt sharing one block waited")
+            return
+        }
+        #expect(other.slot == 1 - first.slot)
+        // Every slot running, one sharing the prefix: still known, and still worth the wait.
+        #expect(slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4])
+        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true) == .worthWaiting)
+        slots.finished([1, 9], replica: "r", baseURL: url, claim: other, completed: false)
+        // The wait is bounded: after its patience the request takes the free slot.
+        let impatient = await slots.claimSlot(on: "r", for: system + [30], patience: .milliseconds(50))
+        #expect(impatient?.slot == other.slot)
+        slots.finished(system + [30], replica: "r", baseURL: url, claim: impatient!, completed: false)
+        // A claim waiting for it gets the slot once the first request is done (and its save,
+        // which fails here, has given the slot back): its cache holds the system prompt.
+        let waiter = Task { await slots.claimSlot(on: "r", for: system + [20], patience: .seconds(600)) }
+        try await Task.sleep(for: .milliseconds(50))
+        slots.finished(system + [10], replica: "r", baseURL: url, claim: first, completed: true)
+        try await silent.waitForConnection()
+        silent.close()
+        #expect(await waiter.value?.slot == first.slot)
+    }
+
     @Test func aSlotBeingSavedIsWaitedForWhenItHoldsMoreOfThePrompt() async throws {
         // The "replica" takes the save request and never answers until it is closed.
         let silent = try SilentListener()
@@ -99,7 +160,7 @@ import TierStore
         let first = slots.claimSlot(on: "r", for: a)!
         slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:\(silent.port)/v1", claim: first, completed: true)
         // Being saved: its cache is known, and the next turn waits for it rather than compute a.
-        #expect(slots.tryClaimSlot(on: "r", for: a + [5], waitingForSaves: true) == .savingHoldsMore)
+        #expect(slots.tryClaimSlot(on: "r", for: a + [5], waiting: true) == .worthWaiting)
         #expect(slots.heldBlocks(a + [5], on: ["r"]) == ["r": 4])
         #expect(slots.claimSlot(on: "r", for: a + [5])?.slot == 1 - first.slot)   // not waiting: the free one
         // Nothing free now, the save still running: a claim waits for it, up to its patience...
@@ -179,6 +240,13 @@ final class SilentListener: @unchecked Sendable {
         }
         self.fd = fd
         port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Waits (up to 10 s) until a connection is queued (complete, not accepted).
+    func waitForConnection() async throws {
+        var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Glibc.poll(&poll, 1, 0) == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
     }
 
     func close() {

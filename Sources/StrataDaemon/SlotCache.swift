@@ -165,8 +165,8 @@ final class SlotCache: Sendable {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
             let free = (0..<slotsPerReplica).filter { !slots.taken.contains($0) }
-            // The slot sharing the most of the prompt; among equals, the one whose cache is
-            // cheapest to lose (holds the fewest blocks no stored prefix has), then the lowest.
+            // The slot sharing the most of the prompt; among equals, one whose cache the store
+            // covers (`lost`: false), then the one idle longest, then the lowest.
             let ranked = free.map { slot -> (slot: Int, shared: Int, lost: Bool, idleSince: UInt64) in
                 let held = slots.holds[slot] ?? []
                 let saved = Self.longestSaved(held, in: state, minBlocks: minBlocks)?.blocks ?? 0

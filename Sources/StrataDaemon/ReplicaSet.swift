@@ -163,11 +163,11 @@ actor ReplicaSet {
     private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true) throws -> (RequestID, String, Bool, Int) {
         let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
         // Pinned replicas: what their slots hold is known, and replaces the router's guess.
-        let held = slots?.heldBlocks(hints.prompt.blocks, on: replicas) ?? [:]
+        let (held, computing) = slots?.holdings(hints.prompt.blocks, on: replicas) ?? ([:], [:])
         let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal> in
             let decision: RouteDecision
             switch routing.router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding,
-                                         restorable: restorable, held: held) {
+                                         restorable: restorable, held: held, computing: computing) {
             case .success(let chosen): decision = chosen
             case .failure(let refusal): return .failure(refusal)
             }

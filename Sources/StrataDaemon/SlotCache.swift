@@ -50,9 +50,9 @@ final class SlotCache: Sendable {
         var saving: Set<Int> = []
         /// The prompt chain each slot last finished: what its KV cache holds.
         var holds: [Int: [UInt64]] = [:]
-        /// Of `taken`, those running a request: its prompt chain, which the slot holds once
-        /// it is done.
-        var running: [Int: [UInt64]] = [:]
+        /// Of `taken`, those running a request: its prompt chain (which the slot holds once it
+        /// is done) and the blocks of it the slot held when claimed (the rest it computes).
+        var running: [Int: (chain: [UInt64], start: Int)] = [:]
         /// When each slot last finished a request (`State.clock`): among slots that serve a
         /// request as well, the one idle longest is taken first.
         var lastFinished: [Int: UInt64] = [:]
@@ -183,15 +183,16 @@ final class SlotCache: Sendable {
             if waiting, slots.unpinned == 0 {
                 let freeShare = best?.shared ?? 0
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
-                let runningShare = slots.running.values.map { Self.shared($0, chain) }.max() ?? 0
+                let runningShare = slots.running.values.map { Self.shared($0.chain, chain) }.max() ?? 0
                 // Nothing free and a slot being saved: it is free again within the save, sooner
                 // than an unpinned request would be given one.
                 if let savingShare, best == nil || savingShare >= freeShare + minBlocks { return .worthWaiting }
                 if runningShare >= freeShare + minBlocks { return .worthWaiting }
             }
-            guard let slot = best?.slot else { return .noneFree }
+            guard let best else { return .noneFree }
+            let slot = best.slot
             slots.taken.insert(slot)
-            slots.running[slot] = chain
+            slots.running[slot] = (chain, best.shared)
             state.replicas[replica] = slots
             return .claimed(Claim(slot: slot, generation: slots.generation))
         }
@@ -221,8 +222,16 @@ final class SlotCache: Sendable {
     /// there, or every slot is running a request none worth waiting for (a new one would go
     /// unpinned). A replica Strata has not sent anything yet holds nothing.
     func heldBlocks(_ chain: [UInt64], on replicas: [String]) -> [String: Int] {
+        holdings(chain, on: replicas).held
+    }
+
+    /// `heldBlocks`, and where that is a slot running a request (`computing`): the blocks of
+    /// `chain` that request is computing now (those its slot did not hold when it started),
+    /// which this one would wait for and reuse: work queued on the replica that is not in
+    /// this request's way, since it would otherwise do it itself (`PrefixRouter.choose`).
+    func holdings(_ chain: [UInt64], on replicas: [String]) -> (held: [String: Int], computing: [String: Int]) {
         state.withLock { state in
-            var held: [String: Int] = [:]
+            var held: [String: Int] = [:], computing: [String: Int] = [:]
             for replica in replicas {
                 guard let slots = state.replicas[replica] else {
                     held[replica] = 0
@@ -231,14 +240,16 @@ final class SlotCache: Sendable {
                 guard slots.unpinned == 0 else { continue }
                 let claimable = (0..<slotsPerReplica).filter { !slots.taken.contains($0) || slots.saving.contains($0) }
                 let claimableShare = claimable.map { Self.shared(slots.holds[$0], chain) }.max()
-                let runningShare = slots.running.values.map { Self.shared($0, chain) }.max() ?? 0
-                if runningShare >= (claimableShare ?? 0) + minBlocks {
-                    held[replica] = runningShare
+                let running = slots.running.values.map { (shared: Self.shared($0.chain, chain), start: $0.start) }
+                    .max { $0.shared < $1.shared }
+                if let running, running.shared >= (claimableShare ?? 0) + minBlocks {
+                    held[replica] = running.shared
+                    computing[replica] = max(0, running.shared - running.start)
                 } else if let claimableShare {
                     held[replica] = claimableShare
                 }
             }
-            return held
+            return (held, computing)
         }
     }
 

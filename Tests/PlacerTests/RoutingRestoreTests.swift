@@ -81,6 +81,25 @@ struct RoutingHeldTests {
         #expect(try! router.choose(prompt, held: ["r1": 99]).get().matchedBlocks == 15)
     }
 
+    @Test func workARequestInFlightComputesForThisOneIsNotCountedAgainstItsReplica() {
+        var router = Routing.router(2, requestCost: 1)
+        let first = Routing.prompt(family: 1, shared: 16, own: 2, unique: 1)
+        let home = router.route(1, first)!.replica   // cold: 18 blocks queued there
+        let other = RoutingTableTests.other(home)
+        // A second conversation with the same system prompt, which the caller would have wait
+        // for the first (its slot will hold the 16 blocks).
+        let second = Routing.prompt(family: 1, shared: 16, own: 2, unique: 2)
+        let held = [home: 16, other: 0]
+        // Counting the first request's work in full, waiting looks dearer (2 + 18 + 1) than
+        // computing elsewhere (18)...
+        #expect(try! router.choose(second, held: held).get().replica == other)
+        // ...but 16 of those 18 blocks are the prefix this request would compute anyway: 2 + 2 + 1.
+        let decision = try! router.choose(second, held: held, computing: [home: 16]).get()
+        #expect(decision == RouteDecision(replica: home, matchedBlocks: 16, promptBlocks: 18, reason: .prefixHit))
+        // At most the replica's queued work is discounted (nothing queued on the other).
+        #expect(try! router.choose(second, held: held, computing: [other: 16]).get().replica == other)
+    }
+
     @Test func dispatchChargesWhatTheReplicaHoldsAndWhatIsRestoredAsNoWork() {
         var router = Routing.router(2)
         let prompt = Routing.prompt(family: 3, shared: 10, own: 2)

@@ -128,6 +128,9 @@ import TierStore
         // prompt: that slot is worth waiting for, and the router is told the replica holds it.
         #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true) == .worthWaiting)
         #expect(slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4])
+        // The first request computes all four (its slot held nothing): work queued there that
+        // this one would otherwise do itself.
+        #expect(slots.holdings(system + [20], on: ["r"]).computing == ["r": 4])
         // Not a prompt sharing less than `minBlocks` more than the free slot: it takes that one.
         guard case .claimed(let other) = slots.tryClaimSlot(on: "r", for: [1, 9], waiting: true) else {
             Issue.record("a prompt sharing one block waited")

@@ -8,12 +8,13 @@ extension PrefixRouter {
     }
 
     /// Least expected work: the prompt blocks a replica would compute plus the uncached blocks
-    /// already queued on it and `requestCostBlocks` per request in flight there, so a long match outweighs a short queue and a long queue outweighs
-    /// a short match. Ties go to the deeper match, then to fewer requests, then to the first
+    /// already queued on it and `requestCostBlocks` per request in flight there, so a long
+    /// match outweighs a short queue and a long queue outweighs a short match. Ties go to the deeper match, then to fewer requests, then to the first
     /// block's rendezvous order. A prompt held nowhere eligible is placed by consistent hashing
     /// instead, and a request whose best replica is a hot spot goes to the next best.
     func prefixAffinity(
-        _ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0, held: [String: Int] = [:]
+        _ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0, held: [String: Int] = [:],
+        computing: [String: Int] = [:]
     ) -> RouteDecision {
         guard let key = chain.first else {
             return decision(leastLoaded(candidates, key: 0), chain, .leastLoaded, held: held)
@@ -23,7 +24,9 @@ extension PrefixRouter {
         var restores: Set<Int> = []
         let scored = candidates.map { replica in
             var matched = matchedBlocks(chain, on: replica, held: held)
-            let queue = replicas[replica].queuedWork + replicas[replica].inFlight * configuration.requestCostBlocks
+            // (Less what a request in flight there computes for this one: see `choose`.)
+            let shared = min(max(computing[replicas[replica].spec.id] ?? 0, 0), replicas[replica].queuedWork)
+            let queue = replicas[replica].queuedWork - shared + replicas[replica].inFlight * configuration.requestCostBlocks
             var extra = 0
             if restorable - restoreCost > matched {
                 restores.insert(replica)

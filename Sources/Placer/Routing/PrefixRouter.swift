@@ -53,9 +53,14 @@ public struct PrefixRouter: Sendable {
     ///     caller knows it exactly (the slots of replicas it pins requests to). Takes the place
     ///     of that replica's index, which remembers what was routed there, not what the
     ///     runtime's few slots still hold.
+    ///   - computing: of `held`, leading blocks of the chain that a request in flight on the
+    ///     replica is computing now, by ID, where this request would wait for that one and
+    ///     reuse them. They are queued work on the replica that is not in this request's way
+    ///     (it would compute them itself anywhere else), so prefix affinity does not count them
+    ///     (at most that replica's queued work).
     public func choose(
         _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = [], restorable: Int = 0,
-        held: [String: Int] = [:]
+        held: [String: Int] = [:], computing: [String: Int] = [:]
     ) -> Result<RouteDecision, RouteRefusal> {
         let healthy = replicas.indices.filter { replicas[$0].healthy }
         guard !healthy.isEmpty else { return .failure(.noHealthyReplica) }
@@ -85,7 +90,8 @@ public struct PrefixRouter: Sendable {
             return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded, held: held))
         case .prefixAffinity:
             return .success(prefixAffinity(
-                chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count), held: held))
+                chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count), held: held,
+                computing: computing))
         }
     }
 }

@@ -56,6 +56,10 @@ final class SlotCache: Sendable {
         /// When each slot last finished a request (`State.clock`): among slots that serve a
         /// request as well, the one idle longest is taken first.
         var lastFinished: [Int: UInt64] = [:]
+        /// Of `running`, those a claim waits for, and which claim (its token): one at a time,
+        /// since a running request may go on decoding for long after its prefill, and every
+        /// other request for that prefix would wait for it too.
+        var awaited: [Int: UInt64] = [:]
         /// Requests sent without a slot (every slot was taken): llama-server gives each the
         /// slot it chooses, so until they end, what the free slots hold is not known.
         var unpinned = 0
@@ -153,48 +157,60 @@ final class SlotCache: Sendable {
         case worthWaiting
     }
 
+    /// Identifies one waiting claim among the polls it makes (`tryClaimSlot(waiter:)`).
+    static func newWaiter() -> UInt64 { UInt64.random(in: 1...UInt64.max) }
+
     /// As `claimSlot`; with `waiting`, a taken slot that will hold at least `minBlocks` more of
     /// the prompt than the best free slot is worth the wait: one being saved (the next turn of
     /// a conversation arrives while its last answer's slot is being saved: llama-server writes
     /// the file in tens of milliseconds), or one running a request that shares the prefix
     /// (another conversation of the same tenant arrives while the first is computing the
     /// system prompt: waiting for it costs what remains of that request, computing the
-    /// prefix again costs all of it, and on the same replica slows both). So is any slot
-    /// being saved when none is free.
-    func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool) -> ClaimAttempt {
+    /// prefix again costs all of it, and on the same replica slows both). A running slot is
+    /// waited for by one claim at a time: `waiter` (from `newWaiter`) identifies that claim
+    /// across its polls; whatever a poll returns other than `.worthWaiting` ends its wait. So
+    /// is any slot being saved worth the wait when none is free.
+    func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool, waiter: UInt64 = 0) -> ClaimAttempt {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
+            defer { state.replicas[replica] = slots }
             let free = (0..<slotsPerReplica).filter { !slots.taken.contains($0) }
             // The slot sharing the most of the prompt; among equals, one whose cache the store
             // covers (`lost`: false), then the one idle longest, then the lowest.
-            let ranked = free.map { slot -> (slot: Int, shared: Int, lost: Bool, idleSince: UInt64) in
-                let held = slots.holds[slot] ?? []
+            let shares = free.map { (slot: $0, shared: Self.shared(slots.holds[$0], chain)) }
+            let most = shares.map(\.shared).max()
+            let ranked = shares.filter { $0.shared == most }.map { candidate -> (slot: Int, lost: Bool, idleSince: UInt64) in
+                let held = slots.holds[candidate.slot] ?? []
                 let saved = Self.longestSaved(held, in: state, minBlocks: minBlocks)?.blocks ?? 0
-                return (slot, Self.shared(held, chain), saved < held.count, slots.lastFinished[slot] ?? 0)
+                return (candidate.slot, saved < held.count, slots.lastFinished[candidate.slot] ?? 0)
             }
             let best = ranked.min(by: { a, b in
-                if a.shared != b.shared { return a.shared > b.shared }
                 if a.lost != b.lost { return !a.lost }
                 if a.idleSince != b.idleSince { return a.idleSince < b.idleSince }
                 return a.slot < b.slot
-            })
+            }).map { (slot: $0.slot, shared: most!) }
+            // This poll ends the claim's wait for a running slot unless it waits again below.
+            for (slot, token) in slots.awaited where token == waiter { slots.awaited[slot] = nil }
             // Not while an unpinned request is in flight: llama-server may have given it the
             // slot meant for the next request, and a save then waits for it to end.
             if waiting, slots.unpinned == 0 {
                 let freeShare = best?.shared ?? 0
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
-                let runningShare = slots.running.values.map { Self.shared($0.chain, chain) }.max() ?? 0
                 // Nothing free and a slot being saved: it is free again within the save, sooner
                 // than an unpinned request would be given one.
                 if let savingShare, best == nil || savingShare >= freeShare + minBlocks { return .worthWaiting }
-                if runningShare >= freeShare + minBlocks { return .worthWaiting }
+                let running = slots.running.filter { slots.awaited[$0.key] == nil }
+                    .map { (slot: $0.key, shared: Self.shared($0.value.chain, chain)) }
+                    .max { $0.shared < $1.shared }
+                if waiter != 0, let running, running.shared >= freeShare + minBlocks {
+                    slots.awaited[running.slot] = waiter
+                    return .worthWaiting
+                }
             }
             guard let best else { return .noneFree }
-            let slot = best.slot
-            slots.taken.insert(slot)
-            slots.running[slot] = (chain, best.shared)
-            state.replicas[replica] = slots
-            return .claimed(Claim(slot: slot, generation: slots.generation))
+            slots.taken.insert(best.slot)
+            slots.running[best.slot] = (chain, best.shared)
+            return .claimed(Claim(slot: best.slot, generation: slots.generation))
         }
     }
 
@@ -202,9 +218,10 @@ final class SlotCache: Sendable {
     /// the wait. Nil when every slot is taken and none is worth waiting for (or the wait ran out).
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
         let deadline = ContinuousClock.now + patience
+        let waiter = Self.newWaiter()
         var waiting = true
         while true {
-            switch tryClaimSlot(on: replica, for: chain, waiting: waiting && ContinuousClock.now < deadline) {
+            switch tryClaimSlot(on: replica, for: chain, waiting: waiting && ContinuousClock.now < deadline, waiter: waiter) {
             case .claimed(let claim): return claim
             case .noneFree: return nil
             case .worthWaiting:
@@ -240,7 +257,9 @@ final class SlotCache: Sendable {
                 guard slots.unpinned == 0 else { continue }
                 let claimable = (0..<slotsPerReplica).filter { !slots.taken.contains($0) || slots.saving.contains($0) }
                 let claimableShare = claimable.map { Self.shared(slots.holds[$0], chain) }.max()
-                let running = slots.running.values.map { (shared: Self.shared($0.chain, chain), start: $0.start) }
+                // (Not one a claim already waits for: the next request would not wait for it.)
+                let running = slots.running.filter { slots.awaited[$0.key] == nil }
+                    .map { (shared: Self.shared($0.value.chain, chain), start: $0.value.start) }
                     .max { $0.shared < $1.shared }
                 if let running, running.shared >= (claimableShare ?? 0) + minBlocks {
                     held[replica] = running.shared
@@ -332,6 +351,12 @@ final class SlotCache: Sendable {
             guard FileManager.default.createFile(atPath: path, contents: Data(bytesNoCopy: bytes.baseAddress!, count: bytes.count, deallocator: .none))
             else { throw SlotError("cannot write \(path)") }
             try await slotAction("restore", slot: slot, file: file, baseURL: baseURL)
+            state.withLock { state in
+                // The request pinned there computes only what follows the restored prefix.
+                if let running = state.replicas[replica]?.running[slot], running.chain == chain {
+                    state.replicas[replica]?.running[slot]?.start = max(running.start, found.blocks)
+                }
+            }
             let seconds = (ContinuousClock.now - started).seconds
             Counter(label: "strata_kv_restores_total", dimensions: [("model", model), ("result", "ok")]).increment()
             Metrics.Timer(label: "strata_kv_restore_duration_seconds", dimensions: [("model", model)]).recordSeconds(seconds)
@@ -355,6 +380,7 @@ final class SlotCache: Sendable {
             // A request that did not complete leaves the slot holding an unknown part of it.
             state.replicas[replica]?.holds[claim.slot] = completed ? chain : nil
             state.replicas[replica]?.running[claim.slot] = nil
+            state.replicas[replica]?.awaited[claim.slot] = nil
             state.clock += 1
             state.replicas[replica]?.lastFinished[claim.slot] = state.clock
             let save = completed && chain.count >= minBlocks

@@ -126,20 +126,26 @@ import TierStore
         let first = slots.claimSlot(on: "r", for: system + [10])!
         // Another conversation of the same tenant arrives while the first computes the system
         // prompt: that slot is worth waiting for, and the router is told the replica holds it.
-        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true) == .worthWaiting)
         #expect(slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4])
         // The first request computes all four (its slot held nothing): work queued there that
         // this one would otherwise do itself.
         #expect(slots.holdings(system + [20], on: ["r"]).computing == ["r": 4])
         // Not a prompt sharing less than `minBlocks` more than the free slot: it takes that one.
-        guard case .claimed(let other) = slots.tryClaimSlot(on: "r", for: [1, 9], waiting: true) else {
+        guard case .claimed(let other) = slots.tryClaimSlot(on: "r", for: [1, 9], waiting: true, waiter: 1) else {
             Issue.record("a prompt sharing one block waited")
             return
         }
         #expect(other.slot == 1 - first.slot)
-        // Every slot running, one sharing the prefix: still known, and still worth the wait.
+        // Every slot running, one sharing the prefix: still known, and still worth the wait...
         #expect(slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4])
-        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true) == .worthWaiting)
+        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: true, waiter: 2) == .worthWaiting)
+        // ...for one claim at a time: while claim 2 waits, the next one does not (nothing is
+        // free, so it goes unpinned), and the router is no longer told the replica holds it.
+        #expect(slots.tryClaimSlot(on: "r", for: system + [21], waiting: true, waiter: 3) == .noneFree)
+        #expect(slots.heldBlocks(system + [21], on: ["r"]) == [:])
+        // A poll that does not wait again ends claim 2's wait.
+        #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: false, waiter: 2) == .noneFree)
+        #expect(slots.heldBlocks(system + [21], on: ["r"]) == ["r": 4])
         slots.finished([1, 9], replica: "r", baseURL: url, claim: other, completed: false)
         // The wait is bounded: after its patience the request takes the free slot.
         let impatient = await slots.claimSlot(on: "r", for: system + [30], patience: .milliseconds(50))
@@ -147,8 +153,12 @@ import TierStore
         slots.finished(system + [30], replica: "r", baseURL: url, claim: impatient!, completed: false)
         // A claim waiting for it gets the slot once the first request is done (and its save,
         // which fails here, has given the slot back): its cache holds the system prompt.
-        let waiter = Task { await slots.claimSlot(on: "r", for: system + [20], patience: .seconds(600)) }
-        try await Task.sleep(for: .milliseconds(50))
+        let waiter = Task { await slots.claimSlot(on: "r", for: system + [20], patience: .seconds(30)) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4], ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))   // until it waits (the running slot is then not offered)
+        }
+        #expect(slots.takenSlots(on: "r") == [first.slot], "still waiting, nothing claimed")
         slots.finished(system + [10], replica: "r", baseURL: url, claim: first, completed: true)
         try await silent.waitForConnection()
         silent.close()
@@ -163,7 +173,7 @@ import TierStore
         let first = slots.claimSlot(on: "r", for: a)!
         slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:\(silent.port)/v1", claim: first, completed: true)
         // Being saved: its cache is known, and the next turn waits for it rather than compute a.
-        #expect(slots.tryClaimSlot(on: "r", for: a + [5], waiting: true) == .worthWaiting)
+        #expect(slots.tryClaimSlot(on: "r", for: a + [5], waiting: true, waiter: 1) == .worthWaiting)
         #expect(slots.heldBlocks(a + [5], on: ["r"]) == ["r": 4])
         #expect(slots.claimSlot(on: "r", for: a + [5])?.slot == 1 - first.slot)   // not waiting: the free one
         // Nothing free now, the save still running: a claim waits for it, up to its patience...

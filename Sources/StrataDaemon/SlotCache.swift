@@ -60,6 +60,14 @@ final class SlotCache: Sendable {
         /// since a running request may go on decoding for long after its prefill, and every
         /// other request for that prefix would wait for it too.
         var awaited: [Int: UInt64] = [:]
+
+        /// Of the running slots no claim waits for yet, the one whose request shares the most
+        /// of `chain`.
+        func bestRunning(for chain: [UInt64]) -> (slot: Int, shared: Int, start: Int)? {
+            running.filter { awaited[$0.key] == nil }
+                .map { (slot: $0.key, shared: SlotCache.shared($0.value.chain, chain), start: $0.value.start) }
+                .max { $0.shared < $1.shared }
+        }
         /// Requests sent without a slot (every slot was taken): llama-server gives each the
         /// slot it chooses, so until they end, what the free slots hold is not known.
         var unpinned = 0
@@ -199,10 +207,7 @@ final class SlotCache: Sendable {
                 // Nothing free and a slot being saved: it is free again within the save, sooner
                 // than an unpinned request would be given one.
                 if let savingShare, best == nil || savingShare >= freeShare + minBlocks { return .worthWaiting }
-                let running = slots.running.filter { slots.awaited[$0.key] == nil }
-                    .map { (slot: $0.key, shared: Self.shared($0.value.chain, chain)) }
-                    .max { $0.shared < $1.shared }
-                if waiter != 0, let running, running.shared >= freeShare + minBlocks {
+                if waiter != 0, let running = slots.bestRunning(for: chain), running.shared >= freeShare + minBlocks {
                     slots.awaited[running.slot] = waiter
                     return .worthWaiting
                 }
@@ -258,10 +263,7 @@ final class SlotCache: Sendable {
                 let claimable = (0..<slotsPerReplica).filter { !slots.taken.contains($0) || slots.saving.contains($0) }
                 let claimableShare = claimable.map { Self.shared(slots.holds[$0], chain) }.max()
                 // (Not one a claim already waits for: the next request would not wait for it.)
-                let running = slots.running.filter { slots.awaited[$0.key] == nil }
-                    .map { (shared: Self.shared($0.value.chain, chain), start: $0.value.start) }
-                    .max { $0.shared < $1.shared }
-                if let running, running.shared >= (claimableShare ?? 0) + minBlocks {
+                if let running = slots.bestRunning(for: chain), running.shared >= (claimableShare ?? 0) + minBlocks {
                     held[replica] = running.shared
                     computing[replica] = max(0, running.shared - running.start)
                 } else if let claimableShare {
@@ -293,7 +295,7 @@ final class SlotCache: Sendable {
     }
 
     /// Blocks at the start of `chain` that `held` shares (chain hashes: equal at i means equal up to i).
-    private static func shared(_ held: [UInt64]?, _ chain: [UInt64]) -> Int {
+    fileprivate static func shared(_ held: [UInt64]?, _ chain: [UInt64]) -> Int {
         guard let held else { return 0 }
         var count = 0
         while count < min(held.count, chain.count), held[count] == chain[count] { count += 1 }

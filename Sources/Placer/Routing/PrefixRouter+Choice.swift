@@ -9,9 +9,10 @@ extension PrefixRouter {
 
     /// Least expected work: the prompt blocks a replica would compute plus the uncached blocks
     /// already queued on it and `requestCostBlocks` per request in flight there, so a long
-    /// match outweighs a short queue and a long queue outweighs a short match. Ties go to the deeper match, then to fewer requests, then to the first
-    /// block's rendezvous order. A prompt held nowhere eligible is placed by consistent hashing
-    /// instead, and a request whose best replica is a hot spot goes to the next best.
+    /// match outweighs a short queue and a long queue outweighs a short match. Ties go to the
+    /// deeper match, then to fewer requests, then to the first block's rendezvous order. A
+    /// prompt held nowhere eligible is placed by consistent hashing instead, and a request
+    /// whose best replica is a hot spot goes to the next best.
     func prefixAffinity(
         _ chain: [UInt64], candidates: [Int], bound: Int, restorable: Int = 0, held: [String: Int] = [:],
         computing: [String: Int] = [:]

@@ -246,6 +246,7 @@ final class TierKVBackend: KVBackend, Sendable {
         var length: Int { block.length }
         var isComplete: Bool { block.isComplete }
         func append(_ bytes: UnsafeRawBufferPointer) -> Int { block.append(bytes) }
+        func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int { block.receive(fill) }
         func materialize() -> ByteBuffer? { block.withBytes { ByteBuffer(bytes: $0) } }
         func discard() { block.discard() }
     }

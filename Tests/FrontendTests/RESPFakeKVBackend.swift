@@ -83,6 +83,10 @@ final class FakeKVBackend: KVBackend {
     struct StagingCounts: Equatable { var outstanding = 0, stored = 0 }
     private let staging = Mutex(StagingCounts())
     var stagingCounts: StagingCounts { staging.withLock { $0 } }
+    /// Bytes of staged values written by `receive` (read straight from the socket into them),
+    /// not copied in by `append`.
+    private let received = Atomic<Int>(0)
+    var receivedBytes: Int { received.load(ordering: .relaxed) }
 
     /// A fake staged value: an array filled as bytes come, counted while held.
     final class FakeStagedValue: KVStagedValue {
@@ -102,6 +106,19 @@ final class FakeKVBackend: KVBackend {
                 let count = min(bytes.count, length - state.bytes.count)
                 state.bytes += bytes[..<count]
                 return count
+            }
+        }
+        func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+            state.withLock { state in
+                guard state.held, state.bytes.count < length else { return 0 }
+                let room = UnsafeMutableRawBufferPointer.allocate(byteCount: length - state.bytes.count, alignment: 1)
+                defer { room.deallocate() }
+                let written = fill(room)
+                if written > 0 {
+                    state.bytes += room[..<min(written, room.count)]
+                    owner.received.add(written, ordering: .relaxed)
+                }
+                return written
             }
         }
         func materialize() -> ByteBuffer? { state.withLock { $0.held ? ByteBuffer(bytes: $0.bytes) : nil } }

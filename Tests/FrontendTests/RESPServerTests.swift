@@ -280,6 +280,41 @@ private func withServer(
         }
     }
 
+    /// Once a large value is staged, the rest of it is read from the socket straight into its
+    /// storage (NIO only reads a few bytes to notice it has come), and no further: commands sent
+    /// in the same write right after the value are parsed and answered as usual.
+    @Test func aStagedValueIsReadStraightIntoItsStorageAndNotPastIt() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0)
+        let value = ByteBuffer(bytes: (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) })
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                var wire = ByteBuffer()
+                RESPEncoder.encode(.array(["SET", "k"].map { .bulkString(ByteBuffer(string: $0)) } + [.bulkString(value)]), into: &wire)
+                RESPEncoder.encode(.array(["GET", "k"].map { .bulkString(ByteBuffer(string: $0)) }), into: &wire)
+                RESPEncoder.encode(.array(["INFO", "stats"].map { .bulkString(ByteBuffer(string: $0)) }), into: &wire)
+                // The header and a little of the value; the rest once it is staged, in pieces.
+                try await client.outbound.write(wire.readSlice(length: 1000)!)
+                for _ in 0..<5000 where backend.stagingCounts.outstanding == 0 { try await Task.sleep(for: .milliseconds(2)) }
+                #expect(backend.stagingCounts.outstanding == 1)
+                while wire.readableBytes > 0 {
+                    try await client.outbound.write(wire.readSlice(length: min(100_000, wire.readableBytes))!)
+                }
+                #expect(try await client.next() == .ok)
+                #expect(try await client.next() == .bulkString(value))
+                guard case .bulkString(let info) = try await client.next() else {
+                    Issue.record("INFO did not answer a bulk string")
+                    return
+                }
+                let line = String(buffer: info).split(separator: "\r\n").first { $0.hasPrefix("staged_bytes_read_directly:") }
+                #expect(line.flatMap { Int($0.dropFirst("staged_bytes_read_directly:".count)) } == backend.receivedBytes)
+            }
+            // Most of the value came straight from the socket (NIO reads at most 256 bytes each
+            // time the socket becomes readable while it is received so).
+            #expect(backend.receivedBytes > value.readableBytes / 2, "\(backend.receivedBytes) bytes read directly")
+            #expect(backend.stagingCounts == .init(outstanding: 0, stored: 1))
+        }
+    }
+
     /// One SET split in two at every kind of place: inside the header, right after it, inside the
     /// value, after the value before its CRLF, between CR and LF. Split after the header it is
     /// staged (the test waits until it is before sending the rest); either way it is stored byte

@@ -118,6 +118,40 @@ struct BlockStoreTests {
         }
     }
 
+    /// `receive` hands out the room after what came (a socket read would fill it), counts only
+    /// what its closure says it wrote, never offers room past the length, and none once the
+    /// block is complete or discarded.
+    @Test func stagedBlocksReceiveIntoTheirRoomOnly() async throws {
+        try await Self.withSmallStore { store, log in
+            let value = Self.bytes(1 << 20, 3)
+            let staged = try #require(store.stageInRAM(length: value.count))
+            _ = value.withUnsafeBytes { staged.append(UnsafeRawBufferPointer(rebasing: $0[..<100])) }
+            var offered: [Int] = [], have = 100
+            for (piece, claimed) in [(5000, 5000), (0, 0), (7, -1), (1 << 20, 1 << 20)] {
+                let written = staged.receive { room in
+                    offered.append(room.count)
+                    let count = min(piece, room.count)
+                    value.withUnsafeBytes { room.baseAddress!.copyMemory(from: $0.baseAddress! + have, byteCount: count) }
+                    return min(claimed, room.count)
+                }
+                #expect(written == min(claimed, value.count - have))
+                have += max(0, written)
+            }
+            // Room offered each time: all that was missing (nothing counted for 0 or -1).
+            #expect(offered == [value.count - 100, value.count - 5100, value.count - 5100, value.count - 5100])
+            #expect(staged.isComplete)
+            #expect(staged.receive { _ in Issue.record("room offered past the length"); return 1 } == 0)
+            #expect(store.publishStaged(staged, as: Self.key(1)))
+            #expect(try store.getFromRAM(Self.key(1))?.withBytes { Array($0) } == value)
+
+            let discarded = try #require(store.stageInRAM(length: 1000))
+            discarded.discard()
+            #expect(discarded.receive { _ in Issue.record("room offered after discard"); return 1 } == 0)
+            await store.close()
+            await log.close()
+        }
+    }
+
     /// `readFromRAM` hands over the exact bytes of blocks below and above the size it copies
     /// under the lock, counts each as a hit, and does not run for a block that is not in RAM.
     @Test func readFromRAMReadsSmallAndLargeBlocksWhole() async throws {

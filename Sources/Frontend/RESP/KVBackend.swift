@@ -188,6 +188,11 @@ public protocol KVStagedValue: AnyObject, Sendable {
     var length: Int { get }
     /// Copies as much of `bytes` as still fits after what came before; returns how many it took.
     func append(_ bytes: UnsafeRawBufferPointer) -> Int
+    /// Lets `fill` write into the room after what came before (a socket read straight into the
+    /// storage). `fill` returns how many bytes it wrote there, or 0 or less for none; `receive`
+    /// returns the same, and 0 without calling it when there is no room (complete, stored or
+    /// discarded).
+    func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int
     /// All `length` bytes have come.
     var isComplete: Bool { get }
     /// A copy of the bytes as an ordinary buffer, for a path that cannot take the staged value;

@@ -121,6 +121,7 @@ extension RESPCommandHandler {
                 ("total_commands_processed", String(stats.totalCommandsProcessed)),
                 ("total_error_replies", "0"), ("protocol_errors", String(stats.totalProtocolErrors)),
                 ("staged_values", String(stats.totalStagedValues)),
+                ("staged_bytes_read_directly", String(stats.totalBytesReceivedDirectly)),
             ]),
         ]
         for (name, fields) in await backend.info() {

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 
@@ -10,8 +13,9 @@ import NIOCore
 /// replies cannot make us buffer them.
 ///
 /// The value of a large `SET key value` goes straight into the backend's storage as it arrives
-/// (`KVBackend.stageValue`), not into the receive buffer: one copy instead of two, and no fresh
-/// buffer of the value's size to fault in.
+/// (`KVBackend.stageValue`), not into the receive buffer: what NIO has read of it is copied
+/// there, and the rest is read from the socket straight into the storage (`receiveDirectly`),
+/// one copy per byte as Redis's, and no fresh buffer of the value's size to fault in.
 final class RESPConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -30,7 +34,12 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private var parser: RESPParser
     private var inbound = ByteBuffer()
     /// The value of the SET being parsed, filling as its bytes arrive (they bypass `inbound`).
-    private var staging: (any KVStagedValue)?
+    private var staging: (any KVStagedValue)? {
+        didSet { direct?.on = staging != nil }
+    }
+    /// Tells the connection's receive allocator (`RESPReceiveAllocator`) to read small while a
+    /// value is received directly; nil where the channel has another allocator.
+    private let direct: DirectReceiveSwitch?
     /// ...and once complete, until the parser yields its command.
     private var staged: (any KVStagedValue)?
     private var pending = CircularBuffer<Pending>()
@@ -42,8 +51,11 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private var inputClosed = false
     private var active = false
 
-    init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger) {
+    init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger,
+         direct: DirectReceiveSwitch? = nil)
+    {
         self.handler = handler
+        self.direct = direct
         self.configuration = configuration
         self.logger = logger
         self.parser = RESPParser(mode: .server, limits: configuration.parserLimits)
@@ -100,7 +112,58 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             inbound.writeBuffer(&bytes)
         }
         parseAvailable()
+        while staging != nil, receiveDirectly(context: context) { parseAvailable() }
         runNextBatch(context: context)
+    }
+
+    /// Reads the rest of the value being staged from the socket straight into its storage,
+    /// until it is complete or the socket has no more for now. Reads no further than the value:
+    /// what follows it stays in the socket for NIO to read (its readiness is level-triggered).
+    /// True when the value is now complete. Only while the channel is reading (called from
+    /// `channelRead`), so a connection held back by a full queue is not read here either.
+    private func receiveDirectly(context: ChannelHandlerContext) -> Bool {
+        guard direct != nil, let sink = staging, !closing else { return false }
+        var failure: Int32 = 0
+        var received = 0
+        let available = try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) {
+            socket in
+            while true {
+                var error: Int32 = 0
+                var room = 0
+                let count = sink.receive { slot in
+                    room = slot.count
+                    let count = Glibc.read(socket, slot.baseAddress, slot.count)
+                    if count < 0 { error = errno }
+                    return count
+                }
+                if count > 0 {
+                    received += count
+                    // A short read took what the socket had: no second read to hear EAGAIN
+                    // (NIO's next read, when more comes, leads here again).
+                    if count < room { return }
+                    continue
+                }
+                // 0: the value is complete, or the client closed (NIO's next read finds that).
+                if count < 0, error == EINTR { continue }
+                if count < 0, error != EAGAIN, error != EWOULDBLOCK { failure = error }
+                return
+            }
+        }
+        if received > 0 { handler.stats.receivedDirectly(bytes: received) }
+        if available == nil {
+            direct?.on = false   // not a socket after all: NIO reads as usual
+            return false
+        }
+        if failure != 0 {
+            logger.debug("RESP connection read failed", metadata: ["errno": "\(failure)"])
+            closing = true
+            dropPending()
+            context.close(promise: nil)
+            return false
+        }
+        guard sink.isComplete else { return false }
+        stagingDone()
+        return true
     }
 
     func read(context: ChannelHandlerContext) {

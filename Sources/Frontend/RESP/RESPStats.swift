@@ -7,6 +7,7 @@ public final class RESPStats: Sendable {
     private let commands = Atomic<Int>(0)
     private let protocolErrors = Atomic<Int>(0)
     private let staged = Atomic<Int>(0)
+    private let directBytes = Atomic<Int>(0)
     private let port = Atomic<Int>(0)
     private let nextClientID = Atomic<Int64>(0)
     /// Uptime is measured from here.
@@ -20,6 +21,8 @@ public final class RESPStats: Sendable {
     public var totalProtocolErrors: Int { protocolErrors.load(ordering: .relaxed) }
     /// SET values received straight into the backend's storage (`KVBackend.stageValue`).
     public var totalStagedValues: Int { staged.load(ordering: .relaxed) }
+    /// Bytes of staged values read from the socket straight into the backend's storage.
+    public var totalBytesReceivedDirectly: Int { directBytes.load(ordering: .relaxed) }
     public var tcpPort: Int { port.load(ordering: .relaxed) }
 
     /// Counts a new connection and returns its client ID (1, 2, ...).
@@ -32,6 +35,7 @@ public final class RESPStats: Sendable {
     func connectionClosed() { connected.subtract(1, ordering: .relaxed) }
     func commandProcessed() { commands.add(1, ordering: .relaxed) }
     func valueStaged() { staged.add(1, ordering: .relaxed) }
+    func receivedDirectly(bytes: Int) { directBytes.add(bytes, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
     func bound(port value: Int) { port.store(value, ordering: .relaxed) }
 }

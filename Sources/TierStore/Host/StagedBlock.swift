@@ -43,6 +43,20 @@ public final class StagedBlock: @unchecked Sendable {
         }
     }
 
+    /// Lets `fill` write into the room after the bytes received so far, under the block's lock
+    /// (so the slot cannot be given back meanwhile); `fill` returns how many bytes it wrote, or
+    /// 0 or less for none. Returns that, or 0 without calling `fill` when there is no room.
+    @discardableResult
+    public func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        state.withLock { state -> Int in
+            guard state.held, state.filled < length else { return 0 }
+            let room = UnsafeMutableRawBufferPointer(rebasing: host.bytes(of: reservation)[state.filled..<length])
+            let written = fill(room)
+            if written > 0 { state.filled += min(written, room.count) }
+            return written
+        }
+    }
+
     /// Runs `body` on the bytes received so far (e.g. to copy them out when the block cannot
     /// be published after all); nil once published or discarded.
     public func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {

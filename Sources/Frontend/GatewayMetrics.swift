@@ -73,6 +73,8 @@ struct AnswerFigures {
     var cachedTokens: Int?
     var cacheN: Int?
     var promptN: Int?
+    /// llama-server's `timings.prompt_ms`: how long computing the `prompt_n` tokens took.
+    var promptMs: Double?
 
     /// The figures of one JSON object's text; nil when the text is not one.
     static func read(_ bytes: UnsafeRawBufferPointer) -> AnswerFigures? {
@@ -100,6 +102,7 @@ struct AnswerFigures {
         if let timings = text.member("timings", in: members), text.kind(timings) == .object {
             figures.cacheN = text.member("cache_n", of: timings).flatMap(text.integer)
             figures.promptN = text.member("prompt_n", of: timings).flatMap(text.integer)
+            figures.promptMs = text.member("prompt_ms", of: timings).flatMap(text.double)
         }
         return figures
     }
@@ -119,6 +122,7 @@ struct AnswerFigures {
         if let timings = json["timings"] as? [String: Any] {
             cacheN = integer(timings["cache_n"])
             promptN = integer(timings["prompt_n"])
+            promptMs = (timings["prompt_ms"] as? NSNumber)?.doubleValue
         }
     }
 }
@@ -139,12 +143,12 @@ final class RequestObserver: Sendable {
     let tenant: String
     let price: TokenPrice?
     /// Where the share of the prompt the upstream found cached goes (the lease's router).
-    let cacheReport: (@Sendable (Int, Int) -> Void)?
+    let cacheReport: (@Sendable (PromptReport) -> Void)?
     private let state = NIOLockedValueBox(State())
 
     init(metrics: GatewayMetrics, model: String, endpoint: Endpoint, started: ContinuousClock.Instant,
          admitted: ContinuousClock.Instant, statusCode: Int, tenant: String = "anonymous", price: TokenPrice? = nil,
-         cacheReport: (@Sendable (Int, Int) -> Void)? = nil) {
+         cacheReport: (@Sendable (PromptReport) -> Void)? = nil) {
         self.cacheReport = cacheReport
         self.tenant = tenant
         self.price = price
@@ -222,11 +226,12 @@ final class RequestObserver: Sendable {
     private func reportCache(_ figures: AnswerFigures) -> Bool {
         guard let cacheReport else { return false }
         if let cached = figures.cacheN, let computed = figures.promptN, cached + computed > 0 {
-            cacheReport(cached + computed, cached)
+            cacheReport(PromptReport(tokens: cached + computed, cached: cached,
+                                     computeSeconds: figures.promptMs.flatMap { $0 >= 0 ? $0 / 1000 : nil }))
             return true
         }
         if let prompt = figures.promptTokens, let cached = figures.cachedTokens, prompt > 0 {
-            cacheReport(prompt, cached)
+            cacheReport(PromptReport(tokens: prompt, cached: cached))
             return true
         }
         return false

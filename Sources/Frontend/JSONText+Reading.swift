@@ -223,6 +223,14 @@ extension JSONText {
         return Int(double)
     }
 
+    /// A number value as a `Double`; nil for anything but a finite number.
+    func double(_ span: Span) -> Double? {
+        guard kind(span) == .number else { return nil }
+        let text = UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end])
+        guard let value = Double(String(decoding: text, as: UTF8.self)), value.isFinite else { return nil }
+        return value
+    }
+
     /// The literal `true` or `false`; nil for anything else.
     func bool(_ span: Span) -> Bool? {
         guard kind(span) == .bool else { return nil }

@@ -107,6 +107,23 @@ public struct ModelListing: Sendable, Equatable {
     }
 }
 
+/// What an upstream's answer said of its prompt: its tokens, how many of them it found cached,
+/// and (llama-server's `timings.prompt_ms`) how long computing the others took.
+public struct PromptReport: Sendable, Equatable {
+    public var tokens: Int
+    public var cached: Int
+    public var computeSeconds: Double?
+
+    public init(tokens: Int, cached: Int, computeSeconds: Double? = nil) {
+        self.tokens = tokens
+        self.cached = cached
+        self.computeSeconds = computeSeconds
+    }
+
+    /// The share of the prompt found cached.
+    public var cachedFraction: Double { Double(cached) / Double(max(tokens, 1)) }
+}
+
 /// The right to send one request to one upstream. `release()` must follow when the request is
 /// over (response complete, error, or client gone); it runs at most once, and at the latest
 /// when the lease is dropped.
@@ -129,15 +146,15 @@ public final class UpstreamLease: Sendable {
     /// llama-server slot the request must run in (`id_slot` is added to the body), so the KV
     /// cache restored there is used and what the slot holds is known.
     public let pinnedSlot: Int?
-    /// Told what share of the prompt the upstream found cached (prompt tokens, cached tokens),
-    /// when its answer says so; the router corrects its index with it. Before `release`.
-    public let cacheReport: (@Sendable (Int, Int) -> Void)?
+    /// Told what share of the prompt the upstream found cached, and how long computing the rest
+    /// took, when its answer says so; the router corrects its index with it. Before `release`.
+    public let cacheReport: (@Sendable (PromptReport) -> Void)?
     private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
         hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil, pinnedSlot: Int? = nil,
-        cacheReport: (@Sendable (Int, Int) -> Void)? = nil, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
+        cacheReport: (@Sendable (PromptReport) -> Void)? = nil, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
         self.cacheReport = cacheReport
         self.pinnedSlot = pinnedSlot

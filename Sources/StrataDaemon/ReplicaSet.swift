@@ -83,18 +83,18 @@ actor ReplicaSet {
 
     /// The lease on an upstream replica (not a managed one) the router chose for request `id`.
     private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool) -> UpstreamLease {
-        let (cached, cacheReport) = Self.cachedShare()
+        let (report, cacheReport) = Self.promptReport()
         return UpstreamLease(
             baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives, cacheReport: cacheReport
         ) { [weak self] outcome in
-            self?.finish(id, replica: replica, outcome: outcome, cachedFraction: cached.withLockedValue { $0 })
+            self?.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLockedValue { $0?.cachedFraction })
         }
     }
 
-    /// What the replica says it found cached (the lease's `cacheReport`), kept for the release (`finish`).
-    private static func cachedShare() -> (NIOLockedValueBox<Double?>, @Sendable (Int, Int) -> Void) {
-        let cached = NIOLockedValueBox<Double?>(nil)
-        return (cached, { prompt, hit in cached.withLockedValue { $0 = Double(hit) / Double(max(prompt, 1)) } })
+    /// What the replica says of the prompt (the lease's `cacheReport`), kept for the release (`finish`).
+    private static func promptReport() -> (NIOLockedValueBox<PromptReport?>, @Sendable (PromptReport) -> Void) {
+        let box = NIOLockedValueBox<PromptReport?>(nil)
+        return (box, { report in box.withLockedValue { $0 = report } })
     }
 
     /// Chooses a replica and hands out a lease on it. For managed replicas, `start` gets the
@@ -118,7 +118,7 @@ actor ReplicaSet {
                 continue
             }
             guard managed, let start else { return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives) }
-            let (cached, cacheReport) = Self.cachedShare()
+            let (report, cacheReport) = Self.promptReport()
             let inner: UpstreamLease
             do {
                 inner = try await start(replica)
@@ -135,6 +135,8 @@ actor ReplicaSet {
             // Pinned to a slot Strata chose, so what each slot holds is known; a stored prefix
             // the router counted on is restored into it first.
             let chain = hints.prompt.blocks
+            // (Up to 2 s for a slot being saved; for one running a request that shares the
+            // prefix, as long as computing what it would save takes on this replica.)
             let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
             // (Unless the slot it got already holds as much: a slot's cache is not replaced by less.)
             if let slots, let claim, restoreBlocks > 0, slots.sharedBlocks(chain, on: replica, slot: claim.slot) < restoreBlocks {
@@ -146,15 +148,16 @@ actor ReplicaSet {
                 cacheReport: cacheReport
             ) { [weak self, slots] outcome in
                 inner.release(outcome)
-                let fraction = cached.withLockedValue { $0 }
+                let said = report.withLockedValue { $0 }
+                if let slots, let said { slots.learnPrefill(on: replica, report: said, blocks: chain.count) }
                 if let slots, let claim {
                     // Saved only after an answer that said what it found cached: the slot then
                     // holds this prompt (a lease dropped unused also ends "completed").
                     slots.finished(chain, replica: replica, baseURL: inner.baseURL, claim: claim,
-                                   completed: outcome == .completed && fraction != nil)
+                                   completed: outcome == .completed && said != nil)
                 }
                 if let slots, let unpinned { slots.unpinnedFinished(on: replica, generation: unpinned) }
-                self?.finish(id, replica: replica, outcome: outcome, cachedFraction: fraction)
+                self?.finish(id, replica: replica, outcome: outcome, cachedFraction: said?.cachedFraction)
             }
         }
     }

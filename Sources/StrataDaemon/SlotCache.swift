@@ -37,6 +37,9 @@ final class SlotCache: Sendable {
         var byBlock: [UInt64: String] = [:]
         /// Per replica: its slots as Strata knows them.
         var replicas: [String: ReplicaSlots] = [:]
+        /// Per replica: seconds it takes to compute one prompt block, learned from its answers
+        /// (`learnPrefill`). Kept across a restart of the replica (same machine, same model).
+        var secondsPerBlock: [String: Double] = [:]
         var clock: UInt64 = 0
     }
 
@@ -178,7 +181,16 @@ final class SlotCache: Sendable {
     /// waited for by one claim at a time: `waiter` (from `newWaiter`) identifies that claim
     /// across its polls; whatever a poll returns other than `.worthWaiting` ends its wait. So
     /// is any slot being saved worth the wait when none is free.
-    func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool, waiter: UInt64 = 0) -> ClaimAttempt {
+    ///
+    /// How long: a claim that has `waited` so long waits on for a slot being saved while under
+    /// `patience`. For a running slot, while under what computing the blocks it would save takes
+    /// on this replica (`learnPrefill`; `patience` until a rate is learned), at most
+    /// `maxRunningWait`: the ski-rental rule, which never costs more than twice the better of
+    /// waiting and computing (when the running request ends later than that, the claim has lost
+    /// the compute time waiting and then computes).
+    func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool, waiter: UInt64 = 0,
+                      waited: Duration = .zero, patience: Duration = .seconds(2)) -> ClaimAttempt
+    {
         state.withLock { state in
             var slots = state.replicas[replica, default: ReplicaSlots()]
             defer { state.replicas[replica] = slots }
@@ -206,8 +218,13 @@ final class SlotCache: Sendable {
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
                 // Nothing free and a slot being saved: it is free again within the save, sooner
                 // than an unpinned request would be given one.
-                if let savingShare, best == nil || savingShare >= freeShare + minBlocks { return .worthWaiting }
-                if waiter != 0, let running = slots.bestRunning(for: chain), running.shared >= freeShare + minBlocks {
+                if let savingShare, best == nil || savingShare >= freeShare + minBlocks, waited < patience {
+                    return .worthWaiting
+                }
+                if waiter != 0, let running = slots.bestRunning(for: chain), running.shared >= freeShare + minBlocks,
+                    waited < Self.runningWait(saving: running.shared - freeShare, secondsPerBlock: state.secondsPerBlock[replica],
+                                              patience: patience)
+                {
                     slots.awaited[running.slot] = waiter
                     return .worthWaiting
                 }
@@ -219,14 +236,50 @@ final class SlotCache: Sendable {
         }
     }
 
-    /// `tryClaimSlot`, waiting (up to `patience`, or until cancelled) while a taken slot is worth
-    /// the wait. Nil when every slot is taken and none is worth waiting for (or the wait ran out).
+    /// The longest wait for a running slot worth it: longer than what computing would take
+    /// gains nothing even when the wait ends well.
+    static let maxRunningWait = Duration.seconds(20)
+
+    /// How long a claim may wait for a running slot whose cache would save it computing
+    /// `blocks` blocks: as long as computing them takes (`patience` while that is not known).
+    static func runningWait(saving blocks: Int, secondsPerBlock: Double?, patience: Duration) -> Duration {
+        guard let secondsPerBlock else { return patience }
+        return min(maxRunningWait, .seconds(Double(blocks) * secondsPerBlock))
+    }
+
+    /// Prompts computing fewer tokens than this teach nothing of the prefill rate: a fixed cost
+    /// per request would dominate.
+    static let minLearnedTokens = 64
+
+    /// An answer of `replica` said how long computing its prompt took (`PromptReport`): the
+    /// replica's prefill rate, per block of `blocks` (the prompt's chain), is updated from it
+    /// (a moving average, so a machine that slows down or speeds up is followed).
+    func learnPrefill(on replica: String, report: PromptReport, blocks: Int) {
+        let computed = report.tokens - report.cached
+        guard let seconds = report.computeSeconds, seconds > 0, blocks > 0, computed >= Self.minLearnedTokens else { return }
+        let sample = seconds / Double(computed) * Double(report.tokens) / Double(blocks)
+        let rate = state.withLock { state -> Double in
+            let rate = state.secondsPerBlock[replica].map { 0.7 * $0 + 0.3 * sample } ?? sample
+            state.secondsPerBlock[replica] = rate
+            return rate
+        }
+        Gauge(label: "strata_prefill_seconds_per_block", dimensions: [("model", model), ("replica", replica)]).record(rate)
+    }
+
+    /// Seconds per prompt block learned for `replica` (tests and `/admin`).
+    func secondsPerBlock(on replica: String) -> Double? {
+        state.withLock { $0.secondsPerBlock[replica] }
+    }
+
+    /// `tryClaimSlot`, waiting (or until cancelled) while a taken slot is worth the wait. Nil
+    /// when every slot is taken and none is worth waiting for (or the wait ran out).
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
-        let deadline = ContinuousClock.now + patience
+        let started = ContinuousClock.now
         let waiter = Self.newWaiter()
         var waiting = true
         while true {
-            switch tryClaimSlot(on: replica, for: chain, waiting: waiting && ContinuousClock.now < deadline, waiter: waiter) {
+            switch tryClaimSlot(on: replica, for: chain, waiting: waiting, waiter: waiter,
+                                waited: ContinuousClock.now - started, patience: patience) {
             case .claimed(let claim): return claim
             case .noneFree: return nil
             case .worthWaiting:

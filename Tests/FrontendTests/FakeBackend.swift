@@ -64,7 +64,11 @@ final class FakeBackend: ModelBackend, Sendable {
             // a llama-server slot pin; the cached share is reported before the release
             return UpstreamLease(
                 baseURL: "http://127.0.0.1:\(upstreamPort)/v1", pinnedSlot: 1,
-                cacheReport: { [cacheReports] prompt, cached in cacheReports.withLockedValue { $0.append([prompt, cached]) } },
+                cacheReport: { [cacheReports] report in
+                    // (and the compute time in whole milliseconds, when given)
+                    let ms = report.computeSeconds.map { [Int(($0 * 1000).rounded())] } ?? []
+                    cacheReports.withLockedValue { $0.append([report.tokens, report.cached] + ms) }
+                },
                 onOutcome: { [cacheReports] _ in cacheReports.withLockedValue { $0.append([-1]) } })
         case "spilled":
             // served by another model, as after a spillover, at a price

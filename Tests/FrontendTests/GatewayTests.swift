@@ -28,7 +28,7 @@ struct GatewayTests {
                             try await Task.sleep(for: .milliseconds(20))
                         }
                         // llama-server's last chunk carries its timings
-                        try await writer.write(ByteBuffer(string: "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3}}\n\n"))
+                        try await writer.write(ByteBuffer(string: "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3,\"prompt_ms\":250.5}}\n\n"))
                         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         try await writer.finish(nil)
                     })
@@ -109,7 +109,7 @@ struct GatewayTests {
             // Upstream pauses 20 ms between events, so a relay that buffers would deliver one chunk.
             #expect(chunks.count >= 3, "got \(chunks)")
             #expect(chunks.joined() == "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: {\"i\":2}\n\n"
-                + "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3}}\n\ndata: [DONE]\n\n")
+                + "data: {\"timings\":{\"cache_n\":5,\"prompt_n\":3,\"prompt_ms\":250.5}}\n\ndata: [DONE]\n\n")
             try await Task.sleep(for: .milliseconds(50))
             #expect(backend.released == 1)
         }

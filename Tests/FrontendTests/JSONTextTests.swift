@@ -278,7 +278,9 @@ struct JSONTextTests {
                 if Bool.random(using: &rng) { usage.append("\"prompt_tokens_details\":{\"cached_tokens\":\(number())}") }
                 members.append("\"usage\":" + (Int.random(in: 0..<6, using: &rng) == 0 ? "null" : "{" + usage.joined(separator: ",") + "}"))
             }
-            if Bool.random(using: &rng) { members.append("\"timings\":{\"cache_n\":\(number()),\"prompt_n\":\(number())}") }
+            if Bool.random(using: &rng) {
+                members.append("\"timings\":{\"cache_n\":\(number()),\"prompt_n\":\(number()),\"prompt_ms\":\(number())}")
+            }
             members.shuffle(using: &rng)
             let text = "{" + members.joined(separator: ",") + "}"
             let fast = Array(text.utf8).withUnsafeBytes { AnswerFigures.read($0) }
@@ -292,7 +294,8 @@ struct JSONTextTests {
             if !text.contains("true") {
                 #expect(fast.hasUsage == slow.hasUsage && fast.promptTokens == slow.promptTokens
                         && fast.completionTokens == slow.completionTokens && fast.cachedTokens == slow.cachedTokens
-                        && fast.cacheN == slow.cacheN && fast.promptN == slow.promptN, "\(text)")
+                        && fast.cacheN == slow.cacheN && fast.promptN == slow.promptN && fast.promptMs == slow.promptMs,
+                        "\(text)")
             }
         }
         #expect(read == 3_000)

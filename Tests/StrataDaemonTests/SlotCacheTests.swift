@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Frontend
 import Logging
 @testable import StrataDaemon
 import Testing
@@ -163,6 +164,44 @@ import TierStore
         try await silent.waitForConnection()
         silent.close()
         #expect(await waiter.value?.slot == first.slot)
+    }
+
+    /// The wait for a running slot lasts as long as computing what it would save takes on that
+    /// replica, learned from llama-server's `timings`; until then, `patience`.
+    @Test func theWaitForARunningSlotFollowsTheLearnedPrefillRate() {
+        let slots = cache(slots: 2, minBlocks: 2)
+        // Not learned from: no time given, too few tokens computed, no blocks.
+        slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 0), blocks: 10)
+        slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 750, computeSeconds: 0.5), blocks: 10)
+        slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 0, computeSeconds: 4), blocks: 0)
+        #expect(slots.secondsPerBlock(on: "r") == nil)
+        // 800 tokens in 10 blocks, 400 computed in 2 s: 5 ms a token, 80 tokens a block.
+        slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 400, computeSeconds: 2), blocks: 10)
+        #expect(abs(slots.secondsPerBlock(on: "r")! - 0.4) < 1e-9)
+        // A moving average: a slower answer moves it part of the way.
+        slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 0, computeSeconds: 8), blocks: 10)
+        #expect(abs(slots.secondsPerBlock(on: "r")! - (0.7 * 0.4 + 0.3 * 0.8)) < 1e-9)
+        #expect(slots.secondsPerBlock(on: "s") == nil)
+
+        #expect(SlotCache.runningWait(saving: 10, secondsPerBlock: nil, patience: .seconds(2)) == .seconds(2))
+        #expect(SlotCache.runningWait(saving: 10, secondsPerBlock: 0.5, patience: .seconds(2)) == .seconds(5))
+        #expect(SlotCache.runningWait(saving: 1000, secondsPerBlock: 0.5, patience: .seconds(2)) == SlotCache.maxRunningWait)
+
+        // A running request computes 8 blocks another prompt shares; the free slot holds nothing.
+        let system: [UInt64] = [1, 2, 3, 4, 5, 6, 7, 8]
+        _ = slots.claimSlot(on: "r", for: system + [10])!
+        let rate = slots.secondsPerBlock(on: "r")!   // 0.52 s a block: 4.16 s for 8
+        for (waited, worth) in [(0.0, true), (4.0, true), (8 * rate + 0.01, false)] {
+            let attempt = slots.tryClaimSlot(on: "r", for: system + [20], waiting: true, waiter: 7,
+                                             waited: .seconds(waited), patience: .seconds(2))
+            #expect((attempt == .worthWaiting) == worth, "after \(waited) s")
+        }
+        // On a replica with no rate learned, `patience` bounds it.
+        _ = slots.claimSlot(on: "q", for: system + [10])!
+        #expect(slots.tryClaimSlot(on: "q", for: system + [20], waiting: true, waiter: 8, waited: .seconds(1.9),
+                                   patience: .seconds(2)) == .worthWaiting)
+        #expect(slots.tryClaimSlot(on: "q", for: system + [20], waiting: true, waiter: 8, waited: .seconds(2.1),
+                                   patience: .seconds(2)) != .worthWaiting)
     }
 
     @Test func aSlotBeingSavedIsWaitedForWhenItHoldsMoreOfThePrompt() async throws {

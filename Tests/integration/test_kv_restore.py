@@ -50,6 +50,12 @@ def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
     assert status == 200, body
     (home, reason), = [k for k, v in decisions(d).items() if v]
     wait_for(lambda: d.metric("strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
+    # The replica's prefill rate is learned from the answer's timings (it bounds the wait for
+    # a slot computing the same prefix); the other replica has computed nothing yet.
+    assert d.metric("strata_prefill_seconds_per_block", replica=home) > 0
+    learned = [line for line in d.get("/metrics")[1].decode().splitlines()
+               if line.startswith("strata_prefill_seconds_per_block{")]
+    assert len(learned) == 1 and f'replica="{home}"' in learned[0], learned
 
     # The holder is busy with a long answer: the next request sharing the prefix goes to the
     # other replica, which loads the stored prefix instead of computing it.

@@ -9,7 +9,7 @@ a JSON line.
 
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
-                      [--keyspace N] [--min-requests 200] [--kv-threads N]
+                      [--keyspace N] [--min-requests 200] [--cell-bytes 2GiB] [--kv-threads N]
 Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 """
 import argparse
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
 from procs import free_port, stop   # noqa: E402
 
-UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20}
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
 
 def size(text: str) -> int:
@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--keyspace", type=int, default=0,
                     help="random keys (redis-benchmark -r); with values × keys above --host-budget, Strata serves from NVMe")
     ap.add_argument("--min-requests", type=int, default=200)
+    ap.add_argument("--cell-bytes", default="2GiB",
+                    help="bytes of values a cell moves at most (fewer requests for large values); larger: longer, steadier cells")
     ap.add_argument("--kv-threads", type=int, default=0,
                     help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
     a = ap.parse_args()
@@ -113,7 +115,7 @@ models: []
                         order.reverse()
                     for server, port in order:
                         # bound the bytes moved per cell (large values need fewer requests)
-                        n = max(a.min_requests, min(a.requests, (2 << 30) // max(value, 1)))
+                        n = max(a.min_requests, min(a.requests, size(a.cell_bytes) // max(value, 1)))
                         for op, rps in bench(port, value, a.clients, n, depth, a.keyspace).items():
                             results.setdefault((value, depth, server, op), []).append(rps)
                     print(f"run {run + 1} {value} B P{depth}: " + ", ".join(

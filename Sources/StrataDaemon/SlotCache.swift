@@ -276,13 +276,24 @@ final class SlotCache: Sendable {
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
         let started = ContinuousClock.now
         let waiter = Self.newWaiter()
-        var waiting = true
+        var waiting = true, waited = false
         while true {
-            switch tryClaimSlot(on: replica, for: chain, waiting: waiting, waiter: waiter,
-                                waited: ContinuousClock.now - started, patience: patience) {
-            case .claimed(let claim): return claim
-            case .noneFree: return nil
+            let attempt = tryClaimSlot(on: replica, for: chain, waiting: waiting, waiter: waiter,
+                                       waited: ContinuousClock.now - started, patience: patience)
+            switch attempt {
+            case .claimed, .noneFree:
+                if waited {
+                    // How the waits end: with a slot (the awaited one or another freed
+                    // meanwhile) or without (sent unpinned), and how long they took.
+                    let outcome = if case .claimed = attempt { "claimed" } else { "unpinned" }
+                    Counter(label: "strata_slot_waits_total", dimensions: [("model", model), ("outcome", outcome)]).increment()
+                    Metrics.Timer(label: "strata_slot_wait_seconds", dimensions: [("model", model)])
+                        .recordSeconds((ContinuousClock.now - started).seconds)
+                }
+                if case .claimed(let claim) = attempt { return claim }
+                return nil
             case .worthWaiting:
+                waited = true
                 do { try await Task.sleep(for: .milliseconds(5)) } catch { waiting = false }   // cancelled: stop waiting
             }
         }

@@ -182,12 +182,13 @@ final class SlotCache: Sendable {
     /// across its polls; whatever a poll returns other than `.worthWaiting` ends its wait. So
     /// is any slot being saved worth the wait when none is free.
     ///
-    /// How long: a claim that has `waited` so long waits on for a slot being saved while under
-    /// `patience`. For a running slot, while under what computing the blocks it would save takes
-    /// on this replica (`learnPrefill`; `patience` until a rate is learned), at most
-    /// `maxRunningWait`: the ski-rental rule, which never costs more than twice the better of
-    /// waiting and computing (when the running request ends later than that, the claim has lost
-    /// the compute time waiting and then computes).
+    /// How long: a claim that has `waited` so long waits on for a running slot while under what
+    /// computing the blocks it would save takes on this replica (`learnPrefill`; `patience`
+    /// until a rate is learned), at most `maxRunningWait`: the ski-rental rule, which never
+    /// costs more than twice the better of waiting and computing (when the running request ends
+    /// later than that, the claim has lost the compute time waiting and then computes). For a
+    /// slot being saved, `patience` longer than that (the running slot it waited for is saved
+    /// when its request ends).
     func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool, waiter: UInt64 = 0,
                       waited: Duration = .zero, patience: Duration = .seconds(2)) -> ClaimAttempt
     {
@@ -217,8 +218,13 @@ final class SlotCache: Sendable {
                 let freeShare = best?.shared ?? 0
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
                 // Nothing free and a slot being saved: it is free again within the save, sooner
-                // than an unpinned request would be given one.
-                if let savingShare, best == nil || savingShare >= freeShare + minBlocks, waited < patience {
+                // than an unpinned request would be given one. Up to `patience` beyond the wait
+                // for a running slot sharing as much: the claim may have waited that long for
+                // this slot while it ran, and its save takes tens of milliseconds.
+                if let savingShare, best == nil || savingShare >= freeShare + minBlocks,
+                    waited < patience + Self.runningWait(saving: savingShare - freeShare,
+                                                         secondsPerBlock: state.secondsPerBlock[replica], patience: patience)
+                {
                     return .worthWaiting
                 }
                 if waiter != 0, let running = slots.bestRunning(for: chain), running.shared >= freeShare + minBlocks,

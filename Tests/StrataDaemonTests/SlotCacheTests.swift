@@ -35,8 +35,8 @@ import TierStore
 
     @Test func amongSlotsSharingAsMuchOneTheStoreCoversThenTheIdlestIsTaken() async throws {
         let slots = cache(slots: 3, minBlocks: 4)
-        let silent = try SilentListener()   // the "replica": a save fails once it is closed
-        let url = "http://127.0.0.1:\(silent.port)/v1"
+        let replica = try HeldReplica()   // a save fails once it is told to
+        let url = "http://127.0.0.1:\(replica.port)/v1"
         let long: [UInt64] = [1, 2, 3, 4, 5, 6], short: [UInt64] = [7, 8, 9], stored: [UInt64] = [20, 21, 22, 23, 24, 25, 26]
         #expect(slots.remember("kv/m/f/stored", chain: stored).isEmpty)
         let claims = [long, short, stored].map { slots.claimSlot(on: "r", for: $0)! }
@@ -46,9 +46,8 @@ import TierStore
         }
         // `long` is being saved (which fails), `short` is too short to save, `stored` is in the store.
         #expect(slots.takenSlots(on: "r") == [0])
-        // (Closed once the save has connected: a refused connection would be retried.)
-        try await silent.waitForConnection()
-        silent.close()
+        try await replica.waitForRequest()
+        replica.fail()
         // Bounded by a count of sleeps, not by the clock: when the whole suite starves the
         // cooperative pool, a clock deadline can pass before the failing save has run at all.
         for _ in 0..<20_000 where !slots.takenSlots(on: "r").isEmpty { try await Task.sleep(for: .milliseconds(5)) }
@@ -122,8 +121,8 @@ import TierStore
 
     @Test func aSlotComputingTheSamePrefixIsWaitedFor() async throws {
         let slots = cache(slots: 2, minBlocks: 2)
-        let silent = try SilentListener()   // the "replica": saves fail once it is closed
-        let url = "http://127.0.0.1:\(silent.port)/v1"
+        let replica = try HeldReplica()   // saves fail once it is told to
+        let url = "http://127.0.0.1:\(replica.port)/v1"
         let system: [UInt64] = [1, 2, 3, 4]
         let first = slots.claimSlot(on: "r", for: system + [10])!
         // Another conversation of the same tenant arrives while the first computes the system
@@ -161,14 +160,14 @@ import TierStore
         }
         #expect(slots.takenSlots(on: "r") == [first.slot], "still waiting, nothing claimed")
         slots.finished(system + [10], replica: "r", baseURL: url, claim: first, completed: true)
-        try await silent.waitForConnection()
-        silent.close()
+        try await replica.waitForRequest()
+        replica.fail()
         #expect(await waiter.value?.slot == first.slot)
     }
 
     /// The wait for a running slot lasts as long as computing what it would save takes on that
     /// replica, learned from llama-server's `timings`; until then, `patience`.
-    @Test func theWaitForARunningSlotFollowsTheLearnedPrefillRate() {
+    @Test func theWaitForARunningSlotFollowsTheLearnedPrefillRate() throws {
         let slots = cache(slots: 2, minBlocks: 2)
         // Not learned from: no time given, too few tokens computed, no blocks.
         slots.learnPrefill(on: "r", report: PromptReport(tokens: 800, cached: 0), blocks: 10)
@@ -189,13 +188,23 @@ import TierStore
 
         // A running request computes 8 blocks another prompt shares; the free slot holds nothing.
         let system: [UInt64] = [1, 2, 3, 4, 5, 6, 7, 8]
-        _ = slots.claimSlot(on: "r", for: system + [10])!
+        let running = slots.claimSlot(on: "r", for: system + [10])!
         let rate = slots.secondsPerBlock(on: "r")!   // 0.52 s a block: 4.16 s for 8
         for (waited, worth) in [(0.0, true), (4.0, true), (8 * rate + 0.01, false)] {
             let attempt = slots.tryClaimSlot(on: "r", for: system + [20], waiting: true, waiter: 7,
                                              waited: .seconds(waited), patience: .seconds(2))
             #expect((attempt == .worthWaiting) == worth, "after \(waited) s")
         }
+        // (The last poll gave up and took the free slot.) The running request ends and its slot
+        // is being saved: a claim that waited for it while it ran still waits for the save, up
+        // to `patience` longer.
+        let replica = try HeldReplica()
+        slots.finished(system + [10], replica: "r", baseURL: "http://127.0.0.1:\(replica.port)/v1", claim: running, completed: true)
+        #expect(slots.takenSlots(on: "r").count == 2)
+        #expect(slots.tryClaimSlot(on: "r", for: system + [30], waiting: true, waiter: 9,
+                                   waited: .seconds(8 * rate + 1.9), patience: .seconds(2)) == .worthWaiting)
+        #expect(slots.tryClaimSlot(on: "r", for: system + [30], waiting: true, waiter: 9,
+                                   waited: .seconds(8 * rate + 2.1), patience: .seconds(2)) == .noneFree)
         // On a replica with no rate learned, `patience` bounds it.
         _ = slots.claimSlot(on: "q", for: system + [10])!
         #expect(slots.tryClaimSlot(on: "q", for: system + [20], waiting: true, waiter: 8, waited: .seconds(1.9),
@@ -205,12 +214,12 @@ import TierStore
     }
 
     @Test func aSlotBeingSavedIsWaitedForWhenItHoldsMoreOfThePrompt() async throws {
-        // The "replica" takes the save request and never answers until it is closed.
-        let silent = try SilentListener()
+        // The "replica" takes the save request and does not answer until told to fail it.
+        let replica = try HeldReplica()
         let slots = cache(slots: 2, minBlocks: 2)
         let a: [UInt64] = [1, 2, 3, 4]
         let first = slots.claimSlot(on: "r", for: a)!
-        slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:\(silent.port)/v1", claim: first, completed: true)
+        slots.finished(a, replica: "r", baseURL: "http://127.0.0.1:\(replica.port)/v1", claim: first, completed: true)
         // Being saved: its cache is known, and the next turn waits for it rather than compute a.
         #expect(slots.tryClaimSlot(on: "r", for: a + [5], waiting: true, waiter: 1) == .worthWaiting)
         #expect(slots.heldBlocks(a + [5], on: ["r"]) == ["r": 4])
@@ -224,7 +233,8 @@ import TierStore
         cancelled.cancel()
         #expect(await cancelled.value == nil)
         #expect(ContinuousClock.now - started < .seconds(600))
-        silent.close()   // the save fails; the slot is free again and still holds a
+        try await replica.waitForRequest()
+        replica.fail()   // the save fails; the slot is free again and still holds a
         let next = await slots.claimSlot(on: "r", for: a + [6], patience: .seconds(600))
         #expect(next?.slot == first.slot)
         #expect(slots.held(on: "r", slot: first.slot) == a)
@@ -271,11 +281,16 @@ import TierStore
     }
 }
 
-/// A loopback TCP port that accepts connections (in the kernel's backlog) and never answers;
-/// `close` resets them.
-final class SilentListener: @unchecked Sendable {
+/// A loopback fake of llama-server's slot endpoint: it takes each request whole and holds it
+/// unanswered until `fail()`, which answers it, and any later one at once, with a 500. The
+/// save then fails promptly and cleanly: no reset or refused connection, which the HTTP client
+/// would retry until its 30 s timeout.
+final class HeldReplica: @unchecked Sendable {
     let port: Int
-    private var fd: Int32
+    private let listener: Int32
+    private let condition = NSCondition()
+    private var failing = false
+    private var received = 0
 
     init() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -290,28 +305,75 @@ final class SilentListener: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        self.fd = fd
+        listener = fd
         port = Int(UInt16(bigEndian: address.sin_port))
+        Thread { [self] in
+            while true {
+                let connection = accept(fd, nil, nil)
+                if connection < 0 { return }   // the listener was shut down
+                Thread { self.serve(connection) }.start()
+            }
+        }.start()
     }
 
-    /// Waits until a connection is queued (complete, not accepted); throws if none comes within
-    /// 50,000 polls 2 ms apart (at least 100 s, longer on a starved machine: a bound by count
-    /// does not run out while the connecting task has not yet been scheduled).
-    func waitForConnection() async throws {
-        var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    private func serve(_ connection: Int32) {
+        defer { _ = Foundation.close(connection) }
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var request: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !Self.isWhole(request) {
+            let count = read(connection, &buffer, buffer.count)
+            if count <= 0 { return }
+            request += buffer[..<count]
+        }
+        condition.lock()
+        received += 1
+        while !failing { condition.wait() }
+        condition.unlock()
+        let answer = Array("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\nheld".utf8)
+        _ = answer.withUnsafeBytes { write(connection, $0.baseAddress, $0.count) }
+        shutdown(connection, Int32(SHUT_WR))
+        while read(connection, &buffer, buffer.count) > 0 {}   // until the client closes
+    }
+
+    /// A request head and as much body as its `Content-Length` says.
+    private static func isWhole(_ request: [UInt8]) -> Bool {
+        let text = String(decoding: request, as: UTF8.self)
+        guard let end = text.range(of: "\r\n\r\n") else { return false }
+        let head = text[..<end.lowerBound].lowercased()
+        let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+            .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+        return text.utf8.count - text[..<end.upperBound].utf8.count >= length
+    }
+
+    /// Waits until a request has come (polls, at most 50,000 times 2 ms apart: a bound by count
+    /// does not run out while the sending task has not yet been scheduled on a starved machine).
+    func waitForRequest() async throws {
         for _ in 0..<50_000 {
-            let ready = Glibc.poll(&poll, 1, 0)
-            if ready > 0 { return }
-            if ready < 0 && errno != EINTR { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            if requests > 0 { return }
             try await Task.sleep(for: .milliseconds(2))
         }
         throw POSIXError(.ETIMEDOUT)
     }
 
-    func close() {
-        if fd >= 0 { _ = Foundation.close(fd) }
-        fd = -1
+    private var requests: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return received
     }
 
-    deinit { close() }
+    /// Answers every held request, and every later one at once, with a 500.
+    func fail() {
+        condition.lock()
+        failing = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    deinit {
+        fail()
+        shutdown(listener, Int32(SHUT_RDWR))   // ends the accepting thread
+        _ = Foundation.close(listener)
+    }
 }

@@ -110,3 +110,41 @@ def test_saved_prefixes_outlive_the_daemon(make_daemon):
     status, body, _ = ask(d, system, "What is the last word?")
     assert status == 200, body
     assert d.metric("strata_kv_restores_total", result="ok") == 0
+
+
+def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slot(make_daemon):
+    """A tenant's second conversation arrives while the first is still computing the shared
+    system prompt: it waits for that slot (as long as computing the prompt takes on that
+    replica, learned from earlier answers) and finds the prompt cached there, rather than
+    computing it again on the idle replica."""
+    d = make_daemon(restore_config())
+    assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
+    wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
+
+    def learned():
+        return [line for line in d.get("/metrics")[1].decode().splitlines()
+                if line.startswith("strata_prefill_seconds_per_block{")]
+    # Unrelated long prompts until both replicas have answered one (their prefill rates known).
+    for seed in range(31, 39):
+        if len(learned()) == 2:
+            break
+        assert ask(d, "Remember these words: " + words(seed, 400), "What is the first word?")[0] == 200
+    assert len(learned()) == 2, learned()
+
+    system = "You are a careful cartographer. Remember these words: " + words(41, 450)
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
+    t.start()
+    wait_for(lambda: any(r["in_flight"] for r in d.model("chat#0")["replicas"]), 30, interval=0.01,
+             what="the first conversation running")
+    status, body, _ = ask(d, system, "What is the last word?")
+    t.join(180)
+    assert first["r"][0] == 200, first["r"]
+    assert status == 200, body
+    # It found the system prompt cached: only the slot that computed it could have held it then
+    # (nothing was stored yet when it was routed, so nothing was restored).
+    timings = json.loads(body)["timings"]
+    assert timings["cache_n"] > 0.8 * (timings["cache_n"] + timings["prompt_n"]), timings
+    assert d.metric("strata_kv_restores_total", result="ok") == 0
+    assert d.metric("strata_slot_waits_total", outcome="claimed") >= 1
+    assert d.metric("strata_slot_waits_total", outcome="unpinned") == 0

@@ -182,13 +182,13 @@ final class SlotCache: Sendable {
     /// across its polls; whatever a poll returns other than `.worthWaiting` ends its wait. So
     /// is any slot being saved worth the wait when none is free.
     ///
-    /// How long: a claim that has `waited` so long waits on for a running slot while under what
-    /// computing the blocks it would save takes on this replica (`learnPrefill`; `patience`
-    /// until a rate is learned), at most `maxRunningWait`: the ski-rental rule, which never
-    /// costs more than twice the better of waiting and computing (when the running request ends
-    /// later than that, the claim has lost the compute time waiting and then computes). For a
-    /// slot being saved, `patience` longer than that (the running slot it waited for is saved
-    /// when its request ends).
+    /// How long: a claim that has `waited` so long waits on for a running slot while under
+    /// `waitFactor` times what computing the blocks it would save takes on this replica
+    /// (`learnPrefill`; `patience` until a rate is learned), at most `maxRunningWait`: the
+    /// ski-rental rule, which bounds the loss when the running request ends later than that
+    /// (the claim then waited and computes as well) to 2.5 times the better choice. For a slot
+    /// being saved, `patience` longer than that (the running slot it waited for is saved when
+    /// its request ends).
     func tryClaimSlot(on replica: String, for chain: [UInt64], waiting: Bool, waiter: UInt64 = 0,
                       waited: Duration = .zero, patience: Duration = .seconds(2)) -> ClaimAttempt
     {
@@ -247,11 +247,19 @@ final class SlotCache: Sendable {
     static let maxRunningWait = Duration.seconds(20)
 
     /// How long a claim may wait for a running slot whose cache would save it computing
-    /// `blocks` blocks: as long as computing them takes (`patience` while that is not known).
+    /// `blocks` blocks: `waitFactor` times as long as computing them takes (`patience` while
+    /// that is not known), at most `maxRunningWait`.
     static func runningWait(saving blocks: Int, secondsPerBlock: Double?, patience: Duration) -> Duration {
         guard let secondsPerBlock else { return patience }
-        return min(maxRunningWait, .seconds(Double(blocks) * secondsPerBlock))
+        return min(maxRunningWait, .seconds(waitFactor * Double(blocks) * secondsPerBlock))
     }
+
+    /// A request that arrives just as the one it waits for starts computing the shared prefix
+    /// waits about as long as computing it would take: at a bound of exactly that, a running
+    /// request a little slower than the learned rate (a busier machine) loses the wait at its
+    /// very end. Half as much again covers that; waiting costs no machine time, computing the
+    /// prefix twice slows every other request on the replica.
+    static let waitFactor = 1.5
 
     /// Prompts computing fewer tokens than this teach nothing of the prefill rate: a fixed cost
     /// per request would dominate.

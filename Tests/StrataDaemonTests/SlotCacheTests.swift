@@ -165,8 +165,8 @@ import TierStore
         #expect(await waiter.value?.slot == first.slot)
     }
 
-    /// The wait for a running slot lasts as long as computing what it would save takes on that
-    /// replica, learned from llama-server's `timings`; until then, `patience`.
+    /// The wait for a running slot lasts half as long again as computing what it would save
+    /// takes on that replica, learned from llama-server's `timings`; until then, `patience`.
     @Test func theWaitForARunningSlotFollowsTheLearnedPrefillRate() throws {
         let slots = cache(slots: 2, minBlocks: 2)
         // Not learned from: no time given, too few tokens computed, no blocks.
@@ -183,14 +183,15 @@ import TierStore
         #expect(slots.secondsPerBlock(on: "s") == nil)
 
         #expect(SlotCache.runningWait(saving: 10, secondsPerBlock: nil, patience: .seconds(2)) == .seconds(2))
-        #expect(SlotCache.runningWait(saving: 10, secondsPerBlock: 0.5, patience: .seconds(2)) == .seconds(5))
+        #expect(SlotCache.runningWait(saving: 10, secondsPerBlock: 0.5, patience: .seconds(2)) == .seconds(7.5))
         #expect(SlotCache.runningWait(saving: 1000, secondsPerBlock: 0.5, patience: .seconds(2)) == SlotCache.maxRunningWait)
 
         // A running request computes 8 blocks another prompt shares; the free slot holds nothing.
         let system: [UInt64] = [1, 2, 3, 4, 5, 6, 7, 8]
         let running = slots.claimSlot(on: "r", for: system + [10])!
-        let rate = slots.secondsPerBlock(on: "r")!   // 0.52 s a block: 4.16 s for 8
-        for (waited, worth) in [(0.0, true), (4.0, true), (8 * rate + 0.01, false)] {
+        let rate = slots.secondsPerBlock(on: "r")!   // 0.52 s a block: 4.16 s for 8, a 6.24 s wait
+        let bound = SlotCache.waitFactor * 8 * rate
+        for (waited, worth) in [(0.0, true), (6.0, true), (bound + 0.01, false)] {
             let attempt = slots.tryClaimSlot(on: "r", for: system + [20], waiting: true, waiter: 7,
                                              waited: .seconds(waited), patience: .seconds(2))
             #expect((attempt == .worthWaiting) == worth, "after \(waited) s")
@@ -202,9 +203,9 @@ import TierStore
         slots.finished(system + [10], replica: "r", baseURL: "http://127.0.0.1:\(replica.port)/v1", claim: running, completed: true)
         #expect(slots.takenSlots(on: "r").count == 2)
         #expect(slots.tryClaimSlot(on: "r", for: system + [30], waiting: true, waiter: 9,
-                                   waited: .seconds(8 * rate + 1.9), patience: .seconds(2)) == .worthWaiting)
+                                   waited: .seconds(bound + 1.9), patience: .seconds(2)) == .worthWaiting)
         #expect(slots.tryClaimSlot(on: "r", for: system + [30], waiting: true, waiter: 9,
-                                   waited: .seconds(8 * rate + 2.1), patience: .seconds(2)) == .noneFree)
+                                   waited: .seconds(bound + 2.1), patience: .seconds(2)) == .noneFree)
         // On a replica with no rate learned, `patience` bounds it.
         _ = slots.claimSlot(on: "q", for: system + [10])!
         #expect(slots.tryClaimSlot(on: "q", for: system + [20], waiting: true, waiter: 8, waited: .seconds(1.9),

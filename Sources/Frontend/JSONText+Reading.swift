@@ -217,9 +217,7 @@ extension JSONText {
             value = sum
         }
         if simple { return negative ? -value : value }
-        guard let double = Double(String(decoding: text, as: UTF8.self)), double.isFinite,
-            double > Double(Int.min), double < Double(Int.max)
-        else { return nil }
+        guard let double = double(span), double > Double(Int.min), double < Double(Int.max) else { return nil }
         return Int(double)
     }
 

@@ -135,8 +135,9 @@ actor ReplicaSet {
             // Pinned to a slot Strata chose, so what each slot holds is known; a stored prefix
             // the router counted on is restored into it first.
             let chain = hints.prompt.blocks
-            // (Up to 2 s for a slot being saved; for one running a request that shares the
-            // prefix, as long as computing what it would save takes on this replica.)
+            // (For a slot running a request that shares the prefix, up to 1.5 times what
+            // computing the shared part takes on this replica, and then for its save; 2 s where
+            // that rate is not known yet: `SlotCache.tryClaimSlot`.)
             let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
             // (Unless the slot it got already holds as much: a slot's cache is not replaced by less.)
             if let slots, let claim, restoreBlocks > 0, slots.sharedBlocks(chain, on: replica, slot: claim.slot) < restoreBlocks {

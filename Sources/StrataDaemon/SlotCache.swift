@@ -217,19 +217,18 @@ final class SlotCache: Sendable {
             if waiting, slots.unpinned == 0 {
                 let freeShare = best?.shared ?? 0
                 let savingShare = slots.saving.map { Self.shared(slots.holds[$0], chain) }.max()
+                let rate = state.secondsPerBlock[replica]
                 // Nothing free and a slot being saved: it is free again within the save, sooner
                 // than an unpinned request would be given one. Up to `patience` beyond the wait
                 // for a running slot sharing as much: the claim may have waited that long for
                 // this slot while it ran, and its save takes tens of milliseconds.
                 if let savingShare, best == nil || savingShare >= freeShare + minBlocks,
-                    waited < patience + Self.runningWait(saving: savingShare - freeShare,
-                                                         secondsPerBlock: state.secondsPerBlock[replica], patience: patience)
+                    waited < patience + Self.runningWait(saving: savingShare - freeShare, secondsPerBlock: rate, patience: patience)
                 {
                     return .worthWaiting
                 }
                 if waiter != 0, let running = slots.bestRunning(for: chain), running.shared >= freeShare + minBlocks,
-                    waited < Self.runningWait(saving: running.shared - freeShare, secondsPerBlock: state.secondsPerBlock[replica],
-                                              patience: patience)
+                    waited < Self.runningWait(saving: running.shared - freeShare, secondsPerBlock: rate, patience: patience)
                 {
                     slots.awaited[running.slot] = waiter
                     return .worthWaiting
@@ -242,8 +241,7 @@ final class SlotCache: Sendable {
         }
     }
 
-    /// The longest wait for a running slot worth it: longer than what computing would take
-    /// gains nothing even when the wait ends well.
+    /// The longest wait for a running slot, however long computing what it would save takes.
     static let maxRunningWait = Duration.seconds(20)
 
     /// How long a claim may wait for a running slot whose cache would save it computing

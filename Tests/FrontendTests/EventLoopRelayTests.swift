@@ -234,6 +234,76 @@ struct EventLoopRelayTests {
             #expect(backend.released == 1)
         }
     }
+
+    @Test func readingStopsDuringARelayOnlyOnceSomethingArrivesMeanwhile() async throws {
+        // A client that waits for its answer keeps its socket armed (no change of the poller's
+        // interest, two `epoll_ctl` calls a request); one that sends more meanwhile is not read
+        // until the answer, so what is held stays bounded by one read.
+        let log = NIOLockedValueBox<[String]>([])
+        try await GatewayTests.fakeUpstream().test(.live) { upstream in
+            let backend = FakeBackend(upstreamPort: upstream.port!, immediate: true)
+            let gateway = Gateway(configuration: GatewayConfiguration(cancelOnDisconnect: false), backend: backend,
+                                  httpClient: .shared, logger: Logger(label: "test"))
+            let app = Application(
+                router: gateway.buildRouter(),
+                server: .http1(configuration: .init(
+                    additionalChannelHandlers: [ReadWatcher(log: log)] + gateway.eventLoopRelayHandlers())),
+                configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await app.test(.live) { client in
+                let port = client.port!
+                func wire(_ numbers: [Int]) -> String {
+                    numbers.map { n in
+                        let body = String(buffer: Self.body("m", extra: #","sleep_ms":100,"n":\#(n)"#))
+                        return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                    }.joined()
+                }
+                let one = wire([1]), two = wire([2, 3])
+                let alone = try await NIOThreadPool.singleton.runIfActive { try RawClient.exchange(port: port, send: one, responses: 1) }
+                #expect(alone.map(\.status) == [200])
+                let first = log.withLockedValue { $0 }
+                let request = try #require(first.firstIndex(of: "request"))
+                let answer = try #require(first.firstIndex(of: "answer"))
+                #expect(first[request..<answer].contains("read"), "armed while the request is relayed: \(first)")
+
+                log.withLockedValue { $0 = [] }
+                let pipelined = try await NIOThreadPool.singleton.runIfActive {
+                    try RawClient.exchange(port: port, send: two, responses: 2)
+                }
+                #expect(pipelined.map(\.status) == [200, 200])
+                #expect(pipelined.last?.body.contains(#""n":3"#) == true)
+                let second = log.withLockedValue { $0 }
+                let both = try #require(second.indices.filter { second[$0] == "request" }.dropFirst().first)
+                let firstAnswer = try #require(second.firstIndex(of: "answer"))
+                #expect(both < firstAnswer, "the second request came in the first one's read: \(second)")
+                #expect(!second[both..<firstAnswer].contains("read"), "not read while a request waits held: \(second)")
+            }
+        }
+    }
+}
+
+/// Logs what passes the relay on the server's side: request heads in, answer heads out, and
+/// the socket reads the relay asks for.
+final class ReadWatcher: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    let log: NIOLockedValueBox<[String]>
+
+    init(log: NIOLockedValueBox<[String]>) { self.log = log }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) { log.withLockedValue { $0.append("request") } }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .head = unwrapOutboundIn(data) { log.withLockedValue { $0.append("answer") } }
+        context.write(data, promise: promise)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        log.withLockedValue { $0.append("read") }
+        context.read()
+    }
 }
 
 /// An HTTP/1.1 upstream on NIO that answers `{"ok":N}` and counts its connections; after

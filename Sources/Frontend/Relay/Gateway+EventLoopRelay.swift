@@ -183,10 +183,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         releaseHeldEvent(context: context)   // a quiesce that waited for this request
     }
 
-    /// Stops reading the socket while a request is relayed: what arrives meanwhile is held in
-    /// memory, so it is bounded by one read, not by what a client sends.
+    /// Stops reading the socket once something has arrived while a request is relayed: what
+    /// arrives meanwhile is held in memory, so it is bounded by one read, not by what a client
+    /// sends. Until then the socket stays armed: a client that waits for its answer (nearly all
+    /// of them) costs no change of the poller's interest, two `epoll_ctl` calls a request.
     func read(context: ChannelHandlerContext) {
-        if case .relaying = state {
+        if case .relaying = state, !held.isEmpty {
             readDeferred = true
             return
         }
@@ -481,7 +483,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         defer { replaying = false }
         var delivered = false
         while let next = held.popFirst() {
-            if case .relaying = state {
+            if case .relaying = state, !held.isEmpty {
                 held.prepend(next)
                 break
             }

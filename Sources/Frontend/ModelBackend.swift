@@ -16,6 +16,11 @@ public protocol ModelBackend: Sendable {
     /// wait, refuse, or spill over (then the gateway calls `acquire`). Lets the gateway relay a
     /// request on its connection's event loop. The default: nil, always.
     func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease?
+    /// Whether `acquireImmediately` can hand out a lease for any model now. When it cannot (only
+    /// managed runtimes are configured, or shutdown is under way), the event loop does not
+    /// collect and parse requests for it: they go to the general path as they arrive, parsed
+    /// once. The default: true.
+    var admitsAnyImmediately: Bool { get }
     /// Whether `model` is routed across replicas by its prompt: only then does the gateway
     /// hash the prompt into `RequestHints`, keeping that work off every other request.
     func routesByPrompt(model: String) -> Bool
@@ -37,6 +42,7 @@ public protocol ModelBackend: Sendable {
 extension ModelBackend {
     public func routesByPrompt(model: String) -> Bool { false }
     public func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? { nil }
+    public var admitsAnyImmediately: Bool { true }
 
     public func stage(model: String, destination: String) async throws -> Data { throw Self.noStaging }
     public func stagingStatus() async throws -> Data { throw Self.noStaging }

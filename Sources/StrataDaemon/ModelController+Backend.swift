@@ -23,6 +23,10 @@ extension ModelController: ModelBackend {
         immediateRoutes.withLockedValue { $0.replicaSets[model] != nil }
     }
 
+    public nonisolated var admitsAnyImmediately: Bool {
+        immediateRoutes.withLockedValue { !$0.shuttingDown && !$0.routes.isEmpty }
+    }
+
     /// A lease without waiting where `acquire` would hand out the same at once: the model is an
     /// upstream or a set of upstream replicas, the request's policy allows it, and (for
     /// replicas) one can take the request now. Managed runtimes are admitted by the Placer on

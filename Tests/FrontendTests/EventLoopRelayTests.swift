@@ -235,6 +235,18 @@ struct EventLoopRelayTests {
         }
     }
 
+    @Test func aBackendThatAdmitsNothingAtOnceHasItsRequestsParsedOnce() async throws {
+        // Only managed runtimes (as in the default config): the event loop neither collects nor
+        // parses the request; the general path does, once.
+        try await GatewayTests.withGateway(immediate: false) { client, backend in
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("m"))
+            #expect(response.status == .ok)
+            #expect(String(buffer: response.body).hasPrefix(#"{"echo":"#))
+            #expect(backend.attemptedImmediately == 0)
+            #expect(backend.lastHints != nil, "admitted by the general path")
+        }
+    }
+
     @Test func readingStopsDuringARelayOnlyOnceSomethingArrivesMeanwhile() async throws {
         // A client that waits for its answer keeps its socket armed (no change of the poller's
         // interest, two `epoll_ctl` calls a request); one that sends more meanwhile is not read

@@ -14,6 +14,9 @@ final class FakeBackend: ModelBackend, Sendable {
     /// How each lease of a model ended, in order.
     func outcomes(_ model: String) -> [LeaseOutcome] { leaseOutcomes.withLockedValue { $0[model] ?? [] } }
     private let hints = NIOLockedValueBox<RequestHints?>(nil)
+    private let immediateAttempts = NIOLockedValueBox(0)
+    /// Calls of `acquireImmediately`: requests the event loop collected and parsed.
+    var attemptedImmediately: Int { immediateAttempts.withLockedValue { $0 } }
     private let cacheReports = NIOLockedValueBox<[[Int]]>([])
 
     /// (prompt tokens, cached tokens) the gateway reported on leases, in order.
@@ -28,7 +31,10 @@ final class FakeBackend: ModelBackend, Sendable {
         self.rawPort = rawPort
     }
 
+    var admitsAnyImmediately: Bool { immediate }
+
     func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? {
+        immediateAttempts.withLockedValue { $0 += 1 }
         guard immediate else { return nil }
         self.hints.withLockedValue { $0 = hints }
         let record: @Sendable (LeaseOutcome) -> Void = { [leaseOutcomes] outcome in

@@ -198,7 +198,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)):
-            if handedOn == 0, !quiescing, let endpoint = Gateway.immediateEndpoint(head) {
+            if handedOn == 0, !quiescing, gateway.backend.admitsAnyImmediately, let endpoint = Gateway.immediateEndpoint(head) {
                 state = .collecting(head, endpoint, nil, .now)
             } else {
                 handOn(part, context: context)

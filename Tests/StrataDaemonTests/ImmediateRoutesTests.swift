@@ -1,0 +1,46 @@
+import AsyncHTTPClient
+import Foundation
+import Frontend
+import Logging
+import Testing
+@testable import StrataDaemon
+
+/// What the gateway's event loop may admit without waiting: upstream models, never managed
+/// runtimes (the Placer admits those), and nothing once shutdown has begun.
+struct ImmediateRoutesTests {
+    static let runtimes = """
+        runtimes:
+          llama: { kind: llama-server, binary: /bin/true }
+          remote: { kind: upstream, url: "http://127.0.0.1:9/v1" }
+
+        """
+
+    /// `models` may name `${WEIGHTS}`: a small file standing in for a GGUF.
+    static func controller(_ models: String) throws -> ModelController {
+        let weights = FileManager.default.temporaryDirectory.appendingPathComponent("immediate-routes-\(getpid()).gguf").path
+        FileManager.default.createFile(atPath: weights, contents: Data(repeating: 0, count: 16))
+        let config = try ConfigLoader.parse(yaml: runtimes + "models:\n" + models, environment: ["WEIGHTS": weights])
+        return ModelController(config: config, httpClient: .shared, logger: Logger(label: "test"))
+    }
+
+    @Test func onlyManagedModelsMeansTheEventLoopAdmitsNothing() async throws {
+        let managed = try Self.controller("  - { name: local, source: \"file://${WEIGHTS}\", runtime: llama, memory: 100MiB }\n")
+        #expect(!managed.admitsAnyImmediately)
+        #expect(managed.acquireImmediately(model: "local", hints: RequestHints()) == nil)
+    }
+
+    @Test func anUpstreamModelIsAdmittedAtOnceUntilShutdown() async throws {
+        let mixed = try Self.controller("""
+              - { name: local, source: "file://${WEIGHTS}", runtime: llama, memory: 100MiB }
+              - { name: far, runtime: remote }
+
+            """)
+        #expect(mixed.admitsAnyImmediately)
+        let lease = try #require(mixed.acquireImmediately(model: "far", hints: RequestHints()))
+        #expect(lease.baseURL == "http://127.0.0.1:9/v1")
+        lease.release()
+        await mixed.shutdown()
+        #expect(!mixed.admitsAnyImmediately)
+        #expect(mixed.acquireImmediately(model: "far", hints: RequestHints()) == nil)
+    }
+}

@@ -53,8 +53,10 @@ extension Gateway {
         var acquired: UpstreamLease
         var admitted: ContinuousClock.Instant
         var response: HTTPClientResponse
+        var resentAfterDeath = false
         // Until the first byte of an answer, a failed upstream is retried on another replica
-        // (when the model has one); after it, the client has seen the answer begin.
+        // (when the model has one), or once on the runtime started in place of one that died;
+        // after it, the client has seen the answer begin.
         while true {
             do {
                 acquired = try await backend.acquire(model: parsed.model, hints: hints)
@@ -89,6 +91,13 @@ extension Gateway {
                 if acquired.hasAlternatives, hints.excluding.count < 8 {
                     logger.warning("\(acquired.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
                     hints.excluding.insert(acquired.upstreamLabel)
+                    metrics.retried(model: parsed.model, endpoint: endpoint)
+                    continue
+                }
+                // Once only: a request that crashes its runtime must not crash it again and again.
+                if !resentAfterDeath, let died = acquired.runtimeDied, await died(), !Task.isCancelled {
+                    resentAfterDeath = true
+                    logger.warning("the runtime for '\(parsed.model)' died before answering (\(describe(error))); sending the request again to the one started in its place")
                     metrics.retried(model: parsed.model, endpoint: endpoint)
                     continue
                 }

@@ -96,7 +96,10 @@ extension Gateway {
         do {
             object = try JSONSerialization.jsonObject(with: Data(body.readableBytesView), options: [.fragmentsAllowed])
         } catch {
-            throw GatewayError.badRequest("Request body is not valid JSON: \(describe(error))", code: "invalid_json")
+            // Foundation's own explanation ("Unexpected character 'n' around line 1, column 1."),
+            // without the error domain and user-info dump around it.
+            let reason = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? describe(error)
+            throw GatewayError.badRequest("Request body is not valid JSON: \(reason)", code: "invalid_json")
         }
         guard let json = object as? [String: Any] else {
             throw GatewayError.badRequest("Request body must be a JSON object", code: "invalid_json")

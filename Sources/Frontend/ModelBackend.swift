@@ -155,14 +155,21 @@ public final class UpstreamLease: Sendable {
     /// Told what share of the prompt the upstream found cached, and how long computing the rest
     /// took, when its answer says so; the router corrects its index with it. Before `release`.
     public let cacheReport: (@Sendable (PromptReport) -> Void)?
+    /// For a runtime Strata runs: after the request failed before any answer, waits briefly to
+    /// learn whether the runtime's process died (a crash, a kill). True when it did: the
+    /// request may then be sent once more, to the runtime started in its place. Nil where there
+    /// is no such process (an upstream Strata does not run).
+    public let runtimeDied: (@Sendable () async -> Bool)?
     private let onRelease: NIOLockedValueBox<(@Sendable (LeaseOutcome) -> Void)?>
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
         hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil, pinnedSlot: Int? = nil,
-        cacheReport: (@Sendable (PromptReport) -> Void)? = nil, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
+        cacheReport: (@Sendable (PromptReport) -> Void)? = nil, runtimeDied: (@Sendable () async -> Bool)? = nil,
+        onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
         self.cacheReport = cacheReport
+        self.runtimeDied = runtimeDied
         self.pinnedSlot = pinnedSlot
         self.servedModel = servedModel
         self.price = price
@@ -191,7 +198,7 @@ public final class UpstreamLease: Sendable {
         return UpstreamLease(
             baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
             hasAlternatives: hasAlternatives, servedModel: model, price: price, pinnedSlot: pinnedSlot,
-            cacheReport: cacheReport, onOutcome: { action?($0) })
+            cacheReport: cacheReport, runtimeDied: runtimeDied, onOutcome: { action?($0) })
     }
 
     public func release(_ outcome: LeaseOutcome = .completed) {

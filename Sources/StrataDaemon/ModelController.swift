@@ -27,7 +27,13 @@ public actor ModelController {
     let clock = ContinuousClock()
     let origin: ContinuousClock.Instant
     var placer: Placer
-    var waiting: [RequestID: CheckedContinuation<String, any Error>] = [:]
+    var waiting: [RequestID: CheckedContinuation<Admission, any Error>] = [:]
+
+    /// Where an admitted request goes: the runtime instance and its base URL.
+    struct Admission {
+        var instanceID: UInt64
+        var baseURL: String
+    }
     var instances: [String: Instance] = [:]
     /// Starts decided but not yet spawned (finding the weights' file), by instance id.
     var pendingStarts: [String: UInt64] = [:]
@@ -142,7 +148,7 @@ public actor ModelController {
                 send(.finished(id))
                 return
             }
-            continuation.resume(returning: "http://127.0.0.1:\(instance.process.port)/v1")
+            continuation.resume(returning: Admission(instanceID: instance.id, baseURL: "http://127.0.0.1:\(instance.process.port)/v1"))
         case .reject(let id, let model, let rejection):
             waiting.removeValue(forKey: id)?.resume(throwing: Self.gatewayError(rejection, model: model))
         case .stage(let model):
@@ -157,7 +163,7 @@ public actor ModelController {
     func acquireManaged(model: String) async throws -> UpstreamLease {
         let id = nextRequestID
         nextRequestID += 1
-        let baseURL: String = try await withTaskCancellationHandler {
+        let admission: Admission = try await withTaskCancellationHandler {
             // Runs on this actor without suspending, so a cancellation handler's hop to the
             // actor always finds the waiter registered (or already answered).
             try await withCheckedThrowingContinuation { continuation in
@@ -167,10 +173,26 @@ public actor ModelController {
         } onCancel: {
             Task { await self.cancelWaiting(id) }
         }
-        return UpstreamLease(baseURL: baseURL, upstreamLabel: "\(model)@\(baseURL)") { [weak self] in
+        return UpstreamLease(
+            baseURL: admission.baseURL, upstreamLabel: "\(model)@\(admission.baseURL)",
+            runtimeDied: { [weak self] in await self?.runtimeDied(model, instanceID: admission.instanceID) ?? false }
+        ) { [weak self] _ in
             guard let self else { return }
             Task { await self.send(.finished(id)) }
         }
+    }
+
+    /// Whether the runtime instance `instanceID` of `model` is gone, or goes within `within`:
+    /// a request to it failed before any answer, and its process exiting is noticed (and the
+    /// instance forgotten) a moment after the connection breaks. A runtime that is still
+    /// running after that refused the request itself; sending it again would not help.
+    func runtimeDied(_ model: String, instanceID: UInt64, within: Duration = .seconds(1)) async -> Bool {
+        let deadline = ContinuousClock.now + within
+        while instances[model]?.id == instanceID {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
     }
 
     private func cancelWaiting(_ id: RequestID) {

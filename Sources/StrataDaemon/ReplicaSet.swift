@@ -146,7 +146,7 @@ actor ReplicaSet {
             let unpinned = claim == nil ? slots?.unpinnedStarted(on: replica) : nil
             return UpstreamLease(
                 baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: claim?.slot,
-                cacheReport: cacheReport
+                cacheReport: cacheReport, runtimeDied: inner.runtimeDied
             ) { [weak self, slots] outcome in
                 inner.release(outcome)
                 let said = report.withLockedValue { $0 }

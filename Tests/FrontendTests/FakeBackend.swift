@@ -88,6 +88,19 @@ final class FakeBackend: ModelBackend, Sendable {
             }
         case "busy":
             throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
+        case "crashes-once", "crashes-always", "refuses":
+            // A managed runtime whose process dies under the request (nothing listens on port
+            // 1) and is started again in its place, once or every time; or one that refuses the
+            // request while it keeps running.
+            let n = counters.withLockedValue { counters in
+                counters.acquired += 1
+                return counters.acquired
+            }
+            let up = model == "crashes-once" && n > 1
+            return UpstreamLease(
+                baseURL: up ? "http://127.0.0.1:\(upstreamPort)/v1" : "http://127.0.0.1:1/v1",
+                runtimeDied: { model != "refuses" },
+                onOutcome: { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } })
         default:
             throw GatewayError.modelNotFound(model)
         }

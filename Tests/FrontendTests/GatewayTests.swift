@@ -143,7 +143,23 @@ struct GatewayTests {
                 uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: body))
             #expect(response.status == .badRequest)
             #expect(try Self.errorCode(response) == code)
+            #expect(!String(buffer: response.body).contains("Domain"), "the reason, not Foundation's error dump")
             #expect(backend.acquired == 0, "a bad request must not reach a model")
+        }
+    }
+
+    @Test(arguments: [("crashes-once", 200, 2), ("crashes-always", 502, 2), ("refuses", 502, 1)])
+    func aRequestIsSentOnceMoreOnlyWhenItsRuntimeDiedBeforeAnswering(model: String, status: Int, leases: Int) async throws {
+        // (The shared HTTP client retries a refused connection until the request's deadline.)
+        try await Self.withGateway(GatewayConfiguration(upstreamTimeout: .seconds(1))) { client, backend in
+            let response = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [:],
+                body: ByteBuffer(string: #"{"model":"\#(model)","messages":[{"role":"user","content":"x"}]}"#))
+            #expect(response.status.code == status)
+            if status == 200 { #expect(String(buffer: response.body).hasPrefix(#"{"echo":"#)) }
+            else { #expect(try Self.errorCode(response) == "runtime_failed") }
+            #expect(backend.acquired == leases, "at most one resend, and none to a runtime still running")
+            #expect(backend.outcomes(model).count == leases)
         }
     }
 

@@ -161,6 +161,37 @@ def test_runtime_killed_mid_stream_gives_clean_error_then_restarts(daemon):
     assert m["status"] == "ready" and m.get("pid") != pid
 
 
+def test_a_request_whose_runtime_dies_before_answering_is_sent_to_the_next_one(daemon):
+    """SIGKILL of the runtime under a non-streaming request: nothing was sent to the client, so the
+    request goes once more, to the runtime started in its place, and is answered in full."""
+    import os
+    client = daemon.client(timeout=120)
+    client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = daemon.model("smollm2").get("pid")
+    assert pid and pid_alive(pid)
+    retries = daemon.metric("strata_request_retries_total", model="smollm2")
+    outcome = {}
+
+    def ask():
+        try:
+            outcome["answer"] = client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+                max_tokens=200, extra_body={"ignore_eos": True})
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome["error"] = e
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    wait_for(lambda: daemon.model("smollm2")["in_flight"] == 1, 20, what="the request running")
+    time.sleep(0.3)   # generating
+    os.kill(pid, signal.SIGKILL)
+    asking.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["answer"].usage.completion_tokens == 200
+    assert daemon.model("smollm2").get("pid") not in (None, pid)
+    assert daemon.metric("strata_request_retries_total", model="smollm2") == retries + 1
+
+
 def test_client_disconnect_frees_the_request(daemon):
     import http.client
     body = json.dumps({"model": "smollm2", "stream": True, "max_tokens": 1500, "ignore_eos": True,

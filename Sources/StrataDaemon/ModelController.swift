@@ -189,7 +189,8 @@ public actor ModelController {
     func runtimeDied(_ model: String, instanceID: UInt64, within: Duration = .seconds(1)) async -> Bool {
         let deadline = ContinuousClock.now + within
         while instances[model]?.id == instanceID {
-            guard ContinuousClock.now < deadline else { return false }
+            // (A client that left cancels the wait: the sleep below would no longer sleep.)
+            guard ContinuousClock.now < deadline, !Task.isCancelled else { return false }
             try? await Task.sleep(for: .milliseconds(20))
         }
         return true

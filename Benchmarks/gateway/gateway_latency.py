@@ -16,6 +16,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -84,6 +85,17 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def host_dir(port):
+    """Staged weights in RAM, a directory per daemon (one daemon per directory), removed by `stop`."""
+    return f"/dev/shm/strata-gateway-bench-{port}"
+
+
+def stop(proc, port):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    shutil.rmtree(host_dir(port), ignore_errors=True)
+
+
 def start_strata(strata, workdir, port, ttl="10m", cancel_on_disconnect=True):
     cfg = workdir / "bench.yaml"
     cfg.write_text(f"""
@@ -91,6 +103,7 @@ listen: 127.0.0.1:{port}
 gateway: {{ cancel_on_disconnect: {str(cancel_on_disconnect).lower()} }}
 state_dir: {workdir}/state
 log_level: warning
+tiers: {{ host: {{ budget: 256MiB, dir: {host_dir(port)} }} }}
 runtimes:
   llama: {{ kind: llama-server, binary: "{LLAMA}", args: {json.dumps(ARGS)} }}
 models:
@@ -143,8 +156,7 @@ def gateway_overhead(strata, workdir, requests, cancel_on_disconnect=True):
             }
         return result
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc, port)
 
 
 def cold_start(strata, workdir, runs):
@@ -184,8 +196,7 @@ def cold_start(strata, workdir, runs):
         return {"runs": runs, "strata_s": statistics.median(strata_times), "manual_s": statistics.median(manual_times),
                 "strata_all": strata_times, "manual_all": manual_times}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc, port)
 
 
 def main():

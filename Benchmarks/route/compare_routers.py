@@ -165,7 +165,7 @@ def start_strata(a, work, replicas, policy, procs):
 listen: 127.0.0.1:{port}
 state_dir: {work}/state
 log_level: warning
-tiers: {{ host: {{ budget: 16MiB }} }}
+tiers: {{ host: {{ budget: 16MiB, dir: {work}/shm }} }}
 routing: {{ policy: {policy}, health_interval: 1s, index_blocks: {a.index_blocks} }}
 models:
   - {{ name: smollm2, upstreams: {json.dumps(replicas)} }}

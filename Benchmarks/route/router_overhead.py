@@ -119,7 +119,7 @@ listen: 127.0.0.1:{port}
 state_dir: {work}/state-{name}
 log_level: warning
 gateway: {{ cancel_on_disconnect: false, event_loop_relay: {relay} }}
-tiers: {{ host: {{ budget: 16MiB }} }}
+tiers: {{ host: {{ budget: 16MiB, dir: {work}/shm-{name} }} }}
 routing: {{ policy: prefix-affinity, health_interval: 1s }}
 runtimes:
   nginx: {{ kind: upstream, url: "http://127.0.0.1:{ports[0]}/v1" }}

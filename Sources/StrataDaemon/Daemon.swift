@@ -7,6 +7,20 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
+extension Daemon {
+    /// The directories a daemon's data lives in, each locked for it (`DirectoryLock`): the
+    /// state directory, and the NVMe tier's and the staged weights' when they lie elsewhere.
+    static func lockDirectories(of config: StrataConfiguration) throws -> [DirectoryLock] {
+        let state = URL(fileURLWithPath: config.stateDirectory).standardizedFileURL.path
+        var directories = [state]
+        for directory in [config.tiers.nvme.directory, config.tiers.host.directory].compactMap({ $0 }) {
+            let path = URL(fileURLWithPath: directory).standardizedFileURL.path
+            if path != state && !path.hasPrefix(state + "/") && !directories.contains(path) { directories.append(path) }
+        }
+        return try directories.map { try DirectoryLock(directory: $0) }
+    }
+}
+
 /// Wires the modules together and runs them as services: the storage tiers, the model
 /// controller, the HTTP server last, so SIGTERM stops taking requests, drains those in flight,
 /// stops runtimes, then closes the tiers.
@@ -16,6 +30,9 @@ public enum Daemon {
         renderMetrics: @escaping @Sendable () -> String, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws {
         try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        // Before anything is opened: a second daemon on the same directories stops here.
+        let locks = try lockDirectories(of: config)
+        defer { withExtendedLifetime(locks) {} }
         logger.info("\(config.gpuDiscovery.summary); devices: \(config.devices.map { "\($0.name) (\($0.kind.rawValue), \(ConfigUnits.formatBytes($0.memoryBytes)))" }.joined(separator: ", "))")
         if !config.listen.isLoopback && !config.requiresAPIKeys {
             logger.warning("listening on \(config.listen) without API keys: anyone who can reach it can use it (set STRATA_API_KEYS)")

@@ -57,7 +57,16 @@ struct Serve: AsyncParsableCommand {
         ]
         MetricsSystem.bootstrap(factory)
         let logger = Logger(label: "strata")
-        try await Daemon.run(config: configuration, configPath: config, logger: logger, renderMetrics: { registry.emitToString() })
+        do {
+            try await Daemon.run(config: configuration, configPath: config, logger: logger, renderMetrics: { registry.emitToString() })
+        } catch let error as NIOCore.IOError where error.errnoCode == EADDRINUSE {
+            FileHandle.standardError.write(Data(
+                "strata: cannot listen on \(configuration.listen): the address is in use (by another strata or another program; `listen` in \(config) sets it)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as DirectoryLock.InUse {
+            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

@@ -38,6 +38,28 @@ def test_daemon_killed_with_sigkill_takes_runtimes_with_it(make_daemon):
     wait_for(lambda: not pid_alive(pid), 10, what="runtime to die with the daemon (PR_SET_PDEATHSIG)")
 
 
+def test_a_second_daemon_on_the_same_directories_is_refused(make_daemon, tmp_path):
+    """Two daemons on one store would each write blocks the other does not know of: the second
+    stops at once, naming the process that holds the directory, and the first serves on. The
+    lock goes with its holder however it ends (SIGKILL here), so a restart is never refused."""
+    d = make_daemon(config(ONE_MODEL.replace("ttl: 2s", "ttl: 10m")))
+    d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    runtime = d.model("smollm2").get("pid")
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(d.config_path.read_text().replace(f"127.0.0.1:{d.port}", f"127.0.0.1:{free_port()}"))
+    refused = subprocess.run([str(STRATA), "serve", "--config", str(twin)], capture_output=True, text=True,
+                             timeout=60, env=d.env)
+    assert refused.returncode == 1, refused.stderr
+    assert f"in use by another strata process (pid {d.proc.pid})" in refused.stderr, refused.stderr
+    assert d.get("/health")[0] == 200
+    assert d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2).choices
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    wait_for(lambda: not pid_alive(runtime), 10, what="the runtime to die with the daemon")
+    d.start()   # same directories, same port: the lock went with the killed daemon
+    assert d.get("/health")[0] == 200
+
+
 def test_sigterm_drains_in_flight_stream_then_stops_runtimes(make_daemon):
     d = make_daemon(config(ONE_MODEL.replace("ttl: 2s", "ttl: 10m")))
     client = d.client(timeout=120)

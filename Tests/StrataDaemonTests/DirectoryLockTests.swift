@@ -1,0 +1,41 @@
+import Foundation
+import Testing
+@testable import StrataDaemon
+
+/// One daemon per directory: the second is refused with the holder's pid, and the directory is
+/// free again once the holder lets go.
+struct DirectoryLockTests {
+    static func temporaryDirectory() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("strata-lock-\(UUID().uuidString)").path
+    }
+
+    @Test func aHeldDirectoryIsRefusedWithItsHolderThenFreeOnceLetGo() throws {
+        let directory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var first: DirectoryLock? = try DirectoryLock(directory: directory)
+        #expect(first != nil)
+        #expect(throws: DirectoryLock.InUse(directory: directory, holder: "\(getpid())")) {
+            try DirectoryLock(directory: directory)
+        }
+        first = nil
+        let second = try DirectoryLock(directory: directory)
+        #expect(second.directory == directory)
+    }
+
+    @Test func theStateDirectoryAndTheTierDirectoriesOutsideItAreLocked() throws {
+        let root = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var config = try ConfigLoader.parse(yaml: "models: []", environment: [:])
+        config.stateDirectory = root + "/state"
+        config.tiers.nvme.directory = root + "/state/nvme"   // inside: the state directory's lock covers it
+        config.tiers.host.directory = root + "/shm"
+        let locks = try Daemon.lockDirectories(of: config)
+        #expect(locks.map(\.directory) == [root + "/state", root + "/shm"])
+        #expect(throws: DirectoryLock.InUse.self) { try Daemon.lockDirectories(of: config) }
+        config.stateDirectory = root + "/other"
+        #expect(throws: DirectoryLock.InUse.self, "the staged weights' directory is still held") {
+            try Daemon.lockDirectories(of: config)
+        }
+        withExtendedLifetime(locks) {}
+    }
+}

@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 
 extension Gateway {
     /// Relays one OpenAI request: validates it, waits for a lease on a ready upstream, forwards
@@ -175,8 +176,15 @@ extension Gateway {
     static let servedByHeader = HTTPField.Name("x-strata-served-by")!
 }
 
-func describe(_ error: any Error) -> String {
+/// An error as people read it in a log line or an error answer: a socket error by its system
+/// message ("Connection refused (errno 111)", not NIO's "connection reset (error set): …"), a
+/// failed connect by the error of its attempt, anything else as it describes itself (shortened).
+public func describe(_ error: any Error) -> String {
     if let error = error as? HTTPClientError { return String(describing: error) }
+    if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) + " (errno \(error.errnoCode))" }
+    if let error = error as? NIOConnectionError, let attempt = error.connectionErrors.first {
+        return describe(attempt.error)
+    }
     let text = String(describing: error)
     return text.count > 300 ? String(text.prefix(300)) + "…" : text
 }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Frontend
 import NIOCore
 
 /// One request from a command-line client (`strata status`, `strata stage`) to a running
@@ -19,7 +20,9 @@ enum AdminHTTP {
         do {
             response = try await HTTPClient.shared.execute(request, timeout: timeout)
         } catch {
-            throw Failure(message: "cannot reach Strata at \(base): \(error)")
+            let hint = (error as? IOError)?.errnoCode == ECONNREFUSED
+                ? " (is `strata serve` running, with this `listen` address?)" : ""
+            throw Failure(message: "cannot reach Strata at \(base): \(describe(error))\(hint)")
         }
         let data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
         guard expect.contains(response.status.code) else {

@@ -163,6 +163,11 @@ struct GatewayTests {
         }
     }
 
+    @Test func socketErrorsReadAsTheSystemSaysThem() {
+        #expect(describe(IOError(errnoCode: ECONNREFUSED, reason: "connection reset (error set)")) == "Connection refused (errno 111)")
+        #expect(describe(GatewayError.badRequest("no", code: "x")).contains("no"))
+    }
+
     @Test func unknownModel404AndNotReady503WithRetryAfter() async throws {
         // several requests on one test-client connection: keep it alive
         try await Self.withGateway(GatewayConfiguration(cancelOnDisconnect: false)) { client, _ in

@@ -67,8 +67,14 @@ final class TierService: Service, TierBackend {
         }
         let metrics = TierMetrics()
         await cancelWhenGracefulShutdown {
+            var lowered = 0
             while !Task.isCancelled {
                 await store.report(to: metrics)
+                let (budget, nvme) = await (store.nvme.configuration.budgetBytes, store.nvme.stats)
+                if nvme.budgetLowered > lowered {
+                    lowered = nvme.budgetLowered
+                    self.logger.warning("the filesystem of \(self.directory) cannot hold tiers.nvme.budget \(ConfigUnits.formatBytes(self.configuration.nvme.budgetBytes)) (it is full, or other files share it): the NVMe tier now keeps \(ConfigUnits.formatBytes(budget)), oldest blocks first to go")
+                }
                 try? await Task.sleep(for: self.reportInterval)
             }
         }

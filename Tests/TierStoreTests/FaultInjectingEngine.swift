@@ -12,6 +12,8 @@ final class FaultInjectingEngine: IOEngine {
         var readErrno: Int32?
         /// Operations of the failing kind that still succeed before the fault starts.
         var after = 0
+        /// Operations that fail once it has started (then they succeed again).
+        var times = Int.max
     }
 
     let base: any IOEngine
@@ -62,7 +64,7 @@ final class FaultInjectingEngine: IOEngine {
             defer { counts[keyPath: count] += 1 }
             return counts[keyPath: count]
         }
-        return n >= plan.after ? code : nil
+        return n >= plan.after && n - plan.after < plan.times ? code : nil
     }
 
     func read(fd: Int32, into buffer: IOBuffer, range: Range<Int>, at offset: UInt64) async throws -> Int {

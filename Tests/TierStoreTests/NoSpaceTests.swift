@@ -19,41 +19,84 @@ struct NoSpaceTests {
 
     static var canMount: Bool { getuid() == 0 }
 
-    @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)
-    func fullDiskIsAClearErrorAndLosesNothingAlreadyStored(kind: IOEngineKind) async throws {
+    /// A capped tmpfs at `mountPoint` for the test's body, unmounted after it.
+    static func withSmallFilesystem(megabytes: Int, _ body: (String) async throws -> Void) async throws {
         let mountPoint = SegmentLogTests.directory()
         defer { try? FileManager.default.removeItem(atPath: mountPoint) }
-        try #require(Self.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", mountPoint]) == 0, "mount tmpfs")
+        try #require(Self.run(["mount", "-t", "tmpfs", "-o", "size=\(megabytes)m", "tmpfs", mountPoint]) == 0, "mount tmpfs")
         defer { _ = Self.run(["umount", "-l", mountPoint]) }
+        try await body(mountPoint)
+    }
 
-        let engine = try kind.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: 1 << 20, budgetBytes: 1 << 30)
-        let log = try await SegmentLog.open(config, engine: engine)
-        var stored: [Int] = []
-        var failure: (any Error)?
-        for i in 0..<200 {   // 200 × 64 KiB is far more than 6 MiB
-            do {
-                try await log.put(BlockKey(bytes: [UInt8(i)]), IOEngineContractTests.pattern(60_000, seed: UInt64(i)), durable: true)
-                stored.append(i)
-            } catch {
-                failure = error
-                break
+    static func value(_ i: Int) -> [UInt8] { IOEngineContractTests.pattern(60_000, seed: UInt64(i)) }
+
+    /// A budget (1 GiB) far above what the filesystem (6 MiB) holds: the log comes down to what
+    /// it can hold, the oldest blocks going first as at the budget, instead of filling the
+    /// filesystem and then failing every put (deletes free nothing in a log). What is kept
+    /// reads back identical, also after a restart.
+    @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)
+    func aFilesystemSmallerThanTheBudgetKeepsTheNewestInsteadOfFilling(kind: IOEngineKind) async throws {
+        try await Self.withSmallFilesystem(megabytes: 6) { mountPoint in
+            let engine = try kind.make(queueDepth: 8)
+            defer { engine.shutdown() }
+            var config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: 1 << 20, budgetBytes: 1 << 30)
+            config.filesystemReserveBytes = 1 << 20
+            let log = try await SegmentLog.open(config, engine: engine)
+            for i in 0..<200 {   // 200 × 64 KiB is far more than 6 MiB
+                try await log.put(BlockKey(bytes: [UInt8(i)]), Self.value(i), durable: true)
             }
+            #expect(await log.stats.budgetLowered > 0)
+            #expect(await log.configuration.budgetBytes < 6 << 20)
+            var kept: [Int] = []
+            for i in 0..<200 {
+                guard let got = try await log.get(BlockKey(bytes: [UInt8(i)])) else { continue }
+                #expect(got == Self.value(i), "block \(i)")
+                kept.append(i)
+            }
+            #expect(kept.count > 10 && kept.last == 199, "the newest are kept: \(kept)")
+            #expect(kept == Array(kept.first!...199), "the oldest went first")
+            await log.close()
+            // (Reopened, it fits itself again: the new segment it writes next needs room too, so
+            // more of the oldest may go; what stays is never different.)
+            let reopened = try await SegmentLog.open(config, engine: engine)
+            for i in kept {
+                if let got = try await reopened.get(BlockKey(bytes: [UInt8(i)])) { #expect(got == Self.value(i), "block \(i)") }
+            }
+            #expect(try await reopened.get(BlockKey(bytes: [199])) == Self.value(199))
+            #expect(await reopened.stats.checksumFailures == 0)
+            await reopened.close()
         }
-        let noSpace = (failure as? IOError)?.isNoSpace == true
-            || (failure as? SQLiteDatabase.Error)?.code == 13   // SQLITE_FULL, when the catalog hits the wall first
-        #expect(noSpace, "a full disk is reported as such: \(String(describing: failure))")
-        #expect(stored.count > 10 && stored.count < 200)
-        // everything acknowledged before the wall reads back, and still does after a restart
-        for i in stored {
-            #expect(try await log.get(BlockKey(bytes: [UInt8(i)])) == IOEngineContractTests.pattern(60_000, seed: UInt64(i)))
+    }
+
+    /// A filesystem too small for a second segment: nothing older can make room, so a full disk
+    /// is a clear error, and everything acknowledged before it reads back, also after a restart.
+    @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)
+    func fullDiskIsAClearErrorAndLosesNothingAlreadyStored(kind: IOEngineKind) async throws {
+        try await Self.withSmallFilesystem(megabytes: 6) { mountPoint in
+            let engine = try kind.make(queueDepth: 8)
+            defer { engine.shutdown() }
+            let config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: 8 << 20, budgetBytes: 1 << 30)
+            let log = try await SegmentLog.open(config, engine: engine)
+            var stored: [Int] = []
+            var failure: (any Error)?
+            for i in 0..<200 {
+                do {
+                    try await log.put(BlockKey(bytes: [UInt8(i)]), Self.value(i), durable: true)
+                    stored.append(i)
+                } catch {
+                    failure = error
+                    break
+                }
+            }
+            let noSpace = (failure as? IOError)?.isNoSpace == true
+                || (failure as? SQLiteDatabase.Error)?.code == 13   // SQLITE_FULL, when the catalog hits the wall first
+            #expect(noSpace, "a full disk is reported as such: \(String(describing: failure))")
+            #expect(stored.count > 10 && stored.count < 200)
+            for i in stored { #expect(try await log.get(BlockKey(bytes: [UInt8(i)])) == Self.value(i)) }
+            await log.close()
+            let reopened = try await SegmentLog.open(config, engine: engine)
+            for i in stored { #expect(try await reopened.get(BlockKey(bytes: [UInt8(i)])) == Self.value(i)) }
+            await reopened.close()
         }
-        await log.close()
-        let reopened = try await SegmentLog.open(config, engine: engine)
-        for i in stored {
-            #expect(try await reopened.get(BlockKey(bytes: [UInt8(i)])) == IOEngineContractTests.pattern(60_000, seed: UInt64(i)))
-        }
-        await reopened.close()
     }
 }

@@ -41,6 +41,42 @@ struct SegmentLogTests {
         await log.close()
     }
 
+    /// A write that finds the filesystem full (ENOSPC, injected once) while older segments
+    /// exist: the budget comes down, the oldest segment goes, and the block is written once more
+    /// in a new segment, so the put succeeds; the failed segment takes no more appends.
+    @Test func aWriteThatFindsNoSpaceMakesRoomFromTheOldestAndGoesOnce() async throws {
+        let engine = FaultInjectingEngine(base: try IOEngineKind.psync.make(queueDepth: 8))
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 1 << 20, budgetBytes: 1 << 30), engine: engine)
+        for i in 0..<160 {   // 160 × 12 KiB over two 1 MiB segments
+            try await log.put(BlockKey(bytes: [UInt8(i)]), Self.payload(10_000, seed: UInt64(i)), durable: false)
+        }
+        let before = await log.stats
+        #expect(before.usedBytes > 1 << 20)
+        engine.arm(.init(writeErrno: ENOSPC, times: 1))
+        try await log.put(BlockKey(bytes: [200]), Self.payload(10_000, seed: 200), durable: true)
+        engine.disarm()
+        #expect(try await log.get(BlockKey(bytes: [200])) == Self.payload(10_000, seed: 200))
+        let after = await log.stats
+        #expect(after.budgetLowered == 1 && after.reclaimedSegments > before.reclaimedSegments)
+        #expect(await log.configuration.budgetBytes < before.usedBytes)
+        #expect(try await log.get(BlockKey(bytes: [0])) == nil, "the oldest made room")
+        // (The log now keeps a segment less than what filled the filesystem, so that a new
+        // segment always has room; what it keeps is never different.)
+        for i in 1..<160 {
+            if let got = try await log.get(BlockKey(bytes: [UInt8(i)])) { #expect(got == Self.payload(10_000, seed: UInt64(i))) }
+        }
+        // Twice in a row: nothing more to gain from the same failure, so it is the caller's.
+        engine.arm(.init(writeErrno: ENOSPC))
+        await #expect(throws: IOError.self) {
+            try await log.put(BlockKey(bytes: [201]), Self.payload(10_000, seed: 201), durable: true)
+        }
+        engine.disarm()
+        await log.close()
+    }
+
     @Test(arguments: kinds)
     func blocksSurviveReopenAndNewestWins(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)

@@ -16,6 +16,10 @@ public actor SegmentLog {
         public var budgetBytes: UInt64
         /// `.lz4`: each block is stored compressed when that makes it smaller, else as it is.
         public var codec: BlockHeader.Codec
+        /// Room the filesystem keeps beyond a new segment (`fitBudgetToFilesystem`): the
+        /// catalog's write-ahead log and its checkpoints grow there, and a catalog that cannot
+        /// commit fails durable puts.
+        public var filesystemReserveBytes: UInt64 = 16 << 20
 
         public init(
             directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30, codec: BlockHeader.Codec = .none
@@ -36,6 +40,8 @@ public actor SegmentLog {
         public var misses = 0
         public var checksumFailures = 0
         public var reclaimedSegments = 0
+        /// Times the budget came down because the filesystem could not hold it (`fitBudgetToFilesystem`).
+        public var budgetLowered = 0
         public var bytesRead: UInt64 = 0
         public var bytesWritten: UInt64 = 0
         /// Reads, writes and syncs in flight now (the tier's queue depth).
@@ -100,6 +106,7 @@ public actor SegmentLog {
         let catalog = try catalog ?? BlockCatalog(path: "\(configuration.directory)/catalog.sqlite")
         let log = SegmentLog(configuration: configuration, engine: engine, catalog: catalog)
         try await log.recover()
+        await log.fitBudgetToFilesystem()   // reopened on a filesystem that filled meanwhile
         return log
     }
 
@@ -207,8 +214,19 @@ public actor SegmentLog {
     }
 
     private func append(_ record: PreparedRecord, durable: Bool) async throws {
+        defer { if record.pooled { buffers.give(record.buffer) } }
+        do {
+            try await appendOnce(record, durable: durable)
+        } catch let error as IOError where error.isNoSpace {
+            // The filesystem filled before the budget did. If the oldest segments can make room,
+            // the block goes once more, into a new segment (the failed one takes no more).
+            guard fitBudgetToFilesystem(failedForSpace: true) else { throw error }
+            try await appendOnce(record, durable: durable)
+        }
+    }
+
+    private func appendOnce(_ record: PreparedRecord, durable: Bool) async throws {
         let (key, buffer, recordLength) = (record.key, record.buffer, record.recordLength)
-        defer { if record.pooled { buffers.give(buffer) } }
         var segment = try activeSegment(room: recordLength)
         let offset = segment.end
         segment.end += UInt64(recordLength)
@@ -463,6 +481,7 @@ public actor SegmentLog {
             return segment
         }
         if let newest = segments.keys.max() { segments[newest]?.sealed = true }
+        fitBudgetToFilesystem()
         let id = (segments.keys.max() ?? 0) + 1
         let fd = Glibc.open(segmentPath(id), O_RDWR | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "create \(segmentPath(id))", errno: errno) }
@@ -495,6 +514,29 @@ public actor SegmentLog {
         guard let (fd, path) = closing.removeValue(forKey: id) else { return }
         Glibc.close(fd)
         unlink(path)
+    }
+
+    /// Before a new segment (and after a write that found no space): when the filesystem would
+    /// keep less than `filesystemReserveBytes` beside it — the budget is more than the filesystem
+    /// holds, or other files share it — the budget comes down by the shortfall, so the oldest
+    /// segments make room, as they would at the budget. Without this the log would fill the
+    /// filesystem and then fail every put, deletes freeing nothing. `configuration.budgetBytes`
+    /// then shows the lowered figure and `stats.budgetLowered` counts it. True when it lowered
+    /// the budget (`failedForSpace`: by at least one segment, since the last write failed).
+    @discardableResult
+    func fitBudgetToFilesystem(failedForSpace: Bool = false) -> Bool {
+        var info = statvfs()
+        guard statvfs(configuration.directory, &info) == 0 else { return false }
+        let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        var needed = UInt64(configuration.segmentBytes) + configuration.filesystemReserveBytes
+        if failedForSpace { needed = max(needed, free + UInt64(configuration.segmentBytes)) }
+        guard free < needed, segments.count > 1 else { return false }
+        let target = stats.usedBytes - min(stats.usedBytes, needed - free)
+        guard target < configuration.budgetBytes else { return false }
+        configuration.budgetBytes = target
+        stats.budgetLowered += 1
+        reclaimOverBudget()
+        return true
     }
 
     /// Drops whole segments, oldest first, until the log fits its budget (never the active one).

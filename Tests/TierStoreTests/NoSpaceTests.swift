@@ -19,13 +19,21 @@ struct NoSpaceTests {
 
     static var canMount: Bool { getuid() == 0 }
 
-    /// A capped tmpfs at `mountPoint` for the test's body, unmounted after it.
-    static func withSmallFilesystem(megabytes: Int, _ body: (String) async throws -> Void) async throws {
+    /// A log with a 1 GiB budget on a 6 MiB tmpfs mounted for the test's body (unmounted after
+    /// it), opened with `kind`'s engine; the body gets the log, its configuration and the engine.
+    static func withLogOnSmallFilesystem(
+        _ kind: IOEngineKind, segmentBytes: Int, reserveBytes: UInt64 = 16 << 20,
+        _ body: (SegmentLog, SegmentLog.Configuration, any IOEngine) async throws -> Void
+    ) async throws {
         let mountPoint = SegmentLogTests.directory()
         defer { try? FileManager.default.removeItem(atPath: mountPoint) }
-        try #require(Self.run(["mount", "-t", "tmpfs", "-o", "size=\(megabytes)m", "tmpfs", mountPoint]) == 0, "mount tmpfs")
+        try #require(Self.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", mountPoint]) == 0, "mount tmpfs")
         defer { _ = Self.run(["umount", "-l", mountPoint]) }
-        try await body(mountPoint)
+        let engine = try kind.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        var config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: segmentBytes, budgetBytes: 1 << 30)
+        config.filesystemReserveBytes = reserveBytes
+        try await body(try await SegmentLog.open(config, engine: engine), config, engine)
     }
 
     static func value(_ i: Int) -> [UInt8] { IOEngineContractTests.pattern(60_000, seed: UInt64(i)) }
@@ -36,12 +44,7 @@ struct NoSpaceTests {
     /// reads back identical, also after a restart.
     @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)
     func aFilesystemSmallerThanTheBudgetKeepsTheNewestInsteadOfFilling(kind: IOEngineKind) async throws {
-        try await Self.withSmallFilesystem(megabytes: 6) { mountPoint in
-            let engine = try kind.make(queueDepth: 8)
-            defer { engine.shutdown() }
-            var config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: 1 << 20, budgetBytes: 1 << 30)
-            config.filesystemReserveBytes = 1 << 20
-            let log = try await SegmentLog.open(config, engine: engine)
+        try await Self.withLogOnSmallFilesystem(kind, segmentBytes: 1 << 20, reserveBytes: 1 << 20) { log, config, engine in
             for i in 0..<200 {   // 200 × 64 KiB is far more than 6 MiB
                 try await log.put(BlockKey(bytes: [UInt8(i)]), Self.value(i), durable: true)
             }
@@ -72,11 +75,7 @@ struct NoSpaceTests {
     /// is a clear error, and everything acknowledged before it reads back, also after a restart.
     @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)
     func fullDiskIsAClearErrorAndLosesNothingAlreadyStored(kind: IOEngineKind) async throws {
-        try await Self.withSmallFilesystem(megabytes: 6) { mountPoint in
-            let engine = try kind.make(queueDepth: 8)
-            defer { engine.shutdown() }
-            let config = SegmentLog.Configuration(directory: mountPoint + "/log", segmentBytes: 8 << 20, budgetBytes: 1 << 30)
-            let log = try await SegmentLog.open(config, engine: engine)
+        try await Self.withLogOnSmallFilesystem(kind, segmentBytes: 8 << 20) { log, config, engine in
             var stored: [Int] = []
             var failure: (any Error)?
             for i in 0..<200 {

@@ -174,6 +174,9 @@ struct TierStatus: Codable {
     }
     struct NVMe: Codable {
         var dir: String, budget_bytes: UInt64, used_bytes: UInt64, blocks: Int
+        /// What the tier keeps at most now: `budget_bytes`, or less where its filesystem cannot
+        /// hold that (`SegmentLog.fitBudgetToFilesystem`).
+        var effective_budget_bytes: UInt64
         var hits: Int, misses: Int, checksum_failures: Int, reclaimed_segments: Int
         var bytes_read: UInt64, bytes_written: UInt64, queue_depth: Int
         var admission: String, codec: String
@@ -195,7 +198,7 @@ struct TierStatus: Codable {
                     admission: policy.hostAdmission.rawValue, eviction: policy.eviction.rawValue,
                     codec: policy.hostCodec.description)
         nvme = NVMe(dir: directory, budget_bytes: policy.nvmeBudgetBytes, used_bytes: stats.nvme.usedBytes,
-                    blocks: stats.nvme.blocks, hits: stats.nvme.hits, misses: stats.nvme.misses,
+                    blocks: stats.nvme.blocks, effective_budget_bytes: await store.nvme.configuration.budgetBytes, hits: stats.nvme.hits, misses: stats.nvme.misses,
                     checksum_failures: stats.nvme.checksumFailures, reclaimed_segments: stats.nvme.reclaimedSegments,
                     bytes_read: stats.nvme.bytesRead, bytes_written: stats.nvme.bytesWritten, queue_depth: stats.nvme.inFlight,
                     admission: policy.nvmeAdmission.rawValue, codec: policy.nvmeCodec.description)

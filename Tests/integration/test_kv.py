@@ -260,6 +260,10 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
         for key, value in values.items():
             assert r.set(key, value) is True, key
         wait_for(lambda: "cannot hold tiers.nvme.budget" in d.log_path.read_text(), 20, what="the warning")
+        import json
+        from conftest import ADMIN_KEY
+        nvme = json.loads(d.get("/admin/tiers", headers={"Authorization": f"Bearer {ADMIN_KEY}"})[1])["nvme"]
+        assert nvme["budget_bytes"] == 1 << 30 and nvme["effective_budget_bytes"] < 48 << 20, nvme
 
         def kept():
             got = {key: r.get(key) for key in values}

@@ -26,6 +26,7 @@ def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
     before = wait_for(lambda: tiers(d), 20, what="/admin/tiers to answer")
     assert before["host"]["budget_bytes"] == 32 << 20 and before["host"]["capacity_bytes"] == 32 << 20
     assert before["nvme"]["budget_bytes"] == 256 << 20 and before["nvme"]["dir"].endswith("/state/nvme")
+    assert before["nvme"]["effective_budget_bytes"] == 256 << 20, "the filesystem holds the whole budget"
     assert before["host"]["admission"] == "always" and before["nvme"]["codec"] == "none"
     assert os.path.exists(before["nvme"]["dir"] + "/catalog.sqlite")
 

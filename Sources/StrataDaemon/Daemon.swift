@@ -11,13 +11,17 @@ extension Daemon {
     /// The directories a daemon's data lives in, each locked for it (`DirectoryLock`): the
     /// state directory, and the NVMe tier's and the staged weights' when they lie elsewhere.
     static func lockDirectories(of config: StrataConfiguration) throws -> [DirectoryLock] {
-        let state = URL(fileURLWithPath: config.stateDirectory).standardizedFileURL.path
-        var directories = [state]
-        for directory in [config.tiers.nvme.directory, config.tiers.host.directory].compactMap({ $0 }) {
-            let path = URL(fileURLWithPath: directory).standardizedFileURL.path
-            if path != state && !path.hasPrefix(state + "/") && !directories.contains(path) { directories.append(path) }
+        func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
+        let state = absolute(config.stateDirectory)
+        var directories = [(state, "state_dir")]
+        for (directory, role) in [(config.tiers.nvme.directory, "tiers.nvme.dir"), (config.tiers.host.directory, "tiers.host.dir")] {
+            guard let directory else { continue }
+            let path = absolute(directory)
+            if path != state && !path.hasPrefix(state + "/") && !directories.contains(where: { $0.0 == path }) {
+                directories.append((path, role))
+            }
         }
-        return try directories.map { try DirectoryLock(directory: $0) }
+        return try directories.map { try DirectoryLock(directory: $0.0, role: $0.1) }
     }
 }
 
@@ -29,8 +33,8 @@ public enum Daemon {
         config: StrataConfiguration, configPath: String? = nil, logger: Logger,
         renderMetrics: @escaping @Sendable () -> String, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws {
-        try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
-        // Before anything is opened: a second daemon on the same directories stops here.
+        // Before anything is opened (the directories are made here): a second daemon on the same
+        // directories stops here.
         let locks = try lockDirectories(of: config)
         defer { withExtendedLifetime(locks) {} }
         logger.info("\(config.gpuDiscovery.summary); devices: \(config.devices.map { "\($0.name) (\($0.kind.rawValue), \(ConfigUnits.formatBytes($0.memoryBytes)))" }.joined(separator: ", "))")

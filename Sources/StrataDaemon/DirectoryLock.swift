@@ -26,25 +26,32 @@ public final class DirectoryLock: Sendable {
         }
     }
 
-    public struct CannotLock: Error, CustomStringConvertible {
+    /// The directory cannot be made, or its lock file opened (`role`: the config key naming it).
+    public struct CannotLock: Error, Equatable, CustomStringConvertible {
+        public var role: String
         public var path: String
         public var errno: Int32
-        public var description: String { "cannot lock \(path): \(String(cString: strerror(errno)))" }
+        public var description: String { "cannot use \(role) \(path): \(String(cString: strerror(errno)))" }
     }
 
-    /// Takes the lock (creating the directory if needed); throws `InUse` at once if another
-    /// process holds it.
-    init(directory: String) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    /// Takes the lock (creating the directory and its parents if needed); throws `InUse` at once
+    /// if another process holds it, `CannotLock` where the directory cannot be made or written.
+    init(directory: String, role: String = "directory") throws {
+        let directory = URL(fileURLWithPath: directory).standardizedFileURL.path
+        var made = ""
+        for component in directory.split(separator: "/", omittingEmptySubsequences: true) {
+            made += "/" + component
+            if mkdir(made, 0o755) != 0 && errno != EEXIST { throw CannotLock(role: role, path: made, errno: errno) }
+        }
         let path = directory + "/" + Self.fileName
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CannotLock(path: path, errno: errno) }
+        guard fd >= 0 else { throw CannotLock(role: role, path: path, errno: errno) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let failure = errno
             let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
             close(fd)
             if failure == EWOULDBLOCK { throw InUse(directory: directory, holder: holder?.isEmpty == false ? holder : nil) }
-            throw CannotLock(path: path, errno: failure)
+            throw CannotLock(role: role, path: path, errno: failure)
         }
         // Who holds it, for the message another daemon gives.
         let pid = Array("\(getpid())\n".utf8)

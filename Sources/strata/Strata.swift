@@ -63,7 +63,7 @@ struct Serve: AsyncParsableCommand {
             FileHandle.standardError.write(Data(
                 "strata: cannot listen on \(configuration.listen): the address is in use (by another strata or another program; `listen` in \(config) sets it)\n".utf8))
             throw ExitCode(1)
-        } catch let error as DirectoryLock.InUse {
+        } catch where error is DirectoryLock.InUse || error is DirectoryLock.CannotLock {
             FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
             throw ExitCode(1)
         }

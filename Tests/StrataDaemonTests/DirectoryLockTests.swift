@@ -22,6 +22,15 @@ struct DirectoryLockTests {
         #expect(second.directory == directory)
     }
 
+    @Test func aDirectoryThatCannotBeMadeIsNamedWithItsKeyAndTheReason() {
+        // (/proc takes no new directories, not even for root.)
+        #expect(throws: DirectoryLock.CannotLock(role: "state_dir", path: "/proc/strata-test", errno: ENOENT)) {
+            try DirectoryLock(directory: "/proc/strata-test/state", role: "state_dir")
+        }
+        #expect(String(describing: DirectoryLock.CannotLock(role: "state_dir", path: "/proc/x", errno: ENOENT))
+            == "cannot use state_dir /proc/x: No such file or directory")
+    }
+
     @Test func theStateDirectoryAndTheTierDirectoriesOutsideItAreLocked() throws {
         let root = Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -25,6 +25,19 @@ extension Daemon {
     }
 }
 
+/// A listening address another process holds, and the key of the config that names it.
+public struct AddressInUse: Error, CustomStringConvertible {
+    public var key: String
+    public var address: String
+
+    public init(key: String, address: String) {
+        self.key = key
+        self.address = address
+    }
+
+    public var description: String { "cannot listen on \(address) (\(key)): the address is in use, by another strata or another program" }
+}
+
 /// Wires the modules together and runs them as services: the storage tiers, the model
 /// controller, the HTTP server last, so SIGTERM stops taking requests, drains those in flight,
 /// stops runtimes, then closes the tiers.
@@ -147,7 +160,12 @@ struct RESPService: Service {
     let address: ListenAddress
 
     func run() async throws {
-        let port = try await server.start()
+        let port: Int
+        do {
+            port = try await server.start()
+        } catch let error as NIOCore.IOError where error.errnoCode == EADDRINUSE {
+            throw AddressInUse(key: "kv.resp", address: "\(address.host):\(address.port)")
+        }
         logger.info("RESP (Redis protocol) on \(address.host):\(port), keys in the storage tiers")
         await cancelWhenGracefulShutdown {
             try? await server.run()

@@ -57,15 +57,18 @@ struct Serve: AsyncParsableCommand {
         ]
         MetricsSystem.bootstrap(factory)
         let logger = Logger(label: "strata")
+        // What stops the daemon at start, as one line: which key of the config, and why.
+        func fail(_ error: any Error) -> ExitCode {
+            FileHandle.standardError.write(Data("strata: \(config): \(error)\n".utf8))
+            return ExitCode(1)
+        }
         do {
             try await Daemon.run(config: configuration, configPath: config, logger: logger, renderMetrics: { registry.emitToString() })
         } catch let error as NIOCore.IOError where error.errnoCode == EADDRINUSE {
-            FileHandle.standardError.write(Data(
-                "strata: cannot listen on \(configuration.listen): the address is in use (by another strata or another program; `listen` in \(config) sets it)\n".utf8))
-            throw ExitCode(1)
-        } catch where error is DirectoryLock.InUse || error is DirectoryLock.CannotLock {
-            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
-            throw ExitCode(1)
+            // (The RESP server says so itself; this is the HTTP server's.)
+            throw fail(AddressInUse(key: "listen", address: "\(configuration.listen)"))
+        } catch where error is AddressInUse || error is DirectoryLock.InUse || error is DirectoryLock.CannotLock {
+            throw fail(error)
         }
     }
 }

@@ -213,3 +213,25 @@ def test_status_cli(daemon):
     bad = subprocess.run([str(STRATA), "status", "--url", daemon.url], capture_output=True, text=True,
                          env={**os.environ, "STRATA_ADMIN_KEY": "wrong"}, timeout=30)
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+def test_an_address_in_use_stops_the_daemon_naming_its_key(tmp_path):
+    """A port another program holds: the daemon exits at start with one line naming the address
+    and the key of the config (listen or kv.resp), not a socket error."""
+    import socket
+    for key in ("listen", "kv.resp"):
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        listen = port if key == "listen" else free_port()
+        resp = port if key == "kv.resp" else free_port()
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(config("  []", extra=f"kv: {{ resp: 127.0.0.1:{resp} }}").replace("@PORT@", str(listen))
+                        .replace("@STATE@", str(tmp_path / f"state-{key}")).replace("@SHM@", str(tmp_path / f"shm-{key}")))
+        try:
+            r = subprocess.run([str(STRATA), "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+        finally:
+            held.close()
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert f"cannot listen on 127.0.0.1:{port} ({key}): the address is in use" in r.stderr, r.stderr[-2000:]

@@ -9,7 +9,9 @@ import ServiceLifecycle
 
 extension Daemon {
     /// The directories a daemon's data lives in, each locked for it (`DirectoryLock`): the
-    /// state directory, and the NVMe tier's and the staged weights' when they lie elsewhere.
+    /// state directory, and the NVMe tier's and the staged weights' when they lie elsewhere
+    /// (unless they cannot be made at all: then the tiers do not open, and the gateway runs
+    /// without them, as it does for any failure of theirs).
     static func lockDirectories(of config: StrataConfiguration) throws -> [DirectoryLock] {
         func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
         let state = absolute(config.stateDirectory)
@@ -21,7 +23,13 @@ extension Daemon {
                 directories.append((path, role))
             }
         }
-        return try directories.map { try DirectoryLock(directory: $0.0, role: $0.1) }
+        return try directories.compactMap { directory, role in
+            do {
+                return try DirectoryLock(directory: directory, role: role)
+            } catch is DirectoryLock.CannotLock where role != "state_dir" {
+                return nil   // a tier directory that cannot be used: the tiers fail to open and say so, the gateway runs on
+            }
+        }
     }
 }
 

@@ -47,4 +47,15 @@ struct DirectoryLockTests {
         }
         withExtendedLifetime(locks) {}
     }
+
+    @Test func aTierDirectoryThatCannotBeMadeIsLeftToTheTiersButAStateDirectoryStopsTheStart() throws {
+        let root = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var config = try ConfigLoader.parse(yaml: "models: []", environment: [:])
+        config.stateDirectory = root + "/state"
+        config.tiers.host.directory = "/proc/strata-test/shm"
+        #expect(try Daemon.lockDirectories(of: config).map(\.directory) == [root + "/state"])
+        config.stateDirectory = "/proc/strata-test/state"
+        #expect(throws: DirectoryLock.CannotLock.self) { try Daemon.lockDirectories(of: config) }
+    }
 }

@@ -73,7 +73,7 @@ final class TierService: Service, TierBackend {
                 let (budget, nvme) = await (store.nvme.configuration.budgetBytes, store.nvme.stats)
                 if nvme.budgetLowered > lowered {
                     lowered = nvme.budgetLowered
-                    self.logger.warning("the filesystem of \(self.directory) cannot hold tiers.nvme.budget \(ConfigUnits.formatBytes(self.configuration.nvme.budgetBytes)) (it is full, or other files share it): the NVMe tier now keeps \(ConfigUnits.formatBytes(budget)), oldest blocks first to go")
+                    self.logger.warning("the filesystem of \(self.directory) cannot hold tiers.nvme.budget \(ConfigUnits.formatBytes(self.configuration.nvme.budgetBytes)) (it is smaller, or other files share it): the NVMe tier keeps at most \(ConfigUnits.formatBytes(budget)) for now, oldest blocks first to go")
                 }
                 try? await Task.sleep(for: self.reportInterval)
             }

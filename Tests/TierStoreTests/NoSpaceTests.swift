@@ -71,6 +71,27 @@ struct NoSpaceTests {
         }
     }
 
+    /// Another file takes half the filesystem, then goes: the budget in force follows the room,
+    /// down and then up again (never above the budget asked for).
+    @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"))
+    func theBudgetInForceFollowsTheRoomOtherFilesLeave() async throws {
+        try await Self.withLogOnSmallFilesystem(.psync, segmentBytes: 1 << 20, reserveBytes: 1 << 20) { log, config, _ in
+            let other = config.directory + "/../other"
+            #expect(FileManager.default.createFile(atPath: other, contents: Data(repeating: 1, count: 3 << 20)))
+            try await log.put(BlockKey(bytes: [0]), Self.value(0), durable: true)   // a first segment
+            await log.setBudget(1 << 30)   // asked again: fitted to the room there is now
+            let squeezed = await log.configuration.budgetBytes
+            #expect(squeezed < 2 << 20, "6 MiB less 3 taken, a segment and the reserve: \(squeezed)")
+            try FileManager.default.removeItem(atPath: other)
+            for i in 1..<40 { try await log.put(BlockKey(bytes: [UInt8(i)]), Self.value(i), durable: true) }
+            let relieved = await log.configuration.budgetBytes
+            #expect(relieved > squeezed + (2 << 20) && relieved < 6 << 20, "\(squeezed) -> \(relieved)")
+            for i in 0..<40 {
+                if let got = try await log.get(BlockKey(bytes: [UInt8(i)])) { #expect(got == Self.value(i)) }
+            }
+        }
+    }
+
     /// A filesystem too small for a second segment: nothing older can make room, so a full disk
     /// is a clear error, and everything acknowledged before it reads back, also after a restart.
     @Test(.enabled(if: canMount, "mounting a capped tmpfs needs root"), arguments: IOEngineContractTests.kinds)

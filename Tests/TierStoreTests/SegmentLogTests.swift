@@ -60,8 +60,8 @@ struct SegmentLogTests {
         engine.disarm()
         #expect(try await log.get(BlockKey(bytes: [200])) == Self.payload(10_000, seed: 200))
         let after = await log.stats
-        #expect(after.budgetLowered == 1 && after.reclaimedSegments > before.reclaimedSegments)
-        #expect(await log.configuration.budgetBytes < before.usedBytes)
+        #expect(after.budgetLowered == before.budgetLowered + 1 && after.reclaimedSegments > before.reclaimedSegments)
+        // (The budget in force went back up at once: the real filesystem has room, the fault was injected.)
         #expect(try await log.get(BlockKey(bytes: [0])) == nil, "the oldest made room")
         // (The log now keeps a segment less than what filled the filesystem, so that a new
         // segment always has room; what it keeps is never different.)

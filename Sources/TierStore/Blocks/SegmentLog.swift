@@ -89,8 +89,13 @@ public actor SegmentLog {
     public private(set) var stats = Stats()
     let buffers = IOBufferPool()
 
+    /// The budget asked for (config, `setBudget`); `configuration.budgetBytes` is what the
+    /// filesystem allows of it now (`fitBudgetToFilesystem`).
+    private var askedBudgetBytes: UInt64
+
     init(configuration: Configuration, engine: any IOEngine, catalog: any Catalog) {
         self.configuration = configuration
+        askedBudgetBytes = configuration.budgetBytes
         self.engine = engine
         self.catalog = catalog
     }
@@ -291,8 +296,10 @@ public actor SegmentLog {
     /// Changes the byte budget at run time; shrinking reclaims whole segments, oldest first,
     /// down to it (the active segment stays).
     public func setBudget(_ bytes: UInt64) {
+        askedBudgetBytes = bytes
         configuration.budgetBytes = bytes
         reclaimOverBudget()
+        fitBudgetToFilesystem()
     }
 
     /// Changes the codec for blocks written from now on; stored blocks keep theirs.
@@ -516,27 +523,32 @@ public actor SegmentLog {
         unlink(path)
     }
 
-    /// Before a new segment (and after a write that found no space): when the filesystem would
-    /// keep less than `filesystemReserveBytes` beside it — the budget is more than the filesystem
-    /// holds, or other files share it — the budget comes down by the shortfall, so the oldest
-    /// segments make room, as they would at the budget. Without this the log would fill the
-    /// filesystem and then fail every put, deletes freeing nothing. `configuration.budgetBytes`
-    /// then shows the lowered figure and `stats.budgetLowered` counts it. True when it lowered
-    /// the budget (`failedForSpace`: by at least one segment, since the last write failed).
+    /// Before a new segment (and after a write that found no space): the budget in force is
+    /// the one asked for, or less where the filesystem cannot hold it — what the log holds plus
+    /// what is free, less a segment and `filesystemReserveBytes` (the budget is more than the
+    /// filesystem holds, or other files share it). Coming down, the oldest segments make room,
+    /// as they would at the budget; without this the log would fill the filesystem and then
+    /// fail every put, deletes freeing nothing. It goes back up as room comes back.
+    /// `configuration.budgetBytes` shows the figure in force; `stats.budgetLowered` counts the
+    /// times it came down. `failedForSpace`: the last write found no space whatever `statvfs`
+    /// says, so at least one segment must go. True when segments went to make room.
     @discardableResult
     func fitBudgetToFilesystem(failedForSpace: Bool = false) -> Bool {
         var info = statvfs()
         guard statvfs(configuration.directory, &info) == 0 else { return false }
         let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
-        var needed = UInt64(configuration.segmentBytes) + configuration.filesystemReserveBytes
-        if failedForSpace { needed = max(needed, free + UInt64(configuration.segmentBytes)) }
-        guard free < needed, segments.count > 1 else { return false }
-        let target = stats.usedBytes - min(stats.usedBytes, needed - free)
-        guard target < configuration.budgetBytes else { return false }
+        var headroom = UInt64(configuration.segmentBytes) + configuration.filesystemReserveBytes
+        if failedForSpace { headroom = max(headroom, free + UInt64(configuration.segmentBytes)) }
+        let holdable = stats.usedBytes + free - min(stats.usedBytes + free, headroom)
+        let target = min(askedBudgetBytes, holdable)
+        guard target != configuration.budgetBytes else { return false }
+        let lowered = target < configuration.budgetBytes
         configuration.budgetBytes = target
+        guard lowered else { return false }
         stats.budgetLowered += 1
+        let reclaimed = stats.reclaimedSegments
         reclaimOverBudget()
-        return true
+        return stats.reclaimedSegments > reclaimed
     }
 
     /// Drops whole segments, oldest first, until the log fits its budget (never the active one).

@@ -9,11 +9,22 @@ public enum StatusClient {
         let body = try await AdminHTTP.call(baseURL, "GET", "/admin/models", adminKey: adminKey, body: nil, expect: [200],
                                               timeout: .seconds(5))
         if json { return String(decoding: body, as: UTF8.self) }
-        let status = try JSONDecoder().decode(AdminStatus.self, from: body)
+        return render(try JSONDecoder().decode(AdminStatus.self, from: body))
+    }
+
+    /// The table, then the devices, then what each phase says beyond its name (a failure's
+    /// reason runs long, and would make the PHASE column as wide as itself).
+    static func render(_ status: AdminStatus) -> String {
         var rows = [["MODEL", "STATUS", "PHASE", "IN-FLIGHT", "WAITING", "LOADS", "MEMORY", "UPSTREAM"]]
+        var details: [String] = []
         for model in status.models {
+            var phase = model.phase
+            if let colon = phase.firstIndex(of: ":") {
+                details.append("\(model.name): \(phase)")
+                phase = String(phase[..<colon]) + " (below)"
+            }
             rows.append([
-                model.name, model.status, model.phase, String(model.in_flight), String(model.waiting), String(model.loads),
+                model.name, model.status, phase, String(model.in_flight), String(model.waiting), String(model.loads),
                 model.memory_bytes.map(ConfigUnits.formatBytes) ?? "-", model.upstream ?? "-",
             ])
         }
@@ -21,7 +32,7 @@ public enum StatusClient {
         for device in status.devices {
             lines.append("device \(device.name): \(ConfigUnits.formatBytes(device.used_bytes)) of \(ConfigUnits.formatBytes(device.budget_bytes)) in use")
         }
-        return lines.joined(separator: "\n")
+        return (lines + details).joined(separator: "\n")
     }
 
     static func table(_ rows: [[String]]) -> [String] {

@@ -278,7 +278,7 @@ final class SlotCache: Sendable {
         Gauge(label: "strata_prefill_seconds_per_block", dimensions: [("model", model), ("replica", replica)]).record(rate)
     }
 
-    /// Seconds per prompt block learned for `replica` (tests and `/admin`).
+    /// Seconds per prompt block learned for `replica` (tests; the gauge above exports it).
     func secondsPerBlock(on replica: String) -> Double? {
         state.withLock { $0.secondsPerBlock[replica] }
     }

@@ -33,12 +33,10 @@ public final class StagedBlock: @unchecked Sendable {
     /// it took (0 once complete, published or discarded).
     @discardableResult
     public func append(_ bytes: UnsafeRawBufferPointer) -> Int {
-        state.withLock { state -> Int in
-            guard state.held, let source = bytes.baseAddress else { return 0 }
-            let count = min(bytes.count, length - state.filled)
-            guard count > 0 else { return 0 }
-            (host.bytes(of: reservation).baseAddress! + state.filled).copyMemory(from: source, byteCount: count)
-            state.filled += count
+        guard let source = bytes.baseAddress else { return 0 }
+        return receive { room in
+            let count = min(bytes.count, room.count)
+            room.baseAddress!.copyMemory(from: source, byteCount: count)
             return count
         }
     }

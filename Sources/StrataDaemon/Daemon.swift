@@ -66,6 +66,10 @@ public enum Daemon {
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.timeout = .init(connect: .seconds(5))
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        // A refused or failed connect is an answer: the request fails at once (502, or the next
+        // replica) as on the event-loop relay, instead of the client retrying with backoff until
+        // the connect timeout, which held every streamed request to a dead upstream for 5 s.
+        clientConfiguration.connectionPool.retryConnectionEstablishment = false
         clientConfiguration.decompression = .disabled
         let httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
 

@@ -73,6 +73,26 @@ def test_unknown_model_is_404(daemon):
     assert "gpt-nope" in e.value.body["message"]
 
 
+def test_an_upstream_that_refuses_connections_fails_at_once_streamed_or_not(make_daemon):
+    """A dead provider or remote replica (nothing listens on its port) answers every request with
+    a 502 naming the refusal straight away, streamed or not: no request is held until the
+    connect timeout (it was, 5 s, for streamed ones)."""
+    from conftest import config, free_port
+    dead = free_port()   # bound and released: nothing listens there
+    d = make_daemon(config("  - { name: gone, runtime: dead }",
+                           extra=f'  dead: {{ kind: upstream, url: "http://127.0.0.1:{dead}/v1" }}'))
+    for stream in (False, True):
+        started = time.monotonic()
+        status, body, _ = d.request("POST", "/v1/chat/completions", {
+            "model": "gone", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=30)
+        took = time.monotonic() - started
+        assert status == 502, (stream, body)
+        error = json.loads(body)["error"]
+        assert error["code"] == "runtime_failed" and "Connection refused" in error["message"], (stream, error)
+        assert took < 2.5, f"stream={stream}: the 502 took {took:.2f} s"
+
+
 def test_bad_json_and_missing_fields_are_400(daemon):
     h = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     status, body, _ = daemon.request("POST", "/v1/chat/completions", b"{not json", headers=h)

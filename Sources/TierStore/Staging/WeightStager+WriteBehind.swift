@@ -35,17 +35,23 @@ extension WeightStager {
         let done = Mutex<UInt64>(0)
         let progress = tracker(job)
         let tee: @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void = { offset, bytes in try writer.write(bytes, at: offset) }
+        // With a checksum to meet, the copy is hashed while it fills, behind the transfer.
+        let digest = try request.sha256.map { _ in
+            PrefixDigest(fd: try writer.openForReading(), size: size, chunkSize: chunkSize, what: request.name)
+        }
+        defer { digest?.cancel() }
         _ = try await Parallel.run(workers: workers, count: count) { index in
             let range = UInt64(index) * chunk..<min(size, UInt64(index + 1) * chunk)
             let buffer = buffers.take(atLeast: chunkSize)
             defer { buffers.give(buffer) }
             try await remote.read(object, range: range, into: buffer[0..<range.count], tee: tee)
+            digest?.completed(index)
             let total = done.withLock { $0 += UInt64(range.count); return $0 }
             progress(TransferProgress(bytesDone: total, bytesTotal: size, elapsed: ContinuousClock.now - started))
         }
         try Task.checkCancellation()
-        if let expected = request.sha256 {
-            let actual = try writer.sha256()
+        if let expected = request.sha256, let digest {
+            let actual = try await digest.finish()
             guard actual == expected else {
                 throw StageError(name: request.name,
                                  message: "\(object.location) has SHA-256 \(actual), the config expects \(expected); nothing was staged",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
-from stage_vs_peers import MiB, Nginx, clear_new, make_source, parse_size, warm_cache   # noqa: E402
+from stage_vs_peers import MiB, Nginx, clear_new, make_source, parse_size, run_curl, warm_cache   # noqa: E402
 
 
 def sha256_of(path: Path) -> str:
@@ -33,16 +33,6 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(8 * MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def run_curl(url: str, dest: Path, size: int) -> float:
-    before = set(dest.iterdir())
-    out = subprocess.run(["curl", "-s", "-o", str(dest / "curl.bin"), "-w", "%{size_download} %{time_total}", url],
-                         capture_output=True, text=True, check=True).stdout.split()
-    clear_new(dest, before)
-    if int(out[0]) != size:
-        raise SystemExit(f"curl downloaded {out[0]} bytes of {size}")
-    return size / MiB / float(out[1])
 
 
 def run_curl_sha256sum(url: str, dest: Path, size: int, expected: str) -> float:

@@ -39,6 +39,23 @@ public enum ConfigSummary {
             lines.append("  \(model.name) spills to \(model.fallbacks.joined(separator: ", "))\(wait) or when a policy forbids it"
                 + " (tags \(config.substrateTags(of: model).sorted().joined(separator: " ")))")
         }
+        lines += missingExecutables(config).map { "warning: \($0)" }
         return lines.joined(separator: "\n")
+    }
+
+    /// Runtimes whose program is not there (yet): not an error, since it may be installed
+    /// before a model needs it, but every start of a model on one fails until it is.
+    public static func missingExecutables(_ config: StrataConfiguration) -> [String] {
+        config.runtimes.keys.sorted().compactMap { name in
+            guard let program = config.runtimes[name]!.executable, RuntimeProcess.resolveExecutable(program) == nil else {
+                return nil
+            }
+            let models = config.models.filter {
+                if case .managed(let runtime, _, _) = $0.serving { return runtime == name }
+                return false
+            }.map(\.name)
+            return "runtimes.\(name): cannot find executable '\(program)' (not a file, or not on PATH); "
+                + (models.isEmpty ? "no model uses it" : "\(models.joined(separator: ", ")) will fail to start until it is installed")
+        }
     }
 }

@@ -93,6 +93,15 @@ public struct RuntimeConfiguration: Sendable, Equatable {
         return true
     }
 
+    /// The program Strata starts for this runtime (nil for an upstream).
+    public var executable: String? {
+        switch kind {
+        case .llamaServer(let binary, _): binary
+        case .command(let argv): argv.first
+        case .upstream: nil
+        }
+    }
+
     /// The arguments every model on this runtime gets (for footprint estimates).
     public var arguments: [String] {
         switch kind {

@@ -38,6 +38,27 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test func aRuntimeWhoseProgramIsMissingIsAWarningNamingItAndItsModels() throws {
+        let config = try Self.parse("""
+            runtimes:
+              gone: { kind: llama-server, binary: /nonexistent/llama-server }
+              spare: { kind: command, command: ["no-such-server-\(getpid())", "--port", "${PORT}"] }
+              shell: { kind: command, command: ["sh", "-c", "exec srv --port ${PORT}"] }
+            models:
+              - { name: a, source: "file://${MODEL}", runtime: gone }
+              - { name: b, source: "file://${MODEL}", runtime: gone }
+              - { name: c, source: "file://${MODEL}", runtime: shell }
+            """)
+        #expect(ConfigSummary.missingExecutables(config) == [
+            "runtimes.gone: cannot find executable '/nonexistent/llama-server' (not a file, or not on PATH); "
+                + "a, b will fail to start until it is installed",
+            "runtimes.spare: cannot find executable 'no-such-server-\(getpid())' (not a file, or not on PATH); no model uses it",
+        ])
+        let summary = ConfigSummary.render(config)
+        #expect(summary.hasPrefix("config ok") && summary.contains("\nwarning: runtimes.gone: cannot find executable"))
+        #expect(!summary.contains("runtimes.shell"), "sh is on PATH")
+    }
+
     @Test func caFileMustBeReadable() throws {
         let config = try Self.parse("tiers: { remote: { ca_file: \"${MODEL}\" } }")
         #expect(config.tiers.remote.caFile == Self.modelFile)

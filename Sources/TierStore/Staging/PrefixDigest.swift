@@ -68,10 +68,11 @@ final class PrefixDigest: Sendable {
     /// Chunk `index`'s bytes are all in the file (each index once).
     func completed(_ index: Int) { completions.yield(index) }
 
-    /// The file's SHA-256 (lowercase hex) once every chunk has completed and been hashed.
+    /// The file's SHA-256 (lowercase hex) once every chunk has completed and been hashed. A
+    /// caller cancelled meanwhile stops the hashing too.
     func finish() async throws -> String {
         completions.finish()
-        return try await task.value
+        return try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
     }
 
     /// Stops the hashing (a failed or cancelled transfer); a later `finish` throws.

@@ -69,4 +69,14 @@ struct PrefixDigestTests {
         let error = await #expect(throws: IOError.self) { try await digest.finish() }
         #expect("\(error.map { "\($0)" } ?? "")".contains("read back the copy of m"))
     }
+
+    @Test func aChunkBeyondTheFileIsAnErrorNotACrash() async throws {
+        // The source grew after its size was taken: the import reports more chunks than the digest expects.
+        let bytes = IOEngineContractTests.pattern(2 * Self.chunk, seed: 12)
+        let digest = try Self.fill(bytes, order: [0, 1], path: Self.path()) {
+            PrefixDigest(fd: $0, size: UInt64(Self.chunk), chunkSize: Self.chunk, what: "the copy of m")
+        }
+        let error = await #expect(throws: IOError.self) { try await digest.finish() }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("beyond the 1 chunks"))
+    }
 }

@@ -35,16 +35,19 @@ final class PrefixDigest: Sendable {
             var complete = [Bool](repeating: false, count: count)
             var hashed = 0   // chunks [0, hashed) are in the digest
             let buffer = IOBuffer(count: min(chunkSize, 8 << 20))
-            if count > 0 {
-                for await index in stream {
-                    complete[index] = true
-                    while hashed < count && complete[hashed] {
-                        try Task.checkCancellation()
-                        let start = UInt64(hashed) * chunk
-                        try Self.hash(fd, start..<min(size, start + chunk), into: &digest, through: buffer, what: what)
-                        hashed += 1
-                    }
-                    if hashed == count { break }
+            // Every notice is read until `finish`, also once all chunks are hashed: one beyond
+            // the file (it grew) is an error, not ignored.
+            for await index in stream {
+                guard complete.indices.contains(index) else {
+                    throw IOError(operation: "hash \(what)", errno: EINVAL,
+                                  detail: "chunk \(index) is beyond the \(count) chunks of \(size) bytes")
+                }
+                complete[index] = true
+                while hashed < count && complete[hashed] {
+                    try Task.checkCancellation()
+                    let start = UInt64(hashed) * chunk
+                    try Self.hash(fd, start..<min(size, start + chunk), into: &digest, through: buffer, what: what)
+                    hashed += 1
                 }
             }
             try Task.checkCancellation()

@@ -127,21 +127,6 @@ public final class StagedFileWriter: @unchecked Sendable {
         try await engine.write(fd: fd, from: buffer, range: range, at: offset)
     }
 
-    /// SHA-256 of the bytes written, read back in order.
-    public func sha256() throws -> String {
-        var digest = SHA256Digest()
-        let buffer = IOBuffer(count: 8 << 20)
-        var offset: UInt64 = 0
-        while offset < size {
-            let n = pread(fd, buffer.pointer, Int(min(UInt64(buffer.count), size - offset)), off_t(offset))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw IOError(operation: "read back \(temporary)/\(fileName)", errno: n < 0 ? errno : EIO) }
-            digest.update(UnsafeRawBufferPointer(start: buffer.pointer, count: n))
-            offset += UInt64(n)
-        }
-        return digest.finalize()
-    }
-
     /// A read-only descriptor of the file, which stays valid after `commit` renames it and after
     /// the copy is removed (the caller closes it): for a writer of a second copy from this one.
     public func openForReading() throws -> Int32 {

@@ -265,12 +265,12 @@ public actor WeightStager {
         job.status.withLock { $0.origin = .remote; $0.bytesTotal = current.size }
         let writer = try files?.begin(request.name, fileName: Self.fileName(location.description), size: current.size)
         defer { writer?.abandon() }
-        let verify: @Sendable (ObjectInfo) async throws -> Void = { [objects] info in
+        let verify: @Sendable (ObjectInfo, PrefixDigest?) async throws -> Void = { [objects] info, digest in
             guard let expected = request.sha256 else { return }
             let actual: String
-            if let writer {
-                actual = try writer.sha256()
-            } else {
+            if let digest {
+                actual = try await digest.finish()   // the RAM (or disk) copy, hashed as it filled
+            } else {   // NVMe only: the chunks as stored
                 var digest = SHA256Digest()
                 try await objects.forEachChunk(of: info) { digest.update($0) }
                 actual = digest.finalize()
@@ -283,11 +283,23 @@ public actor WeightStager {
         switch (location, current.object) {
         case (.file(let path), _):
             let engine = objects.log.engine
+            let chunkSize = ObjectStore.defaultChunkSize
             var toRAM: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)?
+            var digest: PrefixDigest?
             if let writer {
-                toRAM = { offset, buffer, range in try await writer.write(from: buffer, range: range, at: offset, engine: engine) }
+                // With a checksum to meet, the RAM copy is hashed while it fills, behind the import.
+                let hashing = try request.sha256.map { _ in
+                    PrefixDigest(fd: try writer.openForReading(), size: current.size, chunkSize: chunkSize, what: request.name)
+                }
+                digest = hashing
+                toRAM = { offset, buffer, range in
+                    try await writer.write(from: buffer, range: range, at: offset, engine: engine)
+                    hashing?.completed(Int(offset / UInt64(chunkSize)))
+                }
             }
-            try await objects.importFile(request.name, path: path, bufferSink: toRAM, progress: tracker(job), beforeCommit: verify)
+            defer { digest?.cancel() }
+            try await objects.importFile(request.name, path: path, chunkSize: chunkSize, bufferSink: toRAM, progress: tracker(job),
+                                         beforeCommit: { [digest] info in try await verify(info, digest) })
         case (_, let object?):
             if let writer {
                 // RAM (or disk) first; the NVMe copy is written behind it once it is published.
@@ -301,7 +313,7 @@ public actor WeightStager {
                 read: { offset, buffer, range in
                     try await remote.read(object, range: offset..<offset + UInt64(range.count), into: buffer[range])
                 },
-                progress: tracker(job), beforeCommit: verify)
+                progress: tracker(job), beforeCommit: { info in try await verify(info, nil) })
         default:
             throw StageError(name: request.name, message: "no description of \(location)")
         }

@@ -180,7 +180,10 @@ extension Gateway {
 /// message ("Connection refused (errno 111)", not NIO's "connection reset (error set): …"), a
 /// failed connect by the error of its attempt, anything else as it describes itself (shortened).
 public func describe(_ error: any Error) -> String {
-    if let error = error as? HTTPClientError { return String(describing: error) }
+    if let error = error as? HTTPClientError {
+        if error == .readTimeout { return "nothing received for gateway.upstream_timeout" }
+        return String(describing: error)
+    }
     if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) + " (errno \(error.errnoCode))" }
     if let error = error as? NIOConnectionError, let attempt = error.connectionErrors.first {
         return describe(attempt.error)

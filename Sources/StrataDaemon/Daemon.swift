@@ -65,7 +65,11 @@ public enum Daemon {
         }
 
         var clientConfiguration = HTTPClient.Configuration()
-        clientConfiguration.timeout = .init(connect: .seconds(5))
+        // `read`: the longest silence from a runtime once a request is sent, also within a
+        // streamed answer, whose head comes at once: a runtime that hangs, or a remote one cut off
+        // without a reset, ends the stream with an error event instead of holding the client and
+        // the replica's load count for ever.
+        clientConfiguration.timeout = .init(connect: .seconds(5), read: TimeAmount(config.gateway.upstreamTimeout))
         clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
         // A refused or failed connect is an answer: the request fails at once (502, or the next
         // replica) as on the event-loop relay, instead of the client retrying with backoff until

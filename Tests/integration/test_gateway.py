@@ -3,6 +3,7 @@ import json
 import signal
 import threading
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -91,6 +92,57 @@ def test_an_upstream_that_refuses_connections_fails_at_once_streamed_or_not(make
         error = json.loads(body)["error"]
         assert error["code"] == "runtime_failed" and "Connection refused" in error["message"], (stream, error)
         assert took < 2.5, f"stream={stream}: the 502 took {took:.2f} s"
+
+
+def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstream_timeout(make_daemon):
+    """A remote runtime that sends the head and a first chunk, then nothing (hung, or cut off without
+    a reset): after gateway.upstream_timeout of silence the client gets an error event and the end
+    of the stream, and the request no longer counts as in flight. Before, it waited for ever."""
+    import socket
+    from conftest import config
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(30)
+    served = threading.Event()
+
+    def silent_runtime():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            event = b'data: {"choices":[{"index":0,"delta":{"content":"Once"}}]}\n\n'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n" % len(event) + event + b"\r\n")
+            served.set()
+            time.sleep(15)   # silent; bounded so the test cannot hang on it
+
+    thread = threading.Thread(target=silent_runtime, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    cfg = config("  - { name: remote, runtime: far }",
+                 extra=f'  far: {{ kind: upstream, url: "http://127.0.0.1:{port}/v1" }}')
+    d = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, upstream_timeout: 1s }"))
+    started = time.monotonic()
+    req = urllib.request.Request(d.url + "/v1/chat/completions", method="POST", data=json.dumps({
+        "model": "remote", "stream": True, "messages": [{"role": "user", "content": "tell me a story"}]}).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        events = [line for line in r.read().decode().splitlines() if line.startswith("data:")]
+    took = time.monotonic() - started
+    assert served.is_set()
+    assert "Once" in events[0], events
+    error = json.loads(events[-1][len("data:"):])["error"]
+    assert "failed mid-stream" in error["message"] and "upstream_timeout" in error["message"], error
+    assert took < 8, f"the silent stream took {took:.1f} s to end"
+    assert d.model("remote").get("in_flight", 0) == 0
+    listener.close()
 
 
 def test_bad_json_and_missing_fields_are_400(daemon):

@@ -35,13 +35,18 @@ public struct GatewayConfiguration: Sendable {
     /// (as AsyncHTTPClient's pool does on the general path), so that connections to an upstream
     /// removed by a reload, or one that went quiet, do not stay open.
     public var upstreamIdleTimeout: Duration
+    /// A client connection with no request under way, or whose request stopped arriving, is
+    /// closed after this long (`ClientIdleHandler`).
+    public var clientIdleTimeout: Duration
 
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
         cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id",
-        access: AccessControl? = nil, relayOnEventLoop: Bool = true, upstreamIdleTimeout: Duration = .seconds(60)
+        access: AccessControl? = nil, relayOnEventLoop: Bool = true, upstreamIdleTimeout: Duration = .seconds(60),
+        clientIdleTimeout: Duration = .seconds(75)
     ) {
+        self.clientIdleTimeout = clientIdleTimeout
         self.upstreamIdleTimeout = upstreamIdleTimeout
         self.relayOnEventLoop = relayOnEventLoop
         self.access = access

@@ -92,14 +92,14 @@ public enum Daemon {
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
                 upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect,
                 routingBlockBytes: config.routing.blockBytes, sessionHeader: config.routing.sessionHeader,
-                relayOnEventLoop: config.gateway.relayOnEventLoop),
+                relayOnEventLoop: config.gateway.relayOnEventLoop, clientIdleTimeout: config.gateway.idleTimeout),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
             isReady: { ready.value }, tiers: tiers, kv: kv, access: access,
             reload: { try await reloader.reloadJSON(trigger: "POST /admin/reload") })
 
         let app = Application(
             router: gateway.buildRouter(),
-            server: .http1(configuration: .init(additionalChannelHandlers: gateway.eventLoopRelayHandlers())),
+            server: .http1(configuration: .init(additionalChannelHandlers: gateway.channelHandlers())),
             configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Gateway.serverName),
             onServerRunning: { channel in
                 ready.set(true)

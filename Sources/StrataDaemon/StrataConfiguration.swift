@@ -45,11 +45,15 @@ public struct AuthConfiguration: Sendable {
 
 public struct GatewayLimits: Sendable, Equatable {
     public var maxBodyBytes: Int
-    /// Longest the gateway waits for a runtime's response headers once a request is sent.
+    /// Longest the gateway waits for a runtime's response headers once a request is sent, and
+    /// the longest silence within an answer.
     public var upstreamTimeout: Duration
     public var cancelOnDisconnect: Bool
     /// Relay requests that can be admitted at once on the client connection's event loop.
     public var relayOnEventLoop = true
+    /// A client connection with no request under way (or whose request stopped arriving) is
+    /// closed after this long.
+    public var idleTimeout: Duration = .seconds(75)
 }
 
 public struct SupervisorSettings: Sendable {

@@ -259,7 +259,7 @@ struct EventLoopRelayTests {
             let app = Application(
                 router: gateway.buildRouter(),
                 server: .http1(configuration: .init(
-                    additionalChannelHandlers: [ReadWatcher(log: log)] + gateway.eventLoopRelayHandlers())),
+                    additionalChannelHandlers: [ReadWatcher(log: log)] + gateway.channelHandlers())),
                 configuration: .init(address: .hostname("127.0.0.1", port: 0)))
             try await app.test(.live) { client in
                 let port = client.port!
@@ -407,10 +407,10 @@ enum RawClient {
 
     /// `halfClose`: shut the sending side after the request bytes (as clients that end their
     /// input with the request do).
-    static func exchange(port: Int, send: String, responses: Int, halfClose: Bool = false) throws -> [Answer] {
+    /// A blocking TCP connection to 127.0.0.1:`port` whose reads give up after 10 s; the caller closes it.
+    static func connect(port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EIO) }
-        defer { close(fd) }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_in()
@@ -418,9 +418,18 @@ enum RawClient {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+        guard connected == 0 else {
+            close(fd)
+            throw POSIXError(.ECONNREFUSED)
+        }
+        return fd
+    }
+
+    static func exchange(port: Int, send: String, responses: Int, halfClose: Bool = false) throws -> [Answer] {
+        let fd = try connect(port: port)
+        defer { close(fd) }
         let bytes = Array(send.utf8)
         var sent = 0
         while sent < bytes.count {

@@ -8,9 +8,11 @@ import NIOHTTPTypes
 /// loop: no task, no hop between threads from the client's bytes to the upstream's and back.
 /// The general path (`proxy`, on Swift concurrency) takes everything else.
 extension Gateway {
-    /// The channel handlers the HTTP/1 server puts before its request handling.
-    public func eventLoopRelayHandlers() -> [any RemovableChannelHandler] {
-        configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : []
+    /// The channel handlers the HTTP/1 server puts before its request handling: the client
+    /// idle timeout, then the event-loop relay.
+    public func channelHandlers() -> [any RemovableChannelHandler] {
+        [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout))]
+            + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 
     /// One request the event loop can relay, and the lease that admits it.

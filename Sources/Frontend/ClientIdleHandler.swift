@@ -1,0 +1,87 @@
+import NIOCore
+import NIOHTTPTypes
+
+/// Closes a client connection that has been idle for `timeout`: kept alive with no request under
+/// way, opened and never used, or a request whose bytes stopped arriving (a client that died, or
+/// one holding connections open on purpose). Waiting for an answer is not idle, however long a
+/// generation takes. Sits first after the HTTP/1 codec, so it sees every request and answer,
+/// relayed on the event loop or not.
+final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let timeout: TimeAmount
+    /// Requests whose head has been read and whose answer has not ended.
+    private var inProgress = 0
+    /// A request's head has been read, its end not yet.
+    private var reading = false
+    private var lastActivity = NIODeadline.now()
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context, at: .now() + timeout) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        lastActivity = .now()
+        if timer == nil { arm(context, at: lastActivity + timeout) }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = .now()
+        switch unwrapInboundIn(data) {
+        case .head:
+            inProgress += 1
+            reading = true
+        case .body:
+            break
+        case .end:
+            reading = false
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            inProgress = max(0, inProgress - 1)
+            lastActivity = .now()
+        }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
+            guard context.channel.isActive else { return }
+            if inProgress - (reading ? 1 : 0) > 0 {
+                // An answer is on its way: not idle; looked at again a timeout later.
+                arm(context, at: .now() + timeout)
+                return
+            }
+            let due = lastActivity + timeout
+            if NIODeadline.now() >= due {
+                context.close(promise: nil)
+            } else {
+                arm(context, at: due)
+            }
+        }
+    }
+}

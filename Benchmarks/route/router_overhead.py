@@ -14,12 +14,16 @@ front of the same backend, i.e. what a minimal proxy adds on this machine; and a
 with `gateway.event_loop_relay: false`, which sends every request through the general path
 (Hummingbird handler on Swift concurrency, AsyncHTTPClient).
 
+With `--strata-before BIN`, a third Strata (another build, the first one's config) is routed in
+the same rounds: a before/after of a change measured against the same nginx.
+
 Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--seconds 15] [--rounds 3]
-                          [--arrivals fixed|poisson]
+                          [--arrivals fixed|poisson] [--strata-before BIN]
 Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
@@ -32,15 +36,18 @@ from pathlib import Path
 
 from procs import free_port, stop, wait_http
 
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 ANSWER = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
 
 
-
-
+def cpu_ticks(pid):
+    """User + system clock ticks of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def wrk(url, rate, connections, seconds, script):
-    """Runs wrk; returns (requests/s, {percentile: ms})."""
+    """Runs wrk; returns (requests/s, {percentile: ms}, requests sent)."""
     out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script,
                           url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
     percentiles = {}
@@ -50,12 +57,13 @@ def wrk(url, rate, connections, seconds, script):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
-    return rps, percentiles
+    return rps, percentiles, int(re.search(r"(\d+) requests in", out).group(1))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strata", default=".build/release/strata")
+    ap.add_argument("--strata-before", help="another build, routed in the same rounds (before/after)")
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--seconds", type=int, default=15)
@@ -112,8 +120,11 @@ wrk.body = {json.dumps(body)}
 wrk.headers["Content-Type"] = "application/json"
 {delay_function}
 """)
-    strata_port, general_port = free_port(), free_port()
-    for name, port, relay in (("strata", strata_port, "true"), ("general", general_port, "false")):
+    strata_port, general_port, before_port = free_port(), free_port(), free_port()
+    daemons = [("strata", a.strata, strata_port, "true"), ("general", a.strata, general_port, "false")]
+    if a.strata_before:
+        daemons.append(("before", a.strata_before, before_port, "true"))
+    for name, _, port, relay in daemons:
         (work / f"{name}.yaml").write_text(f"""
 listen: 127.0.0.1:{port}
 state_dir: {work}/state-{name}
@@ -138,9 +149,11 @@ models:
                     break
                 except OSError:
                     time.sleep(0.1)
-        for name, port in (("strata", strata_port), ("general", general_port)):
-            procs.append(subprocess.Popen([a.strata, "serve", "--config", str(work / f"{name}.yaml")],
+        pids = {}   # Strata's port -> its pid, for CPU per request
+        for name, binary, port, _ in daemons:
+            procs.append(subprocess.Popen([binary, "serve", "--config", str(work / f"{name}.yaml")],
                                           stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT))
+            pids[port] = procs[-1].pid
             wait_http(f"http://127.0.0.1:{port}/ready")
         strata = f"http://127.0.0.1:{strata_port}"
         # (URL, model): the gateway alone (one upstream, no routing), and the gateway with routing
@@ -148,6 +161,8 @@ models:
                    "nginx as proxy": (f"http://127.0.0.1:{proxy_port}", "bench"),
                    "strata, no routing": (strata, "plain"), "strata, routed": (strata, "bench"),
                    "strata, routed, general path": (f"http://127.0.0.1:{general_port}", "bench")}
+        if a.strata_before:
+            targets["strata before, routed"] = (f"http://127.0.0.1:{before_port}", "bench")
         for url, model in targets.values():   # warm-up
             wrk(url, a.rate, a.connections, 3, str(work / f"{model}.lua"))
         results = {name: [] for name in targets}
@@ -157,17 +172,24 @@ models:
             order = list(targets) if round % 2 == 0 else list(reversed(targets))
             for name in order:
                 url, model = targets[name]
-                rps, p = wrk(url, a.rate, a.connections, a.seconds, str(work / f"{model}.lua"))
-                results[name].append((rps, p))
+                pid = pids.get(int(url.rsplit(":", 1)[1]))
+                before = cpu_ticks(pid) if pid else 0
+                rps, p, sent = wrk(url, a.rate, a.connections, a.seconds, str(work / f"{model}.lua"))
+                # Strata's CPU per request (all its threads), the steadier figure on a noisy machine
+                cpu_us = (cpu_ticks(pid) - before) * 1e6 / TICKS_PER_SECOND / sent if pid else None
+                results[name].append((rps, p, cpu_us))
                 print(f"  round {round} {name:28} {rps:7.0f} req/s  p50 {p[50]:.3f} ms  p90 {p[90]:.3f} ms  "
-                      f"p99 {p[99]:.3f} ms", flush=True)
+                      f"p99 {p[99]:.3f} ms" + (f"  CPU {cpu_us:.0f} us/request" if cpu_us else ""), flush=True)
         med = {name: {q: statistics.median(r[1][q] for r in runs) for q in (50, 90, 99)} | {
-            "rps": statistics.median(r[0] for r in runs)} for name, runs in results.items()}
+            "rps": statistics.median(r[0] for r in runs),
+            "cpu_us_per_request": statistics.median(r[2] for r in runs) if runs[0][2] else None}
+            for name, runs in results.items()}
         direct = med["nginx direct"]
-        for name in ("nginx as proxy", "strata, no routing", "strata, routed", "strata, routed, general path"):
+        for name in [n for n in targets if n != "nginx direct"]:
             m = med[name]
             print(f"\nadded by {name} (median over rounds): p50 {m[50] - direct[50]:+.3f} ms, "
-                  f"p90 {m[90] - direct[90]:+.3f} ms, p99 {m[99] - direct[99]:+.3f} ms at {m['rps']:.0f} req/s")
+                  f"p90 {m[90] - direct[90]:+.3f} ms, p99 {m[99] - direct[99]:+.3f} ms at {m['rps']:.0f} req/s"
+                  + (f"; CPU {m['cpu_us_per_request']:.0f} us/request" if m["cpu_us_per_request"] else ""))
         print("goal: routing adds p99 ≤ 1 ms at 1,000 req/s")
         print(json.dumps(med))
     finally:

@@ -88,6 +88,10 @@ extension Gateway {
                     acquired.release(.abandoned)   // the client left; says nothing of the upstream
                     throw CancellationError()
                 }
+                if isStopping {
+                    acquired.release(.abandoned)   // cut by the stop; says nothing of the upstream
+                    throw stoppingError(parsed.model)
+                }
                 acquired.release(.upstreamFailed)
                 if acquired.hasAlternatives, hints.excluding.count < 8 {
                     logger.warning("\(acquired.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
@@ -143,6 +147,13 @@ extension Gateway {
                             throw error
                         }
                         if observer.isFinished { throw error }
+                        if self.isStopping {
+                            // Cut by a stop (`cutForStop`): the client learns why, then the end.
+                            observer.finish(outcome: "cancelled")
+                            try await writer.write(self.stoppingError(model).sseEvent)
+                            try await writer.finish(nil)
+                            return
+                        }
                         // Headers are out; the clean error is an SSE error event, then the end.
                         logger.warning("stream from \(upstreamLabel) broke: \(describe(error))")
                         observer.finish(outcome: "runtime_failed")
@@ -164,6 +175,7 @@ extension Gateway {
             lease.release()
             observer.finish(outcome: "runtime_failed")
             if Task.isCancelled { throw CancellationError() }
+            if isStopping { throw stoppingError(parsed.model) }
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }
         observer.completed(collected)   // reports the cached share to the lease, so before its release

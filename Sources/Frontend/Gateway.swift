@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Settings of the HTTP face, built by the executable from the config file.
@@ -73,6 +74,8 @@ public struct Gateway: Sendable {
     let httpClient: HTTPClient
     /// Upstream connections of the event-loop relay, per loop.
     let upstreamPools: UpstreamPools
+    /// Set when a stop cuts the requests still under way (`cutForStop`).
+    private let stopping: NIOLockedValueBox<Bool>
     /// API keys and tenants; replaced by a config reload.
     public let access: AccessControlBox
     let logger: Logger
@@ -103,6 +106,7 @@ public struct Gateway: Sendable {
         self.metrics = GatewayMetrics()
         self.sessionField = HTTPField.Name(configuration.sessionHeader)
         self.upstreamPools = UpstreamPools(idleTimeout: TimeAmount(configuration.upstreamIdleTimeout))
+        self.stopping = NIOLockedValueBox(false)
         self.renderMetrics = renderMetrics
         self.isReady = isReady
     }
@@ -229,4 +233,17 @@ func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response 
     let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
     return Response(
         status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+extension Gateway {
+    /// The daemon's drain time is over: requests whose upstream calls fail from now on (the
+    /// daemon shuts its HTTP client down next) answer that Strata is stopping, streams with an
+    /// error event, instead of blaming the runtime or trying another replica.
+    public func cutForStop() { stopping.withLockedValue { $0 = true } }
+
+    var isStopping: Bool { stopping.withLockedValue { $0 } }
+
+    func stoppingError(_ model: String) -> GatewayError {
+        .unavailable("Strata is stopping: the request to '\(model)' was cut short", code: "shutting_down", retryAfterSeconds: 5)
+    }
 }

@@ -68,7 +68,7 @@ public enum ConfigLoader {
         if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") }
         config.auth = try auth(reader, top["auth"])
         if let node = top["gateway"] {
-            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout"])
+            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout"])
             if let value = map["max_body"] {
                 let bytes = try reader.size(value, at: "gateway.max_body")
                 guard bytes >= 1024, bytes <= 1 << 32 else {
@@ -84,6 +84,9 @@ public enum ConfigLoader {
             }
             if let value = map["upstream_timeout"] {
                 config.gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
+            }
+            if let value = map["drain_timeout"] {
+                config.gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
             }
             if let value = map["idle_timeout"] {
                 let timeout = try reader.duration(value, at: "gateway.idle_timeout")

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 extension Daemon {
     /// The directories a daemon's data lives in, each locked for it (`DirectoryLock`): the
@@ -133,15 +134,55 @@ public enum Daemon {
                 services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        let running = Task { try await group.run() }
+        let limit = Task {
+            await limitDrain(of: running, to: config.gateway.drainTimeout, logger: logger) {
+                // Upstream calls fail at once and their clients are told why; then the rest is cancelled.
+                gateway.cutForStop()
+                try? await httpClient.shutdown()
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
         do {
-            try await group.run()
+            try await running.value
+        } catch is CancellationError where limit.isCancelled == false && running.isCancelled {
+            // Cut short by the drain limit (logged there): a stop all the same.
         } catch {
+            limit.cancel()
             try? await httpClient.shutdown()
             try? await respLoops?.shutdownGracefully()
             throw error
         }
-        try await httpClient.shutdown()
+        limit.cancel()
+        try? await httpClient.shutdown()   // already, if the drain limit cut requests short
         try? await respLoops?.shutdownGracefully()
+    }
+
+    /// A stop (SIGTERM, SIGINT) lets requests under way finish, but not for ever: after
+    /// `timeout`, or at once on a second signal, the services are cancelled, which cuts what is
+    /// still running (runtimes are stopped, the tiers closed as after a crash: nothing
+    /// acknowledged as durable is lost).
+    static func limitDrain(
+        of running: Task<Void, any Error>, to timeout: Duration, logger: Logger, beforeCut: @Sendable () async -> Void
+    ) async {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        for await _ in signals { break }
+        guard !Task.isCancelled else { return }
+        logger.notice("stopping: requests under way have up to \(timeout) (gateway.drain_timeout) to finish; signal again to stop at once")
+        let again = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await Task.sleep(for: timeout)) == nil }
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { return true }
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        guard !Task.isCancelled else { return }
+        logger.warning("stopping now (\(again ? "a second signal" : "gateway.drain_timeout passed")): requests still under way are cut")
+        await beforeCut()
+        running.cancel()
     }
 }
 

@@ -54,6 +54,8 @@ public struct GatewayLimits: Sendable, Equatable {
     /// A client connection with no request under way (or whose request stopped arriving) is
     /// closed after this long.
     public var idleTimeout: Duration = .seconds(75)
+    /// On a stop, how long requests under way may take to finish before they are cut.
+    public var drainTimeout: Duration = .seconds(30)
 }
 
 public struct SupervisorSettings: Sendable {

@@ -85,13 +85,14 @@ struct ConfigLoaderTests {
         #expect(config.gateway.maxBodyBytes == 32 << 20)
         #expect(config.gateway.relayOnEventLoop)
         #expect(config.gateway.idleTimeout == .seconds(75))
+        #expect(config.gateway.drainTimeout == .seconds(30))
     }
 
     @Test func fullConfigParses() throws {
         let config = try Self.parse("""
             listen: "[::1]:9090"
             auth: { api_keys_env: MY_KEYS, admin_key_env: MY_ADMIN }
-            gateway: { max_body: 1MiB, upstream_timeout: 30s, event_loop_relay: false, idle_timeout: 2m }
+            gateway: { max_body: 1MiB, upstream_timeout: 30s, event_loop_relay: false, idle_timeout: 2m, drain_timeout: 5s }
             supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h }
             routing: { policy: round-robin, block_bytes: 128, index_blocks: 1000, hot_spot_queue: 4, load_bound: 1.5, eject_after: 2, health_interval: 500ms, max_concurrency: 8, session_header: x-conversation }
             tiers:
@@ -116,6 +117,7 @@ struct ConfigLoaderTests {
         #expect(config.gateway.maxBodyBytes == 1 << 20)
         #expect(!config.gateway.relayOnEventLoop)
         #expect(config.gateway.idleTimeout == .seconds(120))
+        #expect(config.gateway.drainTimeout == .seconds(5))
         #expect(config.supervisor.restartBackoff == .milliseconds(500))
         #expect(config.tiers.host.directory == "/home/u/shm")
         #expect(config.tiers.nvme.budgetBytes == 1_000_000_000_000)

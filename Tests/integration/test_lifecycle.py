@@ -91,6 +91,51 @@ def test_sigterm_drains_in_flight_stream_then_stops_runtimes(make_daemon):
     wait_for(lambda: not pid_alive(pid), 10, what="runtime stopped on shutdown")
 
 
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_a_stream_longer_than_the_drain_timeout_is_cut_with_a_reason(make_daemon, second_signal):
+    """A stop waits for requests under way for gateway.drain_timeout, or until a second signal;
+    then a stream still running gets an error event saying Strata is stopping, the daemon exits
+    0, its runtime is gone, and a restart on the same directories serves again."""
+    drain = 60 if second_signal else 2
+    cfg = config(ONE_MODEL.replace("ttl: 2s", "ttl: 10m")).replace(
+        "gateway: { max_body: 64KiB }", f"gateway: {{ max_body: 64KiB, drain_timeout: {drain}s }}")
+    d = make_daemon(cfg)
+    client = d.client(timeout=120)
+    client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = d.model("smollm2").get("pid")
+    result = {"chunks": 0}
+
+    def consume():
+        try:
+            stream = client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "Tell a very long story."}],
+                max_tokens=1900, stream=True, extra_body={"ignore_eos": True})
+            for _ in stream:
+                result["chunks"] += 1
+        except openai.APIError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_for(lambda: result["chunks"] >= 5, 30, what="the stream under way")
+    stopped = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    if second_signal:
+        time.sleep(0.5)
+        d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(30) == 0
+    took = time.monotonic() - stopped
+    t.join(30)
+    assert "Strata is stopping" in result.get("error", ""), result
+    assert took < (10 if second_signal else drain + 10), f"stopped after {took:.1f} s"
+    log = d.log_path.read_text()
+    assert ("a second signal" if second_signal else "gateway.drain_timeout passed") in log
+    wait_for(lambda: not pid_alive(pid), 10, what="runtime stopped")
+    d.start()
+    r = d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    assert r.choices[0].message.content is not None
+
+
 def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
     extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
     d = make_daemon(config(f"""

@@ -170,7 +170,10 @@ public enum Daemon {
         guard !Task.isCancelled else { return }
         logger.notice("stopping: requests under way have up to \(timeout) (gateway.drain_timeout) to finish; signal again to stop at once")
         let again = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await Task.sleep(for: timeout)) == nil }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
             group.addTask {
                 for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { return true }
                 return false
@@ -180,7 +183,7 @@ public enum Daemon {
             return first
         }
         guard !Task.isCancelled else { return }
-        logger.warning("stopping now (\(again ? "a second signal" : "gateway.drain_timeout passed")): requests still under way are cut")
+        logger.warning("stopping now (\(again ? "a second signal" : "gateway.drain_timeout passed")): what still runs is cut")
         await beforeCut()
         running.cancel()
     }

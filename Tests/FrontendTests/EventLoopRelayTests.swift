@@ -145,6 +145,24 @@ struct EventLoopRelayTests {
         }
     }
 
+    @Test func anAnswerThatStopsComingGets502AfterTheUpstreamTimeout() async throws {
+        let upstream = try await RawUpstream.start(answersPerConnection: 10, stall: true)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(upstreamTimeout: .milliseconds(300), cancelOnDisconnect: false), immediate: true,
+            rawPort: upstream.port
+        ) { client, backend in
+            let started = ContinuousClock.now
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+            #expect(response.status == .badGateway)
+            #expect(try GatewayTests.errorCode(response) == "runtime_failed")
+            #expect(String(buffer: response.body).contains("the answer stopped coming for gateway.upstream_timeout"))
+            #expect(ContinuousClock.now - started < .seconds(5))
+            #expect(upstream.connections == 1, "an answer that had begun is not sent again")
+            #expect(backend.outcomes("raw").count == 1, "the lease ended: \(backend.outcomes("raw"))")
+        }
+    }
+
     @Test func anAnswerOverTheLimitGets502() async throws {
         try await GatewayTests.withGateway(GatewayConfiguration(maxResponseBytes: 64), immediate: true) { client, backend in
             let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("m"))
@@ -342,7 +360,8 @@ final class RawUpstream: Sendable {
         self.instants = instants
     }
 
-    static func start(answersPerConnection: Int) async throws -> RawUpstream {
+    /// `stall`: every answer stops after its head and half its body, and the connection stays open.
+    static func start(answersPerConnection: Int, stall: Bool = false) async throws -> RawUpstream {
         let accepted = NIOLockedValueBox(0)
         let open = NIOLockedValueBox(0)
         let instants = NIOLockedValueBox<(answered: ContinuousClock.Instant?, closed: ContinuousClock.Instant?)>((nil, nil))
@@ -357,7 +376,7 @@ final class RawUpstream: Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Handler(limit: answersPerConnection) {
+                    try channel.pipeline.syncOperations.addHandler(Handler(limit: answersPerConnection, stall: stall) {
                         instants.withLockedValue { $0.answered = .now }
                     })
                 }
@@ -372,10 +391,12 @@ final class RawUpstream: Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let limit: Int
+        let stall: Bool
         let onAnswer: @Sendable () -> Void
         var answered = 0
-        init(limit: Int, onAnswer: @escaping @Sendable () -> Void = {}) {
+        init(limit: Int, stall: Bool = false, onAnswer: @escaping @Sendable () -> Void = {}) {
             self.limit = limit
+            self.stall = stall
             self.onAnswer = onAnswer
         }
 
@@ -391,6 +412,11 @@ final class RawUpstream: Sendable {
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(body.readableBytes))
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            if stall {
+                context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body.getSlice(at: 0, length: body.readableBytes / 2)!))),
+                                      promise: nil)
+                return
+            }
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             onAnswer()

@@ -322,16 +322,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         attempts += 1
         let attempt = attempts
         exchange.attempt = attempt
-        // Each attempt has its own deadline for the answer's head (as the general path's), so a
-        // retried request is bounded too; a body that has begun is not cut off.
         exchange.timeout?.cancel()
-        exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
-            guard case .relaying(let exchange) = self.state, exchange.attempt == attempt,
-                let connection = exchange.connection, !connection.handler.answerBegan
-            else { return }
-            connection.handler.fail(UpstreamRelayError.timedOut)
-            connection.channel.close(promise: nil)
-        }
+        exchange.timeout = armTimeout(attempt: attempt, readsSeen: nil, context: context)
         state = .relaying(exchange)
         let (target, head, body) = request
         let limit = gateway.configuration.maxResponseBytes
@@ -352,6 +344,24 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 guard case .relaying(let current) = self.state, current.attempt == attempt else { return }
                 self.answered(result, exchange: current, context: context)
             }
+    }
+
+    /// Each attempt's bound (as the general path's): `upstream_timeout` for the answer's head, so
+    /// a retried request is bounded too; then, once the answer has begun, the same between its
+    /// reads, so an upstream that stops mid-answer does not hold the client for ever.
+    private func armTimeout(attempt: Int, readsSeen: Int?, context: ChannelHandlerContext) -> Scheduled<Void> {
+        context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
+            guard case .relaying(var exchange) = self.state, exchange.attempt == attempt, let connection = exchange.connection
+            else { return }
+            let began = connection.handler.answerBegan
+            if began, connection.handler.reads != readsSeen {
+                exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: connection.handler.reads, context: context)
+                self.state = .relaying(exchange)
+                return
+            }
+            connection.handler.fail(began ? UpstreamRelayError.stalled : UpstreamRelayError.timedOut)
+            connection.channel.close(promise: nil)
+        }
     }
 
     private func answered(_ result: Result<UpstreamAnswer, any Error>, exchange: Exchange, context: ChannelHandlerContext) {
@@ -388,7 +398,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                     price: relay.lease.price
                 ).finish(outcome: "runtime_failed")
                 relay.lease.release()
-                finish(exchange, answer: .badGateway("The runtime for '\(model)' failed before answering: \(describe(error))"),
+                finish(exchange, answer: .badGateway("The runtime for '\(model)' failed while answering: \(describe(error))"),
                        context: context)
                 return
             }

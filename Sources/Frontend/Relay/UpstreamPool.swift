@@ -253,12 +253,14 @@ enum UpstreamRelayError: Error, Equatable, CustomStringConvertible {
     case closed(answered: Bool)
     case tooLarge(limit: Int)
     case timedOut
+    /// The answer began, then nothing more came for `upstream_timeout`.
+    case stalled
 
     /// The upstream had begun to answer (so the request is not sent again).
     var answerBegan: Bool {
         switch self {
         case .closed(let answered): answered
-        case .tooLarge: true
+        case .tooLarge, .stalled: true
         case .timedOut: false
         }
     }
@@ -268,6 +270,7 @@ enum UpstreamRelayError: Error, Equatable, CustomStringConvertible {
         case .closed(let answered): answered ? "the connection closed mid-answer" : "the connection closed before an answer"
         case .tooLarge(let limit): "the answer is larger than \(limit) bytes"
         case .timedOut: "no answer within gateway.upstream_timeout"
+        case .stalled: "the answer stopped coming for gateway.upstream_timeout"
         }
     }
 }
@@ -285,6 +288,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     var isIdle: Bool { promise == nil }
     /// The current answer's head has come.
     var answerBegan: Bool { head != nil }
+    /// Parts read on this connection so far: whether an answer is still coming.
+    private(set) var reads = 0
 
     func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int) {
         precondition(self.promise == nil, "one request at a time on an upstream connection")
@@ -295,6 +300,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        reads &+= 1
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head

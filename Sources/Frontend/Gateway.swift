@@ -136,14 +136,22 @@ public struct Gateway: Sendable {
                 "data": models.map { ["id": $0.id, "object": "model", "created": 0, "owned_by": $0.ownedBy, "status": $0.status] },
             ])
         }
+        router.post("/v1/models") { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
         for endpoint in Endpoint.allCases {
             router.post(RouterPath(endpoint.path)) { request, context in
                 try await proxy(request, context: context, endpoint: endpoint)
             }
+            router.get(RouterPath(endpoint.path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .post) }
         }
         addAdminRoutes(to: router)
         addBlockRoutes(to: router)
         return router
+    }
+
+    /// 405 for a known path asked with the wrong method (a GET of a POST endpoint), naming the one to use.
+    static func wrongMethod(_ request: Request, allowed: HTTPRequest.Method) -> GatewayError {
+        GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
+                     message: "\(request.uri.path) takes \(allowed.rawValue), not \(request.method.rawValue)", allow: allowed.rawValue)
     }
 
     /// The tenant the request's API key belongs to; throws 401 for a missing or unknown key.

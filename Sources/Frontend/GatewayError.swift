@@ -11,13 +11,17 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     public var code: String
     public var message: String
     public var retryAfterSeconds: Int?
+    /// The methods a 405's path takes (its `Allow` header).
+    public var allow: String?
 
-    public init(status: HTTPResponse.Status, type: String, code: String, message: String, retryAfterSeconds: Int? = nil) {
+    public init(status: HTTPResponse.Status, type: String, code: String, message: String, retryAfterSeconds: Int? = nil,
+                allow: String? = nil) {
         self.status = status
         self.type = type
         self.code = code
         self.message = message
         self.retryAfterSeconds = retryAfterSeconds
+        self.allow = allow
     }
 
     public var description: String { "\(status.code) \(code): \(message)" }
@@ -57,6 +61,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     var encoded: (HTTPFields, ByteBuffer) {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
+        if let allow { headers[.allow] = allow }
         let data = (try? JSONSerialization.data(withJSONObject: jsonBody, options: [.sortedKeys])) ?? Data()
         return (headers, ByteBuffer(bytes: data))
     }

@@ -184,6 +184,15 @@ struct GatewayTests {
             let route = try await client.execute(uri: "/v1/nothing", method: .get, headers: [:])
             #expect(route.status == .notFound)
             #expect(try Self.errorCode(route) == "not_found")
+
+            // a known path with the wrong method: 405 naming the one to use
+            for (uri, method, allowed) in [("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET")] {
+                let wrong = try await client.execute(uri: uri, method: method, headers: [:])
+                #expect(wrong.status == .methodNotAllowed)
+                #expect(wrong.headers[.allow] == allowed)
+                #expect(try Self.errorCode(wrong) == "method_not_allowed")
+                #expect(String(buffer: wrong.body).contains("takes \(allowed), not \(method.rawValue)"))
+            }
         }
     }
 

@@ -112,7 +112,8 @@ public struct Gateway: Sendable {
     }
 
     public func buildRouter() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+        // HEAD of every GET route (a load balancer's `HEAD /health`), answered as the GET without its body.
+        let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
         router.add(middleware: ErrorMiddleware())
 
         router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }

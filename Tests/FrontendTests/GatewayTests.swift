@@ -249,6 +249,11 @@ struct GatewayTests {
             // health needs no key
             let health = try await client.execute(uri: "/health", method: .get, headers: [:])
             #expect(health.status == .ok)
+            // HEAD as the GET, without a body; and it asks for the key where the GET does
+            let head = try await client.execute(uri: "/health", method: .head, headers: [:])
+            #expect(head.status == .ok && head.body.readableBytes == 0)
+            let headModels = try await client.execute(uri: "/v1/models", method: .head, headers: [:])
+            #expect(headModels.status == .unauthorized)
         }
     }
 

@@ -351,14 +351,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// reads, so an upstream that stops mid-answer does not hold the client for ever.
     private func armTimeout(attempt: Int, readsSeen: Int?, context: ChannelHandlerContext) -> Scheduled<Void> {
         context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
-            guard case .relaying(var exchange) = self.state, exchange.attempt == attempt, let connection = exchange.connection
-            else { return }
-            let began = connection.handler.answerBegan
-            if began, connection.handler.reads != readsSeen {
-                exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: connection.handler.reads, context: context)
+            guard case .relaying(var exchange) = self.state, exchange.attempt == attempt else { return }
+            guard let connection = exchange.connection, connection.handler.answerBegan == false
+                || connection.handler.reads == readsSeen
+            else {
+                // Still connecting (its own timeout bounds that), or the answer is still coming.
+                exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: exchange.connection?.handler.reads, context: context)
                 self.state = .relaying(exchange)
                 return
             }
+            let began = connection.handler.answerBegan
             connection.handler.fail(began ? UpstreamRelayError.stalled : UpstreamRelayError.timedOut)
             connection.channel.close(promise: nil)
         }

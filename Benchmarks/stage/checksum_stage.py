@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
-from stage_vs_peers import MiB, Nginx, clear_new, make_source, parse_size, run_curl, warm_cache   # noqa: E402
+from stage_vs_peers import MiB, Nginx, clear_new, make_source, parse_size, run_curl, run_strata, warm_cache   # noqa: E402
 
 
 def sha256_of(path: Path) -> str:
@@ -48,21 +48,6 @@ def run_curl_sha256sum(url: str, dest: Path, size: int, expected: str) -> float:
     return size / MiB / seconds
 
 
-def run_strata(strata: str, url: str, state: Path, dest: Path, size: int, expected: str) -> float:
-    subprocess.run(["rm", "-rf", str(state)], check=True)
-    before = set(dest.iterdir())
-    argv = [strata, "bench", "stage", "--source", url, "--dir", str(state), "--host-dir", str(dest),
-            "--sha256", expected, "--json"]
-    r = subprocess.run(argv, capture_output=True, text=True)
-    clear_new(dest, before)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited with {r.returncode}:\n{r.stderr[-2000:]}")
-    result = json.loads(r.stdout.strip().splitlines()[-1])
-    if result.get("from") != "remote" or result.get("bytes") != size:
-        raise SystemExit(f"strata staged {result.get('bytes')} bytes from {result.get('from')!r}: {result}")
-    return float(result["mib_per_s"])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strata", default=".build/release/strata")
@@ -82,11 +67,11 @@ def main():
     contenders = {
         "curl": lambda url: run_curl(url, dest, size),
         "curl|sha256sum": lambda url: run_curl_sha256sum(url, dest, size, expected),
-        "strata": lambda url: run_strata(a.strata, url, directory / "state", dest, size, expected),
+        "strata": lambda url: run_strata(a.strata, url, directory / "state", dest, size, "remote", ("--sha256", expected)),
     }
     if a.strata_before:
         contenders["strata before"] = lambda url: run_strata(a.strata_before, url, directory / "state-before", dest, size,
-                                                             expected)
+                                                             "remote", ("--sha256", expected))
     names = list(contenders)
     runs = {name: [] for name in names}
     with Nginx(directory) as origin:

@@ -125,13 +125,14 @@ def run_curl(url: str, dest: Path, size: int) -> float:
 NVME_COMMITTED = []   # MiB/s until the NVMe copy written behind the RAM copy was committed (remote runs)
 
 
-def run_strata(strata: str, url: str, state: Path, dest: Path, size: int, source: str) -> float:
+def run_strata(strata: str, url: str, state: Path, dest: Path, size: int, source: str, extra: tuple = ()) -> float:
     """MiB/s that `strata bench stage` reports for staging `url` from `source` ("remote": fetched
-    from the origin into an empty state directory; "nvme": from the copy an earlier run left)."""
+    from the origin into an empty state directory; "nvme": from the copy an earlier run left).
+    `extra`: more options for `bench stage` (e.g. `--sha256 HEX`)."""
     if source == "remote":
         shutil.rmtree(state, ignore_errors=True)
     before = set(dest.iterdir())
-    argv = [strata, "bench", "stage", "--source", url, "--dir", str(state), "--host-dir", str(dest), "--json"]
+    argv = [strata, "bench", "stage", "--source", url, "--dir", str(state), "--host-dir", str(dest), "--json", *extra]
     if source == "nvme":
         argv += ["--from", "nvme"]
     cpu = cpu_seconds()

@@ -56,6 +56,13 @@ final class PrefixDigest: Sendable {
         }
     }
 
+    /// The digest of `writer`'s file, read back through a descriptor of its own, when `request`
+    /// has a checksum to meet; nil when it has none.
+    static func checking(_ request: StageRequest, writer: StagedFileWriter, size: UInt64, chunkSize: Int) throws -> PrefixDigest? {
+        guard request.sha256 != nil else { return nil }
+        return PrefixDigest(fd: try writer.openForReading(), size: size, chunkSize: chunkSize, what: request.name)
+    }
+
     private static func hash(_ fd: Int32, _ range: Range<UInt64>, into digest: inout SHA256Digest, through buffer: IOBuffer,
                              what: String) throws {
         var offset = range.lowerBound

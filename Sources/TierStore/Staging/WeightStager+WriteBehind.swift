@@ -36,9 +36,7 @@ extension WeightStager {
         let progress = tracker(job)
         let tee: @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void = { offset, bytes in try writer.write(bytes, at: offset) }
         // With a checksum to meet, the copy is hashed while it fills, behind the transfer.
-        let digest = try request.sha256.map { _ in
-            PrefixDigest(fd: try writer.openForReading(), size: size, chunkSize: chunkSize, what: request.name)
-        }
+        let digest = try PrefixDigest.checking(request, writer: writer, size: size, chunkSize: chunkSize)
         defer { digest?.cancel() }
         _ = try await Parallel.run(workers: workers, count: count) { index in
             let range = UInt64(index) * chunk..<min(size, UInt64(index + 1) * chunk)

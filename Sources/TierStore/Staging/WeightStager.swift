@@ -288,9 +288,7 @@ public actor WeightStager {
             var digest: PrefixDigest?
             if let writer {
                 // With a checksum to meet, the RAM copy is hashed while it fills, behind the import.
-                let hashing = try request.sha256.map { _ in
-                    PrefixDigest(fd: try writer.openForReading(), size: current.size, chunkSize: chunkSize, what: request.name)
-                }
+                let hashing = try PrefixDigest.checking(request, writer: writer, size: current.size, chunkSize: chunkSize)
                 digest = hashing
                 toRAM = { offset, buffer, range in
                     try await writer.write(from: buffer, range: range, at: offset, engine: engine)

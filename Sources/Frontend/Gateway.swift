@@ -132,12 +132,20 @@ public struct Gateway: Sendable {
         router.get("/v1/models") { request, _ in
             try authorize(request)
             let models = await backend.listModels()
-            return jsonResponse([
-                "object": "list",
-                "data": models.map { ["id": $0.id, "object": "model", "created": 0, "owned_by": $0.ownedBy, "status": $0.status] },
-            ])
+            return jsonResponse(["object": "list", "data": models.map(\.object)])
         }
-        router.post("/v1/models") { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
+        // One model (OpenAI's "retrieve model"); `**` since names may hold slashes (`org/model`).
+        router.get("/v1/models/**") { request, context in
+            try authorize(request)
+            let id = context.parameters.getCatchAll().joined(separator: "/")
+            guard let model = await backend.listModels().first(where: { $0.id == id }) else {
+                throw GatewayError.modelNotFound(id)
+            }
+            return jsonResponse(model.object)
+        }
+        for path in ["/v1/models", "/v1/models/**"] {
+            router.post(RouterPath(path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
+        }
         for endpoint in Endpoint.allCases {
             router.post(RouterPath(endpoint.path)) { request, context in
                 try await proxy(request, context: context, endpoint: endpoint)

@@ -111,6 +111,11 @@ public struct ModelListing: Sendable, Equatable {
         self.status = status
         self.ownedBy = ownedBy
     }
+
+    /// As OpenAI's model object, with Strata's `status` beside its fields.
+    var object: [String: Any] {
+        ["id": id, "object": "model", "created": 0, "owned_by": ownedBy, "status": status]
+    }
 }
 
 /// What an upstream's answer said of its prompt: its tokens, how many of them it found cached,

@@ -8,6 +8,8 @@ final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     let immediate: Bool
     let rawPort: Int
+    /// The models `listModels` lists (all ready).
+    let listed: [String]
     private let counters = NIOLockedValueBox((acquired: 0, released: 0))
     private let leaseOutcomes = NIOLockedValueBox<[String: [LeaseOutcome]]>([:])
 
@@ -25,7 +27,8 @@ final class FakeBackend: ModelBackend, Sendable {
     /// What the last `acquire` was told (policy, tenant, prompt chain).
     var lastHints: RequestHints? { hints.withLockedValue { $0 } }
 
-    init(upstreamPort: Int, immediate: Bool = false, rawPort: Int = 0) {
+    init(upstreamPort: Int, immediate: Bool = false, rawPort: Int = 0, listed: [String] = ["m"]) {
+        self.listed = listed
         self.upstreamPort = upstreamPort
         self.immediate = immediate
         self.rawPort = rawPort
@@ -61,7 +64,7 @@ final class FakeBackend: ModelBackend, Sendable {
     var acquired: Int { counters.withLockedValue { $0.acquired } }
     var released: Int { counters.withLockedValue { $0.released } }
 
-    func listModels() async -> [ModelListing] { [ModelListing(id: "m", status: "ready")] }
+    func listModels() async -> [ModelListing] { listed.map { ModelListing(id: $0, status: "ready") } }
 
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         self.hints.withLockedValue { $0 = hints }

@@ -55,10 +55,10 @@ struct GatewayTests {
     /// never does and every request goes the general way.
     static func withGateway(
         _ configuration: GatewayConfiguration = GatewayConfiguration(), immediate: Bool = false, rawPort: Int = 0,
-        _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
+        listed: [String] = ["m"], _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
     ) async throws {
         try await fakeUpstream().test(.live) { upstream in
-            let backend = FakeBackend(upstreamPort: upstream.port!, immediate: immediate, rawPort: rawPort)
+            let backend = FakeBackend(upstreamPort: upstream.port!, immediate: immediate, rawPort: rawPort, listed: listed)
             let gateway = Gateway(
                 configuration: configuration, backend: backend, httpClient: .shared, logger: Logger(label: "test"))
             try await app(gateway).test(.live) { client in try await body(client, backend) }
@@ -73,11 +73,16 @@ struct GatewayTests {
     }
 
     static func errorCode(_ response: TestResponse) throws -> String? {
+        try error(response)?["code"] as? String
+    }
+
+    /// The OpenAI-shaped error object of an answer.
+    static func error(_ response: TestResponse) throws -> [String: Any]? {
         let json = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: Any]
         let error = json?["error"] as? [String: Any]
         #expect(error?["message"] as? String != nil, "OpenAI-shaped error has a message")
         #expect(error?["type"] as? String != nil, "OpenAI-shaped error has a type")
-        return error?["code"] as? String
+        return error
     }
 
     @Test(arguments: [false, true])
@@ -186,13 +191,39 @@ struct GatewayTests {
             #expect(try Self.errorCode(route) == "not_found")
 
             // a known path with the wrong method: 405 naming the one to use
-            for (uri, method, allowed) in [("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET")] {
+            for (uri, method, allowed) in [
+                ("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET"), ("/v1/models/m", .post, "GET"),
+            ] {
                 let wrong = try await client.execute(uri: uri, method: method, headers: [:])
                 #expect(wrong.status == .methodNotAllowed)
                 #expect(wrong.headers[.allow] == allowed)
                 #expect(try Self.errorCode(wrong) == "method_not_allowed")
                 #expect(String(buffer: wrong.body).contains("takes \(allowed), not \(method.rawValue)"))
             }
+        }
+    }
+
+    @Test func oneModelIsRetrievedByItsIdAndAnUnknownOneIs404() async throws {
+        try await Self.withGateway(listed: ["m", "org/big-model"]) { client, _ in
+            for id in ["m", "org/big-model"] {
+                let response = try await client.execute(uri: "/v1/models/\(id)", method: .get, headers: [:])
+                #expect(response.status == .ok)
+                let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any]
+                #expect(object?["id"] as? String == id)
+                #expect(object?["object"] as? String == "model")
+                #expect(object?["status"] as? String == "ready")
+            }
+            for id in ["nope", "org", "m/extra"] {
+                let missing = try await client.execute(uri: "/v1/models/\(id)", method: .get, headers: [:])
+                #expect(missing.status == .notFound)
+                let error = try Self.error(missing)
+                #expect(error?["code"] as? String == "model_not_found")
+                #expect((error?["message"] as? String)?.contains("'\(id)' does not exist") == true)
+            }
+        }
+        try await Self.withGateway(GatewayConfiguration(apiKeys: ["k1"])) { client, _ in
+            let response = try await client.execute(uri: "/v1/models/m", method: .get, headers: [:])
+            #expect(response.status == .unauthorized)
         }
     }
 

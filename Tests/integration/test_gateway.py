@@ -21,6 +21,17 @@ def test_models_list_shows_every_model_with_status(daemon):
         assert m.model_extra["status"] in {"stopped", "loading", "ready", "failed"}
 
 
+def test_one_model_is_retrieved_by_its_id_and_an_unknown_one_is_a_404(daemon):
+    client = daemon.client()
+    model = client.models.retrieve("smollm2-b")
+    assert model.id == "smollm2-b" and model.object == "model"
+    assert model.model_extra["status"] in {"stopped", "loading", "ready", "failed"}
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.body["code"] == "model_not_found"
+    assert "'no-such-model' does not exist" in missing.value.body["message"]
+
+
 def test_chat_completion_returns_the_models_answer(daemon):
     r = daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=16, temperature=0)
     text = r.choices[0].message.content

@@ -80,10 +80,20 @@ struct Config: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Validate a config file and print what it sets up.")
 
-        @Argument(help: "Config file (YAML).")
-        var file: String
+        @Argument(help: "Config file (YAML); the default is config/strata.yaml, as for serve.")
+        var file: String?
+
+        @Option(name: .shortAndLong, help: "Config file (YAML), as serve takes it; instead of <file>.")
+        var config: String?
+
+        mutating func validate() throws {
+            if file != nil, config != nil {
+                throw ValidationError("Give the config file once: as <file> or as --config, not both.")
+            }
+        }
 
         func run() throws {
+            let file = file ?? config ?? "config/strata.yaml"
             do {
                 let config = try ConfigLoader.load(path: file)
                 print(ConfigSummary.render(config))

@@ -239,6 +239,13 @@ def test_config_check_cli(tmp_path):
             assert fragment in r.stderr, (fragment, r.stderr)
     missing = subprocess.run([str(STRATA), "config", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    # as serve takes it (--config), and config/strata.yaml when none is given, as for serve
+    flag = subprocess.run([str(STRATA), "config", "check", "--config", str(path)], capture_output=True, text=True)
+    assert flag.returncode == 2 and "listen" in flag.stderr, flag.stderr
+    implicit = subprocess.run([str(STRATA), "config", "check"], capture_output=True, text=True, cwd=REPO)
+    assert implicit.returncode == 0 and "config ok" in implicit.stdout, implicit.stderr
+    both = subprocess.run([str(STRATA), "config", "check", str(path), "--config", str(path)], capture_output=True, text=True)
+    assert both.returncode == 64 and "not both" in both.stderr
 
 
 def test_serve_refuses_bad_config_without_starting(tmp_path):

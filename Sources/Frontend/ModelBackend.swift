@@ -5,7 +5,7 @@ import NIOConcurrencyHelpers
 /// can serve a model right now. The daemon implements it over the Placer and the supervisor;
 /// tests implement it with fakes.
 public protocol ModelBackend: Sendable {
-    /// Every configured model, with its status (stopped, loading, ready, failed).
+    /// Every configured model, with its status (stopped, loading, ready, failed; unavailable while no replica is healthy).
     func listModels() async -> [ModelListing]
     /// Waits until `model` can serve (loading or swapping it in if needed), then hands out an
     /// upstream. Throws `GatewayError` (404 unknown model, 503 not ready in time, 502 failed).

@@ -13,7 +13,13 @@ extension ModelController: ModelBackend {
                 ModelListing(id: model.name, status: model.placerNames.map {
                     placer.snapshot(of: $0)?.phase.publicStatus ?? "stopped"
                 }.min { Self.statusRank($0) < Self.statusRank($1) } ?? "stopped")
-            case .upstream, .replicas:
+            case .replicas:
+                // Health-checked: "unavailable" while every replica is down (failed health
+                // checks or ejected after errors), as a request would then be told.
+                ModelListing(id: model.name, status: replicaSets[model.name].map { set in
+                    set.snapshots.contains(where: \.healthy) ? "ready" : "unavailable"
+                } ?? "ready")
+            case .upstream:
                 ModelListing(id: model.name, status: "ready")
             }
         }

@@ -135,12 +135,16 @@ def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_da
                      what="the killed replica to be marked down")
     assert sum(r["healthy"] for r in state["replicas"]) == 2
     assert all(r["in_flight"] == 0 for r in state["replicas"]), state
+    assert d.client().models.retrieve("smollm2").model_extra["status"] == "ready"
     # every replica down: a clean 503 naming the reason
     for url, proc in replicas:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     wait_for(lambda: d.admin()["smollm2"]["status"] == "unavailable", 10, what="every replica down")
+    # and /v1/models says so, as a request would be told
+    listed = {m.id: m.model_extra["status"] for m in d.client().models.list().data}
+    assert listed["smollm2"] == "unavailable", listed
     status, body, headers = chat(d, system, "anyone?")
     assert status == 503 and b"no_replica" in body and "Retry-After" in headers, body
 

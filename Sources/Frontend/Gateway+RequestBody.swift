@@ -179,12 +179,7 @@ extension Gateway.ParsedBody {
             let canonical = body.withUnsafeReadableBytes { raw in
                 PromptChain.canonicalPrompt(JSONText(raw), messages: spans.messages, prompt: spans.prompt, tools: spans.tools)
             }
-            if let canonical { return PromptChain(canonical: canonical, blockBytes: blockBytes) }
-            // Tools or structured content: their canonical form is Foundation's sorted JSON.
-            guard let json = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-                return PromptChain(blocks: [], bytes: 0)
-            }
-            return PromptChain.of(body: json, blockBytes: blockBytes)
+            return PromptChain(canonical: canonical, blockBytes: blockBytes)
         }
     }
 }

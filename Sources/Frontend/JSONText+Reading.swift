@@ -148,7 +148,8 @@ extension JSONText {
         }
     }
 
-    private func hasEscape(_ string: Span) -> Bool {
+    /// Whether a string span (quotes included) holds an escape.
+    func hasEscape(_ string: Span) -> Bool {
         for i in string.start + 1..<string.end - 1 where bytes[i] == UInt8(ascii: "\\") { return true }
         return false
     }
@@ -238,8 +239,14 @@ extension JSONText {
 
 /// Appends `text` as a JSON string literal, quotes included.
 func appendJSONString(_ text: String, to out: inout [UInt8]) {
+    appendJSONString(utf8: text.utf8, to: &out)
+}
+
+/// Appends UTF-8 text as a JSON string literal, quotes included, escaping only `"`, `\` and
+/// control characters.
+func appendJSONString(utf8: some Sequence<UInt8>, to out: inout [UInt8]) {
     out.append(UInt8(ascii: "\""))
-    for byte in text.utf8 {
+    for byte in utf8 {
         switch byte {
         case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
         case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]

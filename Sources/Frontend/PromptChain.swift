@@ -23,9 +23,21 @@ public struct PromptChain: Sendable, Equatable {
     }
 
     /// The chain of a request body (an OpenAI chat or completion request); empty when it has
-    /// no prompt this can read.
+    /// no prompt this can read. Foundation's objects (a body the gateway's single pass left to
+    /// Foundation) are written back to text once, so that both share one canonical form.
     public static func of(body: [String: Any], blockBytes: Int) -> PromptChain {
-        PromptChain(canonical: canonicalPrompt(body), blockBytes: blockBytes)
+        guard JSONSerialization.isValidJSONObject(body), let data = try? JSONSerialization.data(withJSONObject: body) else {
+            return PromptChain(blocks: [], bytes: 0)
+        }
+        return data.withUnsafeBytes { raw in
+            let text = JSONText(raw)
+            var members: [(key: JSONText.Span, value: JSONText.Span)]?
+            guard text.validate(members: &members) != nil, let members else { return PromptChain(blocks: [], bytes: 0) }
+            let canonical = canonicalPrompt(
+                text, messages: text.member("messages", in: members), prompt: text.member("prompt", in: members),
+                tools: text.member("tools", in: members))
+            return PromptChain(canonical: canonical, blockBytes: blockBytes)
+        }
     }
 
     init(canonical: [UInt8], blockBytes: Int) {
@@ -52,56 +64,39 @@ public struct PromptChain: Sendable, Equatable {
     /// Separators that cannot occur in JSON text, so fields never run into each other.
     private static let fieldEnd: UInt8 = 0x1F, messageEnd: UInt8 = 0x1E, sectionEnd: UInt8 = 0x1D
 
-    static func canonicalPrompt(_ body: [String: Any]) -> [UInt8] {
+    /// The canonical prompt of a request's validated JSON text: its tools (canonical JSON), then
+    /// each message's role and content in order; or the completion prompt. Content that is text
+    /// (or a list of texts) counts as its text, anything else (content parts, token arrays) as
+    /// its canonical JSON.
+    static func canonicalPrompt(_ text: JSONText, messages: JSONText.Span?, prompt: JSONText.Span?, tools: JSONText.Span?)
+        -> [UInt8]
+    {
         var out: [UInt8] = []
-        // Only a list or an object: Foundation traps (does not throw) on any other top-level value.
-        if let tools = body["tools"], tools is [Any] || tools is [String: Any],
-            let json = try? JSONSerialization.data(withJSONObject: tools, options: [.sortedKeys])
-        {
-            out += json
+        if let tools, text.kind(tools) == .array || text.kind(tools) == .object {
+            text.appendCanonical(tools, to: &out)
             out.append(sectionEnd)
         }
-        if let messages = body["messages"] as? [Any] {
-            for case let message as [String: Any] in messages {
-                out += Array(((message["role"] as? String) ?? "").utf8)
-                out.append(fieldEnd)
-                out += content(message["content"])
-                out.append(messageEnd)
-            }
-        } else if let prompt = body["prompt"] {
-            out += content(prompt)
-        }
-        return out
-    }
-
-    /// The canonical prompt read from JSON text where it lies (the same bytes as
-    /// `canonicalPrompt(_:)` of the parsed body); nil when it needs Foundation's canonical JSON
-    /// (tools, content parts that are not all strings).
-    static func canonicalPrompt(_ text: JSONText, messages: JSONText.Span?, prompt: JSONText.Span?, tools: JSONText.Span?)
-        -> [UInt8]?
-    {
-        if let tools, text.kind(tools) == .array || text.kind(tools) == .object { return nil }
-        var out: [UInt8] = []
-        func appendContent(_ value: JSONText.Span?) -> Bool {
-            guard let value else { return true }
+        func appendContent(_ value: JSONText.Span?) {
+            guard let value else { return }
             switch text.kind(value) {
             case .string:
                 text.appendString(value, to: &out)
             case .array:
                 var strings = true
                 text.forEachElement(of: value) { if text.kind($0) != .string { strings = false } }
-                guard strings else { return false }
-                text.forEachElement(of: value) { text.appendString($0, to: &out) }
+                if strings {
+                    text.forEachElement(of: value) { text.appendString($0, to: &out) }
+                } else {
+                    text.appendCanonical(value, to: &out)
+                }
             default:
                 break
             }
-            return true
         }
         if let messages, text.kind(messages) == .array {
             out.reserveCapacity(messages.end - messages.start)
-            var decided = true
             text.forEachElementStart(of: messages) { start in
-                guard decided, text.bytes[start] == UInt8(ascii: "{") else { return text.end(ofValueAt: start) }
+                guard text.bytes[start] == UInt8(ascii: "{") else { return text.end(ofValueAt: start) }
                 var role, content: JSONText.Span?
                 let end = text.forEachMember(ofObjectAt: start) { key, value in
                     if text.keyEquals(key, "role") { role = value } else if text.keyEquals(key, "content") { content = value }
@@ -109,27 +104,13 @@ public struct PromptChain: Sendable, Equatable {
                 }
                 if let role, text.kind(role) == .string { text.appendString(role, to: &out) }
                 out.append(fieldEnd)
-                decided = appendContent(content)
+                appendContent(content)
                 out.append(messageEnd)
                 return end!
             }
-            return decided ? out : nil
         } else if let prompt {
-            return appendContent(prompt) ? out : nil
+            appendContent(prompt)
         }
         return out
-    }
-
-    /// Text as is; content parts and token arrays as their canonical JSON.
-    private static func content(_ value: Any?) -> [UInt8] {
-        switch value {
-        case let text as String:
-            return Array(text.utf8)
-        case let parts as [Any]:
-            if parts.allSatisfy({ $0 is String }) { return parts.flatMap { Array(($0 as! String).utf8) } }
-            return (try? JSONSerialization.data(withJSONObject: parts, options: [.sortedKeys])).map(Array.init) ?? []
-        default:
-            return []
-        }
     }
 }

@@ -72,6 +72,7 @@ struct JSONTextTests {
             switch Int.random(in: 0..<8, using: &rng) {
             case 0: return "[" + (0..<Int.random(in: 0...3, using: &rng)).map { _ in string() }.joined(separator: ",") + "]"
             case 1: return "[" + object([("\"type\"", "\"text\""), ("\"text\"", string())]) + "]"
+            case 4: return "[" + value(depth: 1) + "," + object([("\"type\"", "\"image_url\""), (string(), value(depth: 2))]) + "]"
             case 2: return "null"
             case 3: return number()
             default: return string()
@@ -118,7 +119,10 @@ struct JSONTextTests {
             if Int.random(in: 0..<4, using: &rng) == 0 { maybe(2, "\"prompt\"") { t in t.content() } }
             if Int.random(in: 0..<6, using: &rng) == 0 { maybe(2, "\"input\"") { t in t.value(depth: 1) } }
             if Int.random(in: 0..<6, using: &rng) == 0 {
-                maybe(2, "\"tools\"") { t in ["null", "[]", "\"x\"", "{\"a\":1}", "[{\"type\":\"function\",\"name\":\"f\"}]"].randomElement(using: &t.rng)! }
+                maybe(2, "\"tools\"") { t in
+                    Bool.random(using: &t.rng) ? t.value(depth: 1)
+                        : ["null", "[]", "\"x\"", "{\"a\":1}", "[{\"type\":\"function\",\"name\":\"f\"}]"].randomElement(using: &t.rng)!
+                }
             }
             if Int.random(in: 0..<5, using: &rng) == 0 { maybe(2, "\"id_slot\"") { t in t.number() } }
             if Int.random(in: 0..<6, using: &rng) == 0 { members.append(("\"mod\\u0065l\"", "\"escaped-key\"")) }
@@ -189,6 +193,30 @@ struct JSONTextTests {
         #expect(Self.validates(Array((String(repeating: "[", count: 100) + String(repeating: "]", count: 100)).utf8)))
         #expect(!Self.validates(Array((String(repeating: "[", count: 200) + String(repeating: "]", count: 200)).utf8)),
                 "deeper than maxDepth is left to Foundation")
+    }
+
+    // MARK: canonical form
+
+    static func canonical(_ text: String) -> String? {
+        Array(text.utf8).withUnsafeBytes { raw -> String? in
+            let json = JSONText(raw)
+            guard let value = json.validate() else { return nil }
+            var out: [UInt8] = []
+            json.appendCanonical(value, to: &out)
+            return String(decoding: out, as: UTF8.self)
+        }
+    }
+
+    @Test(arguments: [
+        (#" { "b" : [true, null, 1.50e1], "a":"x\"y\u0041\/" } "#, #"{"a":"x\"yA/","b":[true,null,15]}"#),
+        (#"{"a":1,"a":{"c":2, "b":3}}"#, #"{"a":{"b":3,"c":2}}"#),   // a key given twice: the last counts
+        (#"[0.5, -0, 1e2, 1E+30, 12345678901234567890, -7]"#, "[0.5,0,100,1e+30,1.2345678901234567e+19,-7]"),
+        (#"{"é":1,"z":2,"A":3,"":4}"#, #"{"":4,"A":3,"z":2,"é":1}"#),   // by UTF-8 bytes, not by locale
+        (#""tab\there \u0007 \ud83d\ude00""#, "\"tab\\there \\u0007 😀\""),
+        ("[]", "[]"), ("{}", "{}"), ("false", "false"),
+    ])
+    func canonicalFormIsOneSpellingOfAValue(text: String, expected: String) {
+        #expect(Self.canonical(text) == expected)
     }
 
     // MARK: request bodies

@@ -1,3 +1,5 @@
+import Foundation
+import NIOCore
 import Testing
 @testable import Frontend
 
@@ -27,6 +29,28 @@ struct PromptChainTests {
         let withTools = PromptChain.of(body: Self.chat([("system", Self.system)], tools: [["type": "function", "name": "f"]]),
                                        blockBytes: 64)
         #expect(withTools.blocks.first != base.blocks.first, "tools come first, so they change every block")
+    }
+
+    @Test func theSameToolsAndPartsSpelledAnotherWayHaveTheSameChain() throws {
+        func chain(_ text: String) throws -> PromptChain {
+            try #require(Gateway.scanBody(ByteBuffer(string: text), endpoint: .chatCompletions)).promptChain(blockBytes: 16)
+        }
+        let tool = #"{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}"#
+        let respelled = #"{ "function": { "parameters": {"properties":{"city":{"type":"str\u0069ng"}}, "type":"object"}, "name":"get_weather" }, "type":"function" }"#
+        let parts = #"[{"type":"text","text":"What is in the picture of the river mill at dawn?"}]"#
+        let partsRespelled = #"[ {"text":"What is in the picture of the river mill at dawn?", "type" : "text"} ]"#
+        func body(_ tools: String, _ content: String) -> String {
+            #"{"model":"m","tools":["# + tools + #"],"messages":[{"role":"system","content":"# + "\"" + Self.system + "\""
+                + #"},{"role":"user","content":"# + content + "}]}"
+        }
+        let a = try chain(body(tool, parts))
+        #expect(a.blocks.count > 20)
+        #expect(try chain(body(respelled, partsRespelled)) == a)
+        func shared(_ x: PromptChain) -> Int { zip(x.blocks, a.blocks).prefix { $0 == $1 }.count }
+        let otherTool = try chain(body(tool.replacingOccurrences(of: "get_weather", with: "get_tides"), parts))
+        #expect(shared(otherTool) < 3, "tools come first: another tool is another prefix from it on")
+        let otherQuestion = try chain(body(tool, parts.replacingOccurrences(of: "at dawn", with: "at dusk")))
+        #expect(shared(otherQuestion) > 20 && otherQuestion != a, "the same tools and system prompt, another question")
     }
 
     @Test func shortPromptsAndOddBodiesHaveNoChain() {

@@ -203,6 +203,23 @@ struct GatewayTests {
         }
     }
 
+    @Test(arguments: ["plain", #"quotes " and \ backslash, / slash"#, "lines\nand\ttabs\u{7}bell", "é日😀", ""])
+    func errorBodiesAreOpenAIShapedJSONWhateverTheMessageHolds(message: String) throws {
+        let error = GatewayError(status: .badRequest, type: "invalid_request_error", code: "c\"1", message: message)
+        let (headers, body) = error.encoded
+        #expect(headers[.contentType] == "application/json")
+        let json = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any]
+        let object = try #require(json?["error"] as? [String: Any])
+        #expect(object["message"] as? String == message)
+        #expect(object["code"] as? String == "c\"1")
+        #expect(object["type"] as? String == "invalid_request_error")
+        #expect(object["param"] is NSNull)
+        #expect(object.count == 4 && json?.count == 1)
+        let event = String(buffer: error.sseEvent)
+        #expect(event.hasPrefix("data: {") && event.hasSuffix("}\n\n"))
+        #expect(event.dropFirst(6).dropLast(2) == String(buffer: body))
+    }
+
     @Test func oneModelIsRetrievedByItsIdAndAnUnknownOneIs404() async throws {
         try await Self.withGateway(listed: ["m", "org/big-model"]) { client, _ in
             for id in ["m", "org/big-model"] {

@@ -18,7 +18,7 @@ With `--strata-before BIN`, a third Strata (another build, the first one's confi
 the same rounds: a before/after of a change measured against the same nginx.
 
 Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--seconds 15] [--rounds 3]
-                          [--arrivals fixed|poisson] [--strata-before BIN]
+                          [--arrivals fixed|poisson] [--strata-before BIN] [--request plain|tools|parts]
 Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
 import argparse
@@ -72,6 +72,9 @@ def main():
                     help="fixed: every connection waits the same delay after each answer, so the 20 connections stay "
                          "in step and send in bursts; poisson: each wait is drawn from an exponential distribution "
                          "with the same mean, so arrivals spread out as independent clients' would")
+    ap.add_argument("--request", choices=("plain", "tools", "parts"), default="plain",
+                    help="plain: a system prompt and a user turn as text; tools: the same with four function tools "
+                         "(as agents send); parts: the user turn as OpenAI content parts")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="strata-overhead-"))
@@ -112,8 +115,16 @@ function delay()
     return -math.log(1 - math.random()) * {per_connection_ms:.3f}
 end"""
     for model in ("bench", "plain"):
-        body = json.dumps({"model": model, "max_tokens": 1, "messages": [
-            {"role": "system", "content": prompt}, {"role": "user", "content": "hello"}]})
+        user = [{"type": "text", "text": "hello"}] if a.request == "parts" else "hello"
+        request = {"model": model, "max_tokens": 1, "messages": [
+            {"role": "system", "content": prompt}, {"role": "user", "content": user}]}
+        if a.request == "tools":
+            request["tools"] = [{"type": "function", "function": {
+                "name": f"tool_{k}", "description": f"Does thing {k} with the given arguments, carefully.",
+                "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string", "description": "The city"}, "unit": {"type": "string", "enum": ["c", "f"]},
+                    "days": {"type": "integer", "minimum": 1}}, "required": ["city"]}}} for k in range(4)]
+        body = json.dumps(request)
         (work / f"{model}.lua").write_text(f"""
 wrk.method = "POST"
 wrk.body = {json.dumps(body)}
@@ -166,8 +177,8 @@ models:
         for url, model in targets.values():   # warm-up
             wrk(url, a.rate, a.connections, 3, str(work / f"{model}.lua"))
         results = {name: [] for name in targets}
-        print(f"wrk -c {a.connections}, paced to ~{a.rate} req/s ({a.arrivals} delays), {a.seconds}s per run, "
-              f"{a.rounds} rounds", flush=True)
+        print(f"wrk -c {a.connections}, paced to ~{a.rate} req/s ({a.arrivals} delays), {a.request} requests, "
+              f"{a.seconds}s per run, {a.rounds} rounds", flush=True)
         for round in range(a.rounds):
             order = list(targets) if round % 2 == 0 else list(reversed(targets))
             for name in order:

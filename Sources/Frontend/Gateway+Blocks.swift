@@ -58,12 +58,31 @@ extension Gateway {
             }
             let namespace = (object["namespace"] as? String) ?? "default"
             let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
-            // Values as base64 in JSON: a batch is for many small blocks, where this costs little.
-            let blocks: [[String: Any]] = zip(keys, values).map { key, value in
-                ["key": key, "value_base64": value.map { Data($0.readableBytesView).base64EncodedString() } as Any? ?? NSNull()]
-            }
-            return jsonResponse(["blocks": blocks])
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: Self.batchAnswer(keys: keys, values: values)))
         }
+    }
+
+    /// `{"blocks":[{"key":…,"value_base64":…|null},…]}`: values as base64 in JSON, since a batch
+    /// is for many small blocks, where this costs little. Written directly: Foundation's
+    /// `.sortedKeys` orders keys by a locale-aware comparison, tens of µs per block.
+    static func batchAnswer(keys: [String], values: [ByteBuffer?]) -> ByteBuffer {
+        var out = Array(#"{"blocks":["#.utf8)
+        for (n, (key, value)) in zip(keys, values).enumerated() {
+            out += Array((n == 0 ? #"{"key":"# : #",{"key":"#).utf8)
+            appendJSONString(key, to: &out)
+            out += Array(#","value_base64":"#.utf8)
+            if let value {
+                out.append(UInt8(ascii: "\""))
+                out += Array(Data(value.readableBytesView).base64EncodedString().utf8)
+                out.append(UInt8(ascii: "\""))
+            } else {
+                out += Array("null".utf8)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+        out += Array("]}".utf8)
+        return ByteBuffer(bytes: out)
     }
 
     private func blockTarget(_ request: Request, _ context: BasicRequestContext) throws -> (any KVBackend, String, ByteBuffer) {

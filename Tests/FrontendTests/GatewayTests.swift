@@ -220,6 +220,24 @@ struct GatewayTests {
         #expect(event.dropFirst(6).dropLast(2) == String(buffer: body))
     }
 
+    @Test func aBatchOfBlocksIsJSONWithBase64ValuesInTheOrderAsked() throws {
+        let keys = ["plain", #"q"u\o/te"#, "é日😀", "missing", ""]
+        let values: [ByteBuffer?] = [ByteBuffer(string: "abc"), ByteBuffer(bytes: [0, 255, 10]), ByteBuffer(), nil, ByteBuffer(string: "x")]
+        let answer = Gateway.batchAnswer(keys: keys, values: values)
+        let json = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [String: Any]
+        let blocks = try #require(json?["blocks"] as? [[String: Any]])
+        #expect(blocks.map { $0["key"] as? String } == keys)
+        for (block, value) in zip(blocks, values) {
+            if let value {
+                #expect(Data(base64Encoded: block["value_base64"] as? String ?? "-") == Data(buffer: value))
+            } else {
+                #expect(block["value_base64"] is NSNull)
+            }
+        }
+        let empty = try JSONSerialization.jsonObject(with: Data(buffer: Gateway.batchAnswer(keys: [], values: []))) as? [String: Any]
+        #expect((empty?["blocks"] as? [Any])?.isEmpty == true)
+    }
+
     @Test func oneModelIsRetrievedByItsIdAndAnUnknownOneIs404() async throws {
         try await Self.withGateway(listed: ["m", "org/big-model"]) { client, _ in
             for id in ["m", "org/big-model"] {

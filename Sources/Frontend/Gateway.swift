@@ -206,7 +206,12 @@ public struct Gateway: Sendable {
         guard let header = headers[.authorization] else { return nil }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+        // HTTP's optional whitespace (space and tab) around the token; not Foundation's
+        // `trimmingCharacters`, which bridges to NSString on every request.
+        var token = parts[1]
+        while let first = token.first, first == " " || first == "\t" { token.removeFirst() }
+        while let last = token.last, last == " " || last == "\t" { token.removeLast() }
+        return String(token)
     }
 }
 

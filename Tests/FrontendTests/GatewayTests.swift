@@ -304,6 +304,10 @@ struct GatewayTests {
             let right = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer k1"], body: body)
             #expect(right.status == .ok)
+            // the scheme in any case, spaces and tabs around the token
+            let spaced = try await client.execute(
+                uri: "/v1/chat/completions", method: .post, headers: [.authorization: "bearer  \tk1\t "], body: body)
+            #expect(spaced.status == .ok)
             let models = try await client.execute(uri: "/v1/models", method: .get, headers: [:])
             #expect(models.status == .unauthorized)
 

@@ -35,9 +35,11 @@ final class UpstreamPools: Sendable {
 
 /// Where an upstream request goes: `http://host:port` and the path on it.
 struct UpstreamTarget: Hashable, Sendable {
-    var host: String
-    var port: Int
-    var path: String
+    let host: String
+    let port: Int
+    let path: String
+    /// The `Host` header's value, made once (targets are parsed once per URL and pool).
+    let hostHeader: String
 
     /// Parses `http://host[:port]/path`; nil for anything else (https goes the general way).
     init?(url: String) {
@@ -64,12 +66,9 @@ struct UpstreamTarget: Hashable, Sendable {
             host = String(authority)
             port = 80
         }
-        guard !host.isEmpty, (1...65535).contains(port), !host.contains("@") else { return nil }
-    }
-
-    var hostHeader: String {
-        let name = host.contains(":") ? "[\(host)]" : host
-        return port == 80 ? name : "\(name):\(port)"
+        guard !host.isEmpty, (1...65535).contains(port), !host.utf8.contains(UInt8(ascii: "@")) else { return nil }
+        let name = host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]" : host
+        hostHeader = port == 80 ? name : "\(name):\(port)"
     }
 }
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "route"))
-from procs import free_port, stop, wait_http  # noqa: E402
+from procs import free_port, start_nginx, stop, wait_http  # noqa: E402
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 EVENT = "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m", "choices": [
@@ -101,22 +101,11 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="strata-stream-cpu-"))
     upstream_port, nginx_port = free_port(), free_port()
     upstream(upstream_port, a.events, a.pace_ms / 1000)
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
+    procs = [start_nginx(work, f"""
     server {{
         listen 127.0.0.1:{nginx_port};
         location / {{ proxy_pass http://127.0.0.1:{upstream_port}; proxy_http_version 1.1; proxy_buffering off; }}
-    }}
-}}
-""")
-    procs = [subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    }}""")]
     targets = {}
     try:
         time.sleep(0.5)

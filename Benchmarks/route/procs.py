@@ -1,10 +1,11 @@
-"""Helpers the route and KV benchmarks share: loopback ports, waiting for a server, a daemon's
-counters, stopping processes."""
+"""Helpers the route, gateway and KV benchmarks share: loopback ports, waiting for a server, a
+daemon's counters, an nginx to compare with, stopping processes."""
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -45,3 +46,23 @@ def stop(procs) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def start_nginx(work: Path, servers: str) -> subprocess.Popen:
+    """nginx in the foreground with one worker and no access log, serving the `server` and
+    `upstream` blocks in `servers` (its config, pid and error log in `work`)."""
+    (work / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_buffer_size 64k;
+    keepalive_requests 100000;
+{servers}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -34,7 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from procs import free_port, stop, wait_http
+from procs import free_port, start_nginx, stop, wait_http
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 ANSWER = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
@@ -91,19 +91,7 @@ def main():
         listen 127.0.0.1:{proxy_port};
         location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
     }}"""
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_buffer_size 64k;
-    keepalive_requests 100000;
-{servers}
-}}
-""")
+
     per_connection_ms = 1000.0 * a.connections / a.rate
     prompt = " ".join(f"word{i % 97}" for i in range(300))
     if a.arrivals == "fixed":
@@ -149,8 +137,7 @@ models:
   - {{ name: bench, upstreams: {json.dumps([f"http://127.0.0.1:{p}" for p in ports])} }}
   - {{ name: plain, runtime: nginx }}
 """)
-    procs = [subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    procs = [start_nginx(work, servers)]
     try:
         for port in ports:
             deadline = time.monotonic() + 10

@@ -148,8 +148,7 @@ extension JSONText {
         }
     }
 
-    /// Whether a string span (quotes included) holds an escape.
-    func hasEscape(_ string: Span) -> Bool {
+    private func hasEscape(_ string: Span) -> Bool {
         for i in string.start + 1..<string.end - 1 where bytes[i] == UInt8(ascii: "\\") { return true }
         return false
     }

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,18 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "route"))
-from procs import free_port, start_nginx, stop, wait_http  # noqa: E402
+from procs import cpu_seconds, free_port, start_nginx, stop, wait_http  # noqa: E402
 
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 EVENT = "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m", "choices": [
     {"index": 0, "delta": {"content": " token"}, "finish_reason": None}]}) + "\n\n"
 LAST = "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m", "choices": [],
                               "usage": {"prompt_tokens": 20, "completion_tokens": 200, "total_tokens": 220}}) + "\n\n"
-
-
-def cpu_ticks(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def upstream(port, events, pace):
@@ -136,9 +129,9 @@ models:
         for round in range(a.rounds):
             for name in list(targets) if round % 2 == 0 else reversed(list(targets)):
                 port, pid = targets[name]
-                before = cpu_ticks(pid)
+                before = cpu_seconds(pid)
                 run(port, "/v1/chat/completions", a.streams)
-                us = (cpu_ticks(pid) - before) * 1e6 / TICKS_PER_SECOND / (a.streams * a.events)
+                us = (cpu_seconds(pid) - before) * 1e6 / (a.streams * a.events)
                 results[name].append(us)
                 print(f"  round {round} {name:24} {us:6.1f} us CPU per event", flush=True)
         print()

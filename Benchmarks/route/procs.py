@@ -1,5 +1,6 @@
 """Helpers the route, gateway and KV benchmarks share: loopback ports, waiting for a server, a
 daemon's counters, an nginx to compare with, stopping processes."""
+import os
 import signal
 import socket
 import subprocess
@@ -26,6 +27,12 @@ def wait_http(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"timed out waiting for {url}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(base: str, name: str, result: str = "ok") -> float:

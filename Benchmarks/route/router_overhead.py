@@ -23,7 +23,6 @@ Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
 import argparse
 import json
-import os
 import re
 import socket
 import statistics
@@ -34,16 +33,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from procs import free_port, start_nginx, stop, wait_http
+from procs import cpu_seconds, free_port, start_nginx, stop, wait_http
 
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 ANSWER = '{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}'
-
-
-def cpu_ticks(pid):
-    """User + system clock ticks of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def wrk(url, rate, connections, seconds, script):
@@ -171,10 +163,10 @@ models:
             for name in order:
                 url, model = targets[name]
                 pid = pids.get(int(url.rsplit(":", 1)[1]))
-                before = cpu_ticks(pid) if pid else 0
+                before = cpu_seconds(pid) if pid else 0
                 rps, p, sent = wrk(url, a.rate, a.connections, a.seconds, str(work / f"{model}.lua"))
                 # Strata's CPU per request (all its threads), the steadier figure on a noisy machine
-                cpu_us = (cpu_ticks(pid) - before) * 1e6 / TICKS_PER_SECOND / sent if pid else None
+                cpu_us = (cpu_seconds(pid) - before) * 1e6 / sent if pid else None
                 results[name].append((rps, p, cpu_us))
                 print(f"  round {round} {name:28} {rps:7.0f} req/s  p50 {p[50]:.3f} ms  p90 {p[90]:.3f} ms  "
                       f"p99 {p[99]:.3f} ms" + (f"  CPU {cpu_us:.0f} us/request" if cpu_us else ""), flush=True)

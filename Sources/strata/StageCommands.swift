@@ -12,7 +12,7 @@ struct Stage: AsyncParsableCommand {
     @Argument(help: "Model name, as in the config.")
     var model: String
     @Option(name: .shortAndLong, help: "Config file, to find the daemon's address.")
-    var config: String = "config/strata.yaml"
+    var config: String = Strata.defaultConfig
     @Option(help: "Daemon URL (overrides the config's listen address).")
     var url: String?
     @Option(help: "host (RAM-backed directory and NVMe), nvme (NVMe only) or disk (a file on disk and NVMe).")
@@ -154,7 +154,7 @@ struct ColdStartBench: AsyncParsableCommand {
         abstract: "Time a model's start from the remote source, NVMe (page cache dropped), host RAM and already loaded, against the runtime alone.")
 
     @Option(name: .shortAndLong, help: "Config file (YAML) that defines the model.")
-    var config: String = "config/strata.yaml"
+    var config: String = Strata.defaultConfig
     @Option(help: "Model name, as in the config.")
     var model: String
     @Option(help: "Rounds; each runs every state, Strata and baseline alternating.")

@@ -25,13 +25,16 @@ struct Strata: AsyncParsableCommand {
         }
         await self.main(nil)
     }
+
+    /// The config file every command reads when none is given (the one `make run` serves).
+    static let defaultConfig = "config/strata.yaml"
 }
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the daemon in the foreground.")
 
     @Option(name: .shortAndLong, help: "Config file (YAML).")
-    var config: String = "config/strata.yaml"
+    var config: String = Strata.defaultConfig
 
     func run() async throws {
         MallocSettings.apply()
@@ -93,7 +96,7 @@ struct Config: ParsableCommand {
         }
 
         func run() throws {
-            let file = file ?? config ?? "config/strata.yaml"
+            let file = file ?? config ?? Strata.defaultConfig
             do {
                 let config = try ConfigLoader.load(path: file)
                 print(ConfigSummary.render(config))
@@ -109,7 +112,7 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show the models of a running daemon and their state.")
 
     @Option(name: .shortAndLong, help: "Config file, to find the daemon's address.")
-    var config: String = "config/strata.yaml"
+    var config: String = Strata.defaultConfig
 
     @Option(help: "Daemon URL (overrides the config's listen address).")
     var url: String?

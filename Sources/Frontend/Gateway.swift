@@ -259,9 +259,13 @@ func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response 
 
 extension Gateway {
     /// The daemon's drain time is over: requests whose upstream calls fail from now on (the
-    /// daemon shuts its HTTP client down next) answer that Strata is stopping, streams with an
-    /// error event, instead of blaming the runtime or trying another replica.
-    public func cutForStop() { stopping.withLockedValue { $0 = true } }
+    /// daemon shuts its HTTP client down next; the event loops' upstream connections in use are
+    /// closed here) answer that Strata is stopping, streams with an error event, instead of
+    /// blaming the runtime or trying another replica.
+    public func cutForStop() {
+        stopping.withLockedValue { $0 = true }
+        upstreamPools.cutAll()
+    }
 
     var isStopping: Bool { stopping.withLockedValue { $0 } }
 

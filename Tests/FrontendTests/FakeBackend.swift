@@ -1,9 +1,9 @@
 import Frontend
 import NIOConcurrencyHelpers
 
-/// A fake model backend for gateway unit tests: one model `m` served by a fake upstream.
-/// With `immediate`, `acquireImmediately` admits `m` (and the relay's test models: `raw` on
-/// the raw upstream, `retry` first on a closed port, then on the fake upstream).
+/// A fake model backend for gateway unit tests: one model `m` served by a fake upstream, and
+/// `raw` on a test's own upstream (`rawPort`). With `immediate`, `acquireImmediately` admits
+/// them (and `retry`: first on a closed port, then on the fake upstream).
 final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     let immediate: Bool
@@ -89,6 +89,10 @@ final class FakeBackend: ModelBackend, Sendable {
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in
                 counters.withLockedValue { $0.released += 1 }
             }
+        case "raw":
+            return UpstreamLease(
+                baseURL: "http://127.0.0.1:\(rawPort)/v1",
+                onOutcome: { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } })
         case "busy":
             throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
         case "crashes-once", "crashes-always", "refuses":

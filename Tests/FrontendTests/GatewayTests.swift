@@ -101,8 +101,9 @@ struct GatewayTests {
         }
     }
 
-    @Test func sseStreamIsRelayedChunkByChunk() async throws {
-        try await Self.withGateway { client, backend in
+    @Test(arguments: [false, true])
+    func sseStreamIsRelayedChunkByChunk(immediate: Bool) async throws {
+        try await Self.withGateway(immediate: immediate) { client, backend in
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(client.port!)/v1/chat/completions")
             request.method = .POST
             request.body = .bytes(ByteBuffer(string: #"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#))
@@ -120,8 +121,9 @@ struct GatewayTests {
         }
     }
 
-    @Test func streamBrokenByRuntimeEndsWithSSEErrorEvent() async throws {
-        try await Self.withGateway { client, backend in
+    @Test(arguments: [false, true])
+    func streamBrokenByRuntimeEndsWithSSEErrorEvent(immediate: Bool) async throws {
+        try await Self.withGateway(immediate: immediate) { client, backend in
             let response = try await client.execute(
                 uri: "/v1/completions", method: .post, headers: [:],
                 body: ByteBuffer(string: #"{"model":"m","stream":true,"prompt":"x"}"#))

@@ -99,7 +99,7 @@ def test_tools_and_content_of_any_type_are_routed_and_the_daemon_stays_up(make_d
     trapped Foundation inside the daemon (any client could stop it)."""
     d = make_daemon(replica_config([u for u, _ in replicas]))
     system = words(11, 120)
-    for stream in (False, True):   # the event-loop relay, then the general path
+    for stream in (False, True):   # a whole answer, then a stream (both relayed on the event loop)
         for tools in (None, "x", 3, {"a": 1}, [{"type": "function", "function": {"name": "f", "parameters": {}}}]):
             status, body, _ = d.request("POST", "/v1/chat/completions", body={
                 "model": "smollm2", "max_tokens": 2, "temperature": 0, "stream": stream, "tools": tools,

@@ -40,14 +40,14 @@ extension Gateway {
     }
 
     /// Checks, parses and admits a whole request without waiting. Nil where the general path is
-    /// needed: any error (it answers it), a stream, a model the backend cannot admit at once,
-    /// an upstream that is not plain `http://`.
+    /// needed: any error (it answers it), a model the backend cannot admit at once, an upstream
+    /// that is not plain `http://`.
     func prepareImmediately(_ head: HTTPRequest, endpoint: Endpoint, body: ByteBuffer, started: ContinuousClock.Instant,
                             pool: UpstreamPool) -> ImmediateRelay?
     {
         guard let tenant = try? authorize(headers: head.headerFields),
             let policy = try? policy(of: head.headerFields, tenant: tenant),
-            var parsed = try? parseBody(body, endpoint: endpoint), !parsed.stream
+            var parsed = try? parseBody(body, endpoint: endpoint)
         else { return nil }
         addHints(to: &parsed, headers: head.headerFields, tenant: tenant, policy: policy)
         guard let lease = backend.acquireImmediately(model: parsed.model, hints: parsed.hints) else { return nil }
@@ -78,7 +78,14 @@ extension Gateway {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.hostHeader)
         headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Accept", value: "application/json")
+        if relay.parsed.stream {
+            headers.add(name: "Accept", value: "text/event-stream")
+            // As on the general path: llama-server closes the connection after every stream
+            // without saying so, so a stream's connection is not kept.
+            headers.add(name: "Connection", value: "close")
+        } else {
+            headers.add(name: "Accept", value: "application/json")
+        }
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         for (name, value) in relay.lease.headers { headers.replaceOrAdd(name: name, value: value) }
         return (target, HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers), body)
@@ -88,7 +95,9 @@ extension Gateway {
 /// Sits between the HTTP/1 codec and Hummingbird's request handling on each connection. A POST
 /// to an OpenAI endpoint is collected here; if the gateway can admit it at once
 /// (`Gateway.prepareImmediately`), it is sent on a pooled upstream connection of the same event
-/// loop and the answer written back, all on that loop. Otherwise the request's parts go on to
+/// loop and the answer written back, all on that loop: a whole answer at once, a stream (SSE)
+/// event by event as it comes, reading the upstream only as fast as the client takes the
+/// events (its connection's writability). Otherwise the request's parts go on to
 /// Hummingbird unchanged. Answers stay in request order: a request is relayed here only when
 /// no earlier one is still with Hummingbird, and requests that arrive while one is relayed
 /// here wait until it is answered.
@@ -116,6 +125,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var timeout: Scheduled<Void>?
         /// The request went once more on a new connection after a kept one failed unanswered.
         var resentOnNewConnection = false
+        /// A stream whose head has gone to the client, and what follows it to its end.
+        var stream: RequestObserver?
     }
 
     private let gateway: Gateway
@@ -265,10 +276,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     func channelInactive(context: ChannelHandlerContext) {
         if case .relaying(let exchange) = state {
             // The client left: the upstream request is dropped with its connection.
+            state = .idle
             exchange.timeout?.cancel()
             exchange.connection?.channel.close(promise: nil)
-            exchange.relay.lease.release(.abandoned)
-            state = .idle
+            if let stream = exchange.stream {
+                // As on the general path: the upstream did serve part of the answer.
+                stream.finish(outcome: "client_disconnected")
+                exchange.relay.lease.release()
+            } else {
+                exchange.relay.lease.release(.abandoned)
+            }
         }
         held.removeAll()
         context.fireChannelInactive()
@@ -300,6 +317,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// A stream's upstream is read only while the client's connection takes what is written:
+    /// a slow client holds the upstream back (TCP), not Strata's memory.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .relaying(let exchange) = state, exchange.stream != nil, let connection = exchange.connection {
+            try? connection.channel.syncOptions?.setOption(.autoRead, value: context.channel.isWritable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     // MARK: outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -327,6 +353,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         state = .relaying(exchange)
         let (target, head, body) = request
         let limit = gateway.configuration.maxResponseBytes
+        let tap = exchange.relay.parsed.stream ? UpstreamStreamTap(
+            began: { self.streamBegan($0, attempt: attempt, context: context) },
+            chunk: { self.streamed($0, context: context) },
+            readComplete: { context.flush() }) : nil
         pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
             .assumeIsolated()
             .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
@@ -337,7 +367,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
                 current.connection = connection
                 self.state = .relaying(current)
-                return connection.send(head: head, body: body, limit: limit)
+                return connection.send(head: head, body: body, limit: limit, tap: tap)
             }
             .whenComplete { result in
                 // Otherwise the client left meanwhile, and the connection was closed then.
@@ -353,9 +383,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
             guard case .relaying(var exchange) = self.state, exchange.attempt == attempt else { return }
             guard let connection = exchange.connection, connection.handler.answerBegan == false
-                || connection.handler.reads == readsSeen
+                || (connection.handler.reads == readsSeen && context.channel.isWritable)
             else {
-                // Still connecting (its own timeout bounds that), or the answer is still coming.
+                // Still connecting (its own timeout bounds that), the answer is still coming, or a
+                // stream is held back by a client that does not take it.
                 exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: exchange.connection?.handler.reads, context: context)
                 self.state = .relaying(exchange)
                 return
@@ -366,10 +397,82 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
+    /// The head of a stream's answer came: an event stream goes on to the client as it comes
+    /// (true); anything else (an error answer) is collected and answered whole.
+    private func streamBegan(_ head: HTTPResponseHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
+        guard case .relaying(var exchange) = state, exchange.attempt == attempt,
+            let contentType = head.headers.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
+        else { return false }
+        let relay = exchange.relay
+        exchange.stream = RequestObserver(
+            metrics: gateway.metrics, model: relay.lease.servedModel ?? relay.parsed.model, endpoint: relay.endpoint,
+            started: relay.started, admitted: relay.admitted, statusCode: Int(head.status.code),
+            tenant: relay.parsed.hints.tenant, price: relay.lease.price, cacheReport: relay.lease.cacheReport)
+        state = .relaying(exchange)
+        var headers = HTTPFields()
+        headers[.contentType] = contentType
+        headers[.cacheControl] = "no-cache"
+        if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
+        addServerHeaders(&headers)
+        // No length: the codec frames it chunked. Flushed at once, so the client sees the stream begin.
+        context.writeAndFlush(
+            wrapOutboundOut(.head(HTTPResponse(status: .init(code: Int(head.status.code)), headerFields: headers))), promise: nil)
+        if !context.channel.isWritable, let connection = exchange.connection {
+            try? connection.channel.syncOptions?.setOption(.autoRead, value: false)
+        }
+        return true
+    }
+
+    /// A part of a stream's answer: written now, flushed at the end of the upstream's read.
+    private func streamed(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
+        guard case .relaying(let exchange) = state, let stream = exchange.stream else { return }
+        stream.streamed(chunk)
+        context.write(wrapOutboundOut(.body(chunk)), promise: nil)
+    }
+
+    /// The end of a stream whose head went to the client: its last event (an error event when
+    /// it broke), then the end of the answer.
+    private func endStream(_ exchange: Exchange, _ stream: RequestObserver, failure: (any Error)?, context: ChannelHandlerContext) {
+        exchange.timeout?.cancel()
+        // Not kept: the upstream was asked to close it (`Connection: close`).
+        exchange.connection?.channel.close(promise: nil)
+        let model = exchange.relay.parsed.model
+        var event: GatewayError?
+        if let failure {
+            if gateway.isStopping {
+                stream.finish(outcome: "cancelled")
+                event = gateway.stoppingError(model)
+            } else {
+                gateway.logger.warning("stream from \(exchange.relay.lease.upstreamLabel) broke: \(describe(failure))")
+                stream.finish(outcome: "runtime_failed")
+                event = .badGateway("The runtime for '\(model)' failed mid-stream: \(describe(failure))")
+            }
+        } else {
+            stream.finish(outcome: "ok")
+        }
+        exchange.relay.lease.release()
+        state = .idle
+        if let event { context.write(wrapOutboundOut(.body(event.sseEvent)), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        resumeAfterRelay(context: context)
+    }
+
     private func answered(_ result: Result<UpstreamAnswer, any Error>, exchange: Exchange, context: ChannelHandlerContext) {
         var exchange = exchange
         let relay = exchange.relay
         let model = relay.parsed.model
+        if let stream = exchange.stream {
+            let failure: (any Error)? = if case .failure(let error) = result { error } else { nil }
+            endStream(exchange, stream, failure: failure, context: context)
+            return
+        }
+        if case .failure = result, gateway.isStopping {
+            // The daemon's drain time is over (`Gateway.cutForStop`): no retry, no blame on the runtime.
+            exchange.connection?.channel.close(promise: nil)
+            relay.lease.release(.abandoned)
+            finish(exchange, answer: gateway.stoppingError(model), context: context)
+            return
+        }
         switch result {
         case .success(let answer):
             exchange.timeout?.cancel()

@@ -31,6 +31,14 @@ final class UpstreamPools: Sendable {
             return pool
         }
     }
+
+    /// Closes every upstream connection in use, on its loop: the daemon's drain time is over, and
+    /// the exchanges on them end with the error that says Strata is stopping.
+    func cutAll() {
+        for pool in pools.withLockedValue({ Array($0.values) }) {
+            pool.eventLoop.execute { pool.closeInUse() }
+        }
+    }
 }
 
 /// Where an upstream request goes: `http://host:port` and the path on it.
@@ -84,6 +92,8 @@ final class UpstreamPool: @unchecked Sendable {
     /// Upstream URLs parsed before (a lease's URL is one of a few per model).
     private var targets: [String: UpstreamTarget] = [:]
     static let maxCachedTargets = 256
+    /// Connections handed out and not yet back or closed.
+    private var inUse: [ObjectIdentifier: UpstreamConnection] = [:]
 
     init(eventLoop: any EventLoop, maxIdlePerUpstream: Int, idleTimeout: TimeAmount) {
         self.eventLoop = eventLoop
@@ -132,7 +142,10 @@ final class UpstreamPool: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         let key = Authority(host: target.host, port: target.port)
         while reusing, let connection = idle[key]?.popLast() {
-            if connection.isUsable { return eventLoop.makeSucceededFuture(connection) }
+            if connection.isUsable {
+                inUse[ObjectIdentifier(connection)] = connection
+                return eventLoop.makeSucceededFuture(connection)
+            }
             connection.channel.close(promise: nil)   // e.g. the upstream sent bytes unasked
         }
         return ClientBootstrap(group: eventLoop)
@@ -147,13 +160,18 @@ final class UpstreamPool: @unchecked Sendable {
             .connect(host: target.host, port: target.port)
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamResponseHandler.self)
-                return UpstreamConnection(channel: channel, handler: handler, key: key, reused: false)
+                let connection = UpstreamConnection(channel: channel, handler: handler, key: key, reused: false)
+                let id = ObjectIdentifier(connection)
+                self.inUse[id] = connection
+                channel.closeFuture.assumeIsolated().whenComplete { _ in self.inUse[id] = nil }
+                return connection
             }
     }
 
     /// Takes back a connection whose exchange ended cleanly and may be kept alive.
     func release(_ connection: UpstreamConnection) {
         eventLoop.preconditionInEventLoop()
+        inUse[ObjectIdentifier(connection)] = nil
         guard connection.isUsable else {
             connection.channel.close(promise: nil)
             return
@@ -170,6 +188,15 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// Idle connections, all upstreams.
     var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
+
+    /// Connections handed out and not back yet.
+    var inUseCount: Int { inUse.count }
+
+    /// Closes the connections in use (their exchanges fail as their upstream closing would).
+    func closeInUse() {
+        eventLoop.preconditionInEventLoop()
+        for connection in inUse.values { connection.channel.close(promise: nil) }
+    }
 
     private func scheduleSweep() {
         guard sweep == nil else { return }
@@ -225,10 +252,13 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
 
     var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive && written }
 
-    /// Sends one request; the future has the whole answer, at most `limit` bytes of body.
-    func send(head: HTTPRequestHead, body: ByteBuffer, limit: Int) -> EventLoopFuture<UpstreamAnswer> {
+    /// Sends one request; the future has the whole answer, at most `limit` bytes of body, or,
+    /// where `tap` takes the answer's body as it comes, the answer's head once it has ended.
+    func send(head: HTTPRequestHead, body: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil)
+        -> EventLoopFuture<UpstreamAnswer>
+    {
         let promise = channel.eventLoop.makePromise(of: UpstreamAnswer.self)
-        handler.expect(promise, limit: limit)
+        handler.expect(promise, limit: limit, tap: tap)
         written = false
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
@@ -274,7 +304,19 @@ enum UpstreamRelayError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Collects one response at a time into an `UpstreamAnswer`.
+/// Where a stream's answer goes as it comes, for one exchange. Called on the connection's event
+/// loop; dropped when the exchange ends or fails.
+struct UpstreamStreamTap {
+    /// The answer's head came: whether its body is passed on as it comes (else collected, as any
+    /// answer is: an error answer to a stream request, say).
+    var began: (HTTPResponseHead) -> Bool
+    /// A part of the body, in order.
+    var chunk: (ByteBuffer) -> Void
+    /// The end of one socket read: what came in it may be flushed on.
+    var readComplete: () -> Void
+}
+
+/// Collects one response at a time into an `UpstreamAnswer`, or passes its body on as it comes.
 final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
 
@@ -282,6 +324,9 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     private var head: HTTPResponseHead?
     private var body: ByteBuffer?
     private var limit = 0
+    private var tap: UpstreamStreamTap?
+    /// The current answer's body goes to `tap`.
+    private var passing = false
     private(set) var keepAlive = true
 
     var isIdle: Bool { promise == nil }
@@ -290,10 +335,12 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     /// Parts read on this connection so far: whether an answer is still coming.
     private(set) var reads = 0
 
-    func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int) {
+    func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int, tap: UpstreamStreamTap? = nil) {
         precondition(self.promise == nil, "one request at a time on an upstream connection")
         self.promise = promise
         self.limit = limit
+        self.tap = tap
+        passing = false
         head = nil
         body = nil
     }
@@ -304,7 +351,12 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
         case .head(let head):
             self.head = head
             keepAlive = keepAlive && head.isKeepAlive
+            if promise != nil, let tap { passing = tap.began(head) }
         case .body(var chunk):
+            if passing {
+                tap?.chunk(chunk)
+                return
+            }
             if body == nil {
                 body = chunk
             } else {
@@ -321,8 +373,15 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
             let answer = UpstreamAnswer(head: head, body: body ?? ByteBuffer())
             self.head = nil
             body = nil
+            tap = nil
+            passing = false
             promise.succeed(answer)
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if passing { tap?.readComplete() }
+        context.fireChannelReadComplete()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -344,6 +403,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
         self.promise = nil
         head = nil
         body = nil
+        tap = nil
+        passing = false
         promise.fail(error)
     }
 }

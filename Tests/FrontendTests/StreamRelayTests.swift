@@ -52,10 +52,14 @@ struct StreamRelayTests {
     func aSlowClientHoldsTheUpstreamBackAndLosesNothing(immediate: Bool) async throws {
         // 256 MiB of events as fast as the upstream may send them; the client reads nothing for
         // a while. A relay that read on regardless would hold all of it in memory meanwhile.
+        // The pause is longer than `upstream_timeout`: a stream held back by its client has not
+        // stalled.
         let total = 4096 * StreamingUpstream.floodEvent.count
         let upstream = try await StreamingUpstream.start(.flood(events: 4096))
         defer { upstream.stop() }
-        try await GatewayTests.withGateway(immediate: immediate, rawPort: upstream.port) { client, backend in
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(upstreamTimeout: .seconds(1)), immediate: immediate, rawPort: upstream.port
+        ) { client, backend in
             let port = client.port!
             let connection = try await NIOThreadPool.singleton.runIfActive {
                 try StreamClient(port: port, send: Self.request(), receiveBuffer: 64 << 10)

@@ -320,8 +320,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// A stream's upstream is read only while the client's connection takes what is written:
     /// a slow client holds the upstream back (TCP), not Strata's memory.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .relaying(let exchange) = state, exchange.stream != nil, let connection = exchange.connection {
-            try? connection.channel.syncOptions?.setOption(.autoRead, value: context.channel.isWritable)
+        if case .relaying(var exchange) = state, exchange.stream != nil, let connection = exchange.connection {
+            let writable = context.channel.isWritable
+            try? connection.channel.syncOptions?.setOption(.autoRead, value: writable)
+            if writable {
+                // Read again: the upstream has a whole `upstream_timeout` from now to send more.
+                exchange.timeout?.cancel()
+                exchange.timeout = armTimeout(attempt: exchange.attempt, readsSeen: connection.handler.reads, context: context)
+                state = .relaying(exchange)
+            }
         }
         context.fireChannelWritabilityChanged()
     }

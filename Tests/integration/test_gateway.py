@@ -105,10 +105,14 @@ def test_an_upstream_that_refuses_connections_fails_at_once_streamed_or_not(make
         assert took < 2.5, f"stream={stream}: the 502 took {took:.2f} s"
 
 
-def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstream_timeout(make_daemon):
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstream_timeout(make_daemon, keep_alive):
     """A remote runtime that sends the head and a first chunk, then nothing (hung, or cut off without
     a reset): after gateway.upstream_timeout of silence the client gets an error event and the end
-    of the stream, and the request no longer counts as in flight. Before, it waited for ever."""
+    of the stream, and the request no longer counts as in flight. Before, it waited for ever.
+    urllib sends `Connection: close` (the gateway's general path takes such requests);
+    http.client keeps the connection alive (relayed on the event loop)."""
+    import http.client
     import socket
     from conftest import config
     listener = socket.socket()
@@ -141,11 +145,18 @@ def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstrea
                  extra=f'  far: {{ kind: upstream, url: "http://127.0.0.1:{port}/v1" }}')
     d = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, upstream_timeout: 1s }"))
     started = time.monotonic()
-    req = urllib.request.Request(d.url + "/v1/chat/completions", method="POST", data=json.dumps({
-        "model": "remote", "stream": True, "messages": [{"role": "user", "content": "tell me a story"}]}).encode(),
-        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        events = [line for line in r.read().decode().splitlines() if line.startswith("data:")]
+    body = json.dumps({"model": "remote", "stream": True, "messages": [{"role": "user", "content": "tell me a story"}]})
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    if keep_alive:
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        text = conn.getresponse().read().decode()
+        conn.close()
+    else:
+        req = urllib.request.Request(d.url + "/v1/chat/completions", method="POST", data=body.encode(), headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+    events = [line for line in text.splitlines() if line.startswith("data:")]
     took = time.monotonic() - started
     assert served.is_set()
     assert "Once" in events[0], events

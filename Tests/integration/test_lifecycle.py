@@ -136,6 +136,67 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_with_a_reason(make_daemon
     assert r.choices[0].message.content is not None
 
 
+def test_a_stream_to_an_upstream_longer_than_the_drain_timeout_is_cut_with_a_reason(make_daemon):
+    """The same for a stream to an `upstream` runtime, which the gateway relays on its event loop:
+    after gateway.drain_timeout the stream gets an error event saying Strata is stopping, the
+    runtime's connection is closed, and the daemon exits 0."""
+    import http.client
+    import json
+    import socket
+    from conftest import API_KEY
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(30)
+    closed = threading.Event()
+
+    def endless_runtime():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            deadline = time.monotonic() + 30   # bounded: the test cannot hang on it
+            try:
+                while time.monotonic() < deadline:
+                    event = b'data: {"choices":[{"index":0,"delta":{"content":"word"}}]}\n\n'
+                    conn.sendall(b"%x\r\n" % len(event) + event + b"\r\n")
+                    time.sleep(0.1)
+            except OSError:
+                closed.set()   # the daemon closed the connection
+
+    thread = threading.Thread(target=endless_runtime, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    cfg = config("  - { name: remote, runtime: far }", extra=f'  far: {{ kind: upstream, url: "http://127.0.0.1:{port}/v1" }}')
+    d = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, drain_timeout: 2s }"))
+    # http.client keeps the connection alive (urllib sends `Connection: close`, which the
+    # gateway leaves to its general path).
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "model": "remote", "stream": True, "messages": [{"role": "user", "content": "go on for ever"}]}),
+        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    events = []
+    while len(events) < 3:
+        line = r.readline().decode()
+        if line.startswith("data:"):
+            events.append(line)
+    stopped = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    events += [line for line in r.read().decode().splitlines() if line.startswith("data:")]
+    took = time.monotonic() - stopped
+    conn.close()
+    error = json.loads(events[-1][len("data:"):])["error"]
+    assert error["code"] == "shutting_down" and "Strata is stopping" in error["message"], events[-3:]
+    assert took < 12, f"the stream was cut after {took:.1f} s"
+    assert d.proc.wait(30) == 0
+    assert closed.wait(5), "the runtime's connection was closed"
+    listener.close()
+
+
 def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
     extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
     d = make_daemon(config(f"""

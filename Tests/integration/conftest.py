@@ -162,6 +162,35 @@ class Daemon:
             wait_for(lambda: not pid_alive(pid), timeout, what=f"runtime pid {pid} to exit")
 
 
+def one_stream_runtime(then):
+    """A remote runtime on loopback that takes one request and answers it with an SSE head;
+    then `then(send)` goes on, `send(bytes)` writing one chunk. Runs on a thread of its own;
+    returns its port."""
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(30)
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            then(lambda chunk: conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n"))
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
 def config(models: str, extra: str = "", tiers: str = "{ host: { budget: 32MiB, dir: @SHM@ }, nvme: { budget: 256MiB } }") -> str:
     return f"""
 listen: 127.0.0.1:@PORT@

@@ -113,34 +113,15 @@ def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstrea
     urllib sends `Connection: close` (the gateway's general path takes such requests);
     http.client keeps the connection alive (relayed on the event loop)."""
     import http.client
-    import socket
-    from conftest import config
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(30)
+    from conftest import config, one_stream_runtime
     served = threading.Event()
 
-    def silent_runtime():
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, body = data.split(b"\r\n\r\n", 1)
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-            while len(body) < length:
-                body += conn.recv(65536)
-            event = b'data: {"choices":[{"index":0,"delta":{"content":"Once"}}]}\n\n'
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + b"%x\r\n" % len(event) + event + b"\r\n")
-            served.set()
-            time.sleep(15)   # silent; bounded so the test cannot hang on it
+    def silent(send):
+        send(b'data: {"choices":[{"index":0,"delta":{"content":"Once"}}]}\n\n')
+        served.set()
+        time.sleep(15)   # silent; bounded so the test cannot hang on it
 
-    thread = threading.Thread(target=silent_runtime, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
+    port = one_stream_runtime(silent)
     cfg = config("  - { name: remote, runtime: far }",
                  extra=f'  far: {{ kind: upstream, url: "http://127.0.0.1:{port}/v1" }}')
     d = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, upstream_timeout: 1s }"))
@@ -164,7 +145,6 @@ def test_a_stream_whose_runtime_goes_silent_ends_with_an_error_after_the_upstrea
     assert "failed mid-stream" in error["message"] and "upstream_timeout" in error["message"], error
     assert took < 8, f"the silent stream took {took:.1f} s to end"
     assert d.model("remote").get("in_flight", 0) == 0
-    listener.close()
 
 
 def test_bad_json_and_missing_fields_are_400(daemon):

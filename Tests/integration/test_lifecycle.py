@@ -142,34 +142,19 @@ def test_a_stream_to_an_upstream_longer_than_the_drain_timeout_is_cut_with_a_rea
     runtime's connection is closed, and the daemon exits 0."""
     import http.client
     import json
-    import socket
-    from conftest import API_KEY
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(30)
+    from conftest import API_KEY, one_stream_runtime
     closed = threading.Event()
 
-    def endless_runtime():
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            deadline = time.monotonic() + 30   # bounded: the test cannot hang on it
-            try:
-                while time.monotonic() < deadline:
-                    event = b'data: {"choices":[{"index":0,"delta":{"content":"word"}}]}\n\n'
-                    conn.sendall(b"%x\r\n" % len(event) + event + b"\r\n")
-                    time.sleep(0.1)
-            except OSError:
-                closed.set()   # the daemon closed the connection
+    def endless(send):
+        deadline = time.monotonic() + 30   # bounded: the test cannot hang on it
+        try:
+            while time.monotonic() < deadline:
+                send(b'data: {"choices":[{"index":0,"delta":{"content":"word"}}]}\n\n')
+                time.sleep(0.1)
+        except OSError:
+            closed.set()   # the daemon closed the connection
 
-    thread = threading.Thread(target=endless_runtime, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
+    port = one_stream_runtime(endless)
     cfg = config("  - { name: remote, runtime: far }", extra=f'  far: {{ kind: upstream, url: "http://127.0.0.1:{port}/v1" }}')
     d = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, drain_timeout: 2s }"))
     # http.client keeps the connection alive (urllib sends `Connection: close`, which the
@@ -194,7 +179,6 @@ def test_a_stream_to_an_upstream_longer_than_the_drain_timeout_is_cut_with_a_rea
     assert took < 12, f"the stream was cut after {took:.1f} s"
     assert d.proc.wait(30) == 0
     assert closed.wait(5), "the runtime's connection was closed"
-    listener.close()
 
 
 def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):

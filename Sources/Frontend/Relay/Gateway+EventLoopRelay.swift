@@ -24,6 +24,14 @@ extension Gateway {
         var endpoint: Endpoint
         var started: ContinuousClock.Instant
         var admitted: ContinuousClock.Instant
+
+        /// What follows the request from its answer's head (`statusCode`) to its end.
+        func observer(_ metrics: GatewayMetrics, statusCode: Int) -> RequestObserver {
+            RequestObserver(
+                metrics: metrics, model: lease.servedModel ?? parsed.model, endpoint: endpoint, started: started,
+                admitted: admitted, statusCode: statusCode, tenant: parsed.hints.tenant, price: lease.price,
+                cacheReport: lease.cacheReport)
+        }
     }
 
     /// Largest body parsed on the event loop; larger requests go the general way, so one long
@@ -411,10 +419,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             let contentType = head.headers.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
         else { return false }
         let relay = exchange.relay
-        exchange.stream = RequestObserver(
-            metrics: gateway.metrics, model: relay.lease.servedModel ?? relay.parsed.model, endpoint: relay.endpoint,
-            started: relay.started, admitted: relay.admitted, statusCode: Int(head.status.code),
-            tenant: relay.parsed.hints.tenant, price: relay.lease.price, cacheReport: relay.lease.cacheReport)
+        exchange.stream = relay.observer(gateway.metrics, statusCode: Int(head.status.code))
         state = .relaying(exchange)
         var headers = HTTPFields()
         headers[.contentType] = contentType
@@ -484,10 +489,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .success(let answer):
             exchange.timeout?.cancel()
             if let connection = exchange.connection { pool?.release(connection) }
-            let observer = RequestObserver(
-                metrics: gateway.metrics, model: relay.lease.servedModel ?? model, endpoint: relay.endpoint,
-                started: relay.started, admitted: relay.admitted, statusCode: Int(answer.head.status.code),
-                tenant: relay.parsed.hints.tenant, price: relay.lease.price, cacheReport: relay.lease.cacheReport)
+            let observer = relay.observer(gateway.metrics, statusCode: Int(answer.head.status.code))
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
             relay.lease.release()
             var headers = HTTPFields()
@@ -504,11 +506,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // It began to answer, then broke (or sent too much): as the general path, no
                 // retry, the lease ends and the client gets a 502.
                 exchange.connection?.channel.close(promise: nil)
-                RequestObserver(
-                    metrics: gateway.metrics, model: relay.lease.servedModel ?? model, endpoint: relay.endpoint,
-                    started: relay.started, admitted: relay.admitted, statusCode: 502, tenant: relay.parsed.hints.tenant,
-                    price: relay.lease.price
-                ).finish(outcome: "runtime_failed")
+                // (Nothing streamed, so nothing to read figures from: its cache report is not called.)
+                relay.observer(gateway.metrics, statusCode: 502).finish(outcome: "runtime_failed")
                 relay.lease.release()
                 finish(exchange, answer: .badGateway("The runtime for '\(model)' failed while answering: \(describe(error))"),
                        context: context)

@@ -1,7 +1,6 @@
 import Foundation
 import HTTPTypes
 import NIOCore
-import NIOHTTP1
 import NIOHTTPTypes
 
 /// The relay of a request that can be served at once, done on the client connection's event
@@ -79,24 +78,24 @@ extension Gateway {
         parsed.hints.tenant = tenant.name
     }
 
-    /// The upstream request for a lease: the target, its head and body.
-    func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, HTTPRequestHead, ByteBuffer) {
+    /// The upstream request for a lease: the target, and the request as bytes.
+    func upstreamRequest(_ relay: ImmediateRelay) throws -> (UpstreamTarget, ByteBuffer) {
         let target = relay.target
         let body = try Self.rewriteBody(relay.parsed, for: relay.lease)
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: target.hostHeader)
-        headers.add(name: "Content-Type", value: "application/json")
+        var headers = [("Host", target.hostHeader), ("Content-Type", "application/json")]
         if relay.parsed.stream {
-            headers.add(name: "Accept", value: "text/event-stream")
+            headers.append(("Accept", "text/event-stream"))
             // As on the general path: llama-server closes the connection after every stream
             // without saying so, so a stream's connection is not kept.
-            headers.add(name: "Connection", value: "close")
+            headers.append(("Connection", "close"))
         } else {
-            headers.add(name: "Accept", value: "application/json")
+            headers.append(("Accept", "application/json"))
         }
-        headers.add(name: "Content-Length", value: String(body.readableBytes))
-        for (name, value) in relay.lease.headers { headers.replaceOrAdd(name: name, value: value) }
-        return (target, HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers), body)
+        do {
+            return (target, try HTTP1Wire.request(path: target.path, standard: headers, extra: relay.lease.headers, body: body))
+        } catch {
+            throw GatewayError.badGateway("Cannot send the request to \(relay.lease.upstreamLabel): \(describe(error))")
+        }
     }
 }
 
@@ -352,7 +351,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func send(context: ChannelHandlerContext) {
         guard case .relaying(var exchange) = state, let pool else { return }
-        let request: (UpstreamTarget, HTTPRequestHead, ByteBuffer)
+        let request: (UpstreamTarget, ByteBuffer)
         do {
             request = try gateway.upstreamRequest(exchange.relay)
         } catch {
@@ -366,7 +365,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         exchange.timeout?.cancel()
         exchange.timeout = armTimeout(attempt: attempt, readsSeen: nil, context: context)
         state = .relaying(exchange)
-        let (target, head, body) = request
+        let (target, bytes) = request
         let limit = gateway.configuration.maxResponseBytes
         let tap = exchange.relay.parsed.stream ? UpstreamStreamTap(
             began: { self.streamBegan($0, attempt: attempt, context: context) },
@@ -382,7 +381,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
                 current.connection = connection
                 self.state = .relaying(current)
-                return connection.send(head: head, body: body, limit: limit, tap: tap)
+                return connection.send(bytes, limit: limit, tap: tap)
             }
             .whenComplete { result in
                 // Otherwise the client left meanwhile, and the connection was closed then.
@@ -414,12 +413,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The head of a stream's answer came: an event stream goes on to the client as it comes
     /// (true); anything else (an error answer) is collected and answered whole.
-    private func streamBegan(_ head: HTTPResponseHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
+    private func streamBegan(_ head: UpstreamHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
         guard case .relaying(var exchange) = state, exchange.attempt == attempt,
-            let contentType = head.headers.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
+            let contentType = head.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
         else { return false }
         let relay = exchange.relay
-        exchange.stream = relay.observer(gateway.metrics, statusCode: Int(head.status.code))
+        exchange.stream = relay.observer(gateway.metrics, statusCode: head.status)
         state = .relaying(exchange)
         var headers = HTTPFields()
         headers[.contentType] = contentType
@@ -428,7 +427,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         addServerHeaders(&headers)
         // No length: the codec frames it chunked. Flushed at once, so the client sees the stream begin.
         context.writeAndFlush(
-            wrapOutboundOut(.head(HTTPResponse(status: .init(code: Int(head.status.code)), headerFields: headers))), promise: nil)
+            wrapOutboundOut(.head(HTTPResponse(status: .init(code: head.status), headerFields: headers))), promise: nil)
         if !context.channel.isWritable, let connection = exchange.connection {
             try? connection.channel.syncOptions?.setOption(.autoRead, value: false)
         }
@@ -489,15 +488,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .success(let answer):
             exchange.timeout?.cancel()
             if let connection = exchange.connection { pool?.release(connection) }
-            let observer = relay.observer(gateway.metrics, statusCode: Int(answer.head.status.code))
+            let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
             relay.lease.release()
             var headers = HTTPFields()
-            headers[.contentType] = answer.head.headers.first(name: "content-type") ?? "application/json"
+            headers[.contentType] = answer.head.first(name: "content-type") ?? "application/json"
             headers[.contentLength] = String(answer.body.readableBytes)
             if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
             addServerHeaders(&headers)
-            let response = HTTPResponse(status: .init(code: Int(answer.head.status.code)), headerFields: headers)
+            let response = HTTPResponse(status: .init(code: answer.head.status), headerFields: headers)
             write(response, body: answer.body, context: context)
 
         case .failure(let error):

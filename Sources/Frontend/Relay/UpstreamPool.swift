@@ -1,6 +1,5 @@
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 #if canImport(Glibc)
@@ -153,7 +152,6 @@ final class UpstreamPool: @unchecked Sendable {
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(UpstreamResponseHandler())
                 }
             }
@@ -249,17 +247,14 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
 
     var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive && written }
 
-    /// Sends one request; the future has the whole answer, at most `limit` bytes of body, or,
-    /// where `tap` takes the answer's body as it comes, the answer's head once it has ended.
-    func send(head: HTTPRequestHead, body: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil)
-        -> EventLoopFuture<UpstreamAnswer>
-    {
+    /// Sends one request (`HTTP1Wire.request`: head and body in one buffer); the future has the
+    /// whole answer, at most `limit` bytes of body, or, where `tap` takes the answer's body as it
+    /// comes, the answer's head once it has ended.
+    func send(_ request: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil) -> EventLoopFuture<UpstreamAnswer> {
         let promise = channel.eventLoop.makePromise(of: UpstreamAnswer.self)
         handler.expect(promise, limit: limit, tap: tap)
         written = false
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil)).assumeIsolated().whenComplete { [handler] result in
+        channel.writeAndFlush(request).assumeIsolated().whenComplete { [handler] result in
             switch result {
             case .success: self.written = true
             case .failure(let error): handler.fail(error, only: promise)
@@ -270,7 +265,7 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
 }
 
 struct UpstreamAnswer {
-    var head: HTTPResponseHead
+    var head: UpstreamHead
     var body: ByteBuffer
 }
 
@@ -306,19 +301,21 @@ enum UpstreamRelayError: Error, Equatable, CustomStringConvertible {
 struct UpstreamStreamTap {
     /// The answer's head came: whether its body is passed on as it comes (else collected, as any
     /// answer is: an error answer to a stream request, say).
-    var began: (HTTPResponseHead) -> Bool
+    var began: (UpstreamHead) -> Bool
     /// A part of the body, in order.
     var chunk: (ByteBuffer) -> Void
     /// The end of one socket read: what came in it may be flushed on.
     var readComplete: () -> Void
 }
 
-/// Collects one response at a time into an `UpstreamAnswer`, or passes its body on as it comes.
+/// Reads one answer at a time (`HTTP1ResponseParser`) into an `UpstreamAnswer`, or passes its
+/// body on as it comes.
 final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
 
+    private var parser = HTTP1ResponseParser()
     private var promise: EventLoopPromise<UpstreamAnswer>?
-    private var head: HTTPResponseHead?
+    private var head: UpstreamHead?
     private var body: ByteBuffer?
     private var limit = 0
     private var tap: UpstreamStreamTap?
@@ -329,7 +326,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     var isIdle: Bool { promise == nil }
     /// The current answer's head has come.
     var answerBegan: Bool { head != nil }
-    /// Parts read on this connection so far: whether an answer is still coming.
+    /// Socket reads on this connection so far: whether an answer is still coming.
     private(set) var reads = 0
 
     func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int, tap: UpstreamStreamTap? = nil) {
@@ -344,36 +341,61 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reads &+= 1
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-            keepAlive = keepAlive && head.isKeepAlive
-            if promise != nil, let tap { passing = tap.began(head) }
-        case .body(var chunk):
-            if passing {
-                tap?.chunk(chunk)
-                return
-            }
-            if body == nil {
-                body = chunk
-            } else {
-                body!.writeBuffer(&chunk)
-            }
-            if body!.readableBytes > limit {
-                keepAlive = false
-                fail(UpstreamRelayError.tooLarge(limit: limit))
-                context.close(promise: nil)
-            }
-        case .end:
-            guard let promise, let head else { return }
-            self.promise = nil
-            let answer = UpstreamAnswer(head: head, body: body ?? ByteBuffer())
-            self.head = nil
-            body = nil
-            tap = nil
-            passing = false
-            promise.succeed(answer)
+        var buffer = unwrapInboundIn(data)
+        guard promise != nil else {
+            // Bytes nobody asked for: the connection is not in a state to be trusted again.
+            keepAlive = false
+            context.close(promise: nil)
+            return
         }
+        do {
+            while promise != nil, let event = try parser.next(&buffer) {
+                switch event {
+                case .head(let head):
+                    self.head = head
+                    keepAlive = keepAlive && head.keepAlive
+                    if let tap { passing = tap.began(head) }
+                case .body(var chunk):
+                    if passing {
+                        tap?.chunk(chunk)
+                        continue
+                    }
+                    if body == nil {
+                        body = chunk
+                    } else {
+                        body!.writeBuffer(&chunk)
+                    }
+                    if body!.readableBytes > limit {
+                        keepAlive = false
+                        fail(UpstreamRelayError.tooLarge(limit: limit))
+                        context.close(promise: nil)
+                        return
+                    }
+                case .end:
+                    // Bytes after the answer were not asked for: not kept (checked before the
+                    // promise's callbacks, which may hand the connection out again).
+                    if buffer.readableBytes > 0 { keepAlive = false }
+                    complete()
+                    return
+                }
+            }
+        } catch {
+            keepAlive = false
+            fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    /// The answer under way has ended: the exchange succeeds with it.
+    private func complete() {
+        guard let promise, let head else { return }
+        self.promise = nil
+        let answer = UpstreamAnswer(head: head, body: body ?? ByteBuffer())
+        self.head = nil
+        body = nil
+        tap = nil
+        passing = false
+        promise.succeed(answer)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -383,7 +405,11 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelInactive(context: ChannelHandlerContext) {
         keepAlive = false
-        fail(UpstreamRelayError.closed(answered: head != nil))
+        if promise != nil, head != nil, case .end? = parser.inputClosed() {
+            complete()   // an answer framed by the connection's close
+        } else {
+            fail(UpstreamRelayError.closed(answered: head != nil))
+        }
         context.fireChannelInactive()
     }
 

@@ -60,12 +60,25 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let ended: Bool
         if case .end = unwrapOutboundIn(data) {
             inProgress = max(0, inProgress - 1)
             lastActivity = .now()
+            ended = true
+        } else {
+            ended = false
         }
         context.write(data, promise: promise)
+        if ended, inProgress == 0, let waiting = whenAllAnswered {
+            whenAllAnswered = nil
+            waiting()
+        }
     }
+
+    /// Requests read whose answer has not ended.
+    var unanswered: Int { inProgress }
+    /// Called once, after the answer that leaves no request unanswered has been written.
+    var whenAllAnswered: (() -> Void)?
 
     private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
         timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in

@@ -100,7 +100,7 @@ public enum Daemon {
 
         let app = Application(
             router: gateway.buildRouter(),
-            server: .http1(configuration: .init(additionalChannelHandlers: gateway.channelHandlers())),
+            server: gateway.httpServer(),
             configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Gateway.serverName),
             onServerRunning: { channel in
                 ready.set(true)

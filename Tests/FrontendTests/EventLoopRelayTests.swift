@@ -281,8 +281,7 @@ struct EventLoopRelayTests {
                                   httpClient: .shared, logger: Logger(label: "test"))
             let app = Application(
                 router: gateway.buildRouter(),
-                server: .http1(configuration: .init(
-                    additionalChannelHandlers: [ReadWatcher(log: log)] + gateway.channelHandlers())),
+                server: gateway.httpServer(extra: { [ReadWatcher(log: log)] }),
                 configuration: .init(address: .hostname("127.0.0.1", port: 0)))
             try await app.test(.live) { client in
                 let port = client.port!

@@ -68,7 +68,7 @@ struct GatewayTests {
     static func app(_ gateway: Gateway) -> some ApplicationProtocol {
         Application(
             router: gateway.buildRouter(),
-            server: .http1(configuration: .init(additionalChannelHandlers: gateway.channelHandlers())),
+            server: gateway.httpServer(),
             configuration: .init(address: .hostname("127.0.0.1", port: 0)))
     }
 

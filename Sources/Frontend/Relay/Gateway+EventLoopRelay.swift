@@ -1,5 +1,7 @@
 import Foundation
 import HTTPTypes
+import Hummingbird
+import HummingbirdCore
 import NIOCore
 import NIOHTTPTypes
 
@@ -12,6 +14,17 @@ extension Gateway {
     public func channelHandlers() -> [any RemovableChannelHandler] {
         [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout))]
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
+    }
+
+    /// The HTTP/1 server: Hummingbird's, with `channelHandlers()` after the codec (`extra`
+    /// before them, for tests) and, with the event-loop relay on, `RequestFrontHandler` before it.
+    public func httpServer(extra: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] }) -> HTTPServerBuilder {
+        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: extra() + self.channelHandlers())
+        guard self.configuration.relayOnEventLoop else { return .http1(configuration: configuration) }
+        let bodyLimit = min(self.configuration.maxBodyBytes, Self.immediateBodyLimit)
+        return HTTPServerBuilder { responder in
+            FrontedHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration), bodyLimit: bodyLimit)
+        }
     }
 
     /// One request the event loop can relay, and the lease that admits it.

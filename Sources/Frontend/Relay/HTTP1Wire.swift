@@ -400,7 +400,7 @@ struct HTTP1ResponseParser {
         return true
     }
 
-    private static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+    static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
         guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
         var value = 0
         for byte in bytes {
@@ -434,7 +434,7 @@ struct HTTP1ResponseParser {
         return value
     }
 
-    private static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+    static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = 0
         while start <= value.count {
             var end = start

@@ -60,16 +60,20 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let ended: Bool
-        if case .end = unwrapOutboundIn(data) {
-            inProgress = max(0, inProgress - 1)
-            lastActivity = .now()
-            ended = true
-        } else {
-            ended = false
+        guard case .end = unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
         }
         context.write(data, promise: promise)
-        if ended, inProgress == 0, let waiting = whenAllAnswered {
+        answerEnded()
+    }
+
+    /// An answer has ended: through this handler, or written as bytes closer to the socket (the
+    /// event-loop relay's own answers, `EventLoopRelayHandler`).
+    func answerEnded() {
+        inProgress = max(0, inProgress - 1)
+        lastActivity = .now()
+        if inProgress == 0, let waiting = whenAllAnswered {
             whenAllAnswered = nil
             waiting()
         }

@@ -16,14 +16,18 @@ extension Gateway {
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 
-    /// The HTTP/1 server: Hummingbird's, with `channelHandlers()` after the codec (`extra`
-    /// before them, for tests) and, with the event-loop relay on, `RequestFrontHandler` before it.
-    public func httpServer(extra: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] }) -> HTTPServerBuilder {
+    /// The HTTP/1 server: Hummingbird's, with `channelHandlers()` after the codec and, with the
+    /// event-loop relay on, `RequestFrontHandler` before it. For tests: `extra` handlers go
+    /// before `channelHandlers()`, `socketSide` ones first of all (they see bytes).
+    public func httpServer(extra: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] },
+                           socketSide: @escaping @Sendable () -> [any ChannelHandler & Sendable] = { [] }) -> HTTPServerBuilder
+    {
         let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: extra() + self.channelHandlers())
         guard self.configuration.relayOnEventLoop else { return .http1(configuration: configuration) }
         let bodyLimit = min(self.configuration.maxBodyBytes, Self.immediateBodyLimit)
         return HTTPServerBuilder { responder in
-            FrontedHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration), bodyLimit: bodyLimit)
+            FrontedHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration), bodyLimit: bodyLimit,
+                                socketSide: socketSide)
         }
     }
 
@@ -147,6 +151,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var resentOnNewConnection = false
         /// A stream whose head has gone to the client, and what follows it to its end.
         var stream: RequestObserver?
+        /// Its answer goes to the socket as bytes (`ClientWriter.raw`).
+        var raw = false
     }
 
     private let gateway: Gateway
@@ -171,6 +177,20 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// A socket read was asked for while a request was relayed; done after its answer.
     private var readDeferred = false
     private var attempts = 0
+    /// The connection's `RequestFrontHandler`, its context (next to the socket) and the idle
+    /// handler that counts answers: where this handler's own answers to requests the front
+    /// parsed are written as bytes, past the HTTP/1 encoder and the HTTPTypes codec.
+    private var front: RequestFrontHandler?
+    private var socket: ChannelHandlerContext?
+    private var idle: ClientIdleHandler?
+
+    /// Answers go to the socket as bytes while the front parses the connection's requests (or
+    /// holds back the codec's until those are answered). A request the codec decoded is answered
+    /// through it: NIO's encoder pairs each answer with the method its decoder recorded.
+    private var answersRaw: Bool {
+        guard socket != nil, let front else { return false }
+        return !front.passingThrough || front.isHolding
+    }
 
     init(gateway: Gateway) {
         self.gateway = gateway
@@ -178,6 +198,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         pool = gateway.upstreamPools.pool(for: context.eventLoop)
+        let sync = context.pipeline.syncOperations
+        if let front = try? sync.handler(type: RequestFrontHandler.self), let idle = try? sync.handler(type: ClientIdleHandler.self) {
+            self.front = front
+            self.idle = idle
+            socket = try? sync.context(handlerType: RequestFrontHandler.self)
+        }
     }
 
     // MARK: inbound
@@ -260,7 +286,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             if !quiescing, let pool,
                 let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started, pool: pool)
             {
-                state = .relaying(Exchange(relay: relay, head: head))
+                state = .relaying(Exchange(relay: relay, head: head, raw: answersRaw))
                 send(context: context)
             } else {
                 handOn(head: head, body: body, context: context)
@@ -308,6 +334,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         }
         held.removeAll()
+        socket = nil
         context.fireChannelInactive()
     }
 
@@ -383,7 +410,9 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         let tap = exchange.relay.parsed.stream ? UpstreamStreamTap(
             began: { self.streamBegan($0, attempt: attempt, context: context) },
             chunk: { self.streamed($0, context: context) },
-            readComplete: { context.flush() }) : nil
+            readComplete: { [raw = exchange.raw] in
+                if raw, let socket = self.socket { socket.flush() } else { context.flush() }
+            }) : nil
         pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
             .assumeIsolated()
             .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
@@ -438,9 +467,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         headers[.cacheControl] = "no-cache"
         if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
         addServerHeaders(&headers)
-        // No length: the codec frames it chunked. Flushed at once, so the client sees the stream begin.
-        context.writeAndFlush(
-            wrapOutboundOut(.head(HTTPResponse(status: .init(code: head.status), headerFields: headers))), promise: nil)
+        // No length: chunked. Flushed at once, so the client sees the stream begin.
+        let response = HTTPResponse(status: .init(code: head.status), headerFields: headers)
+        if exchange.raw, let socket {
+            var bytes = context.channel.allocator.buffer(capacity: 256)
+            HTTP1Wire.responseHead(response, chunked: true, into: &bytes)
+            socket.writeAndFlush(NIOAny(bytes), promise: nil)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.head(response)), promise: nil)
+        }
         if !context.channel.isWritable, let connection = exchange.connection {
             try? connection.channel.syncOptions?.setOption(.autoRead, value: false)
         }
@@ -451,7 +486,11 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func streamed(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
         guard case .relaying(let exchange) = state, let stream = exchange.stream else { return }
         stream.streamed(chunk)
-        context.write(wrapOutboundOut(.body(chunk)), promise: nil)
+        if exchange.raw, let socket {
+            socket.write(NIOAny(HTTP1Wire.chunk(chunk, allocator: context.channel.allocator)), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(.body(chunk)), promise: nil)
+        }
     }
 
     /// The end of a stream whose head went to the client: its last event (an error event when
@@ -476,8 +515,14 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         exchange.relay.lease.release()
         state = .idle
-        if let event { context.write(wrapOutboundOut(.body(event.sseEvent)), promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if exchange.raw, let socket {
+            if let event { socket.write(NIOAny(HTTP1Wire.chunk(event.sseEvent, allocator: context.channel.allocator)), promise: nil) }
+            socket.writeAndFlush(NIOAny(HTTP1Wire.chunk(ByteBuffer(), allocator: context.channel.allocator)), promise: nil)
+            idle?.answerEnded()
+        } else {
+            if let event { context.write(wrapOutboundOut(.body(event.sseEvent)), promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
         resumeAfterRelay(context: context)
     }
 
@@ -510,7 +555,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
             addServerHeaders(&headers)
             let response = HTTPResponse(status: .init(code: answer.head.status), headerFields: headers)
-            write(response, body: answer.body, context: context)
+            write(response, body: answer.body, raw: exchange.raw, context: context)
 
         case .failure(let error):
             let relayError = error as? UpstreamRelayError
@@ -581,7 +626,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var (headers, body) = error.encoded
         headers[.contentLength] = String(body.readableBytes)
         addServerHeaders(&headers)
-        write(HTTPResponse(status: error.status, headerFields: headers), body: body, context: context)
+        write(HTTPResponse(status: error.status, headerFields: headers), body: body, raw: exchange.raw, context: context)
     }
 
     /// What Hummingbird adds to the general path's answers: `Date` (made at most once a second
@@ -591,11 +636,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         headers[.server] = Gateway.serverName
     }
 
-    private func write(_ response: HTTPResponse, body: ByteBuffer, context: ChannelHandlerContext) {
+    private func write(_ response: HTTPResponse, body: ByteBuffer, raw: Bool, context: ChannelHandlerContext) {
         state = .idle
-        context.write(wrapOutboundOut(.head(response)), promise: nil)
-        if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if raw, let socket {
+            socket.writeAndFlush(NIOAny(HTTP1Wire.response(response, body: body, allocator: context.channel.allocator)), promise: nil)
+            idle?.answerEnded()
+        } else {
+            context.write(wrapOutboundOut(.head(response)), promise: nil)
+            if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
         resumeAfterRelay(context: context)
     }
 

@@ -1,3 +1,4 @@
+import HTTPTypes
 import NIOCore
 
 /// HTTP/1.1 on the upstream side of the event-loop relay, written and read as bytes: the request
@@ -50,6 +51,53 @@ enum HTTP1Wire {
         out.writeStaticString("\r\n\r\n")
         var body = body
         out.writeBuffer(&body)
+        return out
+    }
+
+    /// An answer's head as bytes: the status line, the fields (HTTPTypes has made their values
+    /// safe to write), and `Transfer-Encoding: chunked` for a body whose length is not known.
+    static func responseHead(_ response: HTTPResponse, chunked: Bool, into out: inout ByteBuffer) {
+        out.writeStaticString("HTTP/1.1 ")
+        out.writeString(String(response.status.code))
+        out.writeInteger(UInt8(ascii: " "))
+        out.writeString(response.status.reasonPhrase)
+        out.writeStaticString("\r\n")
+        for field in response.headerFields {
+            out.writeString(field.name.rawName)
+            out.writeStaticString(": ")
+            out.writeString(field.value)
+            out.writeStaticString("\r\n")
+        }
+        if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        out.writeStaticString("\r\n")
+    }
+
+    /// A whole answer (head and body) in one buffer. No body for statuses that have none.
+    static func response(_ response: HTTPResponse, body: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 256 + body.readableBytes)
+        var response = response
+        let hasBody = !(100..<200).contains(response.status.code) && response.status.code != 204 && response.status.code != 304
+        if !hasBody { response.headerFields[.contentLength] = nil }
+        responseHead(response, chunked: false, into: &out)
+        if hasBody {
+            var body = body
+            out.writeBuffer(&body)
+        }
+        return out
+    }
+
+    /// One chunk of a chunked body (`size CRLF data CRLF`); the last chunk when `data` is empty.
+    static func chunk(_ data: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: data.readableBytes + 12)
+        out.writeString(String(data.readableBytes, radix: 16))
+        out.writeStaticString("\r\n")
+        var data = data
+        if data.readableBytes > 0 {
+            out.writeBuffer(&data)
+            out.writeStaticString("\r\n")
+        } else {
+            out.writeStaticString("\r\n")
+        }
         return out
     }
 

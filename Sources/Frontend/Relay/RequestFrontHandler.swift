@@ -304,11 +304,14 @@ struct FrontedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
     typealias Value = HTTP1Channel.Value
     let inner: HTTP1Channel
     let bodyLimit: Int
+    /// Handlers before the front (tests that watch the bytes).
+    var socketSide: @Sendable () -> [any ChannelHandler & Sendable] = { [] }
 
     var responder: HTTPChannelHandler.Responder { inner.responder }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         do {
+            for handler in socketSide() { try channel.pipeline.syncOperations.addHandler(handler) }
             try channel.pipeline.syncOperations.addHandler(RequestFrontHandler(bodyLimit: bodyLimit))
         } catch {
             return channel.eventLoop.makeFailedFuture(error)

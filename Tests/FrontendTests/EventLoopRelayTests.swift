@@ -258,6 +258,22 @@ struct EventLoopRelayTests {
         }
     }
 
+    @Test func theRelayTakesPostsToTheOpenAIEndpointsOnly() {
+        func head(_ method: HTTPRequest.Method, _ path: String, _ fields: HTTPFields = [:]) -> HTTPRequest {
+            HTTPRequest(method: method, scheme: "http", authority: "h", path: path, headerFields: fields)
+        }
+        for endpoint in Endpoint.allCases {
+            #expect(Gateway.immediateEndpoint(head(.post, endpoint.path)) == endpoint)
+            #expect(Gateway.immediateEndpoint(head(.post, endpoint.path + "?x=1")) == endpoint)
+            #expect(Gateway.immediateEndpoint(head(.get, endpoint.path)) == nil)
+            #expect(Gateway.immediateEndpoint(head(.post, endpoint.path, [.connection: "Close"])) == nil)
+            #expect(Gateway.immediateEndpoint(head(.post, endpoint.path, [.expect: "100-continue"])) == nil)
+        }
+        #expect(Gateway.immediateEndpoint(head(.post, "/v1/chat/completions", [.connection: "keep-alive"])) == .chatCompletions)
+        #expect(Gateway.immediateEndpoint(head(.post, "/v1/chat/completionsX")) == nil)
+        #expect(Gateway.immediateEndpoint(head(.post, "/v1/models")) == nil)
+    }
+
     @Test func aBackendThatAdmitsNothingAtOnceHasItsRequestsParsedOnce() async throws {
         // Only managed runtimes (as in the default config): the event loop neither collects nor
         // parses the request; the general path does, once.

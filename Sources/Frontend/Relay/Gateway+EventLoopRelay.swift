@@ -56,11 +56,17 @@ extension Gateway {
 
     /// The endpoint of a request head the event loop may relay; nil sends it the general way.
     static func immediateEndpoint(_ head: HTTPRequest) -> Endpoint? {
-        guard head.method == .post, let path = head.path,
-            head.headerFields[.connection]?.lowercased() != "close", head.headerFields[.expect] == nil
-        else { return nil }
-        let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
-        return Endpoint.allCases.first { $0.path == route }
+        guard head.method == .post, let path = head.path, head.headerFields[.expect] == nil else { return nil }
+        if let connection = head.headerFields[.connection], connection.utf8.count == 5, connection.lowercased() == "close" {
+            return nil
+        }
+        let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
+        switch route {
+        case "/v1/chat/completions": return .chatCompletions
+        case "/v1/completions": return .completions
+        case "/v1/embeddings": return .embeddings
+        default: return nil
+        }
     }
 
     /// Checks, parses and admits a whole request without waiting. Nil where the general path is

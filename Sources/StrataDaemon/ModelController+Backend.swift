@@ -26,11 +26,12 @@ extension ModelController: ModelBackend {
     }
 
     public nonisolated func routesByPrompt(model: String) -> Bool {
-        immediateRoutes.withLockedValue { $0.replicaSets[model] != nil }
+        immediateRoutes.current.replicaSets[model] != nil
     }
 
     public nonisolated var admitsAnyImmediately: Bool {
-        immediateRoutes.withLockedValue { !$0.shuttingDown && !$0.routes.isEmpty }
+        let routes = immediateRoutes.current
+        return !routes.shuttingDown && !routes.routes.isEmpty
     }
 
     /// A lease without waiting where `acquire` would hand out the same at once: the model is an
@@ -38,7 +39,8 @@ extension ModelController: ModelBackend {
     /// replicas) one can take the request now. Managed runtimes are admitted by the Placer on
     /// this actor, and everything else (spillover, refusals and their errors) is `acquire`'s.
     public nonisolated func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? {
-        guard let route = immediateRoutes.withLockedValue({ $0.shuttingDown ? nil : $0.routes[model] }),
+        let routes = immediateRoutes.current
+        guard !routes.shuttingDown, let route = routes.routes[model],
             hints.policy.violation(by: route.tags) == nil
         else { return nil }
         let lease: UpstreamLease

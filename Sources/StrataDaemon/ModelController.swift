@@ -47,7 +47,7 @@ public actor ModelController {
     var replicaSets: [String: ReplicaSet]
     /// What `routesByPrompt` and `acquireImmediately` read without a hop to this actor; made
     /// anew whenever the config, the replica sets or shutdown change (`publishImmediateRoutes`).
-    let immediateRoutes: NIOLockedValueBox<ImmediateRoutes>
+    nonisolated let immediateRoutes: ImmediateRoutesBox
     /// Health checks of upstream replica sets, by model.
     var healthChecks: [String: Task<Void, Never>] = [:]
     /// Set while `runTicks` runs: replica sets added by a reload start their checks at once.
@@ -82,12 +82,12 @@ public actor ModelController {
             }
         }
         self.replicaSets = sets
-        self.immediateRoutes = NIOLockedValueBox(ImmediateRoutes(config: config, replicaSets: sets, shuttingDown: false))
+        self.immediateRoutes = ImmediateRoutesBox(ImmediateRoutes(config: config, replicaSets: sets, shuttingDown: false))
     }
 
     func publishImmediateRoutes() {
         let routes = ImmediateRoutes(config: config, replicaSets: replicaSets, shuttingDown: shuttingDown)
-        immediateRoutes.withLockedValue { $0 = routes }
+        immediateRoutes.publish(routes)
     }
 
     var now: Duration { clock.now - origin }

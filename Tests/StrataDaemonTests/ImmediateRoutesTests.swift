@@ -2,6 +2,8 @@ import AsyncHTTPClient
 import Foundation
 import Frontend
 import Logging
+import NIOCore
+import NIOPosix
 import Testing
 @testable import StrataDaemon
 
@@ -42,5 +44,29 @@ struct ImmediateRoutesTests {
         await mixed.shutdown()
         #expect(!mixed.admitsAnyImmediately)
         #expect(mixed.acquireImmediately(model: "far", hints: RequestHints()) == nil)
+    }
+
+    @Test func eachThreadsCopyIsReplacedWhenNewRoutesArePublished() async throws {
+        // Each thread keeps its own copy of the routes: one made before a publish must not
+        // outlive it, on the thread that published or any other.
+        let controller = try Self.controller("  - { name: far, runtime: remote }\n")
+        let box = controller.immediateRoutes
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        func onEachLoop(_ read: @escaping @Sendable () -> Bool) async throws -> [Bool] {
+            var seen: [Bool] = []
+            for loop in loops.makeIterator() { seen.append(try await loop.submit(read).get()) }
+            return seen
+        }
+        #expect(try await onEachLoop { box.current.routes["far"] != nil } == [true, true])
+        var routes = box.current
+        routes.shuttingDown = true
+        box.publish(routes)
+        #expect(box.current.shuttingDown)
+        #expect(try await onEachLoop { box.current.shuttingDown } == [true, true])
+        routes.routes = [:]
+        routes.shuttingDown = false
+        box.publish(routes)
+        #expect(try await onEachLoop { !box.current.shuttingDown && box.current.routes.isEmpty } == [true, true])
+        try await loops.shutdownGracefully()
     }
 }

@@ -158,4 +158,19 @@ struct RequestFrontTests {
         _ = try? channel.finish()
         #expect(collector.errors.first == expectedErrors.first)
     }
+
+    @Test func aHeadLongerThanTheFrontTakesGoesToTheCodecWhichKeepsItsOwnLimits() throws {
+        let (channel, collector, front) = try Self.pipeline(front: true)
+        try channel.writeInbound(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        let filler = "X-Filler: " + String(repeating: "a", count: 1000) + "\r\n"
+        for _ in 0..<(RequestFrontHandler.maxHeadBytes / filler.utf8.count) {
+            try channel.writeInbound(ByteBuffer(string: filler))
+        }
+        #expect(front?.passingThrough == false, "still waiting for the head's end")
+        try channel.writeInbound(ByteBuffer(string: filler))
+        #expect(front?.passingThrough == true)
+        try channel.writeInbound(ByteBuffer(string: "\r\n"))
+        #expect(collector.requests.count == 1 && collector.requests[0].head.headerFields[values: HTTPField.Name("X-Filler")!].count == 17)
+        _ = try? channel.finish()
+    }
 }

@@ -157,7 +157,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var resentOnNewConnection = false
         /// A stream whose head has gone to the client, and what follows it to its end.
         var stream: RequestObserver?
-        /// Its answer goes to the socket as bytes (`ClientWriter.raw`).
+        /// Its answer goes to the socket as bytes (`answersRaw` when it began).
         var raw = false
     }
 
@@ -490,7 +490,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// A part of a stream's answer: written now, flushed at the end of the upstream's read.
     private func streamed(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
-        guard case .relaying(let exchange) = state, let stream = exchange.stream else { return }
+        guard case .relaying(let exchange) = state, let stream = exchange.stream, chunk.readableBytes > 0 else { return }
         stream.streamed(chunk)
         if exchange.raw, let socket {
             socket.write(NIOAny(HTTP1Wire.chunk(chunk, allocator: context.channel.allocator)), promise: nil)

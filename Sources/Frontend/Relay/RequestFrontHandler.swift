@@ -42,6 +42,25 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var heldEvents: [Any] = []
 
     static let maxHeadBytes = 16 << 10
+    /// How far the pending bytes have been searched for the end of a head.
+    private var scannedHead = 0
+
+    /// The length of the head at the start of `buffer` (through its CRLF CRLF), searching from
+    /// `from`; nil if it has not ended yet.
+    static func endOfHead(_ buffer: ByteBuffer, from: Int) -> Int? {
+        buffer.withUnsafeReadableBytes { raw -> Int? in
+            var i = max(0, from)
+            while i + 3 < raw.count {
+                if raw[i + 3] == UInt8(ascii: "\n"), raw[i] == UInt8(ascii: "\r"), raw[i + 1] == UInt8(ascii: "\n"),
+                    raw[i + 2] == UInt8(ascii: "\r")
+                {
+                    return i + 4
+                }
+                i += 1
+            }
+            return nil
+        }
+    }
 
     init(bodyLimit: Int) {
         self.bodyLimit = bodyLimit
@@ -74,13 +93,21 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
         }
         while buffer.readableBytes > 0 {
             if awaiting == nil {
-                switch HTTP1RequestHead.parse(buffer, bodyLimit: bodyLimit) {
-                case .incomplete:
+                // Parsed only once the head's end has come: a head that arrives a byte at a
+                // time is scanned once, not once per read.
+                guard let headEnd = Self.endOfHead(buffer, from: scannedHead) else {
                     if buffer.readableBytes > Self.maxHeadBytes {
                         passOn(buffer, context: context)
                     } else {
+                        scannedHead = max(0, buffer.readableBytes - 3)
                         pending = buffer
                     }
+                    return
+                }
+                scannedHead = 0
+                switch HTTP1RequestHead.parse(buffer.getSlice(at: buffer.readerIndex, length: headEnd)!, bodyLimit: bodyLimit) {
+                case .incomplete:
+                    passOn(buffer, context: context)   // (a head that ends where the parser did not expect)
                     return
                 case .notPlain:
                     passOn(buffer, context: context)
@@ -139,6 +166,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
         let rest = pending
         pending = nil
         awaiting = nil
+        scannedHead = 0
         passOn(rest ?? ByteBuffer(), context: context)
     }
 

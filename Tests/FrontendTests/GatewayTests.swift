@@ -157,8 +157,10 @@ struct GatewayTests {
 
     @Test(arguments: [("crashes-once", 200, 2), ("crashes-always", 502, 2), ("refuses", 502, 1)])
     func aRequestIsSentOnceMoreOnlyWhenItsRuntimeDiedBeforeAnswering(model: String, status: Int, leases: Int) async throws {
-        // (The shared HTTP client retries a refused connection until the request's deadline.)
-        try await Self.withGateway(GatewayConfiguration(upstreamTimeout: .seconds(1))) { client, backend in
+        // (The shared HTTP client retries a refused connection until the request's deadline, so
+        // the first attempt takes all of it; 3 s leaves the resend time on a loaded machine,
+        // where 1 s ran out in full-suite runs.)
+        try await Self.withGateway(GatewayConfiguration(upstreamTimeout: .seconds(3))) { client, backend in
             let response = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [:],
                 body: ByteBuffer(string: #"{"model":"\#(model)","messages":[{"role":"user","content":"x"}]}"#))

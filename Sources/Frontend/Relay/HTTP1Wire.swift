@@ -92,12 +92,8 @@ enum HTTP1Wire {
         out.writeString(String(data.readableBytes, radix: 16))
         out.writeStaticString("\r\n")
         var data = data
-        if data.readableBytes > 0 {
-            out.writeBuffer(&data)
-            out.writeStaticString("\r\n")
-        } else {
-            out.writeStaticString("\r\n")
-        }
+        out.writeBuffer(&data)
+        out.writeStaticString("\r\n")
         return out
     }
 
@@ -139,8 +135,8 @@ struct UpstreamHead {
                 var end = start
                 while end < raw.count && raw[end] != UInt8(ascii: "\n") { end += 1 }
                 let line = UnsafeRawBufferPointer(rebasing: raw[start..<end])
-                if let (nameRange, valueRange) = HTTP1ResponseParser.split(line), nameRange.count == wanted.count,
-                    HTTP1ResponseParser.equalsLowercased(UnsafeRawBufferPointer(rebasing: line[nameRange]), wanted)
+                if let (nameRange, valueRange) = HTTP1Wire.split(line), nameRange.count == wanted.count,
+                    HTTP1Wire.equalsLowercased(UnsafeRawBufferPointer(rebasing: line[nameRange]), wanted)
                 {
                     return String(decoding: UnsafeRawBufferPointer(rebasing: line[valueRange]), as: UTF8.self)
                 }
@@ -182,12 +178,6 @@ struct HTTP1ResponseParser {
         if case .untilClose = state { return true }
         return false
     }
-    /// Between answers (nothing of one read yet).
-    var isIdle: Bool {
-        if case .head = state { return pending == nil && !pendingEnd }
-        return false
-    }
-
     /// The next event from `buffer` (consumed as far as it goes); nil when more bytes are needed.
     mutating func next(_ buffer: inout ByteBuffer) throws -> Event? {
         if pendingEnd {
@@ -262,22 +252,7 @@ struct HTTP1ResponseParser {
             combined = buffer
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
         }
-        let end = combined.withUnsafeReadableBytes { raw -> Int? in
-            guard raw.count >= 4 else { return nil }
-            var i = searchFrom
-            while i + 3 < raw.count {
-                if raw[i + 3] != UInt8(ascii: "\n") {
-                    i += 1
-                    continue
-                }
-                if raw[i] == UInt8(ascii: "\r"), raw[i + 1] == UInt8(ascii: "\n"), raw[i + 2] == UInt8(ascii: "\r") {
-                    return i + 4
-                }
-                i += 1
-            }
-            return nil
-        }
-        guard let end else {
+        guard let end = HTTP1Wire.endOfHead(combined, from: searchFrom) else {
             if combined.readableBytes > Self.maxHeadBytes { throw HTTP1Wire.Failure.headTooLarge(limit: Self.maxHeadBytes) }
             if combined.readableBytes > 0 { pending = combined }
             return nil
@@ -317,26 +292,26 @@ struct HTTP1ResponseParser {
                     throw HTTP1Wire.Failure.malformed("a header line does not end in CRLF")
                 }
                 let line = UnsafeRawBufferPointer(rebasing: raw[start..<(end - 1)])
-                guard let (nameRange, valueRange) = Self.split(line) else {
+                guard let (nameRange, valueRange) = HTTP1Wire.split(line) else {
                     throw HTTP1Wire.Failure.malformed("header line without a valid name and colon")
                 }
                 let name = UnsafeRawBufferPointer(rebasing: line[nameRange])
                 let value = UnsafeRawBufferPointer(rebasing: line[valueRange])
-                if name.count == 14, Self.equalsLowercased(name, Self.contentLength) {
-                    guard let parsed = Self.decimal(value) else {
+                if name.count == 14, HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.contentLength) {
+                    guard let parsed = HTTP1Wire.decimal(value) else {
                         throw HTTP1Wire.Failure.malformed("Content-Length '\(String(decoding: value, as: UTF8.self))'")
                     }
                     if let contentLength, contentLength != parsed {
                         throw HTTP1Wire.Failure.malformed("two different Content-Length values")
                     }
                     contentLength = parsed
-                } else if name.count == 17, Self.equalsLowercased(name, Self.transferEncoding) {
+                } else if name.count == 17, HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.transferEncoding) {
                     transferEncoded = true
-                    chunked = Self.lastToken(value).map { Self.equalsLowercased($0, Self.chunkedToken) } ?? false
-                } else if name.count == 10, Self.equalsLowercased(name, Self.connection) {
-                    Self.forEachToken(value) { token in
-                        if token.count == 5, Self.equalsLowercased(token, Self.closeToken) { close = true }
-                        if token.count == 10, Self.equalsLowercased(token, Self.keepAliveToken) { keepAliveToken = true }
+                    chunked = HTTP1Wire.lastToken(value).map { HTTP1Wire.equalsLowercased($0, HTTP1Wire.Lowercase.chunkedToken) } ?? false
+                } else if name.count == 10, HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.connection) {
+                    HTTP1Wire.forEachToken(value) { token in
+                        if token.count == 5, HTTP1Wire.equalsLowercased(token, HTTP1Wire.Lowercase.closeToken) { close = true }
+                        if token.count == 10, HTTP1Wire.equalsLowercased(token, HTTP1Wire.Lowercase.keepAliveToken) { keepAliveToken = true }
                     }
                 }
                 start = end + 1
@@ -398,13 +373,6 @@ struct HTTP1ResponseParser {
 
     // MARK: pieces
 
-    private static let contentLength = Array("content-length".utf8)
-    private static let transferEncoding = Array("transfer-encoding".utf8)
-    private static let connection = Array("connection".utf8)
-    private static let chunkedToken = Array("chunked".utf8)
-    private static let closeToken = Array("close".utf8)
-    private static let keepAliveToken = Array("keep-alive".utf8)
-
     /// `HTTP/1.x SP 3DIGIT [SP reason] CRLF` → (x, status).
     private static func statusLine(_ line: ByteBuffer) throws -> (Int, Int) {
         let bytes = Array(line.readableBytesView)
@@ -420,6 +388,65 @@ struct HTTP1ResponseParser {
         let status = bytes[9...11].reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
         guard status >= 100 else { throw HTTP1Wire.Failure.malformed("status \(status)") }
         return (Int(bytes[7] - UInt8(ascii: "0")), status)
+    }
+
+    /// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
+    private static func chunkSize(_ line: ByteBuffer) throws -> Int {
+        var value = 0
+        var digits = 0
+        for byte in line.readableBytesView {
+            let digit: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = Int(byte - UInt8(ascii: "a")) + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = Int(byte - UInt8(ascii: "A")) + 10
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+                guard digits > 0 else { throw HTTP1Wire.Failure.malformed("chunk size line '\(String(buffer: line))'") }
+                return value
+            default:
+                throw HTTP1Wire.Failure.malformed("chunk size line '\(String(buffer: line).prefix(32))'")
+            }
+            digits += 1
+            guard digits <= 15 else { throw HTTP1Wire.Failure.malformed("chunk size too large") }
+            value = value * 16 + digit
+        }
+        guard digits > 0 else { throw HTTP1Wire.Failure.malformed("empty chunk size line") }
+        return value
+    }
+
+}
+
+/// Byte-level pieces both directions use: the request front (`RequestFrontHandler`) and the
+/// answer parser (`HTTP1ResponseParser`).
+extension HTTP1Wire {
+    /// Header names and tokens, lower-case, for `equalsLowercased`.
+    enum Lowercase {
+        static let host = Array("host".utf8)
+        static let contentLength = Array("content-length".utf8)
+        static let transferEncoding = Array("transfer-encoding".utf8)
+        static let connection = Array("connection".utf8)
+        static let upgrade = Array("upgrade".utf8)
+        static let expect = Array("expect".utf8)
+        static let chunkedToken = Array("chunked".utf8)
+        static let closeToken = Array("close".utf8)
+        static let keepAliveToken = Array("keep-alive".utf8)
+    }
+
+    /// The length of the head at the start of `buffer` (through its CRLF CRLF), searching from
+    /// `from`; nil if it has not ended yet.
+    static func endOfHead(_ buffer: ByteBuffer, from: Int) -> Int? {
+        buffer.withUnsafeReadableBytes { raw -> Int? in
+            var i = max(0, from)
+            while i + 3 < raw.count {
+                if raw[i + 3] == UInt8(ascii: "\n"), raw[i] == UInt8(ascii: "\r"), raw[i + 1] == UInt8(ascii: "\n"),
+                    raw[i + 2] == UInt8(ascii: "\r")
+                {
+                    return i + 4
+                }
+                i += 1
+            }
+            return nil
+        }
     }
 
     /// A header line's name and value ranges (value without surrounding spaces and tabs); nil
@@ -458,30 +485,6 @@ struct HTTP1ResponseParser {
         return value
     }
 
-    /// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
-    private static func chunkSize(_ line: ByteBuffer) throws -> Int {
-        var value = 0
-        var digits = 0
-        for byte in line.readableBytesView {
-            let digit: Int
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = Int(byte - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = Int(byte - UInt8(ascii: "a")) + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = Int(byte - UInt8(ascii: "A")) + 10
-            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
-                guard digits > 0 else { throw HTTP1Wire.Failure.malformed("chunk size line '\(String(buffer: line))'") }
-                return value
-            default:
-                throw HTTP1Wire.Failure.malformed("chunk size line '\(String(buffer: line).prefix(32))'")
-            }
-            digits += 1
-            guard digits <= 15 else { throw HTTP1Wire.Failure.malformed("chunk size too large") }
-            value = value * 16 + digit
-        }
-        guard digits > 0 else { throw HTTP1Wire.Failure.malformed("empty chunk size line") }
-        return value
-    }
-
     static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = 0
         while start <= value.count {
@@ -496,7 +499,7 @@ struct HTTP1ResponseParser {
         }
     }
 
-    private static func lastToken(_ value: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+    static func lastToken(_ value: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         var last: UnsafeRawBufferPointer?
         forEachToken(value) { last = $0 }
         return last

@@ -45,23 +45,6 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     /// How far the pending bytes have been searched for the end of a head.
     private var scannedHead = 0
 
-    /// The length of the head at the start of `buffer` (through its CRLF CRLF), searching from
-    /// `from`; nil if it has not ended yet.
-    static func endOfHead(_ buffer: ByteBuffer, from: Int) -> Int? {
-        buffer.withUnsafeReadableBytes { raw -> Int? in
-            var i = max(0, from)
-            while i + 3 < raw.count {
-                if raw[i + 3] == UInt8(ascii: "\n"), raw[i] == UInt8(ascii: "\r"), raw[i + 1] == UInt8(ascii: "\n"),
-                    raw[i + 2] == UInt8(ascii: "\r")
-                {
-                    return i + 4
-                }
-                i += 1
-            }
-            return nil
-        }
-    }
-
     init(bodyLimit: Int) {
         self.bodyLimit = bodyLimit
     }
@@ -95,7 +78,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
             if awaiting == nil {
                 // Parsed only once the head's end has come: a head that arrives a byte at a
                 // time is scanned once, not once per read.
-                guard let headEnd = Self.endOfHead(buffer, from: scannedHead) else {
+                guard let headEnd = HTTP1Wire.endOfHead(buffer, from: scannedHead) else {
                     if buffer.readableBytes > Self.maxHeadBytes {
                         passOn(buffer, context: context)
                     } else {
@@ -265,25 +248,25 @@ enum HTTP1RequestHead {
             let name = UnsafeRawBufferPointer(rebasing: raw[nameStart..<nameEnd])
             let value = UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd])
             switch name.count {
-            case 4 where HTTP1ResponseParser.equalsLowercased(name, host):
+            case 4 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.host):
                 if authority == nil {
                     authority = String(decoding: value, as: UTF8.self)
                     continue   // the first Host is the authority, not a field (as NIO's conversion)
                 }
-            case 14 where HTTP1ResponseParser.equalsLowercased(name, contentLengthName):
-                guard contentLength == nil, let length = HTTP1ResponseParser.decimal(value) else { return .notPlain }
+            case 14 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.contentLength):
+                guard contentLength == nil, let length = HTTP1Wire.decimal(value) else { return .notPlain }
                 contentLength = length
-            case 17 where HTTP1ResponseParser.equalsLowercased(name, transferEncoding):
+            case 17 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.transferEncoding):
                 return .notPlain
-            case 7 where HTTP1ResponseParser.equalsLowercased(name, upgrade):
+            case 7 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.upgrade):
                 return .notPlain
-            case 6 where HTTP1ResponseParser.equalsLowercased(name, expect):
+            case 6 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.expect):
                 return .notPlain
-            case 10 where HTTP1ResponseParser.equalsLowercased(name, connection):
+            case 10 where HTTP1Wire.equalsLowercased(name, HTTP1Wire.Lowercase.connection):
                 // NIO's decoder reads nothing after a request that closes the connection.
                 var close = false
-                HTTP1ResponseParser.forEachToken(value) { token in
-                    if HTTP1ResponseParser.equalsLowercased(token, closeToken) { close = true }
+                HTTP1Wire.forEachToken(value) { token in
+                    if HTTP1Wire.equalsLowercased(token, HTTP1Wire.Lowercase.closeToken) { close = true }
                 }
                 if close { return .notPlain }
             default:
@@ -298,14 +281,6 @@ enum HTTP1RequestHead {
         let request = HTTPRequest(method: method, scheme: "http", authority: authority, path: path, headerFields: fields)
         return .plain(request, headBytes: i, bodyBytes: bodyBytes)
     }
-
-    private static let host = Array("host".utf8)
-    private static let contentLengthName = Array("content-length".utf8)
-    private static let transferEncoding = Array("transfer-encoding".utf8)
-    private static let upgrade = Array("upgrade".utf8)
-    private static let expect = Array("expect".utf8)
-    private static let connection = Array("connection".utf8)
-    private static let closeToken = Array("close".utf8)
 
     /// The methods taken here (the ones an OpenAI client or the admin API uses); others go
     /// through the codec. Not HEAD (nor CONNECT): NIO's encoder leaves out the body of their

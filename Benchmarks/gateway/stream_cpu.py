@@ -17,8 +17,10 @@ Needs: nginx (scripts/setup.sh --peers installs it).
 """
 import argparse
 import asyncio
+import atexit
 import http.client
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,6 +118,7 @@ def main():
     ap.add_argument("--firsts", type=int, default=50, help="streams timed to their first event, per proxy and round")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-stream-cpu-"))
+    atexit.register(shutil.rmtree, work, True)  # configs and logs: removed when the run ends
     upstream_port, nginx_port = free_port(), free_port()
     upstream(upstream_port, a.events, a.pace_ms / 1000)
     procs = [start_nginx(work, f"""

@@ -14,8 +14,10 @@ line is JSON.
 Usage: restore_vs_recompute.py --strata .build/release/strata [--rounds 7] [--words 420]
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,6 +75,7 @@ def main():
     ap.add_argument("--words", type=int, default=420, help="system prompt length in words (about 1.6 tokens each)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-kvrestore-"))
+    atexit.register(shutil.rmtree, work, True)  # configs and logs: removed when the run ends
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     (work / "strata.yaml").write_text(f"""

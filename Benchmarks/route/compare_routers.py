@@ -19,8 +19,10 @@ Usage: compare_routers.py --strata .build/release/strata [--rounds 3] [--request
 Needs: scripts/setup.sh --peers (sglang-router in the venv).
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +77,7 @@ def main():
         Path(a.records).mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="strata-route-"))
+    atexit.register(shutil.rmtree, work, True)  # configs and logs: removed when the run ends
     targets = ["strata prefix-affinity", "round-robin (strata)", "least-loaded (strata)", "sglang-router cache_aware",
                "strata managed + kv restore"]
     if a.targets:

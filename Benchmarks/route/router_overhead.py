@@ -22,8 +22,10 @@ Usage: router_overhead.py --strata .build/release/strata [--rate 1000] [--second
 Needs: nginx and wrk (scripts/setup.sh --peers installs them).
 """
 import argparse
+import atexit
 import json
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -70,6 +72,7 @@ def main():
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="strata-overhead-"))
+    atexit.register(shutil.rmtree, work, True)  # configs and logs: removed when the run ends
     ports = [free_port() for _ in range(3)]
     servers = "\n".join(f"""
     server {{

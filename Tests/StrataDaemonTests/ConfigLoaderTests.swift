@@ -5,9 +5,10 @@ import TierStore
 @testable import StrataDaemon
 
 struct ConfigLoaderTests {
-    /// A weights file the configs can point at.
+    /// A weights file the configs can point at: one fixed path (the same 4,000 zero bytes for every
+    /// run), so runs do not leave one file each behind.
     static let modelFile: String = {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-config-test-\(getpid()).gguf").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-config-test.gguf").path
         _ = FileManager.default.createFile(atPath: path, contents: Data(count: 4000))
         return path
     }()
@@ -291,6 +292,7 @@ struct ConfigLoaderTests {
     @Test func shippedConfigsAreValid() throws {
         // The repository's own config files, against a fake cache holding the model file.
         let cache = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cache-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: cache) }
         try FileManager.default.createDirectory(at: cache.appendingPathComponent("models"), withIntermediateDirectories: true)
         FileManager.default.createFile(
             atPath: cache.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path, contents: Data(count: 10))

@@ -8,6 +8,8 @@ import Testing
 /// limited so a transfer lasts long enough to be cancelled.
 final class NginxServer {
     let root: String
+    /// The server's own folder (config, logs, `www`), removed when it stops.
+    private let base: String
     let port: Int
     private let process: Process
 
@@ -17,7 +19,7 @@ final class NginxServer {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw SetupError("nginx is not installed at \(Self.binary): run scripts/setup.sh")
         }
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("strata-nginx-\(UUID().uuidString)").path
+        base = FileManager.default.temporaryDirectory.appendingPathComponent("strata-nginx-\(UUID().uuidString)").path
         root = base + "/www"
         let temp = base + "/tmp"
         for dir in [root, temp, root + "/slow"] {
@@ -72,6 +74,7 @@ final class NginxServer {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+        try? FileManager.default.removeItem(atPath: base)
     }
 
     deinit { stop() }

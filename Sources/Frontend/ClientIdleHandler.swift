@@ -59,6 +59,14 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    /// A whole request that went past this handler, straight from the front to the relay
+    /// (`EventLoopRelayHandler.offer`): counted as its parts would have been.
+    func requestTaken() {
+        lastActivity = .now()
+        inProgress += 1
+        reading = false
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .end = unwrapOutboundIn(data) else {
             context.write(data, promise: promise)

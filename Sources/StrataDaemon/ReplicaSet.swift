@@ -183,16 +183,14 @@ actor ReplicaSet {
                 label: "strata_route_decisions_total",
                 dimensions: [("model", model), ("replica", decision.replica), ("reason", decision.reason.rawValue)])
             routing.decisionCounters[counterKey] = counter
-            let hasAlternatives = routing.router.replicaSnapshots.contains {
-                $0.healthy && $0.id != decision.replica && !hints.excluding.contains($0.id)
-            }
+            let hasAlternatives = routing.router.hasHealthyReplica(besides: decision.replica, excluding: hints.excluding)
+            publishLoad(decision.replica, of: routing.router)
             return .success((id, decision, counter, hasAlternatives))
         }
         switch routed {
         case .success(let (id, decision, counter, hasAlternatives)):
             counter.increment()
             matchedFraction.record(decision.matchedFraction)
-            publishLoad(decision.replica)
             return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
         case .failure(let refusal):
             if countingRefusals {
@@ -210,12 +208,14 @@ actor ReplicaSet {
         let (dropped, ejected) = routing.withLockedValue { routing -> (Int, Bool) in
             let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
             routing.router.finish(id)
+            var ejected = false
             switch outcome {
             case .completed: routing.router.reportSuccess(replica)
             case .abandoned: break
-            case .upstreamFailed: return (dropped, routing.router.reportFailure(replica))
+            case .upstreamFailed: ejected = routing.router.reportFailure(replica)
             }
-            return (dropped, false)
+            publishLoad(replica, of: routing.router)
+            return (dropped, ejected)
         }
         if dropped > 0 {
             Counter(label: "strata_route_index_corrections_total", dimensions: [("model", model), ("replica", replica)])
@@ -223,22 +223,23 @@ actor ReplicaSet {
             logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
         }
         if ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
-        publishLoad(replica)
     }
 
     /// Publishes the load of one replica (nil: all of them).
     private nonisolated func publishLoad(_ only: String? = nil) {
-        let ids = only.map { [$0] } ?? replicas
         // Recorded under the lock: two event loops publishing the same replica's load must not
         // leave the older figure as the last one written.
         routing.withLockedValue { routing in
-            for id in ids {
-                guard let snapshot = routing.router.snapshot(of: id), let gauge = gauges[id] else { continue }
-                gauge.inFlight.record(snapshot.inFlight)
-                gauge.indexBlocks.record(snapshot.indexedBlocks)
-                gauge.healthy.record(snapshot.healthy ? 1 : 0)
-            }
+            for id in only.map({ [$0] }) ?? replicas { publishLoad(id, of: routing.router) }
         }
+    }
+
+    /// Publishes one replica's load as `router` (the locked one) has it.
+    private nonisolated func publishLoad(_ id: String, of router: PrefixRouter) {
+        guard let snapshot = router.snapshot(of: id), let gauge = gauges[id] else { return }
+        gauge.inFlight.record(snapshot.inFlight)
+        gauge.indexBlocks.record(snapshot.indexedBlocks)
+        gauge.healthy.record(snapshot.healthy ? 1 : 0)
     }
 
     nonisolated var snapshots: [ReplicaSnapshot] { routing.withLockedValue { $0.router.replicaSnapshots } }

@@ -153,4 +153,31 @@ struct HTTP1WireTests {
             _ = try HTTP1Wire.request(path: "/", standard: [], extra: [(name, value)], body: ByteBuffer())
         }
     }
+
+    @Test func aRelayedAnswerIsWrittenWithItsFieldsAndLength() {
+        let bytes = HTTP1Wire.answer(
+            status: 200, contentType: "application/json", servedBy: "m#1", date: "Fri, 04 Dec 2026 08:00:00 GMT",
+            server: "strata", body: ByteBuffer(string: #"{"ok":1}"#), allocator: ByteBufferAllocator())
+        #expect(String(buffer: bytes) == "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-strata-served-by: m#1\r\n"
+            + "Date: Fri, 04 Dec 2026 08:00:00 GMT\r\nServer: strata\r\nContent-Length: 8\r\n\r\n{\"ok\":1}")
+    }
+
+    @Test func aRelayedAnswerCannotBeBrokenByAnUpstreamsFieldValue() throws {
+        // An upstream's Content-Type with CR LF in it must not add a field (or end the head):
+        // such bytes are written as spaces, as HTTPTypes does.
+        let bytes = HTTP1Wire.answer(
+            status: 502, contentType: "text/plain\r\nSet-Cookie: x=1", servedBy: nil, date: nil, server: "strata",
+            body: ByteBuffer(string: "no"), allocator: ByteBufferAllocator())
+        #expect(String(buffer: bytes) == "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain  Set-Cookie: x=1\r\n"
+            + "Server: strata\r\nContent-Length: 2\r\n\r\nno")
+    }
+
+    @Test(arguments: [204, 304])
+    func aRelayedAnswerWithoutBodyHasNoLengthNorBody(status: Int) {
+        let bytes = HTTP1Wire.answer(
+            status: status, contentType: "application/json", servedBy: nil, date: nil, server: "strata",
+            body: ByteBuffer(string: "ignored"), allocator: ByteBufferAllocator())
+        #expect(!String(buffer: bytes).contains("Content-Length"))
+        #expect(String(buffer: bytes).hasSuffix("Server: strata\r\n\r\n"))
+    }
 }

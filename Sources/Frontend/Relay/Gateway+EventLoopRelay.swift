@@ -147,9 +147,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         case relaying(Exchange)
     }
 
-    private struct Exchange {
+    /// A reference, so the state holds it without copying its fields at every step.
+    private final class Exchange {
         var relay: Gateway.ImmediateRelay
-        var head: HTTPRequest
+        let head: HTTPRequest
         var attempt = 0
         var connection: UpstreamConnection?
         var timeout: Scheduled<Void>?
@@ -158,7 +159,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         /// A stream whose head has gone to the client, and what follows it to its end.
         var stream: RequestObserver?
         /// Its answer goes to the socket as bytes (`answersRaw` when it began).
-        var raw = false
+        let raw: Bool
+
+        init(relay: Gateway.ImmediateRelay, head: HTTPRequest, raw: Bool) {
+            self.relay = relay
+            self.head = head
+            self.raw = raw
+        }
     }
 
     private let gateway: Gateway
@@ -189,6 +196,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var front: RequestFrontHandler?
     private var socket: ChannelHandlerContext?
     private var idle: ClientIdleHandler?
+    /// This handler's context, for requests the front offers directly (`offer`).
+    private var ownContext: ChannelHandlerContext?
 
     /// Answers go to the socket as bytes while the front parses the connection's requests (or
     /// holds back the codec's until those are answered). A request the codec decoded is answered
@@ -203,6 +212,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        ownContext = context
         pool = gateway.upstreamPools.pool(for: context.eventLoop)
         let sync = context.pipeline.syncOperations
         if let front = try? sync.handler(type: RequestFrontHandler.self), let idle = try? sync.handler(type: ClientIdleHandler.self) {
@@ -288,16 +298,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         case (.collecting(let head, let endpoint, let body, let started), .end(_)):
             state = .idle
-            let body = body ?? ByteBuffer()
-            if !quiescing, let pool,
-                let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started, pool: pool)
-            {
-                state = .relaying(Exchange(relay: relay, head: head, raw: answersRaw))
-                send(context: context)
-            } else {
-                handOn(head: head, body: body, context: context)
-                releaseHeldEvent(context: context)
-            }
+            relayOrHandOn(head, endpoint: endpoint, body: body ?? ByteBuffer(), started: started, context: context)
         case (.passing, _):
             if case .end = part { state = .idle }
             context.fireChannelRead(wrapInboundOut(part))
@@ -305,6 +306,34 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             // Out of order parts (a body without a head): the general path deals with them.
             state = .passing
             handOn(part, context: context)
+        }
+    }
+
+    /// A whole request the front parsed, offered here directly instead of as three parts through
+    /// the pipeline (the idle handler is told, as the parts would have told it). False, changing
+    /// nothing, where `take` must see the parts: anything but a request this handler would
+    /// collect now.
+    func offer(_ head: HTTPRequest, body: ByteBuffer) -> Bool {
+        guard let context = ownContext, let idle, case .idle = state, held.isEmpty, handedOn == 0, !quiescing,
+            body.readableBytes <= min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit),
+            gateway.backend.admitsAnyImmediately, let endpoint = Gateway.immediateEndpoint(head)
+        else { return false }
+        idle.requestTaken()
+        relayOrHandOn(head, endpoint: endpoint, body: body, started: .now, context: context)
+        return true
+    }
+
+    /// A whole request: relayed here if the gateway admits it at once, else on to Hummingbird.
+    private func relayOrHandOn(_ head: HTTPRequest, endpoint: Endpoint, body: ByteBuffer,
+                               started: ContinuousClock.Instant, context: ChannelHandlerContext) {
+        if !quiescing, let pool,
+            let relay = gateway.prepareImmediately(head, endpoint: endpoint, body: body, started: started, pool: pool)
+        {
+            state = .relaying(Exchange(relay: relay, head: head, raw: answersRaw))
+            send(context: context)
+        } else {
+            handOn(head: head, body: body, context: context)
+            releaseHeldEvent(context: context)
         }
     }
 
@@ -341,7 +370,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         held.removeAll()
         socket = nil
+        ownContext = nil
         context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        socket = nil
+        ownContext = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -373,14 +408,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// A stream's upstream is read only while the client's connection takes what is written:
     /// a slow client holds the upstream back (TCP), not Strata's memory.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .relaying(var exchange) = state, exchange.stream != nil, let connection = exchange.connection {
+        if case .relaying(let exchange) = state, exchange.stream != nil, let connection = exchange.connection {
             let writable = context.channel.isWritable
             try? connection.channel.syncOptions?.setOption(.autoRead, value: writable)
             if writable {
                 // Read again: the upstream has a whole `upstream_timeout` from now to send more.
                 exchange.timeout?.cancel()
                 exchange.timeout = armTimeout(attempt: exchange.attempt, readsSeen: connection.handler.reads, context: context)
-                state = .relaying(exchange)
             }
         }
         context.fireChannelWritabilityChanged()
@@ -396,7 +430,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     // MARK: the exchange
 
     private func send(context: ChannelHandlerContext) {
-        guard case .relaying(var exchange) = state, let pool else { return }
+        guard case .relaying(let exchange) = state, let pool else { return }
         let request: (UpstreamTarget, ByteBuffer)
         do {
             request = try gateway.upstreamRequest(exchange.relay)
@@ -410,7 +444,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         exchange.attempt = attempt
         exchange.timeout?.cancel()
         exchange.timeout = armTimeout(attempt: attempt, readsSeen: nil, context: context)
-        state = .relaying(exchange)
         let (target, bytes) = request
         let limit = gateway.configuration.maxResponseBytes
         let tap = exchange.relay.parsed.stream ? UpstreamStreamTap(
@@ -422,13 +455,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
             .assumeIsolated()
             .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
-                guard case .relaying(var current) = self.state, current.attempt == attempt else {
+                guard case .relaying(let current) = self.state, current.attempt == attempt else {
                     // The client left (or the attempt timed out) while this connected: send nothing.
                     pool.release(connection)
                     return connection.channel.eventLoop.makeFailedFuture(UpstreamRelayError.closed(answered: false))
                 }
                 current.connection = connection
-                self.state = .relaying(current)
                 return connection.send(bytes, limit: limit, tap: tap)
             }
             .whenComplete { result in
@@ -443,14 +475,13 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// reads, so an upstream that stops mid-answer does not hold the client for ever.
     private func armTimeout(attempt: Int, readsSeen: Int?, context: ChannelHandlerContext) -> Scheduled<Void> {
         context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
-            guard case .relaying(var exchange) = self.state, exchange.attempt == attempt else { return }
+            guard case .relaying(let exchange) = self.state, exchange.attempt == attempt else { return }
             guard let connection = exchange.connection, connection.handler.answerBegan == false
                 || (connection.handler.reads == readsSeen && context.channel.isWritable)
             else {
                 // Still connecting (its own timeout bounds that), the answer is still coming, or a
                 // stream is held back by a client that does not take it.
                 exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: exchange.connection?.handler.reads, context: context)
-                self.state = .relaying(exchange)
                 return
             }
             let began = connection.handler.answerBegan
@@ -462,12 +493,11 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// The head of a stream's answer came: an event stream goes on to the client as it comes
     /// (true); anything else (an error answer) is collected and answered whole.
     private func streamBegan(_ head: UpstreamHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
-        guard case .relaying(var exchange) = state, exchange.attempt == attempt,
+        guard case .relaying(let exchange) = state, exchange.attempt == attempt,
             let contentType = head.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
         else { return false }
         let relay = exchange.relay
         exchange.stream = relay.observer(gateway.metrics, statusCode: head.status)
-        state = .relaying(exchange)
         var headers = HTTPFields()
         headers[.contentType] = contentType
         headers[.cacheControl] = "no-cache"
@@ -533,7 +563,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func answered(_ result: Result<UpstreamAnswer, any Error>, exchange: Exchange, context: ChannelHandlerContext) {
-        var exchange = exchange
         let relay = exchange.relay
         let model = relay.parsed.model
         if let stream = exchange.stream {
@@ -555,13 +584,21 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
             relay.lease.release()
+            let contentType = answer.head.first(name: "content-type") ?? "application/json"
+            if exchange.raw, let socket {
+                write(raw: HTTP1Wire.answer(
+                    status: answer.head.status, contentType: contentType, servedBy: relay.lease.servedModel,
+                    date: pool?.httpDate, server: Gateway.serverName, body: answer.body, allocator: context.channel.allocator),
+                      to: socket, context: context)
+                return
+            }
             var headers = HTTPFields()
-            headers[.contentType] = answer.head.first(name: "content-type") ?? "application/json"
+            headers[.contentType] = contentType
             headers[.contentLength] = String(answer.body.readableBytes)
             if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
             addServerHeaders(&headers)
             let response = HTTPResponse(status: .init(code: answer.head.status), headerFields: headers)
-            write(response, body: answer.body, raw: exchange.raw, context: context)
+            write(response, body: answer.body, raw: false, context: context)
 
         case .failure(let error):
             let relayError = error as? UpstreamRelayError
@@ -582,7 +619,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // A kept connection the upstream had closed while idle: send once more on a new one.
                 exchange.resentOnNewConnection = true
                 exchange.connection = nil
-                state = .relaying(exchange)
                 send(context: context)
                 return
             }
@@ -598,14 +634,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                         finish(exchange, answer: .badGateway("Upstream URL \(lease.baseURL) is not http://"), context: context)
                         return
                     }
-                    var next = exchange
-                    next.relay.lease = lease
-                    next.relay.target = target
-                    next.relay.admitted = .now
-                    next.relay.parsed.hints = hints
-                    next.connection = nil
-                    next.resentOnNewConnection = false
-                    state = .relaying(next)
+                    exchange.relay.lease = lease
+                    exchange.relay.target = target
+                    exchange.relay.admitted = .now
+                    exchange.relay.parsed.hints = hints
+                    exchange.connection = nil
+                    exchange.resentOnNewConnection = false
                     send(context: context)
                     return
                 }
@@ -643,15 +677,22 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func write(_ response: HTTPResponse, body: ByteBuffer, raw: Bool, context: ChannelHandlerContext) {
-        state = .idle
         if raw, let socket {
-            socket.writeAndFlush(NIOAny(HTTP1Wire.response(response, body: body, allocator: context.channel.allocator)), promise: nil)
-            idle?.answerEnded()
-        } else {
-            context.write(wrapOutboundOut(.head(response)), promise: nil)
-            if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            write(raw: HTTP1Wire.response(response, body: body, allocator: context.channel.allocator), to: socket, context: context)
+            return
         }
+        state = .idle
+        context.write(wrapOutboundOut(.head(response)), promise: nil)
+        if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        resumeAfterRelay(context: context)
+    }
+
+    /// A whole answer as bytes, past the HTTP/1 encoder (`socket`: the front's context).
+    private func write(raw answer: ByteBuffer, to socket: ChannelHandlerContext, context: ChannelHandlerContext) {
+        state = .idle
+        socket.writeAndFlush(NIOAny(answer), promise: nil)
+        idle?.answerEnded()
         resumeAfterRelay(context: context)
     }
 

@@ -1,5 +1,6 @@
 import HTTPTypes
 import NIOCore
+import NIOHTTP1
 
 /// HTTP/1.1 on the upstream side of the event-loop relay, written and read as bytes: the request
 /// serialized in one buffer, the answer parsed in place. NIO's HTTP client codec turned each
@@ -57,10 +58,7 @@ enum HTTP1Wire {
     /// An answer's head as bytes: the status line, the fields (HTTPTypes has made their values
     /// safe to write), and `Transfer-Encoding: chunked` for a body whose length is not known.
     static func responseHead(_ response: HTTPResponse, chunked: Bool, into out: inout ByteBuffer) {
-        out.writeStaticString("HTTP/1.1 ")
-        out.writeString(String(response.status.code))
-        out.writeInteger(UInt8(ascii: " "))
-        out.writeString(response.status.reasonPhrase)
+        statusLine(response.status.code, reason: response.status.reasonPhrase, into: &out)
         out.writeStaticString("\r\n")
         for field in response.headerFields {
             out.writeString(field.name.rawName)
@@ -86,6 +84,49 @@ enum HTTP1Wire {
         return out
     }
 
+    /// `HTTP/1.1 code reason`; a status without a reason phrase (one relayed by its code) gets
+    /// the standard one, as NIO's encoder writes it on the general path.
+    private static func statusLine(_ code: Int, reason: String, into out: inout ByteBuffer) {
+        out.writeStaticString("HTTP/1.1 ")
+        out.writeString(String(code))
+        out.writeInteger(UInt8(ascii: " "))
+        out.writeString(reason.isEmpty ? HTTPResponseStatus(statusCode: code).reasonPhrase : reason)
+    }
+
+    /// A relayed answer as bytes, written straight from its parts: the status line, `Content-Type`,
+    /// `x-strata-served-by` when given, `Date` when given, `Server`, `Content-Length`, the body.
+    /// As HTTPTypes does, a CR, LF or NUL in a value is written as a space.
+    /// `response` does the same from an `HTTPResponse`; building its `HTTPFields` for every
+    /// answer cost more than writing the bytes. No body for statuses that have none.
+    static func answer(status: Int, contentType: String, servedBy: String?, date: String?, server: String,
+                       body: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer
+    {
+        var out = allocator.buffer(capacity: 256 + body.readableBytes)
+        statusLine(status, reason: "", into: &out)
+        func field(_ name: StaticString, _ value: String) {
+            out.writeStaticString("\r\n")
+            out.writeStaticString(name)
+            out.writeStaticString(": ")
+            if canCarry(value) {
+                out.writeString(value)
+            } else {
+                for byte in value.utf8 { out.writeInteger(byte == 0x0D || byte == 0x0A || byte == 0x00 ? UInt8(ascii: " ") : byte) }
+            }
+        }
+        field("Content-Type", contentType)
+        if let servedBy { field("x-strata-served-by", servedBy) }
+        if let date { field("Date", date) }
+        field("Server", server)
+        let hasBody = !(100..<200).contains(status) && status != 204 && status != 304
+        if hasBody { field("Content-Length", String(body.readableBytes)) }
+        out.writeStaticString("\r\n\r\n")
+        if hasBody {
+            var body = body
+            out.writeBuffer(&body)
+        }
+        return out
+    }
+
     /// One chunk of a chunked body (`size CRLF data CRLF`); the last chunk when `data` is empty.
     static func chunk(_ data: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: data.readableBytes + 12)
@@ -101,10 +142,12 @@ enum HTTP1Wire {
     /// LF or NUL (what NIO's outbound header validation refused before).
     private static func check(_ text: String, name: String, isName: Bool) throws {
         if isName && text.isEmpty { throw Failure.invalidHeader(name) }
-        for byte in text.utf8 {
-            let bad = isName ? !isToken(byte) : (byte == 0x0D || byte == 0x0A || byte == 0x00)
-            if bad { throw Failure.invalidHeader(name) }
-        }
+        if isName ? !text.utf8.allSatisfy(isToken) : !canCarry(text) { throw Failure.invalidHeader(name) }
+    }
+
+    /// Whether HTTP/1 can carry `value` as a field value as it is (no CR, LF or NUL).
+    static func canCarry(_ value: String) -> Bool {
+        !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
     }
 
     static func isToken(_ byte: UInt8) -> Bool {

@@ -34,6 +34,8 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     private(set) var passingThrough = false
     /// Counts the requests taken here that are still unanswered.
     private var idle: ClientIdleHandler?
+    /// Takes a whole request directly when it can (`offer`), without three parts through the pipeline.
+    private var relay: EventLoopRelayHandler?
     /// Bytes wait here for the requests taken here to be answered.
     var isHolding: Bool { held != nil }
     /// Bytes for the codec, waiting for the requests taken here to be answered, and the events
@@ -68,6 +70,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
         if codec == nil {
             codec = try? context.pipeline.syncOperations.context(handlerType: HTTP1ToHTTPServerCodec.self)
             idle = try? context.pipeline.syncOperations.handler(type: ClientIdleHandler.self)
+            relay = try? context.pipeline.syncOperations.handler(type: EventLoopRelayHandler.self)
             if codec == nil || idle == nil {
                 codec = nil
                 passOn(buffer, context: context)
@@ -108,6 +111,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
             buffer.moveReaderIndex(forwardBy: headBytes)
             let body = buffer.readSlice(length: bodyBytes)!
             guard let codec else { return }
+            if let relay, relay.offer(head, body: body) { continue }
             codec.fireChannelRead(NIOAny(HTTPRequestPart.head(head)))
             if bodyBytes > 0 { codec.fireChannelRead(NIOAny(HTTPRequestPart.body(body))) }
             codec.fireChannelRead(NIOAny(HTTPRequestPart.end(nil)))
@@ -174,6 +178,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     private func forget() {
         codec = nil
+        relay = nil
         idle?.whenAllAnswered = nil
         idle = nil
         held = nil

@@ -66,6 +66,12 @@ extension PrefixRouter {
     /// In configuration order.
     public var replicaSnapshots: [ReplicaSnapshot] { replicas.map(snapshot) }
 
+    /// Whether a healthy replica other than `id` and those in `excluding` exists: where a request
+    /// that fails on `id` before its answer could go instead.
+    public func hasHealthyReplica(besides id: String, excluding: Set<String>) -> Bool {
+        replicas.contains { $0.healthy && $0.spec.id != id && !excluding.contains($0.spec.id) }
+    }
+
     private func snapshot(_ state: ReplicaState) -> ReplicaSnapshot {
         ReplicaSnapshot(
             id: state.spec.id, healthy: state.healthy, consecutiveFailures: state.consecutiveFailures,

@@ -43,15 +43,13 @@ extension ModelController: ModelBackend {
         guard !routes.shuttingDown, let route = routes.routes[model],
             hints.policy.violation(by: route.tags) == nil
         else { return nil }
-        let lease: UpstreamLease
         switch route.target {
         case .upstream(let url, let headers, let upstreamModel, let label):
-            lease = UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: label) {}
+            return UpstreamLease(baseURL: url, headers: headers, upstreamModel: upstreamModel, upstreamLabel: label,
+                                 price: route.price) { _ in }
         case .replicas(let set):
-            guard let routed = set.acquireImmediately(hints: hints) else { return nil }
-            lease = routed
+            return set.acquireImmediately(hints: hints, price: route.price)
         }
-        return lease.serving(model: nil, price: route.price)
     }
 
     /// Serves `model`, or one of its fallbacks when the request's policy does not allow it or it

@@ -76,16 +76,18 @@ actor ReplicaSet {
     /// Routes a request to an upstream replica without waiting, or nil where `acquire` is needed:
     /// managed replicas (their supervisor admits the request) or no replica that can take it
     /// now (`acquire` probes, and says why with the right error).
-    nonisolated func acquireImmediately(hints: RequestHints) -> UpstreamLease? {
+    nonisolated func acquireImmediately(hints: RequestHints, price: TokenPrice? = nil) -> UpstreamLease? {
         guard !managed, let (id, replica, hasAlternatives, _) = try? route(hints, countingRefusals: false) else { return nil }
-        return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives)
+        return upstreamLease(id, replica: replica, hasAlternatives: hasAlternatives, price: price)
     }
 
     /// The lease on an upstream replica (not a managed one) the router chose for request `id`.
-    private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool) -> UpstreamLease {
+    private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool,
+                                           price: TokenPrice? = nil) -> UpstreamLease {
         let (report, cacheReport) = Self.promptReport()
         return UpstreamLease(
-            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives, cacheReport: cacheReport
+            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives, price: price,
+            cacheReport: cacheReport
         ) { [weak self] outcome in
             self?.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLockedValue { $0?.cachedFraction })
         }

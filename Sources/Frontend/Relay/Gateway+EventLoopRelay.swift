@@ -452,22 +452,35 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             readComplete: { [raw = exchange.raw] in
                 if raw, let socket = self.socket { socket.flush() } else { context.flush() }
             }) : nil
-        pool.connection(to: target, connectTimeout: .seconds(5), reusing: !exchange.resentOnNewConnection)
-            .assumeIsolated()
-            .flatMap { connection -> EventLoopFuture<UpstreamAnswer> in
-                guard case .relaying(let current) = self.state, current.attempt == attempt else {
-                    // The client left (or the attempt timed out) while this connected: send nothing.
-                    pool.release(connection)
-                    return connection.channel.eventLoop.makeFailedFuture(UpstreamRelayError.closed(answered: false))
-                }
+        if !exchange.resentOnNewConnection, let connection = pool.idleConnection(to: target) {
+            exchange.connection = connection
+            relay(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
+            return
+        }
+        pool.newConnection(to: target, connectTimeout: .seconds(5)).assumeIsolated().whenComplete { result in
+            guard case .relaying(let current) = self.state, current.attempt == attempt else {
+                // The client left (or the attempt timed out) while this connected: send nothing.
+                if case .success(let connection) = result { pool.release(connection) }
+                return
+            }
+            switch result {
+            case .success(let connection):
                 current.connection = connection
-                return connection.send(bytes, limit: limit, tap: tap)
+                self.relay(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
+            case .failure(let error):
+                self.answered(.failure(error), exchange: current, context: context)
             }
-            .whenComplete { result in
-                // Otherwise the client left meanwhile, and the connection was closed then.
-                guard case .relaying(let current) = self.state, current.attempt == attempt else { return }
-                self.answered(result, exchange: current, context: context)
-            }
+        }
+    }
+
+    /// Sends attempt `attempt`'s request on `connection`; its answer goes to `answered`.
+    private func relay(_ bytes: ByteBuffer, on connection: UpstreamConnection, attempt: Int, limit: Int,
+                       tap: UpstreamStreamTap?, context: ChannelHandlerContext) {
+        connection.send(bytes, limit: limit, tap: tap).assumeIsolated().whenComplete { result in
+            // Otherwise the client left meanwhile, and the connection was closed then.
+            guard case .relaying(let current) = self.state, current.attempt == attempt else { return }
+            self.answered(result, exchange: current, context: context)
+        }
     }
 
     /// Each attempt's bound (as the general path's): `upstream_timeout` for the answer's head, so

@@ -134,19 +134,24 @@ final class UpstreamPool: @unchecked Sendable {
         return target
     }
 
-    /// An idle connection to `target` (the most recently used), or a new one.
-    func connection(to target: UpstreamTarget, connectTimeout: TimeAmount, reusing: Bool = true)
-        -> EventLoopFuture<UpstreamConnection>
-    {
+    /// An idle connection to `target` (the most recently used), now; nil if there is none.
+    func idleConnection(to target: UpstreamTarget) -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
         let key = Authority(host: target.host, port: target.port)
-        while reusing, let connection = idle[key]?.popLast() {
+        while let connection = idle[key]?.popLast() {
             if connection.isUsable {
                 inUse[ObjectIdentifier(connection)] = connection
-                return eventLoop.makeSucceededFuture(connection)
+                return connection
             }
             connection.channel.close(promise: nil)   // e.g. the upstream sent bytes unasked
         }
+        return nil
+    }
+
+    /// A new connection to `target`.
+    func newConnection(to target: UpstreamTarget, connectTimeout: TimeAmount) -> EventLoopFuture<UpstreamConnection> {
+        eventLoop.preconditionInEventLoop()
+        let key = Authority(host: target.host, port: target.port)
         return ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(connectTimeout)

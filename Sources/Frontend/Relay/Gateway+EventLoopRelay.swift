@@ -476,7 +476,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Sends attempt `attempt`'s request on `connection`; its answer goes to `answered`.
     private func relay(_ bytes: ByteBuffer, on connection: UpstreamConnection, attempt: Int, limit: Int,
                        tap: UpstreamStreamTap?, context: ChannelHandlerContext) {
-        connection.send(bytes, limit: limit, tap: tap).assumeIsolated().whenComplete { result in
+        connection.send(bytes, limit: limit, tap: tap) { result in
             // Otherwise the client left meanwhile, and the connection was closed then.
             guard case .relaying(let current) = self.state, current.attempt == attempt else { return }
             self.answered(result, exchange: current, context: context)

@@ -252,20 +252,19 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
 
     var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive && written }
 
-    /// Sends one request (`HTTP1Wire.request`: head and body in one buffer); the future has the
-    /// whole answer, at most `limit` bytes of body, or, where `tap` takes the answer's body as it
-    /// comes, the answer's head once it has ended.
-    func send(_ request: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil) -> EventLoopFuture<UpstreamAnswer> {
-        let promise = channel.eventLoop.makePromise(of: UpstreamAnswer.self)
-        handler.expect(promise, limit: limit, tap: tap)
+    /// Sends one request (`HTTP1Wire.request`: head and body in one buffer); `completion` gets,
+    /// once, on the event loop, the whole answer (at most `limit` bytes of body) or, where `tap`
+    /// takes the answer's body as it comes, the answer's head once it has ended; or the failure.
+    func send(_ request: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil,
+              completion: @escaping (Result<UpstreamAnswer, any Error>) -> Void) {
+        let exchange = handler.expect(limit: limit, tap: tap, completion: completion)
         written = false
         channel.writeAndFlush(request).assumeIsolated().whenComplete { [handler] result in
             switch result {
             case .success: self.written = true
-            case .failure(let error): handler.fail(error, only: promise)
+            case .failure(let error): handler.fail(error, only: exchange)
             }
         }
-        return promise.futureResult
     }
 }
 
@@ -319,7 +318,10 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     typealias InboundIn = ByteBuffer
 
     private var parser = HTTP1ResponseParser()
-    private var promise: EventLoopPromise<UpstreamAnswer>?
+    /// Where the answer under way goes; nil between exchanges.
+    private var completion: ((Result<UpstreamAnswer, any Error>) -> Void)?
+    /// Counts the exchanges on this connection (`fail(_:only:)`).
+    private var exchanges = 0
     private var head: UpstreamHead?
     private var body: ByteBuffer?
     private var limit = 0
@@ -328,33 +330,36 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     private var passing = false
     private(set) var keepAlive = true
 
-    var isIdle: Bool { promise == nil }
+    var isIdle: Bool { completion == nil }
     /// The current answer's head has come.
     var answerBegan: Bool { head != nil }
     /// Socket reads on this connection so far: whether an answer is still coming.
     private(set) var reads = 0
 
-    func expect(_ promise: EventLoopPromise<UpstreamAnswer>, limit: Int, tap: UpstreamStreamTap? = nil) {
-        precondition(self.promise == nil, "one request at a time on an upstream connection")
-        self.promise = promise
+    /// The next answer goes to `completion`; returns the exchange's number.
+    func expect(limit: Int, tap: UpstreamStreamTap? = nil, completion: @escaping (Result<UpstreamAnswer, any Error>) -> Void) -> Int {
+        precondition(self.completion == nil, "one request at a time on an upstream connection")
+        self.completion = completion
+        exchanges += 1
         self.limit = limit
         self.tap = tap
         passing = false
         head = nil
         body = nil
+        return exchanges
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reads &+= 1
         var buffer = unwrapInboundIn(data)
-        guard promise != nil else {
+        guard completion != nil else {
             // Bytes nobody asked for: the connection is not in a state to be trusted again.
             keepAlive = false
             context.close(promise: nil)
             return
         }
         do {
-            while promise != nil, let event = try parser.next(&buffer) {
+            while completion != nil, let event = try parser.next(&buffer) {
                 switch event {
                 case .head(let head):
                     self.head = head
@@ -378,7 +383,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
                     }
                 case .end:
                     // Bytes after the answer were not asked for: not kept (checked before the
-                    // promise's callbacks, which may hand the connection out again).
+                    // completion, which may hand the connection out again).
                     if buffer.readableBytes > 0 { keepAlive = false }
                     complete()
                     return
@@ -393,14 +398,14 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
 
     /// The answer under way has ended: the exchange succeeds with it.
     private func complete() {
-        guard let promise, let head else { return }
-        self.promise = nil
+        guard let completion, let head else { return }
+        self.completion = nil
         let answer = UpstreamAnswer(head: head, body: body ?? ByteBuffer())
         self.head = nil
         body = nil
         tap = nil
         passing = false
-        promise.succeed(answer)
+        completion(.success(answer))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -410,7 +415,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelInactive(context: ChannelHandlerContext) {
         keepAlive = false
-        if promise != nil, head != nil, case .end? = parser.inputClosed() {
+        if completion != nil, head != nil, case .end? = parser.inputClosed() {
             complete()   // an answer framed by the connection's close
         } else {
             fail(UpstreamRelayError.closed(answered: head != nil))
@@ -424,15 +429,16 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
         context.close(promise: nil)
     }
 
-    /// Fails the exchange under way (only if it is `only`'s, when given); the connection is not kept.
-    func fail(_ error: any Error, only: EventLoopPromise<UpstreamAnswer>? = nil) {
+    /// Fails the exchange under way (only if it is exchange number `only`, when given); the
+    /// connection is not kept.
+    func fail(_ error: any Error, only: Int? = nil) {
         keepAlive = false
-        guard let promise, only == nil || only!.futureResult === promise.futureResult else { return }
-        self.promise = nil
+        guard let completion, only == nil || only == exchanges else { return }
+        self.completion = nil
         head = nil
         body = nil
         tap = nil
         passing = false
-        promise.fail(error)
+        completion(.failure(error))
     }
 }

@@ -164,6 +164,41 @@ struct EventLoopRelayTests {
         }
     }
 
+    /// The relay bounds each request from its own start with one timer per client connection:
+    /// requests that together outlast `upstream_timeout` on one kept connection are not cut,
+    /// and a later one whose answer does not come in time is.
+    @Test func eachRequestOnAKeptConnectionHasItsOwnUpstreamTimeout() async throws {
+        try await GatewayTests.withGateway(
+            // Wide margins: a full test run loads the machine (each answer has 1.5 s to spare).
+            GatewayConfiguration(upstreamTimeout: .seconds(3), cancelOnDisconnect: false), immediate: true
+        ) { client, backend in
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive { () -> [(head: String, seconds: Double)] in
+                let connection = try StreamClient(port: port, send: "")
+                defer { connection.close() }
+                var answers: [(head: String, seconds: Double)] = []
+                for sleep in [1500, 1500, 1500, 9000] {
+                    let body = String(buffer: Self.body("m", extra: #","sleep_ms":"# + String(sleep)))
+                    let started = ContinuousClock.now
+                    try connection.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    let head = try connection.readHead()
+                    let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                        .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                    _ = try connection.readBody(length: length)
+                    let elapsed = ContinuousClock.now - started
+                    answers.append((head, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+                }
+                return answers
+            }
+            for answer in answers.prefix(3) {
+                #expect(answer.head.hasPrefix("HTTP/1.1 200"), "an answer within the timeout: \(answer.head)")
+            }
+            #expect(answers[3].head.hasPrefix("HTTP/1.1 502"), "\(answers[3].head)")
+            #expect(answers[3].seconds >= 2.9 && answers[3].seconds < 8.9, "cut after \(answers[3].seconds) s")
+            #expect(backend.released == 4)
+        }
+    }
+
     @Test func anAnswerOverTheLimitGets502() async throws {
         try await GatewayTests.withGateway(GatewayConfiguration(maxResponseBytes: 64), immediate: true) { client, backend in
             let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("m"))

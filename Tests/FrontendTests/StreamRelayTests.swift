@@ -297,14 +297,21 @@ final class StreamClient: @unchecked Sendable {
     /// not read is held back by the server, not by the client's kernel.
     init(port: Int, send: String, receiveBuffer: Int? = nil) throws {
         fd = try RawClient.connect(port: port, receiveBuffer: receiveBuffer)
-        let bytes = Array(send.utf8)
+        do {
+            try self.send(send)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    /// Sends more on the same connection (a next request).
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
         var sent = 0
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else {
-                Glibc.close(fd)
-                throw POSIXError(.EPIPE)
-            }
+            guard n > 0 else { throw POSIXError(.EPIPE) }
             sent += n
         }
     }
@@ -337,6 +344,13 @@ final class StreamClient: @unchecked Sendable {
             }
             try receive()
         }
+    }
+
+    /// A body of `length` bytes (an answer with `Content-Length`).
+    func readBody(length: Int) throws -> String {
+        while pending.count < length { try receive() }
+        defer { pending.removeFirst(length) }
+        return String(decoding: pending[..<length], as: UTF8.self)
     }
 
     /// What comes (chunk framing included) until `marker` has come.

@@ -137,14 +137,28 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
+    /// (Every case with a payload holds one reference: the state is copied at each step.)
     private enum State {
         case idle
         /// A request that may be relayed here, until its end.
-        case collecting(HTTPRequest, Endpoint, ByteBuffer?, ContinuousClock.Instant)
+        case collecting(Collecting)
         /// A request on its way to Hummingbird, until its end.
         case passing
         /// A request relayed here, until its answer is written.
         case relaying(Exchange)
+    }
+
+    private final class Collecting {
+        let head: HTTPRequest
+        let endpoint: Endpoint
+        var body: ByteBuffer?
+        let started: ContinuousClock.Instant
+
+        init(head: HTTPRequest, endpoint: Endpoint) {
+            self.head = head
+            self.endpoint = endpoint
+            started = .now
+        }
     }
 
     /// A reference, so the state holds it without copying its fields at every step.
@@ -153,7 +167,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         let head: HTTPRequest
         var attempt = 0
         var connection: UpstreamConnection?
-        var timeout: Scheduled<Void>?
+        /// When the current attempt's bound runs out (`bound`), and the upstream's reads counted
+        /// when it was set (nil before the answer began).
+        var deadline = NIODeadline.distantFuture
+        var readsSeen: Int?
         /// The request went once more on a new connection after a kept one failed unanswered.
         var resentOnNewConnection = false
         /// A stream whose head has gone to the client, and what follows it to its end.
@@ -198,6 +215,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var idle: ClientIdleHandler?
     /// This handler's context, for requests the front offers directly (`offer`).
     private var ownContext: ChannelHandlerContext?
+    /// The connection's one timer for the exchanges' bounds (`bound`), while one is scheduled.
+    private var watchdog: Scheduled<Void>?
 
     /// Answers go to the socket as bytes while the front parses the connection's requests (or
     /// holds back the codec's until those are answered). A request the codec decoded is answered
@@ -251,10 +270,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// A request still being collected when its input ends or breaks goes to Hummingbird as far
     /// as it came, which answers or drops it as it would have without this handler.
     private func handOnCollected(context: ChannelHandlerContext) {
-        guard case .collecting(let head, _, let body, _) = state else { return }
+        guard case .collecting(let request) = state else { return }
         state = .passing
-        handOn(.head(head), context: context)
-        if let body, body.readableBytes > 0 { handOn(.body(body), context: context) }
+        handOn(.head(request.head), context: context)
+        if let body = request.body, body.readableBytes > 0 { handOn(.body(body), context: context) }
         releaseHeldEvent(context: context)   // a quiesce that waited for this request
     }
 
@@ -274,31 +293,29 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         switch (state, part) {
         case (.idle, .head(let head)):
             if handedOn == 0, !quiescing, gateway.backend.admitsAnyImmediately, let endpoint = Gateway.immediateEndpoint(head) {
-                state = .collecting(head, endpoint, nil, .now)
+                state = .collecting(Collecting(head: head, endpoint: endpoint))
             } else {
                 handOn(part, context: context)
                 state = .passing
             }
-        case (.collecting(let head, let endpoint, var body, let started), .body(var chunk)):
-            state = .idle   // so that the body below is not shared with the state (no copy on write)
-            if body == nil {
-                body = chunk
+        case (.collecting(let request), .body(var chunk)):
+            if request.body == nil {
+                request.body = chunk
             } else {
-                body!.writeBuffer(&chunk)
+                request.body!.writeBuffer(&chunk)
             }
-            if body!.readableBytes > min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit) {
+            if request.body!.readableBytes > min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit) {
                 // Too large to parse on the event loop (or at all: the general path reads the
                 // rest and answers 413).
-                handOn(.head(head), context: context)
-                handOn(.body(body!), context: context)
+                handOn(.head(request.head), context: context)
+                handOn(.body(request.body!), context: context)
                 state = .passing
                 releaseHeldEvent(context: context)   // a quiesce that waited for this request
-            } else {
-                state = .collecting(head, endpoint, body, started)
             }
-        case (.collecting(let head, let endpoint, let body, let started), .end(_)):
+        case (.collecting(let request), .end(_)):
             state = .idle
-            relayOrHandOn(head, endpoint: endpoint, body: body ?? ByteBuffer(), started: started, context: context)
+            relayOrHandOn(request.head, endpoint: request.endpoint, body: request.body ?? ByteBuffer(), started: request.started,
+                          context: context)
         case (.passing, _):
             if case .end = part { state = .idle }
             context.fireChannelRead(wrapInboundOut(part))
@@ -358,7 +375,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         if case .relaying(let exchange) = state {
             // The client left: the upstream request is dropped with its connection.
             state = .idle
-            exchange.timeout?.cancel()
             exchange.connection?.channel.close(promise: nil)
             if let stream = exchange.stream {
                 // As on the general path: the upstream did serve part of the answer.
@@ -371,12 +387,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         held.removeAll()
         socket = nil
         ownContext = nil
+        watchdog?.cancel()
+        watchdog = nil
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         socket = nil
         ownContext = nil
+        watchdog?.cancel()
+        watchdog = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -413,8 +433,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             try? connection.channel.syncOptions?.setOption(.autoRead, value: writable)
             if writable {
                 // Read again: the upstream has a whole `upstream_timeout` from now to send more.
-                exchange.timeout?.cancel()
-                exchange.timeout = armTimeout(attempt: exchange.attempt, readsSeen: connection.handler.reads, context: context)
+                bound(exchange, readsSeen: connection.handler.reads, context: context)
             }
         }
         context.fireChannelWritabilityChanged()
@@ -442,8 +461,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         attempts += 1
         let attempt = attempts
         exchange.attempt = attempt
-        exchange.timeout?.cancel()
-        exchange.timeout = armTimeout(attempt: attempt, readsSeen: nil, context: context)
+        bound(exchange, readsSeen: nil, context: context)
         let (target, bytes) = request
         let limit = gateway.configuration.maxResponseBytes
         let tap = exchange.relay.parsed.stream ? UpstreamStreamTap(
@@ -485,16 +503,31 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// Each attempt's bound (as the general path's): `upstream_timeout` for the answer's head, so
     /// a retried request is bounded too; then, once the answer has begun, the same between its
-    /// reads, so an upstream that stops mid-answer does not hold the client for ever.
-    private func armTimeout(attempt: Int, readsSeen: Int?, context: ChannelHandlerContext) -> Scheduled<Void> {
-        context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(gateway.configuration.upstreamTimeout)) {
-            guard case .relaying(let exchange) = self.state, exchange.attempt == attempt else { return }
+    /// reads, so an upstream that stops mid-answer does not hold the client for ever. Sets the
+    /// exchange's deadline from now; the connection's one timer (`watchdog`) checks it then.
+    private func bound(_ exchange: Exchange, readsSeen: Int?, context: ChannelHandlerContext) {
+        exchange.deadline = .now() + TimeAmount(gateway.configuration.upstreamTimeout)
+        exchange.readsSeen = readsSeen
+        if watchdog == nil { scheduleWatchdog(at: exchange.deadline, context: context) }
+    }
+
+    /// One timer per client connection rather than one scheduled and cancelled per request: it
+    /// stays when an exchange ends, and when it comes it checks the exchange then under way, or
+    /// waits for that one's deadline, or (none under way) ends.
+    private func scheduleWatchdog(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        watchdog = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.watchdog = nil
+            guard case .relaying(let exchange) = self.state else { return }
+            guard NIODeadline.now() >= exchange.deadline else {
+                self.scheduleWatchdog(at: exchange.deadline, context: context)
+                return
+            }
             guard let connection = exchange.connection, connection.handler.answerBegan == false
-                || (connection.handler.reads == readsSeen && context.channel.isWritable)
+                || (connection.handler.reads == exchange.readsSeen && context.channel.isWritable)
             else {
                 // Still connecting (its own timeout bounds that), the answer is still coming, or a
                 // stream is held back by a client that does not take it.
-                exchange.timeout = self.armTimeout(attempt: attempt, readsSeen: exchange.connection?.handler.reads, context: context)
+                self.bound(exchange, readsSeen: exchange.connection?.handler.reads, context: context)
                 return
             }
             let began = connection.handler.answerBegan
@@ -545,7 +578,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// The end of a stream whose head went to the client: its last event (an error event when
     /// it broke), then the end of the answer.
     private func endStream(_ exchange: Exchange, _ stream: RequestObserver, failure: (any Error)?, context: ChannelHandlerContext) {
-        exchange.timeout?.cancel()
         // Not kept: the upstream was asked to close it (`Connection: close`).
         exchange.connection?.channel.close(promise: nil)
         let model = exchange.relay.parsed.model
@@ -592,7 +624,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         switch result {
         case .success(let answer):
-            exchange.timeout?.cancel()
             if let connection = exchange.connection { pool?.release(connection) }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
@@ -657,7 +688,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                     return
                 }
             }
-            exchange.timeout?.cancel()
             if relay.lease.hasAlternatives, hints.excluding.count < 8 {
                 // No other replica can take it at once: nothing was written to the client yet,
                 // so the general path takes the request (it can wait, probe, spill over).
@@ -675,7 +705,6 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// Writes an error answer for the exchange.
     private func finish(_ exchange: Exchange, answer error: GatewayError, context: ChannelHandlerContext) {
-        exchange.timeout?.cancel()
         var (headers, body) = error.encoded
         headers[.contentLength] = String(body.readableBytes)
         addServerHeaders(&headers)

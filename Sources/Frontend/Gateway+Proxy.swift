@@ -185,7 +185,9 @@ extension Gateway {
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))
     }
 
-    static let servedByHeader = HTTPField.Name("x-strata-served-by")!
+    /// The header that names the model that served a request (a fallback, say).
+    static let servedByName: StaticString = "x-strata-served-by"
+    static let servedByHeader = HTTPField.Name(servedByName.description)!
 }
 
 /// An error as people read it in a log line or an error answer: a socket error by its system

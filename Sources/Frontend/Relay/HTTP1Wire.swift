@@ -114,7 +114,7 @@ enum HTTP1Wire {
             }
         }
         field("Content-Type", contentType)
-        if let servedBy { field("x-strata-served-by", servedBy) }
+        if let servedBy { field(Gateway.servedByName, servedBy) }
         if let date { field("Date", date) }
         field("Server", server)
         let hasBody = !(100..<200).contains(status) && status != 204 && status != 304

@@ -472,7 +472,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             }) : nil
         if !exchange.resentOnNewConnection, let connection = pool.idleConnection(to: target) {
             exchange.connection = connection
-            relay(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
+            sendAttempt(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
             return
         }
         pool.newConnection(to: target, connectTimeout: .seconds(5)).assumeIsolated().whenComplete { result in
@@ -484,7 +484,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             switch result {
             case .success(let connection):
                 current.connection = connection
-                self.relay(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
+                self.sendAttempt(bytes, on: connection, attempt: attempt, limit: limit, tap: tap, context: context)
             case .failure(let error):
                 self.answered(.failure(error), exchange: current, context: context)
             }
@@ -492,8 +492,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     /// Sends attempt `attempt`'s request on `connection`; its answer goes to `answered`.
-    private func relay(_ bytes: ByteBuffer, on connection: UpstreamConnection, attempt: Int, limit: Int,
-                       tap: UpstreamStreamTap?, context: ChannelHandlerContext) {
+    private func sendAttempt(_ bytes: ByteBuffer, on connection: UpstreamConnection, attempt: Int, limit: Int,
+                             tap: UpstreamStreamTap?, context: ChannelHandlerContext) {
         connection.send(bytes, limit: limit, tap: tap) { result in
             // Otherwise the client left meanwhile, and the connection was closed then.
             guard case .relaying(let current) = self.state, current.attempt == attempt else { return }

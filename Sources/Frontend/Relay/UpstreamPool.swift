@@ -189,9 +189,6 @@ final class UpstreamPool: @unchecked Sendable {
         scheduleSweep()
     }
 
-    /// Idle connections, all upstreams.
-    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
-
     /// Closes the connections in use (their exchanges fail as their upstream closing would).
     func closeInUse() {
         eventLoop.preconditionInEventLoop()

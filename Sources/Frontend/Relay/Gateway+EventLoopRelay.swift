@@ -24,7 +24,7 @@ extension Gateway {
     {
         let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: extra() + self.channelHandlers())
         guard self.configuration.relayOnEventLoop else { return .http1(configuration: configuration) }
-        let bodyLimit = min(self.configuration.maxBodyBytes, Self.immediateBodyLimit)
+        let bodyLimit = relayBodyLimit
         return HTTPServerBuilder { responder in
             FrontedHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration), bodyLimit: bodyLimit,
                                 socketSide: socketSide)
@@ -53,6 +53,9 @@ extension Gateway {
     /// Largest body parsed on the event loop; larger requests go the general way, so one long
     /// prompt does not hold up the loop's other connections while it is parsed.
     static let immediateBodyLimit = 256 << 10
+
+    /// Largest body the relay collects: `immediateBodyLimit`, or `gateway.max_body_bytes` if lower.
+    var relayBodyLimit: Int { min(configuration.maxBodyBytes, Self.immediateBodyLimit) }
 
     /// The endpoint of a request head the event loop may relay; nil sends it the general way.
     static func immediateEndpoint(_ head: HTTPRequest) -> Endpoint? {
@@ -292,7 +295,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)):
-            if handedOn == 0, !quiescing, gateway.backend.admitsAnyImmediately, let endpoint = Gateway.immediateEndpoint(head) {
+            if let endpoint = collectable(head) {
                 state = .collecting(Collecting(head: head, endpoint: endpoint))
             } else {
                 handOn(part, context: context)
@@ -304,7 +307,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             } else {
                 request.body!.writeBuffer(&chunk)
             }
-            if request.body!.readableBytes > min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit) {
+            if request.body!.readableBytes > gateway.relayBodyLimit {
                 // Too large to parse on the event loop (or at all: the general path reads the
                 // rest and answers 413).
                 handOn(.head(request.head), context: context)
@@ -331,13 +334,20 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// nothing, where `take` must see the parts: anything but a request this handler would
     /// collect now.
     func offer(_ head: HTTPRequest, body: ByteBuffer) -> Bool {
-        guard let context = ownContext, let idle, case .idle = state, held.isEmpty, handedOn == 0, !quiescing,
-            body.readableBytes <= min(gateway.configuration.maxBodyBytes, Gateway.immediateBodyLimit),
-            gateway.backend.admitsAnyImmediately, let endpoint = Gateway.immediateEndpoint(head)
+        guard let context = ownContext, let idle, case .idle = state, held.isEmpty,
+            body.readableBytes <= gateway.relayBodyLimit, let endpoint = collectable(head)
         else { return false }
         idle.requestTaken()
         relayOrHandOn(head, endpoint: endpoint, body: body, started: .now, context: context)
         return true
+    }
+
+    /// The endpoint of a request this handler would collect now; nil sends it to Hummingbird
+    /// (one before it is still there, shutdown has begun, nothing can be admitted at once, or
+    /// not a POST to an OpenAI endpoint).
+    private func collectable(_ head: HTTPRequest) -> Endpoint? {
+        guard handedOn == 0, !quiescing, gateway.backend.admitsAnyImmediately else { return nil }
+        return Gateway.immediateEndpoint(head)
     }
 
     /// A whole request: relayed here if the gateway admits it at once, else on to Hummingbird.
@@ -385,14 +395,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         }
         held.removeAll()
-        socket = nil
-        ownContext = nil
-        watchdog?.cancel()
-        watchdog = nil
+        detach()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        detach()
+    }
+
+    /// Drops what holds the pipeline's contexts (and the timer that holds this handler).
+    private func detach() {
         socket = nil
         ownContext = nil
         watchdog?.cancel()

@@ -74,7 +74,7 @@ enum HTTP1Wire {
     static func response(_ response: HTTPResponse, body: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: 256 + body.readableBytes)
         var response = response
-        let hasBody = !(100..<200).contains(response.status.code) && response.status.code != 204 && response.status.code != 304
+        let hasBody = Self.hasBody(status: response.status.code)
         if !hasBody { response.headerFields[.contentLength] = nil }
         responseHead(response, chunked: false, into: &out)
         if hasBody {
@@ -110,14 +110,14 @@ enum HTTP1Wire {
             if canCarry(value) {
                 out.writeString(value)
             } else {
-                for byte in value.utf8 { out.writeInteger(byte == 0x0D || byte == 0x0A || byte == 0x00 ? UInt8(ascii: " ") : byte) }
+                for byte in value.utf8 { out.writeInteger(breaksLine(byte) ? UInt8(ascii: " ") : byte) }
             }
         }
         field("Content-Type", contentType)
         if let servedBy { field(Gateway.servedByName, servedBy) }
         if let date { field("Date", date) }
         field("Server", server)
-        let hasBody = !(100..<200).contains(status) && status != 204 && status != 304
+        let hasBody = Self.hasBody(status: status)
         if hasBody { field("Content-Length", String(body.readableBytes)) }
         out.writeStaticString("\r\n\r\n")
         if hasBody {
@@ -147,7 +147,17 @@ enum HTTP1Wire {
 
     /// Whether HTTP/1 can carry `value` as a field value as it is (no CR, LF or NUL).
     static func canCarry(_ value: String) -> Bool {
-        !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }
+        !value.utf8.contains(where: breaksLine)
+    }
+
+    /// CR, LF or NUL: a byte no field value (nor the path) may carry.
+    private static func breaksLine(_ byte: UInt8) -> Bool {
+        byte == 0x0D || byte == 0x0A || byte == 0x00
+    }
+
+    /// Whether an answer with `status` has a body (RFC 9110 6.4.1: not 1xx, 204 or 304).
+    static func hasBody(status: Int) -> Bool {
+        !(100..<200).contains(status) && status != 204 && status != 304
     }
 
     static func isToken(_ byte: UInt8) -> Bool {
@@ -365,7 +375,7 @@ struct HTTP1ResponseParser {
             return nil   // 100 Continue, 103 Early Hints: the answer follows
         }
         var keepAlive = minor == 1 ? !close : keepAliveToken && !close
-        if status == 204 || status == 304 {
+        if !HTTP1Wire.hasBody(status: status) {   // (1xx returned above)
             state = .head
             pendingEnd = true
         } else if transferEncoded {

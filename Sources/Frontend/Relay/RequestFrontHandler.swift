@@ -20,7 +20,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
-    /// Largest body taken here (`Gateway.immediateBodyLimit`, or `gateway.max_body_bytes` if lower);
+    /// Largest body taken here (`Gateway.relayBodyLimit`);
     /// a larger one goes through the codec, which streams it.
     private let bodyLimit: Int
     /// Where parsed parts go in: the context of the HTTP/1-to-HTTPTypes codec (they reach the

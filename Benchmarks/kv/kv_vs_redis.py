@@ -10,6 +10,10 @@ a JSON line.
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
                       [--keyspace N] [--min-requests 200] [--cell-bytes 2GiB] [--kv-threads N]
+                      [--durability cache|durable]
+`--durability durable`: Strata acknowledges a SET once its value and key record are on disk;
+redis-server then runs with `--appendonly yes --appendfsync always` (its AOF fsynced before
+each reply), the nearest Redis has to the same promise.
 Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 """
 import argparse
@@ -81,6 +85,8 @@ def main():
                     help="bytes of values a cell moves at most (fewer requests for large values); larger: longer, steadier cells")
     ap.add_argument("--kv-threads", type=int, default=0,
                     help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
+    ap.add_argument("--durability", choices=["cache", "durable"], default="cache",
+                    help="Strata's kv.durability; durable also runs redis-server with appendfsync always")
     a = ap.parse_args()
     sizes = [size(s) for s in a.sizes.split(",")]
     depths = [int(p) for p in a.pipeline.split(",")]
@@ -90,15 +96,15 @@ def main():
     try:
         redis_port, strata_port, http_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
+            + (["--appendonly", "yes", "--appendfsync", "always"] if a.durability == "durable" else ["--appendonly", "no"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = work / "strata.yaml"
         config.write_text(f"""
 listen: 127.0.0.1:{http_port}
 state_dir: {work}/state
 log_level: warning
 tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{strata_port}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
+kv: {{ resp: 127.0.0.1:{strata_port}, durability: {a.durability}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
 models: []
 """)
         log = open(work / "strata.log", "wb")

@@ -64,4 +64,43 @@ struct CodecAndMigrationTests {
         try SQLiteDatabase(path: future).execute("PRAGMA user_version = 99")
         #expect(throws: SQLiteDatabase.Error.self) { try BlockCatalog(path: future) }
     }
+
+    /// The KV service's key records go through the catalog's batches: what a sequence of puts
+    /// and removals leaves is what a reopened catalog loads, every key byte intact (keys are
+    /// stored as hex), and concurrent puts all commit.
+    @Test func keyRecordsCommitInOrderWithEveryKeyByte() async throws {
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/catalog.sqlite"
+        let every = (0...255).map { UInt8($0) }
+        #expect(KVRecord(namespace: "a", key: [0x00, 0x0F, 0xA5, 0xFF], version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
+                == "000fa5ff")
+        do {
+            let catalog = try BlockCatalog(path: path)
+            try await catalog.putKV(KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: nil, sequence: 1))
+            try await catalog.putKV(KVRecord(namespace: "a", key: [1], version: 2, size: 20, expiresAt: 5_000, sequence: 2))
+            try await catalog.putKV(KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2))
+            try await catalog.putKV(KVRecord(namespace: "a", key: [2], version: 4, size: 40, expiresAt: nil, sequence: 3))
+            try await catalog.removeKV(namespace: "a", key: [2])
+            try await catalog.putKV(KVRecord(namespace: "b", key: [3], version: 5, size: 50, expiresAt: nil, sequence: 4))
+            try await catalog.removeKVNamespace("b")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for n in 0..<64 {
+                    group.addTask {
+                        try await catalog.putKV(KVRecord(namespace: "c", key: Array("key\(n)".utf8), version: UInt64(n), size: n,
+                                                         expiresAt: nil, sequence: UInt64(100 + n)))
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let loaded = try BlockCatalog(path: path).loadKV()
+        let byKey = Dictionary(uniqueKeysWithValues: loaded.map { ("\($0.namespace)/\($0.key)", $0) })
+        #expect(loaded.count == 2 + 64)
+        #expect(byKey["a/\(every)"] == KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: nil, sequence: 1))
+        #expect(byKey["a/[1]"] == KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2))
+        #expect(byKey["a/[2]"] == nil && !loaded.contains { $0.namespace == "b" })
+        #expect(loaded.filter { $0.namespace == "c" }.map(\.size).sorted() == Array(0..<64))
+    }
+
 }

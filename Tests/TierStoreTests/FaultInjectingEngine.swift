@@ -78,7 +78,18 @@ final class FaultInjectingEngine: IOEngine {
         try await base.write(fd: fd, from: buffer, range: range, at: offset)
     }
 
+    /// Syncs that reached the engine (failed ones included), since the engine was made.
+    var syncsStarted: Int { syncLog.withLock { $0.started } }
+    /// Each sync takes at least this long (a slow device), when set.
+    func slowSyncs(by delay: Duration?) { syncLog.withLock { $0.delay = delay } }
+    private let syncLog = Mutex<(started: Int, delay: Duration?)>((0, nil))
+
     func sync(fd: Int32, dataOnly: Bool) async throws {
+        let delay = syncLog.withLock { log -> Duration? in
+            log.started += 1
+            return log.delay
+        }
+        if let delay { try? await Task.sleep(for: delay) }
         if let code = fault(\.syncErrno, count: \.syncs) { throw IOError(operation: "fsync", errno: code, detail: "injected") }
         try await base.sync(fd: fd, dataOnly: dataOnly)
     }

@@ -225,4 +225,77 @@ struct SegmentLogTests {
         #expect(maybe == nil || maybe == Self.payload(10_000, seed: 2), "the unacknowledged put is absent or whole")
         await reopened.close()
     }
+
+    /// Durable puts under way together share their segment's fdatasync (group commit): on a
+    /// device whose syncs are slow, 32 concurrent puts take a few syncs, not 32, and every one
+    /// acknowledged is there after a reopen.
+    @Test func concurrentDurablePutsShareSyncsAndSurviveReopen() async throws {
+        let engine = FaultInjectingEngine(base: try IOEngineKind.psync.make(queueDepth: 8))
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        engine.slowSyncs(by: .milliseconds(200))
+        let before = engine.syncsStarted
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for n in 0..<32 {
+                group.addTask { try await log.put(BlockKey(bytes: [UInt8(n)]), Self.payload(4096, seed: UInt64(n)), durable: true) }
+            }
+            try await group.waitForAll()
+        }
+        let syncs = engine.syncsStarted - before
+        #expect(syncs >= 1 && syncs <= 4, "32 durable puts took \(syncs) syncs")
+        await log.close()
+        engine.slowSyncs(by: nil)
+        let reopened = try await SegmentLog.open(config, engine: engine)
+        for n in 0..<32 {
+            #expect(try await reopened.get(BlockKey(bytes: [UInt8(n)])) == Self.payload(4096, seed: UInt64(n)))
+        }
+        await reopened.close()
+    }
+
+    /// A shared sync that fails fails every put it covered, and only those: each put that was
+    /// acknowledged is there after a reopen, and each that failed is absent or whole.
+    @Test func aFailedSharedSyncFailsThePutsItCoveredAndNoOthers() async throws {
+        let engine = FaultInjectingEngine(base: try IOEngineKind.psync.make(queueDepth: 8))
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        engine.slowSyncs(by: .milliseconds(100))
+        engine.arm(.init(syncErrno: EIO, after: 0, times: 1))
+        let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
+            for n in 0..<16 {
+                group.addTask {
+                    do {
+                        try await log.put(BlockKey(bytes: [UInt8(n)]), Self.payload(4096, seed: UInt64(n)), durable: true)
+                        return (n, true)
+                    } catch {
+                        return (n, false)
+                    }
+                }
+            }
+            return await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(outcomes.values.contains(false), "the failing sync failed the puts it covered")
+        // A put after the fault is acknowledged as usual.
+        try await log.put(BlockKey(bytes: [99]), Self.payload(4096, seed: 99), durable: true)
+        await log.close()
+        engine.disarm()
+        engine.slowSyncs(by: nil)
+        let reopened = try await SegmentLog.open(config, engine: engine)
+        for (n, acknowledged) in outcomes {
+            let found = try await reopened.get(BlockKey(bytes: [UInt8(n)]))
+            if acknowledged {
+                #expect(found == Self.payload(4096, seed: UInt64(n)), "acknowledged put \(n) is there")
+            } else {
+                #expect(found == nil || found == Self.payload(4096, seed: UInt64(n)), "failed put \(n) is absent or whole")
+            }
+        }
+        #expect(try await reopened.get(BlockKey(bytes: [99])) == Self.payload(4096, seed: 99))
+        await reopened.close()
+    }
+
 }

@@ -86,6 +86,10 @@ public actor SegmentLog {
     var closing: [Int: (Int32, String)] = [:]
     /// Segments written since their last fsync (by cache puts).
     var unsynced: Set<Int> = []
+    /// Durable puts waiting for the next fdatasync of their segment, and the segments whose
+    /// sync rounds are running (`syncGrouped`).
+    private var syncWaiters: [Int: [CheckedContinuation<Void, any Error>]] = [:]
+    private var syncing: Set<Int> = []
     public private(set) var stats = Stats()
     let buffers = IOBufferPool()
 
@@ -246,7 +250,7 @@ public actor SegmentLog {
         defer { unpin(segment.id) }
         do {
             try await engine.write(fd: segment.fd, from: buffer, range: 0..<recordLength, at: offset)
-            if durable { try await engine.sync(fd: segment.fd, dataOnly: true) }
+            if durable { try await syncGrouped(segment.id, fd: segment.fd) }
         } catch {
             // Nothing after a failed write is appended to this segment, so recovery never has
             // to guess what a hole means.
@@ -271,6 +275,32 @@ public actor SegmentLog {
             .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                   payloadLength: record.payloadLength),
             durable: durable)
+    }
+
+    /// Makes this put's write durable with an fdatasync of its segment that starts after the
+    /// write completed: shared by every durable put to the segment whose write completed by
+    /// then (group commit), so concurrent puts cost one sync a round, not one each. The caller
+    /// holds a pin on the segment, so its descriptor stays open until the round is done.
+    private func syncGrouped(_ id: Int, fd: Int32) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            syncWaiters[id, default: []].append(continuation)
+            if syncing.insert(id).inserted {
+                Task { await self.runSyncRounds(id, fd: fd) }
+            }
+        }
+    }
+
+    /// Syncs the segment for the puts waiting, round after round, until none waits.
+    private func runSyncRounds(_ id: Int, fd: Int32) async {
+        while let waiters = syncWaiters.removeValue(forKey: id), !waiters.isEmpty {
+            do {
+                try await engine.sync(fd: fd, dataOnly: true)
+                for waiter in waiters { waiter.resume() }
+            } catch {
+                for waiter in waiters { waiter.resume(throwing: error) }
+            }
+        }
+        syncing.remove(id)
     }
 
     /// Makes every block appended so far durable: fsyncs the segments written without sync

@@ -1,8 +1,9 @@
 import Foundation
 
 /// Where each NVMe block lives, in SQLite (WAL), so a restart finds blocks without reading the
-/// segments. Commits are batched: entries queue up and one transaction writes them all; a
-/// durable put waits for the commit that holds its entry (group commit), a cache put does not.
+/// segments. Commits are batched: entries and the KV service's key records queue up and one
+/// transaction writes them all; a durable put or a key record waits for the commit that holds
+/// it (group commit), a cache put does not.
 /// All SQLite work runs on one serial queue, off the callers' threads.
 final class BlockCatalog: @unchecked Sendable {
     struct Entry: Equatable, Sendable {
@@ -49,6 +50,7 @@ final class BlockCatalog: @unchecked Sendable {
     private var pending: [Entry] = []
     private var pendingDeletes: [BlockKey] = []
     private var droppedSegments: [Int] = []
+    private var pendingKV: [KVChange] = []
     private var waiters: [CheckedContinuation<Void, any Error>] = []
     private var flushScheduled = false
 
@@ -115,30 +117,34 @@ final class BlockCatalog: @unchecked Sendable {
     }
 
     /// Writes (or replaces) a key's record and commits it before returning (after the blocks
-    /// it names, which the caller put durably first).
+    /// it names, which the caller put durably first). Queued with the block entries and the other
+    /// key records of the moment: one commit for all of them (group commit).
     func putKV(_ record: KVRecord) async throws {
-        try await onQueue { database in
-            try database.run(
-                """
-                INSERT INTO kv (namespace, key, version, size, expires_at, sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                ON CONFLICT (namespace, key) DO UPDATE SET version = excluded.version, size = excluded.size,
-                  expires_at = excluded.expires_at, sequence = excluded.sequence
-                """,
-                rows: [[record.namespace, record.keyHex, Int64(bitPattern: record.version), Int64(record.size),
-                        record.expiresAt ?? 0, Int64(bitPattern: record.sequence)]])
-        }
+        try await commitKV(.put(record))
     }
 
     func removeKV(namespace: String, key: [UInt8]) async throws {
         let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
-        try await onQueue { database in try database.run("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", rows: [[namespace, hex]]) }
+        try await commitKV(.remove(namespace: namespace, keyHex: hex))
     }
 
     func removeKVNamespace(_ namespace: String) async throws {
-        try await onQueue { database in try database.run("DELETE FROM kv WHERE namespace = ?1", rows: [[namespace]]) }
+        try await commitKV(.removeNamespace(namespace))
     }
 
-    /// Runs `body` on the catalog's queue, after what is queued so far.
+    /// A change to the key directory, applied in the order queued.
+    private enum KVChange {
+        case put(KVRecord)
+        case remove(namespace: String, keyHex: String)
+        case removeNamespace(String)
+    }
+
+    private func commitKV(_ change: KVChange) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            enqueue { $0.pendingKV.append(change); $0.waiters.append(continuation) }
+        }
+    }
+
     private func onQueue(_ body: @escaping @Sendable (SQLiteDatabase) throws -> Void) async throws {
         try await flush()
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -198,8 +204,8 @@ final class BlockCatalog: @unchecked Sendable {
 
     private func commitBatch() {
         lock.lock()
-        let entries = pending, deletes = pendingDeletes, segments = droppedSegments, batchWaiters = waiters
-        pending = []; pendingDeletes = []; droppedSegments = []; waiters = []
+        let entries = pending, deletes = pendingDeletes, segments = droppedSegments, kv = pendingKV, batchWaiters = waiters
+        pending = []; pendingDeletes = []; droppedSegments = []; pendingKV = []; waiters = []
         flushScheduled = false
         lock.unlock()
         do {
@@ -225,11 +231,33 @@ final class BlockCatalog: @unchecked Sendable {
             try database.run(
                 "INSERT INTO segments VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET catalogued_end = max(catalogued_end, excluded.catalogued_end)",
                 rows: ends.map { [Int64($0.key), Int64($0.value)] })
+            try applyKV(kv)
             try database.execute("COMMIT")
             for waiter in batchWaiters { waiter.resume() }
         } catch {
             try? database.execute("ROLLBACK")
             for waiter in batchWaiters { waiter.resume(throwing: error) }
+        }
+    }
+
+    /// Key-directory changes in the order they were queued (after the blocks they name).
+    private func applyKV(_ changes: [KVChange]) throws {
+        for change in changes {
+            switch change {
+            case .put(let record):
+                try database.run(
+                    """
+                    INSERT INTO kv (namespace, key, version, size, expires_at, sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    ON CONFLICT (namespace, key) DO UPDATE SET version = excluded.version, size = excluded.size,
+                      expires_at = excluded.expires_at, sequence = excluded.sequence
+                    """,
+                    rows: [[record.namespace, record.keyHex, Int64(bitPattern: record.version), Int64(record.size),
+                            record.expiresAt ?? 0, Int64(bitPattern: record.sequence)]])
+            case .remove(let namespace, let keyHex):
+                try database.run("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", rows: [[namespace, keyHex]])
+            case .removeNamespace(let namespace):
+                try database.run("DELETE FROM kv WHERE namespace = ?1", rows: [[namespace]])
+            }
         }
     }
 }

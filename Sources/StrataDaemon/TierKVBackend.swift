@@ -9,9 +9,10 @@ import TierStore
 /// keys derived from (namespace, key, version, part), so tenants never share blocks and a
 /// rewrite never mixes with the value it replaces. The directory (key → size, version, expiry)
 /// is in memory. With durability `cache` a write is acknowledged once in RAM and a restart
-/// starts empty; with `durable` the parts are put durably (fdatasync'd, catalogued) and then the
-/// key's record is committed to the catalog before the write is acknowledged, and the directory
-/// is loaded from the catalog at start. Either way a value whose blocks are gone (evicted with
+/// starts empty; with `durable` the parts are put durably (fdatasync'd) and then the key's
+/// record is committed to the catalog, with the parts' entries and whatever else is queued
+/// (group commit), before the write is acknowledged, and the directory is loaded from the
+/// catalog at start. Either way a value whose blocks are gone (evicted with
 /// eviction `drop`, lost) reads as absent, never as something else: every block is checksummed.
 ///
 /// The directory is under a lock, never held across a wait, so a GET of a value in RAM and a
@@ -368,8 +369,10 @@ final class TierKVBackend: KVBackend, Sendable {
         do {
             repeat {
                 let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
+                // Durable: on disk now, catalogued by the commit of the key's record below (one
+                // commit for both, shared with the other writes of the moment).
                 try await store.put(Self.blockKey(namespace, name, version: version, part: part),
-                                    bytes: slice.readableBytesView, durable: durable)
+                                    bytes: slice.readableBytesView, durable: durable, awaitingCatalog: false)
                 part += 1
             } while remaining.readableBytes > 0
         } catch {

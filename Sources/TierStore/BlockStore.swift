@@ -300,12 +300,15 @@ public final class BlockStore: Sendable {
     }
 
     /// `put` from any contiguous bytes (a network buffer's view): a block that goes to RAM is
-    /// copied once, into the arena, with no array in between.
-    public func put<Bytes: RandomAccessCollection<UInt8> & Sendable>(_ key: BlockKey, bytes: Bytes, durable: Bool) async throws {
+    /// copied once, into the arena, with no array in between. `awaitingCatalog: false` (durable
+    /// only): see `SegmentLog.put`; for a caller that commits a record naming the block next.
+    public func put<Bytes: RandomAccessCollection<UInt8> & Sendable>(
+        _ key: BlockKey, bytes: Bytes, durable: Bool, awaitingCatalog: Bool = true
+    ) async throws {
         let (generation, previous) = generations.bump(key)
         if durable {
             do {
-                try await nvme.put(key, Array(bytes), durable: true)
+                try await nvme.put(key, Array(bytes), durable: true, awaitingCatalog: awaitingCatalog)
             } catch {
                 generations.restore(key, to: previous, ifCurrent: generation)
                 throw error

@@ -72,7 +72,12 @@ final class FaultInjectingEngine: IOEngine {
         return try await base.read(fd: fd, into: buffer, range: range, at: offset)
     }
 
+    /// Writes that reached the engine, since the engine was made.
+    var writesStarted: Int { writeCount.withLock { $0 } }
+    private let writeCount = Mutex(0)
+
     func write(fd: Int32, from buffer: IOBuffer, range: Range<Int>, at offset: UInt64) async throws {
+        writeCount.withLock { $0 += 1 }
         await passGate()
         if let code = fault(\.writeErrno, count: \.writes) { throw IOError(operation: "write", errno: code, detail: "injected") }
         try await base.write(fd: fd, from: buffer, range: range, at: offset)

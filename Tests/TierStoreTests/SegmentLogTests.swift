@@ -226,10 +226,11 @@ struct SegmentLogTests {
         await reopened.close()
     }
 
-    /// Durable puts under way together share their segment's fdatasync (group commit): on a
-    /// device whose syncs are slow, 32 concurrent puts take a few syncs, not 32, and every one
-    /// acknowledged is there after a reopen.
-    @Test func concurrentDurablePutsShareSyncsAndSurviveReopen() async throws {
+    /// Durable puts under way together share their segment's writes and fdatasyncs (group
+    /// commit): while one write is held up, 32 concurrent puts queue and go in a few writes, not
+    /// 32; on a device whose syncs are slow they take a few syncs; every one acknowledged is there
+    /// after a reopen, whole.
+    @Test func concurrentDurablePutsShareWritesAndSyncsAndSurviveReopen() async throws {
         let engine = FaultInjectingEngine(base: try IOEngineKind.psync.make(queueDepth: 8))
         defer { engine.shutdown() }
         let dir = Self.directory()
@@ -237,20 +238,25 @@ struct SegmentLogTests {
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 4 << 20)
         let log = try await SegmentLog.open(config, engine: engine)
         engine.slowSyncs(by: .milliseconds(200))
-        let before = engine.syncsStarted
+        let (writesBefore, syncsBefore) = (engine.writesStarted, engine.syncsStarted)
+        engine.hold()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for n in 0..<32 {
-                group.addTask { try await log.put(BlockKey(bytes: [UInt8(n)]), Self.payload(4096, seed: UInt64(n)), durable: true) }
+                group.addTask { try await log.put(BlockKey(bytes: [UInt8(n)]), Self.payload(4096 + n, seed: UInt64(n)), durable: true) }
             }
+            while engine.writesHeld == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            try await Task.sleep(for: .milliseconds(200))   // the other 31 queue behind the held write
+            engine.release()
             try await group.waitForAll()
         }
-        let syncs = engine.syncsStarted - before
+        let writes = engine.writesStarted - writesBefore, syncs = engine.syncsStarted - syncsBefore
+        #expect(writes >= 2 && writes <= 4, "32 durable puts took \(writes) writes")
         #expect(syncs >= 1 && syncs <= 4, "32 durable puts took \(syncs) syncs")
         await log.close()
         engine.slowSyncs(by: nil)
         let reopened = try await SegmentLog.open(config, engine: engine)
         for n in 0..<32 {
-            #expect(try await reopened.get(BlockKey(bytes: [UInt8(n)])) == Self.payload(4096, seed: UInt64(n)))
+            #expect(try await reopened.get(BlockKey(bytes: [UInt8(n)])) == Self.payload(4096 + n, seed: UInt64(n)))
         }
         await reopened.close()
     }

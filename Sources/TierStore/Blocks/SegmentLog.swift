@@ -90,6 +90,16 @@ public actor SegmentLog {
     /// sync rounds are running (`syncGrouped`).
     private var syncWaiters: [Int: [CheckedContinuation<Void, any Error>]] = [:]
     private var syncing: Set<Int> = []
+    /// Small records waiting to be written to their segment, and the segments being written
+    /// (`writeCombined`).
+    private struct QueuedWrite {
+        var offset: UInt64
+        var buffer: IOBuffer
+        var length: Int
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+    private var writeQueue: [Int: [QueuedWrite]] = [:]
+    private var writing: Set<Int> = []
     public private(set) var stats = Stats()
     let buffers = IOBufferPool()
 
@@ -122,12 +132,18 @@ public actor SegmentLog {
     /// Appends the block. `unlessSuperseded` is checked on the log's executor just before the
     /// block gets its sequence number: a caller whose value may have been replaced meanwhile
     /// (a queued demotion) skips the write rather than land an older value on top.
+    ///
+    /// `awaitingCatalog: false` (with `durable`): returns once the block is on disk; its catalog
+    /// entry is committed with the next commit rather than waited for. A caller that commits a
+    /// record naming the block next (`putKVRecord`) makes both durable in that one commit; until
+    /// then a restart still finds the block, by scanning past the catalogued end.
     public func put(
-        _ key: BlockKey, _ payload: [UInt8], durable: Bool, unlessSuperseded: (@Sendable () -> Bool)? = nil
+        _ key: BlockKey, _ payload: [UInt8], durable: Bool, awaitingCatalog: Bool = true,
+        unlessSuperseded: (@Sendable () -> Bool)? = nil
     ) async throws {
         if let unlessSuperseded, unlessSuperseded() { return }
         let record = try payload.withUnsafeBytes { try prepare(key, payload: $0) }
-        try await append(record, durable: durable)
+        try await append(record, durable: durable, awaitingCatalog: awaitingCatalog)
     }
 
     /// Appends `buffer[range]` as the block: the path for callers that stream through their own
@@ -222,19 +238,19 @@ public actor SegmentLog {
                               header: header)
     }
 
-    private func append(_ record: PreparedRecord, durable: Bool) async throws {
+    private func append(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool = true) async throws {
         defer { if record.pooled { buffers.give(record.buffer) } }
         do {
-            try await appendOnce(record, durable: durable)
+            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog)
         } catch let error as IOError where error.isNoSpace {
             // The filesystem filled before the budget did. If the oldest segments can make room,
             // the block goes once more, into a new segment (the failed one takes no more).
             guard fitBudgetToFilesystem(failedForSpace: true) else { throw error }
-            try await appendOnce(record, durable: durable)
+            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog)
         }
     }
 
-    private func appendOnce(_ record: PreparedRecord, durable: Bool) async throws {
+    private func appendOnce(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool) async throws {
         let (key, buffer, recordLength) = (record.key, record.buffer, record.recordLength)
         var segment = try activeSegment(room: recordLength)
         let offset = segment.end
@@ -249,7 +265,7 @@ public actor SegmentLog {
         pin(segment.id)
         defer { unpin(segment.id) }
         do {
-            try await engine.write(fd: segment.fd, from: buffer, range: 0..<recordLength, at: offset)
+            try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset)
             if durable { try await syncGrouped(segment.id, fd: segment.fd) }
         } catch {
             // Nothing after a failed write is appended to this segment, so recovery never has
@@ -274,7 +290,73 @@ public actor SegmentLog {
         try await catalog.record(
             .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                   payloadLength: record.payloadLength),
-            durable: durable)
+            durable: durable && awaitingCatalog)
+    }
+
+    /// Records up to this long are written together with the others waiting for their
+    /// segment (`writeCombined`), in writes of at most `combinedWriteBytes`.
+    static let combinableRecordBytes = 128 << 10
+    static let combinedWriteBytes = 1 << 20
+
+    /// Writes the record at its offset. A small one waits with the others queued for the same
+    /// segment while a write to it is under way; then the waiting records that lie end to end
+    /// go in one write (copied into one buffer): concurrent small puts cost one O_DIRECT write
+    /// a round, not one each. The bytes land where they would alone, so recovery reads them the
+    /// same; a write that fails fails every record in it. The caller holds a pin on the segment.
+    private func writeCombined(_ id: Int, fd: Int32, buffer: IOBuffer, length: Int, at offset: UInt64) async throws {
+        guard length <= Self.combinableRecordBytes else {
+            return try await engine.write(fd: fd, from: buffer, range: 0..<length, at: offset)
+        }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            writeQueue[id, default: []].append(QueuedWrite(offset: offset, buffer: buffer, length: length,
+                                                           continuation: continuation))
+            if writing.insert(id).inserted {
+                Task { await self.runWriteRounds(id, fd: fd) }
+            }
+        }
+    }
+
+    /// Writes the segment's queued records, round after round, until none is queued.
+    private func runWriteRounds(_ id: Int, fd: Int32) async {
+        while let queued = writeQueue.removeValue(forKey: id), !queued.isEmpty {
+            var run: [QueuedWrite] = []
+            var runBytes = 0
+            for write in queued.sorted(by: { $0.offset < $1.offset }) {
+                if let last = run.last, last.offset + UInt64(last.length) != write.offset
+                    || runBytes + write.length > Self.combinedWriteBytes
+                {
+                    await writeRun(run, fd: fd, bytes: runBytes)
+                    run = []
+                    runBytes = 0
+                }
+                run.append(write)
+                runBytes += write.length
+            }
+            await writeRun(run, fd: fd, bytes: runBytes)
+        }
+        writing.remove(id)
+    }
+
+    /// Records lying end to end, in one write.
+    private func writeRun(_ run: [QueuedWrite], fd: Int32, bytes: Int) async {
+        guard let first = run.first else { return }
+        do {
+            if run.count == 1 {
+                try await engine.write(fd: fd, from: first.buffer, range: 0..<first.length, at: first.offset)
+            } else {
+                let combined = buffers.take(atLeast: bytes)
+                defer { buffers.give(combined) }
+                var at = 0
+                for write in run {
+                    combined[at..<at + write.length].copyMemory(from: UnsafeRawBufferPointer(write.buffer[0..<write.length]))
+                    at += write.length
+                }
+                try await engine.write(fd: fd, from: combined, range: 0..<bytes, at: first.offset)
+            }
+            for write in run { write.continuation.resume() }
+        } catch {
+            for write in run { write.continuation.resume(throwing: error) }
+        }
     }
 
     /// Makes this put's write durable with an fdatasync of its segment that starts after the

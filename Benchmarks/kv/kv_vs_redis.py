@@ -10,7 +10,9 @@ a JSON line.
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
                       [--keyspace N] [--min-requests 200] [--cell-bytes 2GiB] [--kv-threads N]
-                      [--durability cache|durable]
+                      [--durability cache|durable] [--strata-before OLD_BINARY]
+`--strata-before`: an earlier build as a third server in the same rounds (its own state
+directory and ports), alternating with the other two; its column and ratio are printed too.
 `--durability durable`: Strata acknowledges a SET once its value and key record are on disk;
 redis-server then runs with `--appendonly yes --appendfsync always` (its AOF fsynced before
 each reply), the nearest Redis has to the same promise.
@@ -87,6 +89,7 @@ def main():
                     help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
     ap.add_argument("--durability", choices=["cache", "durable"], default="cache",
                     help="Strata's kv.durability; durable also runs redis-server with appendfsync always")
+    ap.add_argument("--strata-before", help="an earlier strata binary, measured in the same rounds")
     a = ap.parse_args()
     sizes = [size(s) for s in a.sizes.split(",")]
     depths = [int(p) for p in a.pipeline.split(",")]
@@ -98,47 +101,61 @@ def main():
         procs.append(subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
             + (["--appendonly", "yes", "--appendfsync", "always"] if a.durability == "durable" else ["--appendonly", "no"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        config = work / "strata.yaml"
-        config.write_text(f"""
-listen: 127.0.0.1:{http_port}
-state_dir: {work}/state
+        servers = [("redis", redis_port), ("strata", strata_port)]
+        binaries = [("strata", a.strata, strata_port, http_port)]
+        if a.strata_before:
+            before_port = free_port()
+            servers.append(("before", before_port))
+            binaries.append(("before", a.strata_before, before_port, free_port()))
+        for name, binary, port, admin_port in binaries:
+            config = work / f"{name}.yaml"
+            config.write_text(f"""
+listen: 127.0.0.1:{admin_port}
+state_dir: {work}/state-{name}
 log_level: warning
-tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{strata_port}, durability: {a.durability}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
+tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm-{name} }}, nvme: {{ budget: 64GiB }} }}
+kv: {{ resp: 127.0.0.1:{port}, durability: {a.durability}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
 models: []
 """)
-        log = open(work / "strata.log", "wb")
-        procs.append(subprocess.Popen([a.strata, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
-        wait_ready(redis_port)
-        wait_ready(strata_port)
+            log = open(work / f"{name}.log", "wb")
+            procs.append(subprocess.Popen([binary, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
+        for _, port in servers:
+            wait_ready(port)
 
         results = {}   # (size, depth, server, op) -> [rps]
         for run in range(a.runs):
             for value in sizes:
                 for depth in depths:
-                    order = [("redis", redis_port), ("strata", strata_port)]
-                    if (run + sizes.index(value) + depths.index(depth)) % 2:
-                        order.reverse()
+                    # a different server first in each cell, round-robin
+                    turn = (run + sizes.index(value) + depths.index(depth)) % len(servers)
+                    order = servers[turn:] + servers[:turn]
                     for server, port in order:
                         # bound the bytes moved per cell (large values need fewer requests)
                         n = max(a.min_requests, min(a.requests, size(a.cell_bytes) // max(value, 1)))
                         for op, rps in bench(port, value, a.clients, n, depth, a.keyspace).items():
                             results.setdefault((value, depth, server, op), []).append(rps)
                     print(f"run {run + 1} {value} B P{depth}: " + ", ".join(
-                        f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s in ("redis", "strata") for op in ("SET", "GET")),
+                        f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s, _ in servers for op in ("SET", "GET")),
                         file=sys.stderr)
 
         print(f"redis-benchmark -c {a.clients}, medians of {a.runs} alternating runs, requests/s")
-        print(f"{'value':>8} {'pipe':>4} {'op':>4} {'redis':>10} {'strata':>10} {'strata/redis':>13}")
+        before = a.strata_before is not None
+        print(f"{'value':>8} {'pipe':>4} {'op':>4} {'redis':>10} {'strata':>10} {'strata/redis':>13}"
+              + (f" {'before':>10} {'before/redis':>13}" if before else ""))
         rows = []
         for value in sizes:
             for depth in depths:
                 for op in ("SET", "GET"):
                     r = statistics.median(results[(value, depth, "redis", op)])
                     s = statistics.median(results[(value, depth, "strata", op)])
-                    rows.append({"value_bytes": value, "pipeline": depth, "op": op, "redis_rps": r, "strata_rps": s,
-                                 "ratio": s / r})
-                    print(f"{value:>8} {depth:>4} {op:>4} {r:>10.0f} {s:>10.0f} {s / r:>13.2f}")
+                    row = {"value_bytes": value, "pipeline": depth, "op": op, "redis_rps": r, "strata_rps": s, "ratio": s / r}
+                    line = f"{value:>8} {depth:>4} {op:>4} {r:>10.0f} {s:>10.0f} {s / r:>13.2f}"
+                    if before:
+                        b = statistics.median(results[(value, depth, "before", op)])
+                        row.update(before_rps=b, before_ratio=b / r)
+                        line += f" {b:>10.0f} {b / r:>13.2f}"
+                    rows.append(row)
+                    print(line)
         print(json.dumps({"clients": a.clients, "runs": a.runs, "rows": rows}))
     finally:
         stop(procs)

@@ -209,7 +209,7 @@ final class BlockCatalog: @unchecked Sendable {
         flushScheduled = false
         lock.unlock()
         do {
-            try database.execute("BEGIN")
+            try database.step("BEGIN")
             try database.run("DELETE FROM blocks WHERE segment = ?1", rows: segments.map { [Int64($0)] })
             try database.run("DELETE FROM segments WHERE id = ?1", rows: segments.map { [Int64($0)] })
             try database.run("DELETE FROM blocks WHERE key_hi = ?1 AND key_lo = ?2",
@@ -232,10 +232,10 @@ final class BlockCatalog: @unchecked Sendable {
                 "INSERT INTO segments VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET catalogued_end = max(catalogued_end, excluded.catalogued_end)",
                 rows: ends.map { [Int64($0.key), Int64($0.value)] })
             try applyKV(kv)
-            try database.execute("COMMIT")
+            try database.step("COMMIT")
             for waiter in batchWaiters { waiter.resume() }
         } catch {
-            try? database.execute("ROLLBACK")
+            try? database.step("ROLLBACK")
             for waiter in batchWaiters { waiter.resume(throwing: error) }
         }
     }

@@ -1,7 +1,8 @@
 import CSQLite3
 
-/// The one place SQLite is called from. Statements are prepared per call; the catalog's
-/// statements are few and small.
+/// The one place SQLite is called from. `run` keeps the statements it prepares for the next
+/// call with the same text: the catalog's commits run the same few statements, thousands of
+/// times a second under durable writes, and parsing them each time was most of a commit's CPU.
 final class SQLiteDatabase {
     struct Error: Swift.Error, CustomStringConvertible {
         var code: Int32
@@ -10,6 +11,7 @@ final class SQLiteDatabase {
     }
 
     private var handle: OpaquePointer?
+    private var statements: [String: OpaquePointer] = [:]
 
     init(path: String) throws {
         let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
@@ -21,7 +23,10 @@ final class SQLiteDatabase {
         sqlite3_busy_timeout(handle, 5000)
     }
 
-    deinit { sqlite3_close(handle) }
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(handle)
+    }
 
     func execute(_ sql: String) throws {
         var error: UnsafeMutablePointer<CChar>?
@@ -33,17 +38,36 @@ final class SQLiteDatabase {
         }
     }
 
-    /// Runs `sql` once per row of `rows`, binding each row's values to ?1, ?2, …
+    /// Runs `sql` once per row of `rows`, binding each row's values to ?1, ?2, … (nothing for
+    /// no rows). One statement: a row is a whole one, not several separated by semicolons.
     func run(_ sql: String, rows: [[any SQLiteBindable]]) throws {
-        var statement: OpaquePointer?
-        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
-        defer { sqlite3_finalize(statement) }
+        guard !rows.isEmpty else { return }
+        let statement = try prepared(sql)
+        // Reset when done, so that the kept statement holds no lock or transaction open.
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
         for row in rows {
             sqlite3_reset(statement)
             for (index, value) in row.enumerated() { value.bind(to: statement, at: Int32(index + 1)) }
             let rc = sqlite3_step(statement)
             guard rc == SQLITE_DONE else { try check(rc) ; return }
         }
+    }
+
+    /// Runs one statement with no parameters (`BEGIN`, `COMMIT`), kept prepared as `run`'s are.
+    func step(_ sql: String) throws {
+        try run(sql, rows: [[]])
+    }
+
+    private func prepared(_ sql: String) throws -> OpaquePointer {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
+        guard let statement else { throw Error(code: SQLITE_MISUSE, message: "no statement in \(sql)") }
+        statements[sql] = statement
+        return statement
     }
 
     /// All rows of a query, as integers.

@@ -88,10 +88,16 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     private func persist(_ namespace: String, _ key: [UInt8], _ entry: Entry, in store: BlockStore) async throws {
+        try await persist(namespace, [(key, entry)], in: store)
+    }
+
+    /// `durable`: the keys' records, in order, committed together.
+    private func persist(_ namespace: String, _ entries: [(key: [UInt8], entry: Entry)], in store: BlockStore) async throws {
         guard durable else { return }
-        try await store.nvme.putKVRecord(KVRecord(
-            namespace: namespace, key: key, version: entry.version, size: entry.size,
-            expiresAt: entry.expiresAt?.unixMilliseconds, sequence: entry.sequence))
+        try await store.nvme.putKVRecords(entries.map {
+            KVRecord(namespace: namespace, key: $0.key, version: $0.entry.version, size: $0.entry.size,
+                     expiresAt: $0.entry.expiresAt?.unixMilliseconds, sequence: $0.entry.sequence)
+        })
     }
 
     private func forget(_ namespace: String, _ key: [UInt8], in store: BlockStore) async throws {
@@ -394,9 +400,71 @@ final class TierKVBackend: KVBackend, Sendable {
         return true
     }
 
+    /// MSET, and a run of plain SETs (`RESPCommandHandler.handle(batch:)`): every value's parts
+    /// are put (`durable`: all at once, so they share the log's writes and syncs), then the
+    /// records committed in one transaction, then the directory updated under one lock, so no
+    /// one sees some of the pairs and not others. A failure writes none of them.
     func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws {
-        for pair in pairs {
-            _ = try await set(namespace: namespace, key: pair.key, value: pair.value, condition: .always, expiry: .never)
+        guard pairs.count > 1 else {
+            for pair in pairs {
+                _ = try await set(namespace: namespace, key: pair.key, value: pair.value, condition: .always, expiry: .never)
+            }
+            return
+        }
+        let store = try await store()
+        let items = state.withLock { state in
+            pairs.map { (name: Array($0.key.readableBytesView), value: $0.value, version: state.takeVersion()) }
+        }
+        var blocks: [(BlockKey, ByteBuffer)] = []
+        for item in items {
+            var remaining = item.value
+            var part = 0
+            repeat {
+                let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
+                blocks.append((Self.blockKey(namespace, item.name, version: item.version, part: part), slice))
+                part += 1
+            } while remaining.readableBytes > 0
+        }
+        func removeBlocks() async {
+            for (key, _) in blocks { await store.remove(key) }
+        }
+        let durable = durable
+        do {
+            if durable {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (key, slice) in blocks {
+                        group.addTask {
+                            try await store.put(key, bytes: slice.readableBytesView, durable: true, awaitingCatalog: false)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            } else {
+                for (key, slice) in blocks { try await store.put(key, bytes: slice.readableBytesView, durable: false) }
+            }
+        } catch {
+            await removeBlocks()
+            throw KVBackendError(.outOfSpace, "cannot store \(pairs.count) values: \(error)")
+        }
+        let entries = state.withLock { state in
+            var fresh: [[UInt8]: UInt64] = [:]   // a key new to the directory, listed twice: one sequence
+            return items.map { item -> (key: [UInt8], entry: Entry) in
+                let sequence = fresh[item.name] ?? state.sequence(for: namespace, item.name)
+                if state.namespaces[namespace]?[item.name] == nil { fresh[item.name] = sequence }
+                return (item.name, Entry(version: item.version, size: item.value.readableBytes, expiresAt: nil, sequence: sequence))
+            }
+        }
+        do {
+            try await persist(namespace, entries, in: store)
+        } catch {
+            await removeBlocks()
+            throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
+        }
+        let replaced = state.withLock { state in
+            entries.map { state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key) }
+        }
+        for (item, old) in zip(entries, replaced) {
+            if let old { reap(namespace, item.key, old, from: store) }
         }
     }
 

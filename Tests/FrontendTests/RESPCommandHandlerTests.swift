@@ -153,6 +153,49 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         #expect(harness.handler.stats.totalCommandsProcessed == Self.script.count)
     }
 
+    /// A connection's pipelined batch: consecutive plain `SET key value` commands reach the
+    /// backend as one MSET-like call (which a durable store commits at once); every other
+    /// command, a SET with options, and a lone SET run alone, in order; replies stay one per
+    /// command and stop at QUIT.
+    @Test func aPipelinedRunOfPlainSetsGoesToTheBackendTogether() async {
+        let backend = FakeKVBackend()
+        let handler = RESPCommandHandler(backend: backend, defaultNamespace: "tenant-a")
+        var session = handler.makeSession(clientID: 1)
+        let words: [[String]] = [
+            ["SET", "a", "1"], ["set", "b", "2"], ["SET", "a", "3"], ["GET", "a"], ["SET", "c", "4", "EX", "10"],
+            ["SET", "d", "5"], ["SET", "e", "6"], ["PING"], ["SET", "f", "7"], ["QUIT"], ["SET", "g", "8"],
+        ]
+        let replies = await handler.handle(batch: words.map { ($0.map { ByteBuffer(string: $0) }, nil) }, session: &session)
+        #expect(replies.map(\.value) == [.ok, .ok, .ok, .bulk("3"), .ok, .ok, .ok, .simpleString("PONG"), .ok, .ok])
+        #expect(replies.last?.closesConnection == true)
+        #expect(backend.pairSets == [3, 2], "a, b, a together; then d, e")
+        #expect(handler.stats.totalCommandsProcessed == 10)
+        var check = handler.makeSession(clientID: 2)
+        #expect(await handler.handle([ByteBuffer(string: "GET"), ByteBuffer(string: "g")], session: &check).value == .null,
+                "nothing after QUIT ran")
+        #expect(await handler.handle([ByteBuffer(string: "GET"), ByteBuffer(string: "e")], session: &check).value == .bulk("6"))
+    }
+
+    /// A run that the backend refuses answers each of its SETs with the error and writes none of
+    /// them; the commands after it still run. Before AUTH, SETs are not run together: each is
+    /// refused on its own.
+    @Test func aRefusedRunFailsEachOfItsSetsAndNothingIsWritten() async {
+        let backend = FakeKVBackend()
+        let handler = RESPCommandHandler(backend: backend, defaultNamespace: "tenant-a")
+        var session = handler.makeSession(clientID: 1)
+        let batch: [[String]] = [["SET", "x", "1"], ["SET", "full:y", "2"], ["SET", "z", "3"], ["GET", "x"]]
+        let replies = await handler.handle(batch: batch.map { ($0.map { ByteBuffer(string: $0) }, nil) }, session: &session)
+        let refused = RESPValue.error("OOM no room for 3 values")
+        #expect(replies.map(\.value) == [refused, refused, refused, .null])
+
+        let guarded = RESPCommandHandler(backend: backend, users: [RESPUser(password: "pw", namespace: "n")])
+        var stranger = guarded.makeSession(clientID: 3)
+        let noAuth = await guarded.handle(batch: [["SET", "p", "1"], ["SET", "q", "2"]].map { ($0.map { ByteBuffer(string: $0) }, nil) },
+                                          session: &stranger)
+        #expect(noAuth.map(\.value) == [.error("NOAUTH Authentication required."), .error("NOAUTH Authentication required.")])
+        #expect(backend.pairSets == [3])
+    }
+
     @Test func quitRepliesOkAndCloses() async {
         var harness = Harness()
         let reply = await harness.reply(["QUIT"])

@@ -198,7 +198,16 @@ final class FakeKVBackend: KVBackend {
         }
     }
 
+    /// The number of pairs of each `set(namespace:pairs:)` call, in order.
+    var pairSets: [Int] { pairCalls.withLock { $0 } }
+    private let pairCalls = Mutex<[Int]>([])
+
+    /// Writes all pairs or, if a key starts with `full:`, none (out of space).
     func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws {
+        pairCalls.withLock { $0.append(pairs.count) }
+        if pairs.contains(where: { String(buffer: $0.key).hasPrefix("full:") }) {
+            throw KVBackendError(.outOfSpace, "no room for \(pairs.count) values")
+        }
         for (key, value) in pairs {
             _ = try await set(namespace: namespace, key: key, value: value, condition: .always, expiry: .never)
         }

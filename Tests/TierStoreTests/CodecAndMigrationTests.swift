@@ -77,18 +77,19 @@ struct CodecAndMigrationTests {
                 == "000fa5ff")
         do {
             let catalog = try BlockCatalog(path: path)
-            try await catalog.putKV(KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: nil, sequence: 1))
-            try await catalog.putKV(KVRecord(namespace: "a", key: [1], version: 2, size: 20, expiresAt: 5_000, sequence: 2))
-            try await catalog.putKV(KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2))
-            try await catalog.putKV(KVRecord(namespace: "a", key: [2], version: 4, size: 40, expiresAt: nil, sequence: 3))
+            try await catalog.putKV([KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: nil, sequence: 1)])
+            // several in one call: in order, the later record of a key wins
+            try await catalog.putKV([KVRecord(namespace: "a", key: [1], version: 2, size: 20, expiresAt: 5_000, sequence: 2),
+                                     KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2),
+                                     KVRecord(namespace: "a", key: [2], version: 4, size: 40, expiresAt: nil, sequence: 3)])
             try await catalog.removeKV(namespace: "a", key: [2])
-            try await catalog.putKV(KVRecord(namespace: "b", key: [3], version: 5, size: 50, expiresAt: nil, sequence: 4))
+            try await catalog.putKV([KVRecord(namespace: "b", key: [3], version: 5, size: 50, expiresAt: nil, sequence: 4)])
             try await catalog.removeKVNamespace("b")
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for n in 0..<64 {
                     group.addTask {
-                        try await catalog.putKV(KVRecord(namespace: "c", key: Array("key\(n)".utf8), version: UInt64(n), size: n,
-                                                         expiresAt: nil, sequence: UInt64(100 + n)))
+                        try await catalog.putKV([KVRecord(namespace: "c", key: Array("key\(n)".utf8), version: UInt64(n), size: n,
+                                                          expiresAt: nil, sequence: UInt64(100 + n))])
                     }
                 }
                 try await group.waitForAll()

@@ -63,8 +63,10 @@ final class MemoryCatalog: Catalog, Sendable {
 
     func loadKV() throws -> [KVRecord] { Array(committed.kv.values) }
 
-    func putKV(_ record: KVRecord) async throws {
-        try commit { $0.kv["\(record.namespace)\0\(record.keyHex)"] = record }
+    func putKV(_ records: [KVRecord]) async throws {
+        try commit { state in
+            for record in records { state.kv["\(record.namespace)\0\(record.keyHex)"] = record }
+        }
     }
 
     func removeKV(namespace: String, key: [UInt8]) async throws {

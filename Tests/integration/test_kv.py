@@ -242,6 +242,39 @@ def test_durable_values_survive_sigkill_byte_identical(make_daemon):
     assert sorted(r.scan_iter(count=2)) == sorted([k.encode() for k in values] + [b"ttl"])
 
 
+def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon):
+    """redis-py pipelines plain SETs to a durable store, which puts a run of them at once and
+    commits them in one transaction: every SET answers OK, a key set twice keeps the later
+    value, a GET in the middle sees the SETs before it, and after SIGKILL every value (and an
+    MSET's) reads back byte-identical."""
+    import signal
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    pipe = r.pipeline(transaction=False)
+    values, seen_by_get = {}, None
+    for i in range(40):
+        key, value = f"p{i % 30}", os.urandom(4096 + 61 * i)
+        pipe.set(key, value)
+        values[key] = value
+        if i == 20:
+            pipe.get("p0")
+            seen_by_get = values["p0"]
+    results = pipe.execute()
+    assert results[21] == seen_by_get
+    assert results[:21] + results[22:] == [True] * 40
+    assert r.get("p5") == values["p5"]
+    many = {f"m{i}": os.urandom(70_000 + i) for i in range(12)}
+    assert r.mset(many) is True
+    values.update(many)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    assert [key for key, value in values.items() if r.get(key) != value] == []
+    assert r.dbsize() == len(values)
+
+
 def test_concurrent_durable_writes_cut_by_sigkill_lose_nothing_acknowledged(make_daemon):
     """Clients writing at once share commits (group commit): SIGKILL while they write, and
     every value acknowledged before the kill reads back byte-identical after the restart; a

@@ -100,6 +100,56 @@ public struct RESPCommandHandler: Sendable {
         }
     }
 
+    /// Runs a batch of commands (a connection's pipelined requests), in order, with a reply for
+    /// each, up to the first that closes the connection. Consecutive plain `SET key value`
+    /// commands go to the backend together, as an MSET (`KVBackend.set(namespace:pairs:)`): a
+    /// durable store then puts them at once and commits them in one transaction, instead of one
+    /// commit after another; their replies are what each SET would have answered (OK, or the
+    /// error for all of them). No command of the batch runs before the ones ahead of it are done.
+    public func handle(
+        batch commands: [(arguments: [ByteBuffer], staged: (any KVStagedValue)?)], session: inout RESPSession
+    ) async -> [RESPReply] {
+        var replies: [RESPReply] = []
+        replies.reserveCapacity(commands.count)
+        var index = 0
+        while index < commands.count {
+            var run: [(key: ByteBuffer, value: ByteBuffer)] = []
+            while index + run.count < commands.count, let pair = plainSet(commands[index + run.count], session) {
+                run.append(pair)
+            }
+            if run.count > 1 {
+                stats.commandsProcessed(run.count)
+                let reply: RESPReply
+                do {
+                    try await backend.set(namespace: session.namespace, pairs: run)
+                    reply = RESPReply(.ok)
+                } catch {
+                    reply = Self.reply(for: error)
+                }
+                replies.append(contentsOf: repeatElement(reply, count: run.count))
+                index += run.count
+                continue
+            }
+            let command = commands[index]
+            let reply = await handle(command.arguments, staged: command.staged, session: &session)
+            replies.append(reply)
+            index += 1
+            if reply.closesConnection { break }
+        }
+        return replies
+    }
+
+    /// The key and value of `SET key value` with no option, allowed in this session (its value
+    /// taken from the backend's storage if it was received there); nil for anything else.
+    private func plainSet(_ command: (arguments: [ByteBuffer], staged: (any KVStagedValue)?), _ session: RESPSession)
+        -> (key: ByteBuffer, value: ByteBuffer)?
+    {
+        let arguments = command.arguments
+        guard arguments.count == 3, session.isAuthenticated, Self.getOrSet(arguments[0])?.name == "set" else { return nil }
+        guard let staged = command.staged else { return (arguments[1], arguments[2]) }
+        return staged.materialize().map { (arguments[1], $0) }
+    }
+
     /// A staged value was gone when its command ran (a bug, not a client error).
     private struct StagedValueLost: Error {}
 

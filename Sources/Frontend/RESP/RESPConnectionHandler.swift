@@ -320,17 +320,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         let promise = context.eventLoop.makePromise(of: ([RESPReply], RESPSession).self)
         promise.completeWithTask { [commands] in
             var session = session
-            var replies: [RESPReply] = []
-            replies.reserveCapacity(commands.count)
-            for (index, command) in commands.enumerated() {
-                let reply = await handler.handle(command.arguments, staged: command.staged, session: &session)
-                command.staged?.discard()
-                replies.append(reply)
-                if reply.closesConnection {
-                    for rest in commands[(index + 1)...] { rest.staged?.discard() }
-                    break
-                }
-            }
+            let replies = await handler.handle(batch: commands, session: &session)
+            for command in commands { command.staged?.discard() }
             return (replies, session)
         }
         promise.futureResult.assumeIsolated().whenComplete { result in

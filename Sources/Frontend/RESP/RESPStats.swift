@@ -34,6 +34,7 @@ public final class RESPStats: Sendable {
 
     func connectionClosed() { connected.subtract(1, ordering: .relaxed) }
     func commandProcessed() { commands.add(1, ordering: .relaxed) }
+    func commandsProcessed(_ count: Int) { commands.add(count, ordering: .relaxed) }
     func valueStaged() { staged.add(1, ordering: .relaxed) }
     func receivedDirectly(bytes: Int) { directBytes.add(bytes, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }

@@ -116,20 +116,21 @@ final class BlockCatalog: @unchecked Sendable {
         }
     }
 
-    /// Writes (or replaces) a key's record and commits it before returning (after the blocks
-    /// it names, which the caller put durably first). Queued with the block entries and the other
-    /// key records of the moment: one commit for all of them (group commit).
-    func putKV(_ record: KVRecord) async throws {
-        try await commitKV(.put(record))
+    /// Writes (or replaces) keys' records, in order, and commits them (all in one transaction)
+    /// before returning, after the blocks they name, which the caller put durably first. Queued
+    /// with the block entries and the other key records of the moment: one commit for all of
+    /// them (group commit).
+    func putKV(_ records: [KVRecord]) async throws {
+        try await commitKV(records.map(KVChange.put))
     }
 
     func removeKV(namespace: String, key: [UInt8]) async throws {
         let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
-        try await commitKV(.remove(namespace: namespace, keyHex: hex))
+        try await commitKV([.remove(namespace: namespace, keyHex: hex)])
     }
 
     func removeKVNamespace(_ namespace: String) async throws {
-        try await commitKV(.removeNamespace(namespace))
+        try await commitKV([.removeNamespace(namespace)])
     }
 
     /// A change to the key directory, applied in the order queued.
@@ -139,9 +140,11 @@ final class BlockCatalog: @unchecked Sendable {
         case removeNamespace(String)
     }
 
-    private func commitKV(_ change: KVChange) async throws {
+    /// Queues the changes, in order and together (one commit holds all of them), and returns
+    /// once they are committed.
+    private func commitKV(_ changes: [KVChange]) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            enqueue { $0.pendingKV.append(change); $0.waiters.append(continuation) }
+            enqueue { $0.pendingKV.append(contentsOf: changes); $0.waiters.append(continuation) }
         }
     }
 

@@ -21,7 +21,8 @@ protocol Catalog: Sendable {
     func putObject(_ info: ObjectInfo) async throws
     func removeObject(_ name: String) async throws
     func loadKV() throws -> [KVRecord]
-    func putKV(_ record: KVRecord) async throws
+    /// Writes (or replaces) the records, in order, in one commit.
+    func putKV(_ records: [KVRecord]) async throws
     func removeKV(namespace: String, key: [UInt8]) async throws
     func removeKVNamespace(_ namespace: String) async throws
 }

@@ -50,8 +50,8 @@ extension SegmentLog {
     /// The KV service's durable key directory, as last committed.
     public nonisolated func loadKVRecords() throws -> [KVRecord] { try catalog.loadKV() }
 
-    /// Writes (or replaces) a key's record and commits it before returning.
-    public nonisolated func putKVRecord(_ record: KVRecord) async throws { try await catalog.putKV(record) }
+    /// Writes (or replaces) keys' records, in order, and commits them together before returning.
+    public nonisolated func putKVRecords(_ records: [KVRecord]) async throws { try await catalog.putKV(records) }
 
     /// Removes a key's record (committed before returning).
     public nonisolated func removeKVRecord(namespace: String, key: [UInt8]) async throws {

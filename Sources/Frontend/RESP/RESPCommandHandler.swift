@@ -113,11 +113,11 @@ public struct RESPCommandHandler: Sendable {
         replies.reserveCapacity(commands.count)
         var index = 0
         while index < commands.count {
-            var run: [(key: ByteBuffer, value: ByteBuffer)] = []
-            while index + run.count < commands.count, let pair = plainSet(commands[index + run.count], session) {
-                run.append(pair)
-            }
-            if run.count > 1 {
+            var end = index
+            while end < commands.count, isPlainSet(commands[end].arguments, session) { end += 1 }
+            // A value received into the backend's storage is taken out only for a run of two or more.
+            let run = end - index > 1 ? commands[index..<end].compactMap(Self.keyAndValue) : []
+            if run.count > 1, run.count == end - index {
                 stats.commandsProcessed(run.count)
                 let reply: RESPReply
                 do {
@@ -139,15 +139,18 @@ public struct RESPCommandHandler: Sendable {
         return replies
     }
 
-    /// The key and value of `SET key value` with no option, allowed in this session (its value
-    /// taken from the backend's storage if it was received there); nil for anything else.
-    private func plainSet(_ command: (arguments: [ByteBuffer], staged: (any KVStagedValue)?), _ session: RESPSession)
+    /// `SET key value` with no option, allowed in this session.
+    private func isPlainSet(_ arguments: [ByteBuffer], _ session: RESPSession) -> Bool {
+        arguments.count == 3 && session.isAuthenticated && Self.getOrSet(arguments[0])?.name == "set"
+    }
+
+    /// A plain SET's key and value, its value taken from the backend's storage if it was
+    /// received there (nil if that is gone).
+    private static func keyAndValue(_ command: (arguments: [ByteBuffer], staged: (any KVStagedValue)?))
         -> (key: ByteBuffer, value: ByteBuffer)?
     {
-        let arguments = command.arguments
-        guard arguments.count == 3, session.isAuthenticated, Self.getOrSet(arguments[0])?.name == "set" else { return nil }
-        guard let staged = command.staged else { return (arguments[1], arguments[2]) }
-        return staged.materialize().map { (arguments[1], $0) }
+        guard let staged = command.staged else { return (command.arguments[1], command.arguments[2]) }
+        return staged.materialize().map { (command.arguments[1], $0) }
     }
 
     /// A staged value was gone when its command ran (a bug, not a client error).

@@ -400,6 +400,10 @@ final class TierKVBackend: KVBackend, Sendable {
         return true
     }
 
+    /// Parts of an MSET put at once, at most (`durable`).
+    static let concurrentPuts = 32
+    static let concurrentPutBytes = 64 << 20
+
     /// MSET, and a run of plain SETs (`RESPCommandHandler.handle(batch:)`): every value's parts
     /// are put (`durable`: all at once, so they share the log's writes and syncs), then the
     /// records committed in one transaction, then the directory updated under one lock, so no
@@ -431,11 +435,19 @@ final class TierKVBackend: KVBackend, Sendable {
         let durable = durable
         do {
             if durable {
-                try await withThrowingTaskGroup(of: Void.self) { group in
+                // At once, but bounded: each put in flight holds a copy of its part.
+                try await withThrowingTaskGroup(of: Int.self) { group in
+                    var (puts, bytes) = (0, 0)
                     for (key, slice) in blocks {
+                        while puts > 0 && (puts >= Self.concurrentPuts || bytes + slice.readableBytes > Self.concurrentPutBytes) {
+                            bytes -= try await group.next() ?? 0
+                            puts -= 1
+                        }
                         group.addTask {
                             try await store.put(key, bytes: slice.readableBytesView, durable: true, awaitingCatalog: false)
+                            return slice.readableBytes
                         }
+                        (puts, bytes) = (puts + 1, bytes + slice.readableBytes)
                     }
                     try await group.waitForAll()
                 }

@@ -266,6 +266,10 @@ def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon)
     many = {f"m{i}": os.urandom(70_000 + i) for i in range(12)}
     assert r.mset(many) is True
     values.update(many)
+    # more parts than are put at once (32, 64 MiB): 20 values of two 4 MiB parts each
+    large = {f"l{i}": os.urandom((4 << 20) + 1 + i) for i in range(20)}
+    assert r.mset(large) is True
+    values.update(large)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     d.start()

@@ -96,6 +96,8 @@ public actor SegmentLog {
         var offset: UInt64
         var buffer: IOBuffer
         var length: Int
+        /// Durable: resumed after the round's fdatasync, not after the write.
+        var sync: Bool
         var continuation: CheckedContinuation<Void, any Error>
     }
     private var writeQueue: [Int: [QueuedWrite]] = [:]
@@ -265,8 +267,7 @@ public actor SegmentLog {
         pin(segment.id)
         defer { unpin(segment.id) }
         do {
-            try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset)
-            if durable { try await syncGrouped(segment.id, fd: segment.fd) }
+            try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset, sync: durable)
         } catch {
             // Nothing after a failed write is appended to this segment, so recovery never has
             // to guess what a hole means.
@@ -301,14 +302,21 @@ public actor SegmentLog {
     /// Writes the record at its offset. A small one waits with the others queued for the same
     /// segment while a write to it is under way; then the waiting records that lie end to end
     /// go in one write (copied into one buffer): concurrent small puts cost one O_DIRECT write
-    /// a round, not one each. The bytes land where they would alone, so recovery reads them the
-    /// same; a write that fails fails every record in it. The caller holds a pin on the segment.
-    private func writeCombined(_ id: Int, fd: Int32, buffer: IOBuffer, length: Int, at offset: UInt64) async throws {
+    /// a round, not one each, and the round's durable records (`sync`) one fdatasync after
+    /// their writes. The bytes land where they would alone, so recovery reads them the same; a
+    /// write that fails fails every record in it, a sync every durable record of its round. A
+    /// larger record is written alone, and if durable shares a sync with the others of its kind
+    /// (`syncGrouped`). The caller holds a pin on the segment.
+    private func writeCombined(_ id: Int, fd: Int32, buffer: IOBuffer, length: Int, at offset: UInt64, sync: Bool)
+        async throws
+    {
         guard length <= Self.combinableRecordBytes else {
-            return try await engine.write(fd: fd, from: buffer, range: 0..<length, at: offset)
+            try await engine.write(fd: fd, from: buffer, range: 0..<length, at: offset)
+            if sync { try await syncGrouped(id, fd: fd) }
+            return
         }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            writeQueue[id, default: []].append(QueuedWrite(offset: offset, buffer: buffer, length: length,
+            writeQueue[id, default: []].append(QueuedWrite(offset: offset, buffer: buffer, length: length, sync: sync,
                                                            continuation: continuation))
             if writing.insert(id).inserted {
                 Task { await self.runWriteRounds(id, fd: fd) }
@@ -316,30 +324,40 @@ public actor SegmentLog {
         }
     }
 
-    /// Writes the segment's queued records, round after round, until none is queued.
+    /// Writes the segment's queued records, round after round, until none is queued; a round
+    /// with durable records written ends with one fdatasync for all of them.
     private func runWriteRounds(_ id: Int, fd: Int32) async {
         while let queued = writeQueue.removeValue(forKey: id), !queued.isEmpty {
             var run: [QueuedWrite] = []
             var runBytes = 0
+            var toSync: [QueuedWrite] = []
             for write in queued.sorted(by: { $0.offset < $1.offset }) {
                 if let last = run.last, last.offset + UInt64(last.length) != write.offset
                     || runBytes + write.length > Self.combinedWriteBytes
                 {
-                    await writeRun(run, fd: fd, bytes: runBytes)
+                    toSync += await writeRun(run, fd: fd, bytes: runBytes)
                     run = []
                     runBytes = 0
                 }
                 run.append(write)
                 runBytes += write.length
             }
-            await writeRun(run, fd: fd, bytes: runBytes)
+            toSync += await writeRun(run, fd: fd, bytes: runBytes)
+            guard !toSync.isEmpty else { continue }
+            do {
+                try await engine.sync(fd: fd, dataOnly: true)
+                for write in toSync { write.continuation.resume() }
+            } catch {
+                for write in toSync { write.continuation.resume(throwing: error) }
+            }
         }
         writing.remove(id)
     }
 
-    /// Records lying end to end, in one write.
-    private func writeRun(_ run: [QueuedWrite], fd: Int32, bytes: Int) async {
-        guard let first = run.first else { return }
+    /// Records lying end to end, in one write. Resumes those written that need no sync, and
+    /// those whose write failed; returns the durable ones written, still waiting for their sync.
+    private func writeRun(_ run: [QueuedWrite], fd: Int32, bytes: Int) async -> [QueuedWrite] {
+        guard let first = run.first else { return [] }
         do {
             if run.count == 1 {
                 try await engine.write(fd: fd, from: first.buffer, range: 0..<first.length, at: first.offset)
@@ -353,14 +371,16 @@ public actor SegmentLog {
                 }
                 try await engine.write(fd: fd, from: combined, range: 0..<bytes, at: first.offset)
             }
-            for write in run { write.continuation.resume() }
+            for write in run where !write.sync { write.continuation.resume() }
+            return run.filter(\.sync)
         } catch {
             for write in run { write.continuation.resume(throwing: error) }
+            return []
         }
     }
 
-    /// Makes this put's write durable with an fdatasync of its segment that starts after the
-    /// write completed: shared by every durable put to the segment whose write completed by
+    /// Makes a large record's write durable with an fdatasync of its segment that starts after
+    /// the write completed: shared by every such put to the segment whose write completed by
     /// then (group commit), so concurrent puts cost one sync a round, not one each. The caller
     /// holds a pin on the segment, so its descriptor stays open until the round is done.
     private func syncGrouped(_ id: Int, fd: Int32) async throws {

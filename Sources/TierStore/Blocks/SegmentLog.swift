@@ -137,7 +137,7 @@ public actor SegmentLog {
     ///
     /// `awaitingCatalog: false` (with `durable`): returns once the block is on disk; its catalog
     /// entry is committed with the next commit rather than waited for. A caller that commits a
-    /// record naming the block next (`putKVRecord`) makes both durable in that one commit; until
+    /// record naming the block next (`putKVRecords`) makes both durable in that one commit; until
     /// then a restart still finds the block, by scanning past the catalogued end.
     public func put(
         _ key: BlockKey, _ payload: [UInt8], durable: Bool, awaitingCatalog: Bool = true,

@@ -39,7 +39,7 @@ final class SQLiteDatabase {
     }
 
     /// Runs `sql` once per row of `rows`, binding each row's values to ?1, ?2, … (nothing for
-    /// no rows). One statement: a row is a whole one, not several separated by semicolons.
+    /// no rows). `sql` is a single statement: any text after its first semicolon is ignored.
     func run(_ sql: String, rows: [[any SQLiteBindable]]) throws {
         guard !rows.isEmpty else { return }
         let statement = try prepared(sql)

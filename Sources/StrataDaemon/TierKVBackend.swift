@@ -154,6 +154,20 @@ final class TierKVBackend: KVBackend, Sendable {
 
     private func parts(_ size: Int) -> Int { max(1, (size + partBytes - 1) / partBytes) }
 
+    /// A value's blocks: its parts of at most `partBytes` (one, empty, for an empty value), each
+    /// under its key for this version.
+    private func blocks(_ namespace: String, _ name: [UInt8], version: UInt64, of value: ByteBuffer)
+        -> [(key: BlockKey, bytes: ByteBuffer)]
+    {
+        var remaining = value
+        var blocks: [(key: BlockKey, bytes: ByteBuffer)] = []
+        repeat {
+            let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
+            blocks.append((Self.blockKey(namespace, name, version: version, part: blocks.count), slice))
+        } while remaining.readableBytes > 0
+        return blocks
+    }
+
     /// Removes a value no entry names any more: at once when it was only in RAM (block keys carry
     /// the version, so each is written once), else through the reaper.
     private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
@@ -370,19 +384,17 @@ final class TierKVBackend: KVBackend, Sendable {
         case .at(let deadline): deadline
         }
         let version = state.withLock { $0.takeVersion() }
-        var remaining = value
-        var part = 0
+        let blocks = self.blocks(namespace, name, version: version, of: value)
+        var written = 0
         do {
-            repeat {
-                let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
+            for block in blocks {
                 // Durable: on disk now, catalogued by the commit of the key's record below (one
                 // commit for both, shared with the other writes of the moment).
-                try await store.put(Self.blockKey(namespace, name, version: version, part: part),
-                                    bytes: slice.readableBytesView, durable: durable, awaitingCatalog: false)
-                part += 1
-            } while remaining.readableBytes > 0
+                try await store.put(block.key, bytes: block.bytes.readableBytesView, durable: durable, awaitingCatalog: false)
+                written += 1
+            }
         } catch {
-            for written in 0..<part { await store.remove(Self.blockKey(namespace, name, version: version, part: written)) }
+            for block in blocks[..<written] { await store.remove(block.key) }
             throw KVBackendError(.outOfSpace, "cannot store \(value.readableBytes) bytes: \(error)")
         }
         let sequence = state.withLock { $0.sequence(for: namespace, name) }
@@ -392,7 +404,7 @@ final class TierKVBackend: KVBackend, Sendable {
             // committed the old value (if any) stays the one a restart finds.
             try await persist(namespace, name, entry, in: store)
         } catch {
-            for written in 0..<part { await store.remove(Self.blockKey(namespace, name, version: version, part: written)) }
+            for block in blocks { await store.remove(block.key) }
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
         let replaced = state.withLock { $0.namespaces[namespace, default: [:]].updateValue(entry, forKey: name) }
@@ -419,20 +431,10 @@ final class TierKVBackend: KVBackend, Sendable {
         let items = state.withLock { state in
             pairs.map { (name: Array($0.key.readableBytesView), value: $0.value, version: state.takeVersion()) }
         }
-        var blocks: [(BlockKey, ByteBuffer)] = []
-        for item in items {
-            var remaining = item.value
-            var part = 0
-            repeat {
-                let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
-                blocks.append((Self.blockKey(namespace, item.name, version: item.version, part: part), slice))
-                part += 1
-            } while remaining.readableBytes > 0
-        }
+        let blocks = items.flatMap { self.blocks(namespace, $0.name, version: $0.version, of: $0.value) }
         func removeBlocks() async {
             for (key, _) in blocks { await store.remove(key) }
         }
-        let durable = durable
         do {
             if durable {
                 // At once, but bounded: each put in flight holds a copy of its part.

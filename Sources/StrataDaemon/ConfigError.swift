@@ -1,11 +1,32 @@
 /// A configuration problem: where it is, what was found, what was expected.
+///
+/// The loader checks every section of a file even after one fails, so a file with several
+/// problems names them all at once, in file order: the first is this error's `key`, `line` and
+/// `message`, the ones after it are in `others`.
 public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var key: String
     public var line: Int?
     public var message: String
+    /// Further problems found in the same file after this one.
+    public var others: [ConfigError] = []
 
-    public var description: String {
+    /// Every problem, this one first, each on its own (no `others`).
+    public var all: [ConfigError] {
+        var first = self
+        first.others = []
+        return [first] + others
+    }
+
+    /// This problem alone: `config: KEY (line N): MESSAGE`.
+    public var headline: String {
         let location = line.map { " (line \($0))" } ?? ""
         return key.isEmpty ? "config: \(message)\(location)" : "config: \(key)\(location): \(message)"
+    }
+
+    public var description: String { all.map(\.headline).joined(separator: "; ") }
+
+    /// One line per problem, each as `PREFIX: config: KEY (line N): MESSAGE`, for a terminal.
+    public func report(prefix: String) -> String {
+        all.map { "\(prefix): \($0.headline)\n" }.joined()
     }
 }

@@ -56,8 +56,24 @@ public enum ConfigLoader {
             runtimes: [:],
             models: [])
 
-        if let node = top["listen"] { config.listen = try listenAddress(reader, node) }
-        if let node = top["log_level"] {
+        // Each section is checked even when one before it failed, so that a file's problems are
+        // named together; a section that reads another (models: devices and runtimes; tenants:
+        // auth) is skipped when that one failed, as its errors would only echo the first.
+        var problems: [ConfigError] = []
+        func check(_ section: () throws -> Void) -> Bool {
+            do {
+                try section()
+                return true
+            } catch let error as ConfigError {
+                problems += error.all
+            } catch {
+                problems.append(ConfigError(key: "", line: nil, message: "\(error)"))
+            }
+            return false
+        }
+        _ = check { if let node = top["listen"] { config.listen = try listenAddress(reader, node) } }
+        _ = check {
+            guard let node = top["log_level"] else { return }
             let level = try reader.string(node, at: "log_level")
             let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             guard levels.contains(level) else {
@@ -65,47 +81,57 @@ public enum ConfigLoader {
             }
             config.logLevel = level
         }
-        if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") }
-        config.auth = try auth(reader, top["auth"])
-        if let node = top["gateway"] {
-            let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout"])
-            if let value = map["max_body"] {
-                let bytes = try reader.size(value, at: "gateway.max_body")
-                guard bytes >= 1024, bytes <= 1 << 32 else {
-                    throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
-                }
-                config.gateway.maxBodyBytes = Int(bytes)
-            }
-            if let value = map["cancel_on_disconnect"] {
-                config.gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
-            }
-            if let value = map["event_loop_relay"] {
-                config.gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
-            }
-            if let value = map["upstream_timeout"] {
-                config.gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
-            }
-            if let value = map["drain_timeout"] {
-                config.gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
-            }
-            if let value = map["idle_timeout"] {
-                let timeout = try reader.duration(value, at: "gateway.idle_timeout")
-                guard timeout >= .seconds(1) else {
-                    throw reader.fail("gateway.idle_timeout", value, "'\(try reader.string(value, at: "gateway.idle_timeout"))' must be at least 1s")
-                }
-                config.gateway.idleTimeout = timeout
-            }
-        }
-        if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) }
-        if let node = top["tiers"] { config.tiers = try tiers(reader, node) }
-        if let node = top["kv"] { config.kv = try kv(reader, node) }
-        if let node = top["routing"] { config.routing = try routing(reader, node) }
-        config.devices = try devices(reader, top["devices"], gpus: gpus.gpus)
+        _ = check { if let node = top["state_dir"] { config.stateDirectory = try reader.path(node, at: "state_dir") } }
+        let authRead = check { config.auth = try auth(reader, top["auth"]) }
+        _ = check { if let node = top["gateway"] { config.gateway = try gateway(reader, node, defaults: config.gateway) } }
+        _ = check { if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) } }
+        _ = check { if let node = top["tiers"] { config.tiers = try tiers(reader, node) } }
+        _ = check { if let node = top["kv"] { config.kv = try kv(reader, node) } }
+        _ = check { if let node = top["routing"] { config.routing = try routing(reader, node) } }
+        let devicesRead = check { config.devices = try devices(reader, top["devices"], gpus: gpus.gpus) }
         config.gpuDiscovery = gpus
-        config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
-        config.models = try models(reader, top["models"], config: config)
-        config.tenants = try tenants(reader, top["tenants"], auth: config.auth)
+        let runtimesRead = check { config.runtimes = try runtimes(reader, top["runtimes"], environment: environment) }
+        if devicesRead && runtimesRead { _ = check { config.models = try models(reader, top["models"], config: config) } }
+        if authRead { _ = check { config.tenants = try tenants(reader, top["tenants"], auth: config.auth) } }
+        // In file order (a problem with no line, such as a missing key at the top, first).
+        let ordered = problems.enumerated().sorted { ($0.element.line ?? 0, $0.offset) < ($1.element.line ?? 0, $1.offset) }
+        if var first = ordered.first?.element {
+            first.others = ordered.dropFirst().map(\.element)
+            throw first
+        }
         return config
+    }
+
+    static func gateway(_ reader: ConfigReader, _ node: Node, defaults: GatewayLimits) throws -> GatewayLimits {
+        var gateway = defaults
+        let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout"])
+        if let value = map["max_body"] {
+            let bytes = try reader.size(value, at: "gateway.max_body")
+            guard bytes >= 1024, bytes <= 1 << 32 else {
+                throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
+            }
+            gateway.maxBodyBytes = Int(bytes)
+        }
+        if let value = map["cancel_on_disconnect"] {
+            gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
+        }
+        if let value = map["event_loop_relay"] {
+            gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
+        }
+        if let value = map["upstream_timeout"] {
+            gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
+        }
+        if let value = map["drain_timeout"] {
+            gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
+        }
+        if let value = map["idle_timeout"] {
+            let timeout = try reader.duration(value, at: "gateway.idle_timeout")
+            guard timeout >= .seconds(1) else {
+                throw reader.fail("gateway.idle_timeout", value, "'\(try reader.string(value, at: "gateway.idle_timeout"))' must be at least 1s")
+            }
+            gateway.idleTimeout = timeout
+        }
+        return gateway
     }
 
     static func listenAddress(_ reader: ConfigReader, _ node: Node, at key: String = "listen") throws -> ListenAddress {

@@ -169,7 +169,7 @@ struct ColdStartBench: AsyncParsableCommand {
         do {
             configuration = try ConfigLoader.load(path: config)
         } catch let error as ConfigError {
-            FileHandle.standardError.write(Data("strata: \(config): \(error)\n".utf8))
+            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
             throw ExitCode(2)
         }
         if let plot, !plot.hasSuffix(".svg") { throw ValidationError("--plot '\(plot)': the chart is SVG; name a .svg file") }

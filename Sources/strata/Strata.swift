@@ -42,7 +42,7 @@ struct Serve: AsyncParsableCommand {
         do {
             configuration = try ConfigLoader.load(path: config)
         } catch let error as ConfigError {
-            FileHandle.standardError.write(Data("strata: \(config): \(error)\n".utf8))
+            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
             throw ExitCode(2)
         }
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
@@ -101,7 +101,7 @@ struct Config: ParsableCommand {
                 let config = try ConfigLoader.load(path: file)
                 print(ConfigSummary.render(config))
             } catch let error as ConfigError {
-                FileHandle.standardError.write(Data("strata: \(file): \(error)\n".utf8))
+                FileHandle.standardError.write(Data(error.report(prefix: "strata: \(file)").utf8))
                 throw ExitCode(2)
             }
         }

@@ -277,6 +277,51 @@ struct ConfigLoaderTests {
         Self.expectError("- just\n- a list", key: "", "expected a mapping")
     }
 
+    @Test func aFileWithSeveralProblemsNamesThemAllInFileOrder() throws {
+        let yaml = """
+            listen: 127.0.0.1:99999
+            tiers: { host: { budget: 12XB } }
+            kv: { resp: 127.0.0.1:6380, durability: sometimes }
+            gateway: { idle_timeout: 10ms }
+            """
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == ["listen", "tiers.host.budget", "kv.durability", "gateway.idle_timeout"])
+            #expect(error.all.map(\.line) == [1, 2, 3, 4])
+            #expect(error.key == "listen" && error.others.count == 3)
+            #expect(error.report(prefix: "strata: f.yaml").split(separator: "\n").map { String($0.prefix(30)) } == [
+                "strata: f.yaml: config: listen", "strata: f.yaml: config: tiers.",
+                "strata: f.yaml: config: kv.dur", "strata: f.yaml: config: gatewa",
+            ])
+            #expect(error.description.contains("12XB") && error.description.contains("sometimes"))
+        }
+    }
+
+    @Test func aSectionThatReadsAFailedOneIsSkippedNotEchoed() throws {
+        // models name runtimes: with runtimes refused, "unknown runtime" would only echo that.
+        let yaml = """
+            runtimes: { r: { kind: nope } }
+            models: [{ name: m, runtime: r, source: \(Self.modelFile) }]
+            """
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected an error")
+        } catch let error as ConfigError {
+            #expect(error.key.hasPrefix("runtimes"))
+            #expect(error.others.isEmpty, "\(error)")
+        }
+        // a model's own problem is still found beside a problem elsewhere
+        do {
+            _ = try Self.parse("listen: nowhere\nmodels: [{ name: m, runtime: missing, source: \(Self.modelFile) }]")
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key).first == "listen")
+            #expect(error.all.count == 2 && error.others[0].key.hasPrefix("models[0]"), "\(error)")
+        }
+    }
+
     @Test func sizesAndDurations() throws {
         #expect(try ConfigUnits.parseSize("400MiB").get() == 400 << 20)
         #expect(try ConfigUnits.parseSize("1.5GiB").get() == 3 << 29)

@@ -282,6 +282,13 @@ def test_config_check_cli(tmp_path):
         assert r.returncode == 2, (text, r.stdout, r.stderr)
         for fragment in fragments:
             assert fragment in r.stderr, (fragment, r.stderr)
+    # several problems: all named at once, one line each, in file order
+    path.write_text("listen: 127.0.0.1:99999\ntiers: { host: { budget: 12XB } }\nkv: { resp: 127.0.0.1:6380, durability: sometimes }\n")
+    r = subprocess.run([str(STRATA), "config", "check", str(path)], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 3, r.stderr
+    for line, key in zip(lines, ["listen (line 1)", "tiers.host.budget (line 2)", "kv.durability (line 3)"]):
+        assert line.startswith(f"strata: {path}: config: {key}"), r.stderr
     missing = subprocess.run([str(STRATA), "config", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     # as serve takes it (--config), and config/strata.yaml when none is given, as for serve

@@ -209,17 +209,7 @@ final class TierKVBackend: KVBackend, Sendable {
 
     func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> {
         let name = Array(key.readableBytesView)
-        let current = now()
-        let found = state.withLock { state -> (BlockStore, Entry?)? in
-            guard let store = state.opened else { return nil }
-            guard let entry = state.namespaces[namespace]?[name] else {
-                state.misses += 1
-                return (store, nil)
-            }
-            if let deadline = entry.expiresAt, deadline <= current { return nil }   // the slow path removes it
-            return (store, entry)
-        }
-        guard let (store, entry) = found else { return .wait }
+        guard let (store, entry) = immediateEntry(namespace, name) else { return .wait }
         guard let entry else { return .done(nil) }
         // A value of several parts is copied off the event loop: the loop serves other connections.
         guard entry.size <= partBytes else { return .wait }
@@ -233,6 +223,40 @@ final class TierKVBackend: KVBackend, Sendable {
         guard value.readableBytes == entry.size else { return .wait }
         state.withLock { $0.hits += 1 }
         return .done(value)
+    }
+
+    /// A value of one part in RAM, handed to `body` in place (borrowed for the call), so the
+    /// connection writes it to its socket without a copy.
+    func withValueImmediately<T>(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
+    ) throws -> KVImmediate<T?> {
+        let name = Array(key.readableBytesView)
+        guard let (store, entry) = immediateEntry(namespace, name) else { return .wait }
+        guard let entry else { return .done(nil) }
+        guard parts(entry.size) == 1 else { return .wait }
+        // Not in RAM (or not whole): the slow path reads it from below.
+        let block = Self.blockKey(namespace, name, version: entry.version, part: 0)
+        guard case .some(.some(let result)) = try store.withBlockInRAM(block, { bytes -> T? in
+            bytes.count == entry.size ? body(bytes) : nil
+        }) else { return .wait }
+        state.withLock { $0.hits += 1 }
+        return .done(result)
+    }
+
+    /// For the fast paths: the store and the key's live entry (nil entry: certainly absent, a
+    /// miss counted); nil when they must wait (the store not open, or the entry expired, which
+    /// the slow path removes).
+    private func immediateEntry(_ namespace: String, _ name: [UInt8]) -> (BlockStore, Entry?)? {
+        let current = now()
+        return state.withLock { state -> (BlockStore, Entry?)? in
+            guard let store = state.opened else { return nil }
+            guard let entry = state.namespaces[namespace]?[name] else {
+                state.misses += 1
+                return (store, nil)
+            }
+            if let deadline = entry.expiresAt, deadline <= current { return nil }
+            return (store, entry)
+        }
     }
 
     func setImmediately(

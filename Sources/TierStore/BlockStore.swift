@@ -400,6 +400,14 @@ public final class BlockStore: Sendable {
         return true
     }
 
+    /// A block in RAM handed to `body` where it lies (decoded first if it is stored compressed),
+    /// kept in place for the call by a borrow, not the tier's lock: `body` may take its time (a
+    /// socket write). Nil, without calling `body`, if the block is not in RAM.
+    public func withBlockInRAM<T>(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        guard let read = try getFromRAM(key, countingMiss: false) else { return nil }
+        return try read.withBytesReleasing(body)
+    }
+
     private func getFromRAM(_ key: BlockKey, countingMiss: Bool) throws -> Read? {
         guard let view = host.borrow(key, countingMiss: countingMiss) else { return nil }
         guard let length = view.decodedLength else { return .host(view) }

@@ -153,6 +153,38 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         #expect(harness.handler.stats.totalCommandsProcessed == Self.script.count)
     }
 
+    /// The same again with a connection that writes GET values itself (`writeBulk`): a value
+    /// found goes out through it, byte for byte, and the reply says so; a miss is still `$-1`
+    /// through the ordinary reply, and no other command uses it.
+    @Test func aGetValueGoesOutThroughTheConnectionsOwnWriterWhenItHasOne() async {
+        var harness = Harness()
+        var direct = 0
+        for (words, expected) in Self.script {
+            let arguments = words.map { ByteBuffer(string: $0) }
+            var sent: [[UInt8]] = []
+            let reply: RESPValue
+            if let answered = harness.handler.handleImmediately(arguments, session: &harness.session, writeBulk: {
+                sent.append(Array($0))
+            }) {
+                if answered.alreadyWritten {
+                    direct += 1
+                    #expect(sent.count == 1, "\(words)")
+                    reply = .bulkString(ByteBuffer(bytes: sent.first ?? []))
+                } else {
+                    #expect(sent.isEmpty, "\(words)")
+                    reply = answered.value
+                }
+            } else {
+                #expect(sent.isEmpty, "\(words)")
+                reply = await harness.reply(words).value
+            }
+            #expect(reply == expected, "\(words)")
+        }
+        // (the fake answers keys named slow:… only on the waiting path)
+        let hits = Self.script.filter { $0.0.count == 2 && $0.0[0].lowercased() == "get" && !$0.0[1].hasPrefix("slow:") && $0.1 != .null }.count
+        #expect(hits >= 2 && direct == hits)
+    }
+
     /// A connection's pipelined batch: consecutive plain `SET key value` commands reach the
     /// backend as one MSET-like call (which a durable store commits at once); every other
     /// command, a SET with options, and a lone SET run alone, in order; replies stay one per

@@ -162,6 +162,14 @@ public protocol KVBackend: Sendable {
     /// Whatever it answers must be what `get` would have answered at that instant.
     func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?>
 
+    /// `getImmediately` without a copy: a value found is handed to `body` where it lies, kept in
+    /// place until `body` returns (the connection writes it to the socket from there). `.done(nil)`
+    /// for a key certainly absent, `.wait` as for `getImmediately`. The default copies it out with
+    /// `getImmediately`.
+    func withValueImmediately<T>(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
+    ) throws -> KVImmediate<T?>
+
     /// SET without waiting (a value that fits in RAM with nothing to wait for), else `.wait`
     /// with nothing changed. Same contract as `set`.
     func setImmediately(
@@ -215,6 +223,16 @@ extension KVImmediate: Sendable where Value: Sendable {}
 extension KVBackend {
     /// Default: no fast path.
     public func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> { .wait }
+
+    public func withValueImmediately<T>(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
+    ) throws -> KVImmediate<T?> {
+        switch try getImmediately(namespace: namespace, key: key) {
+        case .wait: return .wait
+        case .done(nil): return .done(nil)
+        case .done(let value?): return .done(value.withUnsafeReadableBytes(body))
+        }
+    }
 
     public func setImmediately(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry

@@ -122,6 +122,7 @@ extension RESPCommandHandler {
                 ("total_error_replies", "0"), ("protocol_errors", String(stats.totalProtocolErrors)),
                 ("staged_values", String(stats.totalStagedValues)),
                 ("staged_bytes_read_directly", String(stats.totalBytesReceivedDirectly)),
+                ("replies_sent_directly", String(stats.totalRepliesSentDirectly)),
             ]),
         ]
         for (name, fields) in await backend.info() {

@@ -36,10 +36,14 @@ public struct RESPReply: Sendable, Hashable {
     public var value: RESPValue
     /// QUIT: write the reply, then close the connection.
     public var closesConnection: Bool
+    /// The reply went out already, through the connection's `writeBulk` (a GET's value written
+    /// from where it lies); `value` is not to be sent.
+    public var alreadyWritten: Bool
 
-    public init(_ value: RESPValue, closesConnection: Bool = false) {
+    public init(_ value: RESPValue, closesConnection: Bool = false, alreadyWritten: Bool = false) {
         self.value = value
         self.closesConnection = closesConnection
+        self.alreadyWritten = alreadyWritten
     }
 }
 
@@ -159,8 +163,11 @@ public struct RESPCommandHandler: Sendable {
     /// Runs one command without waiting if it can be answered at once: a rejected command, PING,
     /// ECHO, or a GET / SET the backend can serve from RAM. Nil: nothing was done, call `handle`.
     /// The connection runs this on its own thread, so the common command costs no thread hop.
+    /// `writeBulk`, where given, sends a GET's value itself as a bulk string, from where the
+    /// backend holds it (no copy); the reply then says `alreadyWritten`.
     public func handleImmediately(
-        _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession,
+        writeBulk: ((UnsafeRawBufferPointer) -> Void)? = nil
     ) -> RESPReply? {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
@@ -174,6 +181,11 @@ public struct RESPCommandHandler: Sendable {
                 reply = RESPReply(arguments.count == 2 ? .bulkString(arguments[1]) : .simpleString("PONG"))
             case "echo":
                 reply = RESPReply(.bulkString(arguments[1]))
+            case "get" where writeBulk != nil:
+                guard case .done(let written) = try backend.withValueImmediately(
+                    namespace: session.namespace, key: arguments[1], { writeBulk!($0) })
+                else { return nil }
+                reply = RESPReply(.null, alreadyWritten: written != nil)
             case "get":
                 guard case .done(let value) = try backend.getImmediately(namespace: session.namespace, key: arguments[1]) else {
                     return nil

@@ -50,6 +50,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private var closing = false
     private var inputClosed = false
     private var active = false
+    /// The channel's socket, looked up once (NIO's lookup casts to a generic protocol type,
+    /// which costs as much as copying a 64 KiB value); `socket(context)` hands it out only while
+    /// the channel is open, on its loop, where NIO cannot close it under us.
+    private var descriptor: NIOBSDSocket.Handle??
 
     init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger,
          direct: DirectReceiveSwitch? = nil)
@@ -125,8 +129,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         guard direct != nil, let sink = staging, !closing else { return false }
         var failure: Int32 = 0
         var received = 0
-        let available = try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) {
-            socket in
+        let available: Void? = socket(context).map { socket in
             while true {
                 var error: Int32 = 0
                 var room = 0
@@ -164,6 +167,15 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         guard sink.isComplete else { return false }
         stagingDone()
         return true
+    }
+
+    /// The socket, while the channel is open; nil where the channel has none (or is closed).
+    private func socket(_ context: ChannelHandlerContext) -> NIOBSDSocket.Handle? {
+        guard context.channel.isActive else { return nil }
+        if let descriptor { return descriptor }
+        let found = try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }
+        descriptor = .some(found)
+        return found
     }
 
     func read(context: ChannelHandlerContext) {
@@ -337,15 +349,20 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var out = context.channel.allocator.buffer(capacity: 256)
         var answered = 0
         var closeAfter = false
+        // A GET's value goes out from where the backend holds it, where the channel is a socket.
+        let writeBulk: ((UnsafeRawBufferPointer) -> Void)? = direct == nil ? nil : { value in
+            self.writeBulk(value, after: &out, context: context)
+        }
         while answered < configuration.maxBatchCommands, let next = pending.first,
             case .command(let arguments, let bytes, let staged) = next, context.channel.isWritable || answered == 0
         {
-            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!) else { break }
+            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, writeBulk: writeBulk)
+            else { break }
             staged?.discard()
             pending.removeFirst()
             pendingBytes -= bytes
             answered += 1
-            encode(reply, into: &out, context: context)
+            if !reply.alreadyWritten { encode(reply, into: &out, context: context) }
             if reply.closesConnection {
                 closeAfter = true
                 break
@@ -364,6 +381,59 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     }
 
     private enum ImmediateOutcome { case noneAnswered, answered, closed }
+
+    /// A GET's reply, its value where the backend holds it. Written to the socket at once with
+    /// `out` (the replies before it) in one `writev` when nothing of ours waits in the channel
+    /// for the socket (it would be overtaken): what the socket takes then is never copied. Else,
+    /// and for whatever the socket does not take (its buffer is full, or the write failed), the
+    /// bytes are copied for the channel to write after the rest, as any reply, and meet the same
+    /// fate there (EAGAIN: written when the socket drains; an error: the channel closes).
+    private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
+        out.writeInteger(UInt8(ascii: "$"))
+        out.writeString(String(value.count))
+        out.writeRESPCRLF()
+        guard context.channel.isWritable,
+            (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) == 0
+        else {
+            out.writeBytes(value)
+            out.writeRESPCRLF()
+            return
+        }
+        let head = out.readableBytes
+        let total = head + value.count + 2
+        var written = 0
+        let crlf: (UInt8, UInt8) = (0x0D, 0x0A)
+        withUnsafeBytes(of: crlf) { end in
+            out.withUnsafeReadableBytes { replies in
+                guard let socket = socket(context) else { return }
+                withUnsafeTemporaryAllocation(of: iovec.self, capacity: 3) { vectors in
+                    vectors[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: replies.baseAddress), iov_len: replies.count)
+                    vectors[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: value.baseAddress), iov_len: value.count)
+                    vectors[2] = iovec(iov_base: UnsafeMutableRawPointer(mutating: end.baseAddress), iov_len: 2)
+                    while true {
+                        let count = writev(socket, vectors.baseAddress, 3)
+                        if count < 0, errno == EINTR { continue }
+                        written = max(0, count)
+                        return
+                    }
+                }
+            }
+        }
+        if written == total {
+            handler.stats.replySentDirectly()
+            out.clear()
+            return
+        }
+        // The rest, in order: what is left of the replies before, of the value, of its CRLF.
+        var rest = context.channel.allocator.buffer(capacity: total - written)
+        if written < head { rest.writeBytes(out.readableBytesView.dropFirst(written)) }
+        let valueStart = max(0, written - head)
+        if valueStart < value.count { rest.writeBytes(UnsafeRawBufferPointer(rebasing: value[valueStart...])) }
+        let endStart = max(0, written - head - value.count)
+        rest.writeBytes([UInt8(0x0D), 0x0A].dropFirst(endStart))
+        out.clear()
+        context.write(wrapOutboundOut(rest), promise: nil)
+    }
 
     /// Appends the reply to `out`; a large bulk payload is written as its own buffer, uncopied.
     private func encode(_ reply: RESPReply, into out: inout ByteBuffer, context: ChannelHandlerContext) {

@@ -8,6 +8,7 @@ public final class RESPStats: Sendable {
     private let protocolErrors = Atomic<Int>(0)
     private let staged = Atomic<Int>(0)
     private let directBytes = Atomic<Int>(0)
+    private let sentDirectly = Atomic<Int>(0)
     private let port = Atomic<Int>(0)
     private let nextClientID = Atomic<Int64>(0)
     /// Uptime is measured from here.
@@ -23,6 +24,8 @@ public final class RESPStats: Sendable {
     public var totalStagedValues: Int { staged.load(ordering: .relaxed) }
     /// Bytes of staged values read from the socket straight into the backend's storage.
     public var totalBytesReceivedDirectly: Int { directBytes.load(ordering: .relaxed) }
+    /// GET replies written to the socket straight from the backend's storage (not copied).
+    public var totalRepliesSentDirectly: Int { sentDirectly.load(ordering: .relaxed) }
     public var tcpPort: Int { port.load(ordering: .relaxed) }
 
     /// Counts a new connection and returns its client ID (1, 2, ...).
@@ -37,6 +40,7 @@ public final class RESPStats: Sendable {
     func commandsProcessed(_ count: Int) { commands.add(count, ordering: .relaxed) }
     func valueStaged() { staged.add(1, ordering: .relaxed) }
     func receivedDirectly(bytes: Int) { directBytes.add(bytes, ordering: .relaxed) }
+    func replySentDirectly() { sentDirectly.add(1, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
     func bound(port value: Int) { port.store(value, ordering: .relaxed) }
 }

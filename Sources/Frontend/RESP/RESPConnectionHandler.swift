@@ -395,8 +395,19 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         guard context.channel.isWritable,
             (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) == 0
         else {
-            out.writeBytes(value)
-            out.writeRESPCRLF()
+            guard value.count >= RESPEncoder.zeroCopyThreshold else {
+                out.writeBytes(value)
+                out.writeRESPCRLF()
+                return
+            }
+            // A large one in a buffer of its own, as the encoder does: `out` is not grown (and
+            // copied again) by every large value of a pipelined batch.
+            context.write(wrapOutboundOut(out), promise: nil)
+            var payload = context.channel.allocator.buffer(capacity: value.count + 2)
+            payload.writeBytes(value)
+            payload.writeRESPCRLF()
+            context.write(wrapOutboundOut(payload), promise: nil)
+            out = context.channel.allocator.buffer(capacity: 256)
             return
         }
         let head = out.readableBytes

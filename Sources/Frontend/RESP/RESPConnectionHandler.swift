@@ -350,13 +350,13 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var answered = 0
         var closeAfter = false
         // A GET's value goes out from where the backend holds it, where the channel is a socket.
-        let writeBulk: ((UnsafeRawBufferPointer) -> Void)? = direct == nil ? nil : { value in
+        let bulkWriter: ((UnsafeRawBufferPointer) -> Void)? = direct == nil ? nil : { value in
             self.writeBulk(value, after: &out, context: context)
         }
         while answered < configuration.maxBatchCommands, let next = pending.first,
             case .command(let arguments, let bytes, let staged) = next, context.channel.isWritable || answered == 0
         {
-            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, writeBulk: writeBulk)
+            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, writeBulk: bulkWriter)
             else { break }
             staged?.discard()
             pending.removeFirst()

@@ -103,120 +103,130 @@ extension ConfigLoader {
     static func models(_ reader: ConfigReader, _ node: Node?, config: StrataConfiguration) throws -> [ModelConfiguration] {
         guard let node else { return [] }
         var models: [ModelConfiguration] = []
+        // Each model is checked even after one fails, so that all their problems are named at once.
+        var problems: [ConfigError] = []
         for (index, item) in try reader.sequence(node, at: "models").enumerated() {
-            let key = "models[\(index)]"
-            let map = try reader.mapping(
-                item, at: key,
-                allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
-                          "routing", "replicas", "sha256", "stage", "preload", "tags", "fallbacks", "spill_after", "priority",
-                          "min_residency", "kv_restore"])
-            guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
-            let name = try reader.string(nameNode, at: "\(key).name")
-            guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
-                throw reader.fail("\(key).name", nameNode, "'\(name)' is not a model name (non-empty, no spaces, slashes or #)")
-            }
-            guard !models.contains(where: { $0.name == name }) else {
-                throw reader.fail("\(key).name", nameNode, "model '\(name)' is defined twice")
-            }
-            let key2 = "models[\(index)] (\(name))"
-            var device = config.devices[0].name
-            if let v = map["device"] {
-                device = try reader.string(v, at: "\(key2).device")
-                guard config.devices.contains(where: { $0.name == device }) else {
-                    throw reader.fail("\(key2).device", v, "unknown device '\(device)' (defined: \(config.devices.map(\.name).joined(separator: ", ")))")
+            do {
+                let key = "models[\(index)]"
+                let map = try reader.mapping(
+                    item, at: key,
+                    allowed: ["name", "source", "runtime", "memory", "ttl", "pin", "device", "args", "upstreams", "upstream_model",
+                              "routing", "replicas", "sha256", "stage", "preload", "tags", "fallbacks", "spill_after", "priority",
+                              "min_residency", "kv_restore"])
+                guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
+                let name = try reader.string(nameNode, at: "\(key).name")
+                guard !name.isEmpty, !name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "#" }) else {
+                    throw reader.fail("\(key).name", nameNode, "'\(name)' is not a model name (non-empty, no spaces, slashes or #)")
                 }
-            }
-            let ttl: Duration? = try map["ttl"].flatMap { node in
-                if (try? reader.string(node, at: "\(key2).ttl")) == "never" { return nil }
-                return try reader.duration(node, at: "\(key2).ttl")
-            }
-            let pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false
-            var memory: UInt64 = 0
-            var declared = false
-            var memoryEstimate: String?
-            if let v = map["memory"] {
-                memory = try reader.size(v, at: "\(key2).memory")
-                declared = true
-            }
+                guard !models.contains(where: { $0.name == name }) else {
+                    throw reader.fail("\(key).name", nameNode, "model '\(name)' is defined twice")
+                }
+                let key2 = "models[\(index)] (\(name))"
+                var device = config.devices[0].name
+                if let v = map["device"] {
+                    device = try reader.string(v, at: "\(key2).device")
+                    guard config.devices.contains(where: { $0.name == device }) else {
+                        throw reader.fail("\(key2).device", v, "unknown device '\(device)' (defined: \(config.devices.map(\.name).joined(separator: ", ")))")
+                    }
+                }
+                let ttl: Duration? = try map["ttl"].flatMap { node in
+                    if (try? reader.string(node, at: "\(key2).ttl")) == "never" { return nil }
+                    return try reader.duration(node, at: "\(key2).ttl")
+                }
+                let pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false
+                var memory: UInt64 = 0
+                var declared = false
+                var memoryEstimate: String?
+                if let v = map["memory"] {
+                    memory = try reader.size(v, at: "\(key2).memory")
+                    declared = true
+                }
 
-            let serving: ModelConfiguration.Serving
-            var routing: RoutingPolicy?
-            var weights = WeightSource()
-            let replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1
-            if let upstreamsNode = map["upstreams"] {
-                try rejectFields(["replicas"], reader, map, key2, "not used with 'upstreams' (each URL is a replica)")
-                routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
-                try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin", "sha256", "stage", "preload"], reader, map, key2,
-                                 "not allowed together with 'upstreams' (replicas Strata does not start)")
-                let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
-                guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
-                for (i, url) in urls.enumerated() {
-                    guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
-                        throw reader.fail("\(key2).upstreams[\(i)]", upstreamsNode, "'\(url)' is not an http(s) URL")
-                    }
-                }
-                serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
-            } else {
-                if replicaCount > 1 {
+                let serving: ModelConfiguration.Serving
+                var routing: RoutingPolicy?
+                var weights = WeightSource()
+                let replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1
+                if let upstreamsNode = map["upstreams"] {
+                    try rejectFields(["replicas"], reader, map, key2, "not used with 'upstreams' (each URL is a replica)")
                     routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
-                } else {
-                    try rejectFields(["routing"], reader, map, key2, "only for models with replicas ('upstreams' or 'replicas' above 1)")
-                }
-                let runtimeName = try map["runtime"].map { try reader.string($0, at: "\(key2).runtime") }
-                    ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
-                guard let runtime = config.runtimes[runtimeName] else {
-                    throw reader.fail("\(key2).runtime", map["runtime"] ?? item,
-                        runtimeName.isEmpty ? "missing key 'runtime' (or 'upstreams')"
-                            : "unknown runtime '\(runtimeName)' (defined: \(config.runtimes.keys.sorted().joined(separator: ", ")))")
-                }
-                if runtime.isManaged {
-                    try rejectFields(["upstream_model"], reader, map, key2, "only for runtimes of kind upstream")
-                    guard let sourceNode = map["source"] else {
-                        throw reader.fail(key2, item, "missing key 'source' (the weights: file:///path, a path, http(s)://… or s3://bucket/key)")
-                    }
-                    weights = try weightSource(reader, sourceNode, map, at: key2)
-                    let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
-                    if !declared {
-                        guard !weights.isRemote else {
-                            throw reader.fail("\(key2).memory", item, "required for an http(s) or s3 source (its size is not known before it is fetched)")
+                    try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin", "sha256", "stage", "preload"], reader, map, key2,
+                                     "not allowed together with 'upstreams' (replicas Strata does not start)")
+                    let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
+                    guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
+                    for (i, url) in urls.enumerated() {
+                        guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
+                            throw reader.fail("\(key2).upstreams[\(i)]", upstreamsNode, "'\(url)' is not an http(s) URL")
                         }
-                        // No declared footprint: weights + the KV cache the context length implies
-                        // + buffers (from the GGUF header), corrected once the runtime is measured.
-                        let estimate = FootprintEstimate.estimate(
-                            weightBytes: weights.bytes, metadata: try? GGUFMetadata.read(path: weights.source),
-                            runtimeArgs: runtime.arguments + args)
-                        memory = estimate.total
-                        memoryEstimate = estimate.explanation
                     }
-                    let path = weights.isRemote ? "" : weights.source
-                    serving = .managed(runtime: runtimeName, modelPath: path, args: args)
+                    serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
                 } else {
-                    try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas", "sha256", "stage", "preload"], reader, map, key2,
-                                     "not used with an upstream runtime (Strata does not load it)")
-                    let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
-                    serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
+                    if replicaCount > 1 {
+                        routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
+                    } else {
+                        try rejectFields(["routing"], reader, map, key2, "only for models with replicas ('upstreams' or 'replicas' above 1)")
+                    }
+                    let runtimeName = try map["runtime"].map { try reader.string($0, at: "\(key2).runtime") }
+                        ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
+                    guard let runtime = config.runtimes[runtimeName] else {
+                        throw reader.fail("\(key2).runtime", map["runtime"] ?? item,
+                            runtimeName.isEmpty ? "missing key 'runtime' (or 'upstreams')"
+                                : "unknown runtime '\(runtimeName)' (defined: \(config.runtimes.keys.sorted().joined(separator: ", ")))")
+                    }
+                    if runtime.isManaged {
+                        try rejectFields(["upstream_model"], reader, map, key2, "only for runtimes of kind upstream")
+                        guard let sourceNode = map["source"] else {
+                            throw reader.fail(key2, item, "missing key 'source' (the weights: file:///path, a path, http(s)://… or s3://bucket/key)")
+                        }
+                        weights = try weightSource(reader, sourceNode, map, at: key2)
+                        let args = try map["args"].map { try reader.strings($0, at: "\(key2).args") } ?? []
+                        if !declared {
+                            guard !weights.isRemote else {
+                                throw reader.fail("\(key2).memory", item, "required for an http(s) or s3 source (its size is not known before it is fetched)")
+                            }
+                            // No declared footprint: weights + the KV cache the context length implies
+                            // + buffers (from the GGUF header), corrected once the runtime is measured.
+                            let estimate = FootprintEstimate.estimate(
+                                weightBytes: weights.bytes, metadata: try? GGUFMetadata.read(path: weights.source),
+                                runtimeArgs: runtime.arguments + args)
+                            memory = estimate.total
+                            memoryEstimate = estimate.explanation
+                        }
+                        let path = weights.isRemote ? "" : weights.source
+                        serving = .managed(runtime: runtimeName, modelPath: path, args: args)
+                    } else {
+                        try rejectFields(["source", "args", "memory", "ttl", "pin", "replicas", "sha256", "stage", "preload"], reader, map, key2,
+                                         "not used with an upstream runtime (Strata does not load it)")
+                        let upstreamModel = try map["upstream_model"].map { try reader.string($0, at: "\(key2).upstream_model") }
+                        serving = .upstream(runtime: runtimeName, upstreamModel: upstreamModel)
+                    }
                 }
+                if case .managed = serving, let budget = config.devices.first(where: { $0.name == device })?.memoryBytes,
+                    memory * UInt64(replicaCount) > budget
+                {
+                    throw reader.fail(replicaCount > 1 ? "\(key2).replicas" : "\(key2).memory", map["memory"] ?? item,
+                        "model needs \(replicaCount > 1 ? "\(replicaCount) × " : "")\(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
+                }
+                var model = ModelConfiguration(
+                    name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
+                    ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount)
+                model.memoryEstimate = memoryEstimate
+                model.source = weights.isRemote ? weights.source : (weights.source.isEmpty ? "" : "file://\(weights.source)")
+                model.sha256 = weights.sha256
+                model.weightBytes = weights.bytes
+                model.stage = try map["stage"].map { try reader.bool($0, at: "\(key2).stage") } ?? true
+                model.preload = try map["preload"].map { try reader.bool($0, at: "\(key2).preload") } ?? false
+                if model.isRemoteSource && !model.stage {
+                    throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
+                }
+                try modelPolicy(reader, map, at: key2, into: &model, runtimes: config.runtimes)
+                models.append(model)
+            } catch let error as ConfigError {
+                problems += error.all
             }
-            if case .managed = serving, let budget = config.devices.first(where: { $0.name == device })?.memoryBytes,
-                memory * UInt64(replicaCount) > budget
-            {
-                throw reader.fail(replicaCount > 1 ? "\(key2).replicas" : "\(key2).memory", map["memory"] ?? item,
-                    "model needs \(replicaCount > 1 ? "\(replicaCount) × " : "")\(ConfigUnits.formatBytes(memory)) but device '\(device)' has \(ConfigUnits.formatBytes(budget))")
-            }
-            var model = ModelConfiguration(
-                name: name, serving: serving, device: device, memoryBytes: memory, memoryDeclared: declared,
-                ttl: ttl, pinned: pinned, routing: routing, replicaCount: replicaCount)
-            model.memoryEstimate = memoryEstimate
-            model.source = weights.isRemote ? weights.source : (weights.source.isEmpty ? "" : "file://\(weights.source)")
-            model.sha256 = weights.sha256
-            model.weightBytes = weights.bytes
-            model.stage = try map["stage"].map { try reader.bool($0, at: "\(key2).stage") } ?? true
-            model.preload = try map["preload"].map { try reader.bool($0, at: "\(key2).preload") } ?? false
-            if model.isRemoteSource && !model.stage {
-                throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
-            }
-            try modelPolicy(reader, map, at: key2, into: &model, runtimes: config.runtimes)
-            models.append(model)
+        }
+        if var first = problems.first {
+            first.others = Array(problems.dropFirst())
+            throw first
         }
         try checkFallbacks(reader, models, node)
         return models

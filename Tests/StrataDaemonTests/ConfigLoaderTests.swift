@@ -312,6 +312,18 @@ struct ConfigLoaderTests {
             #expect(error.key.hasPrefix("runtimes"))
             #expect(error.others.isEmpty, "\(error)")
         }
+        // every model's problem, not only the first model's
+        do {
+            _ = try Self.parse("""
+                models:
+                  - { name: a, runtime: missing, source: \(Self.modelFile) }
+                  - { name: b, source: \(Self.modelFile) }
+                  - { name: c, source: \(Self.modelFile), ttl: soon }
+                """)
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == ["models[0] (a).runtime", "models[2] (c).ttl"], "\(error)")
+        }
         // a model's own problem is still found beside a problem elsewhere
         do {
             _ = try Self.parse("listen: nowhere\nmodels: [{ name: m, runtime: missing, source: \(Self.modelFile) }]")

@@ -4,8 +4,9 @@
 For each value size and pipelining depth, `redis-benchmark -t set,get -d SIZE -c CLIENTS -n N
 [-P DEPTH] --csv` runs against redis-server (no persistence: `--save "" --appendonly no`) and
 against Strata (`kv: { resp: … }`, values in the block store: host RAM over NVMe), alternating
-which goes first, `--runs` times; prints medians of requests/s and the ratio Strata / Redis, and
-a JSON line.
+which goes first, `--runs` times; prints medians of requests/s and the ratio Strata / Redis,
+the server's CPU per request (µs, SET and GET of a cell together, from /proc/PID/stat; steadier
+than requests/s on a noisy machine) and its ratio, and a JSON line.
 
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
-from procs import free_port, stop   # noqa: E402
+from procs import cpu_seconds, free_port, stop   # noqa: E402
 
 UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
@@ -102,6 +103,7 @@ def main():
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
             + (["--appendonly", "yes", "--appendfsync", "always"] if a.durability == "durable" else ["--appendonly", "no"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         servers = [("redis", redis_port), ("strata", strata_port)]
+        pids = {"redis": procs[0].pid}
         binaries = [("strata", a.strata, strata_port, http_port)]
         if a.strata_before:
             before_port = free_port()
@@ -119,10 +121,11 @@ models: []
 """)
             log = open(work / f"{name}.log", "wb")
             procs.append(subprocess.Popen([binary, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
+            pids[name] = procs[-1].pid
         for _, port in servers:
             wait_ready(port)
 
-        results = {}   # (size, depth, server, op) -> [rps]
+        results = {}   # (size, depth, server, op) -> [rps]; op "CPU": server µs per request
         for run in range(a.runs):
             for value in sizes:
                 for depth in depths:
@@ -132,8 +135,11 @@ models: []
                     for server, port in order:
                         # bound the bytes moved per cell (large values need fewer requests)
                         n = max(a.min_requests, min(a.requests, size(a.cell_bytes) // max(value, 1)))
+                        cpu = cpu_seconds(pids[server])
                         for op, rps in bench(port, value, a.clients, n, depth, a.keyspace).items():
                             results.setdefault((value, depth, server, op), []).append(rps)
+                        results.setdefault((value, depth, server, "CPU"), []).append(
+                            (cpu_seconds(pids[server]) - cpu) * 1e6 / (2 * n))
                     print(f"run {run + 1} {value} B P{depth}: " + ", ".join(
                         f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s, _ in servers for op in ("SET", "GET")),
                         file=sys.stderr)
@@ -142,18 +148,21 @@ models: []
         before = a.strata_before is not None
         print(f"{'value':>8} {'pipe':>4} {'op':>4} {'redis':>10} {'strata':>10} {'strata/redis':>13}"
               + (f" {'before':>10} {'before/redis':>13}" if before else ""))
+        print("(op CPU: the server's CPU per request in µs, SET and GET of the cell together)")
         rows = []
         for value in sizes:
             for depth in depths:
-                for op in ("SET", "GET"):
+                for op in ("SET", "GET", "CPU"):
                     r = statistics.median(results[(value, depth, "redis", op)])
                     s = statistics.median(results[(value, depth, "strata", op)])
-                    row = {"value_bytes": value, "pipeline": depth, "op": op, "redis_rps": r, "strata_rps": s, "ratio": s / r}
-                    line = f"{value:>8} {depth:>4} {op:>4} {r:>10.0f} {s:>10.0f} {s / r:>13.2f}"
+                    unit, digits = ("cpu_us", 1) if op == "CPU" else ("rps", 0)
+                    row = {"value_bytes": value, "pipeline": depth, "op": op, f"redis_{unit}": r, f"strata_{unit}": s,
+                           "ratio": s / r}
+                    line = f"{value:>8} {depth:>4} {op:>4} {r:>10.{digits}f} {s:>10.{digits}f} {s / r:>13.2f}"
                     if before:
                         b = statistics.median(results[(value, depth, "before", op)])
-                        row.update(before_rps=b, before_ratio=b / r)
-                        line += f" {b:>10.0f} {b / r:>13.2f}"
+                        row.update({f"before_{unit}": b, "before_ratio": b / r})
+                        line += f" {b:>10.{digits}f} {b / r:>13.2f}"
                     rows.append(row)
                     print(line)
         print(json.dumps({"clients": a.clients, "runs": a.runs, "rows": rows}))

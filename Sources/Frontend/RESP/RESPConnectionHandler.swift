@@ -384,32 +384,22 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     /// A GET's reply, its value where the backend holds it. Written to the socket at once with
     /// `out` (the replies before it) in one `writev` when nothing of ours waits in the channel
-    /// for the socket (it would be overtaken): what the socket takes then is never copied. Else,
-    /// and for whatever the socket does not take (its buffer is full, or the write failed), the
-    /// bytes are copied for the channel to write after the rest, as any reply, and meet the same
-    /// fate there (EAGAIN: written when the socket drains; an error: the channel closes).
+    /// for the socket (it would be overtaken): what the socket takes then is never copied. Else
+    /// it is an ordinary reply, copied and encoded as any (a large value in a buffer of its own,
+    /// so `out` is not grown by every large value of a pipelined batch); and whatever the socket
+    /// does not take (its buffer is full, or the write failed) is copied for the channel to write
+    /// after the rest, and meets the same fate there (EAGAIN: written when the socket drains; an
+    /// error: the channel closes).
     private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
-        out.writeInteger(UInt8(ascii: "$"))
-        out.writeString(String(value.count))
-        out.writeRESPCRLF()
         guard context.channel.isWritable,
             (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) == 0
         else {
-            guard value.count >= RESPEncoder.zeroCopyThreshold else {
-                out.writeBytes(value)
-                out.writeRESPCRLF()
-                return
-            }
-            // A large one in a buffer of its own, as the encoder does: `out` is not grown (and
-            // copied again) by every large value of a pipelined batch.
-            context.write(wrapOutboundOut(out), promise: nil)
-            var payload = context.channel.allocator.buffer(capacity: value.count + 2)
-            payload.writeBytes(value)
-            payload.writeRESPCRLF()
-            context.write(wrapOutboundOut(payload), promise: nil)
-            out = context.channel.allocator.buffer(capacity: 256)
+            encode(RESPReply(.bulkString(context.channel.allocator.buffer(bytes: value))), into: &out, context: context)
             return
         }
+        out.writeInteger(UInt8(ascii: "$"))
+        out.writeString(String(value.count))
+        out.writeRESPCRLF()
         let head = out.readableBytes
         let total = head + value.count + 2
         var written = 0

@@ -30,3 +30,13 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
         all.map { "\(prefix): \($0.headline)\n" }.joined()
     }
 }
+
+extension ConfigError {
+    /// The first of `problems` with the rest as its `others`; nil for none. (In an extension, so
+    /// the memberwise initializer stays.)
+    init?(all problems: [ConfigError]) {
+        guard let first = problems.first else { return nil }
+        self = first
+        others = Array(problems.dropFirst())
+    }
+}

@@ -224,10 +224,7 @@ extension ConfigLoader {
                 problems += error.all
             }
         }
-        if var first = problems.first {
-            first.others = Array(problems.dropFirst())
-            throw first
-        }
+        if let error = ConfigError(all: problems) { throw error }
         try checkFallbacks(reader, models, node)
         return models
     }

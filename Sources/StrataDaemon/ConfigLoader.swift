@@ -95,10 +95,7 @@ public enum ConfigLoader {
         if authRead { _ = check { config.tenants = try tenants(reader, top["tenants"], auth: config.auth) } }
         // In file order (a problem with no line, such as a missing key at the top, first).
         let ordered = problems.enumerated().sorted { ($0.element.line ?? 0, $0.offset) < ($1.element.line ?? 0, $1.offset) }
-        if var first = ordered.first?.element {
-            first.others = ordered.dropFirst().map(\.element)
-            throw first
-        }
+        if let error = ConfigError(all: ordered.map(\.element)) { throw error }
         return config
     }
 

@@ -315,6 +315,40 @@ private func withServer(
         }
     }
 
+    /// A client that sends large values one after another, each SET in one write, has each one
+    /// staged from its first few KiB and the rest read straight into its storage: after a staged
+    /// SET, NIO reads only the next command's start. Without that its adaptive reads grow past
+    /// the value's size and whole values land in its buffer, to be copied from there.
+    @Test func largeSetsSentWholeOneAfterAnotherAreAllStaged() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0)
+        let count = 40, size = 64 << 10
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                for index in 0..<count {
+                    let value = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ index) })
+                    var wire = ByteBuffer()
+                    RESPEncoder.encode(.array(["SET", "k\(index)"].map { .bulkString(ByteBuffer(string: $0)) } + [.bulkString(value)]), into: &wire)
+                    try await client.outbound.write(wire)
+                    #expect(try await client.next() == .ok)
+                }
+                for index in [0, count / 2, count - 1] {
+                    var wire = ByteBuffer()
+                    RESPEncoder.encode(.array(["GET", "k\(index)"].map { .bulkString(ByteBuffer(string: $0)) }), into: &wire)
+                    try await client.outbound.write(wire)
+                    let value = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ index) })
+                    #expect(try await client.next() == .bulkString(value), "k\(index)")
+                }
+            }
+            // The first may arrive whole in a large read (nothing was staged before it).
+            #expect(backend.stagingCounts.stored >= count - 1)
+            #expect(backend.stagingCounts.outstanding == 0)
+            // All but NIO's first read of each (4 KiB, `RESPReceiveAllocator.boundaryBytes`), and
+            // but the first value.
+            let least = (count - 1) * (size - 4096)
+            #expect(backend.receivedBytes >= least, "\(backend.receivedBytes) bytes read directly, expected \(least) or more")
+        }
+    }
+
     /// One SET split in two at every kind of place: inside the header, right after it, inside the
     /// value, after the value before its CRLF, between CR and LF. Split after the header it is
     /// staged (the test waits until it is before sending the rest); either way it is stored byte

@@ -15,7 +15,9 @@ import NIOCore
 /// The value of a large `SET key value` goes straight into the backend's storage as it arrives
 /// (`KVBackend.stageValue`), not into the receive buffer: what NIO has read of it is copied
 /// there, and the rest is read from the socket straight into the storage (`receiveDirectly`),
-/// one copy per byte as Redis's, and no fresh buffer of the value's size to fault in.
+/// one copy per byte as Redis's, and no fresh buffer of the value's size to fault in. After such
+/// a SET, NIO reads the next command's start only (`RESPReceiveAllocator.boundaryBytes`), so that
+/// a client sending large values one after another has nearly all of each received directly.
 final class RESPConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -42,6 +44,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private let direct: DirectReceiveSwitch?
     /// ...and once complete, until the parser yields its command.
     private var staged: (any KVStagedValue)?
+    /// The last command parsed was a SET with a staged value.
+    private var lastStaged = false
     private var pending = CircularBuffer<Pending>()
     private var pendingBytes = 0
     private var busy = false
@@ -120,33 +124,39 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         runNextBatch(context: context)
     }
 
-    /// Reads the rest of the value being staged from the socket straight into its storage,
-    /// until it is complete or the socket has no more for now. Reads no further than the value:
-    /// what follows it stays in the socket for NIO to read (its readiness is level-triggered).
-    /// True when the value is now complete. Only while the channel is reading (called from
-    /// `channelRead`), so a connection held back by a full queue is not read here either.
+    /// Reads the rest of the value being staged from the socket straight into its storage, and
+    /// the two bytes after it (its CRLF, for the parser), in one `readv`: the value is then
+    /// complete, or the socket had no more for now (no second read to hear EAGAIN: NIO's next
+    /// read, when more comes, leads here again). Reads nothing beyond: what follows stays in
+    /// the socket for NIO to read (its readiness is level-triggered). True when the value is now
+    /// complete. Only while the channel is reading (called from `channelRead`), so a connection
+    /// held back by a full queue is not read here either.
     private func receiveDirectly(context: ChannelHandlerContext) -> Bool {
         guard direct != nil, let sink = staging, !closing else { return false }
         var failure: Int32 = 0
         var received = 0
+        var end: (UInt8, UInt8) = (0, 0)
+        var endCount = 0
         let available: Void? = socket(context).map { socket in
             while true {
                 var error: Int32 = 0
-                var room = 0
                 let count = sink.receive { slot in
-                    room = slot.count
-                    let count = Glibc.read(socket, slot.baseAddress, slot.count)
-                    if count < 0 { error = errno }
-                    return count
+                    withUnsafeMutableBytes(of: &end) { end in
+                        var vectors = (iovec(iov_base: slot.baseAddress, iov_len: slot.count),
+                                       iovec(iov_base: end.baseAddress, iov_len: end.count))
+                        let count = withUnsafeMutableBytes(of: &vectors) { vectors in
+                            readv(socket, vectors.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
+                        }
+                        if count < 0 {
+                            error = errno
+                            return count
+                        }
+                        endCount = max(0, count - slot.count)
+                        return min(count, slot.count)
+                    }
                 }
-                if count > 0 {
-                    received += count
-                    // A short read took what the socket had: no second read to hear EAGAIN
-                    // (NIO's next read, when more comes, leads here again).
-                    if count < room { return }
-                    continue
-                }
-                // 0: the value is complete, or the client closed (NIO's next read finds that).
+                if count > 0 { received += count }
+                // 0: the client closed (NIO's next read finds that).
                 if count < 0, error == EINTR { continue }
                 if count < 0, error != EAGAIN, error != EWOULDBLOCK { failure = error }
                 return
@@ -166,6 +176,9 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         }
         guard sink.isComplete else { return false }
         stagingDone()
+        if endCount > 0 {
+            withUnsafeBytes(of: end) { inbound.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(endCount))) }
+        }
         return true
     }
 
@@ -225,6 +238,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 let staged = self.staged
                 self.staged = nil
                 bytes += staged?.length ?? 0
+                lastStaged = staged != nil
                 pending.append(.command(arguments, bytes: bytes, staged: staged))
                 pendingBytes += bytes
                 producedSlices = true
@@ -244,6 +258,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             // remainder so that appending to it does not copy the whole storage.
             inbound = ByteBuffer(bytes: inbound.readableBytesView)
         }
+        direct?.atLargeSetBoundary = lastStaged && staging == nil && inbound.readableBytes == 0
         if staging == nil, let needed = parser.minimumBytesStillNeeded(in: inbound), needed > 0 {
             // A bulk header announced `needed` more bytes (already checked against the limit).
             inbound.reserveCapacity(minimumWritableBytes: needed)

@@ -1,10 +1,14 @@
 import NIOCore
 
-/// Whether a connection is receiving a staged value straight from its socket. Shared by the
-/// connection's handler, which sets it, and its receive allocator, which reads it; both run on
-/// the connection's event loop only.
+/// Whether a connection is receiving a staged value straight from its socket, or may be about
+/// to. Shared by the connection's handler, which sets it, and its receive allocator, which reads
+/// it; both run on the connection's event loop only.
 final class DirectReceiveSwitch: @unchecked Sendable {
     var on = false
+    /// The connection's last command was a SET whose value was staged, and nothing of the next
+    /// one has been read: it is likely another, whose value should go straight to its storage
+    /// too, so NIO's next read stops after the next command's start.
+    var atLargeSetBoundary = false
 }
 
 /// The receive buffers of a RESP connection. Normally NIO's adaptive sizes, up to `maximum`.
@@ -12,9 +16,14 @@ final class DirectReceiveSwitch: @unchecked Sendable {
 /// (`DirectReceiveSwitch.on`), NIO reads into a small fresh buffer: its read then only tells
 /// the handler that bytes have come, and the handler reads the rest of the value itself, so the
 /// bulk of it is copied once (kernel to storage), not twice (kernel to NIO's buffer to storage).
+/// And after such a SET (`atLargeSetBoundary`), NIO's next read is small, so that a next large
+/// value, arriving whole with its command, is not read into NIO's buffer before it is known to
+/// be one: the handler stages it from its first bytes.
 struct RESPReceiveAllocator: RecvByteBufferAllocator {
     /// NIO's read while receiving directly: enough for the value's next bytes to be noticed.
     static let signalBytes = 256
+    /// NIO's read after a staged SET: a command's header and a little of its value.
+    static let boundaryBytes = 4096
 
     private var adaptive: AdaptiveRecvByteBufferAllocator
     private let direct: DirectReceiveSwitch
@@ -25,19 +34,24 @@ struct RESPReceiveAllocator: RecvByteBufferAllocator {
     }
 
     func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
-        direct.on ? allocator.buffer(capacity: Self.signalBytes) : adaptive.buffer(allocator: allocator)
+        if direct.on { return allocator.buffer(capacity: Self.signalBytes) }
+        if direct.atLargeSetBoundary { return allocator.buffer(capacity: Self.boundaryBytes) }
+        return adaptive.buffer(allocator: allocator)
     }
 
-    /// Nil while receiving directly: NIO's pool would otherwise hand out a kept buffer of up to
+    private var small: Bool { direct.on || direct.atLargeSetBoundary }
+
+    /// Nil while reading small: NIO's pool would otherwise hand out a kept buffer of up to
     /// `maximum` bytes and read that much into it.
     func nextBufferSize() -> Int? {
-        direct.on ? nil : adaptive.nextBufferSize()
+        small ? nil : adaptive.nextBufferSize()
     }
 
-    /// Always true, so that NIO's pool, asked without a size (while receiving directly), makes a
-    /// new small buffer with `buffer(allocator:)` instead of reusing its kept large one.
+    /// Always true, so that NIO's pool, asked without a size (while reading small), makes a new
+    /// small buffer with `buffer(allocator:)` instead of reusing its kept large one. Small reads
+    /// do not teach the adaptive sizes.
     mutating func record(actualReadBytes: Int) -> Bool {
-        if !direct.on { _ = adaptive.record(actualReadBytes: actualReadBytes) }
+        if !small { _ = adaptive.record(actualReadBytes: actualReadBytes) }
         return true
     }
 }

@@ -58,6 +58,9 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// which costs as much as copying a 64 KiB value); `socket(context)` hands it out only while
     /// the channel is open, on its loop, where NIO cannot close it under us.
     private var descriptor: NIOBSDSocket.Handle??
+    /// Writes handed to the channel and not yet done (written to the socket, or failed): while
+    /// any is, nothing may go to the socket directly, or it would overtake them.
+    private var queuedWrites = 0
 
     init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger,
          direct: DirectReceiveSwitch? = nil)
@@ -120,30 +123,38 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             inbound.writeBuffer(&bytes)
         }
         parseAvailable()
-        while staging != nil, receiveDirectly(context: context) { parseAvailable() }
+        var rounds = 0
+        while staging != nil, rounds < Self.directRoundsPerRead, receiveDirectly(context: context) {
+            rounds += 1
+            parseAvailable()
+        }
         runNextBatch(context: context)
     }
 
-    /// Reads the rest of the value being staged from the socket straight into its storage, and
-    /// the two bytes after it (its CRLF, for the parser), in one `readv`: the value is then
-    /// complete, or the socket had no more for now (no second read to hear EAGAIN: NIO's next
-    /// read, when more comes, leads here again). Reads nothing beyond: what follows stays in
-    /// the socket for NIO to read (its readiness is level-triggered). True when the value is now
-    /// complete. Only while the channel is reading (called from `channelRead`), so a connection
-    /// held back by a full queue is not read here either.
+    /// Reads the rest of the value being staged from the socket straight into its storage, and up
+    /// to `lookaheadBytes` after it into `inbound` (its CRLF, and the start of what a pipelining
+    /// client sent next), in one `readv`: the value is then complete, or the socket had no more
+    /// for now (no second read to hear EAGAIN: NIO's next read, when more comes, leads here
+    /// again). What comes after the look-ahead stays in the socket for NIO to read (its readiness
+    /// is level-triggered), unless the look-ahead holds the start of another large SET, which the
+    /// parser then stages in turn. True when the value is now complete. Only while the channel is
+    /// reading (called from `channelRead`), so a connection held back by a full queue is not read
+    /// here either.
     private func receiveDirectly(context: ChannelHandlerContext) -> Bool {
-        guard direct != nil, let sink = staging, !closing else { return false }
+        // While a value is staged, every byte that arrives goes to it first: `inbound` is empty.
+        guard direct != nil, let sink = staging, !closing, inbound.readableBytes == 0 else { return false }
         var failure: Int32 = 0
         var received = 0
-        var end: (UInt8, UInt8) = (0, 0)
-        var endCount = 0
+        var after = 0
+        inbound.clear()
+        inbound.reserveCapacity(minimumWritableBytes: Self.lookaheadBytes)
         let available: Void? = socket(context).map { socket in
             while true {
                 var error: Int32 = 0
                 let count = sink.receive { slot in
-                    withUnsafeMutableBytes(of: &end) { end in
+                    inbound.withUnsafeMutableWritableBytes { ahead in
                         var vectors = (iovec(iov_base: slot.baseAddress, iov_len: slot.count),
-                                       iovec(iov_base: end.baseAddress, iov_len: end.count))
+                                       iovec(iov_base: ahead.baseAddress, iov_len: ahead.count))
                         let count = withUnsafeMutableBytes(of: &vectors) { vectors in
                             readv(socket, vectors.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
                         }
@@ -151,7 +162,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                             error = errno
                             return count
                         }
-                        endCount = max(0, count - slot.count)
+                        after = max(0, count - slot.count)
                         return min(count, slot.count)
                     }
                 }
@@ -162,6 +173,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 return
             }
         }
+        inbound.moveWriterIndex(forwardBy: after)
         if received > 0 { handler.stats.receivedDirectly(bytes: received) }
         if available == nil {
             direct?.on = false   // not a socket after all: NIO reads as usual
@@ -176,11 +188,15 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         }
         guard sink.isComplete else { return false }
         stagingDone()
-        if endCount > 0 {
-            withUnsafeBytes(of: end) { inbound.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(endCount))) }
-        }
         return true
     }
+
+    /// What `receiveDirectly` reads past a value: its CRLF, and a pipelined next command's header
+    /// and the start of its value.
+    private static let lookaheadBytes = 4096
+    /// How many staged values one `channelRead` receives one after another (a client pipelining
+    /// large SETs), before NIO's loop serves the other connections.
+    private static let directRoundsPerRead = 16
 
     /// The socket, while the channel is open; nil where the channel has none (or is closed).
     private func socket(_ context: ChannelHandlerContext) -> NIOBSDSocket.Handle? {
@@ -390,25 +406,53 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             return .closed
         }
-        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
-        context.flush()
+        send(&out, context: context)
         return .answered
+    }
+
+    /// Sends the replies in `out`, in order after everything before them: straight to the socket
+    /// with one `write` when nothing waits in the channel (none of NIO's write path for the
+    /// usual small reply), else through the channel, and so whatever the socket does not take
+    /// (its buffer is full, or the write failed: EAGAIN, it is written when the socket drains;
+    /// an error, the channel closes).
+    private func send(_ out: inout ByteBuffer, context: ChannelHandlerContext) {
+        if queuedWrites == 0, out.readableBytes == 0 { return }   // (all went out in writeBulk)
+        if queuedWrites == 0, let socket = socket(context) {
+            let written = out.withUnsafeReadableBytes { replies in
+                while true {
+                    let count = Glibc.write(socket, replies.baseAddress, replies.count)
+                    if count < 0, errno == EINTR { continue }
+                    return max(0, count)
+                }
+            }
+            out.moveReaderIndex(forwardBy: written)
+            if out.readableBytes == 0 { return }
+        }
+        if out.readableBytes > 0 { enqueue(out, context: context) }
+        context.flush()
+    }
+
+    /// Hands `buffer` to the channel to write after what it holds, counted in `queuedWrites`
+    /// until done.
+    private func enqueue(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        queuedWrites += 1
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { _ in self.queuedWrites -= 1 }
+        context.write(wrapOutboundOut(buffer), promise: promise)
     }
 
     private enum ImmediateOutcome { case noneAnswered, answered, closed }
 
     /// A GET's reply, its value where the backend holds it. Written to the socket at once with
     /// `out` (the replies before it) in one `writev` when nothing of ours waits in the channel
-    /// for the socket (it would be overtaken): what the socket takes then is never copied. Else
+    /// (`queuedWrites`; it would be overtaken): what the socket takes then is never copied. Else
     /// it is an ordinary reply, copied and encoded as any (a large value in a buffer of its own,
     /// so `out` is not grown by every large value of a pipelined batch); and whatever the socket
     /// does not take (its buffer is full, or the write failed) is copied for the channel to write
     /// after the rest, and meets the same fate there (EAGAIN: written when the socket drains; an
     /// error: the channel closes).
     private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
-        guard context.channel.isWritable,
-            (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) == 0
-        else {
+        guard queuedWrites == 0, socket(context) != nil else {
             encode(RESPReply(.bulkString(context.channel.allocator.buffer(bytes: value))), into: &out, context: context)
             return
         }
@@ -448,15 +492,15 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         let endStart = max(0, written - head - value.count)
         rest.writeBytes([UInt8(0x0D), 0x0A].dropFirst(endStart))
         out.clear()
-        context.write(wrapOutboundOut(rest), promise: nil)
+        enqueue(rest, context: context)
     }
 
     /// Appends the reply to `out`; a large bulk payload is written as its own buffer, uncopied.
     private func encode(_ reply: RESPReply, into out: inout ByteBuffer, context: ChannelHandlerContext) {
         RESPEncoder.encode(reply.value, into: &out) { out, payload in
-            if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+            if out.readableBytes > 0 { enqueue(out, context: context) }
             out = context.channel.allocator.buffer(capacity: 64)
-            context.write(wrapOutboundOut(payload), promise: nil)
+            enqueue(payload, context: context)
         }
     }
 
@@ -484,8 +528,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(out)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             return
         }
-        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
-        context.flush()
+        send(&out, context: context)
         parseAvailable()
         if readHeld && !full && !closing {
             readHeld = false

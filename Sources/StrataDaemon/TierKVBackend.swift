@@ -308,6 +308,8 @@ final class TierKVBackend: KVBackend, Sendable {
         enum Decision { case wait, skip, write(store: BlockStore, version: UInt64) }
         let decision = state.withLock { state -> Decision in
             guard let store = state.opened else { return .wait }
+            // (An unconditional SET has nothing to check before it writes.)
+            if case .always = condition { return .write(store: store, version: state.takeVersion()) }
             var existing = state.namespaces[namespace]?[name]
             if let deadline = existing?.expiresAt, deadline <= current { existing = nil }
             switch condition {
@@ -326,21 +328,30 @@ final class TierKVBackend: KVBackend, Sendable {
         // since `place` may have used up its bytes (a staged value is published by then).
         let recordedAt = now()
         let recorded = state.withLock { state -> (written: Bool, old: Entry?) in
-            var now = state.namespaces[namespace]?[name]
-            if let deadline = now?.expiresAt, deadline <= recordedAt { now = nil }   // expired: absent
-            switch condition {
-            case .ifAbsent where now != nil, .ifPresent where now == nil: return (false, nil)
-            default: break
+            // One lookup of the key for the check and the write (the directory is modified in place).
+            var nextSequence = state.nextSequence
+            let outcome = Self.replace(&state.namespaces[namespace, default: [:]][name]) { old -> Entry? in
+                var now = old
+                if let deadline = now?.expiresAt, deadline <= recordedAt { now = nil }   // expired: absent
+                switch condition {
+                case .ifAbsent where now != nil, .ifPresent where now == nil: return nil
+                default: break
+                }
+                let expiresAt: KVTimestamp? = switch expiry {
+                case .never: nil
+                case .keep: now?.expiresAt
+                case .at(let deadline): deadline
+                }
+                // A key keeps its place in SCAN order (an expired one's too, as before).
+                let sequence = old?.sequence ?? nextSequence
+                if old == nil { nextSequence += 1 }
+                return Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
             }
-            let expiresAt: KVTimestamp? = switch expiry {
-            case .never: nil
-            case .keep: now?.expiresAt
-            case .at(let deadline): deadline
-            }
-            let entry = Entry(version: version, size: size, expiresAt: expiresAt,
-                              sequence: state.sequence(for: namespace, name))
+            state.nextSequence = nextSequence
+            // A refused write leaves no empty namespace behind (the access above made one).
+            if !outcome.written, state.namespaces[namespace]?.isEmpty == true { state.namespaces[namespace] = nil }
             // (An expired entry it replaces goes too: its blocks are reaped below.)
-            return (true, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
+            return outcome
         }
         guard recorded.written else {
             if !store.discardFromRAM(block) { reaper.yield(block) }
@@ -348,6 +359,14 @@ final class TierKVBackend: KVBackend, Sendable {
         }
         if let old = recorded.old { reap(namespace, name, old, from: store) }
         return .done(true)
+    }
+
+    /// Replaces `slot` with what `decide` makes of it, unless that is nil (the write is refused):
+    /// (written, the entry it replaced). Through one `inout` access, so one lookup of the key.
+    private static func replace(_ slot: inout Entry?, _ decide: (Entry?) -> Entry?) -> (written: Bool, old: Entry?) {
+        guard let entry = decide(slot) else { return (false, nil) }
+        defer { slot = entry }
+        return (true, slot)
     }
 
     // MARK: KVBackend

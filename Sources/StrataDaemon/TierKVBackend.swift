@@ -227,20 +227,23 @@ final class TierKVBackend: KVBackend, Sendable {
 
     /// A value of one part in RAM, handed to `body` in place (borrowed for the call), so the
     /// connection writes it to its socket without a copy.
-    func withValueImmediately<T>(
-        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
-    ) throws -> KVImmediate<T?> {
+    func withValueImmediately(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
+    ) throws -> KVImmediate<Bool> {
         let name = Array(key.readableBytesView)
         guard let (store, entry) = immediateEntry(namespace, name) else { return .wait }
-        guard let entry else { return .done(nil) }
+        guard let entry else { return .done(false) }
         guard parts(entry.size) == 1 else { return .wait }
         // Not in RAM (or not whole): the slow path reads it from below.
         let block = Self.blockKey(namespace, name, version: entry.version, part: 0)
-        guard case .some(.some(let result)) = try store.withBlockInRAM(block, { bytes -> T? in
-            bytes.count == entry.size ? body(bytes) : nil
-        }) else { return .wait }
+        let handed = try store.withBlockInRAM(block) { bytes -> Bool in
+            guard bytes.count == entry.size else { return false }
+            body(bytes)
+            return true
+        }
+        guard handed == true else { return .wait }
         state.withLock { $0.hits += 1 }
-        return .done(result)
+        return .done(true)
     }
 
     /// For the fast paths: the store and the key's live entry (nil entry: certainly absent, a

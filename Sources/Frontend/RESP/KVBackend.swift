@@ -163,12 +163,13 @@ public protocol KVBackend: Sendable {
     func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?>
 
     /// `getImmediately` without a copy: a value found is handed to `body` where it lies, kept in
-    /// place until `body` returns (the connection writes it to the socket from there). `.done(nil)`
-    /// for a key certainly absent, `.wait` as for `getImmediately`. The default copies it out with
-    /// `getImmediately`.
-    func withValueImmediately<T>(
-        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
-    ) throws -> KVImmediate<T?>
+    /// place until `body` returns (the connection writes it to the socket from there), and
+    /// `.done(true)`; `.done(false)` for a key certainly absent, `.wait` as for `getImmediately`.
+    /// The default copies it out with `getImmediately`. (Not generic: called once per GET through
+    /// the protocol, a generic result type would be instantiated at run time on every call.)
+    func withValueImmediately(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
+    ) throws -> KVImmediate<Bool>
 
     /// SET without waiting (a value that fits in RAM with nothing to wait for), else `.wait`
     /// with nothing changed. Same contract as `set`.
@@ -224,13 +225,15 @@ extension KVBackend {
     /// Default: no fast path.
     public func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> { .wait }
 
-    public func withValueImmediately<T>(
-        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> T
-    ) throws -> KVImmediate<T?> {
+    public func withValueImmediately(
+        namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
+    ) throws -> KVImmediate<Bool> {
         switch try getImmediately(namespace: namespace, key: key) {
         case .wait: return .wait
-        case .done(nil): return .done(nil)
-        case .done(let value?): return .done(value.withUnsafeReadableBytes(body))
+        case .done(nil): return .done(false)
+        case .done(let value?):
+            value.withUnsafeReadableBytes(body)
+            return .done(true)
         }
     }
 

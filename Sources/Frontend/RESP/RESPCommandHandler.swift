@@ -185,7 +185,7 @@ public struct RESPCommandHandler: Sendable {
                 guard case .done(let written) = try backend.withValueImmediately(
                     namespace: session.namespace, key: arguments[1], { writeBulk!($0) })
                 else { return nil }
-                reply = RESPReply(.null, alreadyWritten: written != nil)
+                reply = RESPReply(.null, alreadyWritten: written)
             case "get":
                 guard case .done(let value) = try backend.getImmediately(namespace: session.namespace, key: arguments[1]) else {
                     return nil

@@ -1,0 +1,72 @@
+#!/bin/bash
+# Two Strata builds and redis-server under the same redis-benchmark load, one server at a time,
+# alternating round by round in one run: redis-benchmark's requests/s and each server's CPU for
+# the round (clock ticks from /proc/PID/stat, all threads; 100 per CPU-second here). On a noisy
+# two-core machine the CPU per request is the steadier figure; compare builds in the same rounds.
+#
+# Usage: Benchmarks/kv/build_ab.sh OLD_BINARY NEW_BINARY [set|get|set,get]
+#   env: SIZE (value bytes, default 65536), PIPELINE (default 1), REQUESTS (default 200000),
+#        ROUNDS (default 5), CLIENTS (default 50),
+#        KV_OLD, KV_NEW (extra `kv:` settings for each build, e.g. ", threads: 1")
+# Needs redis-server, redis-benchmark, redis-cli (scripts/setup.sh --peers).
+set -euo pipefail
+OLD=${1:?usage: build_ab.sh OLD_BINARY NEW_BINARY [set|get]}
+NEW=${2:?usage: build_ab.sh OLD_BINARY NEW_BINARY [set|get]}
+OP=${3:-set}
+SIZE=${SIZE:-65536} PIPELINE=${PIPELINE:-1} REQUESTS=${REQUESTS:-200000} ROUNDS=${ROUNDS:-5} CLIENTS=${CLIENTS:-50}
+KV_OLD=${KV_OLD:-} KV_NEW=${KV_NEW:-}
+work=$(mktemp -d /tmp/strata-build-ab-XXXXXX)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start_strata() {   # name, binary, extra kv settings
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: 127.0.0.1:$admin
+state_dir: $work/$1-state
+log_level: warning
+kv: { resp: 127.0.0.1:$port$3 }
+tiers: { host: { budget: 2GiB, dir: $work/$1-shm }, nvme: { budget: 8GiB } }
+models: []
+YAML
+  "$2" serve --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
+  pids+=($!)
+  eval "PORT_$1=$port PID_$1=$!"
+}
+start_strata old "$OLD" "$KV_OLD"
+start_strata new "$NEW" "$KV_NEW"
+PORT_redis=$(free_port)
+redis-server --port "$PORT_redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+pids+=($!); PID_redis=$!
+names="redis old new"
+for name in $names; do
+  port_var=PORT_$name
+  for _ in $(seq 100); do
+    [ "$(redis-cli -p "${!port_var}" set __ready 1 2>/dev/null)" = OK ] && break
+    sleep 0.2
+  done
+  [ "$(redis-cli -p "${!port_var}" set __ready 1 2>/dev/null)" = OK ] || { echo "$name did not answer on ${!port_var}" >&2; exit 1; }
+  # warm-up: the first SETs open the tiers, fill the arena's free lists and grow the read buffers
+  redis-benchmark -p "${!port_var}" -t set,get -d "$SIZE" -c "$CLIENTS" -n 20000 -q > /dev/null 2>&1
+done
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+echo "$OP, $SIZE-byte values, pipeline $PIPELINE, $CLIENTS clients, $REQUESTS requests per round"
+printf '%-6s %-7s %12s %10s %14s\n' round server requests/s ticks "CPU µs/request"
+declare -A total_ticks=()
+for round in $(seq "$ROUNDS"); do
+  for name in $names; do
+    port_var=PORT_$name; pid_var=PID_$name
+    before=$(ticks "${!pid_var}")
+    rps=$(redis-benchmark -p "${!port_var}" -t "$OP" -d "$SIZE" -c "$CLIENTS" -n "$REQUESTS" -P "$PIPELINE" -q --csv 2>/dev/null \
+      | awk -F'"' 'NF > 3 && $2 != "test" { print $4 }' | paste -sd/)
+    spent=$(( $(ticks "${!pid_var}") - before ))
+    total_ticks[$name]=$(( ${total_ticks[$name]:-0} + spent ))
+    printf '%-6s %-7s %12s %10s %14s\n' "$round" "$name" "$rps" "$spent" \
+      "$(awk -v t="$spent" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 10000 / n }')"
+  done
+done
+echo "ticks in sum: redis ${total_ticks[redis]}, old ${total_ticks[old]}, new ${total_ticks[new]}" \
+  "(new/old $(awk -v a="${total_ticks[new]}" -v b="${total_ticks[old]}" 'BEGIN { printf "%.3f", a / b }'))"

@@ -20,22 +20,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-start_strata() {   # name, binary, extra kv settings
-  local port admin
-  port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
-listen: 127.0.0.1:$admin
-state_dir: $work/$1-state
-log_level: warning
-kv: { resp: 127.0.0.1:$port$3 }
-tiers: { host: { budget: 2GiB, dir: $work/$1-shm }, nvme: { budget: 8GiB } }
-models: []
-YAML
-  "$2" serve --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
-  pids+=($!)
-  eval "PORT_$1=$port PID_$1=$!"
-}
+source "$(dirname "$0")/lib.sh"
 start_strata old "$OLD" "$KV_OLD"
 start_strata new "$NEW" "$KV_NEW"
 PORT_redis=$(free_port)

@@ -1,0 +1,23 @@
+# Shared by the shell benchmarks in this folder (sourced, not run). Expects `work` (a scratch
+# folder) and the array `pids` (servers to stop at exit) to be set by the caller.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_strata NAME BINARY EXTRA_KV: a daemon with only the RESP service (2 GiB host tier over
+# an 8 GiB NVMe tier in `work`), `kv:` settings extended by EXTRA_KV (e.g. ", threads: 1");
+# sets PORT_NAME and PID_NAME.
+start_strata() {
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: 127.0.0.1:$admin
+state_dir: $work/$1-state
+log_level: warning
+kv: { resp: 127.0.0.1:$port$3 }
+tiers: { host: { budget: 2GiB, dir: $work/$1-shm }, nvme: { budget: 8GiB } }
+models: []
+YAML
+  "$2" serve --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
+  pids+=($!)
+  eval "PORT_$1=$port PID_$1=$!"
+}

@@ -138,7 +138,7 @@ final class TierKVBackend: KVBackend, Sendable {
         return store
     }
 
-    private static func blockKey(_ namespace: String, _ key: [UInt8], version: UInt64, part: Int) -> BlockKey {
+    static func blockKey(_ namespace: String, _ key: [UInt8], version: UInt64, part: Int) -> BlockKey {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(14 + namespace.utf8.count + key.count + 24)
         bytes += "strata-kv-v1".utf8

@@ -5,6 +5,7 @@ struct BlockFormatTests {
     @Test func keysAreStableAcrossProcessesAndHosts() {
         // A fixed vector: if this changes, every stored block changes its name.
         let key = BlockKey(bytes: Array("hello".utf8))
+        #expect(key.description == "7d358c695002b63825a6720a370bfe21")
         #expect(key == BlockKey(bytes: Array("hello".utf8)))
         #expect(key.description.count == 32)
         #expect(BlockKey(hex: key.description) == key)

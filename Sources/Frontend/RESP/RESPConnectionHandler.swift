@@ -412,24 +412,50 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     /// Sends the replies in `out`, in order after everything before them: straight to the socket
     /// with one `write` when nothing waits in the channel (none of NIO's write path for the
-    /// usual small reply), else through the channel, and so whatever the socket does not take
-    /// (its buffer is full, or the write failed: EAGAIN, it is written when the socket drains;
-    /// an error, the channel closes).
+    /// usual small reply, `writeNow`), else through the channel.
     private func send(_ out: inout ByteBuffer, context: ChannelHandlerContext) {
         if queuedWrites == 0, out.readableBytes == 0 { return }   // (all went out in writeBulk)
         if queuedWrites == 0, let socket = socket(context) {
-            let written = out.withUnsafeReadableBytes { replies in
-                while true {
-                    let count = Glibc.write(socket, replies.baseAddress, replies.count)
-                    if count < 0, errno == EINTR { continue }
-                    return max(0, count)
-                }
-            }
-            out.moveReaderIndex(forwardBy: written)
-            if out.readableBytes == 0 { return }
+            let all = out.withUnsafeReadableBytes { writeNow($0, to: socket, context: context) }
+            out.clear()
+            if all { return }
         }
         if out.readableBytes > 0 { enqueue(out, context: context) }
         context.flush()
+    }
+
+    /// Writes the pieces, in order, straight to the socket with one `writev`; whatever the socket
+    /// does not take (its buffer is full, or the write failed) is copied for the channel to
+    /// write after it, and meets the same fate there (EAGAIN: written when the socket drains; an
+    /// error: the channel closes). Only while nothing waits in the channel (`queuedWrites` is 0),
+    /// which the pieces would overtake. True when the socket took them all.
+    private func writeNow(
+        _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+        _ third: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+        to socket: NIOBSDSocket.Handle, context: ChannelHandlerContext
+    ) -> Bool {
+        let total = first.count + second.count + third.count
+        let written = withUnsafeTemporaryAllocation(of: iovec.self, capacity: 3) { vectors in
+            func vector(_ piece: UnsafeRawBufferPointer) -> iovec {
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count)
+            }
+            (vectors[0], vectors[1], vectors[2]) = (vector(first), vector(second), vector(third))
+            while true {
+                let count = writev(socket, vectors.baseAddress, 3)
+                if count < 0, errno == EINTR { continue }
+                return max(0, count)
+            }
+        }
+        if written == total { return true }
+        // The rest, in order: what is left of each piece.
+        var rest = context.channel.allocator.buffer(capacity: total - written)
+        var skip = written
+        for piece in [first, second, third] {
+            if skip < piece.count { rest.writeBytes(UnsafeRawBufferPointer(rebasing: piece[skip...])) }
+            skip = max(0, skip - piece.count)
+        }
+        enqueue(rest, context: context)
+        return false
     }
 
     /// Hands `buffer` to the channel to write after what it holds, counted in `queuedWrites`
@@ -452,47 +478,19 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// after the rest, and meets the same fate there (EAGAIN: written when the socket drains; an
     /// error: the channel closes).
     private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
-        guard queuedWrites == 0, socket(context) != nil else {
+        guard queuedWrites == 0, let socket = socket(context) else {
             encode(RESPReply(.bulkString(context.channel.allocator.buffer(bytes: value))), into: &out, context: context)
             return
         }
         out.writeInteger(UInt8(ascii: "$"))
         out.writeString(String(value.count))
         out.writeRESPCRLF()
-        let head = out.readableBytes
-        let total = head + value.count + 2
-        var written = 0
         let crlf: (UInt8, UInt8) = (0x0D, 0x0A)
-        withUnsafeBytes(of: crlf) { end in
-            out.withUnsafeReadableBytes { replies in
-                guard let socket = socket(context) else { return }
-                withUnsafeTemporaryAllocation(of: iovec.self, capacity: 3) { vectors in
-                    vectors[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: replies.baseAddress), iov_len: replies.count)
-                    vectors[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: value.baseAddress), iov_len: value.count)
-                    vectors[2] = iovec(iov_base: UnsafeMutableRawPointer(mutating: end.baseAddress), iov_len: 2)
-                    while true {
-                        let count = writev(socket, vectors.baseAddress, 3)
-                        if count < 0, errno == EINTR { continue }
-                        written = max(0, count)
-                        return
-                    }
-                }
-            }
+        let all = withUnsafeBytes(of: crlf) { end in
+            out.withUnsafeReadableBytes { replies in writeNow(replies, value, end, to: socket, context: context) }
         }
-        if written == total {
-            handler.stats.replySentDirectly()
-            out.clear()
-            return
-        }
-        // The rest, in order: what is left of the replies before, of the value, of its CRLF.
-        var rest = context.channel.allocator.buffer(capacity: total - written)
-        if written < head { rest.writeBytes(out.readableBytesView.dropFirst(written)) }
-        let valueStart = max(0, written - head)
-        if valueStart < value.count { rest.writeBytes(UnsafeRawBufferPointer(rebasing: value[valueStart...])) }
-        let endStart = max(0, written - head - value.count)
-        rest.writeBytes([UInt8(0x0D), 0x0A].dropFirst(endStart))
+        if all { handler.stats.replySentDirectly() }
         out.clear()
-        enqueue(rest, context: context)
     }
 
     /// Appends the reply to `out`; a large bulk payload is written as its own buffer, uncopied.

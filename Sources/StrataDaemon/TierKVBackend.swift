@@ -45,9 +45,14 @@ final class TierKVBackend: KVBackend, Sendable {
         }
 
         mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
-            if let sequence = namespaces[namespace]?[key]?.sequence { return sequence }
-            defer { nextSequence += 1 }
-            return nextSequence
+            Self.sequence(continuing: namespaces[namespace]?[key], next: &nextSequence)
+        }
+
+        /// A key keeps its place in SCAN order (an expired one's too); a new one takes the next.
+        static func sequence(continuing existing: Entry?, next: inout UInt64) -> UInt64 {
+            if let sequence = existing?.sequence { return sequence }
+            defer { next += 1 }
+            return next
         }
     }
 
@@ -331,7 +336,8 @@ final class TierKVBackend: KVBackend, Sendable {
         // since `place` may have used up its bytes (a staged value is published by then).
         let recordedAt = now()
         let recorded = state.withLock { state -> (written: Bool, old: Entry?) in
-            // One lookup of the key for the check and the write (the directory is modified in place).
+            // One lookup of the key for the check and the write (the directory is modified in
+            // place, so the sequence counter is taken out of `state` meanwhile).
             var nextSequence = state.nextSequence
             let outcome = Self.replace(&state.namespaces[namespace, default: [:]][name]) { old -> Entry? in
                 var now = old
@@ -345,10 +351,8 @@ final class TierKVBackend: KVBackend, Sendable {
                 case .keep: now?.expiresAt
                 case .at(let deadline): deadline
                 }
-                // A key keeps its place in SCAN order (an expired one's too, as before).
-                let sequence = old?.sequence ?? nextSequence
-                if old == nil { nextSequence += 1 }
-                return Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
+                return Entry(version: version, size: size, expiresAt: expiresAt,
+                             sequence: State.sequence(continuing: old, next: &nextSequence))
             }
             state.nextSequence = nextSequence
             // A refused write leaves no empty namespace behind (the access above made one).

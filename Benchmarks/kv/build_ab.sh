@@ -15,17 +15,11 @@ NEW=${2:?usage: build_ab.sh OLD_BINARY NEW_BINARY [set|get]}
 OP=${3:-set}
 SIZE=${SIZE:-65536} PIPELINE=${PIPELINE:-1} REQUESTS=${REQUESTS:-200000} ROUNDS=${ROUNDS:-5} CLIENTS=${CLIENTS:-50}
 KV_OLD=${KV_OLD:-} KV_NEW=${KV_NEW:-}
-work=$(mktemp -d /tmp/strata-build-ab-XXXXXX)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
 source "$(dirname "$0")/lib.sh"
+bench_workspace strata-build-ab
 start_strata old "$OLD" "$KV_OLD"
 start_strata new "$NEW" "$KV_NEW"
-PORT_redis=$(free_port)
-redis-server --port "$PORT_redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
-pids+=($!); PID_redis=$!
+start_redis
 names="redis old new"
 for name in $names; do
   port_var=PORT_$name

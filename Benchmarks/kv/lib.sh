@@ -1,5 +1,12 @@
-# Shared by the shell benchmarks in this folder (sourced, not run). Expects `work` (a scratch
-# folder) and the array `pids` (servers to stop at exit) to be set by the caller.
+# Shared by the shell benchmarks in this folder (sourced, not run).
+
+# bench_workspace PREFIX: a scratch folder `work` and the list `pids` of servers, both removed
+# or stopped when the script exits.
+bench_workspace() {
+  work=$(mktemp -d "/tmp/$1-XXXXXX")
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -20,4 +27,12 @@ YAML
   "$2" serve --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
   pids+=($!)
   eval "PORT_$1=$port PID_$1=$!"
+}
+
+# start_redis: redis-server on loopback without persistence, in `work`; sets PORT_redis, PID_redis.
+start_redis() {
+  PORT_redis=$(free_port)
+  redis-server --port "$PORT_redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+  pids+=($!)
+  PID_redis=$!
 }

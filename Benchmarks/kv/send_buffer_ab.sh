@@ -12,17 +12,11 @@
 set -euo pipefail
 STRATA=${1:-.build/release/strata}
 SIZE=${SIZE:-65536} PIPELINE=${PIPELINE:-16} REQUESTS=${REQUESTS:-80000} ROUNDS=${ROUNDS:-4} CLIENTS=${CLIENTS:-50}
-work=$(mktemp -d /tmp/strata-sndbuf-XXXXXX)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
 source "$(dirname "$0")/lib.sh"
+bench_workspace strata-sndbuf
 start_strata default "$STRATA" ""
 start_strata autotune "$STRATA" ", send_buffer: 0"
-PORT_redis=$(free_port)
-redis-server --port "$PORT_redis" --save "" --appendonly no > "$work/redis.log" 2>&1 &
-pids+=($!); PID_redis=$!
+start_redis
 for name in redis default autotune; do
   port_var=PORT_$name
   for _ in $(seq 100); do

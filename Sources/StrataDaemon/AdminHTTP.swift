@@ -20,6 +20,8 @@ enum AdminHTTP {
         do {
             response = try await HTTPClient.shared.execute(request, timeout: timeout)
         } catch {
+            // A cancelled caller (Ctrl-C in `strata stage`) is not an unreachable daemon.
+            if error is CancellationError || Task.isCancelled { throw CancellationError() }
             let hint = (error as? IOError)?.errnoCode == ECONNREFUSED
                 ? " (is `strata serve` running, with this `listen` address?)" : ""
             throw Failure(message: "cannot reach Strata at \(base): \(describe(error))\(hint)")

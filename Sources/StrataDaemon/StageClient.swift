@@ -13,10 +13,12 @@ public enum StageClient {
         output: @escaping @Sendable (StageStatus, _ final: Bool) -> Void
     ) async throws -> StageStatus {
         let body = try JSONSerialization.data(withJSONObject: ["to": destination.rawValue])
-        let started = try await AdminHTTP.call(baseURL, "POST", "/admin/models/\(model)/stage", adminKey: adminKey, body: body, expect: [202, 200])
-        var status = try decode(started)
         let interval: Duration = .milliseconds(250)
+        var status: StageStatus
         do {
+            // Cancelled while the start is in flight, the daemon may have begun: the DELETE below covers that too.
+            status = try decode(try await AdminHTTP.call(
+                baseURL, "POST", "/admin/models/\(model)/stage", adminKey: adminKey, body: body, expect: [202, 200]))
             while status.state == .running {
                 output(status, false)
                 try await Task.sleep(for: interval)

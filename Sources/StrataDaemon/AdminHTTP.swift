@@ -26,7 +26,12 @@ enum AdminHTTP {
                 ? " (is `strata serve` running, with this `listen` address?)" : ""
             throw Failure(message: "cannot reach Strata at \(base): \(describe(error))\(hint)")
         }
-        let data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
+        let data: Data
+        do {
+            data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
+        } catch where error is CancellationError || Task.isCancelled {
+            throw CancellationError()
+        }
         guard expect.contains(response.status.code) else {
             let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])
                 .flatMap { $0["error"] as? [String: Any] }.flatMap { $0["message"] as? String }

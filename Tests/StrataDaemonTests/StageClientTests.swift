@@ -9,7 +9,7 @@ import TierStore
 /// in flight; every such moment must end as a cancellation that also cancels the daemon's staging,
 /// never as "cannot reach Strata".
 struct StageClientTests {
-    @Test(arguments: [FakeAdminServer.Hang.start, .poll])
+    @Test(arguments: [FakeAdminServer.Hang.start, .poll, .pollBody])
     func cancellingWhileARequestIsInFlightCancelsTheStaging(hang: FakeAdminServer.Hang) async throws {
         let server = try FakeAdminServer(hang: hang)
         defer { server.stop() }
@@ -41,12 +41,14 @@ struct StageClientTests {
 
 /// A fake of the daemon's admin API, on loopback: the start (POST) answers 202 with a running
 /// staging, the poll (GET /admin/staging) answers one running staging, the cancel (DELETE)
-/// answers 200; the request named by `hang` is read and never answered. Records every request
-/// line ("METHOD /path").
+/// answers 200; the request named by `hang` is read and never answered (or, `pollBody`, answered
+/// with half its body). Records every request line ("METHOD /path").
 final class FakeAdminServer: @unchecked Sendable {
     enum Hang: Sendable, CustomStringConvertible {
-        case start, poll
-        var description: String { self == .start ? "start" : "poll" }
+        /// The start is never answered; the poll is never answered; the poll's answer stops
+        /// halfway through its body.
+        case start, poll, pollBody
+        var description: String { self == .start ? "start" : self == .poll ? "poll" : "poll's body" }
     }
 
     let url: String
@@ -135,12 +137,17 @@ final class FakeAdminServer: @unchecked Sendable {
                 pending += buffer[0..<n]
             }
             pending.removeFirst(end + 4 + length)
-            let hangsHere = (hang == .start && line.hasPrefix("POST ")) || (hang == .poll && line == "GET /admin/staging")
+            let hangsHere = (hang == .start && line.hasPrefix("POST "))
+                || (hang != .start && line == "GET /admin/staging")
+            if hangsHere && hang == .pollBody {
+                let half = Array("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"staging\":[".utf8)
+                if write(fd, half, half.count) != half.count { close(fd); return }
+            }
             lock.withLock {
                 recorded.append(line)
                 if hangsHere { held.append(fd) }
             }
-            if hangsHere { return }  // read, never answered; closed by stop()
+            if hangsHere { return }  // read, never (wholly) answered; closed by stop()
             let body: String
             let status: String
             if line.hasPrefix("DELETE ") {

@@ -8,6 +8,12 @@ which goes first, `--runs` times; prints medians of requests/s and the ratio Str
 the server's CPU per request (µs, SET and GET of a cell together, from /proc/PID/stat; steadier
 than requests/s on a noisy machine) and its ratio, and a JSON line.
 
+Who limits a cell: each cell also prints how busy redis-benchmark (`cli`) and the server
+(`srv`) were, as the fraction of one core over the cell's wall time, medians. A cell where the
+client is at 90 % of a core or more and neither server at half of one is marked `client-bound`: its
+requests/s measure redis-benchmark's one thread (session 22: the pipelined 1 MiB and 4 MiB SETs,
+where both servers were busy 9–13 % of the time), and the ratio between servers is noise.
+
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
                       [--keyspace N] [--min-requests 200] [--cell-bytes 2GiB] [--kv-threads N]
@@ -22,6 +28,7 @@ Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -55,11 +62,19 @@ def wait_ready(port: int, timeout: float = 120) -> None:
     raise SystemExit(f"no SET was acknowledged on port {port}")
 
 
-def bench(port: int, value: int, clients: int, requests: int, pipeline: int, keyspace: int) -> dict:
-    """requests/s of SET and GET (over `keyspace` random keys when above 0, else one key)."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench(port: int, value: int, clients: int, requests: int, pipeline: int, keyspace: int) -> tuple[dict, float, float]:
+    """requests/s of SET and GET (over `keyspace` random keys when above 0, else one key), and
+    redis-benchmark's own CPU seconds and the wall seconds it ran."""
     argv = ["redis-benchmark", "-p", str(port), "-t", "set,get", "-d", str(value), "-c", str(clients),
             "-n", str(requests), "-P", str(pipeline), "--csv", "-q"] + (["-r", str(keyspace)] if keyspace else [])
+    cpu, started = children_cpu(), time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    wall, cpu = time.monotonic() - started, children_cpu() - cpu
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}: {out.stderr[-1000:]}")
     result = {}
@@ -69,7 +84,7 @@ def bench(port: int, value: int, clients: int, requests: int, pipeline: int, key
             result[cells[0]] = float(cells[1])
     if set(result) != {"SET", "GET"}:
         raise SystemExit(f"unexpected redis-benchmark output: {out.stdout[-500:]}")
-    return result
+    return result, cpu, wall
 
 
 def main():
@@ -136,10 +151,13 @@ models: []
                         # bound the bytes moved per cell (large values need fewer requests)
                         n = max(a.min_requests, min(a.requests, size(a.cell_bytes) // max(value, 1)))
                         cpu = cpu_seconds(pids[server])
-                        for op, rps in bench(port, value, a.clients, n, depth, a.keyspace).items():
+                        rates, client_cpu, wall = bench(port, value, a.clients, n, depth, a.keyspace)
+                        cpu = cpu_seconds(pids[server]) - cpu
+                        for op, rps in rates.items():
                             results.setdefault((value, depth, server, op), []).append(rps)
-                        results.setdefault((value, depth, server, "CPU"), []).append(
-                            (cpu_seconds(pids[server]) - cpu) * 1e6 / (2 * n))
+                        results.setdefault((value, depth, server, "CPU"), []).append(cpu * 1e6 / (2 * n))
+                        results.setdefault((value, depth, server, "client"), []).append(client_cpu / wall)
+                        results.setdefault((value, depth, server, "server"), []).append(cpu / wall)
                     print(f"run {run + 1} {value} B P{depth}: " + ", ".join(
                         f"{s} {op} {results[(value, depth, s, op)][-1]:.0f}" for s, _ in servers for op in ("SET", "GET")),
                         file=sys.stderr)
@@ -148,7 +166,8 @@ models: []
         before = a.strata_before is not None
         print(f"{'value':>8} {'pipe':>4} {'op':>4} {'redis':>10} {'strata':>10} {'strata/redis':>13}"
               + (f" {'before':>10} {'before/redis':>13}" if before else ""))
-        print("(op CPU: the server's CPU per request in µs, SET and GET of the cell together)")
+        print("(op CPU: the server's CPU per request in µs, SET and GET of the cell together; cli and srv: how busy\n"
+              " redis-benchmark and the server were, in cores over the cell's wall time, against each server)")
         rows = []
         for value in sizes:
             for depth in depths:
@@ -165,6 +184,19 @@ models: []
                         line += f" {b:>10.{digits}f} {b / r:>13.2f}"
                     rows.append(row)
                     print(line)
+                busy = {(who, server): statistics.median(results[(value, depth, server, who)])
+                        for who in ("client", "server") for server, _ in servers}
+                bound = all(busy[("client", server)] >= 0.9 and busy[("server", server)] <= 0.5 for server, _ in servers)
+                for who, label in (("client", "cli"), ("server", "srv")):
+                    line = f"{value:>8} {depth:>4} {label:>4}" + "".join(
+                        f" {busy[(who, server)]:>10.2f}" for server in ("redis", "strata"))
+                    if before:
+                        line += f" {'':>13} {busy[(who, 'before')]:>10.2f}"
+                    if who == "server" and bound:
+                        line += "   client-bound: requests/s measure redis-benchmark, not the servers"
+                    print(line)
+                rows.append({"value_bytes": value, "pipeline": depth, "op": "BUSY", "client_bound": bound,
+                             **{f"{server}_{who}_cores": v for (who, server), v in busy.items()}})
         print(json.dumps({"clients": a.clients, "runs": a.runs, "rows": rows}))
     finally:
         stop(procs)

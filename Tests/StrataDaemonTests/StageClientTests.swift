@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import TierStore
 @testable import StrataDaemon
@@ -9,17 +10,21 @@ import TierStore
 /// in flight; every such moment must end as a cancellation that also cancels the daemon's staging,
 /// never as "cannot reach Strata".
 struct StageClientTests {
-    @Test(arguments: [FakeAdminServer.Hang.start, .poll, .pollBody])
+    // No deadline of its own for the request to arrive: in the parallel suite this test has
+    // waited close to a minute for a thread, and a wall-clock deadline expires during such a wait
+    // whether or not the client is at fault. The time limit bounds a hang instead.
+    @Test(.timeLimit(.minutes(3)), arguments: [FakeAdminServer.Hang.start, .poll, .pollBody])
     func cancellingWhileARequestIsInFlightCancelsTheStaging(hang: FakeAdminServer.Hang) async throws {
         let server = try FakeAdminServer(hang: hang)
         defer { server.stop() }
+        let ended = Flag()
         let task = Task {
-            try await StageClient.run(baseURL: server.url, adminKey: nil, model: "m", destination: .host) { _, _ in }
+            defer { ended.set() }
+            return try await StageClient.run(baseURL: server.url, adminKey: nil, model: "m", destination: .host) { _, _ in }
         }
         // Cancel only once the request that never gets an answer has reached the server.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !server.hanging, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(server.hanging, "the client never sent the request that hangs")
+        while !server.hanging, !ended.isSet { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(server.hanging, "the client ended before sending the request that hangs")
         task.cancel()
         let outcome = await task.result
         switch outcome {
@@ -37,6 +42,12 @@ struct StageClientTests {
             String(describing: error).contains("cannot reach Strata at http://127.0.0.1:\(port)")
         }
     }
+}
+
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
 }
 
 /// A fake of the daemon's admin API, on loopback: the start (POST) answers 202 with a running

@@ -10,9 +10,11 @@ than requests/s on a noisy machine) and its ratio, and a JSON line.
 
 Who limits a cell: each cell also prints how busy redis-benchmark (`cli`) and the server
 (`srv`) were, as the fraction of one core over the cell's wall time, medians. A cell where the
-client is at 90 % of a core or more and neither server at half of one is marked `client-bound`: its
-requests/s measure redis-benchmark's one thread (session 22: the pipelined 1 MiB and 4 MiB SETs,
-where both servers were busy 9–13 % of the time), and the ratio between servers is noise.
+client is at 90 % of a core or more and neither server at half of one is marked `client-bound`:
+redis-benchmark's one thread sets its pace, and a server changes its requests/s only through the
+work it causes the client (how its replies arrive, for GET). Session 22: in the pipelined 1 MiB
+and 4 MiB SETs both servers were busy 9–13 % of the time, and a SET ratio near 1 there is noise.
+(The busy figures cover the cell's SET and GET runs together.)
 
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
@@ -193,7 +195,7 @@ models: []
                     if before:
                         line += f" {'':>13} {busy[(who, 'before')]:>10.2f}"
                     if who == "server" and bound:
-                        line += "   client-bound: requests/s measure redis-benchmark, not the servers"
+                        line += "   client-bound: redis-benchmark sets the pace"
                     print(line)
                 rows.append({"value_bytes": value, "pipeline": depth, "op": "BUSY", "client_bound": bound,
                              **{f"{server}_{who}_cores": v for (who, server), v in busy.items()}})

@@ -20,8 +20,7 @@ enum AdminHTTP {
         do {
             response = try await HTTPClient.shared.execute(request, timeout: timeout)
         } catch {
-            // A cancelled caller (Ctrl-C in `strata stage`) is not an unreachable daemon.
-            if error is CancellationError || Task.isCancelled { throw CancellationError() }
+            if isCancellation(error) { throw CancellationError() }
             let hint = (error as? IOError)?.errnoCode == ECONNREFUSED
                 ? " (is `strata serve` running, with this `listen` address?)" : ""
             throw Failure(message: "cannot reach Strata at \(base): \(describe(error))\(hint)")
@@ -29,7 +28,7 @@ enum AdminHTTP {
         let data: Data
         do {
             data = Data((try await response.body.collect(upTo: 16 << 20)).readableBytesView)
-        } catch where error is CancellationError || Task.isCancelled {
+        } catch where isCancellation(error) {
             throw CancellationError()
         }
         guard expect.contains(response.status.code) else {
@@ -38,6 +37,12 @@ enum AdminHTTP {
             throw Failure(message: "\(method) \(path): \(response.status.code) \(message ?? String(decoding: data, as: UTF8.self))")
         }
         return data
+    }
+
+    /// A cancelled caller (Ctrl-C in `strata stage`), whatever the client threw: not an
+    /// unreachable daemon or a broken answer.
+    private static func isCancellation(_ error: any Error) -> Bool {
+        error is CancellationError || Task.isCancelled
     }
 
     struct Failure: Error, CustomStringConvertible {

@@ -22,12 +22,8 @@ start_strata new "$NEW" "$KV_NEW"
 start_redis
 names="redis old new"
 for name in $names; do
+  wait_ready "$name"
   port_var=PORT_$name
-  for _ in $(seq 100); do
-    [ "$(redis-cli -p "${!port_var}" set __ready 1 2>/dev/null)" = OK ] && break
-    sleep 0.2
-  done
-  [ "$(redis-cli -p "${!port_var}" set __ready 1 2>/dev/null)" = OK ] || { echo "$name did not answer on ${!port_var}" >&2; exit 1; }
   # warm-up: the first SETs open the tiers, fill the arena's free lists and grow the read buffers
   redis-benchmark -p "${!port_var}" -t set,get -d "$SIZE" -c "$CLIENTS" -n 20000 -q > /dev/null 2>&1
 done

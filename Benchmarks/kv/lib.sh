@@ -36,3 +36,15 @@ start_redis() {
   pids+=($!)
   PID_redis=$!
 }
+
+# wait_ready NAME: until the server started as NAME acknowledges a SET (a daemon answers before its
+# tiers are open, and a benchmark must not time that); exits the script if it never does (20 s).
+wait_ready() {
+  local port_var=PORT_$1
+  for _ in $(seq 100); do
+    [ "$(redis-cli -p "${!port_var}" set __ready 1 2>/dev/null)" = OK ] && return 0
+    sleep 0.2
+  done
+  echo "$1 did not answer on ${!port_var}" >&2
+  exit 1
+}

@@ -18,11 +18,8 @@ start_strata default "$STRATA" ""
 start_strata autotune "$STRATA" ", send_buffer: 0"
 start_redis
 for name in redis default autotune; do
+  wait_ready "$name"
   port_var=PORT_$name
-  for _ in $(seq 100); do
-    redis-cli -p "${!port_var}" set probe x 2>/dev/null | grep -q OK && break
-    sleep 0.2
-  done
   # the key GET reads (redis-benchmark without -r uses one key)
   redis-benchmark -p "${!port_var}" -t set -d "$SIZE" -n 100 -q > /dev/null
 done

@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import Synchronization
 import Testing
 import TierStore
 @testable import StrataDaemon
@@ -17,13 +16,13 @@ struct StageClientTests {
     func cancellingWhileARequestIsInFlightCancelsTheStaging(hang: FakeAdminServer.Hang) async throws {
         let server = try FakeAdminServer(hang: hang)
         defer { server.stop() }
-        let ended = Flag()
+        let ended = ReadyFlag()   // set once the client's task has ended
         let task = Task {
-            defer { ended.set() }
+            defer { ended.set(true) }
             return try await StageClient.run(baseURL: server.url, adminKey: nil, model: "m", destination: .host) { _, _ in }
         }
         // Cancel only once the request that never gets an answer has reached the server.
-        while !server.hanging, !ended.isSet { try await Task.sleep(for: .milliseconds(10)) }
+        while !server.hanging, !ended.value { try await Task.sleep(for: .milliseconds(10)) }
         #expect(server.hanging, "the client ended before sending the request that hangs")
         task.cancel()
         let outcome = await task.result
@@ -42,12 +41,6 @@ struct StageClientTests {
             String(describing: error).contains("cannot reach Strata at http://127.0.0.1:\(port)")
         }
     }
-}
-
-final class Flag: Sendable {
-    private let value = Mutex(false)
-    var isSet: Bool { value.withLock { $0 } }
-    func set() { value.withLock { $0 = true } }
 }
 
 /// A fake of the daemon's admin API, on loopback: the start (POST) answers 202 with a running

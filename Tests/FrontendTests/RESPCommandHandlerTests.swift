@@ -29,6 +29,13 @@ private struct Harness {
 
 private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($0) }) }
 
+extension RESPValue {
+    fileprivate var isNoAuth: Bool {
+        if case .error(let text) = self { return text.hasPrefix("NOAUTH ") }
+        return false
+    }
+}
+
 @Suite struct RESPCommandHandlerTests {
     /// (command, expected reply) run in order on one connection.
     static let script: [([String], RESPValue)] = [
@@ -87,18 +94,18 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         (["FLUSHDB", "NOW"], .error("ERR syntax error")),
         (["FOO"], .error("ERR unknown command 'FOO', with args beginning with: ")),
         (["foo", "a", "b c"], .error("ERR unknown command 'foo', with args beginning with: 'a' 'b c' ")),
-        (["HELLO", "3"], .error("NOPROTO sorry, this protocol version is not supported")),
+        (["HELLO", "4"], .error("NOPROTO sorry, this protocol version is not supported")),
         (["HELLO", "two"], .error("ERR Protocol version is not an integer or out of range")),
-        (["HELLO", "2", "SETNAME", "w"], .array([
+        (["HELLO", "2", "SETNAME", "w"], .map([
             .bulk("server"), .bulk("redis"), .bulk("version"), .bulk("7.2.0"), .bulk("proto"), .integer(2),
-            .bulk("id"), .integer(1), .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"),
+            .bulk("id"), .integer(7), .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"),
             .bulk("modules"), .array([]),
         ])),
         (["HELLO", "2", "LOUDLY"], .error("ERR Syntax error in HELLO option 'LOUDLY'")),
         (["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], .ok),
         (["CLIENT", "SETINFO", "lib-ver", "5.0.0"], .ok),
         (["CLIENT", "SETINFO", "color", "red"], .error("ERR Unrecognized option 'color'")),
-        (["CLIENT", "GETNAME"], .null),
+        (["CLIENT", "GETNAME"], .bulk("w")),
         (["CLIENT", "SETNAME", "worker-1"], .ok),
         (["CLIENT", "GETNAME"], .bulk("worker-1")),
         (["CLIENT", "SETNAME", "has space"], .error("ERR Client names cannot contain spaces, newlines or special characters.")),
@@ -106,7 +113,7 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         (["CLIENT", "KILL"], .error("ERR unknown subcommand 'KILL'. Try CLIENT HELP.")),
         (["CLIENT"], .error("ERR wrong number of arguments for 'client' command")),
         (["COMMAND", "COUNT"], .integer(27)),
-        (["COMMAND", "DOCS"], .array([])),
+        (["COMMAND", "DOCS"], .map([])),
         (["COMMAND", "INFO", "get", "nope"], .array([
             .array([.bulk("get"), .integer(2), .array([.simpleString("readonly"), .simpleString("fast")]), .integer(1), .integer(1), .integer(1)]),
             .nullArray,
@@ -290,6 +297,56 @@ private func bulks(_ words: String...) -> RESPValue { .array(words.map { .bulk($
         } while cursor != "0" && steps < 10_000
         #expect(seen.count == expected.count)
         #expect(Set(seen) == expected)
+    }
+
+    @Test func helloSwitchesTheProtocolOfEveryLaterReply() async {
+        var harness = Harness()
+        #expect(await harness.reply(["GET", "k"]).resp3 == false)
+        let hello = await harness.reply(["HELLO", "3"])
+        #expect(hello.resp3 && harness.session.resp3)   // HELLO 3 is answered in RESP3
+        guard case .map(let fields) = hello.value, fields.count == 14 else {
+            Issue.record("HELLO's reply is a map of seven fields: \(hello.value)")
+            return
+        }
+        #expect(fields[4] == .bulk("proto") && fields[5] == .integer(3))
+        #expect(await harness.reply(["MGET", "k", "j"]).resp3)
+        #expect(harness.handler.handleImmediately([ByteBuffer(string: "GET"), ByteBuffer(string: "k")], session: &harness.session)?.resp3 == true)
+        #expect(await harness.run("HELLO", "4") == .error("NOPROTO sorry, this protocol version is not supported"))
+        #expect(harness.session.resp3)   // a refused HELLO changes nothing
+        #expect(await harness.run("HELLO", "3", "SETNAME") == .error("ERR Syntax error in HELLO option 'SETNAME'"))
+        #expect(harness.session.resp3 && harness.session.clientName == nil)
+        let back = await harness.reply(["HELLO", "2"])
+        #expect(!back.resp3 && !harness.session.resp3)
+        #expect(await harness.reply(["GET", "k"]).resp3 == false)
+    }
+
+    @Test func helloWithAuthChangesNothingUnlessTheCredentialsHold() async {
+        var harness = Harness(users: [RESPUser(password: "s3cret", namespace: "team-x")])
+        #expect(await harness.run("HELLO", "3", "AUTH", "default", "wrong", "SETNAME", "x")
+            == .error("WRONGPASS invalid username-password pair or user is disabled."))
+        #expect(!harness.session.resp3 && !harness.session.isAuthenticated && harness.session.clientName == nil)
+        #expect(await harness.run("HELLO", "3", "AUTH", "default", "s3cret", "BOGUS")
+            == .error("ERR Syntax error in HELLO option 'BOGUS'"))
+        #expect(!harness.session.resp3 && !harness.session.isAuthenticated)
+        #expect(await harness.run("HELLO", "3").isNoAuth)
+        #expect(!harness.session.resp3)
+        let hello = await harness.reply(["HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "x"])
+        #expect(hello.resp3 && harness.session.isAuthenticated && harness.session.namespace == "team-x")
+        #expect(harness.session.clientName == "x")
+    }
+
+    @Test func resp3WritesNullsAndMapsItsOwnWay() {
+        func wire(_ value: RESPValue, resp3: Bool) -> String {
+            var buffer = ByteBuffer()
+            RESPEncoder.encode(value, resp3: resp3, into: &buffer)
+            return String(buffer: buffer)
+        }
+        let map = RESPValue.map([.bulk("a"), .integer(1), .bulk("b"), .null])
+        #expect(wire(.null, resp3: false) == "$-1\r\n" && wire(.null, resp3: true) == "_\r\n")
+        #expect(wire(.nullArray, resp3: false) == "*-1\r\n" && wire(.nullArray, resp3: true) == "_\r\n")
+        #expect(wire(map, resp3: false) == "*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n$-1\r\n")
+        #expect(wire(map, resp3: true) == "%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n_\r\n")
+        #expect(wire(.array([.bulk("x"), .null]), resp3: true) == "*2\r\n$1\r\nx\r\n_\r\n")
     }
 
     @Test func authFlow() async {

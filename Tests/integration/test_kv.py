@@ -208,6 +208,76 @@ def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_da
     assert r.get("from-cli") == b"hello", "other connections keep working"
 
 
+def test_redis_py_defaults_to_resp3_and_lmcaches_access_pattern_works_as_is(make_daemon):
+    """redis-py 8 opens each connection with HELLO 3 unless told `protocol=2`; LMCache's redis
+    connector builds its pool from the URL alone (`redis.asyncio.ConnectionPool.from_url`), so it
+    meets Strata in RESP3. Here that connector's calls, through the same client library: chunks
+    put as `<key>kv_bytes` then `<key>metadata`, looked up with EXISTS on the metadata until the
+    first miss, read back metadata first; 150 connections at most, concurrent."""
+    import asyncio
+    import redis.asyncio as aioredis
+
+    d, port = kv_daemon(make_daemon)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)   # no protocol given: RESP3
+    assert r.ping() is True
+    assert r.get("missing") is None and r.set("a", b"1") is True
+    assert r.mget("a", "missing") == [b"1", None]
+    assert r.set("a", b"2", nx=True) is None and r.get("a") == b"1"
+    assert r.exists("a", "missing") == 1 and r.ttl("a") == -1 and r.ttl("missing") == -2
+    assert r.connection_pool.get_connection().protocol == 3
+    assert r.info("server")["redis_version"] and r.dbsize() == 1
+    assert sorted(r.scan_iter(match="*")) == [b"a"]
+
+    chunks = {f"model@{i:04x}": os.urandom((256 << 10) + i) for i in range(48)}
+
+    async def lmcache_like():
+        pool = aioredis.ConnectionPool.from_url(f"redis://127.0.0.1:{port}", max_connections=150)
+        conn = aioredis.Redis.from_pool(pool)
+        sem = asyncio.Semaphore(150)
+
+        async def put(key, data):
+            async with sem:
+                await conn.set(key + "kv_bytes", data)
+                await conn.set(key + "metadata", len(data).to_bytes(8, "little"))
+
+        async def get(key):
+            async with sem:
+                metadata = await conn.get(key + "metadata")
+                if metadata is None:
+                    return None
+                data = await conn.get(key + "kv_bytes")
+            assert data is None or len(data) == int.from_bytes(metadata, "little")
+            return data
+
+        async def contains(keys):
+            hits = 0
+            for key in keys:
+                async with sem:
+                    if not await conn.exists(key + "metadata"):
+                        return hits
+                hits += 1
+            return hits
+
+        await asyncio.gather(*(put(k, v) for k, v in chunks.items()))
+        keys = list(chunks)
+        assert await contains(keys + ["model@ffff"] + keys) == len(keys)
+        got = await asyncio.gather(*(get(k) for k in keys + ["model@ffff"]))
+        assert got[-1] is None
+        assert got[:-1] == [chunks[k] for k in keys]
+        assert (await conn.connection_pool.get_connection()).protocol == 3
+        await conn.aclose()
+        await pool.disconnect()
+
+    asyncio.run(asyncio.wait_for(lmcache_like(), 120))
+    assert r.dbsize() == 1 + 2 * len(chunks)
+
+    # redis-cli in RESP3 mode reads the same nulls (--no-raw: as it prints them on a terminal)
+    out = subprocess.run(["redis-cli", "-3", "--no-raw", "-p", str(port), "get", "missing"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.strip() == "(nil)", out
+    out = subprocess.run(["redis-cli", "-3", "--no-raw", "-p", str(port), "mget", "a", "missing"], capture_output=True, text=True, timeout=20)
+    assert out.stdout.split("\n")[:2] == ['1) "1"', "2) (nil)"], out
+
+
 def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     from conftest import STRATA
     for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),

@@ -67,7 +67,7 @@ extension RESPCommandHandler {
                 return Self.commands[name].map { Self.commandEntry(name, $0) } ?? .nullArray
             })
         case "docs":
-            return .array([])
+            return .map([])
         default:
             throw RESPCommandError.unknownSubcommand(args[1], of: "COMMAND")
         }

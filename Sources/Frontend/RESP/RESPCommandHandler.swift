@@ -22,6 +22,8 @@ public struct RESPSession: Sendable, Hashable {
     public var isAuthenticated: Bool
     public var userName: String
     public var clientName: String?
+    /// The connection asked for RESP3 (`HELLO 3`): its nulls and maps are written in RESP3 form.
+    public var resp3 = false
 
     public init(clientID: Int64, namespace: String, isAuthenticated: Bool, userName: String = "default") {
         self.clientID = clientID
@@ -39,11 +41,15 @@ public struct RESPReply: Sendable, Hashable {
     /// The reply went out already, through the connection's `writeBulk` (a GET's value written
     /// from where it lies); `value` is not to be sent.
     public var alreadyWritten: Bool
+    /// Written in RESP3 form: the session spoke RESP3 when the command was done (`HELLO 3` is
+    /// answered in RESP3, `HELLO 2` in RESP2, as Redis does).
+    public var resp3: Bool
 
     public init(_ value: RESPValue, closesConnection: Bool = false, alreadyWritten: Bool = false) {
         self.value = value
         self.closesConnection = closesConnection
         self.alreadyWritten = alreadyWritten
+        self.resp3 = false
     }
 }
 
@@ -87,6 +93,14 @@ public struct RESPCommandHandler: Sendable {
     public func handle(
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession
     ) async -> RESPReply {
+        var reply = await handleUnstamped(arguments, staged: staged, session: &session)
+        reply.resp3 = session.resp3
+        return reply
+    }
+
+    private func handleUnstamped(
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)?, session: inout RESPSession
+    ) async -> RESPReply {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
         stats.commandProcessed()
@@ -123,13 +137,14 @@ public struct RESPCommandHandler: Sendable {
             let run = end - index > 1 ? commands[index..<end].compactMap(Self.keyAndValue) : []
             if run.count > 1, run.count == end - index {
                 stats.commandsProcessed(run.count)
-                let reply: RESPReply
+                var reply: RESPReply
                 do {
                     try await backend.set(namespace: session.namespace, pairs: run)
                     reply = RESPReply(.ok)
                 } catch {
                     reply = Self.reply(for: error)
                 }
+                reply.resp3 = session.resp3
                 replies.append(contentsOf: repeatElement(reply, count: run.count))
                 index += run.count
                 continue
@@ -168,6 +183,16 @@ public struct RESPCommandHandler: Sendable {
     public func handleImmediately(
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession,
         writeBulk: ((UnsafeRawBufferPointer) -> Void)? = nil
+    ) -> RESPReply? {
+        var reply = handleImmediatelyUnstamped(arguments, staged: staged, session: session, writeBulk: writeBulk)
+        reply?.resp3 = session.resp3
+        return reply
+    }
+
+    /// (None of these commands changes the session.)
+    private func handleImmediatelyUnstamped(
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)?, session: RESPSession,
+        writeBulk: ((UnsafeRawBufferPointer) -> Void)?
     ) -> RESPReply? {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
@@ -360,37 +385,44 @@ public struct RESPCommandHandler: Sendable {
         return .ok
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only. `HELLO 3` is refused with
-    /// Redis's NOPROTO, so a client that asks for RESP3 learns at once (redis-py 8 asks by
-    /// default: pass `protocol=2`).
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. `protover` 2 or 3 switches the
+    /// connection's protocol (redis-py 8 asks for 3 by default); anything else is refused with
+    /// Redis's NOPROTO and changes nothing. The reply is a map, written in the protocol asked for.
     private func hello(_ args: [ByteBuffer], _ session: inout RESPSession) -> RESPValue {
         var index = 1
+        var version: Int64?
         if args.count > 1 {
-            guard let version = RESPParser.parseInteger(args[1].readableBytesView) else {
+            guard let asked = RESPParser.parseInteger(args[1].readableBytesView) else {
                 return .error("ERR Protocol version is not an integer or out of range")
             }
-            guard version == 2 else { return .error("NOPROTO sorry, this protocol version is not supported") }
+            guard asked == 2 || asked == 3 else { return .error("NOPROTO sorry, this protocol version is not supported") }
+            version = asked
             index = 2
         }
+        var updated = session
         while index < args.count {
             switch String(buffer: args[index]).uppercased() {
             case "AUTH" where index + 2 < args.count:
-                let reply = auth([args[0], args[index + 1], args[index + 2]], &session)
+                let reply = auth([args[0], args[index + 1], args[index + 2]], &updated)
                 if case .error = reply { return reply }
                 index += 3
             case "SETNAME" where index + 1 < args.count:
+                let name = String(buffer: args[index + 1])
+                updated.clientName = name.isEmpty ? nil : name
                 index += 2
             default:
                 return .error("ERR Syntax error in HELLO option '\(String(buffer: args[index]))'")
             }
         }
-        guard session.isAuthenticated else {
+        guard updated.isAuthenticated else {
             return .error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
         }
-        return .array([
-            .bulk("server"), .bulk("redis"), .bulk("version"), .bulk("7.2.0"), .bulk("proto"), .integer(2),
-            .bulk("id"), .integer(1), .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"),
-            .bulk("modules"), .array([]),
+        if let version { updated.resp3 = version == 3 }
+        session = updated
+        return .map([
+            .bulk("server"), .bulk("redis"), .bulk("version"), .bulk("7.2.0"),
+            .bulk("proto"), .integer(session.resp3 ? 3 : 2), .bulk("id"), .integer(session.clientID),
+            .bulk("mode"), .bulk("standalone"), .bulk("role"), .bulk("master"), .bulk("modules"), .array([]),
         ])
     }
 

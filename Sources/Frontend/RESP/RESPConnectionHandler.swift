@@ -495,7 +495,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     /// Appends the reply to `out`; a large bulk payload is written as its own buffer, uncopied.
     private func encode(_ reply: RESPReply, into out: inout ByteBuffer, context: ChannelHandlerContext) {
-        RESPEncoder.encode(reply.value, into: &out) { out, payload in
+        RESPEncoder.encode(reply.value, resp3: reply.resp3, into: &out) { out, payload in
             if out.readableBytes > 0 { enqueue(out, context: context) }
             out = context.channel.allocator.buffer(capacity: 64)
             enqueue(payload, context: context)

@@ -3,8 +3,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// A Redis-protocol (RESP2) TCP server over a `KVBackend`: enough of Redis for redis-cli,
-/// redis-benchmark, redis-py and LMCache's redis connector (see `RESPCommandHandler`).
+/// A Redis-protocol TCP server over a `KVBackend` (RESP2, and RESP3 for a connection that says
+/// `HELLO 3`): enough of Redis for redis-cli, redis-benchmark, redis-py and LMCache's redis
+/// connector (see `RESPCommandHandler`).
 ///
 ///     let server = RESPServer(configuration: .init(port: 6380), backend: store, logger: logger)
 ///     try await server.run()   // until the task is cancelled or `shutdown()` is called

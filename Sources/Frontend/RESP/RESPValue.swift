@@ -1,7 +1,8 @@
 import NIOCore
 
-/// One RESP2 value. Bulk payloads are `ByteBuffer` slices: parsing a request and echoing a value
-/// back never copies the payload.
+/// One reply or request value. Bulk payloads are `ByteBuffer` slices: parsing a request and
+/// echoing a value back never copies the payload. Written in RESP2 or, for a connection that
+/// asked with `HELLO 3`, RESP3 (`RESPEncoder`), where only nulls and maps look different.
 public enum RESPValue: Sendable, Hashable {
     /// `+OK\r\n`. The text must not contain CR or LF.
     case simpleString(String)
@@ -11,12 +12,15 @@ public enum RESPValue: Sendable, Hashable {
     case integer(Int64)
     /// `$3\r\nfoo\r\n`
     case bulkString(ByteBuffer)
-    /// `$-1\r\n`, Redis's "nil" reply.
+    /// Redis's "nil" reply: `$-1\r\n` in RESP2, `_\r\n` in RESP3.
     case null
     /// `*2\r\n...`
     case array([RESPValue])
-    /// `*-1\r\n`
+    /// `*-1\r\n` in RESP2, `_\r\n` in RESP3.
     case nullArray
+    /// Keys and values, alternating: `%2\r\n` and the four in RESP3; in RESP2 the same four as a
+    /// flat array (`*4\r\n...`), as Redis writes a map to a RESP2 client.
+    case map([RESPValue])
 
     /// A bulk string holding the UTF-8 bytes of `string`.
     public static func bulk(_ string: String) -> RESPValue {
@@ -27,14 +31,14 @@ public enum RESPValue: Sendable, Hashable {
     public static let ok = RESPValue.simpleString("OK")
 }
 
-/// Writes `RESPValue`s in RESP2 wire form.
+/// Writes `RESPValue`s in RESP2 wire form, or in RESP3 (`resp3: true`).
 public enum RESPEncoder {
     /// Bulk payloads at least this long are handed to `largeBulk` instead of being copied.
     public static let zeroCopyThreshold = 16 * 1024
 
     /// Appends `value` to `buffer`, copying every payload.
-    public static func encode(_ value: RESPValue, into buffer: inout ByteBuffer) {
-        encode(value, into: &buffer) { out, payload in out.writeImmutableBuffer(payload) }
+    public static func encode(_ value: RESPValue, resp3: Bool = false, into buffer: inout ByteBuffer) {
+        encode(value, resp3: resp3, into: &buffer) { out, payload in out.writeImmutableBuffer(payload) }
     }
 
     /// Appends `value` to `buffer`; a bulk payload of `zeroCopyThreshold` bytes or more is passed to
@@ -43,6 +47,7 @@ public enum RESPEncoder {
     /// bulk string is appended to `buffer` afterwards.
     public static func encode(
         _ value: RESPValue,
+        resp3: Bool = false,
         into buffer: inout ByteBuffer,
         largeBulk: (inout ByteBuffer, ByteBuffer) -> Void
     ) {
@@ -70,16 +75,24 @@ public enum RESPEncoder {
             }
             buffer.writeRESPCRLF()
         case .null:
-            buffer.writeStaticString("$-1\r\n")
+            buffer.writeStaticString(resp3 ? "_\r\n" : "$-1\r\n")
         case .array(let elements):
             buffer.writeInteger(UInt8(ascii: "*"))
             buffer.writeString(String(elements.count))
             buffer.writeRESPCRLF()
             for element in elements {
-                encode(element, into: &buffer, largeBulk: largeBulk)
+                encode(element, resp3: resp3, into: &buffer, largeBulk: largeBulk)
             }
         case .nullArray:
-            buffer.writeStaticString("*-1\r\n")
+            buffer.writeStaticString(resp3 ? "_\r\n" : "*-1\r\n")
+        case .map(let keysAndValues):
+            precondition(keysAndValues.count % 2 == 0, "a map's keys and values alternate")
+            buffer.writeInteger(UInt8(ascii: resp3 ? "%" : "*"))
+            buffer.writeString(String(resp3 ? keysAndValues.count / 2 : keysAndValues.count))
+            buffer.writeRESPCRLF()
+            for element in keysAndValues {
+                encode(element, resp3: resp3, into: &buffer, largeBulk: largeBulk)
+            }
         }
     }
 

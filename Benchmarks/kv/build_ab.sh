@@ -1,7 +1,8 @@
 #!/bin/bash
 # Two Strata builds and redis-server under the same redis-benchmark load, one server at a time,
-# alternating round by round in one run: redis-benchmark's requests/s and each server's CPU for
-# the round (clock ticks from /proc/PID/stat, all threads; 100 per CPU-second here). On a noisy
+# alternating round by round in one run, each round starting with the next server:
+# redis-benchmark's requests/s and each server's CPU for the round (clock ticks from
+# /proc/PID/stat, all threads; 100 per CPU-second here). On a noisy
 # two-core machine the CPU per request is the steadier figure; compare builds in the same rounds.
 #
 # Usage: Benchmarks/kv/build_ab.sh OLD_BINARY NEW_BINARY [set|get|set,get]
@@ -31,8 +32,11 @@ ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 echo "$OP, $SIZE-byte values, pipeline $PIPELINE, $CLIENTS clients, $REQUESTS requests per round"
 printf '%-6s %-7s %12s %10s %14s\n' round server requests/s ticks "CPU µs/request"
 declare -A total_ticks=()
+order=($names)
 for round in $(seq "$ROUNDS"); do
-  for name in $names; do
+  # each round starts with the next server (redis old new, old new redis, new redis old, ...):
+  # no build always runs right after the same one
+  for name in "${order[@]}"; do
     port_var=PORT_$name; pid_var=PID_$name
     before=$(ticks "${!pid_var}")
     rps=$(redis-benchmark -p "${!port_var}" -t "$OP" -d "$SIZE" -c "$CLIENTS" -n "$REQUESTS" -P "$PIPELINE" -q --csv 2>/dev/null \
@@ -42,6 +46,7 @@ for round in $(seq "$ROUNDS"); do
     printf '%-6s %-7s %12s %10s %14s\n' "$round" "$name" "$rps" "$spent" \
       "$(awk -v t="$spent" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 10000 / n }')"
   done
+  order=("${order[@]:1}" "${order[0]}")
 done
 echo "ticks in sum: redis ${total_ticks[redis]}, old ${total_ticks[old]}, new ${total_ticks[new]}" \
   "(new/old $(awk -v a="${total_ticks[new]}" -v b="${total_ticks[old]}" 'BEGIN { printf "%.3f", a / b }'))"

@@ -192,6 +192,12 @@ def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_da
         redis.Redis(host="127.0.0.1", port=port, password="wrong", protocol=2).ping()
     r = redis.Redis(host="127.0.0.1", port=port, password="s3cret", protocol=2)
     assert r.set("from-py", b"1")
+    # RESP3 (redis-py's default) authenticates within its HELLO: `HELLO 3 AUTH default s3cret`
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=port, password="wrong").ping()
+    r3 = redis.Redis(host="127.0.0.1", port=port, password="s3cret")
+    assert r3.get("from-py") == b"1" and r3.get("nothing") is None
+    assert r3.connection_pool.get_connection().protocol == 3
 
     cli = ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "s3cret"]
     out = subprocess.run(cli + ["get", "from-py"], capture_output=True, text=True, timeout=20)

@@ -251,6 +251,23 @@ final class TierKVBackend: KVBackend, Sendable {
         return .done(true)
     }
 
+    /// Counts from the directory alone; `.wait` while the store is not open (the slow path
+    /// reports why) or when a key listed has expired (the slow path removes it).
+    func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> {
+        let names = keys.map { Array($0.readableBytesView) }
+        let current = now()
+        return state.withLock { state -> KVImmediate<Int> in
+            guard state.opened != nil else { return .wait }
+            var count = 0
+            for name in names {
+                guard let entry = state.namespaces[namespace]?[name] else { continue }
+                if let deadline = entry.expiresAt, deadline <= current { return .wait }
+                count += 1
+            }
+            return .done(count)
+        }
+    }
+
     /// For the fast paths: the store and the key's live entry (nil entry: certainly absent, a
     /// miss counted); nil when they must wait (the store not open, or the entry expired, which
     /// the slow path removes).

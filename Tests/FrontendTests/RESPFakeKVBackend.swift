@@ -70,6 +70,12 @@ final class FakeKVBackend: KVBackend {
         return .done(read(namespace, key))
     }
 
+    func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> {
+        guard !keys.contains(where: Self.isSlow) else { return .wait }
+        immediateAnswers += 1
+        return .done(state.withLock { state in keys.filter { state.live(namespace, $0) != nil }.count })
+    }
+
     func setImmediately(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool> {

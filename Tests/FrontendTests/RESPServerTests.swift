@@ -119,8 +119,9 @@ private func withServer(
         }
     }
 
-    /// GETs and SETs answered on the event loop and ones that wait for the backend, interleaved
-    /// in one pipeline: replies come back in request order, each reflecting the writes before it.
+    /// GETs, SETs and EXISTS answered on the event loop and ones that wait for the backend,
+    /// interleaved in one pipeline: replies come back in request order, each reflecting the
+    /// writes before it.
     @Test func immediateAndWaitingCommandsKeepOrder() async throws {
         try await withServer { port, backend in
             try await RawRESPClient.connect(port: port) { client in
@@ -130,13 +131,18 @@ private func withServer(
                 var random = SplitMix64(state: 7)
                 for i in 0..<3000 {
                     let key = (random.next() % 3 == 0 ? "slow:" : "fast:") + String(random.next() % 20)
-                    if random.next() % 2 == 0 {
+                    switch random.next() % 5 {
+                    case 0, 1:
                         commands.append([ByteBuffer(string: "SET"), ByteBuffer(string: key), ByteBuffer(string: "v\(i)")])
                         model[key] = "v\(i)"
                         expected.append(.ok)
-                    } else {
+                    case 2, 3:
                         commands.append([ByteBuffer(string: "GET"), ByteBuffer(string: key)])
                         expected.append(model[key].map { .bulk($0) } ?? .null)
+                    default:
+                        let other = "fast:" + String(random.next() % 20)
+                        commands.append([ByteBuffer(string: "EXISTS"), ByteBuffer(string: key), ByteBuffer(string: other), ByteBuffer(string: key)])
+                        expected.append(.integer(Int64(2 * (model[key] == nil ? 0 : 1) + (model[other] == nil ? 0 : 1))))
                     }
                 }
                 try await client.send(commands: commands)

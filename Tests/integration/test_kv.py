@@ -230,6 +230,9 @@ def test_redis_py_defaults_to_resp3_and_lmcaches_access_pattern_works_as_is(make
     assert r.mget("a", "missing") == [b"1", None]
     assert r.set("a", b"2", nx=True) is None and r.get("a") == b"1"
     assert r.exists("a", "missing") == 1 and r.ttl("a") == -1 and r.ttl("missing") == -2
+    assert r.set("short", b"x", px=100) is True and r.exists("short", "a", "short") == 3
+    time.sleep(0.3)
+    assert r.exists("short", "a", "short") == 1 and r.dbsize() == 1   # expired: gone, for EXISTS too
     assert r.connection_pool.get_connection().protocol == 3
     assert r.info("server")["redis_version"] and r.dbsize() == 1
     assert sorted(r.scan_iter(match="*")) == [b"a"]

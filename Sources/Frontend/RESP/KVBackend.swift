@@ -171,6 +171,11 @@ public protocol KVBackend: Sendable {
         namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
     ) throws -> KVImmediate<Bool>
 
+    /// EXISTS without waiting, when every key can be judged on the spot (none has just expired,
+    /// which only the `async` path removes); else `.wait`. Same answer as `exists`. LMCache's
+    /// redis connector asks EXISTS for each chunk of a prompt before it reads any.
+    func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int>
+
     /// SET without waiting (a value that fits in RAM with nothing to wait for), else `.wait`
     /// with nothing changed. Same contract as `set`.
     func setImmediately(
@@ -240,6 +245,8 @@ extension KVBackend {
     public func setImmediately(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool> { .wait }
+
+    public func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> { .wait }
 
     public func stageValue(length: Int) -> (any KVStagedValue)? { nil }
 

@@ -176,7 +176,7 @@ public struct RESPCommandHandler: Sendable {
     private struct StagedValueLost: Error {}
 
     /// Runs one command without waiting if it can be answered at once: a rejected command, PING,
-    /// ECHO, or a GET / SET the backend can serve from RAM. Nil: nothing was done, call `handle`.
+    /// ECHO, or a GET / SET / EXISTS the backend can serve from RAM. Nil: nothing was done, call `handle`.
     /// The connection runs this on its own thread, so the common command costs no thread hop.
     /// `writeBulk`, where given, sends a GET's value itself as a bulk string, from where the
     /// backend holds it (no copy); the reply then says `alreadyWritten`.
@@ -224,6 +224,10 @@ public struct RESPCommandHandler: Sendable {
                 } ?? backend.setImmediately(namespace: ns, key: key, value: arguments[2], condition: condition, expiry: expiry)
                 guard case .done(let written) = outcome else { return nil }
                 reply = RESPReply(written ? .ok : .null)
+            case "exists":
+                guard case .done(let count) = backend.existsImmediately(namespace: session.namespace, keys: Array(arguments.dropFirst()))
+                else { return nil }
+                reply = RESPReply(.integer(Int64(count)))
             default:
                 return nil
             }

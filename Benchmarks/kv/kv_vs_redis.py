@@ -29,7 +29,6 @@ Needs redis-server and redis-benchmark (`scripts/setup.sh --peers`).
 """
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -40,28 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
-from procs import cpu_seconds, free_port, stop   # noqa: E402
-
-UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-
-
-def size(text: str) -> int:
-    for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
-        if text.endswith(unit):
-            return int(text[: -len(unit)]) * factor
-    return int(text)
-
-
-def wait_ready(port: int, timeout: float = 120) -> None:
-    """Until a SET is acknowledged: Strata answers PING before its tiers are open (the host arena
-    is pre-faulted at start), and the benchmark must not time that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["redis-cli", "-p", str(port), "set", "__bench_probe", "1"], capture_output=True, text=True)
-        if out.stdout.strip() == "OK":
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"no SET was acknowledged on port {port}")
+from procs import cpu_seconds, stop   # noqa: E402
+from kvservers import size, start   # noqa: E402
 
 
 def children_cpu() -> float:
@@ -115,32 +94,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="strata-kv-bench-"))
     procs = []
     try:
-        redis_port, strata_port, http_port = free_port(), free_port(), free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
-            + (["--appendonly", "yes", "--appendfsync", "always"] if a.durability == "durable" else ["--appendonly", "no"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        servers = [("redis", redis_port), ("strata", strata_port)]
-        pids = {"redis": procs[0].pid}
-        binaries = [("strata", a.strata, strata_port, http_port)]
-        if a.strata_before:
-            before_port = free_port()
-            servers.append(("before", before_port))
-            binaries.append(("before", a.strata_before, before_port, free_port()))
-        for name, binary, port, admin_port in binaries:
-            config = work / f"{name}.yaml"
-            config.write_text(f"""
-listen: 127.0.0.1:{admin_port}
-state_dir: {work}/state-{name}
-log_level: warning
-tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm-{name} }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{port}, durability: {a.durability}{f", threads: {a.kv_threads}" if a.kv_threads else ""} }}
-models: []
-""")
-            log = open(work / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([binary, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
-            pids[name] = procs[-1].pid
-        for _, port in servers:
-            wait_ready(port)
+        servers, pids = start(work, a.strata, procs, a.strata_before, a.host_budget, a.durability, a.kv_threads)
 
         results = {}   # (size, depth, server, op) -> [rps]; op "CPU": server µs per request
         for run in range(a.runs):

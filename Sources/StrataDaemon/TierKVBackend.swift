@@ -289,36 +289,77 @@ final class TierKVBackend: KVBackend, Sendable {
     ) throws -> KVImmediate<Bool> {
         guard !durable, value.readableBytes <= partBytes else { return .wait }
         return setImmediately(namespace: namespace, key: key, size: value.readableBytes, condition: condition, expiry: expiry) {
-            $0.putInRAMImmediately($1, bytes: value.readableBytesView)
+            $0.putInRAMImmediately($1(0), bytes: value.readableBytesView)
         }
     }
 
-    /// A `cache` value of one part is received straight into a slot of the host arena.
+    /// A `cache` value is received straight into slots of the host arena, one per part (all
+    /// reserved up front: a value the arena cannot take whole goes the ordinary way).
     func stageValue(length: Int) -> (any KVStagedValue)? {
-        guard !durable, length <= partBytes, let store = state.withLock({ $0.opened }),
-            let block = store.stageInRAM(length: length)
-        else { return nil }
-        return StagedValue(block)
+        guard !durable, let store = state.withLock({ $0.opened }) else { return nil }
+        var blocks: [StagedBlock] = []
+        blocks.reserveCapacity(parts(length))
+        for part in 0..<parts(length) {
+            guard let block = store.stageInRAM(length: min(partBytes, length - part * partBytes)) else {
+                for block in blocks { block.discard() }
+                return nil
+            }
+            blocks.append(block)
+        }
+        return StagedValue(blocks)
     }
 
     func setImmediately(
         namespace: String, key: ByteBuffer, staged: any KVStagedValue, condition: KVSetCondition, expiry: KVExpiry
     ) throws -> KVImmediate<Bool> {
         guard !durable, let staged = staged as? StagedValue, staged.isComplete else { return .wait }
-        return setImmediately(namespace: namespace, key: key, size: staged.length, condition: condition, expiry: expiry) {
-            $0.publishStaged(staged.block, as: $1)
+        return try setImmediately(namespace: namespace, key: key, size: staged.length, condition: condition, expiry: expiry) {
+            store, partKey in
+            // Part 0 decides: until it is published nothing is used up, and `.wait` may still
+            // take the value the ordinary way.
+            guard store.publishStaged(staged.blocks[0], as: partKey(0)) else { return false }
+            for part in staged.blocks.indices.dropFirst() where !store.publishStaged(staged.blocks[part], as: partKey(part)) {
+                // The host budget shrank under the value while it was stored (a reload): what
+                // was published goes, and the client hears it; the key is unchanged.
+                for published in 0..<part where !store.discardFromRAM(partKey(published)) { reaper.yield(partKey(published)) }
+                staged.discard()
+                throw KVBackendError(.unavailable, "the host tier shrank while a \(staged.length)-byte value was stored; try again")
+            }
+            return true
         }
     }
 
+    /// A value's parts, each a staged slot of the arena, filled in order: `receive` offers the
+    /// room of the first part not yet full (a socket read fills one part at most).
     final class StagedValue: KVStagedValue {
-        let block: StagedBlock
-        init(_ block: StagedBlock) { self.block = block }
-        var length: Int { block.length }
-        var isComplete: Bool { block.isComplete }
-        func append(_ bytes: UnsafeRawBufferPointer) -> Int { block.append(bytes) }
-        func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int { block.receive(fill) }
-        func materialize() -> ByteBuffer? { block.withBytes { ByteBuffer(bytes: $0) } }
-        func discard() { block.discard() }
+        let blocks: [StagedBlock]
+        let length: Int
+        init(_ blocks: [StagedBlock]) {
+            self.blocks = blocks
+            length = blocks.reduce(0) { $0 + $1.length }
+        }
+        var isComplete: Bool { blocks.allSatisfy(\.isComplete) }
+        /// The part being filled; nil once all are full (or none can take more).
+        private var filling: StagedBlock? { blocks.first { !$0.isComplete } }
+        func append(_ bytes: UnsafeRawBufferPointer) -> Int {
+            var taken = 0
+            while taken < bytes.count, let block = filling {
+                let count = block.append(UnsafeRawBufferPointer(rebasing: bytes[taken...]))
+                if count == 0 { break }   // published or discarded under us
+                taken += count
+            }
+            return taken
+        }
+        func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int { filling?.receive(fill) ?? 0 }
+        func materialize() -> ByteBuffer? {
+            var value = ByteBuffer()
+            value.reserveCapacity(length)
+            for block in blocks {
+                guard block.withBytes({ value.writeBytes($0) }) != nil else { return nil }
+            }
+            return value
+        }
+        func discard() { for block in blocks { block.discard() } }
     }
 
     /// The fast path's SET: an early check under the lock, then `place` puts the block of the new
@@ -326,8 +367,8 @@ final class TierKVBackend: KVBackend, Sendable {
     /// record, atomically: what the command answers is decided there.
     private func setImmediately(
         namespace: String, key: ByteBuffer, size: Int, condition: KVSetCondition, expiry: KVExpiry,
-        place: (BlockStore, BlockKey) -> Bool
-    ) -> KVImmediate<Bool> {
+        place: (BlockStore, (Int) -> BlockKey) throws -> Bool
+    ) rethrows -> KVImmediate<Bool> {
         let name = Array(key.readableBytesView)
         let current = now()
         enum Decision { case wait, skip, write(store: BlockStore, version: UInt64) }
@@ -346,8 +387,8 @@ final class TierKVBackend: KVBackend, Sendable {
             if case .skip = decision { return .done(false) }
             return .wait
         }
-        let block = Self.blockKey(namespace, name, version: version, part: 0)
-        guard place(store, block) else { return .wait }
+        let partKey = { (part: Int) in Self.blockKey(namespace, name, version: version, part: part) }
+        guard try place(store, partKey) else { return .wait }
         // Checked again where the write is recorded, under the same lock: another command may
         // have changed the key since the check above. The answer is decided here, never `.wait`,
         // since `place` may have used up its bytes (a staged value is published by then).
@@ -378,7 +419,7 @@ final class TierKVBackend: KVBackend, Sendable {
             return outcome
         }
         guard recorded.written else {
-            if !store.discardFromRAM(block) { reaper.yield(block) }
+            for part in 0..<parts(size) where !store.discardFromRAM(partKey(part)) { reaper.yield(partKey(part)) }
             return .done(false)
         }
         if let old = recorded.old { reap(namespace, name, old, from: store) }

@@ -94,7 +94,8 @@ final class FakeKVBackend: KVBackend {
     private let received = Atomic<Int>(0)
     var receivedBytes: Int { received.load(ordering: .relaxed) }
 
-    /// A fake staged value: an array filled as bytes come, counted while held.
+    /// A fake staged value: an array filled as bytes come, counted while held, offering room one
+    /// part at a time.
     final class FakeStagedValue: KVStagedValue {
         let length: Int
         private let owner: FakeKVBackend
@@ -114,10 +115,14 @@ final class FakeKVBackend: KVBackend {
                 return count
             }
         }
+        /// Room is offered up to the end of the current part, as a store keeping the value in parts
+        /// of `partBytes` does (an odd size, so parts and reads do not line up).
+        static let partBytes = (1 << 20) + 17
         func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
             state.withLock { state in
                 guard state.held, state.bytes.count < length else { return 0 }
-                let room = UnsafeMutableRawBufferPointer.allocate(byteCount: length - state.bytes.count, alignment: 1)
+                let partEnd = min(length, (state.bytes.count / Self.partBytes + 1) * Self.partBytes)
+                let room = UnsafeMutableRawBufferPointer.allocate(byteCount: partEnd - state.bytes.count, alignment: 1)
                 defer { room.deallocate() }
                 let written = fill(room)
                 if written > 0 {

@@ -352,6 +352,43 @@ private func withServer(
         }
     }
 
+    /// A value the store keeps in several parts takes its bytes one part at a time: a direct read
+    /// that fills a part also reads the next part's start (the look-ahead), which goes to the
+    /// value, not to the parser, and reading goes on into the next part. Values sent back to
+    /// back in one write, with a command after them, all arrive whole and in order.
+    @Test func aValueInSeveralPartsIsReadPartByPartAndNotPastIt() async throws {
+        let configuration = RESPServerConfiguration(host: "127.0.0.1", port: 0)
+        let size = 3 * FakeKVBackend.FakeStagedValue.partBytes + 12_345, count = 3
+        func value(_ index: Int) -> ByteBuffer {
+            ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 16 &+ index) })
+        }
+        try await withServer(configuration) { port, backend in
+            try await RawRESPClient.connect(port: port) { client in
+                var wire = ByteBuffer()
+                for index in 0..<count {
+                    RESPEncoder.encode(.array(["SET", "k\(index)"].map { .bulkString(ByteBuffer(string: $0)) } + [.bulkString(value(index))]), into: &wire)
+                }
+                RESPEncoder.encode(.array(["GET", "k1"].map { .bulkString(ByteBuffer(string: $0)) }), into: &wire)
+                // The first header and a little of its value; the rest once it is staged.
+                try await client.outbound.write(wire.readSlice(length: 1000)!)
+                for _ in 0..<5000 where backend.stagingCounts.outstanding == 0 { try await Task.sleep(for: .milliseconds(2)) }
+                try await client.outbound.write(wire)
+                for _ in 0..<count { #expect(try await client.next() == .ok) }
+                #expect(try await client.next() == .bulkString(value(1)))
+                for index in [0, 2] {
+                    var get = ByteBuffer()
+                    RESPEncoder.encode(.array(["GET", "k\(index)"].map { .bulkString(ByteBuffer(string: $0)) }), into: &get)
+                    try await client.outbound.write(get)
+                    #expect(try await client.next() == .bulkString(value(index)), "k\(index)")
+                }
+            }
+            #expect(backend.stagingCounts == .init(outstanding: 0, stored: count))
+            // Copied of each value: NIO's reads and the look-ahead past each part, a few KiB each.
+            let least = count * (size - 64 << 10)
+            #expect(backend.receivedBytes >= least, "\(backend.receivedBytes) bytes read directly, expected \(least) or more")
+        }
+    }
+
     /// A client that sends large values one after another has each one staged from its first few
     /// KiB and the rest read straight into its storage: each SET in a write of its own (after a
     /// staged SET, NIO reads only the next command's start; without that its adaptive reads grow

@@ -77,7 +77,8 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
     d, port = kv_daemon(make_daemon, extra_kv=", threads: 1")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
     assert r.set("warm", b"1")   # the first command opens the tiers; until then nothing is staged
-    values = {size: os.urandom(size) for size in (32 << 10, 1 << 20, 4 << 20)}
+    # 4 MiB and below: one block; above, several (the store's parts are 4 MiB), each received in place
+    values = {size: os.urandom(size) for size in (32 << 10, 1 << 20, 4 << 20, (9 << 20) + 7, 16 << 20)}
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         for size, value in values.items():
             # the header and a first piece, a pause, then the rest: the value is still arriving
@@ -85,9 +86,22 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
             time.sleep(0.05)
             s.sendall(value[1000:] + b"\r\n")
             assert s.recv(5) == b"+OK\r\n"
-    assert int(r.info("stats")["staged_values"]) >= 3
+    assert int(r.info("stats")["staged_values"]) >= 5
     for size, value in values.items():
         assert r.get(f"k{size}") == value
+    # several-part values back to back in one write, and a command after them
+    direct = int(r.info("stats")["staged_bytes_read_directly"])
+    parts = [os.urandom((9 << 20) + i) for i in range(3)]
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(set_frame(b"p0", len(parts[0])) + parts[0][:1000])
+        time.sleep(0.05)
+        s.sendall(parts[0][1000:] + b"\r\n" + b"".join(set_frame(b"p%d" % i, len(v)) + v + b"\r\n" for i, v in enumerate(parts[1:], 1))
+                  + b"*2\r\n$3\r\nGET\r\n$2\r\np1\r\n")
+        f = s.makefile("rb")
+        assert [f.readline() for _ in parts] == [b"+OK\r\n"] * 3
+        assert read_reply(f) == parts[1]
+    assert r.get("p0") == parts[0] and r.get("p2") == parts[2]
+    assert int(r.info("stats")["staged_bytes_read_directly"]) - direct > sum(map(len, parts)) * 9 // 10
     mib = values[1 << 20]
     assert r.set(f"k{1 << 20}", values[4 << 20], nx=True) is None and r.get(f"k{1 << 20}") == mib
     assert r.set(f"k{1 << 20}", values[4 << 20], xx=True, ex=100) is True
@@ -116,15 +130,18 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
     assert r.set("kept", b"1", ex=1000) is True
     assert staged_set(b"kept", mib, b"KEEPTTL") == b"+OK\r\n" and r.get("kept") == mib and 900 < r.ttl("kept") <= 1000
 
-    before = int(r.info("memory")["strata_host_used_bytes"])
-    staged = int(r.info("stats")["staged_values"])
-    cut = socket.create_connection(("127.0.0.1", port), timeout=30)
-    cut.sendall(set_frame(b"cut", 4 << 20) + os.urandom(2 << 20))
-    wait_for(lambda: int(r.info("stats")["staged_values"]) > staged, 10, what="the cut value to be staged")
-    assert int(r.info("memory")["strata_host_used_bytes"]) >= before + (4 << 20), "a slot is held for it"
-    cut.close()
-    wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) <= before, 10, what="the slot to come back")
-    assert r.exists("cut") == 0
+    r.flushdb()   # the host tier empty, so that what a cut value holds shows in its usage
+    wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) == 0, 10, what="the flushed values to go")
+    for size, sent in ((4 << 20, 2 << 20), (12 << 20, 6 << 20)):   # one part; three, cut in the second
+        before = int(r.info("memory")["strata_host_used_bytes"])
+        staged = int(r.info("stats")["staged_values"])
+        cut = socket.create_connection(("127.0.0.1", port), timeout=30)
+        cut.sendall(set_frame(b"cut", size) + os.urandom(sent))
+        wait_for(lambda: int(r.info("stats")["staged_values"]) > staged, 10, what="the cut value to be staged")
+        assert int(r.info("memory")["strata_host_used_bytes"]) >= before + size, "slots are held for all of it"
+        cut.close()
+        wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) <= before, 10, what="the slots to come back")
+        assert r.exists("cut") == 0
 
 
 def read_reply(f) -> bytes | None:

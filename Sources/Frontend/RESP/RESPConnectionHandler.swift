@@ -137,46 +137,61 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// for now (no second read to hear EAGAIN: NIO's next read, when more comes, leads here
     /// again). What comes after the look-ahead stays in the socket for NIO to read (its readiness
     /// is level-triggered), unless the look-ahead holds the start of another large SET, which the
-    /// parser then stages in turn. True when the value is now complete. Only while the channel is
-    /// reading (called from `channelRead`), so a connection held back by a full queue is not read
-    /// here either.
+    /// parser then stages in turn. A value stored in several parts offers one part's room at a
+    /// time: the look-ahead then holds the next part's start, which goes to the value, and while
+    /// a `readv` fills both, the next part is read the same way. True when the value is now
+    /// complete. Only while the channel is reading (called from `channelRead`), so a connection
+    /// held back by a full queue is not read here either.
     private func receiveDirectly(context: ChannelHandlerContext) -> Bool {
         // While a value is staged, every byte that arrives goes to it first: `inbound` is empty.
         guard direct != nil, let sink = staging, !closing, inbound.readableBytes == 0 else { return false }
+        guard let socket = socket(context) else {
+            direct?.on = false   // not a socket after all: NIO reads as usual
+            return false
+        }
         var failure: Int32 = 0
         var received = 0
-        var after = 0
-        inbound.clear()
-        inbound.reserveCapacity(minimumWritableBytes: Self.lookaheadBytes)
-        let available: Void? = socket(context).map { socket in
-            while true {
-                var error: Int32 = 0
-                let count = sink.receive { slot in
-                    inbound.withUnsafeMutableWritableBytes { ahead in
-                        var vectors = (iovec(iov_base: slot.baseAddress, iov_len: slot.count),
-                                       iovec(iov_base: ahead.baseAddress, iov_len: ahead.count))
-                        let count = withUnsafeMutableBytes(of: &vectors) { vectors in
-                            readv(socket, vectors.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
-                        }
-                        if count < 0 {
-                            error = errno
-                            return count
-                        }
-                        after = max(0, count - slot.count)
-                        return min(count, slot.count)
+        while true {
+            inbound.clear()
+            inbound.reserveCapacity(minimumWritableBytes: Self.lookaheadBytes)
+            var error: Int32 = 0
+            var after = 0, offered = 0
+            let count = sink.receive { slot in
+                inbound.withUnsafeMutableWritableBytes { ahead in
+                    offered = slot.count + ahead.count
+                    var vectors = (iovec(iov_base: slot.baseAddress, iov_len: slot.count),
+                                   iovec(iov_base: ahead.baseAddress, iov_len: ahead.count))
+                    let count = withUnsafeMutableBytes(of: &vectors) { vectors in
+                        readv(socket, vectors.baseAddress!.assumingMemoryBound(to: iovec.self), 2)
                     }
+                    if count < 0 {
+                        error = errno
+                        return count
+                    }
+                    after = max(0, count - slot.count)
+                    return min(count, slot.count)
                 }
-                if count > 0 { received += count }
-                // 0: the client closed (NIO's next read finds that).
-                if count < 0, error == EINTR { continue }
-                if count < 0, error != EAGAIN, error != EWOULDBLOCK { failure = error }
-                return
             }
+            // 0: the client closed (NIO's next read finds that).
+            if count < 0, error == EINTR { continue }
+            if count < 0, error != EAGAIN, error != EWOULDBLOCK { failure = error }
+            guard count > 0 else { break }
+            received += count
+            inbound.moveWriterIndex(forwardBy: after)
+            guard after > 0, !sink.isComplete else { break }
+            // The slot was one part of the value and is full; the look-ahead holds more of it.
+            let taken = inbound.withUnsafeReadableBytes { sink.append($0) }
+            inbound.moveReaderIndex(forwardBy: taken)
+            // Another part to fill, and the socket may hold more: it filled all that was offered.
+            guard !sink.isComplete, inbound.readableBytes == 0, count + after == offered else { break }
         }
-        inbound.moveWriterIndex(forwardBy: after)
         if received > 0 { handler.stats.receivedDirectly(bytes: received) }
-        if available == nil {
-            direct?.on = false   // not a socket after all: NIO reads as usual
+        if failure == 0, !sink.isComplete, inbound.readableBytes > 0 {
+            // Bytes of the value it did not take: its storage was taken away (the store is going).
+            logger.debug("RESP staged value refused bytes; closing the connection")
+            closing = true
+            dropPending()
+            context.close(promise: nil)
             return false
         }
         if failure != 0 {

@@ -130,8 +130,12 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
     assert r.set("kept", b"1", ex=1000) is True
     assert staged_set(b"kept", mib, b"KEEPTTL") == b"+OK\r\n" and r.get("kept") == mib and 900 < r.ttl("kept") <= 1000
 
-    r.flushdb()   # the host tier empty, so that what a cut value holds shows in its usage
+    r.flushdb()   # the host tier empty, so that what a refused or cut value holds shows in its usage
     wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) == 0, 10, what="the flushed values to go")
+    # a value of several parts refused by NX gives all its parts back
+    assert r.set("small", b"1") is True
+    assert staged_set(b"small", values[(9 << 20) + 7], b"NX") == b"$-1\r\n" and r.get("small") == b"1"
+    wait_for(lambda: int(r.info("memory")["strata_host_used_bytes"]) < (1 << 20), 10, what="the refused value's parts to go")
     for size, sent in ((4 << 20, 2 << 20), (12 << 20, 6 << 20)):   # one part; three, cut in the second
         before = int(r.info("memory")["strata_host_used_bytes"])
         staged = int(r.info("stats")["staged_values"])

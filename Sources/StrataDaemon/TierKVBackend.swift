@@ -251,6 +251,51 @@ final class TierKVBackend: KVBackend, Sendable {
         return .done(true)
     }
 
+    /// The sizes first, under one lock, so that an MGET that must wait copies nothing: `.wait`
+    /// while the store is not open, for a key just expired, a value of several parts or values
+    /// over `maxBytes` in all; then each copied out of RAM (`.wait` if one is not there).
+    func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]> {
+        let names = keys.map { Array($0.readableBytesView) }
+        let current = now()
+        let found = state.withLock { state -> (BlockStore, [Entry?])? in
+            guard let store = state.opened else { return nil }
+            var entries: [Entry?] = []
+            entries.reserveCapacity(names.count)
+            var total = 0
+            for name in names {
+                let entry = state.namespaces[namespace]?[name]
+                if let entry {
+                    if let deadline = entry.expiresAt, deadline <= current { return nil }
+                    total += entry.size
+                    guard entry.size <= partBytes, total <= maxBytes else { return nil }
+                }
+                entries.append(entry)
+            }
+            return (store, entries)
+        }
+        guard let (store, entries) = found else { return .wait }
+        var values: [ByteBuffer?] = []
+        values.reserveCapacity(entries.count)
+        for (name, entry) in zip(names, entries) {
+            guard let entry else {
+                values.append(nil)
+                continue
+            }
+            var value = ByteBufferAllocator().buffer(capacity: entry.size)
+            let copied = try store.readFromRAM(Self.blockKey(namespace, name, version: entry.version, part: 0)) {
+                value.writeBytes($0)
+            }
+            guard copied, value.readableBytes == entry.size else { return .wait }
+            values.append(value)
+        }
+        let hits = values.count(where: { $0 != nil })
+        state.withLock { state in
+            state.hits += hits
+            state.misses += values.count - hits
+        }
+        return .done(values)
+    }
+
     /// Counts from the directory alone; `.wait` while the store is not open (the slow path
     /// reports why) or when a key listed has expired (the slow path removes it).
     func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> {

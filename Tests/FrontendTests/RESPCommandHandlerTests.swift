@@ -299,6 +299,26 @@ extension RESPValue {
         #expect(Set(seen) == expected)
     }
 
+    /// An MGET is answered on the connection's thread when the backend has every value at once and
+    /// they are small; else it waits, having changed nothing.
+    @Test func mgetIsAnsweredAtOnceOnlyWhenSmallAndAtHand() async {
+        var harness = Harness()
+        let limit = RESPCommandHandler.immediateMGetBytes
+        let big = String(repeating: "x", count: limit - 1)
+        #expect(await harness.run("SET", "a", "1") == .ok && harness.backend.immediateAnswers == 0)
+        #expect(await harness.run("SET", "big", big) == .ok)
+        func immediate(_ words: String...) -> RESPValue? {
+            harness.handler.handleImmediately(words.map { ByteBuffer(string: $0) }, session: &harness.session)?.value
+        }
+        #expect(immediate("MGET", "a", "nope", "a") == .array([.bulk("1"), .null, .bulk("1")]))
+        #expect(immediate("MGET", "big", "a") == .array([.bulk(big), .bulk("1")]))   // the limit, exactly
+        #expect(harness.backend.immediateAnswers == 2)
+        #expect(immediate("MGET", "big", "a", "a") == nil)   // one byte over: waits
+        #expect(immediate("MGET", "a", "slow:x") == nil)     // a key the backend cannot answer at once
+        #expect(immediate("MGET") == .error("ERR wrong number of arguments for 'mget' command"))
+        #expect(await harness.run("MGET", "big", "a", "a") == .array([.bulk(big), .bulk("1"), .bulk("1")]))
+    }
+
     @Test func helloSwitchesTheProtocolOfEveryLaterReply() async {
         var harness = Harness()
         #expect(await harness.reply(["GET", "k"]).resp3 == false)

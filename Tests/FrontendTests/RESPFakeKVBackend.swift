@@ -70,6 +70,14 @@ final class FakeKVBackend: KVBackend {
         return .done(read(namespace, key))
     }
 
+    func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]> {
+        guard !keys.contains(where: Self.isSlow) else { return .wait }
+        let values = keys.map { read(namespace, $0) }
+        guard values.reduce(0, { $0 + ($1?.readableBytes ?? 0) }) <= maxBytes else { return .wait }
+        immediateAnswers += 1
+        return .done(values)
+    }
+
     func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> {
         guard !keys.contains(where: Self.isSlow) else { return .wait }
         immediateAnswers += 1

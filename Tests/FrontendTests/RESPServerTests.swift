@@ -119,7 +119,7 @@ private func withServer(
         }
     }
 
-    /// GETs, SETs and EXISTS answered on the event loop and ones that wait for the backend,
+    /// GETs, SETs, EXISTS and MGETs answered on the event loop and ones that wait for the backend,
     /// interleaved in one pipeline: replies come back in request order, each reflecting the
     /// writes before it.
     @Test func immediateAndWaitingCommandsKeepOrder() async throws {
@@ -131,7 +131,7 @@ private func withServer(
                 var random = SplitMix64(state: 7)
                 for i in 0..<3000 {
                     let key = (random.next() % 3 == 0 ? "slow:" : "fast:") + String(random.next() % 20)
-                    switch random.next() % 5 {
+                    switch random.next() % 6 {
                     case 0, 1:
                         commands.append([ByteBuffer(string: "SET"), ByteBuffer(string: key), ByteBuffer(string: "v\(i)")])
                         model[key] = "v\(i)"
@@ -139,10 +139,14 @@ private func withServer(
                     case 2, 3:
                         commands.append([ByteBuffer(string: "GET"), ByteBuffer(string: key)])
                         expected.append(model[key].map { .bulk($0) } ?? .null)
-                    default:
+                    case 4:
                         let other = "fast:" + String(random.next() % 20)
                         commands.append([ByteBuffer(string: "EXISTS"), ByteBuffer(string: key), ByteBuffer(string: other), ByteBuffer(string: key)])
                         expected.append(.integer(Int64(2 * (model[key] == nil ? 0 : 1) + (model[other] == nil ? 0 : 1))))
+                    default:
+                        let other = "fast:" + String(random.next() % 20)
+                        commands.append([ByteBuffer(string: "MGET"), ByteBuffer(string: other), ByteBuffer(string: key)])
+                        expected.append(.array([other, key].map { model[$0].map { .bulk($0) } ?? .null }))
                     }
                 }
                 try await client.send(commands: commands)

@@ -171,6 +171,11 @@ public protocol KVBackend: Sendable {
         namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
     ) throws -> KVImmediate<Bool>
 
+    /// MGET without waiting, when every value is in RAM whole and they come to `maxBytes` at most
+    /// (they are copied on the connection's thread); else `.wait`, having copied nothing. Same
+    /// answer as `get(namespace:keys:)`.
+    func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]>
+
     /// EXISTS without waiting, when every key can be judged on the spot (none has just expired,
     /// which only the `async` path removes); else `.wait`. Same answer as `exists`. LMCache's
     /// redis connector asks EXISTS for each chunk of a prompt before it reads any.
@@ -247,6 +252,10 @@ extension KVBackend {
     ) throws -> KVImmediate<Bool> { .wait }
 
     public func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> { .wait }
+
+    public func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]> {
+        .wait
+    }
 
     public func stageValue(length: Int) -> (any KVStagedValue)? { nil }
 

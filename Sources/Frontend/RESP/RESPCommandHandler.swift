@@ -176,8 +176,8 @@ public struct RESPCommandHandler: Sendable {
     private struct StagedValueLost: Error {}
 
     /// Runs one command without waiting if it can be answered at once: a rejected command, PING,
-    /// ECHO, or a GET / SET / EXISTS the backend can serve from RAM. Nil: nothing was done, call
-    /// `handle`. The connection runs this on its own thread, so the common command costs no
+    /// ECHO, or a GET / SET / EXISTS / MGET (values of `immediateMGetBytes` at most in all) the
+    /// backend can serve from RAM. Nil: nothing was done, call `handle`. The connection runs this on its own thread, so the common command costs no
     /// thread hop.
     /// `writeBulk`, where given, sends a GET's value itself as a bulk string, from where the
     /// backend holds it (no copy); the reply then says `alreadyWritten`.
@@ -229,6 +229,11 @@ public struct RESPCommandHandler: Sendable {
                 guard case .done(let count) = backend.existsImmediately(namespace: session.namespace, keys: Array(arguments.dropFirst()))
                 else { return nil }
                 reply = RESPReply(.integer(Int64(count)))
+            case "mget":
+                guard case .done(let values) = try backend.getImmediately(
+                    namespace: session.namespace, keys: Array(arguments.dropFirst()), maxBytes: Self.immediateMGetBytes)
+                else { return nil }
+                reply = RESPReply(.array(values.map { $0.map(RESPValue.bulkString) ?? .null }))
             default:
                 return nil
             }
@@ -258,6 +263,10 @@ public struct RESPCommandHandler: Sendable {
     }
 
     private static let getSpec = commands["get"]!, setSpec = commands["set"]!
+
+    /// An MGET of values larger than this in all is answered on the waiting path, so that copying
+    /// them does not hold up the other connections of its event loop.
+    public static let immediateMGetBytes = 1 << 20
 
     /// GET and SET, in any case, recognized from their bytes: the commands nearly every request
     /// is, named without building and lower-casing a String and hashing it.

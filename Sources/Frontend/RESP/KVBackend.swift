@@ -172,8 +172,8 @@ public protocol KVBackend: Sendable {
     ) throws -> KVImmediate<Bool>
 
     /// MGET without waiting, when every value is in RAM whole and they come to `maxBytes` at most
-    /// (they are copied on the connection's thread); else `.wait`, having copied nothing. Same
-    /// answer as `get(namespace:keys:)`.
+    /// (they are copied on the connection's thread); else `.wait`, decided where it can be before
+    /// anything is copied. Same answer as `get(namespace:keys:)`.
     func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]>
 
     /// EXISTS without waiting, when every key can be judged on the spot (none has just expired,

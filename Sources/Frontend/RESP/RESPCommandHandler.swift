@@ -177,8 +177,8 @@ public struct RESPCommandHandler: Sendable {
 
     /// Runs one command without waiting if it can be answered at once: a rejected command, PING,
     /// ECHO, or a GET / SET / EXISTS / MGET (values of `immediateMGetBytes` at most in all) the
-    /// backend can serve from RAM. Nil: nothing was done, call `handle`. The connection runs this on its own thread, so the common command costs no
-    /// thread hop.
+    /// backend can serve from RAM. Nil: nothing was done, call `handle`. The connection runs this
+    /// on its own thread, so the common command costs no thread hop.
     /// `writeBulk`, where given, sends a GET's value itself as a bulk string, from where the
     /// backend holds it (no copy); the reply then says `alreadyWritten`.
     public func handleImmediately(

@@ -17,8 +17,11 @@ stored.
 
 The client is Python, as LMCache's is: its CPU often sets the pace, as it would for LMCache.
 
+With `--durability durable`, Strata acknowledges a SET once its value and key are on disk, and
+redis-server runs with `--appendonly yes --appendfsync always`, the nearest it has.
+
 Usage: lmcache_pattern.py [--strata .build/release/strata] [--rounds 5] [--prompts 4] [--chunks 16]
-                          [--chunk-sizes 4MiB,16MiB] [--host-budget 2GiB]
+                          [--chunk-sizes 4MiB,16MiB] [--host-budget 2GiB] [--durability cache|durable]
 Needs redis-server and redis-py (`scripts/setup.sh --peers`).
 """
 import argparse
@@ -110,13 +113,15 @@ def main():
     ap.add_argument("--chunk-sizes", default="4MiB,16MiB",
                     help="bytes per chunk (256 tokens of a 0.5B model's KV is about 3 MiB, of an 8B model's 32 MiB)")
     ap.add_argument("--host-budget", default="2GiB")
+    ap.add_argument("--durability", choices=["cache", "durable"], default="cache",
+                    help="Strata's kv.durability; durable also runs redis-server with appendfsync always")
     a = ap.parse_args()
     sizes = [size(s) for s in a.chunk_sizes.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="strata-lmcache-bench-"))
     procs = []
     try:
-        servers, pids = start(work, a.strata, procs, host_budget=a.host_budget)
+        servers, pids = start(work, a.strata, procs, host_budget=a.host_budget, durability=a.durability)
         results = {}   # (size, server, phase) -> [wall seconds]; (size, server, "cpu") -> [server CPU seconds]
         for chunk in sizes:
             chunks = [os.urandom(chunk) for _ in range(a.chunks)]
@@ -136,7 +141,8 @@ def main():
                     for s, _ in servers), file=sys.stderr)
 
         total = a.prompts * a.chunks
-        print(f"{a.prompts} prompts x {a.chunks} chunks at once, redis.asyncio (RESP3), medians of {a.rounds} rounds")
+        print(f"{a.prompts} prompts x {a.chunks} chunks at once, redis.asyncio (RESP3), durability {a.durability}, "
+              f"medians of {a.rounds} rounds")
         print(f"{'chunk':>10} {'measure':>22} {'redis':>10} {'strata':>10} {'strata/redis':>13}")
         rows = []
         for chunk in sizes:

@@ -319,6 +319,29 @@ extension RESPValue {
         #expect(await harness.run("MGET", "big", "a", "a") == .array([.bulk(big), .bulk("1"), .bulk("1")]))
     }
 
+    /// Strata runs no MULTI/EXEC transactions: MULTI is refused with an error that says so, and
+    /// nothing up to EXEC or DISCARD runs (a client's transaction fails whole, never half done).
+    @Test func multiIsRefusedAndNothingOfTheTransactionRuns() async {
+        var harness = Harness()
+        let refused = RESPValue.error("EXECABORT Command refused: it follows a MULTI, and Strata runs no transactions; send DISCARD")
+        #expect(await harness.run("EXEC") == .error("ERR EXEC without MULTI"))
+        #expect(await harness.run("DISCARD") == .error("ERR DISCARD without MULTI"))
+        #expect(await harness.run("multi") == .error(RESPCommandHandler.noTransactions))
+        #expect(await harness.run("SET", "k", "v") == refused)
+        #expect(harness.handler.handleImmediately(["SET", "k", "w"].map { ByteBuffer(string: $0) }, session: &harness.session)?.value == refused)
+        #expect(await harness.handler.handle(batch: [(["SET", "k", "1"], nil), (["SET", "j", "2"], nil)].map {
+            ($0.0.map { ByteBuffer(string: $0) }, $0.1)
+        }, session: &harness.session).map(\.value) == [refused, refused])   // not run together as an MSET either
+        #expect(await harness.run("Exec") == .error("EXECABORT Transaction discarded: Strata runs no MULTI/EXEC transactions"))
+        #expect(await harness.run("GET", "k") == .null && harness.backend.pairSets.isEmpty)
+        #expect(await harness.run("MULTI") == .error(RESPCommandHandler.noTransactions))
+        #expect(await harness.run("DISCARD") == .ok)
+        #expect(await harness.run("SET", "k", "v") == .ok)
+        #expect(await harness.run("WATCH", "k") == .error(RESPCommandHandler.noTransactions))
+        #expect(await harness.run("GET", "k") == .bulk("v"))   // WATCH alone refuses nothing after it
+        #expect(await harness.run("UNWATCH") == .ok)
+    }
+
     @Test func helloSwitchesTheProtocolOfEveryLaterReply() async {
         var harness = Harness()
         #expect(await harness.reply(["GET", "k"]).resp3 == false)

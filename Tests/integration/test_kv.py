@@ -303,6 +303,19 @@ def test_redis_py_defaults_to_resp3_and_lmcaches_access_pattern_works_as_is(make
     asyncio.run(asyncio.wait_for(lmcache_like(), 120))
     assert r.dbsize() == 1 + 2 * len(chunks)
 
+    # redis-py's default pipeline is a MULTI/EXEC transaction, which Strata does not run: it
+    # fails whole, nothing of it applied; a pipeline without a transaction works
+    pipe = r.pipeline()
+    pipe.set("tx1", b"1")
+    pipe.set("tx2", b"2")
+    with pytest.raises(redis.ResponseError, match="MULTI is not supported|EXECABORT"):
+        pipe.execute()
+    assert r.exists("tx1", "tx2") == 0
+    pipe = r.pipeline(transaction=False)
+    pipe.set("tx1", b"1")
+    pipe.get("tx1")
+    assert pipe.execute() == [True, b"1"] and r.delete("tx1") == 1
+
     # redis-cli in RESP3 mode reads the same nulls (--no-raw: as it prints them on a terminal)
     out = subprocess.run(["redis-cli", "-3", "--no-raw", "-p", str(port), "get", "missing"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and out.stdout.strip() == "(nil)", out

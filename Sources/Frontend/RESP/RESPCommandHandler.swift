@@ -24,6 +24,9 @@ public struct RESPSession: Sendable, Hashable {
     public var clientName: String?
     /// The connection asked for RESP3 (`HELLO 3`): its nulls and maps are written in RESP3 form.
     public var resp3 = false
+    /// A MULTI was refused (Strata runs no transactions): every command up to EXEC or DISCARD is
+    /// refused too, so that none of the would-be transaction runs.
+    public var refusingTransaction = false
 
     public init(clientID: Int64, namespace: String, isAuthenticated: Bool, userName: String = "default") {
         self.clientID = clientID
@@ -93,9 +96,58 @@ public struct RESPCommandHandler: Sendable {
     public func handle(
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession
     ) async -> RESPReply {
-        var reply = await handleUnstamped(arguments, staged: staged, session: &session)
+        var reply: RESPReply
+        if let refused = transactionRefusal(arguments, &session) {
+            reply = refused
+        } else {
+            reply = await handleUnstamped(arguments, staged: staged, session: &session)
+        }
         reply.resp3 = session.resp3
         return reply
+    }
+
+    public static let noTransactions = "ERR MULTI is not supported: Strata runs no MULTI/EXEC transactions; send the commands "
+        + "without MULTI (redis-py: pipeline(transaction=False))"
+
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: Strata runs no transactions (Redis's promise, no
+    /// other client's command in between, needs a store-wide order it does not keep). MULTI is
+    /// refused with an error that says so, and so is every command after it up to EXEC or
+    /// DISCARD, EXEC answering EXECABORT: none of a would-be transaction runs, as when Redis
+    /// discards one. Nil for any other command outside such a refusal (or before AUTH).
+    private func transactionRefusal(_ arguments: [ByteBuffer], _ session: inout RESPSession) -> RESPReply? {
+        guard session.isAuthenticated, let name = arguments.first,
+            session.refusingTransaction || (4...7).contains(name.readableBytes)
+        else { return nil }
+        let reply: RESPValue
+        if Self.isNamed(name, "multi") {
+            session.refusingTransaction = true
+            reply = .error(Self.noTransactions)
+        } else if Self.isNamed(name, "watch") {
+            reply = .error(Self.noTransactions)
+        } else if Self.isNamed(name, "exec") {
+            reply = session.refusingTransaction
+                ? .error("EXECABORT Transaction discarded: Strata runs no MULTI/EXEC transactions") : .error("ERR EXEC without MULTI")
+            session.refusingTransaction = false
+        } else if Self.isNamed(name, "discard") {
+            reply = session.refusingTransaction ? .ok : .error("ERR DISCARD without MULTI")
+            session.refusingTransaction = false
+        } else if Self.isNamed(name, "unwatch") {
+            reply = .ok
+        } else if session.refusingTransaction && !Self.isNamed(name, "quit") {
+            reply = .error("EXECABORT Command refused: it follows a MULTI, and Strata runs no transactions; send DISCARD")
+        } else {
+            return nil
+        }
+        stats.commandProcessed()
+        return RESPReply(reply)
+    }
+
+    /// The command's name is `lowercase` (letters only), in any case; no String is made.
+    private static func isNamed(_ name: ByteBuffer, _ lowercase: StaticString) -> Bool {
+        guard name.readableBytes == lowercase.utf8CodeUnitCount else { return false }
+        return name.withUnsafeReadableBytes { bytes in
+            (0..<bytes.count).allSatisfy { bytes[$0] | 0x20 == lowercase.utf8Start[$0] }
+        }
     }
 
     private func handleUnstamped(
@@ -160,7 +212,8 @@ public struct RESPCommandHandler: Sendable {
 
     /// `SET key value` with no option, allowed in this session.
     private func isPlainSet(_ arguments: [ByteBuffer], _ session: RESPSession) -> Bool {
-        arguments.count == 3 && session.isAuthenticated && Self.getOrSet(arguments[0])?.name == "set"
+        arguments.count == 3 && session.isAuthenticated && !session.refusingTransaction
+            && Self.getOrSet(arguments[0])?.name == "set"
     }
 
     /// A plain SET's key and value, its value taken from the backend's storage if it was
@@ -185,7 +238,8 @@ public struct RESPCommandHandler: Sendable {
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession,
         writeBulk: ((UnsafeRawBufferPointer) -> Void)? = nil
     ) -> RESPReply? {
-        var reply = handleImmediatelyUnstamped(arguments, staged: staged, session: session, writeBulk: writeBulk)
+        var reply = transactionRefusal(arguments, &session)
+            ?? handleImmediatelyUnstamped(arguments, staged: staged, session: session, writeBulk: writeBulk)
         reply?.resp3 = session.resp3
         return reply
     }

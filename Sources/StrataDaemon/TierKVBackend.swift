@@ -217,17 +217,21 @@ final class TierKVBackend: KVBackend, Sendable {
         guard let (store, entry) = immediateEntry(namespace, name) else { return .wait }
         guard let entry else { return .done(nil) }
         // A value of several parts is copied off the event loop: the loop serves other connections.
-        guard entry.size <= partBytes else { return .wait }
+        guard entry.size <= partBytes, let value = try copyFromRAM(store, namespace, name, entry) else { return .wait }
+        state.withLock { $0.hits += 1 }
+        return .done(value)
+    }
+
+    /// A copy of the entry's value, every part of it read from RAM; nil if one is not there whole.
+    private func copyFromRAM(_ store: BlockStore, _ namespace: String, _ name: [UInt8], _ entry: Entry) throws -> ByteBuffer? {
         var value = ByteBufferAllocator().buffer(capacity: entry.size)
         for part in 0..<parts(entry.size) {
             let found = try store.readFromRAM(Self.blockKey(namespace, name, version: entry.version, part: part)) {
                 value.writeBytes($0)
             }
-            guard found else { return .wait }
+            guard found else { return nil }
         }
-        guard value.readableBytes == entry.size else { return .wait }
-        state.withLock { $0.hits += 1 }
-        return .done(value)
+        return value.readableBytes == entry.size ? value : nil
     }
 
     /// A value of one part in RAM, handed to `body` in place (borrowed for the call), so the
@@ -252,28 +256,19 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     /// The sizes first, under one lock, so that an MGET that must wait copies nothing: `.wait`
-    /// while the store is not open, for a key just expired, a value of several parts or values
-    /// over `maxBytes` in all; then each copied out of RAM (`.wait` if one is not there).
+    /// as for `withImmediateEntries`, or for a value of several parts or values over `maxBytes` in
+    /// all; then each copied out of RAM (`.wait` if one is not there).
     func getImmediately(namespace: String, keys: [ByteBuffer], maxBytes: Int) throws -> KVImmediate<[ByteBuffer?]> {
         let names = keys.map { Array($0.readableBytesView) }
-        let current = now()
-        let found = state.withLock { state -> (BlockStore, [Entry?])? in
-            guard let store = state.opened else { return nil }
-            var entries: [Entry?] = []
-            entries.reserveCapacity(names.count)
-            var total = 0
-            for name in names {
-                let entry = state.namespaces[namespace]?[name]
-                if let entry {
-                    if let deadline = entry.expiresAt, deadline <= current { return nil }
-                    total += entry.size
-                    guard entry.size <= partBytes, total <= maxBytes else { return nil }
-                }
-                entries.append(entry)
-            }
-            return (store, entries)
+        var entries: [Entry?] = []
+        entries.reserveCapacity(names.count)
+        var total = 0
+        let store = withImmediateEntries(namespace, names) { entry in
+            total += entry?.size ?? 0
+            entries.append(entry)
+            return (entry?.size ?? 0) <= partBytes && total <= maxBytes
         }
-        guard let (store, entries) = found else { return .wait }
+        guard let store else { return .wait }
         var values: [ByteBuffer?] = []
         values.reserveCapacity(entries.count)
         for (name, entry) in zip(names, entries) {
@@ -281,11 +276,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 values.append(nil)
                 continue
             }
-            var value = ByteBufferAllocator().buffer(capacity: entry.size)
-            let copied = try store.readFromRAM(Self.blockKey(namespace, name, version: entry.version, part: 0)) {
-                value.writeBytes($0)
-            }
-            guard copied, value.readableBytes == entry.size else { return .wait }
+            guard let value = try copyFromRAM(store, namespace, name, entry) else { return .wait }
             values.append(value)
         }
         let hits = values.count(where: { $0 != nil })
@@ -296,20 +287,30 @@ final class TierKVBackend: KVBackend, Sendable {
         return .done(values)
     }
 
-    /// Counts from the directory alone; `.wait` while the store is not open (the slow path
-    /// reports why) or when a key listed has expired (the slow path removes it).
+    /// Counts from the directory alone.
     func existsImmediately(namespace: String, keys: [ByteBuffer]) -> KVImmediate<Int> {
-        let names = keys.map { Array($0.readableBytesView) }
+        var count = 0
+        let store = withImmediateEntries(namespace, keys.map { Array($0.readableBytesView) }) { entry in
+            if entry != nil { count += 1 }
+            return true
+        }
+        return store == nil ? .wait : .done(count)
+    }
+
+    /// For the fast paths of several keys: hands `visit` each key's entry (nil: absent), in
+    /// order, under one lock, and returns the store; nil (the caller waits) when the store is not
+    /// open (the slow path reports why), a listed key has expired (the slow path removes it), or
+    /// `visit` says no. No hit or miss is counted.
+    private func withImmediateEntries(_ namespace: String, _ names: [[UInt8]], _ visit: (Entry?) -> Bool) -> BlockStore? {
         let current = now()
-        return state.withLock { state -> KVImmediate<Int> in
-            guard state.opened != nil else { return .wait }
-            var count = 0
+        return state.withLock { state -> BlockStore? in
+            guard let store = state.opened else { return nil }
             for name in names {
-                guard let entry = state.namespaces[namespace]?[name] else { continue }
-                if let deadline = entry.expiresAt, deadline <= current { return .wait }
-                count += 1
+                let entry = state.namespaces[namespace]?[name]
+                if let deadline = entry?.expiresAt, deadline <= current { return nil }
+                guard visit(entry) else { return nil }
             }
-            return .done(count)
+            return store
         }
     }
 

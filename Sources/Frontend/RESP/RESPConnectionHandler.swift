@@ -107,11 +107,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             if sink.isComplete {
                 stagingDone()
             } else if bytes.readableBytes > 0 {
-                // It took less than it lacks: its storage was taken away (the store is going).
-                logger.debug("RESP staged value refused bytes; closing the connection")
-                closing = true
-                dropPending()
-                context.close(promise: nil)
+                stagedValueRefusedBytes(context: context)
                 return
             }
         }
@@ -187,23 +183,31 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         }
         if received > 0 { handler.stats.receivedDirectly(bytes: received) }
         if failure == 0, !sink.isComplete, inbound.readableBytes > 0 {
-            // Bytes of the value it did not take: its storage was taken away (the store is going).
-            logger.debug("RESP staged value refused bytes; closing the connection")
-            closing = true
-            dropPending()
-            context.close(promise: nil)
+            stagedValueRefusedBytes(context: context)
             return false
         }
         if failure != 0 {
             logger.debug("RESP connection read failed", metadata: ["errno": "\(failure)"])
-            closing = true
-            dropPending()
-            context.close(promise: nil)
+            abandon(context: context)
             return false
         }
         guard sink.isComplete else { return false }
         stagingDone()
         return true
+    }
+
+    /// The staged value took less than it lacks: its storage was taken away (the store is going).
+    /// What came is neither the value nor a command: the connection goes.
+    private func stagedValueRefusedBytes(context: ChannelHandlerContext) {
+        logger.debug("RESP staged value refused bytes; closing the connection")
+        abandon(context: context)
+    }
+
+    /// Closes the connection now, answering nothing more and dropping what waits.
+    private func abandon(context: ChannelHandlerContext) {
+        closing = true
+        dropPending()
+        context.close(promise: nil)
     }
 
     /// What `receiveDirectly` reads past a value: its CRLF, and a pipelined next command's header

@@ -258,7 +258,8 @@ public struct KVConfiguration: Sendable, Equatable {
     public var threads: Int?
     /// SO_SNDBUF of each RESP connection in bytes; 0: the kernel's autotuning; nil: 128 KiB
     /// on loopback, autotuning beyond it (a fixed buffer caps each connection at about twice
-    /// its size per round trip, which a remote client would feel).
+    /// its size per round trip, which a remote client would feel). A connection raises it to hold
+    /// the largest value it sends.
     public var sendBuffer: UInt64?
 
     /// What the RESP server sets as SO_SNDBUF (nil: nothing, the kernel autotunes).

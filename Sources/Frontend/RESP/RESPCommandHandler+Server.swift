@@ -123,6 +123,7 @@ extension RESPCommandHandler {
                 ("staged_values", String(stats.totalStagedValues)),
                 ("staged_bytes_read_directly", String(stats.totalBytesReceivedDirectly)),
                 ("replies_sent_directly", String(stats.totalRepliesSentDirectly)),
+                ("send_buffer_raises", String(stats.totalSendBufferRaises)),
             ]),
         ]
         for (name, fields) in await backend.info() {

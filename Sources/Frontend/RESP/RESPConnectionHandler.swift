@@ -61,6 +61,9 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Writes handed to the channel and not yet done (written to the socket, or failed): while
     /// any is, nothing may go to the socket directly, or it would overtake them.
     private var queuedWrites = 0
+    /// SO_SNDBUF as last asked of this connection's socket; nil: the kernel autotunes it, and
+    /// it is left alone. Raised to hold the largest reply (`fitSendBuffer`).
+    private var sendBuffer: Int?
 
     init(handler: RESPCommandHandler, configuration: RESPServerConfiguration, logger: Logger,
          direct: DirectReceiveSwitch? = nil)
@@ -70,6 +73,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         self.configuration = configuration
         self.logger = logger
         self.parser = RESPParser(mode: .server, limits: configuration.parserLimits)
+        self.sendBuffer = configuration.sendBufferBytes
     }
 
     private var full: Bool {
@@ -477,6 +481,21 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         return false
     }
 
+    /// Raises the socket's send buffer (SO_SNDBUF, which the kernel doubles and caps at
+    /// `net.core.wmem_max`) to `bytes` when a reply's value is larger than it, so that the socket
+    /// takes the reply in one write. A fixed small buffer keeps pipelined replies from running far
+    /// ahead of a client (see `RESPServerConfiguration.sendBufferBytes`), but cut each 1 MiB GET
+    /// into four or five writes, most of it copied once more to wait in the channel, with a wait
+    /// for the client between them: 1.6 times the server CPU of the same GETs with the buffer
+    /// autotuned (docs/BENCHMARKS.md, session 24). It only grows, once per larger value.
+    private func fitSendBuffer(_ bytes: Int, socket: NIOBSDSocket.Handle) {
+        guard let current = sendBuffer, bytes > current else { return }
+        var value = CInt(clamping: bytes)
+        _ = setsockopt(socket, SOL_SOCKET, SO_SNDBUF, &value, socklen_t(MemoryLayout<CInt>.size))
+        sendBuffer = bytes
+        handler.stats.sendBufferRaised()
+    }
+
     /// Hands `buffer` to the channel to write after what it holds, counted in `queuedWrites`
     /// until done.
     private func enqueue(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
@@ -501,6 +520,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             encode(RESPReply(.bulkString(context.channel.allocator.buffer(bytes: value))), into: &out, context: context)
             return
         }
+        fitSendBuffer(value.count, socket: socket)
         out.writeInteger(UInt8(ascii: "$"))
         out.writeString(String(value.count))
         out.writeRESPCRLF()
@@ -517,6 +537,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         RESPEncoder.encode(reply.value, resp3: reply.resp3, into: &out) { out, payload in
             if out.readableBytes > 0 { enqueue(out, context: context) }
             out = context.channel.allocator.buffer(capacity: 64)
+            if let socket = socket(context) { fitSendBuffer(payload.readableBytes, socket: socket) }
             enqueue(payload, context: context)
         }
     }

@@ -25,7 +25,8 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// then has at most a few hundred KiB of replies in flight, so a client reading pipelined
     /// large values finds them still in cache, as with Redis, which writes 64 KiB per client
     /// per turn (measured in docs/BENCHMARKS.md: with autotuning, redis-benchmark spent twice
-    /// the kernel time receiving the same 64 KiB GET replies).
+    /// the kernel time receiving the same 64 KiB GET replies). A connection raises its own to the
+    /// size of a larger value it sends, so that one GET reply goes out in one write.
     public var sendBufferBytes: Int?
     public static let defaultSendBufferBytes = 128 * 1024
     /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.

@@ -9,6 +9,7 @@ public final class RESPStats: Sendable {
     private let staged = Atomic<Int>(0)
     private let directBytes = Atomic<Int>(0)
     private let sentDirectly = Atomic<Int>(0)
+    private let sendBufferRaises = Atomic<Int>(0)
     private let port = Atomic<Int>(0)
     private let nextClientID = Atomic<Int64>(0)
     /// Uptime is measured from here.
@@ -26,6 +27,8 @@ public final class RESPStats: Sendable {
     public var totalBytesReceivedDirectly: Int { directBytes.load(ordering: .relaxed) }
     /// GET replies written to the socket straight from the backend's storage (not copied).
     public var totalRepliesSentDirectly: Int { sentDirectly.load(ordering: .relaxed) }
+    /// Times a connection's send buffer was raised to hold a large reply whole.
+    public var totalSendBufferRaises: Int { sendBufferRaises.load(ordering: .relaxed) }
     public var tcpPort: Int { port.load(ordering: .relaxed) }
 
     /// Counts a new connection and returns its client ID (1, 2, ...).
@@ -41,6 +44,7 @@ public final class RESPStats: Sendable {
     func valueStaged() { staged.add(1, ordering: .relaxed) }
     func receivedDirectly(bytes: Int) { directBytes.add(bytes, ordering: .relaxed) }
     func replySentDirectly() { sentDirectly.add(1, ordering: .relaxed) }
+    func sendBufferRaised() { sendBufferRaises.add(1, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
     func bound(port value: Int) { port.store(value, ordering: .relaxed) }
 }

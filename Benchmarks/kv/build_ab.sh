@@ -7,7 +7,8 @@
 #
 # Usage: Benchmarks/kv/build_ab.sh OLD_BINARY NEW_BINARY [set|get|set,get]
 #   env: SIZE (value bytes, default 65536), PIPELINE (default 1), REQUESTS (default 200000),
-#        ROUNDS (default 5), CLIENTS (default 50),
+#        ROUNDS (default 5), CLIENTS (default 50), WARMUP (SETs and GETs first, default 20000;
+#        fewer for large values),
 #        KV_OLD, KV_NEW (extra `kv:` settings for each build, e.g. ", threads: 1")
 # Needs redis-server, redis-benchmark, redis-cli (scripts/setup.sh --peers).
 set -euo pipefail
@@ -15,6 +16,7 @@ OLD=${1:?usage: build_ab.sh OLD_BINARY NEW_BINARY [set|get]}
 NEW=${2:?usage: build_ab.sh OLD_BINARY NEW_BINARY [set|get]}
 OP=${3:-set}
 SIZE=${SIZE:-65536} PIPELINE=${PIPELINE:-1} REQUESTS=${REQUESTS:-200000} ROUNDS=${ROUNDS:-5} CLIENTS=${CLIENTS:-50}
+WARMUP=${WARMUP:-20000}
 KV_OLD=${KV_OLD:-} KV_NEW=${KV_NEW:-}
 source "$(dirname "$0")/lib.sh"
 bench_workspace strata-build-ab
@@ -26,7 +28,7 @@ for name in $names; do
   wait_ready "$name"
   port_var=PORT_$name
   # warm-up: the first SETs open the tiers, fill the arena's free lists and grow the read buffers
-  redis-benchmark -p "${!port_var}" -t set,get -d "$SIZE" -c "$CLIENTS" -n 20000 -q > /dev/null 2>&1
+  redis-benchmark -p "${!port_var}" -t set,get -d "$SIZE" -c "$CLIENTS" -n "$WARMUP" -q > /dev/null 2>&1
 done
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 echo "$OP, $SIZE-byte values, pipeline $PIPELINE, $CLIENTS clients, $REQUESTS requests per round"

@@ -28,10 +28,10 @@ extension Gateway {
         router.get("/v1/blocks/:key") { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
-            guard let value = try await kvCall({ try await store.get(namespace: namespace, key: key) }) else {
+            guard let pieces = try await kvCall({ try await store.getPieces(namespace: namespace, key: key) }) else {
                 throw Self.noBlock(key)
             }
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(byteBuffer: value))
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(contentsOf: pieces))
         }
         router.head("/v1/blocks/:key") { request, context in
             try authorize(request)

@@ -483,16 +483,37 @@ final class TierKVBackend: KVBackend, Sendable {
     // MARK: KVBackend
 
     func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer? {
+        try await read(namespace, key, into: { ByteBufferAllocator().buffer(capacity: $0) }) { value, part in
+            value.writeBytes(part)
+        }
+    }
+
+    /// Each part in a buffer of its own (at most `partBytes`, which glibc serves from its heap
+    /// and reuses), never the whole value in one.
+    func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]? {
+        let allocator = ByteBufferAllocator()
+        return try await read(namespace, key, into: { _ in [ByteBuffer]() }) { pieces, part in
+            pieces.append(allocator.buffer(bytes: part))
+        }
+    }
+
+    /// The value of `key`, its parts from whichever tier holds them appended in order to what
+    /// `start(size)` made; nil if the key does not exist, or its value was evicted.
+    private func read<Value>(
+        _ namespace: String, _ key: ByteBuffer, into start: (Int) -> Value,
+        append: (inout Value, UnsafeRawBufferPointer) -> Void
+    ) async throws -> Value? {
         let name = Array(key.readableBytesView)
         let store = try await store()
-        var value: ByteBuffer
+        var value: Value
         var replacedWhileReading = 0
         readValue: while true {
             guard let entry = await live(namespace, name) else {
                 state.withLock { $0.misses += 1 }
                 return nil
             }
-            value = ByteBufferAllocator().buffer(capacity: entry.size)
+            value = start(entry.size)
+            var bytes = 0
             for part in 0..<parts(entry.size) {
                 guard let read = try await store.get(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
                     // Replaced while this read waited (its blocks went with the old value): read
@@ -509,10 +530,13 @@ final class TierKVBackend: KVBackend, Sendable {
                     state.withLock { $0.misses += 1 }
                     return nil
                 }
-                read.withBytesReleasing { _ = value.writeBytes($0) }
+                read.withBytesReleasing {
+                    bytes += $0.count
+                    append(&value, $0)
+                }
             }
-            guard value.readableBytes == entry.size else {
-                throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(value.readableBytes)")
+            guard bytes == entry.size else {
+                throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(bytes)")
             }
             break
         }

@@ -392,6 +392,30 @@ extension RESPValue {
         #expect(wire(.array([.bulk("x"), .null]), resp3: true) == "*2\r\n$1\r\nx\r\n_\r\n")
     }
 
+    @Test func aValueInPiecesIsWrittenAsOneBulkString() {
+        let small = ByteBuffer(string: "head:")
+        let large = ByteBuffer(repeating: 0x41, count: RESPEncoder.zeroCopyThreshold)
+        let tail = ByteBuffer(string: "tail")
+        let whole = String(buffer: small) + String(buffer: large) + String(buffer: tail)
+        for resp3 in [false, true] {
+            // copied: the same bytes as the joined value
+            var copied = ByteBuffer()
+            RESPEncoder.encode(.bulkPieces([small, large, tail]), resp3: resp3, into: &copied)
+            #expect(String(buffer: copied) == "$\(whole.utf8.count)\r\n\(whole)\r\n")
+            // handed on: the large piece uncopied, in its place between the others
+            var emitted = ""
+            var out = ByteBuffer()
+            RESPEncoder.encode(.bulkPieces([small, large, tail]), resp3: resp3, into: &out) { out, payload in
+                emitted += String(buffer: out) + "|" + String(buffer: payload) + "|"
+                out.clear()
+            }
+            emitted += String(buffer: out)
+            #expect(emitted == "$\(whole.utf8.count)\r\nhead:|\(String(buffer: large))|tail\r\n")
+        }
+        #expect(RESPValue.bulk(pieces: [small]) == .bulkString(small))
+        #expect(RESPValue.bulk(pieces: [small, tail]) == .bulkPieces([small, tail]))
+    }
+
     @Test func authFlow() async {
         var harness = Harness(users: [
             RESPUser(password: "s3cret", namespace: "team-x"),

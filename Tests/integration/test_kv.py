@@ -407,6 +407,12 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     # the same store as RESP: a value set over one face is read over the other
     r = redis.Redis(host="127.0.0.1", port=port, protocol=2)
     assert r.get("layer/0:chunk-7") == block
+    # a block of several of the store's 4 MiB parts, written as its parts, with its length
+    several = os.urandom((9 << 20) + 7)
+    assert requests.put(f"{url}/several", data=several, headers=key).status_code == 201
+    got = requests.get(f"{url}/several", headers=key)
+    assert got.status_code == 200 and got.content == several and int(got.headers["Content-Length"]) == len(several)
+    assert r.get("several") == several
     r.set("from-resp", b"abc")
     assert requests.get(f"{url}/from-resp", headers=key).content == b"abc"
     # tenants do not see each other's blocks

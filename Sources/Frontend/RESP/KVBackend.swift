@@ -109,6 +109,12 @@ public protocol KVBackend: Sendable {
     /// The value of `key`, or nil if it does not exist.
     func get(namespace: String, key: ByteBuffer) async throws -> ByteBuffer?
 
+    /// The value of `key` as the pieces it is stored in, in order (one for most values), or nil
+    /// if it does not exist: what GET writes, so that a large value is never copied into one
+    /// buffer of its own size (past 32 MiB glibc maps such a buffer fresh from the kernel, a page
+    /// fault per 4 KiB, each time).
+    func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]?
+
     /// The values of `keys`, in order, nil for each missing key (MGET). One answer per key,
     /// duplicates included.
     func get(namespace: String, keys: [ByteBuffer]) async throws -> [ByteBuffer?]
@@ -232,6 +238,11 @@ public enum KVImmediate<Value> {
 extension KVImmediate: Sendable where Value: Sendable {}
 
 extension KVBackend {
+    /// Default: the value in one piece.
+    public func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]? {
+        try await get(namespace: namespace, key: key).map { [$0] }
+    }
+
     /// Default: no fast path.
     public func getImmediately(namespace: String, key: ByteBuffer) throws -> KVImmediate<ByteBuffer?> { .wait }
 

@@ -378,7 +378,7 @@ public struct RESPCommandHandler: Sendable {
             guard index == 0 else { throw RESPCommandError("ERR DB index is out of range") }
             return RESPReply(.ok)
         case "get":
-            return RESPReply(try await backend.get(namespace: ns, key: args[1]).map(RESPValue.bulkString) ?? .null)
+            return RESPReply(try await backend.getPieces(namespace: ns, key: args[1]).map(RESPValue.bulk(pieces:)) ?? .null)
         case "mget":
             let values = try await backend.get(namespace: ns, keys: Array(args.dropFirst()))
             return RESPReply(.array(values.map { $0.map(RESPValue.bulkString) ?? .null }))

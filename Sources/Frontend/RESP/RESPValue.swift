@@ -12,6 +12,9 @@ public enum RESPValue: Sendable, Hashable {
     case integer(Int64)
     /// `$3\r\nfoo\r\n`
     case bulkString(ByteBuffer)
+    /// A bulk string given as its pieces in order (a large stored value, as the store holds it):
+    /// on the wire the same as `.bulkString` of the pieces joined. Never parsed.
+    case bulkPieces([ByteBuffer])
     /// Redis's "nil" reply: `$-1\r\n` in RESP2, `_\r\n` in RESP3.
     case null
     /// `*2\r\n...`
@@ -25,6 +28,11 @@ public enum RESPValue: Sendable, Hashable {
     /// A bulk string holding the UTF-8 bytes of `string`.
     public static func bulk(_ string: String) -> RESPValue {
         .bulkString(ByteBuffer(string: string))
+    }
+
+    /// A bulk string of `pieces` joined: `.bulkString` when there is one.
+    public static func bulk(pieces: [ByteBuffer]) -> RESPValue {
+        pieces.count == 1 ? .bulkString(pieces[0]) : .bulkPieces(pieces)
     }
 
     /// The shared `+OK` reply.
@@ -65,13 +73,13 @@ public enum RESPEncoder {
             buffer.writeString(String(number))
             buffer.writeRESPCRLF()
         case .bulkString(let payload):
-            buffer.writeInteger(UInt8(ascii: "$"))
-            buffer.writeString(String(payload.readableBytes))
+            writeBulkHeader(length: payload.readableBytes, into: &buffer)
+            writeBulkPayload(payload, into: &buffer, largeBulk: largeBulk)
             buffer.writeRESPCRLF()
-            if payload.readableBytes >= zeroCopyThreshold {
-                largeBulk(&buffer, payload)
-            } else {
-                buffer.writeImmutableBuffer(payload)
+        case .bulkPieces(let pieces):
+            writeBulkHeader(length: pieces.reduce(0) { $0 + $1.readableBytes }, into: &buffer)
+            for piece in pieces {
+                writeBulkPayload(piece, into: &buffer, largeBulk: largeBulk)
             }
             buffer.writeRESPCRLF()
         case .null:
@@ -93,6 +101,22 @@ public enum RESPEncoder {
             for element in keysAndValues {
                 encode(element, resp3: resp3, into: &buffer, largeBulk: largeBulk)
             }
+        }
+    }
+
+    private static func writeBulkHeader(length: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "$"))
+        buffer.writeString(String(length))
+        buffer.writeRESPCRLF()
+    }
+
+    private static func writeBulkPayload(
+        _ payload: ByteBuffer, into buffer: inout ByteBuffer, largeBulk: (inout ByteBuffer, ByteBuffer) -> Void
+    ) {
+        if payload.readableBytes >= zeroCopyThreshold {
+            largeBulk(&buffer, payload)
+        } else {
+            buffer.writeImmutableBuffer(payload)
         }
     }
 

@@ -161,16 +161,20 @@ final class TierKVBackend: KVBackend, Sendable {
 
     /// A value's blocks: its parts of at most `partBytes` (one, empty, for an empty value), each
     /// under its key for this version.
-    private func blocks(_ namespace: String, _ name: [UInt8], version: UInt64, of value: ByteBuffer)
+    private func blocks(_ namespace: String, _ name: [UInt8], version: UInt64, parts: [ByteBuffer])
         -> [(key: BlockKey, bytes: ByteBuffer)]
     {
+        parts.enumerated().map { (Self.blockKey(namespace, name, version: version, part: $0.offset), $0.element) }
+    }
+
+    /// `value` cut into its parts (slices, not copies).
+    private func partSlices(of value: ByteBuffer) -> [ByteBuffer] {
         var remaining = value
-        var blocks: [(key: BlockKey, bytes: ByteBuffer)] = []
+        var parts: [ByteBuffer] = []
         repeat {
-            let slice = remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer()
-            blocks.append((Self.blockKey(namespace, name, version: version, part: blocks.count), slice))
+            parts.append(remaining.readSlice(length: min(partBytes, remaining.readableBytes)) ?? ByteBuffer())
         } while remaining.readableBytes > 0
-        return blocks
+        return parts
     }
 
     /// Removes a value no entry names any more: at once when it was only in RAM (block keys carry
@@ -342,7 +346,11 @@ final class TierKVBackend: KVBackend, Sendable {
     /// A `cache` value is received straight into slots of the host arena, one per part (all
     /// reserved up front: a value the arena cannot take whole goes the ordinary way).
     func stageValue(length: Int) -> (any KVStagedValue)? {
-        guard !durable, let store = state.withLock({ $0.opened }) else { return nil }
+        // Durable: the value is written to disk from buffers of its parts' sizes (`set(pieces:)`),
+        // not from the connection's buffer, which NIO rounds up to a power of two (a 16 MiB value
+        // in a 32 MiB buffer, which glibc maps fresh from the kernel each time).
+        if durable { return BufferedValue(length: length, partBytes: partBytes) }
+        guard let store = state.withLock({ $0.opened }) else { return nil }
         var blocks: [StagedBlock] = []
         blocks.reserveCapacity(parts(length))
         for part in 0..<parts(length) {
@@ -406,6 +414,67 @@ final class TierKVBackend: KVBackend, Sendable {
             return value
         }
         func discard() { for block in blocks { block.discard() } }
+    }
+
+    /// A value received into buffers of its parts' sizes, in order (`durable`): `pieces()`
+    /// hands them to `set(pieces:)` as the value's parts. Filled on the connection's event loop,
+    /// then handed over whole; the lock only makes that hand-over checkable.
+    final class BufferedValue: KVStagedValue {
+        let length: Int
+        private let partBytes: Int
+        /// The parts received so far, in order; nil once discarded.
+        private let received: Mutex<[ByteBuffer]?>
+
+        init(length: Int, partBytes: Int) {
+            self.length = length
+            self.partBytes = partBytes
+            received = Mutex([])
+        }
+
+        var isComplete: Bool { received.withLock { $0.map { $0.reduce(0) { $0 + $1.readableBytes } == length } ?? false } }
+
+        func append(_ bytes: UnsafeRawBufferPointer) -> Int {
+            var taken = 0
+            while taken < bytes.count {
+                let count = receive { room in
+                    let count = min(room.count, bytes.count - taken)
+                    room.baseAddress!.copyMemory(from: bytes.baseAddress! + taken, byteCount: count)
+                    return count
+                }
+                if count <= 0 { break }
+                taken += count
+            }
+            return taken
+        }
+
+        /// Offers the room left in the part being filled (each part a buffer of its own, made
+        /// when its first byte comes).
+        func receive(_ fill: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+            received.withLock { slot -> Int in
+                guard var received = slot else { return 0 }
+                slot = nil   // (not copied on write while it is filled)
+                defer { slot = received }
+                let done = received.reduce(0) { $0 + $1.readableBytes }
+                guard done < length else { return 0 }
+                if received.last.map({ $0.readableBytes == partBytes }) ?? true {
+                    received.append(ByteBufferAllocator().buffer(capacity: min(partBytes, length - done)))
+                }
+                let last = received.count - 1
+                let room = min(partBytes, length - last * partBytes) - received[last].readableBytes
+                let count = received[last].withUnsafeMutableWritableBytes { writable in
+                    fill(UnsafeMutableRawBufferPointer(rebasing: writable[..<room]))
+                }
+                guard count > 0 else { return count }
+                received[last].moveWriterIndex(forwardBy: count)
+                return count
+            }
+        }
+
+        func materialize() -> ByteBuffer? { pieces()?.joined() }
+
+        func pieces() -> [ByteBuffer]? { received.withLock { $0 } }
+
+        func discard() { received.withLock { $0 = nil } }
     }
 
     /// The fast path's SET: an early check under the lock, then `place` puts the block of the new
@@ -547,6 +616,29 @@ final class TierKVBackend: KVBackend, Sendable {
     func set(
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) async throws -> Bool {
+        try await set(namespace, key, size: value.readableBytes, parts: partSlices(of: value), condition: condition, expiry: expiry)
+    }
+
+    func set(
+        namespace: String, key: ByteBuffer, pieces: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool {
+        let (size, parts) = self.parts(of: pieces)
+        return try await set(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
+    }
+
+    /// A value's size and parts: `pieces` themselves when they are cut as the store cuts values
+    /// (a `BufferedValue`'s are), else slices of them joined.
+    private func parts(of pieces: [ByteBuffer]) -> (size: Int, parts: [ByteBuffer]) {
+        let size = pieces.reduce(0) { $0 + $1.readableBytes }
+        if pieces.count == parts(size), pieces.dropLast().allSatisfy({ $0.readableBytes == partBytes }) {
+            return (size, pieces)
+        }
+        return (size, partSlices(of: pieces.joined()))
+    }
+
+    private func set(
+        _ namespace: String, _ key: ByteBuffer, size: Int, parts: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
         let existing = await live(namespace, name)
@@ -562,7 +654,7 @@ final class TierKVBackend: KVBackend, Sendable {
         case .at(let deadline): deadline
         }
         let version = state.withLock { $0.takeVersion() }
-        let blocks = self.blocks(namespace, name, version: version, of: value)
+        let blocks = self.blocks(namespace, name, version: version, parts: parts)
         var written = 0
         do {
             for block in blocks {
@@ -573,10 +665,10 @@ final class TierKVBackend: KVBackend, Sendable {
             }
         } catch {
             for block in blocks[..<written] { await store.remove(block.key) }
-            throw KVBackendError(.outOfSpace, "cannot store \(value.readableBytes) bytes: \(error)")
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: \(error)")
         }
         let sequence = state.withLock { $0.sequence(for: namespace, name) }
-        let entry = Entry(version: version, size: value.readableBytes, expiresAt: expiresAt, sequence: sequence)
+        let entry = Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
         do {
             // Durable: the record names the new parts only once they are on disk; until it is
             // committed the old value (if any) stays the one a restart finds.
@@ -599,17 +691,24 @@ final class TierKVBackend: KVBackend, Sendable {
     /// records committed in one transaction, then the directory updated under one lock, so no
     /// one sees some of the pairs and not others. A failure writes none of them.
     func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws {
+        try await set(namespace: namespace, piecePairs: pairs.map { ($0.key, [$0.value]) })
+    }
+
+    func set(namespace: String, piecePairs pairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws {
         guard pairs.count > 1 else {
             for pair in pairs {
-                _ = try await set(namespace: namespace, key: pair.key, value: pair.value, condition: .always, expiry: .never)
+                _ = try await set(namespace: namespace, key: pair.key, pieces: pair.pieces, condition: .always, expiry: .never)
             }
             return
         }
         let store = try await store()
+        let values = pairs.map { self.parts(of: $0.pieces) }
         let items = state.withLock { state in
-            pairs.map { (name: Array($0.key.readableBytesView), value: $0.value, version: state.takeVersion()) }
+            zip(pairs, values).map { pair, value in
+                (name: Array(pair.key.readableBytesView), size: value.size, parts: value.parts, version: state.takeVersion())
+            }
         }
-        let blocks = items.flatMap { self.blocks(namespace, $0.name, version: $0.version, of: $0.value) }
+        let blocks = items.flatMap { self.blocks(namespace, $0.name, version: $0.version, parts: $0.parts) }
         func removeBlocks() async {
             for (key, _) in blocks { await store.remove(key) }
         }
@@ -643,7 +742,7 @@ final class TierKVBackend: KVBackend, Sendable {
             return items.map { item -> (key: [UInt8], entry: Entry) in
                 let sequence = fresh[item.name] ?? state.sequence(for: namespace, item.name)
                 if state.namespaces[namespace]?[item.name] == nil { fresh[item.name] = sequence }
-                return (item.name, Entry(version: item.version, size: item.value.readableBytes, expiresAt: nil, sequence: sequence))
+                return (item.name, Entry(version: item.version, size: item.size, expiresAt: nil, sequence: sequence))
             }
         }
         do {

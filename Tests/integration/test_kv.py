@@ -487,6 +487,17 @@ def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon)
     large = {f"l{i}": os.urandom((4 << 20) + 1 + i) for i in range(20)}
     assert r.mset(large) is True
     values.update(large)
+    # a pipelined run of SETs whose values are received in buffers of the store's 4 MiB parts
+    # (staged), put as those parts and committed together
+    staged_before = r.info("stats")["staged_values"]
+    pipe = r.pipeline(transaction=False)
+    received = {f"s{i}": os.urandom(size) for i, size in enumerate([(9 << 20) + 3, 100_000, 4 << 20, 8 << 20])}
+    for key, value in received.items():
+        pipe.set(key, value)
+    assert pipe.execute() == [True] * len(received)
+    assert r.info("stats")["staged_values"] == staged_before + len(received)
+    assert r.get("s0") == received["s0"]
+    values.update(received)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     d.start()

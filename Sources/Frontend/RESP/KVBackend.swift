@@ -125,9 +125,18 @@ public protocol KVBackend: Sendable {
         namespace: String, key: ByteBuffer, value: ByteBuffer, condition: KVSetCondition, expiry: KVExpiry
     ) async throws -> Bool
 
+    /// `set` of the value `pieces` make joined in order (a large value received in pieces,
+    /// `KVStagedValue.pieces()`), so that it is never copied into one buffer of its own size.
+    func set(
+        namespace: String, key: ByteBuffer, pieces: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool
+
     /// Stores every pair unconditionally, clearing their expiries (MSET). When a key appears twice
     /// the later value wins. Other clients never see only some of the pairs written.
     func set(namespace: String, pairs: [(key: ByteBuffer, value: ByteBuffer)]) async throws
+
+    /// `set(pairs:)` of values given as pieces (a run of SETs whose values were received in pieces).
+    func set(namespace: String, piecePairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws
 
     /// Removes `keys`; returns how many existed (a key listed twice counts once).
     func delete(namespace: String, keys: [ByteBuffer]) async throws -> Int
@@ -223,6 +232,10 @@ public protocol KVStagedValue: AnyObject, Sendable {
     /// A copy of the bytes as an ordinary buffer, for a path that cannot take the staged value;
     /// nil once it was stored or discarded.
     func materialize() -> ByteBuffer?
+    /// The bytes as buffers that joined in order make the value, for `KVBackend.set(pieces:)`:
+    /// the value's own buffers where it was received into some (shared, not copied), else
+    /// `materialize()`'s one; nil once it was stored or discarded.
+    func pieces() -> [ByteBuffer]?
     /// Gives its storage back unless it was stored (idempotent; done at deinit at the latest).
     func discard()
 }
@@ -237,7 +250,34 @@ public enum KVImmediate<Value> {
 
 extension KVImmediate: Sendable where Value: Sendable {}
 
+extension KVStagedValue {
+    public func pieces() -> [ByteBuffer]? { materialize().map { [$0] } }
+}
+
+extension Array where Element == ByteBuffer {
+    /// The buffers' bytes in order, in one buffer (the one itself when there is one).
+    public func joined() -> ByteBuffer {
+        guard count != 1 else { return self[0] }
+        var value = ByteBuffer()
+        value.reserveCapacity(reduce(0) { $0 + $1.readableBytes })
+        for piece in self { value.writeImmutableBuffer(piece) }
+        return value
+    }
+}
+
 extension KVBackend {
+    /// Default: the pieces joined.
+    public func set(
+        namespace: String, key: ByteBuffer, pieces: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool {
+        try await set(namespace: namespace, key: key, value: pieces.joined(), condition: condition, expiry: expiry)
+    }
+
+    /// Default: each value's pieces joined.
+    public func set(namespace: String, piecePairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws {
+        try await set(namespace: namespace, pairs: piecePairs.map { ($0.key, $0.pieces.joined()) })
+    }
+
     /// Default: the value in one piece.
     public func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]? {
         try await get(namespace: namespace, key: key).map { [$0] }

@@ -2,9 +2,15 @@ import NIOCore
 
 extension RESPCommandHandler {
     /// `SET key value [NX|XX] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
-    func set(_ args: [ByteBuffer], _ ns: String) async throws -> RESPValue {
+    /// `SET key value [options]`; `pieces`: the value, received in pieces (`args[2]` is then a
+    /// placeholder).
+    func set(_ args: [ByteBuffer], _ ns: String, pieces: [ByteBuffer]? = nil) async throws -> RESPValue {
         let (condition, expiry) = try setOptions(args)
-        let written = try await backend.set(namespace: ns, key: args[1], value: args[2], condition: condition, expiry: expiry)
+        let written = if let pieces {
+            try await backend.set(namespace: ns, key: args[1], pieces: pieces, condition: condition, expiry: expiry)
+        } else {
+            try await backend.set(namespace: ns, key: args[1], value: args[2], condition: condition, expiry: expiry)
+        }
         return written ? .ok : .null
     }
 

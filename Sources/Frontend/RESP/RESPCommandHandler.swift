@@ -157,13 +157,21 @@ public struct RESPCommandHandler: Sendable {
         do { name = try check(arguments, session) } catch { return rejected(error) }
         stats.commandProcessed()
         var arguments = arguments
+        var pieces: [ByteBuffer]?
         if let staged {
-            // The waiting path takes the value as a buffer.
-            guard arguments.count > 2, let value = staged.materialize() else { return Self.reply(for: StagedValueLost()) }
-            arguments[2] = value
+            // The waiting path takes the value as buffers: SET as the pieces it arrived in, the
+            // other commands (only SET stages today) as one.
+            if name == "set" {
+                guard arguments.count > 2, let taken = staged.pieces() else { return Self.reply(for: StagedValueLost()) }
+                pieces = taken
+            } else {
+                guard arguments.count > 2, let value = staged.materialize() else { return Self.reply(for: StagedValueLost()) }
+                arguments[2] = value
+            }
             staged.discard()
         }
         do {
+            if let pieces { return RESPReply(try await set(arguments, session.namespace, pieces: pieces)) }
             return try await run(name, arguments, &session)
         } catch {
             return Self.reply(for: error)
@@ -191,7 +199,7 @@ public struct RESPCommandHandler: Sendable {
                 stats.commandsProcessed(run.count)
                 var reply: RESPReply
                 do {
-                    try await backend.set(namespace: session.namespace, pairs: run)
+                    try await backend.set(namespace: session.namespace, piecePairs: run)
                     reply = RESPReply(.ok)
                 } catch {
                     reply = Self.reply(for: error)
@@ -216,13 +224,13 @@ public struct RESPCommandHandler: Sendable {
             && Self.getOrSet(arguments[0])?.name == "set"
     }
 
-    /// A plain SET's key and value, its value taken from the backend's storage if it was
-    /// received there (nil if that is gone).
+    /// A plain SET's key and value, its value taken from where it was received if it was staged
+    /// (nil if that is gone).
     private static func keyAndValue(_ command: (arguments: [ByteBuffer], staged: (any KVStagedValue)?))
-        -> (key: ByteBuffer, value: ByteBuffer)?
+        -> (key: ByteBuffer, pieces: [ByteBuffer])?
     {
-        guard let staged = command.staged else { return (command.arguments[1], command.arguments[2]) }
-        return staged.materialize().map { (command.arguments[1], $0) }
+        guard let staged = command.staged else { return (command.arguments[1], [command.arguments[2]]) }
+        return staged.pieces().map { (command.arguments[1], $0) }
     }
 
     /// A staged value was gone when its command ran (a bug, not a client error).

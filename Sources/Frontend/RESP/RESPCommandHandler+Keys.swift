@@ -1,9 +1,8 @@
 import NIOCore
 
 extension RESPCommandHandler {
-    /// `SET key value [NX|XX] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
-    /// `SET key value [options]`; `pieces`: the value, received in pieces (`args[2]` is then a
-    /// placeholder).
+    /// `SET key value [NX|XX] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`; `pieces`: the value, when it
+    /// was received in pieces (`args[2]` is then a placeholder).
     func set(_ args: [ByteBuffer], _ ns: String, pieces: [ByteBuffer]? = nil) async throws -> RESPValue {
         let (condition, expiry) = try setOptions(args)
         let written = if let pieces {

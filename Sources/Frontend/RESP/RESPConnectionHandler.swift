@@ -521,9 +521,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             return
         }
         fitSendBuffer(value.count, socket: socket)
-        out.writeInteger(UInt8(ascii: "$"))
-        out.writeString(String(value.count))
-        out.writeRESPCRLF()
+        RESPEncoder.writeBulkHeader(length: value.count, into: &out)
         let crlf: (UInt8, UInt8) = (0x0D, 0x0A)
         let all = withUnsafeBytes(of: crlf) { end in
             out.withUnsafeReadableBytes { replies in writeNow(replies, value, end, to: socket, context: context) }

@@ -104,7 +104,8 @@ public enum RESPEncoder {
         }
     }
 
-    private static func writeBulkHeader(length: Int, into buffer: inout ByteBuffer) {
+    /// `$<length>\r\n`, a bulk string's header (the connection writes a GET's value after it itself).
+    static func writeBulkHeader(length: Int, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "$"))
         buffer.writeString(String(length))
         buffer.writeRESPCRLF()

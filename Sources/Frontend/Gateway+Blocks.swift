@@ -36,10 +36,10 @@ extension Gateway {
         router.head("/v1/blocks/:key") { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
-            guard let value = try await kvCall({ try await store.get(namespace: namespace, key: key) }) else {
+            guard let length = try await kvCall({ try await store.length(namespace: namespace, key: key) }) else {
                 return Response(status: .notFound)
             }
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: "\(value.readableBytes)"])
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: "\(length)"])
         }
         router.delete("/v1/blocks/:key") { request, context in
             try authorize(request)

@@ -566,51 +566,78 @@ final class TierKVBackend: KVBackend, Sendable {
         }
     }
 
+    /// The length of the value of `key` from the directory, once every part of it is found in a
+    /// tier, without reading any (HTTP HEAD, STRLEN); nil if the key does not exist or its value
+    /// was evicted, as `get` would find it.
+    func length(namespace: String, key: ByteBuffer) async throws -> Int? {
+        let store = try await store()
+        guard let entry = try await walkParts(namespace, Array(key.readableBytesView), in: store, start: { _ in }, part: {
+            await store.contains($0)
+        }) else { return nil }
+        state.withLock { $0.hits += 1 }
+        return entry.size
+    }
+
     /// The value of `key`, its parts from whichever tier holds them appended in order to what
     /// `start(size)` made; nil if the key does not exist, or its value was evicted.
     private func read<Value>(
         _ namespace: String, _ key: ByteBuffer, into start: (Int) -> Value,
         append: (inout Value, UnsafeRawBufferPointer) -> Void
     ) async throws -> Value? {
-        let name = Array(key.readableBytesView)
         let store = try await store()
-        var value: Value
+        var value: Value?
+        var bytes = 0
+        guard let entry = try await walkParts(namespace, Array(key.readableBytesView), in: store, start: { entry in
+            value = start(entry.size)
+            bytes = 0
+        }, part: { block in
+            guard let read = try await store.get(block) else { return false }
+            read.withBytesReleasing {
+                bytes += $0.count
+                append(&value!, $0)
+            }
+            return true
+        }), let value else { return nil }
+        guard bytes == entry.size else {
+            throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(bytes)")
+        }
+        state.withLock { $0.hits += 1 }
+        return value
+    }
+
+    /// Walks the live value of `name` part by part: `start(entry)`, then `part(block)` for each
+    /// of its blocks in order (false: no tier has it), and returns its entry. A value replaced
+    /// meanwhile (its blocks went with the old version) is walked again as the new one, so a key
+    /// that always had a value is never reported missing; one whose part is gone was evicted
+    /// under the store's policy, and is removed. Nil (a miss counted) if the key does not exist
+    /// or was evicted.
+    private func walkParts(
+        _ namespace: String, _ name: [UInt8], in store: BlockStore, start: (Entry) -> Void,
+        part: (BlockKey) async throws -> Bool
+    ) async throws -> Entry? {
         var replacedWhileReading = 0
-        readValue: while true {
+        walk: while true {
             guard let entry = await live(namespace, name) else {
                 state.withLock { $0.misses += 1 }
                 return nil
             }
-            value = start(entry.size)
-            var bytes = 0
-            for part in 0..<parts(entry.size) {
-                guard let read = try await store.get(Self.blockKey(namespace, name, version: entry.version, part: part)) else {
-                    // Replaced while this read waited (its blocks went with the old value): read
-                    // the new value, never report a key that always had one as missing.
-                    if replacedWhileReading < 8, state.withLock({ $0.namespaces[namespace]?[name]?.version }) != entry.version {
-                        replacedWhileReading += 1
-                        continue readValue
-                    }
-                    // Evicted under the store's policy: the whole value is gone, not a piece of it.
-                    if removeEntry(namespace, name, version: entry.version) {
-                        try? await forget(namespace, name, in: store)
-                    }
-                    reap(namespace, name, entry, from: store)
-                    state.withLock { $0.misses += 1 }
-                    return nil
+            start(entry)
+            for index in 0..<parts(entry.size) {
+                if try await part(Self.blockKey(namespace, name, version: entry.version, part: index)) { continue }
+                if replacedWhileReading < 8, state.withLock({ $0.namespaces[namespace]?[name]?.version }) != entry.version {
+                    replacedWhileReading += 1
+                    continue walk
                 }
-                read.withBytesReleasing {
-                    bytes += $0.count
-                    append(&value, $0)
+                // Evicted: the whole value is gone, not a piece of it.
+                if removeEntry(namespace, name, version: entry.version) {
+                    try? await forget(namespace, name, in: store)
                 }
+                reap(namespace, name, entry, from: store)
+                state.withLock { $0.misses += 1 }
+                return nil
             }
-            guard bytes == entry.size else {
-                throw KVBackendError(.unavailable, "stored value of \(entry.size) bytes read back as \(bytes)")
-            }
-            break
+            return entry
         }
-        state.withLock { $0.hits += 1 }
-        return value
     }
 
     func set(

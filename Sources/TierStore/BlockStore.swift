@@ -440,6 +440,15 @@ public final class BlockStore: Sendable {
         return .nvme(bytes)
     }
 
+    /// Whether a tier holds the block (RAM, on its way down, or the log), without reading it or
+    /// counting a hit or miss. A block found in the log can still fail its checksum when read:
+    /// `get` then throws; it never returns other bytes.
+    public func contains(_ key: BlockKey) async -> Bool {
+        if host.contains(key) { return true }
+        if let queued = pending.get(key), generations.current(key) == queued.tag { return true }
+        return await nvme.contains(key)
+    }
+
     /// Removes a block whose key is written once and never again, without waiting when it can:
     /// true if its only copy was in RAM (put there and never written down), so no tier holds it
     /// now; false if a copy may be below (or it was not in RAM): call `remove`. For a key put

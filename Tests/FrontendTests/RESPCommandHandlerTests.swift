@@ -67,6 +67,9 @@ extension RESPValue {
         (["MSET", "a", "1", "b"], .error("ERR wrong number of arguments for 'mset' command")),
         (["MGET", "a", "nope", "b", "a"], .array([.bulk("1"), .null, .bulk("2"), .bulk("1")])),
         (["EXISTS", "a", "a", "nope", "b"], .integer(3)),
+        (["STRLEN", "a"], .integer(1)),
+        (["STRLEN", "nope"], .integer(0)),
+        (["STRLEN", "a", "b"], .error("ERR wrong number of arguments for 'strlen' command")),
         (["DBSIZE"], .integer(4)),
         (["DEL", "a", "a", "nope"], .integer(1)),
         (["EXISTS", "a"], .integer(0)),
@@ -112,7 +115,7 @@ extension RESPValue {
         (["CLIENT", "ID"], .integer(7)),
         (["CLIENT", "KILL"], .error("ERR unknown subcommand 'KILL'. Try CLIENT HELP.")),
         (["CLIENT"], .error("ERR wrong number of arguments for 'client' command")),
-        (["COMMAND", "COUNT"], .integer(27)),
+        (["COMMAND", "COUNT"], .integer(28)),
         (["COMMAND", "DOCS"], .map([])),
         (["COMMAND", "INFO", "get", "nope"], .array([
             .array([.bulk("get"), .integer(2), .array([.simpleString("readonly"), .simpleString("fast")]), .integer(1), .integer(1), .integer(1)]),
@@ -466,7 +469,7 @@ extension RESPValue {
             Issue.record("COMMAND is not an array")
             return
         }
-        #expect(entries.count == 27)
+        #expect(entries.count == 28)
         for entry in entries {
             guard case .array(let fields) = entry, fields.count == 6, case .bulkString = fields[0],
                 case .integer = fields[1], case .array = fields[2]

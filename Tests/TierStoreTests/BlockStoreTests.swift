@@ -35,6 +35,14 @@ struct BlockStoreTests {
             #expect(Self.isHost(newest))
             #expect(newest?.withBytes { Array($0) } == Self.bytes(block, 19))
             #expect(stats.demotionsDropped == 0, "12 evictions fit the 64-deep demotion queue")
+            // presence without a read: in RAM, in the log, in neither; no hit or miss counted
+            let uncounted = await store.stats()
+            #expect(await store.contains(Self.key(19)) && store.host.contains(Self.key(19)))
+            #expect(await store.contains(Self.key(0)) && !store.host.contains(Self.key(0)))
+            #expect(await !store.contains(Self.key(99)))
+            let counted = await store.stats()
+            #expect(counted.host.hits == uncounted.host.hits && counted.host.misses == uncounted.host.misses)
+            #expect(counted.nvme.hits == uncounted.nvme.hits && counted.nvme.misses == uncounted.nvme.misses)
             let oldest = try await store.get(Self.key(0))
             #expect(Self.isNVMe(oldest), "read from NVMe")
             #expect(oldest?.withBytes { Array($0) } == Self.bytes(block, 0))
@@ -190,6 +198,11 @@ struct BlockStoreTests {
         for i in 0..<20 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
         await store.close()
         #expect(try await store.get(Self.key(0)) == nil, "dropped, not demoted")
+        #expect(await !store.contains(Self.key(0)))
+        #expect(await store.contains(Self.key(100)))
+        await store.remove(Self.key(100))
+        #expect(await !store.contains(Self.key(100)), "removed from every tier")
+        try await store.put(Self.key(100), Self.bytes(1 << 20, 100), durable: true)
         #expect(await log.stats.blocks == 1, "only the durable block reached NVMe")
         await log.close()
 

@@ -32,6 +32,7 @@ def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
     assert r.ttl("a") == -1 and r.ttl("nope") == -2
     assert r.expire("a", 1000) is True and r.ttl("a") > 0
     assert r.exists("a", "b", "nope", "a") == 3
+    assert r.strlen("a") == 1 and r.strlen("nope") == 0
     assert r.mset({"k1": b"v1", "k2": b"v2"}) is True
     assert r.mget("k1", "nope", "k2") == [b"v1", None, b"v2"]
     assert r.echo("hi") == b"hi"
@@ -59,6 +60,8 @@ def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
     assert pipe.execute() == list(others.values())
     names = list(others)   # more than an MGET answered on the event loop copies: it waits, same answer
     assert r.mget(names[0], "nope", names[1]) == [others[names[0]], None, others[names[1]]]
+    assert r.mget("big", "nope") == [big, None]   # a value of 16 parts, written as its parts
+    assert r.strlen("big") == 64 << 20
     nvme = r.info("strata")
     assert int(nvme["nvme_blocks"]) > 0, nvme
     r.flushdb()
@@ -413,6 +416,13 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     got = requests.get(f"{url}/several", headers=key)
     assert got.status_code == 200 and got.content == several and int(got.headers["Content-Length"]) == len(several)
     assert r.get("several") == several
+    # HEAD gives the length from the key directory, reading no block of the value
+    reads = lambda: {k: v for k, v in r.info("strata").items() if k.endswith("_hits")}
+    before = reads()
+    head = requests.head(f"{url}/several", headers=key)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(several)
+    assert reads() == before, "HEAD read the value"
+    assert requests.head(f"{url}/missing", headers=key).status_code == 404
     r.set("from-resp", b"abc")
     assert requests.get(f"{url}/from-resp", headers=key).content == b"abc"
     # tenants do not see each other's blocks
@@ -556,6 +566,7 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
     first, and says so in the log) rather than the filesystem filling and every later write
     failing; what is kept reads back byte-identical, also after a SIGKILL and restart."""
     import signal
+    import requests
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
@@ -577,6 +588,11 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
             assert all(v == values[k] for k, v in got.items() if v is not None), "a kept value differs"
             return [k for k, v in got.items() if v is not None]
 
+        # evicted values are absent to STRLEN and HEAD too, before any GET has found them gone
+        assert r.strlen("k149") == 1 << 20 and r.strlen("k0") == 0
+        headers = {"Authorization": "Bearer test-key-1"}
+        assert requests.head(f"{d.url}/v1/blocks/k1", headers=headers).status_code == 404
+        assert int(requests.head(f"{d.url}/v1/blocks/k149", headers=headers).headers["Content-Length"]) == 1 << 20
         before = kept()
         assert "k149" in before and "k0" not in before and len(before) >= 10, before
         # it does not wedge: after deletes and more writes, writes still go

@@ -115,9 +115,15 @@ public protocol KVBackend: Sendable {
     /// fault per 4 KiB, each time).
     func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]?
 
-    /// The values of `keys`, in order, nil for each missing key (MGET). One answer per key,
-    /// duplicates included.
+    /// The values of `keys`, in order, nil for each missing key (the HTTP API's batch get). One
+    /// answer per key, duplicates included.
     func get(namespace: String, keys: [ByteBuffer]) async throws -> [ByteBuffer?]
+
+    /// `get(keys:)` with each value as `getPieces` gives it (MGET).
+    func getPieces(namespace: String, keys: [ByteBuffer]) async throws -> [[ByteBuffer]?]
+
+    /// The length of the value of `key`, or nil if it does not exist (HTTP HEAD, STRLEN).
+    func length(namespace: String, key: ByteBuffer) async throws -> Int?
 
     /// Stores `value` under `key` if `condition` holds, applying `expiry`; returns whether it wrote.
     /// Check and write are atomic with respect to other calls on the same key.
@@ -281,6 +287,21 @@ extension KVBackend {
     /// Default: the value in one piece.
     public func getPieces(namespace: String, key: ByteBuffer) async throws -> [ByteBuffer]? {
         try await get(namespace: namespace, key: key).map { [$0] }
+    }
+
+    /// Default: each key's `getPieces` in turn.
+    public func getPieces(namespace: String, keys: [ByteBuffer]) async throws -> [[ByteBuffer]?] {
+        var values: [[ByteBuffer]?] = []
+        values.reserveCapacity(keys.count)
+        for key in keys {
+            values.append(try await getPieces(namespace: namespace, key: key))
+        }
+        return values
+    }
+
+    /// Default: the value's length, read whole.
+    public func length(namespace: String, key: ByteBuffer) async throws -> Int? {
+        try await get(namespace: namespace, key: key)?.readableBytes
     }
 
     /// Default: no fast path.

@@ -23,6 +23,7 @@ extension RESPCommandHandler {
         "del": CommandSpec(arity: -2, flags: ["write"], firstKey: 1, lastKey: -1, step: 1),
         "unlink": CommandSpec(arity: -2, flags: ["write", "fast"], firstKey: 1, lastKey: -1, step: 1),
         "exists": CommandSpec(arity: -2, flags: ["readonly", "fast"], firstKey: 1, lastKey: -1, step: 1),
+        "strlen": CommandSpec(arity: 2, flags: ["readonly", "fast"], firstKey: 1, lastKey: 1, step: 1),
         "type": CommandSpec(arity: 2, flags: ["readonly", "fast"], firstKey: 1, lastKey: 1, step: 1),
         "ttl": CommandSpec(arity: 2, flags: ["readonly", "fast"], firstKey: 1, lastKey: 1, step: 1),
         "pttl": CommandSpec(arity: 2, flags: ["readonly", "fast"], firstKey: 1, lastKey: 1, step: 1),

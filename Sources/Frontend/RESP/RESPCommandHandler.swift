@@ -388,8 +388,10 @@ public struct RESPCommandHandler: Sendable {
         case "get":
             return RESPReply(try await backend.getPieces(namespace: ns, key: args[1]).map(RESPValue.bulk(pieces:)) ?? .null)
         case "mget":
-            let values = try await backend.get(namespace: ns, keys: Array(args.dropFirst()))
-            return RESPReply(.array(values.map { $0.map(RESPValue.bulkString) ?? .null }))
+            let values = try await backend.getPieces(namespace: ns, keys: Array(args.dropFirst()))
+            return RESPReply(.array(values.map { $0.map(RESPValue.bulk(pieces:)) ?? .null }))
+        case "strlen":
+            return RESPReply(.integer(Int64(try await backend.length(namespace: ns, key: args[1]) ?? 0)))
         case "set":
             return RESPReply(try await set(args, ns))
         case "setex", "psetex":

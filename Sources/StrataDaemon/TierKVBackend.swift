@@ -105,9 +105,11 @@ final class TierKVBackend: KVBackend, Sendable {
         })
     }
 
-    private func forget(_ namespace: String, _ key: [UInt8], in store: BlockStore) async throws {
+    /// `durable`: removes the key's record if it still names `version`; a newer write's record,
+    /// committed meanwhile (a SET racing this removal), stays with it.
+    private func forget(_ namespace: String, _ key: [UInt8], version: UInt64, in store: BlockStore) async throws {
         guard durable else { return }
-        try await store.nvme.removeKVRecord(namespace: namespace, key: key)
+        try await store.nvme.removeKVRecord(namespace: namespace, key: key, version: version)
     }
 
     func now() -> KVTimestamp {
@@ -198,7 +200,7 @@ final class TierKVBackend: KVBackend, Sendable {
         guard let entry else { return nil }
         guard expired else { return entry }
         if let store = try? await store() {
-            try? await forget(namespace, key, in: store)
+            try? await forget(namespace, key, version: entry.version, in: store)
             reap(namespace, key, entry, from: store)
         }
         return nil
@@ -630,7 +632,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 }
                 // Evicted: the whole value is gone, not a piece of it.
                 if removeEntry(namespace, name, version: entry.version) {
-                    try? await forget(namespace, name, in: store)
+                    try? await forget(namespace, name, version: entry.version, in: store)
                 }
                 reap(namespace, name, entry, from: store)
                 state.withLock { $0.misses += 1 }
@@ -792,7 +794,7 @@ final class TierKVBackend: KVBackend, Sendable {
         for name in Set(keys.map { Array($0.readableBytesView) }) {
             guard let entry = await live(namespace, name), removeEntry(namespace, name, version: entry.version) else { continue }
             removed += 1
-            try await forget(namespace, name, in: store)
+            try await forget(namespace, name, version: entry.version, in: store)
             reap(namespace, name, entry, from: store)
         }
         return removed

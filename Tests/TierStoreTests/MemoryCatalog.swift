@@ -69,9 +69,11 @@ final class MemoryCatalog: Catalog, Sendable {
         }
     }
 
-    func removeKV(namespace: String, key: [UInt8]) async throws {
+    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws {
         let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
-        try commit { $0.kv["\(namespace)\0\(hex)"] = nil }
+        try commit { state in
+            if state.kv["\(namespace)\0\(hex)"]?.version == version { state.kv["\(namespace)\0\(hex)"] = nil }
+        }
     }
 
     func removeKVNamespace(_ namespace: String) async throws {

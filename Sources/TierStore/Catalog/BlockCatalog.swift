@@ -124,9 +124,9 @@ final class BlockCatalog: @unchecked Sendable {
         try await commitKV(records.map(KVChange.put))
     }
 
-    func removeKV(namespace: String, key: [UInt8]) async throws {
+    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws {
         let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
-        try await commitKV([.remove(namespace: namespace, keyHex: hex)])
+        try await commitKV([.remove(namespace: namespace, keyHex: hex, version: version)])
     }
 
     func removeKVNamespace(_ namespace: String) async throws {
@@ -136,7 +136,9 @@ final class BlockCatalog: @unchecked Sendable {
     /// A change to the key directory, applied in the order queued.
     private enum KVChange {
         case put(KVRecord)
-        case remove(namespace: String, keyHex: String)
+        /// Only while the record names this version: a removal queued after a newer write of
+        /// the key (a DEL racing a SET) leaves that write's record alone.
+        case remove(namespace: String, keyHex: String, version: UInt64)
         case removeNamespace(String)
     }
 
@@ -256,8 +258,9 @@ final class BlockCatalog: @unchecked Sendable {
                     """,
                     rows: [[record.namespace, record.keyHex, Int64(bitPattern: record.version), Int64(record.size),
                             record.expiresAt ?? 0, Int64(bitPattern: record.sequence)]])
-            case .remove(let namespace, let keyHex):
-                try database.run("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", rows: [[namespace, keyHex]])
+            case .remove(let namespace, let keyHex, let version):
+                try database.run("DELETE FROM kv WHERE namespace = ?1 AND key = ?2 AND version = ?3",
+                                 rows: [[namespace, keyHex, Int64(bitPattern: version)]])
             case .removeNamespace(let namespace):
                 try database.run("DELETE FROM kv WHERE namespace = ?1", rows: [[namespace]])
             }

@@ -23,7 +23,8 @@ protocol Catalog: Sendable {
     func loadKV() throws -> [KVRecord]
     /// Writes (or replaces) the records, in order, in one commit.
     func putKV(_ records: [KVRecord]) async throws
-    func removeKV(namespace: String, key: [UInt8]) async throws
+    /// Removes the key's record if it still names `version` (a newer write's record stays).
+    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws
     func removeKVNamespace(_ namespace: String) async throws
 }
 

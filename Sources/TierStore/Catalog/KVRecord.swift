@@ -53,9 +53,10 @@ extension SegmentLog {
     /// Writes (or replaces) keys' records, in order, and commits them together before returning.
     public nonisolated func putKVRecords(_ records: [KVRecord]) async throws { try await catalog.putKV(records) }
 
-    /// Removes a key's record (committed before returning).
-    public nonisolated func removeKVRecord(namespace: String, key: [UInt8]) async throws {
-        try await catalog.removeKV(namespace: namespace, key: key)
+    /// Removes a key's record if it still names `version` (committed before returning): a
+    /// newer write's record, committed meanwhile, stays.
+    public nonisolated func removeKVRecord(namespace: String, key: [UInt8], version: UInt64) async throws {
+        try await catalog.removeKV(namespace: namespace, key: key, version: version)
     }
 
     /// Removes every record of a namespace (committed before returning).

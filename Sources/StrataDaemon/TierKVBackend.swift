@@ -31,17 +31,35 @@ final class TierKVBackend: KVBackend, Sendable {
         var sequence: UInt64
     }
 
+    /// Whose value a block is: recorded for each value's first part (`owned`), so that when
+    /// the store loses that block (evicted past its last tier) the key leaves the directory.
+    struct Owner {
+        var namespace: String
+        var name: [UInt8]
+        var version: UInt64
+    }
+
     struct State {
         var namespaces: [String: [[UInt8]: Entry]] = [:]
+        /// By the key of each value's first part (`owned`).
+        var owners: [BlockKey: Owner] = [:]
         var nextSequence: UInt64 = 1
         var nextVersion: UInt64 = 1
         var hits = 0, misses = 0
+        /// Keys whose value the store evicted past its last tier (INFO `evicted_keys`).
+        var evictedKeys = 0
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
 
         mutating func takeVersion() -> UInt64 {
             defer { nextVersion += 1 }
             return nextVersion
+        }
+
+        /// Records the entry of a value just written as its first part's owner.
+        mutating func own(_ namespace: String, _ name: [UInt8], _ entry: Entry) {
+            owners[TierKVBackend.blockKey(namespace, name, version: entry.version, part: 0)] =
+                Owner(namespace: namespace, name: name, version: entry.version)
         }
 
         mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
@@ -85,9 +103,11 @@ final class TierKVBackend: KVBackend, Sendable {
         // sequence (SCAN order) continues after the largest one recorded.
         state.nextVersion = UInt64.random(in: 1...(UInt64.max / 2))
         for record in records {
-            state.namespaces[record.namespace, default: [:]][record.key] = Entry(
+            let entry = Entry(
                 version: record.version, size: record.size,
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
+            state.namespaces[record.namespace, default: [:]][record.key] = entry
+            state.own(record.namespace, record.key, entry)
             state.nextSequence = max(state.nextSequence, record.sequence + 1)
         }
     }
@@ -138,6 +158,13 @@ final class TierKVBackend: KVBackend, Sendable {
             state.opened = store
         }
         if let stream = reaperStream.withLock({ stream in defer { stream = nil }; return stream }) {
+            store.observeLosses { [weak self] lost in self?.lost(lost, in: store) }
+            if durable {
+                // Values the catalog names whose first part did not survive (a crash between an
+                // eviction and the removal of its record): gone from the directory too.
+                let firstParts = state.withLock { Array($0.owners.keys) }
+                Task { [weak self] in self?.lost(await store.nvme.absent(among: firstParts), in: store) }
+            }
             Task.detached(priority: .utility) {
                 for await key in stream { await store.remove(key) }
             }
@@ -184,7 +211,33 @@ final class TierKVBackend: KVBackend, Sendable {
     private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
         for part in 0..<parts(entry.size) {
             let block = Self.blockKey(namespace, key, version: entry.version, part: part)
+            if part == 0 { state.withLock { _ = $0.owners.removeValue(forKey: block) } }
             if !store.discardFromRAM(block) { reaper.yield(block) }
+        }
+    }
+
+    /// The store lost these blocks (`BlockStore.observeLosses`): a value whose first part is
+    /// among them is gone, and its key leaves the directory now, not when a read finds it
+    /// missing, so DBSIZE, SCAN, EXISTS and INFO count only values the store holds, and the
+    /// directory of a store that evicts does not grow with every key ever written. Its other
+    /// parts are removed; `durable`: its record too (if it still names this version).
+    private func lost(_ blocks: [BlockKey], in store: BlockStore) {
+        let gone = state.withLock { state -> [(namespace: String, name: [UInt8], entry: Entry)] in
+            let gone = blocks.compactMap { block -> (namespace: String, name: [UInt8], entry: Entry)? in
+                guard let owner = state.owners.removeValue(forKey: block),
+                    let entry = state.namespaces[owner.namespace]?[owner.name], entry.version == owner.version
+                else { return nil }
+                state.namespaces[owner.namespace]?[owner.name] = nil
+                return (owner.namespace, owner.name, entry)
+            }
+            state.evictedKeys += gone.count
+            return gone
+        }
+        guard !gone.isEmpty else { return }
+        for value in gone { reap(value.namespace, value.name, value.entry, from: store) }
+        guard durable else { return }
+        Task {
+            for value in gone { try? await forget(value.namespace, value.name, version: value.entry.version, in: store) }
         }
     }
 
@@ -532,6 +585,7 @@ final class TierKVBackend: KVBackend, Sendable {
             state.nextSequence = nextSequence
             // A refused write leaves no empty namespace behind (the access above made one).
             if !outcome.written, state.namespaces[namespace]?.isEmpty == true { state.namespaces[namespace] = nil }
+            if outcome.written { state.owners[partKey(0)] = Owner(namespace: namespace, name: name, version: version) }
             // (An expired entry it replaces goes too: its blocks are reaped below.)
             return outcome
         }
@@ -632,6 +686,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 }
                 // Evicted: the whole value is gone, not a piece of it.
                 if removeEntry(namespace, name, version: entry.version) {
+                    state.withLock { $0.evictedKeys += 1 }
                     try? await forget(namespace, name, version: entry.version, in: store)
                 }
                 reap(namespace, name, entry, from: store)
@@ -706,7 +761,10 @@ final class TierKVBackend: KVBackend, Sendable {
             for block in blocks { await store.remove(block.key) }
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
-        let replaced = state.withLock { $0.namespaces[namespace, default: [:]].updateValue(entry, forKey: name) }
+        let replaced = state.withLock { state in
+            state.own(namespace, name, entry)
+            return state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name)
+        }
         if let replaced { reap(namespace, name, replaced, from: store) }
         return true
     }
@@ -781,7 +839,10 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
         }
         let replaced = state.withLock { state in
-            entries.map { state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key) }
+            entries.map {
+                state.own(namespace, $0.key, $0.entry)
+                return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
+            }
         }
         for (item, old) in zip(entries, replaced) {
             if let old { reap(namespace, item.key, old, from: store) }
@@ -860,8 +921,9 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     func info() async -> [(section: String, fields: [(String, String)])] {
-        let (used, hits, misses) = state.withLock { state in
-            (state.namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } }, state.hits, state.misses)
+        let (used, hits, misses, evicted) = state.withLock { state in
+            (state.namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } }, state.hits, state.misses,
+             state.evictedKeys)
         }
         var memory: [(String, String)] = [("used_memory", "\(used)")]
         var tiersSection: [(String, String)] = [("durability", durable ? "durable" : "cache")]
@@ -875,7 +937,8 @@ final class TierKVBackend: KVBackend, Sendable {
                 ("nvme_hits", "\(stats.nvme.hits)"), ("demotions", "\(stats.host.demotions)"),
             ]
         }
-        return [("memory", memory), ("stats", [("keyspace_hits", "\(hits)"), ("keyspace_misses", "\(misses)")]),
+        return [("memory", memory),
+                ("stats", [("keyspace_hits", "\(hits)"), ("keyspace_misses", "\(misses)"), ("evicted_keys", "\(evicted)")]),
                 ("strata", tiersSection)]
     }
 }

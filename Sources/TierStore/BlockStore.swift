@@ -92,6 +92,9 @@ public final class BlockStore: Sendable {
     public let host: HostTier
     public let nvme: SegmentLog
     private let demotions: AsyncStream<HostTier.Evicted>.Continuation
+    private let losses = Losses()
+    /// Checks the blocks `losses` suspects, in the background.
+    private let lossChecker: Task<Void, Never>
     /// Demotions the queue holds before it drops.
     let demotionCapacity: Int
     private let puttingInRAM = Mutex(0)
@@ -105,6 +108,30 @@ public final class BlockStore: Sendable {
     final class Shared: Sendable {
         let state: Mutex<MutableState>
         init(_ state: MutableState) { self.state = Mutex(state) }
+    }
+
+    /// Who is told of blocks that left every tier (`observeLosses`), and the keys suspected of
+    /// it, waiting to be checked: a block dropped when evicted from RAM or whose demotion was
+    /// given up, a clean copy evicted from RAM, the blocks of a reclaimed segment. Nothing is
+    /// queued while no one observes.
+    final class Losses: Sendable {
+        private let observers = Mutex<[@Sendable ([BlockKey]) -> Void]>([])
+        let suspects: AsyncStream<[BlockKey]>
+        private let queue: AsyncStream<[BlockKey]>.Continuation
+
+        init() {
+            // Past this many batches waiting, the newest win: a loss not reported is found by
+            // the next read of the block instead.
+            (suspects, queue) = AsyncStream<[BlockKey]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        }
+
+        func add(_ observer: @escaping @Sendable ([BlockKey]) -> Void) { observers.withLock { $0.append(observer) } }
+        func suspect(_ keys: [BlockKey]) {
+            guard !keys.isEmpty, observers.withLock({ !$0.isEmpty }) else { return }
+            queue.yield(keys)
+        }
+        func report(_ lost: [BlockKey]) { for observer in observers.withLock({ $0 }) { observer(lost) } }
+        func finish() { queue.finish() }
     }
 
     final class Pending: Sendable {
@@ -143,9 +170,11 @@ public final class BlockStore: Sendable {
         self.shared = shared
         self.demotions = continuation
         self.nvme = nvme
+        let losses = self.losses
         await nvme.setBudget(policy.nvmeBudgetBytes)
         await nvme.setCodec(policy.nvmeCodec)
-        self.host = try HostTier(budgetBytes: policy.hostBudgetBytes) { evicted in
+        await nvme.observeReclaims { losses.suspect($0) }
+        self.host = try HostTier(budgetBytes: policy.hostBudgetBytes, demote: { evicted in
             let demote = shared.state.withLock { state -> Bool in
                 if state.policy.eviction == .drop { return false }
                 if state.policy.nvmeAdmission == .secondHit, evicted.hits == 0, !state.nvmeSeen.checkAndRecord(evicted.key) {
@@ -156,6 +185,7 @@ public final class BlockStore: Sendable {
             }
             guard demote else {
                 generations.clear(evicted.key, ifCurrent: evicted.tag)
+                losses.suspect([evicted.key])
                 return
             }
             pending.add(evicted)
@@ -164,10 +194,21 @@ public final class BlockStore: Sendable {
             case .dropped, .terminated:   // queue full, or the store is closed
                 shared.state.withLock { $0.demotionsDropped += 1 }
                 Self.settle(evicted, pending: pending, generations: generations)
+                losses.suspect([evicted.key])
             @unknown default: break
             }
-        }
+        }, forget: { losses.suspect($0) })
         let host = self.host
+        lossChecker = Task {
+            for await suspects in losses.suspects {
+                // A block dirty in RAM or on its way down (even between leaving RAM and joining
+                // the queue) holds its key's generation; a clean one in RAM has a copy below.
+                let unseen = suspects.filter { generations.current($0) == nil && !host.contains($0) }
+                guard !unseen.isEmpty else { continue }
+                let lost = await nvme.absent(among: unseen)
+                if !lost.isEmpty { losses.report(lost) }
+            }
+        }
         writer = Task {
             for await evicted in stream {
                 do {
@@ -188,6 +229,7 @@ public final class BlockStore: Sendable {
                         pending.settle(evicted)
                     } else {
                         Self.settle(evicted, pending: pending, generations: generations)
+                        losses.suspect([evicted.key])
                     }
                     shared.state.withLock { state in
                         state.demotionFailures += 1
@@ -444,9 +486,20 @@ public final class BlockStore: Sendable {
     /// counting a hit or miss. A block found in the log can still fail its checksum when read:
     /// `get` then throws; it never returns other bytes.
     public func contains(_ key: BlockKey) async -> Bool {
-        if host.contains(key) { return true }
-        if let queued = pending.get(key), generations.current(key) == queued.tag { return true }
+        // Checked in this order, so a block moving down is seen somewhere: one dirty in RAM or on
+        // its way down (even between leaving RAM and joining the queue) holds its key's
+        // generation until it is in the log; a clean one in RAM has a copy in the log.
+        if generations.current(key) != nil || host.contains(key) { return true }
         return await nvme.contains(key)
+    }
+
+    /// `observer` is called, from a background task, with blocks found to have left every tier
+    /// without `remove`: dropped when evicted from RAM (eviction `drop`, the NVMe tier refused
+    /// it, its demotion was given up) or reclaimed from the log (over its budget, a full disk).
+    /// Each is checked before it is reported, so a block still in some tier never is; a loss the
+    /// checks miss (their queue overflowed) is found by the block's next `get`, which returns nil.
+    public func observeLosses(_ observer: @escaping @Sendable ([BlockKey]) -> Void) {
+        losses.add(observer)
     }
 
     /// Removes a block whose key is written once and never again, without waiting when it can:
@@ -490,6 +543,8 @@ public final class BlockStore: Sendable {
     public func close() async {
         demotions.finish()
         await writer.value
+        losses.finish()
+        await lossChecker.value
     }
 
     /// How many keys have a generation now: bounded by the dirty blocks in RAM plus the

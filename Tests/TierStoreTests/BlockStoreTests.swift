@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import TierStore
 
@@ -19,6 +20,24 @@ struct BlockStoreTests {
         let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 16 << 20), engine: engine)
         let store = try await BlockStore(hostBudgetBytes: 16 << 20, nvme: log)
         try await body(store, log)
+    }
+
+    /// 16 MiB of RAM over a log of at most 32 MiB in 8 MiB segments, where blocks of 2 MiB leave
+    /// every tier after 24; `body` gets the losses reported so far (`observeLosses`) from its
+    /// third argument.
+    static func withOverfullStore(
+        policy: BlockStore.EvictionPolicy = .demote, _ body: (BlockStore, SegmentLog, () -> [BlockKey]) async throws -> Void
+    ) async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 16)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await SegmentLog.open(.init(directory: dir, segmentBytes: 8 << 20, budgetBytes: 32 << 20), engine: engine)
+        let store = try await BlockStore(hostBudgetBytes: 16 << 20, nvme: log, policy: policy)
+        let reported = Mutex<[BlockKey]>([])
+        store.observeLosses { lost in reported.withLock { $0 += lost } }
+        try await body(store, log, { reported.withLock { $0 } })
+        await log.close()
     }
 
     @Test func evictedBlocksAreDemotedThenPromotedBack() async throws {
@@ -183,6 +202,64 @@ struct BlockStoreTests {
             #expect(store.host.stats.misses == misses, "a miss here is the caller's to count")
             await store.close()
             await log.close()
+        }
+    }
+
+    /// Blocks that leave every tier are reported (`observeLosses`), and only those: reclaimed
+    /// from a log over its budget, and, under eviction `drop`, dropped when evicted from RAM.
+    /// A block still readable anywhere (dirty in RAM, on its way down, a clean copy, in the log)
+    /// is never reported, and none that is gone is missed.
+    @Test(arguments: BlockStore.EvictionPolicy.allCases)
+    func blocksLeavingEveryTierAreReportedAndNoOthers(policy: BlockStore.EvictionPolicy) async throws {
+        try await Self.withOverfullStore(policy: policy) { store, log, reported in
+            for i in 0..<60 {
+                try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false)
+                // reads promote blocks from the log into RAM as clean copies, which are evicted in turn
+                if i % 7 == 6 { _ = try await store.get(Self.key(i - 5)) }
+            }
+            await store.close()   // waits for the demotions, then for the checks of what they dropped
+            let lost = Set(reported())
+            #expect(lost.count == reported().count, "each loss reported once")
+            var present = 0
+            for i in 0..<60 {
+                let held = await store.contains(Self.key(i))
+                #expect(held != lost.contains(Self.key(i)), "block \(i): held \(held), reported lost \(lost.contains(Self.key(i)))")
+                if held { present += 1 }   // (not read here: after `close` a read's promotion may drop what it evicts)
+            }
+            #expect(present <= 24 && lost.count >= 36, "at most 16 + 32 MiB of 2 MiB blocks are held")
+        }
+    }
+
+    /// A block read back into RAM is a clean copy there; once its segment is reclaimed that copy
+    /// is all that is left, and evicting it loses the block: reported then, not before.
+    @Test func aCleanCopyOutlivingItsSegmentIsReportedWhenEvicted() async throws {
+        try await Self.withOverfullStore { store, log, reported in
+            let hot = Self.key(1000)
+            try await store.put(hot, Self.bytes(2 << 20, 7), durable: false)
+            for i in 0..<12 { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
+            #expect(!store.host.contains(hot), "demoted")
+            #expect(Self.isNVMe(try await store.get(hot)), "read back from the log")
+            // kept hot in RAM while the log reclaims the segment it was demoted to
+            var next = 12
+            for i in 12..<80 where await log.absent(among: [hot]).isEmpty {
+                next = i + 1
+                try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false)
+                // (a read promotes only while the demotion writer is less than half a queue behind)
+                var inRAM = false
+                for _ in 0..<400 where !inRAM {
+                    inRAM = Self.isHost(try await store.get(hot))
+                    if !inRAM { try await Task.sleep(for: .milliseconds(5)) }
+                }
+                #expect(inRAM)
+            }
+            #expect(await log.absent(among: [hot]) == [hot], "its segment was reclaimed")
+            #expect(await store.contains(hot), "the RAM copy still holds it")
+            try await Task.sleep(for: .milliseconds(300))   // the reclaim's suspects are checked meanwhile
+            #expect(!reported().contains(hot), "not reported while its RAM copy holds it")
+            for i in next..<(next + 12) { try await store.put(Self.key(i), Self.bytes(2 << 20, UInt8(i)), durable: false) }
+            await store.close()
+            #expect(await !store.contains(hot))
+            #expect(reported().contains(hot), "lost with its last copy, and reported")
         }
     }
 

@@ -560,6 +560,33 @@ def test_concurrent_durable_writes_cut_by_sigkill_lose_nothing_acknowledged(make
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a capped tmpfs needs root")
+def test_keys_whose_values_the_tiers_evicted_leave_the_directory(make_daemon):
+    """`cache` durability over tiers far smaller than what is written (16 MiB of RAM over a
+    32 MiB log): the oldest values are evicted, and their keys go with them, not only when a
+    GET finds them missing: DBSIZE, SCAN, EXISTS and INFO count only the values the store
+    holds, and the directory does not grow with every key ever written."""
+    d, port = kv_daemon(make_daemon, tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 32MiB, segment_size: 8MiB } }")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    values = {f"v{i}": os.urandom(1 << 20) for i in range(120)}
+    for key, value in values.items():
+        assert r.set(key, value) is True
+
+    def held():   # STRLEN looks for every part in the tiers without reading (or promoting) any
+        return {key for key in values if r.strlen(key) == len(values[key])}
+
+    wait_for(lambda: r.dbsize() == len(held()), 20, what="the directory to drop the evicted keys")
+    kept = held()
+    assert "v119" in kept and "v0" not in kept and len(kept) <= 48, sorted(kept)
+    assert set(k.decode() for k in r.scan_iter(count=1000)) == kept
+    assert r.exists(*values) == len(kept)
+    info = r.info()
+    assert info["evicted_keys"] == len(values) - len(kept), info
+    assert info["used_memory"] == len(kept) << 20
+    for key in sorted(kept)[-4:]:
+        assert r.get(key) == values[key]
+    assert r.get("v0") is None
+
+
 def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_wedges(make_daemon, tmp_path):
     """tiers.nvme.budget 1 GiB on a 48 MiB filesystem, durable writes of 150 MiB through redis-py:
     every SET is acknowledged (the tier keeps what the filesystem holds, oldest values going
@@ -588,7 +615,11 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
             assert all(v == values[k] for k, v in got.items() if v is not None), "a kept value differs"
             return [k for k, v in got.items() if v is not None]
 
-        # evicted values are absent to STRLEN and HEAD too, before any GET has found them gone
+        def directory_holds_only_what_the_tiers_hold():   # STRLEN finds every part without reading any
+            return r.dbsize() == sum(1 for key in [*values, "after"] if r.strlen(key) > 0)
+
+        # evicted values leave the directory (and the catalog), and are absent to STRLEN and HEAD
+        wait_for(directory_holds_only_what_the_tiers_hold, 20, what="the evicted keys to leave the directory")
         assert r.strlen("k149") == 1 << 20 and r.strlen("k0") == 0
         headers = {"Authorization": "Bearer test-key-1"}
         assert requests.head(f"{d.url}/v1/blocks/k1", headers=headers).status_code == 404
@@ -604,6 +635,7 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
         wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
         r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
         assert r.get("after") == b"x" * (1 << 20)
+        wait_for(directory_holds_only_what_the_tiers_hold, 20, what="the directory after the restart")
         kept()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

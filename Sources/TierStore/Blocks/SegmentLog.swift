@@ -439,6 +439,17 @@ public actor SegmentLog {
         configuration.codec = codec
     }
 
+    /// Called, on the log's executor, with the keys of every segment reclaimed (over the budget,
+    /// or to make room on a full filesystem) once they are out of the index.
+    public func observeReclaims(_ observer: @escaping @Sendable ([BlockKey]) -> Void) {
+        reclaimObserver = observer
+    }
+
+    private var reclaimObserver: (@Sendable ([BlockKey]) -> Void)?
+
+    /// Those of `keys` the log does not hold.
+    public func absent(among keys: [BlockKey]) -> [BlockKey] { keys.filter { index[$0] == nil } }
+
     /// The block's bytes, or nil when absent or when its record fails verification.
     public func get(_ key: BlockKey) async throws -> [UInt8]? {
         guard let length = index[key]?.bytesNeeded else {
@@ -690,6 +701,7 @@ public actor SegmentLog {
             let dropped = index.filter { $0.value.segment == oldest }.map(\.key)
             for key in dropped { index[key] = nil }
             stats.blocks -= dropped.count
+            if !dropped.isEmpty { reclaimObserver?(dropped) }
             catalog.dropSegment(oldest)
             closing[oldest] = (segment.fd, segmentPath(oldest))
             if pins[oldest, default: 0] == 0 { finishClosing(oldest) }

@@ -6,7 +6,8 @@ import Synchronization
 /// byte budget. Gets hand out borrowed views into the arena, no copy; a block that is borrowed
 /// is never evicted or overwritten under its reader. When room is needed, the least recently
 /// used unborrowed blocks are evicted (recency kept in an O(1) list): a dirty one (no copy
-/// below) is handed to `demote` (to the NVMe tier), a clean one is dropped.
+/// below) is handed to `demote` (to the NVMe tier), a clean one is dropped (its key handed to
+/// `forget`, whose copy below is all that is left of it).
 // @unchecked: `base` is written only in slots the allocator hands to one writer at a time;
 // all bookkeeping is under `state`.
 public final class HostTier: @unchecked Sendable {
@@ -70,9 +71,18 @@ public final class HostTier: @unchecked Sendable {
     private let state: Mutex<State>
     /// Receives evicted blocks' bytes (to write them to a lower tier); nil drops them.
     private let demote: (@Sendable (Evicted) -> Void)?
+    /// Receives the keys of clean blocks evicted (outside the lock).
+    private let forget: (@Sendable ([BlockKey]) -> Void)?
+
+    /// What one call evicted: dirty blocks with their bytes, clean ones by key.
+    private struct Evictions {
+        var dirty: [Evicted] = []
+        var clean: [BlockKey] = []
+    }
 
     /// `budgetBytes` is rounded up to whole 16 MiB units. Blocks larger than a unit do not fit here.
-    public init(budgetBytes: Int, demote: (@Sendable (Evicted) -> Void)? = nil) throws {
+    public init(budgetBytes: Int, demote: (@Sendable (Evicted) -> Void)? = nil,
+                forget: (@Sendable ([BlockKey]) -> Void)? = nil) throws {
         let units = max(1, (budgetBytes + Self.unitSize - 1) / Self.unitSize)
         capacity = units * Self.unitSize
         let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
@@ -82,6 +92,7 @@ public final class HostTier: @unchecked Sendable {
         initial.stats.budgetBytes = capacity
         state = Mutex(initial)
         self.demote = demote
+        self.forget = forget
     }
 
     deinit { munmap(base, capacity) }
@@ -106,7 +117,7 @@ public final class HostTier: @unchecked Sendable {
     public func put(
         _ key: BlockKey, _ bytes: UnsafeRawBufferPointer, tag: UInt64 = 0, options: PutOptions = [], decodedLength: Int? = nil
     ) -> Bool {
-        var evicted: [Evicted] = []
+        var evicted = Evictions()
         let offset: Int?? = state.withLock { state in
             if options.contains(.ifAbsent), state.entries[key] != nil { return .some(nil) }
             guard let slot = state.slotBytes(bytes.count) else { return nil }
@@ -154,7 +165,7 @@ public final class HostTier: @unchecked Sendable {
     /// or when reservations would then hold more than `maxReservedBytes` in all (counted in the
     /// allocator's slots: powers of two).
     public func reserve(_ length: Int, maxReservedBytes: Int = .max) -> Reservation? {
-        var evicted: [Evicted] = []
+        var evicted = Evictions()
         let offset = state.withLock { state -> Int? in
             // Counted as the slot the allocator hands out (a power of two), not the length asked.
             guard let slot = state.slotBytes(length), state.stats.reservedBytes + slot <= maxReservedBytes else { return nil }
@@ -213,7 +224,7 @@ public final class HostTier: @unchecked Sendable {
 
     /// A slot of `length` bytes, evicting unborrowed blocks from the least recently used on
     /// until one is free; nil when nothing more can be evicted. Call under the lock.
-    private func allocateEvicting(_ length: Int, _ state: inout State, into evicted: inout [Evicted]) -> Int? {
+    private func allocateEvicting(_ length: Int, _ state: inout State, into evicted: inout Evictions) -> Int? {
         while true {
             if let offset = state.allocator.allocate(max(length, 1)) { return offset }
             guard let (_, victim) = state.recency.leastRecent(where: { state.entries[$0]?.borrowers == 0 }) else {
@@ -284,7 +295,7 @@ public final class HostTier: @unchecked Sendable {
         guard bytes <= capacity, bytes > 0 else { return false }
         let units = (bytes + Self.unitSize - 1) / Self.unitSize
         let limit = units * Self.unitSize
-        var evicted: [Evicted] = []
+        var evicted = Evictions()
         state.withLock { state in
             state.allocator.usableUnits = units
             state.stats.budgetBytes = limit
@@ -298,10 +309,12 @@ public final class HostTier: @unchecked Sendable {
 
     /// Takes `key` out (copying a dirty block's bytes for demotion when there is a lower tier)
     /// and frees its slot, or leaves the slot to its borrowers. Call under the lock.
-    private func evict(_ key: BlockKey, _ state: inout State, into evicted: inout [Evicted]) {
+    private func evict(_ key: BlockKey, _ state: inout State, into evicted: inout Evictions) {
         guard let entry = take(key, &state) else { return }
-        if demote != nil, entry.dirty {
-            evicted.append(Evicted(key: key, bytes: Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)),
+        if !entry.dirty {
+            if forget != nil { evicted.clean.append(key) }
+        } else if demote != nil {
+            evicted.dirty.append(Evicted(key: key, bytes: Array(UnsafeRawBufferPointer(start: base + entry.offset, count: entry.length)),
                                    tag: entry.tag, hits: entry.hits, decodedLength: entry.decodedLength))
         }
         retire(entry, &state)
@@ -315,11 +328,12 @@ public final class HostTier: @unchecked Sendable {
         return entry
     }
 
-    /// Gives evicted blocks to the lower tier, outside the lock.
-    private func handOver(_ evicted: [Evicted]) {
-        guard let demote, !evicted.isEmpty else { return }
-        for block in evicted { demote(block) }
-        state.withLock { $0.stats.demotions += evicted.count }
+    /// Gives evicted blocks to the lower tier, and clean ones' keys to `forget`, outside the lock.
+    private func handOver(_ evicted: Evictions) {
+        if let forget, !evicted.clean.isEmpty { forget(evicted.clean) }
+        guard let demote, !evicted.dirty.isEmpty else { return }
+        for block in evicted.dirty { demote(block) }
+        state.withLock { $0.stats.demotions += evicted.dirty.count }
     }
 
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.entries[key] != nil } }

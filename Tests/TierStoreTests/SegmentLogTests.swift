@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Glibc
 import Testing
 @testable import TierStore
@@ -175,11 +176,15 @@ struct SegmentLogTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20, budgetBytes: 3 << 20)
         let log = try await kind.openLog(config, engine: engine)
+        let reclaimed = Mutex<[BlockKey]>([])
+        await log.observeReclaims { keys in reclaimed.withLock { $0 += keys } }
         let block = 60_000   // 15 records of 64 KiB per 1 MiB segment
+        let kept = BlockKey(bytes: [200])   // written first, then again every 10 records: never reclaimed
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for i in 0..<120 {
                     try await log.put(BlockKey(bytes: [UInt8(i)]), Self.payload(block, seed: UInt64(i)), durable: false)
+                    if i % 10 == 0 { try await log.put(kept, Self.payload(block, seed: 1000 + UInt64(i)), durable: false) }
                 }
             }
             group.addTask {   // readers racing the reclaim: a hit is always right, a miss is fine
@@ -198,6 +203,13 @@ struct SegmentLogTests {
         #expect(stats.checksumFailures == 0)
         #expect(try await log.get(BlockKey(bytes: [119])) == Self.payload(block, seed: 119), "newest kept")
         #expect(try await log.get(BlockKey(bytes: [0])) == nil, "oldest reclaimed")
+        // the reclaims named exactly the keys they took out of the index, each once; a key written
+        // again into a newer segment stays with its newest copy
+        let dropped = reclaimed.withLock { $0 }
+        #expect(Set(dropped).count == dropped.count && !dropped.contains(kept))
+        #expect(await log.absent(among: dropped) == dropped)
+        #expect(stats.blocks == 121 - dropped.count, "120 keys and `kept`, less those reclaimed")
+        #expect(try await log.get(kept) == Self.payload(block, seed: 1110))
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".log") }
         #expect(files.count <= 3)
         await log.close()

@@ -77,6 +77,10 @@ public actor SegmentLog {
     let engine: any IOEngine
     let catalog: any Catalog
     var index: [BlockKey: Location] = [:]
+    /// The keys indexed into each segment, in the order written (a key written again, or
+    /// removed, stays listed: a reclaim drops only the keys whose entry still points there), so a
+    /// reclaim visits its own segment's keys, not the whole index.
+    var segmentKeys: [Int: [BlockKey]] = [:]
     var segments: [Int: Segment] = [:]
     var nextSequence: UInt64 = 1
     /// Operations in flight per segment: a reclaimed segment's descriptor is closed only when
@@ -285,6 +289,7 @@ public actor SegmentLog {
                                 payloadLength: record.payloadLength)
         if (index[key]?.sequence ?? 0) < sequence {
             if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
+            segmentKeys[segment.id, default: []].append(key)
         }
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         reclaimOverBudget()
@@ -613,6 +618,7 @@ public actor SegmentLog {
             index[key] = nil
             catalog.remove(key)
         }
+        for (key, location) in index { segmentKeys[location.segment, default: []].append(key) }
         stats.blocks = index.count
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         try await catalog.flush()
@@ -698,8 +704,11 @@ public actor SegmentLog {
     private func reclaimOverBudget() {
         while stats.usedBytes > configuration.budgetBytes, segments.count > 1, let oldest = segments.keys.min() {
             guard let segment = segments.removeValue(forKey: oldest) else { break }
-            let dropped = index.filter { $0.value.segment == oldest }.map(\.key)
-            for key in dropped { index[key] = nil }
+            var dropped: [BlockKey] = []
+            for key in segmentKeys.removeValue(forKey: oldest) ?? [] where index[key]?.segment == oldest {
+                index[key] = nil
+                dropped.append(key)
+            }
             stats.blocks -= dropped.count
             if !dropped.isEmpty { reclaimObserver?(dropped) }
             catalog.dropSegment(oldest)

@@ -129,7 +129,7 @@ final class TierKVBackend: KVBackend, Sendable {
     /// committed meanwhile (a SET racing this removal), stays with it.
     private func forget(_ namespace: String, _ key: [UInt8], version: UInt64, in store: BlockStore) async throws {
         guard durable else { return }
-        try await store.nvme.removeKVRecord(namespace: namespace, key: key, version: version)
+        try await store.nvme.removeKVRecords([KVRecordVersion(namespace: namespace, key: key, version: version)])
     }
 
     func now() -> KVTimestamp {
@@ -236,9 +236,8 @@ final class TierKVBackend: KVBackend, Sendable {
         guard !gone.isEmpty else { return }
         for value in gone { reap(value.namespace, value.name, value.entry, from: store) }
         guard durable else { return }
-        Task {
-            for value in gone { try? await forget(value.namespace, value.name, version: value.entry.version, in: store) }
-        }
+        let records = gone.map { KVRecordVersion(namespace: $0.namespace, key: $0.name, version: $0.entry.version) }
+        Task { try? await store.nvme.removeKVRecords(records) }   // one commit for all of them
     }
 
     /// The entry of a live key; an expired one is removed on the way.

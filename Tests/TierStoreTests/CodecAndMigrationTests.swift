@@ -82,9 +82,10 @@ struct CodecAndMigrationTests {
             try await catalog.putKV([KVRecord(namespace: "a", key: [1], version: 2, size: 20, expiresAt: 5_000, sequence: 2),
                                      KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2),
                                      KVRecord(namespace: "a", key: [2], version: 4, size: 40, expiresAt: nil, sequence: 3)])
-            try await catalog.removeKV(namespace: "a", key: [2], version: 4)
-            // a removal of an older version (queued after a newer write) leaves the newer record
-            try await catalog.removeKV(namespace: "a", key: [1], version: 2)
+            // in one commit: key [2]'s record, and a removal of an older version of key [1]
+            // (queued after a newer write), which leaves the newer record
+            try await catalog.removeKV([KVRecordVersion(namespace: "a", key: [2], version: 4),
+                                        KVRecordVersion(namespace: "a", key: [1], version: 2)])
             try await catalog.putKV([KVRecord(namespace: "b", key: [3], version: 5, size: 50, expiresAt: nil, sequence: 4)])
             try await catalog.removeKVNamespace("b")
             try await withThrowingTaskGroup(of: Void.self) { group in

@@ -69,10 +69,11 @@ final class MemoryCatalog: Catalog, Sendable {
         }
     }
 
-    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws {
-        let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
+    func removeKV(_ records: [KVRecordVersion]) async throws {
         try commit { state in
-            if state.kv["\(namespace)\0\(hex)"]?.version == version { state.kv["\(namespace)\0\(hex)"] = nil }
+            for record in records where state.kv["\(record.namespace)\0\(record.keyHex)"]?.version == record.version {
+                state.kv["\(record.namespace)\0\(record.keyHex)"] = nil
+            }
         }
     }
 

@@ -124,9 +124,8 @@ final class BlockCatalog: @unchecked Sendable {
         try await commitKV(records.map(KVChange.put))
     }
 
-    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws {
-        let hex = KVRecord(namespace: namespace, key: key, version: 0, size: 0, expiresAt: nil, sequence: 0).keyHex
-        try await commitKV([.remove(namespace: namespace, keyHex: hex, version: version)])
+    func removeKV(_ records: [KVRecordVersion]) async throws {
+        try await commitKV(records.map { .remove(namespace: $0.namespace, keyHex: $0.keyHex, version: $0.version) })
     }
 
     func removeKVNamespace(_ namespace: String) async throws {

@@ -23,8 +23,9 @@ protocol Catalog: Sendable {
     func loadKV() throws -> [KVRecord]
     /// Writes (or replaces) the records, in order, in one commit.
     func putKV(_ records: [KVRecord]) async throws
-    /// Removes the key's record if it still names `version` (a newer write's record stays).
-    func removeKV(namespace: String, key: [UInt8], version: UInt64) async throws
+    /// Removes each key's record if it still names the version given (a newer write's record
+    /// stays), in one commit.
+    func removeKV(_ records: [KVRecordVersion]) async throws
     func removeKVNamespace(_ namespace: String) async throws
 }
 

@@ -1,3 +1,18 @@
+/// A key's record to remove, if it still names `version` (`removeKVRecords`).
+public struct KVRecordVersion: Sendable, Equatable {
+    public var namespace: String
+    public var key: [UInt8]
+    public var version: UInt64
+
+    public init(namespace: String, key: [UInt8], version: UInt64) {
+        self.namespace = namespace
+        self.key = key
+        self.version = version
+    }
+
+    var keyHex: String { KVRecord(namespace: namespace, key: key, version: version, size: 0, expiresAt: nil, sequence: 0).keyHex }
+}
+
 /// One key of the KV service as the catalog keeps it (durability `durable`): which version of
 /// the value's blocks is current, its size (so its parts can be found), its expiry and its
 /// insertion order (SCAN cursors).
@@ -53,10 +68,10 @@ extension SegmentLog {
     /// Writes (or replaces) keys' records, in order, and commits them together before returning.
     public nonisolated func putKVRecords(_ records: [KVRecord]) async throws { try await catalog.putKV(records) }
 
-    /// Removes a key's record if it still names `version` (committed before returning): a
-    /// newer write's record, committed meanwhile, stays.
-    public nonisolated func removeKVRecord(namespace: String, key: [UInt8], version: UInt64) async throws {
-        try await catalog.removeKV(namespace: namespace, key: key, version: version)
+    /// Removes each key's record if it still names the version given (all in one commit, done
+    /// before returning): a newer write's record, committed meanwhile, stays.
+    public nonisolated func removeKVRecords(_ records: [KVRecordVersion]) async throws {
+        try await catalog.removeKV(records)
     }
 
     /// Removes every record of a namespace (committed before returning).

@@ -31,7 +31,7 @@ final class TierKVBackend: KVBackend, Sendable {
         var sequence: UInt64
     }
 
-    /// Whose value a block is: recorded for each value's first part (`owned`), so that when
+    /// Whose value a block is: recorded for each value's first part (`State.own`), so that when
     /// the store loses that block (evicted past its last tier) the key leaves the directory.
     struct Owner {
         var namespace: String
@@ -41,7 +41,7 @@ final class TierKVBackend: KVBackend, Sendable {
 
     struct State {
         var namespaces: [String: [[UInt8]: Entry]] = [:]
-        /// By the key of each value's first part (`owned`).
+        /// By the key of each value's first part (`own`).
         var owners: [BlockKey: Owner] = [:]
         var nextSequence: UInt64 = 1
         var nextVersion: UInt64 = 1

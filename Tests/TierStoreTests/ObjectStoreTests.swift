@@ -137,6 +137,30 @@ struct ObjectStoreTests {
         await log.close()
     }
 
+    /// While the store runs: an object that loses a chunk to a reclaim is dropped then, so
+    /// `info` and `list` never name an object that cannot be read whole; a newer object whose
+    /// chunks all stayed is untouched.
+    @Test func anObjectLosingAChunkToAReclaimIsDroppedAtOnce() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (old, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 7)
+        let (new, newBytes) = try Self.sourceFile(dir, size: 1 << 20, seed: 8)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 64 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("old", path: old, chunkSize: 512 << 10)
+        try await store.importFile("new", path: new, chunkSize: 512 << 10)
+        await log.setBudget(2 << 20)   // the oldest segments (the first object's chunks) go
+        for _ in 0..<200 where store.info("old") != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.info("old") == nil && store.list().map(\.name) == ["new"])
+        #expect(try await Self.read(store, "new", size: newBytes.count) == newBytes)
+        await log.close()
+        #expect(try BlockCatalog(path: dir + "/log/catalog.sqlite").loadObjects().map(\.name) == ["new"],
+                "its catalog entry went too")
+    }
+
     @Test func aChunkReclaimedUnderTheBudgetMakesTheObjectAbsentAfterRestart() async throws {
         let engine = try IOEngineKind.auto.make(queueDepth: 8)
         defer { engine.shutdown() }

@@ -153,6 +153,22 @@ struct WeightStagerTests {
         }
     }
 
+    /// The NVMe copy is listed but no longer whole (a chunk went without the store being told):
+    /// staging finds it damaged and fetches the source again instead of failing.
+    @Test func aStoredCopyFoundDamagedIsFetchedFromTheSourceAgain() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 2 * (8 << 20) + 99, seed: 12)
+        _ = try await f.stager.stage(StageRequest(name: "m", source: path))
+        await f.stager.releaseHost("m")
+        let stored = try #require(f.objects.info("m"))
+        await f.log.remove(stored.chunkKey(1))
+        let result = try await f.stager.stage(StageRequest(name: "m", source: path))
+        #expect(result.origin == .remote)
+        #expect(result.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        #expect(f.objects.info("m").map { $0.version != stored.version } == true, "stored again, whole")
+    }
+
     @Test func badSourcesAreRefusedWithTheReason() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }

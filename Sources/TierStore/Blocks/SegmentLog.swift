@@ -444,13 +444,14 @@ public actor SegmentLog {
         configuration.codec = codec
     }
 
-    /// Called, on the log's executor, with the keys of every segment reclaimed (over the budget,
-    /// or to make room on a full filesystem) once they are out of the index.
+    /// `observer` is called, on the log's executor (it must not wait), with the keys of every
+    /// segment reclaimed (over the budget, or to make room on a full filesystem) once they are
+    /// out of the index.
     public func observeReclaims(_ observer: @escaping @Sendable ([BlockKey]) -> Void) {
-        reclaimObserver = observer
+        reclaimObservers.append(observer)
     }
 
-    private var reclaimObserver: (@Sendable ([BlockKey]) -> Void)?
+    private var reclaimObservers: [@Sendable ([BlockKey]) -> Void] = []
 
     /// Those of `keys` the log does not hold.
     public func absent(among keys: [BlockKey]) -> [BlockKey] { keys.filter { index[$0] == nil } }
@@ -710,7 +711,7 @@ public actor SegmentLog {
                 dropped.append(key)
             }
             stats.blocks -= dropped.count
-            if !dropped.isEmpty { reclaimObserver?(dropped) }
+            if !dropped.isEmpty { for observer in reclaimObservers { observer(dropped) } }
             catalog.dropSegment(oldest)
             closing[oldest] = (segment.fd, segmentPath(oldest))
             if pins[oldest, default: 0] == 0 { finishClosing(oldest) }

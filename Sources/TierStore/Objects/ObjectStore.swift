@@ -77,6 +77,9 @@ public final class ObjectStore: Sendable {
     public let log: SegmentLog
     public let queueDepth: Int
     private let manifests: Mutex<[String: ObjectInfo]>
+    /// Each committed object's chunk keys, to its name and version: a reclaimed chunk names
+    /// its object.
+    private let chunkOwners: Mutex<[BlockKey: (name: String, version: UInt64)]>
     private let buffers: IOBufferPool
 
     public static let defaultChunkSize = 8 << 20
@@ -84,8 +87,28 @@ public final class ObjectStore: Sendable {
     init(log: SegmentLog, queueDepth: Int, manifests: [ObjectInfo]) {
         self.log = log
         self.queueDepth = queueDepth
-        self.manifests = Mutex(Dictionary(manifests.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))
+        let byName = Dictionary(manifests.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        self.manifests = Mutex(byName)
+        self.chunkOwners = Mutex(Dictionary(byName.values.flatMap(Self.owned), uniquingKeysWith: { first, _ in first }))
         self.buffers = IOBufferPool(perClass: queueDepth)
+    }
+
+    private static func owned(_ info: ObjectInfo) -> [(BlockKey, (name: String, version: UInt64))] {
+        (0..<info.chunks).map { (info.chunkKey($0), (info.name, info.version)) }
+    }
+
+    /// The log reclaimed these blocks: an object that had a chunk among them can no longer be
+    /// read whole, so it is dropped now (manifest, catalog entry, its other chunks), not when a
+    /// read finds it damaged, and `info` and `list` name only objects that can be read.
+    private func reclaimed(_ keys: [BlockKey]) {
+        let objects = chunkOwners.withLock { owners in
+            Dictionary(keys.compactMap { owners[$0] }, uniquingKeysWith: { first, _ in first })
+        }
+        guard !objects.isEmpty else { return }
+        Task {
+            // (only the version that lost the chunk: a newer one committed meanwhile stays)
+            for (name, version) in objects { try? await remove(name, ifVersionOf: version) }
+        }
     }
 
     /// The objects of `log`, as its catalog recorded them. An object whose chunks did not all
@@ -100,7 +123,9 @@ public final class ObjectStore: Sendable {
             }
             if complete { whole.append(info) } else { try await log.catalog.removeObject(info.name) }
         }
-        return ObjectStore(log: log, queueDepth: max(1, queueDepth), manifests: whole)
+        let store = ObjectStore(log: log, queueDepth: max(1, queueDepth), manifests: whole)
+        await log.observeReclaims { [weak store] keys in store?.reclaimed(keys) }
+        return store
     }
 
     public func info(_ name: String) -> ObjectInfo? { manifests.withLock { $0[name] } }
@@ -194,6 +219,10 @@ public final class ObjectStore: Sendable {
         try await log.sync()
         try await log.catalog.putObject(info)
         let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
+        chunkOwners.withLock { owners in
+            if let replaced { for (key, _) in Self.owned(replaced) { owners[key] = nil } }
+            for (key, owner) in Self.owned(info) { owners[key] = owner }
+        }
         if let replaced { await dropChunks(of: replaced) }
         return info
     }
@@ -282,7 +311,15 @@ public final class ObjectStore: Sendable {
 
     /// Removes the object and its chunks.
     public func remove(_ name: String) async throws {
-        guard let info = manifests.withLock({ $0.removeValue(forKey: name) }) else { return }
+        try await remove(name, ifVersionOf: nil)
+    }
+
+    private func remove(_ name: String, ifVersionOf version: UInt64?) async throws {
+        guard let info = manifests.withLock({ manifests -> ObjectInfo? in
+            guard let info = manifests[name], version == nil || info.version == version else { return nil }
+            return manifests.removeValue(forKey: name)
+        }) else { return }
+        chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
         try await log.catalog.removeObject(name)
         await dropChunks(of: info)
     }

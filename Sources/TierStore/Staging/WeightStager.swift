@@ -233,7 +233,14 @@ public actor WeightStager {
         try await writtenBehind(request.name)
         let stored = objects.info(request.name)
         if let stored, stored.source == current.identity {
-            return try await fromNVMe(job, stored, into: files, started: started)
+            do {
+                return try await fromNVMe(job, stored, into: files, started: started)
+            } catch let error as ObjectError {
+                guard case .damaged = error else { throw error }
+                // A chunk went (reclaimed under the budget, or damaged) after the copy was
+                // listed: the store dropped it; the source is there, so fetch it again.
+                logger.warning("the NVMe copy of \(request.name) is no longer whole (\(error)); fetching it from \(location) again")
+            }
         }
         return try await fromSource(job, location, current: current, into: files, started: started)
     }

@@ -212,6 +212,11 @@ struct SegmentLogTests {
         #expect(try await log.get(kept) == Self.payload(block, seed: 1110))
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".log") }
         #expect(files.count <= 3)
+        // the usage kept as segments grow and go is what the segment files hold
+        let onDisk = try files.reduce(UInt64(0)) {
+            $0 + ((try FileManager.default.attributesOfItem(atPath: dir + "/" + $1)[.size] as? UInt64) ?? 0)
+        }
+        #expect(stats.usedBytes == onDisk)
         await log.close()
     }
 

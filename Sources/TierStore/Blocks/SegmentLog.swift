@@ -82,6 +82,9 @@ public actor SegmentLog {
     /// reclaim visits its own segment's keys, not the whole index.
     var segmentKeys: [Int: [BlockKey]] = [:]
     var segments: [Int: Segment] = [:]
+    /// The largest segment id, the one appends go to (ids only grow; a reclaim never takes the
+    /// newest): kept, not searched for, on every put.
+    var newestSegment: Int?
     var nextSequence: UInt64 = 1
     /// Operations in flight per segment: a reclaimed segment's descriptor is closed only when
     /// none is left, so no read or write ever meets a closed (or reused) descriptor.
@@ -262,6 +265,7 @@ public actor SegmentLog {
         let offset = segment.end
         segment.end += UInt64(recordLength)
         segments[segment.id] = segment
+        stats.usedBytes += UInt64(recordLength)   // (the sum of the segments' ends, kept as they grow)
         let sequence = nextSequence
         nextSequence += 1
         var header = record.header
@@ -291,7 +295,6 @@ public actor SegmentLog {
             if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
             segmentKeys[segment.id, default: []].append(key)
         }
-        stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         reclaimOverBudget()
         try await catalog.record(
             .init(key: key, segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
@@ -613,6 +616,7 @@ public actor SegmentLog {
             }
             // Recovered segments take no more appends: new writes start a new segment.
             segments[id] = Segment(id: id, fd: fd, end: size, sealed: true)
+            newestSegment = max(newestSegment ?? id, id)
         }
         // Catalogued blocks whose segment is gone (reclaimed before the catalog caught up).
         for (key, location) in index where segments[location.segment] == nil {
@@ -632,14 +636,14 @@ public actor SegmentLog {
     }
 
     private func activeSegment(room: Int) throws -> Segment {
-        if let newest = segments.keys.max(), let segment = segments[newest], !segment.sealed,
+        if let newest = newestSegment, let segment = segments[newest], !segment.sealed,
             segment.end + UInt64(room) <= UInt64(configuration.segmentBytes)
         {
             return segment
         }
-        if let newest = segments.keys.max() { segments[newest]?.sealed = true }
+        if let newest = newestSegment { segments[newest]?.sealed = true }
         fitBudgetToFilesystem()
-        let id = (segments.keys.max() ?? 0) + 1
+        let id = (newestSegment ?? 0) + 1
         let fd = Glibc.open(segmentPath(id), O_RDWR | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(operation: "create \(segmentPath(id))", errno: errno) }
         // The new file's directory entry must be durable before a durable put in it returns.
@@ -650,6 +654,7 @@ public actor SegmentLog {
         }
         let segment = Segment(id: id, fd: fd, end: 0)
         segments[id] = segment
+        newestSegment = id
         return segment
     }
 
@@ -716,7 +721,7 @@ public actor SegmentLog {
             closing[oldest] = (segment.fd, segmentPath(oldest))
             if pins[oldest, default: 0] == 0 { finishClosing(oldest) }
             stats.reclaimedSegments += 1
-            stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+            stats.usedBytes -= segment.end
         }
     }
 }

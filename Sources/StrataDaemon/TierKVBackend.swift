@@ -56,10 +56,10 @@ final class TierKVBackend: KVBackend, Sendable {
             return nextVersion
         }
 
-        /// Records the entry of a value just written as its first part's owner.
-        mutating func own(_ namespace: String, _ name: [UInt8], _ entry: Entry) {
-            owners[TierKVBackend.blockKey(namespace, name, version: entry.version, part: 0)] =
-                Owner(namespace: namespace, name: name, version: entry.version)
+        /// Records a value just written (this version of the key) as its first part's owner.
+        mutating func own(_ namespace: String, _ name: [UInt8], version: UInt64) {
+            owners[TierKVBackend.blockKey(namespace, name, version: version, part: 0)] =
+                Owner(namespace: namespace, name: name, version: version)
         }
 
         mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
@@ -107,7 +107,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 version: record.version, size: record.size,
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
             state.namespaces[record.namespace, default: [:]][record.key] = entry
-            state.own(record.namespace, record.key, entry)
+            state.own(record.namespace, record.key, version: entry.version)
             state.nextSequence = max(state.nextSequence, record.sequence + 1)
         }
     }
@@ -584,7 +584,7 @@ final class TierKVBackend: KVBackend, Sendable {
             state.nextSequence = nextSequence
             // A refused write leaves no empty namespace behind (the access above made one).
             if !outcome.written, state.namespaces[namespace]?.isEmpty == true { state.namespaces[namespace] = nil }
-            if outcome.written { state.owners[partKey(0)] = Owner(namespace: namespace, name: name, version: version) }
+            if outcome.written { state.own(namespace, name, version: version) }
             // (An expired entry it replaces goes too: its blocks are reaped below.)
             return outcome
         }
@@ -761,7 +761,7 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
         let replaced = state.withLock { state in
-            state.own(namespace, name, entry)
+            state.own(namespace, name, version: entry.version)
             return state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name)
         }
         if let replaced { reap(namespace, name, replaced, from: store) }
@@ -839,7 +839,7 @@ final class TierKVBackend: KVBackend, Sendable {
         }
         let replaced = state.withLock { state in
             entries.map {
-                state.own(namespace, $0.key, $0.entry)
+                state.own(namespace, $0.key, version: $0.entry.version)
                 return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
             }
         }

@@ -214,7 +214,7 @@ public enum ConfigLoader {
         }
         if let node = map["nvme"] {
             let fields = try reader.mapping(
-                node, at: "tiers.nvme", allowed: ["dir", "budget", "admission", "codec", "segment_size"])
+                node, at: "tiers.nvme", allowed: ["dir", "budget", "admission", "codec", "segment_size", "weights_reserve"])
             if let v = fields["dir"] { tiers.nvme.directory = try reader.path(v, at: "tiers.nvme.dir") }
             if let v = fields["budget"] { tiers.nvme.budgetBytes = try reader.size(v, at: "tiers.nvme.budget") }
             tiers.nvme.admission = try choice(fields["admission"], at: "tiers.nvme.admission") ?? tiers.nvme.admission
@@ -238,6 +238,14 @@ public enum ConfigLoader {
             }
             guard tiers.nvme.budgetBytes >= 2 << 20 else {
                 throw reader.fail("tiers.nvme.budget", fields["budget"], "must be at least 2MiB (two segments of 1MiB)")
+            }
+            if let v = fields["weights_reserve"] {
+                let size = try reader.size(v, at: "tiers.nvme.weights_reserve")
+                guard size <= tiers.nvme.budgetBytes else {
+                    throw reader.fail("tiers.nvme.weights_reserve", v,
+                        "expected at most tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes)))")
+                }
+                tiers.nvme.weightsReserveBytes = size
             }
         }
         if let node = map["remote"] { tiers.remote = try remote(reader, node) }

@@ -46,7 +46,8 @@ final class TierService: Service, TierBackend {
             engine = try configuration.engine.make(queueDepth: configuration.queueDepth)
             let log = try await SegmentLog.open(
                 .init(directory: directory, segmentBytes: configuration.nvme.segmentBytes,
-                      budgetBytes: configuration.nvme.budgetBytes, codec: configuration.nvme.codec),
+                      budgetBytes: configuration.nvme.budgetBytes, codec: configuration.nvme.codec,
+                      objectReserveBytes: configuration.nvme.weightsReserveBytes),
                 engine: engine)
             store = try await BlockStore(policy: configuration.policy, nvme: log, logger: logger)
             let objects = try await ObjectStore.open(log: log, queueDepth: min(configuration.queueDepth, 16))
@@ -177,6 +178,8 @@ struct TierStatus: Codable {
         /// What the tier keeps at most now: `budget_bytes`, or less where its filesystem cannot
         /// hold that (`SegmentLog.fitBudgetToFilesystem`).
         var effective_budget_bytes: UInt64
+        /// Bytes of staged weights' segments, and how many of them blocks cannot push out now.
+        var weights_bytes: UInt64, weights_reserve_bytes: UInt64
         var hits: Int, misses: Int, checksum_failures: Int, reclaimed_segments: Int
         var bytes_read: UInt64, bytes_written: UInt64, queue_depth: Int
         var admission: String, codec: String
@@ -197,8 +200,11 @@ struct TierStatus: Codable {
                     evictions: stats.host.evictions, demotions: stats.host.demotions,
                     admission: policy.hostAdmission.rawValue, eviction: policy.eviction.rawValue,
                     codec: policy.hostCodec.description)
+        let log = await store.nvme.configuration
         nvme = NVMe(dir: directory, budget_bytes: policy.nvmeBudgetBytes, used_bytes: stats.nvme.usedBytes,
-                    blocks: stats.nvme.blocks, effective_budget_bytes: await store.nvme.configuration.budgetBytes, hits: stats.nvme.hits, misses: stats.nvme.misses,
+                    blocks: stats.nvme.blocks, effective_budget_bytes: log.budgetBytes,
+                    weights_bytes: stats.nvme.objectBytes, weights_reserve_bytes: log.objectReserveInForce,
+                    hits: stats.nvme.hits, misses: stats.nvme.misses,
                     checksum_failures: stats.nvme.checksumFailures, reclaimed_segments: stats.nvme.reclaimedSegments,
                     bytes_read: stats.nvme.bytesRead, bytes_written: stats.nvme.bytesWritten, queue_depth: stats.nvme.inFlight,
                     admission: policy.nvmeAdmission.rawValue, codec: policy.nvmeCodec.description)

@@ -35,9 +35,13 @@ public struct TierConfiguration: Sendable, Equatable {
         public var admission: BlockStore.Admission
         public var codec: BlockHeader.Codec
         public var segmentBytes: Int
+        /// Staged weights (objects) up to this many bytes are not reclaimed to make room for KV
+        /// blocks; nil: half the budget (`SegmentLog.Configuration.objectReserveBytes`).
+        public var weightsReserveBytes: UInt64?
 
         public init(directory: String? = nil, budgetBytes: UInt64, admission: BlockStore.Admission = .always,
-                    codec: BlockHeader.Codec = .none, segmentBytes: Int = 256 << 20) {
+                    codec: BlockHeader.Codec = .none, segmentBytes: Int = 256 << 20, weightsReserveBytes: UInt64? = nil) {
+            self.weightsReserveBytes = weightsReserveBytes
             self.directory = directory
             self.budgetBytes = budgetBytes
             self.admission = admission

@@ -98,7 +98,7 @@ struct ConfigLoaderTests {
             routing: { policy: round-robin, block_bytes: 128, index_blocks: 1000, hot_spot_queue: 4, load_bound: 1.5, eject_after: 2, health_interval: 500ms, max_concurrency: 8, session_header: x-conversation }
             tiers:
               host: { dir: ~/shm, budget: 2GiB, admission: second-hit, eviction: drop }
-              nvme: { budget: 1TB, codec: lz4, segment_size: 64MiB }
+              nvme: { budget: 1TB, codec: lz4, segment_size: 64MiB, weights_reserve: 100GB }
               engine: psync
               queue_depth: 8
             devices: [ { name: cpu, kind: cpu, memory: 1GiB }, { name: gpu0, kind: gpu, memory: 24GiB } ]
@@ -127,6 +127,7 @@ struct ConfigLoaderTests {
             nvmeCodec: .lz4, eviction: .drop))
         #expect(config.tiers.nvme.segmentBytes == 64 << 20 && config.tiers.engine == .psync && config.tiers.queueDepth == 8)
         #expect(config.tiers.nvme.directory == nil, "defaults to <state_dir>/nvme")
+        #expect(config.tiers.nvme.weightsReserveBytes == 100_000_000_000)
         #expect(config.runtimes["llama"]?.kind == .llamaServer(binary: "/home/u/bin/llama-server", args: ["-c", "2048"]))
         #expect(config.runtimes["custom"]?.kind == .command(argv: ["srv", "--port", "${PORT}", "--m", "${MODEL_PATH}"]))
         #expect(config.runtimes["custom"]?.healthPath == "/ok")
@@ -179,6 +180,9 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { nvme: { codec: zstd } }", key: "tiers.nvme.codec", "'zstd'", "none, lz4")
         Self.expectError("tiers: { host: { eviction: keep } }", key: "tiers.host.eviction", "'keep'", "demote, drop")
         Self.expectError("tiers: { nvme: { segment_size: 100KiB } }", key: "tiers.nvme.segment_size", "1MiB to 4GiB")
+        Self.expectError("tiers: { nvme: { budget: 8GiB, weights_reserve: 9GiB } }", key: "tiers.nvme.weights_reserve",
+                         "at most tiers.nvme.budget", "8GiB")
+        Self.expectError("tiers: { nvme: { weights_reserve: lots } }", key: "tiers.nvme.weights_reserve", "'lots'")
         Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
         Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
         Self.expectError("tiers: { host: { bugdet: 1GiB } }", key: "tiers.host.bugdet", "unknown key")

@@ -177,4 +177,103 @@ struct ObjectStoreTests {
         #expect(reopened.info("m") == nil)
         await reopened.log.close()
     }
+
+    /// Writes `count` blocks of 256 KiB into the log's block lane: the KV service's churn.
+    static func churn(_ log: SegmentLog, count: Int, seed: UInt64) async throws {
+        let payload = IOEngineContractTests.pattern(256 << 10, seed: seed)
+        for n in 0..<count {
+            try await log.put(BlockKey(bytes: Array("churn-\(seed)-\(n)".utf8)), payload, durable: false)
+        }
+    }
+
+    /// Weights staged on NVMe are not pushed out by KV blocks: blocks many times the budget go
+    /// through the log, and an object within the reserve stays whole, before and after a
+    /// restart; without a reserve the same churn takes it.
+    @Test func weightsWithinTheirReserveOutliveBlockChurn() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, bytes) = try Self.sourceFile(dir, size: 3 << 20, seed: 9)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 8 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("m", path: path, chunkSize: 512 << 10)
+        try await Self.churn(log, count: 160, seed: 1)   // 40 MiB of blocks through an 8 MiB log
+        let stats = await log.stats
+        #expect(stats.reclaimedSegments >= 24 && stats.usedBytes <= 9 << 20)
+        #expect(stats.objectBytes > 3 << 20 && stats.objectBytes < 4 << 20)
+        #expect(store.info("m") != nil)
+        #expect(try await Self.read(store, "m", size: bytes.count) == bytes)
+        await log.close()
+
+        // The segments' lanes come back with them.
+        let log2 = try await SegmentLog.open(config, engine: engine)
+        let store2 = try await ObjectStore.open(log: log2)
+        #expect(await log2.stats.objectBytes == stats.objectBytes)
+        try await Self.churn(log2, count: 80, seed: 2)
+        #expect(try await Self.read(store2, "m", size: bytes.count) == bytes)
+        await log2.close()
+
+        // With no reserve, blocks and objects are reclaimed oldest first alike: the churn takes it.
+        var bare = config
+        bare.objectReserveBytes = 0
+        let log3 = try await SegmentLog.open(bare, engine: engine)
+        let store3 = try await ObjectStore.open(log: log3)
+        try await Self.churn(log3, count: 80, seed: 3)
+        for _ in 0..<200 where store3.info("m") != nil { try await Task.sleep(for: .milliseconds(10)) }
+        let left = await log3.stats.objectBytes
+        #expect(store3.info("m") == nil && left < 1 << 20, "all but the lane's active segment went")
+        await log3.close()
+    }
+
+    /// Objects beyond the reserve go before blocks, oldest first: the newer object stays.
+    @Test func objectsBeyondTheReserveGoOldestFirst() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (old, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 10)
+        let (new, newBytes) = try Self.sourceFile(dir, size: 3 << 20, seed: 11)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 10 << 20,
+                                              objectReserveBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("old", path: old, chunkSize: 512 << 10)
+        try await store.importFile("new", path: new, chunkSize: 512 << 10)
+        try await Self.churn(log, count: 40, seed: 4)
+        for _ in 0..<200 where store.info("old") != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.list().map(\.name) == ["new"])
+        #expect(try await Self.read(store, "new", size: newBytes.count) == newBytes)
+        #expect(await log.stats.objectBytes <= 4 << 20)
+        await log.close()
+    }
+
+    /// An object larger than the log can keep is refused with a clear error, and nothing of it
+    /// stays, where it used to be listed with its first chunks already reclaimed.
+    @Test func anObjectTooLargeForTheLogIsRefusedWhole() async throws {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, _) = try Self.sourceFile(dir, size: 6 << 20, seed: 12)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        do {
+            try await store.importFile("big", path: path, chunkSize: 512 << 10)
+            Issue.record("an object larger than the log was imported")
+        } catch let error as ObjectError {
+            guard case .noRoom(let name, let size, let lost, let chunks) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(name == "big" && size == 6 << 20 && chunks == 12 && lost > 0 && lost < chunks)
+            #expect("\(error)".contains("does not fit in the NVMe tier"))
+        }
+        let blocks = await log.stats.blocks
+        #expect(store.list().isEmpty && blocks == 0)
+        await log.close()
+        #expect(try BlockCatalog(path: dir + "/log/catalog.sqlite").loadObjects().isEmpty)
+    }
 }

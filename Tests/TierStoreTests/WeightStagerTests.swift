@@ -18,10 +18,11 @@ struct WeightStagerTests {
         let stager: WeightStager
         let host: StagedFiles
 
-        static func make() async throws -> Fixture {
+        static func make(nvmeBudget: UInt64 = 64 << 30) async throws -> Fixture {
             let dir = SegmentLogTests.directory()
             let engine = try IOEngineKind.auto.make(queueDepth: 16)
-            let log = try await SegmentLog.open(.init(directory: dir + "/nvme", segmentBytes: 16 << 20), engine: engine)
+            let log = try await SegmentLog.open(
+                .init(directory: dir + "/nvme", segmentBytes: 16 << 20, budgetBytes: nvmeBudget), engine: engine)
             let objects = try await ObjectStore.open(log: log, queueDepth: 4)
             let host = try StagedFiles(directory: "/dev/shm/strata-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
             let stager = WeightStager(
@@ -167,6 +168,20 @@ struct WeightStagerTests {
         #expect(result.origin == .remote)
         #expect(result.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
         #expect(f.objects.info("m").map { $0.version != stored.version } == true, "stored again, whole")
+    }
+
+    /// Weights larger than the NVMe tier keeps: the RAM copy, filled in the same pass and
+    /// checked, serves; no NVMe copy is listed with its first chunks reclaimed.
+    @Test func weightsTooLargeForTheNVMeTierAreStagedInRAMOnly() async throws {
+        let f = try await Fixture.make(nvmeBudget: 32 << 20)
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 5 * (8 << 20) + 99, seed: 13)
+        let result = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: Self.sha256(bytes)))
+        #expect(result.origin == .remote)
+        #expect(result.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        #expect(f.objects.info("m") == nil && f.objects.list().isEmpty)
+        let blocks = await f.log.stats.blocks
+        #expect(blocks == 0, "nothing of the refused copy stays in the log")
     }
 
     @Test func badSourcesAreRefusedWithTheReason() async throws {

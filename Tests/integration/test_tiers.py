@@ -92,3 +92,35 @@ def test_tiers_that_cannot_open_leave_the_gateway_up(make_daemon, tmp_path):
                                   headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"})
     assert status == 200, answer
     assert "runtimes open their source files directly" in d.log_path.read_text()
+
+
+def test_kv_churn_through_the_nvme_tier_leaves_staged_weights_in_place(make_daemon):
+    """The KV service writes far more than the NVMe budget through the tier after a model's
+    weights were staged there: the KV values' segments are reclaimed, the weights' are not
+    (they are within `tiers.nvme.weights_reserve`, default half the budget)."""
+    import redis
+
+    from test_staging import stage_cli
+    from conftest import free_port
+
+    port = free_port()
+    d = make_daemon(config(ONE_MODEL, extra=f"kv: {{ resp: 127.0.0.1:{port} }}",
+                           tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB } }"))
+    wait_for(lambda: tiers(d), 20, what="/admin/tiers to answer")
+    staged = stage_cli(d)
+    assert staged.returncode == 0, staged.stderr
+    size = MODEL.stat().st_size
+    before = wait_for(lambda: (t := tiers(d)) and t["objects"] and t, 30, what="the NVMe copy of the weights")
+    assert [o["name"] for o in before["objects"]] == ["smollm2"] and before["objects"][0]["size"] == size
+    assert before["nvme"]["weights_bytes"] >= size and before["nvme"]["weights_reserve_bytes"] == 128 << 20
+
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    value = os.urandom(1 << 20)
+    for i in range(400):   # 400 MiB through 16 MiB of RAM and a 256 MiB NVMe tier
+        assert r.set(f"k{i}", value) is True
+    after = tiers(d)
+    assert after["nvme"]["reclaimed_segments"] >= 2, after["nvme"]
+    assert after["nvme"]["used_bytes"] <= (256 + 64) << 20, after["nvme"]
+    assert [o["name"] for o in after["objects"]] == ["smollm2"], "KV churn pushed the staged weights out"
+    assert after["nvme"]["weights_bytes"] == before["nvme"]["weights_bytes"]
+    assert r.get("k399") == value and r.get("k0") is None

@@ -9,7 +9,27 @@ import Glibc
 /// On open the catalog is loaded and only what was appended after its last commit is scanned; a
 /// torn or unwritten record is skipped, so a write that was never acknowledged is absent and
 /// never half there.
+///
+/// Blocks and objects (weights, written by `ObjectStore`) go to segments of their own
+/// (`Lane`), so that a reclaim can tell them apart: weights up to `objectReserveBytes` are not
+/// reclaimed to make room for blocks, which a KV cache writes far more of and far more often.
 public actor SegmentLog {
+    /// Which segments a record goes to, and which segments a reclaim takes first.
+    public enum Lane: Sendable, Hashable, CaseIterable {
+        /// KV blocks and whatever else is written block by block: reclaimed first.
+        case blocks
+        /// Objects' chunks (model weights): kept up to `Configuration.objectReserveBytes`.
+        case objects
+
+        /// The start of a segment file's name in this lane.
+        var filePrefix: String {
+            switch self {
+            case .blocks: "segment-"
+            case .objects: "objects-"
+            }
+        }
+    }
+
     public struct Configuration: Sendable {
         public var directory: String
         public var segmentBytes: Int
@@ -20,9 +40,14 @@ public actor SegmentLog {
         /// catalog's write-ahead log and its checkpoints grow there, and a catalog that cannot
         /// commit fails durable puts.
         public var filesystemReserveBytes: UInt64 = 16 << 20
+        /// Bytes of object segments that a reclaim does not take while block segments can go
+        /// instead; nil: half the budget in force. Objects beyond it go oldest first, before
+        /// blocks. It is not a reservation: blocks use what objects leave free.
+        public var objectReserveBytes: UInt64?
 
         public init(
-            directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30, codec: BlockHeader.Codec = .none
+            directory: String, segmentBytes: Int = 64 << 20, budgetBytes: UInt64 = 64 << 30, codec: BlockHeader.Codec = .none,
+            objectReserveBytes: UInt64? = nil
         ) {
             precondition(segmentBytes >= 1 << 20 && segmentBytes % BlockHeader.alignment == 0,
                          "segments are at least 1 MiB and a multiple of 4 KiB")
@@ -30,12 +55,18 @@ public actor SegmentLog {
             self.segmentBytes = segmentBytes
             self.budgetBytes = budgetBytes
             self.codec = codec
+            self.objectReserveBytes = objectReserveBytes
         }
+
+        /// The object bytes a reclaim keeps while it can take blocks instead, now.
+        public var objectReserveInForce: UInt64 { min(objectReserveBytes ?? budgetBytes / 2, budgetBytes) }
     }
 
     public struct Stats: Sendable, Equatable {
         public var blocks = 0
         public var usedBytes: UInt64 = 0
+        /// Of `usedBytes`, those in object segments.
+        public var objectBytes: UInt64 = 0
         public var hits = 0
         public var misses = 0
         public var checksumFailures = 0
@@ -69,6 +100,7 @@ public actor SegmentLog {
         var id: Int
         var fd: Int32
         var end: UInt64
+        var lane: Lane
         /// No more appends: full, or a write to it failed (a hole may follow).
         var sealed = false
     }
@@ -82,9 +114,11 @@ public actor SegmentLog {
     /// reclaim visits its own segment's keys, not the whole index.
     var segmentKeys: [Int: [BlockKey]] = [:]
     var segments: [Int: Segment] = [:]
-    /// The largest segment id, the one appends go to (ids only grow; a reclaim never takes the
-    /// newest): kept, not searched for, on every put.
-    var newestSegment: Int?
+    /// Each lane's largest segment id, the one its appends go to (ids only grow; a reclaim never
+    /// takes a lane's newest): kept, not searched for, on every put.
+    var newestSegment: [Lane: Int] = [:]
+    /// The highest segment id so far, of either lane (ids give segments' ages).
+    var lastSegmentID = 0
     var nextSequence: UInt64 = 1
     /// Operations in flight per segment: a reclaimed segment's descriptor is closed only when
     /// none is left, so no read or write ever meets a closed (or reused) descriptor.
@@ -157,9 +191,11 @@ public actor SegmentLog {
 
     /// Appends `buffer[range]` as the block: the path for callers that stream through their own
     /// reused buffers (object import) and must not allocate per block.
-    public func put(_ key: BlockKey, from buffer: IOBuffer, range: Range<Int>, durable: Bool) async throws {
+    public func put(_ key: BlockKey, from buffer: IOBuffer, range: Range<Int>, durable: Bool, lane: Lane = .blocks)
+        async throws
+    {
         let record = try prepare(key, payload: UnsafeRawBufferPointer(buffer[range]))
-        try await append(record, durable: durable)
+        try await append(record, durable: durable, lane: lane)
     }
 
     /// Where a record's payload starts in its buffer: a caller that lays the payload out there
@@ -182,12 +218,13 @@ public actor SegmentLog {
     /// (at least `recordBufferLength(payloadLength:)` bytes) with its checksum: no copy. The
     /// buffer stays the caller's. With a codec set, the payload is compressed into a record of
     /// the log's own, as any put.
-    public func put(_ key: BlockKey, record buffer: IOBuffer, payloadLength: Int, payloadChecksum: UInt64, durable: Bool)
-        async throws
-    {
+    public func put(
+        _ key: BlockKey, record buffer: IOBuffer, payloadLength: Int, payloadChecksum: UInt64, durable: Bool,
+        lane: Lane = .blocks
+    ) async throws {
         let payloadRange = Self.payloadOffset..<Self.payloadOffset + payloadLength
         guard configuration.codec == .none else {
-            return try await put(key, from: buffer, range: payloadRange, durable: durable)
+            return try await put(key, from: buffer, range: payloadRange, durable: durable, lane: lane)
         }
         let recordLength = BlockHeader.recordLength(storedLength: payloadLength)
         precondition(buffer.count >= recordLength, "record buffer of \(buffer.count) bytes for a \(recordLength)-byte record")
@@ -201,7 +238,7 @@ public actor SegmentLog {
         try await append(
             PreparedRecord(key: key, buffer: buffer, recordLength: recordLength, payloadLength: payloadLength, header: header,
                            pooled: false),
-            durable: durable)
+            durable: durable, lane: lane)
     }
 
     /// A block encoded as its on-disk record, in a buffer, waiting for its place.
@@ -247,25 +284,28 @@ public actor SegmentLog {
                               header: header)
     }
 
-    private func append(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool = true) async throws {
+    private func append(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool = true, lane: Lane = .blocks)
+        async throws
+    {
         defer { if record.pooled { buffers.give(record.buffer) } }
         do {
-            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog)
+            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog, lane: lane)
         } catch let error as IOError where error.isNoSpace {
             // The filesystem filled before the budget did. If the oldest segments can make room,
             // the block goes once more, into a new segment (the failed one takes no more).
             guard fitBudgetToFilesystem(failedForSpace: true) else { throw error }
-            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog)
+            try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog, lane: lane)
         }
     }
 
-    private func appendOnce(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool) async throws {
+    private func appendOnce(_ record: PreparedRecord, durable: Bool, awaitingCatalog: Bool, lane: Lane) async throws {
         let (key, buffer, recordLength) = (record.key, record.buffer, record.recordLength)
-        var segment = try activeSegment(room: recordLength)
+        var segment = try activeSegment(room: recordLength, lane: lane)
         let offset = segment.end
         segment.end += UInt64(recordLength)
         segments[segment.id] = segment
         stats.usedBytes += UInt64(recordLength)   // (the sum of the segments' ends, kept as they grow)
+        if lane == .objects { stats.objectBytes += UInt64(recordLength) }
         let sequence = nextSequence
         nextSequence += 1
         var header = record.header
@@ -529,7 +569,7 @@ public actor SegmentLog {
 
     /// Where a block's record lies, for fault-injection tests.
     func recordLocation(_ key: BlockKey) -> (path: String, offset: UInt64)? {
-        index[key].map { (segmentPath($0.segment), $0.offset) }
+        index[key].flatMap { location in segments[location.segment].map { (path($0), location.offset) } }
     }
 
     // MARK: Verification and recovery
@@ -567,10 +607,12 @@ public actor SegmentLog {
 
     private func recover() async throws {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: configuration.directory)) ?? []
-        let ids = names.compactMap { name -> Int? in
-            guard name.hasPrefix("segment-"), name.hasSuffix(".log") else { return nil }
-            return Int(name.dropFirst("segment-".count).dropLast(".log".count))
-        }.sorted()
+        let found = names.compactMap { name -> (id: Int, lane: Lane)? in
+            for lane in Lane.allCases where name.hasPrefix(lane.filePrefix) && name.hasSuffix(".log") {
+                if let id = Int(name.dropFirst(lane.filePrefix.count).dropLast(".log".count)) { return (id, lane) }
+            }
+            return nil
+        }.sorted { $0.id < $1.id }
         for entry in try catalog.loadBlocks() where (index[entry.key]?.sequence ?? 0) < entry.sequence {
             index[entry.key] = Location(segment: entry.segment, offset: entry.offset, recordLength: entry.recordLength,
                                         sequence: entry.sequence, payloadLength: entry.payloadLength)
@@ -578,9 +620,10 @@ public actor SegmentLog {
         }
         let catalogued = try catalog.cataloguedEnds()
         let probe = IOBuffer(count: BlockHeader.alignment)
-        for id in ids {
-            let fd = Glibc.open(segmentPath(id), O_RDWR | O_DIRECT | O_CLOEXEC)
-            guard fd >= 0 else { throw IOError(operation: "open \(segmentPath(id))", errno: errno) }
+        for (id, lane) in found {
+            let path = segmentPath(id, lane: lane)
+            let fd = Glibc.open(path, O_RDWR | O_DIRECT | O_CLOEXEC)
+            guard fd >= 0 else { throw IOError(operation: "open \(path)", errno: errno) }
             var info = stat()
             fstat(fd, &info)
             let size = UInt64(info.st_size)
@@ -615,8 +658,9 @@ public actor SegmentLog {
                 }
             }
             // Recovered segments take no more appends: new writes start a new segment.
-            segments[id] = Segment(id: id, fd: fd, end: size, sealed: true)
-            newestSegment = max(newestSegment ?? id, id)
+            segments[id] = Segment(id: id, fd: fd, end: size, lane: lane, sealed: true)
+            newestSegment[lane] = max(newestSegment[lane] ?? id, id)
+            lastSegmentID = max(lastSegmentID, id)
         }
         // Catalogued blocks whose segment is gone (reclaimed before the catalog caught up).
         for (key, location) in index where segments[location.segment] == nil {
@@ -626,35 +670,40 @@ public actor SegmentLog {
         for (key, location) in index { segmentKeys[location.segment, default: []].append(key) }
         stats.blocks = index.count
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
+        stats.objectBytes = segments.values.reduce(0) { $0 + ($1.lane == .objects ? $1.end : 0) }
         try await catalog.flush()
     }
 
     // MARK: Segments
 
-    private func segmentPath(_ id: Int) -> String {
-        "\(configuration.directory)/segment-\(String(format: "%08d", id)).log"
+    private func segmentPath(_ id: Int, lane: Lane) -> String {
+        "\(configuration.directory)/\(lane.filePrefix)\(String(format: "%08d", id)).log"
     }
 
-    private func activeSegment(room: Int) throws -> Segment {
-        if let newest = newestSegment, let segment = segments[newest], !segment.sealed,
+    private func path(_ segment: Segment) -> String { segmentPath(segment.id, lane: segment.lane) }
+
+    private func activeSegment(room: Int, lane: Lane) throws -> Segment {
+        if let newest = newestSegment[lane], let segment = segments[newest], !segment.sealed,
             segment.end + UInt64(room) <= UInt64(configuration.segmentBytes)
         {
             return segment
         }
-        if let newest = newestSegment { segments[newest]?.sealed = true }
+        if let newest = newestSegment[lane] { segments[newest]?.sealed = true }
         fitBudgetToFilesystem()
-        let id = (newestSegment ?? 0) + 1
-        let fd = Glibc.open(segmentPath(id), O_RDWR | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw IOError(operation: "create \(segmentPath(id))", errno: errno) }
+        let id = lastSegmentID + 1
+        let path = segmentPath(id, lane: lane)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError(operation: "create \(path)", errno: errno) }
         // The new file's directory entry must be durable before a durable put in it returns.
         let directory = Glibc.open(configuration.directory, O_RDONLY | O_DIRECTORY)
         if directory >= 0 {
             fsync(directory)
             Glibc.close(directory)
         }
-        let segment = Segment(id: id, fd: fd, end: 0)
+        let segment = Segment(id: id, fd: fd, end: 0, lane: lane)
         segments[id] = segment
-        newestSegment = id
+        newestSegment[lane] = id
+        lastSegmentID = id
         return segment
     }
 
@@ -706,9 +755,11 @@ public actor SegmentLog {
         return stats.reclaimedSegments > reclaimed
     }
 
-    /// Drops whole segments, oldest first, until the log fits its budget (never the active one).
+    /// Drops whole segments until the log fits its budget, never a lane's active one: the oldest
+    /// object segment while objects hold more than their reserve, else the oldest block
+    /// segment, else (only objects left to take) the oldest object segment.
     private func reclaimOverBudget() {
-        while stats.usedBytes > configuration.budgetBytes, segments.count > 1, let oldest = segments.keys.min() {
+        while stats.usedBytes > configuration.budgetBytes, let oldest = reclaimVictim() {
             guard let segment = segments.removeValue(forKey: oldest) else { break }
             var dropped: [BlockKey] = []
             for key in segmentKeys.removeValue(forKey: oldest) ?? [] where index[key]?.segment == oldest {
@@ -718,10 +769,22 @@ public actor SegmentLog {
             stats.blocks -= dropped.count
             if !dropped.isEmpty { for observer in reclaimObservers { observer(dropped) } }
             catalog.dropSegment(oldest)
-            closing[oldest] = (segment.fd, segmentPath(oldest))
+            closing[oldest] = (segment.fd, path(segment))
             if pins[oldest, default: 0] == 0 { finishClosing(oldest) }
             stats.reclaimedSegments += 1
             stats.usedBytes -= segment.end
+            if segment.lane == .objects { stats.objectBytes -= segment.end }
         }
+    }
+
+    /// The segment a reclaim takes next (`reclaimOverBudget`), or nil when only the lanes'
+    /// active segments are left.
+    private func reclaimVictim() -> Int? {
+        var oldest: [Lane: Int] = [:]
+        for (id, segment) in segments where id != newestSegment[segment.lane] {
+            oldest[segment.lane] = min(oldest[segment.lane] ?? id, id)
+        }
+        if stats.objectBytes > configuration.objectReserveInForce, let id = oldest[.objects] { return id }
+        return oldest[.blocks] ?? oldest[.objects]
     }
 }

@@ -37,6 +37,9 @@ public enum ObjectError: Error, Equatable, Sendable, CustomStringConvertible {
     case damaged(name: String, chunk: Int)
     case badChunkSize(Int)
     case sourceChanged(path: String)
+    /// The NVMe tier could not keep the whole object: `lost` of its `chunks` were reclaimed
+    /// under the budget before the rest was written. Nothing of it was kept.
+    case noRoom(name: String, size: UInt64, lost: Int, chunks: Int)
 
     public var description: String {
         switch self {
@@ -47,6 +50,8 @@ public enum ObjectError: Error, Equatable, Sendable, CustomStringConvertible {
             "object '\(name)': chunk \(chunk) is missing or failed its checksum; the object was dropped"
         case .badChunkSize(let size): "chunk size \(size): expected a multiple of 4 KiB from 64 KiB to 64 MiB"
         case .sourceChanged(let path): "\(path) changed while it was being imported"
+        case .noRoom(let name, let size, let lost, let chunks):
+            "object '\(name)' (\(size) bytes) does not fit in the NVMe tier: \(lost) of its \(chunks) chunks were reclaimed under the budget before the rest was written (raise tiers.nvme.budget or tiers.nvme.weights_reserve); nothing of it was kept"
         }
     }
 }
@@ -204,9 +209,9 @@ public final class ObjectStore: Sendable {
                 try await bufferSink?(offset, buffer, range)
                 if inPlace {
                     try await log.put(info.chunkKey(chunk), record: buffer, payloadLength: length,
-                                      payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false)
+                                      payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false, lane: .objects)
                 } else {
-                    try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false)
+                    try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false, lane: .objects)
                 }
                 let total = done.withLock { $0 += UInt64(length); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
@@ -216,14 +221,33 @@ public final class ObjectStore: Sendable {
             await dropChunks(of: info)   // written but never committed: give the space back now
             throw error
         }
-        try await log.sync()
-        try await log.catalog.putObject(info)
-        let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
-        chunkOwners.withLock { owners in
-            if let replaced { for (key, _) in Self.owned(replaced) { owners[key] = nil } }
-            for (key, owner) in Self.owned(info) { owners[key] = owner }
+        // The chunks' owner is known before the check below: a chunk reclaimed after the check
+        // drops the object through `reclaimed` once it is committed.
+        chunkOwners.withLock { owners in for (key, owner) in Self.owned(info) { owners[key] = owner } }
+        do {
+            try await log.sync()
+            // An object larger than the log keeps loses its first chunks while the last are
+            // written; such an object is refused, not listed and then found damaged.
+            let lost = await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
+            guard lost == 0 else { throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks) }
+            try await log.catalog.putObject(info)
+        } catch {
+            chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
+            await dropChunks(of: info)
+            throw error
         }
-        if let replaced { await dropChunks(of: replaced) }
+        let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
+        if let replaced {
+            chunkOwners.withLock { owners in for (key, _) in Self.owned(replaced) { owners[key] = nil } }
+            await dropChunks(of: replaced)
+        }
+        // (A chunk reclaimed while the catalog committed, before the manifest was listed, was
+        // not dropped by `reclaimed`: it found no manifest yet.)
+        let lost = await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
+        if lost > 0 {
+            try? await remove(name, ifVersionOf: info.version)
+            throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks)
+        }
         return info
     }
 

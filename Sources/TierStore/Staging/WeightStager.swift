@@ -303,8 +303,15 @@ public actor WeightStager {
                 }
             }
             defer { digest?.cancel() }
-            try await objects.importFile(request.name, path: path, chunkSize: chunkSize, bufferSink: toRAM, progress: tracker(job),
-                                         beforeCommit: { [digest] info in try await verify(info, digest) })
+            do {
+                try await objects.importFile(request.name, path: path, chunkSize: chunkSize, bufferSink: toRAM,
+                                             progress: tracker(job), beforeCommit: { [digest] info in try await verify(info, digest) })
+            } catch let error as ObjectError where writer != nil {
+                // Too large for the NVMe tier: the RAM copy, whole and checked before the log
+                // ran out, serves alone.
+                guard case .noRoom = error else { throw error }
+                logger.warning("\(error); \(request.name) is staged in RAM only")
+            }
         case (_, let object?):
             if let writer {
                 // RAM (or disk) first; the NVMe copy is written behind it once it is published.

@@ -15,6 +15,16 @@ struct ObjectStoreTests {
         return (path, bytes)
     }
 
+    /// An I/O engine and a fresh directory for one test; `done` shuts the one and removes the other.
+    static func scratch() throws -> (engine: any IOEngine, dir: String, done: () -> Void) {
+        let engine = try IOEngineKind.auto.make(queueDepth: 8)
+        let dir = SegmentLogTests.directory()
+        return (engine, dir, {
+            engine.shutdown()
+            try? FileManager.default.removeItem(atPath: dir)
+        })
+    }
+
     static func read(_ store: ObjectStore, _ name: String, size: Int) async throws -> [UInt8] {
         let destination = IOBuffer(count: size)
         try await store.read(name, into: destination.bytes)
@@ -66,10 +76,8 @@ struct ObjectStoreTests {
     }
 
     @Test func damagedChunkDropsTheObjectAndNothingWrongIsServed() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, _) = try Self.sourceFile(dir, size: 2 << 20, seed: 3)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
         let log = try await SegmentLog.open(config, engine: engine)
@@ -93,10 +101,8 @@ struct ObjectStoreTests {
     }
 
     @Test func anImportCutShortLeavesNoObject() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, _) = try Self.sourceFile(dir, size: 4 << 20, seed: 4)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 4 << 20)
         let log = try await SegmentLog.open(config, engine: engine)
@@ -116,10 +122,8 @@ struct ObjectStoreTests {
     }
 
     @Test func badInputIsAClearErrorAndChangesNothing() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, bytes) = try Self.sourceFile(dir, size: 300_000, seed: 5)
         let log = try await SegmentLog.open(.init(directory: dir + "/log", segmentBytes: 4 << 20), engine: engine)
         let store = try await ObjectStore.open(log: log)
@@ -141,10 +145,8 @@ struct ObjectStoreTests {
     /// `info` and `list` never name an object that cannot be read whole; a newer object whose
     /// chunks all stayed is untouched.
     @Test func anObjectLosingAChunkToAReclaimIsDroppedAtOnce() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (old, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 7)
         let (new, newBytes) = try Self.sourceFile(dir, size: 1 << 20, seed: 8)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 64 << 20)
@@ -162,10 +164,8 @@ struct ObjectStoreTests {
     }
 
     @Test func aChunkReclaimedUnderTheBudgetMakesTheObjectAbsentAfterRestart() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 6)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 64 << 20)
         let log = try await SegmentLog.open(config, engine: engine)
@@ -190,10 +190,8 @@ struct ObjectStoreTests {
     /// through the log, and an object within the reserve stays whole, before and after a
     /// restart; without a reserve the same churn takes it.
     @Test func weightsWithinTheirReserveOutliveBlockChurn() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, bytes) = try Self.sourceFile(dir, size: 3 << 20, seed: 9)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 8 << 20)
         let log = try await SegmentLog.open(config, engine: engine)
@@ -229,10 +227,8 @@ struct ObjectStoreTests {
 
     /// Objects beyond the reserve go before blocks, oldest first: the newer object stays.
     @Test func objectsBeyondTheReserveGoOldestFirst() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (old, _) = try Self.sourceFile(dir, size: 3 << 20, seed: 10)
         let (new, newBytes) = try Self.sourceFile(dir, size: 3 << 20, seed: 11)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 10 << 20,
@@ -252,10 +248,8 @@ struct ObjectStoreTests {
     /// An object larger than the log can keep is refused with a clear error, and nothing of it
     /// stays, where it used to be listed with its first chunks already reclaimed.
     @Test func anObjectTooLargeForTheLogIsRefusedWhole() async throws {
-        let engine = try IOEngineKind.auto.make(queueDepth: 8)
-        defer { engine.shutdown() }
-        let dir = SegmentLogTests.directory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
         let (path, _) = try Self.sourceFile(dir, size: 6 << 20, seed: 12)
         let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 4 << 20)
         let log = try await SegmentLog.open(config, engine: engine)

@@ -26,6 +26,7 @@ struct RequestFrontTests {
         var errors: [String] = []
         var answerAtOnce = true
         var context: ChannelHandlerContext?
+        var readsCompleted = 0
 
         func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -47,6 +48,10 @@ struct RequestFrontTests {
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             errors.append("\(error)")
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            readsCompleted += 1
         }
     }
 
@@ -143,6 +148,25 @@ struct RequestFrontTests {
         collector.answer()
         #expect(collector.requests.map(\.head.method) == [.get, .head, .get])
         #expect(front?.isHolding == false)
+        _ = try? channel.finish()
+    }
+
+    /// A read that passes nothing on (part of a head, kept by the front) completes nothing
+    /// after it; a read that passes a request on completes it, and once the codec takes the
+    /// connection every read-complete goes through.
+    @Test func aReadCompletesPastTheFrontOnlyWhenItPassedSomethingOn() throws {
+        let (channel, collector, front) = try Self.pipeline(front: true)
+        try channel.writeInbound(ByteBuffer(string: "GET /v1/models HTTP/1.1\r\n"))
+        #expect(collector.requests.isEmpty && collector.readsCompleted == 0)
+        try channel.writeInbound(ByteBuffer(string: "Host: h\r\n\r\n"))
+        #expect(collector.requests.count == 1 && collector.readsCompleted == 1)
+        try channel.writeInbound(ByteBuffer(string: "HEAD /health HTTP/1.1\r\n"))
+        #expect(collector.readsCompleted == 1)
+        try channel.writeInbound(ByteBuffer(string: "\r\n"))
+        #expect(collector.requests.map(\.head.method) == [.get, .head] && collector.readsCompleted == 2)
+        #expect(front?.passingThrough == true)
+        try channel.writeInbound(ByteBuffer(string: "GET /later HTTP/1.1\r\n"))
+        #expect(collector.readsCompleted == 3, "the codec has the connection: every read-complete goes on")
         _ = try? channel.finish()
     }
 

@@ -378,8 +378,18 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func handOn(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         if case .head = part { handedOn += 1 }
+        handedOnSinceAsked = true
         context.fireChannelRead(wrapInboundOut(part))
     }
+
+    /// Parts went on to Hummingbird since the last call: a request offered here (`offer`) can
+    /// still go there at once, and then the read-complete after it must reach Hummingbird too
+    /// (`RequestFrontHandler.channelReadComplete`), which delivers what it was given only then.
+    func handedOnSinceLastAsked() -> Bool {
+        defer { handedOnSinceAsked = false }
+        return handedOnSinceAsked
+    }
+    private var handedOnSinceAsked = false
 
     func channelInactive(context: ChannelHandlerContext) {
         if case .relaying(let exchange) = state {

@@ -44,6 +44,11 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var heldEvents: [Any] = []
 
     static let maxHeadBytes = 16 << 10
+    /// A read went on past this handler since the last read-complete passed on. Only then do
+    /// the handlers after it (NIO's codec, Hummingbird's async channel) have a read to complete:
+    /// a request relayed here (`offer`) goes no further, and neither does its read-complete,
+    /// which would otherwise walk the whole pipeline once per request.
+    private var readsPassedOn = false
     /// How far the pending bytes have been searched for the end of a head.
     private var scannedHead = 0
 
@@ -57,6 +62,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
                 var more = unwrapInboundIn(data)
                 held!.writeBuffer(&more)
             } else {
+                readsPassedOn = true
                 context.fireChannelRead(data)
             }
             return
@@ -112,6 +118,7 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
             let body = buffer.readSlice(length: bodyBytes)!
             guard let codec else { return }
             if let relay, relay.offer(head, body: body) { continue }
+            readsPassedOn = true
             codec.fireChannelRead(NIOAny(HTTPRequestPart.head(head)))
             if bodyBytes > 0 { codec.fireChannelRead(NIOAny(HTTPRequestPart.body(body))) }
             codec.fireChannelRead(NIOAny(HTTPRequestPart.end(nil)))
@@ -143,7 +150,15 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
             return
         }
         idle = nil
+        readsPassedOn = true
         if buffer.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(buffer)) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        let relayHandedOn = relay?.handedOnSinceLastAsked() ?? false
+        guard readsPassedOn || relayHandedOn || (passingThrough && held == nil) else { return }
+        readsPassedOn = false
+        context.fireChannelReadComplete()
     }
 
     /// A request cut short by the end of input: the codec gets its bytes, and says what it

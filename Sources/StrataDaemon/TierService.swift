@@ -217,7 +217,7 @@ struct TierStatus: Codable {
 }
 
 /// A run-time policy change from JSON: `{"host": {"budget", "admission", "eviction", "codec"},
-/// "nvme": {"budget", "admission", "codec"}}`, every field optional. Sizes take the config's
+/// "nvme": {"budget", "admission", "codec", "weights_reserve"}}`, every field optional. Sizes take the config's
 /// units ("512MiB") or a byte count. Every error names the key, the value and what was expected.
 enum TierPolicyChange {
     /// `segmentBytes`: the NVMe log's segment size; a budget must hold two segments (one being
@@ -236,7 +236,7 @@ enum TierPolicyChange {
             if let v = host["eviction"] { policy.eviction = try choice(v, at: "tiers.host.eviction") }
         }
         if let nvme = try section(top, "nvme") {
-            try refuseUnknown(nvme, at: "tiers.nvme", allowed: ["budget", "admission", "codec"])
+            try refuseUnknown(nvme, at: "tiers.nvme", allowed: ["budget", "admission", "codec", "weights_reserve"])
             if let v = nvme["budget"] {
                 policy.nvmeBudgetBytes = try size(v, at: "tiers.nvme.budget")
                 let least = 2 * UInt64(segmentBytes)
@@ -247,6 +247,14 @@ enum TierPolicyChange {
             }
             if let v = nvme["admission"] { policy.nvmeAdmission = try choice(v, at: "tiers.nvme.admission") }
             if let v = nvme["codec"] { policy.nvmeCodec = try choice(v, at: "tiers.nvme.codec") }
+            if let v = nvme["weights_reserve"] {
+                let reserve = try size(v, at: "tiers.nvme.weights_reserve")
+                guard reserve <= policy.nvmeBudgetBytes else {
+                    throw fail("tiers.nvme.weights_reserve", v,
+                               "at most tiers.nvme.budget (\(ConfigUnits.formatBytes(policy.nvmeBudgetBytes)))")
+                }
+                policy.nvmeWeightsReserveBytes = reserve
+            }
         }
         return policy
     }

@@ -36,12 +36,16 @@ public final class BlockStore: Sendable {
         /// `.lz4`: blocks are kept compressed in RAM when that makes them smaller; a get of such
         /// a block decompresses a copy instead of lending the bytes in place.
         public var hostCodec: BlockHeader.Codec
+        /// Staged weights up to this many bytes are not reclaimed from NVMe to make room for
+        /// blocks; nil: half the NVMe budget (`SegmentLog.Configuration.objectReserveBytes`).
+        public var nvmeWeightsReserveBytes: UInt64?
 
         public init(
             hostBudgetBytes: Int, nvmeBudgetBytes: UInt64, hostAdmission: Admission = .always,
             nvmeAdmission: Admission = .always, nvmeCodec: BlockHeader.Codec = .none, eviction: EvictionPolicy = .demote,
-            hostCodec: BlockHeader.Codec = .none
+            hostCodec: BlockHeader.Codec = .none, nvmeWeightsReserveBytes: UInt64? = nil
         ) {
+            self.nvmeWeightsReserveBytes = nvmeWeightsReserveBytes
             self.hostCodec = hostCodec
             self.hostBudgetBytes = hostBudgetBytes
             self.nvmeBudgetBytes = nvmeBudgetBytes
@@ -172,6 +176,7 @@ public final class BlockStore: Sendable {
         self.nvme = nvme
         let losses = self.losses
         await nvme.setBudget(policy.nvmeBudgetBytes)
+        await nvme.setObjectReserve(policy.nvmeWeightsReserveBytes)
         await nvme.setCodec(policy.nvmeCodec)
         await nvme.observeReclaims { losses.suspect($0) }
         self.host = try HostTier(budgetBytes: policy.hostBudgetBytes, demote: { evicted in
@@ -322,6 +327,7 @@ public final class BlockStore: Sendable {
         }
         shared.state.withLock { $0.policy = policy }
         host.setBudget(policy.hostBudgetBytes)
+        await nvme.setObjectReserve(policy.nvmeWeightsReserveBytes)
         await nvme.setBudget(policy.nvmeBudgetBytes)
         await nvme.setCodec(policy.nvmeCodec)
     }

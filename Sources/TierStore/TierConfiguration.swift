@@ -77,7 +77,7 @@ public struct TierConfiguration: Sendable, Equatable {
         BlockStore.Policy(
             hostBudgetBytes: Int(clamping: host.budgetBytes), nvmeBudgetBytes: nvme.budgetBytes,
             hostAdmission: host.admission, nvmeAdmission: nvme.admission, nvmeCodec: nvme.codec, eviction: host.eviction,
-            hostCodec: host.codec)
+            hostCodec: host.codec, nvmeWeightsReserveBytes: nvme.weightsReserveBytes)
     }
 }
 

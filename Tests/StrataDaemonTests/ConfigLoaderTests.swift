@@ -124,7 +124,7 @@ struct ConfigLoaderTests {
         #expect(config.tiers.nvme.budgetBytes == 1_000_000_000_000)
         #expect(config.tiers.policy == BlockStore.Policy(
             hostBudgetBytes: 2 << 30, nvmeBudgetBytes: 1_000_000_000_000, hostAdmission: .secondHit, nvmeAdmission: .always,
-            nvmeCodec: .lz4, eviction: .drop))
+            nvmeCodec: .lz4, eviction: .drop, nvmeWeightsReserveBytes: 100_000_000_000))
         #expect(config.tiers.nvme.segmentBytes == 64 << 20 && config.tiers.engine == .psync && config.tiers.queueDepth == 8)
         #expect(config.tiers.nvme.directory == nil, "defaults to <state_dir>/nvme")
         #expect(config.tiers.nvme.weightsReserveBytes == 100_000_000_000)

@@ -38,6 +38,15 @@ import TierStore
         #expect((try? apply(#"{"nvme": {"budget": "512MiB"}}"#))?.nvmeBudgetBytes == 512 << 20)
     }
 
+    @Test func theWeightsReserveIsAtMostTheBudgetItArrivesWith() throws {
+        #expect(try apply(#"{"nvme": {"weights_reserve": "2GiB"}}"#).nvmeWeightsReserveBytes == 2 << 30)
+        #expect(try apply(#"{"nvme": {"budget": "1GiB", "weights_reserve": "1GiB"}}"#).nvmeWeightsReserveBytes == 1 << 30)
+        let message = refusal(#"{"nvme": {"budget": "1GiB", "weights_reserve": "2GiB"}}"#)
+        #expect(message?.contains("tiers.nvme.weights_reserve") == true && message?.contains("at most tiers.nvme.budget (1GiB)") == true,
+                "\(message ?? "accepted")")
+        #expect(refusal(#"{"nvme": {"weights_reserve": "lots"}}"#)?.contains("tiers.nvme.weights_reserve") == true)
+    }
+
     @Test func badInputNamesTheKey() {
         #expect(refusal(#"{"nvme": {"budget": 0}}"#)?.contains("tiers.nvme.budget") == true)
         #expect(refusal(#"{"host": {"colour": "red"}}"#)?.contains("tiers.host.colour: unknown key") == true)

@@ -213,10 +213,10 @@ struct ObjectStoreTests {
         #expect(try await Self.read(store2, "m", size: bytes.count) == bytes)
         await log2.close()
 
-        // With no reserve, blocks and objects are reclaimed oldest first alike: the churn takes it.
-        var bare = config
-        bare.objectReserveBytes = 0
-        let log3 = try await SegmentLog.open(bare, engine: engine)
+        // With no reserve (changed at run time), blocks and objects are reclaimed oldest first
+        // alike: the churn takes it.
+        let log3 = try await SegmentLog.open(config, engine: engine)
+        await log3.setObjectReserve(0)
         let store3 = try await ObjectStore.open(log: log3)
         try await Self.churn(log3, count: 80, seed: 3)
         for _ in 0..<200 where store3.info("m") != nil { try await Task.sleep(for: .milliseconds(10)) }

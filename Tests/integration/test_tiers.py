@@ -40,6 +40,7 @@ def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
         ({"nvme": {"codec": "zstd"}}, "tiers.nvme.codec", "lz4"),
         ({"nvme": {"bugdet": "1GiB"}}, "tiers.nvme.bugdet", "unknown key"),
         ({"host": {"budget": "1GiB"}}, "tiers.host.budget", "mapped at start"),
+        ({"nvme": {"weights_reserve": "300MiB"}}, "tiers.nvme.weights_reserve", "at most tiers.nvme.budget (256MiB)"),
     ]:
         status, body = put(d, change)
         assert status == 400, (change, body)
@@ -48,13 +49,17 @@ def test_tiers_open_change_at_run_time_and_refuse_bad_changes(make_daemon):
     status, body, _ = d.request("PUT", "/admin/tiers", body=b"not json", headers=ADMIN)
     assert status == 400 and "JSON object" in json.loads(body)["error"]["message"]
     assert tiers(d)["host"] == before["host"] and tiers(d)["nvme"]["codec"] == "none"
+    assert before["nvme"]["weights_reserve_bytes"] == 128 << 20, "half the budget by default"
+    assert tiers(d)["nvme"]["weights_reserve_bytes"] == 128 << 20
 
     # a good change takes effect at once
     status, after = put(d, {"host": {"budget": "16MiB", "admission": "second-hit"},
-                            "nvme": {"budget": 64 << 20, "codec": "lz4", "admission": "second-hit"}})
+                            "nvme": {"budget": 64 << 20, "codec": "lz4", "admission": "second-hit",
+                                     "weights_reserve": "8MiB"}})
     assert status == 200, after
     assert after["host"]["budget_bytes"] == 16 << 20 and after["host"]["admission"] == "second-hit"
     assert after["nvme"]["budget_bytes"] == 64 << 20 and after["nvme"]["codec"] == "lz4"
+    assert after["nvme"]["weights_reserve_bytes"] == 8 << 20
     assert tiers(d) == after
 
     # per-tier metrics reach /metrics

@@ -482,6 +482,11 @@ public actor SegmentLog {
         fitBudgetToFilesystem()
     }
 
+    /// Changes the object reserve at run time (nil: half the budget); the next reclaim follows it.
+    public func setObjectReserve(_ bytes: UInt64?) {
+        configuration.objectReserveBytes = bytes
+    }
+
     /// Changes the codec for blocks written from now on; stored blocks keep theirs.
     public func setCodec(_ codec: BlockHeader.Codec) {
         configuration.codec = codec

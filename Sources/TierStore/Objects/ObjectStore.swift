@@ -223,27 +223,27 @@ public final class ObjectStore: Sendable {
         }
         // The chunks' owner is known before the check below: a chunk reclaimed after the check
         // drops the object through `reclaimed` once it is committed.
-        chunkOwners.withLock { owners in for (key, owner) in Self.owned(info) { owners[key] = owner } }
+        own(info)
         do {
             try await log.sync()
             // An object larger than the log keeps loses its first chunks while the last are
             // written; such an object is refused, not listed and then found damaged.
-            let lost = await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
+            let lost = await lostChunks(of: info)
             guard lost == 0 else { throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks) }
             try await log.catalog.putObject(info)
         } catch {
-            chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
+            disown(info)
             await dropChunks(of: info)
             throw error
         }
         let replaced = manifests.withLock { $0.updateValue(info, forKey: name) }
         if let replaced {
-            chunkOwners.withLock { owners in for (key, _) in Self.owned(replaced) { owners[key] = nil } }
+            disown(replaced)
             await dropChunks(of: replaced)
         }
         // (A chunk reclaimed while the catalog committed, before the manifest was listed, was
         // not dropped by `reclaimed`: it found no manifest yet.)
-        let lost = await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
+        let lost = await lostChunks(of: info)
         if lost > 0 {
             try? await remove(name, ifVersionOf: info.version)
             throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks)
@@ -343,9 +343,23 @@ public final class ObjectStore: Sendable {
             guard let info = manifests[name], version == nil || info.version == version else { return nil }
             return manifests.removeValue(forKey: name)
         }) else { return }
-        chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
+        disown(info)
         try await log.catalog.removeObject(name)
         await dropChunks(of: info)
+    }
+
+    /// Its chunks name it from now on (`reclaimed`).
+    private func own(_ info: ObjectInfo) {
+        chunkOwners.withLock { owners in for (key, owner) in Self.owned(info) { owners[key] = owner } }
+    }
+
+    private func disown(_ info: ObjectInfo) {
+        chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
+    }
+
+    /// How many of its chunks the log no longer holds.
+    private func lostChunks(of info: ObjectInfo) async -> Int {
+        await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
     }
 
     private func dropChunks(of info: ObjectInfo) async {

@@ -175,8 +175,8 @@ public final class BlockStore: Sendable {
         self.demotions = continuation
         self.nvme = nvme
         let losses = self.losses
+        await nvme.setObjectReserve(policy.nvmeWeightsReserveBytes)   // (before the budget, whose change reclaims by it)
         await nvme.setBudget(policy.nvmeBudgetBytes)
-        await nvme.setObjectReserve(policy.nvmeWeightsReserveBytes)
         await nvme.setCodec(policy.nvmeCodec)
         await nvme.observeReclaims { losses.suspect($0) }
         self.host = try HostTier(budgetBytes: policy.hostBudgetBytes, demote: { evicted in

@@ -56,9 +56,10 @@ final class TierKVBackend: KVBackend, Sendable {
             return nextVersion
         }
 
-        /// Records a value just written (this version of the key) as its first part's owner.
-        mutating func own(_ namespace: String, _ name: [UInt8], version: UInt64) {
-            owners[TierKVBackend.blockKey(namespace, name, version: version, part: 0)] =
+        /// Records a value just written (this version of the key) as its first part's owner
+        /// (`first`: that part's key, where the caller has it already).
+        mutating func own(_ namespace: String, _ name: [UInt8], version: UInt64, first: BlockKey? = nil) {
+            owners[first ?? TierKVBackend.blockKey(namespace, name, version: version, part: 0)] =
                 Owner(namespace: namespace, name: name, version: version)
         }
 
@@ -173,18 +174,39 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     static func blockKey(_ namespace: String, _ key: [UInt8], version: UInt64, part: Int) -> BlockKey {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(14 + namespace.utf8.count + key.count + 24)
-        bytes += "strata-kv-v1".utf8
-        bytes.append(0)
-        bytes += namespace.utf8
-        bytes.append(0)
-        withUnsafeBytes(of: UInt64(key.count).littleEndian) { bytes += $0 }
-        bytes += key
-        withUnsafeBytes(of: version.littleEndian) { bytes += $0 }
-        withUnsafeBytes(of: UInt64(part).littleEndian) { bytes += $0 }
-        return BlockKey(bytes: bytes)
+        // Laid out in a stack buffer, not an array: a SET computes two of these (the new
+        // version's and the one it replaces), a GET one.
+        var namespace = namespace
+        return namespace.withUTF8 { space in
+            key.withUnsafeBytes { key in
+                withUnsafeTemporaryAllocation(byteCount: blockKeyTag.utf8CodeUnitCount + 2 + space.count + key.count + 24, alignment: 8) {
+                    buffer in
+                    var end = 0
+                    func append(_ bytes: UnsafeRawBufferPointer) {
+                        if let source = bytes.baseAddress, bytes.count > 0 {
+                            (buffer.baseAddress! + end).copyMemory(from: source, byteCount: bytes.count)
+                        }
+                        end += bytes.count
+                    }
+                    func append(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian, append) }
+                    append(UnsafeRawBufferPointer(start: blockKeyTag.utf8Start, count: blockKeyTag.utf8CodeUnitCount))
+                    buffer[end] = 0
+                    end += 1
+                    append(UnsafeRawBufferPointer(space))
+                    buffer[end] = 0
+                    end += 1
+                    append(UInt64(key.count))
+                    append(key)
+                    append(version)
+                    append(UInt64(part))
+                    return BlockKey(hashing: UnsafeRawBufferPointer(rebasing: buffer[..<end]))
+                }
+            }
+        }
     }
+
+    /// The first bytes hashed into every KV block key ("strata-kv-v1"); changing them renames every stored value.
+    private static let blockKeyTag: StaticString = "strata-kv-v1"
 
     private func parts(_ size: Int) -> Int { max(1, (size + partBytes - 1) / partBytes) }
 
@@ -208,10 +230,11 @@ final class TierKVBackend: KVBackend, Sendable {
 
     /// Removes a value no entry names any more: at once when it was only in RAM (block keys carry
     /// the version, so each is written once), else through the reaper.
-    private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore) {
+    /// `disowned`: its first part's key, whose owner record the caller has removed already.
+    private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore, disowned: BlockKey? = nil) {
         for part in 0..<parts(entry.size) {
-            let block = Self.blockKey(namespace, key, version: entry.version, part: part)
-            if part == 0 { state.withLock { _ = $0.owners.removeValue(forKey: block) } }
+            let block = (part == 0 ? disowned : nil) ?? Self.blockKey(namespace, key, version: entry.version, part: part)
+            if part == 0, disowned == nil { state.withLock { _ = $0.owners.removeValue(forKey: block) } }
             if !store.discardFromRAM(block) { reaper.yield(block) }
         }
     }
@@ -556,13 +579,15 @@ final class TierKVBackend: KVBackend, Sendable {
             if case .skip = decision { return .done(false) }
             return .wait
         }
-        let partKey = { (part: Int) in Self.blockKey(namespace, name, version: version, part: part) }
+        // (Part 0's key is needed again for the owner record: computed once.)
+        let first = Self.blockKey(namespace, name, version: version, part: 0)
+        let partKey = { (part: Int) in part == 0 ? first : Self.blockKey(namespace, name, version: version, part: part) }
         guard try place(store, partKey) else { return .wait }
         // Checked again where the write is recorded, under the same lock: another command may
         // have changed the key since the check above. The answer is decided here, never `.wait`,
         // since `place` may have used up its bytes (a staged value is published by then).
         let recordedAt = now()
-        let recorded = state.withLock { state -> (written: Bool, old: Entry?) in
+        let recorded = state.withLock { state -> (written: Bool, old: Entry?, oldFirst: BlockKey?) in
             // One lookup of the key for the check and the write (the directory is modified in
             // place, so the sequence counter is taken out of `state` meanwhile).
             var nextSequence = state.nextSequence
@@ -584,15 +609,19 @@ final class TierKVBackend: KVBackend, Sendable {
             state.nextSequence = nextSequence
             // A refused write leaves no empty namespace behind (the access above made one).
             if !outcome.written, state.namespaces[namespace]?.isEmpty == true { state.namespaces[namespace] = nil }
-            if outcome.written { state.own(namespace, name, version: version) }
-            // (An expired entry it replaces goes too: its blocks are reaped below.)
-            return outcome
+            guard outcome.written else { return (false, nil, nil) }
+            state.own(namespace, name, version: version, first: first)
+            // (An expired entry it replaces goes too: its blocks are reaped below.) Its owner
+            // record goes here, under the same lock, rather than in `reap`.
+            let oldFirst = outcome.old.map { Self.blockKey(namespace, name, version: $0.version, part: 0) }
+            if let oldFirst { state.owners.removeValue(forKey: oldFirst) }
+            return (true, outcome.old, oldFirst)
         }
         guard recorded.written else {
             for part in 0..<parts(size) where !store.discardFromRAM(partKey(part)) { reaper.yield(partKey(part)) }
             return .done(false)
         }
-        if let old = recorded.old { reap(namespace, name, old, from: store) }
+        if let old = recorded.old { reap(namespace, name, old, from: store, disowned: recorded.oldFirst) }
         return .done(true)
     }
 

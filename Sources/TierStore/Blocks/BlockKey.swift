@@ -23,6 +23,14 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
         self.init(high: high, low: low)
     }
 
+    /// The key of the bytes in `bytes` (the same as `init(bytes:)` of a copy of them).
+    public init(hashing bytes: UnsafeRawBufferPointer) {
+        var low: UInt64 = 0
+        var high: UInt64 = 0
+        strata_xxh3_128(bytes.baseAddress, bytes.count, Self.seed, &low, &high)
+        self.init(high: high, low: low)
+    }
+
     public var description: String {
         String(high, radix: 16).leftPadded(to: 16) + String(low, radix: 16).leftPadded(to: 16)
     }

@@ -24,7 +24,11 @@ public struct SubstratePolicy: Sendable, Equatable, CustomStringConvertible {
         return reasons.isEmpty ? nil : reasons.joined(separator: " and ")
     }
 
-    public func admits(_ tags: Set<String>) -> Bool { violation(by: tags) == nil }
+    /// Whether a substrate with `tags` may serve (as `violation(by:) == nil`, without building
+    /// the explanation: asked on every routed request).
+    public func admits(_ tags: Set<String>) -> Bool {
+        isEmpty || (require.isSubset(of: tags) && forbid.isDisjoint(with: tags))
+    }
 
     /// Both policies at once: every requirement and every prohibition of either.
     public func narrowed(by other: SubstratePolicy) -> SubstratePolicy {

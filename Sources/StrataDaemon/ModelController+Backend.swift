@@ -41,7 +41,7 @@ extension ModelController: ModelBackend {
     public nonisolated func acquireImmediately(model: String, hints: RequestHints) -> UpstreamLease? {
         let routes = immediateRoutes.current
         guard !routes.shuttingDown, let route = routes.routes[model],
-            hints.policy.violation(by: route.tags) == nil
+            hints.policy.admits(route.tags)
         else { return nil }
         switch route.target {
         case .upstream(let url, let headers, let upstreamModel, let label):

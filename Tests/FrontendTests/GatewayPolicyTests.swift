@@ -27,6 +27,9 @@ struct GatewayPolicyTests {
     @Test func policyTagsMatchAndExplain() {
         let policy = SubstratePolicy(require: ["on-prem"], forbid: ["provider"])
         #expect(policy.admits(["on-prem", "sovereign:eu"]))
+        // `admits` decides as `violation` does, without the explanation.
+        #expect(!policy.admits(["provider", "on-prem"]) && !policy.admits([]) && !policy.admits(["provider"]))
+        #expect(SubstratePolicy().admits([]) && SubstratePolicy(forbid: ["provider"]).admits(["on-prem"]))
         #expect(policy.violation(by: ["provider", "on-prem"]) == "carries forbidden tag provider")
         #expect(policy.violation(by: []) == "lacks required tag on-prem")
         #expect(policy.violation(by: ["provider"]) == "carries forbidden tag provider and lacks required tag on-prem")

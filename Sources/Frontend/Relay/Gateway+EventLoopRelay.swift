@@ -562,7 +562,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// (true); anything else (an error answer) is collected and answered whole.
     private func streamBegan(_ head: UpstreamHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
         guard case .relaying(let exchange) = state, exchange.attempt == attempt,
-            let contentType = head.first(name: "content-type"), contentType.hasPrefix("text/event-stream")
+            let contentType = head.first(lowercased: HTTP1Wire.Lowercase.contentType), contentType.hasPrefix("text/event-stream")
         else { return false }
         let relay = exchange.relay
         exchange.stream = relay.observer(gateway.metrics, statusCode: head.status)
@@ -650,7 +650,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
             relay.lease.release()
-            let contentType = answer.head.first(name: "content-type") ?? "application/json"
+            let contentType = answer.head.first(lowercased: HTTP1Wire.Lowercase.contentType) ?? "application/json"
             if exchange.raw, let socket {
                 write(raw: HTTP1Wire.answer(
                     status: answer.head.status, contentType: contentType, servedBy: relay.lease.servedModel,

@@ -180,9 +180,11 @@ struct UpstreamHead {
     var fields: ByteBuffer
 
     /// The first value of header `name` (case-insensitive), without surrounding whitespace.
-    func first(name: String) -> String? {
-        let wanted = Array(name.utf8)
-        return fields.withUnsafeReadableBytes { raw -> String? in
+    func first(name: String) -> String? { first(lowercased: Array(name.lowercased().utf8)) }
+
+    /// The same, for a name given in lower case (the `HTTP1Wire.Lowercase` constants: no array made per call).
+    func first(lowercased wanted: [UInt8]) -> String? {
+        fields.withUnsafeReadableBytes { raw -> String? in
             var start = 0
             while start < raw.count {
                 var end = start
@@ -428,19 +430,21 @@ struct HTTP1ResponseParser {
 
     /// `HTTP/1.x SP 3DIGIT [SP reason] CRLF` → (x, status).
     private static func statusLine(_ line: ByteBuffer) throws -> (Int, Int) {
-        let bytes = Array(line.readableBytesView)
-        let prefix = Array("HTTP/1.".utf8)
-        guard bytes.count >= 14, Array(bytes[0..<7]) == prefix, bytes[7] == UInt8(ascii: "0") || bytes[7] == UInt8(ascii: "1"),
-            bytes[8] == UInt8(ascii: " "),
-            bytes[9...11].allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
-            bytes[12] == UInt8(ascii: " ") || bytes[12] == UInt8(ascii: "\r"),
-            bytes[bytes.count - 2] == UInt8(ascii: "\r")
-        else {
-            throw HTTP1Wire.Failure.malformed("status line '\(String(decoding: bytes.prefix(64), as: UTF8.self).trimmingCRLF)'")
+        // Read in place: this runs for every relayed answer.
+        let parsed = line.withUnsafeReadableBytes { bytes -> (Int, Int)? in
+            func digit(_ byte: UInt8) -> Int? { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) ? Int(byte - UInt8(ascii: "0")) : nil }
+            guard bytes.count >= 14, bytes.starts(with: "HTTP/1.".utf8), let minor = digit(bytes[7]), minor <= 1,
+                bytes[8] == UInt8(ascii: " "), let hundreds = digit(bytes[9]), let tens = digit(bytes[10]), let ones = digit(bytes[11]),
+                bytes[12] == UInt8(ascii: " ") || bytes[12] == UInt8(ascii: "\r"),
+                bytes[bytes.count - 2] == UInt8(ascii: "\r")
+            else { return nil }
+            return (minor, hundreds * 100 + tens * 10 + ones)
         }
-        let status = bytes[9...11].reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+        guard let (minor, status) = parsed else {
+            throw HTTP1Wire.Failure.malformed("status line '\(String(decoding: line.readableBytesView.prefix(64), as: UTF8.self).trimmingCRLF)'")
+        }
         guard status >= 100 else { throw HTTP1Wire.Failure.malformed("status \(status)") }
-        return (Int(bytes[7] - UInt8(ascii: "0")), status)
+        return (minor, status)
     }
 
     /// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
@@ -483,6 +487,7 @@ extension HTTP1Wire {
         static let chunkedToken = Array("chunked".utf8)
         static let closeToken = Array("close".utf8)
         static let keepAliveToken = Array("keep-alive".utf8)
+        static let contentType = Array("content-type".utf8)
     }
 
     /// The length of the head at the start of `buffer` (through its CRLF CRLF), searching from

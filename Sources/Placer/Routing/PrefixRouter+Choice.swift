@@ -5,6 +5,8 @@ extension PrefixRouter {
         var matched: Int
         /// Expected prefill work if sent there: its uncached blocks plus the replica's queue.
         var cost: Int
+        /// It would load a stored prefix (`restorable`) rather than compute it.
+        var restores = false
     }
 
     /// Least expected work: the prompt blocks a replica would compute plus the uncached blocks
@@ -22,21 +24,18 @@ extension PrefixRouter {
         }
         // Loading a stored prefix costs a fraction of computing it (at least one block).
         let restoreCost = restorable > 0 ? max(1, Int(Double(restorable) * configuration.restoreCostFraction) + 1) : 0
-        var restores: Set<Int> = []
         let scored = candidates.map { replica in
             var matched = matchedBlocks(chain, on: replica, held: held)
             // (Less what a request in flight there computes for this one: see `choose`.)
-            let shared = min(max(computing[replicas[replica].spec.id] ?? 0, 0), replicas[replica].queuedWork)
+            let shared = computing.isEmpty ? 0 : min(max(computing[replicas[replica].spec.id] ?? 0, 0), replicas[replica].queuedWork)
             let queue = replicas[replica].queuedWork - shared + replicas[replica].inFlight * configuration.requestCostBlocks
             var extra = 0
-            if restorable - restoreCost > matched {
-                restores.insert(replica)
-                (matched, extra) = (restorable, restoreCost)
-            }
-            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue + extra)
+            let restores = restorable - restoreCost > matched
+            if restores { (matched, extra) = (restorable, restoreCost) }
+            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue + extra, restores: restores)
         }
         func made(_ chosen: Scored, _ reason: RouteReason) -> RouteDecision {
-            let restore = restores.contains(chosen.replica)
+            let restore = chosen.restores
             return RouteDecision(
                 replica: replicas[chosen.replica].spec.id, matchedBlocks: chosen.matched, promptBlocks: chain.count,
                 reason: restore ? .restoredPrefix : reason, restoreBlocks: restore ? restorable : 0)
@@ -104,7 +103,7 @@ extension PrefixRouter {
 
     /// What `replica` holds of `chain`: as the caller knows it (`held`), else as its index expects.
     func matchedBlocks(_ chain: [UInt64], on replica: Int, held: [String: Int]) -> Int {
-        if let known = held[replicas[replica].spec.id] { return min(max(known, 0), chain.count) }
+        if !held.isEmpty, let known = held[replicas[replica].spec.id] { return min(max(known, 0), chain.count) }
         return replicas[replica].index.matchedBlocks(chain)
     }
 

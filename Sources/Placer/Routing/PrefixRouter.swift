@@ -64,9 +64,10 @@ public struct PrefixRouter: Sendable {
     ) -> Result<RouteDecision, RouteRefusal> {
         let healthy = replicas.indices.filter { replicas[$0].healthy }
         guard !healthy.isEmpty else { return .failure(.noHealthyReplica) }
-        let allowed = healthy.filter { !excluded.contains(replicas[$0].spec.id) }
+        // (The same array where nothing is filtered out: no copy on every request.)
+        let allowed = excluded.isEmpty ? healthy : healthy.filter { !excluded.contains(replicas[$0].spec.id) }
         guard !allowed.isEmpty else { return .failure(.allExcluded) }
-        let candidates = allowed.filter { !replicas[$0].saturated }
+        let candidates = allowed.contains { replicas[$0].saturated } ? allowed.filter { !replicas[$0].saturated } : allowed
         guard !candidates.isEmpty else { return .failure(.allSaturated) }
         let bound = loadBound(healthy: healthy)
 

@@ -246,8 +246,20 @@ public struct RESPCommandHandler: Sendable {
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)? = nil, session: inout RESPSession,
         writeBulk: ((UnsafeRawBufferPointer) -> Void)? = nil
     ) -> RESPReply? {
+        if let writeBulk {
+            return handleImmediately(arguments, staged: staged, session: &session, canWriteBulk: true, writeBulk)
+        }
+        return handleImmediately(arguments, staged: staged, session: &session, canWriteBulk: false) { _ in }
+    }
+
+    /// The same, with `writeBulk` used only where `canWriteBulk`, and not escaping: the
+    /// connection's closure, which writes into its reply buffer, then costs no allocation per batch.
+    public func handleImmediately(
+        _ arguments: [ByteBuffer], staged: (any KVStagedValue)?, session: inout RESPSession,
+        canWriteBulk: Bool, _ writeBulk: (UnsafeRawBufferPointer) -> Void
+    ) -> RESPReply? {
         var reply = transactionRefusal(arguments, &session)
-            ?? handleImmediatelyUnstamped(arguments, staged: staged, session: session, writeBulk: writeBulk)
+            ?? handleImmediatelyUnstamped(arguments, staged: staged, session: session, canWriteBulk: canWriteBulk, writeBulk)
         reply?.resp3 = session.resp3
         return reply
     }
@@ -255,7 +267,7 @@ public struct RESPCommandHandler: Sendable {
     /// (None of these commands changes the session.)
     private func handleImmediatelyUnstamped(
         _ arguments: [ByteBuffer], staged: (any KVStagedValue)?, session: RESPSession,
-        writeBulk: ((UnsafeRawBufferPointer) -> Void)?
+        canWriteBulk: Bool, _ writeBulk: (UnsafeRawBufferPointer) -> Void
     ) -> RESPReply? {
         let name: String
         do { name = try check(arguments, session) } catch { return rejected(error) }
@@ -269,9 +281,9 @@ public struct RESPCommandHandler: Sendable {
                 reply = RESPReply(arguments.count == 2 ? .bulkString(arguments[1]) : .simpleString("PONG"))
             case "echo":
                 reply = RESPReply(.bulkString(arguments[1]))
-            case "get" where writeBulk != nil:
+            case "get" where canWriteBulk:
                 guard case .done(let written) = try backend.withValueImmediately(
-                    namespace: session.namespace, key: arguments[1], { writeBulk!($0) })
+                    namespace: session.namespace, key: arguments[1], writeBulk)
                 else { return nil }
                 reply = RESPReply(.null, alreadyWritten: written)
             case "get":

@@ -61,6 +61,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Writes handed to the channel and not yet done (written to the socket, or failed): while
     /// any is, nothing may go to the socket directly, or it would overtake them.
     private var queuedWrites = 0
+    /// The reply buffer of the last batch, empty, when it went straight to the socket: the next
+    /// batch writes into it rather than into a new one.
+    private var spareReplies: ByteBuffer?
+    private static let spareRepliesCapacity = 16 << 10
     /// SO_SNDBUF as last asked of this connection's socket; nil: the kernel autotunes it, and
     /// it is left alone. Raised to hold the largest reply (`fitSendBuffer`).
     private var sendBuffer: Int?
@@ -400,17 +404,17 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Answers the commands at the front of the queue that need no waiting, on this event loop,
     /// in order, with one flush; stops at the first that must wait.
     private func runImmediately(context: ChannelHandlerContext) -> ImmediateOutcome {
-        var out = context.channel.allocator.buffer(capacity: 256)
+        var out = spareReplies.take() ?? context.channel.allocator.buffer(capacity: 256)
         var answered = 0
         var closeAfter = false
         // A GET's value goes out from where the backend holds it, where the channel is a socket.
-        let bulkWriter: ((UnsafeRawBufferPointer) -> Void)? = direct == nil ? nil : { value in
-            self.writeBulk(value, after: &out, context: context)
-        }
+        let canWriteBulk = direct != nil
         while answered < configuration.maxBatchCommands, let next = pending.first,
             case .command(let arguments, let bytes, let staged) = next, context.channel.isWritable || answered == 0
         {
-            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, writeBulk: bulkWriter)
+            guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, canWriteBulk: canWriteBulk, {
+                value in self.writeBulk(value, after: &out, context: context)
+            })
             else { break }
             staged?.discard()
             pending.removeFirst()
@@ -422,7 +426,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 break
             }
         }
-        guard answered > 0 else { return .noneAnswered }
+        guard answered > 0 else {
+            spareReplies = out   // (nothing was written into it)
+            return .noneAnswered
+        }
         if closeAfter {
             closing = true
             dropPending()
@@ -430,6 +437,9 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             return .closed
         }
         send(&out, context: context)
+        // Written straight to the socket, so not shared with the channel: kept for the next batch
+        // (unless a batch of large replies grew it: a connection does not hold on to that).
+        if out.readableBytes == 0, out.capacity <= Self.spareRepliesCapacity { spareReplies = out }
         return .answered
     }
 

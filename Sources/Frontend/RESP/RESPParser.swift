@@ -125,7 +125,10 @@ public struct RESPParser: Sendable {
             if mode == .server && !open.isEmpty && first != UInt8(ascii: "$") {
                 throw .expectedBulk(got: first)
             }
-            guard Array("+-:$*".utf8).contains(first) else { throw .unexpectedType(first) }
+            switch first {
+            case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "$"), UInt8(ascii: "*"): break
+            default: throw .unexpectedType(first)
+            }
             let tooLong: RESPProtocolError = first == UInt8(ascii: "*") ? .tooBigMultibulkCount : .tooBigBulkCount
             guard var line = try readLine(&buffer, tooLong: tooLong) else { return nil }
             line.moveReaderIndex(forwardBy: 1)
@@ -160,10 +163,11 @@ public struct RESPParser: Sendable {
                     value = count == 0 ? .array([]) : .nullArray
                 } else {
                     guard open.count < (mode == .server ? 1 : limits.maxNestingDepth) else { throw .tooDeep }
-                    var elements: [RESPValue] = []
-                    // Reserve for what is plausible, not for what the header claims.
-                    elements.reserveCapacity(min(Int(count), 1024))
-                    open.append((Int(count), elements))
+                    open.append((Int(count), []))
+                    // Reserve for what is plausible, not for what the header claims. (In place:
+                    // an array reserved first and then appended here was shared, and copied on
+                    // its first element.)
+                    open[open.count - 1].elements.reserveCapacity(min(Int(count), 1024))
                     continue
                 }
             default:

@@ -53,12 +53,6 @@ public final class RESPServer: Sendable {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            // One read per readiness. NIO reads again after a read that filled its buffer; after a
-            // staged SET's small boundary read (see `RESPReceiveAllocator`), which fills it, the
-            // handler has already emptied the socket into the value's storage, so that read only
-            // heard EAGAIN (0.43 per 64 KiB SET under redis-benchmark, `strace -c`). Readiness is
-            // level-triggered: what a full read leaves, the next poll reports.
-            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
             .childChannelOption(
                 ChannelOptions.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024)
             )

@@ -62,7 +62,9 @@ public struct PrefixRouter: Sendable {
         _ chain: [UInt64], session: String? = nil, excluding excluded: Set<String> = [], restorable: Int = 0,
         held: [String: Int] = [:], computing: [String: Int] = [:]
     ) -> Result<RouteDecision, RouteRefusal> {
-        let healthy = replicas.indices.filter { replicas[$0].healthy }
+        var healthy: [Int] = []
+        healthy.reserveCapacity(replicas.count)   // (one allocation: `filter` grows its array as it goes)
+        for replica in replicas.indices where replicas[replica].healthy { healthy.append(replica) }
         guard !healthy.isEmpty else { return .failure(.noHealthyReplica) }
         // (The same array where nothing is filtered out: no copy on every request.)
         let allowed = excluded.isEmpty ? healthy : healthy.filter { !excluded.contains(replicas[$0].spec.id) }

@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import Placer
+import Synchronization
 
 /// The replicas of one model, routed by the Placer's `PrefixRouter`: each request goes where its
 /// prompt's prefix likely is, weighed against the work already queued there. Replicas are
@@ -41,6 +42,8 @@ actor ReplicaSet {
     /// would cost more than the routing decision itself.
     private let gauges: [String: (inFlight: Gauge, indexBlocks: Gauge, healthy: Gauge)]
     private let matchedFraction: Recorder
+    /// Each upstream replica's base URL for its leases (`<url>/v1`), made once.
+    private let baseURLs: [String: String]
     /// Health as last probed, to log changes and forget indexes of restarted replicas.
     private var probedHealthy: [String: Bool] = [:]
     /// Set by the health checks; lets a request that finds every replica down probe them at once.
@@ -66,6 +69,7 @@ actor ReplicaSet {
                          Gauge(label: "strata_replica_healthy", dimensions: dimensions)))
         })
         matchedFraction = Recorder(label: "strata_route_matched_fraction", dimensions: [("model", model)], aggregate: true)
+        baseURLs = Dictionary(replicas.map { ($0, $0 + "/v1") }, uniquingKeysWith: { first, _ in first })
         routing = NIOLockedValueBox(Routing(router: PrefixRouter(configuration: PrefixRouterConfiguration(
             replicas: replicas.map { ReplicaSpec(id: $0, maxConcurrency: settings.maxConcurrency) }, policy: policy,
             maxBlocksPerReplica: settings.indexBlocks, hotSpotQueueBound: settings.hotSpotQueue,
@@ -84,12 +88,30 @@ actor ReplicaSet {
     /// The lease on an upstream replica (not a managed one) the router chose for request `id`.
     private nonisolated func upstreamLease(_ id: RequestID, replica: String, hasAlternatives: Bool,
                                            price: TokenPrice? = nil) -> UpstreamLease {
-        let (report, cacheReport) = Self.promptReport()
+        let record = UpstreamLeaseRecord(id: id, replica: replica, set: self)
+        // (Each closure captures the record alone, which then serves as its context: no
+        // allocation for either. This runs for every request the event loop relays.)
         return UpstreamLease(
-            baseURL: replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives, price: price,
-            cacheReport: cacheReport
-        ) { [weak self] outcome in
-            self?.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLockedValue { $0?.cachedFraction })
+            baseURL: baseURLs[replica] ?? replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
+            price: price, cacheReport: { said in record.report.withLock { $0 = said } }
+        ) { outcome in record.finish(outcome) }
+    }
+
+    /// One upstream request's lease: what the replica said of its prompt, kept for the release.
+    private final class UpstreamLeaseRecord: Sendable {
+        let id: RequestID
+        let replica: String
+        weak let set: ReplicaSet?
+        let report = Mutex<PromptReport?>(nil)
+
+        init(id: RequestID, replica: String, set: ReplicaSet) {
+            self.id = id
+            self.replica = replica
+            self.set = set
+        }
+
+        func finish(_ outcome: LeaseOutcome) {
+            set?.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLock { $0?.cachedFraction })
         }
     }
 

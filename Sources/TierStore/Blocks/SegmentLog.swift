@@ -327,7 +327,7 @@ public actor SegmentLog {
         // The segment may have been reclaimed while this write was in flight: then the block
         // is gone with it, and a durable put must not report success.
         guard segments[segment.id] != nil else {
-            throw IOError(operation: "put", errno: ENOSPC, detail: "segment reclaimed under the budget during the write")
+            throw IOError(operation: "put", errno: ENOSPC, detail: IOError.reclaimedDuringWrite)
         }
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                                 payloadLength: record.payloadLength)

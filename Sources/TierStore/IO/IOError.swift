@@ -46,3 +46,12 @@ enum IOOutcome: Equatable {
         res >= 0 ? .done(Int(res)) : classify(-1, errno: -res, operation: operation)
     }
 }
+
+extension IOError {
+    /// The detail of a put whose segment the log's budget reclaimed while the record was being
+    /// written: the record is gone with it (the log had no room to keep it).
+    static let reclaimedDuringWrite = "segment reclaimed under the budget during the write"
+
+    /// This is such a put's error.
+    var isReclaimedDuringWrite: Bool { operation == "put" && errno == ENOSPC && detail == Self.reclaimedDuringWrite }
+}

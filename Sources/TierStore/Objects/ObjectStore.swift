@@ -196,6 +196,7 @@ public final class ObjectStore: Sendable {
                               chunkSize: chunkSize, source: source)
         let started = ContinuousClock.now
         let done = Mutex<UInt64>(0)
+        let written = Mutex<[Int]>([])   // chunks in the log, for the count of those lost below
         do {
             _ = try await Parallel.run(workers: workers ?? queueDepth, count: info.chunks) { [buffers, log] chunk in
                 let length = info.chunkLength(chunk)
@@ -213,12 +214,19 @@ public final class ObjectStore: Sendable {
                 } else {
                     try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false, lane: .objects)
                 }
+                written.withLock { $0.append(chunk) }
                 let total = done.withLock { $0 += UInt64(length); return $0 }
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
             }
             try await beforeCommit?(info)
         } catch {
+            // A chunk whose segment the budget reclaimed while it was written: the object does
+            // not fit, as when its first chunks go before the last are written (below), and is
+            // refused the same way (a stage then keeps its RAM copy).
+            let noRoom = (error as? IOError)?.isReclaimedDuringWrite == true
+            let lost = noRoom ? await log.absent(among: written.withLock { $0 }.map { info.chunkKey($0) }).count + 1 : 0
             await dropChunks(of: info)   // written but never committed: give the space back now
+            if noRoom { throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks) }
             throw error
         }
         // The chunks' owner is known before the check below: a chunk reclaimed after the check

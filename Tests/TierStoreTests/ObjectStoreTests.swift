@@ -270,4 +270,43 @@ struct ObjectStoreTests {
         await log.close()
         #expect(try BlockCatalog(path: dir + "/log/catalog.sqlite").loadObjects().isEmpty)
     }
+
+    /// The same when a chunk's own segment is reclaimed while the chunk is being written (the
+    /// log's put then fails): refused as not fitting, not with the put's ENOSPC. Ten chunk
+    /// writes are held at once, so the log's segments hold more than its budget when they land.
+    @Test func anObjectWhoseChunkIsReclaimedWhileWrittenIsRefusedWhole() async throws {
+        let engine = FaultInjectingEngine(base: try IOEngineKind.psync.make(queueDepth: 16))
+        let dir = SegmentLogTests.directory()
+        defer {
+            engine.shutdown()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        engine.hold()
+        let importing = Task {
+            try await store.ingest("big", size: 8 << 20, source: "test", chunkSize: 512 << 10, workers: 10) { offset, buffer, range in
+                memset(buffer.pointer + range.lowerBound, Int32(truncatingIfNeeded: offset >> 19), range.count)
+            }
+        }
+        for _ in 0..<1000 where engine.writesHeld < 10 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(engine.writesHeld == 10)
+        engine.release()
+        do {
+            _ = try await importing.value
+            Issue.record("an object larger than the log was imported")
+        } catch let error as ObjectError {
+            guard case .noRoom(let name, let size, let lost, let chunks) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(name == "big" && size == 8 << 20 && chunks == 16 && lost > 0 && lost <= 11)
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+        let blocks = await log.stats.blocks
+        #expect(store.list().isEmpty && blocks == 0)
+        await log.close()
+    }
 }

@@ -224,7 +224,7 @@ public final class ObjectStore: Sendable {
             // not fit, as when its first chunks go before the last are written (below), and is
             // refused the same way (a stage then keeps its RAM copy).
             let noRoom = (error as? IOError)?.isReclaimedDuringWrite == true
-            let lost = noRoom ? await log.absent(among: written.withLock { $0 }.map { info.chunkKey($0) }).count + 1 : 0
+            let lost = noRoom ? await lostChunks(of: info, among: written.withLock { $0 }) + 1 : 0
             await dropChunks(of: info)   // written but never committed: give the space back now
             if noRoom { throw ObjectError.noRoom(name: name, size: size, lost: lost, chunks: info.chunks) }
             throw error
@@ -365,9 +365,9 @@ public final class ObjectStore: Sendable {
         chunkOwners.withLock { owners in for (key, _) in Self.owned(info) { owners[key] = nil } }
     }
 
-    /// How many of its chunks the log no longer holds.
-    private func lostChunks(of info: ObjectInfo) async -> Int {
-        await log.absent(among: (0..<info.chunks).map { info.chunkKey($0) }).count
+    /// How many of its chunks (of `chunks`, by index; nil: all) the log no longer holds.
+    private func lostChunks(of info: ObjectInfo, among chunks: [Int]? = nil) async -> Int {
+        await log.absent(among: (chunks ?? Array(0..<info.chunks)).map { info.chunkKey($0) }).count
     }
 
     private func dropChunks(of info: ObjectInfo) async {

@@ -17,11 +17,11 @@ struct ImmediateRoutesTests {
 
         """
 
-    /// `models` may name `${WEIGHTS}`: a small file standing in for a GGUF.
+    /// `models` may name `${WEIGHTS}`: a small file standing in for a GGUF (ConfigLoaderTests' one
+    /// fixed file, so that runs leave no file each behind).
     static func controller(_ models: String) throws -> ModelController {
-        let weights = FileManager.default.temporaryDirectory.appendingPathComponent("immediate-routes-\(getpid()).gguf").path
-        FileManager.default.createFile(atPath: weights, contents: Data(repeating: 0, count: 16))
-        let config = try ConfigLoader.parse(yaml: runtimes + "models:\n" + models, environment: ["WEIGHTS": weights])
+        let config = try ConfigLoader.parse(
+            yaml: runtimes + "models:\n" + models, environment: ["WEIGHTS": ConfigLoaderTests.modelFile])
         return ModelController(config: config, httpClient: .shared, logger: Logger(label: "test"))
     }
 

@@ -4,7 +4,14 @@ import Testing
 
 /// GPU discovery through NVML, loaded with dlopen: against fake NVML libraries compiled here
 /// (this machine has no NVIDIA driver), and the default devices it leads to.
-struct GPUDiscoveryTests {
+final class GPUDiscoveryTests {
+    /// The folders `fakeNVML` made for this test, removed when it ends.
+    private var folders: [String] = []
+
+    deinit {
+        for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
+    }
+
     /// Builds a fake libnvidia-ml with two GPUs (80 GiB and 24 GiB) from `flags`:
     /// -DUNIFIED (memory info not supported), -DINIT_FAILS, -DMISSING (no nvmlDeviceGetUUID).
     /// Its compute processes: on GPU 0, pids 100 (5 GiB), 4242 (1 GiB) and 101; on GPU 1, 4242
@@ -12,9 +19,10 @@ struct GPUDiscoveryTests {
     /// They come from nvmlDeviceGetComputeRunningProcesses_v3 in records of -DSTRIDE=24 bytes
     /// (the default; 32 as some R53x drivers write, or 16), or from the original function with
     /// -DPROCS_V1 (16-byte records); -DNO_PROCS leaves the function out.
-    static func fakeNVML(_ flags: [String] = []) throws -> String {
+    func fakeNVML(_ flags: [String] = []) throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fake-nvml-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        folders.append(dir)
         let source = """
             #include <string.h>
             typedef struct { unsigned long long total, free, used; } mem_t;
@@ -72,7 +80,7 @@ struct GPUDiscoveryTests {
             }
             #endif
             """
-        try source.write(toFile: dir + "/fake.c", atomically: true, encoding: .utf8)
+        try source.write(toFile: dir + "/fake.c", atomically: false, encoding: .utf8)
         let cc = Process()
         cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
         cc.arguments = ["-shared", "-fPIC", "-o", dir + "/libnvidia-ml.so.1", dir + "/fake.c"] + flags
@@ -83,7 +91,7 @@ struct GPUDiscoveryTests {
     }
 
     @Test func findsDiscreteGPUsAndTheyBecomeDevicesBesideTheCPU() throws {
-        let outcome = GPUDiscovery.discover(library: try Self.fakeNVML())
+        let outcome = GPUDiscovery.discover(library: try fakeNVML())
         #expect(outcome == .found([
             DiscoveredGPU(index: 0, name: "Fake H100", uuid: "GPU-0", totalBytes: 80 << 30),
             DiscoveredGPU(index: 1, name: "Fake L4", uuid: "GPU-1", totalBytes: 24 << 30),
@@ -102,7 +110,7 @@ struct GPUDiscoveryTests {
     }
 
     @Test func aUnifiedMemoryGPUSharesOnePoolWithTheCPU() throws {
-        let outcome = GPUDiscovery.discover(library: try Self.fakeNVML(["-DUNIFIED"]))
+        let outcome = GPUDiscovery.discover(library: try fakeNVML(["-DUNIFIED"]))
         #expect(outcome.gpus.count == 2 && outcome.gpus.allSatisfy(\.isUnified))
         #expect(outcome.summary.contains("unified memory"))
         let devices = ConfigLoader.defaultDevices(gpus: outcome.gpus, physicalMemory: 128 << 30)
@@ -116,9 +124,9 @@ struct GPUDiscoveryTests {
         #expect(why.contains("/nonexistent/libnvidia-ml.so.1"))
         #expect(missing.gpus.isEmpty && missing.summary.hasPrefix("no GPU devices: NVML is not available"))
 
-        let failing = GPUDiscovery.discover(library: try Self.fakeNVML(["-DINIT_FAILS"]))
+        let failing = GPUDiscovery.discover(library: try fakeNVML(["-DINIT_FAILS"]))
         #expect(failing == .failed("nvmlInit failed: NVML error 9 (fake error)"))
-        let incomplete = GPUDiscovery.discover(library: try Self.fakeNVML(["-DMISSING"]))
+        let incomplete = GPUDiscovery.discover(library: try fakeNVML(["-DMISSING"]))
         guard case .failed(let reason) = incomplete else { Issue.record("\(incomplete)"); return }
         #expect(reason.contains("lacks a function"))
         #expect(ConfigLoader.defaultDevices(gpus: failing.gpus, physicalMemory: 10 << 30).map(\.name) == ["cpu"])
@@ -129,7 +137,7 @@ struct GPUDiscoveryTests {
 
     @Test(arguments: [[], ["-DSTRIDE=32"], ["-DSTRIDE=16"], ["-DPROCS_V1"]])
     func measuresTheMemoryOfGivenProcessesOnEachGPU(flags: [String]) throws {
-        let library = try Self.fakeNVML(flags)
+        let library = try fakeNVML(flags)
         #expect(GPUDiscovery.processMemory(pids: [4242], library: library) == .measured([
             GPUProcessMemory(gpuIndex: 0, usedBytes: 1 << 30, processes: 1),
             GPUProcessMemory(gpuIndex: 1, usedBytes: 3 << 30, processes: 1),
@@ -150,9 +158,9 @@ struct GPUDiscoveryTests {
         let missing = GPUDiscovery.processMemory(pids: [1], library: "/nonexistent/libnvidia-ml.so.1")
         guard case .notAvailable(let why) = missing else { Issue.record("\(missing)"); return }
         #expect(why.contains("/nonexistent/libnvidia-ml.so.1") && missing.totalBytes == nil)
-        let old = GPUDiscovery.processMemory(pids: [1], library: try Self.fakeNVML(["-DNO_PROCS"]))
+        let old = GPUDiscovery.processMemory(pids: [1], library: try fakeNVML(["-DNO_PROCS"]))
         #expect(old == .notAvailable("the NVML library lacks nvmlDeviceGetComputeRunningProcesses"))
-        let failing = GPUDiscovery.processMemory(pids: [1], library: try Self.fakeNVML(["-DINIT_FAILS"]))
+        let failing = GPUDiscovery.processMemory(pids: [1], library: try fakeNVML(["-DINIT_FAILS"]))
         #expect(failing == .failed("nvmlInit failed: NVML error 9 (fake error)"))
         // the real library, whatever this machine has: never a crash
         _ = GPUDiscovery.processMemory(pids: [getpid()])

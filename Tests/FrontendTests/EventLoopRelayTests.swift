@@ -258,6 +258,30 @@ struct EventLoopRelayTests {
         }
     }
 
+    @Test func anAnswerTheSocketCannotTakeAtOnceArrivesWholeBeforeTheNext() async throws {
+        // Answers go straight to the socket (`DirectSocketWrite`); this one (the upstream echoes
+        // the 200 KB request 40 times: 8 MB, more than a socket's largest send buffer here) does
+        // not fit a client that reads late through a 4 KiB window, so the rest goes through the
+        // channel, and the pipelined second answer must wait behind it.
+        try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
+            let pad = String(repeating: "0123456789", count: 20_000)
+            let bodies = [String(buffer: Self.body("m", extra: #","pad":"\#(pad)","n":1,"echo_times":39"#)),
+                          String(buffer: Self.body("m", extra: #","n":2"#))]
+            let wire = bodies.map {
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \($0.utf8.count)\r\n\r\n\($0)"
+            }.joined()
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchange(port: port, send: wire, responses: 2, receiveBuffer: 4 << 10, readAfter: .milliseconds(300))
+            }
+            #expect(answers.map(\.status) == [200, 200])
+            #expect(answers.first?.body.components(separatedBy: #""pad":"\#(pad)","n":1"#).count == 41, "the first answer whole")
+            #expect(answers.last?.body.contains(#""n":2"#) == true)
+            #expect(answers.last?.body.contains("pad") == false)
+            #expect(backend.released == 2)
+        }
+    }
+
     @Test func aClientThatHalfClosesAfterItsRequestsGetsEveryAnswer() async throws {
         try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
             // relayed here (answered after 100 ms), general path (503), relayed here; then the
@@ -545,8 +569,11 @@ enum RawClient {
         return fd
     }
 
-    static func exchange(port: Int, send: String, responses: Int, halfClose: Bool = false) throws -> [Answer] {
-        let fd = try connect(port: port)
+    /// `receiveBuffer` (see `connect`) and `readAfter`: a client that reads its answers late, through
+    /// a small window, so that the server's socket cannot take a large answer at once.
+    static func exchange(port: Int, send: String, responses: Int, halfClose: Bool = false,
+                         receiveBuffer: Int? = nil, readAfter: Duration? = nil) throws -> [Answer] {
+        let fd = try connect(port: port, receiveBuffer: receiveBuffer)
         defer { close(fd) }
         let bytes = Array(send.utf8)
         var sent = 0
@@ -556,6 +583,9 @@ enum RawClient {
             sent += n
         }
         if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+        if let readAfter {
+            usleep(UInt32(readAfter.components.seconds * 1_000_000 + readAfter.components.attoseconds / 1_000_000_000_000))
+        }
         var received: [UInt8] = []
         var answers: [Answer] = []
         var buffer = [UInt8](repeating: 0, count: 65536)

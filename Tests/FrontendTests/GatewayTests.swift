@@ -36,6 +36,11 @@ struct GatewayTests {
             if let wait = json["sleep_ms"] as? Int { try await Task.sleep(for: .milliseconds(wait)) }
             var echo = ByteBuffer(string: "{\"echo\":")
             echo.writeImmutableBuffer(body)
+            // `echo_times`: the body that many times more (a large answer from a small request)
+            for _ in 0..<(json["echo_times"] as? Int ?? 0) {
+                echo.writeString(",\"again\":")
+                echo.writeImmutableBuffer(body)
+            }
             echo.writeString(",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}")
             return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: echo))
         }

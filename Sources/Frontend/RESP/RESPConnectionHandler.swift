@@ -248,7 +248,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private func socket(_ context: ChannelHandlerContext) -> NIOBSDSocket.Handle? {
         guard context.channel.isActive else { return nil }
         if let descriptor { return descriptor }
-        let found = try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }
+        let found = DirectSocketWrite.socket(of: context.pipeline)
         descriptor = .some(found)
         return found
     }
@@ -487,17 +487,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         to socket: NIOBSDSocket.Handle, context: ChannelHandlerContext
     ) -> Bool {
         let total = first.count + second.count + third.count
-        let written = withUnsafeTemporaryAllocation(of: iovec.self, capacity: 3) { vectors in
-            func vector(_ piece: UnsafeRawBufferPointer) -> iovec {
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count)
-            }
-            (vectors[0], vectors[1], vectors[2]) = (vector(first), vector(second), vector(third))
-            while true {
-                let count = writev(socket, vectors.baseAddress, 3)
-                if count < 0, errno == EINTR { continue }
-                return max(0, count)
-            }
-        }
+        let written = DirectSocketWrite.writev(first, second, third, to: socket)
         if written == total { return true }
         // The rest, in order: what is left of each piece.
         var rest = context.channel.allocator.buffer(capacity: total - written)

@@ -215,6 +215,14 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// parsed are written as bytes, past the HTTP/1 encoder and the HTTPTypes codec.
     private var front: RequestFrontHandler?
     private var socket: ChannelHandlerContext?
+    /// The connection's socket itself, looked up on the first answer written to it directly.
+    private var descriptor: NIOBSDSocket.Handle??
+    /// Something was written to the channel (not straight to the socket) since NIO was last seen
+    /// to hold nothing for it: an answer of the general path or the codec, a stream, the rest of
+    /// an answer the socket did not take. While false, only direct writes that went out whole
+    /// have happened, and asking NIO (`DirectSocketWrite.nothingQueued`, a costly option lookup)
+    /// is not needed.
+    private var channelMayHold = false
     private var idle: ClientIdleHandler?
     /// This handler's context, for requests the front offers directly (`offer`).
     private var ownContext: ChannelHandlerContext?
@@ -465,6 +473,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = unwrapOutboundIn(data) { handedOn = max(0, handedOn - 1) }
+        channelMayHold = true
         context.write(data, promise: promise)
     }
 
@@ -573,6 +582,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         addServerHeaders(&headers)
         // No length: chunked. Flushed at once, so the client sees the stream begin.
         let response = HTTPResponse(status: .init(code: head.status), headerFields: headers)
+        channelMayHold = true
         if exchange.raw, let socket {
             var bytes = context.channel.allocator.buffer(capacity: 256)
             HTTP1Wire.responseHead(response, chunked: true, into: &bytes)
@@ -590,6 +600,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func streamed(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
         guard case .relaying(let exchange) = state, let stream = exchange.stream, chunk.readableBytes > 0 else { return }
         stream.streamed(chunk)
+        channelMayHold = true
         if exchange.raw, let socket {
             socket.write(NIOAny(HTTP1Wire.chunk(chunk, allocator: context.channel.allocator)), promise: nil)
         } else {
@@ -618,6 +629,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         exchange.relay.lease.release()
         state = .idle
+        channelMayHold = true
         if exchange.raw, let socket {
             if let event { socket.write(NIOAny(HTTP1Wire.chunk(event.sseEvent, allocator: context.channel.allocator)), promise: nil) }
             socket.writeAndFlush(NIOAny(HTTP1Wire.chunk(ByteBuffer(), allocator: context.channel.allocator)), promise: nil)
@@ -746,16 +758,31 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             return
         }
         state = .idle
+        channelMayHold = true
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         resumeAfterRelay(context: context)
     }
 
-    /// A whole answer as bytes, past the HTTP/1 encoder (`socket`: the front's context).
+    /// A whole answer as bytes, past the HTTP/1 encoder (`socket`: the front's context): straight
+    /// to the socket when the front is next to it and NIO holds nothing for it
+    /// (`DirectSocketWrite`; an answer Hummingbird wrote before may still wait there), and what
+    /// the socket does not take through the front's context after it.
     private func write(raw answer: ByteBuffer, to socket: ChannelHandlerContext, context: ChannelHandlerContext) {
         state = .idle
-        socket.writeAndFlush(NIOAny(answer), promise: nil)
+        var answer: ByteBuffer? = answer
+        if front?.nextToSocket == true, context.channel.isActive,
+            !channelMayHold || DirectSocketWrite.nothingQueued(in: context.channel)
+        {
+            channelMayHold = false
+            if descriptor == nil { descriptor = .some(DirectSocketWrite.socket(of: context.pipeline)) }
+            if let fd = descriptor!, let whole = answer { answer = DirectSocketWrite.write(whole, to: fd) }
+        }
+        if let answer {
+            channelMayHold = true
+            socket.writeAndFlush(NIOAny(answer), promise: nil)
+        }
         idle?.answerEnded()
         resumeAfterRelay(context: context)
     }

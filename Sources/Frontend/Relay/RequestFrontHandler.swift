@@ -43,6 +43,11 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var held: ByteBuffer?
     private var heldEvents: [Any] = []
 
+    /// No handler sits between this one and the socket (only tests put some there, to watch the
+    /// bytes): answers may then go to the socket directly (`DirectSocketWrite`), which handlers
+    /// there would not see.
+    let nextToSocket: Bool
+
     static let maxHeadBytes = 16 << 10
     /// A read went on past this handler since the last read-complete passed on. Only then do
     /// the handlers after it (NIO's codec, Hummingbird's async channel) have a read to complete:
@@ -52,8 +57,9 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
     /// How far the pending bytes have been searched for the end of a head.
     private var scannedHead = 0
 
-    init(bodyLimit: Int) {
+    init(bodyLimit: Int, nextToSocket: Bool = true) {
         self.bodyLimit = bodyLimit
+        self.nextToSocket = nextToSocket
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -334,8 +340,9 @@ struct FrontedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         do {
-            for handler in socketSide() { try channel.pipeline.syncOperations.addHandler(handler) }
-            try channel.pipeline.syncOperations.addHandler(RequestFrontHandler(bodyLimit: bodyLimit))
+            let outside = socketSide()
+            for handler in outside { try channel.pipeline.syncOperations.addHandler(handler) }
+            try channel.pipeline.syncOperations.addHandler(RequestFrontHandler(bodyLimit: bodyLimit, nextToSocket: outside.isEmpty))
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }

@@ -257,12 +257,32 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
 
     var isUsable: Bool { channel.isActive && handler.isIdle && handler.keepAlive && written }
 
+    /// The socket, looked up on the first send (`DirectSocketWrite`).
+    private var descriptor: NIOBSDSocket.Handle??
+
     /// Sends one request (`HTTP1Wire.request`: head and body in one buffer); `completion` gets,
     /// once, on the event loop, the whole answer (at most `limit` bytes of body) or, where `tap`
     /// takes the answer's body as it comes, the answer's head once it has ended; or the failure.
+    ///
+    /// The request goes straight to the socket (`DirectSocketWrite`): nothing else is ever written
+    /// on an upstream connection, and a request goes out only once the last one was written whole
+    /// (`isUsable`), so nothing waits in the channel that it would overtake. What the socket does
+    /// not take (all of it where the write failed: an upstream that closed an idle connection) is
+    /// written through the channel, whose failure fails the exchange as before.
     func send(_ request: ByteBuffer, limit: Int, tap: UpstreamStreamTap? = nil,
               completion: @escaping (Result<UpstreamAnswer, any Error>) -> Void) {
         let exchange = handler.expect(limit: limit, tap: tap, completion: completion)
+        var request = request
+        if channel.isActive {
+            if descriptor == nil { descriptor = .some(DirectSocketWrite.socket(of: channel.pipeline)) }
+            if let socket = descriptor! {
+                guard let rest = DirectSocketWrite.write(request, to: socket) else {
+                    written = true
+                    return
+                }
+                request = rest
+            }
+        }
         written = false
         channel.writeAndFlush(request).assumeIsolated().whenComplete { [handler] result in
             switch result {

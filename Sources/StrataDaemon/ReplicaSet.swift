@@ -203,10 +203,15 @@ actor ReplicaSet {
             routing.nextRequest += 1
             routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks, held: held[decision.replica])
             let counterKey = DecisionKey(replica: decision.replica, reason: decision.reason)
-            let counter = routing.decisionCounters[counterKey] ?? Counter(
-                label: "strata_route_decisions_total",
-                dimensions: [("model", model), ("replica", decision.replica), ("reason", decision.reason.rawValue)])
-            routing.decisionCounters[counterKey] = counter
+            let counter: Counter
+            if let known = routing.decisionCounters[counterKey] {
+                counter = known
+            } else {
+                counter = Counter(
+                    label: "strata_route_decisions_total",
+                    dimensions: [("model", model), ("replica", decision.replica), ("reason", decision.reason.rawValue)])
+                routing.decisionCounters[counterKey] = counter
+            }
             let hasAlternatives = routing.router.hasHealthyReplica(besides: decision.replica, excluding: hints.excluding)
             publishLoad(decision.replica, of: routing.router)
             return .success((id, decision, counter, hasAlternatives))

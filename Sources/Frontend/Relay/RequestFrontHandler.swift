@@ -45,7 +45,8 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     /// No handler sits between this one and the socket (only tests put some there, to watch the
     /// bytes): answers may then go to the socket directly (`DirectSocketWrite`), which handlers
-    /// there would not see.
+    /// there would not see. Whatever adds a handler there (TLS, were it ever offered, would sit
+    /// there) must make this false.
     let nextToSocket: Bool
 
     static let maxHeadBytes = 16 << 10

@@ -13,11 +13,16 @@ import NIOCore
 /// error: the channel reports it and closes). NIO ignores SIGPIPE for the process, so a write to
 /// a socket the peer closed fails with EPIPE rather than killing the daemon.
 enum DirectSocketWrite {
-    /// The channel's socket; nil where the channel has none. Only on the channel's event loop, and
-    /// only while `channel.isActive` (checked right before each write): a closed socket's number
-    /// may already name another file.
-    static func socket(of pipeline: ChannelPipeline) -> NIOBSDSocket.Handle? {
-        try? pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }
+    /// The channel's socket, looked up once into `cache` (NIO's lookup casts to a generic
+    /// protocol type, costly per write); nil where the channel has none, and while it is not
+    /// active: a closed socket's number may already name another file. Only on the channel's
+    /// event loop, right before the write (NIO cannot close the socket in between).
+    static func socket(of channel: any Channel, cache: inout NIOBSDSocket.Handle??) -> NIOBSDSocket.Handle? {
+        guard channel.isActive else { return nil }
+        if let cached = cache { return cached }
+        let found = try? channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }
+        cache = .some(found)
+        return found
     }
 
     /// Whether NIO holds no bytes for the channel (written or not yet flushed): only then may bytes

@@ -246,11 +246,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     /// The socket, while the channel is open; nil where the channel has none (or is closed).
     private func socket(_ context: ChannelHandlerContext) -> NIOBSDSocket.Handle? {
-        guard context.channel.isActive else { return nil }
-        if let descriptor { return descriptor }
-        let found = DirectSocketWrite.socket(of: context.pipeline)
-        descriptor = .some(found)
-        return found
+        DirectSocketWrite.socket(of: context.channel, cache: &descriptor)
     }
 
     func read(context: ChannelHandlerContext) {

@@ -771,17 +771,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// the socket does not take through the front's context after it.
     private func write(raw answer: ByteBuffer, to socket: ChannelHandlerContext, context: ChannelHandlerContext) {
         state = .idle
-        var answer: ByteBuffer? = answer
-        if front?.nextToSocket == true, context.channel.isActive,
-            !channelMayHold || DirectSocketWrite.nothingQueued(in: context.channel)
+        var rest: ByteBuffer? = answer
+        if front?.nextToSocket == true, !channelMayHold || DirectSocketWrite.nothingQueued(in: context.channel),
+            let fd = DirectSocketWrite.socket(of: context.channel, cache: &descriptor)
         {
             channelMayHold = false
-            if descriptor == nil { descriptor = .some(DirectSocketWrite.socket(of: context.pipeline)) }
-            if let fd = descriptor!, let whole = answer { answer = DirectSocketWrite.write(whole, to: fd) }
+            rest = DirectSocketWrite.write(answer, to: fd)
         }
-        if let answer {
+        if let rest {
             channelMayHold = true
-            socket.writeAndFlush(NIOAny(answer), promise: nil)
+            socket.writeAndFlush(NIOAny(rest), promise: nil)
         }
         idle?.answerEnded()
         resumeAfterRelay(context: context)

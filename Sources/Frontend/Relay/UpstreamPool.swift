@@ -273,15 +273,12 @@ final class UpstreamConnection: @unchecked Sendable {   // used only on its chan
               completion: @escaping (Result<UpstreamAnswer, any Error>) -> Void) {
         let exchange = handler.expect(limit: limit, tap: tap, completion: completion)
         var request = request
-        if channel.isActive {
-            if descriptor == nil { descriptor = .some(DirectSocketWrite.socket(of: channel.pipeline)) }
-            if let socket = descriptor! {
-                guard let rest = DirectSocketWrite.write(request, to: socket) else {
-                    written = true
-                    return
-                }
-                request = rest
+        if let socket = DirectSocketWrite.socket(of: channel, cache: &descriptor) {
+            guard let rest = DirectSocketWrite.write(request, to: socket) else {
+                written = true
+                return
             }
+            request = rest
         }
         written = false
         channel.writeAndFlush(request).assumeIsolated().whenComplete { [handler] result in

@@ -45,20 +45,13 @@ public struct PromptChain: Sendable, Equatable {
     }
 
     static func chain(_ bytes: [UInt8], blockBytes: Int) -> [UInt64] {
-        precondition(blockBytes > 0)
-        var hashes: [UInt64] = []
-        hashes.reserveCapacity(bytes.count / blockBytes)
-        var parent: UInt64 = 0
-        var block = [UInt8](repeating: 0, count: 8 + blockBytes)
-        var start = 0
-        while start + blockBytes <= bytes.count {
-            withUnsafeBytes(of: parent.littleEndian) { block.replaceSubrange(0..<8, with: $0) }
-            block.replaceSubrange(8..<8 + blockBytes, with: bytes[start..<start + blockBytes])
-            parent = block.withUnsafeBytes { strata_xxh3_64($0.baseAddress, $0.count, seed) }
-            hashes.append(parent)
-            start += blockBytes
+        precondition(blockBytes > 0 && blockBytes <= 65536)
+        let count = bytes.count / blockBytes
+        guard count > 0 else { return [] }
+        // In C (one stack buffer for the parent and the block): the same hashes as laying them out in an array here.
+        return [UInt64](unsafeUninitializedCapacity: count) { hashes, written in
+            written = bytes.withUnsafeBytes { strata_xxh3_chain($0.baseAddress, $0.count, blockBytes, seed, hashes.baseAddress) }
         }
-        return hashes
     }
 
     /// Separators that cannot occur in JSON text, so fields never run into each other.

@@ -67,7 +67,12 @@ struct PromptChainTests {
         #expect(chain.count == 2)
         #expect(chain == PromptChain.chain(Array("0123456789abcdef0123456789abcdef".utf8), blockBytes: 16))
         #expect(String(chain[0], radix: 16) == Self.pinnedFirstHash, "the seed or block framing changed")
+        #expect(String(chain[1], radix: 16) == Self.pinnedSecondHash, "the chaining (parent hash, little-endian, before the block) changed")
+        // Only whole blocks count; the largest block size routing accepts works.
+        #expect(PromptChain.chain(Array("0123456789abcdef0123456789abcde".utf8), blockBytes: 16).count == 1)
+        #expect(PromptChain.chain([UInt8](repeating: 7, count: 65536 * 2 + 5), blockBytes: 65536).count == 2)
     }
 
     static let pinnedFirstHash = "1060fe0ab9833daa"
+    static let pinnedSecondHash = "911b35ded7d6834a"
 }

@@ -907,10 +907,13 @@ final class TierKVBackend: KVBackend, Sendable {
         let name = Array(key.readableBytesView)
         let store = try await store()
         guard await live(namespace, name) != nil else { return false }
-        let entry = state.withLock { state -> Entry? in
+        let (entry, changed) = state.withLock { state -> (Entry?, Bool) in
+            // PERSIST of a key with no expiry changes nothing and answers 0, as in Redis.
+            guard deadline != nil || state.namespaces[namespace]?[name]?.expiresAt != nil else { return (nil, false) }
             state.namespaces[namespace]?[name]?.expiresAt = deadline
-            return state.namespaces[namespace]?[name]
+            return (state.namespaces[namespace]?[name], true)
         }
+        guard changed else { return false }
         if let entry { try await persist(namespace, name, entry, in: store) }
         if let deadline, deadline <= now() { _ = await live(namespace, name) }
         return true

@@ -57,6 +57,10 @@ extension RESPValue {
         (["SET", "k", "v", "NX", "XX"], .error("ERR syntax error")),
         (["SET", "k", "v", "EX"], .error("ERR syntax error")),
         (["SET", "k", "v", "EX", "1", "PX", "5"], .error("ERR syntax error")),
+        (["SET", "k", "v", "KEEPTTL", "EX", "5"], .error("ERR syntax error")),
+        (["SET", "k", "w", "NX", "NX"], .null),   // repeated options are allowed, as in Redis
+        (["SET", "k", "v", "XX", "xx", "KEEPTTL", "KEEPTTL"], .ok),
+        (["SET", "k", "v", "GET"], .error("ERR SET's GET option is not supported: Strata does not read and replace a value in one step; GET the key, then SET it")),
         (["SET", "k", "v", "BOGUS"], .error("ERR syntax error")),
         (["SET", "k", "v", "EX", "ten"], .error("ERR value is not an integer or out of range")),
         (["SET", "k", "v", "EX", "0"], .error("ERR invalid expire time in 'set' command")),
@@ -87,6 +91,13 @@ extension RESPValue {
         (["EXPIRE", "b", "5", "GT"], .integer(0)),
         (["EXPIRE", "b", "20", "GT"], .integer(1)),
         (["EXPIRE", "b", "20", "NX", "XX"], .error("ERR NX and XX, GT or LT options at the same time are not compatible")),
+        (["EXPIRE", "b", "20", "LT", "gt"], .error("ERR GT and LT options at the same time are not compatible")),
+        (["EXPIRE", "b", "20", "NX", "NX"], .integer(0)),   // has an expiry
+        (["EXPIRE", "b", "30", "XX", "GT"], .integer(1)),   // XX goes with GT or LT
+        (["EXPIRE", "b", "40", "XX", "LT"], .integer(0)),
+        (["EXPIRE", "b", "25", "lt", "XX", "LT"], .integer(1)),
+        (["TTL", "b"], .integer(25)),
+        (["EXPIRE", "b", "20", "SOON"], .error("ERR Unsupported option SOON")),
         (["PERSIST", "b"], .integer(1)),
         (["PERSIST", "b"], .integer(0)),
         (["EXPIRE", "b", "-1"], .integer(1)),
@@ -340,9 +351,13 @@ extension RESPValue {
         #expect(await harness.run("MULTI") == .error(RESPCommandHandler.noTransactions))
         #expect(await harness.run("DISCARD") == .ok)
         #expect(await harness.run("SET", "k", "v") == .ok)
-        #expect(await harness.run("WATCH", "k") == .error(RESPCommandHandler.noTransactions))
+        #expect(await harness.run("WATCH", "k") == .error(RESPCommandHandler.noWatch))
         #expect(await harness.run("GET", "k") == .bulk("v"))   // WATCH alone refuses nothing after it
         #expect(await harness.run("UNWATCH") == .ok)
+        #expect(await harness.run("MULTI") == .error(RESPCommandHandler.noTransactions))
+        #expect(await harness.run("MULTI") == .error("ERR MULTI calls can not be nested"))
+        #expect(await harness.run("WATCH", "k") == .error("ERR WATCH inside MULTI is not allowed"))
+        #expect(await harness.run("DISCARD") == .ok)
     }
 
     @Test func helloSwitchesTheProtocolOfEveryLaterReply() async {
@@ -428,6 +443,12 @@ extension RESPValue {
         #expect(await harness.run("GET", "k") == .error("NOAUTH Authentication required."))
         #expect(await harness.run("FOO") == .error("ERR unknown command 'FOO', with args beginning with: "))
         #expect(await harness.run("GET") == .error("ERR wrong number of arguments for 'get' command"))
+        for command in ["MULTI", "exec", "Discard", "WATCH", "UNWATCH"] {   // commands Redis knows: NOAUTH, not "unknown"
+            #expect(await harness.run(command) == .error("NOAUTH Authentication required."))
+            #expect(harness.handler.handleImmediately([ByteBuffer(string: command)], session: &harness.session)?.value
+                == .error("NOAUTH Authentication required."))
+        }
+        #expect(!harness.session.refusingTransaction)
         #expect(await harness.run("AUTH", "wrong") == .error("WRONGPASS invalid username-password pair or user is disabled."))
         #expect(await harness.run("AUTH", "lmcache", "s3cret") == .error("WRONGPASS invalid username-password pair or user is disabled."))
         #expect(await harness.run("AUTH", "a", "b", "c") == .error("ERR syntax error"))

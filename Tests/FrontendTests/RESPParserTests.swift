@@ -112,6 +112,10 @@ private func encoded(_ values: [RESPValue]) -> [UInt8] {
         ("*1048577\r\n", "Protocol error: invalid multibulk length", .init()),
         ("*4\r\n", "Protocol error: invalid multibulk length", .init(maxArrayElements: 3)),
         ("*x\r\n", "Protocol error: invalid multibulk length", .init()),
+        // Before AUTH: Redis's bounds and wording (a client without the password cannot make the server buffer much).
+        ("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16385\r\n", "Protocol error: unauthenticated bulk length", RESPParser.Limits().forUnauthenticated),
+        ("*11\r\n", "Protocol error: unauthenticated multibulk length", RESPParser.Limits().forUnauthenticated),
+        ("*2\r\n$9\r\n", "Protocol error: unauthenticated bulk length", RESPParser.Limits(maxBulkLength: 8).forUnauthenticated),
         ("*99999999999999999999999\r\n", "Protocol error: invalid multibulk length", .init()),
         ("*1\r\n:1\r\n", "Protocol error: expected '$', got ':'", .init()),
         ("*2\r\n$1\r\na\r\n*1\r\n", "Protocol error: expected '$', got '*'", .init()),
@@ -122,6 +126,20 @@ private func encoded(_ values: [RESPValue]) -> [UInt8] {
         ("*" + String(repeating: "1", count: 100), "Protocol error: too big mbulk count string", .init(maxInlineLength: 64)),
         ("*1\r\n$" + String(repeating: "1", count: 100), "Protocol error: too big bulk count string", .init(maxInlineLength: 64)),
     ]
+
+    @Test func theUnauthenticatedLimitsLetAnAuthAndASmallValueThrough() throws {
+        let limits = RESPParser.Limits().forUnauthenticated
+        #expect(limits.maxBulkLength == 16 * 1024 && limits.maxArrayElements == 10 && limits.unauthenticated)
+        let wire = "*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$16384\r\n" + String(repeating: "p", count: 16384) + "\r\n"
+        #expect(try parseAll(Array(wire.utf8), limits: limits).count == 1)
+        // The limits can change between values: a parser past AUTH takes the configured ones again.
+        var parser = RESPParser(mode: .server, limits: limits)
+        var buffer = ByteBuffer(string: "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n" + String(repeating: "v", count: 20000) + "\r\n")
+        #expect(try parser.next(from: &buffer) != nil)
+        parser.limits = RESPParser.Limits()
+        guard case .array(let set)? = try parser.next(from: &buffer) else { Issue.record("no SET parsed"); return }
+        #expect(set.count == 3 && buffer.readableBytes == 0)
+    }
 
     @Test(arguments: limitCases)
     func limitsAndMalformedInputAreCleanErrors(_ wire: String, _ message: String, _ limits: RESPParser.Limits) {

@@ -30,7 +30,19 @@ def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
     assert r.set("b", b"y", ex=100) is True and 0 < r.ttl("b") <= 100
     assert r.set("c", b"z", px=50_000) is True and 0 < r.pttl("c") <= 50_000
     assert r.ttl("a") == -1 and r.ttl("nope") == -2
+    assert r.persist("a") is False, "PERSIST of a key with no expiry answers 0"
     assert r.expire("a", 1000) is True and r.ttl("a") > 0
+    assert r.expire("a", 2000, xx=True, gt=True) is True and r.ttl("a") > 1000   # XX goes with GT (and LT)
+    assert r.expire("a", 3000, xx=True, lt=True) is False and r.ttl("a") <= 2000
+    with pytest.raises(redis.ResponseError, match="GT and LT options at the same time"):
+        r.execute_command("EXPIRE", "a", 10, "GT", "LT")
+    assert r.persist("a") is True and r.ttl("a") == -1 and r.persist("a") is False
+    assert r.execute_command("SET", "a", b"1", "NX", "NX") is None, "a repeated option is allowed, as in Redis"
+    assert r.execute_command("SET", "a", b"1", "EX", 5, "EX", 7) is True and 5 < r.ttl("a") <= 7   # the last wins
+    with pytest.raises(redis.ResponseError, match="GET option is not supported"):
+        r.set("a", b"2", get=True)
+    assert r.get("a") == b"1", "refused: nothing written"
+    assert r.persist("a") is True
     assert r.exists("a", "b", "nope", "a") == 3
     assert r.strlen("a") == 1 and r.strlen("nope") == 0
     assert r.mset({"k1": b"v1", "k2": b"v2"}) is True
@@ -238,6 +250,33 @@ def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_da
         assert reply.startswith(b"-ERR Protocol error"), reply
         assert s.recv(1024) == b"", "the server closes a connection after a protocol error"
     assert r.get("from-cli") == b"hello", "other connections keep working"
+
+    # Before AUTH a client may send no more than Redis lets it (10 arguments, 16 KiB a string):
+    # one that does not know the password cannot make the server buffer a large value.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(set_frame(b"huge", 200 << 20))
+        reply = s.recv(1024)
+        assert reply == b"-ERR Protocol error: unauthenticated bulk length\r\n", reply
+        assert s.recv(1024) == b"", "closed after the refusal"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"*11\r\n")
+        assert s.recv(1024) == b"-ERR Protocol error: unauthenticated multibulk length\r\n"
+    # ...and a pipelined AUTH then a large SET works as in Redis: the SET is read once AUTH has run.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        value = os.urandom(1 << 20)
+        s.sendall(b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n" + set_frame(b"after-auth", len(value)) + value + b"\r\n")
+        got = b""
+        while got.count(b"\r\n") < 2:
+            got += s.recv(1024)
+        assert got == b"+OK\r\n+OK\r\n", got
+    assert r.get("after-auth") == value
+    # transaction commands before AUTH are answered NOAUTH, as every command Redis knows
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"MULTI\r\nEXEC\r\n")
+        got = b""
+        while got.count(b"\r\n") < 2:
+            got += s.recv(1024)
+        assert got == b"-NOAUTH Authentication required.\r\n" * 2, got
 
 
 def test_redis_py_defaults_to_resp3_and_lmcaches_access_pattern_works_as_is(make_daemon):

@@ -13,27 +13,31 @@ extension RESPCommandHandler {
         return written ? .ok : .null
     }
 
-    /// SET's options: when it may write and what it does to the expiry.
+    /// SET's options: when it may write and what it does to the expiry. As in Redis, an option
+    /// may be repeated (the last expiry wins), but not combined with another of its kind.
     func setOptions(_ args: [ByteBuffer]) throws -> (KVSetCondition, KVExpiry) {
         var condition = KVSetCondition.always
         var expiry = KVExpiry.never
-        var sawExpiry = false
+        var conditionOption: String?, expiryOption: String?
         var i = 3
         while i < args.count {
             let option = String(buffer: args[i]).uppercased()
             switch option {
             case "NX", "XX":
-                guard condition == .always else { throw RESPCommandError.syntax }
+                guard conditionOption == nil || conditionOption == option else { throw RESPCommandError.syntax }
+                conditionOption = option
                 condition = option == "NX" ? .ifAbsent : .ifPresent
             case "KEEPTTL":
-                guard !sawExpiry else { throw RESPCommandError.syntax }
-                sawExpiry = true
+                guard expiryOption == nil || expiryOption == option else { throw RESPCommandError.syntax }
+                expiryOption = option
                 expiry = .keep
             case "EX", "PX", "EXAT", "PXAT":
-                guard !sawExpiry, i + 1 < args.count else { throw RESPCommandError.syntax }
-                sawExpiry = true
+                guard expiryOption == nil || expiryOption == option, i + 1 < args.count else { throw RESPCommandError.syntax }
+                expiryOption = option
                 i += 1
                 expiry = .at(try deadline(option, args[i], command: "set"))
+            case "GET":
+                throw RESPCommandError.setGetUnsupported
             default:
                 throw RESPCommandError.syntax
             }
@@ -53,36 +57,38 @@ extension RESPCommandHandler {
     /// The options read the TTL first and then set it: two backend calls, not atomic.
     func expire(_ name: String, _ args: [ByteBuffer], _ ns: String) async throws -> RESPValue {
         guard let amount = RESPParser.parseInteger(args[2].readableBytesView) else { throw RESPCommandError.notInteger }
-        var option: String?
+        var options: Set<String> = []
         for arg in args.dropFirst(3) {
             let word = String(buffer: arg).uppercased()
             guard ["NX", "XX", "GT", "LT"].contains(word) else {
                 throw RESPCommandError("ERR Unsupported option \(String(buffer: arg))")
             }
-            if let option, option != word {
-                throw RESPCommandError(
-                    option == "NX" || word == "NX"
-                        ? "ERR NX and XX, GT or LT options at the same time are not compatible"
-                        : "ERR GT and LT options at the same time are not compatible")
-            }
-            option = word
+            options.insert(word)
+        }
+        // Redis's rules: NX goes with none of the others, GT not with LT; XX with GT or LT is fine.
+        if options.contains("NX") && options.count > 1 {
+            throw RESPCommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
+        }
+        if options.contains("GT") && options.contains("LT") {
+            throw RESPCommandError("ERR GT and LT options at the same time are not compatible")
         }
         let (ms, overflow) = amount.multipliedReportingOverflow(by: name == "expire" ? 1000 : 1)
         let (when, overflow2) = backend.now().unixMilliseconds.addingReportingOverflow(ms)
         guard !overflow && !overflow2 else { throw RESPCommandError("ERR invalid expire time in '\(name)' command") }
-        if let option {
+        if !options.isEmpty {
             let current: Int64?  // remaining ms; nil = no expiry (infinite)
             switch try await backend.timeToLive(namespace: ns, key: args[1]) {
             case .missing: return .integer(0)
             case .persistent: current = nil
             case .milliseconds(let left): current = left
             }
-            let ok: Bool
-            switch option {
-            case "NX": ok = current == nil
-            case "XX": ok = current != nil
-            case "GT": ok = current.map { ms > $0 } ?? false
-            default: ok = current.map { ms < $0 } ?? true
+            let ok = options.allSatisfy { option in
+                switch option {
+                case "NX": current == nil
+                case "XX": current != nil
+                case "GT": current.map { ms > $0 } ?? false
+                default: current.map { ms < $0 } ?? true   // LT: no expiry counts as infinite
+                }
             }
             guard ok else { return .integer(0) }
         }

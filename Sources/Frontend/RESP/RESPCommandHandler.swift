@@ -108,22 +108,28 @@ public struct RESPCommandHandler: Sendable {
 
     public static let noTransactions = "ERR MULTI is not supported: Strata runs no MULTI/EXEC transactions; send the commands "
         + "without MULTI (redis-py: pipeline(transaction=False))"
+    public static let noWatch = "ERR WATCH is not supported: Strata runs no MULTI/EXEC transactions, so there is nothing for a WATCH to guard"
+    static let noAuth = "NOAUTH Authentication required."
+    private static let transactionCommands: [StaticString] = ["multi", "exec", "discard", "watch", "unwatch"]
 
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: Strata runs no transactions (Redis's promise, no
     /// other client's command in between, needs a store-wide order it does not keep). MULTI is
     /// refused with an error that says so, and so is every command after it up to EXEC or
     /// DISCARD, EXEC answering EXECABORT: none of a would-be transaction runs, as when Redis
-    /// discards one. Nil for any other command outside such a refusal (or before AUTH).
+    /// discards one. Before AUTH (where a password is required) these commands are answered
+    /// NOAUTH, as Redis answers any command it knows. Nil for any other command outside such a
+    /// refusal.
     private func transactionRefusal(_ arguments: [ByteBuffer], _ session: inout RESPSession) -> RESPReply? {
-        guard session.isAuthenticated, let name = arguments.first,
-            session.refusingTransaction || (4...7).contains(name.readableBytes)
-        else { return nil }
+        guard let name = arguments.first, session.refusingTransaction || (4...7).contains(name.readableBytes) else { return nil }
         let reply: RESPValue
-        if Self.isNamed(name, "multi") {
+        if !session.isAuthenticated {
+            guard Self.transactionCommands.contains(where: { Self.isNamed(name, $0) }) else { return nil }
+            reply = .error(Self.noAuth)
+        } else if Self.isNamed(name, "multi") {
+            reply = .error(session.refusingTransaction ? "ERR MULTI calls can not be nested" : Self.noTransactions)
             session.refusingTransaction = true
-            reply = .error(Self.noTransactions)
         } else if Self.isNamed(name, "watch") {
-            reply = .error(Self.noTransactions)
+            reply = .error(session.refusingTransaction ? "ERR WATCH inside MULTI is not allowed" : Self.noWatch)
         } else if Self.isNamed(name, "exec") {
             reply = session.refusingTransaction
                 ? .error("EXECABORT Transaction discarded: Strata runs no MULTI/EXEC transactions") : .error("ERR EXEC without MULTI")
@@ -331,7 +337,7 @@ public struct RESPCommandHandler: Sendable {
             throw CheckFailed(.error("ERR wrong number of arguments for '\(name)' command"))
         }
         if !session.isAuthenticated && !spec.allowedBeforeAuth {
-            throw CheckFailed(.error("NOAUTH Authentication required."))
+            throw CheckFailed(.error(Self.noAuth))
         }
         return name
     }
@@ -535,6 +541,8 @@ struct RESPCommandError: Error {
     init(_ message: String) { self.message = message }
 
     static let syntax = RESPCommandError("ERR syntax error")
+    static let setGetUnsupported = RESPCommandError(
+        "ERR SET's GET option is not supported: Strata does not read and replace a value in one step; GET the key, then SET it")
     static let notInteger = RESPCommandError("ERR value is not an integer or out of range")
     static func arity(_ name: String) -> RESPCommandError {
         RESPCommandError("ERR wrong number of arguments for '\(name)' command")

@@ -87,6 +87,14 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         pending.count >= configuration.maxPendingCommands || pendingBytes >= configuration.maxPendingBytes
     }
 
+    /// Before AUTH, commands are parsed one at a time (`parseAvailable`): past this much unparsed
+    /// input, more than the largest request the unauthenticated limits let through, the
+    /// connection stops reading until it has caught up.
+    private var unauthenticatedBacklog: Bool {
+        session?.isAuthenticated == false && inbound.readableBytes > Self.unauthenticatedBacklogBytes
+    }
+    private static let unauthenticatedBacklogBytes = 256 << 10
+
     func channelActive(context: ChannelHandlerContext) {
         active = true
         let id = handler.stats.connectionOpened()
@@ -250,7 +258,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if full || closing {
+        if full || closing || unauthenticatedBacklog {
             readHeld = true
         } else {
             context.read()
@@ -280,6 +288,15 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     private func parseAvailable() {
         var producedSlices = false
         while !closing && !full {
+            if session?.isAuthenticated == false {
+                // Before AUTH (a password is required), one command at a time, each parsed under
+                // Redis's small limits for unauthenticated clients (`forUnauthenticated`) once the
+                // one before it has run: a pipelined AUTH then a large SET is read as in Redis.
+                guard pending.isEmpty && !busy else { break }
+                if !parser.limits.unauthenticated { parser.limits = configuration.parserLimits.forUnauthenticated }
+            } else if parser.limits.unauthenticated {
+                parser.limits = configuration.parserLimits
+            }
             do {
                 guard let value = try parser.next(from: &inbound) else {
                     if staging == nil, staged == nil, startStaging() { continue }

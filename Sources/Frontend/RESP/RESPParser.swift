@@ -28,6 +28,20 @@ public struct RESPParser: Sendable {
         public var maxInlineLength: Int
         /// Deepest array nesting in `.client` mode. Default 32.
         public var maxNestingDepth: Int
+        /// The limits of a connection that has not authenticated where a password is required:
+        /// lengths past them are refused with Redis's "unauthenticated" wording (`forUnauthenticated`).
+        public var unauthenticated = false
+
+        /// What a connection may send before AUTH: Redis's bounds (10 arguments, 16 KiB a
+        /// bulk string), or these limits where they are lower. A client that does not know the
+        /// password cannot make the server buffer a large value.
+        public var forUnauthenticated: Limits {
+            var limits = self
+            limits.maxBulkLength = min(maxBulkLength, 16 * 1024)
+            limits.maxArrayElements = min(maxArrayElements, 10)
+            limits.unauthenticated = true
+            return limits
+        }
 
         public init(
             maxBulkLength: Int = 512 * 1024 * 1024,
@@ -44,7 +58,9 @@ public struct RESPParser: Sendable {
     }
 
     public let mode: Mode
-    public let limits: Limits
+    /// May change between values (a connection's limits change when it authenticates), not
+    /// while one is being parsed.
+    public var limits: Limits
 
     /// Arrays being filled, outermost first.
     private var open: [(remaining: Int, elements: [RESPValue])] = []
@@ -143,7 +159,7 @@ public struct RESPParser: Sendable {
                 value = .integer(number)
             case UInt8(ascii: "$"):
                 guard let length = Self.parseInteger(line), length >= -1, length <= limits.maxBulkLength else {
-                    throw .invalidBulkLength
+                    throw limits.unauthenticated ? .unauthenticatedBulkLength : .invalidBulkLength
                 }
                 if length == -1 {
                     guard mode == .client else { throw .invalidBulkLength }
@@ -154,7 +170,7 @@ public struct RESPParser: Sendable {
                 }
             case UInt8(ascii: "*"):
                 guard let count = Self.parseInteger(line), count <= limits.maxArrayElements else {
-                    throw .invalidMultibulkLength
+                    throw limits.unauthenticated ? .unauthenticatedMultibulkLength : .invalidMultibulkLength
                 }
                 if count <= 0 {
                     // Redis skips empty and negative multibulk requests; a client sees `*-1` as nil.

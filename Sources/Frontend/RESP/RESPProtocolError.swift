@@ -12,6 +12,8 @@ public struct RESPProtocolError: Error, Hashable, Sendable, CustomStringConverti
 
     static let invalidMultibulkLength = RESPProtocolError("Protocol error: invalid multibulk length")
     static let invalidBulkLength = RESPProtocolError("Protocol error: invalid bulk length")
+    static let unauthenticatedMultibulkLength = RESPProtocolError("Protocol error: unauthenticated multibulk length")
+    static let unauthenticatedBulkLength = RESPProtocolError("Protocol error: unauthenticated bulk length")
     static let invalidBulkTerminator = RESPProtocolError("Protocol error: bulk string not terminated by CRLF")
     static let tooBigInline = RESPProtocolError("Protocol error: too big inline request")
     static let tooBigMultibulkCount = RESPProtocolError("Protocol error: too big mbulk count string")

@@ -27,8 +27,10 @@ struct GatewayMetrics: Sendable {
         }
     }
 
+    /// A request answered with an error before any upstream saw it. A model no one configured is
+    /// counted as "-": a label per name a client makes up would grow the metrics without bound.
     func rejected(model: String, endpoint: Endpoint, code: String) {
-        let model = model.isEmpty ? "-" : model
+        let model = model.isEmpty || code == GatewayError.modelNotFound("").code ? "-" : model
         Counter(label: "strata_requests_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("outcome", code)])
             .increment()
         Counter(label: "strata_request_errors_total", dimensions: [("model", model), ("endpoint", endpoint.label), ("code", code)])

@@ -9,7 +9,7 @@ public struct ReloadReport: Sendable, Codable, Equatable {
     /// Models whose runtime command, weights, device or memory changed: drained, stopped, and
     /// started with the new settings on their next request.
     public var restarted: [String] = []
-    /// Models whose other settings (ttl, pin, priority, tags, fallbacks…) changed in place.
+    /// Models whose other settings (ttl, pin, priority, tags, fallbacks, routing…) changed in place.
     public var changed: [String] = []
     /// Sections that take effect only when Strata restarts (listen address, tiers, kv…).
     public var needs_restart: [String] = []
@@ -34,7 +34,7 @@ extension ModelController {
             if Self.processChanged(before, old: old, model, new: new) {
                 report.restarted.append(model.name)
                 restart.formUnion(model.placerNames)
-            } else if before != model {
+            } else if before != model || Self.routingChanged(model, old: old, new: new) {
                 report.changed.append(model.name)
             }
         }
@@ -51,6 +51,13 @@ extension ModelController {
             hostBudget: placer.configuration.hostWeightsBudget, snapshot: { self.placer.snapshot(of: $0) },
             eventDescription: "config reloaded")
         for action in actions { perform(action) }
+        // A preloaded model is loaded now, not on its first request: when added, restarted or
+        // newly marked so.
+        for model in new.models where model.preload {
+            let before = oldModels[model.name]
+            guard before == nil || report.restarted.contains(model.name) || before?.preload == false else { continue }
+            for name in model.placerNames { send(.load(model: name)) }
+        }
         return report
     }
 
@@ -67,6 +74,18 @@ extension ModelController {
             return a?.kind != b?.kind || a?.environment != b?.environment || a?.healthPath != b?.healthPath
         }
         return false
+    }
+
+    /// Whether how a model's replicas are routed changed (its policy, or the `routing` section),
+    /// which applies at once: its replica set is built anew (`rebuildReplicaSets`).
+    static func routingChanged(_ model: ModelConfiguration, old: StrataConfiguration, new: StrataConfiguration) -> Bool {
+        switch model.serving {
+        case .replicas: break
+        case .managed where model.replicaCount > 1: break
+        default: return false
+        }
+        return (old.models.first { $0.name == model.name }?.routing ?? old.routing.policy) != (model.routing ?? new.routing.policy)
+            || old.routing != new.routing
     }
 
     /// Keeps the replica sets whose replicas and routing are unchanged; builds the others anew.

@@ -277,7 +277,11 @@ public actor ModelController {
                     extraArgs += ["--parallel", String(SlotCache.defaultSlots)]
                 }
             }
-            let argv = Self.commandLine(runtime: runtime, model: model, modelPath: modelPath, modelArgs: extraArgs, port: port)
+            // A replica (`name#i`) serves under its model's name: llama-server answers with its
+            // --alias as the response's `model`, and a runtime that checks the name (vLLM's
+            // --served-model-name ${MODEL_NAME}) sees the one clients send.
+            let served = config.model(placerName: model)?.name ?? model
+            let argv = Self.commandLine(runtime: runtime, model: served, modelPath: modelPath, modelArgs: extraArgs, port: port)
             var environment = ProcessInfo.processInfo.environment
             environment.merge(runtime.environment) { $1 }
             let logPath = "\(config.stateDirectory)/logs/\(model).log"
@@ -381,6 +385,12 @@ public actor ModelController {
             }
         }
         send(.runtimeExited(model: model, detail: detail))
+        if !expected, config.model(placerName: model)?.preload == true {
+            // Loaded at start, so kept loaded: started again once the restart backoff has passed,
+            // not on the next request (which would wait for the start).
+            logger.info("restarting a preloaded runtime after the backoff", metadata: ["model": "\(model)"])
+            send(.load(model: model))
+        }
     }
 
     private func stop(_ model: String, reason: StopReason) {

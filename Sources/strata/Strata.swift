@@ -58,6 +58,8 @@ struct Serve: AsyncParsableCommand {
             .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5),
             .seconds(10), .seconds(30), .seconds(60), .seconds(120),
         ]
+        // The one value histogram: a fraction (0...1), which the default buckets (5 to 10,000) would put all in the first.
+        factory.valueHistogramBuckets["strata_route_matched_fraction"] = [0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1]
         MetricsSystem.bootstrap(factory)
         let logger = Logger(label: "strata")
         // What stops the daemon at start, as one line: which key of the config, and why.

@@ -1,5 +1,6 @@
 """The gateway through the official openai client, against real llama-server runtimes."""
 import json
+import re
 import signal
 import threading
 import time
@@ -296,6 +297,9 @@ def test_client_disconnect_frees_the_request(daemon):
 
 def test_metrics_are_prometheus_text(daemon):
     daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    for i in range(3):   # names no one configured share one label, however many a client makes up
+        with pytest.raises(openai.NotFoundError):
+            daemon.client().chat.completions.create(model=f"made-up-{i}", messages=MESSAGES, max_tokens=2)
     status, body, headers = daemon.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = body.decode()
@@ -303,6 +307,10 @@ def test_metrics_are_prometheus_text(daemon):
                  "strata_loads_total", "strata_load_duration_seconds", "strata_tokens_total", "strata_request_errors_total"):
         assert name in text, name
     assert 'model="smollm2"' in text
+    assert "made-up" not in text
+    unknown = [float(value) for labels, value in re.findall(r'^strata_request_errors_total\{(.*)\} (\S+)$', text, re.M)
+               if 'model="-"' in labels and 'code="model_not_found"' in labels]
+    assert unknown and unknown[0] >= 3, text
 
 
 def test_admin_requires_key_and_can_unload_and_load(daemon):

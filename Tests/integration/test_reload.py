@@ -2,6 +2,7 @@
 is rejected with the reason and the running configuration kept; a removed model drains its
 in-flight stream before it stops; new API keys and tenants take effect at once."""
 import json
+import os
 import signal
 import threading
 import time
@@ -101,3 +102,25 @@ def test_sighup_applies_new_keys_budgets_and_restarts_changed_models(make_daemon
     assert any(e["event"] == "config reloaded" and e["action"] == "stop" and e["model"] == "a" for e in entries), entries
     # the daemon stayed up through it all and still stops cleanly
     assert d.proc.poll() is None
+
+
+def test_a_preloaded_model_is_kept_loaded_through_crashes_and_reloads(make_daemon):
+    """`preload: true` loads at start, and keeps loaded: a runtime that crashes is started again
+    after the restart backoff without waiting for a request, and so is one a reload restarts or
+    adds."""
+    d = make_daemon(config(model_line("a", ", preload: true")))
+    wait_for(lambda: d.model("a")["status"] == "ready", 60, what="a preloaded")
+    pid = d.model("a")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a")["pid"] not in (None, pid), 60,
+             what="a restarted by itself after the crash")
+
+    # a reload that changes a's process, and adds b, preloaded too: both load with no request
+    pid = d.model("a")["pid"]
+    rewrite(d, config(model_line("a", ', preload: true, args: ["--temp", "0"]') + model_line("b", ", preload: true")))
+    status, answer = reload(d)
+    assert status == 200 and answer["restarted"] == ["a"] and answer["added"] == ["b"], answer
+    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a")["pid"] not in (None, pid), 60,
+             what="a started again after the reload")
+    wait_for(lambda: d.model("b")["status"] == "ready", 60, what="b preloaded after the reload")
+    assert chat(d, "a")[0] == 200

@@ -92,6 +92,11 @@ def test_requests_sharing_a_prefix_land_where_it_is_resident(make_daemon, replic
     assert {r["url"] for r in admin["replicas"]} == {u for u, _ in replicas}
     assert all(r["healthy"] and r["in_flight"] == 0 for r in admin["replicas"]), admin
     assert sum(r["index_blocks"] for r in admin["replicas"]) > 0
+    # the matched fraction of each routed prompt, in buckets over 0...1: 3 cold (0), 9 follow-ups (most of their prompt)
+    text = d.get("/metrics")[1].decode()
+    buckets = {float(le): float(n) for le, n in
+               re.findall(r'^strata_route_matched_fraction_bucket\{.*le="([^"+]+)".*\} (\S+)$', text, re.M)}
+    assert buckets[0.0] == 3 and buckets[0.5] == 3 and buckets[1.0] == 12, buckets
 
 
 def test_tools_and_content_of_any_type_are_routed_and_the_daemon_stays_up(make_daemon, replicas):
@@ -171,8 +176,16 @@ def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_da
 
     # the home process dies: requests go on, served by the other replica (or a restarted home)
     os.kill(d.admin()[home]["pid"], signal.SIGKILL)
-    statuses = [chat(d, system, f"after crash {i}")[0] for i in range(4)]
-    assert statuses == [200] * 4, statuses
+    answers = [chat(d, system, f"after crash {i}") for i in range(4)]
+    assert [status for status, _, _ in answers] == [200] * 4, answers
+    # every replica answers under the model's name, not its own (smollm2#i): its llama-server's
+    # --alias is the served name
+    assert {json.loads(body)["model"] for _, body, _ in answers} == {"smollm2"}, answers
+    running = [m["pid"] for m in d.admin().values() if m.get("pid")]
+    assert running
+    for pid in running:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        assert argv[argv.index(b"--alias") + 1] == b"smollm2", argv
     assert any(m["status"] == "ready" for m in d.admin().values())
 
 

@@ -152,7 +152,8 @@ extension ModelController: ModelBackend {
         for (name, replicas) in replicaSets {
             replicaStates[name] = replicas.snapshots.map {
                 AdminStatus.Replica(url: $0.id, healthy: $0.healthy, in_flight: $0.inFlight, queued_blocks: $0.queuedWork,
-                                    index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures)
+                                    index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures,
+                                    starting: $0.starting)
             }
         }
         let models = config.models.flatMap { model -> [AdminStatus.Model] in
@@ -168,7 +169,8 @@ extension ModelController: ModelBackend {
                         memory_bytes: snapshot?.memoryBytes ?? model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
                         loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
                         upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[name],
-                        replicas: model.replicaCount > 1 ? replicaStates[model.name] : nil)
+                        // (Its own routing state, under its Placer name.)
+                        replicas: model.replicaCount > 1 ? replicaStates[model.name]?.filter { $0.url == name } : nil)
                     entry.measured_bytes = snapshot?.measuredBytes
                     entry.priority = model.priority
                     return entry

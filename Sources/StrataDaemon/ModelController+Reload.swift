@@ -106,8 +106,9 @@ extension ModelController {
             {
                 sets[model.name] = existing
             } else {
+                let running = Set(replicas.filter { if case .ready = placer.snapshot(of: $0)?.phase { true } else { false } })
                 sets[model.name] = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
-                                              settings: config.routing, logger: logger, slots: slots)
+                                              settings: config.routing, logger: logger, slots: slots, running: running)
             }
         }
         for (name, task) in healthChecks where sets[name] !== replicaSets[name] {

@@ -355,6 +355,9 @@ public actor ModelController {
             .record(duration: clock.now - instance.startedAt)
         lastError[model] = nil
         send(.runtimeReady(model: model))
+        if let base = config.model(placerName: model), base.replicaCount > 1, let replicas = replicaSets[base.name] {
+            Task { await replicas.processReady(model) }
+        }
         measureFootprints(only: model)
     }
 

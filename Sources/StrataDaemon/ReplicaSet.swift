@@ -50,8 +50,9 @@ actor ReplicaSet {
     private var checkingHealth = false
     private var lastProbe: ContinuousClock.Instant?
 
+    /// `running`: managed replicas whose process is ready now (the others must start first).
     init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger,
-         slots: SlotCache? = nil) {
+         slots: SlotCache? = nil, running: Set<String> = []) {
         self.slots = slots
         // The set is being installed: index what earlier daemons or sets saved (a cache built
         // and discarded by a reload never does, so it cannot trim objects this one uses).
@@ -75,6 +76,11 @@ actor ReplicaSet {
             maxBlocksPerReplica: settings.indexBlocks, hotSpotQueueBound: settings.hotSpotQueue,
             loadBoundFactor: settings.loadBound, ejectAfterFailures: settings.ejectAfter,
             requestCostBlocks: settings.requestCostBlocks))))
+        if managed {
+            routing.withLockedValue { routing in
+                for replica in replicas where !running.contains(replica) { routing.router.setStarting(replica, true) }
+            }
+        }
     }
 
     /// Routes a request to an upstream replica without waiting, or nil where `acquire` is needed:
@@ -274,14 +280,21 @@ actor ReplicaSet {
     nonisolated var snapshots: [ReplicaSnapshot] { routing.withLockedValue { $0.router.replicaSnapshots } }
 
     /// A managed replica's process is gone (stopped, evicted or crashed): its prefixes went with
-    /// it. It stays eligible: the supervisor starts a new process on its next request.
+    /// it. It stays eligible, behind the running replicas (a start stands before any work
+    /// there): the supervisor starts a new process on the next request routed to it.
     func processExited(_ replica: String) {
         slots?.replicaRestarted(replica)
         routing.withLockedValue {
             $0.router.replicaRestarted(replica)
             $0.router.markHealthy(replica)
+            $0.router.setStarting(replica, true)
         }
         publishLoad(replica)
+    }
+
+    /// A managed replica's process is ready: it serves without a start.
+    func processReady(_ replica: String) {
+        routing.withLockedValue { $0.router.setStarting(replica, false) }
     }
 
     enum RouteFailure: Error { case noHealthyReplica(GatewayError) }

@@ -42,6 +42,8 @@ struct RoutingSimulationTests {
         // The book: what the router must report, derived only from what it was told.
         var healthy = Array(repeating: true, count: 5)
         var failures = Array(repeating: 0, count: 5)
+        /// Replicas whose process must start first (`setStarting`).
+        var starting = Array(repeating: false, count: 5)
         var inFlight = Array(repeating: 0, count: 5)
         var queued = Array(repeating: 0, count: 5)
         var requests: [RequestID: (replica: Int, work: Int)] = [:]
@@ -107,6 +109,10 @@ struct RoutingSimulationTests {
                         if cold && decision.reason != .sessionAffinity {
                             let hashed = open.contains { inFlight[$0] < bound }
                             #expect(decision.reason == (hashed ? .coldConsistentHash : .leastLoaded), "\(context)")
+                            // ...on a running replica whenever one is under the bound.
+                            if open.contains(where: { !starting[$0] && inFlight[$0] < bound }) {
+                                #expect(!starting[chosen], "\(context): a cold prefix started \(decision.replica)")
+                            }
                         }
                     }
                     let sent = router.dispatch(nextID, to: decision, promptBlocks: chain)
@@ -145,6 +151,8 @@ struct RoutingSimulationTests {
             } else if roll < 94 {
                 router.replicaRestarted(ids[replica])
                 #expect(router.replica(ids[replica]).indexedBlocks == 0)
+                starting[replica] = rng.below(2) == 0   // down until its new process is ready, or ready again
+                router.setStarting(ids[replica], starting[replica])
             } else if roll < 97 {
                 // Late or duplicate finishes (a cancel racing a completion) change nothing.
                 let stale = finished.isEmpty || rng.below(4) == 0 ? nextID + 1000 : finished[rng.below(finished.count)]

@@ -242,6 +242,50 @@ struct RoutingTableTests {
         #expect(try! router.choose(prompt).get().replica == home)
     }
 
+    /// A replica whose process must start first (a managed replica stopped or crashed) takes a
+    /// cold prefix only when no running replica is under the load bound, and a prefix it would
+    /// otherwise win costs it the start.
+    @Test func aReplicaThatMustStartFirstGetsWorkOnlyWhenTheRunningOnesAreFull() {
+        var router = Routing.router(3, factor: 1.25)
+        // Find a prompt whose rendezvous home is r0, then take r0 down.
+        let prompt = (1...64 as ClosedRange<UInt64>).lazy.map { Routing.prompt(family: $0, shared: 4) }
+            .first { try! router.choose($0).get().replica == "r0" }!
+        router.setStarting("r0", true)
+        #expect(router.replica("r0").starting)
+        let instead = try! router.choose(prompt).get()
+        #expect(instead.replica != "r0" && instead.reason == .coldConsistentHash)
+        // Two requests in flight on each running replica.
+        for id in 1...4 as ClosedRange<RequestID> {
+            let replica = id <= 2 ? "r1" : "r2"
+            router.dispatch(id, to: RouteDecision(replica: replica, matchedBlocks: 0, promptBlocks: 1, reason: .leastLoaded),
+                            promptBlocks: Routing.prompt(family: 100 + id, shared: 1))
+        }
+        // 4 in flight: the bound ceil(1.25 × 5 / 3) = 3 leaves r1 and r2 under it; still not r0.
+        #expect(try! router.choose(prompt).get().replica != "r0")
+        router.dispatch(5, to: RouteDecision(replica: "r1", matchedBlocks: 0, promptBlocks: 1, reason: .leastLoaded),
+                        promptBlocks: Routing.prompt(family: 105, shared: 1))
+        router.dispatch(6, to: RouteDecision(replica: "r2", matchedBlocks: 0, promptBlocks: 1, reason: .leastLoaded),
+                        promptBlocks: Routing.prompt(family: 106, shared: 1))
+        // 6 in flight, 3 on each running replica: the bound ceil(1.25 × 7 / 3) = 3 is reached; r0 starts.
+        #expect(try! router.choose(prompt).get() == RouteDecision(
+            replica: "r0", matchedBlocks: 0, promptBlocks: 4, reason: .coldConsistentHash))
+        for id in 1...6 as ClosedRange<RequestID> { router.finish(id) }
+
+        // A prefix held by a replica that must start stays there only if the start costs less
+        // than computing the prefix elsewhere (the index of a real restart is forgotten; this is
+        // the start's cost alone).
+        var small = Routing.router(2, requestCost: 0)
+        let held = Routing.prompt(family: 7, shared: 300)
+        let home = small.route(1, held)!.replica
+        small.finish(1)
+        small.setStarting(home, true)
+        #expect(try! small.choose(held).get().replica == home, "a start (256 blocks) costs less than computing 300")
+        let short = Routing.prompt(family: 7, shared: 200)
+        #expect(try! small.choose(short).get().replica == Self.other(home), "...and more than computing 200")
+        small.setStarting(home, false)
+        #expect(try! small.choose(short).get().replica == home)
+    }
+
     @Test func roundRobinTakesTurnsAndSkipsUnhealthy() {
         var router = Routing.router(3, policy: .roundRobin)
         let prompt = Routing.prompt(family: 1, shared: 4)

@@ -214,3 +214,39 @@ def test_a_replica_that_evicted_a_prefix_corrects_the_index(make_daemon, tmp_pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
+    """Two preloaded replicas Strata starts; one crashes. Requests go to the running one (no wait
+    for a start, whatever replica their prefix hashes to), the crashed one shows as starting,
+    and, preloaded, it comes back by itself and takes work again."""
+    d = make_daemon(config(f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}
+""").replace("restart_backoff: 200ms", "restart_backoff: 3s").replace("restart_backoff_max: 2s", "restart_backoff_max: 6s"))
+    wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
+    assert not any(m["replicas"][0]["starting"] for m in d.admin().values())
+    # a prefix each replica is home to when both run
+    homes = {}
+    for seed in range(20, 60):
+        replica, reason = routed(d, words(seed, 120), "hello")
+        assert reason == "coldConsistentHash"
+        homes.setdefault(replica, seed)
+        if len(homes) == 2:
+            break
+    assert set(homes) == {"smollm2#0", "smollm2#1"}, homes
+    victim, survivor = "smollm2#0", "smollm2#1"
+    pid = d.admin()[victim]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: d.admin()[victim]["replicas"][0]["starting"], 10, interval=0.05, what="the crashed replica marked starting")
+    # the victim's own prefix (forgotten with its process) now goes to the survivor, at once
+    replica, _ = routed(d, words(homes[victim], 120), "after the crash")
+    assert replica == survivor
+    wait_for(lambda: d.admin()[victim]["status"] == "ready" and not d.admin()[victim]["replicas"][0]["starting"], 60,
+             what="the preloaded replica restarted by itself")
+    assert d.admin()[victim]["pid"] != pid
+    # and a fresh prefix that hashes to it lands there again
+    for seed in range(100, 160):
+        replica, _ = routed(d, words(seed, 120), "back")
+        if replica == victim:
+            break
+    assert replica == victim

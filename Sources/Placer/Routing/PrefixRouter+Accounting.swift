@@ -76,6 +76,6 @@ extension PrefixRouter {
         ReplicaSnapshot(
             id: state.spec.id, healthy: state.healthy, consecutiveFailures: state.consecutiveFailures,
             inFlight: state.inFlight, queuedWork: state.queuedWork, indexedBlocks: state.index.count,
-            maxConcurrency: state.spec.maxConcurrency)
+            maxConcurrency: state.spec.maxConcurrency, starting: state.starting)
     }
 }

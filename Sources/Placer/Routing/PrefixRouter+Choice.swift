@@ -32,7 +32,9 @@ extension PrefixRouter {
             var extra = 0
             let restores = restorable - restoreCost > matched
             if restores { (matched, extra) = (restorable, restoreCost) }
-            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue + extra, restores: restores)
+            let start = replicas[replica].starting ? configuration.startCostBlocks : 0
+            return Scored(replica: replica, matched: matched, cost: chain.count - matched + queue + extra + start,
+                          restores: restores)
         }
         func made(_ chosen: Scored, _ reason: RouteReason) -> RouteDecision {
             let restore = chosen.restores
@@ -43,9 +45,12 @@ extension PrefixRouter {
         if scored.allSatisfy({ $0.matched == 0 }) {
             // Seen nowhere: every router on every host ranks replicas alike for this first
             // block, so the prefix gathers on one replica without coordination. Each router
-            // bounds only the load it sees itself.
+            // bounds only the load it sees itself. A replica that must start first is chosen
+            // only when no running one is under the bound.
             let ranked = candidates.sorted { ranks($0, before: $1, key: key) }
-            if let home = ranked.first(where: { replicas[$0].inFlight < bound }) {
+            if let home = ranked.first(where: { replicas[$0].inFlight < bound && !replicas[$0].starting })
+                ?? ranked.first(where: { replicas[$0].inFlight < bound })
+            {
                 return RouteDecision(
                     replica: replicas[home].spec.id, matchedBlocks: 0, promptBlocks: chain.count,
                     reason: .coldConsistentHash)

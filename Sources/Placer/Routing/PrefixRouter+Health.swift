@@ -39,6 +39,14 @@ extension PrefixRouter {
         replicas[replica].consecutiveFailures = 0
     }
 
+    /// Whether the replica's process must start before it can serve (a managed replica stopped,
+    /// crashed or loading): prefix affinity adds `startCostBlocks` to its work and places cold
+    /// prefixes on running replicas first. Replicas start out running (upstreams).
+    public mutating func setStarting(_ id: String, _ starting: Bool) {
+        guard let replica = position[id] else { return }
+        replicas[replica].starting = starting
+    }
+
     /// The replica's process restarted: its KV cache is empty, so is our guess of it. Health is
     /// left to the health checks, which see it come up.
     public mutating func replicaRestarted(_ id: String) {

@@ -109,6 +109,8 @@ struct ReplicaState: Sendable {
     var consecutiveFailures = 0
     var inFlight = 0
     var queuedWork = 0
+    /// Its process is not running (`setStarting`): a start stands before any work there.
+    var starting = false
 
     init(spec: ReplicaSpec, capacity: Int) {
         self.spec = spec

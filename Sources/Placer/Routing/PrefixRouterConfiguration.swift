@@ -1,8 +1,8 @@
 /// How the prefix router chooses among the replicas of one model. Built by the executable from
 /// the config file (or by tests directly); the defaults are documented here.
 public struct PrefixRouterConfiguration: Sendable, Equatable {
-    /// Replicas in a fixed order; IDs must be unique. Replicas that are not running stay listed
-    /// and are marked unhealthy.
+    /// Replicas in a fixed order; IDs must be unique. Replicas that are down stay listed, marked
+    /// unhealthy; managed ones whose process is not running, marked starting (`setStarting`).
     public var replicas: [ReplicaSpec]
     public var policy: RoutingPolicy
     /// Block hashes remembered per replica. Sized near the replica's KV cache in blocks: much
@@ -30,6 +30,13 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
     /// KV in tens of milliseconds where computing it takes seconds; copying it in from the store
     /// is the larger part). Counted as at least one block.
     public var restoreCostFraction: Double
+    /// What starting a replica's process costs, in prompt blocks, while it is not running (a
+    /// managed replica that is stopped, has crashed or is still loading: `setStarting`). Large
+    /// by default, a start taking longer than computing a long prompt: a replica not running is
+    /// chosen only where every running one is at the load bound (a cold prefix) or a hot spot,
+    /// so a crashed replica's traffic goes to the running ones while it restarts, and a request
+    /// does not wait for a start that a running replica with room would spare it.
+    public var startCostBlocks: Int
 
     public init(
         replicas: [ReplicaSpec],
@@ -39,8 +46,10 @@ public struct PrefixRouterConfiguration: Sendable, Equatable {
         loadBoundFactor: Double = 1.25,
         ejectAfterFailures: Int = 3,
         requestCostBlocks: Int = 0,
-        restoreCostFraction: Double = 0.05
+        restoreCostFraction: Double = 0.05,
+        startCostBlocks: Int = 256
     ) {
+        self.startCostBlocks = startCostBlocks
         self.restoreCostFraction = restoreCostFraction
         self.replicas = replicas
         self.policy = policy

@@ -71,4 +71,6 @@ public struct ReplicaSnapshot: Sendable, Equatable {
     /// Block hashes in its prefix index.
     public var indexedBlocks: Int
     public var maxConcurrency: Int?
+    /// Its process must start before it serves (`PrefixRouter.setStarting`).
+    public var starting = false
 }

@@ -54,6 +54,9 @@ extension Gateway {
         var acquired: UpstreamLease
         var admitted: ContinuousClock.Instant
         var response: HTTPClientResponse
+        // A stream's head goes to the client with its first event, so a runtime that fails
+        // before that event (while computing the prompt) is retried like one that never answered.
+        var events: UpstreamEvents?
         var resentAfterDeath = false
         // Until the first byte of an answer, a failed upstream is retried on another replica
         // (when the model has one), or once on the runtime started in place of one that died;
@@ -82,6 +85,9 @@ extension Gateway {
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
+                if parsed.stream, Self.isEventStream(response) {
+                    events = try await UpstreamEvents(response.body)
+                }
                 break
             } catch {
                 if Task.isCancelled {
@@ -120,7 +126,7 @@ extension Gateway {
         var servedBy: HTTPFields = [:]
         if let served = lease.servedModel { servedBy[Self.servedByHeader] = served }
 
-        if parsed.stream && contentType.hasPrefix("text/event-stream") {
+        if let events {
             let logger = self.logger
             let upstreamLabel = lease.upstreamLabel
             let model = parsed.model
@@ -131,7 +137,8 @@ extension Gateway {
                 body: ResponseBody { writer in
                     defer { lease.release() }
                     do {
-                        for try await chunk in upstreamResponse.body {
+                        var next = events.first   // (nil: the stream ended before any event)
+                        while let chunk = next {
                             observer.streamed(chunk)
                             do {
                                 try await writer.write(chunk)
@@ -140,6 +147,7 @@ extension Gateway {
                                 observer.finish(outcome: "client_disconnected")
                                 throw error
                             }
+                            next = try await events.next()
                         }
                     } catch {
                         if Task.isCancelled || error is CancellationError {
@@ -183,6 +191,26 @@ extension Gateway {
         var headers: HTTPFields = [.contentType: contentType]
         headers.append(contentsOf: servedBy)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))
+    }
+
+    /// A stream's events from the upstream, its first already received. Made by the request's
+    /// task, then read only by the task that writes the answer, once the first is done with it:
+    /// never by two at once (the iterator is not Sendable for that reason).
+    final class UpstreamEvents: @unchecked Sendable {
+        let first: ByteBuffer?
+        private var rest: HTTPClientResponse.Body.AsyncIterator
+
+        init(_ body: HTTPClientResponse.Body) async throws {
+            rest = body.makeAsyncIterator()
+            first = try await rest.next()
+        }
+
+        func next() async throws -> ByteBuffer? { try await rest.next() }
+    }
+
+    /// An answer that is a server-sent event stream (relayed as it comes), not an error answer.
+    static func isEventStream(_ response: HTTPClientResponse) -> Bool {
+        (response.headers.first(name: "content-type") ?? "").hasPrefix("text/event-stream")
     }
 
     /// The header that names the model that served a request (a fallback, say).

@@ -3,7 +3,8 @@ import NIOConcurrencyHelpers
 
 /// A fake model backend for gateway unit tests: one model `m` served by a fake upstream, and
 /// `raw` on a test's own upstream (`rawPort`). With `immediate`, `acquireImmediately` admits
-/// them (and `retry`: first on a closed port, then on the fake upstream).
+/// them (and `retry`: first on a closed port, then on the fake upstream). `raw-then-m`: first
+/// on `rawPort`, then (once it failed there) on the fake upstream, by either path.
 final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     let immediate: Bool
@@ -56,9 +57,17 @@ final class FakeBackend: ModelBackend, Sendable {
             return UpstreamLease(baseURL: "http://127.0.0.1:1/v1", upstreamLabel: "dead", hasAlternatives: true, onOutcome: record)
         case "retry":
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "live", onOutcome: record)
+        case "raw-then-m":
+            return rawThenM(hints, record)
         default:
             return nil
         }
+    }
+
+    private func rawThenM(_ hints: RequestHints, _ record: @escaping @Sendable (LeaseOutcome) -> Void) -> UpstreamLease {
+        hints.excluding.contains("raw")
+            ? UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "m", onOutcome: record)
+            : UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw", hasAlternatives: true, onOutcome: record)
     }
 
     var acquired: Int { counters.withLockedValue { $0.acquired } }
@@ -93,6 +102,8 @@ final class FakeBackend: ModelBackend, Sendable {
             return UpstreamLease(
                 baseURL: "http://127.0.0.1:\(rawPort)/v1",
                 onOutcome: { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } })
+        case "raw-then-m":
+            return rawThenM(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
         case "busy":
             throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
         case "crashes-once", "crashes-always", "refuses":

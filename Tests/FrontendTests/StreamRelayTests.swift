@@ -126,6 +126,32 @@ struct StreamRelayTests {
         }
     }
 
+    /// The head of a stream goes to the client with its first event: an upstream that fails
+    /// before that event (a runtime dying while it computes the prompt) has sent the client
+    /// nothing, so the request is retried on another replica, or answered with a clean 502.
+    @Test(arguments: [false, true])
+    func aStreamThatFailsBeforeItsFirstEventIsRetriedOrAnswered502(immediate: Bool) async throws {
+        let upstream = try await StreamingUpstream.start(.closeAfterHead)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(immediate: immediate, rawPort: upstream.port) { client, backend in
+            let port = client.port!
+            let (retried, alone) = try await NIOThreadPool.singleton.runIfActive {
+                let retried = try StreamClient(port: port, send: Self.request("raw-then-m"))
+                defer { retried.close() }
+                let head = try retried.readHead()
+                let body = try retried.readBody(until: "data: [DONE]")
+                let alone = try RawClient.exchange(port: port, send: Self.request("raw"), responses: 1)
+                return (head + body, alone)
+            }
+            #expect(retried.hasPrefix("HTTP/1.1 200") && retried.contains("data: {\"i\":2}"), "got \(retried)")
+            #expect(!retried.contains("runtime_failed"))
+            #expect(backend.outcomes("raw-then-m") == [.upstreamFailed, .completed])
+            #expect(alone.map(\.status) == [502])
+            #expect(alone.first?.body.contains("\"code\":\"runtime_failed\"") == true, "\(alone)")
+            #expect(backend.outcomes("raw") == [.upstreamFailed])
+        }
+    }
+
     @Test(arguments: [false, true])
     func anErrorAnswerToAStreamRequestIsRelayedWhole(immediate: Bool) async throws {
         let upstream = try await StreamingUpstream.start(.error)
@@ -155,6 +181,8 @@ final class StreamingUpstream: Sendable {
         case stallAfterOneEvent
         /// A 400 with a JSON error body.
         case error
+        /// The stream's head, then the connection closes (a runtime that dies computing the prompt).
+        case closeAfterHead
     }
 
     struct Counters {
@@ -243,6 +271,8 @@ final class StreamingUpstream: Sendable {
                 pump(context: context)
             case .stallAfterOneEvent:
                 write("data: {\"i\":0}\n\n", context: context)
+            case .closeAfterHead:
+                context.close(promise: nil)
             case .error:
                 break
             }

@@ -267,6 +267,41 @@ def test_a_request_whose_runtime_dies_before_answering_is_sent_to_the_next_one(d
     assert daemon.metric("strata_request_retries_total", model="smollm2") == retries + 1
 
 
+def test_a_stream_whose_runtime_dies_while_computing_the_prompt_is_sent_to_the_next_one(daemon):
+    """SIGKILL of the runtime while it computes a streamed request's prompt: the stream's head
+    goes to the client with its first event, so the client has seen nothing, and the request goes
+    once more, to the runtime started in its place, and streams in full."""
+    import os
+    client = daemon.client(timeout=120)
+    client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
+    pid = daemon.model("smollm2").get("pid")
+    assert pid and pid_alive(pid)
+    retries = daemon.metric("strata_request_retries_total", model="smollm2")
+    long_prompt = " ".join(f"Item {i} of the inventory is a {['red', 'blue', 'green'][i % 3]} box." for i in range(55))   # ~700 tokens (a slot holds 1024)
+    outcome = {"text": ""}
+
+    def ask():
+        try:
+            for chunk in client.chat.completions.create(
+                    model="smollm2", messages=[{"role": "user", "content": long_prompt}], max_tokens=16,
+                    stream=True, extra_body={"ignore_eos": True}):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    outcome["text"] += chunk.choices[0].delta.content
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome["error"] = e
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    wait_for(lambda: daemon.model("smollm2")["in_flight"] == 1, 20, what="the request running")
+    time.sleep(0.3)   # computing the prompt (seconds at one thread), no event yet
+    os.kill(pid, signal.SIGKILL)
+    asking.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["text"], outcome
+    assert daemon.model("smollm2").get("pid") not in (None, pid)
+    assert daemon.metric("strata_request_retries_total", model="smollm2") == retries + 1
+
+
 def test_client_disconnect_frees_the_request(daemon):
     import http.client
     body = json.dumps({"model": "smollm2", "stream": True, "max_tokens": 1500, "ignore_eos": True,

@@ -176,8 +176,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var readsSeen: Int?
         /// The request went once more on a new connection after a kept one failed unanswered.
         var resentOnNewConnection = false
-        /// A stream whose head has gone to the client, and what follows it to its end.
+        /// A stream whose head has come from the upstream, and what follows it to its end.
         var stream: RequestObserver?
+        /// That stream's head, until it goes to the client with the first event: a stream that
+        /// fails before it (a runtime that dies computing the prompt) is retried like a request
+        /// never answered.
+        var streamHead: HTTPResponse?
         /// Its answer goes to the socket as bytes (`answersRaw` when it began).
         let raw: Bool
 
@@ -568,7 +572,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     /// The head of a stream's answer came: an event stream goes on to the client as it comes
-    /// (true); anything else (an error answer) is collected and answered whole.
+    /// (true), its head with its first event; anything else (an error answer) is collected and
+    /// answered whole.
     private func streamBegan(_ head: UpstreamHead, attempt: Int, context: ChannelHandlerContext) -> Bool {
         guard case .relaying(let exchange) = state, exchange.attempt == attempt,
             let contentType = head.first(lowercased: HTTP1Wire.Lowercase.contentType), contentType.hasPrefix("text/event-stream")
@@ -580,25 +585,32 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         headers[.cacheControl] = "no-cache"
         if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
         addServerHeaders(&headers)
-        // No length: chunked. Flushed at once, so the client sees the stream begin.
-        let response = HTTPResponse(status: .init(code: head.status), headerFields: headers)
+        // No length: chunked.
+        exchange.streamHead = HTTPResponse(status: .init(code: head.status), headerFields: headers)
+        return true
+    }
+
+    /// Writes the stream's head, held since it came, ahead of its first event (or its end).
+    private func writeStreamHead(_ exchange: Exchange, context: ChannelHandlerContext) {
+        guard let response = exchange.streamHead else { return }
+        exchange.streamHead = nil
         channelMayHold = true
         if exchange.raw, let socket {
             var bytes = context.channel.allocator.buffer(capacity: 256)
             HTTP1Wire.responseHead(response, chunked: true, into: &bytes)
-            socket.writeAndFlush(NIOAny(bytes), promise: nil)
+            socket.write(NIOAny(bytes), promise: nil)
         } else {
-            context.writeAndFlush(wrapOutboundOut(.head(response)), promise: nil)
+            context.write(wrapOutboundOut(.head(response)), promise: nil)
         }
         if !context.channel.isWritable, let connection = exchange.connection {
             try? connection.channel.syncOptions?.setOption(.autoRead, value: false)
         }
-        return true
     }
 
     /// A part of a stream's answer: written now, flushed at the end of the upstream's read.
     private func streamed(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
         guard case .relaying(let exchange) = state, let stream = exchange.stream, chunk.readableBytes > 0 else { return }
+        writeStreamHead(exchange, context: context)
         stream.streamed(chunk)
         channelMayHold = true
         if exchange.raw, let socket {
@@ -629,6 +641,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         exchange.relay.lease.release()
         state = .idle
+        writeStreamHead(exchange, context: context)   // (a stream that ended before any event)
         channelMayHold = true
         if exchange.raw, let socket {
             if let event { socket.write(NIOAny(HTTP1Wire.chunk(event.sseEvent, allocator: context.channel.allocator)), promise: nil) }
@@ -644,10 +657,20 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func answered(_ result: Result<UpstreamAnswer, any Error>, exchange: Exchange, context: ChannelHandlerContext) {
         let relay = exchange.relay
         let model = relay.parsed.model
+        var unsent = false
         if let stream = exchange.stream {
             let failure: (any Error)? = if case .failure(let error) = result { error } else { nil }
-            endStream(exchange, stream, failure: failure, context: context)
-            return
+            if failure == nil || exchange.streamHead == nil || gateway.isStopping {
+                endStream(exchange, stream, failure: failure, context: context)
+                return
+            }
+            // It failed before its first event: the client has seen nothing, so it is handled
+            // as an upstream that never answered (retried where it can be).
+            exchange.stream = nil
+            exchange.streamHead = nil
+            exchange.connection?.channel.close(promise: nil)
+            exchange.connection = nil
+            unsent = true
         }
         if case .failure = result, gateway.isStopping {
             // The daemon's drain time is over (`Gateway.cutForStop`): no retry, no blame on the runtime.
@@ -680,7 +703,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
 
         case .failure(let error):
             let relayError = error as? UpstreamRelayError
-            if relayError?.answerBegan == true {
+            if relayError?.answerBegan == true && !unsent {
                 // It began to answer, then broke (or sent too much): as the general path, no
                 // retry, the lease ends and the client gets a 502.
                 exchange.connection?.channel.close(promise: nil)

@@ -15,7 +15,7 @@ extension Gateway {
         }
         router.post("/admin/models/:name/load") { request, context in
             try authorizeAdmin(request)
-            let name = try context.parameters.require("name")
+            let name = try Self.modelName(context)
             try await backend.load(model: name)
             return jsonResponse(["model": name, "action": "load", "accepted": true], status: .accepted)
         }
@@ -23,7 +23,7 @@ extension Gateway {
         addStagingRoutes(to: router)
         router.post("/admin/models/:name/unload") { request, context in
             try authorizeAdmin(request)
-            let name = try context.parameters.require("name")
+            let name = try Self.modelName(context)
             try await backend.unload(model: name)
             return jsonResponse(["model": name, "action": "unload", "accepted": true], status: .accepted)
         }
@@ -47,7 +47,7 @@ extension Gateway {
     func addStagingRoutes(to router: Router<BasicRequestContext>) {
         router.post("/admin/models/:name/stage") { request, context in
             try authorizeAdmin(request)
-            let name = try context.parameters.require("name")
+            let name = try Self.modelName(context)
             let body = try await request.body.collect(upTo: 64 << 10)
             var destination = "host"
             if body.readableBytes > 0 {
@@ -89,10 +89,17 @@ extension Gateway {
         }
         router.delete("/admin/staging/:name") { request, context in
             try authorizeAdmin(request)
-            let name = try context.parameters.require("name")
+            let name = try Self.modelName(context)
             try await backend.cancelStaging(model: name)
             return jsonResponse(["model": name, "action": "cancel", "accepted": true], status: .ok)
         }
+    }
+
+    /// The `:name` of an admin route, percent-decoded: a replica's name `model#i` can only be
+    /// sent as `model%23i` (a `#` would end the path).
+    static func modelName(_ context: BasicRequestContext) throws -> String {
+        let raw = try context.parameters.require("name")
+        return raw.removingPercentEncoding ?? raw
     }
 
     private func tierBackend() throws -> any TierBackend {

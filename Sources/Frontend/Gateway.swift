@@ -137,7 +137,8 @@ public struct Gateway: Sendable {
         // One model (OpenAI's "retrieve model"); `**` since names may hold slashes (`org/model`).
         router.get("/v1/models/**") { request, context in
             try authorize(request)
-            let id = context.parameters.getCatchAll().joined(separator: "/")
+            let path = context.parameters.getCatchAll().joined(separator: "/")
+            let id = path.removingPercentEncoding ?? path
             guard let model = await backend.listModels().first(where: { $0.id == id }) else {
                 throw GatewayError.modelNotFound(id)
             }

@@ -9,6 +9,8 @@ enum AdminHTTP {
     static func call(_ base: String, _ method: String, _ path: String, adminKey: String?, body: Data?, expect: Set<UInt>,
                      timeout: TimeAmount = .seconds(10)) async throws -> Data
     {
+        // `--url localhost:8080` means http://: a URL without a scheme is not refused for it.
+        let base = base.contains("://") ? base : "http://" + base
         var request = HTTPClientRequest(url: base + path)
         request.method = .init(rawValue: method)
         if let adminKey { request.headers.add(name: "Authorization", value: "Bearer \(adminKey)") }
@@ -34,7 +36,10 @@ enum AdminHTTP {
         guard expect.contains(response.status.code) else {
             let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])
                 .flatMap { $0["error"] as? [String: Any] }.flatMap { $0["message"] as? String }
-            throw Failure(message: "\(method) \(path): \(response.status.code) \(message ?? String(decoding: data, as: UTF8.self))")
+            // Where the admin key goes: the daemon's answer says what it wants, not where this client reads it from.
+            let hint = response.status.code == 401 || response.status.code == 403
+                ? (adminKey == nil ? " (set STRATA_ADMIN_KEY to the daemon's admin key)" : " (check STRATA_ADMIN_KEY)") : ""
+            throw Failure(message: "\(method) \(path): \(response.status.code) \(message ?? String(decoding: data, as: UTF8.self))\(hint)")
         }
         return data
     }

@@ -316,7 +316,14 @@ def test_status_cli(daemon):
     assert "smollm2" in r.stdout and "STATUS" in r.stdout and "device cpu" in r.stdout
     bad = subprocess.run([str(STRATA), "status", "--url", daemon.url], capture_output=True, text=True,
                          env={**os.environ, "STRATA_ADMIN_KEY": "wrong"}, timeout=30)
-    assert bad.returncode == 1 and "401" in bad.stderr
+    assert bad.returncode == 1 and "401" in bad.stderr and "check STRATA_ADMIN_KEY" in bad.stderr
+    unset = subprocess.run([str(STRATA), "status", "--url", daemon.url], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "STRATA_ADMIN_KEY"}, timeout=30)
+    assert unset.returncode == 1 and "set STRATA_ADMIN_KEY" in unset.stderr, unset.stderr
+    # a URL without a scheme is taken as http://
+    bare = subprocess.run([str(STRATA), "status", "--url", daemon.url.removeprefix("http://")], capture_output=True,
+                          text=True, env={**os.environ, "STRATA_ADMIN_KEY": "admin-secret"}, timeout=30)
+    assert bare.returncode == 0 and "smollm2" in bare.stdout, bare.stderr
 
 
 def test_an_address_in_use_stops_the_daemon_naming_its_key(tmp_path):

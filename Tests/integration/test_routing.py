@@ -187,6 +187,11 @@ def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_da
         argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         assert argv[argv.index(b"--alias") + 1] == b"smollm2", argv
     assert any(m["status"] == "ready" for m in d.admin().values())
+    # one replica is addressed in admin URLs by its name, percent-encoded (`#` would end the path)
+    ready = next(name for name, m in d.admin().items() if m["status"] == "ready")
+    status, body, _ = d.request("POST", f"/admin/models/{ready.replace('#', '%23')}/unload", headers=ADMIN)
+    assert status == 202 and json.loads(body)["model"] == ready, body
+    wait_for(lambda: d.admin()[ready]["status"] == "stopped", 30, what=f"{ready} unloaded")
 
 
 def test_a_replica_that_evicted_a_prefix_corrects_the_index(make_daemon, tmp_path):

@@ -65,7 +65,9 @@ extension Gateway {
                 }
             }
             let status = try await backend.stage(model: name, destination: destination)
-            return Response(status: .accepted, headers: [.contentType: "application/json"],
+            // 200 when there was nothing to do or it is already done (the weights were there), else 202.
+            let done = (try? JSONSerialization.jsonObject(with: status) as? [String: Any])?["state"] as? String == "done"
+            return Response(status: done ? .ok : .accepted, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: status)))
         }
         router.get("/admin/placements") { request, _ in

@@ -148,24 +148,39 @@ extension ModelController {
             throw GatewayError.badRequest("to: '\(destination)' is not valid: expected host, nvme or disk", code: "invalid_stage")
         }
         let stager = try await tiers.stager()
+        // Statuses of this model's earlier stagings: not this one's answer.
+        let earlier = await stager.statuses().filter { $0.name == modelConfig.name && $0.state != .running }
         if to == .host {
             guard modelConfig.stage else {
                 throw GatewayError.badRequest("'\(model)' has stage: false in the config", code: "invalid_stage")
             }
             let name = modelConfig.placerNames[0]
-            send(.stageRequest(model: name))
-            if stagingTasks[name] == nil && placer.snapshot(of: name)?.hostCopy != .resident {
-                throw GatewayError(
-                    status: .conflict, type: "server_error", code: "host_weights_full",
-                    message: "'\(model)' does not fit the host weights budget (tiers.host.weights_budget, \(ConfigUnits.formatBytes(config.tiers.host.weightsBudgetBytes))) next to the copies of running or pinned models")
+            if stagingTasks[name] == nil, placer.snapshot(of: name)?.hostCopy == .resident {
+                // Already in RAM (a running model's weights, say): the stager finds the copy and
+                // reports it done with nothing moved; the Placer's accounting is unchanged.
+                let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: .host)
+                _ = try? await stager.stage(request)
+                if let status = await stager.statuses().first(where: { $0.name == modelConfig.name && $0.state != .running }) {
+                    return try JSONEncoder().encode(status)
+                }
+            } else {
+                send(.stageRequest(model: name))
+                if stagingTasks[name] == nil && placer.snapshot(of: name)?.hostCopy != .resident {
+                    throw GatewayError(
+                        status: .conflict, type: "server_error", code: "host_weights_full",
+                        message: "'\(model)' does not fit the host weights budget (tiers.host.weights_budget, \(ConfigUnits.formatBytes(config.tiers.host.weightsBudgetBytes))) next to the copies of running or pinned models")
+                }
             }
         } else {
             let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: to)
             Task { _ = try? await stager.stage(request) }
         }
-        // Give the staging a moment to register, so the answer shows it running (or done).
+        // Give the staging a moment to register, so the answer shows it running (or done): this
+        // destination's, and not an earlier staging's finished record.
         for _ in 0..<50 {
-            if let status = await stager.statuses().first(where: { $0.name == modelConfig.name }) {
+            if let status = await stager.statuses().first(where: {
+                $0.name == modelConfig.name && $0.destination == to && ($0.state == .running || !earlier.contains($0))
+            }) {
                 return try JSONEncoder().encode(status)
             }
             try await Task.sleep(for: .milliseconds(20))

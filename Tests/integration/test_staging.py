@@ -78,6 +78,13 @@ def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon
     assert runtime_model_path(d) == str(copy)
     assert "smollm2" not in staging(d), "the restart staged again"
 
+    # asked to stage what is already in RAM (the running model's weights): done at once, a 200
+    for _ in range(2):
+        status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
+        answer = json.loads(body)
+        assert status == 200 and answer["state"] == "done" and answer["destination"] == "host", (status, body)
+        assert answer["origin"] == "host" and staged_file(d) == copy
+
 
 def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon, tmp_path):
     root = tmp_path / "origin"

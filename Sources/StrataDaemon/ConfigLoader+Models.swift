@@ -129,23 +129,32 @@ extension ConfigLoader {
                         throw reader.fail("\(key2).device", v, "unknown device '\(device)' (defined: \(config.devices.map(\.name).joined(separator: ", ")))")
                     }
                 }
-                let ttl: Duration? = try map["ttl"].flatMap { node in
-                    if (try? reader.string(node, at: "\(key2).ttl")) == "never" { return nil }
-                    return try reader.duration(node, at: "\(key2).ttl")
+                // Keys nothing below depends on are each checked (`reader.each`): a model's
+                // problems are named together.
+                var ttl: Duration?
+                reader.each {
+                    ttl = try map["ttl"].flatMap { node in
+                        if (try? reader.string(node, at: "\(key2).ttl")) == "never" { return nil }
+                        return try reader.duration(node, at: "\(key2).ttl")
+                    }
                 }
-                let pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false
+                var pinned = false
+                reader.each { pinned = try map["pin"].map { try reader.bool($0, at: "\(key2).pin") } ?? false }
                 var memory: UInt64 = 0
                 var declared = false
                 var memoryEstimate: String?
                 if let v = map["memory"] {
-                    memory = try reader.size(v, at: "\(key2).memory")
+                    // (A memory that cannot be read is not estimated instead: it is noted, and
+                    // the model goes on as declared with nothing, so nothing else echoes it.)
                     declared = true
+                    reader.each { memory = try reader.size(v, at: "\(key2).memory") }
                 }
 
                 let serving: ModelConfiguration.Serving
                 var routing: RoutingPolicy?
                 var weights = WeightSource()
-                let replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1
+                var replicaCount = 1
+                reader.each { replicaCount = try map["replicas"].map { try reader.integer($0, at: "\(key2).replicas", range: 1...64) } ?? 1 }
                 if let upstreamsNode = map["upstreams"] {
                     try rejectFields(["replicas"], reader, map, key2, "not used with 'upstreams' (each URL is a replica)")
                     routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
@@ -213,8 +222,8 @@ extension ConfigLoader {
                 model.source = weights.isRemote ? weights.source : (weights.source.isEmpty ? "" : "file://\(weights.source)")
                 model.sha256 = weights.sha256
                 model.weightBytes = weights.bytes
-                model.stage = try map["stage"].map { try reader.bool($0, at: "\(key2).stage") } ?? true
-                model.preload = try map["preload"].map { try reader.bool($0, at: "\(key2).preload") } ?? false
+                reader.each { model.stage = try map["stage"].map { try reader.bool($0, at: "\(key2).stage") } ?? true }
+                reader.each { model.preload = try map["preload"].map { try reader.bool($0, at: "\(key2).preload") } ?? false }
                 if model.isRemoteSource && !model.stage {
                     throw reader.fail("\(key2).stage", map["stage"], "must be true for an http(s) or s3 source (a runtime cannot open a URL)")
                 }

@@ -50,31 +50,37 @@ extension ConfigLoader {
     /// A model's `tags`, `fallbacks`, `spill_after`, `priority` and `min_residency`.
     static func modelPolicy(_ reader: ConfigReader, _ map: [String: Node], at key: String, into model: inout ModelConfiguration,
                             runtimes: [String: RuntimeConfiguration]) throws {
-        if let node = map["tags"] { model.tags = try tags(reader, node, at: "\(key).tags") }
-        if let node = map["fallbacks"] {
-            model.fallbacks = try reader.strings(node, at: "\(key).fallbacks")
-            guard Set(model.fallbacks).count == model.fallbacks.count else {
-                throw reader.fail("\(key).fallbacks", node, "names a model twice")
+        reader.each { if let node = map["tags"] { model.tags = try tags(reader, node, at: "\(key).tags") } }
+        reader.each {
+            if let node = map["fallbacks"] {
+                model.fallbacks = try reader.strings(node, at: "\(key).fallbacks")
+                guard Set(model.fallbacks).count == model.fallbacks.count else {
+                    throw reader.fail("\(key).fallbacks", node, "names a model twice")
+                }
             }
         }
-        if let node = map["spill_after"] {
-            guard !model.fallbacks.isEmpty else {
-                throw reader.fail("\(key).spill_after", node, "only with 'fallbacks' (where a request spills over to)")
+        reader.each {
+            if let node = map["spill_after"] {
+                guard !model.fallbacks.isEmpty else {
+                    throw reader.fail("\(key).spill_after", node, "only with 'fallbacks' (where a request spills over to)")
+                }
+                model.spillAfter = try reader.duration(node, at: "\(key).spill_after")
             }
-            model.spillAfter = try reader.duration(node, at: "\(key).spill_after")
         }
         let managed: Bool = if case .managed = model.serving { true } else { false }
         for field in ["priority", "min_residency"] where map[field] != nil && !managed {
             throw reader.fail("\(key).\(field)", map[field], "only for models whose runtime Strata starts")
         }
-        if let node = map["priority"] { model.priority = try reader.integer(node, at: "\(key).priority", range: -100...100) }
-        if let node = map["min_residency"] { model.minResidency = try reader.duration(node, at: "\(key).min_residency") }
-        if let node = map["kv_restore"] {
-            model.kvRestore = try reader.bool(node, at: "\(key).kv_restore")
-            var llama = false
-            if case .managed(let runtime, _, _) = model.serving, case .llamaServer = runtimes[runtime]?.kind { llama = true }
-            guard !model.kvRestore || (llama && model.replicaCount > 1) else {
-                throw reader.fail("\(key).kv_restore", node, "only for models on a llama-server runtime with replicas above 1")
+        reader.each { if let node = map["priority"] { model.priority = try reader.integer(node, at: "\(key).priority", range: -100...100) } }
+        reader.each { if let node = map["min_residency"] { model.minResidency = try reader.duration(node, at: "\(key).min_residency") } }
+        reader.each {
+            if let node = map["kv_restore"] {
+                model.kvRestore = try reader.bool(node, at: "\(key).kv_restore")
+                var llama = false
+                if case .managed(let runtime, _, _) = model.serving, case .llamaServer = runtimes[runtime]?.kind { llama = true }
+                guard !model.kvRestore || (llama && model.replicaCount > 1) else {
+                    throw reader.fail("\(key).kv_restore", node, "only for models on a llama-server runtime with replicas above 1")
+                }
             }
         }
     }

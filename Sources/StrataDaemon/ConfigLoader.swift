@@ -59,11 +59,14 @@ public enum ConfigLoader {
         // Each section is checked even when one before it failed, so that a file's problems are
         // named together; a section that reads another (models: devices and runtimes; tenants:
         // auth) is skipped when that one failed, as its errors would only echo the first.
+        // Within a section, keys nothing else depends on are each checked too (`reader.each`),
+        // and unknown keys are noted while the known ones are read.
         var problems: [ConfigError] = []
         func check(_ section: () throws -> Void) -> Bool {
+            let noted = reader.noted.problems.count
             do {
                 try section()
-                return true
+                return reader.noted.problems.count == noted
             } catch let error as ConfigError {
                 problems += error.all
             } catch {
@@ -93,6 +96,7 @@ public enum ConfigLoader {
         let runtimesRead = check { config.runtimes = try runtimes(reader, top["runtimes"], environment: environment) }
         if devicesRead && runtimesRead { _ = check { config.models = try models(reader, top["models"], config: config) } }
         if authRead { _ = check { config.tenants = try tenants(reader, top["tenants"], auth: config.auth) } }
+        problems += reader.noted.problems
         // In file order (a problem with no line, such as a missing key at the top, first).
         let ordered = problems.enumerated().sorted { ($0.element.line ?? 0, $0.offset) < ($1.element.line ?? 0, $1.offset) }
         if let error = ConfigError(all: ordered.map(\.element)) { throw error }
@@ -102,31 +106,43 @@ public enum ConfigLoader {
     static func gateway(_ reader: ConfigReader, _ node: Node, defaults: GatewayLimits) throws -> GatewayLimits {
         var gateway = defaults
         let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout"])
-        if let value = map["max_body"] {
-            let bytes = try reader.size(value, at: "gateway.max_body")
-            guard bytes >= 1024, bytes <= 1 << 32 else {
-                throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
+        reader.each {
+            if let value = map["max_body"] {
+                let bytes = try reader.size(value, at: "gateway.max_body")
+                guard bytes >= 1024, bytes <= 1 << 32 else {
+                    throw reader.fail("gateway.max_body", value, "must be between 1KiB and 4GiB")
+                }
+                gateway.maxBodyBytes = Int(bytes)
             }
-            gateway.maxBodyBytes = Int(bytes)
         }
-        if let value = map["cancel_on_disconnect"] {
-            gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
-        }
-        if let value = map["event_loop_relay"] {
-            gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
-        }
-        if let value = map["upstream_timeout"] {
-            gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
-        }
-        if let value = map["drain_timeout"] {
-            gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
-        }
-        if let value = map["idle_timeout"] {
-            let timeout = try reader.duration(value, at: "gateway.idle_timeout")
-            guard timeout >= .seconds(1) else {
-                throw reader.fail("gateway.idle_timeout", value, "'\(try reader.string(value, at: "gateway.idle_timeout"))' must be at least 1s")
+        reader.each {
+            if let value = map["cancel_on_disconnect"] {
+                gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
             }
-            gateway.idleTimeout = timeout
+        }
+        reader.each {
+            if let value = map["event_loop_relay"] {
+                gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
+            }
+        }
+        reader.each {
+            if let value = map["upstream_timeout"] {
+                gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
+            }
+        }
+        reader.each {
+            if let value = map["drain_timeout"] {
+                gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
+            }
+        }
+        reader.each {
+            if let value = map["idle_timeout"] {
+                let timeout = try reader.duration(value, at: "gateway.idle_timeout")
+                guard timeout >= .seconds(1) else {
+                    throw reader.fail("gateway.idle_timeout", value, "'\(try reader.string(value, at: "gateway.idle_timeout"))' must be at least 1s")
+                }
+                gateway.idleTimeout = timeout
+            }
         }
         return gateway
     }
@@ -159,8 +175,8 @@ public enum ConfigLoader {
         var adminEnv = "STRATA_ADMIN_KEY"
         if let node {
             let map = try reader.mapping(node, at: "auth", allowed: ["api_keys_env", "admin_key_env"])
-            if let value = map["api_keys_env"] { keysEnv = try reader.string(value, at: "auth.api_keys_env") }
-            if let value = map["admin_key_env"] { adminEnv = try reader.string(value, at: "auth.admin_key_env") }
+            reader.each { if let value = map["api_keys_env"] { keysEnv = try reader.string(value, at: "auth.api_keys_env") } }
+            reader.each { if let value = map["admin_key_env"] { adminEnv = try reader.string(value, at: "auth.admin_key_env") } }
         }
         let keys = (reader.environment[keysEnv] ?? "")
             .split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
@@ -177,15 +193,17 @@ public enum ConfigLoader {
             node, at: "supervisor",
             allowed: ["load_timeout", "queue_timeout", "stop_timeout", "max_queued", "restart_backoff",
                       "restart_backoff_max", "health_interval"])
-        if let v = map["load_timeout"] { settings.loadTimeout = try reader.duration(v, at: "supervisor.load_timeout") }
-        if let v = map["queue_timeout"] { settings.queueTimeout = try reader.duration(v, at: "supervisor.queue_timeout") }
-        if let v = map["stop_timeout"] { settings.stopTimeout = try reader.duration(v, at: "supervisor.stop_timeout") }
-        if let v = map["max_queued"] { settings.maxQueued = try reader.integer(v, at: "supervisor.max_queued", range: 1...100_000) }
-        if let v = map["restart_backoff"] { settings.restartBackoff = try reader.duration(v, at: "supervisor.restart_backoff") }
-        if let v = map["restart_backoff_max"] {
-            settings.restartBackoffMax = try reader.duration(v, at: "supervisor.restart_backoff_max")
+        reader.each { if let v = map["load_timeout"] { settings.loadTimeout = try reader.duration(v, at: "supervisor.load_timeout") } }
+        reader.each { if let v = map["queue_timeout"] { settings.queueTimeout = try reader.duration(v, at: "supervisor.queue_timeout") } }
+        reader.each { if let v = map["stop_timeout"] { settings.stopTimeout = try reader.duration(v, at: "supervisor.stop_timeout") } }
+        reader.each { if let v = map["max_queued"] { settings.maxQueued = try reader.integer(v, at: "supervisor.max_queued", range: 1...100_000) } }
+        reader.each { if let v = map["restart_backoff"] { settings.restartBackoff = try reader.duration(v, at: "supervisor.restart_backoff") } }
+        reader.each {
+            if let v = map["restart_backoff_max"] {
+                settings.restartBackoffMax = try reader.duration(v, at: "supervisor.restart_backoff_max")
+            }
         }
-        if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "supervisor.health_interval") }
+        reader.each { if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "supervisor.health_interval") } }
         guard settings.restartBackoffMax >= settings.restartBackoff else {
             throw reader.fail("supervisor.restart_backoff_max", map["restart_backoff_max"], "must be at least restart_backoff")
         }
@@ -204,53 +222,57 @@ public enum ConfigLoader {
         if let node = map["host"] {
             let fields = try reader.mapping(
                 node, at: "tiers.host", allowed: ["dir", "budget", "admission", "eviction", "codec", "weights_budget"])
-            if let v = fields["weights_budget"] { tiers.host.weightsBudgetBytes = try reader.size(v, at: "tiers.host.weights_budget") }
-            tiers.host.codec = try choice(fields["codec"], at: "tiers.host.codec") ?? tiers.host.codec
-            if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") }
-            if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") }
-            tiers.host.admission = try choice(fields["admission"], at: "tiers.host.admission") ?? tiers.host.admission
-            tiers.host.eviction = try choice(fields["eviction"], at: "tiers.host.eviction") ?? tiers.host.eviction
+            reader.each { if let v = fields["weights_budget"] { tiers.host.weightsBudgetBytes = try reader.size(v, at: "tiers.host.weights_budget") } }
+            reader.each { tiers.host.codec = try choice(fields["codec"], at: "tiers.host.codec") ?? tiers.host.codec }
+            reader.each { if let v = fields["dir"] { tiers.host.directory = try reader.path(v, at: "tiers.host.dir") } }
+            reader.each { if let v = fields["budget"] { tiers.host.budgetBytes = try reader.size(v, at: "tiers.host.budget") } }
+            reader.each { tiers.host.admission = try choice(fields["admission"], at: "tiers.host.admission") ?? tiers.host.admission }
+            reader.each { tiers.host.eviction = try choice(fields["eviction"], at: "tiers.host.eviction") ?? tiers.host.eviction }
             guard tiers.host.budgetBytes > 0 else { throw reader.fail("tiers.host.budget", fields["budget"], "must be more than zero") }
         }
         if let node = map["nvme"] {
             let fields = try reader.mapping(
                 node, at: "tiers.nvme", allowed: ["dir", "budget", "admission", "codec", "segment_size", "weights_reserve"])
-            if let v = fields["dir"] { tiers.nvme.directory = try reader.path(v, at: "tiers.nvme.dir") }
-            if let v = fields["budget"] { tiers.nvme.budgetBytes = try reader.size(v, at: "tiers.nvme.budget") }
-            tiers.nvme.admission = try choice(fields["admission"], at: "tiers.nvme.admission") ?? tiers.nvme.admission
-            tiers.nvme.codec = try choice(fields["codec"], at: "tiers.nvme.codec") ?? tiers.nvme.codec
-            if let v = fields["segment_size"] {
-                let size = try reader.size(v, at: "tiers.nvme.segment_size")
-                guard size >= 1 << 20, size <= 4 << 30, size % 4096 == 0 else {
-                    throw reader.fail("tiers.nvme.segment_size", v, "expected a multiple of 4KiB from 1MiB to 4GiB")
+            reader.each { if let v = fields["dir"] { tiers.nvme.directory = try reader.path(v, at: "tiers.nvme.dir") } }
+            reader.each { if let v = fields["budget"] { tiers.nvme.budgetBytes = try reader.size(v, at: "tiers.nvme.budget") } }
+            reader.each { tiers.nvme.admission = try choice(fields["admission"], at: "tiers.nvme.admission") ?? tiers.nvme.admission }
+            reader.each { tiers.nvme.codec = try choice(fields["codec"], at: "tiers.nvme.codec") ?? tiers.nvme.codec }
+            reader.each {
+                if let v = fields["segment_size"] {
+                    let size = try reader.size(v, at: "tiers.nvme.segment_size")
+                    guard size >= 1 << 20, size <= 4 << 30, size % 4096 == 0 else {
+                        throw reader.fail("tiers.nvme.segment_size", v, "expected a multiple of 4KiB from 1MiB to 4GiB")
+                    }
+                    tiers.nvme.segmentBytes = Int(size)
+                    // Reclaim frees whole segments: a log of one segment would reclaim the one
+                    // being written.
+                    guard tiers.nvme.budgetBytes >= 2 * size else {
+                        throw reader.fail("tiers.nvme.segment_size", v,
+                            "\(ConfigUnits.formatBytes(size)) leaves fewer than 2 segments in tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes))); expected at most half the budget")
+                    }
+                } else {
+                    // Default 256 MiB, smaller for small budgets (at least 4 segments, whole MiB).
+                    let quarter = tiers.nvme.budgetBytes / 4 / (1 << 20) * (1 << 20)
+                    tiers.nvme.segmentBytes = Int(max(1 << 20, min(UInt64(256 << 20), quarter)))
                 }
-                tiers.nvme.segmentBytes = Int(size)
-                // Reclaim frees whole segments: a log of one segment would reclaim the one
-                // being written.
-                guard tiers.nvme.budgetBytes >= 2 * size else {
-                    throw reader.fail("tiers.nvme.segment_size", v,
-                        "\(ConfigUnits.formatBytes(size)) leaves fewer than 2 segments in tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes))); expected at most half the budget")
-                }
-            } else {
-                // Default 256 MiB, smaller for small budgets (at least 4 segments, whole MiB).
-                let quarter = tiers.nvme.budgetBytes / 4 / (1 << 20) * (1 << 20)
-                tiers.nvme.segmentBytes = Int(max(1 << 20, min(UInt64(256 << 20), quarter)))
             }
             guard tiers.nvme.budgetBytes >= 2 << 20 else {
                 throw reader.fail("tiers.nvme.budget", fields["budget"], "must be at least 2MiB (two segments of 1MiB)")
             }
-            if let v = fields["weights_reserve"] {
-                let size = try reader.size(v, at: "tiers.nvme.weights_reserve")
-                guard size <= tiers.nvme.budgetBytes else {
-                    throw reader.fail("tiers.nvme.weights_reserve", v,
-                        "expected at most tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes)))")
+            reader.each {
+                if let v = fields["weights_reserve"] {
+                    let size = try reader.size(v, at: "tiers.nvme.weights_reserve")
+                    guard size <= tiers.nvme.budgetBytes else {
+                        throw reader.fail("tiers.nvme.weights_reserve", v,
+                            "expected at most tiers.nvme.budget (\(ConfigUnits.formatBytes(tiers.nvme.budgetBytes)))")
+                    }
+                    tiers.nvme.weightsReserveBytes = size
                 }
-                tiers.nvme.weightsReserveBytes = size
             }
         }
-        if let node = map["remote"] { tiers.remote = try remote(reader, node) }
-        tiers.engine = try choice(map["engine"], at: "tiers.engine") ?? tiers.engine
-        if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) }
+        reader.each { if let node = map["remote"] { tiers.remote = try remote(reader, node) } }
+        reader.each { tiers.engine = try choice(map["engine"], at: "tiers.engine") ?? tiers.engine }
+        reader.each { if let v = map["queue_depth"] { tiers.queueDepth = try reader.integer(v, at: "tiers.queue_depth", range: 1...1024) } }
         return tiers
     }
 
@@ -260,28 +282,36 @@ public enum ConfigLoader {
             "max_concurrency", "session_header", "request_cost_blocks",
         ])
         var settings = RoutingSettings()
-        if let v = map["policy"] { settings.policy = try routingPolicy(reader, v, at: "routing.policy") }
-        if let v = map["block_bytes"] { settings.blockBytes = try reader.integer(v, at: "routing.block_bytes", range: 16...65536) }
-        if let v = map["index_blocks"] {
-            settings.indexBlocks = try reader.integer(v, at: "routing.index_blocks", range: 1...(1 << 24))
-        }
-        if let v = map["hot_spot_queue"] { settings.hotSpotQueue = try reader.integer(v, at: "routing.hot_spot_queue", range: 1...100_000) }
-        if let v = map["load_bound"] {
-            let text = try reader.string(v, at: "routing.load_bound")
-            guard let factor = Double(text), factor >= 1, factor <= 100 else {
-                throw reader.fail("routing.load_bound", v, "'\(text)' is not a factor from 1 to 100 (such as 1.25)")
+        reader.each { if let v = map["policy"] { settings.policy = try routingPolicy(reader, v, at: "routing.policy") } }
+        reader.each { if let v = map["block_bytes"] { settings.blockBytes = try reader.integer(v, at: "routing.block_bytes", range: 16...65536) } }
+        reader.each {
+            if let v = map["index_blocks"] {
+                settings.indexBlocks = try reader.integer(v, at: "routing.index_blocks", range: 1...(1 << 24))
             }
-            settings.loadBound = factor
         }
-        if let v = map["request_cost_blocks"] {
-            settings.requestCostBlocks = try reader.integer(v, at: "routing.request_cost_blocks", range: 0...100_000)
+        reader.each { if let v = map["hot_spot_queue"] { settings.hotSpotQueue = try reader.integer(v, at: "routing.hot_spot_queue", range: 1...100_000) } }
+        reader.each {
+            if let v = map["load_bound"] {
+                let text = try reader.string(v, at: "routing.load_bound")
+                guard let factor = Double(text), factor >= 1, factor <= 100 else {
+                    throw reader.fail("routing.load_bound", v, "'\(text)' is not a factor from 1 to 100 (such as 1.25)")
+                }
+                settings.loadBound = factor
+            }
         }
-        if let v = map["eject_after"] { settings.ejectAfter = try reader.integer(v, at: "routing.eject_after", range: 1...1000) }
-        if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "routing.health_interval") }
-        if let v = map["max_concurrency"] {
-            settings.maxConcurrency = try reader.integer(v, at: "routing.max_concurrency", range: 1...1_000_000)
+        reader.each {
+            if let v = map["request_cost_blocks"] {
+                settings.requestCostBlocks = try reader.integer(v, at: "routing.request_cost_blocks", range: 0...100_000)
+            }
         }
-        if let v = map["session_header"] { settings.sessionHeader = try reader.string(v, at: "routing.session_header") }
+        reader.each { if let v = map["eject_after"] { settings.ejectAfter = try reader.integer(v, at: "routing.eject_after", range: 1...1000) } }
+        reader.each { if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "routing.health_interval") } }
+        reader.each {
+            if let v = map["max_concurrency"] {
+                settings.maxConcurrency = try reader.integer(v, at: "routing.max_concurrency", range: 1...1_000_000)
+            }
+        }
+        reader.each { if let v = map["session_header"] { settings.sessionHeader = try reader.string(v, at: "routing.session_header") } }
         return settings
     }
 
@@ -344,29 +374,35 @@ public enum ConfigLoader {
     static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
         let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer"])
         var kv = KVConfiguration()
-        if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") }
-        if let v = map["durability"] {
-            let text = try reader.string(v, at: "kv.durability")
-            switch text {
-            case "cache": kv.durability = .cache
-            case "durable": kv.durability = .durable
-            default: throw reader.fail("kv.durability", v, "'\(text)' is not valid (expected cache or durable)")
+        reader.each { if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") } }
+        reader.each {
+            if let v = map["durability"] {
+                let text = try reader.string(v, at: "kv.durability")
+                switch text {
+                case "cache": kv.durability = .cache
+                case "durable": kv.durability = .durable
+                default: throw reader.fail("kv.durability", v, "'\(text)' is not valid (expected cache or durable)")
+                }
             }
         }
-        if let v = map["password_env"] {
-            let name = try reader.string(v, at: "kv.password_env")
-            guard let password = reader.environment[name], !password.isEmpty else {
-                throw reader.fail("kv.password_env", v, "environment variable \(name) is not set")
+        reader.each {
+            if let v = map["password_env"] {
+                let name = try reader.string(v, at: "kv.password_env")
+                guard let password = reader.environment[name], !password.isEmpty else {
+                    throw reader.fail("kv.password_env", v, "environment variable \(name) is not set")
+                }
+                kv.password = password
             }
-            kv.password = password
         }
-        if let v = map["threads"] { kv.threads = try reader.integer(v, at: "kv.threads", range: 1...256) }
-        if let v = map["send_buffer"] {
-            let bytes = try reader.size(v, at: "kv.send_buffer")
-            guard bytes == 0 || (4096...(64 << 20)).contains(bytes) else {
-                throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
+        reader.each { if let v = map["threads"] { kv.threads = try reader.integer(v, at: "kv.threads", range: 1...256) } }
+        reader.each {
+            if let v = map["send_buffer"] {
+                let bytes = try reader.size(v, at: "kv.send_buffer")
+                guard bytes == 0 || (4096...(64 << 20)).contains(bytes) else {
+                    throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
+                }
+                kv.sendBuffer = bytes
             }
-            kv.sendBuffer = bytes
         }
         if let resp = kv.resp, !resp.isLoopback, kv.password == nil {
             throw reader.fail("kv.resp", map["resp"], "'\(resp)' is beyond loopback: set kv.password_env so clients must AUTH")

@@ -7,12 +7,37 @@ import Yams
 struct ConfigReader {
     var environment: [String: String]
     var placeholders: Set<String> = ["PORT", "HOST", "MODEL_PATH", "MODEL_NAME"]
+    /// Problems noted while reading goes on (`note`, `each`, unknown keys), so that a file's
+    /// problems are named together; the loader adds them to those its sections threw.
+    let noted = Noted()
+
+    final class Noted {
+        var problems: [ConfigError] = []
+    }
 
     func fail(_ key: String, _ node: Node?, _ message: String) -> ConfigError {
         ConfigError(key: key, line: node?.mark.map { $0.line }, message: message)
     }
 
-    /// A mapping whose keys must all be in `allowed`.
+    func note(_ problem: ConfigError) { noted.problems += problem.all }
+
+    /// Runs the check of one key, noting its problem (and going on) instead of throwing it:
+    /// for keys nothing after them depends on. False if it failed.
+    @discardableResult
+    func each(_ check: () throws -> Void) -> Bool {
+        do {
+            try check()
+            return true
+        } catch let problem as ConfigError {
+            note(problem)
+        } catch {
+            note(ConfigError(key: "", line: nil, message: "\(error)"))
+        }
+        return false
+    }
+
+    /// A mapping's keys that are in `allowed`. An unknown or repeated key is noted, not thrown:
+    /// the known keys are still read, so a typo does not hide the file's other problems.
     func mapping(_ node: Node, at key: String, allowed: [String]) throws -> [String: Node] {
         guard case .mapping(let mapping) = node else {
             throw fail(key, node, "expected a mapping with keys \(allowed.joined(separator: ", ")), found \(describe(node))")
@@ -22,9 +47,13 @@ struct ConfigReader {
             let name = keyNode.string ?? ""
             let path = key.isEmpty ? name : "\(key).\(name)"
             guard allowed.contains(name) else {
-                throw fail(path, keyNode, "unknown key '\(name)' (expected one of: \(allowed.joined(separator: ", ")))")
+                note(fail(path, keyNode, "unknown key '\(name)' (expected one of: \(allowed.joined(separator: ", ")))"))
+                continue
             }
-            guard result[name] == nil else { throw fail(path, keyNode, "key appears twice") }
+            guard result[name] == nil else {
+                note(fail(path, keyNode, "key appears twice"))
+                continue
+            }
             result[name] = value
         }
         return result

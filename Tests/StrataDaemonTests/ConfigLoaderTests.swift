@@ -303,6 +303,33 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test func severalProblemsInOneSectionOrModelAndUnknownKeysAreNamedTogether() throws {
+        // An unknown key no longer hides the rest, and a section's or a model's independent keys
+        // are each checked.
+        let yaml = """
+            bogus_key: 1
+            gateway: { max_body: lots, drain_timeout: 5, cancel_on_disconnect: maybe, max_bodyy: 1 }
+            supervisor: { max_queued: -3, load_timeout: 0s }
+            routing: { policy: random, eject_after: 0 }
+            models:
+              - { name: a, source: \(Self.modelFile), memory: -5MiB, replicas: 0, ttl: abc, priority: 500, memroy: 1 }
+            """
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == [
+                "bogus_key",
+                "gateway.max_bodyy", "gateway.max_body", "gateway.cancel_on_disconnect", "gateway.drain_timeout",   // (a line's unknown keys first)
+                "supervisor.load_timeout", "supervisor.max_queued",
+                "routing.policy", "routing.eject_after",
+                "models[0].memroy", "models[0] (a).ttl", "models[0] (a).memory", "models[0] (a).replicas", "models[0] (a).priority",
+            ], "\(error)")
+        }
+        // ...and a file whose only problem is an unknown key is still refused
+        #expect(throws: ConfigError.self) { try Self.parse("listen: 127.0.0.1:8080\nlisen: 127.0.0.1:8081") }
+    }
+
     @Test func aSectionThatReadsAFailedOneIsSkippedNotEchoed() throws {
         // models name runtimes: with runtimes refused, "unknown runtime" would only echo that.
         let yaml = """

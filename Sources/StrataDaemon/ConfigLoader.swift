@@ -115,26 +115,10 @@ public enum ConfigLoader {
                 gateway.maxBodyBytes = Int(bytes)
             }
         }
-        reader.each {
-            if let value = map["cancel_on_disconnect"] {
-                gateway.cancelOnDisconnect = try reader.bool(value, at: "gateway.cancel_on_disconnect")
-            }
-        }
-        reader.each {
-            if let value = map["event_loop_relay"] {
-                gateway.relayOnEventLoop = try reader.bool(value, at: "gateway.event_loop_relay")
-            }
-        }
-        reader.each {
-            if let value = map["upstream_timeout"] {
-                gateway.upstreamTimeout = try reader.duration(value, at: "gateway.upstream_timeout")
-            }
-        }
-        reader.each {
-            if let value = map["drain_timeout"] {
-                gateway.drainTimeout = try reader.duration(value, at: "gateway.drain_timeout")
-            }
-        }
+        reader.each { if let v = map["cancel_on_disconnect"] { gateway.cancelOnDisconnect = try reader.bool(v, at: "gateway.cancel_on_disconnect") } }
+        reader.each { if let v = map["event_loop_relay"] { gateway.relayOnEventLoop = try reader.bool(v, at: "gateway.event_loop_relay") } }
+        reader.each { if let v = map["upstream_timeout"] { gateway.upstreamTimeout = try reader.duration(v, at: "gateway.upstream_timeout") } }
+        reader.each { if let v = map["drain_timeout"] { gateway.drainTimeout = try reader.duration(v, at: "gateway.drain_timeout") } }
         reader.each {
             if let value = map["idle_timeout"] {
                 let timeout = try reader.duration(value, at: "gateway.idle_timeout")

@@ -27,6 +27,10 @@ extension Gateway {
             try await backend.unload(model: name)
             return jsonResponse(["model": name, "action": "unload", "accepted": true], status: .accepted)
         }
+        // The admin actions are POSTs: another method is told so (405), not that nothing is there.
+        for path in ["/admin/models/:name/load", "/admin/models/:name/unload", "/admin/models/:name/stage", "/admin/reload"] {
+            router.get(RouterPath(path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .post) }
+        }
     }
 
     func addTierRoutes(to router: Router<BasicRequestContext>) {

@@ -147,7 +147,10 @@ extension ConfigLoader {
                     // (A memory that cannot be read is not estimated instead: it is noted, and
                     // the model goes on as declared with nothing, so nothing else echoes it.)
                     declared = true
-                    reader.each { memory = try reader.size(v, at: "\(key2).memory") }
+                    reader.each {
+                        memory = try reader.size(v, at: "\(key2).memory")
+                        guard memory > 0 else { throw reader.fail("\(key2).memory", v, "must be more than zero (or leave it out to have it estimated)") }
+                    }
                 }
 
                 let serving: ModelConfiguration.Serving

@@ -328,6 +328,7 @@ public enum ConfigLoader {
             }
             guard let memoryNode = map["memory"] else { throw reader.fail(key, item, "missing key 'memory'") }
             let memory = try reader.size(memoryNode, at: "\(key).memory")
+            guard memory > 0 else { throw reader.fail("\(key).memory", memoryNode, "must be more than zero") }
             devices.append(DeviceConfiguration(name: name, kind: kind, memoryBytes: memory))
         }
         guard !devices.isEmpty else { throw reader.fail("devices", node, "expected at least one device") }

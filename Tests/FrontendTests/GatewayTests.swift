@@ -202,6 +202,7 @@ struct GatewayTests {
             // a known path with the wrong method: 405 naming the one to use
             for (uri, method, allowed) in [
                 ("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET"), ("/v1/models/m", .post, "GET"),
+                ("/admin/reload", .get, "POST"), ("/admin/models/m/unload", .get, "POST"),
             ] {
                 let wrong = try await client.execute(uri: uri, method: method, headers: [:])
                 #expect(wrong.status == .methodNotAllowed)

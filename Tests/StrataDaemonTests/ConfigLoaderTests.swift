@@ -185,6 +185,8 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { nvme: { weights_reserve: lots } }", key: "tiers.nvme.weights_reserve", "'lots'")
         Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
         Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
+        Self.expectError("devices: [ { name: cpu, memory: 0B } ]", key: "devices[0].memory", "more than zero")
+        Self.expectError("models: [ { name: m, source: \(Self.modelFile), memory: 0 } ]", key: "models[0] (m).memory", "more than zero")
         Self.expectError("tiers: { host: { bugdet: 1GiB } }", key: "tiers.host.bugdet", "unknown key")
         Self.expectError("routing: { policy: random }", key: "routing.policy", "'random'", "prefix-affinity, round-robin or least-loaded")
         Self.expectError("routing: { load_bound: 0.5 }", key: "routing.load_bound", "'0.5'", "from 1 to 100")

@@ -150,6 +150,26 @@ extension HostTierTests {
         #expect(tier.stats.usedBytes > 32 << 20, "the room came back")
     }
 
+    /// Shrinking keeps the most recently used blocks wherever their slots lay: the recent ones
+    /// past the new budget move into it and the least recently used leave (demoted), not
+    /// whichever sat past the line. A borrowed block past it leaves, its bytes intact for the reader.
+    @Test func aShrinkKeepsTheMostRecentlyUsedBlocksNotThoseThatSatLow() throws {
+        let demoted = Mutex<[BlockKey]>([])
+        let tier = try HostTier(budgetBytes: 32 << 20) { evicted in demoted.withLock { $0.append(evicted.key) } }
+        for i in 0..<8 { _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }        // the low unit
+        for i in 10..<18 { _ = Self.bytes(2 << 20, UInt8(i)).withUnsafeBytes { tier.put(Self.key(i), $0) } }      // the high unit
+        _ = tier.withBlock(Self.key(3)) { _ in }   // an old block used again: among the most recent
+        let held = try #require(tier.borrow(Self.key(17)))
+        #expect(tier.setBudget(16 << 20))
+        let kept = (0..<18).filter { tier.contains(Self.key($0)) }
+        #expect(kept == [3, 11, 12, 13, 14, 15, 16, 10].sorted(), "kept \(kept)")
+        for i in kept { #expect(tier.withBlock(Self.key(i), { Array($0) }) == Self.bytes(2 << 20, UInt8(i)), "block \(i) moved whole") }
+        #expect(Set(demoted.withLock { $0 }) == Set([0, 1, 2, 4, 5, 6, 7, 17].map { Self.key($0) }))
+        #expect(Array(held.bytes) == Self.bytes(2 << 20, 17), "a borrowed block leaves with its bytes intact for the reader")
+        held.release()
+        #expect(tier.stats.usedBytes == 16 << 20, "its slot freed when the reader let go")
+    }
+
     /// A reserved slot is filled in place and published as a block; while held it is neither
     /// readable nor evictable; cancelled, its room comes back; when the budget shrinks below it,
     /// publishing is refused with its bytes intact.

@@ -287,9 +287,12 @@ public final class HostTier: @unchecked Sendable {
                              decodedLength: found.decodedLength)
     }
 
-    /// Changes the budget at run time, up to the capacity mapped at start. Shrinking evicts
-    /// (demoting, by policy) every block above the new budget; a borrowed one goes when its
-    /// reader lets go. Returns false and changes nothing when `bytes` exceeds the capacity.
+    /// Changes the budget at run time, up to the capacity mapped at start. Shrinking keeps the
+    /// most recently used blocks: those whose slots lie past the new budget move into it, most
+    /// recent first, making room there by evicting (demoting, by policy) the least recently
+    /// used; a block that is borrowed, or older than everything left to evict, leaves instead
+    /// (a borrowed one when its reader lets go). Returns false and changes nothing when `bytes`
+    /// exceeds the capacity.
     @discardableResult
     public func setBudget(_ bytes: Int) -> Bool {
         guard bytes <= capacity, bytes > 0 else { return false }
@@ -299,12 +302,33 @@ public final class HostTier: @unchecked Sendable {
         state.withLock { state in
             state.allocator.usableUnits = units
             state.stats.budgetBytes = limit
-            for (key, entry) in state.entries where entry.offset >= limit {
-                evict(key, &state, into: &evicted)
+            for key in state.recency.mostRecentFirst() {
+                guard let entry = state.entries[key], entry.offset >= limit else { continue }
+                guard entry.borrowers == 0, let slot = allocateBelow(entry, key, &state, into: &evicted) else {
+                    evict(key, &state, into: &evicted)
+                    continue
+                }
+                (base + slot).copyMemory(from: base + entry.offset, byteCount: entry.length)
+                state.allocator.release(entry.offset)
+                state.entries[key]?.offset = slot
             }
+            state.stats.blocks = state.entries.count
+            state.stats.usedBytes = state.allocator.allocatedBytes
         }
         handOver(evicted)
         return true
+    }
+
+    /// A slot within the (shrunk) budget for `entry`, made by evicting blocks used less recently
+    /// than it; nil when only it or more recent ones (or borrowed ones) are left to evict.
+    private func allocateBelow(_ entry: Entry, _ key: BlockKey, _ state: inout State, into evicted: inout Evictions) -> Int? {
+        while true {
+            if let slot = state.allocator.allocate(max(entry.length, 1)) { return slot }
+            guard let (_, victim) = state.recency.leastRecent(where: { state.entries[$0]?.borrowers == 0 }), victim != key else {
+                return nil
+            }
+            evict(victim, &state, into: &evicted)
+        }
     }
 
     /// Takes `key` out (copying a dirty block's bytes for demotion when there is a lower tier)

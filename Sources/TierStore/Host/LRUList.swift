@@ -54,6 +54,18 @@ struct LRUList<Element> {
         return nil
     }
 
+    /// Every element, most recently used first.
+    func mostRecentFirst() -> [Element] {
+        var out: [Element] = []
+        out.reserveCapacity(count)
+        var slot = head
+        while slot >= 0 {
+            if let element = elements[Int(slot)] { out.append(element) }
+            slot = next[Int(slot)]
+        }
+        return out
+    }
+
     private mutating func link(_ slot: Int32) {
         previous[Int(slot)] = -1
         next[Int(slot)] = head

@@ -11,7 +11,45 @@ extension Gateway {
 
     func addBlockRoutes(to router: Router<BasicRequestContext>) {
         guard kv != nil else { return }
-        router.put("/v1/blocks/:key") { request, context in
+        // A block may be named `batch-get` too: that path's literal route would hide it from the
+        // `:key` routes, so they are registered on it as well.
+        for path in ["/v1/blocks/:key", "/v1/blocks/\(Self.batchGetName)"] { addBlockRoutes(path, to: router) }
+        router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in
+            try authorize(request)
+            guard let store = kv else { throw Self.noBlocks }
+            let body = try await request.body.collect(upTo: 4 << 20)
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+                let keys = object["keys"] as? [String], keys.count <= 1024
+            else {
+                throw GatewayError.badRequest("expected {\"keys\": [\"k1\", …]} with at most 1024 keys", code: "invalid_batch")
+            }
+            if let bad = keys.first(where: { !Self.isBlockKey($0) }) {
+                throw GatewayError.badRequest("keys: '\(bad.prefix(64))' is not a block key (1 to 4096 bytes)", code: "invalid_key")
+            }
+            // `?namespace=` as on the other block routes; a "namespace" in the body is read too.
+            let query = request.uri.queryParameters.get("namespace")
+            let field = object["namespace"]
+            guard field == nil || field is String else {
+                throw GatewayError.badRequest("namespace: expected a string", code: "invalid_batch")
+            }
+            if let query, let field = field as? String, field != query {
+                throw GatewayError.badRequest("namespace: '\(field)' in the body and '\(query)' in the URL differ", code: "invalid_batch")
+            }
+            let namespace = query ?? (field as? String) ?? "default"
+            let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: ResponseBody(byteBuffer: Self.batchAnswer(keys: keys, values: values)))
+        }
+    }
+
+    static let batchGetName = "batch-get"
+
+    private static func isBlockKey(_ key: String) -> Bool { !key.isEmpty && key.utf8.count <= 4096 }
+
+    /// PUT, GET, HEAD and DELETE of one block at `path`.
+    private func addBlockRoutes(_ path: String, to router: Router<BasicRequestContext>) {
+        let path = RouterPath(path)
+        router.put(path) { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
             let body: ByteBuffer
@@ -25,7 +63,7 @@ extension Gateway {
             return Response(status: .created, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: #"{"stored":true,"bytes":\#(body.readableBytes)}"#)))
         }
-        router.get("/v1/blocks/:key") { request, context in
+        router.get(path) { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
             guard let pieces = try await kvCall({ try await store.getPieces(namespace: namespace, key: key) }) else {
@@ -33,7 +71,7 @@ extension Gateway {
             }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(contentsOf: pieces))
         }
-        router.head("/v1/blocks/:key") { request, context in
+        router.head(path) { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
             guard let length = try await kvCall({ try await store.length(namespace: namespace, key: key) }) else {
@@ -41,25 +79,11 @@ extension Gateway {
             }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: "\(length)"])
         }
-        router.delete("/v1/blocks/:key") { request, context in
+        router.delete(path) { request, context in
             try authorize(request)
             let (store, namespace, key) = try blockTarget(request, context)
             guard try await kvCall({ try await store.delete(namespace: namespace, keys: [key]) }) > 0 else { throw Self.noBlock(key) }
             return jsonResponse(["deleted": true])
-        }
-        router.post("/v1/blocks/batch-get") { request, _ in
-            try authorize(request)
-            guard let store = kv else { throw Self.noBlocks }
-            let body = try await request.body.collect(upTo: 4 << 20)
-            guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
-                let keys = object["keys"] as? [String], keys.count <= 1024
-            else {
-                throw GatewayError.badRequest("expected {\"keys\": [\"k1\", …]} with at most 1024 keys", code: "invalid_batch")
-            }
-            let namespace = (object["namespace"] as? String) ?? "default"
-            let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
-            return Response(status: .ok, headers: [.contentType: "application/json"],
-                            body: ResponseBody(byteBuffer: Self.batchAnswer(keys: keys, values: values)))
         }
     }
 
@@ -87,9 +111,9 @@ extension Gateway {
 
     private func blockTarget(_ request: Request, _ context: BasicRequestContext) throws -> (any KVBackend, String, ByteBuffer) {
         guard let store = kv else { throw Self.noBlocks }
-        let raw = try context.parameters.require("key")
+        let raw = context.parameters.get("key") ?? Self.batchGetName   // (the literal route: see `addBlockRoutes`)
         let key = raw.removingPercentEncoding ?? raw
-        guard !key.isEmpty, key.utf8.count <= 4096 else {
+        guard Self.isBlockKey(key) else {
             throw GatewayError.badRequest("block keys are 1 to 4096 bytes", code: "invalid_key")
         }
         let namespace = request.uri.queryParameters.get("namespace") ?? "default"

@@ -472,6 +472,20 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     assert [b["key"] for b in blocks] == ["from-resp", "missing", "layer/0:chunk-7"]
     assert base64.b64decode(blocks[0]["value_base64"]) == b"abc" and blocks[1]["value_base64"] is None
     assert base64.b64decode(blocks[2]["value_base64"]) == block
+    # a batch reads a tenant's blocks by `?namespace=` as the other routes do (or a "namespace" in the body)
+    assert requests.put(f"{url}/nk?namespace=t1", data=b"t1 value", headers=key).status_code == 201
+    for how in ({"params": {"namespace": "t1"}, "json": {"keys": ["nk"]}}, {"json": {"keys": ["nk"], "namespace": "t1"}}):
+        got = requests.post(f"{url}/batch-get", headers=key, **how)
+        assert got.status_code == 200 and base64.b64decode(got.json()["blocks"][0]["value_base64"]) == b"t1 value", got.text
+    assert requests.post(f"{url}/batch-get", json={"keys": ["nk"]}, headers=key).json()["blocks"][0]["value_base64"] is None
+    for bad in ({"keys": ["nk"], "namespace": 5}, {"keys": [""]}, {"keys": ["x" * 4097]}):
+        assert requests.post(f"{url}/batch-get", json=bad, headers=key).status_code == 400, bad
+    # a block named batch-get is a block like any other on GET, PUT, HEAD and DELETE
+    r.set("batch-get", b"bg")
+    assert requests.get(f"{url}/batch-get", headers=key).content == b"bg"
+    assert requests.put(f"{url}/batch-get", data=b"bg2", headers=key).status_code == 201 and r.get("batch-get") == b"bg2"
+    assert int(requests.head(f"{url}/batch-get", headers=key).headers["Content-Length"]) == 3
+    assert requests.delete(f"{url}/batch-get", headers=key).status_code == 200 and r.get("batch-get") is None
     # errors: missing block, bad batch, too large
     missing = requests.get(f"{url}/missing", headers=key)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_such_block"

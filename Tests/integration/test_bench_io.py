@@ -49,6 +49,10 @@ def test_bench_store_puts_then_reads_back_verified(tmp_path):
         assert result["pattern"] == pattern and result["bytes"] == 8 << 20
         for key in ("bytes_per_second", "iops", "p50_us", "p99_us"):
             assert result[key] > 0, (key, result)
+    # the same directory read with smaller blocks than it was filled with: blocks of that size are filled
+    smaller = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--size", "8MiB", "--block-size", "64KiB",
+                              "--queue-depth", "4", "--pattern", "rand-get", "--json"], capture_output=True, text=True, timeout=120)
+    assert smaller.returncode == 0, smaller.stderr
     host = subprocess.run([str(STRATA), "bench", "store", "--dir", store, "--size", "8MiB", "--block-size", "256KiB",
                            "--pattern", "host-get", "--json"], capture_output=True, text=True, timeout=120)
     assert host.returncode == 0, host.stderr

@@ -32,6 +32,10 @@ public struct StoreBenchmark: Sendable {
 
     static func key(_ i: Int) -> BlockKey { BlockKey(bytes: Array("bench-\(i)".utf8)) }
 
+    /// A log block's key: named by its size too, so a `--dir` reused with another `--block-size`
+    /// fills blocks of that size rather than reading the earlier ones into buffers sized for it.
+    static func key(_ i: Int, size: Int) -> BlockKey { BlockKey(bytes: Array("bench-\(size)-\(i)".utf8)) }
+
     public func run(engine: any IOEngine) async throws -> IOBenchmark.Result {
         if pattern == .hostGet { return try runHostGet() }
         if pattern == .seqRead { return try await runSeqRead(engine: engine) }
@@ -43,7 +47,7 @@ public struct StoreBenchmark: Sendable {
         if pattern == .randGet {
             // fill what is missing, without timing it
             _ = try await Parallel.run(workers: queueDepth, count: blocks) { i in
-                if await !log.contains(Self.key(i)) { try await log.put(Self.key(i), payload, durable: false) }
+                if await !log.contains(Self.key(i, size: blockSize)) { try await log.put(Self.key(i, size: blockSize), payload, durable: false) }
             }
         }
         let recordLength = max(BlockHeader.recordLength(storedLength: blockSize), blockSize)
@@ -53,7 +57,7 @@ public struct StoreBenchmark: Sendable {
             let t0 = ContinuousClock.now
             switch pattern {
             case .put:
-                try await log.put(Self.key(i), payload, durable: false)
+                try await log.put(Self.key(i, size: blockSize), payload, durable: false)
             case .hostGet, .seqRead:
                 preconditionFailure("handled by runHostGet and runSeqRead")
             case .randGet:
@@ -61,7 +65,7 @@ public struct StoreBenchmark: Sendable {
                 defer { pool.give(buffer) }
                 var seed = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
                 seed ^= seed >> 29
-                guard try await log.get(Self.key(Int(seed % UInt64(blocks))), into: buffer) != nil else {
+                guard try await log.get(Self.key(Int(seed % UInt64(blocks)), size: blockSize), into: buffer) != nil else {
                     throw IOError(operation: "get", errno: ENOENT, detail: "a filled block was missing or corrupt")
                 }
             }

@@ -385,3 +385,31 @@ def test_non_streaming_client_disconnect_cancels_generation(daemon):
     # 2000 tokens take far longer than this on these CPUs: only a cancellation frees it so soon
     wait_for(lambda: daemon.model("smollm2")["in_flight"] == 0, 5, what="in-flight back to 0 after disconnect")
     assert time.monotonic() - started < 5
+
+
+def test_expect_100_continue_is_answered_at_once(daemon):
+    """A client that asks `Expect: 100-continue` (curl does for bodies over 1 MiB) gets `100
+    Continue` as soon as its head is read, not after its own wait; one whose declared body is
+    over gateway.max_body gets no go-ahead, and its 413 once the body comes."""
+    import socket
+    body = json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+        s.sendall(head % (API_KEY.encode(), len(body)))
+        s.settimeout(0.5)   # far below curl's 1 s wait
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.settimeout(10)
+        s.sendall(body)
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 404") and b"model_not_found" in answer, answer
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+        big = 1 << 20   # over the fixture's max_body of 64 KiB
+        s.sendall(head % (API_KEY.encode(), big))
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recv(100)
+        s.settimeout(10)
+        s.sendall(b"x" * big)
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413"), answer

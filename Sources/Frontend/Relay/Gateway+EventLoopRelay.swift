@@ -12,7 +12,8 @@ extension Gateway {
     /// The channel handlers the HTTP/1 server puts before its request handling: the client
     /// idle timeout, then the event-loop relay.
     public func channelHandlers() -> [any RemovableChannelHandler] {
-        [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout))]
+        [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout)),
+         ExpectContinueHandler(maxBodyBytes: configuration.maxBodyBytes)]
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 

@@ -130,7 +130,7 @@ extension Gateway {
             let logger = self.logger
             let upstreamLabel = lease.upstreamLabel
             let model = parsed.model
-            var headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache"]
+            var headers: HTTPFields = [.contentType: contentType, .cacheControl: "no-cache", Self.accelBuffering: "no"]
             headers.append(contentsOf: servedBy)
             return Response(
                 status: status, headers: headers,
@@ -212,6 +212,10 @@ extension Gateway {
     static func isEventStream(_ response: HTTPClientResponse) -> Bool {
         (response.headers.first(name: "content-type") ?? "").hasPrefix("text/event-stream")
     }
+
+    /// Tells a proxy in front (nginx) to pass a stream's events on as they come, as llama-server's
+    /// own streams say.
+    static let accelBuffering = HTTPField.Name("X-Accel-Buffering")!
 
     /// The header that names the model that served a request (a fallback, say).
     static let servedByName: StaticString = "x-strata-served-by"

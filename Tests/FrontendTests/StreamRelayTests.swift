@@ -41,6 +41,7 @@ struct StreamRelayTests {
             #expect(head.hasPrefix("HTTP/1.1 200"))
             #expect(head.lowercased().contains("content-type: text/event-stream"))
             #expect(head.lowercased().contains("transfer-encoding: chunked"))
+            #expect(head.lowercased().contains("x-accel-buffering: no"), "a proxy in front passes events on as they come")
             try await Self.waitUntil { upstream.openConnections == 0 && !backend.outcomes("raw").isEmpty }
             #expect(upstream.openConnections == 0, "the upstream's connection closes when the client leaves")
             #expect(backend.outcomes("raw") == [.completed], "the lease ends once, as served")

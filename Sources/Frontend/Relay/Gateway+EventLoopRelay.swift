@@ -584,6 +584,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var headers = HTTPFields()
         headers[.contentType] = contentType
         headers[.cacheControl] = "no-cache"
+        headers[Gateway.accelBuffering] = "no"
         if let served = relay.lease.servedModel { headers[Gateway.servedByHeader] = served }
         addServerHeaders(&headers)
         // No length: chunked.

@@ -77,6 +77,16 @@ extension ModelController: ModelBackend {
         if allowed.first?.name != model { spillReason = "policy" }
         for (position, candidate) in allowed.enumerated() {
             let isLast = position == allowed.count - 1
+            if position > 0, allowed[0].name == model, !canTakeSpill(candidate, from: allowed[0]) {
+                // Spilling there would stop the model this request waits for (the same device,
+                // no room for both): the two would swap on every request, and neither serve.
+                refusals.append("'\(candidate.name)' would need '\(model)' stopped")
+                if !allowed[(position + 1)...].contains(where: { canTakeSpill($0, from: allowed[0]) }) {
+                    let lease = try await acquire(allowed[0], hints: hints)
+                    return lease.serving(model: nil, price: config.price(of: allowed[0]))
+                }
+                continue
+            }
             do {
                 let lease = if candidate.name == model, !isLast, let wait = candidate.spillAfter {
                     try await acquire(candidate, hints: hints, within: wait)
@@ -102,6 +112,18 @@ extension ModelController: ModelBackend {
         throw GatewayError.unavailable(
             "No substrate this request may use can serve '\(model)' (\(hints.policy)): \(refusals.joined(separator: "; "))",
             code: "policy_forbidden", retryAfterSeconds: 60)
+    }
+
+    /// Whether `fallback` can take a request that spilled from `primary` without stopping it:
+    /// it is not a runtime Strata places, it is ready, it is on another device, or it fits
+    /// beside what that device holds now (the primary's start included).
+    func canTakeSpill(_ fallback: ModelConfiguration, from primary: ModelConfiguration) -> Bool {
+        guard case .managed = fallback.serving, case .managed = primary.serving, fallback.device == primary.device else { return true }
+        if fallback.placerNames.contains(where: { if case .ready = placer.snapshot(of: $0)?.phase { true } else { false } }) {
+            return true
+        }
+        guard let device = placer.deviceSnapshots.first(where: { $0.name == fallback.device }) else { return true }
+        return device.usedBytes + fallback.memoryBytes <= device.budgetBytes
     }
 
     /// `acquire` bounded by `wait`; past it, a 503 `spill_timeout` (the waiting request is withdrawn).

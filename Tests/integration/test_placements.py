@@ -1,7 +1,7 @@
 """GET /admin/placements: the Placer's recent decisions with their reasons and budgets."""
 import json
 
-from conftest import ADMIN_KEY, TWO_MODELS, config
+from conftest import ADMIN_KEY, MODEL, TWO_MODELS, config
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 KEY = {"Authorization": "Bearer test-key-1", "Content-Type": "application/json"}
@@ -31,3 +31,20 @@ def test_a_swap_is_listed_with_its_reasons_and_budgets(make_daemon):
     start_b = next(p for p in log["placements"] if p["action"] in ("stage", "start") and p["model"] == "smollm2-b")
     assert "waiting" in start_b["reason"] or "host RAM" in start_b["reason"], start_b
     assert log["admissions"] >= 2
+
+
+def test_a_fallback_that_would_need_its_primary_stopped_is_not_spilled_to(make_daemon):
+    """`a` spills to `b` after 200 ms, but both cannot fit the device: spilling would stop `a`
+    (starting for this very request) to start `b`, and the two would swap on every request.
+    The request waits for `a` instead, and later ones find it ready."""
+    d = make_daemon(config(f"""
+  - {{ name: a, source: "file://{MODEL}", runtime: llama, memory: 400MiB, fallbacks: [b], spill_after: 200ms }}
+  - {{ name: b, source: "file://{MODEL}", runtime: llama, memory: 400MiB }}
+"""))
+    for _ in range(3):
+        status, _, headers = d.request("POST", "/v1/chat/completions", headers=KEY, timeout=120, body={
+            "model": "a", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert status == 200 and "x-strata-served-by" not in {k.lower() for k in headers}, headers
+    log = json.loads(d.get("/admin/placements", headers=ADMIN)[1])
+    decisions = [(p["action"], p["model"]) for p in log["placements"]]
+    assert ("start", "b") not in decisions and ("stop", "a") not in decisions, decisions

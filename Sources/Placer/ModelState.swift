@@ -53,6 +53,10 @@ struct ModelState {
     var waiters: [Waiter] = []
     var lastUsed: Duration = .zero
     var consecutiveFailures = 0
+    /// The last failure was a start that never became ready (not a crash after serving): until
+    /// its backoff passes, a request is answered with that failure at once rather than waiting
+    /// for a restart likely to fail the same way (and evicting others for it).
+    var failedToStart = false
     /// Set by an operator unload: keep draining until stopped even if nobody needs the memory.
     var operatorDrain = false
     var loads = 0

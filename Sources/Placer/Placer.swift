@@ -68,6 +68,12 @@ public struct Placer: Sendable {
                 actions.append(.admit(id, model: name))
                 break
             }
+            if case .failed(let retryAt, let detail) = state.phase, retryAt > now, state.failedToStart {
+                // Its last start failed and it is backing off: this request would wait for a
+                // start that likely fails the same way, and evict others for it.
+                actions.append(.reject(id, model: name, .runtimeFailed(detail: detail)))
+                break
+            }
             if state.waiters.count >= state.spec.maxQueued {
                 actions.append(.reject(id, model: name, .queueFull(limit: state.spec.maxQueued)))
                 break
@@ -109,6 +115,7 @@ public struct Placer: Sendable {
             case .stopping(let reason):
                 if reason == .loadTimeout {
                     state.phase = failure(&state, now: now, detail: detail)
+                    state.failedToStart = true
                 } else {
                     state.phase = .stopped
                 }
@@ -116,6 +123,7 @@ public struct Placer: Sendable {
                 state.configDrain = false
             case .starting, .ready, .draining:
                 // Died on its own: waiting requests learn why now rather than at their deadline.
+                if case .starting = state.phase { state.failedToStart = true } else { state.failedToStart = false }
                 state.phase = failure(&state, now: now, detail: detail)
                 state.operatorDrain = false
                 state.configDrain = false

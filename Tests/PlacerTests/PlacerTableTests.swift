@@ -138,15 +138,30 @@ struct PlacerTableTests {
             (.seconds(0), .request(1, model: "a"), [.start(model: "a")]),
             (.seconds(1), .runtimeExited(model: "a", detail: "exited with code 1"),
              [.reject(1, model: "a", .runtimeFailed(detail: "exited with code 1"))]),
-            // backoff 1 s: a request at 1.5 s waits, the start comes at 2 s
-            (.milliseconds(1500), .request(2, model: "a"), []),
-            (.seconds(2), .tick, [.start(model: "a")]),
+            // backoff 1 s after a start that failed: a request at 1.5 s is told so at once (it
+            // would wait for a start likely to fail the same way); one after 2 s starts it again
+            (.milliseconds(1500), .request(2, model: "a"), [.reject(2, model: "a", .runtimeFailed(detail: "exited with code 1"))]),
+            (.milliseconds(2500), .request(3, model: "a"), [.start(model: "a")]),
             (.seconds(3), .runtimeExited(model: "a", detail: "exited with code 1"),
-             [.reject(2, model: "a", .runtimeFailed(detail: "exited with code 1"))]),
+             [.reject(3, model: "a", .runtimeFailed(detail: "exited with code 1"))]),
         ])
         // second failure in a row: backoff doubled to 2 s
         #expect(p.snapshot(of: "a")?.phase == .failed(retryAt: .seconds(5), detail: "exited with code 1"))
         #expect(p.snapshot(of: "a")?.phase.publicStatus == "failed")
+    }
+
+    @Test func aRequestAfterACrashOfARunningModelWaitsForItsRestart() {
+        var p = Self.placer()
+        Self.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.start(model: "a")]),
+            (.seconds(1), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            (.seconds(2), .finished(1), []),
+            (.seconds(3), .runtimeExited(model: "a", detail: "killed by signal 9"), []),
+            // it served before it died: a request in the backoff waits for the restart
+            (.milliseconds(3500), .request(2, model: "a"), []),
+            (.seconds(4), .tick, [.start(model: "a")]),
+            (.seconds(5), .runtimeReady(model: "a"), [.admit(2, model: "a")]),
+        ])
     }
 
     @Test func crashWhileServingKeepsInFlightAccountingAndRecovers() {

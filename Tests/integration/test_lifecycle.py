@@ -185,7 +185,7 @@ def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
     extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
     d = make_daemon(config(f"""
   - {{ name: bad, source: "file://{MODEL}", runtime: broken, memory: 100MiB }}
-""", extra=extra))
+""", extra=extra).replace("restart_backoff: 200ms", "restart_backoff: 5s").replace("restart_backoff_max: 2s", "restart_backoff_max: 10s"))
     with pytest.raises(openai.APIStatusError) as e:
         d.client().chat.completions.create(model="bad", messages=MESSAGES, max_tokens=2)
     assert e.value.status_code == 502
@@ -193,6 +193,12 @@ def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
     assert "exited with code 3" in message and "cannot load weights" in message, message
     assert d.model("bad")["status"] == "failed"
     assert {m.id: m.model_extra["status"] for m in d.client().models.list().data}["bad"] == "failed"
+    # while it backs off after that failed start, a request is told at once, not after the
+    # backoff and another start that fails the same way
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as again:
+        d.client().chat.completions.create(model="bad", messages=MESSAGES, max_tokens=2)
+    assert again.value.status_code == 502 and time.monotonic() - started < 1, time.monotonic() - started
 
 
 def test_model_that_never_gets_ready_is_503_with_retry_after(make_daemon):

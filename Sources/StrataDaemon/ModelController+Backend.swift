@@ -226,7 +226,21 @@ extension ModelController: ModelBackend {
 
     /// Loads (or unloads) the model, every replica of it, or one replica named `name#i`.
     public func load(model: String) async throws {
-        for name in try requireManaged(model) { send(.load(model: name)) }
+        for name in try requireManaged(model) {
+            send(.load(model: name))
+            // The Placer starts it, or keeps the load waiting (for room that eviction will make,
+            // for a priority or residency to allow it, for a backoff), or drops it: a model that
+            // cannot fit beside the pinned ones on its device ever. That is said, not accepted.
+            guard let snapshot = placer.snapshot(of: name), !snapshot.phase.holdsMemory, snapshot.waiting == 0,
+                let modelConfig = config.model(placerName: name)
+            else { continue }
+            if case .failed = snapshot.phase { continue }
+            let device = placer.deviceSnapshots.first { $0.name == modelConfig.device }
+            throw GatewayError(
+                status: .conflict, type: "server_error", code: "insufficient_memory",
+                message: "'\(name)' (\(ConfigUnits.formatBytes(snapshot.memoryBytes))) cannot fit on device '\(modelConfig.device)'"
+                    + (device.map { " (budget \(ConfigUnits.formatBytes($0.budgetBytes)))" } ?? "") + " beside the pinned models")
+        }
     }
 
     public func unload(model: String) async throws {

@@ -1,7 +1,7 @@
 """GET /admin/placements: the Placer's recent decisions with their reasons and budgets."""
 import json
 
-from conftest import ADMIN_KEY, MODEL, TWO_MODELS, config
+from conftest import ADMIN_KEY, MODEL, TWO_MODELS, config, wait_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 KEY = {"Authorization": "Bearer test-key-1", "Content-Type": "application/json"}
@@ -48,3 +48,20 @@ def test_a_fallback_that_would_need_its_primary_stopped_is_not_spilled_to(make_d
     log = json.loads(d.get("/admin/placements", headers=ADMIN)[1])
     decisions = [(p["action"], p["model"]) for p in log["placements"]]
     assert ("start", "b") not in decisions and ("stop", "a") not in decisions, decisions
+
+
+def test_an_admin_load_that_cannot_fit_is_refused_not_accepted(make_daemon):
+    """Beside a pinned model that leaves no room, an admin load of another says so (409), as a
+    request for it would, instead of a 202 after which nothing happens."""
+    d = make_daemon(config(f"""
+  - {{ name: p, source: "file://{MODEL}", runtime: llama, memory: 300MiB, pin: true, preload: true }}
+  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 400MiB }}
+"""))
+    wait_for(lambda: d.admin()["p"]["status"] == "ready", 60, what="p preloaded")
+    status, body, _ = d.request("POST", "/admin/models/big/load", headers=ADMIN)
+    assert status == 409, body
+    error = json.loads(body)["error"]
+    assert error["code"] == "insufficient_memory" and "'big'" in error["message"] and "pinned" in error["message"], error
+    assert d.admin()["big"]["status"] == "stopped" and d.admin()["p"]["status"] == "ready"
+    status, _, _ = d.request("POST", "/admin/models/p/load", headers=ADMIN)
+    assert status == 202, "a load of what is loaded is accepted (nothing to do)"

@@ -11,6 +11,11 @@ extension ModelController {
     /// models marked `preload` (so a preload stages through host RAM like any other start).
     func reportResidencyThenPreload() async {
         if let tiers, let stager = try? await tiers.stager() {
+            // Copies of models this config does not name hold RAM that nothing counts or uses.
+            let removed = await stager.removeHostCopies(except: Set(config.models.map(\.name)))
+            if !removed.isEmpty {
+                logger.notice("removed staged weights of models no longer configured", metadata: ["models": "\(removed.sorted())"])
+            }
             for model in config.models where model.stage && !model.source.isEmpty {
                 let origin = await stager.residency(of: model.name, source: model.source)
                 let tier: WeightTier = switch origin {

@@ -78,6 +78,21 @@ def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon
     assert runtime_model_path(d) == str(copy)
     assert "smollm2" not in staging(d), "the restart staged again"
 
+    # a copy of a model the config no longer names is removed at start: RAM nothing would use or count
+    assert d.stop() == 0
+    renamed = d.config_path.read_text().replace("name: smollm2,", "name: renamed,")
+    d.config_path.write_text(renamed)
+    d.start()
+    wait_for(lambda: staged_file(d) is None, 20, what="the copy of the model no longer configured removed")
+    d.config_path.write_text(renamed.replace("name: renamed,", "name: smollm2,"))
+    assert d.stop() == 0
+    d.start()
+    wait_for(lambda: d.model("smollm2") is not None, 10)
+    status, body = chat(d)
+    assert status == 200, body
+    copy = staged_file(d)
+    assert copy is not None
+
     # asked to stage what is already in RAM (the running model's weights): done at once, a 200
     for _ in range(2):
         status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)

@@ -43,6 +43,12 @@ public struct StagedFiles: Sendable {
         return "\(home)/\(files[0])"
     }
 
+    /// The names that have a copy (complete or not) in the directory.
+    public func names() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !$0.hasPrefix(".") }
+            .map { $0.replacingOccurrences(of: "%2F", with: "/").replacingOccurrences(of: "%25", with: "%") }
+    }
+
     /// Removes `name`'s copy. A runtime that still maps it keeps its pages until it exits.
     public func remove(_ name: String) {
         try? FileManager.default.removeItem(atPath: home(of: name))

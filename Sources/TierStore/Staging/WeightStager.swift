@@ -129,6 +129,14 @@ public actor WeightStager {
         host.remove(name)
     }
 
+    /// Removes the RAM-backed copies of names not in `names` (models no longer configured: a
+    /// copy nothing will use or count against the budget, in RAM); returns the names removed.
+    public func removeHostCopies(except names: Set<String>) -> [String] {
+        let stale = host.names().filter { !names.contains($0) && running[$0] == nil }
+        for name in stale { host.remove(name) }
+        return stale
+    }
+
     /// `name`'s complete copy in the RAM-backed directory, if it is of the current version of
     /// `source`: checked for local files (a stat); for HTTP and S3 sources any copy counts
     /// (asking the network on every start would make an unreachable source stop it).

@@ -212,7 +212,7 @@ public actor ModelController {
                 code: "queue_full", retryAfterSeconds: 1)
         case .timedOut(let waited, let retryAfter):
             return .unavailable(
-                "'\(model)' did not become ready within \(waited.seconds)s (supervisor.queue_timeout)",
+                "'\(model)' did not become ready within \(String(format: "%.1f", waited.seconds))s (supervisor.queue_timeout)",
                 code: "model_not_ready", retryAfterSeconds: max(1, Int(retryAfter.seconds.rounded(.up))))
         case .doesNotFit(let need, let device, let budget, let pinned):
             return .unavailable(

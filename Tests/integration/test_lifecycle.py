@@ -1,5 +1,6 @@
 """Runtime supervision and daemon lifecycle against the real llama-server."""
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -213,6 +214,7 @@ def test_model_that_never_gets_ready_is_503_with_retry_after(make_daemon):
     assert e.value.status_code == 503
     assert int(e.value.response.headers["retry-after"]) >= 1
     assert e.value.body["code"] == "model_not_ready"
+    assert re.search(r"within \d+\.\ds \(supervisor.queue_timeout\)", e.value.body["message"]), e.value.body
     assert 1.5 < time.monotonic() - started < 10
     d.admin()   # remember the pid so teardown checks it is gone
 

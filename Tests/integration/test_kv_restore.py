@@ -32,7 +32,7 @@ def while_streaming_on(d, system, body):
     done = {}
     t = threading.Thread(target=lambda: done.setdefault("r", ask(d, system, "Tell a very long story.", 400, True)))
     t.start()
-    wait_for(lambda: any(r["in_flight"] for r in d.model("chat#0")["replicas"]), 30, interval=0.02, what="stream running")
+    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.02, what="stream running")
     try:
         return body()
     finally:
@@ -135,7 +135,7 @@ def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slo
     first = {}
     t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
     t.start()
-    wait_for(lambda: any(r["in_flight"] for r in d.model("chat#0")["replicas"]), 30, interval=0.01,
+    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.01,
              what="the first conversation running")
     status, body, _ = ask(d, system, "What is the last word?")
     t.join(180)

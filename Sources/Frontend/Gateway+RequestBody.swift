@@ -29,6 +29,8 @@ extension Gateway {
         var messages: JSONText.Span?
         var prompt: JSONText.Span?
         var tools: JSONText.Span?
+        /// The Responses API's system prompt.
+        var instructions: JSONText.Span?
     }
 
     func parseBody(_ body: ByteBuffer, endpoint: Endpoint) throws -> ParsedBody {
@@ -47,7 +49,7 @@ extension Gateway {
             let text = JSONText(raw)
             var members: [(key: JSONText.Span, value: JSONText.Span)]?
             guard let root = text.validate(members: &members), let members else { return nil }
-            var model, stream, messages, prompt, input, tools, user, idSlot: JSONText.Span?
+            var model, stream, messages, prompt, input, tools, user, idSlot, instructions: JSONText.Span?
             var duplicate = false
             for (key, value) in members where !duplicate {
                 func take(_ field: inout JSONText.Span?) {
@@ -62,6 +64,7 @@ extension Gateway {
                 else if text.keyEquals(key, "tools") { take(&tools) }
                 else if text.keyEquals(key, "user") { take(&user) }
                 else if text.keyEquals(key, "id_slot") { take(&idSlot) }
+                else if text.keyEquals(key, "instructions") { take(&instructions) }
             }
             guard !duplicate, let model, text.kind(model) == .string else { return nil }
             let name = text.string(model)
@@ -69,7 +72,7 @@ extension Gateway {
             let required: JSONText.Span? = switch endpoint {
             case .chatCompletions: messages
             case .completions: prompt
-            case .embeddings: input
+            case .embeddings, .responses: input
             }
             guard let required, text.kind(required) != .null else { return nil }
             if endpoint == .chatCompletions {
@@ -86,8 +89,12 @@ extension Gateway {
             return ParsedBody(
                 model: name, stream: streamFlag, user: user.flatMap { text.kind($0) == .string ? text.string($0) : nil },
                 body: body,
-                fields: .spans(BodySpans(object: root, model: model, idSlot: idSlot, messages: messages, prompt: prompt,
-                                         tools: tools)))
+                fields: .spans(endpoint == .responses
+                    // The prompt the chain is made of: `input` as messages (a list of items) or as
+                    // the prompt (a string), after `instructions`.
+                    ? BodySpans(object: root, model: model, idSlot: idSlot, messages: text.kind(required) == .array ? required : nil,
+                                prompt: text.kind(required) == .string ? required : nil, tools: tools, instructions: instructions)
+                    : BodySpans(object: root, model: model, idSlot: idSlot, messages: messages, prompt: prompt, tools: tools)))
         }
     }
 
@@ -177,7 +184,8 @@ extension Gateway.ParsedBody {
             return PromptChain.of(body: json, blockBytes: blockBytes)
         case .spans(let spans):
             let canonical = body.withUnsafeReadableBytes { raw in
-                PromptChain.canonicalPrompt(JSONText(raw), messages: spans.messages, prompt: spans.prompt, tools: spans.tools)
+                PromptChain.canonicalPrompt(JSONText(raw), messages: spans.messages, prompt: spans.prompt, tools: spans.tools,
+                                            instructions: spans.instructions)
             }
             return PromptChain(canonical: canonical, blockBytes: blockBytes)
         }

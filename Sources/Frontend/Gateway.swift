@@ -226,12 +226,16 @@ enum Endpoint: String, CaseIterable, Sendable {
     case chatCompletions
     case completions
     case embeddings
+    /// OpenAI's Responses API (llama-server serves it too): `input` (a string or a list of
+    /// items) and `instructions` in place of `messages`.
+    case responses
 
     var path: String {
         switch self {
         case .chatCompletions: "/v1/chat/completions"
         case .completions: "/v1/completions"
         case .embeddings: "/v1/embeddings"
+        case .responses: "/v1/responses"
         }
     }
     /// Appended to a lease's base URL, which ends in `/v1`.
@@ -240,7 +244,7 @@ enum Endpoint: String, CaseIterable, Sendable {
         switch self {
         case .chatCompletions: "messages"
         case .completions: "prompt"
-        case .embeddings: "input"
+        case .embeddings, .responses: "input"
         }
     }
     var label: String {
@@ -248,6 +252,7 @@ enum Endpoint: String, CaseIterable, Sendable {
         case .chatCompletions: "chat"
         case .completions: "completions"
         case .embeddings: "embeddings"
+        case .responses: "responses"
         }
     }
 }

@@ -58,11 +58,11 @@ public struct PromptChain: Sendable, Equatable {
     private static let fieldEnd: UInt8 = 0x1F, messageEnd: UInt8 = 0x1E, sectionEnd: UInt8 = 0x1D
 
     /// The canonical prompt of a request's validated JSON text: its tools (canonical JSON), then
-    /// each message's role and content in order; or the completion prompt. Content that is text
-    /// (or a list of texts) counts as its text, anything else (content parts, token arrays) as
-    /// its canonical JSON.
-    static func canonicalPrompt(_ text: JSONText, messages: JSONText.Span?, prompt: JSONText.Span?, tools: JSONText.Span?)
-        -> [UInt8]
+    /// `instructions` (the Responses API's) as a system message, then each message's role and
+    /// content in order; or the completion prompt. Content that is text (or a list of texts)
+    /// counts as its text, anything else (content parts, token arrays) as its canonical JSON.
+    static func canonicalPrompt(_ text: JSONText, messages: JSONText.Span?, prompt: JSONText.Span?, tools: JSONText.Span?,
+                                instructions: JSONText.Span? = nil) -> [UInt8]
     {
         var out: [UInt8] = []
         if let tools, text.kind(tools) == .array || text.kind(tools) == .object {
@@ -85,6 +85,12 @@ public struct PromptChain: Sendable, Equatable {
             default:
                 break
             }
+        }
+        if let instructions, text.kind(instructions) == .string {
+            out.append(contentsOf: "system".utf8)
+            out.append(fieldEnd)
+            text.appendString(instructions, to: &out)
+            out.append(messageEnd)
         }
         if let messages, text.kind(messages) == .array {
             out.reserveCapacity(messages.end - messages.start)

@@ -22,6 +22,25 @@ struct PromptChainTests {
         #expect(a.blocks[shared...].allSatisfy { !b.blocks.contains($0) }, "after parting, nothing matches again")
     }
 
+    /// The Responses API's `instructions` and `input` (items or a string) make the chain as a
+    /// system message and the conversation would: requests sharing instructions share blocks.
+    @Test func aResponsesRequestIsChainedByItsInstructionsThenItsInput() throws {
+        func chain(_ json: String) throws -> PromptChain {
+            let parsed = try #require(Gateway.scanBody(ByteBuffer(string: json), endpoint: .responses))
+            return parsed.promptChain(blockBytes: 64)
+        }
+        let instructions = Self.system.replacingOccurrences(of: "\"", with: "")
+        let a = try chain(#"{"model":"m","instructions":"\#(instructions)","input":[{"role":"user","content":"What is the tide?"}]}"#)
+        let b = try chain(#"{"model":"m","instructions":"\#(instructions)","input":"Who owns the mill?"}"#)
+        let shared = zip(a.blocks, b.blocks).prefix { $0 == $1 }.count
+        #expect(shared == (instructions.utf8.count + "system".utf8.count + 2) / 64, "they part after the instructions")
+        // the same conversation as chat messages (a system message, then the user's) chains alike
+        let chat = PromptChain.of(body: Self.chat([("system", instructions), ("user", "What is the tide?")]), blockBytes: 64)
+        #expect(chat.blocks == a.blocks)
+        #expect(Gateway.scanBody(ByteBuffer(string: #"{"model":"m","instructions":"x"}"#), endpoint: .responses) == nil,
+                "no input: left to the full parse, which says what is missing")
+    }
+
     @Test func roleToolsAndOrderArePartOfThePrefix() {
         let base = PromptChain.of(body: Self.chat([("system", Self.system)]), blockBytes: 64)
         let asUser = PromptChain.of(body: Self.chat([("user", Self.system)]), blockBytes: 64)

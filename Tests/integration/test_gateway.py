@@ -413,3 +413,20 @@ def test_expect_100_continue_is_answered_at_once(daemon):
         s.sendall(b"x" * big)
         answer = s.recv(4096)
         assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
+def test_the_responses_api_is_relayed_plain_and_streamed(daemon):
+    """OpenAI's Responses API (`/v1/responses`, which llama-server serves) goes through like the
+    other endpoints, with the same model checks and errors."""
+    client = daemon.client()
+    r = client.responses.create(model="smollm2", instructions="Answer briefly.", input="What is the capital of France?",
+                                max_output_tokens=8, temperature=0)
+    assert r.output_text.strip(), r
+    events = [e.type for e in client.responses.create(model="smollm2", input=[{"role": "user", "content": "Hi"}],
+                                                       max_output_tokens=4, stream=True)]
+    assert events[0] == "response.created" and events[-1] == "response.completed", events
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="x")
+    status, body, _ = daemon.request("POST", "/v1/responses", body={"model": "smollm2"},
+                                     headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert status == 400 and json.loads(body)["error"]["code"] == "missing_field", body

@@ -69,6 +69,7 @@ extension Gateway {
         case "/v1/chat/completions": return .chatCompletions
         case "/v1/completions": return .completions
         case "/v1/embeddings": return .embeddings
+        case "/v1/responses": return .responses
         default: return nil
         }
     }

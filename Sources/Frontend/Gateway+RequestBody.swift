@@ -17,8 +17,9 @@ extension Gateway {
         enum Fields {
             /// Spans in `body` (the single pass decided the text).
             case spans(BodySpans)
-            /// Foundation's objects (text the single pass left to Foundation).
-            case objects([String: Any])
+            /// Foundation's objects (text the single pass left to Foundation); `responses`: a
+            /// Responses API body, whose prompt is its `instructions` and `input`.
+            case objects([String: Any], responses: Bool)
         }
     }
 
@@ -132,7 +133,8 @@ extension Gateway {
             }
             stream = flag
         }
-        return ParsedBody(model: model, stream: stream, user: json["user"] as? String, body: body, fields: .objects(json))
+        return ParsedBody(model: model, stream: stream, user: json["user"] as? String, body: body,
+                          fields: .objects(json, responses: endpoint == .responses))
     }
 
     /// Forwards the client's bytes as they are unless the upstream knows the model by another
@@ -141,7 +143,7 @@ extension Gateway {
         let rename = lease.upstreamModel.flatMap { $0 == parsed.model ? nil : $0 }
         guard rename != nil || lease.pinnedSlot != nil else { return parsed.body }
         switch parsed.fields {
-        case .objects(var json):
+        case .objects(var json, _):
             if let rename { json["model"] = rename }
             if let slot = lease.pinnedSlot { json["id_slot"] = slot }
             return ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
@@ -180,8 +182,13 @@ extension Gateway.ParsedBody {
     /// The prompt's block chain, for routing by prefix.
     func promptChain(blockBytes: Int) -> PromptChain {
         switch fields {
-        case .objects(let json):
-            return PromptChain.of(body: json, blockBytes: blockBytes)
+        case .objects(let json, let responses):
+            guard responses else { return PromptChain.of(body: json, blockBytes: blockBytes) }
+            // As the single pass reads it (`scanBody`): `input` as the messages or the prompt.
+            var prompt: [String: Any] = [:]
+            prompt[json["input"] is [Any] ? "messages" : "prompt"] = json["input"]
+            prompt["tools"] = json["tools"]
+            return PromptChain.of(body: prompt, blockBytes: blockBytes, instructions: json["instructions"])
         case .spans(let spans):
             let canonical = body.withUnsafeReadableBytes { raw in
                 PromptChain.canonicalPrompt(JSONText(raw), messages: spans.messages, prompt: spans.prompt, tools: spans.tools,

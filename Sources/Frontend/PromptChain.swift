@@ -25,7 +25,10 @@ public struct PromptChain: Sendable, Equatable {
     /// The chain of a request body (an OpenAI chat or completion request); empty when it has
     /// no prompt this can read. Foundation's objects (a body the gateway's single pass left to
     /// Foundation) are written back to text once, so that both share one canonical form.
-    public static func of(body: [String: Any], blockBytes: Int) -> PromptChain {
+    /// `instructions`: the Responses API's, put before the messages as `canonicalPrompt` does.
+    public static func of(body: [String: Any], blockBytes: Int, instructions: Any? = nil) -> PromptChain {
+        var body = body
+        if let instructions { body["\u{1}instructions"] = instructions }   // (a key no request has)
         guard JSONSerialization.isValidJSONObject(body), let data = try? JSONSerialization.data(withJSONObject: body) else {
             return PromptChain(blocks: [], bytes: 0)
         }
@@ -35,7 +38,8 @@ public struct PromptChain: Sendable, Equatable {
             guard text.validate(members: &members) != nil, let members else { return PromptChain(blocks: [], bytes: 0) }
             let canonical = canonicalPrompt(
                 text, messages: text.member("messages", in: members), prompt: text.member("prompt", in: members),
-                tools: text.member("tools", in: members))
+                tools: text.member("tools", in: members),
+                instructions: instructions == nil ? nil : text.member("\u{1}instructions", in: members))
             return PromptChain(canonical: canonical, blockBytes: blockBytes)
         }
     }

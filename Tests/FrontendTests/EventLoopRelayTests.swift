@@ -134,9 +134,19 @@ struct EventLoopRelayTests {
     }
 
     @Test func anUpstreamThatIsDownGets502() async throws {
-        let upstream = try await RawUpstream.start(answersPerConnection: 1)
-        let port = upstream.port
-        upstream.stop()
+        // A port bound and not listening refuses connections, and no other test's server can
+        // take it meanwhile (a stopped server's port could be, under a parallel run).
+        let reserved = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(reserved) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(reserved, $0, length) == 0 && getsockname(reserved, $0, &length) == 0 }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
         try await GatewayTests.withGateway(immediate: true, rawPort: port) { client, backend in
             let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
             #expect(response.status == .badGateway)

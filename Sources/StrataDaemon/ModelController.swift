@@ -99,9 +99,16 @@ public actor ModelController {
             let runtime = config.runtimes[runtimeName]
         else { return nil }
         let arguments = runtime.arguments + args
+        // The llama-server build too (its path, size and change time): a saved slot is restored
+        // only into the build that wrote it, whose KV layout it has.
+        var build: [String] = []
+        if case .llamaServer(let binary, _) = runtime.kind {
+            var info = stat()
+            build = [binary] + (stat(binary, &info) == 0 ? ["\(info.st_size)", "\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"] : [])
+        }
         return SlotCache(
             model: model.name,
-            fingerprint: SlotCache.fingerprint(source: model.source, weightBytes: model.weightBytes, arguments: arguments),
+            fingerprint: SlotCache.fingerprint(source: model.source, weightBytes: model.weightBytes, arguments: build + arguments),
             slotsPerReplica: SlotCache.parallelSlots(in: arguments) ?? SlotCache.defaultSlots,
             directory: config.stateDirectory + "/slots", tiers: tiers, httpClient: httpClient, logger: logger)
     }

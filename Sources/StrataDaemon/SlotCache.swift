@@ -499,7 +499,9 @@ final class SlotCache: Sendable {
             slotReleased = true
             slotDone()
             let objects = try await tiers.objectStore()
-            let info = try await objects.importFile(object, path: path, label: Self.label(chain))
+            // In the log's blocks lane: a saved prefix is cheaper to lose (it is computed again)
+            // than the weights in the objects lane, so the log reclaims it first.
+            let info = try await objects.importFile(object, path: path, label: Self.label(chain), lane: .blocks)
             for name in remember(object, chain: chain) { try? await objects.remove(name) }
             Counter(label: "strata_kv_saves_total", dimensions: [("model", model), ("result", "ok")]).increment()
             Gauge(label: "strata_kv_saved_prefixes", dimensions: [("model", model)]).record(state.withLock { $0.saved.count })

@@ -378,3 +378,27 @@ final class HeldReplica: @unchecked Sendable {
         _ = Foundation.close(listener)
     }
 }
+
+/// What a saved slot is restored into: the same weights, arguments and llama-server build.
+@Suite struct SlotCacheFingerprintTests {
+    @Test func aNewLlamaServerBuildChangesTheFingerprint() throws {
+        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("fake-llama-server-\(getpid())").path
+        defer { unlink(binary) }
+        func fingerprint() throws -> String? {
+            let config = try ConfigLoader.parse(yaml: """
+                runtimes: { llama: { kind: llama-server, binary: \(binary), args: ["--parallel", "2"] } }
+                models: [{ name: m, source: \(ConfigLoaderTests.modelFile), runtime: llama, replicas: 2, kv_restore: true }]
+                """, environment: ConfigLoaderTests.env)
+            let logger = Logger(label: "fingerprint-test")
+            return ModelController.slotCache(
+                for: config.models[0], config: config,
+                tiers: TierService(configuration: TierConfiguration(), stateDirectory: "/nonexistent", logger: logger),
+                httpClient: HTTPClient.shared, logger: logger)?.fingerprint
+        }
+        FileManager.default.createFile(atPath: binary, contents: Data(count: 100))
+        let first = try #require(try fingerprint())
+        #expect(try fingerprint() == first, "the same build: the same fingerprint")
+        FileManager.default.createFile(atPath: binary, contents: Data(count: 200))   // rebuilt
+        #expect(try fingerprint() != first, "prefixes saved by another build are not restored into this one")
+    }
+}

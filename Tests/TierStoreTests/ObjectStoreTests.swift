@@ -225,6 +225,27 @@ struct ObjectStoreTests {
         await log3.close()
     }
 
+    /// An object put in the blocks lane (a saved KV cache) is reclaimed with the blocks, before
+    /// the weights in the objects lane, though it came after them; it reads back whole until then.
+    @Test func anObjectInTheBlocksLaneGoesBeforeTheWeights() async throws {
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
+        let (weights, weightBytes) = try Self.sourceFile(dir, size: 3 << 20, seed: 13)
+        let (kv, kvBytes) = try Self.sourceFile(dir, size: 2 << 20, seed: 14)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 8 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("weights", path: weights, chunkSize: 512 << 10)
+        try await store.importFile("kv", path: kv, chunkSize: 512 << 10, lane: .blocks)
+        #expect(try await Self.read(store, "kv", size: kvBytes.count) == kvBytes)
+        #expect(await log.stats.objectBytes < 4 << 20, "the saved cache does not count against the weights' reserve")
+        try await Self.churn(log, count: 40, seed: 5)   // 10 MiB of blocks through an 8 MiB log
+        for _ in 0..<200 where store.info("kv") != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.list().map(\.name) == ["weights"])
+        #expect(try await Self.read(store, "weights", size: weightBytes.count) == weightBytes)
+        await log.close()
+    }
+
     /// Objects beyond the reserve go before blocks, oldest first: the newer object stays.
     @Test func objectsBeyondTheReserveGoOldestFirst() async throws {
         let (engine, dir, done) = try Self.scratch()

@@ -141,10 +141,13 @@ public final class ObjectStore: Sendable {
     /// the new one is whole. `sink` receives every chunk (offset, bytes) as it passes, in no
     /// particular order; `progress` is called after each chunk. `label`, when given, is recorded
     /// as the object's `source` instead of the file's identity (for a file that is a temporary
-    /// copy: what the bytes are matters, not where they passed).
+    /// copy: what the bytes are matters, not where they passed). `lane`: where its chunks go in
+    /// the log; `.blocks` for data cheaper to lose than weights (a saved KV cache), which the
+    /// log then reclaims before the weights in `.objects`.
     @discardableResult
     public func importFile(
         _ name: String, path: String, chunkSize: Int = ObjectStore.defaultChunkSize, label: String? = nil,
+        lane: SegmentLog.Lane = .objects,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
         bufferSink: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)? = nil,
         progress: (@Sendable (TransferProgress) -> Void)? = nil,
@@ -154,7 +157,7 @@ public final class ObjectStore: Sendable {
         defer { source.close() }
         let engine = log.engine
         return try await ingest(
-            name, size: source.size, source: label ?? source.identity, chunkSize: chunkSize, inPlace: false,
+            name, size: source.size, source: label ?? source.identity, chunkSize: chunkSize, inPlace: false, lane: lane,
             read: { offset, buffer, range in
                 // O_DIRECT wants whole blocks at an aligned address (so not in place): ask for the
                 // rounded length, the file's end cuts it short.
@@ -182,7 +185,7 @@ public final class ObjectStore: Sendable {
     @discardableResult
     public func ingest(
         _ name: String, size: UInt64, source: String, chunkSize: Int = ObjectStore.defaultChunkSize, workers: Int? = nil,
-        inPlace: Bool = true,
+        inPlace: Bool = true, lane: SegmentLog.Lane = .objects,
         read: @escaping @Sendable (_ offset: UInt64, _ buffer: IOBuffer, _ range: Range<Int>) async throws -> Void,
         sink: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)? = nil,
         bufferSink: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)? = nil,
@@ -210,9 +213,9 @@ public final class ObjectStore: Sendable {
                 try await bufferSink?(offset, buffer, range)
                 if inPlace {
                     try await log.put(info.chunkKey(chunk), record: buffer, payloadLength: length,
-                                      payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false, lane: .objects)
+                                      payloadChecksum: SegmentLog.payloadChecksum(payload), durable: false, lane: lane)
                 } else {
-                    try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false, lane: .objects)
+                    try await log.put(info.chunkKey(chunk), from: buffer, range: range, durable: false, lane: lane)
                 }
                 written.withLock { $0.append(chunk) }
                 let total = done.withLock { $0 += UInt64(length); return $0 }

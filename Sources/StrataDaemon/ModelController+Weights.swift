@@ -16,6 +16,7 @@ extension ModelController {
             if !removed.isEmpty {
                 logger.notice("removed staged weights of models no longer configured", metadata: ["models": "\(removed.sorted())"])
             }
+            await removeSavedPrefixesOfModelsWithoutKVRestore()
             for model in config.models where model.stage && !model.source.isEmpty {
                 let origin = await stager.residency(of: model.name, source: model.source)
                 let tier: WeightTier = switch origin {
@@ -29,6 +30,19 @@ extension ModelController {
         for model in config.models where model.preload {
             logger.info("preloading \(model.name)")
             for name in model.placerNames { send(.load(model: name)) }
+        }
+    }
+
+    /// Removes the KV prefixes saved for models that no longer have `kv_restore` (or are gone):
+    /// nothing would restore them, and they would hold NVMe until the log needed the room.
+    /// (Those of models that have it are sorted by `SlotCache.recover`.)
+    func removeSavedPrefixesOfModelsWithoutKVRestore() async {
+        guard let tiers, let objects = try? await tiers.objectStore() else { return }
+        let kept = config.models.filter(\.kvRestore).map { "kv/\($0.name)/" }
+        let stale = objects.list().map(\.name).filter { name in name.hasPrefix("kv/") && !kept.contains { name.hasPrefix($0) } }
+        for name in stale { try? await objects.remove(name) }
+        if !stale.isEmpty {
+            logger.notice("removed saved KV prefixes of models without kv_restore", metadata: ["objects": "\(stale.count)"])
         }
     }
 

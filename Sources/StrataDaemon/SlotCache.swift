@@ -552,6 +552,18 @@ final class SlotCache: Sendable {
             logger.warning("cannot list saved prefixes", metadata: ["model": "\(model)", "error": "\(error)"])
             return
         }
+        // Saved prefixes the log reclaims (to make room) are forgotten at once, so the router does
+        // not plan restores of them.
+        objects.observeDrops { [weak self] names in
+            guard let self else { return }
+            let gone = names.filter { $0.hasPrefix("kv/\(self.model)/") }
+            guard !gone.isEmpty else { return }
+            let count = self.state.withLock { state in
+                for name in gone { Self.forget(name, in: &state) }
+                return state.saved.count
+            }
+            Gauge(label: "strata_kv_saved_prefixes", dimensions: [("model", self.model)]).record(count)
+        }
         let mine = "kv/\(model)/\(fingerprint)/"
         var stale: [String] = []
         var found: [(String, [UInt64])] = []

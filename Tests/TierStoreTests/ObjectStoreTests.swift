@@ -237,12 +237,16 @@ struct ObjectStoreTests {
         let store = try await ObjectStore.open(log: log)
         try await store.importFile("weights", path: weights, chunkSize: 512 << 10)
         try await store.importFile("kv", path: kv, chunkSize: 512 << 10, lane: .blocks)
+        let dropped = Mutex<[String]>([])
+        store.observeDrops { names in dropped.withLock { $0 += names } }
         #expect(try await Self.read(store, "kv", size: kvBytes.count) == kvBytes)
         #expect(await log.stats.objectBytes < 4 << 20, "the saved cache does not count against the weights' reserve")
         try await Self.churn(log, count: 40, seed: 5)   // 10 MiB of blocks through an 8 MiB log
         for _ in 0..<200 where store.info("kv") != nil { try await Task.sleep(for: .milliseconds(10)) }
         #expect(store.list().map(\.name) == ["weights"])
         #expect(try await Self.read(store, "weights", size: weightBytes.count) == weightBytes)
+        for _ in 0..<200 where dropped.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(dropped.withLock { $0 } == ["kv"], "whoever indexes objects hears of the drop")
         await log.close()
     }
 

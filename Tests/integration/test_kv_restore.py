@@ -110,6 +110,16 @@ def test_saved_prefixes_outlive_the_daemon(make_daemon):
     status, body, _ = ask(d, system, "What is the last word?")
     assert status == 200, body
     assert d.metric("strata_kv_restores_total", result="ok") == 0
+    wait_for(lambda: d.metric("strata_kv_saves_total", result="ok") >= 1, 30, what="a prefix saved under the new arguments")
+    assert d.stop() == 0
+
+    # kv_restore turned off: nothing would restore what is saved, so it is removed at start.
+    d.config_path.write_text(d.config_path.read_text().replace("kv_restore: true, ", ""))
+    d.start()
+    wait_for(lambda: "removed saved KV prefixes of models without kv_restore" in d.log_path.read_text(), 30,
+             what="saved prefixes of a model without kv_restore removed")
+    status, body, _ = d.get("/admin/tiers", headers=ADMIN)
+    assert not [o for o in json.loads(body)["objects"] if o["name"].startswith("kv/")], body[:2000]
 
 
 def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slot(make_daemon):

@@ -85,6 +85,14 @@ public final class ObjectStore: Sendable {
     /// Each committed object's chunk keys, to its name and version: a reclaimed chunk names
     /// its object.
     private let chunkOwners: Mutex<[BlockKey: (name: String, version: UInt64)]>
+    /// Told the names of objects dropped because the log reclaimed one of their chunks.
+    private let dropObservers = Mutex<[@Sendable ([String]) -> Void]>([])
+
+    /// `observer` hears of every object the store drops because the log reclaimed a chunk of it
+    /// (not of removals asked for): whoever indexes objects can forget them at once.
+    public func observeDrops(_ observer: @escaping @Sendable ([String]) -> Void) {
+        dropObservers.withLock { $0.append(observer) }
+    }
     private let buffers: IOBufferPool
 
     public static let defaultChunkSize = 8 << 20
@@ -113,6 +121,8 @@ public final class ObjectStore: Sendable {
         Task {
             // (only the version that lost the chunk: a newer one committed meanwhile stays)
             for (name, version) in objects { try? await remove(name, ifVersionOf: version) }
+            let dropped = objects.keys.filter { info($0) == nil }
+            if !dropped.isEmpty { for observer in dropObservers.withLock({ $0 }) { observer(Array(dropped)) } }
         }
     }
 

@@ -255,13 +255,14 @@ public struct AdminStatus: Sendable, Codable, Equatable {
         public var queued_blocks: Int
         public var index_blocks: Int
         public var consecutive_failures: Int
-        /// A managed replica whose process is not running: a start stands before any request
-        /// there, so the router sends it work only when the running ones are full.
-        public var starting: Bool
+        /// False for a managed replica whose process is not running (stopped, crashed, loading):
+        /// a start stands before any request there, so the router sends it work only when the
+        /// running ones are full.
+        public var running: Bool
         public init(url: String, healthy: Bool, in_flight: Int, queued_blocks: Int, index_blocks: Int, consecutive_failures: Int,
-                    starting: Bool = false) {
+                    running: Bool = true) {
             self.url = url; self.healthy = healthy; self.in_flight = in_flight; self.queued_blocks = queued_blocks
-            self.index_blocks = index_blocks; self.consecutive_failures = consecutive_failures; self.starting = starting
+            self.index_blocks = index_blocks; self.consecutive_failures = consecutive_failures; self.running = running
         }
     }
     public struct Device: Sendable, Codable, Equatable {

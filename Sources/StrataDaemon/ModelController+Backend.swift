@@ -175,7 +175,7 @@ extension ModelController: ModelBackend {
             replicaStates[name] = replicas.snapshots.map {
                 AdminStatus.Replica(url: $0.id, healthy: $0.healthy, in_flight: $0.inFlight, queued_blocks: $0.queuedWork,
                                     index_blocks: $0.indexedBlocks, consecutive_failures: $0.consecutiveFailures,
-                                    starting: $0.starting)
+                                    running: !$0.starting)
             }
         }
         let models = config.models.flatMap { model -> [AdminStatus.Model] in

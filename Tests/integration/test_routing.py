@@ -229,7 +229,7 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
   - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}
 """).replace("restart_backoff: 200ms", "restart_backoff: 3s").replace("restart_backoff_max: 2s", "restart_backoff_max: 6s"))
     wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
-    assert not any(m["replicas"][0]["starting"] for m in d.admin().values())
+    assert all(m["replicas"][0]["running"] for m in d.admin().values())
     # a prefix each replica is home to when both run
     homes = {}
     for seed in range(20, 60):
@@ -242,11 +242,11 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
     victim, survivor = "smollm2#0", "smollm2#1"
     pid = d.admin()[victim]["pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: d.admin()[victim]["replicas"][0]["starting"], 10, interval=0.05, what="the crashed replica marked starting")
+    wait_for(lambda: not d.admin()[victim]["replicas"][0]["running"], 10, interval=0.05, what="the crashed replica marked not running")
     # the victim's own prefix (forgotten with its process) now goes to the survivor, at once
     replica, _ = routed(d, words(homes[victim], 120), "after the crash")
     assert replica == survivor
-    wait_for(lambda: d.admin()[victim]["status"] == "ready" and not d.admin()[victim]["replicas"][0]["starting"], 60,
+    wait_for(lambda: d.admin()[victim]["status"] == "ready" and d.admin()[victim]["replicas"][0]["running"], 60,
              what="the preloaded replica restarted by itself")
     assert d.admin()[victim]["pid"] != pid
     # and a fresh prefix that hashes to it lands there again

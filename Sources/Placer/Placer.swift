@@ -74,7 +74,8 @@ public struct Placer: Sendable {
                 actions.append(.reject(id, model: name, .runtimeFailed(detail: detail)))
                 break
             }
-            if state.waiters.count >= state.spec.maxQueued {
+            // (Requests only: an operator's load waiting there takes no client's place.)
+            if state.waiters.count(where: { $0.id != nil }) >= state.spec.maxQueued {
                 actions.append(.reject(id, model: name, .queueFull(limit: state.spec.maxQueued)))
                 break
             }

@@ -194,7 +194,8 @@ struct PlacerTableTests {
     @Test func queueIsBounded() {
         var p = Self.placer(models: [ModelSpec(name: "a", device: "cpu", memoryBytes: 1, maxQueued: 2)])
         Self.run(&p, [
-            (.zero, .request(1, model: "a"), [.start(model: "a")]),
+            (.zero, .load(model: "a"), [.start(model: "a")]),   // an operator's load takes no client's place
+            (.zero, .request(1, model: "a"), []),
             (.zero, .request(2, model: "a"), []),
             (.zero, .request(3, model: "a"), [.reject(3, model: "a", .queueFull(limit: 2))]),
         ])

@@ -106,6 +106,14 @@ extension ModelController: ModelBackend {
             } catch let error as GatewayError where !isLast && [502, 503].contains(error.status.code) {
                 refusals.append("'\(candidate.name)': \(error.message)")
                 spillReason = spillReason ?? (error.code == "spill_timeout" ? "timeout" : "unavailable")
+            } catch var error as GatewayError where candidate.name != model && [502, 503].contains(error.status.code) {
+                // The last fallback failed too: the answer names the model asked for and why each
+                // candidate could not take it, not only the last one's reason.
+                Counter(label: "strata_spillover_total",
+                        dimensions: [("model", model), ("to", candidate.name), ("reason", "failed")]).increment()
+                error.message = "'\(model)' could not serve this request (\(refusals.joined(separator: "; "))), "
+                    + "nor its fallback '\(candidate.name)': \(error.message)"
+                throw error
             }
         }
         Counter(label: "strata_policy_refusals_total", dimensions: [("model", model), ("tenant", hints.tenant)]).increment()

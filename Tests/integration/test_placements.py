@@ -65,3 +65,17 @@ def test_an_admin_load_that_cannot_fit_is_refused_not_accepted(make_daemon):
     assert d.admin()["big"]["status"] == "stopped" and d.admin()["p"]["status"] == "ready"
     status, _, _ = d.request("POST", "/admin/models/p/load", headers=ADMIN)
     assert status == 202, "a load of what is loaded is accepted (nothing to do)"
+
+
+def test_a_request_whose_fallback_fails_too_is_told_about_both(make_daemon):
+    extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
+    d = make_daemon(config(f"""
+  - {{ name: lo, source: "file://{MODEL}", runtime: broken, memory: 100MiB, fallbacks: [s] }}
+  - {{ name: s, source: "file://{MODEL}", runtime: broken, memory: 100MiB }}
+""", extra=extra))
+    status, body, _ = d.request("POST", "/v1/chat/completions", headers=KEY, timeout=60, body={
+        "model": "lo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert status == 502, body
+    message = json.loads(body)["error"]["message"]
+    assert message.startswith("'lo' could not serve this request") and "fallback 's'" in message, message
+    assert d.metric("strata_spillover_total", model="lo", to="s", reason="failed") == 1

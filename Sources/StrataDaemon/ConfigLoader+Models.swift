@@ -238,7 +238,26 @@ extension ConfigLoader {
         }
         if let error = ConfigError(all: problems) { throw error }
         try checkFallbacks(reader, models, node)
+        try checkPinned(reader, models, devices: config.devices, node)
         return models
+    }
+
+    /// Pinned models are never evicted: those of one device must fit it together, or some of
+    /// them could never be loaded.
+    private static func checkPinned(_ reader: ConfigReader, _ models: [ModelConfiguration], devices: [DeviceConfiguration],
+                                    _ node: Node?) throws {
+        for device in devices {
+            let pinned = models.filter { model in
+                guard model.pinned, model.device == device.name, case .managed = model.serving else { return false }
+                return true
+            }
+            let bytes = pinned.reduce(UInt64(0)) { $0 + $1.memoryBytes * UInt64($1.replicaCount) }
+            guard bytes > device.memoryBytes else { continue }
+            throw reader.fail("models", node,
+                "the pinned models on device '\(device.name)' (\(pinned.map(\.name).joined(separator: ", "))) need "
+                    + "\(ConfigUnits.formatBytes(bytes)) together, more than its \(ConfigUnits.formatBytes(device.memoryBytes)): "
+                    + "pinned models are never evicted, so they must fit at once")
+        }
     }
 
     /// Refuses the first of `fields` that is present, naming it and saying why it does not belong.

@@ -186,6 +186,12 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
         Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
         Self.expectError("devices: [ { name: cpu, memory: 0B } ]", key: "devices[0].memory", "more than zero")
+        Self.expectError("""
+            devices: [ { name: cpu, memory: 400MiB } ]
+            models:
+              - { name: a, source: \(Self.modelFile), memory: 250MiB, pin: true }
+              - { name: b, source: \(Self.modelFile), memory: 250MiB, pin: true }
+            """, key: "models", "pinned models on device 'cpu' (a, b) need 500MiB together", "never evicted")
         Self.expectError("models: [ { name: m, source: \(Self.modelFile), memory: 0 } ]", key: "models[0] (m).memory", "more than zero")
         Self.expectError("tiers: { host: { bugdet: 1GiB } }", key: "tiers.host.bugdet", "unknown key")
         Self.expectError("routing: { policy: random }", key: "routing.policy", "'random'", "prefix-affinity, round-robin or least-loaded")

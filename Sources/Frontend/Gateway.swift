@@ -39,14 +39,17 @@ public struct GatewayConfiguration: Sendable {
     /// A client connection with no request under way, or whose request stopped arriving, is
     /// closed after this long (`ClientIdleHandler`).
     public var clientIdleTimeout: Duration
+    /// Origins allowed cross-origin access from browsers (`CORSMiddleware`); none by default.
+    public var corsOrigins: CORSOrigins
 
     public init(
         apiKeys: Set<String> = [], adminKey: String? = nil, adminOpenWithoutKey: Bool = false,
         maxBodyBytes: Int = 32 << 20, upstreamTimeout: Duration = .seconds(600), maxResponseBytes: Int = 256 << 20,
         cancelOnDisconnect: Bool = true, routingBlockBytes: Int = 256, sessionHeader: String = "x-session-id",
         access: AccessControl? = nil, relayOnEventLoop: Bool = true, upstreamIdleTimeout: Duration = .seconds(60),
-        clientIdleTimeout: Duration = .seconds(75)
+        clientIdleTimeout: Duration = .seconds(75), corsOrigins: CORSOrigins = CORSOrigins()
     ) {
+        self.corsOrigins = corsOrigins
         self.clientIdleTimeout = clientIdleTimeout
         self.upstreamIdleTimeout = upstreamIdleTimeout
         self.relayOnEventLoop = relayOnEventLoop
@@ -114,6 +117,8 @@ public struct Gateway: Sendable {
     public func buildRouter() -> Router<BasicRequestContext> {
         // HEAD of every GET route (a load balancer's `HEAD /health`), answered as the GET without its body.
         let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
+        // Outermost, so that error answers carry the CORS headers too.
+        if !configuration.corsOrigins.isEmpty { router.add(middleware: CORSMiddleware(origins: configuration.corsOrigins)) }
         router.add(middleware: ErrorMiddleware())
 
         router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }

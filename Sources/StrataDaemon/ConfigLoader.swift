@@ -105,7 +105,7 @@ public enum ConfigLoader {
 
     static func gateway(_ reader: ConfigReader, _ node: Node, defaults: GatewayLimits) throws -> GatewayLimits {
         var gateway = defaults
-        let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout"])
+        let map = try reader.mapping(node, at: "gateway", allowed: ["max_body", "upstream_timeout", "cancel_on_disconnect", "event_loop_relay", "idle_timeout", "drain_timeout", "cors_origins"])
         reader.each {
             if let value = map["max_body"] {
                 let bytes = try reader.size(value, at: "gateway.max_body")
@@ -118,6 +118,16 @@ public enum ConfigLoader {
         reader.each { if let v = map["cancel_on_disconnect"] { gateway.cancelOnDisconnect = try reader.bool(v, at: "gateway.cancel_on_disconnect") } }
         reader.each { if let v = map["event_loop_relay"] { gateway.relayOnEventLoop = try reader.bool(v, at: "gateway.event_loop_relay") } }
         reader.each { if let v = map["upstream_timeout"] { gateway.upstreamTimeout = try reader.duration(v, at: "gateway.upstream_timeout") } }
+        reader.each {
+            if let v = map["cors_origins"] {
+                let origins = try reader.strings(v, at: "gateway.cors_origins")
+                for (i, origin) in origins.enumerated() where origin != "*" && !origin.contains("://") {
+                    throw reader.fail("gateway.cors_origins[\(i)]", v,
+                        "'\(origin)' is not an origin (expected scheme://host[:port], * for any run of characters, or * alone)")
+                }
+                gateway.corsOrigins = origins
+            }
+        }
         reader.each { if let v = map["drain_timeout"] { gateway.drainTimeout = try reader.duration(v, at: "gateway.drain_timeout") } }
         reader.each {
             if let value = map["idle_timeout"] {

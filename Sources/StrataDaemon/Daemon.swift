@@ -93,7 +93,8 @@ public enum Daemon {
                 adminOpenWithoutKey: config.listen.isLoopback, maxBodyBytes: config.gateway.maxBodyBytes,
                 upstreamTimeout: config.gateway.upstreamTimeout, cancelOnDisconnect: config.gateway.cancelOnDisconnect,
                 routingBlockBytes: config.routing.blockBytes, sessionHeader: config.routing.sessionHeader,
-                relayOnEventLoop: config.gateway.relayOnEventLoop, clientIdleTimeout: config.gateway.idleTimeout),
+                relayOnEventLoop: config.gateway.relayOnEventLoop, clientIdleTimeout: config.gateway.idleTimeout,
+                corsOrigins: CORSOrigins(config.gateway.corsOrigins)),
             backend: controller, httpClient: httpClient, logger: logger, renderMetrics: renderMetrics,
             isReady: { ready.value }, tiers: tiers, kv: kv, access: access,
             reload: { try await reloader.reloadJSON(trigger: "POST /admin/reload") })

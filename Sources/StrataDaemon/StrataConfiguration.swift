@@ -56,6 +56,8 @@ public struct GatewayLimits: Sendable, Equatable {
     public var idleTimeout: Duration = .seconds(75)
     /// On a stop, how long requests under way may take to finish before they are cut.
     public var drainTimeout: Duration = .seconds(30)
+    /// Origins browsers may call from (`CORSOrigins` patterns); none by default.
+    public var corsOrigins: [String] = []
 }
 
 public struct SupervisorSettings: Sendable {

@@ -131,3 +131,57 @@ struct GatewayPolicyTests {
         }
     }
 }
+
+/// Cross-origin access for browser apps: only for the origins the config allows.
+struct CORSTests {
+    @Test(arguments: [
+        ("http://localhost:*", "http://localhost:3000", true),
+        ("http://localhost:*", "http://localhost", false),
+        ("http://localhost*", "http://localhost", true),
+        ("http://localhost:*", "http://evil.example/http://localhost:1", false),
+        ("https://app.example", "https://app.example", true),
+        ("https://app.example", "https://app.example.evil", false),
+        ("*", "null", true),
+        ("app://*", "app://strata", true),
+    ])
+    func originsMatchTheirPatterns(pattern: String, origin: String, allowed: Bool) {
+        #expect(CORSOrigins([pattern]).allows(origin) == allowed)
+    }
+
+    @Test(arguments: [false, true])
+    func anAllowedOriginGetsItsPreflightAndHeadersOthersDoNot(immediate: Bool) async throws {
+        // (Connections kept after a non-streamed answer, so the test client's one serves them all.)
+        let configuration = GatewayConfiguration(cancelOnDisconnect: false, corsOrigins: CORSOrigins(["http://localhost:*"]))
+        try await GatewayTests.withGateway(configuration, immediate: immediate) { client, _ in
+            let preflight = try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [
+                .origin: "http://localhost:5173", .accessControlRequestMethod: "POST",
+                .accessControlRequestHeaders: "authorization, content-type",
+            ])
+            #expect(preflight.status == .noContent)
+            #expect(preflight.headers[.accessControlAllowOrigin] == "http://localhost:5173")
+            #expect(preflight.headers[.accessControlAllowHeaders] == "authorization, content-type")
+            #expect(preflight.headers[.accessControlAllowMethods]?.contains("POST") == true)
+            let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+            let allowed = try await client.execute(uri: "/v1/chat/completions", method: .post,
+                                                   headers: [.origin: "http://localhost:5173", .contentType: "application/json"], body: body)
+            #expect(allowed.status == .ok && allowed.headers[.accessControlAllowOrigin] == "http://localhost:5173")
+            let error = try await client.execute(uri: "/v1/nothing", method: .get, headers: [.origin: "http://localhost:5173"])
+            #expect(error.status == .notFound && error.headers[.accessControlAllowOrigin] == "http://localhost:5173",
+                    "error answers carry it too")
+            let other = try await client.execute(uri: "/v1/chat/completions", method: .post,
+                                                 headers: [.origin: "https://evil.example", .contentType: "application/json"], body: body)
+            #expect(other.status == .ok && other.headers[.accessControlAllowOrigin] == nil)
+            let refused = try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [
+                .origin: "https://evil.example", .accessControlRequestMethod: "POST",
+            ])
+            #expect(refused.headers[.accessControlAllowOrigin] == nil)
+        }
+        // None by default.
+        try await GatewayTests.withGateway(immediate: immediate) { client, _ in
+            let preflight = try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [
+                .origin: "http://localhost:5173", .accessControlRequestMethod: "POST",
+            ])
+            #expect(preflight.headers[.accessControlAllowOrigin] == nil)
+        }
+    }
+}

@@ -160,7 +160,7 @@ struct ConfigLoaderTests {
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", memroy: 1GiB } ]", key: "models[0].memroy", "unknown key 'memroy'")
     }
 
-    @Test func badValuesNameKeyValueAndExpectation() {
+    @Test func badValuesNameKeyValueAndExpectation() throws {
         Self.expectError("listen: localhost", key: "listen", "'localhost'", "HOST:PORT")
         Self.expectError("listen: 127.0.0.1:99999", key: "listen", "port must be 1...65535")
         Self.expectError("devices: [ { name: cpu, memory: 12 zonks } ]", key: "devices[0].memory", "'12 zonks'", "unknown unit")
@@ -186,6 +186,9 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { engine: aio }", key: "tiers.engine", "'aio'", "io_uring")
         Self.expectError("tiers: { host: { budget: 0 } }", key: "tiers.host.budget", "more than zero")
         Self.expectError("devices: [ { name: cpu, memory: 0B } ]", key: "devices[0].memory", "more than zero")
+        Self.expectError("gateway: { cors_origins: [\"http://localhost:*\", localhost] }", key: "gateway.cors_origins[1]",
+                         "'localhost' is not an origin")
+        #expect(try Self.parse("gateway: { cors_origins: [\"http://localhost:*\", \"*\"] }").gateway.corsOrigins == ["http://localhost:*", "*"])
         Self.expectError("""
             devices: [ { name: cpu, memory: 400MiB } ]
             models:

@@ -1,0 +1,69 @@
+import HTTPTypes
+import Hummingbird
+
+/// Cross-origin access for browser apps, for the origins a config allows (`gateway.cors_origins`;
+/// none by default, so a web page the user visits cannot drive the local models). An allowed
+/// origin's preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered 204 with the
+/// methods and the headers it asks for; its other requests' answers, errors included, name it in
+/// `Access-Control-Allow-Origin`. Requests with an `Origin` take the general path
+/// (`Gateway.immediateEndpoint`), where this runs.
+struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
+    let origins: CORSOrigins
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        guard let origin = request.headers[.origin], origins.allows(origin) else {
+            return try await next(request, context)
+        }
+        if request.method == .options, request.headers[.accessControlRequestMethod] != nil {
+            var headers: HTTPFields = [
+                .accessControlAllowOrigin: origin, .vary: "Origin",
+                .accessControlAllowMethods: "GET, POST, PUT, DELETE, HEAD, OPTIONS", .accessControlMaxAge: "600",
+            ]
+            if let asked = request.headers[.accessControlRequestHeaders] { headers[.accessControlAllowHeaders] = asked }
+            return Response(status: .noContent, headers: headers)
+        }
+        var response = try await next(request, context)
+        response.headers[.accessControlAllowOrigin] = origin
+        response.headers[.vary] = "Origin"
+        return response
+    }
+}
+
+/// The origins allowed cross-origin access: exact (`http://localhost:3000`), with `*` standing
+/// for any run of characters (`http://localhost:*`), or `*` alone for any origin.
+public struct CORSOrigins: Sendable, Equatable {
+    public var patterns: [String]
+
+    public init(_ patterns: [String] = []) { self.patterns = patterns }
+
+    public var isEmpty: Bool { patterns.isEmpty }
+
+    public func allows(_ origin: String) -> Bool {
+        patterns.contains { Self.matches(Array($0.utf8), Array(origin.utf8)) }
+    }
+
+    /// Glob matching with `*` only (any run, empty included).
+    static func matches(_ pattern: [UInt8], _ text: [UInt8]) -> Bool {
+        var p = 0, t = 0, star = -1, resume = 0
+        while t < text.count {
+            if p < pattern.count, pattern[p] == UInt8(ascii: "*") {
+                star = p
+                resume = t
+                p += 1
+            } else if p < pattern.count, pattern[p] == text[t] {
+                p += 1
+                t += 1
+            } else if star >= 0 {
+                p = star + 1
+                resume += 1
+                t = resume
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count, pattern[p] == UInt8(ascii: "*") { p += 1 }
+        return p == pattern.count
+    }
+}

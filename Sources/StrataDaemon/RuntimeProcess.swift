@@ -8,6 +8,8 @@ struct RuntimeProcess: Sendable {
     let pid: pid_t
     let port: Int
     let logPath: String
+    /// Where this process's part of the (appended) log begins, after its banner.
+    var logStart: UInt64 = 0
 
     struct SpawnError: Error, CustomStringConvertible {
         var description: String
@@ -26,6 +28,7 @@ struct RuntimeProcess: Sendable {
         defer { close(logFD) }
         let banner = "\n--- strata: starting \(argv.joined(separator: " ")) at \(Date()) ---\n"
         _ = banner.withCString { write(logFD, $0, strlen($0)) }
+        let logStart = UInt64(max(0, lseek(logFD, 0, SEEK_END)))
 
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -37,7 +40,7 @@ struct RuntimeProcess: Sendable {
         guard pid > 0 else {
             throw SpawnError(description: "cannot start \(path): \(String(cString: strerror(-pid)))")
         }
-        return RuntimeProcess(pid: pid, port: port, logPath: logPath)
+        return RuntimeProcess(pid: pid, port: port, logPath: logPath, logStart: logStart)
     }
 
     func signalGroup(_ signal: Int32) {
@@ -68,8 +71,9 @@ struct RuntimeProcess: Sendable {
     func logTail(lines: Int = 3) -> String {
         guard let handle = FileHandle(forReadingAtPath: logPath) else { return "" }
         defer { try? handle.close() }
+        // This process's lines only: the log holds the runs before it too.
         let size = (try? handle.seekToEnd()) ?? 0
-        try? handle.seek(toOffset: size > 2048 ? size - 2048 : 0)
+        try? handle.seek(toOffset: max(logStart, size > 2048 ? size - 2048 : 0))
         let data = (try? handle.readToEnd()) ?? Data()
         let text = String(decoding: data, as: UTF8.self)
         return text.split(separator: "\n").suffix(lines).joined(separator: " | ")

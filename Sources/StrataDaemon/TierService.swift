@@ -265,10 +265,21 @@ enum TierPolicyChange {
 
     private static func refuseUnknown(_ map: [String: Any], at key: String, allowed: Set<String>) throws {
         if let unknown = map.keys.sorted().first(where: { !allowed.contains($0) }) {
+            if restartOnly.contains("\(key).\(unknown)") {
+                throw GatewayError.badRequest(
+                    "\(key).\(unknown): takes effect only when Strata starts; set it in the config file and restart "
+                        + "(changeable here: \(allowed.sorted().joined(separator: ", ")))", code: "invalid_tiers")
+            }
             throw GatewayError.badRequest(
                 "\(key).\(unknown): unknown key (expected \(allowed.sorted().joined(separator: ", ")))", code: "invalid_tiers")
         }
     }
+
+    /// Config keys of the tiers that a running store cannot change.
+    private static let restartOnly: Set<String> = [
+        "tiers.engine", "tiers.queue_depth", "tiers.remote", "tiers.host.dir", "tiers.host.weights_budget", "tiers.nvme.dir",
+        "tiers.nvme.segment_size",
+    ]
 
     private static func section(_ top: [String: Any], _ name: String) throws -> [String: Any]? {
         guard let value = top[name] else { return nil }

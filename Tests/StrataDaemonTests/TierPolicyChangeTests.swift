@@ -50,6 +50,11 @@ import TierStore
     @Test func badInputNamesTheKey() {
         #expect(refusal(#"{"nvme": {"budget": 0}}"#)?.contains("tiers.nvme.budget") == true)
         #expect(refusal(#"{"host": {"colour": "red"}}"#)?.contains("tiers.host.colour: unknown key") == true)
+        // keys of the config a running store cannot change say so, not "unknown"
+        for body in [#"{"engine": "psync"}"#, #"{"host": {"weights_budget": "1GiB"}}"#, #"{"nvme": {"segment_size": "64MiB"}}"#] {
+            let message = refusal(body)
+            #expect(message?.contains("takes effect only when Strata starts") == true, "\(body): \(message ?? "accepted")")
+        }
         #expect(refusal(#"{"nvme": {"codec": "zstd"}}"#)?.contains("tiers.nvme.codec") == true)
         #expect(refusal("[1]")?.contains("expected a JSON object") == true)
     }

@@ -54,7 +54,7 @@ public actor ConfigReloader {
         logger.notice("config reloaded", metadata: [
             "trigger": "\(trigger)", "file": "\(path)", "added": "\(report.added)", "removed": "\(report.removed)",
             "restarted": "\(report.restarted)", "changed": "\(report.changed)",
-            "needs_restart": "\(report.needs_restart)"])
+            "needs_restart": "\(report.needs_restart)", "devices": "\(report.devices)"])
         return report
     }
 

@@ -13,6 +13,8 @@ public struct ReloadReport: Sendable, Codable, Equatable {
     public var changed: [String] = []
     /// Sections that take effect only when Strata restarts (listen address, tiers, kv…).
     public var needs_restart: [String] = []
+    /// Devices added, removed or with another memory budget (applied at once).
+    public var devices: [String] = []
 }
 
 extension ModelController {
@@ -39,6 +41,9 @@ extension ModelController {
             }
         }
         report.removed = old.models.map(\.name).filter { !newNames.contains($0) }
+        let oldDevices = Dictionary(old.devices.map { ($0.name, $0.memoryBytes) }, uniquingKeysWith: { first, _ in first })
+        let newDevices = Dictionary(new.devices.map { ($0.name, $0.memoryBytes) }, uniquingKeysWith: { first, _ in first })
+        report.devices = Set(oldDevices.keys).union(newDevices.keys).filter { oldDevices[$0] != newDevices[$0] }.sorted()
 
         config = new
         rebuildReplicaSets(old: old)

@@ -49,11 +49,12 @@ def test_reload_adds_removes_and_rejects_invalid_files(make_daemon):
     assert chat(d, "a")[0] == 200
 
     # add b, change a's ttl (in place, no restart), and a section that needs a restart
-    rewrite(d, config(model_line("a", ", ttl: 10m") + model_line("b")).replace("max_body: 64KiB", "max_body: 128KiB"))
+    rewrite(d, config(model_line("a", ", ttl: 10m") + model_line("b")).replace("max_body: 64KiB", "max_body: 128KiB")
+            .replace("memory: 600MiB", "memory: 650MiB"))
     status, answer = reload(d)
     assert status == 200, answer
     assert answer["added"] == ["b"] and answer["changed"] == ["a"] and answer["restarted"] == []
-    assert answer["needs_restart"] == ["gateway"]
+    assert answer["needs_restart"] == ["gateway"] and answer["devices"] == ["cpu"], answer
     pid_a = d.model("a")["pid"]
     assert pid_a, "a kept running through the reload"
     status, body, _ = chat(d, "b")

@@ -127,7 +127,7 @@ extension ModelController: ModelBackend {
     /// beside what that device holds now (the primary's start included).
     func canTakeSpill(_ fallback: ModelConfiguration, from primary: ModelConfiguration) -> Bool {
         guard case .managed = fallback.serving, case .managed = primary.serving, fallback.device == primary.device else { return true }
-        if fallback.placerNames.contains(where: { if case .ready = placer.snapshot(of: $0)?.phase { true } else { false } }) {
+        if fallback.placerNames.contains(where: { placer.snapshot(of: $0)?.phase == .ready }) {
             return true
         }
         guard let device = placer.deviceSnapshots.first(where: { $0.name == fallback.device }) else { return true }

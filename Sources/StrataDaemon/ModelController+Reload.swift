@@ -111,7 +111,7 @@ extension ModelController {
             {
                 sets[model.name] = existing
             } else {
-                let running = Set(replicas.filter { if case .ready = placer.snapshot(of: $0)?.phase { true } else { false } })
+                let running = Set(replicas.filter { placer.snapshot(of: $0)?.phase == .ready })
                 sets[model.name] = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
                                               settings: config.routing, logger: logger, slots: slots, running: running)
             }

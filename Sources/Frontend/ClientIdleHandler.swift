@@ -5,7 +5,8 @@ import NIOHTTPTypes
 /// way, opened and never used, or a request whose bytes stopped arriving (a client that died, or
 /// one holding connections open on purpose). Waiting for an answer is not idle, however long a
 /// generation takes. Sits first after the HTTP/1 codec, so it sees every request and answer,
-/// relayed on the event loop or not.
+/// relayed on the event loop or not. Also keeps the connection's `ClientDeparture`, which tells
+/// a request on the general path that its client has gone.
 final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -19,6 +20,8 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var reading = false
     private var lastActivity = NIODeadline.now()
     private var timer: Scheduled<Void>?
+    /// Fired when the connection or its input closes.
+    let departure = ClientDeparture()
 
     init(timeout: TimeAmount) {
         self.timeout = timeout
@@ -42,7 +45,13 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        departure.departed()
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .inputClosed? = event as? ChannelEvent { departure.departed() }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -3,7 +3,7 @@ import Hummingbird
 import NIOCore
 
 extension Gateway {
-    func addAdminRoutes(to router: Router<BasicRequestContext>) {
+    func addAdminRoutes(to router: Router<GatewayRequestContext>) {
         router.get("/admin/models") { request, _ in
             try authorizeAdmin(request)
             let status = await backend.adminStatus()
@@ -33,7 +33,7 @@ extension Gateway {
         }
     }
 
-    func addTierRoutes(to router: Router<BasicRequestContext>) {
+    func addTierRoutes(to router: Router<GatewayRequestContext>) {
         router.get("/admin/tiers") { request, _ in
             try authorizeAdmin(request)
             return Response(status: .ok, headers: [.contentType: "application/json"],
@@ -48,7 +48,7 @@ extension Gateway {
         }
     }
 
-    func addStagingRoutes(to router: Router<BasicRequestContext>) {
+    func addStagingRoutes(to router: Router<GatewayRequestContext>) {
         router.post("/admin/models/:name/stage") { request, context in
             try authorizeAdmin(request)
             let name = try Self.modelName(context)
@@ -103,7 +103,7 @@ extension Gateway {
 
     /// The `:name` of an admin route, percent-decoded: a replica's name `model#i` can only be
     /// sent as `model%23i` (a `#` would end the path).
-    static func modelName(_ context: BasicRequestContext) throws -> String {
+    static func modelName(_ context: GatewayRequestContext) throws -> String {
         let raw = try context.parameters.require("name")
         return raw.removingPercentEncoding ?? raw
     }

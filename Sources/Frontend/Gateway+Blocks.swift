@@ -9,7 +9,7 @@ import NIOCore
 extension Gateway {
     static let maxBlockBytes = 64 << 20
 
-    func addBlockRoutes(to router: Router<BasicRequestContext>) {
+    func addBlockRoutes(to router: Router<GatewayRequestContext>) {
         guard kv != nil else { return }
         // A block may be named `batch-get` too: that path's literal route would hide it from the
         // `:key` routes, so they are registered on it as well.
@@ -47,7 +47,7 @@ extension Gateway {
     private static func isBlockKey(_ key: String) -> Bool { !key.isEmpty && key.utf8.count <= 4096 }
 
     /// PUT, GET, HEAD and DELETE of one block at `path`.
-    private func addBlockRoutes(_ path: String, to router: Router<BasicRequestContext>) {
+    private func addBlockRoutes(_ path: String, to router: Router<GatewayRequestContext>) {
         let path = RouterPath(path)
         router.put(path) { request, context in
             try authorize(request)
@@ -109,7 +109,7 @@ extension Gateway {
         return ByteBuffer(bytes: out)
     }
 
-    private func blockTarget(_ request: Request, _ context: BasicRequestContext) throws -> (any KVBackend, String, ByteBuffer) {
+    private func blockTarget(_ request: Request, _ context: GatewayRequestContext) throws -> (any KVBackend, String, ByteBuffer) {
         guard let store = kv else { throw Self.noBlocks }
         let raw = context.parameters.get("key") ?? Self.batchGetName   // (the literal route: see `addBlockRoutes`)
         let key = raw.removingPercentEncoding ?? raw

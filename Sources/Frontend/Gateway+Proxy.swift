@@ -9,7 +9,7 @@ import NIOPosix
 extension Gateway {
     /// Relays one OpenAI request: validates it, waits for a lease on a ready upstream, forwards
     /// the body untouched (only `model` may be renamed), and streams the answer back as it comes.
-    func proxy(_ request: Request, context: BasicRequestContext, endpoint: Endpoint) async throws -> Response {
+    func proxy(_ request: Request, context: GatewayRequestContext, endpoint: Endpoint) async throws -> Response {
         let started = ContinuousClock.now
         var request = request
         let tenant = try authorize(request)
@@ -17,8 +17,6 @@ extension Gateway {
 
         let body: ByteBuffer
         do {
-            // collectBody keeps the connection's part stream behind the collected buffer, which
-            // is what lets the connection be watched for the client going away below.
             body = try await request.collectBody(upTo: configuration.maxBodyBytes)
         } catch is NIOTooManyBytesError {
             metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
@@ -28,23 +26,21 @@ extension Gateway {
         }
         var parsed = try parseBody(body, endpoint: endpoint)
         addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
-        guard configuration.cancelOnDisconnect && !parsed.stream else {
-            // Streams notice a departed client on their next chunk and keep the connection alive.
+        // Streams notice a departed client on their next chunk.
+        guard configuration.cancelOnDisconnect, !parsed.stream, let departure = await context.departure() else {
             return try await relay(parsed, endpoint: endpoint, started: started)
         }
         // A non-streaming request writes nothing until the answer is complete, so the connection
         // is watched instead: a client that leaves withdraws its wait and stops the generation.
-        // Hummingbird closes a watched connection after the response, so say so to the client.
-        var response: Response
-        do {
-            response = try await request.body.consumeWithCancellationOnInboundClose { _ in
-                try await relay(parsed, endpoint: endpoint, started: started)
-            }
-        } catch let error as GatewayError {
-            response = error.response()
+        // The watch reads nothing of the connection, which stays open for the next request.
+        let relaying = Task { try await relay(parsed, endpoint: endpoint, started: started) }
+        departure.watch { relaying.cancel() }
+        defer { departure.unwatch() }
+        return try await withTaskCancellationHandler {
+            try await relaying.value
+        } onCancel: {
+            relaying.cancel()
         }
-        response.headers[.connection] = "close"
-        return response
     }
 
     func relay(_ parsed: ParsedBody, endpoint: Endpoint, started: ContinuousClock.Instant) async throws

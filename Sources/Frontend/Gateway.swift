@@ -22,7 +22,7 @@ public struct GatewayConfiguration: Sendable {
     /// Most bytes of a non-streaming upstream response the gateway will buffer.
     public var maxResponseBytes: Int
     /// Watch the client connection while a request waits or runs, and cancel it when the client
-    /// goes away. The price: that connection is not reused for a next request.
+    /// goes away (its connection or its input closed: `ClientDeparture`).
     public var cancelOnDisconnect: Bool
     /// Bytes of canonical prompt per routing block (see `PromptChain`).
     public var routingBlockBytes: Int
@@ -114,9 +114,9 @@ public struct Gateway: Sendable {
         self.isReady = isReady
     }
 
-    public func buildRouter() -> Router<BasicRequestContext> {
+    public func buildRouter() -> Router<GatewayRequestContext> {
         // HEAD of every GET route (a load balancer's `HEAD /health`), answered as the GET without its body.
-        let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
+        let router = Router(context: GatewayRequestContext.self, options: .autoGenerateHeadEndpoints)
         // Outermost, so that error answers carry the CORS headers too.
         if !configuration.corsOrigins.isEmpty { router.add(middleware: CORSMiddleware(origins: configuration.corsOrigins)) }
         router.add(middleware: ErrorMiddleware())

@@ -241,7 +241,6 @@ struct EventLoopRelayTests {
     }
 
     @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
-        // Kept alive: the general path closes a watched connection after its answer.
         try await GatewayTests.withGateway(GatewayConfiguration(cancelOnDisconnect: false), immediate: true) { client, backend in
             // relayed here (answered after 100 ms), general path (503), general path (400), relayed here
             let bodies = [
@@ -550,6 +549,43 @@ enum RawClient {
     struct Answer: Sendable {
         var status: Int
         var body: String
+        /// The status line and header lines.
+        var head: String = ""
+        /// A header's value (the first of that name, compared without case).
+        func header(_ name: String) -> String? {
+            head.split(separator: "\r\n").dropFirst().lazy.compactMap { line -> String? in
+                let parts = line.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, parts[0].lowercased() == name.lowercased() else { return nil }
+                return parts[1].trimmingCharacters(in: .whitespaces)
+            }.first
+        }
+    }
+
+    /// Writes all of `text` to the blocking socket `fd`.
+    static func sendAll(_ fd: Int32, _ text: String) throws {
+        let bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw POSIXError(.EPIPE) }
+            sent += n
+        }
+    }
+
+    /// Sends `send` and reads until the server closes the connection (or 10 s pass): the whole
+    /// of what came back.
+    static func exchangeUntilClosed(port: Int, send: String) throws -> String {
+        let fd = try connect(port: port)
+        defer { close(fd) }
+        try sendAll(fd, send)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return String(decoding: received, as: UTF8.self) }
+            guard n > 0 else { throw POSIXError(.ETIMEDOUT) }
+            received += buffer[0..<n]
+        }
     }
 
     /// `halfClose`: shut the sending side after the request bytes (as clients that end their
@@ -585,13 +621,7 @@ enum RawClient {
                          receiveBuffer: Int? = nil, readAfter: Duration? = nil) throws -> [Answer] {
         let fd = try connect(port: port, receiveBuffer: receiveBuffer)
         defer { close(fd) }
-        let bytes = Array(send.utf8)
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { throw POSIXError(.EPIPE) }
-            sent += n
-        }
+        try sendAll(fd, send)
         if halfClose { shutdown(fd, Int32(SHUT_WR)) }
         if let readAfter {
             usleep(UInt32(readAfter.components.seconds * 1_000_000 + readAfter.components.attoseconds / 1_000_000_000_000))
@@ -626,6 +656,6 @@ enum RawClient {
         let headBytes = text[..<headEnd.upperBound].utf8.count
         guard bytes.count >= headBytes + length else { return nil }
         let body = String(decoding: bytes[headBytes..<(headBytes + length)], as: UTF8.self)
-        return (Answer(status: status, body: body), headBytes + length)
+        return (Answer(status: status, body: body, head: String(head)), headBytes + length)
     }
 }

@@ -272,22 +272,6 @@ struct GatewayTests {
         }
     }
 
-    @Test func watchedNonStreamingResponsesSayConnectionClose() async throws {
-        try await Self.withGateway { client, _ in
-            let response = try await client.execute(
-                uri: "/v1/chat/completions", method: .post, headers: [:],
-                body: ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#))
-            #expect(response.status == .ok)
-            #expect(response.headers[.connection] == "close")
-        }
-        try await Self.withGateway(GatewayConfiguration(cancelOnDisconnect: false)) { client, _ in
-            let response = try await client.execute(
-                uri: "/v1/chat/completions", method: .post, headers: [:],
-                body: ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#))
-            #expect(response.headers[.connection] == nil)
-        }
-    }
-
     @Test(arguments: [false, true])
     func oversizedBodyGets413(immediate: Bool) async throws {
         try await Self.withGateway(GatewayConfiguration(maxBodyBytes: 1024), immediate: immediate) { client, backend in

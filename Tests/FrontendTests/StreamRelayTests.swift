@@ -338,13 +338,7 @@ final class StreamClient: @unchecked Sendable {
 
     /// Sends more on the same connection (a next request).
     func send(_ text: String) throws {
-        let bytes = Array(text.utf8)
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { throw POSIXError(.EPIPE) }
-            sent += n
-        }
+        try RawClient.sendAll(fd, text)
     }
 
     func close() { Glibc.close(fd) }

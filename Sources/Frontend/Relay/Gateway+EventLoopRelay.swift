@@ -17,15 +17,15 @@ extension Gateway {
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 
-    /// The HTTP/1 server: Hummingbird's, with `channelHandlers()` after the codec and, with the
-    /// event-loop relay on, `RequestFrontHandler` before it. For tests: `extra` handlers go
-    /// before `channelHandlers()`, `socketSide` ones first of all (they see bytes).
+    /// The HTTP/1 server: Hummingbird's, with `HTTP10Handler` inside the codec,
+    /// `channelHandlers()` after it and, with the event-loop relay on, `RequestFrontHandler`
+    /// before it. For tests: `extra` handlers go before `channelHandlers()`, `socketSide` ones
+    /// first of all (they see bytes).
     public func httpServer(extra: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] },
                            socketSide: @escaping @Sendable () -> [any ChannelHandler & Sendable] = { [] }) -> HTTPServerBuilder
     {
         let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: extra() + self.channelHandlers())
-        guard self.configuration.relayOnEventLoop else { return .http1(configuration: configuration) }
-        let bodyLimit = relayBodyLimit
+        let bodyLimit = self.configuration.relayOnEventLoop ? relayBodyLimit : nil
         return HTTPServerBuilder { responder in
             FrontedHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration), bodyLimit: bodyLimit,
                                 socketSide: socketSide)

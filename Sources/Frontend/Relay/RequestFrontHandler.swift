@@ -333,7 +333,8 @@ enum HTTP1RequestHead {
 struct FrontedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
     typealias Value = HTTP1Channel.Value
     let inner: HTTP1Channel
-    let bodyLimit: Int
+    /// `RequestFrontHandler`'s body limit; nil: no front (the event-loop relay is off).
+    let bodyLimit: Int?
     /// Handlers before the front (tests that watch the bytes).
     var socketSide: @Sendable () -> [any ChannelHandler & Sendable] = { [] }
 
@@ -343,11 +344,18 @@ struct FrontedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
         do {
             let outside = socketSide()
             for handler in outside { try channel.pipeline.syncOperations.addHandler(handler) }
-            try channel.pipeline.syncOperations.addHandler(RequestFrontHandler(bodyLimit: bodyLimit, nextToSocket: outside.isEmpty))
+            if let bodyLimit {
+                try channel.pipeline.syncOperations.addHandler(RequestFrontHandler(bodyLimit: bodyLimit, nextToSocket: outside.isEmpty))
+            }
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
-        return inner.setup(channel: channel, logger: logger)
+        return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            // Where the request's version is still known (`HTTP10Handler`).
+            let conversion = try channel.pipeline.syncOperations.handler(type: HTTP1ToHTTPServerCodec.self)
+            try channel.pipeline.syncOperations.addHandler(HTTP10Handler(), position: .before(conversion))
+            return value
+        }
     }
 
     func handle(value: Value, logger: Logger) async {

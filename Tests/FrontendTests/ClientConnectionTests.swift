@@ -1,0 +1,122 @@
+import Foundation
+import Frontend
+import Glibc
+import NIOPosix
+import Testing
+
+/// What a client's connection sees on the general path: kept alive after non-streaming answers
+/// while it is watched for the client leaving (`ClientDeparture`), pipelined requests answered
+/// in order, HTTP/1.0 clients answered in HTTP/1.0 (`HTTP10Handler`).
+struct ClientConnectionTests {
+    static func wire(_ requests: [(path: String, body: String)], version: String = "1.1", extra: String = "") -> String {
+        requests.map { path, body in
+            "POST \(path) HTTP/\(version)\r\nHost: x\r\nContent-Type: application/json\r\n\(extra)"
+                + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        }.joined()
+    }
+
+    static func chat(_ extra: String) -> String {
+        #"{"model":"m","messages":[{"role":"user","content":"hi"}]"# + extra + "}"
+    }
+
+    @Test(arguments: [false, true])
+    func pipelinedRequestsAreAnsweredOnAConnectionKeptAlive(immediate: Bool) async throws {
+        // The default config: non-streaming requests on the general path are watched for the
+        // client leaving. (`immediate`: those to `m` go the event-loop way, the rest do not.)
+        try await GatewayTests.withGateway(immediate: immediate) { client, backend in
+            let wire = Self.wire([
+                ("/v1/chat/completions", Self.chat(#","sleep_ms":100,"n":1"#)),
+                ("/v1/completions", #"{"model":"busy","prompt":"x"}"#),
+                ("/v1/chat/completions", Self.chat(#","n":2"#)),
+                ("/v1/chat/completions", Self.chat(#","sleep_ms":50,"n":3"#)),
+            ])
+            let port = client.port!
+            let answers = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchange(port: port, send: wire, responses: 4)
+            }
+            #expect(answers.map(\.status) == [200, 503, 200, 200])
+            #expect(answers[0].body.contains(#""n":1"#))
+            #expect(answers[2].body.contains(#""n":2"#))
+            #expect(answers[3].body.contains(#""n":3"#))
+            #expect(answers.allSatisfy { $0.header("connection") == nil }, "kept alive: \(answers.map(\.head))")
+            #expect(backend.acquired == 3)
+            #expect(backend.released == 3)
+        }
+    }
+
+    @Test(arguments: [false, true])
+    func aClientThatLeavesWithdrawsItsWaitingRequest(halfClose: Bool) async throws {
+        try await GatewayTests.withGateway { client, backend in
+            let port = client.port!
+            let started = ContinuousClock.now
+            try await NIOThreadPool.singleton.runIfActive {
+                let fd = try RawClient.connect(port: port)
+                defer { close(fd) }
+                let bytes = Array(Self.wire([("/v1/chat/completions", Self.chat(#","sleep_ms":5000"#))]).utf8)
+                _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+                usleep(300_000)
+                if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+                // with a half-close, the connection stays open until the request is withdrawn
+                var end = [UInt8](repeating: 0, count: 4096)
+                if halfClose { _ = end.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+            }
+            while backend.released == 0, ContinuousClock.now - started < .seconds(4) {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(backend.acquired == 1)
+            #expect(backend.released == 1)
+            #expect(ContinuousClock.now - started < .seconds(3), "withdrawn when the client left, not after the 5 s answer")
+        }
+    }
+
+    @Test(arguments: [false, true])
+    func anHTTP10ClientGetsAnHTTP10AnswerAndTheConnectionCloses(immediate: Bool) async throws {
+        try await GatewayTests.withGateway(immediate: immediate) { client, backend in
+            let port = client.port!
+            // keep-alive asked for: not offered, the answer says so and the connection ends
+            let whole = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchangeUntilClosed(
+                    port: port, send: Self.wire([("/v1/chat/completions", Self.chat(#","n":1"#))], version: "1.0",
+                                                extra: "Connection: keep-alive\r\n"))
+            }
+            #expect(whole.hasPrefix("HTTP/1.0 200"), "\(whole.prefix(200))")
+            let (head, body) = Self.split(whole)
+            #expect(head.lowercased().contains("\r\nconnection: close"))
+            #expect(head.lowercased().contains("\r\ncontent-length: \(body.utf8.count)"))
+            #expect(body.contains(#""n":1"#))
+
+            // a stream: no chunked framing (an HTTP/1.0 client cannot read it); it ends with the connection
+            let streamed = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchangeUntilClosed(
+                    port: port, send: Self.wire([("/v1/chat/completions", Self.chat(#","stream":true"#))], version: "1.0"))
+            }
+            #expect(streamed.hasPrefix("HTTP/1.0 200"), "\(streamed.prefix(200))")
+            let (streamHead, events) = Self.split(streamed)
+            #expect(!streamHead.lowercased().contains("transfer-encoding"))
+            #expect(streamHead.lowercased().contains("\r\nconnection: close"))
+            #expect(events.hasPrefix(#"data: {"i":0}"#), "the events as they are, no chunk sizes: \(events.prefix(80))")
+            #expect(events.hasSuffix("data: [DONE]\n\n"))
+            #expect(backend.acquired == 2)
+            #expect(backend.released == 2)
+        }
+    }
+
+    @Test func anHTTP11ClientStillGetsChunkedStreams() async throws {
+        try await GatewayTests.withGateway { client, _ in
+            let port = client.port!
+            let streamed = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchangeUntilClosed(
+                    port: port, send: Self.wire([("/v1/chat/completions", Self.chat(#","stream":true"#))],
+                                                extra: "Connection: close\r\n"))
+            }
+            #expect(streamed.hasPrefix("HTTP/1.1 200"))
+            #expect(Self.split(streamed).head.lowercased().contains("transfer-encoding: chunked"))
+            #expect(streamed.hasSuffix("\r\n0\r\n\r\n"))
+        }
+    }
+
+    static func split(_ answer: String) -> (head: String, body: String) {
+        guard let end = answer.range(of: "\r\n\r\n") else { return (answer, "") }
+        return (String(answer[..<end.lowerBound]), String(answer[end.upperBound...]))
+    }
+}

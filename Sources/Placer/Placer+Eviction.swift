@@ -90,6 +90,52 @@ extension Placer {
         // Whatever is still missing is held by models starting up; wait for them.
     }
 
+    /// What keeps `state` from being ready, in words, for a request that waited too long for it
+    /// (nil when nothing does: it is about to start). A model waiting for room names each model
+    /// on its device that holds room it may not take yet, and why.
+    func waitReason(_ state: ModelState, now: Duration) -> String? {
+        func seconds(_ d: Duration) -> String { "\(Int((Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18).rounded(.up)))s" }
+        switch state.phase {
+        case .ready:
+            return nil
+        case .starting(let since):
+            return "its runtime has been starting for \(seconds(now - since)) (supervisor.load_timeout applies)"
+        case .staging(let since):
+            return "its weights have been staging into host RAM for \(seconds(now - since))"
+        case .draining, .stopping:
+            return "it is being stopped, and starts again once it has"
+        case .failed(let retryAt, let detail):
+            return "its runtime failed (\(detail)); the next start is in \(seconds(max(.zero, retryAt - now)))"
+        case .stopped:
+            break
+        }
+        let spec = state.spec
+        let onDevice = models.values.filter { $0.spec.device == spec.device && $0.spec.name != spec.name && $0.phase.holdsMemory }
+        let used = onDevice.reduce(UInt64(0)) { $0 + $1.memoryBytes }
+        guard used + state.memoryBytes > budget(of: spec.device) else { return nil }
+        let holders = onDevice.sorted { $0.spec.name < $1.spec.name }.compactMap { other -> String? in
+            let name = "'\(other.spec.name)'"
+            switch other.phase {
+            case .starting, .staging: return "\(name) is starting"
+            case .draining: return "\(name) is finishing its requests before it stops"
+            case .stopping: return "\(name) is stopping"
+            default: break
+            }
+            if other.spec.pinned { return "\(name) is pinned" }
+            if other.spec.priority > spec.priority {
+                return "\(name) has a higher priority (\(other.spec.priority) > \(spec.priority))"
+            }
+            let resident = now - other.readySince
+            if resident < other.spec.minResidency {
+                return "\(name) stays loaded another \(seconds(other.spec.minResidency - resident)) (min_residency)"
+            }
+            if !other.waiters.isEmpty { return "\(name) has requests waiting for it" }
+            return nil
+        }
+        guard !holders.isEmpty else { return nil }
+        return "device '\(spec.device)' has no room for it while " + holders.joined(separator: ", ")
+    }
+
     /// Brings each device whose accounted memory exceeds its budget back under it: idle,
     /// unpinned ready models stop at once (lowest priority, then lowest expected loss first);
     /// if that is not enough, busy ones drain in the same order and stop when their requests are

@@ -83,11 +83,12 @@ extension Placer {
             } else {
                 retryAfter = .seconds(5)
             }
+            let reason = state.waiters.contains { $0.deadline <= now } ? waitReason(state, now: now) : nil
             state.waiters.removeAll { waiter in
                 guard waiter.deadline <= now else { return false }
                 if let id = waiter.id {
                     actions.append(
-                        .reject(id, model: name, .timedOut(waited: now - waiter.arrived, retryAfter: retryAfter)))
+                        .reject(id, model: name, .timedOut(waited: now - waiter.arrived, retryAfter: retryAfter, reason: reason)))
                     requestModel[id] = nil
                 }
                 return true

@@ -83,8 +83,9 @@ public enum Rejection: Sendable, Equatable {
     /// Not configured, or removed from the configuration while the request waited.
     case unknownModel
     case queueFull(limit: Int)
-    /// Waited `waited` and the model was still not ready (loading, swapping or backing off).
-    case timedOut(waited: Duration, retryAfter: Duration)
+    /// Waited `waited` and the model was still not ready (loading, swapping or backing off);
+    /// `reason` says what it was waiting for (`Placer.waitReason`).
+    case timedOut(waited: Duration, retryAfter: Duration, reason: String? = nil)
     /// Cannot fit even after evicting every unpinned model on the device. (A model that would
     /// fit but for models it may not evict yet, for their priority or minimum residency, waits.)
     case doesNotFit(needBytes: UInt64, device: String, budgetBytes: UInt64, pinnedBytes: UInt64)

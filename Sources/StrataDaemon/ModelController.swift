@@ -217,9 +217,10 @@ public actor ModelController {
             return .unavailable(
                 "Too many requests are waiting for '\(model)' (limit \(limit), supervisor.max_queued)",
                 code: "queue_full", retryAfterSeconds: 1)
-        case .timedOut(let waited, let retryAfter):
+        case .timedOut(let waited, let retryAfter, let reason):
             return .unavailable(
-                "'\(model)' did not become ready within \(String(format: "%.1f", waited.seconds))s (supervisor.queue_timeout)",
+                "'\(model)' did not become ready within \(String(format: "%.1f", waited.seconds))s (supervisor.queue_timeout)"
+                    + (reason.map { ": \($0)" } ?? ""),
                 code: "model_not_ready", retryAfterSeconds: max(1, Int(retryAfter.seconds.rounded(.up))))
         case .doesNotFit(let need, let device, let budget, let pinned):
             return .unavailable(

@@ -50,7 +50,10 @@ struct PlacerDecisionsTableTests {
             // a is idle but more important: b waits, and it is no `.doesNotFit`
             (.seconds(3), .request(2, model: "b"), []),
             (.seconds(10), .tick, []),
-            (.seconds(23), .tick, [.reject(2, model: "b", .timedOut(waited: .seconds(20), retryAfter: .seconds(5)))]),
+            // the answer says what it waited for
+            (.seconds(23), .tick, [.reject(2, model: "b", .timedOut(
+                waited: .seconds(20), retryAfter: .seconds(5),
+                reason: "device 'cpu' has no room for it while 'a' has a higher priority (5 > 0)"))]),
         ])
         #expect(p.snapshot(of: "a")?.phase == .ready)
         #expect(p.snapshot(of: "b")?.phase == .stopped)
@@ -85,6 +88,19 @@ struct PlacerDecisionsTableTests {
             (.seconds(31), .tick, [.stop(model: "a", reason: .evicted(forModel: "b"))]),
             (.seconds(32), .runtimeExited(model: "a", detail: ""), [.start(model: "b")]),
             (.seconds(33), .runtimeReady(model: "b"), [.admit(2, model: "b")]),
+        ])
+    }
+
+    @Test func aRequestThatTimesOutBehindAResidencyIsToldSo() {
+        var p = PlacerTableTests.placer(models: [Self.model("a", minResidency: .seconds(60)), Self.model("b")])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.start(model: "a")]),
+            (.seconds(1), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            (.seconds(2), .finished(1), []),
+            (.seconds(5), .request(2, model: "b"), []),
+            (.seconds(25), .tick, [.reject(2, model: "b", .timedOut(
+                waited: .seconds(20), retryAfter: .seconds(5),
+                reason: "device 'cpu' has no room for it while 'a' stays loaded another 36s (min_residency)"))]),
         ])
     }
 

@@ -110,7 +110,7 @@ final class PlacerSimulation {
             case .reject(let id, _, let rejection):
                 let entry = waiting.removeValue(forKey: id)
                 #expect(entry != nil, "seed \(seed): rejected \(id) that was not waiting")
-                if case .timedOut(let waited, _) = rejection, let entry {
+                if case .timedOut(let waited, _, _) = rejection, let entry {
                     #expect(waited == now - entry.since, "seed \(seed): \(id) timed out at the wrong time")
                 }
                 admittedOrRejected += 1

@@ -183,7 +183,9 @@ struct PlacerTableTests {
         var p = Self.placer()
         Self.run(&p, [
             (.seconds(0), .request(1, model: "a"), [.start(model: "a")]),
-            (.seconds(20), .tick, [.reject(1, model: "a", .timedOut(waited: .seconds(20), retryAfter: .seconds(5)))]),
+            (.seconds(20), .tick, [.reject(1, model: "a", .timedOut(
+                waited: .seconds(20), retryAfter: .seconds(5),
+                reason: "its runtime has been starting for 20s (supervisor.load_timeout applies)"))]),
             (.seconds(30), .tick, [.stop(model: "a", reason: .loadTimeout)]),
             (.seconds(31), .runtimeReady(model: "a"), []),   // too late: ignored
             (.seconds(32), .runtimeExited(model: "a", detail: "killed by signal 15"), []),

@@ -56,6 +56,18 @@ extension ModelController {
             hostBudget: placer.configuration.hostWeightsBudget, snapshot: { self.placer.snapshot(of: $0) },
             eventDescription: "config reloaded")
         for action in actions { perform(action) }
+        if !report.removed.isEmpty, let tiers {
+            // The host copies of removed models: RAM nothing counts any more. (A runtime still
+            // draining keeps the pages it maps until it exits.)
+            let keep = Set(new.models.map(\.name))
+            Task {
+                guard let stager = try? await tiers.stager() else { return }
+                let removed = await stager.removeHostCopies(except: keep)
+                if !removed.isEmpty {
+                    self.logger.notice("removed staged weights of models no longer configured", metadata: ["models": "\(removed.sorted())"])
+                }
+            }
+        }
         // A preloaded model is loaded now, not on its first request: when added, restarted or
         // newly marked so.
         for model in new.models where model.preload {

@@ -100,6 +100,12 @@ def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon
         assert status == 200 and answer["state"] == "done" and answer["destination"] == "host", (status, body)
         assert answer["origin"] == "host" and staged_file(d) == copy
 
+    # a reload that removes the model removes its copy too (it used to wait for the next start)
+    d.config_path.write_text(renamed)
+    status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+    assert status == 200 and "smollm2" in json.loads(body)["removed"], body
+    wait_for(lambda: staged_file(d) is None, 30, what="the removed model's copy removed after the reload")
+
 
 def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon, tmp_path):
     root = tmp_path / "origin"

@@ -64,6 +64,17 @@ extension ModelController: ModelBackend {
         if shuttingDown {
             throw GatewayError.unavailable("Strata is shutting down", code: "shutting_down", retryAfterSeconds: 5)
         }
+        let arrived = ContinuousClock.now
+        /// A model Strata starts, tried after the first: it waits only what is left of the
+        /// request's queue_timeout, counted from its arrival, not a whole one again.
+        func acquireInTheRest(_ candidate: ModelConfiguration) async throws -> UpstreamLease {
+            guard case .managed = candidate.serving else { return try await acquire(candidate, hints: hints) }
+            let queueTimeout = config.supervisor.queueTimeout
+            let left = queueTimeout - (ContinuousClock.now - arrived)
+            return try await acquire(candidate, hints: hints, within: max(left, .milliseconds(100)), else: .unavailable(
+                "'\(candidate.name)' did not become ready within what was left of the request's "
+                    + "\(queueTimeout) (supervisor.queue_timeout)", code: "model_not_ready", retryAfterSeconds: 5))
+        }
         let chain = [modelConfig] + modelConfig.fallbacks.compactMap { name in config.models.first { $0.name == name } }
         var refusals: [String] = []
         var spillReason: String?
@@ -82,16 +93,20 @@ extension ModelController: ModelBackend {
                 // no room for both): the two would swap on every request, and neither serve.
                 refusals.append("'\(candidate.name)' would need '\(model)' stopped")
                 if !allowed[(position + 1)...].contains(where: { canTakeSpill($0, from: allowed[0]) }) {
-                    let lease = try await acquire(allowed[0], hints: hints)
+                    let lease = try await acquireInTheRest(allowed[0])
                     return lease.serving(model: nil, price: config.price(of: allowed[0]))
                 }
                 continue
             }
             do {
-                let lease = if candidate.name == model, !isLast, let wait = candidate.spillAfter {
-                    try await acquire(candidate, hints: hints, within: wait)
+                let lease: UpstreamLease
+                if candidate.name == model, !isLast, let wait = candidate.spillAfter {
+                    lease = try await acquire(candidate, hints: hints, within: wait, else: .unavailable(
+                        "'\(candidate.name)' was not ready within spill_after \(wait)", code: "spill_timeout", retryAfterSeconds: 1))
+                } else if position > 0 {
+                    lease = try await acquireInTheRest(candidate)
                 } else {
-                    try await acquire(candidate, hints: hints)
+                    lease = try await acquire(candidate, hints: hints)
                 }
                 if candidate.name != model {
                     let reason = spillReason ?? "unavailable"
@@ -134,9 +149,9 @@ extension ModelController: ModelBackend {
         return device.usedBytes + fallback.memoryBytes <= device.budgetBytes
     }
 
-    /// `acquire` bounded by `wait`; past it, a 503 `spill_timeout` (the waiting request is withdrawn).
-    private func acquire(_ modelConfig: ModelConfiguration, hints: RequestHints, within wait: Duration) async throws
-        -> UpstreamLease
+    /// `acquire` bounded by `wait`; past it, `timeout` is thrown (the waiting request is withdrawn).
+    private func acquire(_ modelConfig: ModelConfiguration, hints: RequestHints, within wait: Duration,
+                         else timeout: GatewayError) async throws -> UpstreamLease
     {
         try await withThrowingTaskGroup(of: UpstreamLease?.self) { group in
             group.addTask { try await self.acquire(modelConfig, hints: hints) }
@@ -153,8 +168,7 @@ extension ModelController: ModelBackend {
             // learned about the replica's cache.
             group.cancelAll()
             while let late = try? await group.next() { late?.release(.abandoned) }
-            throw GatewayError.unavailable("'\(modelConfig.name)' was not ready within spill_after \(wait)",
-                                           code: "spill_timeout", retryAfterSeconds: 1)
+            throw timeout
         }
     }
 
@@ -195,7 +209,7 @@ extension ModelController: ModelBackend {
                     let instance = instances[name]
                     var entry = AdminStatus.Model(
                         name: name, status: snapshot?.phase.publicStatus ?? "stopped",
-                        phase: snapshot.map { Self.describe($0.phase) } ?? "stopped", runtime: runtime, device: model.device,
+                        phase: snapshot.map { Self.describe($0.phase, now: now) } ?? "stopped", runtime: runtime, device: model.device,
                         memory_bytes: snapshot?.memoryBytes ?? model.memoryBytes, in_flight: snapshot?.inFlight ?? 0, waiting: snapshot?.waiting ?? 0,
                         loads: snapshot?.loads ?? 0, pid: instance.map { $0.process.pid },
                         upstream: instance.map { "http://127.0.0.1:\($0.process.port)" }, last_error: lastError[name],
@@ -272,7 +286,8 @@ extension ModelController: ModelBackend {
         ["ready", "loading", "stopped", "failed"].firstIndex(of: status) ?? 4
     }
 
-    static func describe(_ phase: ModelPhase) -> String {
+    /// The phase in words (a failure's detail is `last_error`; here, when the next start comes).
+    static func describe(_ phase: ModelPhase, now: Duration) -> String {
         switch phase {
         case .stopped: "stopped"
         case .staging: "staging weights"
@@ -280,7 +295,9 @@ extension ModelController: ModelBackend {
         case .ready: "ready"
         case .draining(let reason): "draining (\(reason))"
         case .stopping(let reason): "stopping (\(reason))"
-        case .failed(_, let detail): "failed: \(detail)"
+        case .failed(let retryAt, _) where retryAt > now:
+            "failed, no start for another \(Int((retryAt - now).seconds.rounded(.up)))s"
+        case .failed: "failed, starts again when needed"
         }
     }
 }

@@ -192,7 +192,11 @@ def test_runtime_that_fails_to_start_gives_502_and_failed_status(make_daemon):
     assert e.value.status_code == 502
     message = e.value.body["message"]
     assert "exited with code 3" in message and "cannot load weights" in message, message
-    assert d.model("bad")["status"] == "failed"
+    bad = d.model("bad")
+    assert bad["status"] == "failed"
+    # the detail is last_error's; the phase says when it may start again
+    assert "cannot load weights" in bad["last_error"], bad
+    assert re.fullmatch(r"failed, no start for another \d+s", bad["phase"]), bad
     assert {m.id: m.model_extra["status"] for m in d.client().models.list().data}["bad"] == "failed"
     # while it backs off after that failed start, a request is told at once, not after the
     # backoff and another start that fails the same way
@@ -217,6 +221,28 @@ def test_model_that_never_gets_ready_is_503_with_retry_after(make_daemon):
     assert re.search(r"within \d+\.\ds \(supervisor.queue_timeout\)", e.value.body["message"]), e.value.body
     assert 1.5 < time.monotonic() - started < 10
     d.admin()   # remember the pid so teardown checks it is gone
+
+
+def test_queue_timeout_bounds_the_whole_wait_across_a_spill(make_daemon):
+    """A request that spills after spill_after waits for its fallback only what is left of its
+    queue_timeout, not a whole one again."""
+    extra = """  hang: { kind: command, command: ["sleep", "600", "${PORT}"] }"""
+    cfg = config(f"""
+  - {{ name: slow, source: "file://{MODEL}", runtime: hang, memory: 100MiB, fallbacks: [slower], spill_after: 1s }}
+  - {{ name: slower, source: "file://{MODEL}", runtime: hang, memory: 100MiB }}
+""", extra=extra).replace("queue_timeout: 90s", "queue_timeout: 4s")
+    d = make_daemon(cfg)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        d.client().chat.completions.create(model="slow", messages=MESSAGES, max_tokens=2)
+    waited = time.monotonic() - started
+    assert e.value.status_code == 503, e.value.body
+    assert e.value.body["code"] == "model_not_ready", e.value.body
+    message = e.value.body["message"]
+    assert "spill_after" in message and "'slower' did not become ready within what was left" in message, message
+    # 4 s in all (it was 1 s + 4 s)
+    assert 3.5 < waited < 4.8, waited
+    d.admin()
 
 
 def test_client_that_leaves_while_waiting_for_a_load_is_withdrawn(make_daemon):

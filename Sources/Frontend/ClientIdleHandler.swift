@@ -68,6 +68,12 @@ final class ClientIdleHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    /// Bytes of a request's body arrived that a handler before this one holds until the request
+    /// is whole (`RequestFrontHandler`).
+    func bytesArrived() {
+        lastActivity = .now()
+    }
+
     /// A whole request that went past this handler, straight from the front to the relay
     /// (`EventLoopRelayHandler.offer`): counted as its parts would have been.
     func requestTaken() {

@@ -49,6 +49,33 @@ struct ClientIdleTests {
         }
     }
 
+    /// A body that keeps arriving, if slowly, is not idle, however long the whole takes (the
+    /// front collects a plain request whole before anything after it sees a part).
+    @Test(arguments: [true, false])
+    func aBodyArrivingSlowlyOverLongerThanTheTimeoutIsAnswered(immediate: Bool) async throws {
+        try await GatewayTests.withGateway(Self.idle, immediate: immediate) { client, backend in
+            let port = client.port!
+            let wire = Self.request(String(buffer: EventLoopRelayTests.body("m", extra: #","n":7"#)))
+            let head = String(wire[..<wire.range(of: "\r\n\r\n")!.upperBound])
+            let body = Array(wire[wire.range(of: "\r\n\r\n")!.upperBound...])
+            let answers = try await NIOThreadPool.singleton.runIfActive {
+                let fd = try RawClient.connect(port: port)
+                defer { close(fd) }
+                try RawClient.sendAll(fd, head)
+                // 0.9 s in all, at 0.15 s a piece: three times the 300 ms timeout
+                let pieces = 6, size = (body.count + pieces - 1) / pieces
+                for start in stride(from: 0, to: body.count, by: size) {
+                    usleep(150_000)
+                    try RawClient.sendAll(fd, String(body[start..<min(start + size, body.count)]))
+                }
+                return try RawClient.read(fd, responses: 1)
+            }
+            #expect(answers.map(\.status) == [200])
+            #expect(answers.first?.body.contains(#""n":7"#) == true)
+            #expect(backend.released == 1)
+        }
+    }
+
     /// `immediate`: relayed on the event loop; otherwise through the general path.
     @Test(arguments: [true, false])
     func anAnswerLongerThanTheTimeoutIsWaitedForThenTheIdleConnectionCloses(immediate: Bool) async throws {

@@ -626,6 +626,11 @@ enum RawClient {
         if let readAfter {
             usleep(UInt32(readAfter.components.seconds * 1_000_000 + readAfter.components.attoseconds / 1_000_000_000_000))
         }
+        return try read(fd, responses: responses)
+    }
+
+    /// Reads `responses` answers (framed by Content-Length) from `fd`.
+    static func read(_ fd: Int32, responses: Int) throws -> [Answer] {
         var received: [UInt8] = []
         var answers: [Answer] = []
         var buffer = [UInt8](repeating: 0, count: 65536)

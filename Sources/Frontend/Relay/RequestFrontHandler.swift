@@ -118,6 +118,8 @@ final class RequestFrontHandler: ChannelInboundHandler, RemovableChannelHandler 
             let (head, headBytes, bodyBytes) = awaiting!
             guard buffer.readableBytes >= headBytes + bodyBytes else {
                 pending = buffer
+                // The body is arriving (if slowly): not idle, as it would not be through the codec.
+                idle?.bytesArrived()
                 return
             }
             awaiting = nil
@@ -351,9 +353,9 @@ struct FrontedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
             return channel.eventLoop.makeFailedFuture(error)
         }
         return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
-            // Where the request's version is still known (`HTTP10Handler`).
+            // Where the request's version is still known (`ClosingRequestHandler`).
             let conversion = try channel.pipeline.syncOperations.handler(type: HTTP1ToHTTPServerCodec.self)
-            try channel.pipeline.syncOperations.addHandler(HTTP10Handler(), position: .before(conversion))
+            try channel.pipeline.syncOperations.addHandler(ClosingRequestHandler(), position: .before(conversion))
             return value
         }
     }

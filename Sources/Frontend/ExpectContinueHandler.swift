@@ -2,33 +2,61 @@ import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
 
-/// Answers `Expect: 100-continue` with `100 Continue` as soon as the request's head is read, so
-/// the client sends its body at once instead of after its own wait (curl waits a second before
-/// sending a body over 1 MiB unasked). Not when the declared body is over `maxBodyBytes`: that
-/// request gets its 413 once the body is read. Sits after the HTTP/1 codec, whose pipelining
-/// handler delivers a request's head only when the answers before it are done, so the interim
-/// answer never lands inside another.
+/// Answers `Expect: 100-continue` as soon as the request's head is read, so the client sends
+/// its body at once instead of after its own wait (curl waits a second before sending a body
+/// over 1 MiB unasked): `100 Continue`, or, when the declared body is over what its route takes
+/// (`gateway.max_body` for the OpenAI endpoints, `Gateway.maxBlockBytes` for blocks), the 413
+/// at once, and the connection ends (RFC 9110 §10.1.1: the client waits for one or the other).
+/// Sits after the HTTP/1 codec; a client that expects 100 waits for it before sending anything
+/// more, so the interim answer does not land inside another.
 final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
     typealias OutboundOut = HTTPResponsePart
 
     private let maxBodyBytes: Int
+    /// A request refused here: its remaining parts go nowhere.
+    private var refused = false
 
     init(maxBodyBytes: Int) {
         self.maxBodyBytes = maxBodyBytes
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = unwrapInboundIn(data), let expect = head.headerFields[.expect],
-            expect.lowercased() == "100-continue", Self.declaredLength(head).map({ $0 <= maxBodyBytes }) ?? true
-        {
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
+        guard !refused else { return }
+        guard case .head(let head) = unwrapInboundIn(data), let expect = head.headerFields[.expect],
+            expect.lowercased() == "100-continue"
+        else {
+            context.fireChannelRead(data)
+            return
         }
+        if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), let error = tooLarge(head, declared: declared) {
+            refused = true
+            var (headers, body) = error.encoded
+            headers[.contentLength] = String(body.readableBytes)
+            headers[.connection] = "close"
+            context.write(wrapOutboundOut(.head(HTTPResponse(status: error.status, headerFields: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(body)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         context.fireChannelRead(data)
     }
 
-    private static func declaredLength(_ head: HTTPRequest) -> Int? {
-        head.headerFields[.contentLength].flatMap { Int($0) }
+    /// The 413 of a declared body over what the request's route takes; nil where it fits or the
+    /// route is not one of those (its handler decides).
+    private func tooLarge(_ head: HTTPRequest, declared: Int) -> GatewayError? {
+        guard let path = head.path else { return nil }
+        let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
+        if Endpoint.allCases.contains(where: { $0.path == route }) {
+            return declared > maxBodyBytes ? .requestTooLarge(limit: maxBodyBytes) : nil
+        }
+        if route.hasPrefix("/v1/blocks/") {
+            return declared > Gateway.maxBlockBytes ? .blockTooLarge : nil
+        }
+        return nil
     }
 }

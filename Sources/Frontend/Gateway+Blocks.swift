@@ -56,8 +56,7 @@ extension Gateway {
             do {
                 body = try await request.body.collect(upTo: Self.maxBlockBytes)
             } catch {
-                throw GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "block_too_large",
-                                   message: "A block is at most \(Self.maxBlockBytes >> 20) MiB over HTTP (use the RESP service for larger values)")
+                throw GatewayError.blockTooLarge
             }
             _ = try await kvCall { try await store.set(namespace: namespace, key: key, value: body, condition: .always, expiry: .never) }
             return Response(status: .created, headers: [.contentType: "application/json"],

@@ -20,9 +20,7 @@ extension Gateway {
             body = try await request.collectBody(upTo: configuration.maxBodyBytes)
         } catch is NIOTooManyBytesError {
             metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
-            throw GatewayError(
-                status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
-                message: "Request body is larger than the limit of \(configuration.maxBodyBytes) bytes (gateway.max_body)")
+            throw GatewayError.requestTooLarge(limit: configuration.maxBodyBytes)
         }
         var parsed = try parseBody(body, endpoint: endpoint)
         addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
@@ -36,10 +34,17 @@ extension Gateway {
         let relaying = Task { try await relay(parsed, endpoint: endpoint, started: started) }
         departure.watch { relaying.cancel() }
         defer { departure.unwatch() }
-        return try await withTaskCancellationHandler {
-            try await relaying.value
-        } onCancel: {
-            relaying.cancel()
+        do {
+            return try await withTaskCancellationHandler {
+                try await relaying.value
+            } onCancel: {
+                relaying.cancel()
+            }
+        } catch is CancellationError where departure.hasDeparted {
+            // Nobody to answer (a client that only ended its input gets the end of the
+            // connection, as on the event-loop relay, not an empty 500).
+            context.channel.close(promise: nil)
+            throw CancellationError()
         }
     }
 
@@ -63,6 +68,9 @@ extension Gateway {
             } catch let error as GatewayError {
                 metrics.rejected(model: parsed.model, endpoint: endpoint, code: error.code)
                 throw error
+            } catch is CancellationError {
+                metrics.departed(model: parsed.model, endpoint: endpoint)   // it left while waiting
+                throw CancellationError()
             }
             admitted = ContinuousClock.now
 
@@ -88,6 +96,7 @@ extension Gateway {
             } catch {
                 if Task.isCancelled {
                     acquired.release(.abandoned)   // the client left; says nothing of the upstream
+                    metrics.departed(model: parsed.model, endpoint: endpoint)
                     throw CancellationError()
                 }
                 if isStopping {
@@ -177,8 +186,11 @@ extension Gateway {
             collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
         } catch {
             lease.release()
+            if Task.isCancelled {
+                observer.finish(outcome: "client_disconnected")
+                throw CancellationError()
+            }
             observer.finish(outcome: "runtime_failed")
-            if Task.isCancelled { throw CancellationError() }
             if isStopping { throw stoppingError(parsed.model) }
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }

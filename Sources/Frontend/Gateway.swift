@@ -150,13 +150,19 @@ public struct Gateway: Sendable {
             return jsonResponse(model.object)
         }
         for path in ["/v1/models", "/v1/models/**"] {
-            router.post(RouterPath(path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
+            for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
+                router.on(RouterPath(path), method: method) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
+            }
         }
         for endpoint in Endpoint.allCases {
             router.post(RouterPath(endpoint.path)) { request, context in
                 try await proxy(request, context: context, endpoint: endpoint)
             }
-            router.get(RouterPath(endpoint.path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .post) }
+            for method in [HTTPRequest.Method.get, .put, .delete, .patch] {
+                router.on(RouterPath(endpoint.path), method: method) { request, _ -> Response in
+                    throw Self.wrongMethod(request, allowed: .post)
+                }
+            }
         }
         addAdminRoutes(to: router)
         addBlockRoutes(to: router)

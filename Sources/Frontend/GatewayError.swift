@@ -40,6 +40,18 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(status: .serviceUnavailable, type: "server_error", code: code, message: message,
                      retryAfterSeconds: retryAfterSeconds)
     }
+    /// A request body over `gateway.max_body`.
+    static func requestTooLarge(limit: Int) -> GatewayError {
+        GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "request_too_large",
+                     message: "Request body is larger than the limit of \(limit) bytes (gateway.max_body)")
+    }
+
+    /// A block over what the HTTP block API takes.
+    static var blockTooLarge: GatewayError {
+        GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "block_too_large",
+                     message: "A block is at most \(Gateway.maxBlockBytes >> 20) MiB over HTTP (use the RESP service for larger values)")
+    }
+
     public static func badGateway(_ message: String, code: String = "runtime_failed") -> GatewayError {
         GatewayError(status: .badGateway, type: "server_error", code: code, message: message)
     }

@@ -37,6 +37,13 @@ struct GatewayMetrics: Sendable {
             .increment()
     }
 
+    /// A request withdrawn because its client left before any answer began (no error of Strata's).
+    func departed(model: String, endpoint: Endpoint) {
+        Counter(label: "strata_requests_total",
+                dimensions: [("model", model.isEmpty ? "-" : model), ("endpoint", endpoint.label), ("outcome", "client_disconnected")])
+            .increment()
+    }
+
     /// A request whose upstream failed before answering, sent again to another replica.
     func retried(model: String, endpoint: Endpoint) {
         Counter(label: "strata_request_retries_total", dimensions: [("model", model), ("endpoint", endpoint.label)]).increment()

@@ -15,12 +15,19 @@ public struct GatewayRequestContext: RequestContext {
     }
 
     /// The departure watch of the client's connection (`ClientIdleHandler` keeps one on every
-    /// connection); nil when the connection has none (or is already gone).
+    /// connection); one that has fired when the connection is already gone; nil when it has none.
     func departure() async -> ClientDeparture? {
         let channel = self.channel
-        return try? await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.handler(type: ClientIdleHandler.self).departure
-        }.get()
+        do {
+            return try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.handler(type: ClientIdleHandler.self).departure
+            }.get()
+        } catch {
+            guard !channel.isActive else { return nil }
+            let gone = ClientDeparture()
+            gone.departed()
+            return gone
+        }
     }
 }
 

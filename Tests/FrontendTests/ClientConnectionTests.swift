@@ -6,7 +6,7 @@ import Testing
 
 /// What a client's connection sees on the general path: kept alive after non-streaming answers
 /// while it is watched for the client leaving (`ClientDeparture`), pipelined requests answered
-/// in order, HTTP/1.0 clients answered in HTTP/1.0 (`HTTP10Handler`).
+/// in order, HTTP/1.0 clients answered in HTTP/1.0 (`ClosingRequestHandler`).
 struct ClientConnectionTests {
     static func wire(_ requests: [(path: String, body: String)], version: String = "1.1", extra: String = "") -> String {
         requests.map { path, body in
@@ -48,24 +48,29 @@ struct ClientConnectionTests {
     func aClientThatLeavesWithdrawsItsWaitingRequest(halfClose: Bool) async throws {
         try await GatewayTests.withGateway { client, backend in
             let port = client.port!
-            let started = ContinuousClock.now
-            try await NIOThreadPool.singleton.runIfActive {
+            // (timed from the moment it leaves: the thread pool may run the client late)
+            let left = try await NIOThreadPool.singleton.runIfActive {
                 let fd = try RawClient.connect(port: port)
                 defer { close(fd) }
-                let bytes = Array(Self.wire([("/v1/chat/completions", Self.chat(#","sleep_ms":5000"#))]).utf8)
-                _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+                try RawClient.sendAll(fd, Self.wire([("/v1/chat/completions", Self.chat(#","sleep_ms":5000"#))]))
                 usleep(300_000)
-                if halfClose { shutdown(fd, Int32(SHUT_WR)) }
-                // with a half-close, the connection stays open until the request is withdrawn
-                var end = [UInt8](repeating: 0, count: 4096)
-                if halfClose { _ = end.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+                if halfClose {
+                    shutdown(fd, Int32(SHUT_WR))
+                    // the connection ends once the request is withdrawn, with no answer
+                    let left = ContinuousClock.now
+                    var end = [UInt8](repeating: 0, count: 4096)
+                    let n = end.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                    #expect(n == 0, "closed without an answer: \(String(decoding: end[0..<max(0, n)], as: UTF8.self))")
+                    return left
+                }
+                return ContinuousClock.now
             }
-            while backend.released == 0, ContinuousClock.now - started < .seconds(4) {
+            while backend.released == 0, ContinuousClock.now - left < .seconds(3) {
                 try await Task.sleep(for: .milliseconds(20))
             }
             #expect(backend.acquired == 1)
             #expect(backend.released == 1)
-            #expect(ContinuousClock.now - started < .seconds(3), "withdrawn when the client left, not after the 5 s answer")
+            #expect(ContinuousClock.now - left < .seconds(2), "withdrawn when the client left, not after the 5 s answer")
         }
     }
 
@@ -101,7 +106,7 @@ struct ClientConnectionTests {
         }
     }
 
-    @Test func anHTTP11ClientStillGetsChunkedStreams() async throws {
+    @Test func anHTTP11ClientThatAsksToCloseIsAnsweredSoAndGetsChunkedStreams() async throws {
         try await GatewayTests.withGateway { client, _ in
             let port = client.port!
             let streamed = try await NIOThreadPool.singleton.runIfActive {
@@ -111,7 +116,45 @@ struct ClientConnectionTests {
             }
             #expect(streamed.hasPrefix("HTTP/1.1 200"))
             #expect(Self.split(streamed).head.lowercased().contains("transfer-encoding: chunked"))
+            #expect(Self.split(streamed).head.lowercased().contains("\r\nconnection: close"), "says it closes")
             #expect(streamed.hasSuffix("\r\n0\r\n\r\n"))
+            // `close` among other options: the connection ends after the answer, which says so
+            let plain = try await NIOThreadPool.singleton.runIfActive {
+                try RawClient.exchangeUntilClosed(
+                    port: port, send: Self.wire([("/v1/chat/completions", Self.chat(#","n":5"#))], extra: "Connection: TE, Close\r\nTE: trailers\r\n"))
+            }
+            #expect(plain.hasPrefix("HTTP/1.1 200"))
+            #expect(Self.split(plain).head.lowercased().contains("\r\nconnection: close"))
+            #expect(plain.contains(#""n":5"#))
+        }
+    }
+
+    @Test func aClientWaitingFor100IsToldAtOnceWhenItsDeclaredBodyIsOverTheRoutesLimit() async throws {
+        try await GatewayTests.withGateway(GatewayConfiguration(maxBodyBytes: 1024)) { client, backend in
+            let port = client.port!
+            func head(_ method: String, _ path: String, _ length: Int) -> String {
+                "\(method) \(path) HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: \(length)\r\n\r\n"
+            }
+            for (wire, code) in [(head("POST", "/v1/chat/completions", 5000), "request_too_large"),
+                                 (head("PUT", "/v1/blocks/k", 100 << 20), "block_too_large")] {
+                let answer = try await NIOThreadPool.singleton.runIfActive { try RawClient.exchangeUntilClosed(port: port, send: wire) }
+                #expect(answer.hasPrefix("HTTP/1.1 413"), "\(answer)")
+                #expect(answer.contains(code))
+                #expect(Self.split(answer).head.lowercased().contains("\r\nconnection: close"))
+            }
+            // within the limits: the go-ahead (a block of 1 MiB is over max_body but not over a block's limit)
+            for wire in [head("POST", "/v1/chat/completions", 1000), head("PUT", "/v1/blocks/k", 1 << 20)] {
+                let interim = try await NIOThreadPool.singleton.runIfActive {
+                    let fd = try RawClient.connect(port: port)
+                    defer { close(fd) }
+                    try RawClient.sendAll(fd, wire)
+                    var buffer = [UInt8](repeating: 0, count: 256)
+                    let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                    return String(decoding: buffer[0..<max(0, n)], as: UTF8.self)
+                }
+                #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n")
+            }
+            #expect(backend.acquired == 0)
         }
     }
 

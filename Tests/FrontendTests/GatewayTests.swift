@@ -203,6 +203,8 @@ struct GatewayTests {
             for (uri, method, allowed) in [
                 ("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET"), ("/v1/models/m", .post, "GET"),
                 ("/admin/reload", .get, "POST"), ("/admin/models/m/unload", .get, "POST"),
+                ("/v1/completions", .delete, "POST"), ("/v1/embeddings", .put, "POST"), ("/v1/responses", .patch, "POST"),
+                ("/v1/models", .delete, "GET"),
             ] {
                 let wrong = try await client.execute(uri: uri, method: method, headers: [:])
                 #expect(wrong.status == .methodNotAllowed)

@@ -17,7 +17,7 @@ extension Gateway {
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 
-    /// The HTTP/1 server: Hummingbird's, with `HTTP10Handler` inside the codec,
+    /// The HTTP/1 server: Hummingbird's, with `ClosingRequestHandler` inside the codec,
     /// `channelHandlers()` after it and, with the event-loop relay on, `RequestFrontHandler`
     /// before it. For tests: `extra` handlers go before `channelHandlers()`, `socketSide` ones
     /// first of all (they see bytes).

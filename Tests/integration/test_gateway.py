@@ -373,6 +373,8 @@ def test_admin_requires_key_and_can_unload_and_load(daemon):
 def test_non_streaming_client_disconnect_cancels_generation(daemon):
     import http.client
     daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=1)
+    left_before = daemon.metric("strata_requests_total", model="smollm2", outcome="client_disconnected")
+    errors_before = daemon.metric("strata_request_errors_total", model="smollm2")
     body = json.dumps({"model": "smollm2", "max_tokens": 2000, "ignore_eos": True,
                        "messages": [{"role": "user", "content": "Count to one thousand."}]})
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
@@ -385,6 +387,9 @@ def test_non_streaming_client_disconnect_cancels_generation(daemon):
     # 2000 tokens take far longer than this on these CPUs: only a cancellation frees it so soon
     wait_for(lambda: daemon.model("smollm2")["in_flight"] == 0, 5, what="in-flight back to 0 after disconnect")
     assert time.monotonic() - started < 5
+    # counted as a client that left, not as an error of Strata's or the runtime's
+    assert daemon.metric("strata_requests_total", model="smollm2", outcome="client_disconnected") == left_before + 1
+    assert daemon.metric("strata_request_errors_total", model="smollm2") == errors_before
 
 
 def test_expect_100_continue_is_answered_at_once(daemon):

@@ -60,6 +60,23 @@ struct RemoteRetryTests {
         #expect(code(HTTPResponse(transport: .done, status: 200, contentLength: 5000, written: 200)) == .changed)
     }
 
+    @Test func withoutAnETagTheModificationTimeNamesTheVersion() {
+        let dated = RemoteObject(location: .http(url: "http://h/m"), size: 1000, etag: nil, lastModified: "Sat, 05 Dec 2026 17:00:00 GMT")
+        func judge(_ response: HTTPResponse) -> AttemptVerdict {
+            RetryPlan.judgeRangeAttempt(response, asked: Self.asked, object: dated, url: "http://h/m")
+        }
+        #expect(judge(HTTPResponse(transport: .done, status: 206, contentRange: "bytes 100-299/1000",
+                                   lastModified: "Sat, 05 Dec 2026 17:00:00 GMT", written: 200)) == .complete)
+        // the same size, replaced in between: not mixed in
+        guard case .fail(let error) = judge(HTTPResponse(transport: .done, status: 206, contentRange: "bytes 100-299/1000",
+                                                        lastModified: "Sat, 05 Dec 2026 17:00:07 GMT", written: 200))
+        else { Issue.record("a new Last-Modified is a changed object"); return }
+        #expect(error.code == .changed)
+        #expect(error.message.contains("Last-Modified Sat, 05 Dec 2026 17:00:07 GMT, expected Sat, 05 Dec 2026 17:00:00 GMT"))
+        // an answer that names no version is judged by its size, as before
+        #expect(judge(HTTPResponse(transport: .done, status: 206, contentRange: "bytes 100-299/1000", written: 200)) == .complete)
+    }
+
     @Test func s3ErrorDocumentsNameTheirCode() {
         let body = Array("<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>".utf8)
         guard case .fail(let error) = judge(HTTPResponse(transport: .done, status: 404, body: body)) else {

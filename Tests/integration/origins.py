@@ -130,7 +130,9 @@ class Nginx(_Process):
     temporary directory removed at close unless `keep_dir`.
     """
 
-    def __init__(self, root_dir, *, keep_dir: bool = False, tls: bool = False):
+    def __init__(self, root_dir, *, keep_dir: bool = False, tls: bool = False, location: str = ""):
+        """`location`: more directives for the one location (`etag off; limit_rate 20m;`)."""
+        self.location = location
         self.root = Path(root_dir).resolve()
         self.keep_dir = keep_dir
         self.binary = nginx_binary()
@@ -171,7 +173,7 @@ http {{
         listen {LOOPBACK}:{port}{" ssl" if self.tls else ""};
         {f'ssl_certificate {t}/cert.pem; ssl_certificate_key {t}/key.pem;' if self.tls else ""}
         root "{self.root}";
-        location / {{ {dav} }}
+        location / {{ {dav} {self.location} }}
     }}
 }}
 """)

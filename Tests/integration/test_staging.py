@@ -107,6 +107,38 @@ def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon
     wait_for(lambda: staged_file(d) is None, 30, what="the removed model's copy removed after the reload")
 
 
+def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):
+    """Without an ETag the version is the Last-Modified time: every range asks
+    If-Unmodified-Since, and an answer from another version fails the staging whole."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    data = MODEL.read_bytes()
+    other = bytearray(data)
+    other[-1] ^= 0xFF   # the same size: only the version tells them apart
+    (root / "b.gguf").write_bytes(other)
+    (root / "model.gguf").symlink_to(MODEL)
+    # 20 MiB/s per connection: the swap lands mid-transfer
+    with Nginx(root, location="etag off; limit_rate 20m;") as nginx:
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
+                               tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
+                                     " remote: { parallelism: 2, chunk_size: 4MiB, retries: 1 } }"))
+        stager = subprocess.Popen([str(STRATA), "stage", "smollm2", "--url", d.url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "STRATA_ADMIN_KEY": ADMIN_KEY})
+        wait_for(lambda: any(line.startswith("GET ") for line in nginx.access_log()) or stager.poll() is not None, 30,
+                 what="the transfer begun")
+        time.sleep(1)
+        os.utime(root / "b.gguf", (time.time() + 30, time.time() + 30))
+        os.replace(root / "b.gguf", root / "model.gguf")
+        out, err = stager.communicate(timeout=120)
+        assert stager.returncode != 0, (out, err)
+        assert "changed" in err, err
+        assert staged_file(d) is None, "nothing of the mix is kept"
+        # staged again, from the file as it is now: whole, and that version only
+        result = stage_cli(d, "smollm2")
+        assert result.returncode == 0, result.stderr
+        assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == hashlib.sha256(bytes(other)).hexdigest()
+
+
 def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon, tmp_path):
     root = tmp_path / "origin"
     root.mkdir()

@@ -10,9 +10,10 @@ extension RemoteClient {
     ///
     /// Connection resets, stalls, timeouts, 408, 429 and 5xx are retried with exponential backoff
     /// and jitter (Retry-After honoured), each new attempt asking only for the bytes still missing.
-    /// 401/403/404 fail at once. Every attempt carries If-Match with the object's ETag, so a changed
-    /// object gives `.changed` (412) and never a mix of versions; without an ETag a changed size
-    /// (Content-Range total) is caught. A server that ignores Range and answers 200 with the whole
+    /// 401/403/404 fail at once. Every attempt carries If-Match with the object's ETag (without
+    /// one, If-Unmodified-Since with its Last-Modified), so a changed object gives `.changed` (412,
+    /// or a version in the answer other than the one looked up) and never a mix of versions; with
+    /// neither, a changed size (Content-Range total) is caught. A server that ignores Range and answers 200 with the whole
     /// object is tolerated: the bytes before the offset are skipped and the transfer is stopped
     /// once the range is filled (wasteful for late ranges, but correct). Task cancellation aborts
     /// the transfer within curl's progress-callback period and throws `.cancelled`.
@@ -72,7 +73,11 @@ extension RemoteClient {
         var received: UInt64 = 0
         var failures = 0
         var headers: [(String, String)] = []
-        if let etag = object.etag { headers.append(("If-Match", etag)) }
+        if let etag = object.etag {
+            headers.append(("If-Match", etag))
+        } else if let lastModified = object.lastModified {
+            headers.append(("If-Unmodified-Since", lastModified))
+        }
         while true {
             let asked = RetryPlan.remaining(of: range, received: received)
             let request = try makeRequest(object.location, method: "GET",

@@ -73,6 +73,12 @@ enum RetryPlan {
                 return .fail(RemoteError(.changed, url: url,
                                          "\(where_): the object changed: ETag \(got), expected \(etag)"))
             }
+            // Without an ETag, the modification time names the version (a server that ignored
+            // If-Unmodified-Since still says which one it sent).
+            if object.etag == nil, let was = object.lastModified, let got = response.lastModified, got != was {
+                return .fail(RemoteError(.changed, url: url,
+                                         "\(where_): the object changed: Last-Modified \(got), expected \(was)"))
+            }
             if status == 206, let range = parseContentRange(response.contentRange) {
                 if let total = range.total, total != object.size {
                     return .fail(RemoteError(.changed, url: url,

@@ -56,15 +56,25 @@ extension ModelController {
             hostBudget: placer.configuration.hostWeightsBudget, snapshot: { self.placer.snapshot(of: $0) },
             eventDescription: "config reloaded")
         for action in actions { perform(action) }
-        if !report.removed.isEmpty, let tiers {
-            // The host copies of removed models: RAM nothing counts any more. (A runtime still
-            // draining keeps the pages it maps until it exits.)
-            let keep = Set(new.models.map(\.name))
+        // Weights that are not of a model's source any more: a removed model's, or of a source
+        // or checksum that changed. (A runtime still draining keeps the pages it maps until it
+        // exits.) The Placer forgets those copies, so the next start stages the new weights.
+        let newWeights = new.models.filter { model in
+            oldModels[model.name].map { $0.source != model.source || $0.sha256 != model.sha256 } ?? false
+        }
+        if let tiers, !report.removed.isEmpty || !newWeights.isEmpty {
+            let sources = new.weightSources
             Task {
                 guard let stager = try? await tiers.stager() else { return }
-                let removed = await stager.removeHostCopies(except: keep)
+                for model in newWeights { await stager.releaseHost(model.name) }
+                let removed = await stager.removeHostCopies(keeping: sources)
                 if !removed.isEmpty {
-                    self.logger.notice("removed staged weights of models no longer configured", metadata: ["models": "\(removed.sorted())"])
+                    self.logger.notice("removed staged weights of models no longer configured, or of another source",
+                                       metadata: ["models": "\(removed.sorted())"])
+                }
+                for model in newWeights {
+                    let tier = await WeightTier(stager.residency(of: model.name, source: model.source))
+                    for name in model.placerNames { self.send(.weightsAt(model: name, tier: tier)) }
                 }
             }
         }

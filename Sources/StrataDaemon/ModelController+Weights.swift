@@ -11,25 +11,52 @@ extension ModelController {
     /// models marked `preload` (so a preload stages through host RAM like any other start).
     func reportResidencyThenPreload() async {
         if let tiers, let stager = try? await tiers.stager() {
-            // Copies of models this config does not name hold RAM that nothing counts or uses.
-            let removed = await stager.removeHostCopies(except: Set(config.models.map(\.name)))
+            // Copies of models this config does not name, or of another source than the one it
+            // names, hold RAM that nothing counts or uses.
+            let removed = await stager.removeHostCopies(keeping: config.weightSources)
             if !removed.isEmpty {
-                logger.notice("removed staged weights of models no longer configured", metadata: ["models": "\(removed.sorted())"])
+                logger.notice("removed staged weights of models no longer configured, or of another source",
+                              metadata: ["models": "\(removed.sorted())"])
             }
+            await dropOutdatedHostCopies(stager, within: .seconds(5))
             await removeSavedPrefixesOfModelsWithoutKVRestore()
             for model in config.models where model.stage && !model.source.isEmpty {
                 let origin = await stager.residency(of: model.name, source: model.source)
-                let tier: WeightTier = switch origin {
-                case .host: .host
-                case .nvme: .nvme
-                case .remote: .remote
-                }
+                let tier = WeightTier(origin)
                 for name in model.placerNames { send(.weightsAt(model: name, tier: tier)) }
             }
         }
         for model in config.models where model.preload {
             logger.info("preloading \(model.name)")
             for name in model.placerNames { send(.load(model: name)) }
+        }
+    }
+
+    /// Asks each http or s3 source with a copy in RAM whether it still holds that version, and
+    /// removes the copies it no longer does (once per daemon start: asking on every start of a
+    /// model would put a round trip before each). Sources that do not answer `within` keep their
+    /// copies.
+    func dropOutdatedHostCopies(_ stager: WeightStager, within limit: Duration) async {
+        let remote = config.models.filter { model in
+            guard model.stage, let location = try? RemoteLocation(parsing: model.source) else { return false }
+            if case .file = location { return false }
+            return true
+        }
+        guard !remote.isEmpty else { return }
+        await withTaskGroup(of: Bool.self) { group in
+            for model in remote {
+                group.addTask {
+                    _ = await stager.dropOutdatedHostCopy(of: model.name, source: model.source)
+                    return true
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return false
+            }
+            var left = remote.count
+            while left > 0, let answered = await group.next(), answered { left -= 1 }
+            group.cancelAll()
         }
     }
 
@@ -222,5 +249,16 @@ extension ModelController {
                                message: "No staging of '\(model)' is running")
         }
         await stager.cancel(model)
+    }
+}
+
+extension WeightTier {
+    /// The Placer's name for the tier a staging would start from.
+    init(_ origin: StageOrigin) {
+        self = switch origin {
+        case .host: .host
+        case .nvme: .nvme
+        case .remote: .remote
+        }
     }
 }

@@ -222,6 +222,11 @@ extension StrataConfiguration {
     }
 
     /// The Placer's view: devices and the models whose runtimes Strata manages.
+    /// Each model's weights source, by model name (what its staged copies must be of).
+    var weightSources: [String: String] {
+        Dictionary(models.map { ($0.name, $0.source) }, uniquingKeysWith: { first, _ in first })
+    }
+
     public var placerConfiguration: PlacerConfiguration {
         PlacerConfiguration(
             devices: devices.map { DeviceSpec(name: $0.name, memoryBytes: $0.memoryBytes) },

@@ -107,6 +107,44 @@ def test_local_source_is_staged_into_ram_and_kept_there_after_unload(make_daemon
     wait_for(lambda: staged_file(d) is None, 30, what="the removed model's copy removed after the reload")
 
 
+def test_a_copy_in_ram_of_an_http_source_that_changed_is_not_used(make_daemon, tmp_path):
+    """A copy in RAM counts only for the source it came from: a reload that points the model at
+    another URL stages that one; an object replaced at the same URL is found out when the
+    daemon starts again (one HEAD), and its new version staged."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    data = MODEL.read_bytes()
+    (root / "model.gguf").write_bytes(data)
+    (root / "other.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}'))
+        status, body = chat(d)
+        assert status == 200, body
+        assert staged_file(d).name == "model.gguf"
+
+        # another URL, by a reload: not the copy of the old one
+        d.config_path.write_text(d.config_path.read_text().replace("/model.gguf", "/other.gguf"))
+        status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+        assert status == 200 and "smollm2" in json.loads(body)["restarted"], body
+        wait_for(lambda: d.model("smollm2")["status"] != "ready", 30, what="the restart for the new source")
+        status, body = chat(d)
+        assert status == 200, body
+        assert runtime_model_path(d) == str(staged_file(d)) and staged_file(d).name == "other.gguf"
+        assert any(line.startswith("GET /other.gguf ") for line in nginx.access_log())
+
+        # the same URL, another object (one weight byte differs): found out at the next start
+        assert d.stop() == 0
+        (root / "other.gguf").unlink()
+        changed = bytearray(data)
+        changed[-1] ^= 0x01
+        (root / "other.gguf").write_bytes(changed)
+        d.start()
+        status, body = chat(d)
+        assert status == 200, body
+        assert hashlib.sha256(Path(runtime_model_path(d)).read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
+        assert "the source of smollm2 changed" in d.log_path.read_text()
+
+
 def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):
     """Without an ETag the version is the Last-Modified time: every range asks
     If-Unmodified-Since, and an answer from another version fails the staging whole."""

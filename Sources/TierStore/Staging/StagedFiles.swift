@@ -33,6 +33,11 @@ public struct StagedFiles: Sendable {
         "\(directory)/\(name.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "/", with: "%2F"))"
     }
 
+    /// The source version `name`'s copy came from, if there is a copy.
+    public func identity(of name: String) -> String? {
+        try? String(contentsOfFile: "\(home(of: name))/identity", encoding: .utf8)
+    }
+
     /// The path of `name`'s complete copy if it came from `identity` (any version when nil).
     public func path(of name: String, identity: String? = nil) -> String? {
         let home = home(of: name)

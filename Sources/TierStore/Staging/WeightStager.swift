@@ -129,19 +129,30 @@ public actor WeightStager {
         host.remove(name)
     }
 
-    /// Removes the RAM-backed copies of names not in `names` (models no longer configured: a
-    /// copy nothing will use or count against the budget, in RAM); returns the names removed.
-    public func removeHostCopies(except names: Set<String>) -> [String] {
-        let stale = host.names().filter { !names.contains($0) && running[$0] == nil }
+    /// Removes the RAM-backed copies that are not of a configured model's current source
+    /// (`sources`: model name to source): models no longer configured, or whose source is now
+    /// another (by `hostCopy`'s rule). Such a copy is RAM nothing would use or count against the
+    /// budget. Returns the names removed.
+    public func removeHostCopies(keeping sources: [String: String]) -> [String] {
+        let stale = host.names().filter { name in
+            guard running[name] == nil else { return false }
+            guard let source = sources[name] else { return true }
+            return host.identity(of: name) != nil && hostCopy(of: name, source: source) == nil
+        }
         for name in stale { host.remove(name) }
         return stale
     }
 
     /// `name`'s complete copy in the RAM-backed directory, if it is of the current version of
-    /// `source`: checked for local files (a stat); for HTTP and S3 sources any copy counts
-    /// (asking the network on every start would make an unreachable source stop it).
+    /// `source`: checked for local files (a stat); for HTTP and S3 sources a copy of that URL or
+    /// object (whether it changed there is asked once per daemon start, `dropOutdatedHostCopy`,
+    /// and by `strata stage`; not on every start of the model).
     public func hostCopy(of name: String, source: String) -> String? {
-        guard case .file(let path)? = try? RemoteLocation(parsing: source) else { return host.path(of: name) }
+        guard let location = try? RemoteLocation(parsing: source) else { return nil }
+        guard case .file(let path) = location else {
+            guard let stored = host.identity(of: name), Self.isVersion(stored, of: location) else { return nil }
+            return host.path(of: name, identity: stored)
+        }
         guard let current = try? SourceFile.identity(path: path) else { return nil }
         return host.path(of: name, identity: current.identity)
     }
@@ -149,11 +160,30 @@ public actor WeightStager {
     /// The fastest tier holding a current copy of `name` (by the same rule as `hostCopy`).
     public func residency(of name: String, source: String) -> StageOrigin {
         if hostCopy(of: name, source: source) != nil { return .host }
-        guard let stored = objects.info(name) else { return .remote }
-        if case .file(let path)? = try? RemoteLocation(parsing: source) {
+        guard let stored = objects.info(name), let location = try? RemoteLocation(parsing: source) else { return .remote }
+        if case .file(let path) = location {
             return (try? SourceFile.identity(path: path).identity) == stored.source ? .nvme : .remote
         }
-        return .nvme
+        return Self.isVersion(stored.source, of: location) ? .nvme : .remote
+    }
+
+    /// Whether `identity` (a `RemoteObject.identity`) names a version of the object at `location`.
+    static func isVersion(_ identity: String, of location: RemoteLocation) -> Bool {
+        identity.hasPrefix("\(location) size=")
+    }
+
+    /// Asks an http or s3 source which version it holds now and removes `name`'s host copy if
+    /// it is of another (a source that cannot be asked keeps it). Returns whether it was removed.
+    public func dropOutdatedHostCopy(of name: String, source: String) async -> Bool {
+        guard let location = try? RemoteLocation(parsing: source), running[name] == nil else { return false }
+        if case .file = location { return false }
+        guard let stored = host.identity(of: name), Self.isVersion(stored, of: location),
+            let current = try? await Self.describe(location, remote: remote), current.identity != stored
+        else { return false }
+        guard running[name] == nil, host.identity(of: name) == stored else { return false }   // (restaged meanwhile)
+        logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
+        host.remove(name)
+        return true
     }
 
     // MARK: The work

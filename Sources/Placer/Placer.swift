@@ -198,6 +198,10 @@ public struct Placer: Sendable {
         case .footprintMeasured(let name, let bytes):
             noteFootprint(of: name, bytes: bytes)
 
+        case .weightsSized(let name, let bytes):
+            // (A copy now larger than its estimate may put the budget over: `relieveHostBudget`.)
+            if bytes > 0 { models[name]?.spec.weightBytes = bytes }
+
         case .tick:
             break
         }

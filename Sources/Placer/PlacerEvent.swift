@@ -22,6 +22,9 @@ public enum PlacerEvent: Sendable, Equatable {
     /// a copy was lost. `.host` for a copy the Placer did not ask for is kept if the host-weights
     /// budget has room for it and the model stages weights; otherwise it is released.
     case weightsAt(model: String, tier: WeightTier)
+    /// The size of `model`'s weights, once known (an http or s3 source has none until looked
+    /// up: the configuration's estimate stands in until then). Host copies are accounted at it.
+    case weightsSized(model: String, bytes: UInt64)
     /// The host copy `.stage` asked for is complete.
     case staged(model: String)
     /// The host copy `.stage` asked for could not be made; nothing of it is left in host RAM.

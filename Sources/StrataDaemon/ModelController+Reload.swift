@@ -49,7 +49,11 @@ extension ModelController {
         rebuildReplicaSets(old: old)
         let devicesBefore = placer.deviceSnapshots
         let hostBefore = placer.hostWeightsUsedBytes
-        let actions = placer.reconfigure(new.placerConfiguration, restart: restart, now: now)
+        // A learned weight size holds while the model's source does.
+        learnedWeightBytes = learnedWeightBytes.filter { name, _ in
+            new.models.first { $0.name == name }?.source == oldModels[name]?.source
+        }
+        let actions = placer.reconfigure(placerConfiguration(new), restart: restart, now: now)
         placements.record(
             event: .tick, actions: actions, devicesBefore: devicesBefore, devicesAfter: placer.deviceSnapshots,
             hostBefore: hostBefore, hostAfter: placer.hostWeightsUsedBytes,
@@ -62,11 +66,13 @@ extension ModelController {
         let newWeights = new.models.filter { model in
             oldModels[model.name].map { $0.source != model.source || $0.sha256 != model.sha256 } ?? false
         }
-        if let tiers, !report.removed.isEmpty || !newWeights.isEmpty {
+        let added = new.models.filter { oldModels[$0.name] == nil }
+        if let tiers, !report.removed.isEmpty || !newWeights.isEmpty || !added.isEmpty {
             let sources = new.weightSources
             Task {
                 guard let stager = try? await tiers.stager() else { return }
                 for model in newWeights { await stager.releaseHost(model.name) }
+                await self.checkRemoteSources(of: added + newWeights, stager, within: .seconds(5))
                 let removed = await stager.removeHostCopies(keeping: sources)
                 if !removed.isEmpty {
                     self.logger.notice("removed staged weights of models no longer configured, or of another source",

@@ -18,9 +18,10 @@ extension ModelController {
                 logger.notice("removed staged weights of models no longer configured, or of another source",
                               metadata: ["models": "\(removed.sorted())"])
             }
-            await dropOutdatedHostCopies(stager, within: .seconds(5))
+            await checkRemoteSources(of: config.models, stager, within: .seconds(5))
             await removeSavedPrefixesOfModelsWithoutKVRestore()
             for model in config.models where model.stage && !model.source.isEmpty {
+                if let size = await stager.knownSize(of: model.name, source: model.source) { learnWeightSize(of: model, bytes: size) }
                 let origin = await stager.residency(of: model.name, source: model.source)
                 let tier = WeightTier(origin)
                 for name in model.placerNames { send(.weightsAt(model: name, tier: tier)) }
@@ -32,30 +33,30 @@ extension ModelController {
         }
     }
 
-    /// Asks each http or s3 source with a copy in RAM whether it still holds that version, and
-    /// removes the copies it no longer does (once per daemon start: asking on every start of a
-    /// model would put a round trip before each). Sources that do not answer `within` keep their
-    /// copies.
-    func dropOutdatedHostCopies(_ stager: WeightStager, within limit: Duration) async {
-        let remote = config.models.filter { model in
+    /// Asks each http or s3 source of `models` for its version and size (one HEAD each, at once;
+    /// asking on every start of a model would put a round trip before each): a copy in RAM of
+    /// another version is removed, and the size is what its copies are accounted at
+    /// (`learnWeightSize`). Sources that do not answer `within` keep their copies and estimates.
+    func checkRemoteSources(of models: [ModelConfiguration], _ stager: WeightStager, within limit: Duration) async {
+        let remote = models.filter { model in
             guard model.stage, let location = try? RemoteLocation(parsing: model.source) else { return false }
             if case .file = location { return false }
             return true
         }
         guard !remote.isEmpty else { return }
-        await withTaskGroup(of: Bool.self) { group in
+        await withTaskGroup(of: (ModelConfiguration, UInt64?)?.self) { group in
             for model in remote {
-                group.addTask {
-                    _ = await stager.dropOutdatedHostCopy(of: model.name, source: model.source)
-                    return true
-                }
+                group.addTask { (model, await stager.checkSource(of: model.name, source: model.source)) }
             }
             group.addTask {
                 try? await Task.sleep(for: limit)
-                return false
+                return nil
             }
             var left = remote.count
-            while left > 0, let answered = await group.next(), answered { left -= 1 }
+            while left > 0, let answer = await group.next(), let (model, size) = answer {
+                left -= 1
+                if let size { learnWeightSize(of: model, bytes: size) }
+            }
             group.cancelAll()
         }
     }
@@ -131,6 +132,7 @@ extension ModelController {
             // Nothing staged; the start goes ahead from the source (`weightsPath` finds no copy).
             send(.staged(model: model))
         case .success(let result?):
+            if let modelConfig = config.model(placerName: model) { learnWeightSize(of: modelConfig, bytes: result.bytes) }
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", result.origin.rawValue)]).increment()
             if result.seconds > 0 {
                 Metrics.Timer(label: "strata_staging_duration_seconds", dimensions: [("from", result.origin.rawValue)])
@@ -142,6 +144,26 @@ extension ModelController {
             lastError[model] = "staging failed: \(error)"
             send(.stageFailed(model: model, detail: "staging failed: \(error)"))
         }
+    }
+
+    /// The size of the weights of a model whose source has none in the config (http, s3): its
+    /// host copy is accounted at it from now on instead of the estimate from `memory`.
+    func learnWeightSize(of model: ModelConfiguration, bytes: UInt64) {
+        guard model.weightBytes == 0, bytes > 0, learnedWeightBytes[model.name] != bytes else { return }
+        learnedWeightBytes[model.name] = bytes
+        for name in model.placerNames { send(.weightsSized(model: name, bytes: bytes)) }
+    }
+
+    /// `new`'s Placer configuration with the weight sizes learned so far (`learnWeightSize`).
+    func placerConfiguration(_ new: StrataConfiguration) -> PlacerConfiguration {
+        var configuration = new.placerConfiguration
+        for index in configuration.models.indices {
+            guard let model = new.model(placerName: configuration.models[index].name), model.weightBytes == 0,
+                let learned = learnedWeightBytes[model.name]
+            else { continue }
+            configuration.models[index].weightBytes = learned
+        }
+        return configuration
     }
 
     /// `.releaseWeights`: drops the host copy (or abandons its staging). Replicas share one copy:

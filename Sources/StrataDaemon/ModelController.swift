@@ -41,6 +41,8 @@ public actor ModelController {
     var placements = PlacementLog()
     var warnedTiersUnavailable = false
     var lastError: [String: String] = [:]
+    /// Sizes of weights the config cannot give (http and s3 sources), by model name, as staged.
+    var learnedWeightBytes: [String: UInt64] = [:]
     var nextRequestID: RequestID = 1
     var nextInstanceID: UInt64 = 1
     /// Models routed across replicas (upstreams, or `replicas` above 1), each with its router.

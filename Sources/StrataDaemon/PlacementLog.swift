@@ -65,6 +65,7 @@ struct PlacementLog {
         case .load(let model): "operator: load \(model)"
         case .unload(let model): "operator: unload \(model)"
         case .weightsAt(let model, let tier): "weights of \(model) found in \(tier)"
+        case .weightsSized(let model, let bytes): "weights of \(model) are \(ConfigUnits.formatBytes(bytes))"
         case .staged(let model): "weights of \(model) staged"
         case .stageFailed(let model, let detail): "staging \(model) failed: \(detail)"
         case .stageRequest(let model): "operator: stage \(model)"

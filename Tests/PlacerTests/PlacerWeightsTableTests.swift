@@ -44,6 +44,30 @@ struct PlacerWeightsTableTests {
         #expect(p.snapshot(of: "a")?.hostCopy == .resident)
     }
 
+    @Test func copiesAreAccountedAtTheirSizeOnceKnownNotTheEstimate() {
+        // Two http sources estimated at 240 MiB each (from `memory`): in a 300 MiB budget only one fits.
+        var p = Self.placer(hostMiB: 300, models: [Self.model("a", weightsMiB: 240), Self.model("b", weightsMiB: 240)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            // the staging found them to be 94 MiB: that is what the copy holds
+            (.seconds(1), .weightsSized(model: "a", bytes: 94 * Self.mib), []),
+            (.seconds(1), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(2), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            (.seconds(3), .weightsSized(model: "b", bytes: 94 * Self.mib), []),
+            // b's copy fits beside a's: no release
+            (.seconds(3), .request(2, model: "b"), [.stage(model: "b")]),
+        ])
+        #expect(p.hostWeightsUsedBytes == 188 * Self.mib)
+        // a copy found larger than its estimate puts the budget over: the copies that may go, go
+        var q = Self.placer(hostMiB: 300, models: [Self.model("a", weightsMiB: 100), Self.model("b", weightsMiB: 100)])
+        PlacerTableTests.run(&q, [
+            (.seconds(0), .weightsAt(model: "a", tier: .host), []),
+            (.seconds(0), .weightsAt(model: "b", tier: .host), []),
+            (.seconds(1), .weightsSized(model: "b", bytes: 250 * Self.mib), [.releaseWeights(model: "a")]),
+        ])
+        #expect(q.hostWeightsUsedBytes == 250 * Self.mib)
+    }
+
     @Test func stageFailureRejectsWaitersAndBacksOffAndTimeoutReleases() {
         var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
         PlacerTableTests.run(&p, [

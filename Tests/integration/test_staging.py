@@ -145,6 +145,33 @@ def test_a_copy_in_ram_of_an_http_source_that_changed_is_not_used(make_daemon, t
         assert "the source of smollm2 changed" in d.log_path.read_text()
 
 
+def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(make_daemon, tmp_path):
+    """An http source has no size in the config: `memory` gives an estimate (here 240 MiB each,
+    two of which would not fit 300 MiB) until a staging finds the real one (about 100 MiB)."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(
+            f'  - {{ name: one, source: "{nginx.url}/model.gguf", memory: 300MiB }}\n'
+            f'  - {{ name: two, source: "{nginx.url}/model.gguf", memory: 300MiB }}',
+            tiers="{ host: { budget: 16MiB, dir: @SHM@, weights_budget: 300MiB }, nvme: { budget: 512MiB } }"))
+        for name in ("one", "two"):
+            result = stage_cli(d, name)
+            assert result.returncode == 0, result.stderr
+        assert staged_file(d, "one") is not None and staged_file(d, "two") is not None, "both copies fit"
+        status, body, _ = d.get("/admin/placements", headers=ADMIN)
+        assert b"release-weights" not in body and b"releaseWeights" not in body, body[-2000:]
+        # the size holds after a restart (read from the copies found), and a start uses the copy
+        assert d.stop() == 0
+        d.start()
+        status, body, _ = d.request("POST", "/v1/chat/completions", body={**CHAT, "model": "two"},
+                                    headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"},
+                                    timeout=120)
+        assert status == 200, body
+        assert staged_file(d, "one") is not None and staged_file(d, "two") is not None
+
+
 def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):
     """Without an ETag the version is the Last-Modified time: every range asks
     If-Unmodified-Since, and an answer from another version fails the staging whole."""

@@ -145,7 +145,7 @@ public actor WeightStager {
 
     /// `name`'s complete copy in the RAM-backed directory, if it is of the current version of
     /// `source`: checked for local files (a stat); for HTTP and S3 sources a copy of that URL or
-    /// object (whether it changed there is asked once per daemon start, `dropOutdatedHostCopy`,
+    /// object (whether it changed there is asked once per daemon start, `checkSource`,
     /// and by `strata stage`; not on every start of the model).
     public func hostCopy(of name: String, source: String) -> String? {
         guard let location = try? RemoteLocation(parsing: source) else { return nil }
@@ -167,23 +167,38 @@ public actor WeightStager {
         return Self.isVersion(stored.source, of: location) ? .nvme : .remote
     }
 
+    /// The size of `name`'s weights as a current copy here (RAM, else NVMe) has them; nil
+    /// without one.
+    public func knownSize(of name: String, source: String) -> UInt64? {
+        if let path = hostCopy(of: name, source: source), case .success(let status) = FileIO.status(path) {
+            return status.size
+        }
+        guard let stored = objects.info(name), let location = try? RemoteLocation(parsing: source) else { return nil }
+        if case .file(let path) = location {
+            return (try? SourceFile.identity(path: path).identity) == stored.source ? stored.size : nil
+        }
+        return Self.isVersion(stored.source, of: location) ? stored.size : nil
+    }
+
     /// Whether `identity` (a `RemoteObject.identity`) names a version of the object at `location`.
     static func isVersion(_ identity: String, of location: RemoteLocation) -> Bool {
         identity.hasPrefix("\(location) size=")
     }
 
-    /// Asks an http or s3 source which version it holds now and removes `name`'s host copy if
-    /// it is of another (a source that cannot be asked keeps it). Returns whether it was removed.
-    public func dropOutdatedHostCopy(of name: String, source: String) async -> Bool {
-        guard let location = try? RemoteLocation(parsing: source), running[name] == nil else { return false }
-        if case .file = location { return false }
-        guard let stored = host.identity(of: name), Self.isVersion(stored, of: location),
-            let current = try? await Self.describe(location, remote: remote), current.identity != stored
-        else { return false }
-        guard running[name] == nil, host.identity(of: name) == stored else { return false }   // (restaged meanwhile)
-        logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
-        host.remove(name)
-        return true
+    /// Asks an http or s3 source which version it holds now, and removes `name`'s host copy if
+    /// it is of another (a source that cannot be asked keeps it). Returns the size the source
+    /// gave; nil for a local file or a source that did not answer.
+    public func checkSource(of name: String, source: String) async -> UInt64? {
+        guard let location = try? RemoteLocation(parsing: source) else { return nil }
+        if case .file = location { return nil }
+        guard let current = try? await Self.describe(location, remote: remote) else { return nil }
+        if running[name] == nil, let stored = host.identity(of: name), Self.isVersion(stored, of: location),
+            current.identity != stored
+        {
+            logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
+            host.remove(name)
+        }
+        return current.size
     }
 
     // MARK: The work

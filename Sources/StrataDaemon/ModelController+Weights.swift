@@ -1,6 +1,7 @@
 import Foundation
 import Frontend
 import Metrics
+import NIOConcurrencyHelpers
 import Placer
 import TierStore
 
@@ -225,11 +226,25 @@ extension ModelController {
             let name = modelConfig.placerNames[0]
             if stagingTasks[name] == nil, placer.snapshot(of: name)?.hostCopy == .resident {
                 // Already in RAM (a running model's weights, say): the stager finds the copy and
-                // reports it done with nothing moved; the Placer's accounting is unchanged.
+                // reports it done with nothing moved, or (a source whose version changed) fetches
+                // the new one, shown running like any staging; the Placer's accounting is unchanged.
                 let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: .host)
-                _ = try? await stager.stage(request)
-                if let status = await stager.statuses().first(where: { $0.name == modelConfig.name && $0.state != .running }) {
-                    return try JSONEncoder().encode(status)
+                let finished = NIOLockedValueBox(false)
+                Task {
+                    if let result = try? await stager.stage(request) { self.learnWeightSize(of: modelConfig, bytes: result.bytes) }
+                    finished.withLockedValue { $0 = true }
+                }
+                // Found current, it is done at once; a new version's download is answered as
+                // running (waiting it out would leave `strata stage` without progress).
+                for _ in 0..<50 {
+                    let statuses = await stager.statuses().filter { $0.name == modelConfig.name }
+                    if let running = statuses.first(where: { $0.state == .running && $0.destination == .host }) {
+                        return try JSONEncoder().encode(running)
+                    }
+                    if finished.withLockedValue({ $0 }), let status = statuses.first(where: { $0.state != .running }) {
+                        return try JSONEncoder().encode(status)
+                    }
+                    try await Task.sleep(for: .milliseconds(20))
                 }
             } else {
                 send(.stageRequest(model: name))

@@ -145,6 +145,31 @@ def test_a_copy_in_ram_of_an_http_source_that_changed_is_not_used(make_daemon, t
         assert "the source of smollm2 changed" in d.log_path.read_text()
 
 
+def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown(make_daemon, tmp_path):
+    """`POST .../stage` for a model whose copy is in RAM but whose source now holds another
+    version answers at once with the download running (it waited for the whole download, and
+    `strata stage` gave up after 10 s saying it could not reach Strata)."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    data = MODEL.read_bytes()
+    (root / "model.gguf").write_bytes(data)
+    with Nginx(root, location="limit_rate 40m;") as nginx:   # one connection: about 3 s a copy
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
+                               tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
+                                     " remote: { parallelism: 1, chunk_size: 8MiB } }"))
+        assert stage_cli(d).returncode == 0
+        changed = bytearray(data)
+        changed[-1] ^= 0x01
+        (root / "model.gguf").write_bytes(changed)
+        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+        started = time.monotonic()
+        status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
+        assert time.monotonic() - started < 2, "answered at once"
+        assert status == 202 and json.loads(body)["state"] == "running", (status, body)
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "done", 60, what="the new version staged")
+        assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
+
+
 def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(make_daemon, tmp_path):
     """An http source has no size in the config: `memory` gives an estimate (here 240 MiB each,
     two of which would not fit 300 MiB) until a staging finds the real one (about 100 MiB)."""

@@ -170,6 +170,25 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
         assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
 
 
+@pytest.mark.parametrize("refusal", [403, 405])
+def test_an_origin_that_refuses_head_is_looked_up_with_its_first_byte(make_daemon, tmp_path, refusal):
+    """A URL presigned for GET answers HEAD with 403 (others with 405): the size and version
+    come from a one-byte ranged GET instead."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "model.gguf").symlink_to(MODEL)
+    with Nginx(root, location=f"if ($request_method = HEAD) {{ return {refusal}; }}") as nginx:
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}'))
+        result = stage_cli(d)
+        assert result.returncode == 0, result.stderr
+        assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == SHA
+        assert any(line.startswith(f"HEAD /model.gguf {refusal}") for line in nginx.access_log()), nginx.access_log()[:3]
+        # a source that refuses GET as well fails with the HEAD's answer
+        d2 = make_daemon(config(f'  - {{ name: gone, source: "{nginx.url}/missing.gguf", memory: 400MiB }}'))
+        result = stage_cli(d2, "gone")
+        assert result.returncode != 0 and (str(refusal) in result.stderr), result.stderr
+
+
 def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(make_daemon, tmp_path):
     """An http source has no size in the config: `memory` gives an estimate (here 240 MiB each,
     two of which would not fit 300 MiB) until a staging finds the real one (about 100 MiB)."""

@@ -35,13 +35,30 @@ public final class RemoteClient: Sendable {
                 throw RemoteError(kind, url: location.description, "stat \(path): \(FileIO.describe(code))")
             }
         }
-        let response = try await exchange(location: location, method: "HEAD")
+        let response: HTTPResponse
+        do {
+            response = try await exchange(location: location, method: "HEAD")
+        } catch let error as RemoteError where Self.headRefused(error, location) {
+            // Some origins answer GET only: a URL presigned for GET (S3's, behind a release
+            // download's redirect) refuses HEAD with 403, others with 405. The first byte tells
+            // the size (Content-Range) and version as well.
+            guard let first = try? await exchange(location: location, method: "GET", headers: [("Range", "bytes=0-0")], collectLimit: 1),
+                first.status == 206, let total = RetryPlan.parseContentRange(first.contentRange)?.total
+            else { throw error }
+            return RemoteObject(location: location, size: total, etag: first.etag, lastModified: first.lastModified)
+        }
         guard let length = response.contentLength else {
             throw RemoteError(.unsupported, url: location.description,
                               "HEAD \(location): the server sent no Content-Length, so the size is unknown")
         }
         return RemoteObject(location: location, size: UInt64(length), etag: response.etag,
                             lastModified: response.lastModified)
+    }
+
+    /// Whether a HEAD's error may be an origin that serves GET only (http locations; S3 answers HEAD).
+    static func headRefused(_ error: RemoteError, _ location: RemoteLocation) -> Bool {
+        guard case .http = location else { return false }
+        return error.code == .forbidden || error.code == .httpStatus(405) || error.code == .httpStatus(501)
     }
 
     // MARK: delete

@@ -142,8 +142,10 @@ extension ModelController {
             send(.staged(model: model))
         case .failure(let error):
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", "failed")]).increment()
-            lastError[model] = "staging failed: \(error)"
-            send(.stageFailed(model: model, detail: "staging failed: \(error)"))
+            let cancelled = error is CancellationError || (error as? RemoteError)?.code == .cancelled
+            let detail = cancelled ? "the staging of its weights was cancelled (DELETE /admin/staging, or a reload)" : "staging failed: \(error)"
+            lastError[model] = detail
+            send(.stageFailed(model: model, detail: detail))
         }
     }
 

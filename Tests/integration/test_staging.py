@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -359,6 +360,17 @@ def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
         assert cli.wait(timeout=20) == 130, cli.stderr.read()
         wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 10, what="staging to be cancelled")
         assert staged_file(d) is None
+
+        # a start waiting for its staging, which an operator cancels: the request is told so
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(chat(d)))
+        waiting.start()
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "running", 20, what="the start's staging to run")
+        status, body, _ = d.request("DELETE", "/admin/staging/smollm2", headers=ADMIN)
+        assert status < 300, body
+        waiting.join(30)
+        status, body = answers[0]
+        assert status == 502 and "staging of its weights was cancelled" in body["error"]["message"], body
 
 
 def test_preload_stages_and_loads_at_start(make_daemon):

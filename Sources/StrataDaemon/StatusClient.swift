@@ -12,16 +12,16 @@ public enum StatusClient {
         return render(try JSONDecoder().decode(AdminStatus.self, from: body))
     }
 
-    /// The table, then the devices, then what each phase says beyond its name (a failure's
-    /// reason runs long, and would make the PHASE column as wide as itself).
+    /// The table, then the devices, then each model's last error (a failure's reason runs long,
+    /// and would make a column as wide as itself).
     static func render(_ status: AdminStatus) -> String {
         var rows = [["MODEL", "STATUS", "PHASE", "IN-FLIGHT", "WAITING", "LOADS", "MEMORY", "UPSTREAM"]]
         var details: [String] = []
         for model in status.models {
             var phase = model.phase
-            if let colon = phase.firstIndex(of: ":") {
-                details.append("\(model.name): \(phase)")
-                phase = String(phase[..<colon]) + " (below)"
+            if let error = model.last_error {
+                details.append("\(model.name) (\(phase)): \(error)")
+                phase = String(phase.prefix { $0 != "," && $0 != ":" }) + " (below)"
             }
             rows.append([
                 model.name, model.status, phase, String(model.in_flight), String(model.waiting), String(model.loads),

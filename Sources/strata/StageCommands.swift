@@ -120,6 +120,9 @@ struct StageBench: AsyncParsableCommand {
             throw ValidationError("--from '\(from)': expected remote or nvme")
         }
         guard let destination = StageDestination(rawValue: to) else { throw ValidationError("--to '\(to)': expected host, disk or nvme") }
+        if let sha256, sha256.count != 64 || !sha256.allSatisfy(\.isHexDigit) {
+            throw ValidationError("--sha256 '\(sha256)': expected a SHA-256 (64 hex digits)")
+        }
         let chunk = try BenchOptions.bytes(chunkSize, "chunk-size")
         guard chunk % 4096 == 0, (64 << 10...64 << 20).contains(chunk) else {
             throw ValidationError("--chunk-size must be a multiple of 4KiB from 64KiB to 64MiB")

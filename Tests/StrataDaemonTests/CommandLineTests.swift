@@ -21,17 +21,18 @@ struct CommandLineTests {
     }
 
     @Test func statusKeepsAFailuresReasonOutOfTheTable() {
-        func model(_ name: String, phase: String) -> AdminStatus.Model {
+        func model(_ name: String, phase: String, error: String? = nil) -> AdminStatus.Model {
             AdminStatus.Model(name: name, status: phase.hasPrefix("failed") ? "failed" : "ready", phase: phase, runtime: "llama",
                               device: "cpu", memory_bytes: 400 << 20, in_flight: 0, waiting: 0, loads: 1, pid: nil,
-                              upstream: nil, last_error: nil)
+                              upstream: nil, last_error: error)
         }
-        let reason = "failed: staging failed: HEAD http://127.0.0.1:1/x.gguf: gave up after 6 failed attempts"
-        let text = StatusClient.render(AdminStatus(models: [model("far", phase: reason), model("near", phase: "ready")], devices: []))
+        let reason = "staging failed: HEAD http://127.0.0.1:1/x.gguf: gave up after 6 failed attempts"
+        let text = StatusClient.render(AdminStatus(
+            models: [model("far", phase: "failed, no start for another 4s", error: reason), model("near", phase: "ready")], devices: []))
         let lines = text.split(separator: "\n").map(String.init)
         #expect(lines.count == 4)
         #expect(lines[1].hasPrefix("far ") && lines[1].contains("failed (below)") && !lines[1].contains("staging"))
         #expect(lines[0].count < 90, "columns as wide as their short values: \(lines[0])")
-        #expect(lines[3] == "far: " + reason)
+        #expect(lines[3] == "far (failed, no start for another 4s): " + reason)
     }
 }

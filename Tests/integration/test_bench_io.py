@@ -73,3 +73,13 @@ def test_bench_store_puts_then_reads_back_verified(tmp_path):
     chunk = subprocess.run([str(STRATA), "bench", "store", "--dir", objects, "--size", "8MiB", "--block-size", "5000",
                             "--pattern", "seq-read"], capture_output=True, text=True, timeout=30)
     assert chunk.returncode != 0 and "chunk size 5000" in chunk.stderr, chunk.stderr
+
+
+def test_bench_stage_rejects_bad_input_before_any_transfer(tmp_path):
+    def stage(*extra):
+        return subprocess.run([str(STRATA), "bench", "stage", "--source", str(tmp_path / "absent.gguf"),
+                               "--dir", str(tmp_path / "store"), *extra], capture_output=True, text=True, timeout=60)
+    for extra, fragment in [(["--sha256", "xyz"], "--sha256 'xyz'"), (["--from", "host"], "--from 'host'"),
+                            (["--to", "moon"], "--to 'moon'"), (["--chunk-size", "1000"], "--chunk-size")]:
+        r = stage(*extra)
+        assert r.returncode != 0 and fragment in r.stderr, (extra, r.stderr)

@@ -53,7 +53,9 @@ struct ClientIdleTests {
     /// front collects a plain request whole before anything after it sees a part).
     @Test(arguments: [true, false])
     func aBodyArrivingSlowlyOverLongerThanTheTimeoutIsAnswered(immediate: Bool) async throws {
-        try await GatewayTests.withGateway(Self.idle, immediate: immediate) { client, backend in
+        // (a timeout of 1 s, pieces 0.4 s apart: slack for a loaded machine)
+        let configuration = GatewayConfiguration(cancelOnDisconnect: false, clientIdleTimeout: .seconds(1))
+        try await GatewayTests.withGateway(configuration, immediate: immediate) { client, backend in
             let port = client.port!
             let wire = Self.request(String(buffer: EventLoopRelayTests.body("m", extra: #","n":7"#)))
             let head = String(wire[..<wire.range(of: "\r\n\r\n")!.upperBound])
@@ -62,10 +64,10 @@ struct ClientIdleTests {
                 let fd = try RawClient.connect(port: port)
                 defer { close(fd) }
                 try RawClient.sendAll(fd, head)
-                // 0.9 s in all, at 0.15 s a piece: three times the 300 ms timeout
+                // 2.4 s in all, at 0.4 s a piece: more than twice the timeout
                 let pieces = 6, size = (body.count + pieces - 1) / pieces
                 for start in stride(from: 0, to: body.count, by: size) {
-                    usleep(150_000)
+                    usleep(400_000)
                     try RawClient.sendAll(fd, String(body[start..<min(start + size, body.count)]))
                 }
                 return try RawClient.read(fd, responses: 1)

@@ -307,8 +307,11 @@ extension ConfigLoader {
         }
         path = reader.expandTilde(path)
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw reader.fail("\(key).source", node, "'\(source)': no such file \(path)")
+        }
+        guard !isDirectory.boolValue else {
+            throw reader.fail("\(key).source", node, "'\(source)': \(path) is a directory; expected the weights file (a .gguf)")
         }
         weights.source = path
         weights.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0

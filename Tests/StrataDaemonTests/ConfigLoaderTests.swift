@@ -211,6 +211,7 @@ struct ConfigLoaderTests {
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", runtime: nope } ]", key: "models[0] (a).runtime",
                          "unknown runtime 'nope'", "llama")
         Self.expectError("models: [ { name: a, source: /no/such/file.gguf } ]", key: "models[0] (a).source", "no such file")
+        Self.expectError("models: [ { name: a, source: /tmp } ]", key: "models[0] (a).source", "/tmp is a directory", ".gguf")
         Self.expectError("models: [ { name: a, source: \"ftp://h/k\" } ]", key: "models[0] (a).source", "ftp://", "s3://bucket/key")
         Self.expectError("models: [ { name: a, source: \"s3://b/k\" } ]", key: "models[0] (a).memory", "required for an http(s) or s3 source")
         Self.expectError("models: [ { name: a, source: \"s3://b/k\", memory: 1GiB, stage: false } ]", key: "models[0] (a).stage",

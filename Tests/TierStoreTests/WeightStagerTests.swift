@@ -93,6 +93,25 @@ struct WeightStagerTests {
         #expect(restaged.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == replacement)
     }
 
+    @Test func twoModelsOfTheSameWeightsShareOneCopy() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 1 << 20, seed: 5)
+        let first = try await f.stager.stage(StageRequest(name: "a", source: path))
+        let second = try await f.stager.stage(StageRequest(name: "b", source: path))
+        #expect(second.origin == .host, "linked, not read again")
+        var (one, two) = (stat(), stat())
+        #expect(stat(first.path!, &one) == 0 && stat(second.path!, &two) == 0 && one.st_ino == two.st_ino)
+        // each model's copy goes on its own; the other keeps the bytes
+        await f.stager.releaseHost("a")
+        #expect(await f.stager.hostCopy(of: "a", source: path) == nil)
+        #expect(await f.stager.hostCopy(of: "b", source: path).map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+        // a request with a checksum is not given a copy that may not have been verified against one
+        let checked = try await f.stager.stage(StageRequest(name: "c", source: path, sha256: Self.sha256(bytes)))
+        var three = stat()
+        #expect(stat(checked.path!, &three) == 0 && three.st_ino != two.st_ino)
+    }
+
     @Test func aWrongChecksumPublishesNothing() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }

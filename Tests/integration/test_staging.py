@@ -192,7 +192,8 @@ def test_an_origin_that_refuses_head_is_looked_up_with_its_first_byte(make_daemo
 
 def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(make_daemon, tmp_path):
     """An http source has no size in the config: `memory` gives an estimate (here 240 MiB each,
-    two of which would not fit 300 MiB) until a staging finds the real one (about 100 MiB)."""
+    two of which would not fit 300 MiB) until a HEAD finds the real one (about 100 MiB). Two
+    models of the same weights share one copy."""
     root = tmp_path / "origin"
     root.mkdir()
     (root / "model.gguf").symlink_to(MODEL)
@@ -201,10 +202,15 @@ def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(m
             f'  - {{ name: one, source: "{nginx.url}/model.gguf", memory: 300MiB }}\n'
             f'  - {{ name: two, source: "{nginx.url}/model.gguf", memory: 300MiB }}',
             tiers="{ host: { budget: 16MiB, dir: @SHM@, weights_budget: 300MiB }, nvme: { budget: 512MiB } }"))
+        gets = []
         for name in ("one", "two"):
             result = stage_cli(d, name)
             assert result.returncode == 0, result.stderr
+            gets.append(sum(line.startswith("GET /model.gguf ") for line in nginx.access_log()))
         assert staged_file(d, "one") is not None and staged_file(d, "two") is not None, "both copies fit"
+        # the same weights: fetched once, one set of pages in RAM for both
+        assert gets[0] > 0 and gets[1] == gets[0], gets
+        assert staged_file(d, "one").stat().st_ino == staged_file(d, "two").stat().st_ino
         status, body, _ = d.get("/admin/placements", headers=ADMIN)
         assert b"release-weights" not in body and b"releaseWeights" not in body, body[-2000:]
         # the size holds after a restart (read from the copies found), and a start uses the copy

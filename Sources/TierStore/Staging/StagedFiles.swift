@@ -48,6 +48,33 @@ public struct StagedFiles: Sendable {
         return "\(home)/\(files[0])"
     }
 
+    /// Publishes as `name`'s copy a hard link to another name's copy of source version
+    /// `identity` (two models of the same weights): the same pages, nothing read or written.
+    /// Returns its path; nil when no other copy is of that version, or the link fails.
+    public func link(_ name: String, toCopyOf identity: String) -> String? {
+        for other in names() where other != name {
+            guard let path = path(of: other, identity: identity) else { continue }
+            let fileName = String(path.split(separator: "/").last ?? "")
+            let temporary = temporaryName()
+            guard (try? FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)) != nil else { continue }
+            guard Glibc.link(path, "\(temporary)/\(fileName)") == 0,
+                (try? identity.write(toFile: "\(temporary)/identity", atomically: false, encoding: .utf8)) != nil
+            else {
+                try? FileManager.default.removeItem(atPath: temporary)
+                continue
+            }
+            let home = home(of: name)
+            let old = temporaryName()
+            if rename(home, old) != 0 && errno != ENOENT || rename(temporary, home) != 0 {
+                try? FileManager.default.removeItem(atPath: temporary)
+                return nil
+            }
+            try? FileManager.default.removeItem(atPath: old)
+            return "\(home)/\(fileName)"
+        }
+        return nil
+    }
+
     /// The names that have a copy (complete or not) in the directory.
     public func names() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !$0.hasPrefix(".") }

@@ -280,6 +280,12 @@ public actor WeightStager {
         if let files, let path = files.path(of: request.name, identity: current.identity) {
             return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
         }
+        // Another model of the same weights has them here: shared, not fetched again. (Not for a
+        // request with a checksum: that copy may not have been verified against one.)
+        if let files, request.sha256 == nil, let path = files.link(request.name, toCopyOf: current.identity) {
+            logger.info("\(request.name): the same weights are already in \(request.destination.rawValue) for another model; linked")
+            return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
+        }
         // Anything else may need the NVMe copy, or would write one: it waits for one being
         // written behind (an NVMe-only or disk staging of a model just staged to RAM is answered
         // by that write, not by a second transfer).

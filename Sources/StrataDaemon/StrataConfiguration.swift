@@ -221,12 +221,13 @@ extension StrataConfiguration {
         return models.first { $0.name == base && $0.placerNames.contains(placerName) }
     }
 
-    /// The Placer's view: devices and the models whose runtimes Strata manages.
     /// Each model's weights source, by model name (what its staged copies must be of).
     var weightSources: [String: String] {
         Dictionary(models.map { ($0.name, $0.source) }, uniquingKeysWith: { first, _ in first })
     }
 
+    /// The Placer's view: devices and the models whose runtimes Strata manages. (An http or s3
+    /// source's size, once known, replaces the estimate: `ModelController.placerConfiguration`.)
     public var placerConfiguration: PlacerConfiguration {
         PlacerConfiguration(
             devices: devices.map { DeviceSpec(name: $0.name, memoryBytes: $0.memoryBytes) },

@@ -15,11 +15,14 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
     typealias OutboundOut = HTTPResponsePart
 
     private let maxBodyBytes: Int
+    /// Counts a refusal (the OpenAI endpoint's, nil for another route) as the general path would.
+    private let onRefusal: @Sendable (Endpoint?, GatewayError) -> Void
     /// A request refused here: its remaining parts go nowhere.
     private var refused = false
 
-    init(maxBodyBytes: Int) {
+    init(maxBodyBytes: Int, onRefusal: @escaping @Sendable (Endpoint?, GatewayError) -> Void = { _, _ in }) {
         self.maxBodyBytes = maxBodyBytes
+        self.onRefusal = onRefusal
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -30,11 +33,13 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
             context.fireChannelRead(data)
             return
         }
-        if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), let error = tooLarge(head, declared: declared) {
+        if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), let (endpoint, error) = tooLarge(head, declared: declared) {
             refused = true
+            onRefusal(endpoint, error)
             var (headers, body) = error.encoded
             headers[.contentLength] = String(body.readableBytes)
             headers[.connection] = "close"
+            headers[.server] = Gateway.serverName
             context.write(wrapOutboundOut(.head(HTTPResponse(status: error.status, headerFields: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(body)), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
@@ -48,14 +53,14 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
 
     /// The 413 of a declared body over what the request's route takes; nil where it fits or the
     /// route is not one of those (its handler decides).
-    private func tooLarge(_ head: HTTPRequest, declared: Int) -> GatewayError? {
+    private func tooLarge(_ head: HTTPRequest, declared: Int) -> (Endpoint?, GatewayError)? {
         guard let path = head.path else { return nil }
         let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
-        if Endpoint.allCases.contains(where: { $0.path == route }) {
-            return declared > maxBodyBytes ? .requestTooLarge(limit: maxBodyBytes) : nil
+        if let endpoint = Endpoint.allCases.first(where: { $0.path == route }) {
+            return declared > maxBodyBytes ? (endpoint, .requestTooLarge(limit: maxBodyBytes)) : nil
         }
         if route.hasPrefix("/v1/blocks/") {
-            return declared > Gateway.maxBlockBytes ? .blockTooLarge : nil
+            return declared > Gateway.maxBlockBytes ? (nil, .blockTooLarge) : nil
         }
         return nil
     }

@@ -1,4 +1,9 @@
 extension Placer {
+    /// What keeps `name` from being ready now, in words (`waitReason`); nil when nothing does.
+    public func waitReason(of name: String, now: Duration) -> String? {
+        models[name].flatMap { waitReason($0, now: now) }
+    }
+
     public func snapshot(of name: String) -> ModelSnapshot? {
         models[name].map(Self.snapshot)
     }

@@ -71,9 +71,13 @@ extension ModelController: ModelBackend {
             guard case .managed = candidate.serving else { return try await acquire(candidate, hints: hints) }
             let queueTimeout = config.supervisor.queueTimeout
             let left = queueTimeout - (ContinuousClock.now - arrived)
-            return try await acquire(candidate, hints: hints, within: max(left, .milliseconds(100)), else: .unavailable(
-                "'\(candidate.name)' did not become ready within what was left of the request's "
-                    + "\(queueTimeout) (supervisor.queue_timeout)", code: "model_not_ready", retryAfterSeconds: 5))
+            return try await acquire(candidate, hints: hints, within: max(left, .milliseconds(100))) {
+                let reason = candidate.placerNames.lazy.compactMap { self.placer.waitReason(of: $0, now: self.now) }.first
+                return .unavailable(
+                    "'\(candidate.name)' did not become ready within what was left of the request's "
+                        + "\(queueTimeout) (supervisor.queue_timeout)" + (reason.map { ": \($0)" } ?? ""),
+                    code: "model_not_ready", retryAfterSeconds: 5)
+            }
         }
         let chain = [modelConfig] + modelConfig.fallbacks.compactMap { name in config.models.first { $0.name == name } }
         var refusals: [String] = []
@@ -101,8 +105,9 @@ extension ModelController: ModelBackend {
             do {
                 let lease: UpstreamLease
                 if candidate.name == model, !isLast, let wait = candidate.spillAfter {
-                    lease = try await acquire(candidate, hints: hints, within: wait, else: .unavailable(
-                        "'\(candidate.name)' was not ready within spill_after \(wait)", code: "spill_timeout", retryAfterSeconds: 1))
+                    lease = try await acquire(candidate, hints: hints, within: wait) {
+                        .unavailable("'\(candidate.name)' was not ready within spill_after \(wait)", code: "spill_timeout", retryAfterSeconds: 1)
+                    }
                 } else if position > 0 {
                     lease = try await acquireInTheRest(candidate)
                 } else {
@@ -149,9 +154,9 @@ extension ModelController: ModelBackend {
         return device.usedBytes + fallback.memoryBytes <= device.budgetBytes
     }
 
-    /// `acquire` bounded by `wait`; past it, `timeout` is thrown (the waiting request is withdrawn).
+    /// `acquire` bounded by `wait`; past it, `timeout()` is thrown (the waiting request is withdrawn).
     private func acquire(_ modelConfig: ModelConfiguration, hints: RequestHints, within wait: Duration,
-                         else timeout: GatewayError) async throws -> UpstreamLease
+                         else timeout: () -> GatewayError) async throws -> UpstreamLease
     {
         try await withThrowingTaskGroup(of: UpstreamLease?.self) { group in
             group.addTask { try await self.acquire(modelConfig, hints: hints) }
@@ -168,7 +173,7 @@ extension ModelController: ModelBackend {
             // learned about the replica's cache.
             group.cancelAll()
             while let late = try? await group.next() { late?.release(.abandoned) }
-            throw timeout
+            throw timeout()
         }
     }
 

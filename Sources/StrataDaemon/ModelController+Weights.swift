@@ -134,6 +134,7 @@ extension ModelController {
             send(.staged(model: model))
         case .success(let result?):
             if let modelConfig = config.model(placerName: model) { learnWeightSize(of: modelConfig, bytes: result.bytes) }
+            if lastError[model]?.hasPrefix("staging ") == true { lastError[model] = nil }   // behind it now
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", result.origin.rawValue)]).increment()
             if result.seconds > 0 {
                 Metrics.Timer(label: "strata_staging_duration_seconds", dimensions: [("from", result.origin.rawValue)])
@@ -143,7 +144,8 @@ extension ModelController {
         case .failure(let error):
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", "failed")]).increment()
             let cancelled = error is CancellationError || (error as? RemoteError)?.code == .cancelled
-            let detail = cancelled ? "the staging of its weights was cancelled (DELETE /admin/staging, or a reload)" : "staging failed: \(error)"
+            let detail = cancelled ? "staging cancelled: an operator (DELETE /admin/staging) or a reload cancelled the staging of its weights"
+                : "staging failed: \(error)"
             lastError[model] = detail
             send(.stageFailed(model: model, detail: detail))
         }

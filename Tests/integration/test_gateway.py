@@ -409,6 +409,7 @@ def test_expect_100_continue_is_answered_at_once(daemon):
         s.sendall(body)
         answer = s.recv(4096)
         assert answer.startswith(b"HTTP/1.1 404") and b"model_not_found" in answer, answer
+    refused_before = daemon.metric("strata_requests_total", endpoint="chat", outcome="request_too_large")
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
         big = 1 << 20   # over the fixture's max_body of 64 KiB
         s.sendall(head % (API_KEY.encode(), big))
@@ -418,6 +419,8 @@ def test_expect_100_continue_is_answered_at_once(daemon):
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer, answer
         assert b"\r\nconnection: close\r\n" in answer.lower(), answer
+    # counted as the general path counts a body over the limit
+    assert daemon.metric("strata_requests_total", endpoint="chat", outcome="request_too_large") == refused_before + 1
 
 
 def test_the_responses_api_is_relayed_plain_and_streamed(daemon):

@@ -240,6 +240,8 @@ def test_queue_timeout_bounds_the_whole_wait_across_a_spill(make_daemon):
     assert e.value.body["code"] == "model_not_ready", e.value.body
     message = e.value.body["message"]
     assert "spill_after" in message and "'slower' did not become ready within what was left" in message, message
+    assert re.search(r"what was left of the request's 4\.0 seconds \(supervisor\.queue_timeout\): its runtime has been starting for \d+s",
+                     message), message
     # 4 s in all (it was 1 s + 4 s)
     assert 3.5 < waited < 4.8, waited
     d.admin()

@@ -376,7 +376,17 @@ def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
         assert status < 300, body
         waiting.join(30)
         status, body = answers[0]
-        assert status == 502 and "staging of its weights was cancelled" in body["error"]["message"], body
+        assert status == 502 and "cancelled the staging of its weights" in body["error"]["message"], body
+        assert d.model("smollm2")["last_error"].startswith("staging cancelled")
+        # a staging that then succeeds leaves no stale error behind
+        nginx_ok = Nginx(root)
+        try:
+            d.config_path.write_text(d.config_path.read_text().replace(proxy.url, nginx_ok.url))
+            assert d.request("POST", "/admin/reload", headers=ADMIN)[0] == 200
+            assert stage_cli(d).returncode == 0
+            assert d.model("smollm2").get("last_error") is None, d.model("smollm2")
+        finally:
+            nginx_ok.close()
 
 
 def test_preload_stages_and_loads_at_start(make_daemon):

@@ -13,7 +13,9 @@ extension Gateway {
     /// idle timeout, then the event-loop relay.
     public func channelHandlers() -> [any RemovableChannelHandler] {
         [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout)),
-         ExpectContinueHandler(maxBodyBytes: configuration.maxBodyBytes)]
+         ExpectContinueHandler(maxBodyBytes: configuration.maxBodyBytes) { [metrics] endpoint, error in
+             if let endpoint { metrics.rejected(model: "", endpoint: endpoint, code: error.code) }
+         }]
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])
     }
 

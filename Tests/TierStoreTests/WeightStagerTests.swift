@@ -24,11 +24,21 @@ struct WeightStagerTests {
             let log = try await SegmentLog.open(
                 .init(directory: dir + "/nvme", segmentBytes: 16 << 20, budgetBytes: nvmeBudget), engine: engine)
             let objects = try await ObjectStore.open(log: log, queueDepth: 4)
-            let host = try StagedFiles(directory: "/dev/shm/strata-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            let host = try StagedFiles(directory: Self.hostDirectory())
             let stager = WeightStager(
                 objects: objects, remote: RemoteClient(settings: RemoteSettings()), host: host,
                 disk: try StagedFiles(directory: dir + "/weights"), logger: Logger(label: "test"))
             return Fixture(dir: dir, engine: engine, log: log, objects: objects, stager: stager, host: host)
+        }
+
+        /// A RAM-backed directory of this test process's own. (Those of test processes that are
+        /// gone are removed first: a test's closing task may not run before its process exits.)
+        static func hostDirectory() -> String {
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [] where entry.hasPrefix("strata-unit-") {
+                let owner = entry.split(separator: "-").dropFirst(2).first.flatMap { pid_t($0) } ?? 0
+                if owner > 0, kill(owner, 0) != 0, errno == ESRCH { try? FileManager.default.removeItem(atPath: "/dev/shm/\(entry)") }
+            }
+            return "/dev/shm/strata-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         }
 
         func close() async {

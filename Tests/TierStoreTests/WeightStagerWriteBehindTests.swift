@@ -35,7 +35,7 @@ struct WeightStagerWriteBehindTests {
             let engine = FaultInjectingEngine(base: try IOEngineKind.auto.make(queueDepth: 16))
             let log = try await SegmentLog.open(.init(directory: dir + "/nvme", segmentBytes: 16 << 20), engine: engine)
             let objects = try await ObjectStore.open(log: log, queueDepth: 4)
-            let host = try StagedFiles(directory: "/dev/shm/strata-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            let host = try StagedFiles(directory: WeightStagerTests.Fixture.hostDirectory())
             let metrics = TestMetrics()
             let stager = WeightStager(
                 objects: objects, remote: RemoteClient(settings: RemoteSettings(parallelism: 3, chunkBytes: chunk)), host: host,

@@ -50,6 +50,10 @@ final class TierKVBackend: KVBackend, Sendable {
         var evictedKeys = 0
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
+        /// Per namespace, raised when a FLUSHDB starts and again when its catalog removal is
+        /// done: a durable SET that saw it move while it wrote is ordered before that flush
+        /// (`orderedBeforeFlush`), so the directory never holds a key the catalog lost.
+        var flushEpochs: [String: UInt64] = [:]
 
         mutating func takeVersion() -> UInt64 {
             defer { nextVersion += 1 }
@@ -83,6 +87,8 @@ final class TierKVBackend: KVBackend, Sendable {
     /// keys name a version no directory entry points to any more, so nothing can read them.
     private let reaper: AsyncStream<BlockKey>.Continuation
     private let reaperStream: Mutex<AsyncStream<BlockKey>?>
+    /// `durable`: writes of one key, one at a time (`KeyWriteLocks`).
+    private let writing = KeyWriteLocks()
 
     init(tiers: TierService, durability: Durability = .cache, partBytes: Int = 4 << 20) {
         self.tiers = tiers
@@ -751,6 +757,15 @@ final class TierKVBackend: KVBackend, Sendable {
     private func set(
         _ namespace: String, _ key: ByteBuffer, size: Int, parts: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
     ) async throws -> Bool {
+        guard durable else { return try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry) }
+        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))]) {
+            try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
+        }
+    }
+
+    private func write(
+        _ namespace: String, _ key: ByteBuffer, size: Int, parts: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
+    ) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
         let existing = await live(namespace, name)
@@ -765,7 +780,7 @@ final class TierKVBackend: KVBackend, Sendable {
         case .keep: existing?.expiresAt
         case .at(let deadline): deadline
         }
-        let version = state.withLock { $0.takeVersion() }
+        let (version, epoch) = state.withLock { ($0.takeVersion(), $0.flushEpochs[namespace] ?? 0) }
         let blocks = self.blocks(namespace, name, version: version, parts: parts)
         var written = 0
         do {
@@ -789,12 +804,29 @@ final class TierKVBackend: KVBackend, Sendable {
             for block in blocks { await store.remove(block.key) }
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
-        let replaced = state.withLock { state in
+        let outcome = state.withLock { state -> (flushed: Bool, replaced: Entry?) in
+            guard state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
             state.own(namespace, name, version: entry.version)
-            return state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name)
+            return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
-        if let replaced { reap(namespace, name, replaced, from: store) }
+        if outcome.flushed {
+            await orderedBeforeFlush(namespace, [(name, entry)], blocks: blocks.map(\.key), in: store)
+        } else if let replaced = outcome.replaced {
+            reap(namespace, name, replaced, from: store)
+        }
         return true
+    }
+
+    /// Writes that a FLUSHDB overlapped (it ran between their start and their directory
+    /// update): they count as done before it, so they go as it took everything else. The flush
+    /// may or may not have removed their records (it depends on which commit came first); they
+    /// are removed here either way, then their blocks.
+    private func orderedBeforeFlush(_ namespace: String, _ entries: [(key: [UInt8], entry: Entry)], blocks: [BlockKey],
+                                    in store: BlockStore) async {
+        if durable {
+            try? await store.nvme.removeKVRecords(entries.map { KVRecordVersion(namespace: namespace, key: $0.key, version: $0.entry.version) })
+        }
+        for key in blocks { await store.remove(key) }
     }
 
     /// Parts of an MSET put at once, at most (`durable`).
@@ -816,8 +848,16 @@ final class TierKVBackend: KVBackend, Sendable {
             }
             return
         }
+        guard durable else { return try await write(namespace: namespace, piecePairs: pairs) }
+        try await writing.withLocks(pairs.map { .init(namespace: namespace, name: Array($0.key.readableBytesView)) }) {
+            try await write(namespace: namespace, piecePairs: pairs)
+        }
+    }
+
+    private func write(namespace: String, piecePairs pairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws {
         let store = try await store()
         let values = pairs.map { self.parts(of: $0.pieces) }
+        let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }
         let items = state.withLock { state in
             zip(pairs, values).map { pair, value in
                 (name: Array(pair.key.readableBytesView), size: value.size, parts: value.parts, version: state.takeVersion())
@@ -866,11 +906,16 @@ final class TierKVBackend: KVBackend, Sendable {
             await removeBlocks()
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
         }
-        let replaced = state.withLock { state in
-            entries.map {
+        let replaced = state.withLock { state -> [Entry?]? in
+            guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
+            return entries.map {
                 state.own(namespace, $0.key, version: $0.entry.version)
                 return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
             }
+        }
+        guard let replaced else {
+            await orderedBeforeFlush(namespace, entries, blocks: blocks.map(\.0), in: store)
+            return
         }
         for (item, old) in zip(entries, replaced) {
             if let old { reap(namespace, item.key, old, from: store) }
@@ -904,6 +949,15 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     func expire(namespace: String, key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool {
+        // Durable: a write of the key between the entry's change and its record's would leave
+        // the catalog naming the value it replaced.
+        guard durable else { return try await changeExpiry(namespace, key, at: deadline) }
+        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))]) {
+            try await changeExpiry(namespace, key, at: deadline)
+        }
+    }
+
+    private func changeExpiry(_ namespace: String, _ key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
         guard await live(namespace, name) != nil else { return false }
@@ -929,7 +983,12 @@ final class TierKVBackend: KVBackend, Sendable {
 
     func flush(namespace: String) async throws {
         let store = try await store()
-        guard let entries = state.withLock({ $0.namespaces.removeValue(forKey: namespace) }) else { return }
+        let entries = state.withLock { state in
+            state.flushEpochs[namespace, default: 0] += 1
+            return state.namespaces.removeValue(forKey: namespace)
+        }
+        defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
+        guard let entries else { return }
         if durable { try await store.nvme.removeKVNamespace(namespace) }
         for (name, entry) in entries { reap(namespace, name, entry, from: store) }
     }
@@ -971,5 +1030,57 @@ final class TierKVBackend: KVBackend, Sendable {
         return [("memory", memory),
                 ("stats", [("keyspace_hits", "\(hits)"), ("keyspace_misses", "\(misses)"), ("evicted_keys", "\(evicted)")]),
                 ("strata", tiersSection)]
+    }
+}
+
+/// Durable writes of one key, one at a time (`TierKVBackend.writing`): each writes its parts,
+/// commits its record and then updates the directory, and two of them at once could commit in
+/// one order and update the directory in the other, leaving the directory naming a value whose
+/// record the catalog replaced (and whose blocks were then reaped): lost at the next restart.
+/// One at a time, a conditional SET's check also holds until its write is recorded.
+final class KeyWriteLocks: Sendable {
+    struct Key: Hashable {
+        var namespace: String
+        var name: [UInt8]
+    }
+    /// Keys being written, with the writes waiting for each, in order.
+    private let busy = Mutex<[Key: [CheckedContinuation<Void, Never>]]>([:])
+
+    /// Runs `body` once no other write of any of `keys` is under way (taken in a fixed order,
+    /// so writes of overlapping sets of keys cannot wait for each other).
+    func withLocks<T>(_ keys: [Key], _ body: () async throws -> T) async rethrows -> T {
+        let ordered = Array(Set(keys)).sorted { a, b in
+            a.namespace != b.namespace ? a.namespace < b.namespace : a.name.lexicographicallyPrecedes(b.name)
+        }
+        for key in ordered { await take(key) }
+        defer { for key in ordered.reversed() { give(key) } }
+        return try await body()
+    }
+
+    private func take(_ key: Key) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let free = busy.withLock { busy -> Bool in
+                guard busy[key] != nil else {
+                    busy[key] = []
+                    return true
+                }
+                busy[key]!.append(continuation)
+                return false
+            }
+            if free { continuation.resume() }
+        }
+    }
+
+    private func give(_ key: Key) {
+        let next = busy.withLock { busy -> CheckedContinuation<Void, Never>? in
+            guard var waiting = busy[key], !waiting.isEmpty else {
+                busy[key] = nil
+                return nil
+            }
+            let next = waiting.removeFirst()
+            busy[key] = waiting   // handed over: still taken
+            return next
+        }
+        next?.resume()
     }
 }

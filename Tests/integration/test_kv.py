@@ -612,6 +612,80 @@ def test_concurrent_durable_writes_cut_by_sigkill_lose_nothing_acknowledged(make
     assert r.dbsize() in range(len(acknowledged), len(acknowledged) + len(in_flight) + 1)
 
 
+def test_sets_racing_flushdb_leave_the_directory_and_the_catalog_agreeing(make_daemon):
+    """A durable SET that a FLUSHDB overlaps is ordered before it or after it, never half: every
+    key readable when writing stops is there after a SIGKILL and restart, and no other."""
+    import signal
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    for round_ in range(3):
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        stop, acknowledged = threading.Event(), {}
+
+        def setter():
+            c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+            n = 0
+            while not stop.is_set():
+                key = f"r{round_}-{n}"
+                value = key.encode() * 20
+                c.set(key, value)
+                acknowledged[key] = value
+                n += 1
+
+        def flusher():
+            c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+            for _ in range(12):
+                time.sleep(0.08)
+                c.flushdb()
+
+        setters = [threading.Thread(target=setter) for _ in range(4)]
+        flushing = threading.Thread(target=flusher)
+        for t in setters + [flushing]:
+            t.start()
+        flushing.join(30)
+        time.sleep(0.2)
+        stop.set()
+        for t in setters:
+            t.join(30)
+        readable = {key for key, value in acknowledged.items() if r.get(key) == value}
+        assert r.dbsize() == len(readable)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        d.start()
+        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        after = {key for key, value in acknowledged.items() if r.get(key) == value}
+        assert after == readable, (sorted(readable - after)[:5], sorted(after - readable)[:5])
+        assert r.dbsize() == len(readable)
+        r.flushdb()
+
+
+def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    wins = {0: [], 1: []}
+    barrier = threading.Barrier(2)
+
+    def writer(w):
+        c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+        for i in range(150):
+            barrier.wait(10)
+            if c.set(f"nx{i}", f"writer{w}".encode() * 100, nx=True):
+                wins[w].append(i)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    both = set(wins[0]) & set(wins[1])
+    assert not both, f"both writers won {len(both)} keys: {sorted(both)[:5]}"
+    assert sorted(wins[0] + wins[1]) == list(range(150))
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    for i in range(150):
+        assert r.get(f"nx{i}") == (b"writer0" if i in wins[0] else b"writer1") * 100
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a capped tmpfs needs root")
 def test_keys_whose_values_the_tiers_evicted_leave_the_directory(make_daemon):
     """`cache` durability over tiers far smaller than what is written (16 MiB of RAM over a

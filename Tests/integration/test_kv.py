@@ -660,6 +660,30 @@ def test_sets_racing_flushdb_leave_the_directory_and_the_catalog_agreeing(make_d
         r.flushdb()
 
 
+def test_overwritten_values_make_room_before_live_ones(make_daemon):
+    """The NVMe log reclaims whole segments past its budget: the one holding the fewest live
+    values goes, so a key written once survives a churn of overwrites (here 60 MiB through a
+    32 MiB budget, about 1 MiB live), across a SIGKILL too."""
+    import signal
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable",
+                        tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 32MiB, segment_size: 8MiB } }")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    keeper = os.urandom(1024)
+    assert r.set("keeper", keeper) is True
+    churn = os.urandom(1 << 20)
+    for _ in range(60):
+        assert r.set("churn", churn) is True
+    assert r.info("stats")["evicted_keys"] == 0
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    assert r.get("keeper") == keeper
+    assert r.get("churn") == churn
+    assert r.dbsize() == 2
+
+
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")

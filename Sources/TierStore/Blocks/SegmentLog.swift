@@ -3,7 +3,8 @@ import Glibc
 
 /// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
-/// oldest first when the budget is exceeded. Reads verify both checksums: a record that fails is
+/// when the budget is exceeded: of block segments the one holding the fewest live bytes
+/// (overwritten and removed values are dead), the oldest of equals; of object segments the oldest. Reads verify both checksums: a record that fails is
 /// a miss, counted, never returned. A SQLite catalog (`catalog.sqlite`, WAL) records where every
 /// block lives; a durable put returns once its record is fsynced and its catalog entry committed.
 /// On open the catalog is loaded and only what was appended after its last commit is scanned; a
@@ -41,8 +42,8 @@ public actor SegmentLog {
         /// commit fails durable puts.
         public var filesystemReserveBytes: UInt64 = 16 << 20
         /// Bytes of object segments that a reclaim does not take while block segments can go
-        /// instead; nil: half the budget in force. Objects beyond it go oldest first, before
-        /// blocks. It is not a reservation: blocks use what objects leave free.
+        /// instead; nil: half the budget in force. Objects beyond it go first (by
+        /// `reclaimVictim`'s order), before blocks. It is not a reservation: blocks use what objects leave free.
         public var objectReserveBytes: UInt64?
 
         public init(
@@ -113,6 +114,10 @@ public actor SegmentLog {
     /// removed, stays listed: a reclaim drops only the keys whose entry still points there), so a
     /// reclaim visits its own segment's keys, not the whole index.
     var segmentKeys: [Int: [BlockKey]] = [:]
+    /// Bytes of each segment's records that the index still points to: a reclaim takes the
+    /// segment that holds the least (`reclaimVictim`), so values overwritten or removed go
+    /// before live ones, whatever their age.
+    var liveBytes: [Int: UInt64] = [:]
     var segments: [Int: Segment] = [:]
     /// Each lane's largest segment id, the one its appends go to (ids only grow; a reclaim never
     /// takes a lane's newest): kept, not searched for, on every put.
@@ -332,7 +337,12 @@ public actor SegmentLog {
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                                 payloadLength: record.payloadLength)
         if (index[key]?.sequence ?? 0) < sequence {
-            if index.updateValue(location, forKey: key) == nil { stats.blocks += 1 }
+            if let replaced = index.updateValue(location, forKey: key) {
+                unindexed(replaced)
+            } else {
+                stats.blocks += 1
+            }
+            liveBytes[segment.id, default: 0] += UInt64(recordLength)
             segmentKeys[segment.id, default: []].append(key)
         }
         reclaimOverBudget()
@@ -473,8 +483,8 @@ public actor SegmentLog {
         try await catalog.flush()
     }
 
-    /// Changes the byte budget at run time; shrinking reclaims whole segments, oldest first,
-    /// down to it (the active segment stays).
+    /// Changes the byte budget at run time; shrinking reclaims whole segments (`reclaimVictim`'s
+    /// order) down to it (the active segment stays).
     public func setBudget(_ bytes: UInt64) {
         askedBudgetBytes = bytes
         configuration.budgetBytes = bytes
@@ -543,6 +553,7 @@ public actor SegmentLog {
             stats.misses += 1
             if index[key] == location {
                 index[key] = nil
+                unindexed(location)
                 stats.blocks -= 1
                 catalog.remove(key)
             }
@@ -558,10 +569,17 @@ public actor SegmentLog {
     public func contains(_ key: BlockKey) -> Bool { index[key] != nil }
 
     public func remove(_ key: BlockKey) {
-        if index.removeValue(forKey: key) != nil {
+        if let removed = index.removeValue(forKey: key) {
+            unindexed(removed)
             stats.blocks -= 1
             catalog.remove(key)
         }
+    }
+
+    /// A record the index no longer points to: its segment holds that much less live data.
+    private func unindexed(_ location: Location) {
+        guard let live = liveBytes[location.segment] else { return }
+        liveBytes[location.segment] = live - min(live, UInt64(location.recordLength))
     }
 
     /// Commits the catalog and closes every segment.
@@ -672,7 +690,10 @@ public actor SegmentLog {
             index[key] = nil
             catalog.remove(key)
         }
-        for (key, location) in index { segmentKeys[location.segment, default: []].append(key) }
+        for (key, location) in index {
+            segmentKeys[location.segment, default: []].append(key)
+            liveBytes[location.segment, default: 0] += UInt64(location.recordLength)
+        }
         stats.blocks = index.count
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         stats.objectBytes = segments.values.reduce(0) { $0 + ($1.lane == .objects ? $1.end : 0) }
@@ -735,7 +756,7 @@ public actor SegmentLog {
     /// Before a new segment (and after a write that found no space): the budget in force is
     /// the one asked for, or less where the filesystem cannot hold it — what the log holds plus
     /// what is free, less a segment and `filesystemReserveBytes` (the budget is more than the
-    /// filesystem holds, or other files share it). Coming down, the oldest segments make room,
+    /// filesystem holds, or other files share it). Coming down, segments make room (as above),
     /// as they would at the budget; without this the log would fill the filesystem and then
     /// fail every put, deletes freeing nothing. It goes back up as room comes back.
     /// `configuration.budgetBytes` shows the figure in force; `stats.budgetLowered` counts the
@@ -760,22 +781,23 @@ public actor SegmentLog {
         return stats.reclaimedSegments > reclaimed
     }
 
-    /// Drops whole segments until the log fits its budget, never a lane's active one: the oldest
-    /// object segment while objects hold more than their reserve, else the oldest block
-    /// segment, else (only objects left to take) the oldest object segment.
+    /// Drops whole segments until the log fits its budget, never a lane's active one: an object
+    /// segment while objects hold more than their reserve, else a block segment, else (only
+    /// objects left to take) an object segment (`reclaimVictim` says which of the lane).
     private func reclaimOverBudget() {
-        while stats.usedBytes > configuration.budgetBytes, let oldest = reclaimVictim() {
-            guard let segment = segments.removeValue(forKey: oldest) else { break }
+        while stats.usedBytes > configuration.budgetBytes, let victim = reclaimVictim() {
+            guard let segment = segments.removeValue(forKey: victim) else { break }
+            liveBytes[victim] = nil
             var dropped: [BlockKey] = []
-            for key in segmentKeys.removeValue(forKey: oldest) ?? [] where index[key]?.segment == oldest {
+            for key in segmentKeys.removeValue(forKey: victim) ?? [] where index[key]?.segment == victim {
                 index[key] = nil
                 dropped.append(key)
             }
             stats.blocks -= dropped.count
             if !dropped.isEmpty { for observer in reclaimObservers { observer(dropped) } }
-            catalog.dropSegment(oldest)
-            closing[oldest] = (segment.fd, path(segment))
-            if pins[oldest, default: 0] == 0 { finishClosing(oldest) }
+            catalog.dropSegment(victim)
+            closing[victim] = (segment.fd, path(segment))
+            if pins[victim, default: 0] == 0 { finishClosing(victim) }
             stats.reclaimedSegments += 1
             stats.usedBytes -= segment.end
             if segment.lane == .objects { stats.objectBytes -= segment.end }
@@ -783,13 +805,19 @@ public actor SegmentLog {
     }
 
     /// The segment a reclaim takes next (`reclaimOverBudget`), or nil when only the lanes'
-    /// active segments are left.
+    /// active segments are left: of the block lane, the one holding the fewest live bytes (the
+    /// oldest of those): a segment of values since overwritten or removed goes before one whose
+    /// values are still read, and, all being live, the oldest goes first; of the object lane, the
+    /// oldest.
     private func reclaimVictim() -> Int? {
-        var oldest: [Lane: Int] = [:]
+        var best: [Lane: (live: UInt64, id: Int)] = [:]
         for (id, segment) in segments where id != newestSegment[segment.lane] {
-            oldest[segment.lane] = min(oldest[segment.lane] ?? id, id)
+            // (Objects are written once, in order, and read whole: theirs go oldest first.)
+            let candidate = (live: segment.lane == .blocks ? liveBytes[id] ?? 0 : 0, id: id)
+            if let current = best[segment.lane], (current.live, current.id) <= (candidate.live, candidate.id) { continue }
+            best[segment.lane] = candidate
         }
-        if stats.objectBytes > configuration.objectReserveInForce, let id = oldest[.objects] { return id }
-        return oldest[.blocks] ?? oldest[.objects]
+        if stats.objectBytes > configuration.objectReserveInForce, let id = best[.objects]?.id { return id }
+        return best[.blocks]?.id ?? best[.objects]?.id
     }
 }

@@ -67,6 +67,16 @@ final class TierKVBackend: KVBackend, Sendable {
                 Owner(namespace: namespace, name: name, version: version)
         }
 
+        /// Records the value's other parts as its own too (`parts` in all), so that losing any
+        /// of them, not only the first, takes its key out of the directory.
+        mutating func ownRest(_ namespace: String, _ name: [UInt8], version: UInt64, parts: Int) {
+            guard parts > 1 else { return }
+            for part in 1..<parts {
+                owners[TierKVBackend.blockKey(namespace, name, version: version, part: part)] =
+                    Owner(namespace: namespace, name: name, version: version)
+            }
+        }
+
         mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
             Self.sequence(continuing: namespaces[namespace]?[key], next: &nextSequence)
         }
@@ -104,7 +114,7 @@ final class TierKVBackend: KVBackend, Sendable {
     private var durable: Bool { durability == .durable }
 
     /// `durable`: the directory as the catalog last committed it, once, when the tiers open.
-    private static func loadDirectory(_ state: inout State, _ store: BlockStore) throws {
+    private static func loadDirectory(_ state: inout State, _ store: BlockStore, partBytes: Int) throws {
         let records = try store.nvme.loadKVRecords()
         // Versions are random per process so a version never repeats across restarts; the
         // sequence (SCAN order) continues after the largest one recorded.
@@ -115,6 +125,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
             state.namespaces[record.namespace, default: [:]][record.key] = entry
             state.own(record.namespace, record.key, version: entry.version)
+            state.ownRest(record.namespace, record.key, version: entry.version, parts: max(1, (entry.size + partBytes - 1) / partBytes))
             state.nextSequence = max(state.nextSequence, record.sequence + 1)
         }
     }
@@ -157,7 +168,7 @@ final class TierKVBackend: KVBackend, Sendable {
             guard state.opened == nil else { return }
             if durable {
                 do {
-                    try Self.loadDirectory(&state, store)
+                    try Self.loadDirectory(&state, store, partBytes: partBytes)
                 } catch {
                     throw KVBackendError(.unavailable, "cannot load the key directory from the catalog: \(error)")
                 }
@@ -240,13 +251,31 @@ final class TierKVBackend: KVBackend, Sendable {
     private func reap(_ namespace: String, _ key: [UInt8], _ entry: Entry, from store: BlockStore, disowned: BlockKey? = nil) {
         for part in 0..<parts(entry.size) {
             let block = (part == 0 ? disowned : nil) ?? Self.blockKey(namespace, key, version: entry.version, part: part)
-            if part == 0, disowned == nil { state.withLock { _ = $0.owners.removeValue(forKey: block) } }
+            if part > 0 || disowned == nil { state.withLock { _ = $0.owners.removeValue(forKey: block) } }
             if !store.discardFromRAM(block) { reaper.yield(block) }
         }
     }
 
-    /// The store lost these blocks (`BlockStore.observeLosses`): a value whose first part is
-    /// among them is gone, and its key leaves the directory now, not when a read finds it
+    /// `durable`: refuses, before anything is written, a write larger than the NVMe log can keep
+    /// (its budget less the segment being written), which would push out every other value and
+    /// then its own first parts.
+    private func refuseIfTooLarge(_ size: Int, for store: BlockStore) async throws {
+        let log = await store.nvme.configuration
+        let room = log.budgetBytes - min(log.budgetBytes, UInt64(log.segmentBytes))
+        guard UInt64(size) <= room else {
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes durably: the NVMe tier keeps \(room) (tiers.nvme.budget less a segment)")
+        }
+    }
+
+    /// Whether every one of `blocks`, just put durably, is still in the NVMe tier: a value larger
+    /// than the room the log keeps pushes its own first parts out while its last go in.
+    private func allStored(_ blocks: [BlockKey], in store: BlockStore) async throws -> Bool {
+        for block in blocks where await !store.nvme.contains(block) { return false }
+        return true
+    }
+
+    /// The store lost these blocks (`BlockStore.observeLosses`): a value with a part among
+    /// them (each part is owned, `own` and `ownRest`) is gone, and its key leaves the directory now, not when a read finds it
     /// missing, so DBSIZE, SCAN, EXISTS and INFO count only values the store holds, and the
     /// directory of a store that evicts does not grow with every key ever written. Its other
     /// parts are removed; `durable`: its record too (if it still names this version).
@@ -780,6 +809,7 @@ final class TierKVBackend: KVBackend, Sendable {
         case .keep: existing?.expiresAt
         case .at(let deadline): deadline
         }
+        if durable { try await refuseIfTooLarge(size, for: store) }
         let (version, epoch) = state.withLock { ($0.takeVersion(), $0.flushEpochs[namespace] ?? 0) }
         let blocks = self.blocks(namespace, name, version: version, parts: parts)
         var written = 0
@@ -794,6 +824,10 @@ final class TierKVBackend: KVBackend, Sendable {
             for block in blocks[..<written] { await store.remove(block.key) }
             throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: \(error)")
         }
+        if durable, try await !allStored(blocks.map(\.key), in: store) {
+            for block in blocks { await store.remove(block.key) }
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the NVMe tier made room for it with its own parts (tiers.nvme.budget)")
+        }
         let sequence = state.withLock { $0.sequence(for: namespace, name) }
         let entry = Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
         do {
@@ -807,6 +841,7 @@ final class TierKVBackend: KVBackend, Sendable {
         let outcome = state.withLock { state -> (flushed: Bool, replaced: Entry?) in
             guard state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
             state.own(namespace, name, version: entry.version)
+            state.ownRest(namespace, name, version: entry.version, parts: blocks.count)
             return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
         if outcome.flushed {
@@ -857,6 +892,7 @@ final class TierKVBackend: KVBackend, Sendable {
     private func write(namespace: String, piecePairs pairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws {
         let store = try await store()
         let values = pairs.map { self.parts(of: $0.pieces) }
+        if durable { try await refuseIfTooLarge(values.reduce(0) { $0 + $1.size }, for: store) }
         let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }
         let items = state.withLock { state in
             zip(pairs, values).map { pair, value in
@@ -892,6 +928,10 @@ final class TierKVBackend: KVBackend, Sendable {
             await removeBlocks()
             throw KVBackendError(.outOfSpace, "cannot store \(pairs.count) values: \(error)")
         }
+        if durable, try await !allStored(blocks.map(\.0), in: store) {
+            await removeBlocks()
+            throw KVBackendError(.outOfSpace, "cannot store \(pairs.count) values: the NVMe tier made room for them with their own parts (tiers.nvme.budget)")
+        }
         let entries = state.withLock { state in
             var fresh: [[UInt8]: UInt64] = [:]   // a key new to the directory, listed twice: one sequence
             return items.map { item -> (key: [UInt8], entry: Entry) in
@@ -910,6 +950,7 @@ final class TierKVBackend: KVBackend, Sendable {
             guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
             return entries.map {
                 state.own(namespace, $0.key, version: $0.entry.version)
+                state.ownRest(namespace, $0.key, version: $0.entry.version, parts: max(1, ($0.entry.size + partBytes - 1) / partBytes))
                 return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
             }
         }
@@ -1011,13 +1052,14 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     func info() async -> [(section: String, fields: [(String, String)])] {
+        let opened = try? await store()   // (durable: loads the directory, which the counts below read)
         let (used, hits, misses, evicted) = state.withLock { state in
             (state.namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } }, state.hits, state.misses,
              state.evictedKeys)
         }
         var memory: [(String, String)] = [("used_memory", "\(used)")]
         var tiersSection: [(String, String)] = [("durability", durable ? "durable" : "cache")]
-        if let store = try? await store() {
+        if let store = opened {
             let stats = await store.stats()
             memory.append(("strata_host_used_bytes", "\(stats.host.usedBytes)"))
             memory.append(("strata_host_budget_bytes", "\(stats.host.budgetBytes)"))

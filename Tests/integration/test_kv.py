@@ -679,9 +679,15 @@ def test_overwritten_values_make_room_before_live_ones(make_daemon):
     d.start()
     wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    # the first command after the restart already sees the recovered directory
+    assert r.info("memory")["used_memory"] == 1024 + (1 << 20)
     assert r.get("keeper") == keeper
     assert r.get("churn") == churn
     assert r.dbsize() == 2
+    # a value larger than the log keeps is refused, not acknowledged and then gone
+    with pytest.raises(redis.ResponseError, match="cannot store"):
+        r.set("big", os.urandom(40 << 20))
+    assert r.exists("big") == 0 and r.get("keeper") == keeper
 
 
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):

@@ -352,12 +352,14 @@ public actor WeightStager {
             let chunkSize = ObjectStore.defaultChunkSize
             var toRAM: (@Sendable (UInt64, IOBuffer, Range<Int>) async throws -> Void)?
             var digest: PrefixDigest?
+            let inRAM = WrittenBytes()
             if let writer {
                 // With a checksum to meet, the RAM copy is hashed while it fills, behind the import.
                 let hashing = try PrefixDigest.checking(request, writer: writer, size: current.size, chunkSize: chunkSize)
                 digest = hashing
                 toRAM = { offset, buffer, range in
                     try await writer.write(from: buffer, range: range, at: offset, engine: engine)
+                    inRAM.add(range.count)
                     hashing?.completed(Int(offset / UInt64(chunkSize)))
                 }
             }
@@ -366,9 +368,16 @@ public actor WeightStager {
                 try await objects.importFile(request.name, path: path, chunkSize: chunkSize, bufferSink: toRAM,
                                              progress: tracker(job), beforeCommit: { [digest] info in try await verify(info, digest) })
             } catch let error as ObjectError where writer != nil {
-                // Too large for the NVMe tier: the RAM copy, whole and checked before the log
-                // ran out, serves alone.
-                guard case .noRoom = error else { throw error }
+                // Too large for the NVMe tier: the RAM copy serves alone, if it is whole (the
+                // import may have stopped before the end) and, with a checksum, right.
+                guard case .noRoom = error, inRAM.total == current.size else { throw error }
+                if let expected = request.sha256, let digest {
+                    let actual = try await digest.finish()
+                    guard actual == expected else {
+                        throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged",
+                                         isChecksumMismatch: true)
+                    }
+                }
                 logger.warning("\(error); \(request.name) is staged in RAM only")
             }
         case (_, let object?):
@@ -448,4 +457,11 @@ extension Duration {
         let (s, attoseconds) = components
         return Double(s) + Double(attoseconds) / 1e18
     }
+}
+
+/// Bytes written so far, from any task.
+final class WrittenBytes: Sendable {
+    private let bytes = Atomic<UInt64>(0)
+    func add(_ count: Int) { bytes.add(UInt64(count), ordering: .relaxed) }
+    var total: UInt64 { bytes.load(ordering: .relaxed) }
 }

@@ -690,6 +690,22 @@ def test_overwritten_values_make_room_before_live_ones(make_daemon):
     assert r.exists("big") == 0 and r.get("keeper") == keeper
 
 
+def test_durable_msets_past_the_budget_evict_old_values_and_never_wedge(make_daemon):
+    """MSETs of multi-part values through a budget a few of them fill: each is acknowledged, the
+    oldest values make room (counted as evicted), a small key written once in between stays
+    while it is among the live ones, and the tier keeps taking writes (a segment reclaimed
+    while parts were written to it once lowered the budget to nothing)."""
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable",
+                        tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 32MiB, segment_size: 8MiB } }")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    for batch in range(6):
+        values = {f"m{batch}-{i}": os.urandom((4 << 20) + 1) for i in range(3)}
+        assert r.mset(values) is True, batch
+        assert all(r.get(key) == value for key, value in values.items()), batch
+    assert r.info("stats")["evicted_keys"] > 0
+    assert r.set("after", os.urandom(12 << 20)) is True
+
+
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")

@@ -110,7 +110,7 @@ def test_a_preloaded_model_is_kept_loaded_through_crashes_and_reloads(make_daemo
     after the restart backoff without waiting for a request, and so is one a reload restarts or
     adds."""
     d = make_daemon(config(model_line("a", ", preload: true")))
-    wait_for(lambda: d.model("a")["status"] == "ready", 60, what="a preloaded")
+    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a").get("pid"), 60, what="a preloaded")
     pid = d.model("a")["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a")["pid"] not in (None, pid), 60,

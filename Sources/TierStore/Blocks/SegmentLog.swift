@@ -3,8 +3,8 @@ import Glibc
 
 /// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
-/// when the budget is exceeded: of block segments the one holding the fewest live bytes
-/// (overwritten and removed values are dead), the oldest of equals; of object segments the oldest. Reads verify both checksums: a record that fails is
+/// when the budget is exceeded: of block segments the oldest holding no live value (its values
+/// were all overwritten or removed), else the oldest; of object segments the oldest. Reads verify both checksums: a record that fails is
 /// a miss, counted, never returned. A SQLite catalog (`catalog.sqlite`, WAL) records where every
 /// block lives; a durable put returns once its record is fsynced and its catalog entry committed.
 /// On open the catalog is loaded and only what was appended after its last commit is scanned; a
@@ -114,9 +114,9 @@ public actor SegmentLog {
     /// removed, stays listed: a reclaim drops only the keys whose entry still points there), so a
     /// reclaim visits its own segment's keys, not the whole index.
     var segmentKeys: [Int: [BlockKey]] = [:]
-    /// Bytes of each segment's records that the index still points to: a reclaim takes the
-    /// segment that holds the least (`reclaimVictim`), so values overwritten or removed go
-    /// before live ones, whatever their age.
+    /// Bytes of each segment's records that the index still points to (or that are being
+    /// written): a reclaim takes a segment holding none first (`reclaimVictim`), so values
+    /// overwritten or removed go before live ones, whatever their age.
     var liveBytes: [Int: UInt64] = [:]
     var segments: [Int: Segment] = [:]
     /// Each lane's largest segment id, the one its appends go to (ids only grow; a reclaim never
@@ -295,9 +295,10 @@ public actor SegmentLog {
         defer { if record.pooled { buffers.give(record.buffer) } }
         do {
             try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog, lane: lane)
-        } catch let error as IOError where error.isNoSpace {
+        } catch let error as IOError where error.isNoSpace && !error.isReclaimedDuringWrite {
             // The filesystem filled before the budget did. If the oldest segments can make room,
-            // the block goes once more, into a new segment (the failed one takes no more).
+            // the block goes once more, into a new segment (the failed one takes no more). (A
+            // segment reclaimed under the budget while written to says nothing of the filesystem.)
             guard fitBudgetToFilesystem(failedForSpace: true) else { throw error }
             try await appendOnce(record, durable: durable, awaitingCatalog: awaitingCatalog, lane: lane)
         }
@@ -319,6 +320,11 @@ public actor SegmentLog {
 
         pin(segment.id)
         defer { unpin(segment.id) }
+        // Counted live while it is written, so that a reclaim does not take the segment of a
+        // write under way for one that holds little (`reclaimVictim`).
+        liveBytes[segment.id, default: 0] += UInt64(recordLength)
+        var counted = true
+        defer { if counted { unindexed(Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: 0, payloadLength: 0)) } }
         do {
             try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset, sync: durable)
         } catch {
@@ -342,7 +348,7 @@ public actor SegmentLog {
             } else {
                 stats.blocks += 1
             }
-            liveBytes[segment.id, default: 0] += UInt64(recordLength)
+            counted = false   // (its bytes were counted as it was written)
             segmentKeys[segment.id, default: []].append(key)
         }
         reclaimOverBudget()
@@ -805,15 +811,17 @@ public actor SegmentLog {
     }
 
     /// The segment a reclaim takes next (`reclaimOverBudget`), or nil when only the lanes'
-    /// active segments are left: of the block lane, the one holding the fewest live bytes (the
-    /// oldest of those): a segment of values since overwritten or removed goes before one whose
-    /// values are still read, and, all being live, the oldest goes first; of the object lane, the
-    /// oldest.
+    /// active segments are left: of the block lane, the oldest holding no live value, else the
+    /// oldest; of the object lane, the oldest.
     private func reclaimVictim() -> Int? {
-        var best: [Lane: (live: UInt64, id: Int)] = [:]
+        // Per lane: (holds nothing live, id), least first: a block segment whose values were all
+        // overwritten or removed goes before any with a live one, and otherwise the oldest goes,
+        // so a value's own parts just written are not the first to make room for its last.
+        // (Objects are written once, in order, and read whole: theirs go oldest first.)
+        var best: [Lane: (live: Int, id: Int)] = [:]
         for (id, segment) in segments where id != newestSegment[segment.lane] {
-            // (Objects are written once, in order, and read whole: theirs go oldest first.)
-            let candidate = (live: segment.lane == .blocks ? liveBytes[id] ?? 0 : 0, id: id)
+            let holdsLive = segment.lane == .blocks && (liveBytes[id] ?? 0) > 0
+            let candidate = (live: holdsLive ? 1 : 0, id: id)
             if let current = best[segment.lane], (current.live, current.id) <= (candidate.live, candidate.id) { continue }
             best[segment.lane] = candidate
         }

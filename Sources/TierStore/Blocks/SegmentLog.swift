@@ -4,9 +4,10 @@ import Glibc
 /// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
 /// when the budget is exceeded: of block segments the oldest holding no live value (its values
-/// were all overwritten or removed), else the oldest; of object segments the oldest. Reads verify both checksums: a record that fails is
-/// a miss, counted, never returned. A SQLite catalog (`catalog.sqlite`, WAL) records where every
-/// block lives; a durable put returns once its record is fsynced and its catalog entry committed.
+/// were all overwritten or removed), else the oldest; of object segments the oldest. Reads
+/// verify both checksums: a record that fails is a miss, counted, never returned. A SQLite
+/// catalog (`catalog.sqlite`, WAL) records where every block lives; a durable put returns once
+/// its record is fsynced and its catalog entry committed.
 /// On open the catalog is loaded and only what was appended after its last commit is scanned; a
 /// torn or unwritten record is skipped, so a write that was never acknowledged is absent and
 /// never half there.
@@ -42,8 +43,8 @@ public actor SegmentLog {
         /// commit fails durable puts.
         public var filesystemReserveBytes: UInt64 = 16 << 20
         /// Bytes of object segments that a reclaim does not take while block segments can go
-        /// instead; nil: half the budget in force. Objects beyond it go first (by
-        /// `reclaimVictim`'s order), before blocks. It is not a reservation: blocks use what objects leave free.
+        /// instead; nil: half the budget in force. Objects beyond it go first (oldest first),
+        /// before blocks. It is not a reservation: blocks use what objects leave free.
         public var objectReserveBytes: UInt64?
 
         public init(
@@ -324,7 +325,9 @@ public actor SegmentLog {
         // write under way for one that holds little (`reclaimVictim`).
         liveBytes[segment.id, default: 0] += UInt64(recordLength)
         var counted = true
-        defer { if counted { unindexed(Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: 0, payloadLength: 0)) } }
+        defer {
+            if counted { unindexed(Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: 0, payloadLength: 0)) }
+        }
         do {
             try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset, sync: durable)
         } catch {

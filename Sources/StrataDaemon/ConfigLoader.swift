@@ -89,7 +89,18 @@ public enum ConfigLoader {
         _ = check { if let node = top["gateway"] { config.gateway = try gateway(reader, node, defaults: config.gateway) } }
         _ = check { if let node = top["supervisor"] { config.supervisor = try supervisor(reader, node, defaults: config.supervisor) } }
         _ = check { if let node = top["tiers"] { config.tiers = try tiers(reader, node) } }
-        _ = check { if let node = top["kv"] { config.kv = try kv(reader, node) } }
+        _ = check {
+            guard let node = top["kv"] else { return }
+            config.kv = try kv(reader, node)
+            // A value is stored in parts of 4 MiB, each a record of the NVMe log with its header.
+            let part = TierKVBackend.defaultPartBytes + 4096
+            if config.kv != nil, config.tiers.nvme.budgetBytes > 0, config.tiers.nvme.segmentBytes < part {
+                let node = (top["tiers"].flatMap { $0.mapping?["nvme"] }?.mapping?["segment_size"]) ?? node
+                throw reader.fail("tiers.nvme.segment_size", node,
+                    "\(ConfigUnits.formatBytes(UInt64(config.tiers.nvme.segmentBytes))) cannot hold a part of a KV value "
+                        + "(4MiB and a record header); expected at least 5MiB with kv on (a larger tiers.nvme.budget gives larger segments)")
+            }
+        }
         _ = check { if let node = top["routing"] { config.routing = try routing(reader, node) } }
         let devicesRead = check { config.devices = try devices(reader, top["devices"], gpus: gpus.gpus) }
         config.gpuDiscovery = gpus

@@ -100,7 +100,10 @@ final class TierKVBackend: KVBackend, Sendable {
     /// `durable`: writes of one key, one at a time (`KeyWriteLocks`).
     private let writing = KeyWriteLocks()
 
-    init(tiers: TierService, durability: Durability = .cache, partBytes: Int = 4 << 20) {
+    /// A value is stored in parts of this many bytes (the last one shorter).
+    static let defaultPartBytes = 4 << 20
+
+    init(tiers: TierService, durability: Durability = .cache, partBytes: Int = defaultPartBytes) {
         self.tiers = tiers
         self.durability = durability
         self.partBytes = partBytes

@@ -79,7 +79,7 @@ struct RequestFrontTests {
         var start = 0
         while start < bytes.count {
             let end = min(bytes.count, start + size)
-            try? channel.writeInbound(ByteBuffer(bytes: bytes[start..<end]))
+            _ = try? channel.writeInbound(ByteBuffer(bytes: bytes[start..<end]))
             start = end
         }
         _ = try? channel.finish()

@@ -74,6 +74,13 @@ struct ConfigLoaderTests {
         Self.expectError("tiers: { nvme: { budget: 256MiB, segment_size: 256MiB } }", key: "tiers.nvme.segment_size",
                          "fewer than 2 segments", "at most half the budget")
         Self.expectError("tiers: { nvme: { budget: 1MiB } }", key: "tiers.nvme.budget", "at least 2MiB")
+        // with kv on, a segment holds a 4 MiB part of a value and its header
+        Self.expectError("tiers: { nvme: { budget: 64MiB, segment_size: 4MiB } }\nkv: { resp: 127.0.0.1:6390 }",
+                         key: "tiers.nvme.segment_size", "4MiB cannot hold a part of a KV value", "at least 5MiB")
+        Self.expectError("tiers: { nvme: { budget: 16MiB } }\nkv: { resp: 127.0.0.1:6390 }",
+                         key: "tiers.nvme.segment_size", "a larger tiers.nvme.budget")
+        #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 8MiB } }\nkv: { resp: 127.0.0.1:6390 }").kv != nil)
+        #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 4MiB } }").tiers.nvme.segmentBytes == 4 << 20)
     }
 
     @Test func emptyFileGivesDefaults() throws {

@@ -94,7 +94,7 @@ public enum ConfigLoader {
             config.kv = try kv(reader, node)
             // A value is stored in parts of 4 MiB, each a record of the NVMe log with its header.
             let part = TierKVBackend.defaultPartBytes + 4096
-            if config.kv != nil, config.tiers.nvme.budgetBytes > 0, config.tiers.nvme.segmentBytes < part {
+            if config.kv.resp != nil, config.tiers.nvme.budgetBytes > 0, config.tiers.nvme.segmentBytes < part {
                 let node = (top["tiers"].flatMap { $0.mapping?["nvme"] }?.mapping?["segment_size"]) ?? node
                 throw reader.fail("tiers.nvme.segment_size", node,
                     "\(ConfigUnits.formatBytes(UInt64(config.tiers.nvme.segmentBytes))) cannot hold a part of a KV value "

@@ -79,8 +79,10 @@ struct ConfigLoaderTests {
                          key: "tiers.nvme.segment_size", "4MiB cannot hold a part of a KV value", "at least 5MiB")
         Self.expectError("tiers: { nvme: { budget: 16MiB } }\nkv: { resp: 127.0.0.1:6390 }",
                          key: "tiers.nvme.segment_size", "a larger tiers.nvme.budget")
-        #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 8MiB } }\nkv: { resp: 127.0.0.1:6390 }").kv != nil)
+        #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 8MiB } }\nkv: { resp: 127.0.0.1:6390 }").kv.resp != nil)
         #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 4MiB } }").tiers.nvme.segmentBytes == 4 << 20)
+        // (a kv section without `resp` turns nothing on)
+        #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 4MiB } }\nkv: { durability: durable }").kv.resp == nil)
     }
 
     @Test func emptyFileGivesDefaults() throws {

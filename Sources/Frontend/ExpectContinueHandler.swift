@@ -55,11 +55,10 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
     /// route is not one of those (its handler decides).
     private func tooLarge(_ head: HTTPRequest, declared: Int) -> (Endpoint?, GatewayError)? {
         guard let path = head.path else { return nil }
-        let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
-        if let endpoint = Endpoint.allCases.first(where: { $0.path == route }) {
+        if let endpoint = Endpoint(requestPath: path) {
             return declared > maxBodyBytes ? (endpoint, .requestTooLarge(limit: maxBodyBytes)) : nil
         }
-        if route.hasPrefix("/v1/blocks/") {
+        if path.hasPrefix("/v1/blocks/") {
             return declared > Gateway.maxBlockBytes ? (nil, .blockTooLarge) : nil
         }
         return nil

@@ -249,6 +249,18 @@ enum Endpoint: String, CaseIterable, Sendable {
         case .responses: "/v1/responses"
         }
     }
+    /// The endpoint a request's path (its query, if any, aside) names; nil for another path.
+    init?(requestPath path: String) {
+        let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
+        switch route {
+        case "/v1/chat/completions": self = .chatCompletions
+        case "/v1/completions": self = .completions
+        case "/v1/embeddings": self = .embeddings
+        case "/v1/responses": self = .responses
+        default: return nil
+        }
+    }
+
     /// Appended to a lease's base URL, which ends in `/v1`.
     var suffix: String { String(path.dropFirst(3)) }
     var requiredField: String {

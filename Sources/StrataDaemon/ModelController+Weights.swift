@@ -39,11 +39,7 @@ extension ModelController {
     /// another version is removed, and the size is what its copies are accounted at
     /// (`learnWeightSize`). Sources that do not answer `within` keep their copies and estimates.
     func checkRemoteSources(of models: [ModelConfiguration], _ stager: WeightStager, within limit: Duration) async {
-        let remote = models.filter { model in
-            guard model.stage, let location = try? RemoteLocation(parsing: model.source) else { return false }
-            if case .file = location { return false }
-            return true
-        }
+        let remote = models.filter { $0.stage && $0.isRemoteSource }
         guard !remote.isEmpty else { return }
         await withTaskGroup(of: (ModelConfiguration, UInt64?)?.self) { group in
             for model in remote {

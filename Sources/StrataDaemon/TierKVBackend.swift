@@ -128,7 +128,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
             state.namespaces[record.namespace, default: [:]][record.key] = entry
             state.own(record.namespace, record.key, version: entry.version)
-            state.ownRest(record.namespace, record.key, version: entry.version, parts: max(1, (entry.size + partBytes - 1) / partBytes))
+            state.ownRest(record.namespace, record.key, version: entry.version, parts: parts(entry.size, of: partBytes))
             state.nextSequence = max(state.nextSequence, record.sequence + 1)
         }
     }
@@ -228,7 +228,8 @@ final class TierKVBackend: KVBackend, Sendable {
     /// The first bytes hashed into every KV block key ("strata-kv-v1"); changing them renames every stored value.
     private static let blockKeyTag: StaticString = "strata-kv-v1"
 
-    private func parts(_ size: Int) -> Int { max(1, (size + partBytes - 1) / partBytes) }
+    private func parts(_ size: Int) -> Int { Self.parts(size, of: partBytes) }
+    private static func parts(_ size: Int, of partBytes: Int) -> Int { max(1, (size + partBytes - 1) / partBytes) }
 
     /// A value's blocks: its parts of at most `partBytes` (one, empty, for an empty value), each
     /// under its key for this version.
@@ -953,7 +954,7 @@ final class TierKVBackend: KVBackend, Sendable {
             guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
             return entries.map {
                 state.own(namespace, $0.key, version: $0.entry.version)
-                state.ownRest(namespace, $0.key, version: $0.entry.version, parts: max(1, ($0.entry.size + partBytes - 1) / partBytes))
+                state.ownRest(namespace, $0.key, version: $0.entry.version, parts: parts($0.entry.size))
                 return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
             }
         }

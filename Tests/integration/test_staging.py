@@ -37,6 +37,17 @@ def stage_cli(d, model="smollm2", *extra, timeout=120):
                           timeout=timeout, env={**os.environ, "STRATA_ADMIN_KEY": ADMIN_KEY})
 
 
+def origin(tmp_path, data: bytes | None = None) -> Path:
+    """A directory for nginx to serve, holding `model.gguf`: the test model (linked), or `data`."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    if data is None:
+        (root / "model.gguf").symlink_to(MODEL)
+    else:
+        (root / "model.gguf").write_bytes(data)
+    return root
+
+
 def runtime_model_path(d) -> str:
     pid = d.model("smollm2")["pid"]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -112,10 +123,8 @@ def test_a_copy_in_ram_of_an_http_source_that_changed_is_not_used(make_daemon, t
     """A copy in RAM counts only for the source it came from: a reload that points the model at
     another URL stages that one; an object replaced at the same URL is found out when the
     daemon starts again (one HEAD), and its new version staged."""
-    root = tmp_path / "origin"
-    root.mkdir()
     data = MODEL.read_bytes()
-    (root / "model.gguf").write_bytes(data)
+    root = origin(tmp_path, data)
     (root / "other.gguf").symlink_to(MODEL)
     with Nginx(root) as nginx:
         d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}'))
@@ -150,10 +159,8 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
     """`POST .../stage` for a model whose copy is in RAM but whose source now holds another
     version answers at once with the download running (it waited for the whole download, and
     `strata stage` gave up after 10 s saying it could not reach Strata)."""
-    root = tmp_path / "origin"
-    root.mkdir()
     data = MODEL.read_bytes()
-    (root / "model.gguf").write_bytes(data)
+    root = origin(tmp_path, data)
     with Nginx(root, location="limit_rate 40m;") as nginx:   # one connection: about 3 s a copy
         d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
                                tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
@@ -175,9 +182,7 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
 def test_an_origin_that_refuses_head_is_looked_up_with_its_first_byte(make_daemon, tmp_path, refusal):
     """A URL presigned for GET answers HEAD with 403 (others with 405): the size and version
     come from a one-byte ranged GET instead."""
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root, location=f"if ($request_method = HEAD) {{ return {refusal}; }}") as nginx:
         d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}'))
         result = stage_cli(d)
@@ -194,9 +199,7 @@ def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(m
     """An http source has no size in the config: `memory` gives an estimate (here 240 MiB each,
     two of which would not fit 300 MiB) until a HEAD finds the real one (about 100 MiB). Two
     models of the same weights share one copy."""
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root) as nginx:
         d = make_daemon(config(
             f'  - {{ name: one, source: "{nginx.url}/model.gguf", memory: 300MiB }}\n'
@@ -226,13 +229,10 @@ def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(m
 def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):
     """Without an ETag the version is the Last-Modified time: every range asks
     If-Unmodified-Since, and an answer from another version fails the staging whole."""
-    root = tmp_path / "origin"
-    root.mkdir()
-    data = MODEL.read_bytes()
-    other = bytearray(data)
+    root = origin(tmp_path)
+    other = bytearray(MODEL.read_bytes())
     other[-1] ^= 0xFF   # the same size: only the version tells them apart
     (root / "b.gguf").write_bytes(other)
-    (root / "model.gguf").symlink_to(MODEL)
     # 20 MiB/s per connection: the swap lands mid-transfer
     with Nginx(root, location="etag off; limit_rate 20m;") as nginx:
         d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
@@ -256,9 +256,7 @@ def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_
 
 
 def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon, tmp_path):
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root) as nginx, FaultProxy(nginx.url, seed=3, faults={
             "reset_every": 3, "reset_after_bytes": 1_500_000,
             "status_503_every": 4,
@@ -285,9 +283,7 @@ def test_http_source_survives_resets_stalls_and_503s_byte_identical(make_daemon,
 
 
 def test_https_source_is_verified_against_the_configured_authority(make_daemon, tmp_path):
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root, tls=True) as nginx:
         model = f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}'
         tiers = "{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB }, remote: { retries: 1 CA } }"
@@ -324,9 +320,7 @@ def test_s3_source_from_moto(make_daemon):
 
 
 def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemon, tmp_path):
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root) as nginx:
         d = make_daemon(config(
             f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{"0" * 64}" }}\n'
@@ -350,9 +344,7 @@ def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemo
 
 
 def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root) as nginx, FaultProxy(nginx.url, faults={"stall_every": 1, "stall_after_bytes": 100_000,
                                                              "stall_seconds": 30}) as proxy:
         d = make_daemon(config(
@@ -397,9 +389,7 @@ def test_preload_stages_and_loads_at_start(make_daemon):
 
 
 def test_weights_over_the_ram_budget_start_from_the_file_or_a_copy_on_disk(make_daemon, tmp_path):
-    root = tmp_path / "origin"
-    root.mkdir()
-    (root / "model.gguf").symlink_to(MODEL)
+    root = origin(tmp_path)
     with Nginx(root) as nginx:
         d = make_daemon(config(
             f'  - {{ name: smollm2, source: "file://{MODEL}", memory: 400MiB }}\n'

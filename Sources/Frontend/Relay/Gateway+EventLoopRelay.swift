@@ -66,14 +66,7 @@ extension Gateway {
         if let connection = head.headerFields[.connection], connection.utf8.count == 5, connection.lowercased() == "close" {
             return nil
         }
-        let route = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
-        switch route {
-        case "/v1/chat/completions": return .chatCompletions
-        case "/v1/completions": return .completions
-        case "/v1/embeddings": return .embeddings
-        case "/v1/responses": return .responses
-        default: return nil
-        }
+        return Endpoint(requestPath: path)
     }
 
     /// Checks, parses and admits a whole request without waiting. Nil where the general path is

@@ -325,9 +325,7 @@ public actor SegmentLog {
         // write under way for one that holds little (`reclaimVictim`).
         liveBytes[segment.id, default: 0] += UInt64(recordLength)
         var counted = true
-        defer {
-            if counted { unindexed(Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: 0, payloadLength: 0)) }
-        }
+        defer { if counted { uncount(recordLength, in: segment.id) } }
         do {
             try await writeCombined(segment.id, fd: segment.fd, buffer: buffer, length: recordLength, at: offset, sync: durable)
         } catch {
@@ -586,9 +584,11 @@ public actor SegmentLog {
     }
 
     /// A record the index no longer points to: its segment holds that much less live data.
-    private func unindexed(_ location: Location) {
-        guard let live = liveBytes[location.segment] else { return }
-        liveBytes[location.segment] = live - min(live, UInt64(location.recordLength))
+    private func unindexed(_ location: Location) { uncount(location.recordLength, in: location.segment) }
+
+    private func uncount(_ recordLength: Int, in segment: Int) {
+        guard let live = liveBytes[segment] else { return }
+        liveBytes[segment] = live - min(live, UInt64(recordLength))
     }
 
     /// Commits the catalog and closes every segment.

@@ -23,6 +23,13 @@ def chat(d, model, key=API_KEY, stream=False, max_tokens=4):
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=120)
 
 
+def ready_pid(d, model):
+    """The model's runtime pid while it is ready, else None: from one read of /admin/models (two
+    reads could see 'ready' and then, after a crash in between, no pid)."""
+    m = d.model(model)
+    return m.get("pid") if m["status"] == "ready" else None
+
+
 def reload(d):
     status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
     return status, json.loads(body)
@@ -110,18 +117,15 @@ def test_a_preloaded_model_is_kept_loaded_through_crashes_and_reloads(make_daemo
     after the restart backoff without waiting for a request, and so is one a reload restarts or
     adds."""
     d = make_daemon(config(model_line("a", ", preload: true")))
-    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a").get("pid"), 60, what="a preloaded")
-    pid = d.model("a")["pid"]
+    pid = wait_for(lambda: ready_pid(d, "a"), 60, what="a preloaded")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a")["pid"] not in (None, pid), 60,
-             what="a restarted by itself after the crash")
+    pid = wait_for(lambda: (p := ready_pid(d, "a")) not in (None, pid) and p, 60,
+                   what="a restarted by itself after the crash")
 
     # a reload that changes a's process, and adds b, preloaded too: both load with no request
-    pid = d.model("a")["pid"]
     rewrite(d, config(model_line("a", ', preload: true, args: ["--temp", "0"]') + model_line("b", ", preload: true")))
     status, answer = reload(d)
     assert status == 200 and answer["restarted"] == ["a"] and answer["added"] == ["b"], answer
-    wait_for(lambda: d.model("a")["status"] == "ready" and d.model("a")["pid"] not in (None, pid), 60,
-             what="a started again after the reload")
+    wait_for(lambda: ready_pid(d, "a") not in (None, pid), 60, what="a started again after the reload")
     wait_for(lambda: d.model("b")["status"] == "ready", 60, what="b preloaded after the reload")
     assert chat(d, "a")[0] == 200

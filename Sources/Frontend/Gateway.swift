@@ -149,7 +149,7 @@ public struct Gateway: Sendable {
             }
             return jsonResponse(model.object)
         }
-        for path in ["/v1/models", "/v1/models/**"] {
+        for path in ["/health", "/ready", "/metrics", "/v1/models", "/v1/models/**"] {
             for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
                 router.on(RouterPath(path), method: method) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
             }

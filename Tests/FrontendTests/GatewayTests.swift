@@ -204,7 +204,7 @@ struct GatewayTests {
                 ("/v1/chat/completions", HTTPRequest.Method.get, "POST"), ("/v1/models", .post, "GET"), ("/v1/models/m", .post, "GET"),
                 ("/admin/reload", .get, "POST"), ("/admin/models/m/unload", .get, "POST"),
                 ("/v1/completions", .delete, "POST"), ("/v1/embeddings", .put, "POST"), ("/v1/responses", .patch, "POST"),
-                ("/v1/models", .delete, "GET"),
+                ("/v1/models", .delete, "GET"), ("/health", .post, "GET"), ("/ready", .put, "GET"), ("/metrics", .post, "GET"),
             ] {
                 let wrong = try await client.execute(uri: uri, method: method, headers: [:])
                 #expect(wrong.status == .methodNotAllowed)

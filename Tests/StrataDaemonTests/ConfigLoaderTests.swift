@@ -403,8 +403,8 @@ struct ConfigLoaderTests {
         let cache = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cache-\(getpid())")
         defer { try? FileManager.default.removeItem(at: cache) }
         try FileManager.default.createDirectory(at: cache.appendingPathComponent("models"), withIntermediateDirectories: true)
-        FileManager.default.createFile(
-            atPath: cache.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path, contents: Data(count: 10))
+        #expect(FileManager.default.createFile(
+            atPath: cache.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path, contents: Data(count: 10)))
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for file in ["config/strata.yaml", "config/strata.example.yaml"] {
             let config = try ConfigLoader.load(

@@ -103,6 +103,37 @@ struct WeightStagerTests {
         #expect(restaged.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == replacement)
     }
 
+    @Test(arguments: ["rewritten", "truncated", "unsealed"])
+    func aCopyChangedSincePublishedIsNotUsed(change: String) async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 1 << 20, seed: 3)
+        let request = StageRequest(name: "m", source: path)
+        let copy = try #require(try await f.stager.stage(request).path)
+        #expect(await f.stager.hostCopy(of: "m", source: path) == copy)
+        switch change {
+        case "rewritten":   // same size, one byte other (and so a newer modification time)
+            usleep(10_000)
+            let fd = open(copy, O_WRONLY)
+            var byte: UInt8 = ~bytes[1000]
+            #expect(pwrite(fd, &byte, 1, 1000) == 1)
+            close(fd)
+        case "truncated":
+            #expect(truncate(copy, off_t(bytes.count / 2)) == 0)
+        default:            // the identity file of an older build: no seal line
+            let record = (copy as NSString).deletingLastPathComponent + "/identity"
+            let text = try String(contentsOfFile: record, encoding: .utf8)
+            try String(text[..<text.lastIndex(of: "\n")!]).write(toFile: record, atomically: true, encoding: .utf8)
+        }
+        #expect(await f.stager.hostCopy(of: "m", source: path) == nil)
+        #expect(await f.stager.residency(of: "m", source: path) == .nvme)
+        let again = try await f.stager.stage(request)
+        #expect(again.origin == .nvme, "staged again, not served as it is")
+        let whole = again.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes
+        #expect(whole, "the copy staged again holds the source's bytes")
+        #expect(await f.stager.hostCopy(of: "m", source: path) == again.path)
+    }
+
     @Test func twoModelsOfTheSameWeightsShareOneCopy() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }

@@ -7,7 +7,10 @@ import Synchronization
 /// subdirectory holding the file under its source's base name and an `identity` file naming
 /// the source version it came from. A copy is built in a hidden temporary directory and
 /// renamed into place only when whole (and verified), so a copy that exists is complete and
-/// a crash mid-stage leaves only a temporary directory, removed at the next open.
+/// a crash mid-stage leaves only a temporary directory, removed at the next open. The identity
+/// file also records the copy's size and modification time when it was published (its seal):
+/// a copy written to or truncated since (by hand, or by another program) no longer matches and
+/// is not used, but fetched again.
 public struct StagedFiles: Sendable {
     public let directory: String
 
@@ -35,17 +38,43 @@ public struct StagedFiles: Sendable {
 
     /// The source version `name`'s copy came from, if there is a copy.
     public func identity(of name: String) -> String? {
-        try? String(contentsOfFile: "\(home(of: name))/identity", encoding: .utf8)
+        record(of: name).map(\.identity)
     }
 
-    /// The path of `name`'s complete copy if it came from `identity` (any version when nil).
+    /// The path of `name`'s complete copy if it came from `identity` (any version when nil)
+    /// and is as it was published.
     public func path(of name: String, identity: String? = nil) -> String? {
         let home = home(of: name)
-        guard let stored = try? String(contentsOfFile: "\(home)/identity", encoding: .utf8) else { return nil }
-        if let identity, stored != identity { return nil }
+        guard let record = record(of: name) else { return nil }
+        if let identity, record.identity != identity { return nil }
         let files = ((try? FileManager.default.contentsOfDirectory(atPath: home)) ?? []).filter { $0 != "identity" }
-        guard files.count == 1 else { return nil }
+        guard files.count == 1, let seal = record.seal, Self.seal(of: "\(home)/\(files[0])") == seal else { return nil }
         return "\(home)/\(files[0])"
+    }
+
+    /// `name`'s identity file: the source version, then (on a line of its own) the copy's seal;
+    /// nil seal in a file an older build wrote, whose copy is then not used.
+    private func record(of name: String) -> (identity: String, seal: String?)? {
+        guard let text = try? String(contentsOfFile: "\(home(of: name))/identity", encoding: .utf8) else { return nil }
+        guard let cut = text.lastIndex(of: "\n"), text[text.index(after: cut)...].hasPrefix(Self.sealPrefix) else {
+            return (text, nil)
+        }
+        return (String(text[..<cut]), String(text[text.index(after: cut)...]))
+    }
+
+    static let sealPrefix = "copy size="
+
+    /// What the file at `path` is now, as far as a write or truncation would change it.
+    static func seal(of path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return "\(sealPrefix)\(info.st_size) mtime=\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
+    }
+
+    /// Writes the identity file of the copy at `copy` into `directory`.
+    static func writeRecord(identity: String, copy: String, into directory: String) throws {
+        guard let seal = seal(of: copy) else { throw IOError(operation: "stat \(copy)", errno: errno) }
+        try "\(identity)\n\(seal)".write(toFile: "\(directory)/identity", atomically: false, encoding: .utf8)
     }
 
     /// Publishes as `name`'s copy a hard link to another name's copy of source version
@@ -58,7 +87,7 @@ public struct StagedFiles: Sendable {
             let temporary = temporaryName()
             guard (try? FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)) != nil else { continue }
             guard Glibc.link(path, "\(temporary)/\(fileName)") == 0,
-                (try? identity.write(toFile: "\(temporary)/identity", atomically: false, encoding: .utf8)) != nil
+                (try? Self.writeRecord(identity: identity, copy: "\(temporary)/\(fileName)", into: temporary)) != nil
             else {
                 try? FileManager.default.removeItem(atPath: temporary)
                 continue
@@ -182,7 +211,7 @@ public final class StagedFileWriter: @unchecked Sendable {
             precondition(state == .writing)
             close(fd)
             state = .committed
-            try identity.write(toFile: "\(temporary)/identity", atomically: false, encoding: .utf8)
+            try StagedFiles.writeRecord(identity: identity, copy: "\(temporary)/\(fileName)", into: temporary)
             let home = files.home(of: name)
             let old = files.temporaryName()
             if rename(home, old) != 0 && errno != ENOENT { throw IOError(operation: "rename \(home)", errno: errno) }

@@ -165,12 +165,19 @@ extension ConfigLoader {
                                      "not allowed together with 'upstreams' (replicas Strata does not start)")
                     let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
                     guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
+                    var bases: [String] = []
                     for (i, url) in urls.enumerated() {
                         guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
                             throw reader.fail("\(key2).upstreams[\(i)]", upstreamsNode, "'\(url)' is not an http(s) URL")
                         }
+                        let base = Self.replicaBase(url)
+                        if let first = bases.firstIndex(of: base) {
+                            throw reader.fail("\(key2).upstreams[\(i)]", upstreamsNode,
+                                "'\(url)' is the same replica as upstreams[\(first)] ('\(urls[first])'): list each server once")
+                        }
+                        bases.append(base)
                     }
-                    serving = .replicas(urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
+                    serving = .replicas(bases)
                 } else {
                     if replicaCount > 1 {
                         routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
@@ -316,5 +323,15 @@ extension ConfigLoader {
         weights.source = path
         weights.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
         return weights
+    }
+
+    /// A replica's base URL as requests are sent to it (`base/v1/chat/completions`, `base/health`):
+    /// without a trailing '/', nor the '/v1' an OpenAI base URL ends in.
+    static func replicaBase(_ url: String) -> String {
+        var base = url
+        while base.hasSuffix("/") { base.removeLast() }
+        if base.hasSuffix("/v1") { base.removeLast(3) }
+        while base.hasSuffix("/") { base.removeLast() }
+        return base
     }
 }

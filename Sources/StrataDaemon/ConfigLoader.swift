@@ -316,7 +316,18 @@ public enum ConfigLoader {
                 settings.maxConcurrency = try reader.integer(v, at: "routing.max_concurrency", range: 1...1_000_000)
             }
         }
-        reader.each { if let v = map["session_header"] { settings.sessionHeader = try reader.string(v, at: "routing.session_header") } }
+        reader.each {
+            if let v = map["session_header"] {
+                let name = try reader.string(v, at: "routing.session_header")
+                // An HTTP field name is a token (RFC 9110 §5.1): a name that is not one would
+                // never match a request's header, and session affinity by header would be off.
+                let token = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+                guard !name.isEmpty, name.allSatisfy({ token.contains($0) }) else {
+                    throw reader.fail("routing.session_header", v, "'\(name)' is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)")
+                }
+                settings.sessionHeader = name
+            }
+        }
         return settings
     }
 

@@ -119,7 +119,7 @@ struct ConfigLoaderTests {
               - { name: a, source: "file://${MODEL}", runtime: llama, memory: 400MiB, ttl: 15m, pin: true }
               - { name: b, source: "${MODEL}", runtime: custom, device: gpu0 }
               - { name: c, runtime: openai, upstream_model: gpt-x }
-              - { name: d, upstreams: ["http://127.0.0.1:18301", "http://127.0.0.1:18302/"], routing: least-loaded }
+              - { name: d, upstreams: ["http://127.0.0.1:18301", "http://127.0.0.1:18302/v1/"], routing: least-loaded }
             """, env: Self.env.merging(["MY_KEYS": "k1,k2", "MY_ADMIN": "adm", "OPENAI_KEY": "sk"]) { $1 })
         #expect(config.listen == ListenAddress(host: "::1", port: 9090))
         #expect(config.auth.apiKeys == ["k1", "k2"])
@@ -146,7 +146,8 @@ struct ConfigLoaderTests {
         // undeclared memory: file size + 25%
         #expect(config.models[1].memoryBytes == 5000 && !config.models[1].memoryDeclared && config.models[1].device == "gpu0")
         #expect(config.models[2].serving == .upstream(runtime: "openai", upstreamModel: "gpt-x"))
-        #expect(config.models[3].serving == .replicas(["http://127.0.0.1:18301", "http://127.0.0.1:18302"]))
+        #expect(config.models[3].serving == .replicas(["http://127.0.0.1:18301", "http://127.0.0.1:18302"]),
+                "an OpenAI base URL's /v1 and a trailing / are left out: Strata adds /v1/chat/completions and /health")
         #expect(config.models[3].routing == .leastLoaded && config.models[0].routing == nil)
         var routing = RoutingSettings()
         routing.policy = .roundRobin; routing.blockBytes = 128; routing.indexBlocks = 1000; routing.hotSpotQueue = 4
@@ -209,6 +210,8 @@ struct ConfigLoaderTests {
         Self.expectError("routing: { policy: random }", key: "routing.policy", "'random'", "prefix-affinity, round-robin or least-loaded")
         Self.expectError("routing: { load_bound: 0.5 }", key: "routing.load_bound", "'0.5'", "from 1 to 100")
         Self.expectError("routing: { block_bytes: 4 }", key: "routing.block_bytes", "'4'")
+        Self.expectError("routing: { session_header: \"x session id\" }", key: "routing.session_header", "'x session id' is not an HTTP header name")
+        Self.expectError("routing: { session_header: \"\" }", key: "routing.session_header", "is not an HTTP header name")
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", routing: round-robin } ]", key: "models[0] (a).routing",
                          "only for models with replicas")
         Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], routing: sticky } ]", key: "models[0] (a).routing",
@@ -236,6 +239,10 @@ struct ConfigLoaderTests {
                          key: "models[1].name", "defined twice")
         Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\"], ttl: 1m } ]", key: "models[0] (a).ttl", "not allowed together")
         Self.expectError("models: [ { name: a, upstreams: [] } ]", key: "models[0] (a).upstreams", "at least one")
+        for second in ["http://h:1", "http://h:1/", "http://h:1/v1"] {
+            Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\", \"\(second)\"] } ]", key: "models[0] (a).upstreams[1]",
+                             "'\(second)' is the same replica as upstreams[0]")
+        }
         Self.expectError("models: [ { name: \"a b\", source: x } ]", key: "models[0].name", "no spaces")
         Self.expectError("models: [ { name: \"a#1\", source: x } ]", key: "models[0].name", "#")
         Self.expectError("""

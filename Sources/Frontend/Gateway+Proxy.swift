@@ -89,6 +89,16 @@ extension Gateway {
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
+                if response.status.code >= 500, acquired.hasAlternatives, hints.excluding.count < 8 {
+                    // A server error counts against the replica (as a failure to answer would);
+                    // the client has seen none of it, so another replica gets the request.
+                    acquired.release(.upstreamFailed)
+                    logger.warning("\(acquired.upstreamLabel) answered \(response.status.code); trying another replica")
+                    hints.excluding.insert(acquired.upstreamLabel)
+                    metrics.retried(model: parsed.model, endpoint: endpoint)
+                    _ = try? await response.body.collect(upTo: configuration.maxResponseBytes)   // (read out: the connection is kept)
+                    continue
+                }
                 if parsed.stream, Self.isEventStream(response) {
                     events = try await UpstreamEvents(response.body)
                 }
@@ -195,7 +205,7 @@ extension Gateway {
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }
         observer.completed(collected)   // reports the cached share to the lease, so before its release
-        lease.release()
+        lease.release(status.code >= 500 ? .upstreamFailed : .completed)
         var headers: HTTPFields = [.contentType: contentType]
         headers.append(contentsOf: servedBy)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))

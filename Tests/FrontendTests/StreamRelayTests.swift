@@ -15,8 +15,8 @@ import Glibc
 /// the general path: a client that leaves, a client that reads slowly, an upstream that stops
 /// mid-stream, a stop, an upstream that answers a stream request with an error.
 struct StreamRelayTests {
-    static func request(_ model: String = "raw", path: String = "/v1/chat/completions") -> String {
-        let body = #"{"model":"\#(model)","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+    static func request(_ model: String = "raw", path: String = "/v1/chat/completions", stream: Bool = true) -> String {
+        let body = #"{"model":"\#(model)","stream":\#(stream),"messages":[{"role":"user","content":"hi"}]}"#
         return "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
     }
 
@@ -167,6 +167,28 @@ struct StreamRelayTests {
             #expect(backend.outcomes("raw") == [.completed])
         }
     }
+
+    /// A replica that is up and answers with a server error has sent the client nothing: the
+    /// error counts against it (toward its ejection), and another replica gets the request; with
+    /// none, the client gets the error as it came.
+    @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
+    func aServerErrorIsRetriedOnAnotherReplicaAndCountsAgainstItsOwn(immediate: Bool, stream: Bool) async throws {
+        let upstream = try await StreamingUpstream.start(.serverError)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(immediate: immediate, rawPort: upstream.port) { client, backend in
+            let port = client.port!
+            let (retried, alone) = try await NIOThreadPool.singleton.runIfActive {
+                (try RawClient.exchange(port: port, send: Self.request("raw-then-m", stream: stream), responses: 1),
+                 try RawClient.exchange(port: port, send: Self.request("raw", stream: stream), responses: 1))
+            }
+            #expect(retried.map(\.status) == [200], "\(retried)")
+            try await Self.waitUntil { backend.outcomes("raw-then-m").count == 2 }   // (a stream's lease ends after its last byte)
+            #expect(backend.outcomes("raw-then-m") == [.upstreamFailed, .completed])
+            #expect(alone.map(\.status) == [500])
+            #expect(alone.first?.body == StreamingUpstream.serverErrorBody)
+            #expect(backend.outcomes("raw") == [.upstreamFailed])
+        }
+    }
 }
 
 /// An HTTP/1.1 upstream on NIO that answers every request the same way (`Mode`), and counts
@@ -182,6 +204,8 @@ final class StreamingUpstream: Sendable {
         case stallAfterOneEvent
         /// A 400 with a JSON error body.
         case error
+        /// A 500 with a JSON error body (a replica that is up and broken).
+        case serverError
         /// The stream's head, then the connection closes (a runtime that dies computing the prompt).
         case closeAfterHead
     }
@@ -195,6 +219,7 @@ final class StreamingUpstream: Sendable {
     /// 64 KiB: `data: ` and `x`s, then the blank line.
     static let floodEvent = "data: " + String(repeating: "x", count: 65536 - 8) + "\n\n"
     static let errorBody = #"{"error":{"message":"bad request","type":"invalid_request_error"}}"#
+    static let serverErrorBody = #"{"error":{"code":500,"message":"boom","type":"server_error"}}"#
 
     let channel: any Channel
     private let counters: NIOLockedValueBox<Counters>
@@ -254,14 +279,8 @@ final class StreamingUpstream: Sendable {
         }
 
         private func answer(context: ChannelHandlerContext) {
-            if case .error = mode {
-                let body = ByteBuffer(string: StreamingUpstream.errorBody)
-                let headers: HTTPHeaders = ["Content-Type": "application/json", "Content-Length": "\(body.readableBytes)"]
-                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-                return
-            }
+            if case .error = mode { answerError(.badRequest, StreamingUpstream.errorBody, context: context); return }
+            if case .serverError = mode { answerError(.internalServerError, StreamingUpstream.serverErrorBody, context: context); return }
             let headers: HTTPHeaders = ["Content-Type": "text/event-stream", "Connection": "close"]
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
             switch mode {
@@ -274,9 +293,17 @@ final class StreamingUpstream: Sendable {
                 write("data: {\"i\":0}\n\n", context: context)
             case .closeAfterHead:
                 context.close(promise: nil)
-            case .error:
+            case .error, .serverError:
                 break
             }
+        }
+
+        private func answerError(_ status: HTTPResponseStatus, _ text: String, context: ChannelHandlerContext) {
+            let body = ByteBuffer(string: text)
+            let headers: HTTPHeaders = ["Content-Type": "application/json", "Content-Length": "\(body.readableBytes)"]
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
 
         private func write(_ text: String, context: ChannelHandlerContext) {

@@ -682,9 +682,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         switch result {
         case .success(let answer):
             if let connection = exchange.connection { pool?.release(connection) }
+            // A server error counts against the replica (as a failure to answer would); the
+            // client has seen none of it, so another replica gets the request where there is one.
+            let serverError = answer.head.status >= 500
+            if serverError {
+                relay.lease.release(.upstreamFailed)
+                if tryAnotherReplica(exchange, after: "answered \(answer.head.status)", context: context) { return }
+            }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
-            relay.lease.release()
+            relay.lease.release()   // (after a server error, already released)
             let contentType = answer.head.first(lowercased: HTTP1Wire.Lowercase.contentType) ?? "application/json"
             if exchange.raw, let socket {
                 write(raw: HTTP1Wire.answer(
@@ -724,40 +731,45 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 return
             }
             relay.lease.release(.upstreamFailed)
-            var hints = relay.parsed.hints
-            if relay.lease.hasAlternatives, hints.excluding.count < 8 {
-                gateway.logger.warning("\(relay.lease.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
-                hints.excluding.insert(relay.lease.upstreamLabel)
-                gateway.metrics.retried(model: model, endpoint: relay.endpoint)
-                if let lease = gateway.backend.acquireImmediately(model: model, hints: hints) {
-                    guard let target = pool?.target(url: lease.baseURL + relay.endpoint.suffix) else {
-                        lease.release(.abandoned)
-                        finish(exchange, answer: .badGateway("Upstream URL \(lease.baseURL) is not http://"), context: context)
-                        return
-                    }
-                    exchange.relay.lease = lease
-                    exchange.relay.target = target
-                    exchange.relay.admitted = .now
-                    exchange.relay.parsed.hints = hints
-                    exchange.connection = nil
-                    exchange.resentOnNewConnection = false
-                    send(context: context)
-                    return
-                }
-            }
-            if relay.lease.hasAlternatives, hints.excluding.count < 8 {
-                // No other replica can take it at once: nothing was written to the client yet,
-                // so the general path takes the request (it can wait, probe, spill over).
-                state = .idle
-                handOn(head: exchange.head, body: relay.parsed.body, context: context)
-                context.fireChannelReadComplete()
-                releaseHeldEvent(context: context)
-                resumeAfterRelay(context: context)
-                return
-            }
+            if tryAnotherReplica(exchange, after: "failed before answering (\(describe(error)))", context: context) { return }
             gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
             finish(exchange, answer: .badGateway("The runtime for '\(model)' did not answer: \(describe(error))"), context: context)
         }
+    }
+
+    /// Sends the exchange's request to another replica, its lease (released by the caller) having
+    /// failed it before the client saw anything; or hands it to the general path when none can
+    /// take it at once (it can wait, probe, spill over). False when the model has no other.
+    private func tryAnotherReplica(_ exchange: Exchange, after failure: String, context: ChannelHandlerContext) -> Bool {
+        let relay = exchange.relay
+        let model = relay.parsed.model
+        var hints = relay.parsed.hints
+        guard relay.lease.hasAlternatives, hints.excluding.count < 8 else { return false }
+        gateway.logger.warning("\(relay.lease.upstreamLabel) \(failure); trying another replica")
+        hints.excluding.insert(relay.lease.upstreamLabel)
+        gateway.metrics.retried(model: model, endpoint: relay.endpoint)
+        if let lease = gateway.backend.acquireImmediately(model: model, hints: hints) {
+            guard let target = pool?.target(url: lease.baseURL + relay.endpoint.suffix) else {
+                lease.release(.abandoned)
+                finish(exchange, answer: .badGateway("Upstream URL \(lease.baseURL) is not http://"), context: context)
+                return true
+            }
+            exchange.relay.lease = lease
+            exchange.relay.target = target
+            exchange.relay.admitted = .now
+            exchange.relay.parsed.hints = hints
+            exchange.connection = nil
+            exchange.resentOnNewConnection = false
+            send(context: context)
+            return true
+        }
+        // Nothing was written to the client yet, so the general path takes the request.
+        state = .idle
+        handOn(head: exchange.head, body: relay.parsed.body, context: context)
+        context.fireChannelReadComplete()
+        releaseHeldEvent(context: context)
+        resumeAfterRelay(context: context)
+        return true
     }
 
     /// Writes an error answer for the exchange.

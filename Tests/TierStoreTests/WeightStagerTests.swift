@@ -134,6 +134,25 @@ struct WeightStagerTests {
         #expect(await f.stager.hostCopy(of: "m", source: path) == again.path)
     }
 
+    /// The RAM directory may be one a user named by hand that holds other things: only Strata's
+    /// own copies are ever removed from it.
+    @Test func copiesOfModelsNoLongerConfiguredGoAndNothingElseDoes() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, _) = try f.source(size: 1 << 20, seed: 4)
+        _ = try await f.stager.stage(StageRequest(name: "gone", source: path))
+        _ = try await f.stager.stage(StageRequest(name: "kept", source: path))
+        let foreign = ["notes.txt", "photos/cat.jpg", "my-models/good.gguf"]
+        for file in foreign {
+            try FileManager.default.createDirectory(
+                atPath: (f.host.directory + "/" + file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            #expect(FileManager.default.createFile(atPath: f.host.directory + "/" + file, contents: Data("mine".utf8)))
+        }
+        #expect(await f.stager.removeHostCopies(keeping: ["kept": path]) == ["gone"])
+        #expect(await f.stager.hostCopy(of: "kept", source: path) != nil)
+        for file in foreign { #expect(FileManager.default.contents(atPath: f.host.directory + "/" + file) == Data("mine".utf8), "\(file)") }
+    }
+
     @Test func twoModelsOfTheSameWeightsShareOneCopy() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }
@@ -212,6 +231,28 @@ struct WeightStagerTests {
         await #expect(throws: (any Error).self) {
             _ = try await f.stager.stage(StageRequest(name: "other", source: path))
         }
+    }
+
+    /// The stored copy stands in for an unreachable source only if it is of that source and, with
+    /// a checksum, meets it: a model whose source was changed to another (unreachable) one, or
+    /// whose checksum the stored copy does not have, fails with the source's error.
+    @Test func anUnreachableSourceIsNotReplacedByACopyOfAnotherOrOfOtherBytes() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 1 << 20, seed: 9)
+        _ = try await f.stager.stage(StageRequest(name: "m", source: path))
+        for source in ["\(f.dir)/no-such-model.gguf", "http://127.0.0.1:9/other.gguf"] {
+            await #expect(throws: (any Error).self, "\(source)") {
+                _ = try await f.stager.stage(StageRequest(name: "m", source: source))
+            }
+        }
+        try FileManager.default.removeItem(atPath: path)
+        await #expect(throws: (any Error).self, "a checksum the stored copy does not meet") {
+            _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: String(repeating: "ab", count: 32)))
+        }
+        // the right checksum: the copy is checked and used
+        let checked = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: Self.sha256(bytes)))
+        #expect(checked.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
     }
 
     /// The NVMe copy is listed but no longer whole (a chunk went without the store being told):

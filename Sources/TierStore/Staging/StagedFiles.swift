@@ -104,15 +104,20 @@ public struct StagedFiles: Sendable {
         return nil
     }
 
-    /// The names that have a copy (complete or not) in the directory.
+    /// The names that have a copy in the directory: its subdirectories that hold an identity
+    /// file. Anything else there is not Strata's (a directory given by hand may hold other
+    /// things), and is never listed, so never removed.
     public func names() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !$0.hasPrefix(".") }
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { !$0.hasPrefix(".") && FileManager.default.fileExists(atPath: "\(directory)/\($0)/identity") }
             .map { $0.replacingOccurrences(of: "%2F", with: "/").replacingOccurrences(of: "%25", with: "%") }
     }
 
     /// Removes `name`'s copy. A runtime that still maps it keeps its pages until it exits.
     public func remove(_ name: String) {
-        try? FileManager.default.removeItem(atPath: home(of: name))
+        let home = home(of: name)
+        guard FileManager.default.fileExists(atPath: "\(home)/identity") else { return }   // (not a copy of Strata's)
+        try? FileManager.default.removeItem(atPath: home)
     }
 
     /// Starts a copy of `size` bytes: a file `fileName` in a temporary directory, sized (after a

@@ -185,6 +185,13 @@ public actor WeightStager {
         identity.hasPrefix("\(location) size=")
     }
 
+    /// Whether `identity` names a version of `location`: of that URL or object, or for a local
+    /// file (`SourceFile.identity`), of that path.
+    static func isCopy(_ identity: String, of location: RemoteLocation) -> Bool {
+        if case .file(let path) = location { return identity.hasPrefix("file:\(path) size=") }
+        return isVersion(identity, of: location)
+    }
+
     /// Asks an http or s3 source which version it holds now, and removes `name`'s host copy if
     /// it is of another (a source that cannot be asked keeps it). Returns the size the source
     /// gave; nil for a local file or a source that did not answer.
@@ -260,21 +267,31 @@ public actor WeightStager {
         do {
             current = try await Self.describe(location, remote: remote)
         } catch {
-            if let files, let behind = writesBehind[request.name], let path = files.path(of: request.name, identity: behind.identity) {
+            // Only a copy of this source will do (an earlier version of it, as the source cannot
+            // say which is current), and with a checksum, one that meets it.
+            if request.sha256 == nil, let files, let behind = writesBehind[request.name], Self.isCopy(behind.identity, of: location),
+                let path = files.path(of: request.name, identity: behind.identity)
+            {
                 logger.warning("source of \(request.name) unreachable (\(error)); using the copy staged from \(behind.identity)")
                 return StageResult(path: path, origin: .host, bytes: behind.size, seconds: 0, identity: behind.identity)
             }
             try await writtenBehind(request.name)
-            let stored = objects.info(request.name)
-            if let stored, let files, let path = files.path(of: request.name, identity: stored.source) {
+            guard let stored = objects.info(request.name), Self.isCopy(stored.source, of: location) else { throw error }
+            if let expected = request.sha256 {
+                var digest = SHA256Digest()
+                try await objects.forEachChunk(of: stored) { digest.update($0) }
+                let actual = digest.finalize()
+                guard actual == expected else {
+                    logger.warning("source of \(request.name) unreachable; its NVMe copy has SHA-256 \(actual), the config expects \(expected), so it is not used")
+                    throw error
+                }
+            }
+            if let files, let path = files.path(of: request.name, identity: stored.source) {
                 logger.warning("source of \(request.name) unreachable (\(error)); using the copy staged from \(stored.source)")
                 return StageResult(path: path, origin: .host, bytes: stored.size, seconds: 0, identity: stored.source)
             }
-            if let stored {
-                logger.warning("source of \(request.name) unreachable (\(error)); using the NVMe copy of \(stored.source)")
-                return try await fromNVMe(job, stored, into: files, started: started)
-            }
-            throw error
+            logger.warning("source of \(request.name) unreachable (\(error)); using the NVMe copy of \(stored.source)")
+            return try await fromNVMe(job, stored, into: files, started: started)
         }
 
         if let files, let path = files.path(of: request.name, identity: current.identity) {

@@ -140,10 +140,13 @@ extension ModelController {
                 sets[model.name] = existing
             } else {
                 let running = Set(replicas.filter { placer.snapshot(of: $0)?.phase == .ready })
-                sets[model.name] = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
-                                              settings: config.routing, logger: logger, slots: slots, running: running)
+                let set = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
+                                     settings: config.routing, logger: logger, slots: slots, running: running)
+                replicaSets[model.name]?.handOver(to: set)
+                sets[model.name] = set
             }
         }
+        for (name, set) in replicaSets where sets[name] == nil { set.retire() }
         for (name, task) in healthChecks where sets[name] !== replicaSets[name] {
             task.cancel()
             healthChecks[name] = nil

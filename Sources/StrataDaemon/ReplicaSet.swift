@@ -32,6 +32,8 @@ actor ReplicaSet {
         var router: PrefixRouter
         var nextRequest: RequestID = 1
         var decisionCounters: [DecisionKey: Counter] = [:]
+        /// The set that replaced this one (`handOver`): requests still in flight here end there too.
+        var successor: ReplicaSet?
     }
     private struct DecisionKey: Hashable {
         var replica: String
@@ -107,7 +109,8 @@ actor ReplicaSet {
     private final class UpstreamLeaseRecord: Sendable {
         let id: RequestID
         let replica: String
-        weak let set: ReplicaSet?
+        /// (Held: a set a reload replaced lives until its last request ends, which it hands on.)
+        let set: ReplicaSet
         let report = Mutex<PromptReport?>(nil)
 
         init(id: RequestID, replica: String, set: ReplicaSet) {
@@ -117,7 +120,7 @@ actor ReplicaSet {
         }
 
         func finish(_ outcome: LeaseOutcome) {
-            set?.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLock { $0?.cachedFraction })
+            set.finish(id, replica: replica, outcome: outcome, cachedFraction: report.withLock { $0?.cachedFraction })
         }
     }
 
@@ -177,7 +180,7 @@ actor ReplicaSet {
             return UpstreamLease(
                 baseURL: inner.baseURL, upstreamLabel: replica, hasAlternatives: hasAlternatives, pinnedSlot: claim?.slot,
                 cacheReport: cacheReport, runtimeDied: inner.runtimeDied
-            ) { [weak self, slots] outcome in
+            ) { [self, slots] outcome in
                 inner.release(outcome)
                 let said = report.withLockedValue { $0 }
                 if let slots, let said { slots.learnPrefill(on: replica, report: said, blocks: chain.count) }
@@ -188,7 +191,7 @@ actor ReplicaSet {
                                    completed: outcome == .completed && said != nil)
                 }
                 if let slots, let unpinned { slots.unpinnedFinished(on: replica, generation: unpinned) }
-                self?.finish(id, replica: replica, outcome: outcome, cachedFraction: said?.cachedFraction)
+                self.finish(id, replica: replica, outcome: outcome, cachedFraction: said?.cachedFraction)
             }
         }
     }
@@ -240,9 +243,10 @@ actor ReplicaSet {
     }
 
     private nonisolated func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
-        let (dropped, ejected) = routing.withLockedValue { routing -> (Int, Bool) in
+        let (dropped, ejected, successor) = routing.withLockedValue { routing -> (Int, Bool, ReplicaSet?) in
             let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
             routing.router.finish(id)
+            guard routing.successor == nil else { return (dropped, false, routing.successor) }
             var ejected = false
             switch outcome {
             case .completed: routing.router.reportSuccess(replica)
@@ -250,14 +254,44 @@ actor ReplicaSet {
             case .upstreamFailed: ejected = routing.router.reportFailure(replica)
             }
             publishLoad(replica, of: routing.router)
-            return (dropped, ejected)
+            return (dropped, ejected, nil)
         }
+        // Replaced by a reload: the set now routing takes the request's end (its load and what
+        // it says of the replica).
+        if let successor { successor.finish(id, replica: replica, outcome: outcome) }
         if dropped > 0 {
             Counter(label: "strata_route_index_corrections_total", dimensions: [("model", model), ("replica", replica)])
                 .increment()
             logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
         }
         if ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
+    }
+
+    /// Hands this set's book over to `next`, which replaces it (a reload): the load of requests
+    /// in flight on replicas both have, health, and indexes (`PrefixRouter.takeOver`); those
+    /// requests end in both. Replicas `next` lacks leave the metrics.
+    nonisolated func handOver(to next: ReplicaSet) {
+        routing.withLockedValue { old in
+            next.routing.withLockedValue { new in
+                new.router.takeOver(from: old.router)
+                new.nextRequest = max(new.nextRequest, old.nextRequest)
+            }
+            old.successor = next
+        }
+        retire(gauges.filter { next.gauges[$0.key] == nil })
+        next.publishLoad()
+    }
+
+    /// The model is gone (a reload removed it, or made it a single runtime): its replicas
+    /// leave the metrics.
+    nonisolated func retire() { retire(gauges) }
+
+    private nonisolated func retire(_ gauges: [String: (inFlight: Gauge, indexBlocks: Gauge, healthy: Gauge)]) {
+        for gauge in gauges.values {
+            gauge.inFlight.destroy()
+            gauge.indexBlocks.destroy()
+            gauge.healthy.destroy()
+        }
     }
 
     /// Publishes the load of one replica (nil: all of them).

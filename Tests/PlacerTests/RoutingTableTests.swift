@@ -22,6 +22,39 @@ struct RoutingTableTests {
         #expect(hit.matchedFraction == 0.75)
     }
 
+    /// A reload that changes the replica set builds a new router, which takes over what the old
+    /// one knew of the replicas both have: their requests in flight (released by the same IDs),
+    /// health, failure runs and indexes. A new replica starts fresh; a removed one's requests
+    /// end in the old router only.
+    @Test func aRouterTakesOverTheReplicasItSharesWithTheOneItReplaces() {
+        var old = Routing.router(2, requestCost: 0)   // r0, r1
+        let r0 = RouteDecision(replica: "r0", matchedBlocks: 0, promptBlocks: 5, reason: .leastLoaded)
+        let r1 = RouteDecision(replica: "r1", matchedBlocks: 0, promptBlocks: 3, reason: .leastLoaded)
+        old.dispatch(1, to: r0, promptBlocks: Routing.prompt(family: 1, shared: 5))
+        old.dispatch(2, to: r1, promptBlocks: Routing.prompt(family: 2, shared: 3))
+        old.dispatch(3, to: r1, promptBlocks: Routing.prompt(family: 3, shared: 3))
+        old.reportFailure("r1")
+        old.reportFailure("r1")
+        old.reportFailure("r1")   // ejected
+        var new = PrefixRouter(configuration: PrefixRouterConfiguration(
+            replicas: [ReplicaSpec(id: "r1"), ReplicaSpec(id: "r2")], policy: .prefixAffinity, maxBlocksPerReplica: 1024))
+        new.takeOver(from: old)
+        #expect(new.replica("r1").inFlight == 2 && new.replica("r1").queuedWork == 6)
+        #expect(!new.replica("r1").healthy && new.replica("r1").consecutiveFailures == 3)
+        #expect(new.replica("r1").indexedBlocks == 6, "its index came along")
+        #expect(new.replica("r2") == ReplicaSnapshot(id: "r2", healthy: true, consecutiveFailures: 0, inFlight: 0, queuedWork: 0,
+                                                     indexedBlocks: 0, maxConcurrency: nil))
+        #expect(new.inFlightRequests == 2, "r0's request is not r1's or r2's")
+        let finished = [new.finish(1), new.finish(2), new.finish(3)]
+        #expect(finished == [false, true, true])
+        #expect(new.replica("r1").inFlight == 0 && new.replica("r1").queuedWork == 0)
+        // a different index bound: the index is not carried (the load still is)
+        var bounded = PrefixRouter(configuration: PrefixRouterConfiguration(
+            replicas: [ReplicaSpec(id: "r1")], policy: .prefixAffinity, maxBlocksPerReplica: 4))
+        bounded.takeOver(from: old)
+        #expect(bounded.replica("r1").indexedBlocks == 0 && bounded.replica("r1").inFlight == 2)
+    }
+
     /// Expected work decides: a match is worth its length in blocks, queued work on the
     /// replica counts against it.
     @Test(arguments: [

@@ -1,6 +1,7 @@
 """Hot reload of models, budgets and policies, on SIGHUP and POST /admin/reload: an invalid file
 is rejected with the reason and the running configuration kept; a removed model drains its
 in-flight stream before it stops; new API keys and tenants take effect at once."""
+import concurrent.futures
 import json
 import os
 import signal
@@ -129,3 +130,73 @@ def test_a_preloaded_model_is_kept_loaded_through_crashes_and_reloads(make_daemo
     wait_for(lambda: ready_pid(d, "a") not in (None, pid), 60, what="a started again after the reload")
     wait_for(lambda: d.model("b")["status"] == "ready", 60, what="b preloaded after the reload")
     assert chat(d, "a")[0] == 200
+
+
+class SlowUpstream:
+    """A fake OpenAI upstream (standard library) that answers each chat request after `delay`
+    seconds: enough to hold requests in flight across a reload."""
+
+    def __init__(self, delay=3.0):
+        import http.server
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._send(b'{"status":"ok"}')
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(delay)
+                self._send(json.dumps({"object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": outer.url}, "finish_reason": "stop"}]}).encode())
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_reload_keeps_the_load_of_the_replicas_it_keeps_and_forgets_the_ones_it_removes(make_daemon):
+    """Upstreams [a, b] become [b, c] while requests run on both: b's requests still count as its
+    load (its concurrency limit and the choice see them), and a leaves /metrics."""
+    a, b, c = SlowUpstream(), SlowUpstream(), SlowUpstream()
+    try:
+        def cfg(urls):
+            return config(f"  - {{ name: m, upstreams: {json.dumps(urls)}, routing: round-robin }}\n",
+                          extra="routing: { health_interval: 500ms }")
+
+        def load():
+            return {r["url"]: r["in_flight"] for r in d.model("m")["replicas"]}
+
+        d = make_daemon(cfg([a.url, b.url]))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = [pool.submit(chat, d, "m") for _ in range(4)]
+            wait_for(lambda: load() == {a.url: 2, b.url: 2}, 10, interval=0.05, what="two requests on each")
+            rewrite(d, cfg([b.url, c.url]))
+            status, answer = reload(d)
+            assert status == 200 and answer["restarted"] == ["m"], answer
+            assert load() == {b.url: 2, c.url: 0}, "b's requests in flight are still its load"
+            assert d.metric("strata_replica_in_flight", replica=b.url) == 2
+            gauges = [line for line in d.get("/metrics")[1].decode().splitlines() if line.startswith("strata_replica_")]
+            assert gauges and not [line for line in gauges if a.url in line], "the removed replica's gauges are gone"
+            assert [f.result()[0] for f in answers] == [200] * 4
+        wait_for(lambda: load() == {b.url: 0, c.url: 0}, 10, what="their load released")
+        assert d.metric("strata_replica_in_flight", replica=b.url) == 0
+    finally:
+        for upstream in (a, b, c):
+            upstream.close()

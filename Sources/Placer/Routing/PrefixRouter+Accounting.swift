@@ -79,3 +79,26 @@ extension PrefixRouter {
             maxConcurrency: state.spec.maxConcurrency, starting: state.starting)
     }
 }
+
+extension PrefixRouter {
+    /// Takes over from `earlier`, the router this one replaces (a reload changed the replica
+    /// set or the routing settings), what it knew of each replica both have: requests in
+    /// flight there (finished here too, by the same IDs, when they end), health and failure
+    /// runs, and the index where its bound is the same. A replica only this one has starts
+    /// fresh; one only `earlier` had is dropped with its requests, which end there.
+    public mutating func takeOver(from earlier: PrefixRouter) {
+        for (id, sent) in earlier.dispatched {
+            guard let replica = position[earlier.replicas[sent.replica].spec.id], dispatched[id] == nil else { continue }
+            replicas[replica].inFlight += 1
+            replicas[replica].queuedWork += sent.work
+            // (No cache report is compared for it here: the index it was measured against is not this one's.)
+            dispatched[id] = Dispatch(replica: replica, work: sent.work)
+        }
+        for old in earlier.replicas {
+            guard let replica = position[old.spec.id] else { continue }
+            replicas[replica].healthy = old.healthy
+            replicas[replica].consecutiveFailures = old.consecutiveFailures
+            if old.index.capacity == replicas[replica].index.capacity { replicas[replica].index = old.index }
+        }
+    }
+}

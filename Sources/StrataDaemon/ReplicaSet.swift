@@ -349,23 +349,28 @@ actor ReplicaSet {
     private func probeAll() async {
         if let lastProbe, ContinuousClock.now - lastProbe < .milliseconds(100) { return }
         lastProbe = ContinuousClock.now
-        await withTaskGroup(of: (String, Bool).self) { group in
+        await withTaskGroup(of: (String, String?).self) { group in
             for url in replicas {
                 group.addTask {
                     var request = HTTPClientRequest(url: url + "/health")
                     request.method = .GET
-                    guard let response = try? await HTTPClient.probes.execute(request, timeout: .seconds(2)) else {
-                        return (url, false)
+                    let response: HTTPClientResponse
+                    do {
+                        response = try await HTTPClient.probes.execute(request, timeout: .seconds(2))
+                    } catch {
+                        return (url, "GET \(url)/health: \(describe(error))")
                     }
                     _ = try? await response.body.collect(upTo: 1 << 16)
-                    return (url, response.status == .ok)
+                    return (url, response.status == .ok ? nil : "GET \(url)/health answered \(response.status.code)")
                 }
             }
-            for await (url, healthy) in group { record(probe: url, healthy: healthy) }
+            for await (url, failure) in group { record(probe: url, failure: failure) }
         }
     }
 
-    private func record(probe url: String, healthy: Bool) {
+    /// A probe's result: nil when the replica answered 200, else what went wrong.
+    private func record(probe url: String, failure: String?) {
+        let healthy = failure == nil
         let before = probedHealthy[url]
         probedHealthy[url] = healthy
         if healthy {
@@ -376,7 +381,7 @@ actor ReplicaSet {
             }
             routing.withLockedValue { $0.router.markHealthy(url) }
         } else {
-            if before != false { logger.warning("replica \(url) of \(model) failed its health check") }
+            if before != false { logger.warning("replica \(url) of \(model) failed its health check (\(failure ?? ""))") }
             routing.withLockedValue { $0.router.markUnhealthy(url) }
         }
         publishLoad()

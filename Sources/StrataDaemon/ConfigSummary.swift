@@ -1,3 +1,5 @@
+import Foundation
+
 /// Human-readable summary printed by `strata config check`.
 public enum ConfigSummary {
     public static func render(_ config: StrataConfiguration) -> String {
@@ -39,8 +41,25 @@ public enum ConfigSummary {
             lines.append("  \(model.name) spills to \(model.fallbacks.joined(separator: ", "))\(wait) or when a policy forbids it"
                 + " (tags \(config.substrateTags(of: model).sorted().joined(separator: " ")))")
         }
-        lines += missingExecutables(config).map { "warning: \($0)" }
+        lines += (missingExecutables(config) + weightsNotGGUF(config)).map { "warning: \($0)" }
         return lines.joined(separator: "\n")
+    }
+
+    /// Models on llama-server whose local weights file does not begin as a GGUF file does (a
+    /// text or HTML file under a .gguf name, an empty one): not refused, since the file may be
+    /// replaced before the model starts, but llama-server cannot load it as it is.
+    public static func weightsNotGGUF(_ config: StrataConfiguration) -> [String] {
+        config.models.compactMap { model in
+            guard case .managed(let runtime, let path, _) = model.serving, !path.isEmpty,
+                case .llamaServer = config.runtimes[runtime]?.kind,
+                let handle = FileHandle(forReadingAtPath: path)
+            else { return nil }
+            defer { try? handle.close() }
+            let head = (try? handle.read(upToCount: 4)) ?? Data()
+            guard head != Data("GGUF".utf8) else { return nil }
+            let shown = head.isEmpty ? "is empty" : "begins with \(head.map { String(format: "%02x", $0) }.joined(separator: " "))"
+            return "models \(model.name): \(path) \(shown), not 'GGUF' (47 47 55 46): llama-server will not load it"
+        }
     }
 
     /// Runtimes whose program is not there (yet): not an error, since it may be installed

@@ -60,7 +60,7 @@ public enum Daemon {
         let locks = try lockDirectories(of: config)
         defer { withExtendedLifetime(locks) {} }
         logger.info("\(config.gpuDiscovery.summary); devices: \(config.devices.map { "\($0.name) (\($0.kind.rawValue), \(ConfigUnits.formatBytes($0.memoryBytes)))" }.joined(separator: ", "))")
-        for missing in ConfigSummary.missingExecutables(config) { logger.warning("\(missing)") }
+        for missing in ConfigSummary.missingExecutables(config) + ConfigSummary.weightsNotGGUF(config) { logger.warning("\(missing)") }
         if !config.listen.isLoopback && !config.requiresAPIKeys {
             logger.warning("listening on \(config.listen) without API keys: anyone who can reach it can use it (set STRATA_API_KEYS)")
         }

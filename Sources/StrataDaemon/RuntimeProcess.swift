@@ -67,17 +67,34 @@ struct RuntimeProcess: Sendable {
         }
     }
 
-    /// The last lines of the runtime's log, to put beside an error.
+    /// The last lines of the runtime's log, to put beside an error, after the last two earlier
+    /// lines that say what went wrong: a runtime's last words are often generic ("failed to load
+    /// model", "exiting") and the cause came before them (llama.cpp: "invalid magic characters
+    /// 'hell', expected 'GGUF'", "failed to open GGUF file … (No such file or directory)").
     func logTail(lines: Int = 3) -> String {
         guard let handle = FileHandle(forReadingAtPath: logPath) else { return "" }
         defer { try? handle.close() }
         // This process's lines only: the log holds the runs before it too.
         let size = (try? handle.seekToEnd()) ?? 0
-        try? handle.seek(toOffset: max(logStart, size > 2048 ? size - 2048 : 0))
+        try? handle.seek(toOffset: max(logStart, size > 16384 ? size - 16384 : 0))
         let data = (try? handle.readToEnd()) ?? Data()
-        let text = String(decoding: data, as: UTF8.self)
-        return text.split(separator: "\n").suffix(lines).joined(separator: " | ")
+        let all = String(decoding: data, as: UTF8.self).split(separator: "\n")
+        let last = all.suffix(lines)
+        let earlier = all.dropLast(lines)
+        func mentioning(_ words: [String]) -> [Substring] {
+            earlier.filter { line in
+                let lower = line.lowercased()
+                return words.contains { lower.contains($0) }
+            }
+        }
+        // Lines that name a cause first; lines that only say something failed where none does.
+        let specific = mentioning(Self.causeWords)
+        let causes = (specific.isEmpty ? mentioning(["error", "failed"]) : specific).suffix(2)
+        return (causes + (causes.isEmpty ? [] : ["…"]) + last).joined(separator: " | ")
     }
+
+    static let causeWords = ["invalid", "no such file", "not within", "unsupported", "unknown", "cannot", "unable",
+                             "out of memory", "permission denied", "not found"]
 
     static func resolveExecutable(_ program: String) -> String? {
         if program.contains("/") {

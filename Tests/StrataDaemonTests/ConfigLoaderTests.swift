@@ -60,6 +60,30 @@ struct ConfigLoaderTests {
         #expect(!summary.contains("runtimes.shell"), "sh is on PATH")
     }
 
+    @Test func weightsThatAreNotGGUFAreAWarningForLlamaServer() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-gguf-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(FileManager.default.createFile(atPath: "\(dir)/text.gguf", contents: Data("hello".utf8)))
+        #expect(FileManager.default.createFile(atPath: "\(dir)/empty.gguf", contents: Data()))
+        #expect(FileManager.default.createFile(atPath: "\(dir)/real.gguf", contents: Data("GGUF".utf8) + Data(count: 60)))
+        let config = try Self.parse("""
+            runtimes:
+              llama: { kind: llama-server, binary: /bin/true }
+              other: { kind: command, command: ["sh", "-c", "exec srv --port ${PORT}"] }
+            models:
+              - { name: text, source: "\(dir)/text.gguf", runtime: llama, memory: 1MiB }
+              - { name: empty, source: "\(dir)/empty.gguf", runtime: llama, memory: 1MiB }
+              - { name: real, source: "\(dir)/real.gguf", runtime: llama, memory: 1MiB }
+              - { name: mine, source: "\(dir)/text.gguf", runtime: other, memory: 1MiB }
+            """)
+        #expect(ConfigSummary.weightsNotGGUF(config) == [
+            "models text: \(dir)/text.gguf begins with 68 65 6c 6c, not 'GGUF' (47 47 55 46): llama-server will not load it",
+            "models empty: \(dir)/empty.gguf is empty, not 'GGUF' (47 47 55 46): llama-server will not load it",
+        ])
+        #expect(ConfigSummary.render(config).contains("\nwarning: models text: "))
+    }
+
     @Test func caFileMustBeReadable() throws {
         let config = try Self.parse("tiers: { remote: { ca_file: \"${MODEL}\" } }")
         #expect(config.tiers.remote.caFile == Self.modelFile)

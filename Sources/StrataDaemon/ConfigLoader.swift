@@ -16,6 +16,14 @@ public enum ConfigLoader {
         } catch {
             throw ConfigError(key: "", line: nil, message: "cannot read \(path): \(error.localizedDescription)")
         }
+        // A file caught empty (an editor or a copy part way through writing it) would otherwise
+        // be every default: on a reload, no models at all.
+        let settings = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") && $0 != "---" }
+        guard !settings.isEmpty else {
+            throw ConfigError(key: "", line: nil, message: "\(path) holds no settings (empty, or only comments): "
+                + "it is not taken as every default; write at least one key (for no models, `models: []`)")
+        }
         return try parse(yaml: text, environment: environment, gpus: gpus ?? GPUDiscovery.discover())
     }
 

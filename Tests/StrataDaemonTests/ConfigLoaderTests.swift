@@ -429,6 +429,23 @@ struct ConfigLoaderTests {
         #expect(ConfigUnits.formatBytes(3 << 29) == "1.5GiB")
     }
 
+    /// An empty file (one caught part way through being written) is refused rather than taken as
+    /// every default, which on a reload would remove every model.
+    @Test(arguments: ["", "\n\n", "# only a comment\n  \n", "---\n"])
+    func aFileWithNoSettingsIsRefused(text: String) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-empty-\(getpid()).yaml").path
+        defer { unlink(path) }
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(path: path, environment: Self.env, gpus: .noDriver("test")) }
+        do {
+            _ = try ConfigLoader.load(path: path, environment: Self.env, gpus: .noDriver("test"))
+        } catch {
+            #expect("\(error)".contains("holds no settings"), "\(error)")
+        }
+        try "models: []\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try ConfigLoader.load(path: path, environment: Self.env, gpus: .noDriver("test")).models.isEmpty)
+    }
+
     @Test func shippedConfigsAreValid() throws {
         // The repository's own config files, against a fake cache holding the model file.
         let cache = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cache-\(getpid())")

@@ -55,6 +55,11 @@ def test_reload_adds_removes_and_rejects_invalid_files(make_daemon):
     assert "bogus_key" in answer["error"]["message"] and "kept" in answer["error"]["message"]
     assert chat(d, "b")[0] == 404
     assert chat(d, "a")[0] == 200
+    # so does a file caught empty (an editor part way through writing it): not "every default"
+    d.config_path.write_text("")
+    status, answer = reload(d)
+    assert status == 400 and "holds no settings" in answer["error"]["message"], answer
+    assert chat(d, "a")[0] == 200
 
     # add b, change a's ttl (in place, no restart), and a section that needs a restart
     rewrite(d, config(model_line("a", ", ttl: 10m") + model_line("b")).replace("max_body: 64KiB", "max_body: 128KiB")

@@ -207,8 +207,10 @@ extension ModelController {
     // MARK: Admin
 
     public func stage(model: String, destination: String) async throws -> Data {
-        guard let modelConfig = config.model(placerName: model), case .managed = modelConfig.serving else {
-            throw GatewayError.modelNotFound(model)
+        guard let modelConfig = config.model(placerName: model) else { throw GatewayError.modelNotFound(model) }
+        guard case .managed = modelConfig.serving else {
+            throw GatewayError.badRequest("'\(model)' is served by an upstream Strata does not start; it has no weights here to stage",
+                                          code: "not_managed")
         }
         guard let tiers else {
             throw GatewayError(status: .notFound, type: "invalid_request_error", code: "no_tiers", message: "This daemon runs no storage tiers")

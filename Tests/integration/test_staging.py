@@ -324,7 +324,8 @@ def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemo
     with Nginx(root) as nginx:
         d = make_daemon(config(
             f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{"0" * 64}" }}\n'
-            f'  - {{ name: gone, source: "{nginx.url}/nothing-here.gguf", memory: 400MiB }}'))
+            f'  - {{ name: gone, source: "{nginx.url}/nothing-here.gguf", memory: 400MiB }}\n'
+            f'  - {{ name: elsewhere, upstreams: ["{nginx.url}"] }}'))
         result = stage_cli(d, "smollm2")
         assert result.returncode == 1
         assert "SHA-256" in result.stderr and SHA in result.stderr, result.stderr
@@ -341,6 +342,8 @@ def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemo
         status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "tape"}, headers=ADMIN)
         assert status == 400 and b"host, nvme or disk" in body, body
         assert d.request("POST", "/admin/models/nope/stage", body={}, headers=ADMIN)[0] == 404
+        status, body, _ = d.request("POST", "/admin/models/elsewhere/stage", body={}, headers=ADMIN)
+        assert status == 400 and b"not_managed" in body and b"no weights here to stage" in body, body
 
 
 def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):

@@ -136,10 +136,13 @@ extension ModelController: ModelBackend {
                 throw error
             }
         }
+        // (Reached only when the policy forbids every candidate: the last allowed one's failure
+        // is thrown above.) Nothing changes by waiting, so a 403 with no Retry-After: a client
+        // that retries a 503 would only wait to be told the same.
         Counter(label: "strata_policy_refusals_total", dimensions: [("model", model), ("tenant", hints.tenant)]).increment()
-        throw GatewayError.unavailable(
-            "No substrate this request may use can serve '\(model)' (\(hints.policy)): \(refusals.joined(separator: "; "))",
-            code: "policy_forbidden", retryAfterSeconds: 60)
+        throw GatewayError(
+            status: .forbidden, type: "invalid_request_error", code: "policy_forbidden",
+            message: "No substrate this request may use can serve '\(model)' (\(hints.policy)): \(refusals.joined(separator: "; "))")
     }
 
     /// Whether `fallback` can take a request that spilled from `primary` without stopping it:

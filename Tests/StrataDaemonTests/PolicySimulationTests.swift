@@ -72,9 +72,9 @@ struct PolicySimulationTests {
                 if servedBy != model { spilled += 1 }
             } catch let error as GatewayError {
                 #expect(expected == nil, "\(model) with \(policy) refused (\(error)) though \(expected ?? "") could serve")
-                #expect(error.status.code == 503)
-                // Nothing allowed: the policy's 503; else the last allowed one's own failure.
+                // Nothing allowed: the policy's 403; else the last allowed one's own failure (a 503).
                 #expect((error.code == "policy_forbidden") == allowed.isEmpty, "\(error.code) for allowed \(allowed)")
+                #expect(error.status.code == (allowed.isEmpty ? 403 : 503))
                 refused += 1
             }
         }

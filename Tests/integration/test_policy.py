@@ -1,7 +1,7 @@
 """Substrate policy on real parts: a model Strata runs (tagged on-prem, sovereign:eu) that spills
 over to a 'provider' (another llama-server behind an upstream runtime, tagged provider, with a
 price). Tenants and request headers require or forbid tags; routing never crosses a forbidden
-boundary (a clear 503), and every spillover is counted with its reason."""
+boundary (a clear 403), and every spillover is counted with its reason."""
 
 import pytest
 
@@ -76,10 +76,11 @@ def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make
     assert served_by(headers) == "cloud"
     assert d.metric("strata_spillover_total", model="local", to="cloud", reason="policy") == 1
 
-    # the EU tenant forbidding on-prem leaves nothing: a 503 that names the tags, nothing sent anywhere
+    # the EU tenant forbidding on-prem leaves nothing: a 403 that names the tags, nothing sent
+    # anywhere, and no Retry-After (waiting changes nothing)
     calls_before = d.metric("strata_requests_total", model="cloud")
     status, body, headers = chat(d, key=EU_KEY, headers={"x-strata-forbid": "on-prem"})
-    assert status == 503, body
+    assert status == 403 and "Retry-After" not in headers, (body, headers)
     text = body.decode()
     assert "policy_forbidden" in text and "sovereign:eu" in text and "on-prem" in text, text
     assert d.metric("strata_requests_total", model="cloud") == calls_before
@@ -87,7 +88,7 @@ def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make
 
     # asking the provider model directly under the EU policy is refused the same way
     status, body, _ = chat(d, key=EU_KEY, model="cloud")
-    assert status == 503 and b"lacks required tag sovereign:eu" in body, body
+    assert status == 403 and b"lacks required tag sovereign:eu" in body, body
 
     # a bad tag is a 400 naming the header
     status, body, _ = chat(d, headers={"x-strata-require": "On Prem!"})

@@ -17,12 +17,15 @@ public actor ConfigReloader {
     let access: AccessControlBox
     let logger: Logger
     private(set) var running: StrataConfiguration
+    /// The config the daemon started with: the sections a reload cannot change are still as it has them.
+    let started: StrataConfiguration
     private(set) var reloads = 0
 
     init(path: String?, running: StrataConfiguration, controller: ModelController, access: AccessControlBox, logger: Logger,
          environment: @escaping @Sendable () -> [String: String] = { ProcessInfo.processInfo.environment }) {
         self.path = path
         self.running = running
+        self.started = running
         self.controller = controller
         self.access = access
         self.logger = logger
@@ -46,7 +49,8 @@ public actor ConfigReloader {
                                           code: "invalid_config")
         }
         var report = await controller.reconfigure(to: new)
-        report.needs_restart = ModelController.sectionsNeedingRestart(old: running, new: new)
+        // Against what runs, not the file before: a section edited and then put back needs nothing.
+        report.needs_restart = ModelController.sectionsNeedingRestart(old: started, new: new)
         access.replace(with: new.accessControl)
         running = new
         reloads += 1

@@ -85,6 +85,7 @@ def test_reload_adds_removes_and_rejects_invalid_files(make_daemon):
     rewrite(d, config(model_line("b")))
     status, answer = reload(d)
     assert status == 200 and answer["removed"] == ["a"], answer
+    assert answer["needs_restart"] == [], "max_body is back to what runs: nothing needs a restart"
     t.join(120)
     status, body, _ = result["answer"]
     assert status == 200 and b"[DONE]" in body, body[-500:]

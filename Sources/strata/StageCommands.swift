@@ -79,7 +79,10 @@ struct Stage: AsyncParsableCommand {
 }
 
 enum DaemonAddress {
+    /// The daemon's URL from the config's listen address; with no config file where the
+    /// default one would be, the default address (what `serve` listens on with no `listen`).
     static func base(config: String) throws -> String {
+        if config == Strata.defaultConfig, !FileManager.default.fileExists(atPath: config) { return "http://127.0.0.1:8080" }
         let configuration = try ConfigLoader.load(path: config)
         let host = configuration.listen.host == "0.0.0.0" ? "127.0.0.1" : configuration.listen.host
         return "http://\(host.contains(":") ? "[\(host)]" : host):\(configuration.listen.port)"

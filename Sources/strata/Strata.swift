@@ -13,6 +13,7 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "One OpenAI-compatible endpoint for the models on this machine.",
+        version: "strata 0.1.0",
         subcommands: [Serve.self, Config.self, Status.self, Stage.self, Bench.self])
 
     static func main() async {

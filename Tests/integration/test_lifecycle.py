@@ -362,6 +362,16 @@ def test_status_cli(daemon):
     assert bare.returncode == 0 and "smollm2" in bare.stdout, bare.stderr
 
 
+def test_version_and_status_with_no_config_file(tmp_path):
+    """`--version` answers; `status` where there is no config/strata.yaml asks the default address
+    instead of failing to read the file."""
+    version = subprocess.run([str(STRATA), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("strata "), (version.stdout, version.stderr)
+    status = subprocess.run([str(STRATA), "status"], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                            env={**os.environ, "STRATA_ADMIN_KEY": "x"})
+    assert "cannot read" not in status.stderr and "127.0.0.1:8080" in status.stdout + status.stderr, status.stderr
+
+
 def test_an_address_in_use_stops_the_daemon_naming_its_key(tmp_path):
     """A port another program holds: the daemon exits at start with one line naming the address
     and the key of the config (listen or kv.resp), not a socket error."""

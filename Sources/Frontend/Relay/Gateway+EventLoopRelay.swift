@@ -681,7 +681,11 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         switch result {
         case .success(let answer):
-            if let connection = exchange.connection { pool?.release(connection) }
+            if let connection = exchange.connection {
+                // A stream's request asked the upstream to close the connection (an error answer
+                // to it comes here, whole): it is not kept, whatever the answer's head says.
+                if relay.parsed.stream { connection.channel.close(promise: nil) } else { pool?.release(connection) }
+            }
             // A server error counts against the replica (as a failure to answer would); the
             // client has seen none of it, so another replica gets the request where there is one.
             let serverError = answer.head.status >= 500

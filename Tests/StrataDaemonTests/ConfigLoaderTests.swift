@@ -310,7 +310,9 @@ struct ConfigLoaderTests {
         #expect(specs.models.map(\.stagesWeights) == [true, false])
         #expect(specs.models[0].weightBytes == (1 << 30) * 4 / 5 && specs.models[1].weightBytes == 4000)
 
-        Self.expectError("tiers: { remote: { chunk_size: 1000 } }", key: "tiers.remote.chunk_size", "multiple of 4KiB")
+        Self.expectError("tiers: { remote: { chunk_size: 1000B } }", key: "tiers.remote.chunk_size", "multiple of 4KiB")
+        Self.expectError("models: [ { name: m, source: \(Self.modelFile), memory: 400 } ]", key: "models[0] (m).memory",
+                         "'400' has no unit", "400MiB")
         Self.expectError("tiers: { remote: { parallelism: 0 } }", key: "tiers.remote.parallelism")
         Self.expectError("tiers: { remote: { part_size: 1MiB } }", key: "tiers.remote.part_size", "5MiB")
         Self.expectError("tiers: { remote: { s3: { endpoint: \"127.0.0.1:9000\" } } }", key: "tiers.remote.s3.endpoint", "not an http(s) URL")

@@ -20,82 +20,93 @@ extension ConfigLoader {
         }
         var result: [String: RuntimeConfiguration] = [:]
         for (nameNode, value) in mapping {
-            let name = try reader.string(nameNode, at: "runtimes")
-            let key = "runtimes.\(name)"
-            let map = try reader.mapping(
-                value, at: key, allowed: ["kind", "binary", "args", "command", "health", "env", "url", "api_key_env", "tags", "cost", "latency_class"])
-            guard let kindNode = map["kind"] else {
-                throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
+            // Each runtime read on its own, so one with a problem does not hide the others'; one
+            // that fails stands in as a placeholder, so the models on it are still checked (a
+            // file with any problem is refused whole, so no placeholder ever runs).
+            var read: String?
+            let ok = reader.each {
+                let name = try reader.string(nameNode, at: "runtimes")
+                read = name
+                let key = "runtimes.\(name)"
+                let map = try reader.mapping(
+                    value, at: key, allowed: ["kind", "binary", "args", "command", "health", "env", "url", "api_key_env", "tags", "cost", "latency_class"])
+                guard let kindNode = map["kind"] else {
+                    throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
+                }
+                let kindName = try reader.string(kindNode, at: "\(key).kind")
+                func reject(_ fields: String...) throws {
+                    try rejectFields(fields, reader, map, key, "not used by runtimes of kind \(kindName)")
+                }
+                let kind: RuntimeConfiguration.Kind
+                switch kindName {
+                case "llama-server":
+                    try reject("command", "url", "api_key_env")
+                    let binary = try map["binary"].map { try reader.path($0, at: "\(key).binary") }
+                        ?? reader.expandTilde(try reader.expand(defaultLlamaServer, at: key, node: value))
+                    let args = try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
+                    kind = .llamaServer(binary: binary, args: args)
+                case "command", "vllm", "sglang":
+                    try reject("binary", "url", "api_key_env")
+                    var argv: [String]
+                    if let commandNode = map["command"] {
+                        argv = try reader.strings(commandNode, at: "\(key).command")
+                    } else if kindName == "vllm" {
+                        argv = ["vllm", "serve", "${MODEL_PATH}", "--host", "${HOST}", "--port", "${PORT}",
+                                "--served-model-name", "${MODEL_NAME}"]
+                    } else if kindName == "sglang" {
+                        argv = ["python3", "-m", "sglang.launch_server", "--model-path", "${MODEL_PATH}", "--host", "${HOST}",
+                                "--port", "${PORT}", "--served-model-name", "${MODEL_NAME}"]
+                    } else {
+                        throw reader.fail(key, value, "missing key 'command' (a list: program and arguments, with ${PORT} and ${MODEL_PATH} placeholders)")
+                    }
+                    argv += try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
+                    guard let program = argv.first, !program.isEmpty else {
+                        throw reader.fail("\(key).command", map["command"], "expected at least the program to run")
+                    }
+                    guard argv.contains(where: { $0.contains("${PORT}") }) else {
+                        throw reader.fail("\(key).command", map["command"] ?? value, "must pass ${PORT} to the runtime so Strata can reach it")
+                    }
+                    argv[0] = reader.expandTilde(program)
+                    kind = .command(argv: argv)
+                case "upstream":
+                    try reject("binary", "command", "args")
+                    guard let urlNode = map["url"] else { throw reader.fail(key, value, "missing key 'url'") }
+                    let url = try reader.string(urlNode, at: "\(key).url")
+                    guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
+                        throw reader.fail("\(key).url", urlNode, "'\(url)' is not an http(s) URL")
+                    }
+                    var apiKey: String?
+                    if let envNode = map["api_key_env"] {
+                        let envName = try reader.string(envNode, at: "\(key).api_key_env")
+                        apiKey = environment[envName].flatMap { $0.isEmpty ? nil : $0 }
+                    }
+                    kind = .upstream(url: url.hasSuffix("/") ? String(url.dropLast()) : url, apiKey: apiKey)
+                default:
+                    throw reader.fail("\(key).kind", kindNode, "'\(kindName)' is not a runtime kind (expected llama-server, vllm, sglang, command or upstream)")
+                }
+                var health = "/health"
+                if let v = map["health"] {
+                    health = try reader.string(v, at: "\(key).health")
+                    guard health.hasPrefix("/") else { throw reader.fail("\(key).health", v, "'\(health)' must be a path starting with /") }
+                }
+                var env: [String: String] = [:]
+                if let envNode = map["env"] {
+                    guard case .mapping(let pairs) = envNode else {
+                        throw reader.fail("\(key).env", envNode, "expected a mapping of variable names to values")
+                    }
+                    for (k, v) in pairs {
+                        let name = try reader.string(k, at: "\(key).env")
+                        env[name] = try reader.string(v, at: "\(key).env.\(name)")
+                    }
+                }
+                var runtime = RuntimeConfiguration(name: name, kindName: kindName, kind: kind, healthPath: health, environment: env)
+                runtime.substrate = try substrate(reader, map, at: key)
+                result[name] = runtime
             }
-            let kindName = try reader.string(kindNode, at: "\(key).kind")
-            func reject(_ fields: String...) throws {
-                try rejectFields(fields, reader, map, key, "not used by runtimes of kind \(kindName)")
+            if !ok, let read, result[read] == nil {
+                result[read] = RuntimeConfiguration(name: read, kindName: "invalid", kind: .command(argv: ["/nonexistent"]),
+                                                    healthPath: "/health", environment: [:])
             }
-            let kind: RuntimeConfiguration.Kind
-            switch kindName {
-            case "llama-server":
-                try reject("command", "url", "api_key_env")
-                let binary = try map["binary"].map { try reader.path($0, at: "\(key).binary") }
-                    ?? reader.expandTilde(try reader.expand(defaultLlamaServer, at: key, node: value))
-                let args = try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
-                kind = .llamaServer(binary: binary, args: args)
-            case "command", "vllm", "sglang":
-                try reject("binary", "url", "api_key_env")
-                var argv: [String]
-                if let commandNode = map["command"] {
-                    argv = try reader.strings(commandNode, at: "\(key).command")
-                } else if kindName == "vllm" {
-                    argv = ["vllm", "serve", "${MODEL_PATH}", "--host", "${HOST}", "--port", "${PORT}",
-                            "--served-model-name", "${MODEL_NAME}"]
-                } else if kindName == "sglang" {
-                    argv = ["python3", "-m", "sglang.launch_server", "--model-path", "${MODEL_PATH}", "--host", "${HOST}",
-                            "--port", "${PORT}", "--served-model-name", "${MODEL_NAME}"]
-                } else {
-                    throw reader.fail(key, value, "missing key 'command' (a list: program and arguments, with ${PORT} and ${MODEL_PATH} placeholders)")
-                }
-                argv += try map["args"].map { try reader.strings($0, at: "\(key).args") } ?? []
-                guard let program = argv.first, !program.isEmpty else {
-                    throw reader.fail("\(key).command", map["command"], "expected at least the program to run")
-                }
-                guard argv.contains(where: { $0.contains("${PORT}") }) else {
-                    throw reader.fail("\(key).command", map["command"] ?? value, "must pass ${PORT} to the runtime so Strata can reach it")
-                }
-                argv[0] = reader.expandTilde(program)
-                kind = .command(argv: argv)
-            case "upstream":
-                try reject("binary", "command", "args")
-                guard let urlNode = map["url"] else { throw reader.fail(key, value, "missing key 'url'") }
-                let url = try reader.string(urlNode, at: "\(key).url")
-                guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
-                    throw reader.fail("\(key).url", urlNode, "'\(url)' is not an http(s) URL")
-                }
-                var apiKey: String?
-                if let envNode = map["api_key_env"] {
-                    let envName = try reader.string(envNode, at: "\(key).api_key_env")
-                    apiKey = environment[envName].flatMap { $0.isEmpty ? nil : $0 }
-                }
-                kind = .upstream(url: url.hasSuffix("/") ? String(url.dropLast()) : url, apiKey: apiKey)
-            default:
-                throw reader.fail("\(key).kind", kindNode, "'\(kindName)' is not a runtime kind (expected llama-server, vllm, sglang, command or upstream)")
-            }
-            var health = "/health"
-            if let v = map["health"] {
-                health = try reader.string(v, at: "\(key).health")
-                guard health.hasPrefix("/") else { throw reader.fail("\(key).health", v, "'\(health)' must be a path starting with /") }
-            }
-            var env: [String: String] = [:]
-            if let envNode = map["env"] {
-                guard case .mapping(let pairs) = envNode else {
-                    throw reader.fail("\(key).env", envNode, "expected a mapping of variable names to values")
-                }
-                for (k, v) in pairs {
-                    let name = try reader.string(k, at: "\(key).env")
-                    env[name] = try reader.string(v, at: "\(key).env.\(name)")
-                }
-            }
-            var runtime = RuntimeConfiguration(name: name, kindName: kindName, kind: kind, healthPath: health, environment: env)
-            runtime.substrate = try substrate(reader, map, at: key)
-            result[name] = runtime
         }
         return result
     }

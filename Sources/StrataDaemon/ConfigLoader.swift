@@ -112,8 +112,14 @@ public enum ConfigLoader {
         _ = check { if let node = top["routing"] { config.routing = try routing(reader, node) } }
         let devicesRead = check { config.devices = try devices(reader, top["devices"], gpus: gpus.gpus) }
         config.gpuDiscovery = gpus
-        let runtimesRead = check { config.runtimes = try runtimes(reader, top["runtimes"], environment: environment) }
-        if devicesRead && runtimesRead { _ = check { config.models = try models(reader, top["models"], config: config) } }
+        // (A runtime with a problem is noted and stands in as a placeholder: the models are
+        // still checked unless the section as a whole could not be read.)
+        var runtimesListed = false
+        _ = check {
+            config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
+            runtimesListed = true
+        }
+        if devicesRead && runtimesListed { _ = check { config.models = try models(reader, top["models"], config: config) } }
         if authRead { _ = check { config.tenants = try tenants(reader, top["tenants"], auth: config.auth) } }
         problems += reader.noted.problems
         // In file order (a problem with no line, such as a missing key at the top, first).

@@ -384,6 +384,24 @@ struct ConfigLoaderTests {
         #expect(throws: ConfigError.self) { try Self.parse("listen: 127.0.0.1:8080\nlisen: 127.0.0.1:8081") }
     }
 
+    @Test func everyRuntimesProblemIsReportedAndTheModelsOnThemStillChecked() throws {
+        let yaml = """
+            runtimes:
+              a: { kind: command, command: ["sleep", "1000"] }
+              b: { kind: command, command: ["sleep", "1000"] }
+              c: { kind: nonsense }
+            models:
+              - { name: m1, runtime: a, source: \(Self.modelFile), memory: -5MiB }
+            """
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected an error")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == ["runtimes.a.command", "runtimes.b.command", "runtimes.c.kind", "models[0] (m1).memory"],
+                    "\(error)")
+        }
+    }
+
     @Test func aSectionThatReadsAFailedOneIsSkippedNotEchoed() throws {
         // models name runtimes: with runtimes refused, "unknown runtime" would only echo that.
         let yaml = """

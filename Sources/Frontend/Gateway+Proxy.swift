@@ -59,6 +59,8 @@ extension Gateway {
         // before that event (while computing the prompt) is retried like one that never answered.
         var events: UpstreamEvents?
         var resentAfterDeath = false
+        // Replicas that answered with a server error: blamed only if another then serves it.
+        var serverErrorsFrom: [String] = []
         // Until the first byte of an answer, a failed upstream is retried on another replica
         // (when the model has one), or once on the runtime started in place of one that died;
         // after it, the client has seen the answer begin.
@@ -89,11 +91,14 @@ extension Gateway {
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
-                if response.status.code >= 500, acquired.hasAlternatives, hints.excluding.count < 8 {
-                    // A server error counts against the replica (as a failure to answer would);
-                    // the client has seen none of it, so another replica gets the request.
-                    acquired.release(.upstreamFailed)
+                if response.status.code >= 500, serverErrorsFrom.isEmpty, acquired.hasAlternatives, hints.excluding.count < 8 {
+                    // A server error: the client has seen none of it, so one other replica gets the
+                    // request. It counts against this one only if that one serves it (the same
+                    // request erring everywhere is the request's doing: llama-server answers 500
+                    // to an image sent to a model without vision).
+                    acquired.release(.abandoned)
                     logger.warning("\(acquired.upstreamLabel) answered \(response.status.code); trying another replica")
+                    serverErrorsFrom.append(acquired.upstreamLabel)
                     hints.excluding.insert(acquired.upstreamLabel)
                     metrics.retried(model: parsed.model, endpoint: endpoint)
                     _ = try? await response.body.collect(upTo: configuration.maxResponseBytes)   // (read out: the connection is kept)
@@ -134,6 +139,7 @@ extension Gateway {
 
         let (lease, upstreamResponse) = (acquired, response)
         let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
+        let outcome: LeaseOutcome = status.code >= 500 ? .abandoned : .served(after: serverErrorsFrom)
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
             metrics: metrics, model: lease.servedModel ?? parsed.model, endpoint: endpoint, started: started, admitted: admitted,
@@ -150,7 +156,7 @@ extension Gateway {
             return Response(
                 status: status, headers: headers,
                 body: ResponseBody { writer in
-                    defer { lease.release() }
+                    defer { lease.release(outcome) }
                     do {
                         var next = events.first   // (nil: the stream ended before any event)
                         while let chunk = next {
@@ -205,7 +211,7 @@ extension Gateway {
             throw GatewayError.badGateway("The runtime for '\(parsed.model)' failed before answering: \(describe(error))")
         }
         observer.completed(collected)   // reports the cached share to the lease, so before its release
-        lease.release(status.code >= 500 ? .upstreamFailed : .completed)
+        lease.release(outcome)
         var headers: HTTPFields = [.contentType: contentType]
         headers.append(contentsOf: servedBy)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: collected))

@@ -76,14 +76,30 @@ public struct RequestHints: Sendable, Equatable {
     }
 }
 
-/// How a lease ended: its upstream served the request; failed before sending any answer (a
-/// refused or reset connection, a timeout before headers), which counts against it; or the
-/// request was given up for reasons that say nothing of the upstream (a wait that timed out,
-/// a client that left), which count neither way.
+/// How a lease ended: its upstream served the request; served it after the replicas named had
+/// answered it with a server error (another could serve it, so those errors were theirs, not
+/// the request's: they count against them); failed before sending any answer (a refused or
+/// reset connection, a timeout before headers), which counts against it; or the request was
+/// given up, or answered with a server error that may be the request's own doing (the same
+/// request errs everywhere), which count neither way.
 public enum LeaseOutcome: Sendable, Equatable {
     case completed
+    case servedAfterServerErrors(on: [String])
     case upstreamFailed
     case abandoned
+
+    /// The upstream served the request (whatever others did first).
+    public var served: Bool {
+        switch self {
+        case .completed, .servedAfterServerErrors: true
+        case .upstreamFailed, .abandoned: false
+        }
+    }
+
+    /// A served request's outcome, given the replicas that answered it with a server error first.
+    public static func served(after serverErrors: [String]) -> LeaseOutcome {
+        serverErrors.isEmpty ? .completed : .servedAfterServerErrors(on: serverErrors)
+    }
 }
 
 /// A substrate's price per million tokens, in whatever currency the config uses.

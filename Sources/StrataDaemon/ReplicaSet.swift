@@ -188,7 +188,7 @@ actor ReplicaSet {
                     // Saved only after an answer that said what it found cached: the slot then
                     // holds this prompt (a lease dropped unused also ends "completed").
                     slots.finished(chain, replica: replica, baseURL: inner.baseURL, claim: claim,
-                                   completed: outcome == .completed && said != nil)
+                                   completed: outcome.served && said != nil)
                 }
                 if let slots, let unpinned { slots.unpinnedFinished(on: replica, generation: unpinned) }
                 self.finish(id, replica: replica, outcome: outcome, cachedFraction: said?.cachedFraction)
@@ -243,15 +243,25 @@ actor ReplicaSet {
     }
 
     private nonisolated func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
-        let (dropped, ejected, successor) = routing.withLockedValue { routing -> (Int, Bool, ReplicaSet?) in
+        let (dropped, ejected, successor) = routing.withLockedValue { routing -> (Int, [String], ReplicaSet?) in
             let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
             routing.router.finish(id)
-            guard routing.successor == nil else { return (dropped, false, routing.successor) }
-            var ejected = false
+            guard routing.successor == nil else { return (dropped, [], routing.successor) }
+            var ejected: [String] = []
             switch outcome {
             case .completed: routing.router.reportSuccess(replica)
+            case .servedAfterServerErrors(let others):
+                routing.router.reportSuccess(replica)
+                // (Not against a managed replica: only its process's exit re-admits one, and a
+                // live one answering errors is its supervisor's to judge.)
+                if !managed {
+                    for other in others where routing.router.reportFailure(other) {
+                        ejected.append(other)
+                        publishLoad(other, of: routing.router)
+                    }
+                }
             case .abandoned: break
-            case .upstreamFailed: ejected = routing.router.reportFailure(replica)
+            case .upstreamFailed: if routing.router.reportFailure(replica) { ejected.append(replica) }
             }
             publishLoad(replica, of: routing.router)
             return (dropped, ejected, nil)
@@ -264,7 +274,7 @@ actor ReplicaSet {
                 .increment()
             logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
         }
-        if ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
+        for replica in ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
     }
 
     /// Hands this set's book over to `next`, which replaces it (a reload): the load of requests

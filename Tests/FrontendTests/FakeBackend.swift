@@ -59,6 +59,8 @@ final class FakeBackend: ModelBackend, Sendable {
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "live", onOutcome: record)
         case "raw-then-m":
             return rawThenM(hints, record)
+        case "raw-then-raw":
+            return rawThenRaw(hints, record)
         default:
             return nil
         }
@@ -67,6 +69,13 @@ final class FakeBackend: ModelBackend, Sendable {
     private func rawThenM(_ hints: RequestHints, _ record: @escaping @Sendable (LeaseOutcome) -> Void) -> UpstreamLease {
         hints.excluding.contains("raw")
             ? UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "m", onOutcome: record)
+            : UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw", hasAlternatives: true, onOutcome: record)
+    }
+
+    /// `raw` twice, as two replicas: first labelled "raw", then (once it failed there) "raw2".
+    private func rawThenRaw(_ hints: RequestHints, _ record: @escaping @Sendable (LeaseOutcome) -> Void) -> UpstreamLease {
+        hints.excluding.contains("raw")
+            ? UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw2", onOutcome: record)
             : UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw", hasAlternatives: true, onOutcome: record)
     }
 
@@ -104,6 +113,8 @@ final class FakeBackend: ModelBackend, Sendable {
                 onOutcome: { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } })
         case "raw-then-m":
             return rawThenM(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
+        case "raw-then-raw":
+            return rawThenRaw(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
         case "busy":
             throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
         case "crashes-once", "crashes-always", "refuses":

@@ -181,6 +181,8 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         var streamHead: HTTPResponse?
         /// Its answer goes to the socket as bytes (`answersRaw` when it began).
         let raw: Bool
+        /// Replicas that answered it with a server error, blamed only if another serves it.
+        var serverErrorsFrom: [String] = []
 
         init(relay: Gateway.ImmediateRelay, head: HTTPRequest, raw: Bool) {
             self.relay = relay
@@ -410,7 +412,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             if let stream = exchange.stream {
                 // As on the general path: the upstream did serve part of the answer.
                 stream.finish(outcome: "client_disconnected")
-                exchange.relay.lease.release()
+                exchange.relay.lease.release(.served(after: exchange.serverErrorsFrom))
             } else {
                 exchange.relay.lease.release(.abandoned)
             }
@@ -639,7 +641,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
         } else {
             stream.finish(outcome: "ok")
         }
-        exchange.relay.lease.release()
+        exchange.relay.lease.release(.served(after: exchange.serverErrorsFrom))
         state = .idle
         writeStreamHead(exchange, context: context)   // (a stream that ended before any event)
         channelMayHold = true
@@ -686,16 +688,18 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // to it comes here, whole): it is not kept, whatever the answer's head says.
                 if relay.parsed.stream { connection.channel.close(promise: nil) } else { pool?.release(connection) }
             }
-            // A server error counts against the replica (as a failure to answer would); the
-            // client has seen none of it, so another replica gets the request where there is one.
+            // A server error: the client has seen none of it, so one other replica gets the
+            // request, where there is one. It counts against this one only if that one serves
+            // it (the same request erring everywhere is the request's doing).
             let serverError = answer.head.status >= 500
-            if serverError {
-                relay.lease.release(.upstreamFailed)
+            if serverError, exchange.serverErrorsFrom.isEmpty, relay.lease.hasAlternatives {
+                relay.lease.release(.abandoned)
+                exchange.serverErrorsFrom.append(relay.lease.upstreamLabel)
                 if tryAnotherReplica(exchange, after: "answered \(answer.head.status)", context: context) { return }
             }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
-            relay.lease.release()   // (after a server error, already released)
+            relay.lease.release(serverError ? .abandoned : .served(after: exchange.serverErrorsFrom))
             let contentType = answer.head.first(lowercased: HTTP1Wire.Lowercase.contentType) ?? "application/json"
             if exchange.raw, let socket {
                 write(raw: HTTP1Wire.answer(

@@ -142,7 +142,7 @@ struct WeightStagerTests {
         let (path, _) = try f.source(size: 1 << 20, seed: 4)
         _ = try await f.stager.stage(StageRequest(name: "gone", source: path))
         _ = try await f.stager.stage(StageRequest(name: "kept", source: path))
-        let foreign = ["notes.txt", "photos/cat.jpg", "my-models/good.gguf"]
+        let foreign = ["notes.txt", "photos/cat.jpg", "my-models/good.gguf", "proj/identity", "proj/main.c", "clash/notes.txt"]
         for file in foreign {
             try FileManager.default.createDirectory(
                 atPath: (f.host.directory + "/" + file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -150,6 +150,8 @@ struct WeightStagerTests {
         }
         #expect(await f.stager.removeHostCopies(keeping: ["kept": path]) == ["gone"])
         #expect(await f.stager.hostCopy(of: "kept", source: path) != nil)
+        // a model named like a directory of someone else's is not staged over it
+        await #expect(throws: (any Error).self) { _ = try await f.stager.stage(StageRequest(name: "clash", source: path)) }
         for file in foreign { #expect(FileManager.default.contents(atPath: f.host.directory + "/" + file) == Data("mine".utf8), "\(file)") }
     }
 

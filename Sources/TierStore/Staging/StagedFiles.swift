@@ -64,6 +64,28 @@ public struct StagedFiles: Sendable {
 
     static let sealPrefix = "copy size="
 
+    /// Whether `home` is a copy Strata made: its identity file names a source version as Strata
+    /// writes them (`file:/path size=…`, `http(s)://… size=…`, `s3://… size=…`). A directory given
+    /// by hand may hold anything, including a file called `identity`: nothing else is ever
+    /// removed or replaced.
+    func isCopy(_ home: String) -> Bool {
+        guard let text = try? String(contentsOfFile: "\(home)/identity", encoding: .utf8),
+            let first = text.split(separator: "\n", omittingEmptySubsequences: false).first
+        else { return false }
+        return ["file:/", "http://", "https://", "s3://"].contains { first.hasPrefix($0) } && first.contains(" size=")
+    }
+
+    /// Throws when `home` holds something that is not a copy of Strata's, which publishing a
+    /// copy there would replace.
+    func requireReplaceable(_ home: String) throws {
+        var info = stat()
+        guard lstat(home, &info) == 0 else { return }   // (nothing there)
+        guard isCopy(home) else {
+            throw IOError(operation: "publish \(home)", errno: EEXIST,
+                          detail: "it exists and is not a copy Strata made; move it, or give tiers.host.dir a directory of Strata's own")
+        }
+    }
+
     /// What the file at `path` is now, as far as a write or truncation would change it.
     static func seal(of path: String) -> String? {
         var info = stat()
@@ -94,7 +116,7 @@ public struct StagedFiles: Sendable {
             }
             let home = home(of: name)
             let old = temporaryName()
-            if rename(home, old) != 0 && errno != ENOENT || rename(temporary, home) != 0 {
+            if (try? requireReplaceable(home)) == nil || rename(home, old) != 0 && errno != ENOENT || rename(temporary, home) != 0 {
                 try? FileManager.default.removeItem(atPath: temporary)
                 return nil
             }
@@ -109,14 +131,14 @@ public struct StagedFiles: Sendable {
     /// things), and is never listed, so never removed.
     public func names() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { !$0.hasPrefix(".") && FileManager.default.fileExists(atPath: "\(directory)/\($0)/identity") }
+            .filter { !$0.hasPrefix(".") && isCopy("\(directory)/\($0)") }
             .map { $0.replacingOccurrences(of: "%2F", with: "/").replacingOccurrences(of: "%25", with: "%") }
     }
 
     /// Removes `name`'s copy. A runtime that still maps it keeps its pages until it exits.
     public func remove(_ name: String) {
         let home = home(of: name)
-        guard FileManager.default.fileExists(atPath: "\(home)/identity") else { return }   // (not a copy of Strata's)
+        guard isCopy(home) else { return }   // (not a copy of Strata's)
         try? FileManager.default.removeItem(atPath: home)
     }
 
@@ -219,6 +241,12 @@ public final class StagedFileWriter: @unchecked Sendable {
             try StagedFiles.writeRecord(identity: identity, copy: "\(temporary)/\(fileName)", into: temporary)
             let home = files.home(of: name)
             let old = files.temporaryName()
+            do {
+                try files.requireReplaceable(home)
+            } catch {
+                try? FileManager.default.removeItem(atPath: temporary)
+                throw error
+            }
             if rename(home, old) != 0 && errno != ENOENT { throw IOError(operation: "rename \(home)", errno: errno) }
             guard rename(temporary, home) == 0 else { throw IOError(operation: "rename \(temporary) to \(home)", errno: errno) }
             try? FileManager.default.removeItem(atPath: old)

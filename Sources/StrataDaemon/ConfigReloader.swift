@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import ServiceLifecycle
 import UnixSignals
+import Yams
 
 /// Re-reads the config file on SIGHUP and `POST /admin/reload`. A file that does not load is
 /// rejected with the reason and the running configuration is kept whole; a valid one is
@@ -47,6 +48,18 @@ public actor ConfigReloader {
             Counter(label: "strata_config_reloads_total", dimensions: [("result", "rejected")]).increment()
             throw GatewayError.badRequest("The config in \(path) was rejected and the running one is kept: \(error)",
                                           code: "invalid_config")
+        }
+        // A file with no `models` section at all (half written, or the wrong file) would remove
+        // every model: that takes saying so, `models: []`.
+        if !running.models.isEmpty, let text = try? String(contentsOfFile: path, encoding: .utf8),
+            let root = try? Yams.compose(yaml: text), root.mapping?["models"] == nil
+        {
+            logger.error("config reload rejected: no models section; the running configuration is kept", metadata: [
+                "trigger": "\(trigger)", "file": "\(path)"])
+            Counter(label: "strata_config_reloads_total", dimensions: [("result", "rejected")]).increment()
+            throw GatewayError.badRequest(
+                "The config in \(path) has no models section, which would remove all \(running.models.count) models; the running "
+                    + "one is kept (to remove every model, write `models: []`)", code: "invalid_config")
         }
         var report = await controller.reconfigure(to: new)
         // Against what runs, not the file before: a section edited and then put back needs nothing.

@@ -60,6 +60,12 @@ def test_reload_adds_removes_and_rejects_invalid_files(make_daemon):
     status, answer = reload(d)
     assert status == 400 and "holds no settings" in answer["error"]["message"], answer
     assert chat(d, "a")[0] == 200
+    # and a file with no models section at all: removing every model takes `models: []`
+    for text in ("{}\n", "listen: 127.0.0.1:1\n"):
+        d.config_path.write_text(text)
+        status, answer = reload(d)
+        assert status == 400 and "has no models section" in answer["error"]["message"], answer
+    assert chat(d, "a")[0] == 200
 
     # add b, change a's ttl (in place, no restart), and a section that needs a restart
     rewrite(d, config(model_line("a", ", ttl: 10m") + model_line("b")).replace("max_body: 64KiB", "max_body: 128KiB")

@@ -4,10 +4,14 @@ import NIOCore
 
 /// The HTTP block API on the same store as the RESP service: `PUT/GET/HEAD/DELETE
 /// /v1/blocks/{key}` and `POST /v1/blocks/batch-get`. Keys are the path segment as sent
-/// (percent-decoded); `?namespace=` picks a tenant's namespace (default `default`, the RESP
-/// service's). API keys apply as for `/v1`.
+/// (percent-decoded); `?namespace=` picks a namespace (default `default`, the RESP service's).
+/// API keys apply as for `/v1`, and a tenant's blocks are its own: a key of a configured tenant
+/// works in the namespace named after it (or `tenant/…` below it) and no other, and no other key
+/// reaches those.
 extension Gateway {
     static let maxBlockBytes = 64 << 20
+    /// Value bytes one batch-get answers at most (its answer is about a third more).
+    static let maxBatchBytes = 64 << 20
 
     func addBlockRoutes(to router: Router<GatewayRequestContext>) {
         guard kv != nil else { return }
@@ -15,13 +19,16 @@ extension Gateway {
         // `:key` routes, so they are registered on it as well.
         for path in ["/v1/blocks/:key", "/v1/blocks/\(Self.batchGetName)"] { addBlockRoutes(path, to: router) }
         router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in
-            try authorize(request)
+            let tenant = try authorize(request)
             guard let store = kv else { throw Self.noBlocks }
             let body = try await request.body.collect(upTo: 4 << 20)
             guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
-                let keys = object["keys"] as? [String], keys.count <= 1024
+                let keys = object["keys"] as? [String]
             else {
-                throw GatewayError.badRequest("expected {\"keys\": [\"k1\", …]} with at most 1024 keys", code: "invalid_batch")
+                throw GatewayError.badRequest("expected {\"keys\": [\"k1\", …]}: an object whose keys are a list of strings", code: "invalid_batch")
+            }
+            guard keys.count <= 1024 else {
+                throw GatewayError.badRequest("keys: \(keys.count) of them; a batch takes at most 1024", code: "invalid_batch")
             }
             if let bad = keys.first(where: { !Self.isBlockKey($0) }) {
                 throw GatewayError.badRequest("keys: '\(bad.prefix(64))' is not a block key (1 to 4096 bytes)", code: "invalid_key")
@@ -35,7 +42,18 @@ extension Gateway {
             if let query, let field = field as? String, field != query {
                 throw GatewayError.badRequest("namespace: '\(field)' in the body and '\(query)' in the URL differ", code: "invalid_batch")
             }
-            let namespace = query ?? (field as? String) ?? "default"
+            let namespace = try blockNamespace(query ?? field as? String, of: tenant)
+            // Bounded before anything is read: the answer is built whole in memory (base64 in
+            // JSON, a third more), and 1024 keys of 64 MiB blocks would be 64 GiB.
+            var total = 0
+            for key in keys {
+                total += try await kvCall { try await store.length(namespace: namespace, key: ByteBuffer(string: key)) } ?? 0
+                guard total <= Self.maxBatchBytes else {
+                    throw GatewayError(status: .contentTooLarge, type: "invalid_request_error", code: "batch_too_large",
+                                       message: "the blocks asked for hold more than \(Self.maxBatchBytes >> 20) MiB together, the most a batch answers; "
+                                           + "get large blocks one at a time (GET /v1/blocks/{key})")
+                }
+            }
             let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
             return Response(status: .ok, headers: [.contentType: "application/json"],
                             body: ResponseBody(byteBuffer: Self.batchAnswer(keys: keys, values: values)))
@@ -50,8 +68,7 @@ extension Gateway {
     private func addBlockRoutes(_ path: String, to router: Router<GatewayRequestContext>) {
         let path = RouterPath(path)
         router.put(path) { request, context in
-            try authorize(request)
-            let (store, namespace, key) = try blockTarget(request, context)
+            let (store, namespace, key) = try blockTarget(request, context, tenant: try authorize(request))
             let body: ByteBuffer
             do {
                 body = try await request.body.collect(upTo: Self.maxBlockBytes)
@@ -63,24 +80,21 @@ extension Gateway {
                             body: ResponseBody(byteBuffer: ByteBuffer(string: #"{"stored":true,"bytes":\#(body.readableBytes)}"#)))
         }
         router.get(path) { request, context in
-            try authorize(request)
-            let (store, namespace, key) = try blockTarget(request, context)
+            let (store, namespace, key) = try blockTarget(request, context, tenant: try authorize(request))
             guard let pieces = try await kvCall({ try await store.getPieces(namespace: namespace, key: key) }) else {
                 throw Self.noBlock(key)
             }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody(contentsOf: pieces))
         }
         router.head(path) { request, context in
-            try authorize(request)
-            let (store, namespace, key) = try blockTarget(request, context)
+            let (store, namespace, key) = try blockTarget(request, context, tenant: try authorize(request))
             guard let length = try await kvCall({ try await store.length(namespace: namespace, key: key) }) else {
                 return Response(status: .notFound)
             }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: "\(length)"])
         }
         router.delete(path) { request, context in
-            try authorize(request)
-            let (store, namespace, key) = try blockTarget(request, context)
+            let (store, namespace, key) = try blockTarget(request, context, tenant: try authorize(request))
             guard try await kvCall({ try await store.delete(namespace: namespace, keys: [key]) }) > 0 else { throw Self.noBlock(key) }
             return jsonResponse(["deleted": true])
         }
@@ -108,15 +122,37 @@ extension Gateway {
         return ByteBuffer(bytes: out)
     }
 
-    private func blockTarget(_ request: Request, _ context: GatewayRequestContext) throws -> (any KVBackend, String, ByteBuffer) {
+    private func blockTarget(_ request: Request, _ context: GatewayRequestContext, tenant: Tenant) throws -> (any KVBackend, String, ByteBuffer) {
         guard let store = kv else { throw Self.noBlocks }
         let raw = context.parameters.get("key") ?? Self.batchGetName   // (the literal route: see `addBlockRoutes`)
         let key = raw.removingPercentEncoding ?? raw
         guard Self.isBlockKey(key) else {
             throw GatewayError.badRequest("block keys are 1 to 4096 bytes", code: "invalid_key")
         }
-        let namespace = request.uri.queryParameters.get("namespace") ?? "default"
+        let namespace = try blockNamespace(request.uri.queryParameters.get("namespace").map { String($0) }, of: tenant)
         return (store, namespace, ByteBuffer(string: key))
+    }
+
+    /// The namespace a request of `tenant` works in, asked for as `requested`: a configured
+    /// tenant's own (its name, or below it as `name/…`); for the other keys (`auth.api_keys`, or
+    /// none needed) any namespace but those. 403 for another tenant's.
+    func blockNamespace(_ requested: String?, of tenant: Tenant) throws -> String {
+        let tenants = Set(access.current.keys.values.map(\.name)).subtracting(["default"])
+        let owner = { (namespace: String) in String(namespace.split(separator: "/", maxSplits: 1).first ?? Substring(namespace)) }
+        if tenants.contains(tenant.name) {
+            guard let requested, requested != tenant.name else { return tenant.name }
+            guard owner(requested) == tenant.name else {
+                throw GatewayError(status: .forbidden, type: "invalid_request_error", code: "namespace_forbidden",
+                                   message: "namespace '\(requested)' is not tenant '\(tenant.name)''s: its keys work in '\(tenant.name)' (or '\(tenant.name)/…')")
+            }
+            return requested
+        }
+        let namespace = requested ?? "default"
+        guard !tenants.contains(owner(namespace)) else {
+            throw GatewayError(status: .forbidden, type: "invalid_request_error", code: "namespace_forbidden",
+                               message: "namespace '\(namespace)' belongs to tenant '\(owner(namespace))', not to this API key")
+        }
+        return namespace
     }
 
     private func kvCall<T>(_ body: () async throws -> T) async throws -> T {

@@ -496,6 +496,47 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     assert r.get("from-resp") is None
 
 
+def test_a_tenants_blocks_are_its_own_and_a_batch_answer_is_bounded(make_daemon):
+    """A key of a configured tenant works in that tenant's namespace (or below it) and no other;
+    no other key reaches it. A batch-get is refused before it reads anything when its blocks
+    would make an answer over 64 MiB (it is built whole in memory)."""
+    import requests
+    port = free_port()
+    d = make_daemon(config("  []", extra=f"kv: {{ resp: 127.0.0.1:{port} }}\ntenants:\n  - {{ name: clinic, api_keys_env: CLINIC_KEYS }}",
+                           tiers="{ host: { budget: 256MiB, dir: @SHM@ }, nvme: { budget: 1GiB } }"),
+                    env={"CLINIC_KEYS": "clinic-key"})
+    wait_for(lambda: "RESP (Redis protocol) on" in d.log_path.read_text(), 20, what="the RESP server")
+    url = f"{d.url}/v1/blocks"
+    default, clinic = {"Authorization": "Bearer test-key-1"}, {"Authorization": "Bearer clinic-key"}
+    assert requests.put(f"{url}/secret", data=b"clinic data", headers=clinic).status_code == 201
+    assert requests.put(f"{url}/secret?namespace=clinic/sub", data=b"below", headers=clinic).status_code == 201
+    assert requests.put(f"{url}/mine", data=b"default data", headers=default).status_code == 201
+    assert requests.get(f"{url}/secret", headers=clinic).content == b"clinic data"
+    assert requests.get(f"{url}/secret?namespace=clinic/sub", headers=clinic).content == b"below"
+    assert requests.get(f"{url}/secret", headers=default).status_code == 404, "the default key's namespace is its own"
+    for method in ("GET", "HEAD", "DELETE", "PUT"):
+        other = requests.request(method, f"{url}/secret?namespace=clinic", headers=default, data=b"x")
+        assert other.status_code == 403, (method, other.status_code)
+        mine = requests.request(method, f"{url}/mine?namespace=default", headers=clinic, data=b"x")
+        assert mine.status_code == 403, (method, mine.status_code)
+    assert requests.get(f"{url}/secret?namespace=clinic/sub", headers=default).status_code == 403
+    denied = requests.post(f"{url}/batch-get", json={"keys": ["secret"], "namespace": "clinic"}, headers=default)
+    assert denied.status_code == 403 and "belongs to tenant 'clinic'" in denied.json()["error"]["message"], denied.text
+    assert requests.get(f"{url}/secret", headers=clinic).content == b"clinic data", "nothing another key did reached it"
+    assert requests.get(f"{url}/mine", headers=default).content == b"default data"
+
+    # a batch of one 40 MiB block is answered; twice that is refused, having read nothing
+    big = os.urandom(40 << 20)
+    assert requests.put(f"{url}/big", data=big, headers=default).status_code == 201
+    one = requests.post(f"{url}/batch-get", json={"keys": ["big"]}, headers=default)
+    assert one.status_code == 200 and len(one.json()["blocks"][0]["value_base64"]) > (40 << 20)
+    two = requests.post(f"{url}/batch-get", json={"keys": ["big", "big"]}, headers=default)
+    assert two.status_code == 413 and two.json()["error"]["code"] == "batch_too_large", two.text
+    for bad, says in (({"keys": ["a", 1]}, "list of strings"), ({"keys": ["k"] * 1025}, "at most 1024")):
+        refused = requests.post(f"{url}/batch-get", json=bad, headers=default)
+        assert refused.status_code == 400 and says in refused.json()["error"]["message"], refused.text
+
+
 def test_durable_values_survive_sigkill_byte_identical(make_daemon):
     import signal
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")

@@ -270,6 +270,29 @@ struct ObjectStoreTests {
         await log.close()
     }
 
+    /// Weights larger than their reserve lose a segment to block churn and are dropped whole; the
+    /// rest of their segments then hold nothing live and go before any live block (they stayed
+    /// for good: under the reserve, the object lane was never reclaimed again).
+    @Test func theRestOfADroppedObjectGoesBeforeLiveBlocks() async throws {
+        let (engine, dir, done) = try Self.scratch()
+        defer { done() }
+        let (weights, _) = try Self.sourceFile(dir, size: 6 << 20, seed: 15)
+        let config = SegmentLog.Configuration(directory: dir + "/log", segmentBytes: 1 << 20, budgetBytes: 10 << 20,
+                                              objectReserveBytes: 4 << 20)
+        let log = try await SegmentLog.open(config, engine: engine)
+        let store = try await ObjectStore.open(log: log)
+        try await store.importFile("weights", path: weights, chunkSize: 512 << 10)
+        try await Self.churn(log, count: 24, seed: 6)   // 6 MiB of blocks: over the budget
+        for _ in 0..<200 where store.info("weights") != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(store.info("weights") == nil)
+        try await Self.churn(log, count: 16, seed: 7)   // 4 MiB more: room comes from the dead segments first
+        let stats = await log.stats
+        #expect(stats.objectBytes <= 1 << 20, "only the object lane's active segment is left, \(stats.objectBytes) bytes")
+        let kept = await log.absent(among: (0..<16).map { BlockKey(bytes: Array("churn-7-\($0)".utf8)) })
+        #expect(kept.isEmpty, "the newest blocks are all there")
+        await log.close()
+    }
+
     /// An object larger than the log can keep is refused with a clear error, and nothing of it
     /// stays, where it used to be listed with its first chunks already reclaimed.
     @Test func anObjectTooLargeForTheLogIsRefusedWhole() async throws {

@@ -814,9 +814,18 @@ public actor SegmentLog {
     }
 
     /// The segment a reclaim takes next (`reclaimOverBudget`), or nil when only the lanes'
-    /// active segments are left: of the block lane, the oldest holding no live value, else the
-    /// oldest; of the object lane, the oldest.
+    /// active segments are left: a segment of either lane holding nothing live, the oldest
+    /// first (it costs nothing: the rest of an object dropped when another of its segments
+    /// went, values overwritten); then of the block lane the oldest, of the object lane (over
+    /// its reserve) the oldest.
     private func reclaimVictim() -> Int? {
+        // (Without this, the rest of a dropped object stayed for good: its lane under the
+        // reserve, its segments were never taken, and their room was lost.)
+        if let dead = segments.keys.filter({ id in
+            id != newestSegment[segments[id]!.lane] && (liveBytes[id] ?? 0) == 0
+        }).min() {
+            return dead
+        }
         // Per lane: (holds nothing live, id), least first: a block segment whose values were all
         // overwritten or removed goes before any with a live one, and otherwise the oldest goes,
         // so a value's own parts just written are not the first to make room for its last.

@@ -88,11 +88,14 @@ struct ObjectStoreTests {
         var flipped: UInt8 = 0x5A
         #expect(pwrite(fd, &flipped, 1, off_t(offset) + 64 + 999) == 1)
         close(fd)
+        let dropped = Mutex<[String]>([])
+        store.observeDrops { names in dropped.withLock { $0 += names } }
 
         await #expect(throws: ObjectError.damaged(name: "m", chunk: 5)) {
             _ = try await Self.read(store, "m", size: 2 << 20)
         }
         #expect(store.info("m") == nil, "dropped, so nobody maps half an object")
+        #expect(dropped.withLock { $0 } == ["m"], "whoever indexes objects hears of the drop (a saved KV prefix is forgotten)")
         await #expect(throws: ObjectError.notFound(name: "m")) { _ = try await Self.read(store, "m", size: 2 << 20) }
         await log.close()
         let reopened = try await ObjectStore.open(log: try await SegmentLog.open(config, engine: engine))

@@ -337,7 +337,11 @@ public final class ObjectStore: Sendable {
                 progress?(TransferProgress(bytesDone: total, bytesTotal: info.size, elapsed: ContinuousClock.now - started))
             }
         } catch let error as ObjectError {
-            if case .damaged = error { try? await remove(name) }
+            if case .damaged = error, self.info(name) != nil {
+                try? await remove(name)
+                // (As for a reclaim: whoever indexes objects stops counting on it.)
+                if self.info(name) == nil { for observer in dropObservers.withLock({ $0 }) { observer([name]) } }
+            }
             throw error
         }
     }

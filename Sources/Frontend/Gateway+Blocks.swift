@@ -125,12 +125,42 @@ extension Gateway {
     private func blockTarget(_ request: Request, _ context: GatewayRequestContext, tenant: Tenant) throws -> (any KVBackend, String, ByteBuffer) {
         guard let store = kv else { throw Self.noBlocks }
         let raw = context.parameters.get("key") ?? Self.batchGetName   // (the literal route: see `addBlockRoutes`)
-        let key = raw.removingPercentEncoding ?? raw
-        guard Self.isBlockKey(key) else {
+        // Escapes decode to bytes, as RESP keys are bytes: `%FF` is the key of the one byte 0xFF
+        // (a key RESP set can be reached), never the text "%FF", which `%25FF` names.
+        guard let key = Self.percentDecoded(raw) else {
+            throw GatewayError.badRequest("'\(raw.prefix(64))' is not a percent-encoded key (a % must begin %XX, two hex digits)",
+                                          code: "invalid_key")
+        }
+        guard !key.isEmpty, key.count <= 4096 else {
             throw GatewayError.badRequest("block keys are 1 to 4096 bytes", code: "invalid_key")
         }
         let namespace = try blockNamespace(request.uri.queryParameters.get("namespace").map { String($0) }, of: tenant)
-        return (store, namespace, ByteBuffer(string: key))
+        return (store, namespace, ByteBuffer(bytes: key))
+    }
+
+    /// `text` with its %XX escapes decoded, as bytes (whether or not they are UTF-8); nil for a
+    /// % not followed by two hex digits.
+    static func percentDecoded(_ text: String) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count)
+        var bytes = text.utf8.makeIterator()
+        func hex(_ byte: UInt8?) -> UInt8? {
+            switch byte {
+            case let b? where b >= 0x30 && b <= 0x39: b - 0x30
+            case let b? where b >= 0x41 && b <= 0x46: b - 0x41 + 10
+            case let b? where b >= 0x61 && b <= 0x66: b - 0x61 + 10
+            default: nil
+            }
+        }
+        while let byte = bytes.next() {
+            guard byte == UInt8(ascii: "%") else {
+                out.append(byte)
+                continue
+            }
+            guard let high = hex(bytes.next()), let low = hex(bytes.next()) else { return nil }
+            out.append(high << 4 | low)
+        }
+        return out
     }
 
     /// The namespace a request of `tenant` works in, asked for as `requested`: a configured
@@ -170,7 +200,7 @@ extension Gateway {
 
     static func noBlock(_ key: ByteBuffer) -> GatewayError {
         GatewayError(status: .notFound, type: "invalid_request_error", code: "no_such_block",
-                     message: "No block '\(String(buffer: key))'")
+                     message: "No block '\(String(decoding: key.readableBytesView, as: UTF8.self))'")
     }
 
     static var noBlocks: GatewayError {

@@ -464,6 +464,16 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     assert requests.head(f"{url}/missing", headers=key).status_code == 404
     r.set("from-resp", b"abc")
     assert requests.get(f"{url}/from-resp", headers=key).content == b"abc"
+    # escapes decode to bytes, as RESP keys are: %FF is the byte 0xFF, %25FF the text "%FF"
+    r.set(b"bin\xfe\xffkey", b"binary")
+    assert requests.get(f"{url}/bin%FE%FFkey", headers=key).content == b"binary"
+    assert requests.put(f"{url}/%25FF", data=b"percent", headers=key).status_code == 201 and r.get("%FF") == b"percent"
+    assert requests.get(f"{url}/%FF", headers=key).status_code == 404, "not an alias of the text %FF"
+    import http.client   # (requests would re-quote the malformed escape)
+    conn = http.client.HTTPConnection("127.0.0.1", int(d.url.rsplit(":", 1)[1]), timeout=30)
+    conn.request("GET", "/v1/blocks/bad%G1", headers=key)
+    assert conn.getresponse().status == 400
+    conn.close()
     # tenants do not see each other's blocks
     assert requests.get(f"{url}/from-resp?namespace=tenant-b", headers=key).status_code == 404
     batch = requests.post(f"{url}/batch-get", json={"keys": ["from-resp", "missing", "layer/0:chunk-7"]}, headers=key)

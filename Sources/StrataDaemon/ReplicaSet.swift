@@ -34,7 +34,14 @@ actor ReplicaSet {
         var decisionCounters: [DecisionKey: Counter] = [:]
         /// The set that replaced this one (`handOver`): requests still in flight here end there too.
         var successor: ReplicaSet?
+        /// When each replica was last ejected for its requests' failures (not its probe's).
+        var ejectedAt: [String: ContinuousClock.Instant] = [:]
     }
+
+    /// How long a replica ejected for failing requests stays out though its health probe passes
+    /// (a server whose /health answers while its requests fail), unless no other replica is up:
+    /// 15 health intervals (30 s by default).
+    var ejectionCooldown: Duration { settings.healthInterval * 15 }
     private struct DecisionKey: Hashable {
         var replica: String
         var reason: RouteReason
@@ -263,6 +270,7 @@ actor ReplicaSet {
             case .abandoned: break
             case .upstreamFailed: if routing.router.reportFailure(replica) { ejected.append(replica) }
             }
+            for replica in ejected { routing.ejectedAt[replica] = .now }
             publishLoad(replica, of: routing.router)
             return (dropped, ejected, nil)
         }
@@ -389,7 +397,19 @@ actor ReplicaSet {
                 routing.withLockedValue { $0.router.replicaRestarted(url) }
                 logger.notice("replica \(url) of \(model) is healthy again; its prefix index starts empty")
             }
-            routing.withLockedValue { $0.router.markHealthy(url) }
+            let stillOut = routing.withLockedValue { routing -> Bool in
+                if let at = routing.ejectedAt[url], ContinuousClock.now - at < ejectionCooldown,
+                    routing.router.hasHealthyReplica(besides: url, excluding: [])
+                {
+                    return true
+                }
+                routing.ejectedAt[url] = nil
+                routing.router.markHealthy(url)
+                return false
+            }
+            if stillOut, before != true {
+                logger.notice("replica \(url) of \(model) passes its health check but stays out for \(ejectionCooldown) after failing requests")
+            }
         } else {
             if before != false { logger.warning("replica \(url) of \(model) failed its health check (\(failure ?? ""))") }
             routing.withLockedValue { $0.router.markUnhealthy(url) }

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -255,3 +256,76 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
         if replica == victim:
             break
     assert replica == victim
+
+
+class FakeUpstream:
+    """A fake OpenAI upstream (standard library) whose /health answers 200 and whose chat
+    answers 200, or 500 when `broken`: a server that is up and fails its requests."""
+
+    def __init__(self, broken=False):
+        import http.server
+        import threading
+        outer = self
+        self.chats = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._send(200, b'{"status":"ok"}')
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.chats += 1
+                if broken:
+                    self._send(500, b'{"error":{"code":500,"message":"broken","type":"server_error"}}')
+                else:
+                    self._send(200, json.dumps({"object": "chat.completion", "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}).encode())
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_replica_that_is_up_and_fails_its_requests_is_ejected_and_kept_out_a_while(make_daemon):
+    """A replica whose /health passes but whose requests get 500s: each such request is served by
+    the other replica (the client sees 200), the 500s count against it only because the other
+    served them, it is ejected after eject_after of them, and its passing probes do not let it
+    back before 15 health intervals (else every request would pay a failed try again)."""
+    broken, good = FakeUpstream(broken=True), FakeUpstream()
+    try:
+        d = make_daemon(config(f"  - {{ name: m, upstreams: {json.dumps([broken.url, good.url])}, routing: round-robin }}\n",
+                               extra="routing: { health_interval: 200ms, eject_after: 2 }"))
+        statuses = [d.request("POST", "/v1/chat/completions", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                              headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})[0]
+                    for _ in range(6)]
+        assert statuses == [200] * 6, statuses
+        health = {r["url"]: r["healthy"] for r in d.model("m")["replicas"]}
+        assert health == {broken.url: False, good.url: True}, health
+        tried = broken.chats
+        assert tried == 2, "ejected after its second failure"
+        time.sleep(1.0)   # five probes pass meanwhile: it stays out (cooldown 3 s)
+        for _ in range(4):
+            assert d.request("POST", "/v1/chat/completions", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                             headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})[0] == 200
+        assert broken.chats == tried, "no request tried it while it was out"
+        wait_for(lambda: {r["url"]: r["healthy"] for r in d.model("m")["replicas"]}[broken.url], 10,
+                 what="let back after the cooldown")
+    finally:
+        broken.close()
+        good.close()

@@ -249,8 +249,11 @@ struct WeightStagerTests {
             }
         }
         try FileManager.default.removeItem(atPath: path)
-        await #expect(throws: (any Error).self, "a checksum the stored copy does not meet") {
+        do {
             _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: String(repeating: "ab", count: 32)))
+            Issue.record("a checksum the stored copy does not meet: expected an error")
+        } catch let error as StageError {
+            #expect(error.isChecksumMismatch && error.message.contains("cannot be reached") && error.message.contains("SHA-256"), "\(error)")
         }
         // the right checksum: the copy is checked and used
         let checked = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: Self.sha256(bytes)))

@@ -282,8 +282,8 @@ public actor WeightStager {
                 try await objects.forEachChunk(of: stored) { digest.update($0) }
                 let actual = digest.finalize()
                 guard actual == expected else {
-                    logger.warning("source of \(request.name) unreachable; its NVMe copy has SHA-256 \(actual), the config expects \(expected), so it is not used")
-                    throw error
+                    throw StageError(name: request.name, message: "\(location) cannot be reached (\(error)), and the copy on NVMe "
+                        + "has SHA-256 \(actual) where the config expects \(expected), so it is not used", isChecksumMismatch: true)
                 }
             }
             if let files, let path = files.path(of: request.name, identity: stored.source) {

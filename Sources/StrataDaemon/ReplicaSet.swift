@@ -180,8 +180,15 @@ actor ReplicaSet {
             // that rate is not known yet: `SlotCache.tryClaimSlot`.)
             let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
             // (Unless the slot it got already holds as much: a slot's cache is not replaced by less.)
-            if let slots, let claim, restoreBlocks > 0, slots.sharedBlocks(chain, on: replica, slot: claim.slot) < restoreBlocks {
-                _ = await slots.restore(chain, replica: replica, baseURL: inner.baseURL, slot: claim.slot)
+            // Also where the route expected the prefix cached there but the slot it got lacks it
+            // (the holder's slot stayed busy past the wait) and the store holds it: restoring it
+            // beats computing it again.
+            if let slots, let claim {
+                let shared = slots.sharedBlocks(chain, on: replica, slot: claim.slot)
+                let stored = restoreBlocks > 0 ? restoreBlocks : slots.restorable(chain)
+                if restoreBlocks > 0 ? shared < stored : stored - shared >= slots.minBlocks {
+                    _ = await slots.restore(chain, replica: replica, baseURL: inner.baseURL, slot: claim.slot)
+                }
             }
             let unpinned = claim == nil ? slots?.unpinnedStarted(on: replica) : nil
             return UpstreamLease(

@@ -158,3 +158,27 @@ def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slo
     assert d.metric("strata_kv_restores_total", result="ok") == 0
     assert d.metric("strata_slot_waits_total", outcome="claimed") >= 1
     assert d.metric("strata_slot_waits_total", outcome="unpinned") == 0
+
+
+def test_two_requests_while_the_holder_is_busy_both_load_the_prefix(make_daemon):
+    """The holder of a stored prefix is busy with a long answer and two requests sharing it come
+    at once: one goes to the other replica and restores it; the other, routed to the holder for
+    its cached prefix, finds that slot still busy after its wait and gets the free one, into which
+    the stored prefix is restored (it computed the whole prompt there)."""
+    import concurrent.futures
+    d = make_daemon(restore_config())
+    assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
+    wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
+    system = "You are a careful zoologist. Remember these words: " + words(81, 420)
+    assert ask(d, system, "What is the first word?")[0] == 200
+    wait_for(lambda: d.metric("strata_kv_saves_total", result="ok") >= 1, 30, what="the slot saved into the store")
+
+    def both():
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda q: ask(d, system, q), ["What is the first word?", "What is the last word?"]))
+    answers = while_streaming_on(d, system, both)
+    for status, body, seconds in answers:
+        assert status == 200, body
+        timings = json.loads(body)["timings"]
+        assert timings["cache_n"] > 0.8 * (timings["cache_n"] + timings["prompt_n"]), (timings, seconds)
+    assert d.metric("strata_kv_restores_total", result="ok") == 2

@@ -3,8 +3,8 @@ import Hummingbird
 import NIOCore
 
 /// The HTTP block API on the same store as the RESP service: `PUT/GET/HEAD/DELETE
-/// /v1/blocks/{key}` and `POST /v1/blocks/batch-get`. Keys are the path segment as sent
-/// (percent-decoded); `?namespace=` picks a namespace (default `default`, the RESP service's).
+/// /v1/blocks/{key}` and `POST /v1/blocks/batch-get`. Keys are the path segment as sent, its
+/// %XX escapes decoded to bytes (a batch's keys are JSON strings, so UTF-8); `?namespace=` picks a namespace (default `default`, the RESP service's).
 /// API keys apply as for `/v1`, and a tenant's blocks are its own: a key of a configured tenant
 /// works in the namespace named after it (or `tenant/…` below it) and no other, and no other key
 /// reaches those.

@@ -126,9 +126,9 @@ public struct StagedFiles: Sendable {
         return nil
     }
 
-    /// The names that have a copy in the directory: its subdirectories that hold an identity
-    /// file. Anything else there is not Strata's (a directory given by hand may hold other
-    /// things), and is never listed, so never removed.
+    /// The names that have a copy in the directory (`isCopy`). Anything else there is not
+    /// Strata's (a directory given by hand may hold other things), and is never listed, so
+    /// never removed.
     public func names() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { !$0.hasPrefix(".") && isCopy("\(directory)/\($0)") }

@@ -24,6 +24,7 @@ extension ConfigLoader {
             // that fails stands in as a placeholder, so the models on it are still checked (a
             // file with any problem is refused whole, so no placeholder ever runs).
             var read: String?
+            var declaredKind: String?
             let ok = reader.each {
                 let name = try reader.string(nameNode, at: "runtimes")
                 read = name
@@ -34,6 +35,7 @@ extension ConfigLoader {
                     throw reader.fail(key, value, "missing key 'kind' (expected llama-server, vllm, sglang, command or upstream)")
                 }
                 let kindName = try reader.string(kindNode, at: "\(key).kind")
+                declaredKind = kindName
                 func reject(_ fields: String...) throws {
                     try rejectFields(fields, reader, map, key, "not used by runtimes of kind \(kindName)")
                 }
@@ -104,8 +106,10 @@ extension ConfigLoader {
                 result[name] = runtime
             }
             if !ok, let read, result[read] == nil {
-                result[read] = RuntimeConfiguration(name: read, kindName: "invalid", kind: .command(argv: ["/nonexistent"]),
-                                                    healthPath: "/health", environment: [:])
+                // (Of the kind it meant to be, so its models are checked as such, not echo it.)
+                let kind: RuntimeConfiguration.Kind = declaredKind == "upstream"
+                    ? .upstream(url: "http://invalid", apiKey: nil) : .command(argv: ["/nonexistent"])
+                result[read] = RuntimeConfiguration(name: read, kindName: "invalid", kind: kind, healthPath: "/health", environment: [:])
             }
         }
         return result

@@ -60,6 +60,7 @@ extension Gateway {
         var events: UpstreamEvents?
         var resentAfterDeath = false
         // Replicas that answered with a server error: blamed only if another then serves it.
+        // (Every other replica is tried, so two failing ones do not hide a third that serves.)
         var serverErrorsFrom: [String] = []
         // Until the first byte of an answer, a failed upstream is retried on another replica
         // (when the model has one), or once on the runtime started in place of one that died;
@@ -91,9 +92,9 @@ extension Gateway {
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
-                if response.status.code >= 500, serverErrorsFrom.isEmpty, acquired.hasAlternatives, hints.excluding.count < 8 {
-                    // A server error: the client has seen none of it, so one other replica gets the
-                    // request. It counts against this one only if that one serves it (the same
+                if response.status.code >= 500, acquired.hasAlternatives, hints.excluding.count < 8 {
+                    // A server error: the client has seen none of it, so another replica gets the
+                    // request. It counts against this one only if another serves it (the same
                     // request erring everywhere is the request's doing: llama-server answers 500
                     // to an image sent to a model without vision).
                     acquired.release(.abandoned)

@@ -110,7 +110,7 @@ struct ConfigReader {
         switch ConfigUnits.parseSize(text) {
         case .success(let bytes) where bytes > 0 && text.trimmingCharacters(in: .whitespaces).allSatisfy({ $0.isNumber || $0 == "." }):
             // A bare number would be bytes, which a memory or a budget never is meant to be.
-            throw fail(key, node, "'\(text)' has no unit: write \(text)MiB, \(text)GiB… (or \(text)B for bytes)")
+            throw fail(key, node, "'\(text)' has no unit: write a size such as 400MiB or 8GiB (or \(text)B for bytes)")
         case .success(let bytes): return bytes
         case .failure(let why): throw fail(key, node, "'\(text)' is not a size: \(why)")
         }

@@ -61,6 +61,8 @@ final class FakeBackend: ModelBackend, Sendable {
             return rawThenM(hints, record)
         case "raw-then-raw":
             return rawThenRaw(hints, record)
+        case "two-broken":
+            return twoBroken(hints, record)
         default:
             return nil
         }
@@ -77,6 +79,17 @@ final class FakeBackend: ModelBackend, Sendable {
         hints.excluding.contains("raw")
             ? UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw2", onOutcome: record)
             : UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw", hasAlternatives: true, onOutcome: record)
+    }
+
+    /// `raw` as two replicas ("raw", then "raw2"), then (both failed) the fake upstream as "m".
+    private func twoBroken(_ hints: RequestHints, _ record: @escaping @Sendable (LeaseOutcome) -> Void) -> UpstreamLease {
+        if !hints.excluding.contains("raw") {
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw", hasAlternatives: true, onOutcome: record)
+        }
+        if !hints.excluding.contains("raw2") {
+            return UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", upstreamLabel: "raw2", hasAlternatives: true, onOutcome: record)
+        }
+        return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1", upstreamLabel: "m", onOutcome: record)
     }
 
     var acquired: Int { counters.withLockedValue { $0.acquired } }
@@ -115,6 +128,8 @@ final class FakeBackend: ModelBackend, Sendable {
             return rawThenM(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
         case "raw-then-raw":
             return rawThenRaw(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
+        case "two-broken":
+            return twoBroken(hints) { [leaseOutcomes] outcome in leaseOutcomes.withLockedValue { $0[model, default: []].append(outcome) } }
         case "busy":
             throw GatewayError.unavailable("not ready", code: "model_not_ready", retryAfterSeconds: 7)
         case "crashes-once", "crashes-always", "refuses":

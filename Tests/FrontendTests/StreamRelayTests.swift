@@ -168,22 +168,27 @@ struct StreamRelayTests {
         }
     }
 
-    /// A replica that is up and answers with a server error has sent the client nothing: one
-    /// other replica gets the request, and where that one serves it, the error counts against
-    /// the first (toward its ejection). Where it errs too, the error is the request's doing (an
-    /// image sent to a model without vision) and counts against neither; with no other replica,
-    /// the client gets the error as it came, counted against nobody.
+    /// A replica that is up and answers with a server error has sent the client nothing: another
+    /// replica gets the request, and where one serves it, the errors count against those that
+    /// erred (toward their ejection; two failing replicas do not hide a third that serves).
+    /// Where every one errs, the error is the request's doing (an image sent to a model without
+    /// vision) and counts against none; with no other replica, the client gets the error as it
+    /// came, counted against nobody.
     @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
-    func aServerErrorIsRetriedOnceAndCountsOnlyWhereAnotherServes(immediate: Bool, stream: Bool) async throws {
+    func aServerErrorIsRetriedElsewhereAndCountsOnlyWhereAnotherServes(immediate: Bool, stream: Bool) async throws {
         let upstream = try await StreamingUpstream.start(.serverError)
         defer { upstream.stop() }
         try await GatewayTests.withGateway(immediate: immediate, rawPort: upstream.port) { client, backend in
             let port = client.port!
-            let (retried, everywhere, alone) = try await NIOThreadPool.singleton.runIfActive {
+            let (retried, everywhere, alone, third) = try await NIOThreadPool.singleton.runIfActive {
                 (try RawClient.exchange(port: port, send: Self.request("raw-then-m", stream: stream), responses: 1),
                  try RawClient.exchange(port: port, send: Self.request("raw-then-raw", stream: stream), responses: 1),
-                 try RawClient.exchange(port: port, send: Self.request("raw", stream: stream), responses: 1))
+                 try RawClient.exchange(port: port, send: Self.request("raw", stream: stream), responses: 1),
+                 try RawClient.exchange(port: port, send: Self.request("two-broken", stream: stream), responses: 1))
             }
+            #expect(third.map(\.status) == [200], "\(third)")
+            try await Self.waitUntil { backend.outcomes("two-broken").count == 3 }
+            #expect(backend.outcomes("two-broken") == [.abandoned, .abandoned, .servedAfterServerErrors(on: ["raw", "raw2"])])
             #expect(retried.map(\.status) == [200], "\(retried)")
             try await Self.waitUntil { backend.outcomes("raw-then-m").count == 2 }   // (a stream's lease ends after its last byte)
             #expect(backend.outcomes("raw-then-m") == [.abandoned, .servedAfterServerErrors(on: ["raw"])])

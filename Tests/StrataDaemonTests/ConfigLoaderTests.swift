@@ -312,7 +312,7 @@ struct ConfigLoaderTests {
 
         Self.expectError("tiers: { remote: { chunk_size: 1000B } }", key: "tiers.remote.chunk_size", "multiple of 4KiB")
         Self.expectError("models: [ { name: m, source: \(Self.modelFile), memory: 400 } ]", key: "models[0] (m).memory",
-                         "'400' has no unit", "400MiB")
+                         "'400' has no unit", "400MiB", "400B")
         Self.expectError("tiers: { remote: { parallelism: 0 } }", key: "tiers.remote.parallelism")
         Self.expectError("tiers: { remote: { part_size: 1MiB } }", key: "tiers.remote.part_size", "5MiB")
         Self.expectError("tiers: { remote: { s3: { endpoint: \"127.0.0.1:9000\" } } }", key: "tiers.remote.s3.endpoint", "not an http(s) URL")

@@ -688,11 +688,11 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // to it comes here, whole): it is not kept, whatever the answer's head says.
                 if relay.parsed.stream { connection.channel.close(promise: nil) } else { pool?.release(connection) }
             }
-            // A server error: the client has seen none of it, so one other replica gets the
-            // request, where there is one. It counts against this one only if that one serves
-            // it (the same request erring everywhere is the request's doing).
+            // A server error: the client has seen none of it, so another replica gets the
+            // request, where there is one. It counts against this one only if another serves it
+            // (the same request erring everywhere is the request's doing).
             let serverError = answer.head.status >= 500
-            if serverError, exchange.serverErrorsFrom.isEmpty, relay.lease.hasAlternatives {
+            if serverError, relay.lease.hasAlternatives {
                 relay.lease.release(.abandoned)
                 exchange.serverErrorsFrom.append(relay.lease.upstreamLabel)
                 if tryAnotherReplica(exchange, after: "answered \(answer.head.status)", context: context) { return }

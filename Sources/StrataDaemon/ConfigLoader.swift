@@ -110,7 +110,11 @@ public enum ConfigLoader {
             }
         }
         _ = check { if let node = top["routing"] { config.routing = try routing(reader, node) } }
-        let devicesRead = check { config.devices = try devices(reader, top["devices"], gpus: gpus.gpus) }
+        var devicesListed = false
+        _ = check {
+            config.devices = try devices(reader, top["devices"], gpus: gpus.gpus)
+            devicesListed = true
+        }
         config.gpuDiscovery = gpus
         // (A runtime with a problem is noted and stands in as a placeholder: the models are
         // still checked unless the section as a whole could not be read.)
@@ -119,7 +123,7 @@ public enum ConfigLoader {
             config.runtimes = try runtimes(reader, top["runtimes"], environment: environment)
             runtimesListed = true
         }
-        if devicesRead && runtimesListed { _ = check { config.models = try models(reader, top["models"], config: config) } }
+        if devicesListed && runtimesListed { _ = check { config.models = try models(reader, top["models"], config: config) } }
         if authRead { _ = check { config.tenants = try tenants(reader, top["tenants"], auth: config.auth) } }
         problems += reader.noted.problems
         // In file order (a problem with no line, such as a missing key at the top, first).
@@ -362,19 +366,29 @@ public enum ConfigLoader {
             guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
             let name = try reader.string(nameNode, at: "\(key).name")
             guard !devices.contains(where: { $0.name == name }) else {
-                throw reader.fail("\(key).name", nameNode, "device '\(name)' is defined twice")
+                reader.each { throw reader.fail("\(key).name", nameNode, "device '\(name)' is defined twice") }
+                continue
             }
+            // Its kind and memory each checked, so a file's problems are all told at once (a
+            // device with one stands in with no limit, so its models' own are still checked;
+            // a file with any problem is refused whole).
             var kind = DeviceConfiguration.Kind.cpu
-            if let v = map["kind"] {
-                let text = try reader.string(v, at: "\(key).kind")
-                guard let parsed = DeviceConfiguration.Kind(rawValue: text) else {
-                    throw reader.fail("\(key).kind", v, "'\(text)' is not a device kind (expected cpu, gpu or unified)")
+            reader.each {
+                if let v = map["kind"] {
+                    let text = try reader.string(v, at: "\(key).kind")
+                    guard let parsed = DeviceConfiguration.Kind(rawValue: text) else {
+                        throw reader.fail("\(key).kind", v, "'\(text)' is not a device kind (expected cpu, gpu or unified)")
+                    }
+                    kind = parsed
                 }
-                kind = parsed
             }
-            guard let memoryNode = map["memory"] else { throw reader.fail(key, item, "missing key 'memory'") }
-            let memory = try reader.size(memoryNode, at: "\(key).memory")
-            guard memory > 0 else { throw reader.fail("\(key).memory", memoryNode, "must be more than zero") }
+            var memory = UInt64.max
+            reader.each {
+                guard let memoryNode = map["memory"] else { throw reader.fail(key, item, "missing key 'memory'") }
+                let bytes = try reader.size(memoryNode, at: "\(key).memory")
+                guard bytes > 0 else { throw reader.fail("\(key).memory", memoryNode, "must be more than zero") }
+                memory = bytes
+            }
             devices.append(DeviceConfiguration(name: name, kind: kind, memoryBytes: memory))
         }
         guard !devices.isEmpty else { throw reader.fail("devices", node, "expected at least one device") }

@@ -405,6 +405,24 @@ struct ConfigLoaderTests {
         }
     }
 
+    @Test func everyDevicesProblemIsReportedAndTheModelsOnThemStillChecked() throws {
+        let yaml = """
+            devices:
+              - { name: cpu, memory: 1GiB }
+              - { name: gpu0, kind: tpu, memory: -1GiB }
+              - { name: cpu, memory: 2GiB }
+            models:
+              - { name: m1, device: gpu0, source: \(Self.modelFile), memory: -5MiB }
+            """
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected an error")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == ["devices[1].kind", "devices[1].memory", "devices[2].name", "models[0] (m1).memory"],
+                    "\(error)")
+        }
+    }
+
     @Test func aSectionThatReadsAFailedOneIsSkippedNotEchoed() throws {
         // models name runtimes: with runtimes refused, "unknown runtime" would only echo that.
         let yaml = """

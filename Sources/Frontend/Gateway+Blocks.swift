@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The HTTP block API on the same store as the RESP service: `PUT/GET/HEAD/DELETE
@@ -12,6 +13,9 @@ extension Gateway {
     static let maxBlockBytes = 64 << 20
     /// Value bytes one batch-get answers at most (its answer is about a third more).
     static let maxBatchBytes = 64 << 20
+    /// Value bytes all the batch-get answers under way hold at most: each is built whole in
+    /// memory, so concurrent ones add up (eight of 64 MiB took the daemon past 1 GiB).
+    static let maxBatchBytesInFlight = 256 << 20
 
     func addBlockRoutes(to router: Router<GatewayRequestContext>) {
         guard kv != nil else { return }
@@ -54,13 +58,44 @@ extension Gateway {
                                            + "get large blocks one at a time (GET /v1/blocks/{key})")
                 }
             }
+            guard let hold = BatchHold(total, in: batchBytesInFlight) else {
+                throw GatewayError.unavailable("batch-gets under way hold \(Self.maxBatchBytesInFlight >> 20) MiB of blocks, the most at once",
+                                               code: "batches_busy", retryAfterSeconds: 1)
+            }
             let values = try await kvCall { try await store.get(namespace: namespace, keys: keys.map { ByteBuffer(string: $0) }) }
-            return Response(status: .ok, headers: [.contentType: "application/json"],
-                            body: ResponseBody(byteBuffer: Self.batchAnswer(keys: keys, values: values)))
+            let answer = Self.batchAnswer(keys: keys, values: values)
+            // (The hold lasts while the answer is: until it is written, or dropped unwritten.)
+            return Response(status: .ok, headers: [.contentType: "application/json", .contentLength: "\(answer.readableBytes)"],
+                            body: ResponseBody { writer in
+                                try await writer.write(answer)
+                                try await writer.finish(nil)
+                                withExtendedLifetime(hold) {}
+                            })
         }
     }
 
     static let batchGetName = "batch-get"
+
+    /// A batch-get's share of `maxBatchBytesInFlight`, given back when the hold goes (its answer
+    /// written, or dropped on any path). Nil when it does not fit beside the others (one alone
+    /// always fits: it is bounded by `maxBatchBytes`).
+    final class BatchHold: Sendable {
+        let bytes: Int
+        let total: NIOLockedValueBox<Int>
+
+        init?(_ bytes: Int, in total: NIOLockedValueBox<Int>) {
+            let admitted = total.withLockedValue { held in
+                guard held == 0 || held + bytes <= Gateway.maxBatchBytesInFlight else { return false }
+                held += bytes
+                return true
+            }
+            guard admitted else { return nil }
+            self.bytes = bytes
+            self.total = total
+        }
+
+        deinit { total.withLockedValue { $0 -= bytes } }
+    }
 
     private static func isBlockKey(_ key: String) -> Bool { !key.isEmpty && key.utf8.count <= 4096 }
 

@@ -79,6 +79,8 @@ public struct Gateway: Sendable {
     let upstreamPools: UpstreamPools
     /// Set when a stop cuts the requests still under way (`cutForStop`).
     private let stopping: NIOLockedValueBox<Bool>
+    /// Value bytes of the batch-get answers being built or sent (`Gateway+Blocks`).
+    let batchBytesInFlight = NIOLockedValueBox(0)
     /// API keys and tenants; replaced by a config reload.
     public let access: AccessControlBox
     let logger: Logger

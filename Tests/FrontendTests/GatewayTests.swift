@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import Frontend
@@ -213,6 +214,19 @@ struct GatewayTests {
                 #expect(String(buffer: wrong.body).contains("takes \(allowed), not \(method.rawValue)"))
             }
         }
+    }
+
+    /// Batch-get answers are built whole in memory: those under way share a bound, and each
+    /// gives its share back when its hold goes, however its answer ends.
+    @Test func batchAnswersUnderWayShareABound() {
+        let total = NIOLockedValueBox(0)
+        var holds = (0..<4).compactMap { _ in Gateway.BatchHold(Gateway.maxBatchBytes, in: total) }
+        #expect(holds.count == 4 && total.withLockedValue { $0 } == Gateway.maxBatchBytesInFlight)
+        #expect(Gateway.BatchHold(1, in: total) == nil, "nothing more fits beside them")
+        holds.removeLast()
+        #expect(Gateway.BatchHold(Gateway.maxBatchBytes, in: total) != nil, "a share given back is free again")
+        holds.removeAll()
+        #expect(total.withLockedValue { $0 } == 0)
     }
 
     @Test(arguments: ["plain", #"quotes " and \ backslash, / slash"#, "lines\nand\ttabs\u{7}bell", "é日😀", ""])

@@ -140,7 +140,7 @@ extension Gateway {
 
         let (lease, upstreamResponse) = (acquired, response)
         let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
-        let outcome: LeaseOutcome = status.code >= 500 ? .abandoned : .served(after: serverErrorsFrom)
+        let outcome: LeaseOutcome = status.code >= 500 ? .serverErrorUnretried : .served(after: serverErrorsFrom)
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
             metrics: metrics, model: lease.servedModel ?? parsed.model, endpoint: endpoint, started: started, admitted: admitted,

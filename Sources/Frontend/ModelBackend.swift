@@ -80,19 +80,22 @@ public struct RequestHints: Sendable, Equatable {
 /// answered it with a server error (another could serve it, so those errors were theirs, not
 /// the request's: they count against them); failed before sending any answer (a refused or
 /// reset connection, a timeout before headers), which counts against it; or the request was
-/// given up, or answered with a server error that may be the request's own doing (the same
-/// request errs everywhere), which count neither way.
+/// given up, which counts neither way; or the upstream's server error went to the client, no
+/// other replica being left to try (it may be the request's own doing: the same request errs
+/// everywhere), which counts neither way either, and lets back replicas held out after an
+/// ejection whose probes pass (one of them may serve what the ones let in cannot).
 public enum LeaseOutcome: Sendable, Equatable {
     case completed
     case servedAfterServerErrors(on: [String])
     case upstreamFailed
     case abandoned
+    case serverErrorUnretried
 
     /// The upstream served the request (whatever others did first).
     public var served: Bool {
         switch self {
         case .completed, .servedAfterServerErrors: true
-        case .upstreamFailed, .abandoned: false
+        case .upstreamFailed, .abandoned, .serverErrorUnretried: false
         }
     }
 

@@ -36,6 +36,8 @@ actor ReplicaSet {
         var successor: ReplicaSet?
         /// When each replica was last ejected for its requests' failures (not its probe's).
         var ejectedAt: [String: ContinuousClock.Instant] = [:]
+        /// Upstream replicas whose last health probe passed.
+        var probePassing: Set<String> = []
     }
 
     /// How long a replica ejected for failing requests stays out though its health probe passes
@@ -275,6 +277,14 @@ actor ReplicaSet {
                     }
                 }
             case .abandoned: break
+            case .serverErrorUnretried:
+                // Every replica let in erred: those held out after an ejection whose probes pass
+                // come back now, rather than at the end of their hold.
+                for (held, _) in routing.ejectedAt where routing.probePassing.contains(held) {
+                    routing.ejectedAt[held] = nil
+                    routing.router.markHealthy(held)
+                    publishLoad(held, of: routing.router)
+                }
             case .upstreamFailed: if routing.router.reportFailure(replica) { ejected.append(replica) }
             }
             for replica in ejected { routing.ejectedAt[replica] = .now }
@@ -405,6 +415,7 @@ actor ReplicaSet {
                 logger.notice("replica \(url) of \(model) is healthy again; its prefix index starts empty")
             }
             let stillOut = routing.withLockedValue { routing -> Bool in
+                routing.probePassing.insert(url)
                 if let at = routing.ejectedAt[url], ContinuousClock.now - at < ejectionCooldown,
                     routing.router.hasHealthyReplica(besides: url, excluding: [])
                 {
@@ -419,7 +430,10 @@ actor ReplicaSet {
             }
         } else {
             if before != false { logger.warning("replica \(url) of \(model) failed its health check (\(failure ?? ""))") }
-            routing.withLockedValue { $0.router.markUnhealthy(url) }
+            routing.withLockedValue {
+                $0.probePassing.remove(url)
+                $0.router.markUnhealthy(url)
+            }
         }
         publishLoad()
     }

@@ -193,10 +193,10 @@ struct StreamRelayTests {
             try await Self.waitUntil { backend.outcomes("raw-then-m").count == 2 }   // (a stream's lease ends after its last byte)
             #expect(backend.outcomes("raw-then-m") == [.abandoned, .servedAfterServerErrors(on: ["raw"])])
             #expect(everywhere.map(\.status) == [500] && everywhere.first?.body == StreamingUpstream.serverErrorBody)
-            #expect(backend.outcomes("raw-then-raw") == [.abandoned, .abandoned])
+            #expect(backend.outcomes("raw-then-raw") == [.abandoned, .serverErrorUnretried])
             #expect(alone.map(\.status) == [500])
             #expect(alone.first?.body == StreamingUpstream.serverErrorBody)
-            #expect(backend.outcomes("raw") == [.abandoned])
+            #expect(backend.outcomes("raw") == [.serverErrorUnretried])
         }
     }
 }

@@ -260,13 +260,14 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
 
 class FakeUpstream:
     """A fake OpenAI upstream (standard library) whose /health answers 200 and whose chat
-    answers 200, or 500 when `broken`: a server that is up and fails its requests."""
+    answers 200, or 500 while `broken`: a server that is up and fails its requests."""
 
     def __init__(self, broken=False):
         import http.server
         import threading
         outer = self
         self.chats = 0
+        self.broken = broken
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -287,7 +288,7 @@ class FakeUpstream:
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.chats += 1
-                if broken:
+                if outer.broken:
                     self._send(500, b'{"error":{"code":500,"message":"broken","type":"server_error"}}')
                 else:
                     self._send(200, json.dumps({"object": "chat.completion", "choices": [
@@ -326,6 +327,17 @@ def test_a_replica_that_is_up_and_fails_its_requests_is_ejected_and_kept_out_a_w
         assert broken.chats == tried, "no request tried it while it was out"
         wait_for(lambda: {r["url"]: r["healthy"] for r in d.model("m")["replicas"]}[broken.url], 10,
                  what="let back after the cooldown")
+
+        # Held out again, then it mends and the other breaks: the first request that only the
+        # broken one could take gets its 500, and the held one is let back at once for the next.
+        def chat():
+            return d.request("POST", "/v1/chat/completions", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                             headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})[0]
+        wait_for(lambda: chat() == 200 and not {r["url"]: r["healthy"] for r in d.model("m")["replicas"]}[broken.url], 10,
+                 what="held out again")
+        broken.broken, good.broken = False, True
+        assert chat() == 500, "the only replica let in erred, with nowhere else to go"
+        assert [chat() for _ in range(3)] == [200] * 3, "the held one serves at once, not after its hold"
     finally:
         broken.close()
         good.close()

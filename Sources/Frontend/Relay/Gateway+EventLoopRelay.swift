@@ -699,7 +699,7 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
-            relay.lease.release(serverError ? .abandoned : .served(after: exchange.serverErrorsFrom))
+            relay.lease.release(serverError ? .serverErrorUnretried : .served(after: exchange.serverErrorsFrom))
             let contentType = answer.head.first(lowercased: HTTP1Wire.Lowercase.contentType) ?? "application/json"
             if exchange.raw, let socket {
                 write(raw: HTTP1Wire.answer(

@@ -226,7 +226,8 @@ actor ReplicaSet {
             }
             let id = routing.nextRequest
             routing.nextRequest += 1
-            routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks, held: held[decision.replica])
+            routing.router.dispatch(id, to: decision, promptBlocks: hints.prompt.blocks, held: held[decision.replica],
+                                    advancesTurn: hints.excluding.isEmpty)
             let counterKey = DecisionKey(replica: decision.replica, reason: decision.reason)
             let counter: Counter
             if let known = routing.decisionCounters[counterKey] {

@@ -335,6 +335,23 @@ struct RoutingTableTests {
         #expect(try! router.choose(prompt).get().replica == "r0")
     }
 
+    /// A retry (of a request another replica failed) does not use up the next request's turn: a
+    /// failing replica still gets only its share of first tries, not every one.
+    @Test func aRetryDoesNotTakeTheNextRequestsTurn() {
+        var router = Routing.router(2, policy: .roundRobin)
+        let prompt = Routing.prompt(family: 1, shared: 4)
+        var firstTries: [String] = []
+        for id in stride(from: 1, through: 11, by: 2) as StrideThrough<RequestID> {
+            let first = try! router.choose(prompt).get()
+            router.dispatch(id, to: first, promptBlocks: prompt)
+            firstTries.append(first.replica)
+            guard first.replica == "r0" else { continue }   // r0 fails: the request is retried elsewhere
+            let retry = try! router.choose(prompt, excluding: ["r0"]).get()
+            router.dispatch(id + 1, to: retry, promptBlocks: prompt, advancesTurn: false)
+        }
+        #expect(firstTries == ["r0", "r1", "r0", "r1", "r0", "r1"])
+    }
+
     @Test func leastLoadedIgnoresPrefixes() {
         var router = Routing.router(3, policy: .leastLoaded)
         let prompt = Routing.prompt(family: 1, shared: 8)

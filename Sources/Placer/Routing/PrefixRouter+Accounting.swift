@@ -7,11 +7,15 @@ extension PrefixRouter {
     /// replica holds, as in `choose`), not from the decision, so a choice that went stale before
     /// it was sent is still charged what it costs. A prefix the decision restores is not work.
     ///
+    /// `advancesTurn`: false for a retry (a request another replica failed), which must not use
+    /// up the next request's round-robin turn (the failing replica would be tried first again,
+    /// on every request).
+    ///
     /// - Returns: false, changing nothing, when `id` is already in flight (finish it first:
     ///   `finish` is the one release path) or the replica is unknown.
     @discardableResult
     public mutating func dispatch(
-        _ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64], held: Int? = nil
+        _ id: RequestID, to decision: RouteDecision, promptBlocks chain: [UInt64], held: Int? = nil, advancesTurn: Bool = true
     ) -> Bool {
         guard dispatched[id] == nil, let replica = position[decision.replica] else { return false }
         let indexed = replicas[replica].index.matchedBlocks(chain)
@@ -26,7 +30,7 @@ extension PrefixRouter {
         dispatched[id] = Dispatch(
             replica: replica, work: work, expectedFraction: chain.isEmpty ? 0 : Double(indexed) / Double(chain.count),
             colder: colder)
-        nextTurn = (replica + 1) % replicas.count
+        if advancesTurn { nextTurn = (replica + 1) % replicas.count }
         return true
     }
 

@@ -474,7 +474,9 @@ struct ConfigLoaderTests {
     /// every default, which on a reload would remove every model.
     @Test(arguments: ["", "\n\n", "# only a comment\n  \n", "---\n"])
     func aFileWithNoSettingsIsRefused(text: String) throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-empty-\(getpid()).yaml").path
+        // (One file per case: the cases run at once.)
+        let path = FileManager.default.temporaryDirectory
+            .appendingPathComponent("strata-empty-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).yaml").path
         defer { unlink(path) }
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: ConfigError.self) { try ConfigLoader.load(path: path, environment: Self.env, gpus: .noDriver("test")) }

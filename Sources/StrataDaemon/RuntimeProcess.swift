@@ -88,8 +88,11 @@ struct RuntimeProcess: Sendable {
             }
         }
         // Lines that name a cause first; lines that only say something failed where none does.
+        // (Once each: llama.cpp says some twice, the lines differing only in their timestamps.)
+        var seen: Set<String> = []
         let specific = mentioning(Self.causeWords)
-        let causes = (specific.isEmpty ? mentioning(["error", "failed"]) : specific).suffix(2)
+        let causes = (specific.isEmpty ? mentioning(["error", "failed"]) : specific).reversed()
+            .filter { seen.insert(String($0.filter { !$0.isNumber })).inserted }.prefix(2).reversed()
         return (causes + (causes.isEmpty ? [] : ["…"]) + last).joined(separator: " | ")
     }
 

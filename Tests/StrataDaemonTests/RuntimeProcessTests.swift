@@ -21,7 +21,8 @@ struct RuntimeProcessTests {
         defer { unlink(log) }
         let script = """
             echo 'llama_model_load_from_file_impl: failed to load model' >&2
-            echo 'gguf_init_from_file_impl: invalid magic characters: hell, expected GGUF' >&2
+            echo '0.00.006.001 E gguf_init_from_file_impl: invalid magic characters: hell, expected GGUF' >&2
+            echo '0.00.006.096 E gguf_init_from_file_impl: invalid magic characters: hell, expected GGUF' >&2
             echo 'llama_model_load: error loading model: llama_model_loader: failed to load model from bad.gguf' >&2
             for i in 1 2 3 4 5 6; do echo "loading part $i" >&2; done
             echo 'llama_model_load: error loading model: failed to load model' >&2
@@ -32,6 +33,6 @@ struct RuntimeProcessTests {
         let process = try RuntimeProcess.spawn(argv: ["sh", "-c", script], environment: [:], port: 0, logPath: log)
         #expect(await process.waitForExit() == "exited with code 1")
         let tail = process.logTail()
-        #expect(tail == "gguf_init_from_file_impl: invalid magic characters: hell, expected GGUF | … | llama_model_load: error loading model: failed to load model | srv load_model: cleaning up before exit | main: exiting due to model loading error", "got \(tail)")
+        #expect(tail == "0.00.006.096 E gguf_init_from_file_impl: invalid magic characters: hell, expected GGUF | … | llama_model_load: error loading model: failed to load model | srv load_model: cleaning up before exit | main: exiting due to model loading error", "got \(tail)")
     }
 }

@@ -168,7 +168,9 @@ struct EventLoopRelayTests {
             #expect(response.status == .badGateway)
             #expect(try GatewayTests.errorCode(response) == "runtime_failed")
             #expect(String(buffer: response.body).contains("the answer stopped coming for gateway.upstream_timeout"))
-            #expect(ContinuousClock.now - started < .seconds(8))
+            // (Bounded by the 1 s timeout, not the default 10 min; slack for a loaded machine,
+            // where this once took 8.6 s.)
+            #expect(ContinuousClock.now - started < .seconds(30))
             #expect(upstream.connections == 1, "an answer that had begun is not sent again")
             #expect(backend.outcomes("raw").count == 1, "the lease ended: \(backend.outcomes("raw"))")
         }

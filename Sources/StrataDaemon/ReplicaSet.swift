@@ -43,7 +43,7 @@ actor ReplicaSet {
     /// How long a replica ejected for failing requests stays out though its health probe passes
     /// (a server whose /health answers while its requests fail), unless no other replica is up:
     /// 15 health intervals (30 s by default).
-    var ejectionCooldown: Duration { settings.healthInterval * 15 }
+    nonisolated var ejectionCooldown: Duration { settings.healthInterval * 15 }
     private struct DecisionKey: Hashable {
         var replica: String
         var reason: RouteReason
@@ -218,6 +218,7 @@ actor ReplicaSet {
         // Pinned replicas: what their slots hold is known, and replaces the router's guess.
         let (held, computing) = slots?.holdings(hints.prompt.blocks, on: replicas) ?? ([:], [:])
         let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal> in
+            if managed { readmitEjectedReplicas(&routing) }
             let decision: RouteDecision
             switch routing.router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding,
                                          restorable: restorable, held: held, computing: computing) {
@@ -349,6 +350,20 @@ actor ReplicaSet {
 
     nonisolated var snapshots: [ReplicaSnapshot] { routing.withLockedValue { $0.router.replicaSnapshots } }
 
+    /// Managed replicas have no health probe to let them back after an ejection (failing to
+    /// start, or to answer): one is let back once `ejectionCooldown` has passed, and all of them
+    /// when none is left in, so that a request starts one again (the supervisor's restart
+    /// backoff paces the tries) rather than every request getting "every replica is down" for good.
+    private nonisolated func readmitEjectedReplicas(_ routing: inout Routing) {
+        guard !routing.ejectedAt.isEmpty else { return }
+        let now = ContinuousClock.now
+        let noneIn = !replicas.contains { routing.router.snapshot(of: $0)?.healthy == true }
+        for (replica, at) in routing.ejectedAt where noneIn || now - at >= ejectionCooldown {
+            routing.ejectedAt[replica] = nil
+            routing.router.markHealthy(replica)
+        }
+    }
+
     /// A managed replica's process is gone (stopped, evicted or crashed): its prefixes went with
     /// it. It stays eligible, behind the running replicas (a start stands before any work
     /// there): the supervisor starts a new process on the next request routed to it.
@@ -362,9 +377,15 @@ actor ReplicaSet {
         publishLoad(replica)
     }
 
-    /// A managed replica's process is ready: it serves without a start.
+    /// A managed replica's process is ready: it serves without a start (and, ejected after
+    /// failing to start, is let back: a process that came up serves).
     func processReady(_ replica: String) {
-        routing.withLockedValue { $0.router.setStarting(replica, false) }
+        routing.withLockedValue {
+            $0.router.setStarting(replica, false)
+            $0.ejectedAt[replica] = nil
+            $0.router.markHealthy(replica)
+        }
+        publishLoad(replica)
     }
 
     enum RouteFailure: Error { case noHealthyReplica(GatewayError) }
@@ -423,7 +444,10 @@ actor ReplicaSet {
                     return true
                 }
                 routing.ejectedAt[url] = nil
-                routing.router.markHealthy(url)
+                // (Only one that is out is let back, with a clean count: a probe passing does not
+                // end a run of failing requests, else a replica whose /health answers while its
+                // requests fail is never ejected unless they all fall within one interval.)
+                if routing.router.snapshot(of: url)?.healthy == false { routing.router.markHealthy(url) }
                 return false
             }
             if stillOut, before != true {

@@ -341,3 +341,30 @@ def test_a_replica_that_is_up_and_fails_its_requests_is_ejected_and_kept_out_a_w
     finally:
         broken.close()
         good.close()
+
+
+def test_replicas_strata_starts_that_failed_to_start_are_let_back(make_daemon, tmp_path):
+    """Both replicas of a model fail to start (a runtime that exits at once) until they are
+    ejected; once the runtime is mended, requests start them again and are served. Managed
+    replicas have no health probe to let them back (they got 503 'every replica is down' for
+    good, even after an admin load brought them up)."""
+    from conftest import LLAMA
+    failing = tmp_path / "failing"
+    failing.write_text("")
+    wrapper = tmp_path / "llama-wrapper.sh"
+    wrapper.write_text(f"#!/bin/sh\nif [ -e '{failing}' ]; then echo 'simulated start failure' >&2; exit 1; fi\n"
+                       f"exec '{LLAMA}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    d = make_daemon(config(f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
+""", extra="routing: { health_interval: 200ms, eject_after: 2 }").replace(str(LLAMA), str(wrapper)))
+
+    def chat():
+        return d.request("POST", "/v1/chat/completions", body={
+            "model": "smollm2", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=120)[0]
+    statuses = [chat() for _ in range(6)]
+    assert 200 not in statuses and 502 in statuses, statuses
+    wait_for(lambda: "ejected after 2 failures" in d.log_path.read_text(), 10, what="a replica ejected")
+    failing.unlink()
+    wait_for(lambda: chat() == 200, 60, interval=0.5, what="served again once the runtime starts")

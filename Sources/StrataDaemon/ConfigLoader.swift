@@ -116,6 +116,7 @@ public enum ConfigLoader {
             devicesListed = true
         }
         config.gpuDiscovery = gpus
+        config.hasModelsSection = top["models"] != nil
         // (A runtime with a problem is noted and stands in as a placeholder: the models are
         // still checked unless the section as a whole could not be read.)
         var runtimesListed = false

@@ -4,7 +4,6 @@ import Logging
 import Metrics
 import ServiceLifecycle
 import UnixSignals
-import Yams
 
 /// Re-reads the config file on SIGHUP and `POST /admin/reload`. A file that does not load is
 /// rejected with the reason and the running configuration is kept whole; a valid one is
@@ -51,9 +50,7 @@ public actor ConfigReloader {
         }
         // A file with no `models` section at all (half written, or the wrong file) would remove
         // every model: that takes saying so, `models: []`.
-        if !running.models.isEmpty, let text = try? String(contentsOfFile: path, encoding: .utf8),
-            let root = try? Yams.compose(yaml: text), root.mapping?["models"] == nil
-        {
+        if !running.models.isEmpty, !new.hasModelsSection {
             logger.error("config reload rejected: no models section; the running configuration is kept", metadata: [
                 "trigger": "\(trigger)", "file": "\(path)"])
             Counter(label: "strata_config_reloads_total", dimensions: [("result", "rejected")]).increment()

@@ -19,6 +19,8 @@ public struct StrataConfiguration: Sendable {
     public var kv = KVConfiguration()
     /// What NVML found when the config was read (logged once at start).
     public var gpuDiscovery: GPUDiscovery.Outcome = .noDriver("not asked")
+    /// The file has a `models` section (possibly empty): a reload of one without it is refused.
+    public var hasModelsSection = false
     public var runtimes: [String: RuntimeConfiguration]
     public var models: [ModelConfiguration]
     /// API-key holders with placement policies (`tenants` section).

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -189,6 +190,52 @@ def one_stream_runtime(then):
 
     threading.Thread(target=serve, daemon=True).start()
     return listener.getsockname()[1]
+
+
+class FakeUpstream:
+    """A fake OpenAI upstream (standard library) on loopback: /health answers 200; chat answers
+    200 after `delay` seconds (to hold requests in flight), or 500 while `broken` (a server that
+    is up and fails its requests). Counts the chat requests it got."""
+
+    def __init__(self, delay=0.0, broken=False):
+        import http.server
+        outer = self
+        self.chats = 0
+        self.broken = broken
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._send(200, b'{"status":"ok"}')
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.chats += 1
+                time.sleep(delay)
+                if outer.broken:
+                    self._send(500, b'{"error":{"code":500,"message":"broken","type":"server_error"}}')
+                else:
+                    self._send(200, json.dumps({"object": "chat.completion", "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}).encode())
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def config(models: str, extra: str = "", tiers: str = "{ host: { budget: 32MiB, dir: @SHM@ }, nvme: { budget: 256MiB } }") -> str:

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from conftest import ADMIN_KEY, API_KEY, MODEL, config, wait_for
+from conftest import ADMIN_KEY, API_KEY, MODEL, FakeUpstream, config, wait_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -144,49 +144,10 @@ def test_a_preloaded_model_is_kept_loaded_through_crashes_and_reloads(make_daemo
     assert chat(d, "a")[0] == 200
 
 
-class SlowUpstream:
-    """A fake OpenAI upstream (standard library) that answers each chat request after `delay`
-    seconds: enough to hold requests in flight across a reload."""
-
-    def __init__(self, delay=3.0):
-        import http.server
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _send(self, body):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._send(b'{"status":"ok"}')
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                time.sleep(delay)
-                self._send(json.dumps({"object": "chat.completion", "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": outer.url}, "finish_reason": "stop"}]}).encode())
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_reload_keeps_the_load_of_the_replicas_it_keeps_and_forgets_the_ones_it_removes(make_daemon):
     """Upstreams [a, b] become [b, c] while requests run on both: b's requests still count as its
     load (its concurrency limit and the choice see them), and a leaves /metrics."""
-    a, b, c = SlowUpstream(), SlowUpstream(), SlowUpstream()
+    a, b, c = FakeUpstream(delay=3.0), FakeUpstream(delay=3.0), FakeUpstream(delay=3.0)
     try:
         def cfg(urls):
             return config(f"  - {{ name: m, upstreams: {json.dumps(urls)}, routing: round-robin }}\n",

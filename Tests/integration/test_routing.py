@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ADMIN_KEY, API_KEY, MODEL, config, spawn_llama_server, wait_for, wait_healthy
+from conftest import ADMIN_KEY, API_KEY, MODEL, FakeUpstream, config, spawn_llama_server, wait_for, wait_healthy
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -256,51 +256,6 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
         if replica == victim:
             break
     assert replica == victim
-
-
-class FakeUpstream:
-    """A fake OpenAI upstream (standard library) whose /health answers 200 and whose chat
-    answers 200, or 500 while `broken`: a server that is up and fails its requests."""
-
-    def __init__(self, broken=False):
-        import http.server
-        import threading
-        outer = self
-        self.chats = 0
-        self.broken = broken
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, body):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._send(200, b'{"status":"ok"}')
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.chats += 1
-                if outer.broken:
-                    self._send(500, b'{"error":{"code":500,"message":"broken","type":"server_error"}}')
-                else:
-                    self._send(200, json.dumps({"object": "chat.completion", "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}).encode())
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_a_replica_that_is_up_and_fails_its_requests_is_ejected_and_kept_out_a_while(make_daemon):

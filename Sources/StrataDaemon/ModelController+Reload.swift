@@ -9,7 +9,9 @@ public struct ReloadReport: Sendable, Codable, Equatable {
     /// Models whose runtime command, weights, device or memory changed: drained, stopped, and
     /// started with the new settings on their next request.
     public var restarted: [String] = []
-    /// Models whose other settings (ttl, pin, priority, tags, fallbacks, routing…) changed in place.
+    /// Models whose other settings (ttl, pin, priority, tags, fallbacks, routing, a count of
+    /// replicas that stays above one: replicas added or removed, the others left running)
+    /// changed in place.
     public var changed: [String] = []
     /// Sections that take effect only when Strata restarts (listen address, tiers, kv…).
     public var needs_restart: [String] = []
@@ -85,21 +87,25 @@ extension ModelController {
             }
         }
         // A preloaded model is loaded now, not on its first request: when added, restarted or
-        // newly marked so.
+        // newly marked so, and replicas added to it.
         for model in new.models where model.preload {
             let before = oldModels[model.name]
-            guard before == nil || report.restarted.contains(model.name) || before?.preload == false else { continue }
-            for name in model.placerNames { send(.load(model: name)) }
+            let all = before == nil || report.restarted.contains(model.name) || before?.preload == false
+            let earlier = Set(before?.placerNames ?? [])
+            for name in model.placerNames where all || !earlier.contains(name) { send(.load(model: name)) }
         }
         return report
     }
 
     /// Whether the process a model runs as would differ: runtime command, environment or
-    /// health path, weights, device, memory, replica count or KV save/restore.
+    /// health path, weights, device, memory or KV save/restore; or one process becomes several
+    /// or several one (their names change: `m` against `m#0`…). Another count of several
+    /// replicas is no restart: the Placer starts the added ones and drains the removed.
     static func processChanged(_ before: ModelConfiguration, old: StrataConfiguration, _ after: ModelConfiguration,
                                new: StrataConfiguration) -> Bool {
         guard before.serving == after.serving, before.device == after.device, before.memoryBytes == after.memoryBytes,
-            before.replicaCount == after.replicaCount, before.source == after.source, before.sha256 == after.sha256,
+            before.replicaCount == after.replicaCount || min(before.replicaCount, after.replicaCount) > 1,
+            before.source == after.source, before.sha256 == after.sha256,
             before.stage == after.stage, before.kvRestore == after.kvRestore   // adds --slot-save-path, --parallel
         else { return true }
         if case .managed(let runtime, _, _) = after.serving {
@@ -132,7 +138,13 @@ extension ModelController {
             case .managed where model.replicaCount > 1: (replicas, managed) = (model.placerNames, true)
             default: continue
             }
-            let slots = Self.slotCache(for: model, config: config, tiers: tiers, httpClient: httpClient, logger: logger)
+            var slots = Self.slotCache(for: model, config: config, tiers: tiers, httpClient: httpClient, logger: logger)
+            // Replicas added or removed: the slots of those kept hold what they held, and the
+            // claims of requests in flight there stay in the one book.
+            var slotsKept = false
+            if let kept = replicaSets[model.name]?.slots, kept.fingerprint == slots?.fingerprint {
+                (slots, slotsKept) = (kept, true)
+            }
             if let existing = replicaSets[model.name], existing.replicas == replicas, existing.managed == managed,
                 existing.policy == policy, old.routing == config.routing,
                 existing.slots?.fingerprint == slots?.fingerprint
@@ -141,7 +153,8 @@ extension ModelController {
             } else {
                 let running = Set(replicas.filter { placer.snapshot(of: $0)?.phase == .ready })
                 let set = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
-                                     settings: config.routing, logger: logger, slots: slots, running: running)
+                                     settings: config.routing, logger: logger, slots: slots, recoverSlots: !slotsKept,
+                                     running: running)
                 replicaSets[model.name]?.handOver(to: set)
                 sets[model.name] = set
             }

@@ -379,6 +379,10 @@ public actor ModelController {
         if let base = config.model(placerName: model), base.replicaCount > 1, let replicas = replicaSets[base.name] {
             // Its cache went with the process: the next one starts with none of these prefixes.
             Task { await replicas.processExited(model) }
+        } else if let hash = model.lastIndex(of: "#"), let slots = replicaSets[String(model[..<hash])]?.slots {
+            // A replica a reload removed (its set kept the slots' book for the others): should
+            // the count grow again, a new process under this name holds none of it.
+            slots.replicaRestarted(model)
         }
         let phase = placer.snapshot(of: model)?.phase
         var detail = how

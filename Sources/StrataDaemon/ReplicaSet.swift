@@ -62,12 +62,13 @@ actor ReplicaSet {
     private var lastProbe: ContinuousClock.Instant?
 
     /// `running`: managed replicas whose process is ready now (the others must start first).
+    /// `recoverSlots`: index what is saved (false for a cache taken over from the set this replaces).
     init(model: String, replicas: [String], managed: Bool, policy: RoutingPolicy, settings: RoutingSettings, logger: Logger,
-         slots: SlotCache? = nil, running: Set<String> = []) {
+         slots: SlotCache? = nil, recoverSlots: Bool = true, running: Set<String> = []) {
         self.slots = slots
         // The set is being installed: index what earlier daemons or sets saved (a cache built
         // and discarded by a reload never does, so it cannot trim objects this one uses).
-        if let slots { Task { await slots.recover() } }
+        if let slots, recoverSlots { Task { await slots.recover() } }
         self.model = model
         self.replicas = replicas
         self.managed = managed

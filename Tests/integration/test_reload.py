@@ -173,3 +173,35 @@ def test_a_reload_keeps_the_load_of_the_replicas_it_keeps_and_forgets_the_ones_i
     finally:
         for upstream in (a, b, c):
             upstream.close()
+
+
+def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_daemon):
+    """`replicas: 2` becomes 3 and then 2 again, on a preloaded model: the added replica starts by
+    itself and the removed one stops, while the replicas both counts have keep their processes
+    (a reload to scale out restarted every replica, dropping what each had cached)."""
+    def cfg(count):
+        return config(f'  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, '
+                      f'replicas: {count}, preload: true }}\n').replace("memory: 600MiB", "memory: 900MiB")
+
+    def pids():
+        return {name: ready_pid(d, name) for name in d.admin()}
+
+    d = make_daemon(cfg(2))
+    before = wait_for(lambda: (p := pids()) and all(p.values()) and p, 60, what="both replicas preloaded")
+    assert set(before) == {"smollm2#0", "smollm2#1"}, before
+
+    rewrite(d, cfg(3))
+    status, answer = reload(d)
+    assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+    grown = wait_for(lambda: (p := pids()).get("smollm2#2") and p, 60, what="the added replica preloaded")
+    assert {k: grown[k] for k in before} == before, "the replicas kept were not restarted"
+    assert chat(d, "smollm2")[0] == 200
+
+    rewrite(d, cfg(2))
+    status, answer = reload(d)
+    assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+    removed_pid = grown["smollm2#2"]
+    wait_for(lambda: "smollm2#2" not in d.admin(), 30, what="the removed replica gone")
+    wait_for(lambda: not os.path.exists(f"/proc/{removed_pid}"), 30, what="its process stopped")
+    assert pids() == before, "the replicas kept were not restarted"
+    assert chat(d, "smollm2")[0] == 200

@@ -12,8 +12,8 @@ public enum StatusClient {
         return render(try JSONDecoder().decode(AdminStatus.self, from: body))
     }
 
-    /// The table, then the devices, then each model's last error (a failure's reason runs long,
-    /// and would make a column as wide as itself).
+    /// The table, then the replicas of models that have them, then the devices, then each
+    /// model's last error (a failure's reason runs long, and would make a column as wide as itself).
     static func render(_ status: AdminStatus) -> String {
         var rows = [["MODEL", "STATUS", "PHASE", "IN-FLIGHT", "WAITING", "LOADS", "MEMORY", "UPSTREAM"]]
         var details: [String] = []
@@ -29,6 +29,19 @@ public enum StatusClient {
             ])
         }
         var lines = table(rows)
+        // Replicas' routing state: which are in, ejected or not running, and their load.
+        var replicaRows = [["REPLICA", "OF", "STATE", "IN-FLIGHT", "QUEUED-BLOCKS", "INDEX-BLOCKS", "FAILURES"]]
+        for model in status.models {
+            for replica in model.replicas ?? [] {
+                let state = !replica.running ? "not running" : replica.healthy ? "in" : "ejected"
+                replicaRows.append([
+                    replica.url, replica.url == model.name ? String(model.name.prefix { $0 != "#" }) : model.name, state,
+                    String(replica.in_flight), String(replica.queued_blocks), String(replica.index_blocks),
+                    String(replica.consecutive_failures),
+                ])
+            }
+        }
+        if replicaRows.count > 1 { lines += [""] + table(replicaRows) + [""] }
         for device in status.devices {
             lines.append("device \(device.name): \(ConfigUnits.formatBytes(device.used_bytes)) of \(ConfigUnits.formatBytes(device.budget_bytes)) in use")
         }

@@ -35,4 +35,26 @@ struct CommandLineTests {
         #expect(lines[0].count < 90, "columns as wide as their short values: \(lines[0])")
         #expect(lines[3] == "far (failed, no start for another 4s): " + reason)
     }
+
+    @Test func statusShowsEachReplicasRoutingState() {
+        var set = AdminStatus.Model(name: "m", status: "ready", phase: "ready", runtime: nil, device: nil, memory_bytes: nil,
+                                    in_flight: 3, waiting: 0, loads: 0, pid: nil, upstream: nil, last_error: nil)
+        set.replicas = [
+            .init(url: "http://10.0.0.1:8080", healthy: true, in_flight: 3, queued_blocks: 12, index_blocks: 40, consecutive_failures: 0),
+            .init(url: "http://10.0.0.2:8080", healthy: false, in_flight: 0, queued_blocks: 0, index_blocks: 0, consecutive_failures: 3),
+        ]
+        var managed = AdminStatus.Model(name: "n#1", status: "loading", phase: "starting", runtime: "llama", device: "cpu",
+                                        memory_bytes: 1 << 30, in_flight: 0, waiting: 1, loads: 0, pid: nil, upstream: nil,
+                                        last_error: nil)
+        managed.replicas = [.init(url: "n#1", healthy: true, in_flight: 0, queued_blocks: 0, index_blocks: 0,
+                                  consecutive_failures: 0, running: false)]
+        let lines = StatusClient.render(AdminStatus(models: [set, managed], devices: [])).split(separator: "\n").map(String.init)
+        let header = lines.firstIndex { $0.hasPrefix("REPLICA") }
+        #expect(header != nil, "\(lines)")
+        guard let header else { return }
+        let words = lines[(header + 1)...].prefix(3).map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(words[0] == ["http://10.0.0.1:8080", "m", "in", "3", "12", "40", "0"])
+        #expect(words[1] == ["http://10.0.0.2:8080", "m", "ejected", "0", "0", "0", "3"])
+        #expect(words[2] == ["n#1", "n", "not", "running", "0", "0", "0", "0"])
+    }
 }

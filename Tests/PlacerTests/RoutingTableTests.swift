@@ -319,6 +319,34 @@ struct RoutingTableTests {
         #expect(try! small.choose(short).get().replica == home)
     }
 
+    /// Under round-robin, least-loaded and session affinity alike, a replica that must start
+    /// first gets a request only once every running replica is at the load bound: a crashed
+    /// replica restarting held a round-robin turn's request, least-loaded's every request (it
+    /// had none in flight) and its sessions' requests, for the whole start.
+    @Test(arguments: [RoutingPolicy.roundRobin, .leastLoaded, .prefixAffinity])
+    func everyPolicyPassesOverAReplicaThatMustStartWhileTheRunningOnesHaveRoom(policy: RoutingPolicy) {
+        var router = Routing.router(3, policy: policy, factor: 1.25)
+        router.setStarting("r0", true)
+        // The session whose home r0 is (with all three up).
+        let session = (0..<64).lazy.map { "user\($0)" }.first { name in
+            var up = Routing.router(3, policy: policy)
+            return try! up.choose(Routing.prompt(family: 1, shared: 2), session: name).get().replica == "r0"
+        }!
+        var chosen: [String] = []
+        for id in 1...7 as ClosedRange<RequestID> {
+            let decision = router.route(id, Routing.prompt(family: 10 + id, shared: 2), session: id == 1 ? session : nil)!
+            chosen.append(decision.replica)
+            if decision.replica == "r0" { break }
+        }
+        // 6 in flight, 3 on each running replica: ceil(1.25 × 7 / 3) = 3 is reached; only then r0.
+        #expect(chosen.count == 7 && chosen.last == "r0", "\(chosen)")
+        #expect(chosen.dropLast().filter { $0 == "r1" }.count == 3 && chosen.dropLast().filter { $0 == "r2" }.count == 3)
+        // And the session goes home once its replica runs again.
+        for id in 1...7 as ClosedRange<RequestID> { router.finish(id) }
+        router.setStarting("r0", false)
+        #expect(try! router.choose(Routing.prompt(family: 1, shared: 2), session: session).get().replica == "r0")
+    }
+
     @Test func roundRobinTakesTurnsAndSkipsUnhealthy() {
         var router = Routing.router(3, policy: .roundRobin)
         let prompt = Routing.prompt(family: 1, shared: 4)

@@ -72,13 +72,22 @@ public struct PrefixRouter: Sendable {
         let candidates = allowed.contains { replicas[$0].saturated } ? allowed.filter { !replicas[$0].saturated } : allowed
         guard !candidates.isEmpty else { return .failure(.allSaturated) }
         let bound = loadBound(healthy: healthy)
+        // A replica whose process must start first (stopped, crashed, loading) would hold the
+        // request for its start: while a running one is under the load bound, the session's home,
+        // the round-robin turn and the least loaded are taken among the running ones. (Prefix
+        // affinity weighs the start in its cost instead.)
+        var ready = candidates
+        if candidates.contains(where: { replicas[$0].starting }) {
+            let running = candidates.filter { !replicas[$0].starting && replicas[$0].inFlight < bound }
+            if !running.isEmpty { ready = running }
+        }
 
         if let session {
             let key = StableHash.string(session)
             // Among `allowed`, not `candidates`: a saturated session replica should make the
             // request look elsewhere, not move the session's home.
             let home = allowed.min { ranks($0, before: $1, key: key) }!
-            if !replicas[home].saturated && replicas[home].inFlight < bound {
+            if !replicas[home].saturated && replicas[home].inFlight < bound && ready.contains(home) {
                 return .success(decision(home, chain, .sessionAffinity, held: held))
             }
         }
@@ -86,11 +95,11 @@ public struct PrefixRouter: Sendable {
         let key = chain.first ?? 0
         switch configuration.policy {
         case .roundRobin:
-            let eligible = Set(candidates)
+            let eligible = Set(ready)
             let turn = (0..<replicas.count).lazy.map { (nextTurn + $0) % replicas.count }.first(where: eligible.contains)!
             return .success(decision(turn, chain, .roundRobin, held: held))
         case .leastLoaded:
-            return .success(decision(leastLoaded(candidates, key: key), chain, .leastLoaded, held: held))
+            return .success(decision(leastLoaded(ready, key: key), chain, .leastLoaded, held: held))
         case .prefixAffinity:
             return .success(prefixAffinity(
                 chain, candidates: candidates, bound: bound, restorable: min(restorable, chain.count), held: held,

@@ -1,8 +1,9 @@
 /// Who gives up device memory, and when.
 ///
 /// Making room for a model X may evict a ready, unpinned model V only if
-/// - V's priority is not above X's, and
-/// - V became ready at least `V.minResidency` ago.
+/// - V's priority is not above X's,
+/// - V became ready at least `V.minResidency` ago, and
+/// - V is not another replica of the model X is a replica of.
 /// Allowed victims go lowest priority first, idle before busy, then lowest `expectedLoss`
 /// (then least recently used, then name, for a total order). An idle victim is stopped at once; a
 /// busy one drains (new requests wait) and stops when its last request finishes.
@@ -26,6 +27,12 @@ extension Placer {
     /// Whether `victim` may be evicted to make room for `state`.
     func mayEvict(_ victim: ModelState, for state: ModelState, now: Duration) -> Bool {
         victim.spec.priority <= state.spec.priority && now - victim.readySince >= victim.spec.minResidency
+            && !Self.siblings(victim.spec, state.spec)
+    }
+
+    /// Replicas of one model (`ModelSpec.replicaOf`).
+    static func siblings(_ a: ModelSpec, _ b: ModelSpec) -> Bool {
+        a.replicaOf != nil && a.replicaOf == b.replicaOf
     }
 
     /// `models` in the order they give up memory: lower priority, idle before busy, lower
@@ -122,6 +129,7 @@ extension Placer {
             default: break
             }
             if other.spec.pinned { return "\(name) is pinned" }
+            if Self.siblings(other.spec, spec) { return "\(name) is another replica of '\(spec.replicaOf ?? "")'" }
             if other.spec.priority > spec.priority {
                 return "\(name) has a higher priority (\(other.spec.priority) > \(spec.priority))"
             }

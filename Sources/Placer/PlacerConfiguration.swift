@@ -81,11 +81,16 @@ public struct ModelSpec: Sendable, Equatable {
     /// The footprint of an estimated model is replaced by the driver's measurement
     /// (`PlacerEvent.footprintMeasured`) once there is one; a declared one is only reported.
     public var memoryDeclared: Bool
+    /// The model this is one replica of (`replicas: N`, named `model#i`); nil for a model of
+    /// one process. Replicas of one model never evict each other: a start that stops a sibling
+    /// adds no capacity and throws away what the sibling had cached.
+    public var replicaOf: String?
 
     public init(
         name: String, device: String, memoryBytes: UInt64, ttl: Duration? = nil,
         pinned: Bool = false, maxQueued: Int = 256, weightBytes: UInt64 = 0, startSeconds: Double = 1,
-        stagesWeights: Bool = false, priority: Int = 0, minResidency: Duration = .zero, memoryDeclared: Bool = true
+        stagesWeights: Bool = false, priority: Int = 0, minResidency: Duration = .zero, memoryDeclared: Bool = true,
+        replicaOf: String? = nil
     ) {
         self.name = name
         self.device = device
@@ -99,5 +104,6 @@ public struct ModelSpec: Sendable, Equatable {
         self.priority = priority
         self.minResidency = minResidency
         self.memoryDeclared = memoryDeclared
+        self.replicaOf = replicaOf
     }
 }

@@ -241,7 +241,8 @@ extension StrataConfiguration {
                     ModelSpec(name: $0, device: model.device, memoryBytes: model.memoryBytes,
                               ttl: model.ttl, pinned: model.pinned, maxQueued: supervisor.maxQueued,
                               weightBytes: weightBytes, stagesWeights: model.stage, priority: model.priority,
-                              minResidency: model.minResidency, memoryDeclared: model.memoryDeclared)
+                              minResidency: model.minResidency, memoryDeclared: model.memoryDeclared,
+                              replicaOf: model.replicaCount > 1 ? model.name : nil)
                 }
             },
             loadTimeout: supervisor.loadTimeout,

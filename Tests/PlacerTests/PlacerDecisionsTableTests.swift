@@ -77,6 +77,38 @@ struct PlacerDecisionsTableTests {
         #expect(p.snapshot(of: "c")?.waiting == 1)
     }
 
+    /// Starting one replica of a model never evicts another replica of it (it stopped an idle
+    /// sibling, which adds no capacity and throws away its cache): another model gives up its
+    /// room, or the start waits and a request that times out is told why.
+    @Test func aReplicaIsNeverEvictedToStartItsSibling() {
+        func replica(_ i: Int) -> ModelSpec {
+            ModelSpec(name: "m#\(i)", device: "cpu", memoryBytes: 400 * Self.mib, replicaOf: "m")
+        }
+        var p = PlacerTableTests.placer(budgetMiB: 800, models: [replica(0), replica(1), Self.model("c")])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "m#0"), [.start(model: "m#0")]),
+            (.seconds(0), .request(2, model: "c"), [.start(model: "c")]),
+            (.seconds(1), .runtimeReady(model: "m#0"), [.admit(1, model: "m#0")]),
+            (.seconds(1), .runtimeReady(model: "c"), [.admit(2, model: "c")]),
+            (.seconds(2), .finished(1), []),                   // m#0 idle, c busy
+            (.seconds(3), .request(3, model: "m#1"), []),      // not the idle sibling: c drains
+            (.seconds(4), .finished(2), [.stop(model: "c", reason: .evicted(forModel: "m#1"))]),
+            (.seconds(5), .runtimeExited(model: "c", detail: ""), [.start(model: "m#1")]),
+        ])
+
+        var alone = PlacerTableTests.placer(budgetMiB: 400, models: [replica(0), replica(1)])
+        PlacerTableTests.run(&alone, [
+            (.seconds(0), .request(1, model: "m#0"), [.start(model: "m#0")]),
+            (.seconds(1), .runtimeReady(model: "m#0"), [.admit(1, model: "m#0")]),
+            (.seconds(2), .finished(1), []),
+            (.seconds(5), .request(2, model: "m#1"), []),
+            (.seconds(25), .tick, [.reject(2, model: "m#1", .timedOut(
+                waited: .seconds(20), retryAfter: .seconds(5),
+                reason: "device 'cpu' has no room for it while 'm#0' is another replica of 'm'"))]),
+        ])
+        #expect(alone.snapshot(of: "m#0")?.phase == .ready)
+    }
+
     @Test func minResidencyHoldsThenEvictionHappensOnTick() {
         var p = PlacerTableTests.placer(models: [Self.model("a", minResidency: .seconds(30)), Self.model("b")])
         PlacerTableTests.run(&p, [

@@ -164,7 +164,15 @@ actor ReplicaSet {
             let (report, cacheReport) = Self.promptReport()
             let inner: UpstreamLease
             do {
-                inner = try await start(replica)
+                guard let started = try await startOrRoom(replica, hasAlternatives: hasAlternatives, excluding: hints.excluding,
+                                                          start: start)
+                else {
+                    // A running replica got room while this one was still to start: go there.
+                    finish(id, replica: replica, outcome: .abandoned)
+                    hints.excluding.insert(replica)
+                    continue
+                }
+                inner = started
             } catch let error as GatewayError where error.status == .badGateway {
                 finish(id, replica: replica, outcome: .upstreamFailed)   // its runtime failed
                 guard hasAlternatives else { throw error }
@@ -210,6 +218,43 @@ actor ReplicaSet {
                 if let slots, let unpinned { slots.unpinnedFinished(on: replica, generation: unpinned) }
                 self.finish(id, replica: replica, outcome: outcome, cachedFraction: said?.cachedFraction)
             }
+        }
+    }
+
+    /// The lease from `start(replica)`; or, where `replica` must start first (its process is
+    /// stopped, crashed or loading: chosen because every running replica was at the load bound)
+    /// and a running replica gets room before the start ends (a request there finished), nil:
+    /// the request goes there rather than wait out a start that may take long, or not come at all
+    /// for want of memory, while another replica could serve it. (The start goes on for whoever
+    /// else waits for it.)
+    private func startOrRoom(
+        _ replica: String, hasAlternatives: Bool, excluding: Set<String>,
+        start: @escaping @Sendable (String) async throws -> UpstreamLease
+    ) async throws -> UpstreamLease? {
+        let mustStart = routing.withLockedValue { $0.router.snapshot(of: replica)?.starting ?? false }
+        guard mustStart, hasAlternatives else { return try await start(replica) }
+        enum First: Sendable {
+            case started(UpstreamLease)
+            case room
+        }
+        return try await withThrowingTaskGroup(of: First.self) { group in
+            group.addTask { .started(try await start(replica)) }
+            group.addTask { [routing] in
+                while true {
+                    try await Task.sleep(for: .milliseconds(50))
+                    if routing.withLockedValue({ $0.router.runningReplicaHasRoom(besides: replica, excluding: excluding) }) {
+                        return .room
+                    }
+                }
+            }
+            let first = try await group.next()
+            group.cancelAll()
+            if case .started(let lease) = first { return lease }
+            // Admitted just as the room appeared: the start is done, so that lease serves.
+            while let next = try? await group.next() {
+                if case .started(let lease) = next { return lease }
+            }
+            return nil
         }
     }
 

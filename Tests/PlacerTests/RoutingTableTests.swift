@@ -347,6 +347,24 @@ struct RoutingTableTests {
         #expect(try! router.choose(Routing.prompt(family: 1, shared: 2), session: session).get().replica == "r0")
     }
 
+    /// A request placed on a replica that must start (every running one at the load bound)
+    /// learns when a running replica has room for it: a request there finished.
+    @Test func aRequestWaitingForAStartLearnsWhenARunningReplicaHasRoom() {
+        var router = Routing.router(2, factor: 1.25)
+        router.setStarting("r0", true)
+        for id in 1...2 as ClosedRange<RequestID> {
+            #expect(router.route(id, Routing.prompt(family: id, shared: 2))?.replica == "r1")
+        }
+        // 2 on r1: ceil(1.25 × 3 / 2) = 2 is reached; the third goes to r0, which must start.
+        #expect(router.route(3, Routing.prompt(family: 3, shared: 2))?.replica == "r0")
+        #expect(!router.runningReplicaHasRoom(besides: "r0", excluding: []))
+        router.finish(1)
+        #expect(router.runningReplicaHasRoom(besides: "r0", excluding: []))
+        #expect(!router.runningReplicaHasRoom(besides: "r0", excluding: ["r1"]), "not where it was tried")
+        router.markUnhealthy("r1")
+        #expect(!router.runningReplicaHasRoom(besides: "r0", excluding: []), "not an ejected one")
+    }
+
     @Test func roundRobinTakesTurnsAndSkipsUnhealthy() {
         var router = Routing.router(3, policy: .roundRobin)
         let prompt = Routing.prompt(family: 1, shared: 4)

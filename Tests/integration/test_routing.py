@@ -323,3 +323,31 @@ def test_replicas_strata_starts_that_failed_to_start_are_let_back(make_daemon, t
     wait_for(lambda: "ejected after 2 failures" in d.log_path.read_text(), 10, what="a replica ejected")
     failing.unlink()
     wait_for(lambda: chat() == 200, 60, interval=0.5, what="served again once the runtime starts")
+
+
+def test_a_request_held_for_a_replica_that_cannot_start_goes_to_a_running_one_with_room(make_daemon):
+    """Two replicas Strata starts, one running and one that cannot start (the device holds a
+    model of higher priority, and a replica never evicts its sibling). With the running replica
+    at its concurrency limit, the next request is placed on the stopped one; when the running one
+    finishes its request, the waiting request goes there (it waited the whole queue_timeout and
+    got 503 while the running replica sat idle)."""
+    d = make_daemon(config(f"""
+  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 250MiB, priority: 10, preload: true }}
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
+""", extra="routing: { max_concurrency: 1 }").replace("queue_timeout: 90s", "queue_timeout: 30s"))
+    status, body, _ = d.request("POST", "/admin/models/smollm2%231/load", headers=ADMIN)
+    assert status in (200, 202), body
+    wait_for(lambda: d.admin()["smollm2#1"]["status"] == "ready" and d.admin()["big"]["status"] == "ready", 60,
+             what="big and one replica running")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(chat, d, words(1, 60), "Tell a long story.", max_tokens=48)
+        wait_for(lambda: d.admin()["smollm2#1"]["in_flight"] == 1, 10, interval=0.05, what="the first request running")
+        started = time.monotonic()
+        second = pool.submit(chat, d, words(2, 60), "hello")
+        assert first.result()[0] == 200
+        status, body, _ = second.result()
+        waited = time.monotonic() - started
+    assert status == 200, body
+    assert waited < 20, f"served after {waited:.1f}s: it waited for the start rather than for the running replica"
+    assert d.admin()["smollm2#0"]["status"] != "ready", "the stopped replica could not start"
+    assert decisions(d).get(("smollm2#1", "leastLoaded"), 0) + decisions(d).get(("smollm2#1", "coldConsistentHash"), 0) >= 2

@@ -76,6 +76,25 @@ extension PrefixRouter {
         replicas.contains { $0.healthy && $0.spec.id != id && !excluding.contains($0.spec.id) }
     }
 
+    /// Whether a running replica other than `id` and those in `excluding` could now take a
+    /// request dispatched to `id` while `id` must start first: healthy, not saturated, and under
+    /// the load bound that request was placed by (it is counted once, on `id`). A request waits
+    /// for a start only while every running replica is at that bound, so one that finds room
+    /// here goes there instead.
+    public func runningReplicaHasRoom(besides id: String, excluding: Set<String>) -> Bool {
+        var healthy = 0, total = 0
+        for replica in replicas where replica.healthy {
+            healthy += 1
+            total += replica.inFlight
+        }
+        guard healthy > 0 else { return false }
+        let bound = configuration.loadBoundFactor * Double(total) / Double(healthy)
+        return replicas.contains {
+            $0.healthy && !$0.starting && !$0.saturated && $0.spec.id != id && !excluding.contains($0.spec.id)
+                && Double($0.inFlight) < bound
+        }
+    }
+
     private func snapshot(_ state: ReplicaState) -> ReplicaSnapshot {
         ReplicaSnapshot(
             id: state.spec.id, healthy: state.healthy, consecutiveFailures: state.consecutiveFailures,

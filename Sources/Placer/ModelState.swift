@@ -102,6 +102,8 @@ public struct ModelSnapshot: Sendable, Equatable {
     public var pinned: Bool
     public var weights: WeightTier
     public var hostCopy: HostCopy
+    /// An operator's load (`PlacerEvent.load`) waits for it: for room, a priority, a residency.
+    public var loadWaiting = false
 }
 
 public struct DeviceSnapshot: Sendable, Equatable {

@@ -28,6 +28,6 @@ extension Placer {
             measuredBytes: state.measuredBytes, phase: state.phase, inFlight: state.inFlight.count,
             waiting: state.waiters.filter { $0.id != nil }.count, lastUsed: state.lastUsed,
             consecutiveFailures: state.consecutiveFailures, loads: state.loads, pinned: state.spec.pinned,
-            weights: state.weights, hostCopy: state.hostCopy)
+            weights: state.weights, hostCopy: state.hostCopy, loadWaiting: state.waiters.contains { $0.id == nil })
     }
 }

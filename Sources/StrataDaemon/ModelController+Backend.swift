@@ -261,7 +261,9 @@ extension ModelController: ModelBackend {
             // The Placer starts it, or keeps the load waiting (for room that eviction will make,
             // for a priority or residency to allow it, for a backoff), or drops it: a model that
             // cannot fit beside the pinned ones on its device ever. That is said, not accepted.
-            guard let snapshot = placer.snapshot(of: name), !snapshot.phase.holdsMemory, snapshot.waiting == 0,
+            // (Waiting shows as the load's own waiter: requests waiting for the model may just
+            // have been refused with it.)
+            guard let snapshot = placer.snapshot(of: name), !snapshot.phase.holdsMemory, !snapshot.loadWaiting,
                 let modelConfig = config.model(placerName: name)
             else { continue }
             if case .failed = snapshot.phase { continue }

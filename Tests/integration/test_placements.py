@@ -67,6 +67,22 @@ def test_an_admin_load_that_cannot_fit_is_refused_not_accepted(make_daemon):
     assert status == 202, "a load of what is loaded is accepted (nothing to do)"
 
 
+def test_an_admin_load_that_waits_for_room_is_accepted(make_daemon):
+    """A load held back by a model of higher priority (not a pinned one) waits, and is accepted
+    (it was refused as if pinned models left no room, naming pinned models where none were)."""
+    d = make_daemon(config(f"""
+  - {{ name: high, source: "file://{MODEL}", runtime: llama, memory: 400MiB, priority: 10, preload: true }}
+  - {{ name: low, source: "file://{MODEL}", runtime: llama, memory: 300MiB }}
+"""))
+    wait_for(lambda: d.admin()["high"]["status"] == "ready", 60, what="high preloaded")
+    status, body, _ = d.request("POST", "/admin/models/low/load", headers=ADMIN)
+    assert status == 202, body
+    assert d.admin()["high"]["status"] == "ready", "the higher priority is not evicted"
+    status, _, _ = d.request("POST", "/admin/models/high/unload", headers=ADMIN)
+    assert status == 202
+    wait_for(lambda: d.admin()["low"]["status"] == "ready", 60, what="the waiting load done once there is room")
+
+
 def test_a_request_whose_fallback_fails_too_is_told_about_both(make_daemon):
     extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
     d = make_daemon(config(f"""

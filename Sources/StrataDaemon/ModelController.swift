@@ -384,6 +384,14 @@ public actor ModelController {
             // the count grow again, a new process under this name holds none of it.
             slots.replicaRestarted(model)
         }
+        if config.model(placerName: model) == nil {
+            // Removed from the configuration (a model, or a replica of one): its gauges go too.
+            Gauge(label: "strata_model_memory_measured_bytes", dimensions: [("model", model)]).destroy()
+            if let hash = model.lastIndex(of: "#") {
+                Gauge(label: "strata_prefill_seconds_per_block",
+                      dimensions: [("model", String(model[..<hash])), ("replica", model)]).destroy()
+            }
+        }
         let phase = placer.snapshot(of: model)?.phase
         var detail = how
         var expected = shuttingDown

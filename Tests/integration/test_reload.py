@@ -194,6 +194,8 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
     status, answer = reload(d)
     assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
     grown = wait_for(lambda: (p := pids()).get("smollm2#2") and p, 60, what="the added replica preloaded")
+    wait_for(lambda: 'strata_model_memory_measured_bytes{model="smollm2#2"}' in d.get("/metrics")[1].decode(), 30,
+             what="the added replica's footprint measured")
     assert {k: grown[k] for k in before} == before, "the replicas kept were not restarted"
     assert chat(d, "smollm2")[0] == 200
 
@@ -203,5 +205,9 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
     removed_pid = grown["smollm2#2"]
     wait_for(lambda: "smollm2#2" not in d.admin(), 30, what="the removed replica gone")
     wait_for(lambda: not os.path.exists(f"/proc/{removed_pid}"), 30, what="its process stopped")
+    def gauges_of_removed():
+        return [line for line in d.get("/metrics")[1].decode().splitlines()
+                if "smollm2#2" in line and line.startswith(("strata_model_memory_measured_bytes", "strata_replica_"))]
+    wait_for(lambda: not gauges_of_removed(), 10, what="the removed replica's gauges gone from /metrics")
     assert pids() == before, "the replicas kept were not restarted"
     assert chat(d, "smollm2")[0] == 200

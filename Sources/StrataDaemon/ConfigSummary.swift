@@ -27,7 +27,9 @@ public enum ConfigSummary {
                 let staging = model.stage ? "staged into RAM before start" : "opened in place"
                 let rank = (model.priority != 0 ? ", priority \(model.priority)" : "")
                     + (model.minResidency > .zero ? ", stays at least \(Int(model.minResidency.seconds))s" : "")
-                lines.append("model \(model.name): \(runtime) on \(model.device), \(ConfigUnits.formatBytes(model.memoryBytes))"
+                let replicas = model.replicaCount > 1
+                    ? "\(model.replicaCount) replicas (\(model.placerNames.joined(separator: ", "))), each " : ""
+                lines.append("model \(model.name): \(replicas)\(runtime) on \(model.device), \(ConfigUnits.formatBytes(model.memoryBytes))"
                     + "\(model.memoryEstimate.map { " (estimated: \($0))" } ?? "")"
                     + ", \(ttl)\(flags)\(rank), weights \(model.source) (\(staging))")
             case .upstream(let runtime, let upstreamModel):

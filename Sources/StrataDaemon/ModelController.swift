@@ -212,25 +212,28 @@ public actor ModelController {
     }
 
     static func gatewayError(_ rejection: Rejection, model: String) -> GatewayError {
+        // A replica (`name#i`) is named with the model the client asked for.
+        let base = String(model.prefix { $0 != "#" })
+        let shown = base == model ? "'\(model)'" : "'\(base)' (its replica '\(model)')"
         switch rejection {
         case .unknownModel:
-            return .modelNotFound(model)
+            return .modelNotFound(base)
         case .queueFull(let limit):
             return .unavailable(
-                "Too many requests are waiting for '\(model)' (limit \(limit), supervisor.max_queued)",
+                "Too many requests are waiting for \(shown) (limit \(limit), supervisor.max_queued)",
                 code: "queue_full", retryAfterSeconds: 1)
         case .timedOut(let waited, let retryAfter, let reason):
             return .unavailable(
-                "'\(model)' did not become ready within \(String(format: "%.1f", waited.seconds))s (supervisor.queue_timeout)"
+                "\(shown) did not become ready within \(String(format: "%.1f", waited.seconds))s (supervisor.queue_timeout)"
                     + (reason.map { ": \($0)" } ?? ""),
                 code: "model_not_ready", retryAfterSeconds: max(1, Int(retryAfter.seconds.rounded(.up))))
         case .doesNotFit(let need, let device, let budget, let pinned):
             return .unavailable(
-                "'\(model)' needs \(ConfigUnits.formatBytes(need)) on device '\(device)', whose budget is "
+                "\(shown) needs \(ConfigUnits.formatBytes(need)) on device '\(device)', whose budget is "
                     + "\(ConfigUnits.formatBytes(budget)) with \(ConfigUnits.formatBytes(pinned)) held by pinned models",
                 code: "insufficient_memory", retryAfterSeconds: 30)
         case .runtimeFailed(let detail):
-            return .badGateway("The runtime for '\(model)' failed: \(detail)")
+            return .badGateway("The runtime for \(shown) failed: \(detail)")
         }
     }
 

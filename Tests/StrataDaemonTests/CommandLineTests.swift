@@ -57,4 +57,15 @@ struct CommandLineTests {
         #expect(words[1] == ["http://10.0.0.2:8080", "m", "ejected", "0", "0", "0", "3"])
         #expect(words[2] == ["n#1", "n", "not", "running", "0", "0", "0", "0"])
     }
+
+    /// A refusal for one replica names the model the client asked for, then the replica.
+    @Test func aReplicasRefusalNamesTheModelTheClientAskedFor() {
+        let late = ModelController.gatewayError(
+            .timedOut(waited: .seconds(30), retryAfter: .seconds(5), reason: nil), model: "chat#1")
+        #expect(late.message.hasPrefix("'chat' (its replica 'chat#1') did not become ready within 30.0s"), "\(late.message)")
+        let plain = ModelController.gatewayError(.queueFull(limit: 4), model: "chat")
+        #expect(plain.message.contains("waiting for 'chat' (limit 4"), "\(plain.message)")
+        #expect(ModelController.gatewayError(.unknownModel, model: "chat#1").message.contains("'chat'"))
+        #expect(!ModelController.gatewayError(.unknownModel, model: "chat#1").message.contains("#"))
+    }
 }

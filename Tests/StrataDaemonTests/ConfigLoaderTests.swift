@@ -60,6 +60,20 @@ struct ConfigLoaderTests {
         #expect(!summary.contains("runtimes.shell"), "sh is on PATH")
     }
 
+    @Test func theSummaryNamesTheReplicasOfAManagedModel() throws {
+        let config = try Self.parse("""
+            devices: [ { name: cpu, kind: cpu, memory: 2GiB } ]
+            runtimes:
+              llama: { kind: llama-server, binary: /bin/true }
+            models:
+              - { name: m, source: "file://${MODEL}", runtime: llama, memory: 500MiB, replicas: 3 }
+              - { name: one, source: "file://${MODEL}", runtime: llama, memory: 500MiB }
+            """)
+        let lines = ConfigSummary.render(config).split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("model m: 3 replicas (m#0, m#1, m#2), each llama on cpu, 500MiB") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("model one: llama on cpu, 500MiB") }, "\(lines)")
+    }
+
     @Test func weightsThatAreNotGGUFAreAWarningForLlamaServer() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-gguf-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -43,7 +43,7 @@ extension ModelController {
         guard !remote.isEmpty else { return }
         await withTaskGroup(of: (ModelConfiguration, UInt64?)?.self) { group in
             for model in remote {
-                group.addTask { (model, await stager.checkSource(of: model.name, source: model.source)) }
+                group.addTask { (model, await stager.checkSource(of: model.name, source: model.source, sha256: model.sha256)) }
             }
             group.addTask {
                 try? await Task.sleep(for: limit)

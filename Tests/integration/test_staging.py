@@ -155,6 +155,46 @@ def test_a_copy_in_ram_of_an_http_source_that_changed_is_not_used(make_daemon, t
         assert "the source of smollm2 changed" in d.log_path.read_text()
 
 
+def test_a_source_that_changed_does_not_take_down_a_model_whose_sha256_the_copy_has(make_daemon, tmp_path):
+    """With `sha256` the config pins the bytes: when the object at the URL changes, the copy here
+    that has them stays and serves, at the next start and on `strata stage`, and the log says
+    so (the copy was removed, the new version failed the check, and the model stopped working);
+    without the RAM copy, the NVMe one serves."""
+    data = MODEL.read_bytes()
+    root = origin(tmp_path, data)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", sha256: "{SHA}", memory: 400MiB }}'))
+        status, body = chat(d)
+        assert status == 200, body
+        wait_for(lambda: any(o["name"] == "smollm2" for o in json.loads(d.get("/admin/tiers", headers=ADMIN)[1])["objects"]),
+                 30, what="the NVMe copy written behind")
+        assert d.stop() == 0
+        changed = bytearray(data)
+        changed[-1] ^= 0x01
+        (root / "model.gguf").write_bytes(changed)
+        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+
+        d.start()
+        status, body = chat(d)
+        assert status == 200, body
+        assert hashlib.sha256(Path(runtime_model_path(d)).read_bytes()).hexdigest() == SHA
+        wait_for(lambda: "has the configured SHA-256, so it is kept and served" in d.log_path.read_text(), 10,
+                 what="the log saying the source changed and the copy is kept")
+        result = stage_cli(d)
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(lambda: staging(d).get("smollm2", {}).get("state") != "running", 30, what="the staging settled")
+        assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == SHA
+
+        # no RAM copy (the host dir emptied while stopped): the NVMe copy has the bytes
+        assert d.stop() == 0
+        for path in d.shm.glob("smollm2*"):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+        d.start()
+        status, body = chat(d)
+        assert status == 200, body
+        assert hashlib.sha256(Path(runtime_model_path(d)).read_bytes()).hexdigest() == SHA
+
+
 def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown(make_daemon, tmp_path):
     """`POST .../stage` for a model whose copy is in RAM but whose source now holds another
     version answers at once with the download running (it waited for the whole download, and

@@ -193,17 +193,23 @@ public actor WeightStager {
     }
 
     /// Asks an http or s3 source which version it holds now, and removes `name`'s host copy if
-    /// it is of another (a source that cannot be asked keeps it). Returns the size the source
+    /// it is of another, unless the config pins the bytes (`sha256`; a source that cannot be
+    /// asked keeps it too). Returns the size the source
     /// gave; nil for a local file or a source that did not answer.
-    public func checkSource(of name: String, source: String) async -> UInt64? {
+    public func checkSource(of name: String, source: String, sha256: String? = nil) async -> UInt64? {
         guard let location = try? RemoteLocation(parsing: source) else { return nil }
         if case .file = location { return nil }
         guard let current = try? await Self.describe(location, remote: remote) else { return nil }
         if running[name] == nil, let stored = host.identity(of: name), Self.isVersion(stored, of: location),
             current.identity != stored
         {
-            logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
-            host.remove(name)
+            // With a checksum the bytes are pinned: a copy that has them stays (`pinnedCopy`).
+            if let sha256, let path = host.path(of: name, identity: stored), (try? Self.sha256(ofFile: path)) == sha256 {
+                logger.warning("\(Self.keptMessage(name, current: current.identity, copy: stored))")
+            } else {
+                logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
+                host.remove(name)
+            }
         }
         return current.size
     }
@@ -297,6 +303,12 @@ public actor WeightStager {
         if let files, let path = files.path(of: request.name, identity: current.identity) {
             return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
         }
+        if let expected = request.sha256,
+            let kept = try await pinnedCopy(job, of: location, expected: expected, current: current.identity, into: files,
+                                            started: started)
+        {
+            return kept
+        }
         // Another model of the same weights has them here: shared, not fetched again. (Not for a
         // request with a checksum: that copy may not have been verified against one.)
         if let files, request.sha256 == nil, let path = files.link(request.name, toCopyOf: current.identity) {
@@ -319,6 +331,49 @@ public actor WeightStager {
             }
         }
         return try await fromSource(job, location, current: current, into: files, started: started)
+    }
+
+    /// The source holds another version than the copies here, and the config pins the bytes
+    /// (`sha256`): a copy of an earlier version of this source that has them still serves (the
+    /// new version would fail the check, and a model pinned to its weights would stop working
+    /// for a change it refuses). The RAM copy, else the NVMe one, each hashed first; nil when
+    /// neither has them.
+    private func pinnedCopy(
+        _ job: Job, of location: RemoteLocation, expected: String, current: String, into files: StagedFiles?,
+        started: ContinuousClock.Instant
+    ) async throws -> StageResult? {
+        let name = job.request.name
+        func kept(_ identity: String) { logger.warning("\(Self.keptMessage(name, current: current, copy: identity))") }
+        if let files, let stored = files.identity(of: name), stored != current, Self.isCopy(stored, of: location),
+            let path = files.path(of: name, identity: stored), (try? Self.sha256(ofFile: path)) == expected
+        {
+            kept(stored)
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0
+            return StageResult(path: path, origin: .host, bytes: size, seconds: 0, identity: stored)
+        }
+        try await writtenBehind(name)
+        guard let stored = objects.info(name), stored.source != current, Self.isCopy(stored.source, of: location) else { return nil }
+        var digest = SHA256Digest()
+        try await objects.forEachChunk(of: stored) { digest.update($0) }
+        guard digest.finalize() == expected else { return nil }
+        kept(stored.source)
+        return try await fromNVMe(job, stored, into: files, started: started)
+    }
+
+    static func keptMessage(_ name: String, current: String, copy: String) -> String {
+        "the source of \(name) changed (now \(current)); the copy of \(copy) has the configured SHA-256, "
+            + "so it is kept and served (set the new sha256 to take the new version)"
+    }
+
+    /// SHA-256 of a file, read in 8 MiB pieces.
+    static func sha256(ofFile path: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw POSIXError(.ENOENT) }
+        defer { try? handle.close() }
+        var digest = SHA256Digest()
+        while let piece = try handle.read(upToCount: 8 << 20), !piece.isEmpty {
+            piece.withUnsafeBytes { digest.update($0) }
+        }
+        return digest.finalize()
     }
 
     private func fromNVMe(_ job: Job, _ stored: ObjectInfo, into files: StagedFiles?, started: ContinuousClock.Instant)

@@ -27,8 +27,10 @@ struct Stage: AsyncParsableCommand {
         let base = try url ?? DaemonAddress.base(config: config)
         let interactive = isatty(STDERR_FILENO) == 1
         let lastLine = LastLine()
-        // Ctrl-C cancels the staging in the daemon, then exits.
-        signal(SIGINT, SIG_IGN)
+        // Ctrl-C (or a SIGTERM, or the terminal closing: SIGHUP) cancels the staging in the
+        // daemon, then exits; a download nobody waits for would otherwise go on there.
+        let stops = [SIGINT, SIGTERM, SIGHUP]
+        for number in stops { signal(number, SIG_IGN) }
         let task = Task {
             try await StageClient.run(
                 baseURL: base, adminKey: ProcessInfo.processInfo.environment["STRATA_ADMIN_KEY"], model: model,
@@ -42,9 +44,17 @@ struct Stage: AsyncParsableCommand {
                 }
             }
         }
-        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
-        interrupt.setEventHandler { task.cancel() }
-        interrupt.resume()
+        let caught = LastSignal()
+        let sources = stops.map { number in
+            let source = DispatchSource.makeSignalSource(signal: number)
+            source.setEventHandler {
+                caught.set(number)
+                task.cancel()
+            }
+            source.resume()
+            return source
+        }
+        defer { sources.forEach { $0.cancel() } }
         do {
             let status = try await task.value
             if json {
@@ -55,13 +65,21 @@ struct Stage: AsyncParsableCommand {
             if status.state != .done { throw ExitCode(1) }
         } catch is CancellationError {
             FileHandle.standardError.write(Data("\nstrata: staging of \(model) cancelled\n".utf8))
-            throw ExitCode(130)
+            throw ExitCode(128 + (caught.get() ?? SIGINT))
         } catch let error as ExitCode {
             throw error
         } catch {
             FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
             throw ExitCode(1)
         }
+    }
+
+    /// The signal that stopped the command.
+    final class LastSignal: @unchecked Sendable {
+        private var number: Int32?
+        private let lock = NSLock()
+        func set(_ value: Int32) { lock.withLock { number = value } }
+        func get() -> Int32? { lock.withLock { number } }
     }
 
     /// Without a terminal, a progress line every two seconds is enough.

@@ -401,6 +401,16 @@ def test_interrupting_strata_stage_cancels_the_transfer(make_daemon, tmp_path):
         assert cli.wait(timeout=20) == 130, cli.stderr.read()
         wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 10, what="staging to be cancelled")
         assert staged_file(d) is None
+        # so does a SIGTERM (a `timeout` around the command, a service manager): the download
+        # went on in the daemon with nobody waiting for it
+        cli = subprocess.Popen([str(STRATA), "stage", "smollm2", "--url", d.url], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "STRATA_ADMIN_KEY": ADMIN_KEY})
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "running", 20, what="staging to run again")
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=20) == 143, cli.stderr.read()
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 10, what="staging cancelled on SIGTERM")
+        assert staged_file(d) is None
 
         # a start waiting for its staging, which an operator cancels: the request is told so
         answers = []

@@ -309,7 +309,14 @@ extension ConfigLoader {
             }
             weights.sha256 = hex
         }
-        let source = try reader.string(node, at: "\(key).source")
+        var source = try reader.string(node, at: "\(key).source")
+        guard !source.allSatisfy(\.isWhitespace) else {
+            throw reader.fail("\(key).source", node, "it is empty: expected file:///path, a path, http(s)://… or s3://bucket/key")
+        }
+        // A scheme is case-insensitive (RFC 3986): HTTP://… is http://….
+        if let scheme = source.range(of: "://"), source[..<scheme.lowerBound].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
+            source = source[..<scheme.lowerBound].lowercased() + source[scheme.lowerBound...]
+        }
         if source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") {
             do {
                 _ = try RemoteLocation(parsing: source)

@@ -1,7 +1,14 @@
 import Foundation
+import TierStore
 
 /// Human-readable summary printed by `strata config check`.
 public enum ConfigSummary {
+    /// A source as messages show it: a URL without user info or query (credentials, signatures).
+    static func shown(_ source: String) -> String {
+        guard source.contains("://"), let location = try? RemoteLocation(parsing: source) else { return source }
+        return location.description
+    }
+
     public static func render(_ config: StrataConfiguration) -> String {
         var lines = ["config ok: listen \(config.listen), state_dir \(config.stateDirectory)"]
         lines.append("auth: \(config.auth.apiKeys.isEmpty ? "no API keys" : "\(config.auth.apiKeys.count) API key(s)")"
@@ -31,7 +38,7 @@ public enum ConfigSummary {
                     ? "\(model.replicaCount) replicas (\(model.placerNames.joined(separator: ", "))), each " : ""
                 lines.append("model \(model.name): \(replicas)\(runtime) on \(model.device), \(ConfigUnits.formatBytes(model.memoryBytes))"
                     + "\(model.memoryEstimate.map { " (estimated: \($0))" } ?? "")"
-                    + ", \(ttl)\(flags)\(rank), weights \(model.source) (\(staging))")
+                    + ", \(ttl)\(flags)\(rank), weights \(Self.shown(model.source)) (\(staging))")
             case .upstream(let runtime, let upstreamModel):
                 lines.append("model \(model.name): upstream \(runtime)\(upstreamModel.map { " as \($0)" } ?? "")")
             case .replicas(let urls):

@@ -74,6 +74,26 @@ struct ConfigLoaderTests {
         #expect(lines.contains { $0.hasPrefix("model one: llama on cpu, 500MiB") }, "\(lines)")
     }
 
+    /// A source's scheme in capitals is the same scheme (RFC 3986); an empty source is named as
+    /// such; credentials in a source URL do not reach `config check`'s summary.
+    @Test func sourceSchemesAreCaseInsensitiveAndCredentialsStayOutOfTheSummary() throws {
+        let config = try Self.parse("""
+            models:
+              - { name: a, source: "HTTPS://user:secret@example.com/m.gguf?X-Amz-Signature=abc", memory: 1GiB }
+              - { name: b, source: "S3://bucket/k.gguf", memory: 1GiB }
+              - { name: c, source: "FILE://${MODEL}" }
+            """)
+        #expect(config.models[0].source == "https://user:secret@example.com/m.gguf?X-Amz-Signature=abc")
+        #expect(config.models.allSatisfy { $0.name == "c" || $0.isRemoteSource }, "\(config.models.map(\.source))")
+        #expect(config.models[2].source == "file://\(Self.modelFile)")
+        let summary = ConfigSummary.render(config)
+        #expect(summary.contains("weights https://example.com/m.gguf (") && !summary.contains("secret") && !summary.contains("Signature"),
+                "\(summary)")
+        Self.expectError("models: [ { name: a, source: \"\", memory: 1GiB } ]", key: "models[0] (a).source", "it is empty", "file:///path")
+        Self.expectError("models: [ { name: a, source: \"FTP://x/y\", memory: 1GiB } ]", key: "models[0] (a).source",
+                         "ftp:// is not a source Strata reads")
+    }
+
     @Test func weightsThatAreNotGGUFAreAWarningForLlamaServer() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-gguf-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

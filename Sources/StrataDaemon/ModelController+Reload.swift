@@ -76,9 +76,8 @@ extension ModelController {
                 for model in newWeights { await stager.releaseHost(model.name) }
                 await self.checkRemoteSources(of: added + newWeights, stager, within: .seconds(5))
                 let removed = await stager.removeHostCopies(keeping: sources)
-                if !removed.isEmpty {
-                    self.logger.notice("removed staged weights of models no longer configured, or of another source",
-                                       metadata: ["models": "\(removed.sorted())"])
+                for (model, why) in removed.sorted(by: { $0.key < $1.key }) {
+                    self.logger.notice("removed the staged weights of \(model) from host RAM: \(why)")
                 }
                 for model in newWeights {
                     let tier = await WeightTier(stager.residency(of: model.name, source: model.source))

@@ -15,9 +15,8 @@ extension ModelController {
             // Copies of models this config does not name, or of another source than the one it
             // names, hold RAM that nothing counts or uses.
             let removed = await stager.removeHostCopies(keeping: config.weightSources)
-            if !removed.isEmpty {
-                logger.notice("removed staged weights of models no longer configured, or of another source",
-                              metadata: ["models": "\(removed.sorted())"])
+            for (model, why) in removed.sorted(by: { $0.key < $1.key }) {
+                logger.notice("removed the staged weights of \(model) from host RAM: \(why)")
             }
             await checkRemoteSources(of: config.models, stager, within: .seconds(5))
             await removeSavedPrefixesOfModelsWithoutKVRestore()

@@ -142,13 +142,19 @@ struct WeightStagerTests {
         let (path, _) = try f.source(size: 1 << 20, seed: 4)
         _ = try await f.stager.stage(StageRequest(name: "gone", source: path))
         _ = try await f.stager.stage(StageRequest(name: "kept", source: path))
+        let (other, _) = try f.source(size: 1 << 20, seed: 6)   // (the same source would share kept's inode)
+        let damaged = try await f.stager.stage(StageRequest(name: "damaged", source: other))
+        #expect(truncate(damaged.path!, 4096) == 0)
         let foreign = ["notes.txt", "photos/cat.jpg", "my-models/good.gguf", "proj/identity", "proj/main.c", "clash/notes.txt"]
         for file in foreign {
             try FileManager.default.createDirectory(
                 atPath: (f.host.directory + "/" + file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             #expect(FileManager.default.createFile(atPath: f.host.directory + "/" + file, contents: Data("mine".utf8)))
         }
-        #expect(await f.stager.removeHostCopies(keeping: ["kept": path]) == ["gone"])
+        #expect(await f.stager.removeHostCopies(keeping: ["kept": path, "damaged": other]) == [
+            "gone": "no configured model has this name",
+            "damaged": "damaged: its size or change time is not what was written",
+        ])
         #expect(await f.stager.hostCopy(of: "kept", source: path) != nil)
         // a model named like a directory of someone else's is not staged over it
         await #expect(throws: (any Error).self) { _ = try await f.stager.stage(StageRequest(name: "clash", source: path)) }

@@ -131,16 +131,26 @@ public actor WeightStager {
 
     /// Removes the RAM-backed copies that are not of a configured model's current source
     /// (`sources`: model name to source): models no longer configured, or whose source is now
-    /// another (by `hostCopy`'s rule). Such a copy is RAM nothing would use or count against the
-    /// budget. Returns the names removed.
-    public func removeHostCopies(keeping sources: [String: String]) -> [String] {
-        let stale = host.names().filter { name in
-            guard running[name] == nil else { return false }
-            guard let source = sources[name] else { return true }
-            return host.identity(of: name) != nil && hostCopy(of: name, source: source) == nil
+    /// another (by `hostCopy`'s rule), or damaged. Such a copy is RAM nothing would use or count
+    /// against the budget. Returns the names removed, each with why.
+    public func removeHostCopies(keeping sources: [String: String]) -> [String: String] {
+        var removed: [String: String] = [:]
+        for name in host.names() where running[name] == nil {
+            if let source = sources[name] {
+                guard let stored = host.identity(of: name), hostCopy(of: name, source: source) == nil else { continue }
+                if host.path(of: name, identity: stored) == nil {
+                    removed[name] = "damaged: its size or change time is not what was written"
+                } else if let location = try? RemoteLocation(parsing: source), Self.isCopy(stored, of: location) {
+                    removed[name] = "its source changed since it was copied"
+                } else {
+                    removed[name] = "of another source than the configured one"
+                }
+            } else {
+                removed[name] = "no configured model has this name"
+            }
+            host.remove(name)
         }
-        for name in stale { host.remove(name) }
-        return stale
+        return removed
     }
 
     /// `name`'s complete copy in the RAM-backed directory, if it is of the current version of

@@ -218,6 +218,26 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
         assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
 
 
+def test_staging_progress_moves_as_bytes_arrive_not_chunk_by_chunk(make_daemon, tmp_path):
+    """On a slow link the progress counts the bytes that landed: with 8 MiB chunks it stayed at
+    0 % until the first chunk was whole, and moved in 8 MiB steps."""
+    root = origin(tmp_path)
+    with Nginx(root, location="limit_rate 3m;") as nginx:   # one connection: about 3 s a chunk
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
+                               tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
+                                     " remote: { parallelism: 1, chunk_size: 8MiB } }"))
+        status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
+        assert status == 202, body
+        seen = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(0 < b < 8 << 20 for b in seen):
+            seen.add(staging(d)["smollm2"]["bytes_done"])
+            time.sleep(0.1)
+        assert any(0 < b < 8 << 20 for b in seen), f"progress before the first chunk was whole: {sorted(seen)}"
+        assert d.request("DELETE", "/admin/staging/smollm2", headers=ADMIN)[0] < 300
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "cancelled", 20, what="the staging cancelled")
+
+
 @pytest.mark.parametrize("refusal", [403, 405])
 def test_an_origin_that_refuses_head_is_looked_up_with_its_first_byte(make_daemon, tmp_path, refusal):
     """A URL presigned for GET answers HEAD with 403 (others with 405): the size and version

@@ -32,9 +32,16 @@ extension WeightStager {
         // One buffer per range GET in flight (populated mappings, reused): the bytes land there
         // and go on to the file from the transfer thread while they are still in cache.
         let buffers = IOBufferPool(perClass: workers)
-        let done = Mutex<UInt64>(0)
+        // Progress counts bytes as they land (the tee hands each byte once, in spans of 1 MiB or
+        // more), not whole chunks: on a slow link 8 chunks of 8 MiB in flight showed 0 % until
+        // 64 MiB had arrived.
+        let received = Mutex<UInt64>(0)
         let progress = tracker(job)
-        let tee: @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void = { offset, bytes in try writer.write(bytes, at: offset) }
+        let tee: @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void = { offset, bytes in
+            try writer.write(bytes, at: offset)
+            let total = received.withLock { $0 += UInt64(bytes.count); return $0 }
+            progress(TransferProgress(bytesDone: total, bytesTotal: size, elapsed: ContinuousClock.now - started))
+        }
         // With a checksum to meet, the copy is hashed while it fills, behind the transfer.
         let digest = try PrefixDigest.checking(request, writer: writer, size: size, chunkSize: chunkSize)
         defer { digest?.cancel() }
@@ -44,8 +51,6 @@ extension WeightStager {
             defer { buffers.give(buffer) }
             try await remote.read(object, range: range, into: buffer[0..<range.count], tee: tee)
             digest?.completed(index)
-            let total = done.withLock { $0 += UInt64(range.count); return $0 }
-            progress(TransferProgress(bytesDone: total, bytesTotal: size, elapsed: ContinuousClock.now - started))
         }
         try Task.checkCancellation()
         if let expected = request.sha256, let digest {

@@ -38,8 +38,9 @@ struct RemoteRetryTests {
         guard case .retry(_, .some(.seconds(7)), _) = judge(HTTPResponse(transport: .done, status: 503, retryAfter: "7"))
         else { Issue.record("Retry-After honoured"); return }
         // Short but clean: resume for the rest.
-        guard case .retry = judge(HTTPResponse(transport: .done, status: 206, contentRange: "bytes 100-299/1000", written: 50))
+        guard case .retry(let reason, _, _) = judge(HTTPResponse(transport: .done, status: 206, contentRange: "bytes 100-299/1000", written: 50))
         else { Issue.record("short answer resumes"); return }
+        #expect(reason == "the answer ended after 50 of the 200 bytes asked for", "\(reason)")
     }
 
     @Test func finalAnswersFailAtOnce() {
@@ -120,5 +121,25 @@ struct RemoteRetryTests {
         let errors = ResponseSink(destination: buffer, rangeStart: 0)
         _ = whole.withUnsafeBytes { errors.accept(status: 503, $0) }
         #expect(errors.written == 0 && errors.body == whole)
+    }
+
+    /// Giving up says how many attempts failed in a row and, for a ranged read whose run starts
+    /// again after progress, how many requests it made in all (an origin that kept sending part
+    /// of the rest was reported as 3 failed attempts after some twenty requests).
+    @Test func givingUpSaysTheFailuresInARowAndTheRequestsInAll() async {
+        let client = RemoteClient(settings: RemoteSettings(retries: 2), environment: [:])
+        do {
+            try await client.backoff(failures: 3, requests: 23, retryAfter: nil, reason: "the answer ended", code: .transport, what: "GET u")
+            Issue.record("gave up")
+        } catch {
+            #expect("\(error)".contains("GET u: gave up after 3 failed attempts in a row that brought no bytes (23 requests in all); last: the answer ended"),
+                    "\(error)")
+        }
+        do {
+            try await client.backoff(failures: 3, retryAfter: nil, reason: "HTTP 503", code: .httpStatus(503), what: "HEAD u")
+            Issue.record("gave up")
+        } catch {
+            #expect("\(error)".contains("HEAD u: gave up after 3 failed attempts; last: HTTP 503"), "\(error)")
+        }
     }
 }

@@ -71,7 +71,7 @@ extension RemoteClient {
 
     private func readHTTP(_ object: RemoteObject, range: Range<UInt64>, into buffer: BorrowedBuffer, tee: Tee?) async throws {
         var received: UInt64 = 0
-        var failures = 0
+        var failures = 0, requests = 0
         var headers: [(String, String)] = []
         if let etag = object.etag {
             headers.append(("If-Match", etag))
@@ -84,6 +84,7 @@ extension RemoteClient {
                                           headers: headers + [("Range", "bytes=\(asked.lowerBound)-\(asked.upperBound - 1)")])
             let rest = BorrowedBuffer(bytes: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[Int(received)...]))
             let response = await transfer(request, sink: { ResponseSink(destination: rest.bytes, rangeStart: asked.lowerBound, tee: tee) })
+            requests += 1
             let verdict = RetryPlan.judgeRangeAttempt(response, asked: asked, object: object, url: request.displayURL)
             received += UInt64(response.written)
             // The tee has every byte up to the last whole span; give it the rest of this attempt.
@@ -107,7 +108,7 @@ extension RemoteClient {
                 if Task.isCancelled {
                     throw RemoteError(.cancelled, url: request.displayURL, "GET \(request.displayURL): cancelled")
                 }
-                try await backoff(failures: failures, retryAfter: retryAfter, reason: reason,
+                try await backoff(failures: failures, requests: requests, retryAfter: retryAfter, reason: reason,
                                   code: Self.finalCode(response, timedOut: timedOut),
                                   what: "GET \(request.displayURL) bytes \(range.lowerBound)-\(range.upperBound - 1)")
             }

@@ -162,10 +162,13 @@ public final class RemoteClient: Sendable {
     }
 
     /// Sleeps before the next attempt, or throws when the retries are used up.
-    func backoff(failures: Int, retryAfter: Duration?, reason: String, code: RemoteError.Code,
+    /// `requests`: of a ranged read whose failures in a row start again after progress, all the
+    /// requests it made (said when more than the failures in a row).
+    func backoff(failures: Int, requests: Int? = nil, retryAfter: Duration?, reason: String, code: RemoteError.Code,
                  what: String) async throws {
         guard failures <= settings.retries else {
-            throw RemoteError(code, url: what, "\(what): gave up after \(failures) failed attempts; last: \(reason)")
+            let detail = requests.map { $0 > failures ? " in a row that brought no bytes (\($0) requests in all)" : "" } ?? ""
+            throw RemoteError(code, url: what, "\(what): gave up after \(failures) failed attempts\(detail); last: \(reason)")
         }
         let pause = RetryPlan.delay(failures: failures, initial: settings.backoffInitial, maximum: settings.backoffMax,
                                     unit: Double.random(in: 0..<1), retryAfter: retryAfter)

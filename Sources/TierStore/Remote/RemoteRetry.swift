@@ -100,7 +100,7 @@ enum RetryPlan {
             }
             if response.written == wanted { return .complete }
             // Short but well-formed: the bytes that came are good; ask for the rest.
-            return .retry(reason: "short answer: \(response.written) of \(wanted) bytes"
+            return .retry(reason: "the answer ended after \(response.written) of the \(wanted) bytes asked for"
                               + (response.errorText.isEmpty ? "" : " (\(response.errorText))"),
                           retryAfter: nil, timedOut: false)
         case 408, 429, 500...599:

@@ -91,6 +91,11 @@ struct RemoteMotoTests {
         try await Self.createBucket(client)
         let missing = RemoteLocation.s3(bucket: Self.bucket, key: "no/such-key.bin")
         await expectError(.notFound, naming: "no/such-key.bin") { _ = try await client.stat(missing) }
+        // named as configured (s3://bucket/key), and a bucket that is not there is not ruled out
+        await expectError(.notFound, naming: "HEAD s3://\(Self.bucket)/no/such-key.bin (http://") { _ = try await client.stat(missing) }
+        await expectError(.notFound, naming: "the bucket or the object does not exist") {
+            _ = try await client.stat(.s3(bucket: "no-such-bucket", key: "k.bin"))
+        }
 
         let location = RemoteLocation.s3(bucket: Self.bucket, key: "gone.bin")
         try await Self.put(client, randomBytes(4096, seed: 13), key: "gone.bin")

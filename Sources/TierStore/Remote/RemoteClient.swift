@@ -110,7 +110,7 @@ public final class RemoteClient: Sendable {
                                    payloadHash: payloadHash, date: date).headers
             }
             return HTTPRequest(method: method, url: url, headers: all.map { "\($0.0): \($0.1)" },
-                               displayURL: "\(endpoint.scheme)://\(host)\(path)")
+                               displayURL: "s3://\(bucket)/\(key) (\(endpoint.scheme)://\(host)\(path))")
         }
     }
 

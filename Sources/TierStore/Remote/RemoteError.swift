@@ -25,7 +25,9 @@ extension RemoteError {
         let tail = detail.isEmpty ? "" : " (\(detail))"
         switch status {
         case 404:
-            return RemoteError(.notFound, url: url, "\(method) \(url): 404 Not Found: the object does not exist\(tail)")
+            // (S3 answers a HEAD without a body, so which of the two is missing is not said.)
+            let what = url.hasPrefix("s3://") && detail.isEmpty ? "the bucket or the object does not exist" : "the object does not exist"
+            return RemoteError(.notFound, url: url, "\(method) \(url): 404 Not Found: \(what)\(tail)")
         case 401, 403:
             return RemoteError(.forbidden, url: url,
                                "\(method) \(url): \(status) Forbidden: check the credentials and the bucket policy\(tail)")

@@ -73,7 +73,7 @@ extension ConfigLoader {
                 case "upstream":
                     try reject("binary", "command", "args")
                     guard let urlNode = map["url"] else { throw reader.fail(key, value, "missing key 'url'") }
-                    let url = try reader.string(urlNode, at: "\(key).url")
+                    let url = Self.schemeLowercased(try reader.string(urlNode, at: "\(key).url"))
                     guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil else {
                         throw reader.fail("\(key).url", urlNode, "'\(url)' is not an http(s) URL")
                     }
@@ -178,7 +178,7 @@ extension ConfigLoader {
                     routing = try map["routing"].map { try routingPolicy(reader, $0, at: "\(key2).routing") }
                     try rejectFields(["runtime", "source", "args", "upstream_model", "memory", "ttl", "pin", "sha256", "stage", "preload"], reader, map, key2,
                                      "not allowed together with 'upstreams' (replicas Strata does not start)")
-                    let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams")
+                    let urls = try reader.strings(upstreamsNode, at: "\(key2).upstreams").map(Self.schemeLowercased)
                     guard !urls.isEmpty else { throw reader.fail("\(key2).upstreams", upstreamsNode, "expected at least one URL") }
                     var bases: [String] = []
                     for (i, url) in urls.enumerated() {
@@ -313,10 +313,7 @@ extension ConfigLoader {
         guard !source.allSatisfy(\.isWhitespace) else {
             throw reader.fail("\(key).source", node, "it is empty: expected file:///path, a path, http(s)://… or s3://bucket/key")
         }
-        // A scheme is case-insensitive (RFC 3986): HTTP://… is http://….
-        if let scheme = source.range(of: "://"), source[..<scheme.lowerBound].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
-            source = source[..<scheme.lowerBound].lowercased() + source[scheme.lowerBound...]
-        }
+        source = Self.schemeLowercased(source)
         if source.hasPrefix("http://") || source.hasPrefix("https://") || source.hasPrefix("s3://") {
             do {
                 _ = try RemoteLocation(parsing: source)
@@ -345,6 +342,15 @@ extension ConfigLoader {
         weights.source = path
         weights.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
         return weights
+    }
+
+    /// `url` with its scheme in lower case: a scheme is case-insensitive (RFC 3986), so
+    /// HTTP://… is http://… (it was refused as not an http URL).
+    static func schemeLowercased(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), !url[..<scheme.lowerBound].isEmpty,
+            url[..<scheme.lowerBound].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "+-.".contains($0)) })
+        else { return url }
+        return url[..<scheme.lowerBound].lowercased() + url[scheme.lowerBound...]
     }
 
     /// A replica's base URL as requests are sent to it (`base/v1/chat/completions`, `base/health`):

@@ -301,6 +301,16 @@ struct ConfigLoaderTests {
             Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\", \"\(second)\"] } ]", key: "models[0] (a).upstreams[1]",
                              "'\(second)' is the same replica as upstreams[0]")
         }
+        // a scheme in capitals is the same scheme
+        Self.expectError("models: [ { name: a, upstreams: [\"http://h:1\", \"HTTP://h:1\"] } ]", key: "models[0] (a).upstreams[1]",
+                         "is the same replica as upstreams[0]")
+        let capitals = try Self.parse("""
+            runtimes: { far: { kind: upstream, url: "HTTPS://api.example.com" } }
+            models:
+              - { name: a, upstreams: ["HTTP://h:1"] }
+              - { name: b, runtime: far }
+            """)
+        #expect(capitals.models[0].serving == .replicas(["http://h:1"]))
         Self.expectError("models: [ { name: \"a b\", source: x } ]", key: "models[0].name", "no spaces")
         Self.expectError("models: [ { name: \"a#1\", source: x } ]", key: "models[0].name", "#")
         Self.expectError("""

@@ -148,10 +148,17 @@ actor ReplicaSet {
     ) async throws -> UpstreamLease {
         var hints = hints
         var probed = false
+        /// Already routed and dispatched (`startOrRoom` moved the request).
+        var pending: Routed?
         while true {
             let id: RequestID, replica: String, hasAlternatives: Bool, restoreBlocks: Int
             do {
-                (id, replica, hasAlternatives, restoreBlocks) = try route(hints)
+                if let routed = pending {
+                    (id, replica, hasAlternatives, restoreBlocks) = routed
+                    pending = nil
+                } else {
+                    (id, replica, hasAlternatives, restoreBlocks) = try route(hints)
+                }
             } catch RouteFailure.noHealthyReplica(let error) {
                 // Every replica looked down at the last probe; one may have come up since (a
                 // fleet starting beside Strata). Probe now, once, rather than wait a whole interval.
@@ -164,15 +171,18 @@ actor ReplicaSet {
             let (report, cacheReport) = Self.promptReport()
             let inner: UpstreamLease
             do {
-                guard let started = try await startOrRoom(replica, hasAlternatives: hasAlternatives, excluding: hints.excluding,
-                                                          start: start)
-                else {
-                    // A running replica got room while this one was still to start: go there.
+                switch try await startOrRoom(replica, hasAlternatives: hasAlternatives, hints: hints, start: start) {
+                case .started(let lease):
+                    inner = lease
+                case .moved(let routed):
+                    // A running replica got room while this one was still to start: the request
+                    // was dispatched there (under the same lock that found the room, so one freed
+                    // place goes to one waiting request).
                     finish(id, replica: replica, outcome: .abandoned)
                     hints.excluding.insert(replica)
+                    pending = routed
                     continue
                 }
-                inner = started
             } catch let error as GatewayError where error.status == .badGateway {
                 finish(id, replica: replica, outcome: .upstreamFailed)   // its runtime failed
                 guard hasAlternatives else { throw error }
@@ -221,49 +231,64 @@ actor ReplicaSet {
         }
     }
 
+    /// A routed and dispatched request: its id, its replica, whether another could take it, and
+    /// the stored blocks to restore there.
+    typealias Routed = (RequestID, String, Bool, Int)
+
+    enum StartOrRoom: Sendable {
+        case started(UpstreamLease)
+        case moved(Routed)
+    }
+
     /// The lease from `start(replica)`; or, where `replica` must start first (its process is
     /// stopped, crashed or loading: chosen because every running replica was at the load bound)
-    /// and a running replica gets room before the start ends (a request there finished), nil:
-    /// the request goes there rather than wait out a start that may take long, or not come at all
-    /// for want of memory, while another replica could serve it. (The start goes on for whoever
-    /// else waits for it.)
+    /// and a running replica gets room before the start ends (a request there finished), the
+    /// request routed again among the others and dispatched there: it goes there rather than
+    /// wait out a start that may take long, or not come at all for want of memory, while another
+    /// replica could serve it. (The start goes on for whoever else waits for it.) The room is
+    /// found and taken under one lock, so requests waiting together do not all leave for one
+    /// freed place (the others found it gone, and got 503).
     private func startOrRoom(
-        _ replica: String, hasAlternatives: Bool, excluding: Set<String>,
+        _ replica: String, hasAlternatives: Bool, hints: RequestHints,
         start: @escaping @Sendable (String) async throws -> UpstreamLease
-    ) async throws -> UpstreamLease? {
+    ) async throws -> StartOrRoom {
         let mustStart = routing.withLockedValue { $0.router.snapshot(of: replica)?.starting ?? false }
-        guard mustStart, hasAlternatives else { return try await start(replica) }
-        enum First: Sendable {
-            case started(UpstreamLease)
-            case room
-        }
-        return try await withThrowingTaskGroup(of: First.self) { group in
+        guard mustStart, hasAlternatives else { return .started(try await start(replica)) }
+        var elsewhere = hints
+        elsewhere.excluding.insert(replica)
+        return try await withThrowingTaskGroup(of: StartOrRoom.self) { group in
             group.addTask { .started(try await start(replica)) }
-            group.addTask { [routing] in
+            group.addTask { [elsewhere] in
                 while true {
                     try await Task.sleep(for: .milliseconds(50))
-                    if routing.withLockedValue({ $0.router.runningReplicaHasRoom(besides: replica, excluding: excluding) }) {
-                        return .room
-                    }
+                    if let routed = try? self.route(elsewhere, countingRefusals: false, ifRoomBesides: replica) { return .moved(routed) }
                 }
             }
-            let first = try await group.next()
+            let first = try await group.next()!
             group.cancelAll()
-            if case .started(let lease) = first { return lease }
-            // Admitted just as the room appeared: the start is done, so that lease serves.
-            while let next = try? await group.next() {
-                if case .started(let lease) = next { return lease }
+            if case .moved = first {
+                // Admitted just as the room was taken: the start is done, but the request is
+                // dispatched elsewhere already; the admission goes back.
+                while let next = try? await group.next() {
+                    if case .started(let lease) = next { lease.release(.abandoned) }
+                }
             }
-            return nil
+            return first
         }
     }
 
     /// Chooses and dispatches: the request's id, its replica, and whether another could take it.
-    private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true) throws -> (RequestID, String, Bool, Int) {
+    /// `ifRoomBesides`: only if a running replica other than that one has room for the request
+    /// now (`PrefixRouter.runningReplicaHasRoom`), checked under the same lock as the dispatch;
+    /// otherwise `NoRoom`.
+    private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true, ifRoomBesides waiting: String? = nil)
+        throws -> Routed
+    {
         let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
         // Pinned replicas: what their slots hold is known, and replaces the router's guess.
         let (held, computing) = slots?.holdings(hints.prompt.blocks, on: replicas) ?? ([:], [:])
-        let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal> in
+        let routed = routing.withLockedValue { routing -> Result<(RequestID, RouteDecision, Counter, Bool), RouteRefusal>? in
+            if let waiting, !routing.router.runningReplicaHasRoom(besides: waiting, excluding: hints.excluding) { return nil }
             if managed { readmitEjectedReplicas(&routing) }
             let decision: RouteDecision
             switch routing.router.choose(hints.prompt.blocks, session: hints.session, excluding: hints.excluding,
@@ -289,6 +314,7 @@ actor ReplicaSet {
             publishLoad(decision.replica, of: routing.router)
             return .success((id, decision, counter, hasAlternatives))
         }
+        guard let routed else { throw NoRoom() }
         switch routed {
         case .success(let (id, decision, counter, hasAlternatives)):
             counter.increment()
@@ -435,6 +461,8 @@ actor ReplicaSet {
     }
 
     enum RouteFailure: Error { case noHealthyReplica(GatewayError) }
+    /// No running replica has room yet (`route(_:ifRoomBesides:)`).
+    struct NoRoom: Error {}
 
     /// Probes every upstream replica's `/health` each `health_interval` until cancelled (the
     /// supervisor watches managed replicas itself).

@@ -351,3 +351,26 @@ def test_a_request_held_for_a_replica_that_cannot_start_goes_to_a_running_one_wi
     assert waited < 20, f"served after {waited:.1f}s: it waited for the start rather than for the running replica"
     assert d.admin()["smollm2#0"]["status"] != "ready", "the stopped replica could not start"
     assert decisions(d).get(("smollm2#1", "leastLoaded"), 0) + decisions(d).get(("smollm2#1", "coldConsistentHash"), 0) >= 2
+
+
+def test_requests_waiting_together_for_a_start_each_get_a_place_on_the_running_replica(make_daemon):
+    """Several requests wait for a replica that cannot start while the running one is at its
+    concurrency limit; as places free there, each goes to one of them (they all left for the
+    first freed place, and those that found it taken got 503 'every replica is at its
+    concurrency limit' after being admitted). A race: with the bug this failed 4 runs in 7."""
+    d = make_daemon(config(f"""
+  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 250MiB, priority: 10, preload: true }}
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
+""", extra="routing: { max_concurrency: 6 }").replace("queue_timeout: 90s", "queue_timeout: 60s"))
+    status, body, _ = d.request("POST", "/admin/models/smollm2%231/load", headers=ADMIN)
+    assert status in (200, 202), body
+    wait_for(lambda: d.admin()["smollm2#1"]["status"] == "ready" and d.admin()["big"]["status"] == "ready", 60,
+             what="big and one replica running")
+    for round_ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = [pool.submit(chat, d, words(100 * round_ + i, 30), "hi", i % 2 == 0, 4 + 2 * i) for i in range(12)]
+            statuses = [(f.result()[0], f.result()[1][:200]) for f in answers]
+        assert all(status == 200 for status, _ in statuses), statuses
+    wait_for(lambda: all(d.admin()[m]["in_flight"] == 0 and d.admin()[m]["waiting"] == 0 for m in ("smollm2#0", "smollm2#1")),
+             10, what="no load left behind")
+    assert d.admin()["smollm2#0"]["status"] == "stopped"

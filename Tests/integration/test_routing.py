@@ -325,20 +325,27 @@ def test_replicas_strata_starts_that_failed_to_start_are_let_back(make_daemon, t
     wait_for(lambda: chat() == 200, 60, interval=0.5, what="served again once the runtime starts")
 
 
+def one_replica_cannot_start(make_daemon, max_concurrency, queue_timeout):
+    """A daemon with two replicas Strata starts, smollm2#1 running and smollm2#0 unable to start:
+    the device holds a preloaded model of higher priority, and a replica never evicts its sibling."""
+    d = make_daemon(config(f"""
+  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 250MiB, priority: 10, preload: true }}
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
+""", extra=f"routing: {{ max_concurrency: {max_concurrency} }}").replace("queue_timeout: 90s", f"queue_timeout: {queue_timeout}"))
+    status, body, _ = d.request("POST", "/admin/models/smollm2%231/load", headers=ADMIN)
+    assert status in (200, 202), body
+    wait_for(lambda: d.admin()["smollm2#1"]["status"] == "ready" and d.admin()["big"]["status"] == "ready", 60,
+             what="big and one replica running")
+    return d
+
+
 def test_a_request_held_for_a_replica_that_cannot_start_goes_to_a_running_one_with_room(make_daemon):
     """Two replicas Strata starts, one running and one that cannot start (the device holds a
     model of higher priority, and a replica never evicts its sibling). With the running replica
     at its concurrency limit, the next request is placed on the stopped one; when the running one
     finishes its request, the waiting request goes there (it waited the whole queue_timeout and
     got 503 while the running replica sat idle)."""
-    d = make_daemon(config(f"""
-  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 250MiB, priority: 10, preload: true }}
-  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
-""", extra="routing: { max_concurrency: 1 }").replace("queue_timeout: 90s", "queue_timeout: 30s"))
-    status, body, _ = d.request("POST", "/admin/models/smollm2%231/load", headers=ADMIN)
-    assert status in (200, 202), body
-    wait_for(lambda: d.admin()["smollm2#1"]["status"] == "ready" and d.admin()["big"]["status"] == "ready", 60,
-             what="big and one replica running")
+    d = one_replica_cannot_start(make_daemon, max_concurrency=1, queue_timeout="30s")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(chat, d, words(1, 60), "Tell a long story.", max_tokens=48)
         wait_for(lambda: d.admin()["smollm2#1"]["in_flight"] == 1, 10, interval=0.05, what="the first request running")
@@ -358,14 +365,7 @@ def test_requests_waiting_together_for_a_start_each_get_a_place_on_the_running_r
     concurrency limit; as places free there, each goes to one of them (they all left for the
     first freed place, and those that found it taken got 503 'every replica is at its
     concurrency limit' after being admitted). A race: with the bug this failed 4 runs in 7."""
-    d = make_daemon(config(f"""
-  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 250MiB, priority: 10, preload: true }}
-  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2 }}
-""", extra="routing: { max_concurrency: 6 }").replace("queue_timeout: 90s", "queue_timeout: 60s"))
-    status, body, _ = d.request("POST", "/admin/models/smollm2%231/load", headers=ADMIN)
-    assert status in (200, 202), body
-    wait_for(lambda: d.admin()["smollm2#1"]["status"] == "ready" and d.admin()["big"]["status"] == "ready", 60,
-             what="big and one replica running")
+    d = one_replica_cannot_start(make_daemon, max_concurrency=6, queue_timeout="60s")
     for round_ in range(3):
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             answers = [pool.submit(chat, d, words(100 * round_ + i, 30), "hi", i % 2 == 0, 4 + 2 * i) for i in range(12)]

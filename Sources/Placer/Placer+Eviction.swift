@@ -121,7 +121,9 @@ extension Placer {
         let used = onDevice.reduce(UInt64(0)) { $0 + $1.memoryBytes }
         guard used + state.memoryBytes > budget(of: spec.device) else { return nil }
         let holders = onDevice.sorted { $0.spec.name < $1.spec.name }.compactMap { other -> String? in
-            let name = "'\(other.spec.name)'"
+            // (Another model's replica is named with its model, which is what clients know.)
+            let name = other.spec.replicaOf.map { Self.siblings(other.spec, spec) ? "'\(other.spec.name)'" : "'\(other.spec.name)' (a replica of '\($0)')" }
+                ?? "'\(other.spec.name)'"
             switch other.phase {
             case .starting, .staging: return "\(name) is starting"
             case .draining: return "\(name) is finishing its requests before it stops"

@@ -29,11 +29,11 @@ public enum StatusClient {
             ])
         }
         var lines = table(rows)
-        // Replicas' routing state: which are in, ejected or not running, and their load.
+        // Replicas' routing state: which are up, ejected or not running, and their load.
         var replicaRows = [["REPLICA", "OF", "STATE", "IN-FLIGHT", "QUEUED-BLOCKS", "INDEX-BLOCKS", "FAILURES"]]
         for model in status.models {
             for replica in model.replicas ?? [] {
-                let state = !replica.running ? "not running" : replica.healthy ? "in" : "ejected"
+                let state = !replica.running ? "not running" : replica.healthy ? "up" : "ejected"
                 replicaRows.append([
                     replica.url, replica.url == model.name ? String(model.name.prefix { $0 != "#" }) : model.name, state,
                     String(replica.in_flight), String(replica.queued_blocks), String(replica.index_blocks),

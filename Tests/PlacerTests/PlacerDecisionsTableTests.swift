@@ -107,6 +107,21 @@ struct PlacerDecisionsTableTests {
                 reason: "device 'cpu' has no room for it while 'm#0' is another replica of 'm'"))]),
         ])
         #expect(alone.snapshot(of: "m#0")?.phase == .ready)
+
+        // Another model waiting on a replica hears which model that replica is of.
+        var other = PlacerTableTests.placer(budgetMiB: 400, models: [
+            ModelSpec(name: "m#0", device: "cpu", memoryBytes: 400 * Self.mib, minResidency: .seconds(60), replicaOf: "m"),
+            Self.model("c"),
+        ])
+        PlacerTableTests.run(&other, [
+            (.seconds(0), .request(1, model: "m#0"), [.start(model: "m#0")]),
+            (.seconds(1), .runtimeReady(model: "m#0"), [.admit(1, model: "m#0")]),
+            (.seconds(2), .finished(1), []),
+            (.seconds(5), .request(2, model: "c"), []),
+            (.seconds(25), .tick, [.reject(2, model: "c", .timedOut(
+                waited: .seconds(20), retryAfter: .seconds(5),
+                reason: "device 'cpu' has no room for it while 'm#0' (a replica of 'm') stays loaded another 36s (min_residency)"))]),
+        ])
     }
 
     @Test func minResidencyHoldsThenEvictionHappensOnTick() {

@@ -53,7 +53,7 @@ struct CommandLineTests {
         #expect(header != nil, "\(lines)")
         guard let header else { return }
         let words = lines[(header + 1)...].prefix(3).map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
-        #expect(words[0] == ["http://10.0.0.1:8080", "m", "in", "3", "12", "40", "0"])
+        #expect(words[0] == ["http://10.0.0.1:8080", "m", "up", "3", "12", "40", "0"])
         #expect(words[1] == ["http://10.0.0.2:8080", "m", "ejected", "0", "0", "0", "3"])
         #expect(words[2] == ["n#1", "n", "not", "running", "0", "0", "0", "0"])
     }

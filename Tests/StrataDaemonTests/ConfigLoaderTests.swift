@@ -276,7 +276,7 @@ struct ConfigLoaderTests {
                          "'sticky'")
     }
 
-    @Test func modelErrors() {
+    @Test func modelErrors() throws {
         Self.expectError("models: [ { source: x } ]", key: "models[0]", "missing key 'name'")
         Self.expectError("models: [ { name: a, source: \"${MODEL}\", runtime: nope } ]", key: "models[0] (a).runtime",
                          "unknown runtime 'nope'", "llama")

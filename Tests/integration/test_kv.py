@@ -221,6 +221,24 @@ def test_get_values_are_written_from_the_host_tier_in_order_even_to_a_reader_tha
     assert r.get("v0") == values[b"v0"]
 
 
+def test_a_pipeline_written_whole_before_its_replies_are_read_is_answered(make_daemon):
+    """redis-py writes a whole pipeline before it reads a reply (as Jedis and hiredis do). Once
+    the requests outgrow the socket buffers, a server that stops answering while its replies
+    wait, and then stops reading while its commands wait, deadlocks with that client (20,000
+    GETs of 1 KiB keys hung for ever); Redis keeps answering into a reply buffer, and so do we,
+    up to `maxQueuedReplyBytes`."""
+    d, port = kv_daemon(make_daemon)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    key = "k" * 1024
+    assert r.set(key, b"v" * 4096) is True
+    pipe = r.pipeline(transaction=False)
+    for _ in range(20_000):
+        pipe.get(key)
+    answers = pipe.execute()
+    assert len(answers) == 20_000 and all(a == b"v" * 4096 for a in answers)
+    assert r.ping() is True
+
+
 def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_daemon):
     d, port = kv_daemon(make_daemon, extra_kv=", password_env: KV_PASSWORD", env={"KV_PASSWORD": "s3cret"})
     denied = redis.Redis(host="127.0.0.1", port=port, protocol=2)

@@ -10,7 +10,9 @@ import NIOCore
 /// Bounds: at most `maxPendingCommands` parsed commands / `maxPendingBytes` of them wait; beyond
 /// that the handler stops parsing and holds back `read()`, so TCP pushes back on the client. No
 /// new batch starts while the channel is not writable, so a client that does not read its
-/// replies cannot make us buffer them.
+/// replies cannot make us buffer them; except while the commands waiting fill the queue (a
+/// client that writes its whole pipeline before reading: redis-py, Jedis), up to
+/// `maxQueuedReplyBytes`, which Redis buffers without a bound (`mayAnswer`).
 ///
 /// The value of a large `SET key value` goes straight into the backend's storage as it arrives
 /// (`KVBackend.stageValue`), not into the receive buffer: what NIO has read of it is copied
@@ -61,6 +63,9 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Writes handed to the channel and not yet done (written to the socket, or failed): while
     /// any is, nothing may go to the socket directly, or it would overtake them.
     private var queuedWrites = 0
+    /// Bytes of those writes: replies the client has not taken yet. Batches go on while the
+    /// channel is not writable until this reaches `maxQueuedReplyBytes`.
+    private var queuedBytes = 0
     /// The reply buffer of the last batch, empty, when it went straight to the socket: the next
     /// batch writes into it rather than into a new one.
     private var spareReplies: ByteBuffer?
@@ -392,7 +397,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 if inputClosed || closing { context.close(promise: nil) }
                 return
             }
-            guard context.channel.isWritable else { return }
+            guard mayAnswer(context) else { return }
             let outcome = runImmediately(context: context)
             if outcome == .closed { return }
             if outcome == .noneAnswered { break }
@@ -442,7 +447,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         // A GET's value goes out from where the backend holds it, where the channel is a socket.
         let canWriteBulk = direct != nil
         while answered < configuration.maxBatchCommands, let next = pending.first,
-            case .command(let arguments, let bytes, let staged) = next, context.channel.isWritable || answered == 0
+            case .command(let arguments, let bytes, let staged) = next, mayAnswer(context) || answered == 0
         {
             guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, canWriteBulk: canWriteBulk, {
                 value in self.writeBulk(value, after: &out, context: context)
@@ -531,10 +536,26 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Hands `buffer` to the channel to write after what it holds, counted in `queuedWrites`
     /// until done.
     private func enqueue(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        let bytes = buffer.readableBytes
         queuedWrites += 1
+        queuedBytes += bytes
         let promise = context.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.assumeIsolated().whenComplete { _ in self.queuedWrites -= 1 }
+        promise.futureResult.assumeIsolated().whenComplete { _ in
+            self.queuedWrites -= 1
+            self.queuedBytes -= bytes
+        }
         context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    /// Whether another batch may be answered now: while the channel is writable; or while our
+    /// queue of commands is full, and so reading is held, as long as the replies waiting for the
+    /// client stay under `maxQueuedReplyBytes` (Redis answers into its reply buffer without a
+    /// bound). A client that writes a whole pipeline before it reads a reply (redis-py, Jedis,
+    /// hiredis) would otherwise deadlock with us once its requests outgrow the socket buffers:
+    /// we would stop reading, it would not read until it had written them all. (A client that
+    /// reads, as redis-benchmark does, waits for writability as before: replies do not pile up.)
+    private func mayAnswer(_ context: ChannelHandlerContext) -> Bool {
+        context.channel.isWritable || (full && queuedBytes < configuration.maxQueuedReplyBytes)
     }
 
     private enum ImmediateOutcome { case noneAnswered, answered, closed }

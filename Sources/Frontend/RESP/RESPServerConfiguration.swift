@@ -13,6 +13,12 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     public var maxPendingBytes: Int
     /// Most commands run back to back before their replies are flushed. Default 128.
     public var maxBatchCommands: Int
+    /// Replies a connection keeps answering into while its client does not take them (the
+    /// channel is not writable), as Redis does without a bound for ordinary clients: a client
+    /// that writes a whole pipeline before it reads (redis-py, Jedis, hiredis) needs its replies
+    /// buffered until it is done writing. Past this, no further command of the connection runs
+    /// until the client reads. Default 256 MiB.
+    public var maxQueuedReplyBytes: Int
     /// Connections beyond this are answered `-ERR max number of clients reached` and closed. Default 10000.
     public var maxConnections: Int
     /// A SET value at least this long is received straight into the backend's storage when the
@@ -41,6 +47,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxPendingCommands: Int = 1024,
         maxPendingBytes: Int = 64 * 1024 * 1024,
         maxBatchCommands: Int = 128,
+        maxQueuedReplyBytes: Int = 256 * 1024 * 1024,
         maxConnections: Int = 10_000,
         minStagedValueBytes: Int = 32 * 1024,
         sendBufferBytes: Int? = defaultSendBufferBytes,
@@ -48,7 +55,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         defaultNamespace: String = "default"
     ) {
         precondition((0...65535).contains(port), "port \(port) is not in 0...65535")
-        precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0)
+        precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0 && maxQueuedReplyBytes >= 0)
         precondition(minStagedValueBytes >= 0)
         precondition(sendBufferBytes.map { $0 > 0 } ?? true, "sendBufferBytes must be positive (nil: the kernel's default)")
         self.host = host
@@ -57,6 +64,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         self.maxPendingCommands = maxPendingCommands
         self.maxPendingBytes = maxPendingBytes
         self.maxBatchCommands = maxBatchCommands
+        self.maxQueuedReplyBytes = maxQueuedReplyBytes
         self.maxConnections = maxConnections
         self.minStagedValueBytes = minStagedValueBytes
         self.sendBufferBytes = sendBufferBytes

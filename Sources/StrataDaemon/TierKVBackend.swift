@@ -260,21 +260,29 @@ final class TierKVBackend: KVBackend, Sendable {
         }
     }
 
-    /// `durable`: refuses, before anything is written, a write larger than the NVMe log can keep
-    /// (its budget less the segment being written), which would push out every other value and
-    /// then its own first parts.
+    /// Refuses, before anything is written, a write larger than the tiers can keep, which would
+    /// push out every other value and then its own first parts: `durable`, the NVMe log (its
+    /// budget less the segment being written); `cache`, that and the host budget together.
     private func refuseIfTooLarge(_ size: Int, for store: BlockStore) async throws {
         let log = await store.nvme.configuration
         let room = log.budgetBytes - min(log.budgetBytes, UInt64(log.segmentBytes))
-        guard UInt64(size) <= room else {
-            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes durably: the NVMe tier keeps \(room) (tiers.nvme.budget less a segment)")
+        if durable {
+            guard UInt64(size) <= room else {
+                throw KVBackendError(.outOfSpace, "cannot store \(size) bytes durably: the NVMe tier keeps \(room) (tiers.nvme.budget less a segment)")
+            }
+            return
+        }
+        let host = UInt64(max(0, store.policy.hostBudgetBytes))
+        guard UInt64(size) <= room + host else {
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the tiers keep \(room + host) (tiers.host.budget and tiers.nvme.budget less a segment)")
         }
     }
 
-    /// Whether every one of `blocks`, just put durably, is still in the NVMe tier: a value larger
-    /// than the room the log keeps pushes its own first parts out while its last go in.
+    /// Whether every one of `blocks`, just put, is still held (`durable`: in the NVMe tier; `cache`:
+    /// in either): a value larger than the room the tiers keep pushes its own first parts out
+    /// while its last go in.
     private func allStored(_ blocks: [BlockKey], in store: BlockStore) async throws -> Bool {
-        for block in blocks where await !store.nvme.contains(block) { return false }
+        for block in blocks where durable ? await !store.nvme.contains(block) : await !store.contains(block) { return false }
         return true
     }
 
@@ -813,7 +821,7 @@ final class TierKVBackend: KVBackend, Sendable {
         case .keep: existing?.expiresAt
         case .at(let deadline): deadline
         }
-        if durable { try await refuseIfTooLarge(size, for: store) }
+        try await refuseIfTooLarge(size, for: store)
         let (version, epoch) = state.withLock { ($0.takeVersion(), $0.flushEpochs[namespace] ?? 0) }
         let blocks = self.blocks(namespace, name, version: version, parts: parts)
         var written = 0
@@ -828,9 +836,9 @@ final class TierKVBackend: KVBackend, Sendable {
             for block in blocks[..<written] { await store.remove(block.key) }
             throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: \(error)")
         }
-        if durable, try await !allStored(blocks.map(\.key), in: store) {
+        if try await !allStored(blocks.map(\.key), in: store) {
             for block in blocks { await store.remove(block.key) }
-            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the NVMe tier made room for it with its own parts (tiers.nvme.budget)")
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the tiers made room for it with its own parts (tiers.host.budget, tiers.nvme.budget)")
         }
         let sequence = state.withLock { $0.sequence(for: namespace, name) }
         let entry = Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
@@ -896,7 +904,8 @@ final class TierKVBackend: KVBackend, Sendable {
     private func write(namespace: String, piecePairs pairs: [(key: ByteBuffer, pieces: [ByteBuffer])]) async throws {
         let store = try await store()
         let values = pairs.map { self.parts(of: $0.pieces) }
-        if durable { try await refuseIfTooLarge(values.reduce(0) { $0 + $1.size }, for: store) }
+        // (`cache`: each value alone must fit; together they may evict each other, as in any cache.)
+        try await refuseIfTooLarge(durable ? values.reduce(0) { $0 + $1.size } : values.map(\.size).max() ?? 0, for: store)
         let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }
         let items = state.withLock { state in
             zip(pairs, values).map { pair, value in

@@ -239,6 +239,23 @@ def test_a_pipeline_written_whole_before_its_replies_are_read_is_answered(make_d
     assert r.ping() is True
 
 
+def test_a_cache_value_larger_than_the_tiers_is_refused_and_evicts_nothing(make_daemon):
+    """`durability: cache`: a SET larger than the host and NVMe budgets together is refused with
+    Redis's -OOM, and the other keys stay (it was acknowledged, gone at once, and had evicted
+    every other key making room for itself)."""
+    d, port = kv_daemon(make_daemon, tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 64MiB } }")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    for i in range(5):
+        assert r.set(f"keep{i}", b"v" * 1000) is True
+    with pytest.raises(redis.exceptions.OutOfMemoryError, match="cannot store 104857600 bytes: the tiers keep"):
+        r.set("huge", os.urandom(100 << 20))
+    assert r.get("huge") is None
+    assert r.dbsize() == 5 and r.get("keep0") == b"v" * 1000 and r.info("stats")["evicted_keys"] == 0
+    # a value they can keep is stored as before
+    big = os.urandom(8 << 20)
+    assert r.set("big", big) is True and r.get("big") == big
+
+
 def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_daemon):
     d, port = kv_daemon(make_daemon, extra_kv=", password_env: KV_PASSWORD", env={"KV_PASSWORD": "s3cret"})
     denied = redis.Redis(host="127.0.0.1", port=port, protocol=2)

@@ -22,6 +22,14 @@ extension Gateway {
         // A block may be named `batch-get` too: that path's literal route would hide it from the
         // `:key` routes, so they are registered on it as well.
         for path in ["/v1/blocks/:key", "/v1/blocks/\(Self.batchGetName)"] { addBlockRoutes(path, to: router) }
+        // Another method on a block is told which ones it takes (405), not that nothing is there.
+        for method in [HTTPRequest.Method.post, .patch] {
+            router.on(RouterPath("/v1/blocks/:key"), method: method) { request, _ -> Response in
+                throw GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
+                                   message: "\(request.uri.path) takes GET, HEAD, PUT or DELETE, not \(request.method.rawValue)",
+                                   allow: "GET, HEAD, PUT, DELETE")
+            }
+        }
         router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in
             let tenant = try authorize(request)
             guard let store = kv else { throw Self.noBlocks }
@@ -104,6 +112,10 @@ extension Gateway {
         let path = RouterPath(path)
         router.put(path) { request, context in
             let (store, namespace, key) = try blockTarget(request, context, tenant: try authorize(request))
+            // Said at once for a body announced too large, not after 64 MiB of it has come in.
+            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBlockBytes {
+                throw GatewayError.blockTooLarge
+            }
             let body: ByteBuffer
             do {
                 body = try await request.body.collect(upTo: Self.maxBlockBytes)

@@ -536,6 +536,15 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_such_block"
     assert requests.post(f"{url}/batch-get", data=b"nope", headers=key).status_code == 400
     assert requests.put(f"{url}/huge", data=b"\0" * (65 << 20), headers=key).status_code == 413
+    # a body announced too large is refused at once, not after 64 MiB of it has come in
+    with socket.create_connection(("127.0.0.1", int(d.url.rsplit(":", 1)[1])), timeout=5) as s:
+        s.sendall(b"PUT /v1/blocks/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key-1\r\n"
+                  b"Content-Length: 999999999999\r\n\r\n" + b"\0" * 1024)
+        assert s.recv(4096).startswith(b"HTTP/1.1 413"), "answered before the body"
+    # other methods on a block are told which it takes
+    for method in ("POST", "PATCH"):
+        wrong = requests.request(method, f"{url}/from-resp", data=b"x", headers=key)
+        assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD, PUT, DELETE", (method, wrong.status_code, wrong.text)
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 200
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 404
     assert r.get("from-resp") is None

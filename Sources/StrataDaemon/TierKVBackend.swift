@@ -264,6 +264,9 @@ final class TierKVBackend: KVBackend, Sendable {
     /// push out every other value and then its own first parts: `durable`, the NVMe log (its
     /// budget less the segment being written); `cache`, that and the host budget together.
     private func refuseIfTooLarge(_ size: Int, for store: BlockStore) async throws {
+        let host = UInt64(max(0, store.policy.hostBudgetBytes))
+        // (`cache`: a value the host budget alone holds needs no look at the log: no hop to it per SET.)
+        if !durable && UInt64(size) <= host { return }
         let log = await store.nvme.configuration
         let room = log.budgetBytes - min(log.budgetBytes, UInt64(log.segmentBytes))
         if durable {
@@ -272,7 +275,6 @@ final class TierKVBackend: KVBackend, Sendable {
             }
             return
         }
-        let host = UInt64(max(0, store.policy.hostBudgetBytes))
         guard UInt64(size) <= room + host else {
             throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the tiers keep \(room + host) (tiers.host.budget and tiers.nvme.budget less a segment)")
         }

@@ -44,6 +44,10 @@ public actor WeightStager {
     }
 
     private var running: [String: Job] = [:]
+    /// Copies of an earlier version of a source found to have a model's configured SHA-256
+    /// (`pinnedCopy`), by model: the version's identity and the checksum. Hashed once, not on
+    /// every staging while the source holds another version.
+    private var pinnedVerified: [String: (identity: String, sha256: String)] = [:]
     var finished: [String: StageStatus] = [:]
     /// NVMe copies being written behind RAM copies, by name: at most one per name.
     var writesBehind: [String: WriteBehind] = [:]
@@ -214,7 +218,7 @@ public actor WeightStager {
             current.identity != stored
         {
             // With a checksum the bytes are pinned: a copy that has them stays (`pinnedCopy`).
-            if let sha256, let path = host.path(of: name, identity: stored), (try? Self.sha256(ofFile: path)) == sha256 {
+            if let sha256, let path = host.path(of: name, identity: stored), hasPinned(name, stored, sha256, path: path) {
                 logger.warning("\(Self.keptMessage(name, current: current.identity, copy: stored))")
             } else {
                 logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
@@ -355,7 +359,7 @@ public actor WeightStager {
         let name = job.request.name
         func kept(_ identity: String) { logger.warning("\(Self.keptMessage(name, current: current, copy: identity))") }
         if let files, let stored = files.identity(of: name), stored != current, Self.isCopy(stored, of: location),
-            let path = files.path(of: name, identity: stored), (try? Self.sha256(ofFile: path)) == expected
+            let path = files.path(of: name, identity: stored), hasPinned(name, stored, expected, path: path)
         {
             kept(stored)
             let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0
@@ -363,11 +367,23 @@ public actor WeightStager {
         }
         try await writtenBehind(name)
         guard let stored = objects.info(name), stored.source != current, Self.isCopy(stored.source, of: location) else { return nil }
-        var digest = SHA256Digest()
-        try await objects.forEachChunk(of: stored) { digest.update($0) }
-        guard digest.finalize() == expected else { return nil }
+        if pinnedVerified[name].map({ $0 != (stored.source, expected) }) ?? true {
+            var digest = SHA256Digest()
+            try await objects.forEachChunk(of: stored) { digest.update($0) }
+            guard digest.finalize() == expected else { return nil }
+            pinnedVerified[name] = (stored.source, expected)
+        }
         kept(stored.source)
         return try await fromNVMe(job, stored, into: files, started: started)
+    }
+
+    /// Whether the copy at `path`, of version `identity`, has the SHA-256 `expected` (hashed
+    /// once per version and checksum: `pinnedVerified`).
+    private func hasPinned(_ name: String, _ identity: String, _ expected: String, path: String) -> Bool {
+        if let known = pinnedVerified[name], known == (identity, expected) { return true }
+        guard (try? Self.sha256(ofFile: path)) == expected else { return false }
+        pinnedVerified[name] = (identity, expected)
+        return true
     }
 
     static func keptMessage(_ name: String, current: String, copy: String) -> String {

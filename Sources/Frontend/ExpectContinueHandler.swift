@@ -6,7 +6,8 @@ import NIOHTTPTypes
 /// its body at once instead of after its own wait (curl waits a second before sending a body
 /// over 1 MiB unasked): `100 Continue`, or, when the declared body is over what its route takes
 /// (`gateway.max_body` for the OpenAI endpoints, `Gateway.maxBlockBytes` for blocks), the 413
-/// at once, and the connection ends (RFC 9110 §10.1.1: the client waits for one or the other).
+/// at once, or, when the API key of a request to those is missing or unknown, the 401 at once,
+/// and the connection ends (RFC 9110 §10.1.1: the client waits for one or the other).
 /// Sits after the HTTP/1 codec; a client that expects 100 waits for it before sending anything
 /// more, so the interim answer does not land inside another.
 final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -15,13 +16,17 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
     typealias OutboundOut = HTTPResponsePart
 
     private let maxBodyBytes: Int
+    /// The refusal of a request's credentials (an API key missing or unknown), nil where they pass.
+    private let authorize: @Sendable (HTTPFields) -> GatewayError?
     /// Counts a refusal (the OpenAI endpoint's, nil for another route) as the general path would.
     private let onRefusal: @Sendable (Endpoint?, GatewayError) -> Void
     /// A request refused here: its remaining parts go nowhere.
     private var refused = false
 
-    init(maxBodyBytes: Int, onRefusal: @escaping @Sendable (Endpoint?, GatewayError) -> Void = { _, _ in }) {
+    init(maxBodyBytes: Int, authorize: @escaping @Sendable (HTTPFields) -> GatewayError? = { _ in nil },
+         onRefusal: @escaping @Sendable (Endpoint?, GatewayError) -> Void = { _, _ in }) {
         self.maxBodyBytes = maxBodyBytes
+        self.authorize = authorize
         self.onRefusal = onRefusal
     }
 
@@ -33,7 +38,8 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
             context.fireChannelRead(data)
             return
         }
-        if let declared = head.headerFields[.contentLength].flatMap({ Int($0) }), let (endpoint, error) = tooLarge(head, declared: declared) {
+        let declared = head.headerFields[.contentLength].flatMap { Int($0) }
+        if let (endpoint, error) = unauthorized(head) ?? declared.flatMap({ tooLarge(head, declared: $0) }) {
             refused = true
             onRefusal(endpoint, error)
             var (headers, body) = error.encoded
@@ -49,6 +55,15 @@ final class ExpectContinueHandler: ChannelInboundHandler, RemovableChannelHandle
         }
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         context.fireChannelRead(data)
+    }
+
+    /// The 401 of a request to the OpenAI endpoints or the blocks whose API key is missing or
+    /// unknown: said before the body comes, not after the client has sent it all.
+    private func unauthorized(_ head: HTTPRequest) -> (Endpoint?, GatewayError)? {
+        guard let path = head.path else { return nil }
+        let endpoint = Endpoint(requestPath: path)
+        guard endpoint != nil || path.hasPrefix("/v1/blocks/"), let error = authorize(head.headerFields) else { return nil }
+        return (endpoint, error)
     }
 
     /// The 413 of a declared body over what the request's route takes; nil where it fits or the

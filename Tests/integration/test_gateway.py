@@ -421,6 +421,16 @@ def test_expect_100_continue_is_answered_at_once(daemon):
         assert b"\r\nconnection: close\r\n" in answer.lower(), answer
     # counted as the general path counts a body over the limit
     assert daemon.metric("strata_requests_total", endpoint="chat", outcome="request_too_large") == refused_before + 1
+    # a request without a valid API key gets its 401 at once, not after it has sent its body
+    for auth in (b"", b"Authorization: Bearer wrong-key\r\n"):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                      b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+            s.settimeout(0.5)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 401") and b"invalid_api_key" in answer, answer
 
 
 def test_the_responses_api_is_relayed_plain_and_streamed(daemon):

@@ -13,7 +13,16 @@ extension Gateway {
     /// idle timeout, then the event-loop relay.
     public func channelHandlers() -> [any RemovableChannelHandler] {
         [ClientIdleHandler(timeout: TimeAmount(configuration.clientIdleTimeout)),
-         ExpectContinueHandler(maxBodyBytes: configuration.maxBodyBytes) { [metrics] endpoint, error in
+         ExpectContinueHandler(maxBodyBytes: configuration.maxBodyBytes, authorize: { [self] headers in
+             do {
+                 try authorize(headers: headers)
+                 return nil
+             } catch let error as GatewayError {
+                 return error
+             } catch {
+                 return nil
+             }
+         }) { [metrics] endpoint, error in
              if let endpoint { metrics.rejected(model: "", endpoint: endpoint, code: error.code) }
          }]
             + (configuration.relayOnEventLoop ? [EventLoopRelayHandler(gateway: self)] : [])

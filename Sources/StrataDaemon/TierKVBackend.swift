@@ -260,23 +260,19 @@ final class TierKVBackend: KVBackend, Sendable {
         }
     }
 
-    /// Refuses, before anything is written, a write larger than the tiers can keep, which would
-    /// push out every other value and then its own first parts: `durable`, the NVMe log (its
-    /// budget less the segment being written); `cache`, that and the host budget together.
+    /// Refuses, before anything is written, a write larger than the NVMe log can keep (its budget
+    /// less the segment being written), which would push out every other value and then its own
+    /// first parts. In `cache` mode too: what leaves host RAM goes down to the log, so a value
+    /// the log cannot hold whole is lost, with every other value, as soon as RAM lets go of a part
+    /// of it (a read that brings another part up is enough); host and NVMe budgets together
+    /// were accepted and lost so.
     private func refuseIfTooLarge(_ size: Int, for store: BlockStore) async throws {
-        let host = UInt64(max(0, store.policy.hostBudgetBytes))
-        // (`cache`: a value the host budget alone holds needs no look at the log: no hop to it per SET.)
-        if !durable && UInt64(size) <= host { return }
+        // (`cache`: a value of a MiB or less needs no look at the log: no hop to it per SET.)
+        if !durable && size <= 1 << 20 { return }
         let log = await store.nvme.configuration
         let room = log.budgetBytes - min(log.budgetBytes, UInt64(log.segmentBytes))
-        if durable {
-            guard UInt64(size) <= room else {
-                throw KVBackendError(.outOfSpace, "cannot store \(size) bytes durably: the NVMe tier keeps \(room) (tiers.nvme.budget less a segment)")
-            }
-            return
-        }
-        guard UInt64(size) <= room + host else {
-            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes: the tiers keep \(room + host) (tiers.host.budget and tiers.nvme.budget less a segment)")
+        guard UInt64(size) <= room else {
+            throw KVBackendError(.outOfSpace, "cannot store \(size) bytes\(durable ? " durably" : ""): the NVMe tier keeps \(room) (tiers.nvme.budget less a segment)")
         }
     }
 

@@ -240,20 +240,25 @@ def test_a_pipeline_written_whole_before_its_replies_are_read_is_answered(make_d
 
 
 def test_a_cache_value_larger_than_the_tiers_is_refused_and_evicts_nothing(make_daemon):
-    """`durability: cache`: a SET larger than the host and NVMe budgets together is refused with
-    Redis's -OOM, and the other keys stay (it was acknowledged, gone at once, and had evicted
-    every other key making room for itself)."""
+    """`durability: cache`: a SET larger than the NVMe tier keeps is refused with Redis's -OOM,
+    and the other keys stay (it was acknowledged, gone at once or at its next read, and had
+    evicted every other key making room for itself; what leaves RAM goes down to the log, so the
+    host budget does not add to what one value may take)."""
     d, port = kv_daemon(make_daemon, tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 64MiB } }")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
     for i in range(5):
         assert r.set(f"keep{i}", b"v" * 1000) is True
-    with pytest.raises(redis.exceptions.OutOfMemoryError, match="cannot store 104857600 bytes: the tiers keep"):
-        r.set("huge", os.urandom(100 << 20))
+    for size in (100 << 20, (64 << 20) - 4096, (48 << 20) + 1):   # past both budgets; past the log's 48 MiB
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match=f"cannot store {size} bytes: the NVMe tier keeps"):
+            r.set("huge", os.urandom(size))
     assert r.get("huge") is None
     assert r.dbsize() == 5 and r.get("keep0") == b"v" * 1000 and r.info("stats")["evicted_keys"] == 0
-    # a value they can keep is stored as before
+    # a value they can keep is stored as before, up to what the log keeps, and stays
     big = os.urandom(8 << 20)
     assert r.set("big", big) is True and r.get("big") == big
+    largest = os.urandom(48 << 20)
+    assert r.set("largest", largest) is True
+    assert r.get("largest") == largest and r.get("largest") == largest
 
 
 def test_auth_redis_cli_and_a_malformed_frame_closes_only_its_connection(make_daemon):

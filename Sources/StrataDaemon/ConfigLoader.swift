@@ -418,7 +418,7 @@ public enum ConfigLoader {
     /// `kv`: the RESP service on the tiers. Off unless `resp` is set; loopback unless told; a
     /// password (by environment variable) is required beyond loopback.
     static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
-        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer"])
+        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer", "reply_buffer"])
         var kv = KVConfiguration()
         reader.each { if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") } }
         reader.each {
@@ -448,6 +448,15 @@ public enum ConfigLoader {
                     throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
                 }
                 kv.sendBuffer = bytes
+            }
+        }
+        reader.each {
+            if let v = map["reply_buffer"] {
+                let bytes = try reader.size(v, at: "kv.reply_buffer")
+                guard (1 << 20...(64 << 30)).contains(bytes) else {
+                    throw reader.fail("kv.reply_buffer", v, "\(bytes) bytes is out of range (expected 1MiB to 64GiB)")
+                }
+                kv.replyBuffer = bytes
             }
         }
         if let resp = kv.resp, !resp.isLoopback, kv.password == nil {

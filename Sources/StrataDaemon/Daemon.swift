@@ -123,7 +123,7 @@ public enum Daemon {
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
-                    sendBufferBytes: config.kv.sendBufferBytes,
+                    maxQueuedReplyBytes: Int(config.kv.replyBuffer), sendBufferBytes: config.kv.sendBufferBytes,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
                 backend: kv, logger: logger,
                 eventLoopGroup: respLoops ?? MultiThreadedEventLoopGroup.singleton)

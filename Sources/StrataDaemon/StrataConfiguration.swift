@@ -272,6 +272,10 @@ public struct KVConfiguration: Sendable, Equatable {
     /// its size per round trip, which a remote client would feel). A connection raises it to hold
     /// the largest value it sends.
     public var sendBuffer: UInt64?
+    /// Replies a connection buffers for a client that writes a whole pipeline before reading
+    /// (`RESPServerConfiguration.maxQueuedReplyBytes`); past it, a client that still takes none
+    /// for 10 s has its connection closed.
+    public var replyBuffer: UInt64 = 256 << 20
 
     /// What the RESP server sets as SO_SNDBUF (nil: nothing, the kernel autotunes).
     public var sendBufferBytes: Int? {

@@ -239,6 +239,28 @@ def test_a_pipeline_written_whole_before_its_replies_are_read_is_answered(make_d
     assert r.ping() is True
 
 
+def test_a_pipeline_whose_replies_outgrow_the_reply_buffer_is_cut_not_left_hanging(make_daemon):
+    """Past `kv.reply_buffer` of replies to a client that still takes none while it writes, the
+    connection is closed after 10 s and the client sees an error (it waited for ever); other
+    connections are served meanwhile."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    d, port = kv_daemon(make_daemon, extra_kv=", reply_buffer: 4MiB")
+    # (redis-py retries a pipeline on a connection error by default: each try would wait 10 s)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2, retry=Retry(NoBackoff(), 0))
+    key = "k" * 10240
+    assert r.set(key, b"v" * 10240) is True
+    pipe = r.pipeline(transaction=False)
+    for _ in range(5000):   # 50 MB of requests, 50 MB of replies
+        pipe.get(key)
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        pipe.execute()
+    assert time.monotonic() - started < 40
+    assert redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2).get(key) == b"v" * 10240
+    wait_for(lambda: "takes none of its replies while it sends more" in d.log_path.read_text(), 10, what="the log saying why")
+
+
 def test_a_cache_value_larger_than_the_tiers_is_refused_and_evicts_nothing(make_daemon):
     """`durability: cache`: a SET larger than the NVMe tier keeps is refused with Redis's -OOM,
     and the other keys stay (it was acknowledged, gone at once or at its next read, and had
@@ -410,7 +432,7 @@ def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),
                     ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key"),
                     ("{ threads: 0 }", "kv.threads"), ("{ send_buffer: 1KiB }", "out of range"),
-                    ("{ send_buffer: lots }", "not a size")):
+                    ("{ send_buffer: lots }", "not a size"), ("{ reply_buffer: 1KiB }", "expected 1MiB to 64GiB")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
         assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)

@@ -66,6 +66,13 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Bytes of those writes: replies the client has not taken yet. Batches go on while the
     /// channel is not writable until this reaches `maxQueuedReplyBytes`.
     private var queuedBytes = 0
+    /// Armed while the connection can neither read (its command queue is full) nor answer (the
+    /// replies waiting reached `maxQueuedReplyBytes`): if the client takes none of them before
+    /// it fires, the connection is closed (`watchStall`).
+    private var stallWatch: Scheduled<Void>?
+    /// How long a connection may stay so stalled. (The client then gets a closed connection, an
+    /// error it can see, where it would have waited for ever.)
+    static let stallLimit = TimeAmount.seconds(10)
     /// The reply buffer of the last batch, empty, when it went straight to the socket: the next
     /// batch writes into it rather than into a new one.
     private var spareReplies: ByteBuffer?
@@ -116,6 +123,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if active { handler.stats.connectionClosed() }
         active = false
+        stallWatch?.cancel()
+        stallWatch = nil
         dropPending()
         pendingBytes = 0
         inbound = ByteBuffer()
@@ -397,7 +406,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 if inputClosed || closing { context.close(promise: nil) }
                 return
             }
-            guard mayAnswer(context) else { return }
+            guard mayAnswer(context) else {
+                if full { watchStall(context: context) }
+                return
+            }
             let outcome = runImmediately(context: context)
             if outcome == .closed { return }
             if outcome == .noneAnswered { break }
@@ -411,7 +423,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var commands: [(arguments: [ByteBuffer], staged: (any KVStagedValue)?)] = []
         var batchBytes = 0
         var protocolError: RESPProtocolError?
-        while commands.count < configuration.maxBatchCommands, let next = pending.popFirst() {
+        // While the client is not taking its replies, one command at a time: a batch's replies
+        // are queued whole, and 128 GETs of large values would go far past `maxQueuedReplyBytes`.
+        let batchLimit = context.channel.isWritable ? configuration.maxBatchCommands : 1
+        while commands.count < batchLimit, let next = pending.popFirst() {
             switch next {
             case .command(let arguments, let bytes, let staged):
                 commands.append((arguments, staged))
@@ -556,6 +571,26 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// reads, as redis-benchmark does, waits for writability as before: replies do not pile up.)
     private func mayAnswer(_ context: ChannelHandlerContext) -> Bool {
         context.channel.isWritable || (full && queuedBytes < configuration.maxQueuedReplyBytes)
+    }
+
+    /// Arms the stall check: the connection's command queue is full and `maxQueuedReplyBytes` of
+    /// replies wait for a client that takes none, so neither side can go on (a client that
+    /// writes its whole pipeline before reading, past what we buffer for it). If none of the
+    /// replies has gone out when it fires, the connection is closed, and the log says why.
+    private func watchStall(context: ChannelHandlerContext) {
+        guard stallWatch == nil else { return }
+        let waiting = queuedBytes
+        stallWatch = context.eventLoop.assumeIsolated().scheduleTask(in: Self.stallLimit) { [self] in
+            stallWatch = nil
+            guard active, !closing, full, !context.channel.isWritable, queuedBytes >= waiting else { return }
+            logger.warning("closing a RESP connection whose client takes none of its replies while it sends more", metadata: [
+                "replies_waiting_bytes": "\(queuedBytes)", "commands_waiting": "\(pending.count)",
+                "limit": "\(configuration.maxQueuedReplyBytes) bytes of replies (a pipeline read only once written whole cannot be longer)",
+            ])
+            closing = true
+            dropPending()
+            context.close(promise: nil)
+        }
     }
 
     private enum ImmediateOutcome { case noneAnswered, answered, closed }

@@ -198,9 +198,10 @@ extension Gateway {
         }
 
         // Non-streaming: buffer the answer; a client that goes away cancels the upstream request.
-        let collected: ByteBuffer
+        var collected: ByteBuffer
         do {
             collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
+            if let shaped = Self.openAIShaped(status: status.code, body: collected, endpoint: endpoint) { collected = shaped }
         } catch {
             lease.release()
             if Task.isCancelled {

@@ -9,7 +9,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import API_KEY, ADMIN_KEY, wait_for, pid_alive
+from conftest import API_KEY, ADMIN_KEY, MODEL, config, wait_for, pid_alive
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -156,6 +156,29 @@ def test_bad_json_and_missing_fields_are_400(daemon):
     assert status == 400 and "'model'" in json.loads(body)["error"]["message"]
     with pytest.raises(openai.BadRequestError):
         daemon.client().chat.completions.create(model="smollm2", messages=[], max_tokens=2)
+
+
+def test_a_prompt_over_the_context_is_openais_context_length_exceeded(daemon, make_daemon):
+    """llama-server says `exceed_context_size_error` with an integer code; clients (the openai
+    SDK's users, agent frameworks) test OpenAI's `context_length_exceeded` to trim a
+    conversation: the error goes out in OpenAI's shape, streamed or not, on the event-loop relay
+    and the general path (event_loop_relay: false), its message and figures kept."""
+    long = "word " * 3000   # about 3,000 tokens, over a slot's 1,024 (-c 2048 over two slots)
+    general = make_daemon(config(f'  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 400MiB }}',
+                                 extra="").replace("gateway: { max_body: 64KiB }",
+                                                   "gateway: { max_body: 64KiB, event_loop_relay: false }"))
+    for d in (daemon, general):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                d.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": long}],
+                                                   max_tokens=2, stream=stream)
+            assert e.value.code == "context_length_exceeded", e.value.body
+            assert e.value.body["type"] == "invalid_request_error" and e.value.body["param"] == "messages", e.value.body
+            assert "context" in e.value.body["message"] and e.value.body["n_prompt_tokens"] > 1024, e.value.body
+        with pytest.raises(openai.BadRequestError) as e:
+            d.client().completions.create(model="smollm2", prompt=long, max_tokens=2)
+        assert e.value.code == "context_length_exceeded" and e.value.body["param"] == "prompt", e.value.body
+    assert daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2).choices
 
 
 def test_oversized_body_is_413(daemon):

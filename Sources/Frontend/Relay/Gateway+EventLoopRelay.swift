@@ -706,6 +706,10 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 exchange.serverErrorsFrom.append(relay.lease.upstreamLabel)
                 if tryAnotherReplica(exchange, after: "answered \(answer.head.status)", context: context) { return }
             }
+            var answer = answer
+            if let shaped = Gateway.openAIShaped(status: answer.head.status, body: answer.body, endpoint: relay.endpoint) {
+                answer.body = shaped
+            }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release
             relay.lease.release(serverError ? .serverErrorUnretried : .served(after: exchange.serverErrorsFrom))

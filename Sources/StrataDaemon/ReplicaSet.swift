@@ -326,7 +326,8 @@ actor ReplicaSet {
             }
             let error = GatewayError.unavailable(
                 "No replica of '\(model)' can take the request: \(Self.explain(refusal))", code: "no_replica",
-                retryAfterSeconds: max(1, Int(settings.healthInterval.components.seconds)))
+                // (Saturated: a request ending frees a place any moment; down: the next probe says.)
+                retryAfterSeconds: refusal == .allSaturated ? 1 : max(1, Int(settings.healthInterval.components.seconds)))
             if case .noHealthyReplica = refusal { throw RouteFailure.noHealthyReplica(error) }
             throw error
         }

@@ -347,10 +347,14 @@ def test_a_request_held_for_a_replica_that_cannot_start_goes_to_a_running_one_wi
     got 503 while the running replica sat idle)."""
     d = one_replica_cannot_start(make_daemon, max_concurrency=1, queue_timeout="30s")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(chat, d, words(1, 60), "Tell a long story.", max_tokens=48)
+        first = pool.submit(chat, d, words(1, 60), "Tell a long story.", max_tokens=96)
         wait_for(lambda: d.admin()["smollm2#1"]["in_flight"] == 1, 10, interval=0.05, what="the first request running")
         started = time.monotonic()
         second = pool.submit(chat, d, words(2, 60), "hello")
+        wait_for(lambda: d.admin()["smollm2#0"]["waiting"] == 1, 10, interval=0.02, what="the second request placed on the stopped one")
+        # a third finds every replica at its limit: a 503 that asks it back in a second, not a health interval
+        status, body, headers = chat(d, words(3, 60), "and me")
+        assert status == 503 and b"concurrency limit" in body and headers.get("Retry-After") == "1", (status, body, headers)
         assert first.result()[0] == 200
         status, body, _ = second.result()
         waited = time.monotonic() - started

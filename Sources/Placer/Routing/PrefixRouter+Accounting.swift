@@ -82,16 +82,13 @@ extension PrefixRouter {
     /// for a start only while every running replica is at that bound, so one that finds room
     /// here goes there instead.
     public func runningReplicaHasRoom(besides id: String, excluding: Set<String>) -> Bool {
-        var healthy = 0, total = 0
-        for replica in replicas where replica.healthy {
-            healthy += 1
-            total += replica.inFlight
-        }
-        guard healthy > 0 else { return false }
-        let bound = configuration.loadBoundFactor * Double(total) / Double(healthy)
-        return replicas.contains {
-            $0.healthy && !$0.starting && !$0.saturated && $0.spec.id != id && !excluding.contains($0.spec.id)
-                && Double($0.inFlight) < bound
+        let healthy = replicas.indices.filter { replicas[$0].healthy }
+        guard !healthy.isEmpty else { return false }
+        let bound = loadBound(healthy: healthy, placing: 0)
+        return healthy.contains {
+            let replica = replicas[$0]
+            return !replica.starting && !replica.saturated && replica.spec.id != id && !excluding.contains(replica.spec.id)
+                && replica.inFlight < bound
         }
     }
 

@@ -96,11 +96,12 @@ extension PrefixRouter {
     }
 
     /// Most requests a replica may have in flight and still take a cold prefix or a session:
-    /// `ceil(factor × (total + 1) / healthy)`, counting the request being placed. With a
-    /// factor of at least 1, the least loaded healthy replica is always under it.
-    func loadBound(healthy: [Int]) -> Int {
+    /// `ceil(factor × (total + placing) / healthy)`, counting the request being placed (`placing`
+    /// 1; 0 for one already dispatched, and so counted). With a factor of at least 1, the least
+    /// loaded healthy replica is always under it.
+    func loadBound(healthy: [Int], placing: Int = 1) -> Int {
         let total = healthy.reduce(0) { $0 + replicas[$1].inFlight }
-        let bound = configuration.loadBoundFactor * Double(total + 1) / Double(healthy.count)
+        let bound = configuration.loadBoundFactor * Double(total + placing) / Double(healthy.count)
         // Ceiling by hand: `rounded(.up)` calls libm's ceil, which this module does not link.
         let whole = Int(bound)
         return Double(whole) < bound ? whole + 1 : whole

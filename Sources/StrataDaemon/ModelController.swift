@@ -213,7 +213,7 @@ public actor ModelController {
 
     static func gatewayError(_ rejection: Rejection, model: String) -> GatewayError {
         // A replica (`name#i`) is named with the model the client asked for.
-        let base = String(model.prefix { $0 != "#" })
+        let base = ModelConfiguration.modelName(ofPlacerName: model)
         let shown = base == model ? "'\(model)'" : "'\(base)' (its replica '\(model)')"
         switch rejection {
         case .unknownModel:
@@ -382,7 +382,7 @@ public actor ModelController {
         if let base = config.model(placerName: model), base.replicaCount > 1, let replicas = replicaSets[base.name] {
             // Its cache went with the process: the next one starts with none of these prefixes.
             Task { await replicas.processExited(model) }
-        } else if let hash = model.lastIndex(of: "#"), let slots = replicaSets[String(model[..<hash])]?.slots {
+        } else if model.contains("#"), let slots = replicaSets[ModelConfiguration.modelName(ofPlacerName: model)]?.slots {
             // A replica a reload removed (its set kept the slots' book for the others): should
             // the count grow again, a new process under this name holds none of it.
             slots.replicaRestarted(model)
@@ -390,9 +390,9 @@ public actor ModelController {
         if config.model(placerName: model) == nil {
             // Removed from the configuration (a model, or a replica of one): its gauges go too.
             Gauge(label: "strata_model_memory_measured_bytes", dimensions: [("model", model)]).destroy()
-            if let hash = model.lastIndex(of: "#") {
-                Gauge(label: "strata_prefill_seconds_per_block",
-                      dimensions: [("model", String(model[..<hash])), ("replica", model)]).destroy()
+            let base = ModelConfiguration.modelName(ofPlacerName: model)
+            if base != model {
+                Gauge(label: "strata_prefill_seconds_per_block", dimensions: [("model", base), ("replica", model)]).destroy()
             }
         }
         let phase = placer.snapshot(of: model)?.phase

@@ -35,7 +35,7 @@ public enum StatusClient {
             for replica in model.replicas ?? [] {
                 let state = !replica.running ? "not running" : replica.healthy ? "up" : "ejected"
                 replicaRows.append([
-                    replica.url, replica.url == model.name ? String(model.name.prefix { $0 != "#" }) : model.name, state,
+                    replica.url, replica.url == model.name ? ModelConfiguration.modelName(ofPlacerName: model.name) : model.name, state,
                     String(replica.in_flight), String(replica.queued_blocks), String(replica.index_blocks),
                     String(replica.consecutive_failures),
                 ])

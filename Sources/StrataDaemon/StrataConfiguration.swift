@@ -181,6 +181,12 @@ public struct ModelConfiguration: Sendable, Equatable {
     public var placerNames: [String] {
         replicaCount > 1 ? (0..<replicaCount).map { "\(name)#\($0)" } : [name]
     }
+
+    /// The model name a Placer name is of: `name` for `name#i`, else the name itself (model
+    /// names hold no '#'). Also for a replica a reload removed, which no configured model lists.
+    public static func modelName(ofPlacerName placerName: String) -> String {
+        String(placerName.prefix { $0 != "#" })
+    }
 }
 
 /// How requests for a model with several replicas are spread across them (`routing` section).
@@ -218,8 +224,8 @@ extension StrataConfiguration {
     /// The model a Placer name belongs to (`name`, or `name#i` for one of its replicas).
     public func model(placerName: String) -> ModelConfiguration? {
         if let model = models.first(where: { $0.name == placerName }) { return model }
-        guard let hash = placerName.lastIndex(of: "#") else { return nil }
-        let base = String(placerName[..<hash])
+        let base = ModelConfiguration.modelName(ofPlacerName: placerName)
+        guard base != placerName else { return nil }
         return models.first { $0.name == base && $0.placerNames.contains(placerName) }
     }
 

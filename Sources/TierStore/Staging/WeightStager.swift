@@ -218,7 +218,9 @@ public actor WeightStager {
             current.identity != stored
         {
             // With a checksum the bytes are pinned: a copy that has them stays (`pinnedCopy`).
-            if let sha256, let path = host.path(of: name, identity: stored), hasPinned(name, stored, sha256, path: path) {
+            if let sha256, let path = host.path(of: name, identity: stored),
+                await hasPinned(name, stored, sha256, hash: { try? Self.sha256(ofFile: path) })
+            {
                 logger.warning("\(Self.keptMessage(name, current: current.identity, copy: stored))")
             } else {
                 logger.notice("the source of \(name) changed (\(current.identity), the copy in RAM is of \(stored)): removing that copy")
@@ -298,9 +300,7 @@ public actor WeightStager {
             try await writtenBehind(request.name)
             guard let stored = objects.info(request.name), Self.isCopy(stored.source, of: location) else { throw error }
             if let expected = request.sha256 {
-                var digest = SHA256Digest()
-                try await objects.forEachChunk(of: stored) { digest.update($0) }
-                let actual = digest.finalize()
+                let actual = try await Self.sha256(of: stored, in: objects)
                 guard actual == expected else {
                     throw StageError(name: request.name, message: "\(location) cannot be reached (\(error)), and the copy on NVMe "
                         + "has SHA-256 \(actual) where the config expects \(expected), so it is not used", isChecksumMismatch: true)
@@ -359,7 +359,8 @@ public actor WeightStager {
         let name = job.request.name
         func kept(_ identity: String) { logger.warning("\(Self.keptMessage(name, current: current, copy: identity))") }
         if let files, let stored = files.identity(of: name), stored != current, Self.isCopy(stored, of: location),
-            let path = files.path(of: name, identity: stored), hasPinned(name, stored, expected, path: path)
+            let path = files.path(of: name, identity: stored),
+            await hasPinned(name, stored, expected, hash: { try? Self.sha256(ofFile: path) })
         {
             kept(stored)
             let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0
@@ -367,23 +368,27 @@ public actor WeightStager {
         }
         try await writtenBehind(name)
         guard let stored = objects.info(name), stored.source != current, Self.isCopy(stored.source, of: location) else { return nil }
-        if pinnedVerified[name].map({ $0 != (stored.source, expected) }) ?? true {
-            var digest = SHA256Digest()
-            try await objects.forEachChunk(of: stored) { digest.update($0) }
-            guard digest.finalize() == expected else { return nil }
-            pinnedVerified[name] = (stored.source, expected)
-        }
+        guard try await hasPinned(name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) }) else { return nil }
         kept(stored.source)
         return try await fromNVMe(job, stored, into: files, started: started)
     }
 
-    /// Whether the copy at `path`, of version `identity`, has the SHA-256 `expected` (hashed
-    /// once per version and checksum: `pinnedVerified`).
-    private func hasPinned(_ name: String, _ identity: String, _ expected: String, path: String) -> Bool {
+    /// Whether `name`'s copy of version `identity` has the SHA-256 `expected`, as `hash` finds
+    /// (nil: unreadable); hashed once per version and checksum (`pinnedVerified`).
+    private func hasPinned(
+        _ name: String, _ identity: String, _ expected: String, hash: () async throws -> String?
+    ) async rethrows -> Bool {
         if let known = pinnedVerified[name], known == (identity, expected) { return true }
-        guard (try? Self.sha256(ofFile: path)) == expected else { return false }
+        guard try await hash() == expected else { return false }
         pinnedVerified[name] = (identity, expected)
         return true
+    }
+
+    /// SHA-256 of an object in the NVMe store, its chunks as stored.
+    static func sha256(of info: ObjectInfo, in objects: ObjectStore) async throws -> String {
+        var digest = SHA256Digest()
+        try await objects.forEachChunk(of: info) { digest.update($0) }
+        return digest.finalize()
     }
 
     static func keptMessage(_ name: String, current: String, copy: String) -> String {
@@ -435,9 +440,7 @@ public actor WeightStager {
             if let digest {
                 actual = try await digest.finish()   // the RAM (or disk) copy, hashed as it filled
             } else {   // NVMe only: the chunks as stored
-                var digest = SHA256Digest()
-                try await objects.forEachChunk(of: info) { digest.update($0) }
-                actual = digest.finalize()
+                actual = try await Self.sha256(of: info, in: objects)
             }
             guard actual == expected else {
                 throw StageError(name: request.name, message: "\(location) has SHA-256 \(actual), the config expects \(expected); nothing was staged",

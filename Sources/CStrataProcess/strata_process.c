@@ -147,3 +147,12 @@ int strata_malloc_tune(size_t mmap_threshold, size_t trim_threshold) {
     int b = mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
     return a == 1 && b == 1;
 }
+
+size_t strata_malloc_free_bytes(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.fordblks;
+}
+
+int strata_malloc_trim(void) {
+    return malloc_trim(0);
+}

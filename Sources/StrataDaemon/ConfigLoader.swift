@@ -418,7 +418,7 @@ public enum ConfigLoader {
     /// `kv`: the RESP service on the tiers. Off unless `resp` is set; loopback unless told; a
     /// password (by environment variable) is required beyond loopback.
     static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
-        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer", "reply_buffer"])
+        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer", "reply_buffer", "reply_buffer_total"])
         var kv = KVConfiguration()
         reader.each { if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") } }
         reader.each {
@@ -452,11 +452,12 @@ public enum ConfigLoader {
         }
         reader.each {
             if let v = map["reply_buffer"] {
-                let bytes = try reader.size(v, at: "kv.reply_buffer")
-                guard (1 << 20...(64 << 30)).contains(bytes) else {
-                    throw reader.fail("kv.reply_buffer", v, "\(bytes) bytes is out of range (expected 1MiB to 64GiB)")
-                }
-                kv.replyBuffer = bytes
+                kv.replyBuffer = try reader.size(v, at: "kv.reply_buffer", range: 1 << 20...(64 << 30), expected: "1MiB to 64GiB")
+            }
+        }
+        reader.each {
+            if let v = map["reply_buffer_total"] {
+                kv.replyBufferTotal = try reader.size(v, at: "kv.reply_buffer_total", range: 1 << 20...(1 << 40), expected: "1MiB to 1TiB")
             }
         }
         if let resp = kv.resp, !resp.isLoopback, kv.password == nil {

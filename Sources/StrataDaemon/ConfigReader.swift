@@ -116,6 +116,13 @@ struct ConfigReader {
         }
     }
 
+    /// A size within `range`; `expected` names the range in the error ("1MiB to 64GiB").
+    func size(_ node: Node, at key: String, range: ClosedRange<UInt64>, expected: String) throws -> UInt64 {
+        let bytes = try size(node, at: key)
+        guard range.contains(bytes) else { throw fail(key, node, "\(bytes) bytes is out of range (expected \(expected))") }
+        return bytes
+    }
+
     func duration(_ node: Node, at key: String) throws -> Duration {
         let text = try string(node, at: key)
         switch ConfigUnits.parseDuration(text) {

@@ -118,17 +118,21 @@ public enum Daemon {
         ]
         // `kv.threads`: loops of the RESP server's own, shut down after it when the daemon stops.
         var respLoops: MultiThreadedEventLoopGroup?
+        var respCommands: @Sendable () -> Int = { 0 }
         if let resp = config.kv.resp, let kv {
             respLoops = config.kv.threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
-                    maxQueuedReplyBytes: Int(config.kv.replyBuffer), sendBufferBytes: config.kv.sendBufferBytes,
+                    maxQueuedReplyBytes: Int(config.kv.replyBuffer),
+                    maxTotalQueuedReplyBytes: Int(config.kv.replyBufferTotal), sendBufferBytes: config.kv.sendBufferBytes,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
                 backend: kv, logger: logger,
                 eventLoopGroup: respLoops ?? MultiThreadedEventLoopGroup.singleton)
             services.append(.init(service: RESPService(server: server, logger: logger, address: resp)))
+            respCommands = { server.handler.stats.totalCommandsProcessed }
         }
+        services.append(.init(service: HeapTrimmer(activity: respCommands, logger: logger)))
         services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: .init(

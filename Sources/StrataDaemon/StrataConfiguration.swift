@@ -282,6 +282,9 @@ public struct KVConfiguration: Sendable, Equatable {
     /// (`RESPServerConfiguration.maxQueuedReplyBytes`); past it, a client that still takes none
     /// for 10 s has its connection closed.
     public var replyBuffer: UInt64 = 256 << 20
+    /// The same for all connections together (`maxTotalQueuedReplyBytes`): past it, no
+    /// connection answers beyond what its client takes until replies are taken.
+    public var replyBufferTotal: UInt64 = 1 << 30
 
     /// What the RESP server sets as SO_SNDBUF (nil: nothing, the kernel autotunes).
     public var sendBufferBytes: Int? {

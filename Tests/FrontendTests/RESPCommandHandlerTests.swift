@@ -481,7 +481,7 @@ extension RESPValue {
         guard case .bulkString(let keyspace) = await harness.run("INFO", "keyspace") else { return }
         #expect(String(buffer: keyspace) == "# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=0\r\n")
         guard case .bulkString(let memory) = await harness.run("info", "MEMORY") else { return }
-        #expect(String(buffer: memory) == "# Memory\r\nused_memory:1234\r\n")
+        #expect(String(buffer: memory) == "# Memory\r\nused_memory:1234\r\nmem_clients_normal:0\r\n")
     }
 
     @Test func commandListsEveryCommandWithAValidShape() async {

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -165,6 +166,11 @@ def test_large_values_go_straight_into_the_host_tier_and_a_cut_connection_gives_
         assert r.exists("cut") == 0
 
 
+def command(*words: bytes) -> bytes:
+    """A request as a client sends it (an array of bulk strings)."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
 def read_reply(f) -> bytes | None:
     """One bulk-string reply (or nil) from a buffered socket file."""
     head = f.readline()
@@ -191,9 +197,6 @@ def test_get_values_are_written_from_the_host_tier_in_order_even_to_a_reader_tha
     before = int(r.info("stats")["replies_sent_directly"])
     assert r.get("v0") == values[b"v0"]
     assert int(r.info("stats")["replies_sent_directly"]) == before + 1
-
-    def command(*words: bytes) -> bytes:
-        return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
 
     pipeline, expected = [], []
     for round in range(3):
@@ -432,7 +435,8 @@ def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
     for kv, why in (("{ resp: 0.0.0.0:6390 }", "password_env"), ("{ durability: always }", "expected cache or durable"),
                     ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key"),
                     ("{ threads: 0 }", "kv.threads"), ("{ send_buffer: 1KiB }", "out of range"),
-                    ("{ send_buffer: lots }", "not a size"), ("{ reply_buffer: 1KiB }", "expected 1MiB to 64GiB")):
+                    ("{ send_buffer: lots }", "not a size"), ("{ reply_buffer: 1KiB }", "expected 1MiB to 64GiB"),
+                    ("{ reply_buffer_total: 2TiB }", "2199023255552 bytes is out of range (expected 1MiB to 1TiB)")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
         assert out.returncode == 2 and "kv." in out.stderr and why in out.stderr, (kv, out.stderr)
@@ -937,3 +941,76 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
         kept()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def rss_bytes(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_memory_freed_by_a_large_pipeline_goes_back_to_the_system_once_idle(make_daemon):
+    """A pipeline read only once written whole has its replies buffered (here ~200 MB of them);
+    once they are taken, glibc kept the freed memory in its arenas for good (the daemon's RSS
+    stayed hundreds of MB to gigabytes above what it holds; redis-server returns to its size).
+    After 10–20 s with no command, the daemon gives it back."""
+    d, port = kv_daemon(make_daemon)
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    key = "k" * 1024   # long requests: the client is still writing while the replies pile up
+    assert r.set(key, b"v" * 4096) is True
+    before = rss_bytes(d.proc.pid)
+    pipe = r.pipeline(transaction=False)
+    for _ in range(50_000):
+        pipe.get(key)
+    assert pipe.execute() == [b"v" * 4096] * 50_000
+    peak = rss_bytes(d.proc.pid)
+    print(f"RSS before {before >> 20} MiB, after the pipeline {peak >> 20} MiB")
+    assert peak > before + (100 << 20), "the replies took memory (else this test shows nothing)"
+    wait_for(lambda: rss_bytes(d.proc.pid) < before + (64 << 20), 30, what="the daemon's resident memory to fall back")
+    print(f"RSS once idle {rss_bytes(d.proc.pid) >> 20} MiB")
+    assert r.get(key) == b"v" * 4096
+
+
+def test_replies_waiting_on_all_connections_stay_under_reply_buffer_total(make_daemon):
+    """Each connection buffers at most `reply_buffer` for a client still writing its pipeline;
+    all of them together at most `reply_buffer_total` (two such clients held 2 × 64 MiB here; a
+    few hundred would exhaust the host). A connection held back by the others goes on once
+    their replies are taken, and every reply arrives whole."""
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", reply_buffer: 64MiB, reply_buffer_total: 8MiB")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    key = b"k" * 1024
+    value = os.urandom(64 << 10)
+    assert r.set(key, value) is True
+    count = 2000   # 2 MB of requests, 128 MiB of replies a connection
+    request = command(b"GET", key) * count
+    reply = b"$%d\r\n" % len(value) + value + b"\r\n"
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(2)]
+    writers = [threading.Thread(target=c.sendall, args=(request,)) for c in clients]
+    for w in writers:
+        w.start()
+    seen = []
+    for _ in range(20):   # nothing read for 2 s: the replies wait in the daemon
+        seen.append(int(r.info("memory")["mem_clients_normal"]))
+        time.sleep(0.1)
+    assert max(seen) > 4 << 20, f"replies waited ({seen})"
+    assert max(seen) <= (8 << 20) + (1 << 20), f"at most reply_buffer_total (and one reply) waits: {seen}"
+    received = [0, 0]
+
+    def drain(i):
+        f = clients[i].makefile("rb")
+        for _ in range(count):
+            assert f.read(len(reply)) == reply
+            received[i] += 1
+
+    readers = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for t in readers:
+        t.start()
+    for t in readers + writers:
+        t.join(60)
+    assert received == [count, count]
+    assert int(r.info("memory")["mem_clients_normal"]) == 0
+    for c in clients:
+        c.close()
+    assert "closing a RESP connection" not in d.log_path.read_text()

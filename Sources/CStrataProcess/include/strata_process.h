@@ -28,6 +28,13 @@ int strata_wait_decode(int status, int *signaled);
 /// kernel only past `trim_threshold` (glibc mallopt). Returns 1 if both settings took.
 int strata_malloc_tune(size_t mmap_threshold, size_t trim_threshold);
 
+/// Bytes the allocator holds free, in every arena (glibc mallinfo2: fordblks).
+size_t strata_malloc_free_bytes(void);
+
+/// Returns the allocator's free memory to the kernel, in every arena (glibc malloc_trim(0)).
+/// Returns 1 if any was released.
+int strata_malloc_trim(void);
+
 #ifdef __cplusplus
 }
 #endif

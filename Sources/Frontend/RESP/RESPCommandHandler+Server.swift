@@ -134,8 +134,10 @@ extension RESPCommandHandler {
                 sections.append((name, fields))
             }
         }
-        if let memory = sections.firstIndex(where: { $0.0 == "memory" }), sections[memory].1.isEmpty {
-            sections[memory].1 = [("used_memory", "0")]
+        if let memory = sections.firstIndex(where: { $0.0 == "memory" }) {
+            if sections[memory].1.isEmpty { sections[memory].1 = [("used_memory", "0")] }
+            // replies waiting for their clients, all connections together (`maxTotalQueuedReplyBytes`)
+            sections[memory].1.append(("mem_clients_normal", String(stats.queuedReplyBytes)))
         }
         if everything || requested.contains("keyspace") {
             let count = try await backend.keyCount(namespace: session.namespace)

@@ -66,6 +66,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Bytes of those writes: replies the client has not taken yet. Batches go on while the
     /// channel is not writable until this reaches `maxQueuedReplyBytes`.
     private var queuedBytes = 0
+    /// Writes done since the connection opened: the client is taking replies while it grows.
+    private var writesDone = 0
     /// Armed while the connection can neither read (its command queue is full) nor answer (the
     /// replies waiting reached `maxQueuedReplyBytes`): if the client takes none of them before
     /// it fires, the connection is closed (`watchStall`).
@@ -125,6 +127,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         active = false
         stallWatch?.cancel()
         stallWatch = nil
+        totalWatch?.cancel()
+        totalWatch = nil
         dropPending()
         pendingBytes = 0
         inbound = ByteBuffer()
@@ -407,7 +411,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 return
             }
             guard mayAnswer(context) else {
-                if full { watchStall(context: context) }
+                if full {
+                    watchStall(context: context)
+                    if queuedBytes < configuration.maxQueuedReplyBytes { watchTotal(context: context) }
+                }
                 return
             }
             let outcome = runImmediately(context: context)
@@ -554,10 +561,13 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         let bytes = buffer.readableBytes
         queuedWrites += 1
         queuedBytes += bytes
+        handler.stats.repliesQueued(bytes: bytes)
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenComplete { _ in
             self.queuedWrites -= 1
             self.queuedBytes -= bytes
+            self.writesDone &+= 1
+            self.handler.stats.repliesWritten(bytes: bytes)
         }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
@@ -569,23 +579,42 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// hiredis) would otherwise deadlock with us once its requests outgrow the socket buffers:
     /// we would stop reading, it would not read until it had written them all. (A client that
     /// reads, as redis-benchmark does, waits for writability as before: replies do not pile up.)
+    /// So do the replies waiting on all connections together, under `maxTotalQueuedReplyBytes`.
     private func mayAnswer(_ context: ChannelHandlerContext) -> Bool {
-        context.channel.isWritable || (full && queuedBytes < configuration.maxQueuedReplyBytes)
+        context.channel.isWritable || (full && queuedBytes < configuration.maxQueuedReplyBytes && !overTotal)
+    }
+
+    private var overTotal: Bool { handler.stats.queuedReplyBytes >= configuration.maxTotalQueuedReplyBytes }
+
+    /// Set while a look is scheduled for a connection held by the other connections' replies
+    /// (`overTotal`): nothing of its own changes when they are taken, so it looks again shortly.
+    private var totalWatch: Scheduled<Void>?
+    static let totalRecheck = TimeAmount.milliseconds(20)
+
+    private func watchTotal(context: ChannelHandlerContext) {
+        guard totalWatch == nil else { return }
+        totalWatch = context.eventLoop.assumeIsolated().scheduleTask(in: Self.totalRecheck) { [self] in
+            totalWatch = nil
+            runNextBatch(context: context)
+        }
     }
 
     /// Arms the stall check: the connection's command queue is full and `maxQueuedReplyBytes` of
-    /// replies wait for a client that takes none, so neither side can go on (a client that
-    /// writes its whole pipeline before reading, past what we buffer for it). If none of the
-    /// replies has gone out when it fires, the connection is closed, and the log says why.
+    /// replies (or `maxTotalQueuedReplyBytes` on all connections) wait for clients, this one
+    /// taking none, so neither side can go on (a client that writes its whole pipeline before
+    /// reading, past what we buffer for it). If none of its replies has gone out when it fires,
+    /// the connection is closed, and the log says why.
     private func watchStall(context: ChannelHandlerContext) {
         guard stallWatch == nil else { return }
-        let waiting = queuedBytes
+        let done = writesDone
         stallWatch = context.eventLoop.assumeIsolated().scheduleTask(in: Self.stallLimit) { [self] in
             stallWatch = nil
-            guard active, !closing, full, !context.channel.isWritable, queuedBytes >= waiting else { return }
+            guard active, !closing, full, !context.channel.isWritable, writesDone == done else { return }
+            let limit = queuedBytes >= configuration.maxQueuedReplyBytes
+                ? "\(configuration.maxQueuedReplyBytes) bytes of replies (kv.reply_buffer: a pipeline read only once written whole cannot be longer)"
+                : "\(configuration.maxTotalQueuedReplyBytes) bytes of replies waiting on all connections (kv.reply_buffer_total)"
             logger.warning("closing a RESP connection whose client takes none of its replies while it sends more", metadata: [
-                "replies_waiting_bytes": "\(queuedBytes)", "commands_waiting": "\(pending.count)",
-                "limit": "\(configuration.maxQueuedReplyBytes) bytes of replies (a pipeline read only once written whole cannot be longer)",
+                "replies_waiting_bytes": "\(queuedBytes)", "commands_waiting": "\(pending.count)", "limit": "\(limit)",
             ])
             closing = true
             dropPending()

@@ -19,6 +19,10 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// buffered until it is done writing. Past this, no further command of the connection runs
     /// until the client reads. Default 256 MiB.
     public var maxQueuedReplyBytes: Int
+    /// The same for all connections together: past this many bytes of replies waiting for their
+    /// clients, no connection answers beyond writability until some are taken (each connection
+    /// is bounded, their sum across many such clients otherwise not). Default 1 GiB.
+    public var maxTotalQueuedReplyBytes: Int
     /// Connections beyond this are answered `-ERR max number of clients reached` and closed. Default 10000.
     public var maxConnections: Int
     /// A SET value at least this long is received straight into the backend's storage when the
@@ -48,6 +52,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxPendingBytes: Int = 64 * 1024 * 1024,
         maxBatchCommands: Int = 128,
         maxQueuedReplyBytes: Int = 256 * 1024 * 1024,
+        maxTotalQueuedReplyBytes: Int = 1 << 30,
         maxConnections: Int = 10_000,
         minStagedValueBytes: Int = 32 * 1024,
         sendBufferBytes: Int? = defaultSendBufferBytes,
@@ -55,7 +60,8 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         defaultNamespace: String = "default"
     ) {
         precondition((0...65535).contains(port), "port \(port) is not in 0...65535")
-        precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0 && maxQueuedReplyBytes >= 0)
+        precondition(maxPendingCommands > 0 && maxPendingBytes > 0 && maxBatchCommands > 0 && maxConnections > 0 && maxQueuedReplyBytes >= 0
+            && maxTotalQueuedReplyBytes >= 0)
         precondition(minStagedValueBytes >= 0)
         precondition(sendBufferBytes.map { $0 > 0 } ?? true, "sendBufferBytes must be positive (nil: the kernel's default)")
         self.host = host
@@ -65,6 +71,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         self.maxPendingBytes = maxPendingBytes
         self.maxBatchCommands = maxBatchCommands
         self.maxQueuedReplyBytes = maxQueuedReplyBytes
+        self.maxTotalQueuedReplyBytes = maxTotalQueuedReplyBytes
         self.maxConnections = maxConnections
         self.minStagedValueBytes = minStagedValueBytes
         self.sendBufferBytes = sendBufferBytes

@@ -11,6 +11,7 @@ public final class RESPStats: Sendable {
     private let sentDirectly = Atomic<Int>(0)
     private let sendBufferRaises = Atomic<Int>(0)
     private let port = Atomic<Int>(0)
+    private let queuedReplies = Atomic<Int>(0)
     private let nextClientID = Atomic<Int64>(0)
     /// Uptime is measured from here.
     public let started = ContinuousClock.now
@@ -30,6 +31,9 @@ public final class RESPStats: Sendable {
     /// Times a connection's send buffer was raised to hold a large reply whole.
     public var totalSendBufferRaises: Int { sendBufferRaises.load(ordering: .relaxed) }
     public var tcpPort: Int { port.load(ordering: .relaxed) }
+    /// Bytes of replies handed to connections' channels and not yet written to their sockets,
+    /// all connections together (bounded by `maxTotalQueuedReplyBytes`).
+    public var queuedReplyBytes: Int { queuedReplies.load(ordering: .relaxed) }
 
     /// Counts a new connection and returns its client ID (1, 2, ...).
     func connectionOpened() -> Int64 {
@@ -45,6 +49,8 @@ public final class RESPStats: Sendable {
     func receivedDirectly(bytes: Int) { directBytes.add(bytes, ordering: .relaxed) }
     func replySentDirectly() { sentDirectly.add(1, ordering: .relaxed) }
     func sendBufferRaised() { sendBufferRaises.add(1, ordering: .relaxed) }
+    func repliesQueued(bytes: Int) { queuedReplies.add(bytes, ordering: .relaxed) }
+    func repliesWritten(bytes: Int) { queuedReplies.subtract(bytes, ordering: .relaxed) }
     func protocolErrorSeen() { protocolErrors.add(1, ordering: .relaxed) }
     func bound(port value: Int) { port.store(value, ordering: .relaxed) }
 }

@@ -62,6 +62,8 @@ extension Gateway {
         // Replicas that answered with a server error: blamed only if another then serves it.
         // (Every other replica is tried, so two failing ones do not hide a third that serves.)
         var serverErrorsFrom: [String] = []
+        // An error answer read whole while deciding whether to try another replica.
+        var answered: (status: Int, body: ByteBuffer)?
         // Until the first byte of an answer, a failed upstream is retried on another replica
         // (when the model has one), or once on the runtime started in place of one that died;
         // after it, the client has seen the answer begin.
@@ -92,18 +94,27 @@ extension Gateway {
 
             do {
                 response = try await httpClient.execute(upstreamRequest, timeout: .init(configuration.upstreamTimeout))
-                if response.status.code >= 500, acquired.hasAlternatives, hints.excluding.count < 8 {
-                    // A server error: the client has seen none of it, so another replica gets the
-                    // request. It counts against this one only if another serves it (the same
-                    // request erring everywhere is the request's doing: llama-server answers 500
-                    // to an image sent to a model without vision).
-                    acquired.release(.abandoned)
-                    logger.warning("\(acquired.upstreamLabel) answered \(response.status.code); trying another replica")
-                    serverErrorsFrom.append(acquired.upstreamLabel)
-                    hints.excluding.insert(acquired.upstreamLabel)
-                    metrics.retried(model: parsed.model, endpoint: endpoint)
-                    _ = try? await response.body.collect(upTo: configuration.maxResponseBytes)   // (read out: the connection is kept)
-                    continue
+                if response.status.code >= 500 {
+                    let body = try await response.body.collect(upTo: configuration.maxResponseBytes)
+                    // The request's own doing in a server error's clothes (an image sent to a
+                    // model without vision): a 400 for the client, no other replica tried.
+                    if let shaped = Self.openAIShaped(status: Int(response.status.code), body: body, endpoint: endpoint) {
+                        answered = shaped
+                        break
+                    }
+                    if acquired.hasAlternatives, hints.excluding.count < 8 {
+                        // A server error: the client has seen none of it, so another replica gets
+                        // the request. It counts against this one only if another serves it (the
+                        // same request erring everywhere is the request's doing).
+                        acquired.release(.abandoned)
+                        logger.warning("\(acquired.upstreamLabel) answered \(response.status.code); trying another replica")
+                        serverErrorsFrom.append(acquired.upstreamLabel)
+                        hints.excluding.insert(acquired.upstreamLabel)
+                        metrics.retried(model: parsed.model, endpoint: endpoint)
+                        continue
+                    }
+                    answered = (Int(response.status.code), body)
+                    break
                 }
                 if parsed.stream, Self.isEventStream(response) {
                     events = try await UpstreamEvents(response.body)
@@ -139,7 +150,7 @@ extension Gateway {
         }
 
         let (lease, upstreamResponse) = (acquired, response)
-        let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code))
+        let status = HTTPResponse.Status(code: answered?.status ?? Int(upstreamResponse.status.code))
         let outcome: LeaseOutcome = status.code >= 500 ? .serverErrorUnretried : .served(after: serverErrorsFrom)
         let contentType = upstreamResponse.headers.first(name: "content-type") ?? "application/json"
         let observer = RequestObserver(
@@ -200,8 +211,12 @@ extension Gateway {
         // Non-streaming: buffer the answer; a client that goes away cancels the upstream request.
         var collected: ByteBuffer
         do {
-            collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
-            if let shaped = Self.openAIShaped(status: status.code, body: collected, endpoint: endpoint) { collected = shaped }
+            if let answered {
+                collected = answered.body
+            } else {
+                collected = try await upstreamResponse.body.collect(upTo: configuration.maxResponseBytes)
+                if let shaped = Self.openAIShaped(status: status.code, body: collected, endpoint: endpoint) { collected = shaped.body }
+            }
         } catch {
             lease.release()
             if Task.isCancelled {

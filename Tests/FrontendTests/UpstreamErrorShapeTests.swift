@@ -4,14 +4,16 @@ import Testing
 
 @testable import Frontend
 
-/// A runtime's context-overflow error in OpenAI's shape; every other answer as it came.
+/// A runtime's context-overflow error and its refusal of image or audio input in OpenAI's shape
+/// (400, `invalid_request_error`); every other answer as it came.
 struct UpstreamErrorShapeTests {
     static let overflow = #"{"error":{"code":400,"message":"request (3031 tokens) exceeds the available context size (1024 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":3031,"n_ctx":1024}}"#
 
     @Test(arguments: [(Endpoint.chatCompletions, "messages"), (.completions, "prompt"), (.responses, "input")])
     func aContextOverflowBecomesContextLengthExceeded(endpoint: Endpoint, param: String) throws {
         let shaped = try #require(Gateway.openAIShaped(status: 400, body: ByteBuffer(string: Self.overflow), endpoint: endpoint))
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(shaped.readableBytesView)) as? [String: Any])
+        #expect(shaped.status == 400)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(shaped.body.readableBytesView)) as? [String: Any])
         let error = try #require(object["error"] as? [String: Any])
         #expect(error["code"] as? String == "context_length_exceeded")
         #expect(error["type"] as? String == "invalid_request_error")
@@ -20,7 +22,26 @@ struct UpstreamErrorShapeTests {
         #expect(error["n_prompt_tokens"] as? Int == 3031 && error["n_ctx"] as? Int == 1024)
     }
 
+    static let noVision = #"{"error":{"code":500,"message":"image input is not supported - hint: if this is unexpected, you may need to provide the mmproj","type":"server_error"}}"#
+
+    @Test func imageOrAudioToAModelWithoutAProjectorIsTheRequestsError() throws {
+        for body in [Self.noVision, Self.noVision.replacingOccurrences(of: "image input", with: "audio input")] {
+            let shaped = try #require(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: body), endpoint: .chatCompletions))
+            #expect(shaped.status == 400)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(shaped.body.readableBytesView)) as? [String: Any])
+            let error = try #require(object["error"] as? [String: Any])
+            #expect(error["type"] as? String == "invalid_request_error")
+            #expect(error["param"] as? String == "messages")
+            #expect(error["code"] is NSNull)
+            #expect((error["message"] as? String)?.hasPrefix(body.contains("image") ? "image input is not supported" : "audio input") == true)
+        }
+    }
+
     @Test func otherAnswersGoAsTheyCame() {
+        let crash = #"{"error":{"code":500,"message":"something else: input is not supported here","type":"server_error"}}"#
+        #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: crash), endpoint: .chatCompletions) == nil)
+        #expect(Gateway.openAIShaped(status: 503, body: ByteBuffer(string: Self.noVision), endpoint: .chatCompletions) == nil)
+        #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: "image input is not supported"), endpoint: .chatCompletions) == nil)
         let other = #"{"error":{"code":400,"message":"bad temperature","type":"invalid_request_error"}}"#
         #expect(Gateway.openAIShaped(status: 400, body: ByteBuffer(string: other), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: Self.overflow), endpoint: .chatCompletions) == nil)

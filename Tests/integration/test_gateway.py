@@ -181,6 +181,28 @@ def test_a_prompt_over_the_context_is_openais_context_length_exceeded(daemon, ma
     assert daemon.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2).choices
 
 
+def test_an_image_to_a_model_without_vision_is_a_400_not_retried(make_daemon):
+    """llama-server answers an image part sent to a model without a projector with a 500: the
+    openai SDK retried it twice, and Strata tried every other replica first (a 5xx passes for a
+    replica's failure). It goes out as OpenAI's 400 for content a model does not take, at once,
+    streamed or not, on the event-loop relay and the general path."""
+    from conftest import config, MODEL
+    model = f'  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}'
+    both = [make_daemon(config(model)),
+            make_daemon(config(model).replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, event_loop_relay: false }"))]
+    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}
+    for d in both:
+        wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                d.client().chat.completions.create(model="smollm2", messages=[image], max_tokens=2, stream=stream)
+            assert e.value.status_code == 400 and e.value.body["type"] == "invalid_request_error", e.value.body
+            assert e.value.body["param"] == "messages" and "image input is not supported" in e.value.body["message"], e.value.body
+        assert "trying another replica" not in d.log_path.read_text()
+        assert d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2).choices
+
+
 def test_oversized_body_is_413(daemon):
     big = "word " * 20000   # 100 KB > gateway.max_body 64 KiB
     with pytest.raises(openai.APIStatusError) as e:

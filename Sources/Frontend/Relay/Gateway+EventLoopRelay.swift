@@ -700,15 +700,17 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             // A server error: the client has seen none of it, so another replica gets the
             // request, where there is one. It counts against this one only if another serves it
             // (the same request erring everywhere is the request's doing).
+            // An error of the request's own making (`openAIShaped`) goes to the client as a 4xx,
+            // not to another replica.
+            var answer = answer
+            if let shaped = Gateway.openAIShaped(status: answer.head.status, body: answer.body, endpoint: relay.endpoint) {
+                (answer.head.status, answer.body) = shaped
+            }
             let serverError = answer.head.status >= 500
             if serverError, relay.lease.hasAlternatives {
                 relay.lease.release(.abandoned)
                 exchange.serverErrorsFrom.append(relay.lease.upstreamLabel)
                 if tryAnotherReplica(exchange, after: "answered \(answer.head.status)", context: context) { return }
-            }
-            var answer = answer
-            if let shaped = Gateway.openAIShaped(status: answer.head.status, body: answer.body, endpoint: relay.endpoint) {
-                answer.body = shaped
             }
             let observer = relay.observer(gateway.metrics, statusCode: answer.head.status)
             observer.completed(answer.body)   // reports the cached share to the lease, so before its release

@@ -240,6 +240,16 @@ extension ModelController: ModelBackend {
                     waiting: 0, loads: 0, pid: nil, upstream: urls.joined(separator: ","), last_error: nil, replicas: replicas)]
             }
         }
+        // Runtimes of models or replicas a reload removed, still finishing their requests: they
+        // hold memory and serve until they stop.
+        let configured = Set(config.models.flatMap(\.placerNames))
+        let leaving = instances.keys.filter { !configured.contains($0) }.sorted().compactMap { name -> AdminStatus.Model? in
+            guard let snapshot = placer.snapshot(of: name), let instance = instances[name] else { return nil }
+            return AdminStatus.Model(
+                name: name, status: "removed", phase: Self.describe(snapshot.phase, now: now), runtime: nil, device: snapshot.device,
+                memory_bytes: snapshot.memoryBytes, in_flight: snapshot.inFlight, waiting: snapshot.waiting, loads: snapshot.loads,
+                pid: instance.process.pid, upstream: "http://127.0.0.1:\(instance.process.port)", last_error: lastError[name])
+        }
         let devices = placer.deviceSnapshots.map {
             AdminStatus.Device(name: $0.name, budget_bytes: $0.budgetBytes, used_bytes: $0.usedBytes)
         }
@@ -251,7 +261,7 @@ extension ModelController: ModelBackend {
                     return model.placerNames.filter { instances[$0] != nil }
                 })
         }
-        return AdminStatus(models: models, devices: devices, runtimes: runtimes)
+        return AdminStatus(models: models + leaving, devices: devices, runtimes: runtimes)
     }
 
     /// Loads (or unloads) the model, every replica of it, or one replica named `name#i`.

@@ -199,9 +199,23 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
     assert {k: grown[k] for k in before} == before, "the replicas kept were not restarted"
     assert chat(d, "smollm2")[0] == 200
 
-    rewrite(d, cfg(2))
-    status, answer = reload(d)
-    assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+    # Long answers in flight on every replica (three at once go one to each), so that the one
+    # removed next has a request to finish: it drains, listed as removed until it stops.
+    def long_answer(i):
+        return d.request("POST", "/v1/chat/completions", body={
+            "model": "smollm2", "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+            "messages": [{"role": "user", "content": f"Tell a long story number {i}"}]},
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}, timeout=120)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(long_answer, i) for i in range(3)]
+        wait_for(lambda: d.admin()["smollm2#2"]["in_flight"] > 0, 20, interval=0.05, what="a request on the replica to remove")
+        rewrite(d, cfg(2))
+        status, answer = reload(d)
+        assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+        leaving = d.admin().get("smollm2#2")
+        assert leaving and leaving["status"] == "removed" and leaving["phase"].startswith("draining (removed"), leaving
+        assert leaving["pid"] == grown["smollm2#2"] and leaving["in_flight"] > 0, leaving
+        assert [a.result()[0] for a in answers] == [200, 200, 200], "requests in flight on the removed replica finish"
     removed_pid = grown["smollm2#2"]
     wait_for(lambda: "smollm2#2" not in d.admin(), 30, what="the removed replica gone")
     wait_for(lambda: not os.path.exists(f"/proc/{removed_pid}"), 30, what="its process stopped")

@@ -30,6 +30,7 @@ extension Gateway {
                                    allow: "GET, HEAD, PUT, DELETE")
             }
         }
+        Self.answerOptions(RouterPath("/v1/blocks/:key"), allow: "GET, HEAD, PUT, DELETE, OPTIONS", on: router)
         router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in
             let tenant = try authorize(request)
             guard let store = kv else { throw Self.noBlocks }

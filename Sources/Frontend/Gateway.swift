@@ -155,6 +155,7 @@ public struct Gateway: Sendable {
             for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
                 router.on(RouterPath(path), method: method) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
             }
+            Self.answerOptions(RouterPath(path), allow: "GET, OPTIONS", on: router)
         }
         for endpoint in Endpoint.allCases {
             router.post(RouterPath(endpoint.path)) { request, context in
@@ -165,10 +166,19 @@ public struct Gateway: Sendable {
                     throw Self.wrongMethod(request, allowed: .post)
                 }
             }
+            Self.answerOptions(RouterPath(endpoint.path), allow: "POST, OPTIONS", on: router)
         }
         addAdminRoutes(to: router)
         addBlockRoutes(to: router)
         return router
+    }
+
+    /// `OPTIONS` on a known path: 204 with the methods it takes in `Allow` (RFC 9110 9.3.7). A
+    /// CORS preflight from an allowed origin is answered before it gets here (`CORSMiddleware`).
+    static func answerOptions(_ path: RouterPath, allow: String, on router: Router<GatewayRequestContext>) {
+        router.on(path, method: .options) { _, _ -> Response in
+            Response(status: .noContent, headers: [.allow: allow])
+        }
     }
 
     /// 405 for a known path asked with the wrong method (a GET of a POST endpoint), naming the one to use.

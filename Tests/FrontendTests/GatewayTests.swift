@@ -213,6 +213,12 @@ struct GatewayTests {
                 #expect(try Self.errorCode(wrong) == "method_not_allowed")
                 #expect(String(buffer: wrong.body).contains("takes \(allowed), not \(method.rawValue)"))
             }
+            // OPTIONS on a known path: the methods it takes (it was a 404, as if nothing were there)
+            for (uri, allowed) in [("/v1/chat/completions", "POST, OPTIONS"), ("/v1/models", "GET, OPTIONS"), ("/health", "GET, OPTIONS")] {
+                let options = try await client.execute(uri: uri, method: .options, headers: [:])
+                #expect(options.status == .noContent)
+                #expect(options.headers[.allow] == allowed)
+            }
         }
     }
 

@@ -24,6 +24,17 @@ def test_bench_io_reports_json_for_each_engine_and_pattern(tmp_path):
             assert result["p99_us"] >= result["p50_us"]
 
 
+def test_bench_io_seq_write_creates_its_file(tmp_path):
+    """As fio does, and as --help says; the write run failed on a file not there yet."""
+    path = tmp_path / "fresh.dat"
+    for engine in ("io_uring", "psync"):
+        path.unlink(missing_ok=True)
+        r = bench("--file", str(path), "--size", "4MiB", "--block-size", "256KiB", "--pattern", "seq-write", "--engine", engine, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])["bytes"] == 4 << 20
+        assert path.stat().st_size == 4 << 20
+
+
 def test_bench_io_rejects_bad_input_clearly(tmp_path):
     path = str(tmp_path / "bench.dat")
     cases = [

@@ -80,8 +80,9 @@ public struct IOBenchmark: Sendable {
     public func run(engine: any IOEngine) async throws -> Result {
         precondition(blockSize > 0 && fileSize >= UInt64(blockSize) && queueDepth > 0)
         let writing = pattern == .seqWrite
-        let flags = (writing ? O_WRONLY : O_RDONLY) | (direct ? O_DIRECT : 0)
-        let fd = open(path, flags)
+        // (A write run creates its file, as fio does.)
+        let flags = (writing ? O_WRONLY | O_CREAT : O_RDONLY) | (direct ? O_DIRECT : 0)
+        let fd = open(path, flags, 0o644)
         guard fd >= 0 else { throw IOError(operation: "open \(path)", errno: errno) }
         defer { close(fd) }
         let blockSize = self.blockSize

@@ -17,10 +17,11 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
         return [first] + others
     }
 
-    /// This problem alone: `config: KEY (line N): MESSAGE`.
+    /// This problem alone: `config: KEY (line N): MESSAGE`, or `config: line N: MESSAGE` for one
+    /// of the file as a whole (its YAML syntax).
     public var headline: String {
-        let location = line.map { " (line \($0))" } ?? ""
-        return key.isEmpty ? "config: \(message)\(location)" : "config: \(key)\(location): \(message)"
+        guard !key.isEmpty else { return "config: " + (line.map { "line \($0): " } ?? "") + message }
+        return "config: \(key)\(line.map { " (line \($0))" } ?? ""): \(message)"
     }
 
     public var description: String { all.map(\.headline).joined(separator: "; ") }

@@ -33,6 +33,8 @@ public enum ConfigLoader {
         let root: Node
         do {
             root = try Yams.compose(yaml: yaml) ?? .mapping([:])
+        } catch let error as YamlError {
+            throw yamlProblem(error, in: yaml)
         } catch {
             throw ConfigError(key: "", line: nil, message: "not valid YAML: \(error)")
         }
@@ -40,6 +42,34 @@ public enum ConfigLoader {
             return try parse(root: .mapping([:]), environment: environment, gpus: gpus)
         }
         return try parse(root: root, environment: environment, gpus: gpus)
+    }
+
+    /// A YAML syntax error on one line, at the place it names (Yams's own text spans several
+    /// lines, and for a repeated key quotes the whole file and points at the key's first use).
+    static func yamlProblem(_ error: YamlError, in yaml: String) -> ConfigError {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            let during = context.map { " (\($0.text) at line \($0.mark.line), column \($0.mark.column))" } ?? ""
+            return ConfigError(key: "", line: mark.line, message: "not valid YAML at column \(mark.column): \(problem)\(during)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let key = duplicates.first ?? ""
+            let lines = yaml.split(separator: "\n", omittingEmptySubsequences: false)
+            // The next use of the key at the same indentation is the repeat (a mapping's keys
+            // are contiguous); a flow mapping repeats it on the same line.
+            let first = context.mark.line
+            let indent = String(repeating: " ", count: max(0, context.mark.column - 1))
+            let again = lines.indices.dropFirst(first).first { index in
+                let line = lines[index]
+                return line.hasPrefix(indent + key + ":") || line.hasPrefix(indent + "\"\(key)\":") || line.hasPrefix(indent + "'\(key)':")
+            }.map { $0 + 1 }
+            let others = duplicates.count > 1 ? " (and \(duplicates.dropFirst().map { "'\($0)'" }.joined(separator: ", ")))" : ""
+            return ConfigError(
+                key: "", line: again ?? first,
+                message: "key '\(key)'\(others) appears more than once in one mapping (first at line \(first)); each key may appear once")
+        default:
+            return ConfigError(key: "", line: nil, message: "not valid YAML: \(error)")
+        }
     }
 
     static func parse(root: Node, environment: [String: String], gpus: GPUDiscovery.Outcome) throws -> StrataConfiguration {

@@ -379,6 +379,28 @@ struct ConfigLoaderTests {
         Self.expectError("- just\n- a list", key: "", "expected a mapping")
     }
 
+    /// A syntax error is one line at the place it names; a repeated key names the repeat's line
+    /// (Yams quoted the whole file, over as many lines, and pointed at the key's first use).
+    @Test(arguments: [
+        ("listen: 127.0.0.1:1\nlog_level: info\nlisten: 127.0.0.1:2\n", 3, "key 'listen' appears more than once in one mapping (first at line 1)"),
+        ("models:\n  - name: a\n    ttl: 15m\n    memory: 1GiB\n    ttl: 10m\n  - name: b\n    ttl: 1m\n", 5,
+         "key 'ttl' appears more than once in one mapping (first at line 3)"),
+        ("devices:\n  - name: cpu\n   kind: cpu\n", 3, "not valid YAML at column"),
+        ("models: [ { name: a }\nlisten: x\n", 2, "not valid YAML at column"),
+    ])
+    func aYAMLSyntaxErrorIsOneLineAtItsPlace(yaml: String, line: Int, fragment: String) {
+        do {
+            _ = try Self.parse(yaml)
+            Issue.record("expected an error")
+        } catch let error as ConfigError {
+            #expect(error.line == line, "\(error)")
+            #expect(error.description.contains(fragment), "\(error)")
+            #expect(!error.report(prefix: "strata").dropLast().contains("\n"), "one line: \(error)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
     @Test func aFileWithSeveralProblemsNamesThemAllInFileOrder() throws {
         let yaml = """
             listen: 127.0.0.1:99999

@@ -1,7 +1,38 @@
 extension Placer {
-    /// Host RAM held by weight copies, resident or being staged.
+    /// Host RAM held by weight copies, resident or being staged: once per copy (the replicas of
+    /// a model share one, `copyKey`).
     public var hostWeightsUsedBytes: UInt64 {
-        models.values.reduce(0) { $0 + ($1.hostCopy.holdsHostBytes ? $1.spec.weightBytes : 0) }
+        var counted = Set<String>()
+        return models.values.reduce(0) { used, state in
+            state.hostCopy.holdsHostBytes && counted.insert(Self.copyKey(state.spec)).inserted ? used + state.spec.weightBytes : used
+        }
+    }
+
+    /// Which host copy of weights a model uses: its own, or its model's for a replica (the
+    /// replicas of a model run from one copy in RAM; each counts on it while it holds it).
+    static func copyKey(_ spec: ModelSpec) -> String { spec.replicaOf ?? spec.name }
+
+    /// Host RAM a copy for `name` would add: nothing when another replica holds theirs already.
+    func hostBytesToAdd(for name: String) -> UInt64 {
+        guard let spec = models[name]?.spec else { return 0 }
+        let key = Self.copyKey(spec)
+        let shared = models.values.contains { $0.spec.name != name && $0.hostCopy.holdsHostBytes && Self.copyKey($0.spec) == key }
+        return shared ? 0 : spec.weightBytes
+    }
+
+    /// Copies that may be released to make room, lowest expected loss first, each with every
+    /// model holding it (a shared copy frees its bytes only when all of them let go, and may go
+    /// only if all of them may: `isReleasable`). `sparing`: a copy kept whatever its loss.
+    func releasableCopies(sparing key: String?, now: Duration) -> [(holders: [String], bytes: UInt64)] {
+        let holders = Dictionary(grouping: models.values.filter(\.hostCopy.holdsHostBytes)) { Self.copyKey($0.spec) }
+        return holders.filter { $0.key != key && $0.value.allSatisfy(Self.isReleasable) }
+            .map { key, states in
+                (key: key, holders: states.map(\.spec.name).sorted(), bytes: states[0].spec.weightBytes,
+                 loss: states.map { expectedLoss($0, leftIn: .nvme, now: now) }.max() ?? 0,
+                 lastUsed: states.map(\.lastUsed).max() ?? .zero)
+            }
+            .sorted { ($0.loss, $0.lastUsed, $0.key) < ($1.loss, $1.lastUsed, $1.key) }
+            .map { (holders: $0.holders, bytes: $0.bytes) }
     }
 
     /// Expected cost of giving up what `state` has now (its device memory, or its host copy):
@@ -67,19 +98,17 @@ extension Placer {
     /// until `name`'s weights fit the host-weights budget. Releases nothing and returns false
     /// when even releasing all of them would not be enough.
     mutating func makeHostRoom(for name: String, now: Duration, into actions: inout [PlacerAction]) -> Bool {
-        guard let need = models[name]?.spec.weightBytes else { return false }
+        guard let spec = models[name]?.spec else { return false }
+        let need = hostBytesToAdd(for: name)
         let budget = configuration.hostWeightsBudget
         var used = hostWeightsUsedBytes
         if Self.fits(need, used: used, budget: budget) { return true }
-        let candidates = models.values
-            .filter { $0.spec.name != name && Self.isReleasable($0) }
-            .map { (state: $0, loss: expectedLoss($0, leftIn: .nvme, now: now)) }
-            .sorted { ($0.loss, $0.state.lastUsed, $0.state.spec.name) < ($1.loss, $1.state.lastUsed, $1.state.spec.name) }
-        let releasable = candidates.reduce(UInt64(0)) { $0 + $1.state.spec.weightBytes }
+        let candidates = releasableCopies(sparing: Self.copyKey(spec), now: now)
+        let releasable = candidates.reduce(UInt64(0)) { $0 + $1.bytes }
         guard Self.fits(need, used: used - releasable, budget: budget) else { return false }
         for candidate in candidates where !Self.fits(need, used: used, budget: budget) {
-            releaseHostCopy(of: candidate.state.spec.name, into: &actions)
-            used -= candidate.state.spec.weightBytes
+            for holder in candidate.holders { releaseHostCopy(of: holder, into: &actions) }
+            used -= candidate.bytes
         }
         return true
     }
@@ -162,7 +191,7 @@ extension Placer {
         case (.host, .absent):
             // A copy nobody asked for (found at startup): keep it only if it is accounted for.
             if !state.removed && stagesBeforeStart(state.spec)
-                && Self.fits(state.spec.weightBytes, used: hostWeightsUsedBytes, budget: configuration.hostWeightsBudget)
+                && Self.fits(hostBytesToAdd(for: name), used: hostWeightsUsedBytes, budget: configuration.hostWeightsBudget)
             {
                 state.hostCopy = .resident
                 state.weights = .host
@@ -207,19 +236,16 @@ extension Placer {
         let budget = configuration.hostWeightsBudget
         var used = hostWeightsUsedBytes
         guard used > budget else { return }
-        let candidates = models.values.filter(Self.isReleasable)
-            .map { (state: $0, loss: expectedLoss($0, leftIn: .nvme, now: now)) }
-            .sorted { ($0.loss, $0.state.lastUsed, $0.state.spec.name) < ($1.loss, $1.state.lastUsed, $1.state.spec.name) }
-        for candidate in candidates where used > budget {
-            releaseHostCopy(of: candidate.state.spec.name, into: &actions)
-            used -= candidate.state.spec.weightBytes
+        for candidate in releasableCopies(sparing: nil, now: now) where used > budget {
+            for holder in candidate.holders { releaseHostCopy(of: holder, into: &actions) }
+            used -= candidate.bytes
         }
     }
 
     /// The host-weights budget holds, or every copy beyond it is one that may not be released.
     func assertHostBudget() {
         assert(
-            hostWeightsUsedBytes <= configuration.hostWeightsBudget || !models.values.contains(where: Self.isReleasable),
+            hostWeightsUsedBytes <= configuration.hostWeightsBudget || releasableCopies(sparing: nil, now: .zero).isEmpty,
             "host-weights budget exceeded")
     }
 

@@ -236,6 +236,57 @@ struct PlacerWeightsTableTests {
         ])
     }
 
+    /// The replicas of a model run from one copy in RAM: it counts once against the budget (each
+    /// replica counted it, so 3 replicas of 400 MiB took 1,200 MiB of a 1,000 MiB budget and the
+    /// third started from the slower tier), and it goes only with all of them.
+    @Test func replicasShareOneHostCopy() {
+        func replica(_ i: Int) -> ModelSpec {
+            var spec = Self.model("r#\(i)", weightsMiB: 400)
+            spec.replicaOf = "r"
+            return spec
+        }
+        var p = Self.placer(hostMiB: 1000, models: [replica(0), replica(1), replica(2), Self.model("b", weightsMiB: 500),
+                                                    Self.model("c", weightsMiB: 500)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "r#0"), [.stage(model: "r#0")]),
+            (.seconds(1), .staged(model: "r#0"), [.start(model: "r#0")]),
+            (.seconds(1), .request(2, model: "r#1"), [.stage(model: "r#1")]),
+            (.seconds(1), .request(3, model: "r#2"), [.stage(model: "r#2")]),
+            (.seconds(2), .staged(model: "r#1"), [.start(model: "r#1")]),
+            (.seconds(2), .staged(model: "r#2"), [.start(model: "r#2")]),
+        ])
+        #expect(p.hostWeightsUsedBytes == 400 * Self.mib)
+        PlacerTableTests.run(&p, [
+            (.seconds(3), .runtimeReady(model: "r#0"), [.admit(1, model: "r#0")]),
+            (.seconds(3), .runtimeReady(model: "r#1"), [.admit(2, model: "r#1")]),
+            (.seconds(3), .runtimeReady(model: "r#2"), [.admit(3, model: "r#2")]),
+            // b fits beside the one copy
+            (.seconds(4), .request(4, model: "b"), [.stage(model: "b")]),
+            (.seconds(5), .staged(model: "b"), [.start(model: "b")]),
+            (.seconds(6), .runtimeReady(model: "b"), [.admit(4, model: "b")]),
+            (.seconds(7), .finished(1), []), (.seconds(7), .finished(2), []), (.seconds(7), .finished(3), []),
+            (.seconds(8), .unload(model: "r#0"), [.stop(model: "r#0", reason: .operatorRequest)]),
+            (.seconds(8), .unload(model: "r#1"), [.stop(model: "r#1", reason: .operatorRequest)]),
+            (.seconds(9), .runtimeExited(model: "r#0", detail: "stopped"), []),
+            (.seconds(9), .runtimeExited(model: "r#1", detail: "stopped"), []),
+            // r#2 still runs from the copy: c (500 MiB) does not fit, and the copy may not go
+            (.seconds(10), .request(5, model: "c"), [.start(model: "c")]),
+        ])
+        #expect(p.snapshot(of: "r#0")?.hostCopy == .resident && p.snapshot(of: "c")?.hostCopy == .absent)
+        PlacerTableTests.run(&p, [
+            (.seconds(11), .runtimeReady(model: "c"), [.admit(5, model: "c")]),
+            (.seconds(12), .finished(5), []),
+            (.seconds(12), .unload(model: "c"), [.stop(model: "c", reason: .operatorRequest)]),
+            (.seconds(13), .runtimeExited(model: "c", detail: "stopped"), []),
+            (.seconds(14), .unload(model: "r#2"), [.stop(model: "r#2", reason: .operatorRequest)]),
+            (.seconds(15), .runtimeExited(model: "r#2", detail: "stopped"), []),
+            // now every replica has let go: the copy goes whole, all three holders released
+            (.seconds(16), .request(6, model: "c"),
+             [.releaseWeights(model: "r#0"), .releaseWeights(model: "r#1"), .releaseWeights(model: "r#2"), .stage(model: "c")]),
+        ])
+        #expect(p.hostWeightsUsedBytes == 1000 * Self.mib)
+    }
+
     @Test func unloadDuringStagingStopsAndTheLateCopyIsKept() {
         var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
         PlacerTableTests.run(&p, [

@@ -483,3 +483,21 @@ def test_weights_over_the_ram_budget_start_from_the_file_or_a_copy_on_disk(make_
         assert path.is_relative_to(d.dir / "state" / "weights"), path
         assert path.read_bytes() == MODEL.read_bytes()
         assert staged_file(d, "remote") is None
+
+
+def test_replicas_run_from_one_copy_in_ram_counted_once(make_daemon):
+    """Two replicas of a 94 MiB model under a 150 MiB weights budget: they share one copy in RAM
+    and it counts once (each replica counted it, so the second did not fit and opened the
+    source file itself, off the slower tier)."""
+    d = make_daemon(config(
+        f'  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}',
+        tiers="{ host: { budget: 16MiB, dir: @SHM@, weights_budget: 150MiB }, nvme: { budget: 256MiB } }"))
+    wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
+    copy = staged_file(d)
+    assert copy is not None
+    for name in ("smollm2#0", "smollm2#1"):
+        argv = Path(f"/proc/{d.model(name)['pid']}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--model") + 1].decode() == str(copy), f"{name} runs from the copy in RAM"
+    status, body, _ = d.get("/admin/placements", headers=ADMIN)
+    after = [p["host_weights_after_bytes"] for p in json.loads(body)["placements"] if "host_weights_after_bytes" in p]
+    assert after and max(after) == MODEL.stat().st_size, after

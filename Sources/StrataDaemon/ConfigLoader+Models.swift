@@ -203,7 +203,9 @@ extension ConfigLoader {
                         ?? (config.runtimes.count == 1 ? config.runtimes.keys.first! : "")
                     guard let runtime = config.runtimes[runtimeName] else {
                         throw reader.fail("\(key2).runtime", map["runtime"] ?? item,
-                            runtimeName.isEmpty ? "missing key 'runtime' (or 'upstreams')"
+                            runtimeName.isEmpty
+                                ? "missing key 'runtime' (or 'upstreams'): " + (config.runtimes.isEmpty ? "no runtime is defined"
+                                    : "\(config.runtimes.count) runtimes are defined (\(config.runtimes.keys.sorted().joined(separator: ", "))), name one")
                                 : "unknown runtime '\(runtimeName)' (defined: \(config.runtimes.keys.sorted().joined(separator: ", ")))")
                     }
                     if runtime.isManaged {

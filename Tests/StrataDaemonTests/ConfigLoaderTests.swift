@@ -379,6 +379,14 @@ struct ConfigLoaderTests {
         Self.expectError("- just\n- a list", key: "", "expected a mapping")
     }
 
+    /// A model that names no runtime where it must is told why: which runtimes there are.
+    @Test func aModelWithoutARuntimeAmongSeveralIsToldWhichThereAre() {
+        Self.expectError("""
+            runtimes: { a: { kind: llama-server, binary: /bin/true }, b: { kind: llama-server, binary: /bin/true } }
+            models: [ { name: m, source: "${MODEL}", memory: 1GiB } ]
+            """, key: "models[0] (m).runtime", "missing key 'runtime' (or 'upstreams'): 2 runtimes are defined (a, b), name one")
+    }
+
     /// A syntax error is one line at the place it names; a repeated key names the repeat's line
     /// (Yams quoted the whole file, over as many lines, and pointed at the key's first use).
     @Test(arguments: [

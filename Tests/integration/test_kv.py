@@ -997,7 +997,7 @@ def test_replies_waiting_on_all_connections_stay_under_reply_buffer_total(make_d
         seen.append(int(r.info("memory")["mem_clients_normal"]))
         time.sleep(0.1)
     assert max(seen) > 4 << 20, f"replies waited ({seen})"
-    assert max(seen) <= (8 << 20) + (1 << 20), f"at most reply_buffer_total (and one reply) waits: {seen}"
+    assert max(seen) <= (8 << 20) + 2 * len(reply), f"at most reply_buffer_total (and one reply a connection) waits: {seen}"
     received = [0, 0]
 
     def drain(i):
@@ -1016,3 +1016,26 @@ def test_replies_waiting_on_all_connections_stay_under_reply_buffer_total(make_d
     for c in clients:
         c.close()
     assert "closing a RESP connection" not in d.log_path.read_text()
+
+
+def test_a_client_taking_no_replies_is_cut_after_10_s_while_others_are_served(make_daemon):
+    """Held by `reply_buffer_total` while another client keeps taking its replies: each place
+    those free lets the stalled connection answer one more command into its waiting replies.
+    It is still a client taking none, cut after 10 s (it took 20 s and more: the check at 10 s
+    found its command queue one short of full and looked again 10 s later)."""
+    d, port = kv_daemon(make_daemon, extra_kv=", reply_buffer_total: 4MiB")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+    key = b"k" * 1024
+    value = os.urandom(64 << 10)
+    assert r.set(key, value) is True
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=60)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    import threading
+    threading.Thread(target=lambda: stalled.sendall(command(b"GET", key) * 4000), daemon=True).start()
+    started = time.monotonic()
+    while "takes none of its replies" not in d.log_path.read_text():
+        assert r.get(key) == value   # another client served all along
+        assert time.monotonic() - started < 16, "the stalled client cut within 10 s and a little"
+        time.sleep(0.2)
+    stalled.close()
+    assert r.get(key) == value

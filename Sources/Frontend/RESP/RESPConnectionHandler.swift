@@ -66,8 +66,8 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Bytes of those writes: replies the client has not taken yet. Batches go on while the
     /// channel is not writable until this reaches `maxQueuedReplyBytes`.
     private var queuedBytes = 0
-    /// Writes done since the connection opened: the client is taking replies while it grows.
-    private var writesDone = 0
+    /// When a write of ours last completed (the client took replies), or the connection opened.
+    private var lastTaken = NIODeadline.now()
     /// Armed while the connection can neither read (its command queue is full) nor answer (the
     /// replies waiting reached `maxQueuedReplyBytes`): if the client takes none of them before
     /// it fires, the connection is closed (`watchStall`).
@@ -469,7 +469,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         // A GET's value goes out from where the backend holds it, where the channel is a socket.
         let canWriteBulk = direct != nil
         while answered < configuration.maxBatchCommands, let next = pending.first,
-            case .command(let arguments, let bytes, let staged) = next, mayAnswer(context) || answered == 0
+            case .command(let arguments, let bytes, let staged) = next, mayAnswer(context, unsent: out.readableBytes) || answered == 0
         {
             guard let reply = handler.handleImmediately(arguments, staged: staged, session: &session!, canWriteBulk: canWriteBulk, {
                 value in self.writeBulk(value, after: &out, context: context)
@@ -566,7 +566,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         promise.futureResult.assumeIsolated().whenComplete { _ in
             self.queuedWrites -= 1
             self.queuedBytes -= bytes
-            self.writesDone &+= 1
+            self.lastTaken = .now()
             self.handler.stats.repliesWritten(bytes: bytes)
         }
         context.write(wrapOutboundOut(buffer), promise: promise)
@@ -580,11 +580,15 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// we would stop reading, it would not read until it had written them all. (A client that
     /// reads, as redis-benchmark does, waits for writability as before: replies do not pile up.)
     /// So do the replies waiting on all connections together, under `maxTotalQueuedReplyBytes`.
-    private func mayAnswer(_ context: ChannelHandlerContext) -> Bool {
-        context.channel.isWritable || (full && queuedBytes < configuration.maxQueuedReplyBytes && !overTotal)
+    /// `unsent`: replies of the pass under way, not yet handed to the channel.
+    private func mayAnswer(_ context: ChannelHandlerContext, unsent: Int = 0) -> Bool {
+        context.channel.isWritable
+            || (full && queuedBytes + unsent < configuration.maxQueuedReplyBytes && !overTotal(unsent: unsent))
     }
 
-    private var overTotal: Bool { handler.stats.queuedReplyBytes >= configuration.maxTotalQueuedReplyBytes }
+    private func overTotal(unsent: Int = 0) -> Bool {
+        handler.stats.queuedReplyBytes + unsent >= configuration.maxTotalQueuedReplyBytes
+    }
 
     /// Set while a look is scheduled for a connection held by the other connections' replies
     /// (`overTotal`): nothing of its own changes when they are taken, so it looks again shortly.
@@ -602,14 +606,21 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// Arms the stall check: the connection's command queue is full and `maxQueuedReplyBytes` of
     /// replies (or `maxTotalQueuedReplyBytes` on all connections) wait for clients, this one
     /// taking none, so neither side can go on (a client that writes its whole pipeline before
-    /// reading, past what we buffer for it). If none of its replies has gone out when it fires,
-    /// the connection is closed, and the log says why.
-    private func watchStall(context: ChannelHandlerContext) {
+    /// reading, past what we buffer for it). When it fires, a connection whose client has taken
+    /// none of its replies for `stallLimit` while commands of its wait is closed, and the log
+    /// says why; one that took some in that time is looked at again `stallLimit` after that.
+    private func watchStall(context: ChannelHandlerContext, in delay: TimeAmount = stallLimit) {
         guard stallWatch == nil else { return }
-        let done = writesDone
-        stallWatch = context.eventLoop.assumeIsolated().scheduleTask(in: Self.stallLimit) { [self] in
+        stallWatch = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
             stallWatch = nil
-            guard active, !closing, full, !context.channel.isWritable, writesDone == done else { return }
+            // (Its queue need not be full now: a place freed on the other connections lets it
+            // answer one more into the replies waiting, and read one more.)
+            guard active, !closing, !pending.isEmpty, !context.channel.isWritable else { return }
+            let quiet = NIODeadline.now() - lastTaken
+            guard quiet >= Self.stallLimit else {
+                watchStall(context: context, in: Self.stallLimit - quiet)
+                return
+            }
             let limit = queuedBytes >= configuration.maxQueuedReplyBytes
                 ? "\(configuration.maxQueuedReplyBytes) bytes of replies (kv.reply_buffer: a pipeline read only once written whole cannot be longer)"
                 : "\(configuration.maxTotalQueuedReplyBytes) bytes of replies waiting on all connections (kv.reply_buffer_total)"

@@ -14,7 +14,7 @@ public enum ConfigLoader {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigError(key: "", line: nil, message: "cannot read \(path): \(error.localizedDescription)")
+            throw ConfigError(key: "", line: nil, message: "cannot read the file: " + unreadable(path))
         }
         // A file caught empty (an editor or a copy part way through writing it) would otherwise
         // be every default: on a reload, no models at all.
@@ -25,6 +25,16 @@ public enum ConfigLoader {
                 + "it is not taken as every default; write at least one key (for no models, `models: []`)")
         }
         return try parse(yaml: text, environment: environment, gpus: gpus ?? GPUDiscovery.discover())
+    }
+
+    /// Why `path` cannot be read, in words (Foundation's are "The operation could not be completed").
+    static func unreadable(_ path: String) -> String {
+        var isDirectory: ObjCBool = false
+        let relative = path.hasPrefix("/") ? "" : " (relative to the working directory \(FileManager.default.currentDirectoryPath))"
+        if !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) { return "no such file" + relative }
+        if isDirectory.boolValue { return "it is a directory" }
+        if !FileManager.default.isReadableFile(atPath: path) { return "permission denied" }
+        return "it is not UTF-8 text"
     }
 
     public static func parse(

@@ -75,7 +75,7 @@ public actor ConfigReloader {
     /// `reload` as JSON, for the admin endpoint.
     public func reloadJSON(trigger: String) async throws -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return try encoder.encode(try await reload(trigger: trigger))
     }
 }

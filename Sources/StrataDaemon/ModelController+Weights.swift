@@ -8,6 +8,13 @@ import TierStore
 /// Carrying out the Placer's weight decisions: staging into host RAM, releasing host copies,
 /// telling the Placer what the store already holds, and the admin's staging calls.
 extension ModelController {
+    /// Staging statuses as JSON (URLs as written: no escaped slashes).
+    static var jsonEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }
+
     /// Tells the Placer where each model's weights are once the tiers are open, then loads the
     /// models marked `preload` (so a preload stages through host RAM like any other start).
     func reportResidencyThenPreload() async {
@@ -240,10 +247,10 @@ extension ModelController {
                 for _ in 0..<50 {
                     let statuses = await stager.statuses().filter { $0.name == modelConfig.name }
                     if let running = statuses.first(where: { $0.state == .running && $0.destination == .host }) {
-                        return try JSONEncoder().encode(running)
+                        return try Self.jsonEncoder.encode(running)
                     }
                     if finished.withLockedValue({ $0 }), let status = statuses.first(where: { $0.state != .running }) {
-                        return try JSONEncoder().encode(status)
+                        return try Self.jsonEncoder.encode(status)
                     }
                     try await Task.sleep(for: .milliseconds(20))
                 }
@@ -265,7 +272,7 @@ extension ModelController {
             if let status = await stager.statuses().first(where: {
                 $0.name == modelConfig.name && $0.destination == to && ($0.state == .running || !earlier.contains($0))
             }) {
-                return try JSONEncoder().encode(status)
+                return try Self.jsonEncoder.encode(status)
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -276,7 +283,7 @@ extension ModelController {
         guard let tiers else { return Data(#"{"staging":[]}"#.utf8) }
         let statuses = await (try tiers.stager()).statuses()
         struct List: Encodable { var staging: [StageStatus] }
-        return try JSONEncoder().encode(List(staging: statuses))
+        return try Self.jsonEncoder.encode(List(staging: statuses))
     }
 
     public func cancelStaging(model: String) async throws {

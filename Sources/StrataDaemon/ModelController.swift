@@ -136,7 +136,7 @@ public actor ModelController {
             var admissions: Int
         }
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(Body(placements: placements.entries, admissions: placements.admissions))
     }
 

@@ -161,7 +161,7 @@ final class TierService: Service, TierBackend {
 
     static func encode(_ status: TierStatus) throws -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(status)
     }
 }

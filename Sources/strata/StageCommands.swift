@@ -59,7 +59,7 @@ struct Stage: AsyncParsableCommand {
             let status = try await task.value
             if json {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 print(String(decoding: try encoder.encode(status), as: UTF8.self))
             }
             if status.state != .done { throw ExitCode(1) }
@@ -164,7 +164,7 @@ struct StageBench: AsyncParsableCommand {
         }
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(result), as: UTF8.self))
         }
     }

@@ -24,7 +24,28 @@ struct Strata: AsyncParsableCommand {
         if ProcessInfo.processInfo.environment["STRATA_EXECUTOR"] == "nio" {
             _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
-        await self.main(nil)
+        // Parsed, then run here rather than by `main()`: a bad option value that a command finds
+        // while it runs (`--to ram`) prints that command's usage, not the root's.
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot(nil)
+        } catch {
+            exit(withError: error)
+        }
+        do {
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as ValidationError {
+            let usage = usageString(for: type(of: command))
+            let path = usage.split(separator: " ").prefix { !"<[-".contains($0.first ?? "-") }.joined(separator: " ")
+            FileHandle.standardError.write(Data("Error: \(error.message)\nUsage: \(usage)\n  See '\(path) --help' for more information.\n".utf8))
+            exit(withError: ExitCode(64))
+        } catch {
+            exit(withError: error)
+        }
     }
 
     /// The config file every command reads when none is given (the one `make run` serves).
@@ -247,7 +268,7 @@ enum BenchOptions {
         }
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: (try? encoder.encode(result)) ?? Data(), as: UTF8.self))
         }
     }

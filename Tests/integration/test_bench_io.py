@@ -48,6 +48,8 @@ def test_bench_io_rejects_bad_input_clearly(tmp_path):
         r = bench("--file", path, *extra)
         assert r.returncode != 0, extra
         assert fragment in r.stderr, (fragment, r.stderr)
+        # the usage shown is the command's, not the root's
+        assert "Usage: strata bench io --file <file>" in r.stderr and "See 'strata bench io --help'" in r.stderr, r.stderr
 
 
 def test_bench_store_puts_then_reads_back_verified(tmp_path):

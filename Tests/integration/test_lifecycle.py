@@ -326,7 +326,9 @@ def test_config_check_cli(tmp_path):
     for line, key in zip(lines, ["listen (line 1)", "tiers.host.budget (line 2)", "kv.durability (line 3)"]):
         assert line.startswith(f"strata: {path}: config: {key}"), r.stderr
     missing = subprocess.run([str(STRATA), "config", "check", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.endswith("config: cannot read the file: no such file\n"), missing.stderr
+    relative = subprocess.run([str(STRATA), "config", "check", "nope.yaml"], capture_output=True, text=True, cwd=tmp_path)
+    assert f"no such file (relative to the working directory {tmp_path})" in relative.stderr, relative.stderr
     # as serve takes it (--config), and config/strata.yaml when none is given, as for serve
     flag = subprocess.run([str(STRATA), "config", "check", "--config", str(path)], capture_output=True, text=True)
     assert flag.returncode == 2 and "listen" in flag.stderr, flag.stderr

@@ -5,7 +5,10 @@ import Hummingbird
 /// none by default, so a web page the user visits cannot drive the local models). An allowed
 /// origin's preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered 204 with the
 /// methods and the headers it asks for; its other requests' answers, errors included, name it in
-/// `Access-Control-Allow-Origin`. Requests with an `Origin` take the general path
+/// `Access-Control-Allow-Origin`. A request from any other origin that would change something
+/// (not GET, HEAD or OPTIONS) is refused with 403: a browser sends a "simple" POST (text/plain,
+/// a form) without asking first, and although the page cannot read the answer, the generation,
+/// the unload or the reload would happen. Requests with an `Origin` take the general path
 /// (`Gateway.immediateEndpoint`), where this runs.
 struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
     let origins: CORSOrigins
@@ -13,8 +16,14 @@ struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
         -> Response
     {
-        guard let origin = request.headers[.origin], origins.allows(origin) else {
-            return try await next(request, context)
+        guard let origin = request.headers[.origin] else { return try await next(request, context) }
+        guard origins.allows(origin) else {
+            if [.get, .head, .options].contains(request.method) { return try await next(request, context) }
+            // (Answered here: this runs outside `ErrorMiddleware`.)
+            return GatewayError(
+                status: .forbidden, type: "invalid_request_error", code: "origin_not_allowed",
+                message: "Requests from web pages at \(origin) may not use this server: "
+                    + "add the origin to gateway.cors_origins to allow it").response()
         }
         if request.method == .options, request.headers[.accessControlRequestMethod] != nil {
             var headers: HTTPFields = [

@@ -120,7 +120,7 @@ public struct Gateway: Sendable {
         // HEAD of every GET route (a load balancer's `HEAD /health`), answered as the GET without its body.
         let router = Router(context: GatewayRequestContext.self, options: .autoGenerateHeadEndpoints)
         // Outermost, so that error answers carry the CORS headers too.
-        if !configuration.corsOrigins.isEmpty { router.add(middleware: CORSMiddleware(origins: configuration.corsOrigins)) }
+        router.add(middleware: CORSMiddleware(origins: configuration.corsOrigins))
         router.add(middleware: ErrorMiddleware())
 
         router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }

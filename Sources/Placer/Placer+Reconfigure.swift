@@ -63,15 +63,17 @@ extension Placer {
         return actions
     }
 
-    private mutating func restartRuntime(of name: String, into actions: inout [PlacerAction]) {
+    /// Stops the runtime of `name` once its requests are done (at once while it starts); the
+    /// requests that come meanwhile wait for the next start.
+    mutating func restartRuntime(of name: String, reason: StopReason = .restarted, into actions: inout [PlacerAction]) {
         guard var state = models[name] else { return }
         switch state.phase {
         case .ready, .draining:
-            state.phase = .draining(reason: .restarted)
+            state.phase = .draining(reason: reason)
             state.configDrain = true
         case .starting:
-            state.phase = .stopping(reason: .restarted)
-            actions.append(.stop(model: name, reason: .restarted))
+            state.phase = .stopping(reason: reason)
+            actions.append(.stop(model: name, reason: reason))
         case .failed:
             state.phase = .stopped
             state.consecutiveFailures = 0

@@ -195,6 +195,9 @@ public struct Placer: Sendable {
         case .stageRequest(let name):
             stageOnRequest(name, now: now, into: &actions)
 
+        case .weightsReplaced(let name):
+            restartRuntime(of: name, reason: .newWeights, into: &actions)
+
         case .footprintMeasured(let name, let bytes):
             noteFootprint(of: name, bytes: bytes)
 

@@ -31,6 +31,9 @@ public enum PlacerEvent: Sendable, Equatable {
     case stageFailed(model: String, detail: String)
     /// Operator asks for the weights of `model` to be brought into host RAM without starting it.
     case stageRequest(model: String)
+    /// The runtime of `model` runs weights that are no longer current (its copy was staged anew
+    /// from a changed source): it finishes its requests and starts again on the new ones.
+    case weightsReplaced(model: String)
     /// The runtime of `model` was measured to hold `bytes` of its device (after it became ready,
     /// and again for each larger peak). The first report of a runtime replaces what an earlier
     /// runtime measured; later reports of the same runtime only raise it. Accounted instead of
@@ -66,6 +69,8 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     case removed
     /// Its runtime command changed: it starts again with the new configuration when needed.
     case restarted
+    /// Its weights were staged anew (`weightsReplaced`): it starts again on them when needed.
+    case newWeights
 
     public var description: String {
         switch self {
@@ -76,6 +81,7 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
         case .overBudget: "device over budget after a measured footprint or a configuration change"
         case .removed: "removed from the configuration"
         case .restarted: "restarting with a changed configuration"
+        case .newWeights: "restarting on weights staged anew"
         }
     }
 }

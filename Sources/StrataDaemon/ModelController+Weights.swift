@@ -143,6 +143,7 @@ extension ModelController {
                     .recordSeconds(result.seconds)
             }
             send(.staged(model: model))
+            if let modelConfig = config.model(placerName: model) { restartOnReplacedWeights(of: modelConfig) }
         case .failure(let error):
             Counter(label: "strata_stagings_total", dimensions: [("model", model), ("from", "failed")]).increment()
             let cancelled = error is CancellationError || (error as? RemoteError)?.code == .cancelled
@@ -150,6 +151,19 @@ extension ModelController {
                 : "staging failed: \(error)"
             lastError[model] = detail
             send(.stageFailed(model: model, detail: detail))
+        }
+    }
+
+    /// After a staging of `model`'s weights: a runtime of it started on a copy that has been
+    /// replaced since (a new version of its source staged while it ran; the old file, deleted,
+    /// stays in RAM outside any budget for as long as the runtime holds it, and the model answers
+    /// from the old weights) finishes its requests and starts again on the new copy.
+    func restartOnReplacedWeights(of model: ModelConfiguration) {
+        for name in model.placerNames {
+            guard let weights = instances[name]?.weights, FileIdentity(path: weights.path) != weights else { continue }
+            logger.notice("the weights \(name) runs on were staged anew from \(model.source): it restarts on them once its requests are done",
+                          metadata: ["old": "\(weights.path)"])
+            send(.weightsReplaced(model: name))
         }
     }
 
@@ -239,7 +253,10 @@ extension ModelController {
                 let request = StageRequest(name: modelConfig.name, source: modelConfig.source, sha256: modelConfig.sha256, destination: .host)
                 let finished = NIOLockedValueBox(false)
                 Task {
-                    if let result = try? await stager.stage(request) { self.learnWeightSize(of: modelConfig, bytes: result.bytes) }
+                    if let result = try? await stager.stage(request) {
+                        self.learnWeightSize(of: modelConfig, bytes: result.bytes)
+                        self.restartOnReplacedWeights(of: modelConfig)
+                    }
                     finished.withLockedValue { $0 = true }
                 }
                 // Found current, it is done at once; a new version's download is answered as

@@ -18,6 +18,23 @@ public actor ModelController {
         var startedAt: ContinuousClock.Instant
         var healthTask: Task<Void, Never>?
         var killTask: Task<Void, Never>?
+        /// The weights file it was started on, as it was then (`FileIdentity`).
+        var weights: FileIdentity?
+    }
+
+    /// A file as it is now: a path, and the inode behind it (replaced: another inode, or none).
+    struct FileIdentity: Equatable {
+        var path: String
+        var device: UInt64
+        var inode: UInt64
+
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            self.path = path
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+        }
     }
 
     /// Replaced by a config reload (`reconfigure(to:)`).
@@ -309,6 +326,7 @@ public actor ModelController {
             return
         }
         var instance = Instance(id: id, process: process, startedAt: clock.now)
+        if case .success(let path) = modelPath { instance.weights = FileIdentity(path: path) }
         instance.healthTask = Task { [healthURL = "http://127.0.0.1:\(process.port)\(runtime.healthPath)"] in
             await self.pollHealth(model: model, instanceID: id, port: process.port, url: healthURL)
         }
@@ -505,6 +523,7 @@ extension StopReason {
         case .overBudget: "over_budget"
         case .removed: "removed"
         case .restarted: "restarted"
+        case .newWeights: "new_weights"
         }
     }
 }

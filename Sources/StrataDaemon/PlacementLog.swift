@@ -69,6 +69,7 @@ struct PlacementLog {
         case .staged(let model): "weights of \(model) staged"
         case .stageFailed(let model, let detail): "staging \(model) failed: \(detail)"
         case .stageRequest(let model): "operator: stage \(model)"
+        case .weightsReplaced(let model): "weights of \(model) staged anew while it runs"
         case .footprintMeasured(let model, let bytes): "\(model) measured at \(ConfigUnits.formatBytes(bytes))"
         case .tick: "clock"
         }

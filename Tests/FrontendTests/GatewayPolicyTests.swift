@@ -168,20 +168,36 @@ struct CORSTests {
             let error = try await client.execute(uri: "/v1/nothing", method: .get, headers: [.origin: "http://localhost:5173"])
             #expect(error.status == .notFound && error.headers[.accessControlAllowOrigin] == "http://localhost:5173",
                     "error answers carry it too")
-            let other = try await client.execute(uri: "/v1/chat/completions", method: .post,
-                                                 headers: [.origin: "https://evil.example", .contentType: "application/json"], body: body)
-            #expect(other.status == .ok && other.headers[.accessControlAllowOrigin] == nil)
+            // another origin: what would change something is refused (a browser sends a text/plain
+            // POST without a preflight; the page could not read the answer, but it would run)
+            for contentType in ["application/json", "text/plain"] {
+                let other = try await client.execute(uri: "/v1/chat/completions", method: .post,
+                                                     headers: [.origin: "https://evil.example", .contentType: contentType], body: body)
+                #expect(other.status == .forbidden && other.headers[.accessControlAllowOrigin] == nil)
+                #expect(try GatewayTests.errorCode(other) == "origin_not_allowed")
+            }
+            let look = try await client.execute(uri: "/v1/models", method: .get, headers: [.origin: "https://evil.example"])
+            #expect(look.status == .ok && look.headers[.accessControlAllowOrigin] == nil, "a GET changes nothing (and is not readable)")
             let refused = try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [
                 .origin: "https://evil.example", .accessControlRequestMethod: "POST",
             ])
             #expect(refused.headers[.accessControlAllowOrigin] == nil)
         }
-        // None by default.
+        // None by default: no web page drives the models; clients that send no Origin (SDKs,
+        // curl) are not concerned.
         try await GatewayTests.withGateway(immediate: immediate) { client, _ in
             let preflight = try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [
                 .origin: "http://localhost:5173", .accessControlRequestMethod: "POST",
             ])
             #expect(preflight.headers[.accessControlAllowOrigin] == nil)
+            let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+            let page = try await client.execute(uri: "/v1/chat/completions", method: .post,
+                                                headers: [.origin: "http://localhost:5173", .contentType: "text/plain"], body: body)
+            #expect(page.status == .forbidden)
+            let admin = try await client.execute(uri: "/admin/reload", method: .post, headers: [.origin: "null"])
+            #expect(admin.status == .forbidden)
+            let sdk = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"], body: body)
+            #expect(sdk.status == .ok)
         }
     }
 }

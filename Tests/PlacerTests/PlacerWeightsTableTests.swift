@@ -90,6 +90,28 @@ struct PlacerWeightsTableTests {
         #expect(p.hostWeightsUsedBytes == 0)
     }
 
+    /// Weights staged anew while the model runs: its requests finish on the old runtime, those
+    /// that come meanwhile wait, and it starts again (on the new copy) once it has stopped.
+    @Test func aRuntimeOnReplacedWeightsFinishesItsRequestsThenStartsAgain() {
+        var p = Self.placer(models: [Self.model("a", weightsMiB: 300)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "a"), [.stage(model: "a")]),
+            (.seconds(1), .staged(model: "a"), [.start(model: "a")]),
+            (.seconds(2), .runtimeReady(model: "a"), [.admit(1, model: "a")]),
+            (.seconds(3), .weightsReplaced(model: "a"), []),
+            (.seconds(4), .request(2, model: "a"), []),
+            (.seconds(5), .finished(1), [.stop(model: "a", reason: .newWeights)]),
+            // the copy in RAM is the new one: no staging before the start
+            (.seconds(6), .runtimeExited(model: "a", detail: "stopped"), [.start(model: "a")]),
+            (.seconds(7), .runtimeReady(model: "a"), [.admit(2, model: "a")]),
+        ])
+        #expect(p.snapshot(of: "a")?.hostCopy == .resident)
+        // a stopped model has no runtime to restart: nothing happens
+        var q = Self.placer(models: [Self.model("b", weightsMiB: 300)])
+        PlacerTableTests.run(&q, [(.seconds(0), .weightsReplaced(model: "b"), [])])
+        #expect(q.snapshot(of: "b")?.phase == .stopped)
+    }
+
     @Test func hostCopyOutlivesTheRuntimeAndTheNextStartSkipsStaging() {
         var p = Self.placer(models: [Self.model("a", weightsMiB: 300, ttl: .seconds(60))])
         PlacerTableTests.run(&p, [

@@ -1039,3 +1039,25 @@ def test_a_client_taking_no_replies_is_cut_after_10_s_while_others_are_served(ma
         time.sleep(0.2)
     stalled.close()
     assert r.get(key) == value
+
+
+def test_an_http_post_to_the_resp_port_runs_nothing(make_daemon):
+    """A web page can make the browser POST to any local port without asking (a "simple"
+    request); each line of its body would run as an inline command (a SET here). As Redis does,
+    a request line or Host header read as a command closes the connection before anything after
+    it runs."""
+    d, port = kv_daemon(make_daemon)
+    body = b"SET pwned 1\r\nQUIT\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (port, len(body)) + body)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"-ERR Protocol error: this is a Redis-protocol port, not HTTP"), answer
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2)
+    assert r.get("pwned") is None
+    assert "sent an HTTP request" in d.log_path.read_text()
+    # inline commands of Redis's own tools still work
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"SET inline 1\r\n")
+        assert s.recv(100) == b"+OK\r\n"

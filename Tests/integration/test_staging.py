@@ -218,6 +218,45 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
         assert hashlib.sha256(staged_file(d).read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
 
 
+def test_a_running_model_restarts_on_weights_staged_anew_once_its_requests_are_done(make_daemon, tmp_path):
+    """A new version of the source staged while the model runs: its runtime kept the old weights
+    (a deleted file held in RAM outside any budget, answers from the old version) until something
+    else restarted it. It finishes the request under way, then starts again on the new copy."""
+    data = MODEL.read_bytes()
+    root = origin(tmp_path, data)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}'))
+        status, body = chat(d)
+        assert status == 200, body
+        old_pid = d.model("smollm2")["pid"]
+        assert runtime_model_path(d) == str(staged_file(d))
+        # a long answer under way on the old weights
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        long = pool.submit(lambda: d.request("POST", "/v1/chat/completions", body={
+            **CHAT, "max_tokens": 300, "ignore_eos": True}, headers={"Authorization": "Bearer test-key-1",
+                                                                      "Content-Type": "application/json"}, timeout=120))
+        wait_for(lambda: d.model("smollm2")["in_flight"] == 1, 10, interval=0.05, what="the long answer under way")
+        changed = bytearray(data)
+        changed[-1] ^= 0x01
+        (root / "model.gguf").write_bytes(changed)
+        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+        status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
+        assert status in (200, 202), (status, body)
+        wait_for(lambda: staging(d)["smollm2"]["state"] == "done", 60, what="the new version staged")
+        assert long.result()[0] == 200, "the request under way finishes on the old runtime"
+        pool.shutdown()
+        wait_for(lambda: d.model("smollm2").get("pid") != old_pid, 30, what="the runtime stopped after its request")
+        status, body = chat(d)
+        assert status == 200, body
+        assert d.model("smollm2")["pid"] != old_pid
+        path = Path(runtime_model_path(d))
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(bytes(changed)).hexdigest()
+        maps = Path(f"/proc/{d.model('smollm2')['pid']}/maps").read_text()
+        assert "(deleted)" not in maps, "no old weights held"
+        assert "staged anew" in d.log_path.read_text()
+
+
 def test_staging_progress_moves_as_bytes_arrive_not_chunk_by_chunk(make_daemon, tmp_path):
     """On a slow link the progress counts the bytes that landed: with 8 MiB chunks it stayed at
     0 % until the first chunk was whole, and moved in 8 MiB steps."""

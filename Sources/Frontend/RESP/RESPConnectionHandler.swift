@@ -302,6 +302,13 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    /// `POST` or `Host:` as a command's name (either case), as an HTTP request sends them.
+    static func isHTTP(_ name: ByteBuffer) -> Bool {
+        guard name.readableBytes == 4 || name.readableBytes == 5 else { return false }
+        let lowered = String(decoding: name.readableBytesView.map { $0 | 0x20 }, as: UTF8.self)
+        return lowered == "post" || lowered == "host:"
+    }
+
     /// Moves complete requests from `inbound` to `pending` until it is full.
     private func parseAvailable() {
         var producedSlices = false
@@ -315,12 +322,16 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
             } else if parser.limits.unauthenticated {
                 parser.limits = configuration.parserLimits
             }
-            do {
+            do throws(RESPProtocolError) {
                 guard let value = try parser.next(from: &inbound) else {
                     if staging == nil, staged == nil, startStaging() { continue }
                     break
                 }
                 guard case .array(let elements) = value else { preconditionFailure("server mode yields arrays") }
+                if case .bulkString(let name) = elements.first, Self.isHTTP(name) {
+                    logger.warning("closing a RESP connection that sent an HTTP request (a web page posting to this port?)")
+                    throw RESPProtocolError.looksLikeHTTP
+                }
                 var arguments: [ByteBuffer] = []
                 arguments.reserveCapacity(elements.count)
                 var bytes = 0

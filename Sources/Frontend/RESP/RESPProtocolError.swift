@@ -22,6 +22,11 @@ public struct RESPProtocolError: Error, Hashable, Sendable, CustomStringConverti
     static let invalidInteger = RESPProtocolError("Protocol error: invalid integer")
     static let tooDeep = RESPProtocolError("Protocol error: arrays nested too deeply")
 
+    /// An HTTP request's first line or Host header read as a command: a web page posting to this
+    /// port (a browser's "simple" POST needs no permission, and its body's lines would run as
+    /// commands). Redis closes such connections too ("Possible SECURITY ATTACK detected").
+    static let looksLikeHTTP = RESPProtocolError("Protocol error: this is a Redis-protocol port, not HTTP (connection closed)")
+
     static func expectedBulk(got byte: UInt8) -> RESPProtocolError {
         RESPProtocolError("Protocol error: expected '$', got '\(Character(Unicode.Scalar(byte)))'")
     }

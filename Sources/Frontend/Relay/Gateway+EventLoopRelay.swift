@@ -367,8 +367,9 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// not a POST to an OpenAI endpoint).
     private func collectable(_ head: HTTPRequest) -> Endpoint? {
         guard handedOn == 0, !quiescing, gateway.backend.admitsAnyImmediately else { return nil }
-        // A browser's cross-origin request gets its CORS headers on the general path (`CORSMiddleware`).
-        if !gateway.configuration.corsOrigins.isEmpty, head.headerFields[.origin] != nil { return nil }
+        // A browser's request is let in (or not) and gets its CORS headers on the general path
+        // (`CORSMiddleware`).
+        if head.headerFields[.origin] != nil { return nil }
         return Gateway.immediateEndpoint(head)
     }
 

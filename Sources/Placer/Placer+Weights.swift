@@ -20,6 +20,13 @@ extension Placer {
         return shared ? 0 : spec.weightBytes
     }
 
+    /// Whether another replica of `name`'s model holds their copy, complete, in RAM.
+    func siblingHoldsResidentCopy(of name: String) -> Bool {
+        guard let spec = models[name]?.spec else { return false }
+        let key = Self.copyKey(spec)
+        return models.values.contains { $0.spec.name != name && $0.hostCopy == .resident && Self.copyKey($0.spec) == key }
+    }
+
     /// Copies that may be released to make room, lowest expected loss first, each with every
     /// model holding it (a shared copy frees its bytes only when all of them let go, and may go
     /// only if all of them may: `isReleasable`). `sparing`: a copy kept whatever its loss.
@@ -79,6 +86,10 @@ extension Placer {
                 // Already under way (an operator's stage request, or a start unloaded midway).
                 models[name]?.phase = .staging(since: now)
                 return
+            case .absent where siblingHoldsResidentCopy(of: name):
+                // Another replica's copy is in RAM: this one starts from it, nothing to stage.
+                models[name]?.hostCopy = .resident
+                models[name]?.weights = .host
             case .absent:
                 if makeHostRoom(for: name, now: now, into: &actions) {
                     models[name]?.hostCopy = .staging(since: now)
@@ -113,9 +124,11 @@ extension Placer {
         return true
     }
 
-    /// Drops the host copy of `name`, or abandons its staging.
+    /// Drops the host copy of `name`, or abandons its staging. A copy another replica still
+    /// holds stays in RAM: this one only stops counting on it (no `.releaseWeights`).
     mutating func releaseHostCopy(of name: String, into actions: inout [PlacerAction]) {
         guard var state = models[name] else { return }
+        let shared = state.hostCopy == .resident && siblingHoldsResidentCopy(of: name)
         if state.hostCopy == .resident {
             precondition(
                 !state.phase.holdsMemory && (!state.spec.pinned || state.removed), "released the host copy of \(name) in use")
@@ -123,7 +136,7 @@ extension Placer {
         }
         state.hostCopy = .absent
         models[name] = state
-        actions.append(.releaseWeights(model: name))
+        if !shared { actions.append(.releaseWeights(model: name)) }
     }
 
     mutating func completeStaging(of name: String, now: Duration, into actions: inout [PlacerAction]) {

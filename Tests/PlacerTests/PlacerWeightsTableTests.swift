@@ -272,11 +272,11 @@ struct PlacerWeightsTableTests {
         PlacerTableTests.run(&p, [
             (.seconds(0), .request(1, model: "r#0"), [.stage(model: "r#0")]),
             (.seconds(1), .staged(model: "r#0"), [.start(model: "r#0")]),
-            (.seconds(1), .request(2, model: "r#1"), [.stage(model: "r#1")]),
-            (.seconds(1), .request(3, model: "r#2"), [.stage(model: "r#2")]),
-            (.seconds(2), .staged(model: "r#1"), [.start(model: "r#1")]),
-            (.seconds(2), .staged(model: "r#2"), [.start(model: "r#2")]),
+            // the copy is in RAM: the other replicas start from it, nothing more to stage
+            (.seconds(1), .request(2, model: "r#1"), [.start(model: "r#1")]),
+            (.seconds(1), .request(3, model: "r#2"), [.start(model: "r#2")]),
         ])
+        #expect(p.snapshot(of: "r#1")?.hostCopy == .resident && p.snapshot(of: "r#1")?.weights == .host)
         #expect(p.hostWeightsUsedBytes == 400 * Self.mib)
         PlacerTableTests.run(&p, [
             (.seconds(3), .runtimeReady(model: "r#0"), [.admit(1, model: "r#0")]),
@@ -302,10 +302,10 @@ struct PlacerWeightsTableTests {
             (.seconds(13), .runtimeExited(model: "c", detail: "stopped"), []),
             (.seconds(14), .unload(model: "r#2"), [.stop(model: "r#2", reason: .operatorRequest)]),
             (.seconds(15), .runtimeExited(model: "r#2", detail: "stopped"), []),
-            // now every replica has let go: the copy goes whole, all three holders released
-            (.seconds(16), .request(6, model: "c"),
-             [.releaseWeights(model: "r#0"), .releaseWeights(model: "r#1"), .releaseWeights(model: "r#2"), .stage(model: "c")]),
+            // now every replica has let go: the copy goes whole (one release, with its last holder)
+            (.seconds(16), .request(6, model: "c"), [.releaseWeights(model: "r#2"), .stage(model: "c")]),
         ])
+        #expect(["r#0", "r#1", "r#2"].allSatisfy { p.snapshot(of: $0)?.hostCopy == .absent })
         #expect(p.hostWeightsUsedBytes == 1000 * Self.mib)
     }
 

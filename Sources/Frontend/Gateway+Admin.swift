@@ -27,10 +27,14 @@ extension Gateway {
             try await backend.unload(model: name)
             return jsonResponse(["model": name, "action": "unload", "accepted": true], status: .accepted)
         }
-        // The admin actions are POSTs: another method is told so (405), not that nothing is there.
-        for path in ["/admin/models/:name/load", "/admin/models/:name/unload", "/admin/models/:name/stage", "/admin/reload"] {
-            router.get(RouterPath(path)) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .post) }
-        }
+        // Another method on an admin path is told which it takes (405), not that nothing is
+        // there; OPTIONS lists them.
+        let admin: [(String, [HTTPRequest.Method])] = [
+            ("/admin/models", [.get]), ("/admin/models/:name/load", [.post]), ("/admin/models/:name/unload", [.post]),
+            ("/admin/models/:name/stage", [.post]), ("/admin/reload", [.post]), ("/admin/tiers", [.get, .put]),
+            ("/admin/placements", [.get]), ("/admin/staging", [.get]), ("/admin/staging/:name", [.delete]),
+        ]
+        for (path, methods) in admin { Self.refuseOtherMethods(RouterPath(path), allowed: methods, on: router) }
     }
 
     func addTierRoutes(to router: Router<GatewayRequestContext>) {

@@ -31,6 +31,8 @@ extension Gateway {
             }
         }
         Self.answerOptions(RouterPath("/v1/blocks/:key"), allow: "GET, HEAD, PUT, DELETE, OPTIONS", on: router)
+        // (`batch-get` is a block's name too, and the batch's POST.)
+        Self.answerOptions(RouterPath("/v1/blocks/\(Self.batchGetName)"), allow: "GET, HEAD, PUT, DELETE, POST, OPTIONS", on: router)
         router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in
             let tenant = try authorize(request)
             guard let store = kv else { throw Self.noBlocks }

@@ -12,18 +12,24 @@ extension Gateway {
     func proxy(_ request: Request, context: GatewayRequestContext, endpoint: Endpoint) async throws -> Response {
         let started = ContinuousClock.now
         var request = request
-        let tenant = try authorize(request)
-        let policy = try self.policy(of: request.headers, tenant: tenant)
-
-        let body: ByteBuffer
+        // Refused before a model is known (a bad key, a policy header, a body too large or not
+        // the endpoint's): counted all the same, under no model.
+        var parsed: ParsedBody
         do {
-            body = try await request.collectBody(upTo: configuration.maxBodyBytes)
-        } catch is NIOTooManyBytesError {
-            metrics.rejected(model: "", endpoint: endpoint, code: "request_too_large")
-            throw GatewayError.requestTooLarge(limit: configuration.maxBodyBytes)
+            let tenant = try authorize(request)
+            let policy = try self.policy(of: request.headers, tenant: tenant)
+            let body: ByteBuffer
+            do {
+                body = try await request.collectBody(upTo: configuration.maxBodyBytes)
+            } catch is NIOTooManyBytesError {
+                throw GatewayError.requestTooLarge(limit: configuration.maxBodyBytes)
+            }
+            parsed = try parseBody(body, endpoint: endpoint)
+            addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
+        } catch let error as GatewayError {
+            metrics.rejected(model: "", endpoint: endpoint, code: error.code)
+            throw error
         }
-        var parsed = try parseBody(body, endpoint: endpoint)
-        addHints(to: &parsed, headers: request.headers, tenant: tenant, policy: policy)
         // Streams notice a departed client on their next chunk.
         guard configuration.cancelOnDisconnect, !parsed.stream, let departure = await context.departure() else {
             return try await relay(parsed, endpoint: endpoint, started: started)

@@ -173,6 +173,20 @@ public struct Gateway: Sendable {
         return router
     }
 
+    /// 405 for every other method of GET, POST, PUT, DELETE and PATCH on `path`, and 204 for
+    /// OPTIONS, each naming the methods it takes.
+    static func refuseOtherMethods(_ path: RouterPath, allowed: [HTTPRequest.Method], on router: Router<GatewayRequestContext>) {
+        let names = allowed.map(\.rawValue)
+        for method in [HTTPRequest.Method.get, .post, .put, .delete, .patch] where !allowed.contains(method) {
+            router.on(path, method: method) { request, _ -> Response in
+                throw GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
+                                   message: "\(request.uri.path) takes \(names.joined(separator: " or ")), not \(request.method.rawValue)",
+                                   allow: names.joined(separator: ", "))
+            }
+        }
+        answerOptions(path, allow: (names + ["OPTIONS"]).joined(separator: ", "), on: router)
+    }
+
     /// `OPTIONS` on a known path: 204 with the methods it takes in `Allow` (RFC 9110 9.3.7). A
     /// CORS preflight from an allowed origin is answered before it gets here (`CORSMiddleware`).
     static func answerOptions(_ path: RouterPath, allow: String, on router: Router<GatewayRequestContext>) {

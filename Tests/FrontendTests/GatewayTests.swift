@@ -213,8 +213,16 @@ struct GatewayTests {
                 #expect(try Self.errorCode(wrong) == "method_not_allowed")
                 #expect(String(buffer: wrong.body).contains("takes \(allowed), not \(method.rawValue)"))
             }
+            // an admin path taking two methods names both (it was a 404, as if nothing were there)
+            let tiers = try await client.execute(uri: "/admin/tiers", method: .post, headers: [:])
+            #expect(tiers.status == .methodNotAllowed && tiers.headers[.allow] == "GET, PUT")
+            #expect(String(buffer: tiers.body).contains("takes GET or PUT, not POST"))
+            let staging = try await client.execute(uri: "/admin/staging", method: .delete, headers: [:])
+            #expect(staging.status == .methodNotAllowed && staging.headers[.allow] == "GET")
             // OPTIONS on a known path: the methods it takes (it was a 404, as if nothing were there)
-            for (uri, allowed) in [("/v1/chat/completions", "POST, OPTIONS"), ("/v1/models", "GET, OPTIONS"), ("/health", "GET, OPTIONS")] {
+            for (uri, allowed) in [("/v1/chat/completions", "POST, OPTIONS"), ("/v1/models", "GET, OPTIONS"), ("/health", "GET, OPTIONS"),
+                                   ("/admin/models", "GET, OPTIONS"), ("/admin/models/m/load", "POST, OPTIONS"),
+                                   ("/admin/tiers", "GET, PUT, OPTIONS"), ("/admin/staging/m", "DELETE, OPTIONS")] {
                 let options = try await client.execute(uri: uri, method: .options, headers: [:])
                 #expect(options.status == .noContent)
                 #expect(options.headers[.allow] == allowed)

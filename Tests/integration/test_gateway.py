@@ -391,6 +391,13 @@ def test_metrics_are_prometheus_text(daemon):
     unknown = [float(value) for labels, value in re.findall(r'^strata_request_errors_total\{(.*)\} (\S+)$', text, re.M)
                if 'model="-"' in labels and 'code="model_not_found"' in labels]
     assert unknown and unknown[0] >= 3, text
+    # refused before a model is known: a bad key, a body that is not JSON (they went uncounted)
+    before = {code: daemon.metric("strata_request_errors_total", model="-", code=code) for code in ("invalid_api_key", "invalid_json")}
+    assert daemon.request("POST", "/v1/chat/completions", body=b"{bad", headers={"Authorization": "Bearer nope"})[0] == 401
+    assert daemon.request("POST", "/v1/chat/completions", body=b"{bad",
+                          headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})[0] == 400
+    for code in before:
+        assert daemon.metric("strata_request_errors_total", model="-", code=code) == before[code] + 1, code
 
 
 def test_admin_requires_key_and_can_unload_and_load(daemon):

@@ -578,6 +578,8 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
         assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD, PUT, DELETE", (method, wrong.status_code, wrong.text)
     options = requests.options(f"{url}/from-resp", headers=key)
     assert options.status_code == 204 and options.headers["Allow"] == "GET, HEAD, PUT, DELETE, OPTIONS", (options.status_code, options.text)
+    options = requests.options(f"{url}/batch-get", headers=key)
+    assert options.status_code == 204 and "POST" in options.headers["Allow"] and "GET" in options.headers["Allow"], options.headers
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 200
     assert requests.delete(f"{url}/from-resp", headers=key).status_code == 404
     assert r.get("from-resp") is None

@@ -113,23 +113,23 @@ extension Gateway {
             throw GatewayError.badRequest("Request body must be a JSON object", code: "invalid_json")
         }
         guard let modelValue = json["model"] else {
-            throw GatewayError.badRequest("Missing required field 'model'", code: "missing_field")
+            throw GatewayError.badRequest("Missing required field 'model'", code: "missing_field", param: "model")
         }
         guard let model = modelValue as? String, !model.isEmpty else {
-            throw GatewayError.badRequest("Field 'model' must be a non-empty string", code: "invalid_field")
+            throw GatewayError.badRequest("Field 'model' must be a non-empty string", code: "invalid_field", param: "model")
         }
         guard let required = json[endpoint.requiredField], !(required is NSNull) else {
-            throw GatewayError.badRequest("Missing required field '\(endpoint.requiredField)'", code: "missing_field")
+            throw GatewayError.badRequest("Missing required field '\(endpoint.requiredField)'", code: "missing_field", param: endpoint.requiredField)
         }
         if endpoint == .chatCompletions {
             guard let messages = required as? [Any], !messages.isEmpty else {
-                throw GatewayError.badRequest("Field 'messages' must be a non-empty array", code: "invalid_field")
+                throw GatewayError.badRequest("Field 'messages' must be a non-empty array", code: "invalid_field", param: "messages")
             }
         }
         var stream = false
         if let value = json["stream"], !(value is NSNull) {
             guard let flag = value as? Bool else {
-                throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field")
+                throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field", param: "stream")
             }
             stream = flag
         }

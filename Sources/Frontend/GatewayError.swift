@@ -13,6 +13,8 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     public var retryAfterSeconds: Int?
     /// The methods a 405's path takes (its `Allow` header).
     public var allow: String?
+    /// The request field at fault (OpenAI's `param`), where there is one.
+    public var param: String?
 
     public init(status: HTTPResponse.Status, type: String, code: String, message: String, retryAfterSeconds: Int? = nil,
                 allow: String? = nil) {
@@ -26,8 +28,10 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public var description: String { "\(status.code) \(code): \(message)" }
 
-    public static func badRequest(_ message: String, code: String = "invalid_request") -> GatewayError {
-        GatewayError(status: .badRequest, type: "invalid_request_error", code: code, message: message)
+    public static func badRequest(_ message: String, code: String = "invalid_request", param: String? = nil) -> GatewayError {
+        var error = GatewayError(status: .badRequest, type: "invalid_request_error", code: code, message: message)
+        error.param = param
+        return error
     }
     public static func unauthorized(_ message: String) -> GatewayError {
         GatewayError(status: .unauthorized, type: "invalid_request_error", code: "invalid_api_key", message: message)
@@ -56,7 +60,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         GatewayError(status: .badGateway, type: "server_error", code: code, message: message)
     }
 
-    /// `{"error":{"code","message","param":null,"type"}}`, written directly: Foundation's
+    /// `{"error":{"code","message","param","type"}}`, written directly: Foundation's
     /// `.sortedKeys` took about 100 µs per error answer (it orders keys by a locale-aware
     /// comparison), more than relaying a whole request, and error answers come in floods
     /// (a client with a bad key, a fleet with every replica down).
@@ -65,7 +69,9 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         appendJSONString(code, to: &out)
         out += Array(#","message":"#.utf8)
         appendJSONString(message, to: &out)
-        out += Array(#","param":null,"type":"#.utf8)
+        out += Array(#","param":"#.utf8)
+        if let param { appendJSONString(param, to: &out) } else { out += Array("null".utf8) }
+        out += Array(#","type":"#.utf8)
         appendJSONString(type, to: &out)
         out += Array("}}".utf8)
         return out

@@ -141,21 +141,24 @@ struct GatewayTests {
     }
 
     @Test(arguments: [
-        ("not json", "invalid_json"),
-        ("[1,2]", "invalid_json"),
-        ("", "invalid_json"),
-        (#"{"messages":[{"role":"user","content":"x"}]}"#, "missing_field"),
-        (#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, "invalid_field"),
-        (#"{"model":"m"}"#, "missing_field"),
-        (#"{"model":"m","messages":[]}"#, "invalid_field"),
-        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "invalid_field"),
-    ])
-    func badRequestsGet400WithReason(body: String, code: String) async throws {
+        ("not json", "invalid_json", nil),
+        ("[1,2]", "invalid_json", nil),
+        ("", "invalid_json", nil),
+        (#"{"messages":[{"role":"user","content":"x"}]}"#, "missing_field", "model"),
+        (#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, "invalid_field", "model"),
+        (#"{"model":"m"}"#, "missing_field", "messages"),
+        (#"{"model":"m","messages":[]}"#, "invalid_field", "messages"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "invalid_field", "stream"),
+    ] as [(String, String, String?)])
+    func badRequestsGet400WithReason(body: String, code: String, param: String?) async throws {
         try await Self.withGateway(immediate: true) { client, backend in
             let response = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [:], body: ByteBuffer(string: body))
             #expect(response.status == .badRequest)
             #expect(try Self.errorCode(response) == code)
+            // the field at fault, as OpenAI names it (clients read `param`)
+            let error = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: [String: Any]]
+            #expect(error?["error"]?["param"] as? String == param)
             #expect(!String(buffer: response.body).contains("Domain"), "the reason, not Foundation's error dump")
             #expect(backend.acquired == 0, "a bad request must not reach a model")
         }

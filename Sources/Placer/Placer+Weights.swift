@@ -3,8 +3,28 @@ extension Placer {
     /// a model share one, `copyKey`).
     public var hostWeightsUsedBytes: UInt64 {
         var counted = Set<String>()
-        return models.values.reduce(0) { used, state in
+        let current = models.values.reduce(0) { used, state in
             state.hostCopy.holdsHostBytes && counted.insert(Self.copyKey(state.spec)).inserted ? used + state.spec.weightBytes : used
+        }
+        return retiredCopies.values.reduce(current) { $0 + $1.bytes }
+    }
+
+    /// The copy `name`'s runtime runs on is replaced or dropped (a new version staged, a reload
+    /// that changed the source): while the runtime lives, it keeps the old file's pages mapped,
+    /// so its bytes stay counted (a sibling restarting at once staged the new copy beside it,
+    /// past the budget, while the draining replica still held the old one).
+    mutating func retireCopy(of name: String) {
+        guard let state = models[name], state.hostCopy == .resident, state.phase.holdsMemory else { return }
+        let key = Self.copyKey(state.spec) + "\u{0}retired"
+        retiredCopies[key, default: (state.spec.weightBytes, [])].holders.insert(name)
+    }
+
+    /// `name`'s runtime is gone: a retired copy it was the last to map is gone from RAM too.
+    mutating func releaseRetiredCopies(heldBy name: String) {
+        for (key, copy) in retiredCopies where copy.holders.contains(name) {
+            var holders = copy.holders
+            holders.remove(name)
+            retiredCopies[key] = holders.isEmpty ? nil : (copy.bytes, holders)
         }
     }
 
@@ -213,7 +233,8 @@ extension Placer {
                 actions.append(.releaseWeights(model: name))
             }
         case (_, .resident):
-            // The copy was lost.
+            // The copy was lost (or dropped by a reload: a runtime running on it keeps it counted).
+            retireCopy(of: name)
             state.hostCopy = .absent
             state.weights = tier
         case (_, .staging), (_, .absent):

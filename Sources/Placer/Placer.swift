@@ -30,6 +30,9 @@ public struct Placer: Sendable {
     var models: [String: ModelState] = [:]
     /// Which model each admitted or waiting request belongs to.
     var requestModel: [RequestID: String] = [:]
+    /// Host copies replaced or dropped while runtimes still map them (`retireCopy`), by copy
+    /// key: their bytes stay in RAM, and counted, until the last of those runtimes is gone.
+    var retiredCopies: [String: (bytes: UInt64, holders: Set<String>)] = [:]
 
     public init(configuration: PlacerConfiguration) {
         Self.validate(configuration)
@@ -111,6 +114,7 @@ public struct Placer: Sendable {
             models[name] = state
 
         case .runtimeExited(let name, let detail):
+            releaseRetiredCopies(heldBy: name)
             guard var state = models[name] else { break }
             switch state.phase {
             case .stopping(let reason):
@@ -196,6 +200,7 @@ public struct Placer: Sendable {
             stageOnRequest(name, now: now, into: &actions)
 
         case .weightsReplaced(let name):
+            retireCopy(of: name)
             restartRuntime(of: name, reason: .newWeights, into: &actions)
 
         case .footprintMeasured(let name, let bytes):

@@ -33,6 +33,8 @@ final class PlacerSimulation {
     var stagingCopies: Set<String> = []
     var hungStages: Set<String> = []
     var residentCopies: Set<String> = []
+    /// Copies lost while their runtime still maps them (`Placer.retireCopy`).
+    var retired: Set<String> = []
     var sawCorrection = false
     var stagesSeen = 0, stagedStarts = 0, skippedStarts = 0, releases = 0, abandoned = 0
     var overBudgetSteps = 0, overBudgetStops = 0, reconfigurations = 0, evictions = 0
@@ -48,6 +50,15 @@ final class PlacerSimulation {
 
     func send(_ event: PlacerEvent) {
         if case .footprintMeasured = event { sawCorrection = true }
+        // A copy lost while its runtime runs stays in RAM (mapped) until that runtime is gone.
+        switch event {
+        case .weightsAt(let m, let tier) where tier != .host:
+            if let state = placer.models[m], state.hostCopy == .resident, state.phase.holdsMemory { retired.insert(m) }
+        case .runtimeExited(let m, _):
+            retired.remove(m)
+        default:
+            break
+        }
         let before = placer.models
         apply(placer.handle(event, now: now), before: before)
     }
@@ -93,7 +104,7 @@ final class PlacerSimulation {
                             case .resident: return other.spec.pinned || holdsDevice(other.phase)
                             case .absent: return false
                             }
-                        }.reduce(UInt64(0)) { $0 + $1.spec.weightBytes }
+                        }.reduce(UInt64(0)) { $0 + $1.spec.weightBytes } + retired.reduce(UInt64(0)) { $0 + specs[$1]!.weightBytes }
                         #expect(held + spec.weightBytes > hostBudget,
                                 "seed \(seed): \(m) started without its staged copy though room could be made")
                         skippedStarts += 1
@@ -184,6 +195,7 @@ final class PlacerSimulation {
                     "seed \(seed): staged while the host-weights budget is exceeded")
         }
         let executorBytes = stagingCopies.union(residentCopies).reduce(UInt64(0)) { $0 + specs[$1]!.weightBytes }
+            + retired.reduce(UInt64(0)) { $0 + specs[$1]!.weightBytes }
         #expect(executorBytes == placer.hostWeightsUsedBytes, "seed \(seed): executor and Placer count different bytes")
         for name in specs.keys.sorted() {
             let state = placer.models[name]

@@ -90,6 +90,45 @@ struct PlacerWeightsTableTests {
         #expect(p.hostWeightsUsedBytes == 0)
     }
 
+    /// A copy dropped (a reload changed the source) while a replica still runs on it stays
+    /// counted until that replica is gone: the file is unlinked but its pages stay mapped. (The
+    /// idle sibling restarted on a new copy beside it and another model staged too: 281 MiB of
+    /// copies in RAM against a 200 MiB budget.)
+    @Test func aCopyDroppedUnderARunningReplicaCountsUntilItStops() {
+        func replica(_ i: Int) -> ModelSpec {
+            var spec = Self.model("r#\(i)", weightsMiB: 94)
+            spec.replicaOf = "r"
+            return spec
+        }
+        var p = Self.placer(hostMiB: 200, models: [replica(0), replica(1), Self.model("b", weightsMiB: 96)])
+        PlacerTableTests.run(&p, [
+            (.seconds(0), .request(1, model: "r#0"), [.stage(model: "r#0")]),
+            (.seconds(1), .staged(model: "r#0"), [.start(model: "r#0")]),
+            (.seconds(2), .runtimeReady(model: "r#0"), [.admit(1, model: "r#0")]),
+            (.seconds(2), .request(2, model: "r#1"), [.start(model: "r#1")]),
+            (.seconds(3), .runtimeReady(model: "r#1"), [.admit(2, model: "r#1")]),
+            (.seconds(3), .finished(2), []),
+            // the copy is dropped under both runtimes
+            (.seconds(4), .weightsAt(model: "r#0", tier: .nvme), []),
+            (.seconds(4), .weightsAt(model: "r#1", tier: .nvme), []),
+        ])
+        #expect(p.hostWeightsUsedBytes == 94 * Self.mib, "still mapped: counted once")
+        PlacerTableTests.run(&p, [
+            (.seconds(5), .unload(model: "r#1"), [.stop(model: "r#1", reason: .operatorRequest)]),
+            (.seconds(6), .runtimeExited(model: "r#1", detail: "stopped"), []),
+            // r#0 still maps the old copy: the new one fits beside it, b's does not
+            (.seconds(7), .request(3, model: "r#1"), [.stage(model: "r#1")]),
+            (.seconds(7), .request(4, model: "b"), [.start(model: "b")]),
+        ])
+        #expect(p.hostWeightsUsedBytes == 188 * Self.mib)
+        PlacerTableTests.run(&p, [
+            (.seconds(8), .finished(1), []),
+            (.seconds(8), .unload(model: "r#0"), [.stop(model: "r#0", reason: .operatorRequest)]),
+            (.seconds(9), .runtimeExited(model: "r#0", detail: "stopped"), []),
+        ])
+        #expect(p.hostWeightsUsedBytes == 94 * Self.mib, "the old copy gone with its last runtime")
+    }
+
     /// Weights staged anew while the model runs: its requests finish on the old runtime, those
     /// that come meanwhile wait, and it starts again (on the new copy) once it has stopped.
     @Test func aRuntimeOnReplacedWeightsFinishesItsRequestsThenStartsAgain() {

@@ -24,6 +24,13 @@ struct PlacerWeightsTableTests {
                   weightBytes: weightsMiB * mib, startSeconds: startSeconds, stagesWeights: stages)
     }
 
+    /// Replica `i` of model "r" (`r#i`).
+    static func replica(_ i: Int, weightsMiB: UInt64) -> ModelSpec {
+        var spec = model("r#\(i)", weightsMiB: weightsMiB)
+        spec.replicaOf = "r"
+        return spec
+    }
+
     @Test func weightsAreStagedThenTheRuntimeStarts() {
         var p = Self.placer(models: [Self.model("a", memoryMiB: 400, weightsMiB: 300)])
         PlacerTableTests.run(&p, [
@@ -95,12 +102,8 @@ struct PlacerWeightsTableTests {
     /// idle sibling restarted on a new copy beside it and another model staged too: 281 MiB of
     /// copies in RAM against a 200 MiB budget.)
     @Test func aCopyDroppedUnderARunningReplicaCountsUntilItStops() {
-        func replica(_ i: Int) -> ModelSpec {
-            var spec = Self.model("r#\(i)", weightsMiB: 94)
-            spec.replicaOf = "r"
-            return spec
-        }
-        var p = Self.placer(hostMiB: 200, models: [replica(0), replica(1), Self.model("b", weightsMiB: 96)])
+        var p = Self.placer(hostMiB: 200, models: [Self.replica(0, weightsMiB: 94), Self.replica(1, weightsMiB: 94),
+                                                   Self.model("b", weightsMiB: 96)])
         PlacerTableTests.run(&p, [
             (.seconds(0), .request(1, model: "r#0"), [.stage(model: "r#0")]),
             (.seconds(1), .staged(model: "r#0"), [.start(model: "r#0")]),
@@ -301,12 +304,8 @@ struct PlacerWeightsTableTests {
     /// replica counted it, so 3 replicas of 400 MiB took 1,200 MiB of a 1,000 MiB budget and the
     /// third started from the slower tier), and it goes only with all of them.
     @Test func replicasShareOneHostCopy() {
-        func replica(_ i: Int) -> ModelSpec {
-            var spec = Self.model("r#\(i)", weightsMiB: 400)
-            spec.replicaOf = "r"
-            return spec
-        }
-        var p = Self.placer(hostMiB: 1000, models: [replica(0), replica(1), replica(2), Self.model("b", weightsMiB: 500),
+        var p = Self.placer(hostMiB: 1000, models: [Self.replica(0, weightsMiB: 400), Self.replica(1, weightsMiB: 400),
+                                                    Self.replica(2, weightsMiB: 400), Self.model("b", weightsMiB: 500),
                                                     Self.model("c", weightsMiB: 500)])
         PlacerTableTests.run(&p, [
             (.seconds(0), .request(1, model: "r#0"), [.stage(model: "r#0")]),

@@ -23,14 +23,7 @@ extension Gateway {
         // `:key` routes, so they are registered on it as well.
         for path in ["/v1/blocks/:key", "/v1/blocks/\(Self.batchGetName)"] { addBlockRoutes(path, to: router) }
         // Another method on a block is told which ones it takes (405), not that nothing is there.
-        for method in [HTTPRequest.Method.post, .patch] {
-            router.on(RouterPath("/v1/blocks/:key"), method: method) { request, _ -> Response in
-                throw GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
-                                   message: "\(request.uri.path) takes GET, HEAD, PUT or DELETE, not \(request.method.rawValue)",
-                                   allow: "GET, HEAD, PUT, DELETE")
-            }
-        }
-        Self.answerOptions(RouterPath("/v1/blocks/:key"), allow: "GET, HEAD, PUT, DELETE, OPTIONS", on: router)
+        Self.refuseOtherMethods(RouterPath("/v1/blocks/:key"), allowed: [.get, .head, .put, .delete], on: router)
         // (`batch-get` is a block's name too, and the batch's POST.)
         Self.answerOptions(RouterPath("/v1/blocks/\(Self.batchGetName)"), allow: "GET, HEAD, PUT, DELETE, POST, OPTIONS", on: router)
         router.post("/v1/blocks/\(Self.batchGetName)") { request, _ in

@@ -152,35 +152,29 @@ public struct Gateway: Sendable {
             return jsonResponse(model.object)
         }
         for path in ["/health", "/ready", "/metrics", "/v1/models", "/v1/models/**"] {
-            for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
-                router.on(RouterPath(path), method: method) { request, _ -> Response in throw Self.wrongMethod(request, allowed: .get) }
-            }
-            Self.answerOptions(RouterPath(path), allow: "GET, OPTIONS", on: router)
+            Self.refuseOtherMethods(RouterPath(path), allowed: [.get], on: router)
         }
         for endpoint in Endpoint.allCases {
             router.post(RouterPath(endpoint.path)) { request, context in
                 try await proxy(request, context: context, endpoint: endpoint)
             }
-            for method in [HTTPRequest.Method.get, .put, .delete, .patch] {
-                router.on(RouterPath(endpoint.path), method: method) { request, _ -> Response in
-                    throw Self.wrongMethod(request, allowed: .post)
-                }
-            }
-            Self.answerOptions(RouterPath(endpoint.path), allow: "POST, OPTIONS", on: router)
+            Self.refuseOtherMethods(RouterPath(endpoint.path), allowed: [.post], on: router)
         }
         addAdminRoutes(to: router)
         addBlockRoutes(to: router)
         return router
     }
 
-    /// 405 for every other method of GET, POST, PUT, DELETE and PATCH on `path`, and 204 for
-    /// OPTIONS, each naming the methods it takes.
+    /// 405 for every other method of GET, POST, PUT, DELETE and PATCH on `path` ("takes GET,
+    /// HEAD, PUT or DELETE, not POST"), and 204 for OPTIONS, each naming the methods it takes in
+    /// `Allow`.
     static func refuseOtherMethods(_ path: RouterPath, allowed: [HTTPRequest.Method], on router: Router<GatewayRequestContext>) {
         let names = allowed.map(\.rawValue)
+        let listed = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
         for method in [HTTPRequest.Method.get, .post, .put, .delete, .patch] where !allowed.contains(method) {
             router.on(path, method: method) { request, _ -> Response in
                 throw GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
-                                   message: "\(request.uri.path) takes \(names.joined(separator: " or ")), not \(request.method.rawValue)",
+                                   message: "\(request.uri.path) takes \(listed), not \(request.method.rawValue)",
                                    allow: names.joined(separator: ", "))
             }
         }
@@ -193,12 +187,6 @@ public struct Gateway: Sendable {
         router.on(path, method: .options) { _, _ -> Response in
             Response(status: .noContent, headers: [.allow: allow])
         }
-    }
-
-    /// 405 for a known path asked with the wrong method (a GET of a POST endpoint), naming the one to use.
-    static func wrongMethod(_ request: Request, allowed: HTTPRequest.Method) -> GatewayError {
-        GatewayError(status: .methodNotAllowed, type: "invalid_request_error", code: "method_not_allowed",
-                     message: "\(request.uri.path) takes \(allowed.rawValue), not \(request.method.rawValue)", allow: allowed.rawValue)
     }
 
     /// The tenant the request's API key belongs to; throws 401 for a missing or unknown key.

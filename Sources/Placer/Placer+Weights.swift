@@ -15,8 +15,7 @@ extension Placer {
     /// past the budget, while the draining replica still held the old one).
     mutating func retireCopy(of name: String) {
         guard let state = models[name], state.hostCopy == .resident, state.phase.holdsMemory else { return }
-        let key = Self.copyKey(state.spec) + "\u{0}retired"
-        retiredCopies[key, default: (state.spec.weightBytes, [])].holders.insert(name)
+        retiredCopies[Self.copyKey(state.spec), default: (state.spec.weightBytes, [])].holders.insert(name)
     }
 
     /// `name`'s runtime is gone: a retired copy it was the last to map is gone from RAM too.

@@ -48,6 +48,16 @@ def origin(tmp_path, data: bytes | None = None) -> Path:
     return root
 
 
+def new_version(root: Path, data: bytes) -> bytes:
+    """Replaces the origin's `model.gguf` with another version of `data` (one weight byte differs,
+    the same size, a later modification time) and returns its bytes."""
+    changed = bytearray(data)
+    changed[-1] ^= 0x01
+    (root / "model.gguf").write_bytes(changed)
+    os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+    return bytes(changed)
+
+
 def runtime_model_path(d) -> str:
     pid = d.model("smollm2")["pid"]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -169,10 +179,7 @@ def test_a_source_that_changed_does_not_take_down_a_model_whose_sha256_the_copy_
         wait_for(lambda: any(o["name"] == "smollm2" for o in json.loads(d.get("/admin/tiers", headers=ADMIN)[1])["objects"]),
                  30, what="the NVMe copy written behind")
         assert d.stop() == 0
-        changed = bytearray(data)
-        changed[-1] ^= 0x01
-        (root / "model.gguf").write_bytes(changed)
-        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+        changed = new_version(root, data)
 
         d.start()
         status, body = chat(d)
@@ -206,10 +213,7 @@ def test_staging_again_a_copy_whose_source_changed_is_answered_at_once_and_shown
                                tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 256MiB },"
                                      " remote: { parallelism: 1, chunk_size: 8MiB } }"))
         assert stage_cli(d).returncode == 0
-        changed = bytearray(data)
-        changed[-1] ^= 0x01
-        (root / "model.gguf").write_bytes(changed)
-        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+        changed = new_version(root, data)
         started = time.monotonic()
         status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
         assert time.monotonic() - started < 2, "answered at once"
@@ -237,10 +241,7 @@ def test_a_running_model_restarts_on_weights_staged_anew_once_its_requests_are_d
             **CHAT, "max_tokens": 300, "ignore_eos": True}, headers={"Authorization": "Bearer test-key-1",
                                                                       "Content-Type": "application/json"}, timeout=120))
         wait_for(lambda: d.model("smollm2")["in_flight"] == 1, 10, interval=0.05, what="the long answer under way")
-        changed = bytearray(data)
-        changed[-1] ^= 0x01
-        (root / "model.gguf").write_bytes(changed)
-        os.utime(root / "model.gguf", (time.time() + 30, time.time() + 30))
+        changed = new_version(root, data)
         status, body, _ = d.request("POST", "/admin/models/smollm2/stage", body={"to": "host"}, headers=ADMIN)
         assert status in (200, 202), (status, body)
         wait_for(lambda: staging(d)["smollm2"]["state"] == "done", 60, what="the new version staged")

@@ -303,10 +303,17 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     }
 
     /// `POST` or `Host:` as a command's name (either case), as an HTTP request sends them.
+    /// Compared in place, as `RESPCommandHandler.getOrSet` does: it runs for every command.
     static func isHTTP(_ name: ByteBuffer) -> Bool {
-        guard name.readableBytes == 4 || name.readableBytes == 5 else { return false }
-        let lowered = String(decoding: name.readableBytesView.map { $0 | 0x20 }, as: UTF8.self)
-        return lowered == "post" || lowered == "host:"
+        let word: StaticString
+        switch name.readableBytes {
+        case 4: word = "post"
+        case 5: word = "host:"
+        default: return false
+        }
+        return name.withUnsafeReadableBytes { bytes in
+            (0..<bytes.count).allSatisfy { bytes[$0] | 0x20 == word.utf8Start[$0] }
+        }
     }
 
     /// Moves complete requests from `inbound` to `pending` until it is full.

@@ -698,15 +698,15 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 // to it comes here, whole): it is not kept, whatever the answer's head says.
                 if relay.parsed.stream { connection.channel.close(promise: nil) } else { pool?.release(connection) }
             }
-            // A server error: the client has seen none of it, so another replica gets the
-            // request, where there is one. It counts against this one only if another serves it
-            // (the same request erring everywhere is the request's doing).
             // An error of the request's own making (`openAIShaped`) goes to the client as a 4xx,
             // not to another replica.
             var answer = answer
             if let shaped = Gateway.openAIShaped(status: answer.head.status, body: answer.body, endpoint: relay.endpoint) {
                 (answer.head.status, answer.body) = shaped
             }
+            // A server error: the client has seen none of it, so another replica gets the
+            // request, where there is one. It counts against this one only if another serves it
+            // (the same request erring everywhere is the request's doing).
             let serverError = answer.head.status >= 500
             if serverError, relay.lease.hasAlternatives {
                 relay.lease.release(.abandoned)

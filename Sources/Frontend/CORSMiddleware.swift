@@ -5,7 +5,8 @@ import Hummingbird
 /// none by default, so a web page the user visits cannot drive the local models). An allowed
 /// origin's preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered 204 with the
 /// methods and the headers it asks for; its other requests' answers, errors included, name it in
-/// `Access-Control-Allow-Origin`. A request from any other origin that would change something
+/// `Access-Control-Allow-Origin`, and expose the headers a page needs to read (which replica or
+/// model served it, when to retry). A request from any other origin that would change something
 /// (not GET, HEAD or OPTIONS) is refused with 403: a browser sends a "simple" POST (text/plain,
 /// a form) without asking first, and although the page cannot read the answer, the generation,
 /// the unload or the reload would happen. Requests with an `Origin` take the general path
@@ -35,9 +36,13 @@ struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         var response = try await next(request, context)
         response.headers[.accessControlAllowOrigin] = origin
+        response.headers[.accessControlExposeHeaders] = Self.exposed
         response.headers[.vary] = "Origin"
         return response
     }
+
+    /// Response headers beyond the CORS-safelisted ones that a page's script may read.
+    static var exposed: String { "\(Gateway.servedByName), Retry-After" }
 }
 
 /// The origins allowed cross-origin access: exact (`http://localhost:3000`), with `*` standing

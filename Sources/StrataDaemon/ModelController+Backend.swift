@@ -286,12 +286,19 @@ extension ModelController: ModelBackend {
     }
 
     public func unload(model: String) async throws {
+        // A runtime a reload removed is on its way out already: it stops once its requests end.
+        if config.model(placerName: model) == nil, instances[model] != nil { return }
         for name in try requireManaged(model) { send(.unload(model: name)) }
     }
 
     /// The Placer names `model` stands for.
     private func requireManaged(_ model: String) throws -> [String] {
         guard let modelConfig = config.model(placerName: model) else {
+            if instances[model] != nil {
+                throw GatewayError(
+                    status: .conflict, type: "invalid_request_error", code: "model_removed",
+                    message: "'\(model)' was removed from the config by a reload: it finishes the requests it has and stops")
+            }
             throw GatewayError.modelNotFound(model)
         }
         guard case .managed = modelConfig.serving else {

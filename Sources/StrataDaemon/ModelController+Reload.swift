@@ -13,6 +13,10 @@ public struct ReloadReport: Sendable, Codable, Equatable {
     /// replicas that stays above one: replicas added or removed, the others left running)
     /// changed in place.
     public var changed: [String] = []
+    /// Of the models changed in place, the replicas added (started when preloaded or needed)
+    /// and removed (drained: they finish their requests, listed as removed until they stop).
+    public var replicas_added: [String] = []
+    public var replicas_removed: [String] = []
     /// Sections that take effect only when Strata restarts (listen address, tiers, kv…).
     public var needs_restart: [String] = []
     /// Devices added, removed or with another memory budget (applied at once).
@@ -40,6 +44,8 @@ extension ModelController {
                 restart.formUnion(model.placerNames)
             } else if before != model || Self.routingChanged(model, old: old, new: new) {
                 report.changed.append(model.name)
+                report.replicas_added += model.placerNames.filter { !before.placerNames.contains($0) }
+                report.replicas_removed += before.placerNames.filter { !model.placerNames.contains($0) }
             }
         }
         report.removed = old.models.map(\.name).filter { !newNames.contains($0) }

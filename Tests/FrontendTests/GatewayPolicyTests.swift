@@ -165,6 +165,8 @@ struct CORSTests {
             let allowed = try await client.execute(uri: "/v1/chat/completions", method: .post,
                                                    headers: [.origin: "http://localhost:5173", .contentType: "application/json"], body: body)
             #expect(allowed.status == .ok && allowed.headers[.accessControlAllowOrigin] == "http://localhost:5173")
+            #expect(allowed.headers[.accessControlExposeHeaders] == "x-strata-served-by, Retry-After",
+                    "a page may read which model served it and when to retry")
             let error = try await client.execute(uri: "/v1/nothing", method: .get, headers: [.origin: "http://localhost:5173"])
             #expect(error.status == .notFound && error.headers[.accessControlAllowOrigin] == "http://localhost:5173",
                     "error answers carry it too")

@@ -193,6 +193,7 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
     rewrite(d, cfg(3))
     status, answer = reload(d)
     assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+    assert answer["replicas_added"] == ["smollm2#2"] and answer["replicas_removed"] == [], answer
     grown = wait_for(lambda: (p := pids()).get("smollm2#2") and p, 60, what="the added replica preloaded")
     wait_for(lambda: 'strata_model_memory_measured_bytes{model="smollm2#2"}' in d.get("/metrics")[1].decode(), 30,
              what="the added replica's footprint measured")
@@ -212,9 +213,19 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
         rewrite(d, cfg(2))
         status, answer = reload(d)
         assert status == 200 and answer["restarted"] == [] and answer["changed"] == ["smollm2"], answer
+        assert answer["replicas_removed"] == ["smollm2#2"] and answer["replicas_added"] == [], answer
         leaving = d.admin().get("smollm2#2")
         assert leaving and leaving["status"] == "removed" and leaving["phase"].startswith("draining (removed"), leaving
         assert leaving["pid"] == grown["smollm2#2"] and leaving["in_flight"] > 0, leaving
+        # Loading the leaving replica is refused for what it is; unloading it is what happens anyway.
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        status, body, _ = d.request("POST", "/admin/models/smollm2%232/load", headers=admin)
+        assert status == 409 and json.loads(body)["error"]["code"] == "model_removed", (status, body)
+        status, body, _ = d.request("POST", "/admin/models/smollm2%232/unload", headers=admin)
+        assert status == 202, (status, body)
+        assert d.admin()["smollm2#2"]["in_flight"] > 0, "unloading it does not cut its requests short"
+        status, _, _ = d.request("POST", "/admin/models/smollm2%235/load", headers=admin)
+        assert status == 404, "a replica that never was is still unknown"
         assert [a.result()[0] for a in answers] == [200, 200, 200], "requests in flight on the removed replica finish"
     removed_pid = grown["smollm2#2"]
     wait_for(lambda: "smollm2#2" not in d.admin(), 30, what="the removed replica gone")

@@ -83,7 +83,10 @@ extension ModelController {
                 await self.checkRemoteSources(of: added + newWeights, stager, within: .seconds(5))
                 let removed = await stager.removeHostCopies(keeping: sources)
                 for (model, why) in removed.sorted(by: { $0.key < $1.key }) {
-                    self.logger.notice("removed the staged weights of \(model) from host RAM: \(why)")
+                    // The file goes; a runtime that maps it keeps those pages until it stops.
+                    let mapping = await self.runtimes(of: model)
+                    let still = mapping.isEmpty ? "" : "; \(mapping.joined(separator: ", ")) still map them until they stop"
+                    self.logger.notice("removed the staged weights of \(model) from host RAM: \(why)\(still)")
                 }
                 for model in newWeights {
                     let tier = await WeightTier(stager.residency(of: model.name, source: model.source))
@@ -100,6 +103,11 @@ extension ModelController {
             for name in model.placerNames where all || !earlier.contains(name) { send(.load(model: name)) }
         }
         return report
+    }
+
+    /// The runtimes running for `model` (itself or its replicas `model#i`), by name.
+    func runtimes(of model: String) -> [String] {
+        instances.keys.filter { $0 == model || ($0.hasPrefix(model + "#") && Int($0.dropFirst(model.count + 1)) != nil) }.sorted()
     }
 
     /// Whether the process a model runs as would differ: runtime command, environment or

@@ -541,3 +541,23 @@ def test_replicas_run_from_one_copy_in_ram_counted_once(make_daemon):
     status, body, _ = d.get("/admin/placements", headers=ADMIN)
     after = [p["host_weights_after_bytes"] for p in json.loads(body)["placements"] if "host_weights_after_bytes" in p]
     assert after and max(after) == MODEL.stat().st_size, after
+
+    # The model removed by a reload while a replica answers: the copy goes, and the log says the
+    # replica still maps it (it said the weights were removed from RAM, which they were not yet).
+    import concurrent.futures
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    long = pool.submit(lambda: d.request("POST", "/v1/chat/completions", body={
+        **CHAT, "model": "smollm2", "max_tokens": 300, "ignore_eos": True},
+        headers={"Authorization": "Bearer test-key-1", "Content-Type": "application/json"}, timeout=120))
+    wait_for(lambda: sum(m["in_flight"] for m in d.admin().values()) == 1, 10, interval=0.05, what="a long answer under way")
+    busy = next(name for name, m in d.admin().items() if m["in_flight"] == 1)
+    d.config_path.write_text(d.config_path.read_text().replace(
+        f'name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true',
+        'name: elsewhere, upstreams: ["http://127.0.0.1:9"]'))
+    status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+    assert status == 200 and json.loads(body)["removed"] == ["smollm2"], body
+    line = wait_for(lambda: next((l for l in d.log_path.read_text().splitlines() if "removed the staged weights of smollm2" in l), None),
+                    10, what="the copy removed")
+    assert busy in line.split(";")[-1] and line.endswith("still map them until they stop"), line
+    assert long.result()[0] == 200, "the answer under way finishes"
+    pool.shutdown()

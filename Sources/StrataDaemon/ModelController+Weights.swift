@@ -105,10 +105,14 @@ extension ModelController {
                 outcome = .success(try await stager.stage(request))
             } catch {
                 let wrongWeights = (error as? StageError)?.isChecksumMismatch == true
-                if local && !wrongWeights && !(error is CancellationError) && !Task.isCancelled {
+                let noRoom = (error as? IOError)?.isNoSpace == true
+                if (local || noRoom) && !wrongWeights && !(error is CancellationError) && !Task.isCancelled {
                     // The tiers could not take the copy (full, failing disk): the runtime opens
-                    // the local file itself, as without staging. Wrong weights never start.
-                    self.logger.warning("staging \(model) failed; its runtime opens the source file instead",
+                    // the local file itself, as without staging; for a remote source, with no
+                    // room left in the RAM-backed directory (a RAM disk others filled), a copy on
+                    // disk (`stageToDisk` at its start). Wrong weights never start.
+                    self.logger.warning(local ? "staging \(model) failed; its runtime opens the source file instead"
+                                            : "no room to stage \(model) in RAM; its runtime opens a copy on disk instead",
                                         metadata: ["error": "\(error)"])
                     outcome = .success(nil)
                 } else {

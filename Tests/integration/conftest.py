@@ -88,10 +88,13 @@ class Daemon:
         self.env = {**os.environ, "STRATA_API_KEYS": API_KEY, "STRATA_ADMIN_KEY": ADMIN_KEY, **(env or {})}
         self.proc = None
         self.seen_pids: set[int] = set()
+        # A command that runs the daemon's (ending in `exec "$@"` or the like), e.g. to give it a
+        # mount namespace of its own.
+        self.wrapper: list[str] = []
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(STRATA), "serve", "--config", str(self.config_path)],
+        self.proc = subprocess.Popen([*self.wrapper, str(STRATA), "serve", "--config", str(self.config_path)],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         wait_for(self._ready, 30, what=f"strata /ready (log {self.log_path})")
         return self

@@ -326,6 +326,32 @@ def test_copies_of_http_sources_count_at_their_size_against_the_weights_budget(m
         assert staged_file(d, "one") is not None and staged_file(d, "two") is not None
 
 
+def can_mount_tmpfs() -> bool:
+    return os.geteuid() == 0 and subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a mount namespace (root) for a small RAM disk")
+def test_an_http_source_without_room_on_the_ram_disk_runs_from_a_copy_on_disk(make_daemon, tmp_path):
+    """The RAM-backed directory is a 32 MiB RAM disk (others filled it; the weights budget says
+    150 MiB): staging the ~100 MiB weights there fails for want of room. The model failed to
+    start; now its runtime opens a copy on disk, as it does for weights over the budget."""
+    root = origin(tmp_path)
+    with Nginx(root) as nginx:
+        d = make_daemon(config(
+            f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB }}',
+            tiers="{ host: { budget: 4MiB, dir: @SHM@, weights_budget: 150MiB }, nvme: { budget: 512MiB } }"), start=False)
+        d.shm.mkdir(parents=True)
+        d.wrapper = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=32m tmpfs "$0" && exec "$@"', str(d.shm)]
+        d.start()
+        status, body = chat(d)
+        assert status == 200, body
+        path = runtime_model_path(d)
+        assert path.startswith(str(d.dir / "state")), path
+        assert Path(path).stat().st_size == MODEL.stat().st_size
+        assert "no room to stage smollm2 in RAM" in d.log_path.read_text()
+
+
 def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):
     """Without an ETag the version is the Last-Modified time: every range asks
     If-Unmodified-Since, and an answer from another version fails the staging whole."""

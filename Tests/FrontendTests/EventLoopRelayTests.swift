@@ -176,6 +176,24 @@ struct EventLoopRelayTests {
         }
     }
 
+    /// A stall is measured from the answer's last read: the answer stops at once after its head
+    /// and half its body, and the check at `upstream_timeout` (which sees those reads) now waits
+    /// only what is left of the timeout from them. It re-armed a whole timeout from the check, so
+    /// such a stall ended after twice `upstream_timeout` (here 6 s, never less).
+    @Test func aStallEndsUpstreamTimeoutAfterTheLastReadNotTwiceThat() async throws {
+        let upstream = try await RawUpstream.start(answersPerConnection: 10, stall: true)
+        defer { upstream.stop() }
+        try await GatewayTests.withGateway(
+            GatewayConfiguration(upstreamTimeout: .seconds(3), cancelOnDisconnect: false), immediate: true, rawPort: upstream.port
+        ) { client, _ in
+            let started = ContinuousClock.now
+            let response = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [:], body: Self.body("raw"))
+            let took = ContinuousClock.now - started
+            #expect(response.status == .badGateway)
+            #expect(took >= .seconds(3) && took < .milliseconds(5500), "ended after \(took)")
+        }
+    }
+
     /// The relay bounds each request from its own start with one timer per client connection:
     /// requests that together outlast `upstream_timeout` on one kept connection are not cut,
     /// and a later one whose answer does not come in time is. The upstream times its answers on

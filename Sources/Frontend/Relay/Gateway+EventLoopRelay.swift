@@ -550,9 +550,9 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Each attempt's bound (as the general path's): `upstream_timeout` for the answer's head, so
     /// a retried request is bounded too; then, once the answer has begun, the same between its
     /// reads, so an upstream that stops mid-answer does not hold the client for ever. Sets the
-    /// exchange's deadline from now; the connection's one timer (`watchdog`) checks it then.
-    private func bound(_ exchange: Exchange, readsSeen: Int?, context: ChannelHandlerContext) {
-        exchange.deadline = .now() + TimeAmount(gateway.configuration.upstreamTimeout)
+    /// exchange's deadline from `start`; the connection's one timer (`watchdog`) checks it then.
+    private func bound(_ exchange: Exchange, readsSeen: Int?, from start: NIODeadline = .now(), context: ChannelHandlerContext) {
+        exchange.deadline = start + TimeAmount(gateway.configuration.upstreamTimeout)
         exchange.readsSeen = readsSeen
         if watchdog == nil { scheduleWatchdog(at: exchange.deadline, context: context) }
     }
@@ -571,9 +571,12 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             guard let connection = exchange.connection, connection.handler.answerBegan == false
                 || (connection.handler.reads == exchange.readsSeen && context.channel.isWritable)
             else {
-                // Still connecting (its own timeout bounds that), the answer is still coming, or a
-                // stream is held back by a client that does not take it.
-                self.bound(exchange, readsSeen: exchange.connection?.handler.reads, context: context)
+                // Still connecting (its own timeout bounds that), the answer is still coming (its
+                // bound counts from its last read, so a stall ends after upstream_timeout, not up
+                // to twice that), or a stream is held back by a client that does not take it.
+                let handler = exchange.connection?.handler
+                let coming = handler.map { $0.answerBegan && context.channel.isWritable } ?? false
+                self.bound(exchange, readsSeen: handler?.reads, from: coming ? handler!.lastRead : .now(), context: context)
                 return
             }
             let began = connection.handler.answerBegan

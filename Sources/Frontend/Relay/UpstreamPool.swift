@@ -357,6 +357,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
     var answerBegan: Bool { head != nil }
     /// Socket reads on this connection so far: whether an answer is still coming.
     private(set) var reads = 0
+    /// When the last of them came: a stall is measured from it.
+    private(set) var lastRead = NIODeadline.now()
 
     /// The next answer goes to `completion`; returns the exchange's number.
     func expect(limit: Int, tap: UpstreamStreamTap? = nil, completion: @escaping (Result<UpstreamAnswer, any Error>) -> Void) -> Int {
@@ -373,6 +375,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reads &+= 1
+        lastRead = .now()
         var buffer = unwrapInboundIn(data)
         guard completion != nil else {
             // Bytes nobody asked for: the connection is not in a state to be trusted again.

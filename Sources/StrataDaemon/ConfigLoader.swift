@@ -256,7 +256,7 @@ public enum ConfigLoader {
         let map = try reader.mapping(
             node, at: "supervisor",
             allowed: ["load_timeout", "queue_timeout", "stop_timeout", "max_queued", "restart_backoff",
-                      "restart_backoff_max", "health_interval"])
+                      "restart_backoff_max", "health_interval", "liveness_interval", "hang_timeout"])
         reader.each { if let v = map["load_timeout"] { settings.loadTimeout = try reader.duration(v, at: "supervisor.load_timeout") } }
         reader.each { if let v = map["queue_timeout"] { settings.queueTimeout = try reader.duration(v, at: "supervisor.queue_timeout") } }
         reader.each { if let v = map["stop_timeout"] { settings.stopTimeout = try reader.duration(v, at: "supervisor.stop_timeout") } }
@@ -268,6 +268,18 @@ public enum ConfigLoader {
             }
         }
         reader.each { if let v = map["health_interval"] { settings.healthInterval = try reader.duration(v, at: "supervisor.health_interval") } }
+        reader.each {
+            if let v = map["liveness_interval"] { settings.livenessInterval = try reader.duration(v, at: "supervisor.liveness_interval", orZero: true) }
+        }
+        reader.each { if let v = map["hang_timeout"] { settings.hangTimeout = try reader.duration(v, at: "supervisor.hang_timeout", orZero: true) } }
+        if settings.hangTimeout > .zero, settings.livenessInterval == .zero {
+            throw reader.fail("supervisor.hang_timeout", map["hang_timeout"] ?? map["liveness_interval"],
+                              "needs liveness_interval above 0s (nothing would notice the hang); set hang_timeout: 0s too")
+        }
+        if settings.hangTimeout > .zero, settings.hangTimeout < settings.livenessInterval * 2 {
+            throw reader.fail("supervisor.hang_timeout", map["hang_timeout"] ?? map["liveness_interval"],
+                              "must be at least twice liveness_interval (\(settings.livenessInterval)), or 0s for never")
+        }
         guard settings.restartBackoffMax >= settings.restartBackoff else {
             throw reader.fail("supervisor.restart_backoff_max", map["restart_backoff_max"], "must be at least restart_backoff")
         }

@@ -123,10 +123,11 @@ struct ConfigReader {
         return bytes
     }
 
-    func duration(_ node: Node, at key: String) throws -> Duration {
+    /// `orZero`: 0 is allowed too (it means off, for the key's description to say).
+    func duration(_ node: Node, at key: String, orZero: Bool = false) throws -> Duration {
         let text = try string(node, at: key)
         switch ConfigUnits.parseDuration(text) {
-        case .success(let duration) where duration > .zero: return duration
+        case .success(let duration) where duration > .zero || (orZero && duration == .zero): return duration
         case .success: throw fail(key, node, "'\(text)' must be longer than zero")
         case .failure(let why): throw fail(key, node, "'\(text)' is not a duration: \(why)")
         }

@@ -18,6 +18,8 @@ public actor ModelController {
         var startedAt: ContinuousClock.Instant
         var healthTask: Task<Void, Never>?
         var killTask: Task<Void, Never>?
+        /// Why it was killed as hung (`watchLiveness`), for the error its exit reports.
+        var hungKilled: String?
         /// The weights file it was started on, as it was then (`FileIdentity`).
         var weights: FileIdentity?
     }
@@ -370,11 +372,76 @@ public actor ModelController {
                 _ = try? await response.body.collect(upTo: 1 << 20)
                 if response.status == .ok {
                     healthy(model: model, instanceID: instanceID)
+                    await watchLiveness(model: model, instanceID: instanceID, url: url)
                     return
                 }
             }
             try? await Task.sleep(for: config.supervisor.healthInterval)
         }
+    }
+
+    /// A ready runtime keeps answering its health check (`supervisor.liveness_interval`); one
+    /// that stops (hung, stopped with SIGSTOP, wedged in a driver) held its requests until
+    /// `upstream_timeout` and, as a replica, kept getting new ones. Two failed probes in a row
+    /// take a replica out of routing until it answers again; `supervisor.hang_timeout` without an
+    /// answer kills it (its requests fail at once instead of waiting; it restarts when needed, as
+    /// after a crash). Ends when the instance stops (`stop` cancels the task) or exits.
+    private func watchLiveness(model: String, instanceID: UInt64, url: String) async {
+        var failures = 0
+        var failingSince: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            let settings = config.supervisor
+            guard settings.livenessInterval > .zero else { return }
+            try? await Task.sleep(for: settings.livenessInterval)
+            guard !Task.isCancelled, instances[model]?.id == instanceID else { return }
+            let probed = ContinuousClock.now
+            let failure = await Self.probe(url)
+            guard !Task.isCancelled, let instance = instances[model], instance.id == instanceID else { return }
+            guard let failure else {
+                if failures >= 2 {
+                    logger.notice("runtime answers its health check again", metadata: ["model": "\(model)"])
+                    if let replicas = replicaSet(of: model) { await replicas.processResponsive(model) }
+                }
+                failures = 0
+                failingSince = nil
+                continue
+            }
+            failures += 1
+            let since = failingSince ?? probed
+            failingSince = since
+            if failures == 2 {
+                logger.warning("runtime does not answer its health check (\(failure))", metadata: ["model": "\(model)"])
+                if let replicas = replicaSet(of: model) { await replicas.processUnresponsive(model) }
+            }
+            let silent = ContinuousClock.now - since
+            if settings.hangTimeout > .zero, silent >= settings.hangTimeout {
+                let why = "did not answer its health check for \(Int(silent.seconds))s (supervisor.hang_timeout): killed as hung"
+                logger.error("runtime hung; killing it", metadata: ["model": "\(model)", "pid": "\(instance.process.pid)"])
+                instances[model]?.hungKilled = why
+                Counter(label: "strata_runtime_hangs_total", dimensions: [("model", model)]).increment()
+                instance.process.signalGroup(SIGKILL)
+                return
+            }
+        }
+    }
+
+    /// One liveness probe: nil when the runtime answered 200, else what went wrong.
+    private static func probe(_ url: String) async -> String? {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        do {
+            let response = try await HTTPClient.probes.execute(request, timeout: .seconds(2))
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return response.status == .ok ? nil : "answered \(response.status.code)"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// The replica set `model` (a Placer name) is a replica of, if it is one.
+    private func replicaSet(of model: String) -> ReplicaSet? {
+        guard let base = config.model(placerName: model), base.replicaCount > 1 else { return nil }
+        return replicaSets[base.name]
     }
 
     private func healthy(model: String, instanceID: UInt64) {
@@ -421,7 +488,8 @@ public actor ModelController {
             logger.info("runtime stopped", metadata: ["model": "\(model)", "how": "\(how)"])
         } else {
             let tail = instance.process.logTail()
-            detail = "\(how)" + (tail.isEmpty ? "" : "; log \(instance.process.logPath): \(tail)")
+            detail = (instance.hungKilled.map { "\($0) (\(how))" } ?? "\(how)")
+                + (tail.isEmpty ? "" : "; log \(instance.process.logPath): \(tail)")
             lastError[model] = detail
             logger.error("runtime died", metadata: ["model": "\(model)", "how": "\(how)", "log": "\(instance.process.logPath)"])
             if case .starting = phase {

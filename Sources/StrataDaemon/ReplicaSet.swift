@@ -157,7 +157,9 @@ actor ReplicaSet {
                     (id, replica, hasAlternatives, restoreBlocks) = routed
                     pending = nil
                 } else {
-                    (id, replica, hasAlternatives, restoreBlocks) = try route(hints)
+                    // (A refusal for want of a healthy replica, followed by the probe below, is
+                    // counted once: by the route after it.)
+                    (id, replica, hasAlternatives, restoreBlocks) = try route(hints, probeFollows: !probed && !managed && checkingHealth)
                 }
             } catch RouteFailure.noHealthyReplica(let error) {
                 // Every replica looked down at the last probe; one may have come up since (a
@@ -281,8 +283,8 @@ actor ReplicaSet {
     /// `ifRoomBesides`: only if a running replica other than that one has room for the request
     /// now (`PrefixRouter.runningReplicaHasRoom`), checked under the same lock as the dispatch;
     /// otherwise `NoRoom`.
-    private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true, ifRoomBesides waiting: String? = nil)
-        throws -> Routed
+    private nonisolated func route(_ hints: RequestHints, countingRefusals: Bool = true, probeFollows: Bool = false,
+                                   ifRoomBesides waiting: String? = nil) throws -> Routed
     {
         let restorable = slots?.restorable(hints.prompt.blocks) ?? 0
         // Pinned replicas: what their slots hold is known, and replaces the router's guess.
@@ -321,7 +323,7 @@ actor ReplicaSet {
             matchedFraction.record(decision.matchedFraction)
             return (id, decision.replica, hasAlternatives, decision.restoreBlocks)
         case .failure(let refusal):
-            if countingRefusals {
+            if countingRefusals && !(probeFollows && refusal == .noHealthyReplica) {
                 Counter(label: "strata_route_refusals_total", dimensions: [("model", model), ("reason", "\(refusal)")]).increment()
             }
             let error = GatewayError.unavailable(
@@ -457,6 +459,22 @@ actor ReplicaSet {
             $0.router.setStarting(replica, false)
             $0.ejectedAt[replica] = nil
             $0.router.markHealthy(replica)
+        }
+        publishLoad(replica)
+    }
+
+    /// A managed replica's runtime stopped answering its health check (`ModelController.watchLiveness`):
+    /// no new requests go there until it answers again, or exits.
+    func processUnresponsive(_ replica: String) {
+        routing.withLockedValue { $0.router.markUnhealthy(replica) }
+        publishLoad(replica)
+    }
+
+    /// It answers again: it serves again (unless ejected for failing requests, which their own
+    /// cooldown ends).
+    func processResponsive(_ replica: String) {
+        routing.withLockedValue { routing in
+            if routing.ejectedAt[replica] == nil { routing.router.markHealthy(replica) }
         }
         publishLoad(replica)
     }

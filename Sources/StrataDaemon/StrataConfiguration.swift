@@ -70,6 +70,11 @@ public struct SupervisorSettings: Sendable {
     public var restartBackoff: Duration
     public var restartBackoffMax: Duration
     public var healthInterval: Duration
+    /// How often a ready runtime's health endpoint is probed (0: never, once it is ready).
+    public var livenessInterval: Duration = .seconds(2)
+    /// How long a ready runtime may go without answering its health check before it is killed
+    /// (it restarts when needed, as after a crash); 0: never killed for it.
+    public var hangTimeout: Duration = .seconds(30)
 }
 
 public struct DeviceConfiguration: Sendable, Equatable {

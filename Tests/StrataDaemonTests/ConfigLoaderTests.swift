@@ -150,6 +150,7 @@ struct ConfigLoaderTests {
         #expect(config.runtimes["llama"]?.kind == .llamaServer(binary: "/cache/bin/llama-server", args: []))
         #expect(config.models.isEmpty)
         #expect(config.supervisor.loadTimeout == .seconds(120))
+        #expect(config.supervisor.livenessInterval == .seconds(2) && config.supervisor.hangTimeout == .seconds(30))
         #expect(config.gateway.maxBodyBytes == 32 << 20)
         #expect(config.gateway.relayOnEventLoop)
         #expect(config.gateway.idleTimeout == .seconds(75))
@@ -161,7 +162,7 @@ struct ConfigLoaderTests {
             listen: "[::1]:9090"
             auth: { api_keys_env: MY_KEYS, admin_key_env: MY_ADMIN }
             gateway: { max_body: 1MiB, upstream_timeout: 30s, event_loop_relay: false, idle_timeout: 2m, drain_timeout: 5s }
-            supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h }
+            supervisor: { load_timeout: 1m, queue_timeout: 90s, stop_timeout: 5s, max_queued: 8, restart_backoff: 500ms, restart_backoff_max: 1h, liveness_interval: 0s, hang_timeout: 0s }
             routing: { policy: round-robin, block_bytes: 128, index_blocks: 1000, hot_spot_queue: 4, load_bound: 1.5, eject_after: 2, health_interval: 500ms, max_concurrency: 8, session_header: x-conversation }
             tiers:
               host: { dir: ~/shm, budget: 2GiB, admission: second-hit, eviction: drop }
@@ -187,6 +188,7 @@ struct ConfigLoaderTests {
         #expect(config.gateway.idleTimeout == .seconds(120))
         #expect(config.gateway.drainTimeout == .seconds(5))
         #expect(config.supervisor.restartBackoff == .milliseconds(500))
+        #expect(config.supervisor.livenessInterval == .zero && config.supervisor.hangTimeout == .zero, "0s: off")
         #expect(config.tiers.host.directory == "/home/u/shm")
         #expect(config.tiers.nvme.budgetBytes == 1_000_000_000_000)
         #expect(config.tiers.policy == BlockStore.Policy(
@@ -236,6 +238,9 @@ struct ConfigLoaderTests {
         Self.expectError("devices: [ { name: cpu, kind: tpu, memory: 1GiB } ]", key: "devices[0].kind", "'tpu'", "cpu, gpu or unified")
         Self.expectError("supervisor: { queue_timeout: soon }", key: "supervisor.queue_timeout", "'soon'", "30s")
         Self.expectError("supervisor: { max_queued: -3 }", key: "supervisor.max_queued", "'-3'", "integer")
+        Self.expectError("supervisor: { liveness_interval: 0s }", key: "supervisor.hang_timeout", "liveness_interval above 0s")
+        Self.expectError("supervisor: { liveness_interval: 10s, hang_timeout: 15s }", key: "supervisor.hang_timeout", "twice liveness_interval")
+        Self.expectError("supervisor: { hang_timeout: 0 }", key: "supervisor.hang_timeout", "'0'", "30s")
         Self.expectError("log_level: loud", key: "log_level", "'loud'", "debug")
         Self.expectError("gateway: { max_body: 10B }", key: "gateway.max_body", "1KiB")
         Self.expectError("gateway: { event_loop_relay: sometimes }", key: "gateway.event_loop_relay", "'sometimes'")

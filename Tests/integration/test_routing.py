@@ -151,8 +151,10 @@ def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_da
     # and /v1/models says so, as a request would be told
     listed = {m.id: m.model_extra["status"] for m in d.client().models.list().data}
     assert listed["smollm2"] == "unavailable", listed
+    refused = d.metric("strata_route_refusals_total", model="smollm2")
     status, body, headers = chat(d, system, "anyone?")
     assert status == 503 and b"no_replica" in body and "Retry-After" in headers, body
+    assert d.metric("strata_route_refusals_total", model="smollm2") == refused + 1, "one refusal, counted once"
 
 
 def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_daemon):
@@ -256,6 +258,44 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
         if replica == victim:
             break
     assert replica == victim
+
+
+def test_a_hung_replica_is_passed_over_then_killed_and_its_waiting_request_served_elsewhere(make_daemon):
+    """A replica Strata started stops answering (SIGSTOP): it stayed "healthy" and kept getting
+    requests, each held until upstream_timeout (10 minutes). Now two failed liveness probes take it
+    out of routing, and after supervisor.hang_timeout it is killed: the request that was waiting
+    on it, nothing yet sent to its client, is served by the other replica; preloaded, it restarts."""
+    d = make_daemon(config(f"""
+  - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}
+""").replace("restart_backoff_max: 2s", "restart_backoff_max: 2s, liveness_interval: 500ms, hang_timeout: 5s"))
+    wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
+    homes = {}
+    for seed in range(20, 60):
+        replica, _ = routed(d, words(seed, 120), "hello")
+        homes.setdefault(replica, seed)
+        if len(homes) == 2:
+            break
+    assert set(homes) == {"smollm2#0", "smollm2#1"}, homes
+    victim, survivor = "smollm2#0", "smollm2#1"
+    pid = d.admin()[victim]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            caught = pool.submit(chat, d, words(homes[victim], 120), "caught on the hung replica")
+            wait_for(lambda: not d.admin()[victim]["replicas"][0]["healthy"], 10, interval=0.1, what="the hung replica marked down")
+            assert d.metric("strata_replica_healthy", replica=victim) == 0
+            replica, _ = routed(d, words(homes[victim], 120), "while it hangs")
+            assert replica == survivor, "its prefix goes to the replica that answers"
+            status, body, _ = caught.result(timeout=60)
+            assert status == 200, body
+        wait_for(lambda: d.admin()[victim].get("pid") not in (None, pid) and d.admin()[victim]["status"] == "ready", 60,
+                 what="the hung replica killed and restarted")
+        assert "runtime hung; killing it" in d.log_path.read_text()
+        assert d.metric("strata_runtime_hangs_total", model=victim) == 1
+        assert d.admin()[victim]["replicas"][0]["healthy"]
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_replica_that_is_up_and_fails_its_requests_is_ejected_and_kept_out_a_while(make_daemon):

@@ -77,6 +77,19 @@ def routed(d, system, user):
     return choice
 
 
+def homes_of_two(d) -> dict:
+    """A seed of `words` whose prefix each of two fresh replicas is home to: {replica: seed}."""
+    homes = {}
+    for seed in range(20, 60):
+        replica, reason = routed(d, words(seed, 120), "hello")
+        assert reason == "coldConsistentHash"
+        homes.setdefault(replica, seed)
+        if len(homes) == 2:
+            break
+    assert set(homes) == {"smollm2#0", "smollm2#1"}, homes
+    return homes
+
+
 def test_requests_sharing_a_prefix_land_where_it_is_resident(make_daemon, replicas):
     d = make_daemon(replica_config([u for u, _ in replicas]))
     prefixes = [words(seed, 300) for seed in (1, 2, 3)]
@@ -233,15 +246,7 @@ def test_a_crashed_replica_is_passed_over_while_it_restarts(make_daemon):
 """).replace("restart_backoff: 200ms", "restart_backoff: 3s").replace("restart_backoff_max: 2s", "restart_backoff_max: 6s"))
     wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
     assert all(m["replicas"][0]["running"] for m in d.admin().values())
-    # a prefix each replica is home to when both run
-    homes = {}
-    for seed in range(20, 60):
-        replica, reason = routed(d, words(seed, 120), "hello")
-        assert reason == "coldConsistentHash"
-        homes.setdefault(replica, seed)
-        if len(homes) == 2:
-            break
-    assert set(homes) == {"smollm2#0", "smollm2#1"}, homes
+    homes = homes_of_two(d)
     victim, survivor = "smollm2#0", "smollm2#1"
     pid = d.admin()[victim]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -269,13 +274,7 @@ def test_a_hung_replica_is_passed_over_then_killed_and_its_waiting_request_serve
   - {{ name: smollm2, source: "file://{MODEL}", runtime: llama, memory: 250MiB, replicas: 2, preload: true }}
 """).replace("restart_backoff_max: 2s", "restart_backoff_max: 2s, liveness_interval: 500ms, hang_timeout: 5s"))
     wait_for(lambda: all(m["status"] == "ready" for m in d.admin().values()), 60, what="both replicas preloaded")
-    homes = {}
-    for seed in range(20, 60):
-        replica, _ = routed(d, words(seed, 120), "hello")
-        homes.setdefault(replica, seed)
-        if len(homes) == 2:
-            break
-    assert set(homes) == {"smollm2#0", "smollm2#1"}, homes
+    homes = homes_of_two(d)
     victim, survivor = "smollm2#0", "smollm2#1"
     pid = d.admin()[victim]["pid"]
     os.kill(pid, signal.SIGSTOP)

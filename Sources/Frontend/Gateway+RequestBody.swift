@@ -87,6 +87,7 @@ extension Gateway {
                 guard let flag = text.bool(stream) else { return nil }
                 streamFlag = flag
             }
+            if let user, text.kind(user) != .string && text.kind(user) != .null { return nil }
             return ParsedBody(
                 model: name, stream: streamFlag, user: user.flatMap { text.kind($0) == .string ? text.string($0) : nil },
                 body: body,
@@ -132,6 +133,10 @@ extension Gateway {
                 throw GatewayError.badRequest("Field 'stream' must be a boolean", code: "invalid_field", param: "stream")
             }
             stream = flag
+        }
+        if let value = json["user"], !(value is NSNull), !(value is String) {
+            // (It keys session affinity: a number there was ignored without a word.)
+            throw GatewayError.badRequest("Field 'user' must be a string", code: "invalid_field", param: "user")
         }
         return ParsedBody(model: model, stream: stream, user: json["user"] as? String, body: body,
                           fields: .objects(json, responses: endpoint == .responses))

@@ -149,6 +149,7 @@ struct GatewayTests {
         (#"{"model":"m"}"#, "missing_field", "messages"),
         (#"{"model":"m","messages":[]}"#, "invalid_field", "messages"),
         (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "invalid_field", "stream"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"user":5}"#, "invalid_field", "user"),
     ] as [(String, String, String?)])
     func badRequestsGet400WithReason(body: String, code: String, param: String?) async throws {
         try await Self.withGateway(immediate: true) { client, backend in

@@ -37,13 +37,40 @@ struct UpstreamErrorShapeTests {
         }
     }
 
+    static func error(of shaped: (status: Int, body: ByteBuffer)?) throws -> [String: Any] {
+        let shaped = try #require(shaped)
+        #expect(shaped.status == 400)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(shaped.body.readableBytesView)) as? [String: Any])
+        let error = try #require(object["error"] as? [String: Any])
+        #expect(error["type"] as? String == "invalid_request_error")
+        return error
+    }
+
+    /// Messages llama-server cannot parse (a content part's text a number) got a 500, which
+    /// Strata retried on every replica and the SDKs retried again; its 400s for a field of the
+    /// wrong type had an integer code and no param.
+    @Test func requestsTheRuntimeCannotParseAre400sNamingTheField() throws {
+        let unparsed = #"{"error":{"code":500,"message":"Failed to parse messages: [json.exception.type_error.302] type must be string, but is number; messages = [...]","type":"server_error"}}"#
+        var error = try Self.error(of: Gateway.openAIShaped(status: 500, body: ByteBuffer(string: unparsed), endpoint: .chatCompletions))
+        #expect(error["param"] as? String == "messages" && error["code"] as? String == "invalid_type")
+        #expect((error["message"] as? String)?.hasPrefix("Failed to parse messages") == true)
+        let wrongType = #"{"error":{"code":400,"message":"Field 'max_tokens': [json.exception.type_error.302] type must be number, but is string","type":"invalid_request_error"}}"#
+        error = try Self.error(of: Gateway.openAIShaped(status: 400, body: ByteBuffer(string: wrongType), endpoint: .chatCompletions))
+        #expect(error["param"] as? String == "max_tokens" && error["code"] as? String == "invalid_type")
+        let other = #"{"error":{"code":400,"message":"bad temperature","type":"invalid_request_error"}}"#
+        error = try Self.error(of: Gateway.openAIShaped(status: 400, body: ByteBuffer(string: other), endpoint: .chatCompletions))
+        #expect(error["code"] is NSNull && error["param"] is NSNull, "a string code (or null) and a param key, as OpenAI's")
+    }
+
     @Test func otherAnswersGoAsTheyCame() {
         let crash = #"{"error":{"code":500,"message":"something else: input is not supported here","type":"server_error"}}"#
         #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: crash), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 503, body: ByteBuffer(string: Self.noVision), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: "image input is not supported"), endpoint: .chatCompletions) == nil)
-        let other = #"{"error":{"code":400,"message":"bad temperature","type":"invalid_request_error"}}"#
-        #expect(Gateway.openAIShaped(status: 400, body: ByteBuffer(string: other), endpoint: .chatCompletions) == nil)
+        let shapedAlready = #"{"error":{"code":"invalid_value","message":"bad temperature","param":"temperature","type":"invalid_request_error"}}"#
+        #expect(Gateway.openAIShaped(status: 400, body: ByteBuffer(string: shapedAlready), endpoint: .chatCompletions) == nil)
+        let serverFault = #"{"error":{"code":500,"message":"failed to allocate the KV cache","type":"server_error"}}"#
+        #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: serverFault), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 500, body: ByteBuffer(string: Self.overflow), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 400, body: ByteBuffer(string: "exceed_context_size_error {"), endpoint: .chatCompletions) == nil)
         #expect(Gateway.openAIShaped(status: 200, body: ByteBuffer(string: #"{"text":"exceed_context_size_error"}"#),

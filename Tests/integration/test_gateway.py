@@ -199,6 +199,17 @@ def test_an_image_to_a_model_without_vision_is_a_400_not_retried(make_daemon):
                 d.client().chat.completions.create(model="smollm2", messages=[image], max_tokens=2, stream=stream)
             assert e.value.status_code == 400 and e.value.body["type"] == "invalid_request_error", e.value.body
             assert e.value.body["param"] == "messages" and "image input is not supported" in e.value.body["message"], e.value.body
+        # messages llama-server cannot parse (a 500 there), and a field of the wrong type (its 400
+        # with an integer code): OpenAI's shape, naming the field
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                d.client().chat.completions.create(model="smollm2", messages=[
+                    {"role": "user", "content": [{"type": "text", "text": 5}]}], max_tokens=2, stream=stream)
+            assert e.value.body["param"] == "messages" and e.value.body["code"] == "invalid_type", e.value.body
+        status, body, _ = d.request("POST", "/v1/chat/completions", body={"model": "smollm2", "messages": MESSAGES, "max_tokens": "8"},
+                                    headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        error = json.loads(body)["error"]
+        assert status == 400 and error["param"] == "max_tokens" and error["code"] == "invalid_type", body
         assert "trying another replica" not in d.log_path.read_text()
         assert d.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2).choices
 

@@ -65,6 +65,7 @@ extension Gateway {
         // before that event (while computing the prompt) is retried like one that never answered.
         var events: UpstreamEvents?
         var resentAfterDeath = false
+        var routedAgainAfterRefusal = false
         // Replicas that answered with a server error: blamed only if another then serves it.
         // (Every other replica is tried, so two failing ones do not hide a third that serves.)
         var serverErrorsFrom: [String] = []
@@ -136,11 +137,19 @@ extension Gateway {
                     acquired.release(.abandoned)   // cut by the stop; says nothing of the upstream
                     throw stoppingError(parsed.model)
                 }
-                acquired.release(.upstreamFailed)
+                let refused = refusedConnection(error)
+                acquired.release(refused ? .unreachable : .upstreamFailed)
                 if acquired.hasAlternatives, hints.excluding.count < 8 {
                     logger.warning("\(acquired.upstreamLabel) failed before answering (\(describe(error))); trying another replica")
                     hints.excluding.insert(acquired.upstreamLabel)
                     metrics.retried(model: parsed.model, endpoint: endpoint)
+                    continue
+                }
+                // The last replica up refused the connection: it is out now, so the request is
+                // routed again, once, and finds another that came up or gets the 503 of a model
+                // with every replica down.
+                if refused, !routedAgainAfterRefusal, acquired.routedAmongReplicas {
+                    routedAgainAfterRefusal = true
                     continue
                 }
                 // Once only: a request that crashes its runtime must not crash it again and again.
@@ -272,6 +281,15 @@ extension Gateway {
 /// An error as people read it in a log line or an error answer: a socket error by its system
 /// message ("Connection refused (errno 111)", not NIO's "connection reset (error set): …"), a
 /// failed connect by the error of its attempt, anything else as it describes itself (shortened).
+/// Whether a connect was refused (every attempt): nothing listens there.
+public func refusedConnection(_ error: any Error) -> Bool {
+    if let error = error as? IOError { return error.errnoCode == ECONNREFUSED }
+    if let error = error as? NIOConnectionError {
+        return !error.connectionErrors.isEmpty && error.connectionErrors.allSatisfy { refusedConnection($0.error) }
+    }
+    return false
+}
+
 public func describe(_ error: any Error) -> String {
     if let error = error as? HTTPClientError {
         if error == .readTimeout { return "nothing received for gateway.upstream_timeout" }

@@ -83,11 +83,14 @@ public struct RequestHints: Sendable, Equatable {
 /// given up, which counts neither way; or the upstream's server error went to the client, no
 /// other replica being left to try (it may be the request's own doing: the same request errs
 /// everywhere), which counts neither way either, and lets back replicas held out after an
-/// ejection whose probes pass (one of them may serve what the ones let in cannot).
+/// ejection whose probes pass (one of them may serve what the ones let in cannot). A refused
+/// connection (`unreachable`) says the server is not there at all: an upstream replica is taken
+/// out at once, as by a failed health probe, until a probe passes.
 public enum LeaseOutcome: Sendable, Equatable {
     case completed
     case servedAfterServerErrors(on: [String])
     case upstreamFailed
+    case unreachable
     case abandoned
     case serverErrorUnretried
 
@@ -95,7 +98,7 @@ public enum LeaseOutcome: Sendable, Equatable {
     public var served: Bool {
         switch self {
         case .completed, .servedAfterServerErrors: true
-        case .upstreamFailed, .abandoned, .serverErrorUnretried: false
+        case .upstreamFailed, .unreachable, .abandoned, .serverErrorUnretried: false
         }
     }
 
@@ -168,6 +171,10 @@ public final class UpstreamLease: Sendable {
     public let upstreamLabel: String
     /// Another replica could take the request if this one fails before answering.
     public let hasAlternatives: Bool
+    /// Chosen among upstream replicas that are health-checked: after the last one up refused
+    /// the connection (and was taken out for it), routing again finds one that came up, or
+    /// answers that every replica is down.
+    public let routedAmongReplicas: Bool
     /// The model that serves the request when it is not the one asked for (a fallback after a
     /// spillover); the gateway says so in the `x-strata-served-by` response header.
     public let servedModel: String?
@@ -189,10 +196,11 @@ public final class UpstreamLease: Sendable {
 
     public init(
         baseURL: String, headers: [(String, String)] = [], upstreamModel: String? = nil, upstreamLabel: String = "",
-        hasAlternatives: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil, pinnedSlot: Int? = nil,
-        cacheReport: (@Sendable (PromptReport) -> Void)? = nil, runtimeDied: (@Sendable () async -> Bool)? = nil,
-        onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
+        hasAlternatives: Bool = false, routedAmongReplicas: Bool = false, servedModel: String? = nil, price: TokenPrice? = nil,
+        pinnedSlot: Int? = nil, cacheReport: (@Sendable (PromptReport) -> Void)? = nil,
+        runtimeDied: (@Sendable () async -> Bool)? = nil, onOutcome: @escaping @Sendable (LeaseOutcome) -> Void
     ) {
+        self.routedAmongReplicas = routedAmongReplicas
         self.cacheReport = cacheReport
         self.runtimeDied = runtimeDied
         self.pinnedSlot = pinnedSlot
@@ -222,8 +230,8 @@ public final class UpstreamLease: Sendable {
         }
         return UpstreamLease(
             baseURL: baseURL, headers: headers, upstreamModel: upstreamModel, upstreamLabel: upstreamLabel,
-            hasAlternatives: hasAlternatives, servedModel: model, price: price, pinnedSlot: pinnedSlot,
-            cacheReport: cacheReport, runtimeDied: runtimeDied, onOutcome: { action?($0) })
+            hasAlternatives: hasAlternatives, routedAmongReplicas: routedAmongReplicas, servedModel: model, price: price,
+            pinnedSlot: pinnedSlot, cacheReport: cacheReport, runtimeDied: runtimeDied, onOutcome: { action?($0) })
     }
 
     public func release(_ outcome: LeaseOutcome = .completed) {

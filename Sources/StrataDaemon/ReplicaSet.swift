@@ -111,7 +111,7 @@ actor ReplicaSet {
         // allocation for either. This runs for every request the event loop relays.)
         return UpstreamLease(
             baseURL: baseURLs[replica] ?? replica + "/v1", upstreamLabel: replica, hasAlternatives: hasAlternatives,
-            price: price, cacheReport: { said in record.report.withLock { $0 = said } }
+            routedAmongReplicas: true, price: price, cacheReport: { said in record.report.withLock { $0 = said } }
         ) { outcome in record.finish(outcome) }
     }
 
@@ -336,6 +336,7 @@ actor ReplicaSet {
     }
 
     private nonisolated func finish(_ id: RequestID, replica: String, outcome: LeaseOutcome, cachedFraction: Double? = nil) {
+        var refused = false
         let (dropped, ejected, successor) = routing.withLockedValue { routing -> (Int, [String], ReplicaSet?) in
             let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
             routing.router.finish(id)
@@ -363,6 +364,16 @@ actor ReplicaSet {
                     publishLoad(held, of: routing.router)
                 }
             case .upstreamFailed: if routing.router.reportFailure(replica) { ejected.append(replica) }
+            case .unreachable:
+                if managed {
+                    // (Its process exiting is its supervisor's to see.)
+                    if routing.router.reportFailure(replica) { ejected.append(replica) }
+                } else if routing.router.snapshot(of: replica)?.healthy == true {
+                    // Nothing listens there: out now, as by a failed probe, until one passes.
+                    routing.probePassing.remove(replica)
+                    routing.router.markUnhealthy(replica)
+                    refused = true
+                }
             }
             for replica in ejected { routing.ejectedAt[replica] = .now }
             publishLoad(replica, of: routing.router)
@@ -377,6 +388,16 @@ actor ReplicaSet {
             logger.debug("replica \(replica) of \(model) had evicted what its index expected; \(dropped) older block(s) forgotten")
         }
         for replica in ejected { logger.warning("replica \(replica) of \(model) ejected after \(settings.ejectAfter) failures in a row") }
+        if refused {
+            logger.warning("replica \(replica) of \(model) refused the connection; out until its health check passes")
+            Task { await self.refusedConnection(replica) }
+        }
+    }
+
+    /// Taken for down by a refused connection: the next passing probe says it is back, and
+    /// (restarted) its prefix index starts empty.
+    private func refusedConnection(_ replica: String) {
+        probedHealthy[replica] = false
     }
 
     /// Hands this set's book over to `next`, which replaces it (a reload): the load of requests

@@ -170,6 +170,37 @@ def test_a_replica_killed_mid_run_is_ejected_and_nothing_unstarted_fails(make_da
     assert d.metric("strata_route_refusals_total", model="smollm2") == refused + 1, "one refusal, counted once"
 
 
+def test_the_last_replica_refusing_its_connection_is_a_503_not_a_502(make_daemon, tmp_path):
+    """One upstream replica already down, the other killed between health probes (every 30 s
+    here): the next request's connect is refused. It got a 502 runtime_failed; now the refusal
+    takes that replica out at once and the request gets the 503 of a model with every replica
+    down, on the event-loop relay and on the general path."""
+    from conftest import free_port
+    url, proc = spawn_llama_server(tmp_path / "up.log", "-c", "1024", "--threads", "1")
+    try:
+        wait_healthy(url)
+        urls = [url, f"http://127.0.0.1:{free_port()}"]   # nothing listens on the second
+        cfg = config(f"  - {{ name: smollm2, upstreams: {json.dumps(urls)} }}",
+                     extra="routing: { health_interval: 30s, eject_after: 3 }")
+        relay = make_daemon(cfg)
+        general = make_daemon(cfg.replace("gateway: { max_body: 64KiB }", "gateway: { max_body: 64KiB, event_loop_relay: false }"))
+        for d in (relay, general):
+            wait_for(lambda: sum(r["healthy"] for r in d.admin()["smollm2"]["replicas"]) == 1, 10, what="the dead one probed down")
+            assert chat(d, "system", "hello")[0] == 200
+        proc.kill()
+        proc.wait()
+        for d in (relay, general):
+            for stream in (False, True):
+                status, body, headers = chat(d, "system", "anyone?", stream=stream)
+                assert status == 503 and json.loads(body)["error"]["code"] == "no_replica" and "Retry-After" in headers, (status, body)
+            assert not any(r["healthy"] for r in d.admin()["smollm2"]["replicas"])
+            assert "refused the connection; out until its health check passes" in d.log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def test_replicas_strata_starts_are_routed_by_prefix_and_survive_a_crash(make_daemon):
     """`replicas: 2` on a managed model: two llama-server processes started on demand, each a
     model of its own to the Placer (smollm2#0, smollm2#1), routed like upstream replicas."""

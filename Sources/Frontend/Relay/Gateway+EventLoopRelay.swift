@@ -757,8 +757,16 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
                 send(context: context)
                 return
             }
-            relay.lease.release(.upstreamFailed)
+            let refused = refusedConnection(error)
+            relay.lease.release(refused ? .unreachable : .upstreamFailed)
             if tryAnotherReplica(exchange, after: "failed before answering (\(describe(error)))", context: context) { return }
+            if refused, relay.lease.routedAmongReplicas {
+                // The last replica up refused the connection: it is out now, and the general path
+                // routes the request again (another that came up, or the 503 of a model with
+                // every replica down).
+                handToGeneralPath(exchange, context: context)
+                return
+            }
             gateway.metrics.rejected(model: model, endpoint: relay.endpoint, code: "runtime_failed")
             finish(exchange, answer: .badGateway("The runtime for '\(model)' did not answer: \(describe(error))"), context: context)
         }
@@ -790,13 +798,18 @@ final class EventLoopRelayHandler: ChannelDuplexHandler, RemovableChannelHandler
             send(context: context)
             return true
         }
-        // Nothing was written to the client yet, so the general path takes the request.
+        handToGeneralPath(exchange, context: context)
+        return true
+    }
+
+    /// Nothing was written to the client yet, so the general path takes the request (it can
+    /// wait, probe, spill over).
+    private func handToGeneralPath(_ exchange: Exchange, context: ChannelHandlerContext) {
         state = .idle
-        handOn(head: exchange.head, body: relay.parsed.body, context: context)
+        handOn(head: exchange.head, body: exchange.relay.parsed.body, context: context)
         context.fireChannelReadComplete()
         releaseHeldEvent(context: context)
         resumeAfterRelay(context: context)
-        return true
     }
 
     /// Writes an error answer for the exchange.

@@ -189,8 +189,29 @@ final class TierKVBackend: KVBackend, Sendable {
             Task.detached(priority: .utility) {
                 for await key in stream { await store.remove(key) }
             }
+            // Blocks of an earlier run no key names (in `cache` mode, which starts empty, all
+            // of them but a durable run's values, kept for a return to `durable`): they held
+            // NVMe, counted as used, until the budget pushed them out.
+            let keep: Set<BlockKey> = durable
+                ? state.withLock { Set($0.owners.keys) }
+                : Self.partKeys(of: (try? store.nvme.loadKVRecords()) ?? [], partBytes: partBytes)
+            Task { [logger = tiers.logger] in
+                let dropped = await store.nvme.dropRecoveredBlocks(except: keep)
+                if dropped > 0 { logger.info("dropped \(dropped) block(s) of values an earlier run left on NVMe that no key names") }
+            }
         }
         return store
+    }
+
+    /// The keys of every part of `records`' values.
+    private static func partKeys(of records: [KVRecord], partBytes: Int) -> Set<BlockKey> {
+        var keys: Set<BlockKey> = []
+        for record in records {
+            for part in 0..<parts(record.size, of: partBytes) {
+                keys.insert(blockKey(record.namespace, record.key, version: record.version, part: part))
+            }
+        }
+        return keys
     }
 
     static func blockKey(_ namespace: String, _ key: [UInt8], version: UInt64, part: Int) -> BlockKey {

@@ -107,6 +107,68 @@ struct SegmentLogTests {
         await third.close()
     }
 
+    static func segmentFiles(_ dir: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+    }
+
+    /// Values removed or overwritten left their segments on disk, counted as used, until the
+    /// budget was next exceeded (deleting every value freed nothing; INFO kept counting it). A
+    /// segment left with nothing live goes at once, unless its lane still appends to it, and so
+    /// does the active one once the next segment starts.
+    @Test(arguments: kinds)
+    func aSegmentLeftWithNothingLiveGoesAtOnce(kind: EngineUnderTest) async throws {
+        let engine = try kind.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try await kind.openLog(.init(directory: dir, segmentBytes: 1 << 20), engine: engine)
+        let record = 300_000   // three to a 1 MiB segment
+        for i in 0..<6 { try await log.put(BlockKey(bytes: [UInt8(i)]), Self.payload(record, seed: UInt64(i)), durable: i == 5) }
+        #expect(Self.segmentFiles(dir).count == 2)
+        let used = await log.stats.usedBytes
+        for i in 0..<3 { await log.remove(BlockKey(bytes: [UInt8(i)])) }
+        #expect(Self.segmentFiles(dir).count == 1, "the first segment holds nothing live: gone")
+        #expect(await log.stats.usedBytes < used * 3 / 4, "no longer counted as used")
+        for i in 3..<5 { await log.remove(BlockKey(bytes: [UInt8(i)])) }
+        #expect(Self.segmentFiles(dir).count == 1, "the active segment stays while its lane appends to it")
+        try await log.put(BlockKey(bytes: [5]), Self.payload(record, seed: 9), durable: true)   // overwrites the last one
+        try await log.put(BlockKey(bytes: [6]), Self.payload(record, seed: 6), durable: true)   // starts the next segment
+        #expect(Self.segmentFiles(dir).count == 1, "the segment it follows, dead, went")
+        #expect(try await log.get(BlockKey(bytes: [5])) == Self.payload(record, seed: 9))
+        #expect(try await log.get(BlockKey(bytes: [6])) == Self.payload(record, seed: 6))
+        await log.close()
+        let reopened = try await kind.openLog(.init(directory: dir, segmentBytes: 1 << 20), engine: engine)
+        #expect(try await reopened.get(BlockKey(bytes: [5])) == Self.payload(record, seed: 9))
+        #expect(try await reopened.get(BlockKey(bytes: [0])) == nil)
+        await reopened.close()
+    }
+
+    /// After a restart, the blocks an earlier run left that the caller no longer names (the KV
+    /// service's values in `cache` mode) are dropped and their segments go; those it names and
+    /// those written since the log opened stay.
+    @Test(arguments: kinds)
+    func blocksOfAnEarlierRunNobodyNamesAreDropped(kind: EngineUnderTest) async throws {
+        let engine = try kind.make(queueDepth: 8)
+        defer { engine.shutdown() }
+        let dir = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = SegmentLog.Configuration(directory: dir, segmentBytes: 1 << 20)
+        let log = try await kind.openLog(config, engine: engine)
+        for i in 0..<7 { try await log.put(BlockKey(bytes: [UInt8(i)]), Self.payload(300_000, seed: UInt64(i)), durable: true) }
+        await log.close()
+        let reopened = try await kind.openLog(config, engine: engine)
+        #expect(await reopened.stats.blocks == 7)
+        try await reopened.put(BlockKey(bytes: [9]), Self.payload(1000, seed: 9), durable: true)   // written since it opened
+        #expect(await reopened.dropRecoveredBlocks(except: [BlockKey(bytes: [6])]) == 6)
+        #expect(await reopened.stats.blocks == 2)
+        #expect(try await reopened.get(BlockKey(bytes: [6])) == Self.payload(300_000, seed: 6))
+        #expect(try await reopened.get(BlockKey(bytes: [9])) == Self.payload(1000, seed: 9))
+        #expect(try await reopened.get(BlockKey(bytes: [0])) == nil)
+        #expect(Self.segmentFiles(dir).count == 2, "the dead segments went: \(Self.segmentFiles(dir))")
+        #expect(await reopened.stats.usedBytes < 1 << 20)
+        await reopened.close()
+    }
+
     @Test(arguments: kinds)
     func flippedBytesOnDiskAreAMissNeverWrongData(kind: EngineUnderTest) async throws {
         let engine = try kind.make(queueDepth: 8)

@@ -4,7 +4,8 @@ import Glibc
 /// The NVMe tier's log: blocks appended into large segment files with O_DIRECT, each record
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
 /// when the budget is exceeded: of block segments the oldest holding no live value (its values
-/// were all overwritten or removed), else the oldest; of object segments the oldest. Reads
+/// were all overwritten or removed), else the oldest; of object segments the oldest. A segment
+/// left holding nothing live goes at once, unless its lane still appends to it. Reads
 /// verify both checksums: a record that fails is a miss, counted, never returned. A SQLite
 /// catalog (`catalog.sqlite`, WAL) records where every block lives; a durable put returns once
 /// its record is fsynced and its catalog entry committed.
@@ -126,6 +127,9 @@ public actor SegmentLog {
     /// The highest segment id so far, of either lane (ids give segments' ages).
     var lastSegmentID = 0
     var nextSequence: UInt64 = 1
+    /// Records with a sequence below this were found when the log opened (`dropRecoveredBlocks`);
+    /// until then (0) no segment is reclaimed for being dead, as the count is being built.
+    var recoveredBefore: UInt64 = 0
     /// Operations in flight per segment: a reclaimed segment's descriptor is closed only when
     /// none is left, so no read or write ever meets a closed (or reused) descriptor.
     var pins: [Int: Int] = [:]
@@ -588,7 +592,29 @@ public actor SegmentLog {
 
     private func uncount(_ recordLength: Int, in segment: Int) {
         guard let live = liveBytes[segment] else { return }
-        liveBytes[segment] = live - min(live, UInt64(recordLength))
+        let left = live - min(live, UInt64(recordLength))
+        liveBytes[segment] = left
+        // A segment left holding nothing live goes now, not when the budget is next exceeded
+        // (deleting every value freed no disk and INFO kept counting it), unless its lane still
+        // appends to it.
+        if left == 0, recoveredBefore > 0, let lane = segments[segment]?.lane, newestSegment[lane] != segment {
+            reclaim(segment)
+        }
+    }
+
+    /// Removes the blocks-lane blocks found when the log opened that `keep` does not name:
+    /// values of an earlier run that nothing can reach any more (the KV service in `cache`
+    /// mode starts empty; a durable value's parts whose record was never committed). Their
+    /// segments, dead, go at once. Blocks written since the log opened are kept. Returns the count.
+    @discardableResult
+    public func dropRecoveredBlocks(except keep: Set<BlockKey>) -> Int {
+        var dropped = 0
+        for (key, location) in index
+        where location.sequence < recoveredBefore && segments[location.segment]?.lane == .blocks && !keep.contains(key) {
+            remove(key)
+            dropped += 1
+        }
+        return dropped
     }
 
     /// Commits the catalog and closes every segment.
@@ -707,6 +733,9 @@ public actor SegmentLog {
         stats.usedBytes = segments.values.reduce(0) { $0 + $1.end }
         stats.objectBytes = segments.values.reduce(0) { $0 + ($1.lane == .objects ? $1.end : 0) }
         try await catalog.flush()
+        recoveredBefore = nextSequence
+        // Segments found holding nothing live (all overwritten or removed before the restart).
+        for (id, segment) in segments where (liveBytes[id] ?? 0) == 0 && newestSegment[segment.lane] != id { reclaim(id) }
     }
 
     // MARK: Segments
@@ -737,8 +766,11 @@ public actor SegmentLog {
         }
         let segment = Segment(id: id, fd: fd, end: 0, lane: lane)
         segments[id] = segment
+        let previous = newestSegment[lane]
         newestSegment[lane] = id
         lastSegmentID = id
+        // The segment this one follows, if nothing in it is live any more, is dead room now.
+        if let previous, (liveBytes[previous] ?? 0) == 0, recoveredBefore > 0 { reclaim(previous) }
         return segment
     }
 
@@ -795,22 +827,30 @@ public actor SegmentLog {
     /// objects left to take) an object segment (`reclaimVictim` says which of the lane).
     private func reclaimOverBudget() {
         while stats.usedBytes > configuration.budgetBytes, let victim = reclaimVictim() {
-            guard let segment = segments.removeValue(forKey: victim) else { break }
-            liveBytes[victim] = nil
-            var dropped: [BlockKey] = []
-            for key in segmentKeys.removeValue(forKey: victim) ?? [] where index[key]?.segment == victim {
-                index[key] = nil
-                dropped.append(key)
-            }
-            stats.blocks -= dropped.count
-            if !dropped.isEmpty { for observer in reclaimObservers { observer(dropped) } }
-            catalog.dropSegment(victim)
-            closing[victim] = (segment.fd, path(segment))
-            if pins[victim, default: 0] == 0 { finishClosing(victim) }
-            stats.reclaimedSegments += 1
-            stats.usedBytes -= segment.end
-            if segment.lane == .objects { stats.objectBytes -= segment.end }
+            guard reclaim(victim) else { break }
         }
+    }
+
+    /// Drops the segment and the blocks the index still has in it (told to the reclaim
+    /// observers); its file goes once no read or write holds it. False when there is no such segment.
+    @discardableResult
+    private func reclaim(_ victim: Int) -> Bool {
+        guard let segment = segments.removeValue(forKey: victim) else { return false }
+        liveBytes[victim] = nil
+        var dropped: [BlockKey] = []
+        for key in segmentKeys.removeValue(forKey: victim) ?? [] where index[key]?.segment == victim {
+            index[key] = nil
+            dropped.append(key)
+        }
+        stats.blocks -= dropped.count
+        if !dropped.isEmpty { for observer in reclaimObservers { observer(dropped) } }
+        catalog.dropSegment(victim)
+        closing[victim] = (segment.fd, path(segment))
+        if pins[victim, default: 0] == 0 { finishClosing(victim) }
+        stats.reclaimedSegments += 1
+        stats.usedBytes -= segment.end
+        if segment.lane == .objects { stats.objectBytes -= segment.end }
+        return true
     }
 
     /// The segment a reclaim takes next (`reclaimOverBudget`), or nil when only the lanes'

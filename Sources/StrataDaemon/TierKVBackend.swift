@@ -48,6 +48,9 @@ final class TierKVBackend: KVBackend, Sendable {
         var hits = 0, misses = 0
         /// Keys whose value the store evicted past its last tier (INFO `evicted_keys`).
         var evictedKeys = 0
+        /// `durable`: evicted since the last warning, and when that was (at most one a minute).
+        var evictedUnwarned = 0
+        var lastEvictionWarning: ContinuousClock.Instant?
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
         /// Per namespace, raised when a FLUSHDB starts and again when its catalog removal is
@@ -323,6 +326,21 @@ final class TierKVBackend: KVBackend, Sendable {
             return gone
         }
         guard !gone.isEmpty else { return }
+        if durable {
+            // Durable values are written before they are acknowledged, not kept for ever: when
+            // the NVMe tier is full the oldest go. Said in the log, not only counted.
+            let warn = state.withLock { state -> (count: Int, total: Int)? in
+                state.evictedUnwarned += gone.count
+                if let last = state.lastEvictionWarning, ContinuousClock.now - last < .seconds(60) { return nil }
+                state.lastEvictionWarning = .now
+                defer { state.evictedUnwarned = 0 }
+                return (state.evictedUnwarned, state.evictedKeys)
+            }
+            if let warn {
+                let detail = "(\(warn.total) since start; INFO evicted_keys): raise tiers.nvme.budget to keep more"
+                tiers.logger.warning("KV: \(warn.count) durable value(s) evicted, the oldest, to make room on a full NVMe tier \(detail)")
+            }
+        }
         for value in gone { reap(value.namespace, value.name, value.entry, from: store) }
         guard durable else { return }
         let records = gone.map { KVRecordVersion(namespace: $0.namespace, key: $0.name, version: $0.entry.version) }

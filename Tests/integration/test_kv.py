@@ -869,6 +869,9 @@ def test_durable_msets_past_the_budget_evict_old_values_and_never_wedge(make_dae
         assert all(r.get(key) == value for key, value in values.items()), batch
     assert r.info("stats")["evicted_keys"] > 0
     assert r.set("after", os.urandom(12 << 20)) is True
+    # said in the log, not only counted (once a minute at most)
+    lines = [l for l in d.log_path.read_text().splitlines() if "durable value(s) evicted" in l]
+    assert len(lines) == 1 and "tiers.nvme.budget" in lines[0], lines
 
 
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):

@@ -112,6 +112,12 @@ extension Gateway {
             if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBlockBytes {
                 throw GatewayError.blockTooLarge
             }
+            // Neither a length nor chunks: by HTTP an empty body, most likely a client that
+            // forgot the header (it stored an empty value and said so with a 201).
+            if request.headers[.contentLength] == nil, request.headers[.transferEncoding] == nil {
+                throw GatewayError(status: .lengthRequired, type: "invalid_request_error", code: "length_required",
+                                   message: "a block's PUT needs Content-Length (Content-Length: 0 for an empty value) or chunked Transfer-Encoding")
+            }
             let body: ByteBuffer
             do {
                 body = try await request.body.collect(upTo: Self.maxBlockBytes)
@@ -210,6 +216,11 @@ extension Gateway {
     /// tenant's own (its name, or below it as `name/…`); for the other keys (`auth.api_keys`, or
     /// none needed) any namespace but those. 403 for another tenant's.
     func blockNamespace(_ requested: String?, of tenant: Tenant) throws -> String {
+        if let requested, requested.isEmpty || requested.utf8.count > 256 {
+            throw GatewayError.badRequest(
+                "namespace: '\(requested.prefix(64))\(requested.count > 64 ? "…" : "")' is not a namespace: expected 1 to 256 bytes (leave it out for 'default')",
+                code: "invalid_namespace", param: "namespace")
+        }
         let tenants = Set(access.current.keys.values.map(\.name)).subtracting(["default"])
         let owner = { (namespace: String) in String(namespace.split(separator: "/", maxSplits: 1).first ?? Substring(namespace)) }
         if tenants.contains(tenant.name) {

@@ -572,6 +572,20 @@ def test_http_block_api_shares_the_store_with_resp(make_daemon):
         s.sendall(b"PUT /v1/blocks/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key-1\r\n"
                   b"Content-Length: 999999999999\r\n\r\n" + b"\0" * 1024)
         assert s.recv(4096).startswith(b"HTTP/1.1 413"), "answered before the body"
+    # a PUT with neither a length nor chunks: refused, not stored empty; chunked and empty ones go
+    with socket.create_connection(("127.0.0.1", int(d.url.rsplit(":", 1)[1])), timeout=5) as s:
+        s.sendall(b"PUT /v1/blocks/nolength HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key-1\r\n\r\n")
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 411") and b"length_required" in answer, answer
+    assert r.exists("nolength") == 0
+    chunked = requests.put(f"{url}/chunked", data=iter([b"ab", b"cd"]), headers=key)
+    assert chunked.status_code == 201 and r.get("chunked") == b"abcd", chunked.text
+    assert requests.put(f"{url}/empty", data=b"", headers=key).status_code == 201 and r.get("empty") == b""
+    # an empty or overlong namespace is refused, not a namespace of its own
+    for namespace in ("", "n" * 257):
+        bad = requests.put(f"{url}/e", params={"namespace": namespace}, data=b"x", headers=key)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "namespace", bad.text
+    assert r.exists("e") == 0
     # other methods on a block are told which it takes
     for method in ("POST", "PATCH"):
         wrong = requests.request(method, f"{url}/from-resp", data=b"x", headers=key)

@@ -168,11 +168,11 @@ extension ModelController {
                 let set = ReplicaSet(model: model.name, replicas: replicas, managed: managed, policy: policy,
                                      settings: config.routing, logger: logger, slots: slots, recoverSlots: !slotsKept,
                                      running: running)
-                replicaSets[model.name]?.handOver(to: set)
+                replicaSets[model.name]?.handOver(to: set, draining: Set(instances.keys))
                 sets[model.name] = set
             }
         }
-        for (name, set) in replicaSets where sets[name] == nil { set.retire() }
+        for (name, set) in replicaSets where sets[name] == nil { set.retire(draining: Set(instances.keys)) }
         for (name, task) in healthChecks where sets[name] !== replicaSets[name] {
             task.cancel()
             healthChecks[name] = nil

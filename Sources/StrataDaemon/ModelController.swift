@@ -478,6 +478,7 @@ public actor ModelController {
             let base = ModelConfiguration.modelName(ofPlacerName: model)
             if base != model {
                 Gauge(label: "strata_prefill_seconds_per_block", dimensions: [("model", base), ("replica", model)]).destroy()
+                ReplicaSet.retireMetrics(model: base, replica: model)
             }
         }
         let phase = placer.snapshot(of: model)?.phase

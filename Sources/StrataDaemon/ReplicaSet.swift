@@ -340,7 +340,11 @@ actor ReplicaSet {
         let (dropped, ejected, successor) = routing.withLockedValue { routing -> (Int, [String], ReplicaSet?) in
             let dropped = cachedFraction.map { routing.router.reportCached(id, fraction: $0) } ?? 0
             routing.router.finish(id)
-            guard routing.successor == nil else { return (dropped, [], routing.successor) }
+            if let successor = routing.successor {
+                // A replica the successor lacks (removed, draining): its load is published here.
+                if successor.gauges[replica] == nil { publishLoad(replica, of: routing.router) }
+                return (dropped, [], successor)
+            }
             var ejected: [String] = []
             switch outcome {
             case .completed: routing.router.reportSuccess(replica)
@@ -403,7 +407,10 @@ actor ReplicaSet {
     /// Hands this set's book over to `next`, which replaces it (a reload): the load of requests
     /// in flight on replicas both have, health, and indexes (`PrefixRouter.takeOver`); those
     /// requests end in both. Replicas `next` lacks leave the metrics.
-    nonisolated func handOver(to next: ReplicaSet) {
+    /// `draining`: removed replicas whose runtime still runs, finishing its requests: they stay
+    /// in the metrics, their load published by this set, until their process exits
+    /// (`ModelController.exited` takes them out).
+    nonisolated func handOver(to next: ReplicaSet, draining: Set<String> = []) {
         routing.withLockedValue { old in
             next.routing.withLockedValue { new in
                 new.router.takeOver(from: old.router)
@@ -411,13 +418,21 @@ actor ReplicaSet {
             }
             old.successor = next
         }
-        retire(gauges.filter { next.gauges[$0.key] == nil })
+        retire(gauges.filter { next.gauges[$0.key] == nil && !draining.contains($0.key) })
         next.publishLoad()
     }
 
     /// The model is gone (a reload removed it, or made it a single runtime): its replicas
-    /// leave the metrics.
-    nonisolated func retire() { retire(gauges) }
+    /// leave the metrics, but for those still `draining` (as in `handOver`).
+    nonisolated func retire(draining: Set<String> = []) { retire(gauges.filter { !draining.contains($0.key) }) }
+
+    /// A removed replica's series, once its process has exited.
+    static func retireMetrics(model: String, replica: String) {
+        let dimensions = [("model", model), ("replica", replica)]
+        for label in ["strata_replica_in_flight", "strata_replica_index_blocks", "strata_replica_healthy"] {
+            Gauge(label: label, dimensions: dimensions).destroy()
+        }
+    }
 
     private nonisolated func retire(_ gauges: [String: (inFlight: Gauge, indexBlocks: Gauge, healthy: Gauge)]) {
         for gauge in gauges.values {

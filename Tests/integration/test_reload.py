@@ -217,6 +217,8 @@ def test_a_reload_that_adds_or_removes_replicas_leaves_the_others_running(make_d
         leaving = d.admin().get("smollm2#2")
         assert leaving and leaving["status"] == "removed" and leaving["phase"].startswith("draining (removed"), leaving
         assert leaving["pid"] == grown["smollm2#2"] and leaving["in_flight"] > 0, leaving
+        # its series stay while it drains (they vanished at the reload), and go when it stops (below)
+        assert d.metric("strata_replica_in_flight", replica="smollm2#2") == 1
         # Loading the leaving replica is refused for what it is; unloading it is what happens anyway.
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         status, body, _ = d.request("POST", "/admin/models/smollm2%232/load", headers=admin)

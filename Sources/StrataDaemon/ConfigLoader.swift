@@ -87,7 +87,7 @@ public enum ConfigLoader {
         let top = try reader.mapping(
             root, at: "",
             allowed: ["listen", "log_level", "state_dir", "auth", "gateway", "supervisor", "tiers", "routing", "kv",
-                      "devices", "runtimes", "models", "tenants"])
+                      "devices", "runtimes", "models", "tenants"], extensions: true)
 
         var config = StrataConfiguration(
             listen: ListenAddress(host: "127.0.0.1", port: 8080),

@@ -38,14 +38,36 @@ struct ConfigReader {
 
     /// A mapping's keys that are in `allowed`. An unknown or repeated key is noted, not thrown:
     /// the known keys are still read, so a typo does not hide the file's other problems.
-    func mapping(_ node: Node, at key: String, allowed: [String]) throws -> [String: Node] {
+    /// `extensions`: keys starting `x-` are let through unread (a place for YAML anchors, as in
+    /// Compose files). A merge key (`<<: *defaults`, or a list of such) brings in the keys of
+    /// the mappings it names that this one does not set (YAML 1.1's merge, as PyYAML and Compose
+    /// read it).
+    func mapping(_ node: Node, at key: String, allowed: [String], extensions: Bool = false) throws -> [String: Node] {
         guard case .mapping(let mapping) = node else {
             throw fail(key, node, "expected a mapping with keys \(allowed.joined(separator: ", ")), found \(describe(node))")
         }
         var result: [String: Node] = [:]
-        for (keyNode, value) in mapping {
+        var merged: [(Node, Node)] = []
+        for (keyNode, value) in mapping where keyNode.string == "<<" {
+            guard let pairs = Self.mergedPairs(value) else {
+                note(fail(key.isEmpty ? "<<" : "\(key).<<", keyNode,
+                          "a merge key takes a mapping or a list of mappings (an alias such as *defaults), found \(describe(value))"))
+                continue
+            }
+            merged += pairs
+        }
+        let own = mapping.filter { $0.key.string != "<<" }
+        let ownNames = Set(own.compactMap { $0.key.string })
+        var seenMerged: Set<String> = []
+        let pairs = Array(own) + merged.filter { name, _ in
+            guard let text = name.string, !ownNames.contains(text), !seenMerged.contains(text) else { return false }
+            seenMerged.insert(text)
+            return true
+        }
+        for (keyNode, value) in pairs {
             let name = keyNode.string ?? ""
             let path = key.isEmpty ? name : "\(key).\(name)"
+            if extensions && name.hasPrefix("x-") { continue }
             guard allowed.contains(name) else {
                 note(fail(path, keyNode, "unknown key '\(name)' (expected one of: \(allowed.joined(separator: ", ")))"))
                 continue
@@ -57,6 +79,29 @@ struct ConfigReader {
             result[name] = value
         }
         return result
+    }
+
+    /// The pairs a merge key's value brings, in precedence order: each mapping's own keys, then
+    /// those of its own merge key; of a list, the first mapping's before the next's. Nil when
+    /// it is neither a mapping nor a list of mappings.
+    static func mergedPairs(_ value: Node, depth: Int = 0) -> [(Node, Node)]? {
+        guard depth < 16 else { return nil }
+        let sources: [Node]
+        switch value {
+        case .mapping: sources = [value]
+        case .sequence(let list): sources = Array(list)
+        default: return nil
+        }
+        var pairs: [(Node, Node)] = []
+        for source in sources {
+            guard case .mapping(let mapping) = source else { return nil }
+            pairs += mapping.filter { $0.key.string != "<<" }.map { ($0.key, $0.value) }
+            for (keyNode, nested) in mapping where keyNode.string == "<<" {
+                guard let deeper = mergedPairs(nested, depth: depth + 1) else { return nil }
+                pairs += deeper
+            }
+        }
+        return pairs
     }
 
     func sequence(_ node: Node, at key: String) throws -> [Node] {

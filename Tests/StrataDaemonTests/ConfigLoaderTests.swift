@@ -39,6 +39,31 @@ struct ConfigLoaderTests {
         }
     }
 
+    /// Shared model settings by YAML anchors and merge keys (as in Compose files): `x-` keys at
+    /// the top hold them, `<<` brings them in, the model's own keys win. Both were "unknown key".
+    @Test func mergeKeysAndXKeysShareSettingsBetweenModels() throws {
+        let config = try Self.parse("""
+            x-small: &small { memory: 300MiB, ttl: 5m }
+            x-llama: &llama { runtime: llama, <<: *small }
+            runtimes:
+              llama: { kind: llama-server, binary: /bin/true }
+            models:
+              - <<: *llama
+                name: a
+                source: "file://${MODEL}"
+              - <<: [*small, { runtime: llama, pin: true }]
+                name: b
+                ttl: 1m
+                source: "file://${MODEL}"
+            """)
+        let (a, b) = (try #require(config.model(placerName: "a")), try #require(config.model(placerName: "b")))
+        #expect(a.ttl == .seconds(300) && a.memoryBytes == 300 << 20)
+        #expect(b.ttl == .seconds(60) && b.memoryBytes == 300 << 20 && b.pinned, "its own ttl wins over the merged one")
+        let model = "runtimes: { llama: { kind: llama-server, binary: /bin/true } }\nmodels: [ { name: a, source: \"file://${MODEL}\", runtime: llama, "
+        Self.expectError(model + "<<: 5 } ]", key: "models[0].<<", "merge key takes a mapping", "'5'")
+        Self.expectError("x-notes: hi\n" + model + "x-note: hi } ]", key: "models[0].x-note", "unknown key", "x-note")
+    }
+
     @Test func aRuntimeWhoseProgramIsMissingIsAWarningNamingItAndItsModels() throws {
         let config = try Self.parse("""
             runtimes:

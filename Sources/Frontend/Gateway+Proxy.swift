@@ -278,9 +278,6 @@ extension Gateway {
     static let servedByHeader = HTTPField.Name(servedByName.description)!
 }
 
-/// An error as people read it in a log line or an error answer: a socket error by its system
-/// message ("Connection refused (errno 111)", not NIO's "connection reset (error set): …"), a
-/// failed connect by the error of its attempt, anything else as it describes itself (shortened).
 /// Whether a connect was refused (every attempt): nothing listens there.
 public func refusedConnection(_ error: any Error) -> Bool {
     if let error = error as? IOError { return error.errnoCode == ECONNREFUSED }
@@ -290,6 +287,9 @@ public func refusedConnection(_ error: any Error) -> Bool {
     return false
 }
 
+/// An error as people read it in a log line or an error answer: a socket error by its system
+/// message ("Connection refused (errno 111)", not NIO's "connection reset (error set): …"), a
+/// failed connect by the error of its attempt, anything else as it describes itself (shortened).
 public func describe(_ error: any Error) -> String {
     if let error = error as? HTTPClientError {
         if error == .readTimeout { return "nothing received for gateway.upstream_timeout" }

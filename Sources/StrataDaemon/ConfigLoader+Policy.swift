@@ -90,10 +90,13 @@ extension ConfigLoader {
         let names = Set(models.map(\.name))
         for (index, model) in models.enumerated() {
             for fallback in model.fallbacks {
-                let key = "models[\(index)] (\(model.name)).fallbacks"
-                guard fallback != model.name else { throw reader.fail(key, node, "'\(fallback)' is the model itself") }
-                guard names.contains(fallback) else {
-                    throw reader.fail(key, node, "unknown model '\(fallback)' (defined: \(names.sorted().joined(separator: ", ")))")
+                // (Each named: one wrong fallback does not hide another.)
+                reader.each {
+                    let key = "models[\(index)] (\(model.name)).fallbacks"
+                    guard fallback != model.name else { throw reader.fail(key, node, "'\(fallback)' is the model itself") }
+                    guard names.contains(fallback) else {
+                        throw reader.fail(key, node, "unknown model '\(fallback)' (defined: \(names.sorted().joined(separator: ", ")))")
+                    }
                 }
             }
         }
@@ -105,40 +108,50 @@ extension ConfigLoader {
         guard let node else { return [] }
         var tenants: [TenantConfiguration] = []
         var owner: [String: String] = Dictionary(uniqueKeysWithValues: auth.apiKeys.map { ($0, "auth.api_keys_env") })
+        // Each tenant is checked even when one before it failed, so that a file's problems are
+        // named together.
         for (index, item) in try reader.sequence(node, at: "tenants").enumerated() {
-            let key = "tenants[\(index)]"
-            let map = try reader.mapping(item, at: key, allowed: ["name", "api_keys_env", "require", "forbid"])
-            guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
-            let name = try reader.string(nameNode, at: "\(key).name")
-            guard SubstratePolicy.isValidTag(name) else {
-                throw reader.fail("\(key).name", nameNode, "'\(name)' is not a tenant name (1–64 of a-z, 0-9, ':', '.', '_', '-')")
-            }
-            guard !tenants.contains(where: { $0.name == name }) else {
-                throw reader.fail("\(key).name", nameNode, "tenant '\(name)' is defined twice")
-            }
-            guard let envNode = map["api_keys_env"] else {
-                throw reader.fail(key, item, "missing key 'api_keys_env' (the variable holding this tenant's API keys)")
-            }
-            let envName = try reader.string(envNode, at: "\(key).api_keys_env")
-            let keys = Set((reader.environment[envName] ?? "").split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
-                .map(String.init))
-            // A tenant without keys would leave its policy unenforced (and, alone, the gateway open).
-            guard !keys.isEmpty else {
-                throw reader.fail("\(key).api_keys_env", envNode, "\(envName) holds no API keys (set it to the tenant's keys, separated by commas)")
-            }
-            for apiKey in keys {
-                if let other = owner[apiKey] {
-                    throw reader.fail("\(key).api_keys_env", envNode, "a key in \(envName) is also a key of \(other); a key belongs to one tenant")
+            reader.each {
+                let key = "tenants[\(index)]"
+                let map = try reader.mapping(item, at: key, allowed: ["name", "api_keys_env", "require", "forbid"])
+                guard let nameNode = map["name"] else { throw reader.fail(key, item, "missing key 'name'") }
+                let name = try reader.string(nameNode, at: "\(key).name")
+                guard SubstratePolicy.isValidTag(name) else {
+                    throw reader.fail("\(key).name", nameNode, "'\(name)' is not a tenant name (1–64 of a-z, 0-9, ':', '.', '_', '-')")
                 }
-                owner[apiKey] = key
+                // (`default` is the tenant of auth.api_keys_env's keys and of RESP clients: a
+                // tenant of that name would share their metrics and their block namespace.)
+                guard name != "default" else {
+                    throw reader.fail("\(key).name", nameNode,
+                                      "'default' is the tenant of the keys in auth.api_keys_env (and of RESP clients): give this one another name")
+                }
+                guard !tenants.contains(where: { $0.name == name }) else {
+                    throw reader.fail("\(key).name", nameNode, "tenant '\(name)' is defined twice")
+                }
+                guard let envNode = map["api_keys_env"] else {
+                    throw reader.fail(key, item, "missing key 'api_keys_env' (the variable holding this tenant's API keys)")
+                }
+                let envName = try reader.string(envNode, at: "\(key).api_keys_env")
+                let keys = Set((reader.environment[envName] ?? "").split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
+                    .map(String.init))
+                // A tenant without keys would leave its policy unenforced (and, alone, the gateway open).
+                guard !keys.isEmpty else {
+                    throw reader.fail("\(key).api_keys_env", envNode, "\(envName) holds no API keys (set it to the tenant's keys, separated by commas)")
+                }
+                for apiKey in keys {
+                    if let other = owner[apiKey] {
+                        throw reader.fail("\(key).api_keys_env", envNode, "a key in \(envName) is also a key of \(other); a key belongs to one tenant")
+                    }
+                }
+                var policy = SubstratePolicy()
+                if let v = map["require"] { policy.require = try tags(reader, v, at: "\(key).require") }
+                if let v = map["forbid"] { policy.forbid = try tags(reader, v, at: "\(key).forbid") }
+                if let both = policy.require.intersection(policy.forbid).first {
+                    throw reader.fail(key, item, "tag '\(both)' is both required and forbidden")
+                }
+                for apiKey in keys { owner[apiKey] = key }
+                tenants.append(TenantConfiguration(name: name, apiKeysVariable: envName, apiKeys: keys, policy: policy))
             }
-            var policy = SubstratePolicy()
-            if let v = map["require"] { policy.require = try tags(reader, v, at: "\(key).require") }
-            if let v = map["forbid"] { policy.forbid = try tags(reader, v, at: "\(key).forbid") }
-            if let both = policy.require.intersection(policy.forbid).first {
-                throw reader.fail(key, item, "tag '\(both)' is both required and forbidden")
-            }
-            tenants.append(TenantConfiguration(name: name, apiKeysVariable: envName, apiKeys: keys, policy: policy))
         }
         return tenants
     }

@@ -484,6 +484,26 @@ struct ConfigLoaderTests {
                 "models[0].memroy", "models[0] (a).ttl", "models[0] (a).memory", "models[0] (a).replicas", "models[0] (a).priority",
             ], "\(error)")
         }
+        // tenants and fallbacks too: each tenant's problem and each wrong fallback is named
+        let policy = """
+            auth: { api_keys_env: MY_KEYS }
+            tenants:
+              - { name: x, api_keys_env: UNSET_VAR }
+              - { name: y, api_keys_env: MY_KEYS }
+              - { name: default, api_keys_env: OTHER_KEYS }
+            models:
+              - { name: a, source: \(Self.modelFile), fallbacks: [a, ghost] }
+            """
+        do {
+            _ = try Self.parse(policy, env: Self.env.merging(["MY_KEYS": "k1", "OTHER_KEYS": "k2"]) { $1 })
+            Issue.record("expected errors")
+        } catch let error as ConfigError {
+            #expect(error.all.map(\.key) == [
+                "tenants[0].api_keys_env", "tenants[1].api_keys_env", "tenants[2].name",
+                "models[0] (a).fallbacks", "models[0] (a).fallbacks",
+            ], "\(error)")
+            #expect(error.all.map(\.message).joined().contains("'default' is the tenant of the keys in auth.api_keys_env"))
+        }
         // ...and a file whose only problem is an unknown key is still refused
         #expect(throws: ConfigError.self) { try Self.parse("listen: 127.0.0.1:8080\nlisen: 127.0.0.1:8081") }
     }

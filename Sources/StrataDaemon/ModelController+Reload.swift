@@ -21,6 +21,8 @@ public struct ReloadReport: Sendable, Codable, Equatable {
     public var needs_restart: [String] = []
     /// Devices added, removed or with another memory budget (applied at once).
     public var devices: [String] = []
+    /// Tenants added, removed, or with other keys or another policy (applied at once).
+    public var tenants: [String] = []
 }
 
 extension ModelController {
@@ -42,7 +44,9 @@ extension ModelController {
             if Self.processChanged(before, old: old, model, new: new) {
                 report.restarted.append(model.name)
                 restart.formUnion(model.placerNames)
-            } else if before != model || Self.routingChanged(model, old: old, new: new) {
+            } else if before != model || Self.routingChanged(model, old: old, new: new)
+                || Self.substrateChanged(model, old: old, new: new)
+            {
                 report.changed.append(model.name)
                 report.replicas_added += model.placerNames.filter { !before.placerNames.contains($0) }
                 report.replicas_removed += before.placerNames.filter { !model.placerNames.contains($0) }
@@ -52,6 +56,9 @@ extension ModelController {
         let oldDevices = Dictionary(old.devices.map { ($0.name, $0.memoryBytes) }, uniquingKeysWith: { first, _ in first })
         let newDevices = Dictionary(new.devices.map { ($0.name, $0.memoryBytes) }, uniquingKeysWith: { first, _ in first })
         report.devices = Set(oldDevices.keys).union(newDevices.keys).filter { oldDevices[$0] != newDevices[$0] }.sorted()
+        let oldTenants = Dictionary(old.tenants.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let newTenants = Dictionary(new.tenants.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        report.tenants = Set(oldTenants.keys).union(newTenants.keys).filter { oldTenants[$0] != newTenants[$0] }.sorted()
 
         config = new
         rebuildReplicaSets(old: old)
@@ -126,6 +133,17 @@ extension ModelController {
             return a?.kind != b?.kind || a?.environment != b?.environment || a?.healthPath != b?.healthPath
         }
         return false
+    }
+
+    /// Whether what placement policy sees of the runtime a model runs on changed (its tags, its
+    /// price, its latency class): applied at once, to tenants' access and to spend.
+    static func substrateChanged(_ model: ModelConfiguration, old: StrataConfiguration, new: StrataConfiguration) -> Bool {
+        let runtime: String
+        switch model.serving {
+        case .managed(let name, _, _), .upstream(let name, _): runtime = name
+        case .replicas: return false
+        }
+        return old.runtimes[runtime]?.substrate != new.runtimes[runtime]?.substrate
     }
 
     /// Whether how a model's replicas are routed changed (its policy, or the `routing` section),

@@ -3,6 +3,8 @@ over to a 'provider' (another llama-server behind an upstream runtime, tagged pr
 price). Tenants and request headers require or forbid tags; routing never crosses a forbidden
 boundary (a clear 403), and every spillover is counted with its reason."""
 
+import json
+
 import pytest
 
 from conftest import ADMIN_KEY, API_KEY, MODEL, config, spawn_llama_server, wait_for, wait_healthy
@@ -93,3 +95,13 @@ def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make
     # a bad tag is a 400 naming the header
     status, body, _ = chat(d, headers={"x-strata-require": "On Prem!"})
     assert status == 400 and b"x-strata-require" in body, body
+
+    # a reload that changes the provider's tags and the tenant's policy names what it changed
+    # (it answered all empty, though tenants' access and spend changed at once)
+    text = d.config_path.read_text()
+    d.config_path.write_text(text.replace("tags: [provider]", "tags: [provider, metered]")
+                             .replace('require: ["sovereign:eu"]', 'require: ["sovereign:eu"], forbid: [metered]'))
+    status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+    answer = json.loads(body)
+    assert status == 200 and answer["changed"] == ["cloud"] and answer["tenants"] == ["eu"], answer
+    assert answer["restarted"] == [] and answer["added"] == [] and answer["removed"] == [], answer

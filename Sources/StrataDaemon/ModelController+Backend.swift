@@ -82,6 +82,8 @@ extension ModelController: ModelBackend {
         let chain = [modelConfig] + modelConfig.fallbacks.compactMap { name in config.models.first { $0.name == name } }
         var refusals: [String] = []
         var spillReason: String?
+        /// The model's own failure (not its spill_after running out), when it was tried first.
+        var primaryFailure: GatewayError?
         // The policy decides first: a substrate it forbids is never tried, so `spill_after`
         // bounds the wait only when another allowed substrate could take the request.
         let allowed = chain.filter { candidate in
@@ -95,8 +97,15 @@ extension ModelController: ModelBackend {
             if position > 0, allowed[0].name == model, !canTakeSpill(candidate, from: allowed[0]) {
                 // Spilling there would stop the model this request waits for (the same device,
                 // no room for both): the two would swap on every request, and neither serve.
-                refusals.append("'\(candidate.name)' would need '\(model)' stopped")
+                refusals.append("'\(candidate.name)' does not fit device '\(candidate.device)' beside '\(model)' and the pinned models")
                 if !allowed[(position + 1)...].contains(where: { canTakeSpill($0, from: allowed[0]) }) {
+                    // No fallback can take it: the model's own failure, with why none could
+                    // (one that failed is not tried again: it would answer the same); one still
+                    // starting (past spill_after) is waited for.
+                    if var error = primaryFailure {
+                        error.message = "'\(model)' could not serve this request: \(refusals.joined(separator: "; "))"
+                        throw error
+                    }
                     let lease = try await acquireInTheRest(allowed[0])
                     return lease.serving(model: nil, price: config.price(of: allowed[0]))
                 }
@@ -125,6 +134,7 @@ extension ModelController: ModelBackend {
                 return lease.serving(model: candidate.name != model ? candidate.name : nil, price: config.price(of: candidate))
             } catch let error as GatewayError where !isLast && [502, 503].contains(error.status.code) {
                 refusals.append("'\(candidate.name)': \(error.message)")
+                if candidate.name == model && error.code != "spill_timeout" { primaryFailure = error }
                 spillReason = spillReason ?? (error.code == "spill_timeout" ? "timeout" : "unavailable")
             } catch var error as GatewayError where candidate.name != model && [502, 503].contains(error.status.code) {
                 // The last fallback failed too: the answer names the model asked for and why each
@@ -148,13 +158,23 @@ extension ModelController: ModelBackend {
     /// Whether `fallback` can take a request that spilled from `primary` without stopping it:
     /// it is not a runtime Strata places, it is ready, it is on another device, or it fits
     /// beside what that device holds now (the primary's start included).
+    /// Room held by other models is not counted: the Placer evicts idle ones for the fallback as
+    /// for any start (it once was, and a fallback that needed an idle model evicted was skipped
+    /// though the primary, failed, held nothing: the request got the primary's 502). What
+    /// cannot go for it is the primary (it would swap with the fallback on every request) and
+    /// the pinned models.
     func canTakeSpill(_ fallback: ModelConfiguration, from primary: ModelConfiguration) -> Bool {
         guard case .managed = fallback.serving, case .managed = primary.serving, fallback.device == primary.device else { return true }
         if fallback.placerNames.contains(where: { placer.snapshot(of: $0)?.phase == .ready }) {
             return true
         }
         guard let device = placer.deviceSnapshots.first(where: { $0.name == fallback.device }) else { return true }
-        return device.usedBytes + fallback.memoryBytes <= device.budgetBytes
+        let snapshots = placer.modelSnapshots.filter { $0.device == device.name }
+        // The primary's replicas in their restart backoff hold nothing and want nothing now.
+        let primaryBytes = snapshots.filter { primary.placerNames.contains($0.name) && $0.phase.publicStatus != "failed" }.reduce(0) { $0 + $1.memoryBytes }
+        let pinnedBytes = snapshots.filter { $0.pinned && $0.phase.holdsMemory && !primary.placerNames.contains($0.name)
+            && !fallback.placerNames.contains($0.name) }.reduce(0) { $0 + $1.memoryBytes }
+        return primaryBytes + pinnedBytes + fallback.memoryBytes <= device.budgetBytes
     }
 
     /// `acquire` bounded by `wait`; past it, `timeout()` is thrown (the waiting request is withdrawn).

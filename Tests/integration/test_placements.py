@@ -95,3 +95,39 @@ def test_a_request_whose_fallback_fails_too_is_told_about_both(make_daemon):
     message = json.loads(body)["error"]["message"]
     assert message.startswith("'lo' could not serve this request") and "fallback 's'" in message, message
     assert d.metric("strata_spillover_total", model="lo", to="s", reason="failed") == 1
+
+
+def test_a_failed_model_spills_to_a_fallback_that_needs_an_idle_model_evicted(make_daemon):
+    """`broken` fails to start; its fallback `a` fits the device once idle `b` is evicted. It was
+    skipped as if it needed `broken` stopped (which holds nothing), and the request got the 502."""
+    extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
+    d = make_daemon(config(f"""
+  - {{ name: broken, source: "file://{MODEL}", runtime: broken, memory: 100MiB, fallbacks: [a] }}
+  - {{ name: a, source: "file://{MODEL}", runtime: llama, memory: 250MiB }}
+  - {{ name: b, source: "file://{MODEL}", runtime: llama, memory: 250MiB }}
+  - {{ name: c, source: "file://{MODEL}", runtime: llama, memory: 250MiB }}
+""", extra=extra))
+    assert chat(d, "b") == 200 and chat(d, "c") == 200   # 500 of 600 MiB held
+    status, body, headers = d.request("POST", "/v1/chat/completions", headers=KEY, timeout=120, body={
+        "model": "broken", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert status == 200, body
+    assert {k.lower(): v for k, v in headers.items()}.get("x-strata-served-by") == "a", headers
+    assert d.metric("strata_spillover_total", model="broken", to="a") == 1
+    assert d.admin()["a"]["status"] == "ready" and [d.admin()[m]["status"] for m in ("b", "c")].count("ready") == 1
+
+
+def test_a_failed_model_whose_fallback_cannot_fit_says_why_no_fallback_took_it(make_daemon):
+    extra = """  broken: { kind: command, command: ["sh", "-c", "echo cannot load weights >&2; exit 3", "${PORT}"] }"""
+    d = make_daemon(config(f"""
+  - {{ name: p, source: "file://{MODEL}", runtime: llama, memory: 300MiB, pin: true, preload: true }}
+  - {{ name: broken, source: "file://{MODEL}", runtime: broken, memory: 100MiB, fallbacks: [big] }}
+  - {{ name: big, source: "file://{MODEL}", runtime: llama, memory: 400MiB }}
+""", extra=extra))
+    wait_for(lambda: d.admin()["p"]["status"] == "ready", 60, what="p preloaded")
+    status, body, _ = d.request("POST", "/v1/chat/completions", headers=KEY, timeout=120, body={
+        "model": "broken", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert status == 502, body
+    message = json.loads(body)["error"]["message"]
+    assert message.startswith("'broken' could not serve this request: 'broken': The runtime for 'broken' failed"), message
+    assert message.count("cannot load weights") == 1, message
+    assert message.endswith("; 'big' does not fit device 'cpu' beside 'broken' and the pinned models"), message

@@ -27,6 +27,28 @@ public enum ConfigLoader {
         return try parse(yaml: text, environment: environment, gpus: gpus ?? GPUDiscovery.discover())
     }
 
+    /// Only the `listen` address of the config at `path` (the default where it has none), for
+    /// the commands that talk to a running daemon: they need no tenant's keys, no runtime, no
+    /// model to be valid here.
+    public static func listenAddress(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws -> ListenAddress
+    {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(key: "", line: nil, message: "cannot read the file: " + unreadable(path))
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw yamlProblem(error, in: text)
+        }
+        guard case .mapping(let top)? = root, let node = top["listen"] else { return ListenAddress(host: "127.0.0.1", port: 8080) }
+        return try listenAddress(ConfigReader(environment: environment), node)
+    }
+
     /// Why `path` cannot be read, in words (Foundation's are "The operation could not be completed").
     static func unreadable(_ path: String) -> String {
         var isDirectory: ObjCBool = false

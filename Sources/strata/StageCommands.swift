@@ -101,9 +101,16 @@ enum DaemonAddress {
     /// default one would be, the default address (what `serve` listens on with no `listen`).
     static func base(config: String) throws -> String {
         if config == Strata.defaultConfig, !FileManager.default.fileExists(atPath: config) { return "http://127.0.0.1:8080" }
-        let configuration = try ConfigLoader.load(path: config)
-        let host = configuration.listen.host == "0.0.0.0" ? "127.0.0.1" : configuration.listen.host
-        return "http://\(host.contains(":") ? "[\(host)]" : host):\(configuration.listen.port)"
+        let listen: ListenAddress
+        do {
+            listen = try ConfigLoader.listenAddress(path: config)
+        } catch let error as ConfigError {
+            // (As `serve` and `config check` say it: the file, then the problem.)
+            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
+            throw ExitCode(2)
+        }
+        let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host
+        return "http://\(host.contains(":") ? "[\(host)]" : host):\(listen.port)"
     }
 }
 

@@ -362,6 +362,21 @@ def test_status_cli(daemon):
     bare = subprocess.run([str(STRATA), "status", "--url", daemon.url.removeprefix("http://")], capture_output=True,
                           text=True, env={**os.environ, "STRATA_ADMIN_KEY": "admin-secret"}, timeout=30)
     assert bare.returncode == 0 and "smollm2" in bare.stdout, bare.stderr
+    # by the config, which needs only its listen address: not every tenant's keys in this
+    # shell's environment (it refused to run without them)
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(f"listen: {daemon.url.removeprefix('http://')}\ntenants:\n  - {{ name: t, api_keys_env: NOT_HERE_KEYS }}\nmodels: []\n")
+        f.flush()
+        by_config = subprocess.run([str(STRATA), "status", "--config", f.name], capture_output=True, text=True,
+                                   env={**os.environ, "STRATA_ADMIN_KEY": "admin-secret"}, timeout=30)
+        assert by_config.returncode == 0 and "smollm2" in by_config.stdout, by_config.stderr
+        f.seek(0)
+        f.truncate()
+        f.write("listen: nowhere\n")
+        f.flush()
+        bad_listen = subprocess.run([str(STRATA), "status", "--config", f.name], capture_output=True, text=True, timeout=30)
+        assert bad_listen.returncode == 2 and bad_listen.stderr.startswith(f"strata: {f.name}: config: listen"), bad_listen.stderr
 
 
 def test_version_and_status_with_no_config_file(tmp_path):

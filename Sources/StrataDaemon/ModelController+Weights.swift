@@ -211,10 +211,11 @@ extension ModelController {
     /// The weights file a runtime for `model` opens now: the host copy when it is current,
     /// else the local source file; nil when only a staging can provide one (remote sources).
     func weightsPath(for model: ModelConfiguration, localPath: String) async -> String? {
-        if model.stage, let tiers, let stager = try? await tiers.stager(),
-            let path = await stager.hostCopy(of: model.name, source: model.source)
-        {
-            return path
+        if model.stage, let tiers, let stager = try? await tiers.stager() {
+            if let path = await stager.hostCopy(of: model.name, source: model.source, sha256: model.sha256) { return path }
+            // A copy without the configured checksum (staged under another): not the local file
+            // unchecked either, but a staging that checks it (`stageToDisk`), or says it fails.
+            if model.sha256 != nil, await stager.hostCopy(of: model.name, source: model.source) != nil { return nil }
         }
         return localPath.isEmpty ? nil : localPath
     }

@@ -203,6 +203,33 @@ struct WeightStagerTests {
         #expect(f.objects.info("m") != nil && f.host.path(of: "m") == nil)
     }
 
+    /// The config's sha256 changed after a copy was staged under the old one: the copies in
+    /// RAM and on NVMe were served as they were (the runtime started on bytes the config no
+    /// longer names). Each is checked against the checksum asked for, and the source's bytes
+    /// then say it: refused, naming both.
+    @Test func aCopyStagedUnderAnotherChecksumIsCheckedNotServed() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 2 * (8 << 20) + 5, seed: 21)
+        let right = Self.sha256(bytes), wrong = String(repeating: "22", count: 32)
+        _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: right))
+        #expect(await f.stager.hostCopy(of: "m", source: path, sha256: right) != nil)
+        #expect(await f.stager.hostCopy(of: "m", source: path, sha256: wrong) == nil, "the RAM copy does not have it")
+        await #expect(throws: StageError.self) {
+            _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: wrong))
+        }
+        await f.stager.releaseHost("m")
+        let refused = await #expect(throws: StageError.self) {
+            _ = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: wrong))
+        }
+        #expect(refused?.isChecksumMismatch == true && "\(refused!)".contains(right), "\(String(describing: refused))")
+        #expect(f.host.path(of: "m") == nil, "nothing published from the NVMe copy")
+        // the checksum the bytes have still serves, from NVMe
+        let back = try await f.stager.stage(StageRequest(name: "m", source: path, sha256: right))
+        #expect(back.origin == .nvme || back.origin == .remote)
+        #expect(back.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+    }
+
     @Test func concurrentRequestsShareOneTransferAndCancellingTheLastCallerStopsIt() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }

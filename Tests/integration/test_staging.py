@@ -445,6 +445,40 @@ def test_s3_source_from_moto(make_daemon):
         assert staging(d)["smollm2"]["origin"] == "remote"
 
 
+def test_a_copy_staged_under_another_sha256_is_not_served_after_a_reload_or_a_restart(make_daemon, tmp_path):
+    """The config's sha256 changes once the weights are staged (in RAM and on NVMe): the runtime
+    started on those copies, unchecked, after the reload and after a restart. They are checked
+    against the checksum now configured, and the source's bytes then refuse it, naming both."""
+    root = origin(tmp_path)
+    wrong = "2" * 64
+    with Nginx(root) as nginx:
+        model = f'  - {{ name: smollm2, source: "{nginx.url}/model.gguf", memory: 400MiB, sha256: "{SHA}" }}'
+        d = make_daemon(config(model))
+        status, body = chat(d)
+        assert status == 200, body
+        wait_for(lambda: staging(d)["smollm2"].get("nvme_copy") == "committed", 30, what="the NVMe copy written behind")
+        d.config_path.write_text(d.config_path.read_text().replace(SHA, wrong))
+        status, body, _ = d.request("POST", "/admin/reload", headers=ADMIN)
+        assert status == 200 and json.loads(body)["restarted"] == ["smollm2"], body
+        status, body = chat(d)
+        assert status == 502, body
+        message = body["error"]["message"]
+        assert f"has SHA-256 {SHA}" in message and wrong in message, message
+        assert d.model("smollm2").get("pid") is None
+        # back to the right checksum: served again; then changed while the daemon is down, the
+        # copy in RAM there at the restart
+        d.config_path.write_text(d.config_path.read_text().replace(wrong, SHA))
+        assert d.request("POST", "/admin/reload", headers=ADMIN)[0] == 200
+        assert chat(d)[0] == 200
+        assert d.stop() == 0
+        assert staged_file(d) is not None
+        d.config_path.write_text(d.config_path.read_text().replace(SHA, wrong))
+        d.start()
+        status, body = chat(d)
+        assert status == 502 and f"has SHA-256 {SHA}" in body["error"]["message"], body
+        assert d.model("smollm2").get("pid") is None
+
+
 def test_wrong_checksum_or_missing_object_stages_nothing_and_says_why(make_daemon, tmp_path):
     root = origin(tmp_path)
     with Nginx(root) as nginx:

@@ -171,6 +171,14 @@ public actor WeightStager {
         return host.path(of: name, identity: current.identity)
     }
 
+    /// `hostCopy`, and with a checksum (`sha256`), only a copy whose bytes have it (hashed once
+    /// per version and checksum): a runtime never starts on a copy staged under another.
+    public func hostCopy(of name: String, source: String, sha256 expected: String?) async -> String? {
+        guard let path = hostCopy(of: name, source: source) else { return nil }
+        guard let expected, let identity = host.identity(of: name) else { return path }
+        return await hasPinned(name, identity, expected.lowercased(), hash: { try? Self.sha256(ofFile: path) }) ? path : nil
+    }
+
     /// The fastest tier holding a current copy of `name` (by the same rule as `hostCopy`).
     public func residency(of name: String, source: String) -> StageOrigin {
         if hostCopy(of: name, source: source) != nil { return .host }
@@ -315,7 +323,15 @@ public actor WeightStager {
         }
 
         if let files, let path = files.path(of: request.name, identity: current.identity) {
-            return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
+            // (With a checksum, only a copy that has it: one staged under another, or none, is
+            // not what the config asks for, whatever version of the source it is.)
+            if let expected = request.sha256,
+                !(await hasPinned(request.name, current.identity, expected, hash: { try? Self.sha256(ofFile: path) }))
+            {
+                logger.warning("the copy of \(request.name) in \(request.destination.rawValue) does not have the configured SHA-256 \(expected): not used")
+            } else {
+                return StageResult(path: path, origin: .host, bytes: current.size, seconds: 0, identity: current.identity)
+            }
         }
         if let expected = request.sha256,
             let kept = try await pinnedCopy(job, of: location, expected: expected, current: current.identity, into: files,
@@ -334,7 +350,9 @@ public actor WeightStager {
         // by that write, not by a second transfer).
         try await writtenBehind(request.name)
         let stored = objects.info(request.name)
-        if let stored, stored.source == current.identity {
+        if let stored, stored.source == current.identity,
+            try await nvmeCopyMeets(request, stored)
+        {
             do {
                 return try await fromNVMe(job, stored, into: files, started: started)
             } catch let error as ObjectError {
@@ -368,9 +386,43 @@ public actor WeightStager {
         }
         try await writtenBehind(name)
         guard let stored = objects.info(name), stored.source != current, Self.isCopy(stored.source, of: location) else { return nil }
-        guard try await hasPinned(name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) }) else { return nil }
+        let pinned: Bool
+        do {
+            pinned = try await hasPinned(name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) })
+        } catch let error as ObjectError {
+            guard case .damaged = error else { throw error }
+            // (The source is asked instead, and its bytes checked: a kept copy that broke must
+            // not fail every staging until a restart.)
+            logger.warning("the NVMe copy of \(name) is no longer whole (\(error)); fetching it from \(location) again")
+            return nil
+        }
+        guard pinned else { return nil }
         kept(stored.source)
-        return try await fromNVMe(job, stored, into: files, started: started)
+        do {
+            return try await fromNVMe(job, stored, into: files, started: started)
+        } catch let error as ObjectError {
+            guard case .damaged = error else { throw error }
+            logger.warning("the NVMe copy of \(name) is no longer whole (\(error)); fetching it from \(location) again")
+            return nil
+        }
+    }
+
+    /// Whether the NVMe copy may serve `request`: without a checksum, yes; with one, if its
+    /// bytes have it (hashed once per version and checksum). A copy found damaged on the way
+    /// is no copy (the source is asked instead).
+    private func nvmeCopyMeets(_ request: StageRequest, _ stored: ObjectInfo) async throws -> Bool {
+        guard let expected = request.sha256 else { return true }
+        do {
+            if try await hasPinned(request.name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) }) {
+                return true
+            }
+            logger.warning("the NVMe copy of \(request.name) does not have the configured SHA-256 \(expected): not used")
+            return false
+        } catch let error as ObjectError {
+            guard case .damaged = error else { throw error }
+            logger.warning("the NVMe copy of \(request.name) is no longer whole (\(error)); fetching it again")
+            return false
+        }
     }
 
     /// Whether `name`'s copy of version `identity` has the SHA-256 `expected`, as `hash` finds

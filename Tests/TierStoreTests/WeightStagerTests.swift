@@ -230,6 +230,28 @@ struct WeightStagerTests {
         #expect(back.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
     }
 
+    /// The source changed, and the sha256 pins the old bytes: the NVMe copy of them is kept. Once
+    /// that copy is damaged, staging failed with the damage every time, never asking the source
+    /// (until a restart); now the source is asked, and its bytes decide.
+    @Test func aKeptPinnedCopyFoundDamagedLeavesItToTheSource() async throws {
+        let f = try await Fixture.make()
+        defer { Task { await f.close() } }
+        let (path, bytes) = try f.source(size: 2 * (8 << 20) + 5, seed: 31)
+        let request = StageRequest(name: "m", source: path, sha256: Self.sha256(bytes))
+        _ = try await f.stager.stage(request)
+        await f.stager.releaseHost("m")
+        let other = IOEngineContractTests.pattern(bytes.count, seed: 77)
+        try Data(other).write(to: URL(fileURLWithPath: path))
+        let stored = try #require(f.objects.info("m"))
+        await f.log.remove(stored.chunkKey(1))
+        let refused = await #expect(throws: StageError.self) { _ = try await f.stager.stage(request) }
+        #expect(refused?.isChecksumMismatch == true, "the source's new bytes, not the damage: \(String(describing: refused))")
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let back = try await f.stager.stage(request)
+        #expect(back.origin == .remote)
+        #expect(back.path.map { FileManager.default.contents(atPath: $0).map([UInt8].init) } == bytes)
+    }
+
     @Test func concurrentRequestsShareOneTransferAndCancellingTheLastCallerStopsIt() async throws {
         let f = try await Fixture.make()
         defer { Task { await f.close() } }
@@ -249,7 +271,8 @@ struct WeightStagerTests {
         let outcome = await task.result
         #expect(throws: CancellationError.self) { try outcome.get() }
         #expect(f.host.path(of: "m") == nil && f.objects.info("m") == nil)
-        #expect(await f.stager.statuses().first?.state == .cancelled)
+        let cancelled = await f.stager.statuses().first
+        #expect(cancelled?.state == .cancelled && cancelled?.secondsLeft == nil, "no time left to a staging that ended")
     }
 
     @Test func anUnreachableSourceFallsBackToTheStoredCopy() async throws {

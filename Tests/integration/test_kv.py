@@ -705,7 +705,9 @@ def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon)
     for key, value in received.items():
         pipe.set(key, value)
     assert pipe.execute() == [True] * len(received)
-    assert r.info("stats")["staged_values"] == staged_before + len(received)
+    # (The three of 4 MiB or more cannot come in one read; the 100 kB one may, on a loaded
+    # machine, and is then parsed whole, not staged.)
+    assert r.info("stats")["staged_values"] - staged_before in (3, 4)
     assert r.get("s0") == received["s0"]
     values.update(received)
     d.proc.send_signal(signal.SIGKILL)

@@ -267,6 +267,8 @@ public actor WeightStager {
                 $0.state = cancelled ? .cancelled : .failed
                 $0.error = cancelled ? "cancelled" : "\(error)"
                 $0.elapsedSeconds = (ContinuousClock.now - started).seconds
+                $0.secondsLeft = nil   // (no time is left to a staging that ended)
+                $0.bytesPerSecond = 0
             }
             if cancelled {
                 logger.notice("staging \(request.name) cancelled")

@@ -261,7 +261,7 @@ extension ConfigLoader {
             }
         }
         if let error = ConfigError(all: problems) { throw error }
-        try checkFallbacks(reader, models, node)
+        try checkFallbacks(reader, models, node, items: (try? reader.sequence(node, at: "models")) ?? [])
         try checkPinned(reader, models, devices: config.devices, node)
         return models
     }

@@ -86,9 +86,12 @@ extension ConfigLoader {
     }
 
     /// After every model is read: fallbacks name other models that exist.
-    static func checkFallbacks(_ reader: ConfigReader, _ models: [ModelConfiguration], _ node: Node?) throws {
+    /// `items`: the models' entries as written, for the line of each one's `fallbacks`.
+    static func checkFallbacks(_ reader: ConfigReader, _ models: [ModelConfiguration], _ node: Node?, items: [Node] = []) throws {
         let names = Set(models.map(\.name))
         for (index, model) in models.enumerated() {
+            var node = node
+            if index < items.count, case .mapping(let entry) = items[index] { node = entry["fallbacks"] ?? items[index] }
             for fallback in model.fallbacks {
                 // (Each named: one wrong fallback does not hide another.)
                 reader.each {

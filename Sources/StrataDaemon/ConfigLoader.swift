@@ -298,9 +298,12 @@ public enum ConfigLoader {
             throw reader.fail("supervisor.hang_timeout", map["hang_timeout"] ?? map["liveness_interval"],
                               "needs liveness_interval above 0s (nothing would notice the hang); set hang_timeout: 0s too")
         }
-        if settings.hangTimeout > .zero, settings.hangTimeout < settings.livenessInterval * 2 {
+        // Two probes must fail (each waits up to its 2 s timeout) before the silence can count:
+        // a runtime is taken out of routing before it is killed, never killed for one miss.
+        let least = settings.livenessInterval * 2 + ModelController.livenessProbeTimeout * 2
+        if settings.hangTimeout > .zero, settings.hangTimeout < least {
             throw reader.fail("supervisor.hang_timeout", map["hang_timeout"] ?? map["liveness_interval"],
-                              "must be at least twice liveness_interval (\(settings.livenessInterval)), or 0s for never")
+                              "must be at least twice liveness_interval plus two probes' 2s timeouts (\(least)), or 0s for never")
         }
         guard settings.restartBackoffMax >= settings.restartBackoff else {
             throw reader.fail("supervisor.restart_backoff_max", map["restart_backoff_max"], "must be at least restart_backoff")

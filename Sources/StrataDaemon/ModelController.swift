@@ -414,7 +414,7 @@ public actor ModelController {
                 if let replicas = replicaSet(of: model) { await replicas.processUnresponsive(model) }
             }
             let silent = ContinuousClock.now - since
-            if settings.hangTimeout > .zero, silent >= settings.hangTimeout {
+            if settings.hangTimeout > .zero, failures >= 2, silent >= settings.hangTimeout {
                 let why = "did not answer its health check for \(Int(silent.seconds))s (supervisor.hang_timeout): killed as hung"
                 logger.error("runtime hung; killing it", metadata: ["model": "\(model)", "pid": "\(instance.process.pid)"])
                 instances[model]?.hungKilled = why
@@ -425,12 +425,15 @@ public actor ModelController {
         }
     }
 
+    /// How long a liveness probe waits for its answer.
+    static let livenessProbeTimeout: Duration = .seconds(2)
+
     /// One liveness probe: nil when the runtime answered 200, else what went wrong.
     private static func probe(_ url: String) async -> String? {
         var request = HTTPClientRequest(url: url)
         request.method = .GET
         do {
-            let response = try await HTTPClient.probes.execute(request, timeout: .seconds(2))
+            let response = try await HTTPClient.probes.execute(request, timeout: TimeAmount(livenessProbeTimeout))
             _ = try? await response.body.collect(upTo: 1 << 16)
             return response.status == .ok ? nil : "answered \(response.status.code)"
         } catch {

@@ -265,6 +265,8 @@ struct ConfigLoaderTests {
         Self.expectError("supervisor: { max_queued: -3 }", key: "supervisor.max_queued", "'-3'", "integer")
         Self.expectError("supervisor: { liveness_interval: 0s }", key: "supervisor.hang_timeout", "liveness_interval above 0s")
         Self.expectError("supervisor: { liveness_interval: 10s, hang_timeout: 15s }", key: "supervisor.hang_timeout", "twice liveness_interval")
+        // (killed after one missed probe: its 2 s timeout alone met the 2 s)
+        Self.expectError("supervisor: { liveness_interval: 1s, hang_timeout: 2s }", key: "supervisor.hang_timeout", "two probes' 2s timeouts", "6")
         Self.expectError("supervisor: { hang_timeout: 0 }", key: "supervisor.hang_timeout", "'0'", "30s")
         Self.expectError("log_level: loud", key: "log_level", "'loud'", "debug")
         Self.expectError("gateway: { max_body: 10B }", key: "gateway.max_body", "1KiB")

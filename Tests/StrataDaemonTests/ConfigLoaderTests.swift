@@ -495,6 +495,9 @@ struct ConfigLoaderTests {
               - { name: default, api_keys_env: OTHER_KEYS }
             models:
               - { name: a, source: \(Self.modelFile), fallbacks: [a, ghost] }
+              - name: b
+                source: \(Self.modelFile)
+                fallbacks: [zzz]
             """
         do {
             _ = try Self.parse(policy, env: Self.env.merging(["MY_KEYS": "k1", "OTHER_KEYS": "k2"]) { $1 })
@@ -502,8 +505,9 @@ struct ConfigLoaderTests {
         } catch let error as ConfigError {
             #expect(error.all.map(\.key) == [
                 "tenants[0].api_keys_env", "tenants[1].api_keys_env", "tenants[2].name",
-                "models[0] (a).fallbacks", "models[0] (a).fallbacks",
+                "models[0] (a).fallbacks", "models[0] (a).fallbacks", "models[1] (b).fallbacks",
             ], "\(error)")
+            #expect(error.all.suffix(3).map(\.line) == [7, 7, 10], "each at its own model's fallbacks")
             #expect(error.all.map(\.message).joined().contains("'default' is the tenant of the keys in auth.api_keys_env"))
         }
         // ...and a file whose only problem is an unknown key is still refused

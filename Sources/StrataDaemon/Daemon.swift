@@ -85,6 +85,9 @@ public enum Daemon {
         // One directory of keys for both faces of the KV service (RESP and /v1/blocks).
         let kv: TierKVBackend? = config.kv.resp != nil
             ? TierKVBackend(tiers: tiers, durability: config.kv.durability == .durable ? .durable : .cache) : nil
+        // Opened with the tiers, not on the first command: the directory loaded, an earlier run's
+        // unreachable blocks dropped before anything is asked (INFO counted them until then).
+        if let kv { Task { await kv.open() } }
         let access = AccessControlBox(config.accessControl)
         let reloader = ConfigReloader(path: configPath, running: config, controller: controller, access: access, logger: logger)
         let gateway = Gateway(

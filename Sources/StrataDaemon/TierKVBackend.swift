@@ -162,6 +162,13 @@ final class TierKVBackend: KVBackend, Sendable {
 
     // MARK: Blocks
 
+    /// Opens the store now (as the first command would): the directory loaded (`durable`) and
+    /// the blocks of an earlier run that no key names dropped. Tiers that fail to open are
+    /// said by the commands that need them.
+    func open() async {
+        _ = try? await store()
+    }
+
     private func store() async throws -> BlockStore {
         if let opened = state.withLock({ $0.opened }) { return opened }
         let store: BlockStore

@@ -5,7 +5,8 @@ import Glibc
 /// self-describing (`BlockHeader`: key, lengths, codec, checksums). Whole segments are reclaimed
 /// when the budget is exceeded: of block segments the oldest holding no live value (its values
 /// were all overwritten or removed), else the oldest; of object segments the oldest. A segment
-/// left holding nothing live goes at once, unless its lane still appends to it. Reads
+/// left holding nothing live goes at once, unless its lane still appends to it (a segment found
+/// at open takes no more appends). Reads
 /// verify both checksums: a record that fails is a miss, counted, never returned. A SQLite
 /// catalog (`catalog.sqlite`, WAL) records where every block lives; a durable put returns once
 /// its record is fsynced and its catalog entry committed.
@@ -195,7 +196,8 @@ public actor SegmentLog {
         unlessSuperseded: (@Sendable () -> Bool)? = nil
     ) async throws {
         if let unlessSuperseded, unlessSuperseded() { return }
-        let record = try payload.withUnsafeBytes { try prepare(key, payload: $0) }
+        var record = try payload.withUnsafeBytes { try prepare(key, payload: $0) }
+        record.superseded = unlessSuperseded
         try await append(record, durable: durable, awaitingCatalog: awaitingCatalog)
     }
 
@@ -261,6 +263,8 @@ public actor SegmentLog {
         var header: BlockHeader
         /// The buffer is the log's (from its pool) rather than the caller's.
         var pooled = true
+        /// Asked again once the record is written: true, and it is left out of the index.
+        var superseded: (@Sendable () -> Bool)?
     }
 
     /// Encodes the record (compressing when the codec says so and it pays), synchronously, so
@@ -344,6 +348,12 @@ public actor SegmentLog {
         // is gone with it, and a durable put must not report success.
         guard segments[segment.id] != nil else {
             throw IOError(operation: "put", errno: ENOSPC, detail: IOError.reclaimedDuringWrite)
+        }
+        // Removed (or replaced) while it was written, as a demotion racing a DEL: indexed, it
+        // would stay on as a block nothing names, holding its segment. Its room is dead now.
+        if let superseded = record.superseded, superseded() {
+            reclaimOverBudget()
+            return
         }
         let location = Location(segment: segment.id, offset: offset, recordLength: recordLength, sequence: sequence,
                                 payloadLength: record.payloadLength)
@@ -597,7 +607,7 @@ public actor SegmentLog {
         // A segment left holding nothing live goes now, not when the budget is next exceeded
         // (deleting every value freed no disk and INFO kept counting it), unless its lane still
         // appends to it.
-        if left == 0, recoveredBefore > 0, let lane = segments[segment]?.lane, newestSegment[lane] != segment {
+        if left == 0, recoveredBefore > 0, let found = segments[segment], found.sealed || newestSegment[found.lane] != segment {
             reclaim(segment)
         }
     }
@@ -734,8 +744,9 @@ public actor SegmentLog {
         stats.objectBytes = segments.values.reduce(0) { $0 + ($1.lane == .objects ? $1.end : 0) }
         try await catalog.flush()
         recoveredBefore = nextSequence
-        // Segments found holding nothing live (all overwritten or removed before the restart).
-        for (id, segment) in segments where (liveBytes[id] ?? 0) == 0 && newestSegment[segment.lane] != id { reclaim(id) }
+        // Segments found holding nothing live (all overwritten or removed before the restart;
+        // the newest too: found segments take no more appends).
+        for (id, _) in segments where (liveBytes[id] ?? 0) == 0 { reclaim(id) }
     }
 
     // MARK: Segments

@@ -352,11 +352,15 @@ public actor WeightStager {
         // by that write, not by a second transfer).
         try await writtenBehind(request.name)
         let stored = objects.info(request.name)
-        if let stored, stored.source == current.identity,
-            try await nvmeCopyMeets(request, stored)
-        {
+        // (Copied into a file, the copy is hashed there, from RAM or the page cache, rather than
+        // the NVMe copy read twice.)
+        if let stored, stored.source == current.identity, files != nil ? true : try await nvmeCopyMeets(request, stored) {
             do {
-                return try await fromNVMe(job, stored, into: files, started: started)
+                let result = try await fromNVMe(job, stored, into: files, started: started)
+                guard let expected = request.sha256, let files, let path = result.path else { return result }
+                if await hasPinned(request.name, stored.source, expected, hash: { try? Self.sha256(ofFile: path) }) { return result }
+                logger.warning("the NVMe copy of \(request.name) does not have the configured SHA-256 \(expected): not used")
+                files.remove(request.name)
             } catch let error as ObjectError {
                 guard case .damaged = error else { throw error }
                 // A chunk went (reclaimed under the budget, or damaged) after the copy was

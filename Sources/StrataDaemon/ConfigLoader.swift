@@ -10,12 +10,7 @@ public enum ConfigLoader {
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
         gpus: GPUDiscovery.Outcome? = nil
     ) throws -> StrataConfiguration {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError(key: "", line: nil, message: "cannot read the file: " + unreadable(path))
-        }
+        let text = try contents(of: path)
         // A file caught empty (an editor or a copy part way through writing it) would otherwise
         // be every default: on a reload, no models at all.
         let settings = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -33,12 +28,7 @@ public enum ConfigLoader {
     public static func listenAddress(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
         throws -> ListenAddress
     {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError(key: "", line: nil, message: "cannot read the file: " + unreadable(path))
-        }
+        let text = try contents(of: path)
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -47,6 +37,15 @@ public enum ConfigLoader {
         }
         guard case .mapping(let top)? = root, let node = top["listen"] else { return ListenAddress(host: "127.0.0.1", port: 8080) }
         return try listenAddress(ConfigReader(environment: environment), node)
+    }
+
+    /// The config file's text, or why it cannot be read.
+    static func contents(of path: String) throws -> String {
+        do {
+            return try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(key: "", line: nil, message: "cannot read the file: " + unreadable(path))
+        }
     }
 
     /// Why `path` cannot be read, in words (Foundation's are "The operation could not be completed").
@@ -300,7 +299,7 @@ public enum ConfigLoader {
         }
         // Two probes must fail (each waits up to its 2 s timeout) before the silence can count:
         // a runtime is taken out of routing before it is killed, never killed for one miss.
-        let least = settings.livenessInterval * 2 + ModelController.livenessProbeTimeout * 2
+        let least = settings.livenessInterval * 2 + HealthProbe.timeout * 2
         if settings.hangTimeout > .zero, settings.hangTimeout < least {
             throw reader.fail("supervisor.hang_timeout", map["hang_timeout"] ?? map["liveness_interval"],
                               "must be at least twice liveness_interval plus two probes' 2s timeouts (\(least)), or 0s for never")

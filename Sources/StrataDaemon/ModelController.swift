@@ -395,7 +395,7 @@ public actor ModelController {
             try? await Task.sleep(for: settings.livenessInterval)
             guard !Task.isCancelled, instances[model]?.id == instanceID else { return }
             let probed = ContinuousClock.now
-            let failure = await Self.probe(url)
+            let failure = await HTTPClient.probeHealth(url)
             guard !Task.isCancelled, let instance = instances[model], instance.id == instanceID else { return }
             guard let failure else {
                 if failures >= 2 {
@@ -422,22 +422,6 @@ public actor ModelController {
                 instance.process.signalGroup(SIGKILL)
                 return
             }
-        }
-    }
-
-    /// How long a liveness probe waits for its answer.
-    static let livenessProbeTimeout: Duration = .seconds(2)
-
-    /// One liveness probe: nil when the runtime answered 200, else what went wrong.
-    private static func probe(_ url: String) async -> String? {
-        var request = HTTPClientRequest(url: url)
-        request.method = .GET
-        do {
-            let response = try await HTTPClient.probes.execute(request, timeout: TimeAmount(livenessProbeTimeout))
-            _ = try? await response.body.collect(upTo: 1 << 16)
-            return response.status == .ok ? nil : "answered \(response.status.code)"
-        } catch {
-            return "\(error)"
         }
     }
 

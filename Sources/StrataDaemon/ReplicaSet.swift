@@ -3,6 +3,7 @@ import Foundation
 import Frontend
 import Logging
 import Metrics
+import NIOCore
 import NIOConcurrencyHelpers
 import Placer
 import Synchronization
@@ -537,18 +538,7 @@ actor ReplicaSet {
         lastProbe = ContinuousClock.now
         await withTaskGroup(of: (String, String?).self) { group in
             for url in replicas {
-                group.addTask {
-                    var request = HTTPClientRequest(url: url + "/health")
-                    request.method = .GET
-                    let response: HTTPClientResponse
-                    do {
-                        response = try await HTTPClient.probes.execute(request, timeout: .seconds(2))
-                    } catch {
-                        return (url, "GET \(url)/health: \(describe(error))")
-                    }
-                    _ = try? await response.body.collect(upTo: 1 << 16)
-                    return (url, response.status == .ok ? nil : "GET \(url)/health answered \(response.status.code)")
-                }
+                group.addTask { (url, await HTTPClient.probeHealth(url + "/health")) }
             }
             for await (url, failure) in group { record(probe: url, failure: failure) }
         }
@@ -601,6 +591,11 @@ actor ReplicaSet {
     }
 }
 
+enum HealthProbe {
+    /// How long a health probe (`HTTPClient.probeHealth`) waits for its answer.
+    static let timeout: Duration = .seconds(2)
+}
+
 extension HTTPClient {
     /// For health probes: a refused connection is an answer (down), not something to retry with
     /// backoff until the timeout, as the request client does. Lives as long as the process.
@@ -610,4 +605,18 @@ extension HTTPClient {
         configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
+
+    /// One GET of a health endpoint (`probes`): nil when it answered 200, else what went wrong.
+    static func probeHealth(_ url: String) async -> String? {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        let response: HTTPClientResponse
+        do {
+            response = try await probes.execute(request, timeout: TimeAmount(HealthProbe.timeout))
+        } catch {
+            return "GET \(url): \(describe(error))"
+        }
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        return response.status == .ok ? nil : "GET \(url) answered \(response.status.code)"
+    }
 }

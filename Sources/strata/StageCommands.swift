@@ -101,14 +101,7 @@ enum DaemonAddress {
     /// default one would be, the default address (what `serve` listens on with no `listen`).
     static func base(config: String) throws -> String {
         if config == Strata.defaultConfig, !FileManager.default.fileExists(atPath: config) { return "http://127.0.0.1:8080" }
-        let listen: ListenAddress
-        do {
-            listen = try ConfigLoader.listenAddress(path: config)
-        } catch let error as ConfigError {
-            // (As `serve` and `config check` say it: the file, then the problem.)
-            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
-            throw ExitCode(2)
-        }
+        let listen = try readingConfig(config) { try ConfigLoader.listenAddress(path: config) }
         let host = listen.host == "0.0.0.0" ? "127.0.0.1" : listen.host
         return "http://\(host.contains(":") ? "[\(host)]" : host):\(listen.port)"
     }
@@ -196,13 +189,7 @@ struct ColdStartBench: AsyncParsableCommand {
     var plot: String?
 
     func run() async throws {
-        let configuration: StrataConfiguration
-        do {
-            configuration = try ConfigLoader.load(path: config)
-        } catch let error as ConfigError {
-            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
-            throw ExitCode(2)
-        }
+        let configuration = try readingConfig(config) { try ConfigLoader.load(path: config) }
         if let plot, !plot.hasSuffix(".svg") { throw ValidationError("--plot '\(plot)': the chart is SVG; name a .svg file") }
         let benchmark = try ColdStartBenchmark(
             config: configuration, modelName: model, runs: runs, logger: .init(label: "strata.bench")

@@ -60,13 +60,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         MallocSettings.apply()
-        let configuration: StrataConfiguration
-        do {
-            configuration = try ConfigLoader.load(path: config)
-        } catch let error as ConfigError {
-            FileHandle.standardError.write(Data(error.report(prefix: "strata: \(config)").utf8))
-            throw ExitCode(2)
-        }
+        let configuration = try readingConfig(config) { try ConfigLoader.load(path: config) }
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -121,13 +115,8 @@ struct Config: ParsableCommand {
 
         func run() throws {
             let file = file ?? config ?? Strata.defaultConfig
-            do {
-                let config = try ConfigLoader.load(path: file)
-                print(ConfigSummary.render(config))
-            } catch let error as ConfigError {
-                FileHandle.standardError.write(Data(error.report(prefix: "strata: \(file)").utf8))
-                throw ExitCode(2)
-            }
+            let config = try readingConfig(file) { try ConfigLoader.load(path: file) }
+            print(ConfigSummary.render(config))
         }
     }
 }
@@ -274,3 +263,14 @@ enum BenchOptions {
     }
 }
 
+
+/// What `read` makes of the config file `file`; a problem in it is said as every command says it
+/// (`strata: FILE: config: …`, each problem on its line) and the command exits 2.
+func readingConfig<T>(_ file: String, _ read: () throws -> T) throws -> T {
+    do {
+        return try read()
+    } catch let error as ConfigError {
+        FileHandle.standardError.write(Data(error.report(prefix: "strata: \(file)").utf8))
+        throw ExitCode(2)
+    }
+}

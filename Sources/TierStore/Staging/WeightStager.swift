@@ -392,22 +392,15 @@ public actor WeightStager {
         }
         try await writtenBehind(name)
         guard let stored = objects.info(name), stored.source != current, Self.isCopy(stored.source, of: location) else { return nil }
-        let pinned: Bool
         do {
-            pinned = try await hasPinned(name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) })
+            guard try await hasPinned(name, stored.source, expected, hash: { try await Self.sha256(of: stored, in: self.objects) })
+            else { return nil }
+            kept(stored.source)
+            return try await fromNVMe(job, stored, into: files, started: started)
         } catch let error as ObjectError {
             guard case .damaged = error else { throw error }
             // (The source is asked instead, and its bytes checked: a kept copy that broke must
             // not fail every staging until a restart.)
-            logger.warning("the NVMe copy of \(name) is no longer whole (\(error)); fetching it from \(location) again")
-            return nil
-        }
-        guard pinned else { return nil }
-        kept(stored.source)
-        do {
-            return try await fromNVMe(job, stored, into: files, started: started)
-        } catch let error as ObjectError {
-            guard case .damaged = error else { throw error }
             logger.warning("the NVMe copy of \(name) is no longer whole (\(error)); fetching it from \(location) again")
             return nil
         }

@@ -11,7 +11,7 @@ final class FakeBackend: ModelBackend, Sendable {
     let rawPort: Int
     /// The models `listModels` lists (all ready).
     let listed: [String]
-    private let counters = NIOLockedValueBox((acquired: 0, released: 0))
+    private let counters = NIOLockedValueBox((acquired: 0, released: 0, releasedAt: ContinuousClock.Instant?.none))
     private let leaseOutcomes = NIOLockedValueBox<[String: [LeaseOutcome]]>([:])
 
     /// How each lease of a model ended, in order.
@@ -48,7 +48,7 @@ final class FakeBackend: ModelBackend, Sendable {
         case "m":
             counters.withLockedValue { $0.acquired += 1 }
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in
-                counters.withLockedValue { $0.released += 1 }
+                counters.withLockedValue { $0.released += 1; $0.releasedAt = .now }
             }
         case "raw":
             return UpstreamLease(baseURL: "http://127.0.0.1:\(rawPort)/v1", onOutcome: record)
@@ -94,6 +94,8 @@ final class FakeBackend: ModelBackend, Sendable {
 
     var acquired: Int { counters.withLockedValue { $0.acquired } }
     var released: Int { counters.withLockedValue { $0.released } }
+    /// When the last lease was released (taken by whoever released it, not by the test's task).
+    var releasedAt: ContinuousClock.Instant? { counters.withLockedValue { $0.releasedAt } }
 
     func listModels() async -> [ModelListing] { listed.map { ModelListing(id: $0, status: "ready") } }
 
@@ -118,7 +120,7 @@ final class FakeBackend: ModelBackend, Sendable {
         case "m":
             counters.withLockedValue { $0.acquired += 1 }
             return UpstreamLease(baseURL: "http://127.0.0.1:\(upstreamPort)/v1") { [counters] in
-                counters.withLockedValue { $0.released += 1 }
+                counters.withLockedValue { $0.released += 1; $0.releasedAt = .now }
             }
         case "raw":
             return UpstreamLease(

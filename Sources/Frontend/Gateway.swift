@@ -137,16 +137,15 @@ public struct Gateway: Sendable {
         }
 
         router.get("/v1/models") { request, _ in
-            try authorize(request)
-            let models = await backend.listModels()
+            let models = try await backend.listModels(policy: policy(of: request.headers, tenant: authorize(request)))
             return jsonResponse(["object": "list", "data": models.map(\.object)])
         }
         // One model (OpenAI's "retrieve model"); `**` since names may hold slashes (`org/model`).
         router.get("/v1/models/**") { request, context in
-            try authorize(request)
+            let policy = try policy(of: request.headers, tenant: authorize(request))
             let path = context.parameters.getCatchAll().joined(separator: "/")
             let id = path.removingPercentEncoding ?? path
-            guard let model = await backend.listModels().first(where: { $0.id == id }) else {
+            guard let model = await backend.listModels(policy: policy).first(where: { $0.id == id }) else {
                 throw GatewayError.modelNotFound(id)
             }
             return jsonResponse(model.object)

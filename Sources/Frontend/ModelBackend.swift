@@ -5,8 +5,11 @@ import Synchronization
 /// can serve a model right now. The daemon implements it over the Placer and the supervisor;
 /// tests implement it with fakes.
 public protocol ModelBackend: Sendable {
-    /// Every configured model, with its status (stopped, loading, ready, failed; unavailable while no replica is healthy).
-    func listModels() async -> [ModelListing]
+    /// The configured models a request under `policy` could be served by (the model itself or
+    /// one of its fallbacks is allowed), with their status (stopped, loading, ready, failed;
+    /// unavailable while no replica is healthy). A model the policy leaves nothing of is not
+    /// listed: every request for it would be refused.
+    func listModels(policy: SubstratePolicy) async -> [ModelListing]
     /// Waits until `model` can serve (loading or swapping it in if needed), then hands out an
     /// upstream. Throws `GatewayError` (404 unknown model, 503 not ready in time, 502 failed).
     /// Cancelling the calling task withdraws the request. `hints` carry what routing across

@@ -5,8 +5,12 @@ import Metrics
 import Placer
 
 extension ModelController: ModelBackend {
-    public func listModels() async -> [ModelListing] {
-        config.models.map { model in
+    public func listModels(policy: SubstratePolicy) async -> [ModelListing] {
+        config.models.filter { model in
+            ([model.name] + model.fallbacks).contains { name in
+                config.models.first { $0.name == name }.map { policy.admits(config.substrateTags(of: $0)) } ?? false
+            }
+        }.map { model in
             switch model.serving {
             case .managed:
                 // With replicas, the best of their states: ready if any is.

@@ -9,8 +9,10 @@ final class FakeBackend: ModelBackend, Sendable {
     let upstreamPort: Int
     let immediate: Bool
     let rawPort: Int
-    /// The models `listModels` lists (all ready).
+    /// The models `listModels` lists (all ready), each with its substrate's tags: a policy that
+    /// does not admit a model's tags leaves it out. (The daemon also counts fallbacks.)
     let listed: [String]
+    let listedTags: [String: Set<String>]
     private let counters = NIOLockedValueBox((acquired: 0, released: 0, releasedAt: ContinuousClock.Instant?.none))
     private let leaseOutcomes = NIOLockedValueBox<[String: [LeaseOutcome]]>([:])
 
@@ -28,8 +30,11 @@ final class FakeBackend: ModelBackend, Sendable {
     /// What the last `acquire` was told (policy, tenant, prompt chain).
     var lastHints: RequestHints? { hints.withLockedValue { $0 } }
 
-    init(upstreamPort: Int, immediate: Bool = false, rawPort: Int = 0, listed: [String] = ["m"]) {
+    init(upstreamPort: Int, immediate: Bool = false, rawPort: Int = 0, listed: [String] = ["m"],
+         listedTags: [String: Set<String>] = [:])
+    {
         self.listed = listed
+        self.listedTags = listedTags
         self.upstreamPort = upstreamPort
         self.immediate = immediate
         self.rawPort = rawPort
@@ -97,7 +102,9 @@ final class FakeBackend: ModelBackend, Sendable {
     /// When the last lease was released (taken by whoever released it, not by the test's task).
     var releasedAt: ContinuousClock.Instant? { counters.withLockedValue { $0.releasedAt } }
 
-    func listModels() async -> [ModelListing] { listed.map { ModelListing(id: $0, status: "ready") } }
+    func listModels(policy: SubstratePolicy) async -> [ModelListing] {
+        listed.filter { policy.admits(listedTags[$0] ?? []) }.map { ModelListing(id: $0, status: "ready") }
+    }
 
     func acquire(model: String, hints: RequestHints) async throws -> UpstreamLease {
         self.hints.withLockedValue { $0 = hints }

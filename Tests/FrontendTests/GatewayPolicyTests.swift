@@ -12,10 +12,12 @@ struct GatewayPolicyTests {
     static let body = ByteBuffer(string: #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
 
     static func withGateway(
-        access: AccessControlBox, _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
+        access: AccessControlBox, listedTags: [String: Set<String>]? = nil,
+        _ body: @Sendable (TestClientProtocol, FakeBackend) async throws -> Void
     ) async throws {
         try await GatewayTests.fakeUpstream().test(.live) { upstream in
-            let backend = FakeBackend(upstreamPort: upstream.port!)
+            let backend = listedTags.map { FakeBackend(upstreamPort: upstream.port!, listed: $0.keys.sorted(), listedTags: $0) }
+                ?? FakeBackend(upstreamPort: upstream.port!)
             let gateway = Gateway(
                 configuration: GatewayConfiguration(cancelOnDisconnect: false), backend: backend, httpClient: .shared,
                 logger: Logger(label: "test"), access: access)
@@ -64,6 +66,40 @@ struct GatewayPolicyTests {
             _ = try await client.execute(
                 uri: "/v1/chat/completions", method: .post, headers: [.authorization: "Bearer plain"], body: Self.body)
             #expect(backend.lastHints?.tenant == "default" && backend.lastHints?.policy.isEmpty == true)
+        }
+    }
+
+    /// `/v1/models` lists what the caller may use: the tenant's policy, narrowed by the
+    /// request's headers, leaves out the models it forbids, and retrieving one of them is the
+    /// 404 of a model that does not exist.
+    @Test func modelListFollowsTheCallersPolicy() async throws {
+        let access = AccessControlBox(AccessControl(keys: [
+            "eu-key": Tenant(name: "eu", policy: SubstratePolicy(require: ["sovereign:eu"])),
+            "plain": Tenant(name: "default"),
+        ]))
+        let tags: [String: Set<String>] = ["local": ["on-prem", "sovereign:eu"], "cloud": ["provider"]]
+        try await Self.withGateway(access: access, listedTags: tags) { client, _ in
+            func ids(_ headers: HTTPFields) async throws -> [String] {
+                let response = try await client.execute(uri: "/v1/models", method: .get, headers: headers)
+                #expect(response.status == .ok)
+                let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any]
+                return (object?["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String }.sorted() ?? []
+            }
+            #expect(try await ids([.authorization: "Bearer plain"]) == ["cloud", "local"])
+            #expect(try await ids([.authorization: "Bearer eu-key"]) == ["local"])
+            #expect(try await ids([.authorization: "Bearer plain", HTTPField.Name("x-strata-forbid")!: "on-prem"]) == ["cloud"])
+            #expect(try await ids([.authorization: "Bearer eu-key", HTTPField.Name("x-strata-forbid")!: "on-prem"]) == [])
+            let hidden = try await client.execute(uri: "/v1/models/cloud", method: .get, headers: [.authorization: "Bearer eu-key"])
+            #expect(hidden.status == .notFound)
+            let shown = try await client.execute(uri: "/v1/models/cloud", method: .get, headers: [.authorization: "Bearer plain"])
+            #expect(shown.status == .ok)
+            let bad = try await client.execute(
+                uri: "/v1/models", method: .get,
+                headers: [.authorization: "Bearer plain", HTTPField.Name("x-strata-require")!: "on prem!"])
+            #expect(bad.status == .badRequest)
+            #expect(try GatewayTests.errorCode(bad) == "invalid_header")
+            let anonymous = try await client.execute(uri: "/v1/models", method: .get, headers: [:])
+            #expect(anonymous.status == .unauthorized)
         }
     }
 

@@ -92,6 +92,21 @@ def test_policies_from_headers_and_tenants_never_cross_a_forbidden_boundary(make
     status, body, _ = chat(d, key=EU_KEY, model="cloud")
     assert status == 403 and b"lacks required tag sovereign:eu" in body, body
 
+    # /v1/models lists what the caller may be served by: a model whose own substrate or a
+    # fallback's the policy allows; the EU tenant does not see the provider, nor anything once
+    # it forbids on-prem too
+    def listed(key, headers=None):
+        status, body, _ = d.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}", **(headers or {})})
+        assert status == 200, body
+        return sorted(m["id"] for m in json.loads(body)["data"])
+    assert listed(API_KEY) == ["cloud", "local"]
+    assert listed(EU_KEY) == ["local"]
+    assert listed(API_KEY, {"x-strata-forbid": "on-prem"}) == ["cloud", "local"]  # local spills to cloud
+    assert listed(API_KEY, {"x-strata-forbid": "provider"}) == ["local"]
+    assert listed(EU_KEY, {"x-strata-forbid": "on-prem"}) == []
+    status, _, _ = d.request("GET", "/v1/models/cloud", headers={"Authorization": f"Bearer {EU_KEY}"})
+    assert status == 404
+
     # a bad tag is a 400 naming the header
     status, body, _ = chat(d, headers={"x-strata-require": "On Prem!"})
     assert status == 400 and b"x-strata-require" in body, body

@@ -149,8 +149,9 @@ actor ReplicaSet {
     ) async throws -> UpstreamLease {
         var hints = hints
         var probed = false
-        /// Already routed and dispatched (`startOrRoom` moved the request).
+        /// Already routed and dispatched (`startOrRoom` or a wait that ran out moved the request).
         var pending: Routed?
+        var movedAfterWait = false
         while true {
             let id: RequestID, replica: String, hasAlternatives: Bool, restoreBlocks: Int
             do {
@@ -202,7 +203,27 @@ actor ReplicaSet {
             // (For a slot running a request that shares the prefix, up to 1.5 times what
             // computing the shared part takes on this replica, and then for its save; 2 s where
             // that rate is not known yet: `SlotCache.tryClaimSlot`.)
-            let claim = await slots?.claimSlot(on: replica, for: chain, patience: .seconds(2))
+            let (claim, waitRanOut) = await slots?.waitingClaim(on: replica, for: chain, patience: .seconds(2)) ?? (nil, false)
+            // A wait for a slot computing this prefix that ran out (2 s before the replica's
+            // prefill rate is learned, on a fleet just started) would leave the request computing
+            // the prefix beside the one it waited for, slowing both: where another running
+            // replica has room and nothing stored would spare the computing, it goes there
+            // instead, once.
+            if waitRanOut, !movedAfterWait, hasAlternatives, slots?.restorable(chain) ?? 0 == 0 {
+                var elsewhere = hints
+                elsewhere.excluding.insert(replica)
+                if let routed = try? route(elsewhere, countingRefusals: false, ifRoomBesides: replica) {
+                    if let claim { slots?.giveBack(claim, on: replica) }
+                    inner.release(.abandoned)
+                    finish(id, replica: replica, outcome: .abandoned)
+                    Counter(label: "strata_slot_waits_moved_total", dimensions: [("model", model)]).increment()
+                    logger.debug("a wait for a slot computing the same prefix on \(replica) ran out; computing it on \(routed.1) instead")
+                    hints = elsewhere
+                    pending = routed
+                    movedAfterWait = true
+                    continue
+                }
+            }
             // (Unless the slot it got already holds as much: a slot's cache is not replaced by less.)
             // Also where the route expected the prefix cached there but the slot it got lacks it
             // (the holder's slot stayed busy past the wait) and the store holds it: restoring it

@@ -286,6 +286,21 @@ final class SlotCache: Sendable {
     /// `tryClaimSlot`, waiting (or until cancelled) while a taken slot is worth the wait. Nil
     /// when every slot is taken and none is worth waiting for (or the wait ran out).
     func claimSlot(on replica: String, for chain: [UInt64], patience: Duration) async -> Claim? {
+        await waitingClaim(on: replica, for: chain, patience: patience).claim
+    }
+
+    /// `claimSlot`, and whether it waited for a taken slot in vain (`waitRanOut`): the slot it
+    /// has (or none: every slot taken) holds less than `minBlocks` of the prompt, which it
+    /// would now compute beside the request it waited for.
+    func waitingClaim(on replica: String, for chain: [UInt64], patience: Duration) async -> (claim: Claim?, waitRanOut: Bool) {
+        let waited = await pollClaim(on: replica, for: chain, patience: patience)
+        guard waited.waited else { return (waited.claim, false) }
+        let shared = waited.claim.map { sharedBlocks(chain, on: replica, slot: $0.slot) } ?? 0
+        return (waited.claim, shared < minBlocks)
+    }
+
+    /// The polls of `claimSlot`: the claim, and whether it waited for one.
+    private func pollClaim(on replica: String, for chain: [UInt64], patience: Duration) async -> (claim: Claim?, waited: Bool) {
         let started = ContinuousClock.now
         let waiter = Self.newWaiter()
         var waiting = true, waited = false
@@ -302,8 +317,8 @@ final class SlotCache: Sendable {
                     Metrics.Timer(label: "strata_slot_wait_seconds", dimensions: [("model", model)])
                         .recordSeconds((ContinuousClock.now - started).seconds)
                 }
-                if case .claimed(let claim) = attempt { return claim }
-                return nil
+                if case .claimed(let claim) = attempt { return (claim, waited) }
+                return (nil, waited)
             case .worthWaiting:
                 waited = true
                 do { try await Task.sleep(for: .milliseconds(5)) } catch { waiting = false }   // cancelled: stop waiting
@@ -474,6 +489,16 @@ final class SlotCache: Sendable {
             // The slot is free again once llama-server has written the file (or failed to):
             // moving the file into the store needs the file, not the slot.
             await self.save(chain, replica: replica, baseURL: baseURL, slot: claim.slot) { self.release(claim, on: replica) }
+        }
+    }
+
+    /// A claim given back unused (its request went to another replica): the slot holds what it held.
+    func giveBack(_ claim: Claim, on replica: String) {
+        state.withLock { state in
+            guard state.replicas[replica]?.generation == claim.generation else { return }
+            state.replicas[replica]?.running[claim.slot] = nil
+            state.replicas[replica]?.awaited[claim.slot] = nil
+            _ = state.replicas[replica]?.taken.remove(claim.slot)
         }
     }
 

@@ -148,13 +148,20 @@ import TierStore
         #expect(slots.tryClaimSlot(on: "r", for: system + [20], waiting: false, waiter: 2) == .noneFree)
         #expect(slots.heldBlocks(system + [21], on: ["r"]) == ["r": 4])
         slots.finished([1, 9], replica: "r", baseURL: url, claim: other, completed: false)
-        // The wait is bounded: after its patience the request takes the free slot.
-        let impatient = await slots.claimSlot(on: "r", for: system + [30], patience: .milliseconds(50))
-        #expect(impatient?.slot == other.slot)
-        slots.finished(system + [30], replica: "r", baseURL: url, claim: impatient!, completed: false)
+        // The wait is bounded: after its patience the request takes the free slot, which holds
+        // nothing of its prompt: the wait ran out (the replica set then looks elsewhere).
+        let (impatient, ranOut) = await slots.waitingClaim(on: "r", for: system + [30], patience: .milliseconds(50))
+        #expect(impatient?.slot == other.slot && ranOut)
+        // given back unused: free again, holding what it held (nothing known)
+        slots.giveBack(impatient!, on: "r")
+        #expect(slots.takenSlots(on: "r") == [first.slot] && slots.held(on: "r", slot: other.slot) == nil)
+        // A claim that does not wait has not waited in vain, whatever its slot holds.
+        let (unwaited, unwaitedRanOut) = await slots.waitingClaim(on: "r", for: [7, 8, 9], patience: .seconds(600))
+        #expect(unwaited?.slot == other.slot && !unwaitedRanOut)
+        slots.finished([7, 8, 9], replica: "r", baseURL: url, claim: unwaited!, completed: false)
         // A claim waiting for it gets the slot once the first request is done (and its save,
         // which fails here, has given the slot back): its cache holds the system prompt.
-        let waiter = Task { await slots.claimSlot(on: "r", for: system + [20], patience: .seconds(600)) }
+        let waiter = Task { await slots.waitingClaim(on: "r", for: system + [20], patience: .seconds(600)) }
         for _ in 0..<50_000 where slots.heldBlocks(system + [20], on: ["r"]) == ["r": 4] {
             try await Task.sleep(for: .milliseconds(2))   // until it waits (the running slot is then not offered)
         }
@@ -162,7 +169,8 @@ import TierStore
         slots.finished(system + [10], replica: "r", baseURL: url, claim: first, completed: true)
         try await replica.waitForRequest()
         replica.fail()
-        #expect(await waiter.value?.slot == first.slot)
+        let waited = await waiter.value
+        #expect(waited.claim?.slot == first.slot && !waited.waitRanOut)
     }
 
     /// The wait for a running slot lasts half as long again as computing what it would save

@@ -160,6 +160,34 @@ def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slo
     assert d.metric("strata_slot_waits_total", outcome="unpinned") == 0
 
 
+def test_a_wait_that_runs_out_computes_the_prefix_on_the_idle_replica(make_daemon):
+    """On a fleet just started (no prefill rate learned yet, so a wait for a slot computing the
+    same prefix lasts 2 s), a tenant's second conversation arrives while the first computes the
+    system prompt, which takes longer than that: when its wait runs out it goes to the idle
+    replica and computes the prompt there, not in the busy replica's other slot beside the
+    request it waited for (which slowed both)."""
+    d = make_daemon(restore_config())
+    assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
+    wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
+    system = "You are a careful surveyor. Remember these words: " + words(51, 450)
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
+    t.start()
+    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.01,
+             what="the first conversation running")
+    status, body, _ = ask(d, system, "What is the last word?")
+    t.join(180)
+    assert first["r"][0] == 200, first["r"]
+    assert status == 200, body
+    assert d.metric("strata_slot_waits_moved_total", model="chat") == 1
+    # Each replica computed the prompt once: both have learned their prefill rate from it.
+    learned = [line for line in d.get("/metrics")[1].decode().splitlines()
+               if line.startswith("strata_prefill_seconds_per_block{")]
+    assert len(learned) == 2, learned
+    timings = json.loads(body)["timings"]
+    assert timings["cache_n"] < 0.2 * (timings["cache_n"] + timings["prompt_n"]), timings
+
+
 def test_two_requests_while_the_holder_is_busy_both_load_the_prefix(make_daemon):
     """The holder of a stored prefix is busy with a long answer and two requests sharing it come
     at once: one goes to the other replica and restores it; the other, routed to the holder for

@@ -1,3 +1,4 @@
+import HTTPTypes
 import NIOCore
 import NIOHTTP1
 
@@ -12,6 +13,10 @@ import NIOHTTP1
 /// - An HTTP/1.1 request whose `Connection` names `close` among other options has it written as
 ///   `close` alone, which is what Hummingbird looks for to end the connection.
 /// Either answer says `Connection: close` (RFC 9112 §9.6).
+///
+/// And a request NIO's parser refuses (`HTTPParserError`), which Hummingbird answers with a bare
+/// 400 and no body before it closes the connection, gets an OpenAI-shaped error saying what was
+/// wrong: 431 for headers over the parser's limit, 400 `malformed_request` otherwise.
 final class ClosingRequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -26,6 +31,25 @@ final class ClosingRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// How each request read and not yet answered (its answer's head not yet written) ends, in order.
     private var endings: [Ending] = []
+    /// What the parser refused; Hummingbird's 400 for it is the next answer without a body.
+    private var refused: HTTPParserError?
+
+    /// The answer to a request the parser refused, with the limit that `headerOverflow` means.
+    static func refusal(_ error: HTTPParserError, headerLimit: Int = 80 << 10) -> GatewayError {
+        switch error {
+        case .headerOverflow:
+            GatewayError(status: .init(code: 431, reasonPhrase: "Request Header Fields Too Large"), type: "invalid_request_error",
+                         code: "headers_too_large",
+                         message: "The request's header fields are larger than the limit of \(headerLimit >> 10) KiB")
+        default:
+            GatewayError.badRequest("Malformed HTTP/1.1 request: \(error.debugDescription)", code: "malformed_request")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if refused == nil, let error = error as? HTTPParserError { refused = error }
+        context.fireErrorCaught(error)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(var head) = unwrapInboundIn(data) else {
@@ -47,6 +71,20 @@ final class ClosingRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .head(var head) = unwrapOutboundIn(data) else {
             context.write(data, promise: promise)
+            return
+        }
+        if let refused, head.status == .badRequest, head.headers["content-length"] == ["0"] {
+            // The parser's refusal (only ever the last answer: the connection ends with it);
+            // Hummingbird's `.end` follows.
+            self.refused = nil
+            let error = Self.refusal(refused)
+            let (fields, body) = error.encoded
+            head.status = HTTPResponseStatus(statusCode: Int(error.status.code), reasonPhrase: error.status.reasonPhrase)
+            for field in fields { head.headers.replaceOrAdd(name: field.name.canonicalName, value: field.value) }
+            head.headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
+            head.headers.replaceOrAdd(name: "connection", value: "close")
+            context.write(wrapOutboundOut(.head(head)), promise: promise)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             return
         }
         let interim = head.status.code < 200 && head.status.code != 101

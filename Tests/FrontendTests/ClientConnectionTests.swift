@@ -132,6 +132,46 @@ struct ClientConnectionTests {
         }
     }
 
+    /// A request NIO's parser refuses is answered with what was wrong, as an OpenAI-shaped
+    /// error (it was a bare 400 with no body), and the connection ends; an answer before it on
+    /// the same connection is untouched.
+    @Test(arguments: [false, true])
+    func aRequestTheParserRefusesIsToldWhy(immediate: Bool) async throws {
+        try await GatewayTests.withGateway(immediate: immediate) { client, backend in
+            let port = client.port!
+            let cases: [(send: String, status: String, code: String, says: String)] = [
+                ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n", "400", "malformed_request",
+                 "content-length"),
+                ("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 90 << 10))\r\n\r\n", "431",
+                 "headers_too_large", "80 kib"),
+                // after a good request on the same connection: its answer first, whole
+                (Self.wire([("/v1/chat/completions", Self.chat(#","n":7"#))]) + "GET /health HTTP/1.1\r\nHo st: x\r\n\r\n", "400",
+                 "malformed_request", "header"),
+            ]
+            for (send, status, code, says) in cases {
+                let whole = try await NIOThreadPool.singleton.runIfActive {
+                    try RawClient.exchangeUntilClosed(port: port, send: send)
+                }
+                var answer = Substring(whole)
+                if let second = whole.range(of: "HTTP/1.1 \(status)"), second.lowerBound != whole.startIndex {
+                    #expect(whole.hasPrefix("HTTP/1.1 200") && whole.contains(#""n":7"#), "\(whole.prefix(300))")
+                    answer = whole[second.lowerBound...]
+                }
+                #expect(answer.hasPrefix("HTTP/1.1 \(status)"), "\(whole.prefix(300))")
+                let (head, body) = Self.split(String(answer))
+                #expect(head.lowercased().contains("\r\nconnection: close"))
+                #expect(head.lowercased().contains("\r\ncontent-type: application/json"))
+                #expect(head.lowercased().contains("\r\ncontent-length: \(body.utf8.count)"))
+                let error = try #require(
+                    (try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])?["error"] as? [String: Any],
+                    "\(body)")
+                #expect(error["code"] as? String == code && error["type"] as? String == "invalid_request_error")
+                #expect((error["message"] as? String)?.lowercased().contains(says) == true, "\(error)")
+            }
+            #expect(backend.acquired == 1)
+        }
+    }
+
     @Test func aClientWaitingFor100IsToldAtOnceWhenItsDeclaredBodyIsOverTheRoutesLimit() async throws {
         try await GatewayTests.withGateway(GatewayConfiguration(maxBodyBytes: 1024)) { client, backend in
             let port = client.port!

@@ -40,6 +40,21 @@ def while_streaming_on(d, system, body):
         assert done["r"][0] == 200, done["r"]
 
 
+def second_conversation_while_the_first_computes(d, system):
+    """Asks `system` twice, the second time while the first request is running; both must
+    answer. The second answer's body."""
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
+    t.start()
+    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.01,
+             what="the first conversation running")
+    status, body, _ = ask(d, system, "What is the last word?")
+    t.join(180)
+    assert first["r"][0] == 200, first["r"]
+    assert status == 200, body
+    return body
+
+
 def test_a_prefix_computed_on_one_replica_is_restored_on_the_other(make_daemon):
     d = make_daemon(restore_config())
     # Both replicas running, so the times below are of prompts, not of process starts.
@@ -142,15 +157,7 @@ def test_a_conversation_arriving_while_its_prefix_is_computed_waits_for_that_slo
     assert len(learned()) == 2, learned()
 
     system = "You are a careful cartographer. Remember these words: " + words(41, 450)
-    first = {}
-    t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
-    t.start()
-    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.01,
-             what="the first conversation running")
-    status, body, _ = ask(d, system, "What is the last word?")
-    t.join(180)
-    assert first["r"][0] == 200, first["r"]
-    assert status == 200, body
+    body = second_conversation_while_the_first_computes(d, system)
     # It found the system prompt cached: only the slot that computed it could have held it then
     # (nothing was stored yet when it was routed, so nothing was restored).
     timings = json.loads(body)["timings"]
@@ -170,15 +177,7 @@ def test_a_wait_that_runs_out_computes_the_prefix_on_the_idle_replica(make_daemo
     assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
     wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
     system = "You are a careful surveyor. Remember these words: " + words(51, 450)
-    first = {}
-    t = threading.Thread(target=lambda: first.setdefault("r", ask(d, system, "What is the first word?")))
-    t.start()
-    wait_for(lambda: any(m["replicas"][0]["in_flight"] for m in d.admin().values()), 30, interval=0.01,
-             what="the first conversation running")
-    status, body, _ = ask(d, system, "What is the last word?")
-    t.join(180)
-    assert first["r"][0] == 200, first["r"]
-    assert status == 200, body
+    body = second_conversation_while_the_first_computes(d, system)
     assert d.metric("strata_slot_waits_moved_total", model="chat") == 1
     # Each replica computed the prompt once: both have learned their prefill rate from it.
     learned = [line for line in d.get("/metrics")[1].decode().splitlines()

@@ -36,11 +36,13 @@ extension Gateway {
                 error["param"] = whole
             } else if error["code"] is NSNumber, error["param"] == nil {
                 error["code"] = typeError ? "invalid_type" : NSNull()
-                error["param"] = Self.fieldNamed(in: message) ?? NSNull()
+                error["param"] = Self.fieldNamed(in: message) ?? (Self.isAboutContent(message) ? whole : nil) ?? NSNull()
             } else {
                 return nil
             }
-        } else if message.hasPrefix("image input is not supported") || message.hasPrefix("audio input is not supported") {
+        } else if message.hasPrefix("image input is not supported") || message.hasPrefix("audio input is not supported")
+            || Self.isAboutContent(message)
+        {
             error["code"] = NSNull()
             error["param"] = whole
         } else if message.hasPrefix("Failed to parse") || message.contains("[json.exception.") {
@@ -53,6 +55,13 @@ extension Gateway {
         object["error"] = error
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return nil }
         return (400, ByteBuffer(bytes: data))
+    }
+
+    /// A llama-server message about a message's `content` (of the wrong type: "Expected 'content'
+    /// to be a string or an array"; a part of an unsupported type), which names no field: it is
+    /// the messages' (or the prompt's) fault. Some builds answer it with a 400, others a 500.
+    static func isAboutContent(_ message: String) -> Bool {
+        message.hasPrefix("Expected 'content'") || message.hasPrefix("unsupported content[")
     }
 
     /// The field a llama-server message names: `Field 'max_tokens': …` gives `max_tokens`;

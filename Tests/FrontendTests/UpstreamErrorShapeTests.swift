@@ -57,6 +57,16 @@ struct UpstreamErrorShapeTests {
         let wrongType = #"{"error":{"code":400,"message":"Field 'max_tokens': [json.exception.type_error.302] type must be number, but is string","type":"invalid_request_error"}}"#
         error = try Self.error(of: Gateway.openAIShaped(status: 400, body: ByteBuffer(string: wrongType), endpoint: .chatCompletions))
         #expect(error["param"] as? String == "max_tokens" && error["code"] as? String == "invalid_type")
+        // a message's content of the wrong type names no field: the messages are at fault,
+        // whether the build answers it with a 400 or a 500
+        let content = #"{"error":{"code":400,"message":"Expected 'content' to be a string or an array","type":"invalid_request_error"}}"#
+        error = try Self.error(of: Gateway.openAIShaped(status: 400, body: ByteBuffer(string: content), endpoint: .chatCompletions))
+        #expect(error["param"] as? String == "messages" && error["code"] is NSNull)
+        let contentAs500 = #"{"error":{"code":500,"message":"Expected 'content' to be a string or an array","type":"server_error"}}"#
+        let shaped500 = Gateway.openAIShaped(status: 500, body: ByteBuffer(string: contentAs500), endpoint: .chatCompletions)
+        #expect(shaped500?.status == 400)
+        error = try Self.error(of: shaped500)
+        #expect(error["param"] as? String == "messages" && error["type"] as? String == "invalid_request_error")
         let other = #"{"error":{"code":400,"message":"bad temperature","type":"invalid_request_error"}}"#
         error = try Self.error(of: Gateway.openAIShaped(status: 400, body: ByteBuffer(string: other), endpoint: .chatCompletions))
         #expect(error["code"] is NSNull && error["param"] is NSNull, "a string code (or null) and a param key, as OpenAI's")

@@ -191,7 +191,9 @@ def test_get_values_are_written_from_the_host_tier_in_order_even_to_a_reader_tha
     pipeline does not leak into an earlier GET), with small replies in between in place."""
     d, port = kv_daemon(make_daemon)
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
-    values = {f"v{i}".encode(): os.urandom(size) for i, size in enumerate([64 << 10, 300 << 10, 1 << 20, 5, 0] * 4)}
+    # (values under 16 KiB go out with the batch's other replies, copied; larger ones from where they lie)
+    values = {f"v{i}".encode(): os.urandom(size)
+              for i, size in enumerate([64 << 10, 300 << 10, 1 << 20, 5, 0, (16 << 10) - 1, 16 << 10, 4096] * 4)}
     for key, value in values.items():
         assert r.set(key, value)
     before = int(r.info("stats")["replies_sent_directly"])

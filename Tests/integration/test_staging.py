@@ -349,7 +349,10 @@ def test_an_http_source_without_room_on_the_ram_disk_runs_from_a_copy_on_disk(ma
         path = runtime_model_path(d)
         assert path.startswith(str(d.dir / "state")), path
         assert Path(path).stat().st_size == MODEL.stat().st_size
-        assert "no room to stage smollm2 in RAM" in d.log_path.read_text()
+        log = d.log_path.read_text()
+        assert "no room to stage smollm2 in RAM" in log
+        # an expected fallback, said once as a warning: no error-level line about it
+        assert not [line for line in log.splitlines() if " error " in line and "staging smollm2" in line], log[-3000:]
 
 
 def test_an_origin_without_etags_that_replaces_the_file_mid_transfer_is_refused_not_mixed(make_daemon, tmp_path):

@@ -660,8 +660,16 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// so `out` is not grown by every large value of a pipelined batch); and whatever the socket
     /// does not take (its buffer is full, or the write failed) is copied for the channel to write
     /// after the rest, and meets the same fate there (EAGAIN: written when the socket drains; an
-    /// error: the channel closes).
+    /// error: the channel closes). A value under `RESPEncoder.zeroCopyThreshold` is copied into
+    /// `out`, to go out with the batch's other replies in one write: a `writev` per small value
+    /// cost a system call each, four times Redis's CPU for pipelined 4 KiB GETs.
     private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
+        if value.count < RESPEncoder.zeroCopyThreshold {
+            RESPEncoder.writeBulkHeader(length: value.count, into: &out)
+            out.writeBytes(value)
+            out.writeRESPCRLF()
+            return
+        }
         guard queuedWrites == 0, let socket = socket(context) else {
             encode(RESPReply(.bulkString(context.channel.allocator.buffer(bytes: value))), into: &out, context: context)
             return

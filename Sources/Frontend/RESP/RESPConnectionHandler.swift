@@ -653,16 +653,17 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
 
     private enum ImmediateOutcome { case noneAnswered, answered, closed }
 
-    /// A GET's reply, its value where the backend holds it. Written to the socket at once with
-    /// `out` (the replies before it) in one `writev` when nothing of ours waits in the channel
+    /// A GET's reply, its value where the backend holds it. A value under
+    /// `RESPEncoder.zeroCopyThreshold` is copied into `out`, to go out with the batch's other
+    /// replies in one write (a `writev` per small value cost a system call each: 2.8 times Redis's
+    /// CPU for pipelined 4 KiB GETs). A larger one is written to the socket at once with `out`
+    /// (the replies before it) in one `writev` when nothing of ours waits in the channel
     /// (`queuedWrites`; it would be overtaken): what the socket takes then is never copied. Else
-    /// it is an ordinary reply, copied and encoded as any (a large value in a buffer of its own,
-    /// so `out` is not grown by every large value of a pipelined batch); and whatever the socket
-    /// does not take (its buffer is full, or the write failed) is copied for the channel to write
-    /// after the rest, and meets the same fate there (EAGAIN: written when the socket drains; an
-    /// error: the channel closes). A value under `RESPEncoder.zeroCopyThreshold` is copied into
-    /// `out`, to go out with the batch's other replies in one write: a `writev` per small value
-    /// cost a system call each, four times Redis's CPU for pipelined 4 KiB GETs.
+    /// it is an ordinary reply, copied and encoded as any (in a buffer of its own, so `out` is not
+    /// grown by every large value of a pipelined batch); and whatever the socket does not take
+    /// (its buffer is full, or the write failed) is copied for the channel to write after the
+    /// rest, and meets the same fate there (EAGAIN: written when the socket drains; an error: the
+    /// channel closes).
     private func writeBulk(_ value: UnsafeRawBufferPointer, after out: inout ByteBuffer, context: ChannelHandlerContext) {
         if value.count < RESPEncoder.zeroCopyThreshold {
             RESPEncoder.writeBulkHeader(length: value.count, into: &out)

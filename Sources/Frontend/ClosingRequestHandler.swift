@@ -35,12 +35,14 @@ final class ClosingRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var refused: HTTPParserError?
 
     /// The answer to a request the parser refused, with the limit that `headerOverflow` means.
-    static func refusal(_ error: HTTPParserError, headerLimit: Int = 80 << 10) -> GatewayError {
+    static func refusal(_ error: HTTPParserError, headerLimit: Int = 80 << 10, maxHeaderFields: Int = 1000) -> GatewayError {
         switch error {
         case .headerOverflow:
+            // (NIO counts the request line's URL with the header fields, and caps their number too.)
             GatewayError(status: .init(code: 431, reasonPhrase: "Request Header Fields Too Large"), type: "invalid_request_error",
                          code: "headers_too_large",
-                         message: "The request's header fields are larger than the limit of \(headerLimit >> 10) KiB")
+                         message: "The request's header fields and URL are over the limit of \(headerLimit >> 10) KiB "
+                             + "(or over \(maxHeaderFields) fields)")
         default:
             GatewayError.badRequest("Malformed HTTP/1.1 request: \(error.debugDescription)", code: "malformed_request")
         }
@@ -73,9 +75,10 @@ final class ClosingRequestHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.write(data, promise: promise)
             return
         }
-        if let refused, head.status == .badRequest, head.headers["content-length"] == ["0"] {
-            // The parser's refusal (only ever the last answer: the connection ends with it);
-            // Hummingbird's `.end` follows.
+        if let refused, endings.isEmpty, head.status == .badRequest, head.headers["content-length"] == ["0"] {
+            // The parser's refusal: an answer to no request read (every request read has its
+            // entry in `endings` until its answer's head is written; a bodiless 400 relayed from
+            // a runtime is one of those), the last on the connection. Hummingbird's `.end` follows.
             self.refused = nil
             let error = Self.refusal(refused)
             let (fields, body) = error.encoded

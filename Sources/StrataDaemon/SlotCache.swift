@@ -289,21 +289,25 @@ final class SlotCache: Sendable {
         await waitingClaim(on: replica, for: chain, patience: patience).claim
     }
 
-    /// `claimSlot`, and whether it waited for a taken slot in vain (`waitRanOut`): the slot it
-    /// has (or none: every slot taken) holds less than `minBlocks` of the prompt, which it
-    /// would now compute beside the request it waited for.
+    /// `claimSlot`, and whether it waited in vain for a slot running a request with its prefix
+    /// (`waitRanOut`): the slot it has (or none: every slot taken) holds less than `minBlocks` of
+    /// the prompt, which it would now compute beside the request it waited for. (Not a wait for a
+    /// slot being saved, nor one cut short by cancellation.)
     func waitingClaim(on replica: String, for chain: [UInt64], patience: Duration) async -> (claim: Claim?, waitRanOut: Bool) {
-        let waited = await pollClaim(on: replica, for: chain, patience: patience)
-        guard waited.waited else { return (waited.claim, false) }
-        let shared = waited.claim.map { sharedBlocks(chain, on: replica, slot: $0.slot) } ?? 0
-        return (waited.claim, shared < minBlocks)
+        let polled = await pollClaim(on: replica, for: chain, patience: patience)
+        guard polled.waitedForRunning, !polled.cancelled else { return (polled.claim, false) }
+        let shared = polled.claim.map { sharedBlocks(chain, on: replica, slot: $0.slot) } ?? 0
+        return (polled.claim, shared < minBlocks)
     }
 
-    /// The polls of `claimSlot`: the claim, and whether it waited for one.
-    private func pollClaim(on replica: String, for chain: [UInt64], patience: Duration) async -> (claim: Claim?, waited: Bool) {
+    /// The polls of `claimSlot`: the claim; whether it waited for a running slot at some poll;
+    /// whether the wait was cancelled.
+    private func pollClaim(on replica: String, for chain: [UInt64], patience: Duration) async
+        -> (claim: Claim?, waitedForRunning: Bool, cancelled: Bool)
+    {
         let started = ContinuousClock.now
         let waiter = Self.newWaiter()
-        var waiting = true, waited = false
+        var waiting = true, waited = false, waitedForRunning = false
         while true {
             let attempt = tryClaimSlot(on: replica, for: chain, waiting: waiting, waiter: waiter,
                                        waited: ContinuousClock.now - started, patience: patience)
@@ -317,10 +321,11 @@ final class SlotCache: Sendable {
                     Metrics.Timer(label: "strata_slot_wait_seconds", dimensions: [("model", model)])
                         .recordSeconds((ContinuousClock.now - started).seconds)
                 }
-                if case .claimed(let claim) = attempt { return (claim, waited) }
-                return (nil, waited)
+                if case .claimed(let claim) = attempt { return (claim, waitedForRunning, !waiting) }
+                return (nil, waitedForRunning, !waiting)
             case .worthWaiting:
                 waited = true
+                if !waitedForRunning { waitedForRunning = isAwaiting(waiter, on: replica) }
                 do { try await Task.sleep(for: .milliseconds(5)) } catch { waiting = false }   // cancelled: stop waiting
             }
         }
@@ -490,6 +495,11 @@ final class SlotCache: Sendable {
             // moving the file into the store needs the file, not the slot.
             await self.save(chain, replica: replica, baseURL: baseURL, slot: claim.slot) { self.release(claim, on: replica) }
         }
+    }
+
+    /// Whether the claim `waiter` waits for a running slot of `replica` (`tryClaimSlot` marked it so).
+    private func isAwaiting(_ waiter: UInt64, on replica: String) -> Bool {
+        state.withLock { $0.replicas[replica]?.awaited.values.contains(waiter) ?? false }
     }
 
     /// A claim given back unused (its request went to another replica): the slot holds what it held.

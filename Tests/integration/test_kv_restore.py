@@ -176,7 +176,8 @@ def test_a_wait_that_runs_out_computes_the_prefix_on_the_idle_replica(make_daemo
     d = make_daemon(restore_config())
     assert d.request("POST", "/admin/models/chat/load", headers=ADMIN)[0] in (200, 202)
     wait_for(lambda: all(d.model(f"chat#{i}")["status"] == "ready" for i in (0, 1)), 60, what="both replicas ready")
-    system = "You are a careful surveyor. Remember these words: " + words(51, 450)
+    # (about 700 tokens: some 5 s of prefill on one thread here, so the 2 s wait runs out with room)
+    system = "You are a careful surveyor. Remember these words: " + words(51, 650)
     body = second_conversation_while_the_first_computes(d, system)
     assert d.metric("strata_slot_waits_moved_total", model="chat") == 1
     # Each replica computed the prompt once: both have learned their prefill rate from it.

@@ -272,9 +272,9 @@ public actor WeightStager {
             }
             if cancelled {
                 logger.notice("staging \(request.name) cancelled")
-            } else if (error as? IOError)?.isNoSpace == true {
-                // A full destination is the caller's to handle (the daemon then runs the model
-                // from the source file or a copy on disk, and says so): not an error of its own.
+            } else if request.destination == .host, (error as? IOError)?.isNoSpace == true {
+                // A full RAM-backed directory is the caller's to handle (the daemon then runs the
+                // model from the source file or a copy on disk, and says so): not an error here.
                 logger.warning("staging \(request.name) from \(request.source) found no room: \(error)")
             } else {
                 logger.error("staging \(request.name) from \(request.source) failed: \(error)")

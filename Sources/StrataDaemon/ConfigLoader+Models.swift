@@ -120,7 +120,8 @@ extension ConfigLoader {
         var models: [ModelConfiguration] = []
         // Each model is checked even after one fails, so that all their problems are named at once.
         var problems: [ConfigError] = []
-        for (index, item) in try reader.sequence(node, at: "models").enumerated() {
+        let items = try reader.sequence(node, at: "models")
+        for (index, item) in items.enumerated() {
             do {
                 let key = "models[\(index)]"
                 let map = try reader.mapping(
@@ -261,7 +262,7 @@ extension ConfigLoader {
             }
         }
         if let error = ConfigError(all: problems) { throw error }
-        try checkFallbacks(reader, models, node, items: (try? reader.sequence(node, at: "models")) ?? [])
+        try checkFallbacks(reader, models, node, items: items)
         try checkPinned(reader, models, devices: config.devices, node)
         return models
     }

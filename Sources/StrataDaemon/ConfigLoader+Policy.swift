@@ -87,7 +87,7 @@ extension ConfigLoader {
 
     /// After every model is read: fallbacks name other models that exist.
     /// `items`: the models' entries as written, for the line of each one's `fallbacks`.
-    static func checkFallbacks(_ reader: ConfigReader, _ models: [ModelConfiguration], _ node: Node?, items: [Node] = []) throws {
+    static func checkFallbacks(_ reader: ConfigReader, _ models: [ModelConfiguration], _ node: Node?, items: [Node]) throws {
         let names = Set(models.map(\.name))
         for (index, model) in models.enumerated() {
             var node = node

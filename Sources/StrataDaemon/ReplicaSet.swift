@@ -210,15 +210,13 @@ actor ReplicaSet {
             // replica has room and nothing stored would spare the computing, it goes there
             // instead, once.
             if waitRanOut, !movedAfterWait, hasAlternatives, slots?.restorable(chain) ?? 0 == 0 {
-                var elsewhere = hints
-                elsewhere.excluding.insert(replica)
-                if let routed = try? route(elsewhere, countingRefusals: false, ifRoomBesides: replica) {
+                if let routed = routedElsewhere(hints, besides: replica) {
                     if let claim { slots?.giveBack(claim, on: replica) }
                     inner.release(.abandoned)
                     finish(id, replica: replica, outcome: .abandoned)
                     Counter(label: "strata_slot_waits_moved_total", dimensions: [("model", model)]).increment()
                     logger.debug("a wait for a slot computing the same prefix on \(replica) ran out; computing it on \(routed.1) instead")
-                    hints = elsewhere
+                    hints.excluding.insert(replica)
                     pending = routed
                     movedAfterWait = true
                     continue
@@ -278,14 +276,12 @@ actor ReplicaSet {
     ) async throws -> StartOrRoom {
         let mustStart = routing.withLockedValue { $0.router.snapshot(of: replica)?.starting ?? false }
         guard mustStart, hasAlternatives else { return .started(try await start(replica)) }
-        var elsewhere = hints
-        elsewhere.excluding.insert(replica)
         return try await withThrowingTaskGroup(of: StartOrRoom.self) { group in
             group.addTask { .started(try await start(replica)) }
-            group.addTask { [elsewhere] in
+            group.addTask {
                 while true {
                     try await Task.sleep(for: .milliseconds(50))
-                    if let routed = try? self.route(elsewhere, countingRefusals: false, ifRoomBesides: replica) { return .moved(routed) }
+                    if let routed = self.routedElsewhere(hints, besides: replica) { return .moved(routed) }
                 }
             }
             let first = try await group.next()!
@@ -299,6 +295,14 @@ actor ReplicaSet {
             }
             return first
         }
+    }
+
+    /// The request routed and dispatched among the replicas other than `replica`, where a running
+    /// one has room for it now (nil otherwise: it stays with `replica`).
+    private nonisolated func routedElsewhere(_ hints: RequestHints, besides replica: String) -> Routed? {
+        var elsewhere = hints
+        elsewhere.excluding.insert(replica)
+        return try? route(elsewhere, countingRefusals: false, ifRoomBesides: replica)
     }
 
     /// Chooses and dispatches: the request's id, its replica, and whether another could take it.

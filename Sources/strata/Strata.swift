@@ -263,7 +263,6 @@ enum BenchOptions {
     }
 }
 
-
 /// What `read` makes of the config file `file`; a problem in it is said as every command says it
 /// (`strata: FILE: config: …`, each problem on its line) and the command exits 2.
 func readingConfig<T>(_ file: String, _ read: () throws -> T) throws -> T {

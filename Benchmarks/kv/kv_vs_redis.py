@@ -19,7 +19,7 @@ and 4 MiB SETs both servers were busy 9–13 % of the time, and a SET ratio near
 Usage: kv_vs_redis.py [--strata .build/release/strata] [--runs 3] [--sizes 4KiB,64KiB,1MiB,4MiB]
                       [--clients 50] [--pipeline 1,16] [--requests 2000] [--host-budget 2GiB]
                       [--keyspace N] [--min-requests 200] [--cell-bytes 2GiB] [--kv-threads N]
-                      [--durability cache|durable] [--strata-before OLD_BINARY]
+                      [--durability cache|durable] [--strata-before OLD_BINARY] [--kv-threads-before N]
 `--strata-before`: an earlier build as a third server in the same rounds (its own state
 directory and ports), alternating with the other two; its column and ratio are printed too.
 `--durability durable`: Strata acknowledges a SET once its value and key record are on disk;
@@ -84,6 +84,8 @@ def main():
                     help="bytes of values a cell moves at most (fewer requests for large values); larger: longer, steadier cells")
     ap.add_argument("--kv-threads", type=int, default=0,
                     help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
+    ap.add_argument("--kv-threads-before", type=int,
+                    help="the --strata-before build's kv.threads, when not --kv-threads (0: shared loops)")
     ap.add_argument("--durability", choices=["cache", "durable"], default="cache",
                     help="Strata's kv.durability; durable also runs redis-server with appendfsync always")
     ap.add_argument("--strata-before", help="an earlier strata binary, measured in the same rounds")
@@ -94,7 +96,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="strata-kv-bench-"))
     procs = []
     try:
-        servers, pids = start(work, a.strata, procs, a.strata_before, a.host_budget, a.durability, a.kv_threads)
+        servers, pids = start(work, a.strata, procs, a.strata_before, a.host_budget, a.durability, a.kv_threads,
+                              a.kv_threads_before)
 
         results = {}   # (size, depth, server, op) -> [rps]; op "CPU": server µs per request
         for run in range(a.runs):

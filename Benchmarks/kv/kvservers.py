@@ -32,10 +32,13 @@ def wait_ready(port: int, timeout: float = 120) -> None:
 
 
 def start(work: Path, strata: str, procs: list, strata_before: str | None = None, host_budget: str = "2GiB",
-          durability: str = "cache", kv_threads: int = 0) -> tuple[list[tuple[str, int]], dict[str, int]]:
+          durability: str = "cache", kv_threads: int = 0,
+          kv_threads_before: int | None = None) -> tuple[list[tuple[str, int]], dict[str, int]]:
     """Starts redis-server (no persistence; with `durability: durable`, an AOF fsynced before each
     reply) and Strata (and `strata_before`, another build, with its own state), appending each
-    process to `procs`; waits until all are ready. Returns [(name, port)] for "redis", "strata"
+    process to `procs`; waits until all are ready. `kv_threads` (0: the daemon's shared loops) for
+    both builds, unless `kv_threads_before` gives the earlier build's (the same binary under two
+    settings, side by side). Returns [(name, port)] for "redis", "strata"
     (and "before"), and each one's pid."""
     redis_port, strata_port = free_port(), free_port()
     procs.append(subprocess.Popen(
@@ -44,19 +47,20 @@ def start(work: Path, strata: str, procs: list, strata_before: str | None = None
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     servers = [("redis", redis_port), ("strata", strata_port)]
     pids = {"redis": procs[-1].pid}
-    binaries = [("strata", strata, strata_port)]
+    binaries = [("strata", strata, strata_port, kv_threads)]
     if strata_before:
         before_port = free_port()
         servers.append(("before", before_port))
-        binaries.append(("before", strata_before, before_port))
-    for name, binary, port in binaries:
+        binaries.append(("before", strata_before, before_port,
+                         kv_threads if kv_threads_before is None else kv_threads_before))
+    for name, binary, port, threads in binaries:
         config = work / f"{name}.yaml"
         config.write_text(f"""
 listen: 127.0.0.1:{free_port()}
 state_dir: {work}/state-{name}
 log_level: warning
 tiers: {{ host: {{ budget: {host_budget}, dir: {work}/shm-{name} }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{port}, durability: {durability}{f", threads: {kv_threads}" if kv_threads else ""} }}
+kv: {{ resp: 127.0.0.1:{port}, durability: {durability}{f", threads: {threads}" if threads else ""} }}
 models: []
 """)
         log = open(work / f"{name}.log", "wb")

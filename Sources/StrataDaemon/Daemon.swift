@@ -119,11 +119,13 @@ public enum Daemon {
             .init(service: ControllerService(controller: controller, ready: ready)),
             .init(service: ReloadOnHangUp(reloader: reloader)),
         ]
-        // `kv.threads`: loops of the RESP server's own, shut down after it when the daemon stops.
+        // The RESP server's own loops (`kv.threads`), shut down after it when the daemon stops.
         var respLoops: MultiThreadedEventLoopGroup?
         var respCommands: @Sendable () -> Int = { 0 }
         if let resp = config.kv.resp, let kv {
-            respLoops = config.kv.threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
+            let threads = config.kv.threads ?? KVConfiguration.defaultThreads(cores: System.coreCount)
+            let loops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+            respLoops = loops
             let server = RESPServer(
                 configuration: RESPServerConfiguration(
                     host: resp.host, port: resp.port,
@@ -131,8 +133,8 @@ public enum Daemon {
                     maxTotalQueuedReplyBytes: Int(config.kv.replyBufferTotal), sendBufferBytes: config.kv.sendBufferBytes,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
                 backend: kv, logger: logger,
-                eventLoopGroup: respLoops ?? MultiThreadedEventLoopGroup.singleton)
-            services.append(.init(service: RESPService(server: server, logger: logger, address: resp)))
+                eventLoopGroup: loops)
+            services.append(.init(service: RESPService(server: server, logger: logger, address: resp, threads: threads)))
             respCommands = { server.handler.stats.totalCommandsProcessed }
         }
         services.append(.init(service: HeapTrimmer(activity: respCommands, logger: logger)))
@@ -227,6 +229,7 @@ struct RESPService: Service {
     let server: RESPServer
     let logger: Logger
     let address: ListenAddress
+    let threads: Int
 
     func run() async throws {
         let port: Int
@@ -235,7 +238,7 @@ struct RESPService: Service {
         } catch let error as NIOCore.IOError where error.errnoCode == EADDRINUSE {
             throw AddressInUse(key: "kv.resp", address: "\(address.host):\(address.port)")
         }
-        logger.info("RESP (Redis protocol) on \(address.host):\(port), keys in the storage tiers")
+        logger.info("RESP (Redis protocol) on \(address.host):\(port), \(threads) event-loop thread\(threads == 1 ? "" : "s"), keys in the storage tiers")
         await cancelWhenGracefulShutdown {
             try? await server.run()
         }

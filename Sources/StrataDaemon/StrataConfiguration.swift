@@ -274,10 +274,15 @@ public struct KVConfiguration: Sendable, Equatable {
     public var durability: Durability = .cache
     /// The password clients must AUTH with (required beyond loopback).
     public var password: String?
-    /// Event-loop threads of its own for the RESP server; nil: the daemon's shared loops (one
-    /// per core). Redis serves on one thread; a machine with few cores and a busy client may do
-    /// better with 1.
+    /// Event-loop threads of the RESP server's own; nil: `defaultThreads(cores:)`.
     public var threads: Int?
+
+    /// One loop per four cores, at least one: Redis serves on one thread, and the clients of a
+    /// KV store (a runtime's KV connector, the gateway) share the machine's cores with it. On two
+    /// cores under redis-benchmark, two loops (the daemon's shared ones, the default until
+    /// session 36) cost the client 3 % more CPU per unpipelined 64 KiB GET and the pipelined
+    /// GETs a fifth of their rate against one loop (docs/BENCHMARKS.md).
+    public static func defaultThreads(cores: Int) -> Int { max(1, cores / 4) }
     /// SO_SNDBUF of each RESP connection in bytes; 0: the kernel's autotuning; nil: 128 KiB
     /// on loopback, autotuning beyond it (a fixed buffer caps each connection at about twice
     /// its size per round trip, which a remote client would feel). A connection raises it to hold

@@ -168,6 +168,13 @@ struct ConfigLoaderTests {
         #expect(try Self.parse("tiers: { nvme: { budget: 64MiB, segment_size: 4MiB } }\nkv: { durability: durable }").kv.resp == nil)
     }
 
+    @Test func theRESPServerHasOneLoopPerFourCoresUnlessTold() throws {
+        #expect([1, 2, 3, 4, 7, 8, 64].map { KVConfiguration.defaultThreads(cores: $0) } == [1, 1, 1, 1, 1, 2, 16])
+        #expect(try Self.parse("kv: { resp: 127.0.0.1:6390 }").kv.threads == nil)
+        #expect(try Self.parse("kv: { resp: 127.0.0.1:6390, threads: 3 }").kv.threads == 3)
+        Self.expectError("kv: { resp: 127.0.0.1:6390, threads: 0 }", key: "kv.threads", "1")
+    }
+
     @Test func emptyFileGivesDefaults() throws {
         let config = try Self.parse("")
         #expect(config.listen == ListenAddress(host: "127.0.0.1", port: 8080))

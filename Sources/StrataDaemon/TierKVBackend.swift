@@ -40,7 +40,7 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     struct State {
-        var namespaces: [String: [[UInt8]: Entry]] = [:]
+        var namespaces: [String: KVKeyDirectory<Entry>] = [:]
         /// By the key of each value's first part (`own`).
         var owners: [BlockKey: Owner] = [:]
         var nextSequence: UInt64 = 1

@@ -51,6 +51,35 @@ private func feed(
     return (values, nil, buffer.readableBytes)
 }
 
+/// Feeds `bytes` in random chunks to a server-mode parser, reading requests with `nextRequest`
+/// (its one-pass reading of whole requests), or with `next` alone where `slow`.
+private func feedRequests(
+    _ bytes: [UInt8], limits: RESPParser.Limits, slow: Bool, _ rng: inout SeededGenerator
+) -> (requests: [[ByteBuffer]], error: RESPProtocolError?, leftover: Int) {
+    var parser = RESPParser(mode: .server, limits: limits)
+    var buffer = ByteBuffer()
+    var requests: [[ByteBuffer]] = []
+    var offset = 0
+    while offset < bytes.count {
+        let end = min(bytes.count, offset + Int.random(in: 1...96, using: &rng))
+        buffer.writeBytes(bytes[offset..<end])
+        offset = end
+        do {
+            if slow {
+                while let value = try parser.next(from: &buffer) {
+                    guard case .array(let elements) = value else { return (requests, RESPProtocolError("not an array"), 0) }
+                    requests.append(elements.map { if case .bulkString(let b) = $0 { b } else { ByteBuffer(string: "?not bulk") } })
+                }
+            } else {
+                while let request = try parser.nextRequest(from: &buffer) { requests.append(request) }
+            }
+        } catch {
+            return (requests, error, buffer.readableBytes)
+        }
+    }
+    return (requests, nil, buffer.readableBytes)
+}
+
 @Suite struct RESPParserFuzzTests {
     @Test(arguments: [1, 2, 3, 4] as [UInt64])
     func randomValidFramesRoundTrip(seed: UInt64) {
@@ -114,6 +143,50 @@ private func feed(
             }
         }
         #expect(errors > 0)
+    }
+
+    /// Requests read whole in one pass (`nextRequest`) and by the value parser (`next`) are the
+    /// same requests, the same errors and the same bytes left, whatever the input and however it
+    /// is cut: valid pipelines, mutated ones, LF-only line ends, inline commands, empty and
+    /// negative counts, lengths past the limits, random bytes.
+    @Test(arguments: [21, 22, 23] as [UInt64])
+    func wholeRequestsReadInOnePassAsTheValueParserReadsThem(seed: UInt64) {
+        var rng = SeededGenerator(state: seed)
+        let limits = RESPParser.Limits(maxBulkLength: 24, maxArrayElements: 4, maxInlineLength: 256)
+        var compared = (requests: 0, errors: 0)
+        for round in 0..<2000 {
+            var bytes: [UInt8]
+            switch round % 4 {
+            case 0:
+                let alphabet = Array("*$\r\n0123456789-+ abc".utf8)
+                bytes = (0..<Int.random(in: 1...160, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+            default:
+                var wire = ByteBuffer()
+                for _ in 0..<Int.random(in: 1...6, using: &rng) {
+                    switch Int.random(in: 0..<10, using: &rng) {
+                    case 0: wire.writeString("PING \"a b\"\r\n")   // inline
+                    case 1: wire.writeString(["*0\r\n", "*-1\r\n", "*1\n$1\nx\n", "*+1\r\n$1\r\nx\r\n"].randomElement(using: &rng)!)
+                    default: RESPEncoder.encode(randomCommand(&rng), into: &wire)
+                    }
+                }
+                bytes = Array(wire.readableBytesView)
+                if round % 4 == 2 {
+                    for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                        bytes[Int.random(in: 0..<bytes.count, using: &rng)] = Array("*$\r\n0129-x".utf8).randomElement(using: &rng)!
+                    }
+                }
+            }
+            var cuts = rng
+            let slow = feedRequests(bytes, limits: limits, slow: true, &cuts)
+            let fast = feedRequests(bytes, limits: limits, slow: false, &rng)
+            #expect(fast.requests == slow.requests, "\(bytes)")
+            #expect(fast.error == slow.error, "\(bytes)")
+            #expect(fast.leftover == slow.leftover, "\(bytes)")
+            compared.requests += fast.requests.count
+            compared.errors += fast.error == nil ? 0 : 1
+        }
+        // both kinds of outcome were compared, many times
+        #expect(compared.requests > 1000 && compared.errors > 300)
     }
 
     @Test func hugeAnnouncedLengthsAreRefusedForAnyDigits() {

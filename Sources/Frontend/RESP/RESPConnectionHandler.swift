@@ -330,22 +330,16 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
                 parser.limits = configuration.parserLimits
             }
             do throws(RESPProtocolError) {
-                guard let value = try parser.next(from: &inbound) else {
+                guard let arguments = try parser.nextRequest(from: &inbound) else {
                     if staging == nil, staged == nil, startStaging() { continue }
                     break
                 }
-                guard case .array(let elements) = value else { preconditionFailure("server mode yields arrays") }
-                if case .bulkString(let name) = elements.first, Self.isHTTP(name) {
+                if let name = arguments.first, Self.isHTTP(name) {
                     logger.warning("closing a RESP connection that sent an HTTP request (a web page posting to this port?)")
                     throw RESPProtocolError.looksLikeHTTP
                 }
-                var arguments: [ByteBuffer] = []
-                arguments.reserveCapacity(elements.count)
                 var bytes = 0
-                for case .bulkString(let argument) in elements {
-                    arguments.append(argument)
-                    bytes += argument.readableBytes + 16
-                }
+                for argument in arguments { bytes += argument.readableBytes + 16 }
                 let staged = self.staged
                 self.staged = nil
                 bytes += staged?.length ?? 0

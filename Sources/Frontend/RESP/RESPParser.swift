@@ -120,6 +120,62 @@ public struct RESPParser: Sendable {
         }
     }
 
+    /// In `.server` mode, the next request's arguments (a multibulk request's bulk strings, or
+    /// an inline command's words), consuming its bytes; `nil` when more input is needed. A
+    /// multibulk request that has arrived whole, with CRLF line ends, is read in one pass
+    /// straight into its arguments (`wholeRequest`); everything else, including what that pass
+    /// finds wrong, goes through `next(from:)`, which decides as before. The bytes consumed, the
+    /// arguments and the errors are the same either way (`RESPParserFuzzTests`).
+    public mutating func nextRequest(from buffer: inout ByteBuffer) throws(RESPProtocolError) -> [ByteBuffer]? {
+        precondition(mode == .server, "requests are parsed in server mode")
+        if failure == nil, open.isEmpty, pendingBulk == nil, let arguments = Self.wholeRequest(in: &buffer, limits: limits) {
+            return arguments
+        }
+        guard case .array(let elements)? = try next(from: &buffer) else { return nil }
+        return elements.map { element in
+            guard case .bulkString(let argument) = element else { preconditionFailure("server mode yields bulk strings") }
+            return argument
+        }
+    }
+
+    /// A multibulk request at the start of `buffer`, if all of it is there and well formed
+    /// within `limits` (else nil, nothing consumed): its payloads as slices of `buffer`, with no
+    /// header line sliced and no `RESPValue` per argument, which cost the RESP server more CPU
+    /// per small command than the rest of parsing.
+    private static func wholeRequest(in buffer: inout ByteBuffer, limits: Limits) -> [ByteBuffer]? {
+        let base = buffer.readerIndex
+        let parsed: (arguments: [ByteBuffer], end: Int)? = buffer.withUnsafeReadableBytes { bytes in
+            var at = 0
+            // `marker`, a decimal number, CRLF (Redis's own requests are never longer than that)
+            func number(after marker: UInt8) -> Int64? {
+                guard at < bytes.count, bytes[at] == marker else { return nil }
+                let digits = at + 1
+                var end = digits
+                let limit = min(bytes.count, digits + 20)
+                while end < limit, bytes[end] != 13 { end += 1 }
+                guard end + 1 < bytes.count, bytes[end] == 13, bytes[end + 1] == 10,
+                    let value = parseInteger(bytes[digits..<end])
+                else { return nil }
+                at = end + 2
+                return value
+            }
+            guard let count = number(after: UInt8(ascii: "*")), count > 0, count <= limits.maxArrayElements else { return nil }
+            var arguments: [ByteBuffer] = []
+            arguments.reserveCapacity(Int(min(count, 1024)))
+            for _ in 0..<count {
+                guard let length = number(after: UInt8(ascii: "$")), length >= 0, length <= limits.maxBulkLength else { return nil }
+                let payload = at, end = at + Int(length)
+                guard end + 1 < bytes.count, bytes[end] == 13, bytes[end + 1] == 10 else { return nil }
+                arguments.append(buffer.getSlice(at: base + payload, length: Int(length))!)
+                at = end + 2
+            }
+            return (arguments, at)
+        }
+        guard let parsed else { return nil }
+        buffer.moveReaderIndex(forwardBy: parsed.end)
+        return parsed.arguments
+    }
+
     private mutating func parse(_ buffer: inout ByteBuffer) throws(RESPProtocolError) -> RESPValue? {
         while true {
             if let length = pendingBulk {

@@ -186,7 +186,9 @@ public protocol KVBackend: Sendable {
     /// `getImmediately` without a copy: a value found is handed to `body` where it lies, kept in
     /// place until `body` returns (the connection writes it to the socket from there), and
     /// `.done(true)`; `.done(false)` for a key certainly absent, `.wait` as for `getImmediately`.
-    /// The default copies it out with `getImmediately`. (Not generic: called once per GET through
+    /// For a value under `RESPEncoder.zeroCopyThreshold` (which the connection copies into its
+    /// replies), `body` may run under the backend's lock: it must be short and must not call into
+    /// the backend. The default copies it out with `getImmediately`. (Not generic: called once per GET through
     /// the protocol, a generic result type would be instantiated at run time on every call.)
     func withValueImmediately(
         namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void

@@ -270,16 +270,16 @@ public final class HostTier: @unchecked Sendable {
     /// `countingMiss: false` for a look that a full read follows when it fails (which counts it).
     public func borrow(_ key: BlockKey, countingMiss: Bool = true) -> HostBlockView? {
         let found: Entry? = state.withLock { state in
-            guard var entry = state.entries[key] else {
+            // (by index: the key hashed once, not again to write the entry back)
+            guard let index = state.entries.index(forKey: key) else {
                 if countingMiss { state.stats.misses += 1 }
                 return nil
             }
-            state.recency.moveToFront(entry.node)
-            entry.hits += 1
-            entry.borrowers += 1
-            state.entries[key] = entry
+            state.recency.moveToFront(state.entries.values[index].node)
+            state.entries.values[index].hits += 1
+            state.entries.values[index].borrowers += 1
             state.stats.hits += 1
-            return entry
+            return state.entries.values[index]
         }
         guard let found else { return nil }
         return HostBlockView(tier: self, key: key, offset: found.offset,
@@ -385,9 +385,8 @@ public final class HostTier: @unchecked Sendable {
 
     func giveBack(_ key: BlockKey, offset: Int) {
         state.withLock { state in
-            if var entry = state.entries[key], entry.offset == offset {
-                entry.borrowers -= 1
-                state.entries[key] = entry
+            if let index = state.entries.index(forKey: key), state.entries.values[index].offset == offset {
+                state.entries.values[index].borrowers -= 1
             } else if var zombie = state.zombies[offset] {
                 zombie.borrowers -= 1
                 if zombie.borrowers == 0 {

@@ -480,6 +480,7 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
         var closeAfter = false
         // A GET's value goes out from where the backend holds it, where the channel is a socket.
         let canWriteBulk = direct != nil
+        let handler = self.handler   // (copied once a batch, not once a command)
         while answered < configuration.maxBatchCommands, let next = pending.first,
             case .command(let arguments, let bytes, let staged) = next, mayAnswer(context, unsent: out.readableBytes) || answered == 0
         {

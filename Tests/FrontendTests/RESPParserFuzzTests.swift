@@ -1,7 +1,7 @@
 #if canImport(RESP)
 import RESP
 #else
-import Frontend
+@testable import Frontend
 #endif
 import NIOCore
 import StrataTestSupport
@@ -152,9 +152,15 @@ private func feedRequests(
     @Test(arguments: [21, 22, 23] as [UInt64])
     func wholeRequestsReadInOnePassAsTheValueParserReadsThem(seed: UInt64) {
         var rng = SeededGenerator(state: seed)
-        let limits = RESPParser.Limits(maxBulkLength: 24, maxArrayElements: 4, maxInlineLength: 256)
-        var compared = (requests: 0, errors: 0)
+        let limitsTried = [
+            RESPParser.Limits(maxBulkLength: 24, maxArrayElements: 4, maxInlineLength: 256),
+            RESPParser.Limits(maxBulkLength: 24, maxArrayElements: 4, maxInlineLength: 2),   // "$10" and longer header lines past it
+            RESPParser.Limits().forUnauthenticated,
+            RESPParser.Limits(maxBulkLength: .max),
+        ]
+        var compared = (requests: 0, errors: 0, whole: 0)
         for round in 0..<2000 {
+            let limits = limitsTried[round % limitsTried.count]
             var bytes: [UInt8]
             switch round % 4 {
             case 0:
@@ -184,9 +190,31 @@ private func feedRequests(
             #expect(fast.leftover == slow.leftover, "\(bytes)")
             compared.requests += fast.requests.count
             compared.errors += fast.error == nil ? 0 : 1
+            // The one-pass reader itself, on the input whole: each request it takes is the value
+            // parser's next one (so the comparison above did go through it).
+            var whole = ByteBuffer(bytes: bytes)
+            var taken = 0
+            while let request = RESPParser.wholeRequest(in: &whole, limits: limits), taken < slow.requests.count {
+                #expect(request == slow.requests[taken], "\(bytes)")
+                taken += 1
+            }
+            compared.whole += taken
         }
-        // both kinds of outcome were compared, many times
-        #expect(compared.requests > 1000 && compared.errors > 300)
+        // both kinds of outcome were compared, many times, and the one-pass reader took part
+        #expect(compared.requests > 1000 && compared.errors > 300 && compared.whole > 1000, "\(compared)")
+    }
+
+    /// A bulk length near `Int.max` under a limit that allows it: both readers wait for the
+    /// payload (no overflow computing where it ends).
+    @Test func aLengthNearIntMaxWaitsForItsPayload() throws {
+        let limits = RESPParser.Limits(maxBulkLength: .max)
+        for header in ["*1\r\n$9223372036854775800\r\n", "*1\r\n$9223372036854775807\r\nabc"] {
+            var buffer = ByteBuffer(string: header)
+            #expect(RESPParser.wholeRequest(in: &buffer, limits: limits) == nil)
+            #expect(buffer.readableBytes == header.utf8.count)
+            var parser = RESPParser(mode: .server, limits: limits)
+            #expect(try parser.nextRequest(from: &buffer) == nil)
+        }
     }
 
     @Test func hugeAnnouncedLengthsAreRefusedForAnyDigits() {

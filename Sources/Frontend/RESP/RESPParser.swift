@@ -79,7 +79,7 @@ public struct RESPParser: Sendable {
     /// header was read): the caller may reserve them once instead of growing its buffer repeatedly.
     public func minimumBytesStillNeeded(in buffer: ByteBuffer) -> Int? {
         guard let length = pendingBulk else { return nil }
-        return max(0, length + 2 - buffer.readableBytes)
+        return max(0, length - (buffer.readableBytes - 2))
     }
 
     /// A bulk string of a request whose header has been read and whose payload has not.
@@ -142,18 +142,19 @@ public struct RESPParser: Sendable {
     /// within `limits` (else nil, nothing consumed): its payloads as slices of `buffer`, with no
     /// header line sliced and no `RESPValue` per argument, which cost the RESP server more CPU
     /// per small command than the rest of parsing.
-    private static func wholeRequest(in buffer: inout ByteBuffer, limits: Limits) -> [ByteBuffer]? {
+    static func wholeRequest(in buffer: inout ByteBuffer, limits: Limits) -> [ByteBuffer]? {
         let base = buffer.readerIndex
         let parsed: (arguments: [ByteBuffer], end: Int)? = buffer.withUnsafeReadableBytes { bytes in
             var at = 0
-            // `marker`, a decimal number, CRLF (Redis's own requests are never longer than that)
+            // `marker`, a decimal number, CRLF (Redis's own requests are never longer than that),
+            // the line no longer than the value parser's limit on it
             func number(after marker: UInt8) -> Int64? {
                 guard at < bytes.count, bytes[at] == marker else { return nil }
                 let digits = at + 1
                 var end = digits
                 let limit = min(bytes.count, digits + 20)
                 while end < limit, bytes[end] != 13 { end += 1 }
-                guard end + 1 < bytes.count, bytes[end] == 13, bytes[end + 1] == 10,
+                guard end + 1 < bytes.count, bytes[end] == 13, bytes[end + 1] == 10, end - at <= limits.maxInlineLength,
                     let value = parseInteger(bytes[digits..<end])
                 else { return nil }
                 at = end + 2
@@ -163,7 +164,9 @@ public struct RESPParser: Sendable {
             var arguments: [ByteBuffer] = []
             arguments.reserveCapacity(Int(min(count, 1024)))
             for _ in 0..<count {
-                guard let length = number(after: UInt8(ascii: "$")), length >= 0, length <= limits.maxBulkLength else { return nil }
+                guard let length = number(after: UInt8(ascii: "$")), length >= 0, length <= limits.maxBulkLength,
+                    length <= bytes.count - at - 2   // (here whole; and `at + length` cannot overflow)
+                else { return nil }
                 let payload = at, end = at + Int(length)
                 guard end + 1 < bytes.count, bytes[end] == 13, bytes[end + 1] == 10 else { return nil }
                 arguments.append(buffer.getSlice(at: base + payload, length: Int(length))!)
@@ -179,7 +182,7 @@ public struct RESPParser: Sendable {
     private mutating func parse(_ buffer: inout ByteBuffer) throws(RESPProtocolError) -> RESPValue? {
         while true {
             if let length = pendingBulk {
-                guard buffer.readableBytes >= length + 2 else { return nil }
+                guard buffer.readableBytes - 2 >= length else { return nil }   // (no overflow near Int.max)
                 let payload = buffer.readSlice(length: length)!
                 guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw .invalidBulkTerminator }
                 pendingBulk = nil

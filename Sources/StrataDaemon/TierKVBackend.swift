@@ -407,7 +407,9 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     /// A value of one part in RAM, handed to `body` in place (borrowed for the call), so the
-    /// connection writes it to its socket without a copy.
+    /// connection writes it to its socket without a copy; one the connection copies into its
+    /// replies (under `RESPEncoder.zeroCopyThreshold`) is handed over under the host tier's
+    /// lock, with no borrow to take and give back.
     func withValueImmediately(
         namespace: String, key: ByteBuffer, _ body: (UnsafeRawBufferPointer) -> Void
     ) throws -> KVImmediate<Bool> {
@@ -417,25 +419,13 @@ final class TierKVBackend: KVBackend, Sendable {
         guard parts(entry.size) == 1 else { return .wait }
         // Not in RAM (or not whole): the slow path reads it from below.
         let block = Self.blockKey(namespace, name, version: entry.version, part: 0)
-        let handed: Bool?
-        if entry.size < RESPEncoder.zeroCopyThreshold {
-            // A value the connection copies into its replies: copied under the host tier's lock,
-            // with no borrow to take and give back (three lookups of the block fewer).
-            var whole = false
-            let found = try store.readFromRAM(block) { bytes in
-                guard bytes.count == entry.size else { return }
-                body(bytes)
-                whole = true
-            }
-            handed = found && whole
-        } else {
-            handed = try store.withBlockInRAM(block) { bytes -> Bool in
-                guard bytes.count == entry.size else { return false }
-                body(bytes)
-                return true
-            }
+        var whole = false
+        let found = try store.readFromRAM(block, lockedUpTo: RESPEncoder.zeroCopyThreshold - 1) { bytes in
+            guard bytes.count == entry.size else { return }
+            body(bytes)
+            whole = true
         }
-        guard handed == true else { return .wait }
+        guard found, whole else { return .wait }
         state.withLock { $0.hits += 1 }
         return .done(true)
     }

@@ -431,14 +431,18 @@ public final class BlockStore: Sendable {
     }
 
     /// Blocks up to this size are copied out under the host tier's lock by `readFromRAM`.
-    static let lockedCopyLimit = 64 << 10
+    public static let lockedCopyLimit = 64 << 10
 
     /// Runs `body` on the block's bytes if it is in RAM (decompressed if stored so) and returns
-    /// true; false, without running it, if it is not. A small block is read under the host
-    /// tier's lock with no borrow; a larger one is borrowed for the read. Never reads the log; a
-    /// miss is not counted. `body` must not call into the store (the lock is not reentrant).
-    public func readFromRAM(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
-        switch host.withSmallBlock(key, maxLength: Self.lockedCopyLimit, body) {
+    /// true; false, without running it, if it is not. A block of up to `lockedUpTo` bytes is
+    /// read under the host tier's lock with no borrow (`body` must be short and must not call
+    /// into the store: the lock is not reentrant); a larger one is borrowed for the call, where
+    /// it lies, and `body` may take its time (a socket write). Never reads the log; a miss is not
+    /// counted.
+    public func readFromRAM(
+        _ key: BlockKey, lockedUpTo: Int = lockedCopyLimit, _ body: (UnsafeRawBufferPointer) -> Void
+    ) throws -> Bool {
+        switch host.withSmallBlock(key, maxLength: lockedUpTo, body) {
         case .absent: return false
         case .read: return true
         case .notSmall: break
@@ -446,14 +450,6 @@ public final class BlockStore: Sendable {
         guard let read = try getFromRAM(key, countingMiss: false) else { return false }
         read.withBytesReleasing(body)
         return true
-    }
-
-    /// A block in RAM handed to `body` where it lies (decoded first if it is stored compressed),
-    /// kept in place for the call by a borrow, not the tier's lock: `body` may take its time (a
-    /// socket write). Nil, without calling `body`, if the block is not in RAM.
-    public func withBlockInRAM<T>(_ key: BlockKey, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
-        guard let read = try getFromRAM(key, countingMiss: false) else { return nil }
-        return try read.withBytesReleasing(body)
     }
 
     private func getFromRAM(_ key: BlockKey, countingMiss: Bool) throws -> Read? {

@@ -15,7 +15,6 @@ the client on CPU 0 (`taskset`).
 Needs redis-server, redis-benchmark and redis-cli (`scripts/setup.sh --peers`).
 """
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -25,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
-from kvservers import wait_ready   # noqa: E402
-from procs import cpu_seconds, free_port   # noqa: E402
+from kvservers import start_redis, start_strata, wait_ready   # noqa: E402
+from procs import cpu_seconds   # noqa: E402
 
 
 def children_cpu() -> float:
@@ -47,16 +46,13 @@ def main():
     ap.add_argument("--host-budget", default="512MiB")
     ap.add_argument("--pin", action="store_true", help="servers on CPU 1, redis-benchmark on CPU 0")
     a = ap.parse_args()
-    server_cpu, client_cpu = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if a.pin else ([], [])
+    server_cpu, client_cpu = (("taskset", "-c", "1"), ["taskset", "-c", "0"]) if a.pin else ((), [])
 
     work = Path(tempfile.mkdtemp(prefix="strata-kv-settings-"))
     procs = []
     try:
-        port = free_port()
-        procs.append(subprocess.Popen(
-            server_cpu + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        servers, pids = [("redis", port)], {"redis": procs[-1].pid}
+        port, pid = start_redis(work, procs, prefix=server_cpu)
+        servers, pids = [("redis", port)], {"redis": pid}
         for setting in a.settings:
             if "=" not in setting:
                 raise SystemExit(f"setting {setting!r}: expected NAME[@BINARY]=KV_OPTIONS (options may be empty)")
@@ -64,21 +60,8 @@ def main():
             name, _, binary = name.partition("@")
             if name in pids:
                 raise SystemExit(f"setting {setting!r}: the name {name!r} is taken")
-            port = free_port()
-            config = work / f"{name}.yaml"
-            config.write_text(f"""
-listen: 127.0.0.1:{free_port()}
-state_dir: {work}/state-{name}
-log_level: warning
-tiers: {{ host: {{ budget: {a.host_budget}, dir: {work}/shm-{name} }}, nvme: {{ budget: 8GiB }} }}
-kv: {{ resp: 127.0.0.1:{port}{options} }}
-models: []
-""")
-            log = open(work / f"{name}.log", "wb")
-            procs.append(subprocess.Popen(server_cpu + [binary or a.strata, "serve", "--config", str(config)],
-                                          stdout=log, stderr=subprocess.STDOUT))
+            port, pids[name] = start_strata(work, name, binary or a.strata, procs, a.host_budget, options, prefix=server_cpu)
             servers.append((name, port))
-            pids[name] = procs[-1].pid
         for name, port in servers:
             wait_ready(port)
             # the key a GET reads (redis-benchmark without -r uses one key)

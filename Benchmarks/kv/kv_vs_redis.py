@@ -83,9 +83,10 @@ def main():
     ap.add_argument("--cell-bytes", default="2GiB",
                     help="bytes of values a cell moves at most (fewer requests for large values); larger: longer, steadier cells")
     ap.add_argument("--kv-threads", type=int, default=0,
-                    help="Strata's kv.threads (RESP event-loop threads of its own); 0: the daemon's shared loops")
+                    help="Strata's kv.threads (RESP event-loop threads of its own); 0: the build's default "
+                         "(the daemon's shared loops before 46bf8b4, one per four cores since)")
     ap.add_argument("--kv-threads-before", type=int,
-                    help="the --strata-before build's kv.threads, when not --kv-threads (0: shared loops)")
+                    help="the --strata-before build's kv.threads, when not --kv-threads (0: its default)")
     ap.add_argument("--durability", choices=["cache", "durable"], default="cache",
                     help="Strata's kv.durability; durable also runs redis-server with appendfsync always")
     ap.add_argument("--strata-before", help="an earlier strata binary, measured in the same rounds")

@@ -31,41 +31,58 @@ def wait_ready(port: int, timeout: float = 120) -> None:
     raise SystemExit(f"no SET was acknowledged on port {port}")
 
 
-def start(work: Path, strata: str, procs: list, strata_before: str | None = None, host_budget: str = "2GiB",
-          durability: str = "cache", kv_threads: int = 0,
-          kv_threads_before: int | None = None) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """Starts redis-server (no persistence; with `durability: durable`, an AOF fsynced before each
-    reply) and Strata (and `strata_before`, another build, with its own state), appending each
-    process to `procs`; waits until all are ready. `kv_threads` (0: the daemon's shared loops) for
-    both builds, unless `kv_threads_before` gives the earlier build's (the same binary under two
-    settings, side by side). Returns [(name, port)] for "redis", "strata"
-    (and "before"), and each one's pid."""
-    redis_port, strata_port = free_port(), free_port()
+def start_redis(work: Path, procs: list, durability: str = "cache", prefix: tuple = ()) -> tuple[int, int]:
+    """Starts redis-server on a free loopback port (no persistence; with `durability: durable`, an
+    AOF fsynced before each reply), under `prefix` (e.g. `taskset -c 1`), appending it to `procs`.
+    Returns its port and pid."""
+    port = free_port()
     procs.append(subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
+        [*prefix, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
         + (["--appendonly", "yes", "--appendfsync", "always"] if durability == "durable" else ["--appendonly", "no"]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    servers = [("redis", redis_port), ("strata", strata_port)]
-    pids = {"redis": procs[-1].pid}
-    binaries = [("strata", strata, strata_port, kv_threads)]
-    if strata_before:
-        before_port = free_port()
-        servers.append(("before", before_port))
-        binaries.append(("before", strata_before, before_port,
-                         kv_threads if kv_threads_before is None else kv_threads_before))
-    for name, binary, port, threads in binaries:
-        config = work / f"{name}.yaml"
-        config.write_text(f"""
+    return port, procs[-1].pid
+
+
+def start_strata(work: Path, name: str, binary: str, procs: list, host_budget: str = "2GiB", kv_options: str = "",
+                 prefix: tuple = ()) -> tuple[int, int]:
+    """Starts a Strata daemon named `name` (its config, state and log in `work`) serving RESP on a
+    free loopback port, its `kv` section's options after `resp` as written (`kv_options`, e.g.
+    `, durability: durable, threads: 1`), under `prefix`, appending it to `procs`. Returns its
+    port and pid."""
+    port = free_port()
+    config = work / f"{name}.yaml"
+    config.write_text(f"""
 listen: 127.0.0.1:{free_port()}
 state_dir: {work}/state-{name}
 log_level: warning
 tiers: {{ host: {{ budget: {host_budget}, dir: {work}/shm-{name} }}, nvme: {{ budget: 64GiB }} }}
-kv: {{ resp: 127.0.0.1:{port}, durability: {durability}{f", threads: {threads}" if threads else ""} }}
+kv: {{ resp: 127.0.0.1:{port}{kv_options} }}
 models: []
 """)
-        log = open(work / f"{name}.log", "wb")
-        procs.append(subprocess.Popen([binary, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
-        pids[name] = procs[-1].pid
+    log = open(work / f"{name}.log", "wb")
+    procs.append(subprocess.Popen([*prefix, binary, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
+    return port, procs[-1].pid
+
+
+def start(work: Path, strata: str, procs: list, strata_before: str | None = None, host_budget: str = "2GiB",
+          durability: str = "cache", kv_threads: int = 0,
+          kv_threads_before: int | None = None) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """Starts redis-server (`start_redis`) and Strata (and `strata_before`, another build, with its
+    own state), appending each process to `procs`; waits until all are ready. `kv_threads` (0: the
+    build's default: the daemon's shared loops before 46bf8b4, one loop per four cores since) for
+    both builds, unless `kv_threads_before` gives the earlier build's (the same binary under two
+    settings, side by side). Returns [(name, port)] for "redis", "strata" (and "before"), and
+    each one's pid."""
+    redis_port, redis_pid = start_redis(work, procs, durability)
+    servers, pids = [("redis", redis_port)], {"redis": redis_pid}
+    binaries = [("strata", strata, kv_threads)]
+    if strata_before:
+        binaries.append(("before", strata_before, kv_threads if kv_threads_before is None else kv_threads_before))
+    for name, binary, threads in binaries:
+        port, pid = start_strata(work, name, binary, procs, host_budget,
+                                 f", durability: {durability}" + (f", threads: {threads}" if threads else ""))
+        servers.append((name, port))
+        pids[name] = pid
     for _, port in servers:
         wait_ready(port)
     return servers, pids

@@ -30,7 +30,6 @@ struct KVKeyDirectory<Value>: Sequence, ExpressibleByDictionaryLiteral {
     }
 
     var isEmpty: Bool { entries.isEmpty }
-    var count: Int { entries.count }
     var values: Dictionary<Name, Value>.Values { entries.values }
 
     func makeIterator() -> some IteratorProtocol<(key: [UInt8], value: Value)> {

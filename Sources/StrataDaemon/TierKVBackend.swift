@@ -100,7 +100,7 @@ final class TierKVBackend: KVBackend, Sendable {
     /// keys name a version no directory entry points to any more, so nothing can read them.
     private let reaper: AsyncStream<BlockKey>.Continuation
     private let reaperStream: Mutex<AsyncStream<BlockKey>?>
-    /// `durable`: writes of one key, one at a time (`KeyWriteLocks`).
+    /// `durable`: plain SETs of a key at once, other writes of it alone (`KeyWriteLocks`).
     private let writing = KeyWriteLocks()
 
     /// A value is stored in parts of this many bytes (the last one shorter).
@@ -137,16 +137,27 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     private func persist(_ namespace: String, _ key: [UInt8], _ entry: Entry, in store: BlockStore) async throws {
-        try await persist(namespace, [(key, entry)], in: store)
+        try await persist(namespace, [(key, entry)], in: store) {}
     }
 
-    /// `durable`: the keys' records, in order, committed together.
-    private func persist(_ namespace: String, _ entries: [(key: [UInt8], entry: Entry)], in store: BlockStore) async throws {
-        guard durable else { return }
+    /// `durable`: the keys' records, in order, committed together; then `apply` (the directory's
+    /// change), run in the catalog's commit order (`Catalog.putKV`), so of two writes of a key at
+    /// once the directory keeps the one the catalog keeps. `cache`: `apply` at once.
+    private func persist<Applied: Sendable>(
+        _ namespace: String, _ entries: [(key: [UInt8], entry: Entry)], in store: BlockStore,
+        apply: @escaping @Sendable () -> Applied
+    ) async throws -> Applied {
+        guard durable else { return apply() }
+        let applied = Mutex<Applied?>(nil)
         try await store.nvme.putKVRecords(entries.map {
             KVRecord(namespace: namespace, key: $0.key, version: $0.entry.version, size: $0.entry.size,
                      expiresAt: $0.entry.expiresAt?.unixMilliseconds, sequence: $0.entry.sequence)
-        })
+        }) {
+            let outcome = apply()
+            applied.withLock { $0 = outcome }
+        }
+        guard let outcome = applied.withLock({ $0 }) else { preconditionFailure("a KV commit returned before its directory change ran") }
+        return outcome
     }
 
     /// `durable`: removes the key's record if it still names `version`; a newer write's record,
@@ -846,7 +857,9 @@ final class TierKVBackend: KVBackend, Sendable {
         _ namespace: String, _ key: ByteBuffer, size: Int, parts: [ByteBuffer], condition: KVSetCondition, expiry: KVExpiry
     ) async throws -> Bool {
         guard durable else { return try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry) }
-        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))]) {
+        // (A write that reads the key before it writes holds it alone; plain SETs share it.)
+        let mode: KeyWriteLocks.Mode = condition == .always && expiry != .keep ? .shared : .alone
+        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))], mode) {
             try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
         }
     }
@@ -889,19 +902,22 @@ final class TierKVBackend: KVBackend, Sendable {
         }
         let sequence = state.withLock { $0.sequence(for: namespace, name) }
         let entry = Entry(version: version, size: size, expiresAt: expiresAt, sequence: sequence)
+        let outcome: (flushed: Bool, replaced: Entry?)
         do {
             // Durable: the record names the new parts only once they are on disk; until it is
             // committed the old value (if any) stays the one a restart finds.
-            try await persist(namespace, name, entry, in: store)
+            let parts = blocks.count
+            outcome = try await persist(namespace, [(name, entry)], in: store) {
+                self.state.withLock { state -> (flushed: Bool, replaced: Entry?) in
+                    guard state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
+                    state.own(namespace, name, version: entry.version)
+                    state.ownRest(namespace, name, version: entry.version, parts: parts)
+                    return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
+                }
+            }
         } catch {
             for block in blocks { await store.remove(block.key) }
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
-        }
-        let outcome = state.withLock { state -> (flushed: Bool, replaced: Entry?) in
-            guard state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
-            state.own(namespace, name, version: entry.version)
-            state.ownRest(namespace, name, version: entry.version, parts: blocks.count)
-            return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
         }
         if outcome.flushed {
             await orderedBeforeFlush(namespace, [(name, entry)], blocks: blocks.map(\.key), in: store)
@@ -943,7 +959,7 @@ final class TierKVBackend: KVBackend, Sendable {
             return
         }
         guard durable else { return try await write(namespace: namespace, piecePairs: pairs) }
-        try await writing.withLocks(pairs.map { .init(namespace: namespace, name: Array($0.key.readableBytesView)) }) {
+        try await writing.withLocks(pairs.map { .init(namespace: namespace, name: Array($0.key.readableBytesView)) }, .shared) {
             try await write(namespace: namespace, piecePairs: pairs)
         }
     }
@@ -1000,19 +1016,22 @@ final class TierKVBackend: KVBackend, Sendable {
                 return (item.name, Entry(version: item.version, size: item.size, expiresAt: nil, sequence: sequence))
             }
         }
+        let replaced: [Entry?]?
         do {
-            try await persist(namespace, entries, in: store)
+            let partBytes = self.partBytes
+            replaced = try await persist(namespace, entries, in: store) {
+                self.state.withLock { state -> [Entry?]? in
+                    guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
+                    return entries.map {
+                        state.own(namespace, $0.key, version: $0.entry.version)
+                        state.ownRest(namespace, $0.key, version: $0.entry.version, parts: Self.parts($0.entry.size, of: partBytes))
+                        return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
+                    }
+                }
+            }
         } catch {
             await removeBlocks()
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
-        }
-        let replaced = state.withLock { state -> [Entry?]? in
-            guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
-            return entries.map {
-                state.own(namespace, $0.key, version: $0.entry.version)
-                state.ownRest(namespace, $0.key, version: $0.entry.version, parts: parts($0.entry.size))
-                return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
-            }
         }
         guard let replaced else {
             await orderedBeforeFlush(namespace, entries, blocks: blocks.map(\.0), in: store)
@@ -1053,7 +1072,7 @@ final class TierKVBackend: KVBackend, Sendable {
         // Durable: a write of the key between the entry's change and its record's would leave
         // the catalog naming the value it replaced.
         guard durable else { return try await changeExpiry(namespace, key, at: deadline) }
-        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))]) {
+        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))], .alone) {
             try await changeExpiry(namespace, key, at: deadline)
         }
     }
@@ -1135,54 +1154,89 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 }
 
-/// Durable writes of one key, one at a time (`TierKVBackend.writing`): each writes its parts,
-/// commits its record and then updates the directory, and two of them at once could commit in
-/// one order and update the directory in the other, leaving the directory naming a value whose
-/// record the catalog replaced (and whose blocks were then reaped): lost at the next restart.
-/// One at a time, a conditional SET's check also holds until its write is recorded.
+/// Durable writes of a key (`TierKVBackend.writing`): plain SETs of it at once, each of the
+/// others (a conditional SET, one keeping the TTL, EXPIRE) alone. Plain SETs need no turn: each
+/// updates the directory when the catalog commits its record, in the catalog's order
+/// (`Catalog.putKV`), so the two agree on which write of a key came last whatever order their
+/// puts finish in. A write that reads the key first (NX, XX, KEEPTTL, EXPIRE) holds it alone
+/// until it is recorded: no write of the key is under way when it reads, and none starts until
+/// it is done, so two SET NX cannot both win and a SET NX cannot win over a SET it did not see.
+/// Waiting writes are let in in the order they came (a lone writer is not starved by a stream
+/// of plain SETs).
 final class KeyWriteLocks: Sendable {
     struct Key: Hashable {
         var namespace: String
         var name: [UInt8]
     }
-    /// Keys being written, with the writes waiting for each, in order.
-    private let busy = Mutex<[Key: [CheckedContinuation<Void, Never>]]>([:])
 
-    /// Runs `body` once no other write of any of `keys` is under way (taken in a fixed order,
-    /// so writes of overlapping sets of keys cannot wait for each other).
-    func withLocks<T>(_ keys: [Key], _ body: () async throws -> T) async rethrows -> T {
-        let ordered = Array(Set(keys)).sorted { a, b in
+    enum Mode: Sendable { case shared, alone }
+
+    private struct Holders {
+        var shared = 0
+        var alone = false
+        /// Writes waiting for the key, in order.
+        var waiting: [(mode: Mode, continuation: CheckedContinuation<Void, Never>)] = []
+
+        func admits(_ mode: Mode) -> Bool {
+            switch mode {
+            case .shared: !alone
+            case .alone: !alone && shared == 0
+            }
+        }
+
+        mutating func enter(_ mode: Mode) {
+            if mode == .alone { alone = true } else { shared += 1 }
+        }
+    }
+
+    /// Keys being written, with the writes waiting for each.
+    private let busy = Mutex<[Key: Holders]>([:])
+
+    /// Runs `body` once each of `keys` admits it (taken in a fixed order, so writes of
+    /// overlapping sets of keys cannot wait for each other).
+    func withLocks<T>(_ keys: [Key], _ mode: Mode, _ body: () async throws -> T) async rethrows -> T {
+        let ordered = keys.count == 1 ? keys : Array(Set(keys)).sorted { a, b in
             a.namespace != b.namespace ? a.namespace < b.namespace : a.name.lexicographicallyPrecedes(b.name)
         }
-        for key in ordered { await take(key) }
-        defer { for key in ordered.reversed() { give(key) } }
+        for key in ordered { await take(key, mode) }
+        defer { for key in ordered.reversed() { give(key, mode) } }
         return try await body()
     }
 
-    private func take(_ key: Key) async {
+    /// The writes that hold `key` and how many wait for it (tests).
+    func state(of key: Key) -> (shared: Int, alone: Bool, waiting: Int)? {
+        busy.withLock { busy in busy[key].map { ($0.shared, $0.alone, $0.waiting.count) } }
+    }
+
+    private func take(_ key: Key, _ mode: Mode) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let free = busy.withLock { busy -> Bool in
-                guard busy[key] != nil else {
-                    busy[key] = []
-                    return true
+            let admitted = busy.withLock { busy -> Bool in
+                var holders = busy[key] ?? Holders()
+                defer { busy[key] = holders }
+                guard holders.waiting.isEmpty, holders.admits(mode) else {
+                    holders.waiting.append((mode, continuation))
+                    return false
                 }
-                busy[key]!.append(continuation)
-                return false
+                holders.enter(mode)
+                return true
             }
-            if free { continuation.resume() }
+            if admitted { continuation.resume() }
         }
     }
 
-    private func give(_ key: Key) {
-        let next = busy.withLock { busy -> CheckedContinuation<Void, Never>? in
-            guard var waiting = busy[key], !waiting.isEmpty else {
-                busy[key] = nil
-                return nil
+    private func give(_ key: Key, _ mode: Mode) {
+        let admitted = busy.withLock { busy -> [CheckedContinuation<Void, Never>] in
+            guard var holders = busy[key] else { return [] }
+            if mode == .alone { holders.alone = false } else { holders.shared -= 1 }
+            var admitted: [CheckedContinuation<Void, Never>] = []
+            while let next = holders.waiting.first, holders.admits(next.mode) {
+                holders.waiting.removeFirst()
+                holders.enter(next.mode)   // handed over: taken before it runs
+                admitted.append(next.continuation)
             }
-            let next = waiting.removeFirst()
-            busy[key] = waiting   // handed over: still taken
-            return next
+            busy[key] = holders.shared == 0 && !holders.alone ? nil : holders
+            return admitted
         }
-        next?.resume()
+        for continuation in admitted { continuation.resume() }
     }
 }

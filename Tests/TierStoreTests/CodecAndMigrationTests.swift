@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import Glibc
 import Testing
@@ -105,6 +106,35 @@ struct CodecAndMigrationTests {
         #expect(byKey["a/[1]"] == KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2))
         #expect(byKey["a/[2]"] == nil && !loaded.contains { $0.namespace == "b" })
         #expect(loaded.filter { $0.namespace == "c" }.map(\.size).sorted() == Array(0..<64))
+    }
+
+    /// Writes of one key at once (durable SETs of it): `putKV`'s closures run in the order the
+    /// catalog committed the records, each before its call returns, so the directory the KV
+    /// service updates there ends on the record a reopened catalog loads.
+    @Test func keyRecordsOfOneKeyAtOnceCallBackInCommitOrder() async throws {
+        let dir = SegmentLogTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/catalog.sqlite"
+        final class Applied: Sendable { let versions = Mutex<[UInt64]>([]) }
+        let applied = Applied()
+        do {
+            let catalog = try BlockCatalog(path: path)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for version in 1...200 {
+                    group.addTask {
+                        try await catalog.putKV([KVRecord(namespace: "", key: [7], version: UInt64(version), size: version,
+                                                          expiresAt: nil, sequence: 1)]) {
+                            applied.versions.withLock { $0.append(UInt64(version)) }
+                        }
+                        #expect(applied.versions.withLock { $0.contains(UInt64(version)) })
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let order = applied.versions.withLock { $0 }
+        #expect(order.count == 200 && Set(order).count == 200)
+        #expect(try BlockCatalog(path: path).loadKV().map(\.version) == [order.last!])
     }
 
 }

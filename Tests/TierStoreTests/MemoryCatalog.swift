@@ -63,10 +63,10 @@ final class MemoryCatalog: Catalog, Sendable {
 
     func loadKV() throws -> [KVRecord] { Array(committed.kv.values) }
 
-    func putKV(_ records: [KVRecord]) async throws {
-        try commit { state in
+    func putKV(_ records: [KVRecord], committed: @escaping @Sendable () -> Void) async throws {
+        try commit({ state in
             for record in records { state.kv["\(record.namespace)\0\(record.keyHex)"] = record }
-        }
+        }, then: committed)
     }
 
     func removeKV(_ records: [KVRecordVersion]) async throws {
@@ -84,8 +84,9 @@ final class MemoryCatalog: Catalog, Sendable {
     struct CommitFailed: Error {}
 
     /// Applies what is queued (segments dropped, then keys removed, then entries, a newer
-    /// sequence winning) and then `change`, all at once.
-    private func commit(_ change: (inout Committed) -> Void = { _ in }) throws {
+    /// sequence winning) and then `change`, all at once; `then` runs once that is committed,
+    /// before any later commit.
+    private func commit(_ change: (inout Committed) -> Void = { _ in }, then: () -> Void = {}) throws {
         if failCommits.withLock({ $0 }) { throw CommitFailed() }
         let batch = queued.withLock { queued in
             defer { queued = Queued() }
@@ -106,6 +107,7 @@ final class MemoryCatalog: Catalog, Sendable {
             }
             change(&state)
             disks[directory] = state
+            then()
         }
     }
 }

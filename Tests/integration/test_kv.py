@@ -764,6 +764,64 @@ def test_concurrent_durable_writes_cut_by_sigkill_lose_nothing_acknowledged(make
     assert r.dbsize() in range(len(acknowledged), len(acknowledged) + len(in_flight) + 1)
 
 
+def test_durable_sets_of_one_key_at_once_keep_the_last_committed_after_sigkill(make_daemon):
+    """Eight clients SET the same key at the same moment, key after key (durable SETs of a key
+    run together and share commits; some come as a pipelined run of three): each key then holds
+    one of the values written to it, the same for GET, MGET and SCAN, and after a SIGKILL and
+    restart every key reads back that value: the directory and the catalog agree on which
+    write came last."""
+    import signal
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    rounds, writers = 60, 8
+    keys = [f"race{i}" for i in range(rounds)]
+    written = {key: set() for key in keys}
+    barrier = threading.Barrier(writers)
+    errors = []
+
+    def writer(w):
+        c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+        try:
+            for i, key in enumerate(keys):
+                value = f"{key}/writer{w}/".encode() * (1 + (i * 37 + w * 11) % 400)
+                runs = [value + str(m).encode() for m in range(3)] if (i + w) % 4 == 0 else [value]
+                written[key].update(runs)
+                barrier.wait(20)
+                if len(runs) > 1:
+                    pipe = c.pipeline(transaction=False)
+                    for run in runs:
+                        pipe.set(key, run)
+                    assert pipe.execute() == [True] * len(runs)
+                else:
+                    assert c.set(key, value) is True
+        except Exception as error:   # noqa: BLE001 (reported below)
+            errors.append(repr(error))
+            barrier.abort()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    before = {key: r.get(key) for key in keys}
+    for key, value in before.items():
+        assert value in written[key], (key, value[:60] if value else value)
+    assert r.mget(keys) == [before[key] for key in keys]
+    assert sorted(r.scan_iter(match="race*", count=1000)) == sorted(k.encode() for k in keys)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    after = {key: r.get(key) for key in keys}
+    changed = [key for key in keys if after[key] != before[key]]
+    assert not changed, (f"{len(changed)} of {rounds} keys changed by the restart",
+                         [(key, (before[key] or b"")[:30], (after[key] or b"")[:30]) for key in changed[:3]])
+    assert r.dbsize() == len(keys)
+
+
 def test_sets_racing_flushdb_leave_the_directory_and_the_catalog_agreeing(make_daemon):
     """A durable SET that a FLUSHDB overlaps is ordered before it or after it, never half: every
     key readable when writing stops is there after a SIGKILL and restart, and no other."""

@@ -51,6 +51,8 @@ final class BlockCatalog: @unchecked Sendable {
     private var pendingDeletes: [BlockKey] = []
     private var droppedSegments: [Int] = []
     private var pendingKV: [KVChange] = []
+    /// `putKV`'s closures, in the order their changes were queued: run after the commit.
+    private var kvCommitted: [@Sendable () -> Void] = []
     private var waiters: [CheckedContinuation<Void, any Error>] = []
     private var flushScheduled = false
 
@@ -120,8 +122,8 @@ final class BlockCatalog: @unchecked Sendable {
     /// before returning, after the blocks they name, which the caller put durably first. Queued
     /// with the block entries and the other key records of the moment: one commit for all of
     /// them (group commit).
-    func putKV(_ records: [KVRecord]) async throws {
-        try await commitKV(records.map(KVChange.put))
+    func putKV(_ records: [KVRecord], committed: @escaping @Sendable () -> Void) async throws {
+        try await commitKV(records.map(KVChange.put), committed: committed)
     }
 
     func removeKV(_ records: [KVRecordVersion]) async throws {
@@ -142,10 +144,14 @@ final class BlockCatalog: @unchecked Sendable {
     }
 
     /// Queues the changes, in order and together (one commit holds all of them), and returns
-    /// once they are committed.
-    private func commitKV(_ changes: [KVChange]) async throws {
+    /// once they are committed (`committed` first, after the commit, in queue order).
+    private func commitKV(_ changes: [KVChange], committed: (@Sendable () -> Void)? = nil) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            enqueue { $0.pendingKV.append(contentsOf: changes); $0.waiters.append(continuation) }
+            enqueue { catalog in
+                catalog.pendingKV.append(contentsOf: changes)
+                if let committed { catalog.kvCommitted.append(committed) }
+                catalog.waiters.append(continuation)
+            }
         }
     }
 
@@ -209,7 +215,8 @@ final class BlockCatalog: @unchecked Sendable {
     private func commitBatch() {
         lock.lock()
         let entries = pending, deletes = pendingDeletes, segments = droppedSegments, kv = pendingKV, batchWaiters = waiters
-        pending = []; pendingDeletes = []; droppedSegments = []; pendingKV = []; waiters = []
+        let committed = kvCommitted
+        pending = []; pendingDeletes = []; droppedSegments = []; pendingKV = []; kvCommitted = []; waiters = []
         flushScheduled = false
         lock.unlock()
         do {
@@ -237,6 +244,7 @@ final class BlockCatalog: @unchecked Sendable {
                 rows: ends.map { [Int64($0.key), Int64($0.value)] })
             try applyKV(kv)
             try database.step("COMMIT")
+            for closure in committed { closure() }
             for waiter in batchWaiters { waiter.resume() }
         } catch {
             try? database.step("ROLLBACK")

@@ -21,12 +21,19 @@ protocol Catalog: Sendable {
     func putObject(_ info: ObjectInfo) async throws
     func removeObject(_ name: String) async throws
     func loadKV() throws -> [KVRecord]
-    /// Writes (or replaces) the records, in order, in one commit.
-    func putKV(_ records: [KVRecord]) async throws
+    /// Writes (or replaces) the records, in order, in one commit; then, before returning, runs
+    /// `committed`. Commits are in the order the calls queued them, and so are their `committed`
+    /// closures (one at a time, none run for a commit that failed): a caller that updates its own
+    /// copy of the directory there applies two writes of a key in the order the catalog kept them.
+    func putKV(_ records: [KVRecord], committed: @escaping @Sendable () -> Void) async throws
     /// Removes each key's record if it still names the version given (a newer write's record
     /// stays), in one commit.
     func removeKV(_ records: [KVRecordVersion]) async throws
     func removeKVNamespace(_ namespace: String) async throws
+}
+
+extension Catalog {
+    func putKV(_ records: [KVRecord]) async throws { try await putKV(records, committed: {}) }
 }
 
 extension BlockCatalog: Catalog {}

@@ -65,8 +65,13 @@ extension SegmentLog {
     /// The KV service's durable key directory, as last committed.
     public nonisolated func loadKVRecords() throws -> [KVRecord] { try catalog.loadKV() }
 
-    /// Writes (or replaces) keys' records, in order, and commits them together before returning.
-    public nonisolated func putKVRecords(_ records: [KVRecord]) async throws { try await catalog.putKV(records) }
+    /// Writes (or replaces) keys' records, in order, and commits them together before returning;
+    /// `committed` runs once they are, in the order of the commits (`Catalog.putKV`).
+    public nonisolated func putKVRecords(
+        _ records: [KVRecord], committed: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        try await catalog.putKV(records, committed: committed)
+    }
 
     /// Removes each key's record if it still names the version given (all in one commit, done
     /// before returning): a newer write's record, committed meanwhile, stays.

@@ -494,7 +494,7 @@ public enum ConfigLoader {
     /// `kv`: the RESP service on the tiers. Off unless `resp` is set; loopback unless told; a
     /// password (by environment variable) is required beyond loopback.
     static func kv(_ reader: ConfigReader, _ node: Node) throws -> KVConfiguration {
-        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer", "reply_buffer", "reply_buffer_total"])
+        let map = try reader.mapping(node, at: "kv", allowed: ["resp", "durability", "password_env", "threads", "send_buffer", "notsent_lowat", "reply_buffer", "reply_buffer_total"])
         var kv = KVConfiguration()
         reader.each { if let v = map["resp"] { kv.resp = try listenAddress(reader, v, at: "kv.resp") } }
         reader.each {
@@ -524,6 +524,15 @@ public enum ConfigLoader {
                     throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
                 }
                 kv.sendBuffer = bytes
+            }
+        }
+        reader.each {
+            if let v = map["notsent_lowat"] {
+                let bytes = try reader.size(v, at: "kv.notsent_lowat")
+                guard bytes == 0 || (1024...(64 << 20)).contains(bytes) else {
+                    throw reader.fail("kv.notsent_lowat", v, "\(bytes) bytes is out of range (expected 0 to leave it unset, or 1KiB to 64MiB)")
+                }
+                kv.notSentLowWater = bytes
             }
         }
         reader.each {

@@ -131,6 +131,7 @@ public enum Daemon {
                     host: resp.host, port: resp.port,
                     maxQueuedReplyBytes: Int(config.kv.replyBuffer),
                     maxTotalQueuedReplyBytes: Int(config.kv.replyBufferTotal), sendBufferBytes: config.kv.sendBufferBytes,
+                    notSentLowWaterBytes: config.kv.notSentLowWaterBytes,
                     users: config.kv.password.map { [RESPUser(password: $0, namespace: "default")] } ?? []),
                 backend: kv, logger: logger,
                 eventLoopGroup: loops)

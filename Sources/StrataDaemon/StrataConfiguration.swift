@@ -288,6 +288,9 @@ public struct KVConfiguration: Sendable, Equatable {
     /// its size per round trip, which a remote client would feel). A connection raises it to hold
     /// the largest value it sends.
     public var sendBuffer: UInt64?
+    /// TCP_NOTSENT_LOWAT of each RESP connection in bytes (the most replies its socket holds
+    /// unsent; `RESPServerConfiguration.notSentLowWaterBytes`); 0: not set; nil: 64 KiB.
+    public var notSentLowWater: UInt64?
     /// Replies a connection buffers for a client that writes a whole pipeline before reading
     /// (`RESPServerConfiguration.maxQueuedReplyBytes`); past it, a client that still takes none
     /// for 10 s has its connection closed.
@@ -300,5 +303,11 @@ public struct KVConfiguration: Sendable, Equatable {
     public var sendBufferBytes: Int? {
         if let sendBuffer { return sendBuffer == 0 ? nil : Int(sendBuffer) }
         return resp?.isLoopback == false ? nil : RESPServerConfiguration.defaultSendBufferBytes
+    }
+
+    /// What the RESP server sets as TCP_NOTSENT_LOWAT (nil: nothing).
+    public var notSentLowWaterBytes: Int? {
+        guard let notSentLowWater else { return RESPServerConfiguration.defaultNotSentLowWaterBytes }
+        return notSentLowWater == 0 ? nil : Int(notSentLowWater)
     }
 }

@@ -175,6 +175,15 @@ struct ConfigLoaderTests {
         Self.expectError("kv: { resp: 127.0.0.1:6390, threads: 0 }", key: "kv.threads", "1")
     }
 
+    @Test func unsentRepliesAreBoundedBy64KiBUnlessTold() throws {
+        #expect(try Self.parse("kv: { resp: 127.0.0.1:6390 }").kv.notSentLowWaterBytes == 64 << 10)
+        #expect(try Self.parse("kv: { resp: 127.0.0.1:6390, notsent_lowat: 256KiB }").kv.notSentLowWaterBytes == 256 << 10)
+        #expect(try Self.parse("kv: { resp: 127.0.0.1:6390, notsent_lowat: 0 }").kv.notSentLowWaterBytes == nil)
+        Self.expectError("kv: { resp: 127.0.0.1:6390, notsent_lowat: 512B }", key: "kv.notsent_lowat", "512 bytes is out of range", "1KiB to 64MiB")
+        Self.expectError("kv: { resp: 127.0.0.1:6390, notsent_lowat: 128MiB }", key: "kv.notsent_lowat", "out of range")
+        Self.expectError("kv: { resp: 127.0.0.1:6390, notsent_lowat: some }", key: "kv.notsent_lowat")
+    }
+
     @Test func emptyFileGivesDefaults() throws {
         let config = try Self.parse("")
         #expect(config.listen == ListenAddress(host: "127.0.0.1", port: 8080))

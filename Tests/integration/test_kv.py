@@ -439,6 +439,7 @@ def test_config_refuses_unsafe_or_unknown_settings(make_daemon):
                     ("{ password_env: NOT_SET_ANYWHERE }", "NOT_SET_ANYWHERE is not set"), ("{ port: 1 }", "unknown key"),
                     ("{ threads: 0 }", "kv.threads"), ("{ send_buffer: 1KiB }", "out of range"),
                     ("{ send_buffer: lots }", "not a size"), ("{ reply_buffer: 1KiB }", "expected 1MiB to 64GiB"),
+                    ("{ notsent_lowat: 100B }", "100 bytes is out of range (expected 0 to leave it unset, or 1KiB to 64MiB)"),
                     ("{ reply_buffer_total: 2TiB }", "2199023255552 bytes is out of range (expected 1MiB to 1TiB)")):
         d = make_daemon(config("  []", extra=f"kv: {kv}"), start=False)
         out = subprocess.run([str(STRATA), "config", "check", str(d.config_path)], capture_output=True, text=True)
@@ -456,6 +457,50 @@ def test_send_buffer_applies_to_each_connection(make_daemon):
                              capture_output=True, text=True, check=True).stdout
         sizes = [int(m) for m in re.findall(r"\btb(\d+)", out)]
         assert sizes == [expected], (extra, out)
+        r.close()
+        d.stop()
+
+
+def test_a_large_reply_waits_in_the_daemon_not_unsent_in_the_socket(make_daemon):
+    """`kv.notsent_lowat` (default 64 KiB): a client that asks for a 4 MiB value and does not
+    read leaves at most about that much of the reply unsent in the server's socket (`ss -i`
+    notsent; the kernel may overshoot by one packet of up to 64 KiB); the rest waits in the
+    daemon and reaches the client whole once it reads. Set to 0, the socket takes megabytes."""
+    import re
+    import socket
+
+    def notsent(port: int) -> int:
+        out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        return sum(int(m) for m in re.findall(r"\bnotsent:(\d+)", out))
+
+    value = os.urandom(4 << 20)
+    for extra, limit in (("", 64 << 10), (", notsent_lowat: 16KiB", 16 << 10), (", notsent_lowat: 0", None)):
+        d, port = kv_daemon(make_daemon, extra_kv=extra)
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
+        assert r.set("big", value) is True
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+        # Not reading: the client's receive window fills; what the socket holds beyond it is unsent.
+        samples = []
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            samples.append(notsent(port))
+            if limit is None and samples[-1] > 1 << 20:
+                break
+            time.sleep(0.05)
+        if limit is None:
+            assert max(samples) > 1 << 20, (extra, samples[-5:])
+        else:
+            assert 0 < max(samples) <= limit + (64 << 10), (extra, max(samples))
+        got = b""
+        header = f"${len(value)}\r\n".encode()
+        while len(got) < len(header) + len(value) + 2:
+            chunk = s.recv(1 << 20)
+            assert chunk, "the connection closed mid-reply"
+            got += chunk
+        assert got == header + value + b"\r\n", extra
+        s.close()
         r.close()
         d.stop()
 

@@ -75,6 +75,9 @@ public final class RESPServer: Sendable {
         if let bytes = configuration.sendBufferBytes {
             bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: bytes)
         }
+        if let bytes = configuration.notSentLowWaterBytes {
+            bootstrap = bootstrap.childChannelOption(ChannelOptions.tcpOption(.tcpNotSentLowWater), value: SocketOptionValue(bytes))
+        }
         let listener = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         let port = listener.localAddress?.port ?? configuration.port
         let winner: (any Channel)? = state.withLock { state in
@@ -133,4 +136,9 @@ public final class RESPServer: Sendable {
             _ = self?.state.withLock { $0.connections.removeValue(forKey: id) }
         }
     }
+}
+
+extension NIOBSDSocket.Option {
+    /// TCP_NOTSENT_LOWAT (`linux/tcp.h`; NIO names no constant for it).
+    static let tcpNotSentLowWater = NIOBSDSocket.Option(rawValue: 25)
 }

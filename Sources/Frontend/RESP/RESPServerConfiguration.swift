@@ -39,6 +39,18 @@ public struct RESPServerConfiguration: Sendable, Hashable {
     /// size of a larger value it sends, so that one GET reply goes out in one write.
     public var sendBufferBytes: Int?
     public static let defaultSendBufferBytes = 128 * 1024
+    /// TCP_NOTSENT_LOWAT of each connection: the most bytes of replies its socket holds that
+    /// TCP has not sent yet (the kernel's default has no limit); nil: not set. Default 64 KiB.
+    /// A large GET reply goes into the socket only as fast as the client's receive window opens,
+    /// the rest waiting in the connection: each part is sent by the server's own write, at once.
+    /// Without it the socket takes the whole reply (its send buffer raised to fit), and the
+    /// part the window holds back is sent later from within the client's reads, as they
+    /// acknowledge what came before, on the client's CPU: redis-benchmark, which reads a 4 MiB
+    /// reply 16 KiB at a time, spent 3.2 ms of CPU per reply against 1.8 ms with 64 KiB
+    /// (docs/BENCHMARKS.md, session 37). Redis bounds it its own way, writing at most 64 KiB
+    /// per client per turn of its event loop.
+    public var notSentLowWaterBytes: Int?
+    public static let defaultNotSentLowWaterBytes = 64 * 1024
     /// Credentials; empty means no AUTH and every connection uses `defaultNamespace`.
     public var users: [RESPUser]
     /// Tenant namespace of connections when `users` is empty. Default `default`.
@@ -56,6 +68,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         maxConnections: Int = 10_000,
         minStagedValueBytes: Int = 32 * 1024,
         sendBufferBytes: Int? = defaultSendBufferBytes,
+        notSentLowWaterBytes: Int? = defaultNotSentLowWaterBytes,
         users: [RESPUser] = [],
         defaultNamespace: String = "default"
     ) {
@@ -64,6 +77,8 @@ public struct RESPServerConfiguration: Sendable, Hashable {
             && maxTotalQueuedReplyBytes >= 0)
         precondition(minStagedValueBytes >= 0)
         precondition(sendBufferBytes.map { $0 > 0 } ?? true, "sendBufferBytes must be positive (nil: the kernel's default)")
+        precondition(notSentLowWaterBytes.map { $0 > 0 && $0 <= Int(Int32.max) } ?? true,
+                     "notSentLowWaterBytes must be positive and fit 32 bits (nil: not set)")
         self.host = host
         self.port = port
         self.parserLimits = parserLimits
@@ -75,6 +90,7 @@ public struct RESPServerConfiguration: Sendable, Hashable {
         self.maxConnections = maxConnections
         self.minStagedValueBytes = minStagedValueBytes
         self.sendBufferBytes = sendBufferBytes
+        self.notSentLowWaterBytes = notSentLowWaterBytes
         self.users = users
         self.defaultNamespace = defaultNamespace
     }

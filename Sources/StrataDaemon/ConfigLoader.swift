@@ -517,24 +517,17 @@ public enum ConfigLoader {
             }
         }
         reader.each { if let v = map["threads"] { kv.threads = try reader.integer(v, at: "kv.threads", range: 1...256) } }
-        reader.each {
-            if let v = map["send_buffer"] {
-                let bytes = try reader.size(v, at: "kv.send_buffer")
-                guard bytes == 0 || (4096...(64 << 20)).contains(bytes) else {
-                    throw reader.fail("kv.send_buffer", v, "\(bytes) bytes is out of range (expected 0 for the kernel's autotuning, or 4KiB to 64MiB)")
-                }
-                kv.sendBuffer = bytes
+        // Socket options: 0 leaves the kernel's default, else a size in the range.
+        func socketSize(_ key: String, _ range: ClosedRange<UInt64>, zero: String) throws -> UInt64? {
+            guard let v = map[key] else { return nil }
+            let bytes = try reader.size(v, at: "kv.\(key)")
+            guard bytes == 0 || range.contains(bytes) else {
+                throw reader.fail("kv.\(key)", v, "\(bytes) bytes is out of range (expected 0 \(zero), or \(range.lowerBound >> 10)KiB to \(range.upperBound >> 20)MiB)")
             }
+            return bytes
         }
-        reader.each {
-            if let v = map["notsent_lowat"] {
-                let bytes = try reader.size(v, at: "kv.notsent_lowat")
-                guard bytes == 0 || (1024...(64 << 20)).contains(bytes) else {
-                    throw reader.fail("kv.notsent_lowat", v, "\(bytes) bytes is out of range (expected 0 to leave it unset, or 1KiB to 64MiB)")
-                }
-                kv.notSentLowWater = bytes
-            }
-        }
+        reader.each { kv.sendBuffer = try socketSize("send_buffer", 4096...(64 << 20), zero: "for the kernel's autotuning") }
+        reader.each { kv.notSentLowWater = try socketSize("notsent_lowat", 1024...(64 << 20), zero: "to leave it unset") }
         reader.each {
             if let v = map["reply_buffer"] {
                 kv.replyBuffer = try reader.size(v, at: "kv.reply_buffer", range: 1 << 20...(64 << 30), expected: "1MiB to 64GiB")

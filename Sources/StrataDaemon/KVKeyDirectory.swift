@@ -36,3 +36,5 @@ struct KVKeyDirectory<Value>: Sequence, ExpressibleByDictionaryLiteral {
         entries.lazy.map { (key: $0.key.bytes, value: $0.value) }.makeIterator()
     }
 }
+
+extension KVKeyDirectory: Sendable where Value: Sendable {}

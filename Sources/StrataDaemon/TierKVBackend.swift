@@ -53,9 +53,10 @@ final class TierKVBackend: KVBackend, Sendable {
         var lastEvictionWarning: ContinuousClock.Instant?
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
-        /// Per namespace, raised when a FLUSHDB starts and again when its catalog removal is
-        /// done: a durable SET that saw it move while it wrote is ordered before that flush
-        /// (`orderedBeforeFlush`), so the directory never holds a key the catalog lost.
+        /// `cache`: per namespace, raised when a FLUSHDB starts and again when it is done: a SET
+        /// that saw it move while it wrote is ordered before that flush (`orderedBeforeFlush`).
+        /// (`durable` needs none: a FLUSHDB changes the directory when its catalog removal
+        /// commits, in commit order with the writes.)
         var flushEpochs: [String: UInt64] = [:]
 
         mutating func takeVersion() -> UInt64 {
@@ -148,11 +149,20 @@ final class TierKVBackend: KVBackend, Sendable {
         apply: @escaping @Sendable () -> Applied
     ) async throws -> Applied {
         guard durable else { return apply() }
-        let applied = Mutex<Applied?>(nil)
-        try await store.nvme.putKVRecords(entries.map {
+        let records = entries.map {
             KVRecord(namespace: namespace, key: $0.key, version: $0.entry.version, size: $0.entry.size,
                      expiresAt: $0.entry.expiresAt?.unixMilliseconds, sequence: $0.entry.sequence)
-        }) {
+        }
+        return try await Self.inCommitOrder({ try await store.nvme.putKVRecords(records, committed: $0) }, apply)
+    }
+
+    /// Runs `commit`, which hands the closure it is given to the catalog to run once committed
+    /// (in commit order), with `apply` as that closure, and returns what `apply` returned.
+    private static func inCommitOrder<Applied: Sendable>(
+        _ commit: (@escaping @Sendable () -> Void) async throws -> Void, _ apply: @escaping @Sendable () -> Applied
+    ) async throws -> Applied {
+        let applied = Mutex<Applied?>(nil)
+        try await commit {
             let outcome = apply()
             applied.withLock { $0 = outcome }
         }
@@ -909,7 +919,11 @@ final class TierKVBackend: KVBackend, Sendable {
             let parts = blocks.count
             outcome = try await persist(namespace, [(name, entry)], in: store) {
                 self.state.withLock { state -> (flushed: Bool, replaced: Entry?) in
-                    guard state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
+                    guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
+                    var entry = entry
+                    // Two SETs of a new key at once took a sequence each: the first applied
+                    // keeps the key's place in SCAN order.
+                    if let existing = state.namespaces[namespace]?[name] { entry.sequence = existing.sequence }
                     state.own(namespace, name, version: entry.version)
                     state.ownRest(namespace, name, version: entry.version, parts: parts)
                     return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
@@ -920,22 +934,16 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
         if outcome.flushed {
-            await orderedBeforeFlush(namespace, [(name, entry)], blocks: blocks.map(\.key), in: store)
+            await orderedBeforeFlush(blocks.map(\.key), in: store)
         } else if let replaced = outcome.replaced {
             reap(namespace, name, replaced, from: store)
         }
         return true
     }
 
-    /// Writes that a FLUSHDB overlapped (it ran between their start and their directory
-    /// update): they count as done before it, so they go as it took everything else. The flush
-    /// may or may not have removed their records (it depends on which commit came first); they
-    /// are removed here either way, then their blocks.
-    private func orderedBeforeFlush(_ namespace: String, _ entries: [(key: [UInt8], entry: Entry)], blocks: [BlockKey],
-                                    in store: BlockStore) async {
-        if durable {
-            try? await store.nvme.removeKVRecords(entries.map { KVRecordVersion(namespace: namespace, key: $0.key, version: $0.entry.version) })
-        }
+    /// `cache`: writes that a FLUSHDB overlapped (it ran between their start and their directory
+    /// update) count as done before it, so their blocks go as it took everything else.
+    private func orderedBeforeFlush(_ blocks: [BlockKey], in store: BlockStore) async {
         for key in blocks { await store.remove(key) }
     }
 
@@ -1021,11 +1029,13 @@ final class TierKVBackend: KVBackend, Sendable {
             let partBytes = self.partBytes
             replaced = try await persist(namespace, entries, in: store) {
                 self.state.withLock { state -> [Entry?]? in
-                    guard state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
-                    return entries.map {
-                        state.own(namespace, $0.key, version: $0.entry.version)
-                        state.ownRest(namespace, $0.key, version: $0.entry.version, parts: Self.parts($0.entry.size, of: partBytes))
-                        return state.namespaces[namespace, default: [:]].updateValue($0.entry, forKey: $0.key)
+                    guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
+                    return entries.map { key, entry in
+                        var entry = entry
+                        if let existing = state.namespaces[namespace]?[key] { entry.sequence = existing.sequence }   // (as for SET)
+                        state.own(namespace, key, version: entry.version)
+                        state.ownRest(namespace, key, version: entry.version, parts: Self.parts(entry.size, of: partBytes))
+                        return state.namespaces[namespace, default: [:]].updateValue(entry, forKey: key)
                     }
                 }
             }
@@ -1034,7 +1044,7 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
         }
         guard let replaced else {
-            await orderedBeforeFlush(namespace, entries, blocks: blocks.map(\.0), in: store)
+            await orderedBeforeFlush(blocks.map(\.0), in: store)
             return
         }
         for (item, old) in zip(entries, replaced) {
@@ -1103,13 +1113,22 @@ final class TierKVBackend: KVBackend, Sendable {
 
     func flush(namespace: String) async throws {
         let store = try await store()
+        if durable {
+            // The directory is emptied when the catalog commits the removal, in order with the
+            // writes' own commits (`persist`): a write committed before it is removed with the
+            // rest, one committed after it stays, in the directory as in the catalog.
+            let entries = try await Self.inCommitOrder({ try await store.nvme.removeKVNamespace(namespace, committed: $0) }) {
+                self.state.withLock { $0.namespaces.removeValue(forKey: namespace) }
+            }
+            for (name, entry) in entries ?? [:] { reap(namespace, name, entry, from: store) }
+            return
+        }
         let entries = state.withLock { state in
             state.flushEpochs[namespace, default: 0] += 1
             return state.namespaces.removeValue(forKey: namespace)
         }
         defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
         guard let entries else { return }
-        if durable { try await store.nvme.removeKVNamespace(namespace) }
         for (name, entry) in entries { reap(namespace, name, entry, from: store) }
     }
 

@@ -77,8 +77,8 @@ final class MemoryCatalog: Catalog, Sendable {
         }
     }
 
-    func removeKVNamespace(_ namespace: String) async throws {
-        try commit { $0.kv = $0.kv.filter { $0.value.namespace != namespace } }
+    func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws {
+        try commit({ $0.kv = $0.kv.filter { $0.value.namespace != namespace } }, then: committed)
     }
 
     struct CommitFailed: Error {}

@@ -998,6 +998,52 @@ def test_durable_msets_past_the_budget_evict_old_values_and_never_wedge(make_dae
     assert len(lines) == 1 and "tiers.nvme.budget" in lines[0], lines
 
 
+def test_a_flushdb_between_two_sets_of_a_key_leaves_the_last_committed_after_sigkill(make_daemon):
+    """A large durable SET of a key under way, then FLUSHDB, then a small SET of the same key,
+    which commits first: whichever of the two the directory keeps, the catalog keeps too, so
+    the key reads the same after a SIGKILL and restart (it was lost when the large SET, ordered
+    before the flush, took its record away from under the small one)."""
+    import signal
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    keys = [f"f{i}" for i in range(4)]
+    large = {key: os.urandom(20 << 20) for key in keys}
+    small = {key: f"small {key}".encode() for key in keys}
+    errors = []
+
+    def large_set(key):
+        try:
+            c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+            assert c.set(key, large[key]) is True
+        except Exception as error:   # noqa: BLE001 (reported below)
+            errors.append(repr(error))
+
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    for round_, delay in enumerate((0.01, 0.02, 0.04, 0.06, 0.08, 0.1)):
+        threads = [threading.Thread(target=large_set, args=(key,)) for key in keys]
+        for t in threads:
+            t.start()
+        time.sleep(delay)
+        assert r.flushdb() is True
+        for key in keys:
+            assert r.set(key, small[key]) is True
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[:3]
+        before = {key: r.get(key) for key in keys}
+        for key, value in before.items():
+            assert value in (small[key], large[key]), (key, (value or b"")[:20])
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        d.start()
+        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        after = {key: r.get(key) for key in keys}
+        lost = [key for key in keys if after[key] != before[key]]
+        assert not lost, (delay, [(key, len(before[key] or b""), len(after[key] or b"")) for key in lost])
+        assert r.dbsize() == len(keys)
+
+
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")

@@ -559,7 +559,10 @@ final class RESPConnectionHandler: ChannelDuplexHandler {
     /// ahead of a client (see `RESPServerConfiguration.sendBufferBytes`), but cut each 1 MiB GET
     /// into four or five writes, most of it copied once more to wait in the channel, with a wait
     /// for the client between them: 1.6 times the server CPU of the same GETs with the buffer
-    /// autotuned (docs/BENCHMARKS.md, session 24). It only grows, once per larger value.
+    /// autotuned (docs/BENCHMARKS.md, session 24). It only grows, once per larger value. With
+    /// TCP_NOTSENT_LOWAT set (`RESPServerConfiguration.notSentLowWaterBytes`) the socket takes
+    /// only what the client's window lets TCP send plus that limit; the raised buffer still lets
+    /// that much be in flight.
     private func fitSendBuffer(_ bytes: Int, socket: NIOBSDSocket.Handle) {
         guard let current = sendBuffer, bytes > current else { return }
         var value = CInt(clamping: bytes)

@@ -51,7 +51,8 @@ final class BlockCatalog: @unchecked Sendable {
     private var pendingDeletes: [BlockKey] = []
     private var droppedSegments: [Int] = []
     private var pendingKV: [KVChange] = []
-    /// `putKV`'s closures, in the order their changes were queued: run after the commit.
+    /// `putKV`'s and `removeKVNamespace`'s closures, in the order their changes were queued:
+    /// run after the commit.
     private var kvCommitted: [@Sendable () -> Void] = []
     private var waiters: [CheckedContinuation<Void, any Error>] = []
     private var flushScheduled = false
@@ -130,8 +131,8 @@ final class BlockCatalog: @unchecked Sendable {
         try await commitKV(records.map { .remove(namespace: $0.namespace, keyHex: $0.keyHex, version: $0.version) })
     }
 
-    func removeKVNamespace(_ namespace: String) async throws {
-        try await commitKV([.removeNamespace(namespace)])
+    func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws {
+        try await commitKV([.removeNamespace(namespace)], committed: committed)
     }
 
     /// A change to the key directory, applied in the order queued.

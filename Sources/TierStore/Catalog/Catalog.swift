@@ -29,11 +29,14 @@ protocol Catalog: Sendable {
     /// Removes each key's record if it still names the version given (a newer write's record
     /// stays), in one commit.
     func removeKV(_ records: [KVRecordVersion]) async throws
-    func removeKVNamespace(_ namespace: String) async throws
+    /// Removes every record of the namespace in one commit; then `committed`, in commit order
+    /// with `putKV`'s closures.
+    func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws
 }
 
 extension Catalog {
     func putKV(_ records: [KVRecord]) async throws { try await putKV(records, committed: {}) }
+    func removeKVNamespace(_ namespace: String) async throws { try await removeKVNamespace(namespace, committed: {}) }
 }
 
 extension BlockCatalog: Catalog {}

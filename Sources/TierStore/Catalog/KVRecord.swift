@@ -79,6 +79,9 @@ extension SegmentLog {
         try await catalog.removeKV(records)
     }
 
-    /// Removes every record of a namespace (committed before returning).
-    public nonisolated func removeKVNamespace(_ namespace: String) async throws { try await catalog.removeKVNamespace(namespace) }
+    /// Removes every record of a namespace (committed before returning); `committed` runs once
+    /// that is, in the order of the commits (`Catalog.putKV`).
+    public nonisolated func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void = {}) async throws {
+        try await catalog.removeKVNamespace(namespace, committed: committed)
+    }
 }

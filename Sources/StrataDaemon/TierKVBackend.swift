@@ -53,10 +53,11 @@ final class TierKVBackend: KVBackend, Sendable {
         var lastEvictionWarning: ContinuousClock.Instant?
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
-        /// `cache`: per namespace, raised when a FLUSHDB starts and again when it is done: a SET
-        /// that saw it move while it wrote is ordered before that flush (`orderedBeforeFlush`).
-        /// (`durable` needs none: a FLUSHDB changes the directory when its catalog removal
-        /// commits, in commit order with the writes.)
+        /// Per namespace, raised when a FLUSHDB starts and again when it is done: a SET that saw
+        /// it move while it wrote is ordered before that flush (`orderedBeforeFlush`); `durable`,
+        /// only a SET that read the key first (NX, XX, KEEPTTL: its condition held before the
+        /// flush), as a durable FLUSHDB changes the directory when its catalog removal commits,
+        /// in commit order with the plain SETs'.
         var flushEpochs: [String: UInt64] = [:]
 
         mutating func takeVersion() -> UInt64 {
@@ -868,7 +869,7 @@ final class TierKVBackend: KVBackend, Sendable {
     ) async throws -> Bool {
         guard durable else { return try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry) }
         // (A write that reads the key before it writes holds it alone; plain SETs share it.)
-        let mode: KeyWriteLocks.Mode = condition == .always && expiry != .keep ? .shared : .alone
+        let mode: KeyWriteLocks.Mode = condition != .always || expiry == .keep ? .alone : .shared
         return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))], mode) {
             try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
         }
@@ -879,6 +880,9 @@ final class TierKVBackend: KVBackend, Sendable {
     ) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
+        // (Taken before the key is read: a FLUSHDB from here on counts as after the read.)
+        let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }
+        let readsKey = condition != .always || expiry == .keep
         let existing = await live(namespace, name)
         switch condition {
         case .always: break
@@ -892,7 +896,7 @@ final class TierKVBackend: KVBackend, Sendable {
         case .at(let deadline): deadline
         }
         try await refuseIfTooLarge(size, for: store)
-        let (version, epoch) = state.withLock { ($0.takeVersion(), $0.flushEpochs[namespace] ?? 0) }
+        let version = state.withLock { $0.takeVersion() }
         let blocks = self.blocks(namespace, name, version: version, parts: parts)
         var written = 0
         do {
@@ -919,7 +923,7 @@ final class TierKVBackend: KVBackend, Sendable {
             let parts = blocks.count
             outcome = try await persist(namespace, [(name, entry)], in: store) {
                 self.state.withLock { state -> (flushed: Bool, replaced: Entry?) in
-                    guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
+                    guard (self.durable && !readsKey) || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
                     var entry = entry
                     // Two SETs of a new key at once took a sequence each: the first applied
                     // keeps the key's place in SCAN order.
@@ -934,16 +938,22 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
         if outcome.flushed {
-            await orderedBeforeFlush(blocks.map(\.key), in: store)
+            await orderedBeforeFlush(durable ? [(name, entry)] : [], namespace, blocks.map(\.key), in: store)
         } else if let replaced = outcome.replaced {
             reap(namespace, name, replaced, from: store)
         }
         return true
     }
 
-    /// `cache`: writes that a FLUSHDB overlapped (it ran between their start and their directory
-    /// update) count as done before it, so their blocks go as it took everything else.
-    private func orderedBeforeFlush(_ blocks: [BlockKey], in store: BlockStore) async {
+    /// Writes that a FLUSHDB overlapped (it ran between their start and their directory update;
+    /// `durable`: a SET that read the key first) count as done before it, so they go as it took
+    /// everything else: their records (which the flush may or may not have removed, by which
+    /// commit came first), then their blocks.
+    private func orderedBeforeFlush(_ entries: [(key: [UInt8], entry: Entry)], _ namespace: String, _ blocks: [BlockKey],
+                                    in store: BlockStore) async {
+        if !entries.isEmpty {
+            try? await store.nvme.removeKVRecords(entries.map { KVRecordVersion(namespace: namespace, key: $0.key, version: $0.entry.version) })
+        }
         for key in blocks { await store.remove(key) }
     }
 
@@ -1044,7 +1054,7 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
         }
         guard let replaced else {
-            await orderedBeforeFlush(blocks.map(\.0), in: store)
+            await orderedBeforeFlush([], namespace, blocks.map(\.0), in: store)   // (`cache` only)
             return
         }
         for (item, old) in zip(entries, replaced) {
@@ -1090,15 +1100,26 @@ final class TierKVBackend: KVBackend, Sendable {
     private func changeExpiry(_ namespace: String, _ key: ByteBuffer, at deadline: KVTimestamp?) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
-        guard await live(namespace, name) != nil else { return false }
-        let (entry, changed) = state.withLock { state -> (Entry?, Bool) in
-            // PERSIST of a key with no expiry changes nothing and answers 0, as in Redis.
-            guard deadline != nil || state.namespaces[namespace]?[name]?.expiresAt != nil else { return (nil, false) }
-            state.namespaces[namespace]?[name]?.expiresAt = deadline
-            return (state.namespaces[namespace]?[name], true)
+        guard let entry = await live(namespace, name) else { return false }
+        // PERSIST of a key with no expiry changes nothing and answers 0, as in Redis.
+        guard deadline != nil || entry.expiresAt != nil else { return false }
+        let change: @Sendable () -> Bool = {
+            self.state.withLock { state in
+                guard state.namespaces[namespace]?[name]?.version == entry.version else { return false }
+                state.namespaces[namespace]?[name]?.expiresAt = deadline
+                return true
+            }
         }
+        // Durable: the record's expiry changes only while it names this version, and the entry's
+        // when that commits, so an EXPIRE racing a FLUSHDB, DEL or eviction of the key never
+        // brings back a record they removed. A key removed meanwhile answers 0.
+        let changed = durable
+            ? try await Self.inCommitOrder({
+                try await store.nvme.setKVExpiry(KVRecordVersion(namespace: namespace, key: name, version: entry.version),
+                                                 expiresAt: deadline?.unixMilliseconds, committed: $0)
+            }, change)
+            : change()
         guard changed else { return false }
-        if let entry { try await persist(namespace, name, entry, in: store) }
         if let deadline, deadline <= now() { _ = await live(namespace, name) }
         return true
     }
@@ -1113,21 +1134,20 @@ final class TierKVBackend: KVBackend, Sendable {
 
     func flush(namespace: String) async throws {
         let store = try await store()
+        state.withLock { $0.flushEpochs[namespace, default: 0] += 1 }
+        defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
         if durable {
             // The directory is emptied when the catalog commits the removal, in order with the
-            // writes' own commits (`persist`): a write committed before it is removed with the
-            // rest, one committed after it stays, in the directory as in the catalog.
+            // writes' own commits (`persist`): a plain SET committed before it is removed with
+            // the rest, one committed after it stays, in the directory as in the catalog. (A
+            // write that read the key first goes by the epochs, as in `cache`: `write`.)
             let entries = try await Self.inCommitOrder({ try await store.nvme.removeKVNamespace(namespace, committed: $0) }) {
                 self.state.withLock { $0.namespaces.removeValue(forKey: namespace) }
             }
             for (name, entry) in entries ?? [:] { reap(namespace, name, entry, from: store) }
             return
         }
-        let entries = state.withLock { state in
-            state.flushEpochs[namespace, default: 0] += 1
-            return state.namespaces.removeValue(forKey: namespace)
-        }
-        defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
+        let entries = state.withLock { $0.namespaces.removeValue(forKey: namespace) }
         guard let entries else { return }
         for (name, entry) in entries { reap(namespace, name, entry, from: store) }
     }

@@ -68,7 +68,7 @@ struct CodecAndMigrationTests {
 
     /// The KV service's key records go through the catalog's batches: what a sequence of puts
     /// and removals leaves is what a reopened catalog loads, every key byte intact (keys are
-    /// stored as hex), and concurrent puts all commit.
+    /// stored as hex), an expiry set only on the version named, and concurrent puts all commit.
     @Test func keyRecordsCommitInOrderWithEveryKeyByte() async throws {
         let dir = SegmentLogTests.directory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -89,6 +89,11 @@ struct CodecAndMigrationTests {
                                         KVRecordVersion(namespace: "a", key: [1], version: 2)])
             try await catalog.putKV([KVRecord(namespace: "b", key: [3], version: 5, size: 50, expiresAt: nil, sequence: 4)])
             try await catalog.removeKVNamespace("b")
+            // an expiry changes the record that names that version, and creates none
+            try await catalog.setKVExpiry(KVRecordVersion(namespace: "a", key: every, version: 1), expiresAt: 9_000) {}
+            try await catalog.setKVExpiry(KVRecordVersion(namespace: "a", key: [1], version: 2), expiresAt: 7_000) {}
+            try await catalog.setKVExpiry(KVRecordVersion(namespace: "a", key: [2], version: 4), expiresAt: 7_000) {}
+            try await catalog.setKVExpiry(KVRecordVersion(namespace: "b", key: [3], version: 5), expiresAt: 7_000) {}
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for n in 0..<64 {
                     group.addTask {
@@ -102,7 +107,7 @@ struct CodecAndMigrationTests {
         let loaded = try BlockCatalog(path: path).loadKV()
         let byKey = Dictionary(uniqueKeysWithValues: loaded.map { ("\($0.namespace)/\($0.key)", $0) })
         #expect(loaded.count == 2 + 64)
-        #expect(byKey["a/\(every)"] == KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: nil, sequence: 1))
+        #expect(byKey["a/\(every)"] == KVRecord(namespace: "a", key: every, version: 1, size: 10, expiresAt: 9_000, sequence: 1))
         #expect(byKey["a/[1]"] == KVRecord(namespace: "a", key: [1], version: 3, size: 30, expiresAt: nil, sequence: 2))
         #expect(byKey["a/[2]"] == nil && !loaded.contains { $0.namespace == "b" })
         #expect(loaded.filter { $0.namespace == "c" }.map(\.size).sorted() == Array(0..<64))

@@ -77,6 +77,13 @@ final class MemoryCatalog: Catalog, Sendable {
         }
     }
 
+    func setKVExpiry(_ record: KVRecordVersion, expiresAt: Int64?, committed: @escaping @Sendable () -> Void) async throws {
+        try commit({ state in
+            let key = "\(record.namespace)\0\(record.keyHex)"
+            if state.kv[key]?.version == record.version { state.kv[key]?.expiresAt = expiresAt }
+        }, then: committed)
+    }
+
     func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws {
         try commit({ $0.kv = $0.kv.filter { $0.value.namespace != namespace } }, then: committed)
     }

@@ -1044,6 +1044,58 @@ def test_a_flushdb_between_two_sets_of_a_key_leaves_the_last_committed_after_sig
         assert r.dbsize() == len(keys)
 
 
+def test_writes_that_read_the_key_racing_flushdb_never_bring_a_key_back(make_daemon):
+    """EXPIRE, SET XX and SET KEEPTTL of keys that exist, from several clients, while FLUSHDB
+    runs: each lands wholly before the flush (and goes with it) or after it (and finds no key),
+    so nothing is left, before a SIGKILL and restart or after (an EXPIRE wrote the key's whole
+    record back after the flush removed it; a SET XX that read the key before the flush wrote
+    it after)."""
+    import signal
+    import threading
+    d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    for round_ in range(3):
+        keys = [f"x{round_}-{i}" for i in range(120)]
+        for key in keys:
+            assert r.set(key, b"v" * 1000) is True
+        errors, start = [], threading.Barrier(5)
+
+        def writer(w):
+            try:
+                c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+                start.wait(20)
+                for i, key in enumerate(keys[w::4]):
+                    kind = (i + w) % 3
+                    if kind == 0:
+                        c.expire(key, 1000)
+                    elif kind == 1:
+                        c.set(key, os.urandom(256 << 10), xx=True)
+                    else:
+                        c.set(key, os.urandom(256 << 10), keepttl=True, xx=True)
+            except Exception as error:   # noqa: BLE001 (reported below)
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        start.wait(20)
+        time.sleep(0.01 * (round_ + 1))
+        assert r.flushdb() is True
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+        assert not errors, errors[:3]
+        left = sorted(r.scan_iter(count=1000))
+        assert left == [], left[:5]
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        d.start()
+        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        back = sorted(r.scan_iter(count=1000))
+        assert back == [] and r.dbsize() == 0, (round_, len(back), back[:5])
+
+
 def test_durable_set_nx_lets_exactly_one_of_two_racing_writers_win(make_daemon):
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")

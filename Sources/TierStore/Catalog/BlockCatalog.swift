@@ -131,6 +131,11 @@ final class BlockCatalog: @unchecked Sendable {
         try await commitKV(records.map { .remove(namespace: $0.namespace, keyHex: $0.keyHex, version: $0.version) })
     }
 
+    func setKVExpiry(_ record: KVRecordVersion, expiresAt: Int64?, committed: @escaping @Sendable () -> Void) async throws {
+        try await commitKV([.setExpiry(namespace: record.namespace, keyHex: record.keyHex, version: record.version, expiresAt: expiresAt)],
+                           committed: committed)
+    }
+
     func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws {
         try await commitKV([.removeNamespace(namespace)], committed: committed)
     }
@@ -142,6 +147,8 @@ final class BlockCatalog: @unchecked Sendable {
         /// the key (a DEL racing a SET) leaves that write's record alone.
         case remove(namespace: String, keyHex: String, version: UInt64)
         case removeNamespace(String)
+        /// Only while the record names this version; never creates one.
+        case setExpiry(namespace: String, keyHex: String, version: UInt64, expiresAt: Int64?)
     }
 
     /// Queues the changes, in order and together (one commit holds all of them), and returns
@@ -271,6 +278,9 @@ final class BlockCatalog: @unchecked Sendable {
                                  rows: [[namespace, keyHex, Int64(bitPattern: version)]])
             case .removeNamespace(let namespace):
                 try database.run("DELETE FROM kv WHERE namespace = ?1", rows: [[namespace]])
+            case .setExpiry(let namespace, let keyHex, let version, let expiresAt):
+                try database.run("UPDATE kv SET expires_at = ?1 WHERE namespace = ?2 AND key = ?3 AND version = ?4",
+                                 rows: [[expiresAt ?? 0, namespace, keyHex, Int64(bitPattern: version)]])
             }
         }
     }

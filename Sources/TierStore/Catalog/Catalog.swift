@@ -29,6 +29,10 @@ protocol Catalog: Sendable {
     /// Removes each key's record if it still names the version given (a newer write's record
     /// stays), in one commit.
     func removeKV(_ records: [KVRecordVersion]) async throws
+    /// Sets the expiry (Unix ms; nil: none) of the key's record if it still names the version
+    /// given, and never creates one (a key removed meanwhile stays removed), in one commit; then
+    /// `committed`, in commit order with `putKV`'s closures.
+    func setKVExpiry(_ record: KVRecordVersion, expiresAt: Int64?, committed: @escaping @Sendable () -> Void) async throws
     /// Removes every record of the namespace in one commit; then `committed`, in commit order
     /// with `putKV`'s closures.
     func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void) async throws

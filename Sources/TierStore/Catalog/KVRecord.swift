@@ -79,6 +79,15 @@ extension SegmentLog {
         try await catalog.removeKV(records)
     }
 
+    /// Sets the expiry (Unix ms; nil: none) of the key's record if it still names the version
+    /// given, never creating one (committed before returning); then `committed`, in the order of
+    /// the commits.
+    public nonisolated func setKVExpiry(
+        _ record: KVRecordVersion, expiresAt: Int64?, committed: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        try await catalog.setKVExpiry(record, expiresAt: expiresAt, committed: committed)
+    }
+
     /// Removes every record of a namespace (committed before returning); `committed` runs once
     /// that is, in the order of the commits (`Catalog.putKV`).
     public nonisolated func removeKVNamespace(_ namespace: String, committed: @escaping @Sendable () -> Void = {}) async throws {

@@ -53,11 +53,11 @@ final class TierKVBackend: KVBackend, Sendable {
         var lastEvictionWarning: ContinuousClock.Instant?
         /// The block store once open (and, `durable`, the directory loaded): asked of the tier service once, not on every command.
         var opened: BlockStore?
-        /// Per namespace, raised when a FLUSHDB starts and again when it is done: a SET that saw
-        /// it move while it wrote is ordered before that flush (`orderedBeforeFlush`); `durable`,
-        /// only a SET that read the key first (NX, XX, KEEPTTL: its condition held before the
-        /// flush), as a durable FLUSHDB changes the directory when its catalog removal commits,
-        /// in commit order with the plain SETs'.
+        /// `cache`: per namespace, raised when a FLUSHDB starts and again when it is done: a SET
+        /// that saw it move while it wrote is ordered before that flush (`orderedBeforeFlush`).
+        /// (`durable` needs none: a FLUSHDB changes the directory when its catalog removal
+        /// commits, in commit order with the writes, and a SET that reads its key first waits
+        /// for it, `flushing`.)
         var flushEpochs: [String: UInt64] = [:]
 
         mutating func takeVersion() -> UInt64 {
@@ -104,6 +104,10 @@ final class TierKVBackend: KVBackend, Sendable {
     private let reaperStream: Mutex<AsyncStream<BlockKey>?>
     /// `durable`: plain SETs of a key at once, other writes of it alone (`KeyWriteLocks`).
     private let writing = KeyWriteLocks()
+    /// `durable`: per namespace (`name` empty), a FLUSHDB alone, SETs that read their key first
+    /// (NX, XX, KEEPTTL) shared: such a SET never overlaps a FLUSHDB, whose condition it could
+    /// have read before the flush and written after it.
+    private let flushing = KeyWriteLocks()
 
     /// A value is stored in parts of this many bytes (the last one shorter).
     static let defaultPartBytes = 4 << 20
@@ -869,9 +873,17 @@ final class TierKVBackend: KVBackend, Sendable {
     ) async throws -> Bool {
         guard durable else { return try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry) }
         // (A write that reads the key before it writes holds it alone; plain SETs share it.)
-        let mode: KeyWriteLocks.Mode = condition != .always || expiry == .keep ? .alone : .shared
-        return try await writing.withLocks([.init(namespace: namespace, name: Array(key.readableBytesView))], mode) {
-            try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
+        let readsKey = condition != .always || expiry == .keep
+        let keyLock = KeyWriteLocks.Key(namespace: namespace, name: Array(key.readableBytesView))
+        guard readsKey else {
+            return try await writing.withLocks([keyLock], .shared) {
+                try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
+            }
+        }
+        return try await flushing.withLocks([.init(namespace: namespace, name: [])], .shared) {
+            try await writing.withLocks([keyLock], .alone) {
+                try await write(namespace, key, size: size, parts: parts, condition: condition, expiry: expiry)
+            }
         }
     }
 
@@ -880,9 +892,7 @@ final class TierKVBackend: KVBackend, Sendable {
     ) async throws -> Bool {
         let name = Array(key.readableBytesView)
         let store = try await store()
-        // (Taken before the key is read: a FLUSHDB from here on counts as after the read.)
-        let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }
-        let readsKey = condition != .always || expiry == .keep
+        let epoch = state.withLock { $0.flushEpochs[namespace] ?? 0 }   // (`cache`)
         let existing = await live(namespace, name)
         switch condition {
         case .always: break
@@ -923,7 +933,8 @@ final class TierKVBackend: KVBackend, Sendable {
             let parts = blocks.count
             outcome = try await persist(namespace, [(name, entry)], in: store) {
                 self.state.withLock { state -> (flushed: Bool, replaced: Entry?) in
-                    guard (self.durable && !readsKey) || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
+                    // (`durable`: in commit order with a FLUSHDB's own change, `flush`.)
+                    guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
                     var entry = entry
                     // Two SETs of a new key at once took a sequence each: the first applied
                     // keeps the key's place in SCAN order.
@@ -938,22 +949,16 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(String(decoding: name, as: UTF8.self)) in the catalog: \(error)")
         }
         if outcome.flushed {
-            await orderedBeforeFlush(durable ? [(name, entry)] : [], namespace, blocks.map(\.key), in: store)
+            await orderedBeforeFlush(blocks.map(\.key), in: store)
         } else if let replaced = outcome.replaced {
             reap(namespace, name, replaced, from: store)
         }
         return true
     }
 
-    /// Writes that a FLUSHDB overlapped (it ran between their start and their directory update;
-    /// `durable`: a SET that read the key first) count as done before it, so they go as it took
-    /// everything else: their records (which the flush may or may not have removed, by which
-    /// commit came first), then their blocks.
-    private func orderedBeforeFlush(_ entries: [(key: [UInt8], entry: Entry)], _ namespace: String, _ blocks: [BlockKey],
-                                    in store: BlockStore) async {
-        if !entries.isEmpty {
-            try? await store.nvme.removeKVRecords(entries.map { KVRecordVersion(namespace: namespace, key: $0.key, version: $0.entry.version) })
-        }
+    /// `cache`: writes that a FLUSHDB overlapped (it ran between their start and their directory
+    /// update) count as done before it, so their blocks go as it took everything else.
+    private func orderedBeforeFlush(_ blocks: [BlockKey], in store: BlockStore) async {
         for key in blocks { await store.remove(key) }
     }
 
@@ -1054,7 +1059,7 @@ final class TierKVBackend: KVBackend, Sendable {
             throw KVBackendError(.unavailable, "cannot record \(pairs.count) keys in the catalog: \(error)")
         }
         guard let replaced else {
-            await orderedBeforeFlush([], namespace, blocks.map(\.0), in: store)   // (`cache` only)
+            await orderedBeforeFlush(blocks.map(\.0), in: store)
             return
         }
         for (item, old) in zip(entries, replaced) {
@@ -1105,7 +1110,8 @@ final class TierKVBackend: KVBackend, Sendable {
         guard deadline != nil || entry.expiresAt != nil else { return false }
         let change: @Sendable () -> Bool = {
             self.state.withLock { state in
-                guard state.namespaces[namespace]?[name]?.version == entry.version else { return false }
+                // (`cache`: whichever value the key holds now.)
+                guard let now = state.namespaces[namespace]?[name], now.version == entry.version || !self.durable else { return false }
                 state.namespaces[namespace]?[name]?.expiresAt = deadline
                 return true
             }
@@ -1134,20 +1140,24 @@ final class TierKVBackend: KVBackend, Sendable {
 
     func flush(namespace: String) async throws {
         let store = try await store()
-        state.withLock { $0.flushEpochs[namespace, default: 0] += 1 }
-        defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
         if durable {
             // The directory is emptied when the catalog commits the removal, in order with the
-            // writes' own commits (`persist`): a plain SET committed before it is removed with
-            // the rest, one committed after it stays, in the directory as in the catalog. (A
-            // write that read the key first goes by the epochs, as in `cache`: `write`.)
-            let entries = try await Self.inCommitOrder({ try await store.nvme.removeKVNamespace(namespace, committed: $0) }) {
-                self.state.withLock { $0.namespaces.removeValue(forKey: namespace) }
+            // writes' own commits (`persist`): a SET committed before it is removed with the rest,
+            // one committed after it stays, in the directory as in the catalog. A SET that reads
+            // its key first is not under way meanwhile (`flushing`).
+            let entries = try await flushing.withLocks([.init(namespace: namespace, name: [])], .alone) {
+                try await Self.inCommitOrder({ try await store.nvme.removeKVNamespace(namespace, committed: $0) }) {
+                    self.state.withLock { $0.namespaces.removeValue(forKey: namespace) }
+                }
             }
             for (name, entry) in entries ?? [:] { reap(namespace, name, entry, from: store) }
             return
         }
-        let entries = state.withLock { $0.namespaces.removeValue(forKey: namespace) }
+        let entries = state.withLock { state in
+            state.flushEpochs[namespace, default: 0] += 1
+            return state.namespaces.removeValue(forKey: namespace)
+        }
+        defer { state.withLock { $0.flushEpochs[namespace, default: 0] += 1 } }
         guard let entries else { return }
         for (name, entry) in entries { reap(namespace, name, entry, from: store) }
     }

@@ -142,10 +142,6 @@ final class TierKVBackend: KVBackend, Sendable {
         }
     }
 
-    private func persist(_ namespace: String, _ key: [UInt8], _ entry: Entry, in store: BlockStore) async throws {
-        try await persist(namespace, [(key, entry)], in: store) {}
-    }
-
     /// `durable`: the keys' records, in order, committed together; then `apply` (the directory's
     /// change), run in the catalog's commit order (`Catalog.putKV`), so of two writes of a key at
     /// once the directory keeps the one the catalog keeps. `cache`: `apply` at once.

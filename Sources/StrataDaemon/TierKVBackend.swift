@@ -82,6 +82,17 @@ final class TierKVBackend: KVBackend, Sendable {
             }
         }
 
+        /// Makes `entry`, a value just written in `parts` blocks, the key's; returns the entry it
+        /// replaced. Two writes of a new key at once took a sequence each: the key keeps the one
+        /// applied first, its place in SCAN order.
+        mutating func install(_ entry: Entry, for name: [UInt8], in namespace: String, parts: Int) -> Entry? {
+            var entry = entry
+            if let existing = namespaces[namespace]?[name] { entry.sequence = existing.sequence }
+            own(namespace, name, version: entry.version)
+            ownRest(namespace, name, version: entry.version, parts: parts)
+            return namespaces[namespace, default: [:]].updateValue(entry, forKey: name)
+        }
+
         mutating func sequence(for namespace: String, _ key: [UInt8]) -> UInt64 {
             Self.sequence(continuing: namespaces[namespace]?[key], next: &nextSequence)
         }
@@ -931,13 +942,7 @@ final class TierKVBackend: KVBackend, Sendable {
                 self.state.withLock { state -> (flushed: Bool, replaced: Entry?) in
                     // (`durable`: in commit order with a FLUSHDB's own change, `flush`.)
                     guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return (true, nil) }
-                    var entry = entry
-                    // Two SETs of a new key at once took a sequence each: the first applied
-                    // keeps the key's place in SCAN order.
-                    if let existing = state.namespaces[namespace]?[name] { entry.sequence = existing.sequence }
-                    state.own(namespace, name, version: entry.version)
-                    state.ownRest(namespace, name, version: entry.version, parts: parts)
-                    return (false, state.namespaces[namespace, default: [:]].updateValue(entry, forKey: name))
+                    return (false, state.install(entry, for: name, in: namespace, parts: parts))
                 }
             }
         } catch {
@@ -1041,13 +1046,7 @@ final class TierKVBackend: KVBackend, Sendable {
             replaced = try await persist(namespace, entries, in: store) {
                 self.state.withLock { state -> [Entry?]? in
                     guard self.durable || state.flushEpochs[namespace] ?? 0 == epoch else { return nil }
-                    return entries.map { key, entry in
-                        var entry = entry
-                        if let existing = state.namespaces[namespace]?[key] { entry.sequence = existing.sequence }   // (as for SET)
-                        state.own(namespace, key, version: entry.version)
-                        state.ownRest(namespace, key, version: entry.version, parts: Self.parts(entry.size, of: partBytes))
-                        return state.namespaces[namespace, default: [:]].updateValue(entry, forKey: key)
-                    }
+                    return entries.map { state.install($0.entry, for: $0.key, in: namespace, parts: Self.parts($0.entry.size, of: partBytes)) }
                 }
             }
         } catch {
@@ -1107,7 +1106,7 @@ final class TierKVBackend: KVBackend, Sendable {
         let change: @Sendable () -> Bool = {
             self.state.withLock { state in
                 // (`cache`: whichever value the key holds now.)
-                guard let now = state.namespaces[namespace]?[name], now.version == entry.version || !self.durable else { return false }
+                guard let held = state.namespaces[namespace]?[name], held.version == entry.version || !self.durable else { return false }
                 state.namespaces[namespace]?[name]?.expiresAt = deadline
                 return true
             }

@@ -7,7 +7,10 @@ section's extra options appended as written (`=, threads: 1, send_buffer: 0`; em
 defaults), BINARY or `--strata`. For each, the medians over `--rounds` of requests/s, the ratio to
 redis-server (of the medians, and the median of each round's ratio), and the CPU per request of
 redis-benchmark (the client) and of the server, in µs. With `--pin`, the servers run on CPU 1 and
-the client on CPU 0 (`taskset`).
+the client on CPU 0 (`taskset`). With `--minimal`, also `minimal_server.c` (compiled with `cc`): the
+least work a server can do per command (every GET the same bytes from one buffer, no lookup), so
+a cell of replies the socket takes at once (64 KiB here) where it measures no better than
+redis-server and Strata measures the client, not the servers.
 
     Benchmarks/kv/kv_settings.py --size 65536 --rounds 10 --requests 100000 \\
         "shared=, threads: 2" "one=, threads: 1" "old@/tmp/strata-old="
@@ -24,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "route"))
-from kvservers import start_redis, start_strata, wait_ready   # noqa: E402
+from kvservers import start_minimal, start_redis, start_strata, wait_ready   # noqa: E402
 from procs import cpu_seconds   # noqa: E402
 
 
@@ -45,6 +48,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--host-budget", default="512MiB")
     ap.add_argument("--pin", action="store_true", help="servers on CPU 1, redis-benchmark on CPU 0")
+    ap.add_argument("--minimal", action="store_true", help="also the least a server can do (minimal_server.c)")
     a = ap.parse_args()
     server_cpu, client_cpu = (("taskset", "-c", "1"), ["taskset", "-c", "0"]) if a.pin else ((), [])
 
@@ -62,6 +66,9 @@ def main():
                 raise SystemExit(f"setting {setting!r}: the name {name!r} is taken")
             port, pids[name] = start_strata(work, name, binary or a.strata, procs, a.host_budget, options, prefix=server_cpu)
             servers.append((name, port))
+        if a.minimal:
+            port, pids["minimal"] = start_minimal(work, a.size, procs, prefix=server_cpu)
+            servers.append(("minimal", port))
         for name, port in servers:
             wait_ready(port)
             # the key a GET reads (redis-benchmark without -r uses one key)

@@ -1,5 +1,6 @@
 """redis-server and Strata's RESP service side by side for the KV benchmarks: started on free
 loopback ports in a work directory, ready once a SET is acknowledged."""
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,25 @@ def start_redis(work: Path, procs: list, durability: str = "cache", prefix: tupl
         [*prefix, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
         + (["--appendonly", "yes", "--appendfsync", "always"] if durability == "durable" else ["--appendonly", "no"]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return port, procs[-1].pid
+
+
+def start_minimal(work: Path, value_bytes: int, procs: list, prefix: tuple = (), seconds: int = 3600) -> tuple[int, int]:
+    """Compiles `minimal_server.c` into `work` (`cc`, else `clang`) and starts it on a free loopback port,
+    every GET answered with `value_bytes` bytes, for at most `seconds`, under `prefix`, appending
+    it to `procs`. Returns its port and pid."""
+    binary = work / "minimal_server"
+    if not binary.exists():
+        source = Path(__file__).resolve().parent / "minimal_server.c"
+        compiler = shutil.which("cc") or shutil.which("clang")
+        if compiler is None:
+            raise SystemExit("no C compiler (cc or clang) for minimal_server.c")
+        built = subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise SystemExit(f"compiling {source} with {compiler}: {built.stderr[-500:]}")
+    port = free_port()
+    procs.append(subprocess.Popen([*prefix, str(binary), str(port), str(value_bytes), str(seconds)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return port, procs[-1].pid
 
 

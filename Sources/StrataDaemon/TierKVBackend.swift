@@ -23,7 +23,7 @@ import TierStore
 /// it records the write.
 final class TierKVBackend: KVBackend, Sendable {
     enum Durability: Sendable { case cache, durable }
-    struct Entry {
+    struct Entry: KVDirectoryEntry {
         var version: UInt64
         var size: Int
         var expiresAt: KVTimestamp?
@@ -142,7 +142,8 @@ final class TierKVBackend: KVBackend, Sendable {
         // Versions are random per process so a version never repeats across restarts; the
         // sequence (SCAN order) continues after the largest one recorded.
         state.nextVersion = UInt64.random(in: 1...(UInt64.max / 2))
-        for record in records {
+        // (In SCAN order, so that each key goes to the end of the directory's order.)
+        for record in records.sorted(by: { $0.sequence < $1.sequence }) {
             let entry = Entry(
                 version: record.version, size: record.size,
                 expiresAt: record.expiresAt.map { KVTimestamp(unixMilliseconds: $0) }, sequence: record.sequence)
@@ -1128,9 +1129,14 @@ final class TierKVBackend: KVBackend, Sendable {
     func keyCount(namespace: String) async throws -> KVKeyCount {
         _ = try await store()
         let current = now()
-        let entries = state.withLock { Array(($0.namespaces[namespace] ?? [:]).values) }
-        let alive = entries.filter { $0.expiresAt.map { $0 > current } ?? true }
-        return KVKeyCount(keys: alive.count, expiring: alive.filter { $0.expiresAt != nil }.count)
+        // (Only where some key has an expiry is the namespace walked, for those that passed it.)
+        return state.withLock { state in
+            guard let keys = state.namespaces[namespace] else { return KVKeyCount(keys: 0, expiring: 0) }
+            guard keys.expiringCount > 0 else { return KVKeyCount(keys: keys.count, expiring: 0) }
+            var expired = 0
+            for entry in keys.values { if let deadline = entry.expiresAt, deadline <= current { expired += 1 } }
+            return KVKeyCount(keys: keys.count - expired, expiring: keys.expiringCount - expired)
+        }
     }
 
     func flush(namespace: String) async throws {
@@ -1158,17 +1164,15 @@ final class TierKVBackend: KVBackend, Sendable {
     }
 
     /// Cursor = the insertion sequence to continue from: every key present for the whole scan
-    /// is returned exactly once, whatever is written meanwhile.
+    /// is returned exactly once, whatever is written meanwhile. A call costs its page
+    /// (`KVKeyDirectory.scan`), not the namespace.
     func scan(namespace: String, cursor: UInt64, match: ByteBuffer?, count: Int) async throws -> KVScanPage {
         _ = try await store()
         let current = now()
-        let ordered = state.withLock { state in
-            (state.namespaces[namespace] ?? [:])
-                .filter { $0.value.sequence >= cursor && ($0.value.expiresAt.map { $0 > current } ?? true) }
-        }.sorted { $0.value.sequence < $1.value.sequence }
-        let page = ordered.prefix(max(1, count))
-        let next = ordered.count > page.count ? page.last!.value.sequence + 1 : 0
-        let keys = page.map(\.key).filter { key in
+        let (page, next) = state.withLock { state in
+            state.namespaces[namespace]?.scan(from: cursor, count: count) { $0.expiresAt.map { $0 > current } ?? true }
+        } ?? ([], 0)
+        let keys = page.filter { key in
             match.map { RESPGlob.matches(pattern: $0.readableBytesView, key) } ?? true
         }
         return KVScanPage(cursor: next, keys: keys.map { ByteBuffer(bytes: $0) })
@@ -1177,7 +1181,7 @@ final class TierKVBackend: KVBackend, Sendable {
     func info() async -> [(section: String, fields: [(String, String)])] {
         let opened = try? await store()   // (durable: loads the directory, which the counts below read)
         let (used, hits, misses, evicted) = state.withLock { state in
-            (state.namespaces.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.size } }, state.hits, state.misses,
+            (state.namespaces.values.reduce(0) { $0 + $1.totalSize }, state.hits, state.misses,
              state.evictedKeys)
         }
         var memory: [(String, String)] = [("used_memory", "\(used)")]

@@ -51,10 +51,21 @@ struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionar
     subscript(name: [UInt8]) -> Value? {
         get { entries[Name(bytes: name)] }
         _modify {
+            // One hash lookup for a key present (the SET path's): the value is changed where it
+            // is stored, through its index.
             let key = Name(bytes: name)
-            let before = entries[key]
-            defer { changed(key, from: before, to: entries[key]) }
-            yield &entries[key]
+            let index = entries.index(forKey: key)
+            let before = index.map { entries.values[$0] }
+            var value = before
+            defer {
+                if let index {
+                    if let value { entries.values[index] = value } else { entries.remove(at: index) }
+                } else if let value {
+                    entries[key] = value
+                }
+                changed(key, from: before, to: value)
+            }
+            yield &value
         }
     }
 

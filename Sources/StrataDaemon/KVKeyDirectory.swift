@@ -20,8 +20,10 @@ protocol KVDirectoryEntry {
 /// SCAN order is `order`: each key's (sequence, name), by sequence. A key's sequence is taken
 /// before its value is written and the key recorded after, so keys arrive nearly in order: most
 /// land at the end, the rest a few places before it. A removed key (or one that came back with
-/// another sequence) leaves its element behind, skipped by `scan` as stale, until stale elements
-/// outnumber the live ones and the array is rebuilt without them. (Before, each SCAN call copied
+/// another sequence) has its element marked stale where it is (found by binary search, its name
+/// dropped), skipped by `scan`, until stale elements outnumber the live ones and one pass that
+/// hashes nothing removes them (a 1,000,000-key namespace: once per ~1,000,000 removals, a copy
+/// of its elements). (Before, each SCAN call copied
 /// and sorted the whole namespace under the backend's lock: a walk over 50,000 keys took 1.4 s,
 /// its cost growing with the square of the keys, and held every other command up meanwhile.)
 struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionaryLiteral {
@@ -34,8 +36,9 @@ struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionar
     }
 
     private var entries: [Name: Value] = [:]
-    private var order: [(sequence: UInt64, name: Name)] = []
-    /// Elements of `order` that name no key at their sequence any more.
+    /// Every key's element by sequence; nil names: stale (the key is gone or has another sequence).
+    private var order: [(sequence: UInt64, name: Name?)] = []
+    /// Elements of `order` whose name is nil.
     private(set) var staleElements = 0
     /// The sizes of all values, and how many keys have an expiry.
     private(set) var totalSize = 0
@@ -98,9 +101,10 @@ struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionar
         while index < order.count {
             let element = order[index]
             index += 1
-            guard let value = entries[element.name], value.sequence == element.sequence, include(value) else { continue }
+            guard let name = element.name, let value = entries[name], value.sequence == element.sequence, include(value)
+            else { continue }
             if keys.count >= Swift.max(1, count) { return (keys, last + 1) }
-            keys.append(element.name.bytes)
+            keys.append(name.bytes)
             last = element.sequence
         }
         return (keys, 0)
@@ -110,28 +114,31 @@ struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionar
         totalSize += (after?.size ?? 0) - (before?.size ?? 0)
         expiringCount += (after?.expiresAt == nil ? 0 : 1) - (before?.expiresAt == nil ? 0 : 1)
         guard before?.sequence != after?.sequence else { return }
-        if before != nil { staleElements += 1 }
+        if let sequence = before?.sequence { markStale(key, at: sequence) }
         if let sequence = after?.sequence { place(key, at: sequence) }
         if staleElements > Self.staleAllowance, staleElements > order.count - staleElements {
-            order.removeAll { entries[$0.name]?.sequence != $0.sequence }
+            order.removeAll { $0.name == nil }
             staleElements = 0
         }
     }
 
-    /// Puts (sequence, key) in `order`, unless it is there already (the key was removed and came
-    /// back with the same sequence: its element is live again).
+    private mutating func markStale(_ key: Name, at sequence: UInt64) {
+        var index = firstIndex(atLeast: sequence)
+        while index < order.count, order[index].sequence == sequence {
+            if order[index].name == key {
+                order[index].name = nil
+                staleElements += 1
+                return
+            }
+            index += 1
+        }
+    }
+
+    /// Puts (sequence, key) in `order`, by sequence: at the end but for a key recorded after
+    /// others that took their sequence later.
     private mutating func place(_ key: Name, at sequence: UInt64) {
         if let last = order.last, last.sequence >= sequence {
-            var index = firstIndex(atLeast: sequence)
-            let insertion = index
-            while index < order.count, order[index].sequence == sequence {
-                if order[index].name == key {
-                    staleElements -= 1
-                    return
-                }
-                index += 1
-            }
-            order.insert((sequence, key), at: insertion)
+            order.insert((sequence, key), at: firstIndex(atLeast: sequence))
         } else {
             order.append((sequence, key))
         }

@@ -4,6 +4,7 @@ Values live in the block store (host RAM spilling to NVMe), keyed per tenant; du
 `cache` (a restart starts empty). Bad input gets Redis's errors and closes only that connection.
 """
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -19,6 +20,16 @@ def kv_daemon(make_daemon, extra_kv="", env=None, tiers="{ host: { budget: 64MiB
     d = make_daemon(config("  []", extra=f"kv: {{ resp: 127.0.0.1:{port}{extra_kv} }}", tiers=tiers), env=env)
     wait_for(lambda: "RESP (Redis protocol) on" in d.log_path.read_text(), 20, what="the RESP server")
     return d, port
+
+
+def kill_and_restart(d, port: int, starts: int):
+    """SIGKILL the daemon (no shutdown of any kind), start it again and wait until its log says
+    the RESP server is up for the `starts`-th time; returns a redis-py client for it."""
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    d.start()
+    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= starts, 20, what="RESP after restart")
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
 
 
 def test_redis_py_covers_the_commands_and_values_spill_to_nvme(make_daemon):
@@ -692,7 +703,6 @@ def test_a_tenants_blocks_are_its_own_and_a_batch_answer_is_bounded(make_daemon)
 
 
 def test_durable_values_survive_sigkill_byte_identical(make_daemon):
-    import signal
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
     values = {f"k{i}": os.urandom(size) for i, size in enumerate([1, 4096, 65536, 1 << 20, (9 << 20) + 7])}
@@ -704,11 +714,7 @@ def test_durable_values_survive_sigkill_byte_identical(make_daemon):
     values["k0"] = b"replaced"
     assert r.info("strata")["durability"] == "durable"
     # acknowledged = durable: SIGKILL, no shutdown of any kind
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait(timeout=10)
-    d.start()
-    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    r = kill_and_restart(d, port, starts=2)
     for key, value in values.items():
         assert r.get(key) == value, key
     assert r.get("gone") is None
@@ -722,7 +728,6 @@ def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon)
     commits them in one transaction: every SET answers OK, a key set twice keeps the later
     value, a GET in the middle sees the SETs before it, and after SIGKILL every value (and an
     MSET's) reads back byte-identical."""
-    import signal
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
     pipe = r.pipeline(transaction=False)
@@ -758,11 +763,7 @@ def test_pipelined_durable_sets_commit_together_and_survive_sigkill(make_daemon)
     assert r.info("stats")["staged_values"] - staged_before in (3, 4)
     assert r.get("s0") == received["s0"]
     values.update(received)
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait(timeout=10)
-    d.start()
-    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    r = kill_and_restart(d, port, starts=2)
     assert [key for key, value in values.items() if r.get(key) != value] == []
     assert r.dbsize() == len(values)
 
@@ -771,7 +772,6 @@ def test_concurrent_durable_writes_cut_by_sigkill_lose_nothing_acknowledged(make
     """Clients writing at once share commits (group commit): SIGKILL while they write, and
     every value acknowledged before the kill reads back byte-identical after the restart; a
     write under way at the kill is absent or whole, never torn or another key's bytes."""
-    import signal
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     acknowledged, in_flight = {}, {}
@@ -815,7 +815,6 @@ def test_durable_sets_of_one_key_at_once_keep_the_last_committed_after_sigkill(m
     one of the values written to it, the same for GET, MGET and SCAN, and after a SIGKILL and
     restart every key reads back that value: the directory and the catalog agree on which
     write came last."""
-    import signal
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     rounds, writers = 60, 8
@@ -855,11 +854,7 @@ def test_durable_sets_of_one_key_at_once_keep_the_last_committed_after_sigkill(m
         assert value in written[key], (key, value[:60] if value else value)
     assert r.mget(keys) == [before[key] for key in keys]
     assert sorted(r.scan_iter(match="race*", count=1000)) == sorted(k.encode() for k in keys)
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait(timeout=10)
-    d.start()
-    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    r = kill_and_restart(d, port, starts=2)
     after = {key: r.get(key) for key in keys}
     changed = [key for key in keys if after[key] != before[key]]
     assert not changed, (f"{len(changed)} of {rounds} keys changed by the restart",
@@ -870,7 +865,6 @@ def test_durable_sets_of_one_key_at_once_keep_the_last_committed_after_sigkill(m
 def test_sets_racing_flushdb_leave_the_directory_and_the_catalog_agreeing(make_daemon):
     """A durable SET that a FLUSHDB overlaps is ordered before it or after it, never half: every
     key readable when writing stops is there after a SIGKILL and restart, and no other."""
-    import signal
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     for round_ in range(3):
@@ -904,11 +898,7 @@ def test_sets_racing_flushdb_leave_the_directory_and_the_catalog_agreeing(make_d
             t.join(30)
         readable = {key for key, value in acknowledged.items() if r.get(key) == value}
         assert r.dbsize() == len(readable)
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=10)
-        d.start()
-        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        r = kill_and_restart(d, port, starts=round_ + 2)
         after = {key for key, value in acknowledged.items() if r.get(key) == value}
         assert after == readable, (sorted(readable - after)[:5], sorted(after - readable)[:5])
         assert r.dbsize() == len(readable)
@@ -919,7 +909,6 @@ def test_overwritten_values_make_room_before_live_ones(make_daemon):
     """The NVMe log reclaims whole segments past its budget: the one holding the fewest live
     values goes, so a key written once survives a churn of overwrites (here 60 MiB through a
     32 MiB budget, about 1 MiB live), across a SIGKILL too."""
-    import signal
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable",
                         tiers="{ host: { budget: 16MiB, dir: @SHM@ }, nvme: { budget: 32MiB, segment_size: 8MiB } }")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
@@ -929,11 +918,7 @@ def test_overwritten_values_make_room_before_live_ones(make_daemon):
     for _ in range(60):
         assert r.set("churn", churn) is True
     assert r.info("stats")["evicted_keys"] == 0
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait(timeout=10)
-    d.start()
-    wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+    r = kill_and_restart(d, port, starts=2)
     # the first command after the restart already sees the recovered directory
     assert r.info("memory")["used_memory"] == 1024 + (1 << 20)
     assert r.get("keeper") == keeper
@@ -1003,7 +988,6 @@ def test_a_flushdb_between_two_sets_of_a_key_leaves_the_last_committed_after_sig
     which commits first: whichever of the two the directory keeps, the catalog keeps too, so
     the key reads the same after a SIGKILL and restart (it was lost when the large SET, ordered
     before the flush, took its record away from under the small one)."""
-    import signal
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     keys = [f"f{i}" for i in range(4)]
@@ -1033,11 +1017,7 @@ def test_a_flushdb_between_two_sets_of_a_key_leaves_the_last_committed_after_sig
         before = {key: r.get(key) for key in keys}
         for key, value in before.items():
             assert value in (small[key], large[key]), (key, (value or b"")[:20])
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=10)
-        d.start()
-        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        r = kill_and_restart(d, port, starts=round_ + 2)
         after = {key: r.get(key) for key in keys}
         lost = [key for key in keys if after[key] != before[key]]
         assert not lost, (delay, [(key, len(before[key] or b""), len(after[key] or b"")) for key in lost])
@@ -1050,7 +1030,6 @@ def test_writes_that_read_the_key_racing_flushdb_never_bring_a_key_back(make_dae
     so nothing is left, before a SIGKILL and restart or after (an EXPIRE wrote the key's whole
     record back after the flush removed it; a SET XX that read the key before the flush wrote
     it after)."""
-    import signal
     import threading
     d, port = kv_daemon(make_daemon, extra_kv=", durability: durable")
     r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
@@ -1087,11 +1066,7 @@ def test_writes_that_read_the_key_racing_flushdb_never_bring_a_key_back(make_dae
         assert not errors, errors[:3]
         left = sorted(r.scan_iter(count=1000))
         assert left == [], left[:5]
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=10)
-        d.start()
-        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= round_ + 2, 20, what="RESP after restart")
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        r = kill_and_restart(d, port, starts=round_ + 2)
         back = sorted(r.scan_iter(count=1000))
         assert back == [] and r.dbsize() == 0, (round_, len(back), back[:5])
 
@@ -1155,7 +1130,6 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
     every SET is acknowledged (the tier keeps what the filesystem holds, oldest values going
     first, and says so in the log) rather than the filesystem filling and every later write
     failing; what is kept reads back byte-identical, also after a SIGKILL and restart."""
-    import signal
     import requests
     small = tmp_path / "small"
     small.mkdir()
@@ -1192,11 +1166,7 @@ def test_a_disk_smaller_than_the_nvme_budget_keeps_the_newest_values_and_never_w
         # it does not wedge: after deletes and more writes, writes still go
         assert r.delete(*before[:5]) == 5
         assert r.set("after", b"x" * (1 << 20)) is True
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=10)
-        d.start()
-        wait_for(lambda: d.log_path.read_text().count("RESP (Redis protocol) on") >= 2, 20, what="RESP after restart")
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, protocol=2)
+        r = kill_and_restart(d, port, starts=2)
         assert r.get("after") == b"x" * (1 << 20)
         wait_for(directory_holds_only_what_the_tiers_hold, 20, what="the directory after the restart")
         kept()

@@ -21,11 +21,11 @@ protocol KVDirectoryEntry {
 /// before its value is written and the key recorded after, so keys arrive nearly in order: most
 /// land at the end, the rest a few places before it. A removed key (or one that came back with
 /// another sequence) has its element marked stale where it is (found by binary search, its name
-/// dropped), skipped by `scan`, until stale elements outnumber the live ones and one pass that
-/// hashes nothing removes them (a 1,000,000-key namespace: once per ~1,000,000 removals, a copy
-/// of its elements). (Before, each SCAN call copied
-/// and sorted the whole namespace under the backend's lock: a walk over 50,000 keys took 1.4 s,
-/// its cost growing with the square of the keys, and held every other command up meanwhile.)
+/// dropped) and skipped by `scan`; once stale elements outnumber the live ones, one pass that
+/// hashes nothing removes them (so a pass over the elements per as many removals as there are
+/// keys). Before, each SCAN call copied and sorted the whole namespace under the backend's lock:
+/// a walk over 200,000 keys took 31 s, its cost growing with the square of the keys, and held
+/// every other command up meanwhile (docs/BENCHMARKS.md, session 38).
 struct KVKeyDirectory<Value: KVDirectoryEntry>: Sequence, ExpressibleByDictionaryLiteral {
     struct Name: Hashable {
         var bytes: [UInt8]

@@ -478,7 +478,6 @@ def test_a_large_reply_waits_in_the_daemon_not_unsent_in_the_socket(make_daemon)
     notsent; the kernel may overshoot by one packet of up to 64 KiB); the rest waits in the
     daemon and reaches the client whole once it reads. Set to 0, the socket takes megabytes."""
     import re
-    import socket
 
     def notsent(port: int) -> int:
         out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
@@ -491,7 +490,7 @@ def test_a_large_reply_waits_in_the_daemon_not_unsent_in_the_socket(make_daemon)
         r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2)
         assert r.set("big", value) is True
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+        s.sendall(command(b"GET", b"big"))
         # Not reading: the client's receive window fills; what the socket holds beyond it is unsent.
         samples = []
         deadline = time.time() + 5
@@ -504,13 +503,7 @@ def test_a_large_reply_waits_in_the_daemon_not_unsent_in_the_socket(make_daemon)
             assert max(samples) > 1 << 20, (extra, samples[-5:])
         else:
             assert 0 < max(samples) <= limit + (64 << 10), (extra, max(samples))
-        got = b""
-        header = f"${len(value)}\r\n".encode()
-        while len(got) < len(header) + len(value) + 2:
-            chunk = s.recv(1 << 20)
-            assert chunk, "the connection closed mid-reply"
-            got += chunk
-        assert got == header + value + b"\r\n", extra
+        assert read_reply(s.makefile("rb")) == value, extra
         s.close()
         r.close()
         d.stop()
